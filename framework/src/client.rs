@@ -1,0 +1,245 @@
+//! [`AsyncTcpConnection`]: an outgoing connection (`ws://`, `frame://`, `text://`, `tcp://` or
+//! a registered scheme) with the same callbacks as a worker's, and `reconnect(after)`.
+//!
+//! Create it on a worker instance's thread (in `on_worker_start` or any callback); it lives on
+//! that thread. Sends made while it connects are queued and flushed once it is open.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::callbacks::{guard, Callbacks};
+use crate::connection::{
+    Connection, ConnectionError, SendStatus, DEFAULT_MAX_PACKAGE, DEFAULT_MAX_SEND_BUFFER,
+};
+use crate::error::Error;
+use crate::message::Message;
+use crate::protocol::{ProtocolKind, Role};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    static NEXT_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+struct ClientInner {
+    url: String,
+    proto: ProtocolKind,
+    host_port: String,
+    path: String,
+    callbacks: Rc<RefCell<Callbacks>>,
+    current: RefCell<Option<Connection>>,
+    pending: RefCell<Option<JoinHandle<()>>>,
+    max_send_buffer_size: Cell<usize>,
+    max_package_size: Cell<usize>,
+}
+
+/// An outgoing connection, Workerman's `AsyncTcpConnection`.
+#[derive(Clone)]
+pub struct AsyncTcpConnection(Rc<ClientInner>);
+
+impl std::fmt::Debug for AsyncTcpConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncTcpConnection")
+            .field("url", &self.0.url)
+            .finish()
+    }
+}
+
+impl AsyncTcpConnection {
+    /// A connection to `url`, e.g. `ws://127.0.0.1:8080/path` or `frame://127.0.0.1:2206`;
+    /// nothing happens until [`AsyncTcpConnection::connect`].
+    pub fn new(url: &str) -> Result<Self, Error> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| Error::BadSocketName(url.to_string(), "expected scheme://host:port"))?;
+        let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
+            .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
+        let (host_port, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if host_port
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(Error::BadSocketName(
+                url.to_string(),
+                "expected a host and a port",
+            ));
+        }
+        Ok(AsyncTcpConnection(Rc::new(ClientInner {
+            url: url.to_string(),
+            proto,
+            host_port: host_port.to_string(),
+            path: path.to_string(),
+            callbacks: Rc::new(RefCell::new(Callbacks::default())),
+            current: RefCell::new(None),
+            pending: RefCell::new(None),
+            max_send_buffer_size: Cell::new(DEFAULT_MAX_SEND_BUFFER),
+            max_package_size: Cell::new(DEFAULT_MAX_PACKAGE),
+        })))
+    }
+
+    /// The URL given to `new`.
+    pub fn url(&self) -> &str {
+        &self.0.url
+    }
+
+    /// Called once connected (for `ws://`, once the handshake is done).
+    pub fn on_connect(&self, f: impl Fn(&Connection) + 'static) {
+        self.0.callbacks.borrow_mut().on_connect = Some(Rc::new(f));
+    }
+
+    /// Called for each message from the server.
+    pub fn on_message(&self, f: impl Fn(&Connection, Message) + 'static) {
+        self.0.callbacks.borrow_mut().on_message = Some(Rc::new(f));
+    }
+
+    /// Called when the connection closes (a good place to call `reconnect`).
+    pub fn on_close(&self, f: impl Fn(&Connection) + 'static) {
+        self.0.callbacks.borrow_mut().on_close = Some(Rc::new(f));
+    }
+
+    /// Called when connecting (code 1) or sending (code 2) fails.
+    pub fn on_error(&self, f: impl Fn(&Connection, &ConnectionError) + 'static) {
+        self.0.callbacks.borrow_mut().on_error = Some(Rc::new(f));
+    }
+
+    /// Called when the send buffer is full.
+    pub fn on_buffer_full(&self, f: impl Fn(&Connection) + 'static) {
+        self.0.callbacks.borrow_mut().on_buffer_full = Some(Rc::new(f));
+    }
+
+    /// Called when the send buffer has drained.
+    pub fn on_buffer_drain(&self, f: impl Fn(&Connection) + 'static) {
+        self.0.callbacks.borrow_mut().on_buffer_drain = Some(Rc::new(f));
+    }
+
+    /// Set the send buffer limit for the next connection attempts.
+    pub fn set_max_send_buffer_size(&self, bytes: usize) {
+        self.0.max_send_buffer_size.set(bytes);
+    }
+
+    /// Set the incoming package limit for the next connection attempts.
+    pub fn set_max_package_size(&self, bytes: usize) {
+        self.0.max_package_size.set(bytes);
+    }
+
+    /// The current connection (connecting, open or closing).
+    pub fn connection(&self) -> Option<Connection> {
+        self.0.current.borrow().clone()
+    }
+
+    /// Start connecting now. Must be called on a worker instance's (arbiter's) thread.
+    pub fn connect(&self) {
+        self.schedule(Duration::ZERO);
+    }
+
+    /// Close the current connection (if any) and connect again after `after`.
+    pub fn reconnect(&self, after: Duration) {
+        if let Some(c) = self.0.current.borrow().clone() {
+            c.destroy();
+        }
+        self.schedule(after);
+    }
+
+    /// Send on the current connection (queued while connecting).
+    pub fn send(&self, msg: impl Into<Message>) -> SendStatus {
+        match self.connection() {
+            Some(c) => c.send(msg),
+            None => SendStatus::Failed,
+        }
+    }
+
+    /// Close the connection and cancel any pending reconnect.
+    pub fn close(&self) {
+        if let Some(h) = self.0.pending.borrow_mut().take() {
+            h.abort();
+        }
+        if let Some(c) = self.0.current.borrow().clone() {
+            c.close();
+        }
+    }
+
+    fn schedule(&self, after: Duration) {
+        if actix_rt::Arbiter::try_current().is_none() {
+            log::error!("AsyncTcpConnection::connect called outside a worker thread");
+            return;
+        }
+        if let Some(h) = self.0.pending.borrow_mut().take() {
+            h.abort();
+        }
+        let id = NEXT_ID.with(|n| {
+            let id = n.get();
+            n.set(id + 1);
+            id
+        });
+        let inner = &self.0;
+        let codec = inner.proto.codec(
+            Role::Client,
+            &inner.host_port,
+            &inner.path,
+            inner.max_package_size.get(),
+        );
+        let conn = Connection::new(
+            id,
+            usize::MAX,
+            codec,
+            inner.callbacks.clone(),
+            None,
+            inner.max_send_buffer_size.get(),
+            inner.max_package_size.get(),
+        );
+        *inner.current.borrow_mut() = Some(conn.clone());
+        let fires_connect = !matches!(inner.proto, ProtocolKind::WebSocket);
+        let host_port = inner.host_port.clone();
+        let handle = actix_rt::spawn(async move {
+            if !after.is_zero() {
+                tokio::time::sleep(after).await;
+            }
+            let attempt =
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&host_port))
+                    .await;
+            let stream = match attempt {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return connect_failed(&conn, &host_port, e.to_string()),
+                Err(_) => return connect_failed(&conn, &host_port, "timed out".into()),
+            };
+            if conn.status() == crate::connection::Status::Closed {
+                return;
+            }
+            let peer = stream
+                .peer_addr()
+                .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
+            conn.attach(stream, peer);
+            if fires_connect {
+                let cb = conn.callbacks().borrow().on_connect.clone();
+                if let Some(cb) = cb {
+                    guard("on_connect", || cb(&conn));
+                }
+            }
+            conn.run().await;
+        });
+        *inner.pending.borrow_mut() = Some(handle);
+    }
+}
+
+fn connect_failed(conn: &Connection, host_port: &str, why: String) {
+    log::debug!("connect to {host_port} failed: {why}");
+    let err = ConnectionError::ConnectFail(format!("{host_port}: {why}"));
+    conn.destroy();
+    let (on_error, on_close) = {
+        let cbs = conn.callbacks().borrow();
+        (cbs.on_error.clone(), cbs.on_close.clone())
+    };
+    if let Some(cb) = on_error {
+        guard("on_error", || cb(conn, &err));
+    }
+    if let Some(cb) = on_close {
+        guard("on_close", || cb(conn));
+    }
+}

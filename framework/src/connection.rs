@@ -1,0 +1,824 @@
+//! [`Connection`]: one TCP connection of a worker instance (or an outgoing client), its bounded
+//! send buffer and the task that drives it.
+//!
+//! A connection lives on one worker instance's thread. Its task reads on readiness into a stack
+//! buffer, decodes with the connection's codec and calls the callbacks; sends try the socket at
+//! once when nothing is queued (Workerman's `send` returns `true` then) and otherwise join a
+//! bounded queue that the task writes out in one vectored write.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+
+use crate::callbacks::{guard, Callbacks};
+use crate::message::Message;
+use crate::protocol::http::Response;
+use crate::protocol::{Codec, Decoded, ProtocolError};
+use crate::worker::instance::{InstanceInner, WorkerInstance};
+
+/// Default limit of a connection's send buffer (Workerman's `maxSendBufferSize`).
+pub const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Default limit of one incoming package (Workerman's `maxPackageSize`).
+pub const DEFAULT_MAX_PACKAGE: usize = 10 * 1024 * 1024;
+
+const READ_CHUNK: usize = 32 * 1024;
+const READS_PER_POLL: usize = 16;
+const MAX_IOVECS: usize = 64;
+const LINGER: Duration = Duration::from_secs(2);
+
+/// What `send` did with a message, like Workerman's `true` / `null` / `false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Handed to the kernel in full.
+    Sent,
+    /// Accepted into the send buffer; it goes out as the peer reads.
+    Queued,
+    /// Dropped: the connection is closed or its send buffer is full (`on_error` was called).
+    Failed,
+}
+
+impl SendStatus {
+    /// Whether the message was accepted (sent or queued).
+    pub fn is_ok(self) -> bool {
+        self != SendStatus::Failed
+    }
+}
+
+/// Why `on_error` was called, with Workerman's codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionError {
+    /// An outgoing connection could not be established (code 1).
+    ConnectFail(String),
+    /// A message could not be sent (code 2).
+    SendFail(String),
+}
+
+impl ConnectionError {
+    /// Workerman's numeric code: 1 for connect, 2 for send failures.
+    pub fn code(&self) -> u32 {
+        match self {
+            ConnectionError::ConnectFail(_) => 1,
+            ConnectionError::SendFail(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectionError::ConnectFail(m) => write!(f, "connect failed: {m}"),
+            ConnectionError::SendFail(m) => write!(f, "send failed: {m}"),
+        }
+    }
+}
+
+/// Lifecycle of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// An outgoing connection not yet established.
+    Connecting,
+    /// Open.
+    Established,
+    /// Flushing its last bytes before closing.
+    Closing,
+    /// Gone.
+    Closed,
+}
+
+#[derive(Default)]
+struct OutQueue {
+    bufs: VecDeque<Bytes>,
+    len: usize,
+    /// Bytes at the front that may go out before the codec is open (a client handshake).
+    bypass: usize,
+}
+
+impl OutQueue {
+    fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.bufs.push_back(b);
+    }
+
+    fn push_front(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.bufs.push_front(b);
+    }
+
+    fn push_front_bypass(&mut self, b: Bytes) {
+        self.bypass += b.len();
+        self.push_front(b);
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        self.bypass = self.bypass.saturating_sub(n);
+        while n > 0 {
+            let front = self.bufs.front_mut().expect("advance within queue");
+            if n >= front.len() {
+                n -= front.len();
+                self.bufs.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.bufs.clear();
+        self.len = 0;
+        self.bypass = 0;
+    }
+}
+
+/// Counters of one connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnectionStats {
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent or queued.
+    pub messages_out: u64,
+    /// Messages dropped (send buffer full or connection closed).
+    pub send_failures: u64,
+}
+
+pub(crate) struct ConnInner {
+    id: u64,
+    worker_id: usize,
+    remote: Cell<Option<SocketAddr>>,
+    stream: RefCell<Option<TcpStream>>,
+    codec: RefCell<Box<dyn Codec>>,
+    status: Cell<Status>,
+    out: RefCell<OutQueue>,
+    read_buf: RefCell<BytesMut>,
+    paused: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+    buffer_full: Cell<bool>,
+    pub(crate) max_send_buffer_size: Cell<usize>,
+    pub(crate) max_package_size: usize,
+    callbacks: Rc<RefCell<Callbacks>>,
+    instance: Option<Rc<InstanceInner>>,
+    stats: Cell<ConnectionStats>,
+    data: RefCell<Option<Box<dyn Any>>>,
+}
+
+/// A connection, cheap to clone, usable only on the thread of the worker instance that owns it.
+#[derive(Clone)]
+pub struct Connection(pub(crate) Rc<ConnInner>);
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.0.id)
+            .field("worker_id", &self.0.worker_id)
+            .field("remote", &self.0.remote.get())
+            .field("status", &self.0.status.get())
+            .finish()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(
+        id: u64,
+        worker_id: usize,
+        codec: Box<dyn Codec>,
+        callbacks: Rc<RefCell<Callbacks>>,
+        instance: Option<Rc<InstanceInner>>,
+        max_send_buffer_size: usize,
+        max_package_size: usize,
+    ) -> Connection {
+        Connection(Rc::new(ConnInner {
+            id,
+            worker_id,
+            remote: Cell::new(None),
+            stream: RefCell::new(None),
+            codec: RefCell::new(codec),
+            status: Cell::new(Status::Connecting),
+            out: RefCell::new(OutQueue::default()),
+            read_buf: RefCell::new(BytesMut::new()),
+            paused: Cell::new(false),
+            waker: RefCell::new(None),
+            buffer_full: Cell::new(false),
+            max_send_buffer_size: Cell::new(max_send_buffer_size),
+            max_package_size,
+            callbacks,
+            instance,
+            stats: Cell::new(ConnectionStats::default()),
+            data: RefCell::new(None),
+        }))
+    }
+
+    /// The connection id: unique within its worker instance, never reused while it runs.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The id of the worker instance that owns this connection.
+    pub fn worker_id(&self) -> usize {
+        self.0.worker_id
+    }
+
+    /// The worker instance that accepted this connection (`None` for outgoing connections).
+    pub fn worker(&self) -> Option<WorkerInstance> {
+        self.0.instance.clone().map(WorkerInstance)
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.0.remote.get()
+    }
+
+    /// The peer's IP as text (Workerman's `getRemoteIp`).
+    pub fn remote_ip(&self) -> String {
+        self.0
+            .remote
+            .get()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Where the connection is in its life.
+    pub fn status(&self) -> Status {
+        self.0.status.get()
+    }
+
+    /// Bytes waiting in the send buffer.
+    pub fn send_buffer_len(&self) -> usize {
+        self.0.out.borrow().len
+    }
+
+    /// The send buffer's limit.
+    pub fn max_send_buffer_size(&self) -> usize {
+        self.0.max_send_buffer_size.get()
+    }
+
+    /// Change the send buffer's limit for this connection.
+    pub fn set_max_send_buffer_size(&self, bytes: usize) {
+        self.0.max_send_buffer_size.set(bytes);
+    }
+
+    /// This connection's counters.
+    pub fn stats(&self) -> ConnectionStats {
+        self.0.stats.get()
+    }
+
+    /// Attach user data (Workerman apps set properties on the connection object).
+    pub fn set_data<T: Any>(&self, value: T) {
+        *self.0.data.borrow_mut() = Some(Box::new(value));
+    }
+
+    /// Run `f` on the attached data, if it is a `T`.
+    pub fn with_data<T: Any, R>(&self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let mut d = self.0.data.borrow_mut();
+        d.as_mut().and_then(|b| b.downcast_mut::<T>()).map(f)
+    }
+
+    /// Encode `msg` with the connection's protocol and send it.
+    pub fn send(&self, msg: impl Into<Message>) -> SendStatus {
+        if matches!(self.status(), Status::Closing | Status::Closed) {
+            return self.fail_closed();
+        }
+        let encoded = self.0.codec.borrow_mut().encode(msg.into());
+        if !self.0.read_buf.borrow().is_empty() {
+            // The codec may accept the next buffered package now (an HTTP response was sent).
+            self.wake();
+        }
+        match encoded {
+            Ok(bytes) => self.send_raw(bytes),
+            Err(e) => {
+                log::warn!("connection {}: {e}", self.0.id);
+                self.count_failure();
+                SendStatus::Failed
+            }
+        }
+    }
+
+    /// Send bytes already encoded for this connection's protocol (Workerman's `$raw = true`).
+    /// Tries the socket at once when nothing is queued.
+    pub fn send_raw(&self, bytes: Bytes) -> SendStatus {
+        self.push_raw(bytes, true)
+    }
+
+    /// Queue pre-encoded bytes without trying the socket now; the connection's task writes them
+    /// with whatever else is queued (used for broadcasts, where writes coalesce).
+    pub fn send_deferred(&self, bytes: Bytes) -> SendStatus {
+        self.push_raw(bytes, false)
+    }
+
+    fn push_raw(&self, bytes: Bytes, try_now: bool) -> SendStatus {
+        let inner = &self.0;
+        match inner.status.get() {
+            Status::Closing | Status::Closed => return self.fail_closed(),
+            Status::Connecting => return self.enqueue(bytes),
+            Status::Established => {}
+        }
+        let open = inner.codec.borrow().is_open();
+        if !try_now || !open || inner.out.borrow().len > 0 {
+            return self.enqueue(bytes);
+        }
+        let res = match inner.stream.borrow().as_ref() {
+            Some(s) => s.try_write(&bytes),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        };
+        match res {
+            Ok(n) if n == bytes.len() => {
+                self.count_out();
+                SendStatus::Sent
+            }
+            Ok(n) => self.enqueue(bytes.slice(n..)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.enqueue(bytes),
+            Err(e) => {
+                log::debug!("connection {}: write failed: {e}", inner.id);
+                self.count_failure();
+                self.call_error(ConnectionError::SendFail(e.to_string()));
+                self.abort();
+                SendStatus::Failed
+            }
+        }
+    }
+
+    fn enqueue(&self, bytes: Bytes) -> SendStatus {
+        let inner = &self.0;
+        let max = inner.max_send_buffer_size.get();
+        let len = inner.out.borrow().len;
+        if len >= max {
+            self.count_failure();
+            self.call_error(ConnectionError::SendFail(
+                "send buffer full and drop package".into(),
+            ));
+            return SendStatus::Failed;
+        }
+        let was_empty = len == 0;
+        inner.out.borrow_mut().push(bytes);
+        self.count_out();
+        if was_empty {
+            self.wake();
+        }
+        if inner.out.borrow().len >= max && !inner.buffer_full.replace(true) {
+            let cb = inner.callbacks.borrow().on_buffer_full.clone();
+            if let Some(cb) = cb {
+                guard("on_buffer_full", || cb(self));
+            }
+        }
+        SendStatus::Queued
+    }
+
+    fn fail_closed(&self) -> SendStatus {
+        self.count_failure();
+        SendStatus::Failed
+    }
+
+    fn count_out(&self) {
+        let mut s = self.0.stats.get();
+        s.messages_out += 1;
+        self.0.stats.set(s);
+        if let Some(i) = &self.0.instance {
+            i.stats.messages_out.set(i.stats.messages_out.get() + 1);
+        }
+    }
+
+    fn count_failure(&self) {
+        let mut s = self.0.stats.get();
+        s.send_failures += 1;
+        self.0.stats.set(s);
+        if let Some(i) = &self.0.instance {
+            i.stats.send_failures.set(i.stats.send_failures.get() + 1);
+        }
+    }
+
+    fn call_error(&self, err: ConnectionError) {
+        let cb = self.0.callbacks.borrow().on_error.clone();
+        match cb {
+            Some(cb) => guard("on_error", || cb(self, &err)),
+            None => log::debug!("connection {}: {err}", self.0.id),
+        }
+    }
+
+    /// Close after flushing what is queued (a WebSocket gets its close frame first).
+    pub fn close(&self) {
+        let inner = &self.0;
+        match inner.status.get() {
+            Status::Closing | Status::Closed => {}
+            Status::Connecting => {
+                inner.status.set(Status::Closed);
+                self.wake();
+            }
+            Status::Established => {
+                let frame = inner.codec.borrow_mut().close_frame();
+                if let Some(f) = frame {
+                    inner.out.borrow_mut().push(f);
+                }
+                inner.status.set(Status::Closing);
+                self.wake();
+            }
+        }
+    }
+
+    /// Send one last message, then close (Workerman's `close($data)`).
+    pub fn close_with(&self, msg: impl Into<Message>) {
+        self.send(msg);
+        self.close();
+    }
+
+    /// Drop the connection at once, discarding what is queued.
+    pub fn destroy(&self) {
+        self.abort();
+    }
+
+    fn abort(&self) {
+        self.0.out.borrow_mut().clear();
+        if self.0.status.get() != Status::Closed {
+            self.0.status.set(Status::Closed);
+            self.wake();
+        }
+    }
+
+    /// Stop reading from the peer (input stays in the kernel; TCP flow control pushes back).
+    pub fn pause_recv(&self) {
+        self.0.paused.set(true);
+    }
+
+    /// Read again after [`Connection::pause_recv`].
+    pub fn resume_recv(&self) {
+        if self.0.paused.replace(false) {
+            self.wake();
+        }
+    }
+
+    /// Whether reading is paused.
+    pub fn is_paused(&self) -> bool {
+        self.0.paused.get()
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.0.waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    pub(crate) fn callbacks(&self) -> &Rc<RefCell<Callbacks>> {
+        &self.0.callbacks
+    }
+
+    /// Attach an established socket; the connection becomes `Established`.
+    pub(crate) fn attach(&self, stream: TcpStream, remote: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        *self.0.stream.borrow_mut() = Some(stream);
+        self.0.remote.set(Some(remote));
+        if self.0.status.get() == Status::Connecting {
+            self.0.status.set(Status::Established);
+        }
+        let hello = self.0.codec.borrow_mut().on_open();
+        if let Some(h) = hello {
+            self.0.out.borrow_mut().push_front_bypass(h);
+        }
+    }
+
+    /// Drive the connection until it closes: read, decode, dispatch, flush.
+    pub(crate) async fn run(&self) {
+        poll_fn(|cx| self.poll_drive(cx)).await;
+        let stream = self.0.stream.borrow_mut().take();
+        self.0.status.set(Status::Closed);
+        self.0.out.borrow_mut().clear();
+        *self.0.read_buf.borrow_mut() = BytesMut::new();
+        *self.0.waker.borrow_mut() = None;
+        if let Some(i) = &self.0.instance {
+            i.remove_connection(self.0.id);
+        }
+        let cb = self.0.callbacks.borrow().on_close.clone();
+        if let Some(cb) = cb {
+            guard("on_close", || cb(self));
+        }
+        if let Some(stream) = stream {
+            linger(stream).await;
+        }
+    }
+
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut w = self.0.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+        }
+        let mut reads = 0;
+        loop {
+            if self.0.status.get() == Status::Closed {
+                return Poll::Ready(());
+            }
+            // 1. Write out what is queued.
+            match self.poll_flush(cx) {
+                Poll::Ready(Err(e)) => {
+                    log::debug!("connection {}: write failed: {e}", self.0.id);
+                    self.call_error(ConnectionError::SendFail(e.to_string()));
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {
+                    let closing = self.0.status.get() == Status::Closing
+                        || self.0.codec.borrow().wants_close();
+                    if closing {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending => {
+                    if self.0.status.get() == Status::Closing {
+                        return Poll::Pending;
+                    }
+                }
+            }
+            // 2. Decode what is buffered (the codec may be ready for more than last time).
+            if !self.0.paused.get() && !self.0.read_buf.borrow().is_empty() && self.process_input()
+            {
+                if reads < READS_PER_POLL {
+                    reads += 1;
+                    continue;
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            // 3. Read.
+            if self.0.paused.get() {
+                return Poll::Pending;
+            }
+            if reads >= READS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match self.poll_read(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    log::trace!("connection {}: closed by peer", self.0.id);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(_)) => {
+                    reads += 1;
+                    self.process_input();
+                }
+                Poll::Ready(Err(e)) => {
+                    log::debug!("connection {}: read failed: {e}", self.0.id);
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+
+    /// Read once into a stack buffer; append to the connection's buffer.
+    fn poll_read(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let stream_ref = self.0.stream.borrow();
+        let Some(stream) = stream_ref.as_ref() else {
+            return Poll::Ready(Ok(0));
+        };
+        loop {
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            match stream.try_read(&mut chunk) {
+                Ok(0) => return Poll::Ready(Ok(0)),
+                Ok(n) => {
+                    self.0.read_buf.borrow_mut().extend_from_slice(&chunk[..n]);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Write the queue in vectored writes until it is empty or the socket is full.
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let gated = !self.0.codec.borrow().is_open() && self.0.status.get() != Status::Closing;
+        let mut wrote = false;
+        let result = loop {
+            let limit = {
+                let out = self.0.out.borrow();
+                if gated {
+                    out.bypass
+                } else {
+                    out.len
+                }
+            };
+            if limit == 0 {
+                break Poll::Ready(Ok(()));
+            }
+            let stream_ref = self.0.stream.borrow();
+            let Some(stream) = stream_ref.as_ref() else {
+                break Poll::Ready(Ok(()));
+            };
+            match stream.poll_write_ready(cx) {
+                Poll::Pending => break Poll::Pending,
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let res = {
+                let out = self.0.out.borrow();
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut n = 0;
+                let mut total = 0;
+                for (slot, b) in slices.iter_mut().zip(out.bufs.iter()) {
+                    if total >= limit {
+                        break;
+                    }
+                    let take = b.len().min(limit - total);
+                    *slot = IoSlice::new(&b[..take]);
+                    total += take;
+                    n += 1;
+                }
+                stream.try_write_vectored(&slices[..n])
+            };
+            match res {
+                Ok(n) => {
+                    self.0.out.borrow_mut().advance(n);
+                    wrote = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => break Poll::Ready(Err(e)),
+            }
+        };
+        if wrote && self.0.out.borrow().len == 0 {
+            self.0.buffer_full.set(false);
+            if self.0.status.get() == Status::Established {
+                let cb = self.0.callbacks.borrow().on_buffer_drain.clone();
+                if let Some(cb) = cb {
+                    guard("on_buffer_drain", || cb(self));
+                }
+            }
+        } else if self.0.out.borrow().len < self.0.max_send_buffer_size.get() {
+            self.0.buffer_full.set(false);
+        }
+        result
+    }
+
+    /// Decode and dispatch buffered input until the codec needs more, reading is paused, or
+    /// the connection is closing. Returns whether anything was dispatched.
+    fn process_input(&self) -> bool {
+        let mut progress = false;
+        loop {
+            if self.0.paused.get() || self.0.status.get() != Status::Established {
+                break;
+            }
+            let decoded = {
+                let mut buf = self.0.read_buf.borrow_mut();
+                if buf.is_empty() {
+                    break;
+                }
+                let r = self.0.codec.borrow_mut().decode(&mut buf);
+                if buf.is_empty() && buf.capacity() > 0 {
+                    *buf = BytesMut::new();
+                }
+                r
+            };
+            match decoded {
+                Ok(None) => {
+                    self.check_buffered_size();
+                    break;
+                }
+                Ok(Some(d)) => {
+                    progress = true;
+                    self.dispatch(d);
+                }
+                Err(e) => {
+                    progress = true;
+                    self.protocol_error(e);
+                    break;
+                }
+            }
+        }
+        progress
+    }
+
+    /// A codec waiting for more input must not let the buffer grow past the package limit.
+    fn check_buffered_size(&self) {
+        let len = self.0.read_buf.borrow().len();
+        let limit = self.0.max_package_size.saturating_add(64 * 1024);
+        if len > limit {
+            self.protocol_error(ProtocolError::TooLarge { size: len, limit });
+        }
+    }
+
+    fn protocol_error(&self, e: ProtocolError) {
+        match &e {
+            ProtocolError::TooLarge { .. } => log::warn!(
+                "connection {} from {:?}: error package, {e}; closing",
+                self.0.id,
+                self.0.remote.get()
+            ),
+            _ => log::info!(
+                "connection {} from {:?}: {e}; closing",
+                self.0.id,
+                self.0.remote.get()
+            ),
+        }
+        let reply = self.0.codec.borrow_mut().error_reply(&e);
+        if let Some(r) = reply {
+            let mut out = self.0.out.borrow_mut();
+            if !self.0.codec.borrow().is_open() {
+                out.clear();
+            }
+            out.push(r);
+        }
+        *self.0.read_buf.borrow_mut() = BytesMut::new();
+        self.0.status.set(Status::Closing);
+    }
+
+    fn dispatch(&self, d: Decoded) {
+        match d {
+            Decoded::Message(msg) => {
+                let mut s = self.0.stats.get();
+                s.messages_in += 1;
+                self.0.stats.set(s);
+                if let Some(i) = &self.0.instance {
+                    i.stats.messages_in.set(i.stats.messages_in.get() + 1);
+                }
+                let cb = self.0.callbacks.borrow().on_message.clone();
+                if let Some(cb) = cb {
+                    guard("on_message", || cb(self, msg));
+                }
+            }
+            Decoded::Reply(bytes) => {
+                self.0.out.borrow_mut().push(bytes);
+            }
+            Decoded::Handshake(req) => {
+                let cb = self.0.callbacks.borrow().on_websocket_connect.clone();
+                let refusal: Option<Response> = match cb {
+                    Some(cb) => {
+                        let mut verdict = Ok(());
+                        guard("on_websocket_connect", || verdict = cb(self, &req));
+                        verdict.err()
+                    }
+                    None => None,
+                };
+                if self.0.status.get() != Status::Established {
+                    // The callback closed the connection itself.
+                    return;
+                }
+                let answer = self
+                    .0
+                    .codec
+                    .borrow_mut()
+                    .accept(&req, refusal.map(Message::from));
+                match answer {
+                    Ok(bytes) => self.0.out.borrow_mut().push_front(bytes),
+                    Err(bytes) => {
+                        log::info!(
+                            "connection {}: WebSocket handshake refused by on_websocket_connect",
+                            self.0.id
+                        );
+                        let mut out = self.0.out.borrow_mut();
+                        out.clear();
+                        out.push(bytes);
+                        self.0.status.set(Status::Closing);
+                    }
+                }
+            }
+            Decoded::Opened => {
+                let cb = self.0.callbacks.borrow().on_connect.clone();
+                if let Some(cb) = cb {
+                    guard("on_connect", || cb(self));
+                }
+            }
+            Decoded::Close { reply, reason } => {
+                log::debug!("connection {}: closed by peer: {reason}", self.0.id);
+                if let Some(r) = reply {
+                    self.0.out.borrow_mut().push(r);
+                }
+                self.0.status.set(Status::Closing);
+            }
+        }
+    }
+}
+
+/// Half-close, then read until the peer closes (or a short timeout), so that unread input does
+/// not turn the close into a reset that destroys the last bytes sent.
+async fn linger(stream: TcpStream) {
+    let sock = socket2::SockRef::from(&stream);
+    if sock.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+}

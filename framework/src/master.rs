@@ -1,0 +1,479 @@
+//! The master: binds (or inherits) the listening sockets, starts one arbiter and actor per
+//! worker instance, accepts connections and hands them out round-robin, answers the signals
+//! of the command line, and shuts down.
+//!
+//! One acceptor per listening socket runs on the main thread; an accepted socket goes to an
+//! instance actor as a plain `std` socket, which registers it on its own thread. The listening
+//! sockets survive a `reload`: the new process inherits them (`WERKMANN_INHERIT_FDS`), so no
+//! connection is refused while the binary is swapped.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::cli::{self, Command, Paths};
+use crate::error::Error;
+use crate::worker::instance::{ConnectionInfo, GetConnections, GetStatus, InstanceActor, Stop};
+use crate::worker::{InstanceStatus, Worker};
+
+const INHERIT_ENV: &str = "WERKMANN_INHERIT_FDS";
+const RELOAD_PARENT_ENV: &str = "WERKMANN_RELOAD_PARENT";
+
+/// Initialise env_logger once (`RUST_LOG`, default `info`).
+pub fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .try_init();
+}
+
+/// Run the command line for these workers; returns the process exit code.
+pub fn main(workers: Vec<Worker>) -> i32 {
+    init_logging();
+    let args: Vec<String> = std::env::args().collect();
+    let program = args
+        .first()
+        .and_then(|p| std::path::Path::new(p).file_name())
+        .and_then(|s| s.to_str())
+        .unwrap_or("werkmann")
+        .to_string();
+    let tag: Vec<&str> = workers.iter().map(|w| w.socket_name()).collect();
+    let paths = Paths::new(&program, &tag.join(","));
+    let cmd = match cli::parse(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return 64;
+        }
+    };
+    let stop_wait = workers
+        .iter()
+        .map(|w| w.stop_timeout)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_secs(10);
+    let result = match cmd {
+        Command::Start { daemon } => start(workers, &paths, &program, daemon),
+        Command::Stop { graceful } => cli::stop(&paths, &program, graceful, stop_wait),
+        Command::Restart { daemon, graceful } => {
+            match cli::stop(&paths, &program, graceful, stop_wait) {
+                Ok(()) | Err(Error::Cli(_)) => start(workers, &paths, &program, daemon),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Reload => match cli::running_pid(&paths.pid) {
+            Some(pid) => cli::signal(pid, libc::SIGUSR1)
+                .map(|_| println!("{program} reloading (pid {pid})"))
+                .map_err(Error::from),
+            None => Err(Error::Cli(format!("{program} is not running"))),
+        },
+        Command::Status => cli::request_report(&paths, &program, libc::SIGUSR2, &paths.status)
+            .map(|t| print!("{t}")),
+        Command::Connections => {
+            cli::request_report(&paths, &program, libc::SIGIO, &paths.connections)
+                .map(|t| print!("{t}"))
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// Resolve `host:port` to one socket address.
+fn resolve(addr: &str) -> Result<SocketAddr, Error> {
+    addr.to_socket_addrs()
+        .map_err(|source| Error::Listen {
+            addr: addr.to_string(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| Error::Cli(format!("{addr} resolves to no address")))
+}
+
+/// Bind a listening socket with SO_REUSEADDR (and SO_REUSEPORT off, so a second process on the
+/// same port is refused).
+fn bind(addr: &str) -> Result<TcpListener, Error> {
+    let sa = resolve(addr)?;
+    let listen_err = |source| Error::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    let sock = Socket::new(Domain::for_address(sa), Type::STREAM, Some(Protocol::TCP))
+        .map_err(listen_err)?;
+    sock.set_reuse_address(true).map_err(listen_err)?;
+    sock.bind(&sa.into()).map_err(listen_err)?;
+    sock.listen(4096).map_err(listen_err)?;
+    sock.set_nonblocking(true).map_err(listen_err)?;
+    Ok(sock.into())
+}
+
+/// Listening sockets handed over by the process that reloaded into this one.
+fn inherited() -> HashMap<String, RawFd> {
+    std::env::var(INHERIT_ENV)
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter_map(|kv| kv.rsplit_once('='))
+                .filter_map(|(k, fd)| Some((k.to_string(), fd.parse().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Result<(), Error> {
+    let reload_parent: Option<i32> = std::env::var(RELOAD_PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse().ok());
+    if let Some(pid) = cli::running_pid(&paths.pid) {
+        if Some(pid) != reload_parent {
+            return Err(Error::Cli(format!(
+                "{program} already running (pid {pid}, pid file {})",
+                paths.pid.display()
+            )));
+        }
+    }
+    // Bind (or inherit) every listening socket before detaching, so errors reach the terminal.
+    let mut inherit = inherited();
+    let mut listeners: Vec<Option<TcpListener>> = Vec::new();
+    for w in &workers {
+        let l = match w.address() {
+            None => None,
+            Some(addr) => Some(match inherit.remove(addr) {
+                Some(fd) => {
+                    let l = unsafe { TcpListener::from_raw_fd(fd) };
+                    set_cloexec(fd, true);
+                    l.set_nonblocking(true)?;
+                    l
+                }
+                None => bind(addr)?,
+            }),
+        };
+        listeners.push(l);
+    }
+    for (_, fd) in inherit {
+        // Sockets of workers the new binary no longer has.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let pipe = if daemon {
+        Some(cli::daemonize(&paths.log)?)
+    } else {
+        None
+    };
+    cli::write_pid(&paths.pid)?;
+    let summary = describe(&workers, &listeners);
+    let result = serve(
+        workers,
+        listeners,
+        paths.clone(),
+        pipe,
+        summary,
+        reload_parent,
+    );
+    cli::remove_pid_if_ours(&paths.pid);
+    result
+}
+
+fn describe(workers: &[Worker], listeners: &[Option<TcpListener>]) -> String {
+    let mut out = String::new();
+    for (w, l) in workers.iter().zip(listeners) {
+        let at = l
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| format!(" listening on {a}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "worker {} ({}) x{}{}\n",
+            w.name,
+            if w.socket_name().is_empty() {
+                "none"
+            } else {
+                w.socket_name()
+            },
+            w.count,
+            at
+        ));
+    }
+    out
+}
+
+fn set_cloexec(fd: RawFd, on: bool) {
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            let flags = if on {
+                flags | libc::FD_CLOEXEC
+            } else {
+                flags & !libc::FD_CLOEXEC
+            };
+            libc::fcntl(fd, libc::F_SETFD, flags);
+        }
+    }
+}
+
+struct Running {
+    name: String,
+    addrs: Vec<Addr<InstanceActor>>,
+    arbiters: Vec<actix_rt::Arbiter>,
+    stop_timeout: Duration,
+}
+
+fn serve(
+    workers: Vec<Worker>,
+    listeners: Vec<Option<TcpListener>>,
+    paths: Paths,
+    pipe: Option<OwnedFd>,
+    summary: String,
+    reload_parent: Option<i32>,
+) -> Result<(), Error> {
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        let mut running = Vec::new();
+        let mut acceptors = Vec::new();
+        let mut kept: Vec<(String, RawFd)> = Vec::new();
+        for (w, listener) in workers.into_iter().zip(listeners) {
+            let config = Arc::new(w);
+            let mut addrs = Vec::new();
+            let mut arbiters = Vec::new();
+            for id in 0..config.count.max(1) {
+                let arb = actix_rt::Arbiter::new();
+                let cfg = config.clone();
+                let addr = InstanceActor::start_in_arbiter(&arb.handle(), move |_| {
+                    InstanceActor::new(cfg, id)
+                });
+                addrs.push(addr);
+                arbiters.push(arb);
+            }
+            if let (Some(l), Some(a)) = (listener, config.address()) {
+                kept.push((a.to_string(), l.as_raw_fd()));
+                let listener = tokio::net::TcpListener::from_std(l)?;
+                acceptors.push(actix_rt::spawn(accept_loop(listener, addrs.clone())));
+            }
+            running.push(Running {
+                name: config.name.clone(),
+                addrs,
+                arbiters,
+                stop_timeout: config.stop_timeout,
+            });
+        }
+        log::info!(
+            "started (pid {}):\n{}",
+            std::process::id(),
+            summary.trim_end()
+        );
+        cli::report_start(pipe, &format!("ok\n{summary}"));
+        if let Some(parent) = reload_parent {
+            // The old process may stop accepting now: every socket is served here.
+            let _ = cli::signal(parent, libc::SIGQUIT);
+        }
+        let graceful = signal_loop(&running, &paths, &kept).await;
+        for a in &acceptors {
+            a.abort();
+        }
+        log::info!("stopping{}", if graceful { " gracefully" } else { "" });
+        let mut stops = Vec::new();
+        for r in &running {
+            let timeout = if graceful {
+                r.stop_timeout.max(Duration::from_secs(10))
+            } else {
+                r.stop_timeout
+            };
+            for a in &r.addrs {
+                stops.push(a.send(Stop { timeout }));
+            }
+        }
+        futures_util::future::join_all(stops).await;
+        for r in running {
+            for arb in r.arbiters {
+                arb.stop();
+                let _ = arb.join();
+            }
+        }
+        log::info!("stopped");
+        Ok::<(), Error>(())
+    });
+    result
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, instances: Vec<Addr<InstanceActor>>) {
+    let mut next = 0usize;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("accept: {e}");
+                        continue;
+                    }
+                };
+                instances[next % instances.len()]
+                    .do_send(crate::worker::instance::Adopt(stream, peer));
+                next = next.wrapping_add(1);
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                log::error!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Wait for signals; answer status requests and reloads. Returns whether the stop is graceful.
+async fn signal_loop(running: &[Running], paths: &Paths, listeners: &[(String, RawFd)]) -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mk = |k| signal(k).expect("install signal handler");
+    let mut int = mk(SignalKind::interrupt());
+    let mut term = mk(SignalKind::terminate());
+    let mut quit = mk(SignalKind::quit());
+    let mut usr1 = mk(SignalKind::user_defined1());
+    let mut usr2 = mk(SignalKind::user_defined2());
+    let mut io = mk(SignalKind::io());
+    loop {
+        tokio::select! {
+            _ = int.recv() => return false,
+            _ = term.recv() => return false,
+            _ = quit.recv() => return true,
+            _ = usr2.recv() => write_status(running, paths).await,
+            _ = io.recv() => write_connections(running, paths).await,
+            _ = usr1.recv() => {
+                if let Err(e) = spawn_reload(listeners) {
+                    log::error!("reload failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => exe,
+    };
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|a| if a == "reload" { "start".into() } else { a })
+        .filter(|a| a != "-d")
+        .collect();
+    let fds: Vec<String> = listeners
+        .iter()
+        .map(|(a, fd)| format!("{a}={fd}"))
+        .collect();
+    for (_, fd) in listeners {
+        set_cloexec(*fd, false);
+    }
+    log::info!("reloading: starting {} {}", exe.display(), args.join(" "));
+    let child = std::process::Command::new(&exe)
+        .args(&args)
+        .env(INHERIT_ENV, fds.join(","))
+        .env(RELOAD_PARENT_ENV, std::process::id().to_string())
+        .spawn();
+    for (_, fd) in listeners {
+        set_cloexec(*fd, true);
+    }
+    child.map(|c| log::info!("new process {} started", c.id()))
+}
+
+async fn write_status(running: &[Running], paths: &Paths) {
+    let mut rows: Vec<InstanceStatus> = Vec::new();
+    for r in running {
+        for a in &r.addrs {
+            if let Ok(s) = a.send(GetStatus).await {
+                rows.push(s);
+            }
+        }
+    }
+    let rss = rss_bytes();
+    let mut out = format!(
+        "---------------------------------------GLOBAL STATUS----------------------------------------\n\
+         werkmann {}  pid {}  rss {:.1} MiB  workers {}  instances {}\n\
+         --------------------------------------PROCESS STATUS----------------------------------------\n\
+         {:<14} {:<28} {:>3} {:>8} {:>10} {:>12} {:>12} {:>8} {:>10} {:>8}\n",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        rss as f64 / 1048576.0,
+        running.len(),
+        rows.len(),
+        "worker",
+        "listen",
+        "id",
+        "conns",
+        "accepted",
+        "msgs_in",
+        "msgs_out",
+        "fails",
+        "buffered",
+        "uptime_s"
+    );
+    for s in &rows {
+        out.push_str(&format!(
+            "{:<14} {:<28} {:>3} {:>8} {:>10} {:>12} {:>12} {:>8} {:>10} {:>8}\n",
+            s.worker,
+            s.socket,
+            s.id,
+            s.connections,
+            s.accepted,
+            s.messages_in,
+            s.messages_out,
+            s.send_failures,
+            s.send_buffered,
+            s.uptime.as_secs()
+        ));
+    }
+    write_atomic(&paths.status, &out);
+}
+
+async fn write_connections(running: &[Running], paths: &Paths) {
+    let mut out = format!(
+        "{:<14} {:>3} {:>8} {:<22} {:<10} {:>10} {:>10} {:>10}\n",
+        "worker", "id", "conn", "remote", "protocol", "buffered", "msgs_in", "msgs_out"
+    );
+    for r in running {
+        for a in &r.addrs {
+            let infos: Vec<ConnectionInfo> = a.send(GetConnections).await.unwrap_or_default();
+            for c in infos {
+                out.push_str(&format!(
+                    "{:<14} {:>3} {:>8} {:<22} {:<10} {:>10} {:>10} {:>10}\n",
+                    r.name,
+                    c.instance,
+                    c.id,
+                    c.remote,
+                    c.protocol,
+                    c.send_buffered,
+                    c.messages_in,
+                    c.messages_out
+                ));
+            }
+        }
+    }
+    write_atomic(&paths.connections, &out);
+}
+
+fn write_atomic(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
+        log::error!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// Resident memory of this process in bytes, from `/proc/self/statm`.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}

@@ -1,0 +1,232 @@
+//! [`Worker`]: a listening socket, a protocol, a number of instances and the callbacks —
+//! Workerman's `Worker`, configured before [`Worker::run_all`] starts everything.
+
+pub mod instance;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::callbacks::Callbacks;
+use crate::connection::{
+    Connection, ConnectionError, DEFAULT_MAX_PACKAGE, DEFAULT_MAX_SEND_BUFFER,
+};
+use crate::error::Error;
+use crate::message::Message;
+use crate::protocol::http::{Request, Response};
+use crate::protocol::ProtocolKind;
+
+pub use instance::{InstanceStatus, WorkerInstance};
+
+type SyncConnFn = Arc<dyn Fn(&Connection) + Send + Sync>;
+type SyncInstanceFn = Arc<dyn Fn(&WorkerInstance) + Send + Sync>;
+type SyncMessageFn = Arc<dyn Fn(&Connection, Message) + Send + Sync>;
+type SyncErrorFn = Arc<dyn Fn(&Connection, &ConnectionError) + Send + Sync>;
+type SyncHandshakeFn = Arc<dyn Fn(&Connection, &Request) -> Result<(), Response> + Send + Sync>;
+
+/// The callbacks as configured: shared by all instances, turned into per-instance
+/// [`Callbacks`] on each instance's thread.
+#[derive(Default, Clone)]
+pub(crate) struct WorkerCallbacks {
+    pub on_worker_start: Option<SyncInstanceFn>,
+    pub on_worker_stop: Option<SyncInstanceFn>,
+    pub on_connect: Option<SyncConnFn>,
+    pub on_message: Option<SyncMessageFn>,
+    pub on_close: Option<SyncConnFn>,
+    pub on_error: Option<SyncErrorFn>,
+    pub on_buffer_full: Option<SyncConnFn>,
+    pub on_buffer_drain: Option<SyncConnFn>,
+    pub on_websocket_connect: Option<SyncHandshakeFn>,
+}
+
+impl WorkerCallbacks {
+    pub(crate) fn connection_callbacks(&self) -> Callbacks {
+        fn conn(f: &Option<SyncConnFn>) -> Option<crate::callbacks::ConnFn> {
+            f.clone()
+                .map(|f| Rc::new(move |c: &Connection| f(c)) as Rc<dyn Fn(&Connection)>)
+        }
+        Callbacks {
+            on_connect: conn(&self.on_connect),
+            on_message: self.on_message.clone().map(|f| {
+                Rc::new(move |c: &Connection, m: Message| f(c, m)) as crate::callbacks::MessageFn
+            }),
+            on_close: conn(&self.on_close),
+            on_error: self.on_error.clone().map(|f| {
+                Rc::new(move |c: &Connection, e: &ConnectionError| f(c, e))
+                    as crate::callbacks::ErrorFn
+            }),
+            on_buffer_full: conn(&self.on_buffer_full),
+            on_buffer_drain: conn(&self.on_buffer_drain),
+            on_websocket_connect: self.on_websocket_connect.clone().map(|f| {
+                Rc::new(move |c: &Connection, r: &Request| f(c, r)) as crate::callbacks::HandshakeFn
+            }),
+        }
+    }
+}
+
+/// A worker: what it listens on, how many instances serve it, and what they do.
+///
+/// ```no_run
+/// use werkmann::Worker;
+///
+/// let mut worker = Worker::new("websocket://127.0.0.1:4236").unwrap();
+/// worker.count = 2;
+/// worker.name = "pusher".into();
+/// worker.on_connect(|conn| {
+///     conn.send(format!("hello {}", conn.id()));
+/// });
+/// worker.on_message(|conn, msg| {
+///     conn.send(msg);
+/// });
+/// Worker::run_all(vec![worker]);
+/// ```
+#[derive(Clone)]
+pub struct Worker {
+    /// Number of instances (each an actor on its own thread), ids `0..count`.
+    pub count: usize,
+    /// Name shown by `status` and in logs.
+    pub name: String,
+    /// Per-connection send buffer limit in bytes (Workerman's `maxSendBufferSize`).
+    pub max_send_buffer_size: usize,
+    /// Largest incoming package in bytes (Workerman's `maxPackageSize`).
+    pub max_package_size: usize,
+    /// How long a stop waits for connections to finish before dropping them.
+    pub stop_timeout: Duration,
+    socket_name: String,
+    protocol: Option<ProtocolKind>,
+    address: Option<String>,
+    pub(crate) callbacks: WorkerCallbacks,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.name)
+            .field("socket_name", &self.socket_name)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+/// Split `scheme://host:port` into its protocol and address.
+pub fn parse_socket_name(socket_name: &str) -> Result<(ProtocolKind, String), Error> {
+    let (scheme, addr) = socket_name.split_once("://").ok_or_else(|| {
+        Error::BadSocketName(socket_name.to_string(), "expected scheme://host:port")
+    })?;
+    let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
+        .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
+    let addr = addr.trim_end_matches('/');
+    if addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        return Err(Error::BadSocketName(
+            socket_name.to_string(),
+            "expected a host and a port",
+        ));
+    }
+    Ok((proto, addr.to_string()))
+}
+
+impl Worker {
+    /// A worker listening on `socket_name`, e.g. `websocket://0.0.0.0:4236`, `http://…`,
+    /// `text://…`, `frame://…`, `tcp://…` or a registered custom scheme. An empty name makes a
+    /// worker without a socket (it runs `on_worker_start`, timers, outgoing connections).
+    pub fn new(socket_name: &str) -> Result<Worker, Error> {
+        let (protocol, address) = if socket_name.is_empty() {
+            (None, None)
+        } else {
+            let (p, a) = parse_socket_name(socket_name)?;
+            (Some(p), Some(a))
+        };
+        Ok(Worker {
+            count: 1,
+            name: "none".into(),
+            max_send_buffer_size: DEFAULT_MAX_SEND_BUFFER,
+            max_package_size: DEFAULT_MAX_PACKAGE,
+            stop_timeout: Duration::from_secs(2),
+            socket_name: socket_name.to_string(),
+            protocol,
+            address,
+            callbacks: WorkerCallbacks::default(),
+        })
+    }
+
+    /// The socket name given to [`Worker::new`].
+    pub fn socket_name(&self) -> &str {
+        &self.socket_name
+    }
+
+    /// The protocol, if the worker listens.
+    pub fn protocol(&self) -> Option<&ProtocolKind> {
+        self.protocol.as_ref()
+    }
+
+    /// `host:port` the worker listens on, if any.
+    pub fn address(&self) -> Option<&str> {
+        self.address.as_deref()
+    }
+
+    /// Called on each instance's thread when it starts (`w.id()` is `0..count`).
+    pub fn on_worker_start(&mut self, f: impl Fn(&WorkerInstance) + Send + Sync + 'static) {
+        self.callbacks.on_worker_start = Some(Arc::new(f));
+    }
+
+    /// Called on each instance's thread when it stops.
+    pub fn on_worker_stop(&mut self, f: impl Fn(&WorkerInstance) + Send + Sync + 'static) {
+        self.callbacks.on_worker_stop = Some(Arc::new(f));
+    }
+
+    /// Called when a client connects (for WebSocket, before the handshake; sends wait for it).
+    pub fn on_connect(&mut self, f: impl Fn(&Connection) + Send + Sync + 'static) {
+        self.callbacks.on_connect = Some(Arc::new(f));
+    }
+
+    /// Called for each complete message (an HTTP worker gets a `Message::Request`).
+    pub fn on_message(&mut self, f: impl Fn(&Connection, Message) + Send + Sync + 'static) {
+        self.callbacks.on_message = Some(Arc::new(f));
+    }
+
+    /// Called when a connection closes, whichever side closed it.
+    pub fn on_close(&mut self, f: impl Fn(&Connection) + Send + Sync + 'static) {
+        self.callbacks.on_close = Some(Arc::new(f));
+    }
+
+    /// Called when a send fails (code 2) — e.g. a full send buffer drops a message.
+    pub fn on_error(&mut self, f: impl Fn(&Connection, &ConnectionError) + Send + Sync + 'static) {
+        self.callbacks.on_error = Some(Arc::new(f));
+    }
+
+    /// Called when a connection's send buffer reaches `max_send_buffer_size`.
+    pub fn on_buffer_full(&mut self, f: impl Fn(&Connection) + Send + Sync + 'static) {
+        self.callbacks.on_buffer_full = Some(Arc::new(f));
+    }
+
+    /// Called when a connection's send buffer has been written out.
+    pub fn on_buffer_drain(&mut self, f: impl Fn(&Connection) + Send + Sync + 'static) {
+        self.callbacks.on_buffer_drain = Some(Arc::new(f));
+    }
+
+    /// Called with the upgrade request of a WebSocket connection; return `Err(response)` to
+    /// refuse it with that response.
+    pub fn on_websocket_connect(
+        &mut self,
+        f: impl Fn(&Connection, &Request) -> Result<(), Response> + Send + Sync + 'static,
+    ) {
+        self.callbacks.on_websocket_connect = Some(Arc::new(f));
+    }
+
+    /// Run these workers under the command line (`start [-d]`, `stop [-g]`, `restart`,
+    /// `reload`, `status`, `connections`) and exit the process when done.
+    pub fn run_all(workers: impl IntoIterator<Item = Worker>) -> ! {
+        let workers: Vec<Worker> = workers.into_iter().collect();
+        let code = crate::master::main(workers);
+        std::process::exit(code)
+    }
+
+    /// Run just this worker; see [`Worker::run_all`].
+    pub fn run(self) -> ! {
+        Worker::run_all(vec![self])
+    }
+}

@@ -1,0 +1,431 @@
+//! One worker instance: an actix actor on its own arbiter thread that owns its connection map.
+//!
+//! Code on the instance's thread (callbacks, timers, outgoing connections) reaches the map
+//! directly through [`WorkerInstance`]; other threads send the actor messages ([`InstanceAddr`]).
+
+use std::any::{Any, TypeId};
+use std::cell::{Cell, Ref, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::Worker;
+use crate::callbacks::{guard, Callbacks};
+use crate::connection::{Connection, SendStatus};
+use crate::message::Message;
+
+#[derive(Default)]
+pub(crate) struct InstanceCounters {
+    pub messages_in: Cell<u64>,
+    pub messages_out: Cell<u64>,
+    pub send_failures: Cell<u64>,
+    pub accepted: Cell<u64>,
+}
+
+pub(crate) struct InstanceInner {
+    id: usize,
+    config: Arc<Worker>,
+    connections: RefCell<HashMap<u64, Connection>>,
+    next_conn_id: Cell<u64>,
+    pub(crate) stats: InstanceCounters,
+    callbacks: Rc<RefCell<Callbacks>>,
+    extensions: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    addr: RefCell<Option<Addr<InstanceActor>>>,
+    started: Instant,
+}
+
+impl InstanceInner {
+    pub(crate) fn remove_connection(&self, id: u64) {
+        self.connections.borrow_mut().remove(&id);
+    }
+}
+
+/// A handle to the worker instance running on this thread: its id, its connections, and
+/// per-instance data. Cheap to clone; not `Send` (use [`WorkerInstance::addr`] across threads).
+#[derive(Clone)]
+pub struct WorkerInstance(pub(crate) Rc<InstanceInner>);
+
+/// What a broadcast reached.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BroadcastReport {
+    /// Connections that accepted the message (sent or queued).
+    pub delivered: usize,
+    /// Connections that dropped it (full buffer or closing).
+    pub failed: usize,
+}
+
+impl WorkerInstance {
+    /// This instance's id, `0..count`.
+    pub fn id(&self) -> usize {
+        self.0.id
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.0.config.name
+    }
+
+    /// The worker's configuration.
+    pub fn worker(&self) -> &Worker {
+        &self.0.config
+    }
+
+    /// The number of instances of this worker.
+    pub fn count(&self) -> usize {
+        self.0.config.count
+    }
+
+    /// The connections of this instance by id (Workerman's `$worker->connections`).
+    ///
+    /// Do not hold the returned borrow across an `.await`.
+    pub fn connections(&self) -> Ref<'_, HashMap<u64, Connection>> {
+        self.0.connections.borrow()
+    }
+
+    /// One connection by id.
+    pub fn connection(&self, id: u64) -> Option<Connection> {
+        self.0.connections.borrow().get(&id).cloned()
+    }
+
+    /// How many connections are open.
+    pub fn connection_count(&self) -> usize {
+        self.0.connections.borrow().len()
+    }
+
+    /// Send `msg` to every connection of this instance, encoded once where the protocol
+    /// allows. Writes are queued and coalesced by each connection's task.
+    pub fn broadcast(&self, msg: impl Into<Message>) -> BroadcastReport {
+        let msg = msg.into();
+        let shared = self.0.config.protocol().and_then(|p| p.encode_shared(&msg));
+        match shared {
+            Some(Ok(bytes)) => self.broadcast_encoded(&bytes),
+            Some(Err(e)) => {
+                log::warn!("broadcast not sent: {e}");
+                BroadcastReport::default()
+            }
+            None => {
+                let mut report = BroadcastReport::default();
+                for c in self.0.connections.borrow().values() {
+                    count(&mut report, c.send(msg.clone()));
+                }
+                report
+            }
+        }
+    }
+
+    /// Send bytes already encoded for this worker's protocol to every connection.
+    pub fn broadcast_encoded(&self, bytes: &Bytes) -> BroadcastReport {
+        let mut report = BroadcastReport::default();
+        for c in self.0.connections.borrow().values() {
+            count(&mut report, c.send_deferred(bytes.clone()));
+        }
+        report
+    }
+
+    /// Store per-instance data (a channel client, a cache…), one value per type.
+    pub fn set_data<T: Any>(&self, value: T) {
+        self.0
+            .extensions
+            .borrow_mut()
+            .insert(TypeId::of::<T>(), Rc::new(value));
+    }
+
+    /// Per-instance data stored with [`WorkerInstance::set_data`].
+    pub fn data<T: Any>(&self) -> Option<Rc<T>> {
+        self.0
+            .extensions
+            .borrow()
+            .get(&TypeId::of::<T>())
+            .cloned()
+            .and_then(|rc| rc.downcast::<T>().ok())
+    }
+
+    /// A `Send` handle to this instance's actor, for other threads.
+    pub fn addr(&self) -> Option<InstanceAddr> {
+        self.0.addr.borrow().clone().map(InstanceAddr)
+    }
+
+    /// Counters and sizes for `status`.
+    pub fn status(&self) -> InstanceStatus {
+        let conns = self.0.connections.borrow();
+        let buffered: usize = conns.values().map(|c| c.send_buffer_len()).sum();
+        InstanceStatus {
+            worker: self.0.config.name.clone(),
+            socket: self.0.config.socket_name().to_string(),
+            id: self.0.id,
+            connections: conns.len(),
+            accepted: self.0.stats.accepted.get(),
+            messages_in: self.0.stats.messages_in.get(),
+            messages_out: self.0.stats.messages_out.get(),
+            send_failures: self.0.stats.send_failures.get(),
+            send_buffered: buffered,
+            timers: crate::timer::Timer::count(),
+            uptime: self.0.started.elapsed(),
+        }
+    }
+
+    fn connection_infos(&self) -> Vec<ConnectionInfo> {
+        self.0
+            .connections
+            .borrow()
+            .values()
+            .map(|c| {
+                let s = c.stats();
+                ConnectionInfo {
+                    worker: self.0.config.name.clone(),
+                    instance: self.0.id,
+                    id: c.id(),
+                    remote: c.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    protocol: self
+                        .0
+                        .config
+                        .protocol()
+                        .map(|p| p.name())
+                        .unwrap_or("-")
+                        .to_string(),
+                    send_buffered: c.send_buffer_len(),
+                    messages_in: s.messages_in,
+                    messages_out: s.messages_out,
+                }
+            })
+            .collect()
+    }
+
+    fn adopt(&self, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot register accepted connection: {e}");
+                return;
+            }
+        };
+        let Some(proto) = self.0.config.protocol() else {
+            return;
+        };
+        let id = self.0.next_conn_id.get();
+        self.0.next_conn_id.set(id + 1);
+        self.0.stats.accepted.set(self.0.stats.accepted.get() + 1);
+        let conn = Connection::new(
+            id,
+            self.0.id,
+            proto.server_codec(self.0.config.max_package_size),
+            self.0.callbacks.clone(),
+            Some(self.0.clone()),
+            self.0.config.max_send_buffer_size,
+            self.0.config.max_package_size,
+        );
+        conn.attach(stream, peer);
+        self.0.connections.borrow_mut().insert(id, conn.clone());
+        let cb = self.0.callbacks.borrow().on_connect.clone();
+        if let Some(cb) = cb {
+            guard("on_connect", || cb(&conn));
+        }
+        actix_rt::spawn(async move { conn.run().await });
+    }
+
+    fn close_all(&self) {
+        let conns: Vec<Connection> = self.0.connections.borrow().values().cloned().collect();
+        for c in conns {
+            c.close();
+        }
+    }
+}
+
+fn count(report: &mut BroadcastReport, status: SendStatus) {
+    if status.is_ok() {
+        report.delivered += 1;
+    } else {
+        report.failed += 1;
+    }
+}
+
+/// Figures of one instance, as `status` prints them.
+#[derive(Debug, Clone)]
+pub struct InstanceStatus {
+    /// Worker name.
+    pub worker: String,
+    /// Socket name.
+    pub socket: String,
+    /// Instance id.
+    pub id: usize,
+    /// Open connections.
+    pub connections: usize,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent or queued.
+    pub messages_out: u64,
+    /// Messages dropped.
+    pub send_failures: u64,
+    /// Bytes waiting in send buffers.
+    pub send_buffered: usize,
+    /// Timers pending in the process.
+    pub timers: usize,
+    /// Time since the instance started.
+    pub uptime: Duration,
+}
+
+/// One connection, as `connections` prints it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// Worker name.
+    pub worker: String,
+    /// Instance id.
+    pub instance: usize,
+    /// Connection id.
+    pub id: u64,
+    /// Peer address.
+    pub remote: String,
+    /// Protocol name.
+    pub protocol: String,
+    /// Bytes queued.
+    pub send_buffered: usize,
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+}
+
+/// The actor of one worker instance.
+pub struct InstanceActor {
+    inst: WorkerInstance,
+}
+
+impl InstanceActor {
+    pub(crate) fn new(config: Arc<Worker>, id: usize) -> Self {
+        let callbacks = Rc::new(RefCell::new(config.callbacks.connection_callbacks()));
+        InstanceActor {
+            inst: WorkerInstance(Rc::new(InstanceInner {
+                id,
+                config,
+                connections: RefCell::new(HashMap::new()),
+                next_conn_id: Cell::new(1),
+                stats: InstanceCounters::default(),
+                callbacks,
+                extensions: RefCell::new(HashMap::new()),
+                addr: RefCell::new(None),
+                started: Instant::now(),
+            })),
+        }
+    }
+}
+
+impl Actor for InstanceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        *self.inst.0.addr.borrow_mut() = Some(ctx.address());
+        let cb = self.inst.0.config.callbacks.on_worker_start.clone();
+        if let Some(cb) = cb {
+            let inst = self.inst.clone();
+            guard("on_worker_start", || cb(&inst));
+        }
+        log::debug!(
+            "worker {} instance {} started",
+            self.inst.name(),
+            self.inst.id()
+        );
+    }
+}
+
+/// A `Send` handle to a worker instance's actor.
+#[derive(Clone)]
+pub struct InstanceAddr(pub(crate) Addr<InstanceActor>);
+
+impl InstanceAddr {
+    /// Run `f` on the instance's thread with its [`WorkerInstance`].
+    pub fn exec(&self, f: impl FnOnce(&WorkerInstance) + Send + 'static) {
+        self.0.do_send(Exec(Box::new(f)));
+    }
+
+    /// Broadcast to every connection of the instance (the message is encoded once there).
+    pub fn broadcast(&self, msg: Message) {
+        self.exec(move |w| {
+            w.broadcast(msg);
+        });
+    }
+}
+
+/// A new connection for the instance, accepted by the worker's acceptor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Adopt(pub std::net::TcpStream, pub std::net::SocketAddr);
+
+impl Handler<Adopt> for InstanceActor {
+    type Result = ();
+    fn handle(&mut self, msg: Adopt, _: &mut Self::Context) {
+        self.inst.adopt(msg.0, msg.1);
+    }
+}
+
+/// Run a closure on the instance's thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Exec(pub Box<dyn FnOnce(&WorkerInstance) + Send>);
+
+impl Handler<Exec> for InstanceActor {
+    type Result = ();
+    fn handle(&mut self, msg: Exec, _: &mut Self::Context) {
+        let inst = self.inst.clone();
+        guard("exec", || (msg.0)(&inst));
+    }
+}
+
+/// Ask for the instance's figures.
+#[derive(Message)]
+#[rtype(result = "InstanceStatus")]
+pub(crate) struct GetStatus;
+
+impl Handler<GetStatus> for InstanceActor {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.inst.status())
+    }
+}
+
+/// Ask for the instance's connections.
+#[derive(Message)]
+#[rtype(result = "Vec<ConnectionInfo>")]
+pub(crate) struct GetConnections;
+
+impl Handler<GetConnections> for InstanceActor {
+    type Result = MessageResult<GetConnections>;
+    fn handle(&mut self, _: GetConnections, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.inst.connection_infos())
+    }
+}
+
+/// Stop the instance: close every connection (flushing what is queued), wait up to
+/// `timeout` for them to finish, then call `on_worker_stop`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Stop {
+    pub timeout: Duration,
+}
+
+impl Handler<Stop> for InstanceActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: Stop, _: &mut Self::Context) -> Self::Result {
+        let inst = self.inst.clone();
+        Box::pin(async move {
+            inst.close_all();
+            let deadline = tokio::time::Instant::now() + msg.timeout;
+            while inst.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let left: Vec<Connection> = inst.connections().values().cloned().collect();
+            for c in left {
+                c.destroy();
+            }
+            let cb = inst.0.config.callbacks.on_worker_stop.clone();
+            if let Some(cb) = cb {
+                guard("on_worker_stop", || cb(&inst));
+            }
+        })
+    }
+}

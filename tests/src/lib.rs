@@ -1,0 +1,153 @@
+//! Test harness for werkmann's black-box tests: start the app binaries as real processes on
+//! free loopback ports, wait for them to listen, and stop them afterwards.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Where the app binaries are: `$WERKMANN_BIN_DIR`, or the workspace's `target/debug`
+/// (built on first use).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    let dir = std::env::var_os("WERKMANN_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target").join("debug"));
+    if std::env::var_os("WERKMANN_BIN_DIR").is_none() {
+        BUILD.call_once(|| {
+            let st = Command::new(env!("CARGO"))
+                .args(["build", "-p", "werkmann-apps", "--bins"])
+                .current_dir(workspace())
+                .status()
+                .expect("run cargo build");
+            assert!(st.success(), "building the app binaries failed");
+        });
+    }
+    dir.join(name)
+}
+
+/// A free port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// A fresh directory for one app's pid, status and log files.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "werkmann-test-{}-{tag}-{n}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running app process, killed when dropped.
+pub struct App {
+    /// The process.
+    pub child: Child,
+    /// Its run directory (`WERKMANN_RUN_DIR`).
+    pub run_dir: PathBuf,
+    /// The binary.
+    pub bin: PathBuf,
+    /// Its arguments after the command.
+    pub args: Vec<String>,
+}
+
+impl App {
+    /// Start `name start <args>` in the foreground and wait until every address in `ports`
+    /// accepts connections.
+    pub fn start(name: &str, args: &[&str], ports: &[u16]) -> App {
+        let run_dir = temp_dir(name);
+        let bin = bin(name);
+        let log = std::fs::File::create(run_dir.join("stderr.log")).unwrap();
+        let child = Command::new(&bin)
+            .arg("start")
+            .args(args)
+            .env("WERKMANN_RUN_DIR", &run_dir)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let app = App {
+            child,
+            run_dir,
+            bin,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        for p in ports {
+            let addr: SocketAddr = ([127, 0, 0, 1], *p).into();
+            assert!(
+                wait_listening(addr, Duration::from_secs(20)),
+                "{name} does not listen on {addr}; log:\n{}",
+                app.log()
+            );
+        }
+        app
+    }
+
+    /// Run another command (`status`, `stop`, …) of the same app with the same options.
+    pub fn command(&self, cmd: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(cmd)
+            .args(&self.args)
+            .env("WERKMANN_RUN_DIR", &self.run_dir)
+            .output()
+            .unwrap()
+    }
+
+    /// What the app logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.run_dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Wait up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
