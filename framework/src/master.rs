@@ -286,7 +286,7 @@ fn serve(
                 r.stop_timeout
             };
             for a in &r.addrs {
-                stops.push(a.send(Stop { timeout }));
+                stops.push(a.send(Stop { timeout, graceful }));
             }
         }
         futures_util::future::join_all(stops).await;

@@ -28,9 +28,14 @@ async fn text_protocol_echoes_lines_and_refuses_oversize() {
     let s = TcpStream::connect(&listen).await.unwrap();
     let (r, mut w) = s.into_split();
     let mut lines = BufReader::new(r).lines();
-    w.write_all(b"hello\nwith crlf\r\n\xc3\xa4\n").await.unwrap();
+    w.write_all(b"hello\nwith crlf\r\n\xc3\xa4\n")
+        .await
+        .unwrap();
     for want in ["hello", "with crlf", "ä"] {
-        let got = tokio::time::timeout(T, lines.next_line()).await.unwrap().unwrap();
+        let got = tokio::time::timeout(T, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.as_deref(), Some(want));
     }
 
@@ -52,7 +57,10 @@ async fn text_protocol_echoes_lines_and_refuses_oversize() {
 
     // The worker still serves.
     w.write_all(b"still here\n").await.unwrap();
-    let got = tokio::time::timeout(T, lines.next_line()).await.unwrap().unwrap();
+    let got = tokio::time::timeout(T, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.as_deref(), Some("still here"));
 }
 
@@ -68,7 +76,10 @@ async fn frame_protocol_round_trip_and_bad_lengths() {
         frame.extend_from_slice(payload);
         s.write_all(&frame).await.unwrap();
         let mut head = [0u8; 4];
-        tokio::time::timeout(T, s.read_exact(&mut head)).await.unwrap().unwrap();
+        tokio::time::timeout(T, s.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
         let len = u32::from_be_bytes(head) as usize;
         assert_eq!(len, payload.len() + 4);
         let mut body = vec![0u8; len - 4];
@@ -89,7 +100,10 @@ async fn frame_protocol_round_trip_and_bad_lengths() {
     // The first client goes on.
     s.write_all(&[0, 0, 0, 6, b'o', b'k']).await.unwrap();
     let mut back = [0u8; 6];
-    tokio::time::timeout(T, s.read_exact(&mut back)).await.unwrap().unwrap();
+    tokio::time::timeout(T, s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&back[4..], b"ok");
 }
 
@@ -101,7 +115,10 @@ async fn tcp_protocol_echoes_bytes() {
     let mut s = TcpStream::connect(&listen).await.unwrap();
     s.write_all(b"\x00raw bytes\xff").await.unwrap();
     let mut buf = [0u8; 11];
-    tokio::time::timeout(T, s.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(T, s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"\x00raw bytes\xff");
 }
 
@@ -115,21 +132,41 @@ async fn websocket_echo_with_a_real_client() {
     assert_eq!(resp.status(), 101);
 
     ws.send(WsMessage::text("héllo")).await.unwrap();
-    let got = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+    let got = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got, WsMessage::text("héllo"));
 
-    ws.send(WsMessage::binary(vec![0u8, 1, 2, 3])).await.unwrap();
-    let got = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+    ws.send(WsMessage::binary(vec![0u8, 1, 2, 3]))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got, WsMessage::binary(vec![0u8, 1, 2, 3]));
 
-    ws.send(WsMessage::Ping(b"p".to_vec().into())).await.unwrap();
-    let got = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+    ws.send(WsMessage::Ping(b"p".to_vec().into()))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got, WsMessage::Pong(b"p".to_vec().into()));
 
     // A 1 MiB message comes back whole.
     let big = "z".repeat(1 << 20);
     ws.send(WsMessage::text(big.clone())).await.unwrap();
-    let got = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+    let got = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got.into_text().unwrap().as_str(), big);
 
     // Closing handshake.
@@ -149,7 +186,10 @@ async fn raw_ws(listen: &str) -> TcpStream {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        tokio::time::timeout(T, s.read_exact(&mut b)).await.unwrap().unwrap();
+        tokio::time::timeout(T, s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
         head.push(b[0]);
     }
     let head = String::from_utf8(head).unwrap();
@@ -169,7 +209,10 @@ fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// Read one server frame; returns (opcode, payload).
 async fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
-    tokio::time::timeout(T, s.read_exact(&mut h)).await.unwrap().unwrap();
+    tokio::time::timeout(T, s.read_exact(&mut h))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(h[1] & 0x80, 0, "server frames are unmasked");
     let len = match h[1] & 0x7f {
         126 => {
@@ -219,7 +262,9 @@ async fn websocket_bad_input_is_refused_and_the_worker_goes_on() {
 
     // Invalid UTF-8 in a text frame: close 1007.
     let mut s = raw_ws(&listen).await;
-    s.write_all(&masked(0x1, &[0xce, 0xba, 0xff])).await.unwrap();
+    s.write_all(&masked(0x1, &[0xce, 0xba, 0xff]))
+        .await
+        .unwrap();
     expect_close(&mut s, 1007).await;
 
     // An oversize frame (over ws_echo's 64 MiB), refused from its header: close 1009.
@@ -232,7 +277,9 @@ async fn websocket_bad_input_is_refused_and_the_worker_goes_on() {
 
     // A bogus upgrade: 400 with a reason.
     let mut s = TcpStream::connect(&listen).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let resp = String::from_utf8_lossy(&read_to_end(&mut s).await).to_string();
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     assert!(resp.to_lowercase().contains("websocket"), "{resp}");
@@ -254,7 +301,11 @@ async fn websocket_bad_input_is_refused_and_the_worker_goes_on() {
         .await
         .unwrap();
     ws.send(WsMessage::text("after")).await.unwrap();
-    let got = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+    let got = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got, WsMessage::text("after"));
     ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: CloseCode::Normal,
@@ -269,13 +320,20 @@ async fn http_request(s: &mut TcpStream, req: &str) -> (String, String) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        tokio::time::timeout(T, s.read_exact(&mut b)).await.unwrap().unwrap();
+        tokio::time::timeout(T, s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
         head.push(b[0]);
     }
     let head = String::from_utf8(head).unwrap();
     let len: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await.unwrap();
@@ -299,7 +357,11 @@ async fn http_query_form_json_keep_alive_and_bad_requests() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["path"], "/push");
     assert_eq!(v["query"]["content"], "hi there");
-    assert!(v["headers"].as_array().unwrap().iter().any(|h| h == "x-test: yes"));
+    assert!(v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h == "x-test: yes"));
     let conn_id = v["connection_id"].clone();
 
     // Same connection (keep-alive): a form POST, then JSON.
@@ -311,7 +373,10 @@ async fn http_query_form_json_keep_alive_and_bad_requests() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["post"]["content"], "a b");
     assert_eq!(v["post"]["n"], "1");
-    assert_eq!(v["connection_id"], conn_id, "keep-alive reuses the connection");
+    assert_eq!(
+        v["connection_id"], conn_id,
+        "keep-alive reuses the connection"
+    );
     let json = r#"{"content":"j","to_worker_id":3}"#;
     let (_, body) = http_request(
         &mut s,
@@ -374,7 +439,10 @@ async fn custom_protocol_worker_next_to_another_worker() {
     let mut s = TcpStream::connect(&custom_listen).await.unwrap();
     s.write_all(b"one;two;").await.unwrap();
     let mut buf = vec![0u8; "echo:one;echo:two;".len()];
-    tokio::time::timeout(T, s.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(T, s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(buf, b"echo:one;echo:two;");
     // The protocol's input() refuses '!': the connection is closed.
     let mut bad = TcpStream::connect(&custom_listen).await.unwrap();

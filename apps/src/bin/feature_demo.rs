@@ -160,7 +160,11 @@ fn console(conn: &Connection, line: &str) {
 fn main() -> anyhow::Result<()> {
     register_protocol("semicolon", Semicolon);
     let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9010");
-    let custom = option("--custom-listen", "WERKMANN_CUSTOM_LISTEN", "127.0.0.1:9011");
+    let custom = option(
+        "--custom-listen",
+        "WERKMANN_CUSTOM_LISTEN",
+        "127.0.0.1:9011",
+    );
     let count: usize = option("--count", "WERKMANN_COUNT", "2").parse()?;
 
     let mut text = Worker::new(&format!("text://{listen}"))?;

@@ -401,18 +401,27 @@ impl Handler<GetConnections> for InstanceActor {
 }
 
 /// Stop the instance: close every connection (flushing what is queued), wait up to
-/// `timeout` for them to finish, then call `on_worker_stop`.
+/// `timeout` for them to finish, then call `on_worker_stop`. A graceful stop first keeps
+/// serving for a moment, so requests already on their way to a connection it accepted are
+/// answered.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Stop {
     pub timeout: Duration,
+    pub graceful: bool,
 }
+
+/// How long a graceful stop keeps serving before it closes connections.
+const GRACE: Duration = Duration::from_millis(500);
 
 impl Handler<Stop> for InstanceActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: Stop, _: &mut Self::Context) -> Self::Result {
         let inst = self.inst.clone();
         Box::pin(async move {
+            if msg.graceful && inst.connection_count() > 0 {
+                tokio::time::sleep(GRACE.min(msg.timeout)).await;
+            }
             inst.close_all();
             let deadline = tokio::time::Instant::now() + msg.timeout;
             while inst.connection_count() > 0 && tokio::time::Instant::now() < deadline {

@@ -1,0 +1,271 @@
+//! Workerman's command line on real processes: `start -d`, `status`, `connections`, `stop`,
+//! `stop -g`, SIGTERM, refusing a second start, and `reload` without refusing a connection.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use werkmann_tests::{bin, free_port, temp_dir, wait_listening};
+
+struct Daemon {
+    run_dir: std::path::PathBuf,
+    args: Vec<String>,
+    port: u16,
+}
+
+impl Daemon {
+    fn cmd(&self, cmd: &[&str]) -> Output {
+        Command::new(bin("feature_demo"))
+            .args(cmd)
+            .args(&self.args)
+            .env("WERKMANN_RUN_DIR", &self.run_dir)
+            .output()
+            .unwrap()
+    }
+
+    fn start() -> Daemon {
+        let port = free_port();
+        let custom = free_port();
+        let d = Daemon {
+            run_dir: temp_dir("cli"),
+            args: vec![
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--custom-listen".into(),
+                format!("127.0.0.1:{custom}"),
+                "--count".into(),
+                "2".into(),
+            ],
+            port,
+        };
+        let t = Instant::now();
+        let out = d.cmd(&["start", "-d"]);
+        assert!(out.status.success(), "start -d: {}", text(&out));
+        assert!(t.elapsed() < Duration::from_secs(10), "start -d returns");
+        assert!(
+            text(&out).contains("listening on 127.0.0.1"),
+            "{}",
+            text(&out)
+        );
+        assert!(wait_listening(
+            ([127, 0, 0, 1], port).into(),
+            Duration::from_secs(5)
+        ));
+        d
+    }
+
+    fn pid(&self) -> i32 {
+        let pid_file = std::fs::read_dir(&self.run_dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "pid"))
+            .expect("a pid file");
+        read_pid(&pid_file)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_dir(&self.run_dir)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "pid"))
+            .map(|p| read_pid(&p))
+        {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn read_pid(p: &Path) -> i32 {
+    std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn wait_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn console(port: u16) -> (BufReader<TcpStream>, TcpStream) {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (BufReader::new(s.try_clone().unwrap()), s)
+}
+
+fn ask(c: &mut (BufReader<TcpStream>, TcpStream), line: &str) -> String {
+    c.1.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    c.0.read_line(&mut out).unwrap();
+    out.trim_end().to_string()
+}
+
+#[test]
+fn start_daemon_status_connections_stop() {
+    let d = Daemon::start();
+    let pid = d.pid();
+    assert!(alive(pid));
+
+    // A second start is refused while the first runs.
+    let again = d.cmd(&["start"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already running"), "{}", text(&again));
+
+    let mut c = console(d.port);
+    let who = ask(&mut c, "whoami");
+    let instance = who
+        .strip_prefix("worker=")
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .to_string();
+    let _ = ask(&mut c, "stats");
+
+    let status = d.cmd(&["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let st = text(&status);
+    assert!(st.contains(&format!("pid {pid}")), "{st}");
+    let rows: Vec<&str> = st.lines().filter(|l| l.starts_with("console")).collect();
+    assert_eq!(rows.len(), 2, "one row per instance:\n{st}");
+    // Our instance has our connection and its two messages.
+    let row: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split_whitespace().collect::<Vec<_>>())
+        .find(|r| r[2] == instance)
+        .unwrap();
+    assert_eq!(row[3], "1", "connections: {st}");
+    assert_eq!(row[5], "2", "messages in: {st}");
+    assert!(st.contains("rss"), "{st}");
+
+    let conns = text(&d.cmd(&["connections"]));
+    let local = c.1.local_addr().unwrap().to_string();
+    assert!(conns.contains(&local), "{conns}");
+
+    let stop = d.cmd(&["stop"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    assert!(text(&stop).contains("stop success"));
+    assert!(!alive(pid));
+    // The connection was closed and the pid file removed.
+    let mut rest = Vec::new();
+    let _ = c.0.read_to_end(&mut rest);
+    assert!(std::fs::read_dir(&d.run_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .all(|e| e.path().extension().is_none_or(|x| x != "pid")));
+    assert!(TcpStream::connect(("127.0.0.1", d.port)).is_err());
+    // Stopping again says it is not running.
+    let again = d.cmd(&["stop"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("not running"));
+}
+
+#[test]
+fn graceful_stop_delivers_what_is_queued() {
+    let d = Daemon::start();
+    let pid = d.pid();
+    // A client with 2 MiB queued that it has not read yet.
+    let (mut r, mut w) = console(d.port);
+    w.write_all(b"flood 30 65536\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stop = std::thread::spawn({
+        let args = d.args.clone();
+        let run_dir = d.run_dir.clone();
+        move || {
+            Command::new(bin("feature_demo"))
+                .args(["stop", "-g"])
+                .args(&args)
+                .env("WERKMANN_RUN_DIR", &run_dir)
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut all = Vec::new();
+    r.read_to_end(&mut all).unwrap();
+    let lines = all.iter().filter(|&&b| b == b'\n').count();
+    let out = stop.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(pid));
+    // Everything accepted before the stop arrived (the buffer holds 256 KiB beyond the kernel).
+    assert!(
+        lines >= 4,
+        "queued lines were delivered before the close: {lines}"
+    );
+    assert_eq!(all.len(), lines * 65537, "only whole lines");
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let d = Daemon::start();
+    let pid = d.pid();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(wait_gone(pid));
+    assert!(TcpStream::connect(("127.0.0.1", d.port)).is_err());
+}
+
+#[test]
+fn reload_swaps_the_process_without_refusing_connections() {
+    let d = Daemon::start();
+    let old = d.pid();
+    let port = d.port;
+    // Connect continuously while reloading; every connection must be answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(s) => {
+                        let mut c = (BufReader::new(s.try_clone().unwrap()), s);
+                        c.1.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        c.1.write_all(b"whoami\n").unwrap();
+                        let mut line = String::new();
+                        match c.0.read_line(&mut line) {
+                            Ok(n) if n > 0 && line.starts_with("worker=") => ok += 1,
+                            other => failed.push(format!("{other:?} {line:?}")),
+                        }
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let out = d.cmd(&["reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(wait_gone(old), "the old process exits");
+    let new = d.pid();
+    assert_ne!(new, old);
+    assert!(alive(new));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = hammer.join().unwrap();
+    assert!(failed.is_empty(), "{ok} ok, failures: {failed:?}");
+    assert!(ok > 10, "{ok}");
+    let stop = d.cmd(&["stop"]);
+    assert!(stop.status.success(), "{}", text(&stop));
+}

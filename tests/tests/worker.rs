@@ -1,0 +1,205 @@
+//! Worker behaviour through the `feature_demo` console: instances, send-buffer limits, panics,
+//! timers, broadcasts and outgoing connections.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use werkmann_tests::{free_port, App};
+
+const T: Duration = Duration::from_secs(10);
+
+struct Console {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    w: OwnedWriteHalf,
+}
+
+impl Console {
+    async fn connect(addr: &str) -> Console {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = s.into_split();
+        Console {
+            lines: BufReader::with_capacity(1 << 16, r).lines(),
+            w,
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        self.w
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(T, self.lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("connection open")
+    }
+
+    async fn ask(&mut self, line: &str) -> String {
+        self.send(line).await;
+        self.line().await
+    }
+}
+
+fn stats(line: &str) -> HashMap<String, u64> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+fn demo(count: usize) -> (App, String) {
+    let port = free_port();
+    let custom = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let app = App::start(
+        "feature_demo",
+        &[
+            "--listen",
+            &listen,
+            "--custom-listen",
+            &format!("127.0.0.1:{custom}"),
+            "--count",
+            &count.to_string(),
+        ],
+        &[port, custom],
+    );
+    (app, listen)
+}
+
+#[tokio::test]
+async fn count_two_spreads_connections_over_instances_0_and_1() {
+    let (_app, listen) = demo(2);
+    let mut seen: HashMap<usize, HashSet<u64>> = HashMap::new();
+    let mut consoles = Vec::new();
+    for _ in 0..10 {
+        let mut c = Console::connect(&listen).await;
+        let who = c.ask("whoami").await;
+        let (w, id) = who
+            .strip_prefix("worker=")
+            .and_then(|r| r.split_once(" conn="))
+            .unwrap();
+        let fresh = seen
+            .entry(w.parse().unwrap())
+            .or_default()
+            .insert(id.parse().unwrap());
+        assert!(fresh, "connection ids are unique within an instance: {who}");
+        consoles.push(c);
+    }
+    let ids: HashSet<usize> = seen.keys().copied().collect();
+    assert_eq!(ids, HashSet::from([0, 1]));
+    assert_eq!(seen[&0].len(), 5);
+    assert_eq!(seen[&1].len(), 5);
+}
+
+#[tokio::test]
+async fn send_buffer_limit_fires_buffer_full_drops_and_stays_bounded() {
+    let (_app, listen) = demo(1);
+    let mut control = Console::connect(&listen).await;
+    let before = stats(&control.ask("stats").await);
+
+    // A client that asks for 64 MiB and does not read.
+    let mut slow = TcpStream::connect(&listen).await.unwrap();
+    slow.write_all(b"flood 8192 8192\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let s = stats(&control.ask("stats").await);
+    assert!(s["full"] >= 1, "on_buffer_full fired: {s:?}");
+    assert!(
+        s["failures"] > 0,
+        "messages beyond the limit are dropped: {s:?}"
+    );
+    let accepted = (s["sent"] + s["queued"]) as usize;
+    assert!(accepted < 8192, "not everything was accepted: {s:?}");
+    // 64 MiB were offered; the buffer holds 256 KiB (plus what the kernel takes).
+    let grew = s["rss_kib"].saturating_sub(before["rss_kib"]);
+    assert!(grew < 16 * 1024, "memory stayed bounded: grew {grew} KiB");
+
+    // The slow client now reads everything: exactly the accepted lines arrive, then drain.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let want = accepted * 8193;
+    let mut total = 0usize;
+    while total < want {
+        let n = tokio::time::timeout(T, slow.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection stays open");
+        got += buf[..n].iter().filter(|&&b| b == b'\n').count();
+        total += n;
+    }
+    assert_eq!(total, want);
+    assert_eq!(got, accepted);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = stats(&control.ask("stats").await);
+    assert!(s["drain"] >= 1, "on_buffer_drain fired: {s:?}");
+}
+
+#[tokio::test]
+async fn a_panicking_callback_is_caught_and_the_worker_goes_on() {
+    let (app, listen) = demo(1);
+    let mut c = Console::connect(&listen).await;
+    c.send("panic").await;
+    assert!(c.ask("whoami").await.starts_with("worker=0"));
+    let mut other = Console::connect(&listen).await;
+    assert!(other.ask("whoami").await.starts_with("worker=0"));
+    assert!(app
+        .log()
+        .contains("panic in on_message callback: requested panic"));
+}
+
+#[tokio::test]
+async fn timers_tick_and_stop_when_deleted() {
+    let (_app, listen) = demo(1);
+    let mut c = Console::connect(&listen).await;
+    c.send("timer 3 40").await;
+    for want in ["tick 1", "tick 2", "tick 3", "timer done"] {
+        assert_eq!(c.line().await, want);
+    }
+    // Deleted: no fourth tick.
+    let more = tokio::time::timeout(Duration::from_millis(300), c.lines.next_line()).await;
+    assert!(more.is_err(), "no tick after Timer::del");
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_connection_of_the_instance() {
+    let (_app, listen) = demo(1);
+    let mut a = Console::connect(&listen).await;
+    let mut b = Console::connect(&listen).await;
+    let _ = b.ask("whoami").await;
+    a.send("broadcast hello all").await;
+    assert_eq!(a.line().await, "hello all");
+    assert_eq!(b.line().await, "hello all");
+}
+
+#[tokio::test]
+async fn outgoing_connections_speak_each_protocol() {
+    let (_app, listen) = demo(1);
+    let mut c = Console::connect(&listen).await;
+    let mut servers = Vec::new();
+    for (bin, scheme) in [
+        ("ws_echo", "ws"),
+        ("frame_echo", "frame"),
+        ("text_echo", "text"),
+        ("tcp_echo", "tcp"),
+    ] {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        servers.push(App::start(bin, &["--listen", &addr], &[port]));
+        let reply = c
+            .ask(&format!("connect {scheme}://{addr} hello {scheme}"))
+            .await;
+        assert_eq!(reply, format!("reply hello {scheme}"), "{bin}");
+    }
+    // A refused connection reports a connect error (code 1) through on_error.
+    let dead = free_port();
+    let reply = c.ask(&format!("connect frame://127.0.0.1:{dead} x")).await;
+    assert!(reply.starts_with("error connect failed"), "{reply}");
+}
