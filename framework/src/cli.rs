@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
@@ -207,16 +207,13 @@ pub fn request_report(
     let Some(pid) = running_pid(&paths.pid) else {
         return Err(Error::Cli(format!("{program} is not running")));
     };
-    let asked = SystemTime::now();
-    std::thread::sleep(Duration::from_millis(5));
+    // The process writes the file anew (atomically, by rename): remove the old one first.
+    let _ = std::fs::remove_file(file);
     signal(pid, sig)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let fresh = std::fs::metadata(file)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t >= asked);
-        if fresh {
-            return Ok(std::fs::read_to_string(file)?);
+        if let Ok(text) = std::fs::read_to_string(file) {
+            return Ok(text);
         }
         if Instant::now() > deadline {
             return Err(Error::Cli(format!("{program}: no answer from pid {pid}")));

@@ -235,6 +235,8 @@ fn serve(
 ) -> Result<(), Error> {
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
+        // Handlers first: a command may arrive as soon as the start is reported.
+        let signals = Signals::install()?;
         let mut running = Vec::new();
         let mut acceptors = Vec::new();
         let mut kept: Vec<(String, RawFd)> = Vec::new();
@@ -273,7 +275,7 @@ fn serve(
             // The old process may stop accepting now: every socket is served here.
             let _ = cli::signal(parent, libc::SIGQUIT);
         }
-        let graceful = signal_loop(&running, &paths, &kept).await;
+        let graceful = signals.run(&running, &paths, &kept).await;
         for a in &acceptors {
             a.abort();
         }
@@ -327,26 +329,48 @@ async fn accept_loop(listener: tokio::net::TcpListener, instances: Vec<Addr<Inst
     }
 }
 
-/// Wait for signals; answer status requests and reloads. Returns whether the stop is graceful.
-async fn signal_loop(running: &[Running], paths: &Paths, listeners: &[(String, RawFd)]) -> bool {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mk = |k| signal(k).expect("install signal handler");
-    let mut int = mk(SignalKind::interrupt());
-    let mut term = mk(SignalKind::terminate());
-    let mut quit = mk(SignalKind::quit());
-    let mut usr1 = mk(SignalKind::user_defined1());
-    let mut usr2 = mk(SignalKind::user_defined2());
-    let mut io = mk(SignalKind::io());
-    loop {
-        tokio::select! {
-            _ = int.recv() => return false,
-            _ = term.recv() => return false,
-            _ = quit.recv() => return true,
-            _ = usr2.recv() => write_status(running, paths).await,
-            _ = io.recv() => write_connections(running, paths).await,
-            _ = usr1.recv() => {
-                if let Err(e) = spawn_reload(listeners) {
-                    log::error!("reload failed: {e}");
+/// The signals the command line sends.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    io: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            quit: signal(SignalKind::quit())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+            io: signal(SignalKind::io())?,
+        })
+    }
+
+    /// Wait for signals; answer status requests and reloads. Returns whether the stop is
+    /// graceful.
+    async fn run(
+        mut self,
+        running: &[Running],
+        paths: &Paths,
+        listeners: &[(String, RawFd)],
+    ) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return false,
+                _ = self.term.recv() => return false,
+                _ = self.quit.recv() => return true,
+                _ = self.usr2.recv() => write_status(running, paths).await,
+                _ = self.io.recv() => write_connections(running, paths).await,
+                _ = self.usr1.recv() => {
+                    if let Err(e) = spawn_reload(listeners) {
+                        log::error!("reload failed: {e}");
+                    }
                 }
             }
         }
