@@ -35,6 +35,8 @@ impl Daemon {
                 format!("127.0.0.1:{port}"),
                 "--custom-listen".into(),
                 format!("127.0.0.1:{custom}"),
+                "--ws-listen".into(),
+                format!("127.0.0.1:{}", free_port()),
                 "--count".into(),
                 "2".into(),
             ],

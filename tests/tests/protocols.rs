@@ -433,7 +433,14 @@ async fn custom_protocol_worker_next_to_another_worker() {
     let custom_listen = format!("127.0.0.1:{custom}");
     let _app = App::start(
         "feature_demo",
-        &["--listen", &listen, "--custom-listen", &custom_listen],
+        &[
+            "--listen",
+            &listen,
+            "--custom-listen",
+            &custom_listen,
+            "--ws-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
         &[port, custom],
     );
     let mut s = TcpStream::connect(&custom_listen).await.unwrap();

@@ -55,9 +55,17 @@ fn stats(line: &str) -> HashMap<String, u64> {
 }
 
 fn demo(count: usize) -> (App, String) {
+    let (app, listen, _) = demo_ws(count);
+    (app, listen)
+}
+
+/// The demo with its console address and its WebSocket address.
+fn demo_ws(count: usize) -> (App, String, String) {
     let port = free_port();
     let custom = free_port();
+    let ws = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let ws_listen = format!("127.0.0.1:{ws}");
     let app = App::start(
         "feature_demo",
         &[
@@ -65,12 +73,14 @@ fn demo(count: usize) -> (App, String) {
             &listen,
             "--custom-listen",
             &format!("127.0.0.1:{custom}"),
+            "--ws-listen",
+            &ws_listen,
             "--count",
             &count.to_string(),
         ],
-        &[port, custom],
+        &[port, custom, ws],
     );
-    (app, listen)
+    (app, listen, ws_listen)
 }
 
 #[tokio::test]
@@ -202,4 +212,93 @@ async fn outgoing_connections_speak_each_protocol() {
     let dead = free_port();
     let reply = c.ask(&format!("connect frame://127.0.0.1:{dead} x")).await;
     assert!(reply.starts_with("error connect failed"), "{reply}");
+}
+
+#[tokio::test]
+async fn pause_recv_holds_input_until_resume_recv() {
+    let (_app, listen) = demo(1);
+    let mut c = Console::connect(&listen).await;
+    // Both lines arrive together; the second waits for the pause to end.
+    c.send("pause 300\nwhoami").await;
+    let t = std::time::Instant::now();
+    assert_eq!(c.line().await, "resumed");
+    assert!(c.line().await.starts_with("worker=0"));
+    assert!(t.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn websocket_handshake_callback_reads_the_request_or_refuses() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let (_app, _, ws) = demo_ws(1);
+    let mut req = format!("ws://{ws}/room/7?token=abc")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("x-demo", "yes".parse().unwrap());
+    let (mut client, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    // The greeting sent in on_connect (before the handshake) arrives first.
+    let hello = tokio::time::timeout(T, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(hello.to_text().unwrap().starts_with("hello "), "{hello:?}");
+    client.send(WsMessage::text("hi")).await.unwrap();
+    let got = tokio::time::timeout(T, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.to_text().unwrap(),
+        "path=/room/7?token=abc x-demo=yes msg=hi"
+    );
+
+    // Refused: the response from on_websocket_connect, no greeting, then close.
+    let mut s = TcpStream::connect(&ws).await.unwrap();
+    s.write_all(
+        b"GET /deny HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert!(resp.contains("denied by on_websocket_connect"), "{resp}");
+    assert!(!resp.contains("hello"), "{resp}");
+}
+
+#[tokio::test]
+async fn outgoing_connection_reconnects_after_its_server_returns() {
+    let (_app, listen) = demo(1);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = App::start("text_echo", &["--listen", &addr], &[port]);
+    let mut c = Console::connect(&listen).await;
+    c.send(&format!("persist text://{addr}")).await;
+    assert_eq!(c.line().await, "persist connected");
+    assert_eq!(c.ask("relay one").await, "relay Some(Sent)");
+    assert_eq!(c.line().await, "persist got one");
+
+    drop(server); // killed
+    assert_eq!(c.line().await, "persist closed");
+    // Reconnect attempts fail (code 1) until the server is back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _server = App::start("text_echo", &["--listen", &addr], &[port]);
+    loop {
+        let l = c.line().await;
+        if l == "persist connected" {
+            break;
+        }
+        assert_eq!(l, "persist closed", "only failed attempts before: {l}");
+    }
+    assert_eq!(c.ask("relay two").await, "relay Some(Sent)");
+    assert_eq!(c.line().await, "persist got two");
 }

@@ -1,9 +1,11 @@
 //! A tour of the framework in one process, driven over a `text://` console — several workers
 //! in one `run_all`, a custom protocol, timers, outgoing connections, send-buffer limits and
-//! panic isolation. The black-box tests use it; try it with `nc 127.0.0.1 9010`.
+//! panic isolation, a WebSocket worker with `on_websocket_connect`. The black-box tests use it;
+//! try it with `nc 127.0.0.1 9010`.
 //!
 //! ```text
-//! feature_demo start --listen 127.0.0.1:9010 --custom-listen 127.0.0.1:9011 --count 2
+//! feature_demo start --listen 127.0.0.1:9010 --custom-listen 127.0.0.1:9011 \
+//!     --ws-listen 127.0.0.1:9012 --count 2
 //! ```
 //!
 //! Console commands (one per line; answers are lines):
@@ -14,6 +16,10 @@
 //! - `connect URL MSG` → opens an outgoing connection, sends MSG, relays the first reply
 //!   as `reply <text>` (or `error <why>`)
 //! - `broadcast MSG` → MSG to every console connection of this instance
+//! - `pause MS` → stops reading for MS milliseconds, then answers `resumed` and reads again
+//! - `persist URL` → keeps an outgoing connection that reconnects 200 ms after every close;
+//!   reports `persist connected`, `persist got <msg>`, `persist closed`
+//! - `relay MSG` → sends MSG on the persistent connection, answers `relay <send status>`
 //! - `panic` → a panic inside `on_message` (caught; the worker goes on)
 //! - `close` → the server closes with `bye`
 
@@ -25,7 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use werkmann::cli::option;
 use werkmann::protocol::{register_protocol, Protocol, ProtocolError};
-use werkmann::{AsyncTcpConnection, Connection, Message, SendStatus, Timer, Worker};
+use werkmann::{AsyncTcpConnection, Connection, Message, Response, SendStatus, Timer, Worker};
 
 static FULL: AtomicU64 = AtomicU64::new(0);
 static DRAIN: AtomicU64 = AtomicU64::new(0);
@@ -149,6 +155,48 @@ fn console(conn: &Connection, line: &str) {
                 w.broadcast(msg);
             }
         }
+        "pause" => {
+            let ms: u64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(200);
+            conn.pause_recv();
+            let conn2 = conn.clone();
+            Timer::once(Duration::from_millis(ms), move || {
+                conn2.send("resumed");
+                conn2.resume_recv();
+            });
+        }
+        "persist" => {
+            let url = parts.next().unwrap_or("");
+            let client = match AsyncTcpConnection::new(url) {
+                Ok(c) => c,
+                Err(e) => {
+                    conn.send(format!("error {e}"));
+                    return;
+                }
+            };
+            let back = conn.clone();
+            client.on_connect(move |_| {
+                back.send("persist connected");
+            });
+            let back = conn.clone();
+            client.on_message(move |_, m| {
+                back.send(format!("persist got {}", m.to_text_lossy().trim_end()));
+            });
+            let back = conn.clone();
+            let again = client.clone();
+            client.on_close(move |_| {
+                back.send("persist closed");
+                if back.status() == werkmann::connection::Status::Established {
+                    again.reconnect(Duration::from_millis(200));
+                }
+            });
+            client.connect();
+            conn.set_data(client);
+        }
+        "relay" => {
+            let msg = parts.collect::<Vec<_>>().join(" ");
+            let sent = conn.with_data(|c: &mut AsyncTcpConnection| c.send(msg.as_str()));
+            conn.send(format!("relay {sent:?}"));
+        }
         "panic" => panic!("requested panic"),
         "close" => conn.close_with("bye"),
         other => {
@@ -165,6 +213,7 @@ fn main() -> anyhow::Result<()> {
         "WERKMANN_CUSTOM_LISTEN",
         "127.0.0.1:9011",
     );
+    let ws_listen = option("--ws-listen", "WERKMANN_WS_LISTEN", "127.0.0.1:9012");
     let count: usize = option("--count", "WERKMANN_COUNT", "2").parse()?;
 
     let mut text = Worker::new(&format!("text://{listen}"))?;
@@ -195,5 +244,26 @@ fn main() -> anyhow::Result<()> {
         conn.send(format!("echo:{}", msg.to_text_lossy()));
     });
 
-    Worker::run_all(vec![text, semi])
+    let mut ws = Worker::new(&format!("websocket://{ws_listen}"))?;
+    ws.name = "websocket".into();
+    ws.on_connect(|conn| {
+        // Sent before the handshake completes: it waits and follows the 101.
+        conn.send(format!("hello {}", conn.id()));
+    });
+    ws.on_websocket_connect(|conn, req| {
+        if req.path().contains("deny") {
+            return Err(Response::text(403, "denied by on_websocket_connect\n"));
+        }
+        let agent = req.header("x-demo").unwrap_or("-").to_string();
+        conn.set_data(format!("path={} x-demo={agent}", req.uri()));
+        Ok(())
+    });
+    ws.on_message(|conn, msg| {
+        let info = conn
+            .with_data(|s: &mut String| s.clone())
+            .unwrap_or_default();
+        conn.send(format!("{info} msg={}", msg.to_text_lossy()));
+    });
+
+    Worker::run_all(vec![text, semi, ws])
 }
