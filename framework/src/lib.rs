@@ -8,6 +8,7 @@
 //! See `docs/architecture.md` for the actor layout.
 
 pub mod callbacks;
+pub mod channel;
 pub mod cli;
 pub mod client;
 pub mod connection;

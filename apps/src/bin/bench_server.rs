@@ -7,8 +7,8 @@
 //!     `S` bytes, each starting with its send time in Unix nanoseconds and a space, and answers
 //!     `ok` at once. Each instance gets one cross-thread message per request and encodes each
 //!     frame once, fanning it out on its own thread;
-//!   - `GET /stats` answers JSON: WebSocket connections per instance, their total, and the
-//!     deliveries the broadcasts reported (accepted and dropped).
+//!   - `GET /stats` answers JSON: the WebSocket instances started (`ready`), connections per
+//!     instance and their total, and the deliveries the broadcasts reported (accepted, dropped).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,8 +62,9 @@ fn param(req: &werkmann::Request, key: &str, default: usize, max: usize) -> Resu
     }
 }
 
-/// Ask every WebSocket instance to broadcast `n` messages of `size` bytes.
-fn broadcast(shared: &Arc<Shared>, n: usize, size: usize) -> usize {
+/// Ask every WebSocket instance to broadcast `n` messages of `size` bytes, each stamped when
+/// that instance sends it.
+fn broadcast(shared: &Arc<Shared>, n: usize, size: usize) {
     let addrs: Vec<InstanceAddr> = shared
         .addrs
         .lock()
@@ -85,7 +86,6 @@ fn broadcast(shared: &Arc<Shared>, n: usize, size: usize) -> usize {
             shared.failed.fetch_add(failed, Ordering::Relaxed);
         });
     }
-    addrs.len()
 }
 
 fn stats(shared: &Shared) -> serde_json::Value {
@@ -94,7 +94,15 @@ fn stats(shared: &Shared) -> serde_json::Value {
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
         .collect();
+    let ready = shared
+        .addrs
+        .lock()
+        .expect("addrs lock")
+        .iter()
+        .flatten()
+        .count();
     serde_json::json!({
+        "ready": ready,
         "total": per.iter().sum::<usize>(),
         "connections": per,
         "delivered": shared.delivered.load(Ordering::Relaxed),

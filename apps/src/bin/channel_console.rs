@@ -1,0 +1,150 @@
+//! A channel client driven over a `text://` console, one channel client per console
+//! connection — used by the black-box tests and handy for poking at a channel server:
+//! `channel_console start --listen 127.0.0.1:9020 --channel 127.0.0.1:2206`
+//! (`--channel embedded --serve` runs an embedded channel in the same process;
+//! `--serve IP:PORT` runs a TCP channel server in the same process).
+//!
+//! Commands (one per line): `on NAME`, `unsub NAME`, `pub NAME JSON`, `publoop NAME JSON`,
+//! `enq NAME JSON`, `watch NAME` (auto-reserve), `watchm NAME` (manual), `reserve`,
+//! `unwatch NAME`, `connected`, `seq NAME N` (publishes `{"i": 0..N}` in order),
+//! `whoami`. Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
+//! command results as `ok Sent`, `ok Buffered` or `err <why>`.
+
+use std::cell::RefCell;
+
+use werkmann::channel::{self, Client, Name};
+use werkmann::cli::option;
+use werkmann::{Connection, Worker};
+
+fn reply(conn: &Connection, r: Result<channel::PublishStatus, channel::ChannelError>) {
+    match r {
+        Ok(s) => conn.send(format!("ok {s:?}")),
+        Err(e) => conn.send(format!("err {e}")),
+    };
+}
+
+fn name(s: &str) -> Name {
+    Name::from(s)
+}
+
+fn command(conn: &Connection, client: &Client, line: &str) {
+    let mut parts = line.splitn(3, ' ');
+    let cmd = parts.next().unwrap_or("");
+    let n = parts.next().unwrap_or("");
+    let rest = parts.next().unwrap_or("null");
+    let json = || serde_json::from_str::<serde_json::Value>(rest);
+    match cmd {
+        "on" => {
+            let back = conn.clone();
+            let label = n.to_string();
+            client.on(name(n), move |data| {
+                back.send(format!("event {label} {data}"));
+            });
+            conn.send("ok");
+        }
+        "unsub" => {
+            client.unsubscribe(name(n));
+            conn.send("ok");
+        }
+        "pub" | "publoop" | "enq" => match json() {
+            Ok(v) => reply(
+                conn,
+                match cmd {
+                    "pub" => client.publish(name(n), &v),
+                    "publoop" => client.publish_loop(name(n), &v),
+                    _ => client.enqueue(name(n), &v),
+                },
+            ),
+            Err(e) => {
+                conn.send(format!("err bad json: {e}"));
+            }
+        },
+        "seq" => {
+            let count: u64 = rest.parse().unwrap_or(0);
+            let mut last = Ok(channel::PublishStatus::Sent);
+            for i in 0..count {
+                last = client.publish(name(n), &serde_json::json!({ "i": i }));
+                if last.is_err() {
+                    break;
+                }
+            }
+            reply(conn, last);
+        }
+        "watch" | "watchm" => {
+            let back = conn.clone();
+            let label = n.to_string();
+            client.watch(
+                name(n),
+                move |data| {
+                    back.send(format!("queue {label} {data}"));
+                },
+                cmd == "watch",
+            );
+            conn.send("ok");
+        }
+        "unwatch" => {
+            client.unwatch(name(n));
+            conn.send("ok");
+        }
+        "reserve" => {
+            client.reserve();
+            conn.send("ok");
+        }
+        "connected" => {
+            conn.send(format!("connected {}", client.is_connected()));
+        }
+        "whoami" => {
+            conn.send(format!("worker={} conn={}", conn.worker_id(), conn.id()));
+        }
+        other => {
+            conn.send(format!("err unknown command {other:?}"));
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9020");
+    let channel_addr = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");
+    let serve = option("--serve", "WERKMANN_SERVE", "");
+    let mut workers = Vec::new();
+    if !serve.is_empty() {
+        workers.push(if serve == "embedded" {
+            channel::Server::embedded().into_worker()
+        } else {
+            channel::Server::new(&serve)?.into_worker()
+        });
+    }
+    let mut console = Worker::new(&format!("text://{listen}"))?;
+    console.name = "channel_console".into();
+    console.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
+    let addr = channel_addr.clone();
+    console.on_connect(move |conn| match Client::connect(&addr) {
+        Ok(client) => {
+            let back = conn.clone();
+            client.on_connect(move || {
+                back.send("channel connected");
+            });
+            let back = conn.clone();
+            client.on_close(move || {
+                back.send("channel closed");
+            });
+            conn.set_data(RefCell::new(client));
+        }
+        Err(e) => {
+            conn.close_with(format!("err {e}"));
+        }
+    });
+    console.on_message(|conn, msg| {
+        let client = conn.with_data(|c: &mut RefCell<Client>| c.borrow().clone());
+        if let Some(client) = client {
+            command(conn, &client, msg.as_text().unwrap_or(""));
+        }
+    });
+    console.on_close(|conn| {
+        if let Some(c) = conn.with_data(|c: &mut RefCell<Client>| c.borrow().clone()) {
+            c.close();
+        }
+    });
+    workers.push(console);
+    Worker::run_all(workers)
+}

@@ -1,0 +1,590 @@
+//! [`Client`]: Workerman's `Channel\Client`, one per worker instance (each instance has its own
+//! subscriptions, as each Workerman process does).
+//!
+//! Over TCP it speaks the Channel wire protocol to a werkmann or PHP channel server, reconnects
+//! with backoff, and re-subscribes and re-watches everything on reconnect. In-process (the
+//! server runs in this process) it talks to the hub actor directly, with no TCP hop.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::hub::{self, Hub, LocalCommand, LocalDelivery, LocalGone};
+use super::php_serde::{self, Key};
+use super::wire::{Command, Delivery, DeliveryKind, WireName};
+use super::{ChannelError, IntoNames};
+use crate::callbacks::guard;
+use crate::client::AsyncTcpConnection;
+use crate::message::Message;
+use crate::timer::{Timer, TimerId};
+
+/// Default bound of what a disconnected client holds for its server.
+pub const DEFAULT_MAX_PENDING: usize = 16 * 1024 * 1024;
+/// Interval of the keep-alive ping (Workerman's 55 s).
+pub const PING_INTERVAL: Duration = Duration::from_secs(55);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+type EventFn = Rc<dyn Fn(Value)>;
+type FallbackFn = Rc<dyn Fn(&Key, Value)>;
+type HookFn = Rc<dyn Fn()>;
+
+/// What `publish` did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishStatus {
+    /// Handed to the connection (or the in-process hub).
+    Sent,
+    /// Held in the bounded buffer until the client reconnects.
+    Buffered,
+}
+
+enum Transport {
+    Tcp(AsyncTcpConnection),
+    Local {
+        hub: Option<Addr<Hub>>,
+        me: Recipient<LocalDelivery>,
+        id: u64,
+    },
+}
+
+struct Queue {
+    callback: EventFn,
+    auto_reserve: bool,
+}
+
+struct ClientInner {
+    addr: String,
+    transport: RefCell<Option<Transport>>,
+    events: RefCell<BTreeMap<Key, Option<EventFn>>>,
+    queues: RefCell<BTreeMap<Key, Queue>>,
+    on_message: RefCell<Option<FallbackFn>>,
+    on_connect: RefCell<Option<HookFn>>,
+    on_close: RefCell<Option<HookFn>>,
+    connected: Cell<bool>,
+    closed: Cell<bool>,
+    pending: RefCell<VecDeque<Command>>,
+    pending_bytes: Cell<usize>,
+    max_pending: Cell<usize>,
+    backoff: Cell<Duration>,
+    ping: Cell<Option<TimerId>>,
+    decode_errors: Cell<u64>,
+}
+
+/// A channel client. Cheap to clone; lives on the thread that created it.
+#[derive(Clone)]
+pub struct Client(Rc<ClientInner>);
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("channel::Client")
+            .field("addr", &self.0.addr)
+            .field("connected", &self.0.connected.get())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connect to a channel server at `IP:PORT` (or `embedded` for this process's embedded
+    /// channel). Must be called on a worker instance's thread (e.g. in `on_worker_start`).
+    /// Connecting continues in the background; commands made meanwhile are kept.
+    pub fn connect(addr: &str) -> Result<Client, ChannelError> {
+        if actix_rt::Arbiter::try_current().is_none() {
+            return Err(ChannelError::NotOnWorkerThread);
+        }
+        let addr = addr
+            .trim_start_matches("channel://")
+            .trim_start_matches("frame://")
+            .trim_end_matches('/')
+            .to_string();
+        let inner = Rc::new(ClientInner {
+            addr: addr.clone(),
+            transport: RefCell::new(None),
+            events: RefCell::new(BTreeMap::new()),
+            queues: RefCell::new(BTreeMap::new()),
+            on_message: RefCell::new(None),
+            on_connect: RefCell::new(None),
+            on_close: RefCell::new(None),
+            connected: Cell::new(false),
+            closed: Cell::new(false),
+            pending: RefCell::new(VecDeque::new()),
+            pending_bytes: Cell::new(0),
+            max_pending: Cell::new(DEFAULT_MAX_PENDING),
+            backoff: Cell::new(FIRST_BACKOFF),
+            ping: Cell::new(None),
+            decode_errors: Cell::new(0),
+        });
+        let client = Client(inner);
+        if hub::lookup(&addr).is_some() {
+            client.start_local();
+        } else {
+            client.start_tcp()?;
+        }
+        Ok(client)
+    }
+
+    fn start_local(&self) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let me = ClientActor {
+            inner: Rc::downgrade(&self.0),
+        }
+        .start()
+        .recipient();
+        *self.0.transport.borrow_mut() = Some(Transport::Local { hub: None, me, id });
+        // Attach after the caller has set its callbacks, as a TCP connect would.
+        let weak = Rc::downgrade(&self.0);
+        actix_rt::spawn(async move { attach_local(weak) });
+    }
+
+    fn start_tcp(&self) -> Result<(), ChannelError> {
+        let conn = AsyncTcpConnection::new(&format!("frame://{}", self.0.addr))
+            .map_err(|e| ChannelError::BadAddress(e.to_string()))?;
+        conn.set_max_send_buffer_size(self.0.max_pending.get());
+        let weak = Rc::downgrade(&self.0);
+        conn.on_connect(move |_| {
+            if let Some(inner) = weak.upgrade() {
+                inner.transport_up();
+            }
+        });
+        let weak = Rc::downgrade(&self.0);
+        conn.on_message(move |c, msg| {
+            let Some(inner) = weak.upgrade() else { return };
+            let payload = match msg {
+                Message::Binary(b) => b,
+                other => Bytes::copy_from_slice(other.as_bytes()),
+            };
+            match Delivery::decode(&payload) {
+                Ok(d) => inner.dispatch(d),
+                Err(e) => {
+                    log::warn!(
+                        "channel server {}: bad message: {e}; reconnecting",
+                        inner.addr
+                    );
+                    c.close();
+                }
+            }
+        });
+        let weak = Rc::downgrade(&self.0);
+        conn.on_error(move |_, e| {
+            if let Some(inner) = weak.upgrade() {
+                log::debug!("channel {}: {e}", inner.addr);
+            }
+        });
+        let weak = Rc::downgrade(&self.0);
+        conn.on_close(move |_| {
+            if let Some(inner) = weak.upgrade() {
+                inner.transport_down();
+            }
+        });
+        conn.connect();
+        *self.0.transport.borrow_mut() = Some(Transport::Tcp(conn));
+        let weak = Rc::downgrade(&self.0);
+        let ping = Timer::add(
+            PING_INTERVAL,
+            move || {
+                if let Some(inner) = weak.upgrade() {
+                    if inner.connected.get() {
+                        let _ = inner.send(Command::Ping);
+                    }
+                }
+            },
+            true,
+        );
+        self.0.ping.set(Some(ping));
+        Ok(())
+    }
+
+    /// The server address.
+    pub fn addr(&self) -> &str {
+        &self.0.addr
+    }
+
+    /// Whether the client is connected to its server now.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected.get()
+    }
+
+    /// Bound what is held for the server while disconnected (default 16 MiB).
+    pub fn set_max_pending(&self, bytes: usize) {
+        self.0.max_pending.set(bytes);
+    }
+
+    /// Messages whose data could not be decoded (and were not delivered to callbacks).
+    pub fn decode_errors(&self) -> u64 {
+        self.0.decode_errors.get()
+    }
+
+    /// Subscribe to `event` and call `f` with each event's data (Workerman's
+    /// `Channel\Client::on`). Event names are strings or integers; `"1"` and `1` are one name.
+    pub fn on(&self, event: impl Into<Key>, f: impl Fn(Value) + 'static) {
+        let key = event.into();
+        self.0
+            .events
+            .borrow_mut()
+            .insert(key.clone(), Some(Rc::new(f)));
+        self.0
+            .send_if_connected(Command::Subscribe(vec![WireName::from_key(key)]));
+    }
+
+    /// Subscribe without a callback of its own: events go to [`Client::on_message`].
+    pub fn subscribe(&self, events: impl IntoNames) {
+        let names = events.into_names();
+        {
+            let mut map = self.0.events.borrow_mut();
+            for n in &names {
+                map.entry(n.clone()).or_insert(None);
+            }
+        }
+        self.0.send_if_connected(Command::Subscribe(wire(names)));
+    }
+
+    /// Stop receiving these events.
+    pub fn unsubscribe(&self, events: impl IntoNames) {
+        let names = events.into_names();
+        {
+            let mut map = self.0.events.borrow_mut();
+            for n in &names {
+                map.remove(n);
+            }
+        }
+        self.0.send_if_connected(Command::Unsubscribe(wire(names)));
+    }
+
+    /// Called with events that have no callback of their own.
+    pub fn on_message(&self, f: impl Fn(&Key, Value) + 'static) {
+        *self.0.on_message.borrow_mut() = Some(Rc::new(f));
+    }
+
+    /// Called each time the client (re)connects, after it re-subscribed.
+    pub fn on_connect(&self, f: impl Fn() + 'static) {
+        *self.0.on_connect.borrow_mut() = Some(Rc::new(f));
+    }
+
+    /// Called each time the connection to the server is lost.
+    pub fn on_close(&self, f: impl Fn() + 'static) {
+        *self.0.on_close.borrow_mut() = Some(Rc::new(f));
+    }
+
+    /// Send `data` to every subscriber of each event.
+    pub fn publish<T: Serialize + ?Sized>(
+        &self,
+        events: impl IntoNames,
+        data: &T,
+    ) -> Result<PublishStatus, ChannelError> {
+        let data = encode(data)?;
+        self.0
+            .send(Command::Publish(wire(events.into_names()), data))
+    }
+
+    /// Send bytes already in PHP `serialize()` format.
+    pub fn publish_raw(
+        &self,
+        events: impl IntoNames,
+        php_serialized: Bytes,
+    ) -> Result<PublishStatus, ChannelError> {
+        php_serde::Reader::new(&php_serialized)
+            .skip()
+            .map_err(|e| ChannelError::Encode(e.to_string()))?;
+        self.0
+            .send(Command::Publish(wire(events.into_names()), php_serialized))
+    }
+
+    /// Send `data` to one subscriber of each event, in turn (Workerman's `publish($e, $d, true)`).
+    pub fn publish_loop<T: Serialize + ?Sized>(
+        &self,
+        events: impl IntoNames,
+        data: &T,
+    ) -> Result<PublishStatus, ChannelError> {
+        let data = encode(data)?;
+        self.0
+            .send(Command::PublishLoop(wire(events.into_names()), data))
+    }
+
+    /// Append `data` to each queue; each item goes to exactly one watcher.
+    pub fn enqueue<T: Serialize + ?Sized>(
+        &self,
+        queues: impl IntoNames,
+        data: &T,
+    ) -> Result<PublishStatus, ChannelError> {
+        let data = encode(data)?;
+        self.0
+            .send(Command::Enqueue(wire(queues.into_names()), data))
+    }
+
+    /// Watch queues: `f` gets one item at a time. With `auto_reserve` the client asks for the
+    /// next item after each callback; without, call [`Client::reserve`].
+    pub fn watch(&self, queues: impl IntoNames, f: impl Fn(Value) + 'static, auto_reserve: bool) {
+        let names = queues.into_names();
+        let f: EventFn = Rc::new(f);
+        {
+            let mut map = self.0.queues.borrow_mut();
+            for n in &names {
+                map.insert(
+                    n.clone(),
+                    Queue {
+                        callback: f.clone(),
+                        auto_reserve,
+                    },
+                );
+            }
+        }
+        self.0.send_if_connected(Command::Watch(wire(names)));
+        if auto_reserve {
+            self.0.send_if_connected(Command::Reserve);
+        }
+    }
+
+    /// Stop watching queues.
+    pub fn unwatch(&self, queues: impl IntoNames) {
+        let names = queues.into_names();
+        {
+            let mut map = self.0.queues.borrow_mut();
+            for n in &names {
+                map.remove(n);
+            }
+        }
+        self.0.send_if_connected(Command::Unwatch(wire(names)));
+    }
+
+    /// Ask for the next item of each watched queue.
+    pub fn reserve(&self) {
+        self.0.send_if_connected(Command::Reserve);
+    }
+
+    /// Disconnect for good.
+    pub fn close(&self) {
+        self.0.shutdown();
+    }
+}
+
+fn wire(names: Vec<Key>) -> Vec<WireName> {
+    names.into_iter().map(WireName::from_key).collect()
+}
+
+fn encode<T: Serialize + ?Sized>(data: &T) -> Result<Bytes, ChannelError> {
+    let v = serde_json::to_value(data).map_err(|e| ChannelError::Encode(e.to_string()))?;
+    Ok(php_serde::to_vec(&v).into())
+}
+
+fn attach_local(weak: Weak<ClientInner>) {
+    let Some(inner) = weak.upgrade() else { return };
+    if inner.closed.get() {
+        return;
+    }
+    match hub::lookup(&inner.addr) {
+        Some(Some(addr)) => {
+            if let Some(Transport::Local { hub, .. }) = inner.transport.borrow_mut().as_mut() {
+                *hub = Some(addr);
+            }
+            inner.transport_up();
+        }
+        _ => {
+            // The hub's thread has not started it yet.
+            Timer::once(Duration::from_millis(10), move || attach_local(weak));
+        }
+    }
+}
+
+impl ClientInner {
+    fn transport_up(&self) {
+        self.connected.set(true);
+        self.backoff.set(FIRST_BACKOFF);
+        let events: Vec<Key> = self.events.borrow().keys().cloned().collect();
+        if !events.is_empty() {
+            let _ = self.send(Command::Subscribe(wire(events)));
+        }
+        let (queues, reserve): (Vec<Key>, bool) = {
+            let q = self.queues.borrow();
+            (
+                q.keys().cloned().collect(),
+                q.values().any(|q| q.auto_reserve),
+            )
+        };
+        if !queues.is_empty() {
+            let _ = self.send(Command::Watch(wire(queues)));
+            if reserve {
+                let _ = self.send(Command::Reserve);
+            }
+        }
+        let pending: Vec<Command> = self.pending.borrow_mut().drain(..).collect();
+        self.pending_bytes.set(0);
+        for cmd in pending {
+            if let Err(e) = self.send(cmd) {
+                log::error!(
+                    "channel {}: buffered command lost on reconnect: {e}",
+                    self.addr
+                );
+            }
+        }
+        log::debug!("channel {} connected", self.addr);
+        let cb = self.on_connect.borrow().clone();
+        if let Some(cb) = cb {
+            guard("channel on_connect", || cb());
+        }
+    }
+
+    fn transport_down(&self) {
+        let was = self.connected.replace(false);
+        if self.closed.get() {
+            return;
+        }
+        if was {
+            log::warn!("channel {} connection lost; reconnecting", self.addr);
+            let cb = self.on_close.borrow().clone();
+            if let Some(cb) = cb {
+                guard("channel on_close", || cb());
+            }
+        }
+        let after = self.backoff.get();
+        self.backoff.set((after * 2).min(MAX_BACKOFF));
+        if let Some(Transport::Tcp(c)) = self.transport.borrow().as_ref() {
+            c.reconnect(after);
+        }
+    }
+
+    fn send_if_connected(&self, cmd: Command) {
+        if self.connected.get() {
+            let _ = self.send(cmd);
+        }
+    }
+
+    /// Hand a command to the transport, or buffer it while disconnected.
+    fn send(&self, cmd: Command) -> Result<PublishStatus, ChannelError> {
+        if self.closed.get() {
+            return Err(ChannelError::Closed);
+        }
+        if !self.connected.get() {
+            let size = cmd.encode_payload().len() + 4;
+            let limit = self.max_pending.get();
+            if self.pending_bytes.get() + size > limit {
+                return Err(ChannelError::BufferFull { limit });
+            }
+            self.pending_bytes.set(self.pending_bytes.get() + size);
+            self.pending.borrow_mut().push_back(cmd);
+            return Ok(PublishStatus::Buffered);
+        }
+        match self.transport.borrow().as_ref() {
+            Some(Transport::Tcp(c)) => {
+                let payload = Bytes::from(cmd.encode_payload());
+                if c.send(Message::Binary(payload)).is_ok() {
+                    Ok(PublishStatus::Sent)
+                } else {
+                    Err(ChannelError::BufferFull {
+                        limit: self.max_pending.get(),
+                    })
+                }
+            }
+            Some(Transport::Local {
+                hub: Some(hub),
+                me,
+                id,
+            }) => {
+                hub.do_send(LocalCommand {
+                    id: *id,
+                    sink: me.clone(),
+                    cmd,
+                });
+                Ok(PublishStatus::Sent)
+            }
+            _ => Err(ChannelError::Closed),
+        }
+    }
+
+    fn dispatch(&self, d: Delivery) {
+        let value = match php_serde::from_slice(&d.data) {
+            Ok(v) => v,
+            Err(e) => {
+                self.decode_errors.set(self.decode_errors.get() + 1);
+                log::warn!(
+                    "channel {}: data of {} not decodable: {e}",
+                    self.addr,
+                    d.channel
+                );
+                return;
+            }
+        };
+        match d.kind {
+            DeliveryKind::Event => {
+                let cb = self.events.borrow().get(&d.channel).cloned().flatten();
+                match cb {
+                    Some(cb) => guard("channel event", || cb(value)),
+                    None => {
+                        let fallback = self.on_message.borrow().clone();
+                        match fallback {
+                            Some(f) => guard("channel on_message", || f(&d.channel, value)),
+                            None => log::warn!("channel event {} has no callback", d.channel),
+                        }
+                    }
+                }
+            }
+            DeliveryKind::Queue => {
+                let q = self
+                    .queues
+                    .borrow()
+                    .get(&d.channel)
+                    .map(|q| (q.callback.clone(), q.auto_reserve));
+                match q {
+                    Some((cb, auto)) => {
+                        guard("channel queue", || cb(value));
+                        if auto {
+                            self.send_if_connected(Command::Reserve);
+                        }
+                    }
+                    None => log::warn!("channel queue {} has no callback", d.channel),
+                }
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.connected.set(false);
+        if let Some(t) = self.ping.take() {
+            Timer::del(t);
+        }
+        match self.transport.borrow_mut().take() {
+            Some(Transport::Tcp(c)) => c.close(),
+            Some(Transport::Local {
+                hub: Some(hub), id, ..
+            }) => hub.do_send(LocalGone(id)),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Receives deliveries from an in-process hub on the client's thread.
+struct ClientActor {
+    inner: Weak<ClientInner>,
+}
+
+impl Actor for ClientActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1 << 16);
+    }
+}
+
+impl Handler<LocalDelivery> for ClientActor {
+    type Result = ();
+    fn handle(&mut self, msg: LocalDelivery, ctx: &mut Self::Context) {
+        match self.inner.upgrade() {
+            Some(inner) => inner.dispatch(msg.0),
+            None => ctx.stop(),
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! The channel hub: subscriptions (event name → subscribers) and queues (name → watchers,
+//! consumers ready for one item, pending items), held by an actix actor.
+//!
+//! The hub lives on the channel server worker's thread. TCP subscribers are connections of that
+//! worker, so the hub writes to them directly (a frame encoded once per event and shared by all
+//! subscribers). In-process clients on other threads reach the hub through its actor address
+//! and receive deliveries as actor messages — the embedded mode, with no TCP hop.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::{Mutex, OnceLock};
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::php_serde::Key;
+use super::wire::{encode_delivery, Command, Delivery, DeliveryKind, WireName};
+use crate::connection::Connection;
+
+/// Most items a queue holds while no consumer takes them; more are dropped with a warning.
+pub const MAX_QUEUE_ITEMS: usize = 1_000_000;
+
+/// Who a subscriber is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SubscriberId {
+    /// A TCP connection of the channel server worker.
+    Tcp(u64),
+    /// An in-process client.
+    Local(u64),
+}
+
+/// Where deliveries go.
+#[derive(Clone)]
+pub(crate) enum Sink {
+    Tcp(Connection),
+    Local(Recipient<LocalDelivery>),
+}
+
+impl Sink {
+    fn deliver(
+        &self,
+        kind: DeliveryKind,
+        name: &WireName,
+        data: &Bytes,
+        frame: &mut Option<Bytes>,
+    ) -> bool {
+        match self {
+            Sink::Tcp(conn) => {
+                let f = frame.get_or_insert_with(|| encode_delivery(kind, &name.raw, data));
+                conn.send_deferred(f.clone()).is_ok()
+            }
+            Sink::Local(r) => r
+                .try_send(LocalDelivery(Delivery {
+                    kind,
+                    channel: name.key.clone(),
+                    data: data.clone(),
+                }))
+                .is_ok(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Subscribers {
+    list: Vec<(SubscriberId, Sink)>,
+    cursor: usize,
+}
+
+#[derive(Default)]
+struct Queue {
+    name: Option<WireName>,
+    items: VecDeque<Bytes>,
+    watchers: Vec<(SubscriberId, Sink)>,
+    consumers: VecDeque<SubscriberId>,
+}
+
+impl Queue {
+    fn dispatch(&mut self, stats: &mut HubStats) {
+        let Some(name) = self.name.clone() else {
+            return;
+        };
+        while !self.items.is_empty() {
+            let Some(id) = self.consumers.pop_front() else {
+                break;
+            };
+            let Some((_, sink)) = self.watchers.iter().find(|(w, _)| *w == id) else {
+                continue;
+            };
+            let item = self.items.pop_front().expect("not empty");
+            let mut frame = None;
+            if sink.deliver(DeliveryKind::Queue, &name, &item, &mut frame) {
+                stats.deliveries += 1;
+            } else {
+                // The consumer cannot take it: keep the item for the next one.
+                self.items.push_front(item);
+                stats.failed += 1;
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.watchers.is_empty() && self.items.is_empty()
+    }
+}
+
+/// Counters of a hub.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HubStats {
+    /// Commands handled.
+    pub commands: u64,
+    /// Events and queue items handed to subscribers.
+    pub deliveries: u64,
+    /// Deliveries a subscriber could not take (full send buffer).
+    pub failed: u64,
+    /// Queue items dropped because the queue was full.
+    pub dropped: u64,
+}
+
+/// The subscription and queue state.
+#[derive(Default)]
+pub(crate) struct HubState {
+    channels: HashMap<Key, Subscribers>,
+    queues: HashMap<Key, Queue>,
+    subscribed: HashMap<SubscriberId, HashSet<Key>>,
+    watching: HashMap<SubscriberId, HashSet<Key>>,
+    pub stats: HubStats,
+}
+
+impl HubState {
+    /// Apply one command from subscriber `id`.
+    pub fn apply(&mut self, id: SubscriberId, sink: &Sink, cmd: Command) {
+        self.stats.commands += 1;
+        match cmd {
+            Command::Ping => {}
+            Command::Subscribe(names) => {
+                for n in names {
+                    let subs = self.channels.entry(n.key.clone()).or_default();
+                    if !subs.list.iter().any(|(s, _)| *s == id) {
+                        subs.list.push((id, sink.clone()));
+                    }
+                    self.subscribed.entry(id).or_default().insert(n.key);
+                }
+            }
+            Command::Unsubscribe(names) => {
+                for n in names {
+                    self.unsubscribe(id, &n.key);
+                    if let Some(set) = self.subscribed.get_mut(&id) {
+                        set.remove(&n.key);
+                    }
+                }
+            }
+            Command::Publish(names, data) => {
+                for n in names {
+                    let Some(subs) = self.channels.get(&n.key) else {
+                        continue;
+                    };
+                    let mut frame = None;
+                    for (_, s) in &subs.list {
+                        if s.deliver(DeliveryKind::Event, &n, &data, &mut frame) {
+                            self.stats.deliveries += 1;
+                        } else {
+                            self.stats.failed += 1;
+                        }
+                    }
+                }
+            }
+            Command::PublishLoop(names, data) => {
+                for n in names {
+                    let Some(subs) = self.channels.get_mut(&n.key) else {
+                        continue;
+                    };
+                    if subs.list.is_empty() {
+                        continue;
+                    }
+                    subs.cursor = (subs.cursor + 1) % subs.list.len();
+                    let mut frame = None;
+                    if subs.list[subs.cursor]
+                        .1
+                        .deliver(DeliveryKind::Event, &n, &data, &mut frame)
+                    {
+                        self.stats.deliveries += 1;
+                    } else {
+                        self.stats.failed += 1;
+                    }
+                }
+            }
+            Command::Enqueue(names, data) => {
+                for n in names {
+                    let q = self.queues.entry(n.key.clone()).or_default();
+                    q.name.get_or_insert(n);
+                    if q.items.len() >= MAX_QUEUE_ITEMS {
+                        self.stats.dropped += 1;
+                        log::warn!("channel queue full ({MAX_QUEUE_ITEMS} items): item dropped");
+                        continue;
+                    }
+                    q.items.push_back(data.clone());
+                    q.dispatch(&mut self.stats);
+                }
+            }
+            Command::Watch(names) => {
+                for n in names {
+                    let q = self.queues.entry(n.key.clone()).or_default();
+                    q.name.get_or_insert(n.clone());
+                    if !q.watchers.iter().any(|(w, _)| *w == id) {
+                        q.watchers.push((id, sink.clone()));
+                    }
+                    self.watching.entry(id).or_default().insert(n.key);
+                }
+            }
+            Command::Unwatch(names) => {
+                for n in names {
+                    self.unwatch(id, &n.key);
+                    if let Some(set) = self.watching.get_mut(&id) {
+                        set.remove(&n.key);
+                    }
+                }
+            }
+            Command::Reserve => {
+                let watched: Vec<Key> = self
+                    .watching
+                    .get(&id)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                for k in watched {
+                    if let Some(q) = self.queues.get_mut(&k) {
+                        if !q.consumers.contains(&id) {
+                            q.consumers.push_back(id);
+                        }
+                        q.dispatch(&mut self.stats);
+                    }
+                }
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, id: SubscriberId, key: &Key) {
+        if let Some(subs) = self.channels.get_mut(key) {
+            subs.list.retain(|(s, _)| *s != id);
+            if subs.list.is_empty() {
+                self.channels.remove(key);
+            } else if subs.cursor >= subs.list.len() {
+                subs.cursor = 0;
+            }
+        }
+    }
+
+    fn unwatch(&mut self, id: SubscriberId, key: &Key) {
+        if let Some(q) = self.queues.get_mut(key) {
+            q.watchers.retain(|(w, _)| *w != id);
+            q.consumers.retain(|c| *c != id);
+            if q.is_idle() {
+                self.queues.remove(key);
+            }
+        }
+    }
+
+    /// Forget everything of a subscriber that went away.
+    pub fn remove(&mut self, id: SubscriberId) {
+        for key in self.subscribed.remove(&id).unwrap_or_default() {
+            self.unsubscribe(id, &key);
+        }
+        for key in self.watching.remove(&id).unwrap_or_default() {
+            self.unwatch(id, &key);
+        }
+    }
+}
+
+/// A delivery to an in-process client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LocalDelivery(pub Delivery);
+
+/// A command from an in-process client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LocalCommand {
+    pub id: u64,
+    pub sink: Recipient<LocalDelivery>,
+    pub cmd: Command,
+}
+
+/// An in-process client went away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LocalGone(pub u64);
+
+/// The hub actor; shares its state with the TCP side on the same thread.
+pub struct Hub {
+    state: Rc<RefCell<HubState>>,
+}
+
+impl Hub {
+    pub(crate) fn new(state: Rc<RefCell<HubState>>) -> Self {
+        Hub { state }
+    }
+}
+
+impl Actor for Hub {
+    type Context = Context<Self>;
+}
+
+impl Handler<LocalCommand> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: LocalCommand, _: &mut Self::Context) {
+        self.state
+            .borrow_mut()
+            .apply(SubscriberId::Local(msg.id), &Sink::Local(msg.sink), msg.cmd);
+    }
+}
+
+impl Handler<LocalGone> for Hub {
+    type Result = ();
+    fn handle(&mut self, msg: LocalGone, _: &mut Self::Context) {
+        self.state.borrow_mut().remove(SubscriberId::Local(msg.0));
+    }
+}
+
+/// In-process hubs by the address their server was declared with.
+#[derive(Default)]
+pub(crate) struct Registry {
+    declared: HashSet<String>,
+    running: HashMap<String, Addr<Hub>>,
+}
+
+pub(crate) fn registry() -> &'static Mutex<Registry> {
+    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Declare that a hub for `name` will run in this process.
+pub(crate) fn declare(name: &str) {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .declared
+        .insert(name.to_string());
+}
+
+/// Publish a running hub's address.
+pub(crate) fn publish(name: &str, addr: Addr<Hub>) {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .running
+        .insert(name.to_string(), addr);
+}
+
+/// `Some(None)`: declared here but not yet running; `Some(Some(addr))`: running here;
+/// `None`: not in this process.
+pub(crate) fn lookup(name: &str) -> Option<Option<Addr<Hub>>> {
+    let r = registry().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = r.running.get(name) {
+        return Some(Some(a.clone()));
+    }
+    r.declared.contains(name).then_some(None)
+}

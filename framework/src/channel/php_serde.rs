@@ -1,0 +1,538 @@
+//! PHP's `serialize()` format, as far as the Channel protocol needs it: find where a value ends
+//! without decoding it (so a server can forward bytes untouched), decode values into
+//! `serde_json::Value`, and encode `serde_json::Value` the way PHP would.
+//!
+//! Grammar: `N;` `b:0;` `i:-12;` `d:1.5;` `s:3:"abc";` `a:2:{KEY VALUE KEY VALUE}`
+//! `O:3:"Foo":1:{KEY VALUE}` `C:3:"Foo":5:{bytes}` `E:7:"Foo:Bar";` `r:1;` `R:1;`.
+//! Array keys are `i:` or `s:` values.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Number, Value};
+
+/// Deepest nesting accepted (PHP itself has no limit; this keeps the parser's stack bounded).
+pub const MAX_DEPTH: usize = 128;
+
+/// A malformed or unsupported serialized value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("PHP serialize: {msg} at byte {pos}")]
+pub struct PhpError {
+    /// What was wrong.
+    pub msg: String,
+    /// Where.
+    pub pos: usize,
+}
+
+fn err<T>(msg: impl Into<String>, pos: usize) -> Result<T, PhpError> {
+    Err(PhpError {
+        msg: msg.into(),
+        pos,
+    })
+}
+
+/// A cursor over serialized bytes.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Start reading at the beginning of `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    /// The current offset.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Whether everything was consumed.
+    pub fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    fn expect(&mut self, c: u8) -> Result<(), PhpError> {
+        if self.peek() == Some(c) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            err(format!("expected {:?}", c as char), self.pos)
+        }
+    }
+
+    /// Read up to (not including) `end`, then skip `end`.
+    fn until(&mut self, end: u8) -> Result<&'a [u8], PhpError> {
+        let start = self.pos;
+        match self.buf[start..].iter().position(|&b| b == end) {
+            Some(n) => {
+                self.pos = start + n + 1;
+                Ok(&self.buf[start..start + n])
+            }
+            None => err(format!("missing {:?}", end as char), start),
+        }
+    }
+
+    fn int(&mut self, end: u8) -> Result<i64, PhpError> {
+        let at = self.pos;
+        let digits = self.until(end)?;
+        let s = std::str::from_utf8(digits).map_err(|_| PhpError {
+            msg: "bad integer".into(),
+            pos: at,
+        })?;
+        s.parse::<i64>()
+            .or_else(|_| err(format!("bad integer {s:?}"), at))
+    }
+
+    fn len(&mut self, end: u8) -> Result<usize, PhpError> {
+        let at = self.pos;
+        let n = self.int(end)?;
+        if n < 0 {
+            return err("negative length", at);
+        }
+        Ok(n as usize)
+    }
+
+    /// `LEN:"BYTES"` followed by `close` (`;` for strings, `:` for class names).
+    fn quoted(&mut self, close: u8) -> Result<&'a [u8], PhpError> {
+        let n = self.len(b':')?;
+        self.expect(b'"')?;
+        let start = self.pos;
+        if self.buf.len().saturating_sub(start) < n {
+            return err("string runs past the end", start);
+        }
+        self.pos += n;
+        self.expect(b'"')?;
+        self.expect(close)?;
+        Ok(&self.buf[start..start + n])
+    }
+
+    /// Element count of an array or object, bounded by the bytes left (each entry needs ≥ 4).
+    fn count(&mut self) -> Result<usize, PhpError> {
+        let at = self.pos;
+        let n = self.len(b':')?;
+        if n > self.buf.len().saturating_sub(self.pos) / 4 {
+            return err("element count larger than the input", at);
+        }
+        self.expect(b'{')?;
+        Ok(n)
+    }
+
+    /// Skip one value; returns its byte range.
+    pub fn skip(&mut self) -> Result<std::ops::Range<usize>, PhpError> {
+        let start = self.pos;
+        self.skip_depth(0)?;
+        Ok(start..self.pos)
+    }
+
+    fn skip_depth(&mut self, depth: usize) -> Result<(), PhpError> {
+        if depth > MAX_DEPTH {
+            return err("nested too deeply", self.pos);
+        }
+        let at = self.pos;
+        let tag = self.peek().ok_or(PhpError {
+            msg: "unexpected end".into(),
+            pos: at,
+        })?;
+        self.pos += 1;
+        if tag == b'N' {
+            return self.expect(b';');
+        }
+        self.expect(b':')?;
+        match tag {
+            b'b' | b'i' | b'r' | b'R' => {
+                self.int(b';')?;
+            }
+            b'd' => {
+                self.until(b';')?;
+            }
+            b's' | b'E' => {
+                self.quoted(b';')?;
+            }
+            b'a' => {
+                let n = self.count()?;
+                for _ in 0..n {
+                    self.skip_key()?;
+                    self.skip_depth(depth + 1)?;
+                }
+                self.expect(b'}')?;
+            }
+            b'O' => {
+                self.quoted(b':')?;
+                let n = self.count()?;
+                for _ in 0..n {
+                    self.skip_key()?;
+                    self.skip_depth(depth + 1)?;
+                }
+                self.expect(b'}')?;
+            }
+            b'C' => {
+                self.quoted(b':')?;
+                let n = self.len(b':')?;
+                self.expect(b'{')?;
+                if self.buf.len().saturating_sub(self.pos) < n {
+                    return err("custom object runs past the end", self.pos);
+                }
+                self.pos += n;
+                self.expect(b'}')?;
+            }
+            other => return err(format!("unknown type {:?}", other as char), at),
+        }
+        Ok(())
+    }
+
+    fn skip_key(&mut self) -> Result<(), PhpError> {
+        match self.peek() {
+            Some(b'i') | Some(b's') => self.skip_depth(0),
+            _ => err("array key must be an integer or a string", self.pos),
+        }
+    }
+
+    /// Read an array key (or a channel name): `i:N;` or `s:N:"...";`, normalised as PHP
+    /// normalises array keys.
+    pub fn key(&mut self) -> Result<Key, PhpError> {
+        let at = self.pos;
+        match self.peek() {
+            Some(b'i') => {
+                self.pos += 1;
+                self.expect(b':')?;
+                Ok(Key::Int(self.int(b';')?))
+            }
+            Some(b's') => {
+                self.pos += 1;
+                self.expect(b':')?;
+                let bytes = self.quoted(b';')?;
+                Ok(Key::from_str_normalized(&String::from_utf8_lossy(bytes)))
+            }
+            _ => err("expected an integer or string key", at),
+        }
+    }
+
+    /// Start an array: returns its element count (the `a:N:{` is consumed).
+    pub fn array_start(&mut self) -> Result<usize, PhpError> {
+        if self.peek() != Some(b'a') {
+            return err("expected an array", self.pos);
+        }
+        self.pos += 1;
+        self.expect(b':')?;
+        self.count()
+    }
+
+    /// End an array (`}`).
+    pub fn array_end(&mut self) -> Result<(), PhpError> {
+        self.expect(b'}')
+    }
+
+    /// Decode one value into JSON terms.
+    pub fn value(&mut self) -> Result<Value, PhpError> {
+        self.value_depth(0)
+    }
+
+    fn value_depth(&mut self, depth: usize) -> Result<Value, PhpError> {
+        if depth > MAX_DEPTH {
+            return err("nested too deeply", self.pos);
+        }
+        let at = self.pos;
+        let tag = self.peek().ok_or(PhpError {
+            msg: "unexpected end".into(),
+            pos: at,
+        })?;
+        if tag == b'N' {
+            self.pos += 1;
+            self.expect(b';')?;
+            return Ok(Value::Null);
+        }
+        self.pos += 1;
+        self.expect(b':')?;
+        Ok(match tag {
+            b'b' => Value::Bool(self.int(b';')? != 0),
+            b'i' => Value::Number(self.int(b';')?.into()),
+            b'd' => {
+                let raw = self.until(b';')?;
+                let s = std::str::from_utf8(raw).unwrap_or("");
+                match s.parse::<f64>() {
+                    Ok(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
+                    Err(_) if matches!(s, "INF" | "-INF" | "NAN") => Value::Null,
+                    Err(_) => return err(format!("bad float {s:?}"), at),
+                }
+            }
+            b's' => Value::String(String::from_utf8_lossy(self.quoted(b';')?).into_owned()),
+            b'E' => Value::String(String::from_utf8_lossy(self.quoted(b';')?).into_owned()),
+            b'a' => {
+                let n = self.count()?;
+                let v = self.entries(n, depth, None)?;
+                self.expect(b'}')?;
+                v
+            }
+            b'O' => {
+                let class = String::from_utf8_lossy(self.quoted(b':')?).into_owned();
+                let n = self.count()?;
+                let v = self.entries(n, depth, Some(class))?;
+                self.expect(b'}')?;
+                v
+            }
+            b'C' => return err("custom-serialized objects (C:) cannot be decoded", at),
+            b'r' | b'R' => return err("references (r:/R:) cannot be decoded", at),
+            other => return err(format!("unknown type {:?}", other as char), at),
+        })
+    }
+
+    fn entries(
+        &mut self,
+        n: usize,
+        depth: usize,
+        class: Option<String>,
+    ) -> Result<Value, PhpError> {
+        let mut pairs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = self.key()?;
+            let v = self.value_depth(depth + 1)?;
+            pairs.push((k, v));
+        }
+        let is_list = class.is_none()
+            && pairs
+                .iter()
+                .enumerate()
+                .all(|(i, (k, _))| *k == Key::Int(i as i64));
+        if is_list {
+            return Ok(Value::Array(pairs.into_iter().map(|(_, v)| v).collect()));
+        }
+        let mut map = Map::new();
+        if let Some(c) = class {
+            map.insert("__class".into(), Value::String(c));
+        }
+        for (k, v) in pairs {
+            // Private and protected property names carry NUL-delimited prefixes.
+            let name = k.to_string();
+            let name = name.rsplit('\0').next().unwrap_or("").to_string();
+            map.insert(name, v);
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+/// An array key after PHP's normalisation: a canonical decimal string is the integer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Key {
+    /// An integer key.
+    Int(i64),
+    /// Any other string.
+    Str(String),
+}
+
+impl Key {
+    /// PHP's rule: `"1"` is `1`, `"-5"` is `-5`; `"01"`, `"-0"`, `" 1"`, `"1.0"` stay strings.
+    pub fn from_str_normalized(s: &str) -> Key {
+        if is_canonical_int(s) {
+            if let Ok(i) = s.parse::<i64>() {
+                return Key::Int(i);
+            }
+        }
+        Key::Str(s.to_string())
+    }
+
+    /// Serialize as a key.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Key::Int(i) => {
+                let _ = write!(Sink(out), "i:{i};");
+            }
+            Key::Str(s) => write_str(out, s.as_bytes()),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Int(i) => write!(f, "{i}"),
+            Key::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+fn is_canonical_int(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" && !s.starts_with('-') || !digits.starts_with('0'))
+}
+
+struct Sink<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Sink<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Serialize a byte string: `s:LEN:"BYTES";`.
+pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+    let _ = write!(Sink(out), "s:{}:\"", s.len());
+    out.extend_from_slice(s);
+    out.extend_from_slice(b"\";");
+}
+
+/// Serialize an array header `a:N:{`; the caller writes the entries and `}`.
+pub fn write_array_start(out: &mut Vec<u8>, n: usize) {
+    let _ = write!(Sink(out), "a:{n}:{{");
+}
+
+/// Serialize a JSON value the way PHP's `serialize()` would serialize its PHP equivalent.
+pub fn write_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.extend_from_slice(b"N;"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"b:1;" } else { b"b:0;" }),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                let _ = write!(Sink(out), "i:{i};");
+            } else if let Some(f) = n.as_f64() {
+                write_float(out, f);
+            }
+        }
+        Value::String(s) => write_str(out, s.as_bytes()),
+        Value::Array(items) => {
+            write_array_start(out, items.len());
+            for (i, item) in items.iter().enumerate() {
+                let _ = write!(Sink(out), "i:{i};");
+                write_value(out, item);
+            }
+            out.push(b'}');
+        }
+        Value::Object(map) => {
+            write_array_start(out, map.len());
+            for (k, item) in map {
+                Key::from_str_normalized(k).write(out);
+                write_value(out, item);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_float(out: &mut Vec<u8>, f: f64) {
+    if f.is_nan() {
+        out.extend_from_slice(b"d:NAN;");
+    } else if f.is_infinite() {
+        out.extend_from_slice(if f > 0.0 { b"d:INF;" } else { b"d:-INF;" });
+    } else {
+        let _ = write!(Sink(out), "d:{f};");
+    }
+}
+
+/// Serialize a value to a new buffer.
+pub fn to_vec(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_value(&mut out, v);
+    out
+}
+
+/// Decode a complete buffer holding one value.
+pub fn from_slice(buf: &[u8]) -> Result<Value, PhpError> {
+    let mut r = Reader::new(buf);
+    let v = r.value()?;
+    if !r.at_end() {
+        return err("trailing bytes", r.pos());
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn golden_scalars_and_arrays() {
+        assert_eq!(to_vec(&json!(null)), b"N;");
+        assert_eq!(to_vec(&json!(true)), b"b:1;");
+        assert_eq!(to_vec(&json!(-7)), b"i:-7;");
+        assert_eq!(to_vec(&json!(1.5)), b"d:1.5;");
+        assert_eq!(to_vec(&json!("äb")), "s:3:\"äb\";".as_bytes());
+        assert_eq!(to_vec(&json!(["x", 2])), b"a:2:{i:0;s:1:\"x\";i:1;i:2;}");
+        assert_eq!(
+            to_vec(&json!({"content": "hi", "7": 1})),
+            b"a:2:{i:7;i:1;s:7:\"content\";s:2:\"hi\";}"
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        for v in [
+            json!(null),
+            json!({"a": [1, 2.25, "x", {"b": null}], "c": false, "d": -9}),
+            json!([]),
+            json!("with \"quotes\"; and {braces}"),
+        ] {
+            assert_eq!(from_slice(&to_vec(&v)).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn keys_follow_php_normalisation() {
+        assert_eq!(Key::from_str_normalized("1"), Key::Int(1));
+        assert_eq!(Key::from_str_normalized("-5"), Key::Int(-5));
+        assert_eq!(Key::from_str_normalized("0"), Key::Int(0));
+        for s in ["01", "-0", " 1", "1.0", "", "abc", "99999999999999999999"] {
+            assert_eq!(Key::from_str_normalized(s), Key::Str(s.into()), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn skip_finds_the_end_of_anything() {
+        let objs: &[&[u8]] = &[
+            b"O:8:\"stdClass\":1:{s:1:\"a\";i:1;}",
+            b"C:11:\"ArrayObject\":21:{x:i:0;a:0:{};m:a:0:{}}",
+            b"E:7:\"Foo:Bar\";",
+            b"a:2:{i:0;O:1:\"X\":0:{}i:1;r:2;}",
+            b"d:INF;",
+        ];
+        for o in objs {
+            let mut buf = o.to_vec();
+            buf.extend_from_slice(b"TAIL");
+            let mut r = Reader::new(&buf);
+            assert_eq!(
+                r.skip().unwrap(),
+                0..o.len(),
+                "{}",
+                String::from_utf8_lossy(o)
+            );
+        }
+    }
+
+    #[test]
+    fn objects_decode_with_their_class() {
+        let v = from_slice(b"O:3:\"Foo\":2:{s:1:\"a\";i:1;s:6:\"\0Foo\0b\";b:1;}").unwrap();
+        assert_eq!(v, json!({"__class": "Foo", "a": 1, "b": true}));
+        assert!(from_slice(b"a:1:{i:0;r:1;}").is_err());
+    }
+
+    #[test]
+    fn malformed_input_is_an_error_not_a_panic() {
+        for bad in [
+            &b""[..],
+            b"s:5:\"abc\";",
+            b"a:99999999:{",
+            b"a:1:{i:0;}",
+            b"i:abc;",
+            b"s:-1:\"\";",
+            b"x:1;",
+            b"a:1:{d:1;i:1;}",
+            b"s:3:\"abc\"",
+        ] {
+            assert!(from_slice(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                Reader::new(bad).skip().is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let deep = "a:1:{i:0;".repeat(1000);
+        assert!(from_slice(deep.as_bytes()).is_err());
+    }
+}

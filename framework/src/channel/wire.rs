@@ -1,0 +1,355 @@
+//! The Channel wire protocol, compatible with Workerman's Channel 1.2: `frame://` framing
+//! (4-byte big-endian total length), payloads in PHP `serialize()` format.
+//!
+//! Client → server: `{type: subscribe|unsubscribe|watch|unwatch, channels: [...]}`,
+//! `{type: publish|publishLoop|enqueue, channels: [...], data: <any>}`, `{type: reserve}`;
+//! an empty payload is a ping. Server → client: `{type: event|queue, channel, data}`.
+//! `data` is carried as the bytes received, never decoded by the server.
+
+use bytes::Bytes;
+
+use super::php_serde::{self, Key, PhpError, Reader};
+use crate::protocol::frame;
+
+/// A channel (event or queue) name as it appeared on the wire: its normalised key for
+/// look-ups, and its original bytes for forwarding.
+#[derive(Debug, Clone)]
+pub struct WireName {
+    /// The normalised name.
+    pub key: Key,
+    /// The serialized form as received (`i:1;` or `s:1:"1";`).
+    pub raw: Bytes,
+}
+
+impl WireName {
+    /// The wire form of a name we send.
+    pub fn from_key(key: Key) -> Self {
+        let mut raw = Vec::new();
+        key.write(&mut raw);
+        WireName {
+            key,
+            raw: raw.into(),
+        }
+    }
+}
+
+/// What a client asks of the server.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// An empty frame: keeps the connection alive.
+    Ping,
+    /// Receive events of these names.
+    Subscribe(Vec<WireName>),
+    /// Stop receiving them.
+    Unsubscribe(Vec<WireName>),
+    /// Send `data` to every subscriber of each name.
+    Publish(Vec<WireName>, Bytes),
+    /// Send `data` to one subscriber of each name, round-robin.
+    PublishLoop(Vec<WireName>, Bytes),
+    /// Append `data` to each queue.
+    Enqueue(Vec<WireName>, Bytes),
+    /// Become a watcher of these queues.
+    Watch(Vec<WireName>),
+    /// Stop watching them.
+    Unwatch(Vec<WireName>),
+    /// Ready for one item of each watched queue.
+    Reserve,
+}
+
+impl Command {
+    /// The `type` string.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Command::Ping => "ping",
+            Command::Subscribe(_) => "subscribe",
+            Command::Unsubscribe(_) => "unsubscribe",
+            Command::Publish(..) => "publish",
+            Command::PublishLoop(..) => "publishLoop",
+            Command::Enqueue(..) => "enqueue",
+            Command::Watch(_) => "watch",
+            Command::Unwatch(_) => "unwatch",
+            Command::Reserve => "reserve",
+        }
+    }
+
+    /// Parse a frame payload. `data` and channel names are slices of `payload` (no copy).
+    pub fn decode(payload: &Bytes) -> Result<Command, PhpError> {
+        if payload.is_empty() {
+            return Ok(Command::Ping);
+        }
+        let mut r = Reader::new(payload);
+        let n = r.array_start()?;
+        let mut kind: Option<String> = None;
+        let mut channels: Option<Vec<WireName>> = None;
+        let mut data: Option<Bytes> = None;
+        for _ in 0..n {
+            let key = r.key()?;
+            match key {
+                Key::Str(ref k) if k == "type" => {
+                    let at = r.pos();
+                    match r.key() {
+                        Ok(Key::Str(t)) => kind = Some(t),
+                        _ => {
+                            return Err(PhpError {
+                                msg: "type must be a string".into(),
+                                pos: at,
+                            })
+                        }
+                    }
+                }
+                Key::Str(ref k) if k == "channels" => {
+                    let count = r.array_start()?;
+                    let mut names = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        r.key()?; // list index
+                        let start = r.pos();
+                        let key = r.key()?;
+                        names.push(WireName {
+                            key,
+                            raw: payload.slice(start..r.pos()),
+                        });
+                    }
+                    r.array_end()?;
+                    channels = Some(names);
+                }
+                Key::Str(ref k) if k == "data" => {
+                    let range = r.skip()?;
+                    data = Some(payload.slice(range));
+                }
+                _ => {
+                    r.skip()?;
+                }
+            }
+        }
+        r.array_end()?;
+        if !r.at_end() {
+            return Err(PhpError {
+                msg: "trailing bytes".into(),
+                pos: r.pos(),
+            });
+        }
+        let kind = kind.ok_or(PhpError {
+            msg: "missing type".into(),
+            pos: 0,
+        })?;
+        let names = || channels.clone().unwrap_or_default();
+        let data = || data.clone().unwrap_or_else(|| Bytes::from_static(b"N;"));
+        Ok(match kind.as_str() {
+            "subscribe" => Command::Subscribe(names()),
+            "unsubscribe" => Command::Unsubscribe(names()),
+            "publish" => Command::Publish(names(), data()),
+            "publishLoop" => Command::PublishLoop(names(), data()),
+            "enqueue" => Command::Enqueue(names(), data()),
+            "watch" => Command::Watch(names()),
+            "unwatch" => Command::Unwatch(names()),
+            "reserve" => Command::Reserve,
+            other => {
+                return Err(PhpError {
+                    msg: format!("unknown type {other:?}"),
+                    pos: 0,
+                })
+            }
+        })
+    }
+
+    /// Serialize as PHP's Channel client does, without the frame header.
+    pub fn encode_payload(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (names, data): (&[WireName], Option<&Bytes>) = match self {
+            Command::Ping => return out,
+            Command::Reserve => {
+                php_serde::write_array_start(&mut out, 1);
+                write_type(&mut out, "reserve");
+                out.push(b'}');
+                return out;
+            }
+            Command::Subscribe(n)
+            | Command::Unsubscribe(n)
+            | Command::Watch(n)
+            | Command::Unwatch(n) => (n, None),
+            Command::Publish(n, d) | Command::PublishLoop(n, d) | Command::Enqueue(n, d) => {
+                (n, Some(d))
+            }
+        };
+        php_serde::write_array_start(&mut out, if data.is_some() { 3 } else { 2 });
+        write_type(&mut out, self.type_name());
+        php_serde::write_str(&mut out, b"channels");
+        php_serde::write_array_start(&mut out, names.len());
+        for (i, n) in names.iter().enumerate() {
+            Key::Int(i as i64).write(&mut out);
+            out.extend_from_slice(&n.raw);
+        }
+        out.push(b'}');
+        if let Some(d) = data {
+            php_serde::write_str(&mut out, b"data");
+            out.extend_from_slice(d);
+        }
+        out.push(b'}');
+        out
+    }
+
+    /// Serialize with the frame header.
+    pub fn encode_frame(&self) -> Bytes {
+        frame::encode_bytes(&self.encode_payload()).expect("command fits a frame")
+    }
+}
+
+fn write_type(out: &mut Vec<u8>, t: &str) {
+    php_serde::write_str(out, b"type");
+    php_serde::write_str(out, t.as_bytes());
+}
+
+/// Whether a server message is a pub/sub event or a queue item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// `{type: event}`.
+    Event,
+    /// `{type: queue}`.
+    Queue,
+}
+
+/// Frame a server message `{type, channel, data}` (header included), as PHP's server does.
+pub fn encode_delivery(kind: DeliveryKind, channel_raw: &[u8], data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(64 + channel_raw.len() + data.len());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    php_serde::write_array_start(&mut out, 3);
+    write_type(
+        &mut out,
+        match kind {
+            DeliveryKind::Event => "event",
+            DeliveryKind::Queue => "queue",
+        },
+    );
+    php_serde::write_str(&mut out, b"channel");
+    out.extend_from_slice(channel_raw);
+    php_serde::write_str(&mut out, b"data");
+    out.extend_from_slice(data);
+    out.push(b'}');
+    let len = out.len() as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out.into()
+}
+
+/// A decoded server message.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Event or queue item.
+    pub kind: DeliveryKind,
+    /// The channel name.
+    pub channel: Key,
+    /// The serialized data, as published.
+    pub data: Bytes,
+}
+
+impl Delivery {
+    /// Parse a server message payload (without the frame header).
+    pub fn decode(payload: &Bytes) -> Result<Delivery, PhpError> {
+        let mut r = Reader::new(payload);
+        let n = r.array_start()?;
+        let (mut kind, mut channel, mut data) = (None, None, None);
+        for _ in 0..n {
+            match r.key()? {
+                Key::Str(k) if k == "type" => {
+                    kind = Some(match r.key()? {
+                        Key::Str(t) if t == "event" => DeliveryKind::Event,
+                        Key::Str(t) if t == "queue" => DeliveryKind::Queue,
+                        other => {
+                            return Err(PhpError {
+                                msg: format!("unknown message type {other}"),
+                                pos: 0,
+                            })
+                        }
+                    })
+                }
+                Key::Str(k) if k == "channel" => channel = Some(r.key()?),
+                Key::Str(k) if k == "data" => data = Some(payload.slice(r.skip()?)),
+                _ => {
+                    r.skip()?;
+                }
+            }
+        }
+        r.array_end()?;
+        match (kind, channel) {
+            (Some(kind), Some(channel)) => Ok(Delivery {
+                kind,
+                channel,
+                data: data.unwrap_or_else(|| Bytes::from_static(b"N;")),
+            }),
+            _ => Err(PhpError {
+                msg: "message without type or channel".into(),
+                pos: 0,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[Key]) -> Vec<WireName> {
+        v.iter().cloned().map(WireName::from_key).collect()
+    }
+
+    #[test]
+    fn golden_subscribe_payload() {
+        let cmd = Command::Subscribe(names(&[Key::Str("Broadcast".into())]));
+        assert_eq!(
+            cmd.encode_payload(),
+            br#"a:2:{s:4:"type";s:9:"subscribe";s:8:"channels";a:1:{i:0;s:9:"Broadcast";}}"#
+        );
+        let frame = cmd.encode_frame();
+        assert_eq!(&frame[..4], &(frame.len() as u32).to_be_bytes());
+    }
+
+    #[test]
+    fn golden_publish_and_event() {
+        let data =
+            php_serde::to_vec(&serde_json::json!({"to_connection_id": "3", "content": "hi"}));
+        let cmd = Command::Publish(names(&[Key::Int(1)]), data.clone().into());
+        assert_eq!(
+            cmd.encode_payload(),
+            br#"a:3:{s:4:"type";s:7:"publish";s:8:"channels";a:1:{i:0;i:1;}s:4:"data";a:2:{s:7:"content";s:2:"hi";s:16:"to_connection_id";s:1:"3";}}"#
+        );
+        let ev = encode_delivery(DeliveryKind::Event, b"i:1;", &data);
+        let mut want = Vec::new();
+        let body = br#"a:3:{s:4:"type";s:5:"event";s:7:"channel";i:1;s:4:"data";a:2:{s:7:"content";s:2:"hi";s:16:"to_connection_id";s:1:"3";}}"#;
+        want.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        want.extend_from_slice(body);
+        assert_eq!(&ev[..], &want[..]);
+        let d = Delivery::decode(&ev.slice(4..)).unwrap();
+        assert_eq!(d.kind, DeliveryKind::Event);
+        assert_eq!(d.channel, Key::Int(1));
+        assert_eq!(&d.data[..], &data[..]);
+    }
+
+    #[test]
+    fn decode_keeps_data_and_names_raw() {
+        let payload = Bytes::from_static(
+            br#"a:3:{s:4:"type";s:7:"publish";s:8:"channels";a:2:{i:0;s:1:"1";i:1;s:1:"x";}s:4:"data";O:8:"stdClass":0:{}}"#,
+        );
+        let Command::Publish(ch, data) = Command::decode(&payload).unwrap() else {
+            panic!()
+        };
+        assert_eq!(ch[0].key, Key::Int(1));
+        assert_eq!(&ch[0].raw[..], br#"s:1:"1";"#);
+        assert_eq!(ch[1].key, Key::Str("x".into()));
+        assert_eq!(&data[..], br#"O:8:"stdClass":0:{}"#);
+    }
+
+    #[test]
+    fn bad_commands() {
+        for bad in [
+            &br#"a:1:{s:4:"type";s:4:"nope";}"#[..],
+            br#"a:1:{s:4:"data";i:1;}"#,
+            br#"garbage"#,
+            br#"a:1:{s:4:"type";s:9:"subscribe";}extra"#,
+            br#"a:2:{s:4:"type";s:9:"subscribe";s:8:"channels";a:1:{i:0;b:1;}}"#,
+        ] {
+            assert!(Command::decode(&Bytes::copy_from_slice(bad)).is_err());
+        }
+        assert!(matches!(Command::decode(&Bytes::new()), Ok(Command::Ping)));
+        let reserve = Command::decode(&Bytes::from_static(br#"a:1:{s:4:"type";s:7:"reserve";}"#));
+        assert!(matches!(reserve, Ok(Command::Reserve)));
+    }
+}

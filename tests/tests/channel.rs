@@ -1,0 +1,336 @@
+//! The channel service over real loopback sockets: a `start_channel` process, clients in
+//! `channel_console` processes, and raw TCP clients speaking the PHP wire format byte for byte.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use werkmann_tests::{free_port, App};
+
+const T: Duration = Duration::from_secs(10);
+
+struct Console {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    w: OwnedWriteHalf,
+}
+
+impl Console {
+    /// Connect and wait until its channel client is connected.
+    async fn open(addr: &str) -> Console {
+        let mut c = Console::raw(addr).await;
+        assert_eq!(c.line().await, "channel connected");
+        c
+    }
+
+    async fn raw(addr: &str) -> Console {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let (r, w) = s.into_split();
+        Console {
+            lines: BufReader::new(r).lines(),
+            w,
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        self.w
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(T, self.lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("open")
+    }
+
+    async fn ask(&mut self, line: &str) -> String {
+        self.send(line).await;
+        self.line().await
+    }
+
+    async fn nothing_for(&mut self, ms: u64) {
+        let r = tokio::time::timeout(Duration::from_millis(ms), self.lines.next_line()).await;
+        assert!(r.is_err(), "unexpected line: {r:?}");
+    }
+}
+
+fn channel_server() -> (App, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let app = App::start("start_channel", &["--listen", &addr], &[port]);
+    (app, addr)
+}
+
+fn console_app(channel: &str, extra: &[&str]) -> (App, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen", &addr, "--channel", channel];
+    args.extend_from_slice(extra);
+    let app = App::start("channel_console", &args, &[port]);
+    (app, addr)
+}
+
+#[tokio::test]
+async fn fan_out_names_and_ordering_across_processes() {
+    let (_server, ch) = channel_server();
+    let (_a, a_addr) = console_app(&ch, &[]);
+    let (_b, b_addr) = console_app(&ch, &[]);
+    let mut subs = Vec::new();
+    for addr in [&a_addr, &b_addr, &a_addr, &b_addr, &a_addr] {
+        let mut c = Console::open(addr).await;
+        assert_eq!(c.ask("on Broadcast").await, "ok");
+        assert_eq!(c.ask("on 1").await, "ok");
+        subs.push(c);
+    }
+    let mut publisher = Console::open(&b_addr).await;
+    // Let the subscriptions reach the server.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert_eq!(
+        publisher.ask(r#"pub Broadcast {"content":"hi"}"#).await,
+        "ok Sent"
+    );
+    for s in &mut subs {
+        assert_eq!(s.line().await, r#"event Broadcast {"content":"hi"}"#);
+    }
+    // "1" and 1 are one name; "01" is another.
+    assert_eq!(publisher.ask(r#"pub 01 "no""#).await, "ok Sent");
+    assert_eq!(publisher.ask(r#"pub 1 "yes""#).await, "ok Sent");
+    for s in &mut subs {
+        assert_eq!(s.line().await, r#"event 1 "yes""#);
+    }
+    // Per-publisher ordering.
+    assert_eq!(publisher.ask("seq Broadcast 500").await, "ok Sent");
+    for s in &mut subs {
+        for i in 0..500 {
+            assert_eq!(s.line().await, format!(r#"event Broadcast {{"i":{i}}}"#));
+        }
+    }
+    // Unsubscribed: no more events for that one.
+    assert_eq!(subs[0].ask("unsub Broadcast").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(publisher.ask(r#"pub Broadcast 2"#).await, "ok Sent");
+    for s in &mut subs[1..] {
+        assert_eq!(s.line().await, "event Broadcast 2");
+    }
+    subs[0].nothing_for(200).await;
+}
+
+#[tokio::test]
+async fn publish_loop_is_round_robin_and_queues_deliver_exactly_once() {
+    let (_server, ch) = channel_server();
+    let (_a, a_addr) = console_app(&ch, &[]);
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let mut c = Console::open(&a_addr).await;
+        assert_eq!(c.ask("on work").await, "ok");
+        subs.push(c);
+    }
+    let mut p = Console::open(&a_addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..30 {
+        assert_eq!(p.ask(&format!("publoop work {i}")).await, "ok Sent");
+    }
+    let mut all = Vec::new();
+    for s in &mut subs {
+        let mut mine = Vec::new();
+        for _ in 0..10 {
+            mine.push(s.line().await);
+        }
+        s.nothing_for(100).await;
+        all.extend(mine);
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        30,
+        "each event to exactly one subscriber, 10 each"
+    );
+
+    // Queues: two auto-reserving watchers and one manual; every item exactly once.
+    let mut w1 = Console::open(&a_addr).await;
+    let mut w2 = Console::open(&a_addr).await;
+    assert_eq!(w1.ask("watch jobs").await, "ok");
+    assert_eq!(w2.ask("watch jobs").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..40 {
+        assert_eq!(p.ask(&format!("enq jobs {i}")).await, "ok Sent");
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while got.len() < 40 && tokio::time::Instant::now() < deadline {
+        for w in [&mut w1, &mut w2] {
+            if let Ok(Ok(Some(l))) =
+                tokio::time::timeout(Duration::from_millis(50), w.lines.next_line()).await
+            {
+                got.push(l);
+            }
+        }
+    }
+    got.sort();
+    let before = got.len();
+    got.dedup();
+    assert_eq!(before, 40, "no duplicates");
+    assert_eq!(got.len(), 40, "every item once");
+
+    // A manual watcher gets one item per reserve; items wait for it.
+    let mut m = Console::open(&a_addr).await;
+    assert_eq!(m.ask("watchm slow").await, "ok");
+    assert_eq!(p.ask("enq slow 1").await, "ok Sent");
+    assert_eq!(p.ask("enq slow 2").await, "ok Sent");
+    m.nothing_for(200).await;
+    assert_eq!(m.ask("reserve").await, "ok");
+    assert_eq!(m.line().await, "queue slow 1");
+    m.nothing_for(200).await;
+    assert_eq!(m.ask("reserve").await, "ok");
+    assert_eq!(m.line().await, "queue slow 2");
+}
+
+#[tokio::test]
+async fn clients_reconnect_resubscribe_and_flush_what_they_buffered() {
+    let port = free_port();
+    let ch = format!("127.0.0.1:{port}");
+    let server = App::start("start_channel", &["--listen", &ch], &[port]);
+    let (_a, a_addr) = console_app(&ch, &[]);
+    let mut sub = Console::open(&a_addr).await;
+    assert_eq!(sub.ask("on news").await, "ok");
+    assert_eq!(sub.ask("watch jobs").await, "ok");
+    let mut p = Console::open(&a_addr).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(p.ask("pub news 1").await, "ok Sent");
+    assert_eq!(sub.line().await, "event news 1");
+
+    drop(server); // SIGKILL
+    assert_eq!(sub.line().await, "channel closed");
+    assert_eq!(p.line().await, "channel closed");
+    // While the server is down, publishes are buffered, not lost.
+    assert_eq!(p.ask("pub news 2").await, "ok Buffered");
+    assert_eq!(p.ask("enq jobs 3").await, "ok Buffered");
+
+    let _server = App::start("start_channel", &["--listen", &ch], &[port]);
+    let (mut a, mut b) = (None, None);
+    // Both clients reconnect (in either order); the subscriber re-subscribes and re-watches
+    // before the publisher's buffered commands arrive, or gets them once it has.
+    for _ in 0..2 {
+        tokio::select! {
+            l = sub.line(), if a.is_none() => a = Some(l),
+            l = p.line(), if b.is_none() => b = Some(l),
+        }
+    }
+    assert_eq!(a.as_deref(), Some("channel connected"));
+    assert_eq!(b.as_deref(), Some("channel connected"));
+    // If the publisher got back first, its buffered event had no subscriber yet: publish again
+    // to see delivery resume; the queue item waits for the watcher either way.
+    let mut seen_job = false;
+    let mut seen_news = false;
+    assert_eq!(p.ask("pub news 4").await, "ok Sent");
+    while !(seen_job && seen_news) {
+        let l = sub.line().await;
+        match l.as_str() {
+            "queue jobs 3" => seen_job = true,
+            "event news 4" => seen_news = true,
+            "event news 2" => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = ((payload.len() + 4) as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+async fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut h = [0u8; 4];
+    tokio::time::timeout(T, s.read_exact(&mut h))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(h) as usize - 4];
+    s.read_exact(&mut body).await.unwrap();
+    body
+}
+
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(T, s.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn php_wire_format_byte_for_byte_and_bad_input() {
+    let (_server, ch) = channel_server();
+    let mut sub = TcpStream::connect(&ch).await.unwrap();
+    sub.write_all(&frame(
+        br#"a:2:{s:4:"type";s:9:"subscribe";s:8:"channels";a:1:{i:0;s:9:"Broadcast";}}"#,
+    ))
+    .await
+    .unwrap();
+    // A ping (empty frame) is accepted silently.
+    sub.write_all(&frame(b"")).await.unwrap();
+    let mut publ = TcpStream::connect(&ch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Data the server cannot model (a PHP object) passes through untouched.
+    publ.write_all(&frame(
+        br#"a:3:{s:4:"type";s:7:"publish";s:8:"channels";a:1:{i:0;s:9:"Broadcast";}s:4:"data";O:8:"stdClass":1:{s:1:"x";d:0.5;}}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        read_frame(&mut sub).await,
+        br#"a:3:{s:4:"type";s:5:"event";s:7:"channel";s:9:"Broadcast";s:4:"data";O:8:"stdClass":1:{s:1:"x";d:0.5;}}"#
+    );
+
+    // Bad input closes that connection only.
+    for bad in [
+        vec![0u8, 0, 0, 2],                          // length below 4
+        vec![0x7f, 0xff, 0xff, 0xff],                // over the limit
+        frame(b"not serialize"),                     // garbage
+        frame(br#"a:1:{s:4:"type";s:6:"delete";}"#), // unknown type
+        frame(br#"a:2:{s:4:"type";s:9:"subscribe";s:8:"channels";a:1:{i:0;b:1;}}"#),
+    ] {
+        let mut s = TcpStream::connect(&ch).await.unwrap();
+        s.write_all(&bad).await.unwrap();
+        assert!(closed(&mut s).await, "closed after {bad:?}");
+    }
+
+    // The server and the other clients go on.
+    publ.write_all(&frame(
+        br#"a:3:{s:4:"type";s:7:"publish";s:8:"channels";a:1:{i:0;s:9:"Broadcast";}s:4:"data";i:7;}"#,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        read_frame(&mut sub).await,
+        br#"a:3:{s:4:"type";s:5:"event";s:7:"channel";s:9:"Broadcast";s:4:"data";i:7;}"#
+    );
+}
+
+#[tokio::test]
+async fn embedded_channel_connects_instances_without_tcp() {
+    let (_app, addr) = console_app("embedded", &["--serve", "embedded", "--count", "2"]);
+    let mut a = Console::open(&addr).await;
+    let mut b = Console::open(&addr).await;
+    let wa = a.ask("whoami").await;
+    let wb = b.ask("whoami").await;
+    assert_ne!(wa[..8], wb[..8], "two instances: {wa} / {wb}");
+    assert_eq!(a.ask("on 5").await, "ok");
+    assert_eq!(a.ask("watch q").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(b.ask(r#"pub 5 {"to":"a"}"#).await, "ok Sent");
+    assert_eq!(a.line().await, r#"event 5 {"to":"a"}"#);
+    assert_eq!(b.ask("enq q [1,2]").await, "ok Sent");
+    assert_eq!(a.line().await, "queue q [1,2]");
+    assert_eq!(b.ask("seq 5 200").await, "ok Sent");
+    for i in 0..200 {
+        assert_eq!(a.line().await, format!(r#"event 5 {{"i":{i}}}"#));
+    }
+}
