@@ -131,12 +131,21 @@ impl OutQueue {
                 n = 0;
             }
         }
+        self.shrink_if_empty();
     }
 
     fn clear(&mut self) {
         self.bufs.clear();
         self.len = 0;
         self.bypass = 0;
+        self.shrink_if_empty();
+    }
+
+    /// A burst must not leave its queue's capacity behind on an idle connection.
+    fn shrink_if_empty(&mut self) {
+        if self.bufs.is_empty() && self.bufs.capacity() > 4 {
+            self.bufs = VecDeque::new();
+        }
     }
 }
 
@@ -499,7 +508,8 @@ impl Connection {
             guard("on_close", || cb(self));
         }
         if let Some(stream) = stream {
-            linger(stream).await;
+            // Boxed: its read buffer must not be part of every connection's task while idle.
+            Box::pin(linger(stream)).await;
         }
     }
 
@@ -674,7 +684,8 @@ impl Connection {
                     break;
                 }
                 let r = self.0.codec.borrow_mut().decode(&mut buf);
-                if buf.is_empty() && buf.capacity() > 0 {
+                if buf.is_empty() {
+                    // Release the allocation: an idle connection holds no read buffer.
                     *buf = BytesMut::new();
                 }
                 r

@@ -976,7 +976,14 @@ async fn deliveries(
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() {
+    if let Err(e) = bench().await {
+        eprintln!("bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn bench() -> Result<()> {
     let o = parse_options()?;
     raise_nofile(o.clients.max(PACED_CLIENTS) as u64 + 200)?;
     let listen = match o.listen {
@@ -1000,7 +1007,7 @@ async fn main() -> Result<()> {
     };
     let result = result.map_err(|e| {
         let tail = server.log_tail();
-        if tail.is_empty() {
+        if tail.is_empty() || format!("{e:#}").contains(&tail) {
             e
         } else {
             anyhow!("{e:#}\n--- server log (tail) ---\n{tail}")

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod php_serde;
 pub mod server;
 pub mod wire;
+pub mod worker_ids;
 
 pub use client::{Client, PublishStatus};
 pub use php_serde::Key as Name;

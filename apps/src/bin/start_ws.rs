@@ -1,0 +1,26 @@
+//! A WebSocket node of the push cluster: `start_ws start [-d] --listen 0.0.0.0:4236 --count 2
+//! --channel 127.0.0.1:2206 [--worker-ids 4,5]` (or `WERKMANN_LISTEN`, `WERKMANN_COUNT`,
+//! `WERKMANN_CHANNEL`, `WERKMANN_WORKER_IDS`). Worker ids are claimed cluster-unique through
+//! the channel unless pinned.
+
+use std::sync::Arc;
+
+use werkmann::cli::option;
+use werkmann::Worker;
+use werkmann_apps::push;
+
+fn main() -> anyhow::Result<()> {
+    let listen = option("--listen", "WERKMANN_LISTEN", "0.0.0.0:4236");
+    let count: usize = option("--count", "WERKMANN_COUNT", "2").parse()?;
+    let channel = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");
+    let pinned = option("--worker-ids", "WERKMANN_WORKER_IDS", "");
+    let starting = std::env::args().any(|a| a == "start" || a == "restart");
+    let ids = if starting {
+        werkmann::master::init_logging();
+        push::claim_ids(&channel, count, &pinned)?
+    } else {
+        werkmann::channel::worker_ids::WorkerIds::fixed(0, count)
+    };
+    let worker = push::ws_worker(&listen, count, &channel, Arc::new(ids))?;
+    Worker::run_all(vec![worker])
+}

@@ -1,0 +1,5 @@
+//! The push cluster of Workerman's manual, as werkmann workers: WebSocket nodes that hold the
+//! clients, HTTP publishers that take pushes, a channel between them. The binaries
+//! `start_channel`, `start_ws`, `start_http` and `start_all` assemble these pieces.
+
+pub mod push;

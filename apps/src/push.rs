@@ -1,0 +1,239 @@
+//! The WebSocket and HTTP workers of the push system.
+//!
+//! - WebSocket instance `i` of a node holds cluster-unique worker id `ids[i]`; it subscribes to
+//!   that id and to `Broadcast`, greets each client with
+//!   `Worker-ID:{id} Verbindungs-ID:{connection id} verbunden\n`, delivers `{to_connection_id,
+//!   content}` events to one of its connections and `Broadcast` events to all.
+//! - The HTTP publisher takes `content`, `to_worker_id`, `to_connection_id` from the query, a
+//!   form or a JSON body and publishes them; `GET /` without parameters serves the demo page.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use werkmann::channel::worker_ids::WorkerIds;
+use werkmann::channel::{self, Client, PublishStatus};
+use werkmann::{Connection, Message, Request, Response, Worker};
+
+/// The event every WebSocket instance subscribes to for broadcasts.
+pub const BROADCAST: &str = "Broadcast";
+
+/// The greeting a client receives on connect.
+pub fn greeting(worker_id: u32, connection_id: u64) -> String {
+    format!("Worker-ID:{worker_id} Verbindungs-ID:{connection_id} verbunden\n")
+}
+
+fn text_of(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// The WebSocket worker (`pusher`): `count` instances, instance `i` known as `ids[i]`.
+pub fn ws_worker(
+    listen: &str,
+    count: usize,
+    channel_addr: &str,
+    worker_ids: Arc<WorkerIds>,
+) -> anyhow::Result<Worker> {
+    let mut worker = Worker::new(&format!("websocket://{listen}"))?;
+    worker.name = "pusher".into();
+    worker.count = count;
+    let addr = channel_addr.to_string();
+    let start_ids = worker_ids.clone();
+    worker.on_worker_start(move |w| {
+        if w.id() == 0 {
+            start_ids.answer();
+        }
+        let my_id = start_ids.ids()[w.id()];
+        let client = match Client::connect(&addr) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("pusher {my_id}: no channel: {e}");
+                return;
+            }
+        };
+        let me = w.clone();
+        client.on(my_id, move |data| {
+            let target = data["to_connection_id"].as_u64().or_else(|| {
+                data["to_connection_id"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+            });
+            let content = text_of(&data["content"]).unwrap_or_default();
+            match target.and_then(|id| me.connection(id)) {
+                Some(conn) => {
+                    conn.send(content);
+                }
+                None => log::info!(
+                    "worker {my_id}: Verbindung existiert nicht ({})",
+                    data["to_connection_id"]
+                ),
+            }
+        });
+        let me = w.clone();
+        client.on(BROADCAST, move |data| {
+            if let Some(content) = text_of(&data["content"]) {
+                me.broadcast(content);
+            }
+        });
+        w.set_data(client);
+        log::info!("pusher instance {} is worker id {my_id}", w.id());
+    });
+    worker.on_connect(move |conn| {
+        conn.send(greeting(worker_ids.ids()[conn.worker_id()], conn.id()));
+    });
+    worker.on_message(|_conn, _msg| {});
+    Ok(worker)
+}
+
+/// A push request, from the query, a form or a JSON body.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Push {
+    /// The text to deliver.
+    pub content: Option<String>,
+    /// The target worker id (a targeted push).
+    pub to_worker_id: Option<String>,
+    /// The target connection id (a targeted push).
+    pub to_connection_id: Option<String>,
+}
+
+impl Push {
+    /// Read the parameters; body fields win over query parameters.
+    pub fn from_request(req: &Request) -> Push {
+        let post = req.post_all();
+        let get = req.query();
+        let field = |k: &str| post.get(k).or_else(|| get.get(k)).cloned();
+        Push {
+            content: field("content"),
+            to_worker_id: field("to_worker_id"),
+            to_connection_id: field("to_connection_id"),
+        }
+    }
+
+    /// Whether no parameter was given at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Push::default()
+    }
+}
+
+fn publish(client: &Client, push: &Push) -> Result<PublishStatus, Response> {
+    let content = match push.content.as_deref() {
+        Some(c) if !c.is_empty() => c,
+        _ => return Err(Response::text(400, "missing content: nothing published\n")),
+    };
+    let result = match (&push.to_worker_id, &push.to_connection_id) {
+        (None, None) => client.publish(BROADCAST, &json!({ "content": content })),
+        (Some(w), Some(c)) => {
+            let worker: u32 = w.parse().map_err(|_| {
+                Response::text(400, format!("to_worker_id {w:?} is not a worker id\n"))
+            })?;
+            let conn: u64 = c.parse().map_err(|_| {
+                Response::text(
+                    400,
+                    format!("to_connection_id {c:?} is not a connection id\n"),
+                )
+            })?;
+            client.publish(
+                worker,
+                &json!({ "to_connection_id": conn, "content": content }),
+            )
+        }
+        _ => {
+            return Err(Response::text(
+                400,
+                "a targeted push needs both to_worker_id and to_connection_id\n",
+            ))
+        }
+    };
+    result.map_err(|e| Response::text(503, format!("push not accepted: {e}\n")))
+}
+
+fn handle(conn: &Connection, req: &Request, page: &str) {
+    let push = Push::from_request(req);
+    if push.is_empty() && req.method() == "GET" && req.path() == "/" {
+        conn.send(Response::html(page.to_string()));
+        return;
+    }
+    let Some(client) = conn.worker().and_then(|w| w.data::<Client>()) else {
+        conn.send(Response::text(503, "channel client not started\n"));
+        return;
+    };
+    if !client.is_connected() {
+        conn.send(Response::text(
+            503,
+            format!(
+                "channel server {} unreachable: push not accepted\n",
+                client.addr()
+            ),
+        ));
+        return;
+    }
+    match publish(&client, &push) {
+        Ok(PublishStatus::Sent) => conn.send("ok"),
+        Ok(PublishStatus::Buffered) => conn.send(Response::text(
+            503,
+            "channel connection lost: push buffered, not yet delivered\n",
+        )),
+        Err(resp) => conn.send(resp),
+    };
+}
+
+/// The HTTP publisher (`publisher`). `ws_port` is what the demo page connects to.
+pub fn http_worker(
+    listen: &str,
+    count: usize,
+    channel_addr: &str,
+    ws_port: u16,
+) -> anyhow::Result<Worker> {
+    let mut worker = Worker::new(&format!("http://{listen}"))?;
+    worker.name = "publisher".into();
+    worker.count = count;
+    let addr = channel_addr.to_string();
+    worker.on_worker_start(move |w| match Client::connect(&addr) {
+        Ok(c) => w.set_data(c),
+        Err(e) => log::error!("publisher: no channel: {e}"),
+    });
+    let page = Arc::new(demo_page(ws_port));
+    worker.on_message(move |conn, msg| {
+        if let Message::Request(req) = msg {
+            handle(conn, &req, &page);
+        }
+    });
+    Ok(worker)
+}
+
+/// Claim cluster-unique worker ids through the channel (see `werkmann::channel::worker_ids`),
+/// or use `pinned` ones.
+pub fn claim_ids(
+    channel_addr: &str,
+    count: usize,
+    pinned: &str,
+) -> anyhow::Result<channel::worker_ids::WorkerIds> {
+    let pinned = if pinned.is_empty() {
+        None
+    } else {
+        let ids: Vec<u32> = pinned
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--worker-ids {pinned:?}: {e}"))?;
+        if ids.len() != count {
+            anyhow::bail!("--worker-ids names {} ids for --count {count}", ids.len());
+        }
+        Some(ids)
+    };
+    Ok(channel::worker_ids::claim(
+        channel_addr,
+        count,
+        pinned,
+        std::time::Duration::from_secs(30),
+    )?)
+}
+
+/// The demo page: connects to the WebSocket port, shows the greeting and pushes, and has a
+/// form to broadcast or target a connection.
+pub fn demo_page(ws_port: u16) -> String {
+    include_str!("demo.html").replace("{{WS_PORT}}", &ws_port.to_string())
+}
