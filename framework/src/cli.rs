@@ -132,9 +132,16 @@ pub fn running_pid(pid_file: &Path) -> Option<i32> {
     alive(pid).then_some(pid)
 }
 
-/// Whether a process exists.
+/// Whether a process exists and has not exited (a zombie waiting for its parent has).
 pub fn alive(pid: i32) -> bool {
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false);
+    !zombie
 }
 
 /// Send a signal.

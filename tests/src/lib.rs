@@ -37,11 +37,12 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_addr("127.0.0.1").port()
+}
+
+/// A free address on a loopback IP, e.g. `127.0.1.2`, as if it were another machine.
+pub fn free_addr(ip: &str) -> SocketAddr {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
 }
 
 /// Wait until something accepts connections on `addr`.
@@ -79,9 +80,15 @@ pub struct App {
 }
 
 impl App {
-    /// Start `name start <args>` in the foreground and wait until every address in `ports`
-    /// accepts connections.
+    /// Start `name start <args>` in the foreground and wait until every port in `ports`
+    /// accepts connections on 127.0.0.1.
     pub fn start(name: &str, args: &[&str], ports: &[u16]) -> App {
+        let addrs: Vec<SocketAddr> = ports.iter().map(|p| ([127, 0, 0, 1], *p).into()).collect();
+        App::start_at(name, args, &addrs)
+    }
+
+    /// Start `name start <args>` and wait until every address in `addrs` accepts connections.
+    pub fn start_at(name: &str, args: &[&str], addrs: &[SocketAddr]) -> App {
         let run_dir = temp_dir(name);
         let bin = bin(name);
         let log = std::fs::File::create(run_dir.join("stderr.log")).unwrap();
@@ -104,8 +111,7 @@ impl App {
             bin,
             args: args.iter().map(|s| s.to_string()).collect(),
         };
-        for p in ports {
-            let addr: SocketAddr = ([127, 0, 0, 1], *p).into();
+        for &addr in addrs {
             assert!(
                 wait_listening(addr, Duration::from_secs(20)),
                 "{name} does not listen on {addr}; log:\n{}",

@@ -1,0 +1,302 @@
+//! The push cluster end to end, each part its own process on its own loopback address as if on
+//! its own machine: a channel server (127.0.1.1), two WebSocket nodes with two instances each
+//! (127.0.1.2, .3) and two HTTP publishers (127.0.1.4, .5).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use werkmann_tests::{free_addr, App};
+
+const T: Duration = Duration::from_secs(10);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Client {
+    ws: Ws,
+    worker: u32,
+    conn: u64,
+}
+
+async fn connect(addr: SocketAddr) -> Client {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .unwrap();
+    let hello = next_text(&mut ws).await;
+    let rest = hello
+        .strip_prefix("Worker-ID:")
+        .and_then(|r| r.strip_suffix(" verbunden\n"))
+        .unwrap_or_else(|| panic!("greeting {hello:?}"));
+    let (w, c) = rest.split_once(" Verbindungs-ID:").unwrap();
+    Client {
+        ws,
+        worker: w.parse().unwrap(),
+        conn: c.parse().unwrap(),
+    }
+}
+
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let m = tokio::time::timeout(T, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .unwrap();
+        if let WsMessage::Text(t) = m {
+            return t.to_string();
+        }
+    }
+}
+
+async fn quiet(ws: &mut Ws, ms: u64) {
+    if let Ok(Some(Ok(WsMessage::Text(t)))) =
+        tokio::time::timeout(Duration::from_millis(ms), ws.next()).await
+    {
+        panic!("unexpected push {t:?}");
+    }
+}
+
+/// GET a path on a publisher; returns (status, body).
+async fn get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path_and_query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Push until the publisher accepts (it answers 503 while its channel reconnects).
+async fn push_ok(addr: SocketAddr, q: &str) {
+    for _ in 0..100 {
+        let (status, body) = get(addr, q).await;
+        if status == 200 {
+            assert_eq!(body, "ok");
+            return;
+        }
+        assert_eq!(status, 503, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("publisher {addr} never accepted {q}");
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn seed_topology_across_processes() {
+    let ch = free_addr("127.0.1.1");
+    let ws = [free_addr("127.0.1.2"), free_addr("127.0.1.3")];
+    let http = [free_addr("127.0.1.4"), free_addr("127.0.1.5")];
+    let ch_s = ch.to_string();
+    let channel = App::start_at("start_channel", &["--listen", &ch_s], &[ch]);
+    let mut nodes = Vec::new();
+    for a in ws {
+        let a_s = a.to_string();
+        nodes.push(App::start_at(
+            "start_ws",
+            &["--listen", &a_s, "--count", "2", "--channel", &ch_s],
+            &[a],
+        ));
+    }
+    let mut pubs = Vec::new();
+    for a in http {
+        let a_s = a.to_string();
+        pubs.push(App::start_at(
+            "start_http",
+            &["--listen", &a_s, "--channel", &ch_s],
+            &[a],
+        ));
+    }
+
+    // Eight clients, two per instance; every greeting names its worker and connection.
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        clients.push(connect(ws[i % 2]).await);
+    }
+    let workers: HashSet<u32> = clients.iter().map(|c| c.worker).collect();
+    assert_eq!(
+        workers.len(),
+        4,
+        "four instances, four distinct worker ids: {workers:?}"
+    );
+    let node_ids: Vec<HashSet<u32>> = (0..2)
+        .map(|n| {
+            clients
+                .iter()
+                .skip(n)
+                .step_by(2)
+                .map(|c| c.worker)
+                .collect()
+        })
+        .collect();
+    assert!(
+        node_ids[0].is_disjoint(&node_ids[1]),
+        "nodes hold different ids: {node_ids:?}"
+    );
+    let pairs: HashSet<(u32, u64)> = clients.iter().map(|c| (c.worker, c.conn)).collect();
+    assert_eq!(pairs.len(), 8, "(worker, connection) names one client");
+    let mut per_worker: HashMap<u32, usize> = HashMap::new();
+    for c in &clients {
+        *per_worker.entry(c.worker).or_default() += 1;
+    }
+    assert!(per_worker.values().all(|&n| n == 2), "{per_worker:?}");
+
+    // Broadcast through either publisher: everyone, exactly once.
+    for (i, p) in http.iter().enumerate() {
+        push_ok(*p, &format!("/?content=hallo-{i}")).await;
+        for c in &mut clients {
+            assert_eq!(next_text(&mut c.ws).await, format!("hallo-{i}"));
+        }
+    }
+    for c in &mut clients {
+        quiet(&mut c.ws, 200).await;
+    }
+
+    // Target each client through alternating publishers: only that one receives.
+    for i in 0..clients.len() {
+        let (w, conn) = (clients[i].worker, clients[i].conn);
+        let content = format!("für {w}/{conn}");
+        push_ok(
+            http[i % 2],
+            &format!(
+                "/?to_worker_id={w}&to_connection_id={conn}&content={}",
+                enc(&content)
+            ),
+        )
+        .await;
+        assert_eq!(next_text(&mut clients[i].ws).await, content);
+        for (j, other) in clients.iter_mut().enumerate() {
+            if j != i {
+                quiet(&mut other.ws, 30).await;
+            }
+        }
+    }
+
+    // Bad pushes get a 400, and the seed's parameters in a POST form work too.
+    let (status, _) = get(http[0], "/?content=").await;
+    assert_eq!(status, 400);
+    let (status, _) = get(http[0], "/?to_worker_id=x&to_connection_id=1&content=a").await;
+    assert_eq!(status, 400);
+
+    // The channel server restarts: the nodes reconnect and delivery resumes.
+    drop(channel);
+    let (status, body) = get(http[1], "/?content=lost").await;
+    assert_eq!(
+        status, 503,
+        "the publisher says the push was not accepted: {body}"
+    );
+    let _channel = App::start_at("start_channel", &["--listen", &ch_s], &[ch]);
+    // Publishers and nodes reconnect independently; wait for a broadcast to reach everyone.
+    let mut delivered = false;
+    for attempt in 0..50 {
+        push_ok(http[0], &format!("/?content=back-{attempt}")).await;
+        let mut all = true;
+        for c in &mut clients {
+            match tokio::time::timeout(Duration::from_millis(300), c.ws.next()).await {
+                Ok(Some(Ok(WsMessage::Text(t)))) if t.starts_with("back-") => {}
+                _ => all = false,
+            }
+        }
+        if all {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(
+        delivered,
+        "delivery resumed after the channel server restarted"
+    );
+    // Drain whatever earlier attempts delivered late.
+    for c in &mut clients {
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_millis(200), c.ws.next()).await
+        {}
+    }
+
+    // Stop one WebSocket node: its clients are closed, the others go on.
+    let out = nodes[1].command(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    push_ok(http[1], "/?content=after-stop").await;
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(next_text(&mut c.ws).await, "after-stop");
+        } else {
+            let end = tokio::time::timeout(T, async {
+                loop {
+                    match c.ws.next().await {
+                        Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            })
+            .await;
+            assert!(end.is_ok(), "clients of the stopped node are closed");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_node_with_the_same_options_gets_the_next_ids_and_pinned_clashes_fail() {
+    let ch = free_addr("127.0.1.1");
+    let ch_s = ch.to_string();
+    let _channel = App::start_at("start_channel", &["--listen", &ch_s], &[ch]);
+    let a = free_addr("127.0.1.2");
+    let a_s = a.to_string();
+    let _n1 = App::start_at("start_ws", &["--listen", &a_s, "--channel", &ch_s], &[a]);
+    let b = free_addr("127.0.1.3");
+    let b_s = b.to_string();
+    let _n2 = App::start_at("start_ws", &["--listen", &b_s, "--channel", &ch_s], &[b]);
+    let mut seen = HashSet::new();
+    for addr in [a, a, b, b] {
+        seen.insert(connect(addr).await.worker);
+    }
+    assert_eq!(seen, HashSet::from([0, 1, 2, 3]));
+
+    // Pinning ids another node holds is refused at start-up with a clear error.
+    let c = free_addr("127.0.1.6");
+    let run_dir = werkmann_tests::temp_dir("pinned");
+    let out = std::process::Command::new(werkmann_tests::bin("start_ws"))
+        .args([
+            "start",
+            "--listen",
+            &c.to_string(),
+            "--channel",
+            &ch_s,
+            "--worker-ids",
+            "1,7",
+        ])
+        .env("WERKMANN_RUN_DIR", &run_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already held"), "{err}");
+}
