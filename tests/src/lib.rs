@@ -160,3 +160,14 @@ impl Drop for App {
         let _ = self.child.wait();
     }
 }
+
+/// Whether a process runs (a zombie, exited but not yet reaped by its parent, does not).
+pub fn process_alive(pid: i32) -> bool {
+    if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
+}

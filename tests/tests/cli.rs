@@ -98,7 +98,7 @@ fn text(o: &Output) -> String {
 }
 
 fn alive(pid: i32) -> bool {
-    unsafe { libc::kill(pid, 0) == 0 }
+    werkmann_tests::process_alive(pid)
 }
 
 fn wait_gone(pid: i32) -> bool {
