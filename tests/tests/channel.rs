@@ -334,3 +334,88 @@ async fn embedded_channel_connects_instances_without_tcp() {
         assert_eq!(a.line().await, format!(r#"event 5 {{"i":{i}}}"#));
     }
 }
+
+async fn next(l: &mut Lines<BufReader<tokio::process::ChildStdout>>) -> String {
+    tokio::time::timeout(T, l.next_line())
+        .await
+        .expect("a line in time")
+        .unwrap()
+        .expect("open")
+}
+
+/// PHP's own `serialize()` / `unserialize()` on the other end of the channel server.
+#[tokio::test]
+async fn php_peers_and_werkmann_clients_share_one_channel_server() {
+    use std::process::{Command, Stdio};
+    assert!(
+        Command::new("php").arg("-v").output().is_ok(),
+        "php is missing: run scripts/test, which installs Debian's php-cli"
+    );
+    let script = werkmann_tests::workspace().join("tests/php/channel_peer.php");
+    let (_server, ch) = channel_server();
+    let (_a, a_addr) = console_app(&ch, &[]);
+
+    // A PHP subscriber receives what a werkmann client publishes.
+    let mut php_sub = tokio::process::Command::new("php")
+        .arg(&script)
+        .args([ch.as_str(), "sub", "Broadcast", "7"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut php_lines = BufReader::new(php_sub.stdout.take().unwrap()).lines();
+    assert_eq!(next(&mut php_lines).await, "subscribed");
+    let mut p = Console::open(&a_addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        p.ask(r#"pub Broadcast {"content":"grüß","n":[1,2.5,null,true]}"#)
+            .await,
+        "ok Sent"
+    );
+    assert_eq!(
+        next(&mut php_lines).await,
+        r#"event Broadcast {"content":"grüß","n":[1,2.5,null,true]}"#
+    );
+    // Integer names: werkmann publishes to "7", PHP subscribed to 7.
+    assert_eq!(p.ask(r#"pub 7 "seven""#).await, "ok Sent");
+    assert_eq!(next(&mut php_lines).await, r#"event 7 "seven""#);
+
+    // A werkmann subscriber receives what PHP publishes.
+    let mut sub = Console::open(&a_addr).await;
+    assert_eq!(sub.ask("on news").await, "ok");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let st = Command::new("php")
+        .arg(&script)
+        .args([
+            ch.as_str(),
+            "pub",
+            "news",
+            r#"{"a":1,"b":[true,null,1.5],"s":"ü"}"#,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        sub.line().await,
+        r#"event news {"a":1,"b":[true,null,1.5],"s":"ü"}"#
+    );
+
+    // A PHP object passes through the werkmann server to a PHP subscriber untouched.
+    let mut obj_sub = tokio::process::Command::new("php")
+        .arg(&script)
+        .args([ch.as_str(), "subobj", "objects"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut obj_lines = BufReader::new(obj_sub.stdout.take().unwrap()).lines();
+    assert_eq!(next(&mut obj_lines).await, "subscribed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let st = Command::new("php")
+        .arg(&script)
+        .args([ch.as_str(), "pubobj", "objects"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(next(&mut obj_lines).await, "object stdClass 1");
+}
