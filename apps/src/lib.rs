@@ -1,5 +1,7 @@
-//! The push cluster of Workerman's manual, as werkmann workers: WebSocket nodes that hold the
-//! clients, HTTP publishers that take pushes, a channel between them. The binaries
-//! `start_channel`, `start_ws`, `start_http` and `start_all` assemble these pieces.
+//! The apps' shared parts: the echo examples (`echo`), and the push cluster of Workerman's
+//! manual as werkmann workers (`push`): WebSocket nodes that hold the clients, HTTP publishers
+//! that take pushes, a channel between them. The binaries `start_channel`, `start_ws`,
+//! `start_http` and `start_all` assemble these pieces.
 
+pub mod echo;
 pub mod push;

@@ -171,3 +171,71 @@ pub fn process_alive(pid: i32) -> bool {
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// A line-oriented client of a `text://` console (the demo apps' control ports).
+pub struct Console {
+    /// Lines from the server.
+    pub lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+/// How long a test waits for an expected line or message.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+impl Console {
+    /// Connect to a console.
+    pub async fn connect(addr: &str) -> Console {
+        use tokio::io::AsyncBufReadExt;
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (r, w) = s.into_split();
+        Console {
+            lines: tokio::io::BufReader::with_capacity(1 << 16, r).lines(),
+            w,
+        }
+    }
+
+    /// Send one line.
+    pub async fn send(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.w
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// The next line (panics after [`WAIT`] or if the connection ends).
+    pub async fn line(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("connection open")
+    }
+
+    /// Send a line and return the next line.
+    pub async fn ask(&mut self, line: &str) -> String {
+        self.send(line).await;
+        self.line().await
+    }
+
+    /// Assert that no line arrives for `ms` milliseconds.
+    pub async fn nothing_for(&mut self, ms: u64) {
+        let r = tokio::time::timeout(Duration::from_millis(ms), self.lines.next_line()).await;
+        assert!(r.is_err(), "unexpected line: {r:?}");
+    }
+}
+
+/// Read an HTTP response head (up to the blank line) byte by byte, leaving the body unread.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(WAIT, s.read_exact(&mut b))
+            .await
+            .expect("a response in time")
+            .expect("connection open");
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}

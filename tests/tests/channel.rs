@@ -4,58 +4,16 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use werkmann_tests::{free_port, App};
+use werkmann_tests::{free_port, App, Console};
 
 const T: Duration = Duration::from_secs(10);
 
-struct Console {
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    w: OwnedWriteHalf,
-}
-
-impl Console {
-    /// Connect and wait until its channel client is connected.
-    async fn open(addr: &str) -> Console {
-        let mut c = Console::raw(addr).await;
-        assert_eq!(c.line().await, "channel connected");
-        c
-    }
-
-    async fn raw(addr: &str) -> Console {
-        let s = TcpStream::connect(addr).await.unwrap();
-        let (r, w) = s.into_split();
-        Console {
-            lines: BufReader::new(r).lines(),
-            w,
-        }
-    }
-
-    async fn send(&mut self, line: &str) {
-        self.w
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(T, self.lines.next_line())
-            .await
-            .expect("a line in time")
-            .unwrap()
-            .expect("open")
-    }
-
-    async fn ask(&mut self, line: &str) -> String {
-        self.send(line).await;
-        self.line().await
-    }
-
-    async fn nothing_for(&mut self, ms: u64) {
-        let r = tokio::time::timeout(Duration::from_millis(ms), self.lines.next_line()).await;
-        assert!(r.is_err(), "unexpected line: {r:?}");
-    }
+/// Open a channel console connection and wait until its channel client is connected.
+async fn open(addr: &str) -> Console {
+    let mut c = Console::connect(addr).await;
+    assert_eq!(c.line().await, "channel connected");
+    c
 }
 
 fn channel_server() -> (App, String) {
@@ -81,12 +39,12 @@ async fn fan_out_names_and_ordering_across_processes() {
     let (_b, b_addr) = console_app(&ch, &[]);
     let mut subs = Vec::new();
     for addr in [&a_addr, &b_addr, &a_addr, &b_addr, &a_addr] {
-        let mut c = Console::open(addr).await;
+        let mut c = open(addr).await;
         assert_eq!(c.ask("on Broadcast").await, "ok");
         assert_eq!(c.ask("on 1").await, "ok");
         subs.push(c);
     }
-    let mut publisher = Console::open(&b_addr).await;
+    let mut publisher = open(&b_addr).await;
     // Let the subscriptions reach the server.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -126,11 +84,11 @@ async fn publish_loop_is_round_robin_and_queues_deliver_exactly_once() {
     let (_a, a_addr) = console_app(&ch, &[]);
     let mut subs = Vec::new();
     for _ in 0..3 {
-        let mut c = Console::open(&a_addr).await;
+        let mut c = open(&a_addr).await;
         assert_eq!(c.ask("on work").await, "ok");
         subs.push(c);
     }
-    let mut p = Console::open(&a_addr).await;
+    let mut p = open(&a_addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..30 {
         assert_eq!(p.ask(&format!("publoop work {i}")).await, "ok Sent");
@@ -153,8 +111,8 @@ async fn publish_loop_is_round_robin_and_queues_deliver_exactly_once() {
     );
 
     // Queues: two auto-reserving watchers and one manual; every item exactly once.
-    let mut w1 = Console::open(&a_addr).await;
-    let mut w2 = Console::open(&a_addr).await;
+    let mut w1 = open(&a_addr).await;
+    let mut w2 = open(&a_addr).await;
     assert_eq!(w1.ask("watch jobs").await, "ok");
     assert_eq!(w2.ask("watch jobs").await, "ok");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -179,7 +137,7 @@ async fn publish_loop_is_round_robin_and_queues_deliver_exactly_once() {
     assert_eq!(got.len(), 40, "every item once");
 
     // A manual watcher gets one item per reserve; items wait for it.
-    let mut m = Console::open(&a_addr).await;
+    let mut m = open(&a_addr).await;
     assert_eq!(m.ask("watchm slow").await, "ok");
     assert_eq!(p.ask("enq slow 1").await, "ok Sent");
     assert_eq!(p.ask("enq slow 2").await, "ok Sent");
@@ -197,10 +155,10 @@ async fn clients_reconnect_resubscribe_and_flush_what_they_buffered() {
     let ch = format!("127.0.0.1:{port}");
     let server = App::start("start_channel", &["--listen", &ch], &[port]);
     let (_a, a_addr) = console_app(&ch, &[]);
-    let mut sub = Console::open(&a_addr).await;
+    let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on news").await, "ok");
     assert_eq!(sub.ask("watch jobs").await, "ok");
-    let mut p = Console::open(&a_addr).await;
+    let mut p = open(&a_addr).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(p.ask("pub news 1").await, "ok Sent");
     assert_eq!(sub.line().await, "event news 1");
@@ -317,8 +275,8 @@ async fn php_wire_format_byte_for_byte_and_bad_input() {
 #[tokio::test]
 async fn embedded_channel_connects_instances_without_tcp() {
     let (_app, addr) = console_app("embedded", &["--serve", "embedded", "--count", "2"]);
-    let mut a = Console::open(&addr).await;
-    let mut b = Console::open(&addr).await;
+    let mut a = open(&addr).await;
+    let mut b = open(&addr).await;
     let wa = a.ask("whoami").await;
     let wb = b.ask("whoami").await;
     assert_ne!(wa[..8], wb[..8], "two instances: {wa} / {wb}");
@@ -365,7 +323,7 @@ async fn php_peers_and_werkmann_clients_share_one_channel_server() {
         .unwrap();
     let mut php_lines = BufReader::new(php_sub.stdout.take().unwrap()).lines();
     assert_eq!(next(&mut php_lines).await, "subscribed");
-    let mut p = Console::open(&a_addr).await;
+    let mut p = open(&a_addr).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         p.ask(r#"pub Broadcast {"content":"grüß","n":[1,2.5,null,true]}"#)
@@ -381,7 +339,7 @@ async fn php_peers_and_werkmann_clients_share_one_channel_server() {
     assert_eq!(next(&mut php_lines).await, r#"event 7 "seven""#);
 
     // A werkmann subscriber receives what PHP publishes.
-    let mut sub = Console::open(&a_addr).await;
+    let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on news").await, "ok");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let st = Command::new("php")

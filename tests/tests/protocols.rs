@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use werkmann_tests::{free_port, App};
+use werkmann_tests::{free_port, read_head, App};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -183,16 +183,7 @@ async fn raw_ws(listen: &str) -> TcpStream {
     )
     .await
     .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tokio::time::timeout(T, s.read_exact(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
     s
@@ -317,16 +308,7 @@ async fn websocket_bad_input_is_refused_and_the_worker_goes_on() {
 
 async fn http_request(s: &mut TcpStream, req: &str) -> (String, String) {
     s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tokio::time::timeout(T, s.read_exact(&mut b))
-            .await
-            .unwrap()
-            .unwrap();
-        head.push(b[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = read_head(s).await;
     let len: usize = head
         .lines()
         .find_map(|l| {

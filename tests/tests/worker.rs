@@ -4,48 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use werkmann_tests::{free_port, App};
+use werkmann_tests::{free_port, App, Console};
 
 const T: Duration = Duration::from_secs(10);
-
-struct Console {
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    w: OwnedWriteHalf,
-}
-
-impl Console {
-    async fn connect(addr: &str) -> Console {
-        let s = TcpStream::connect(addr).await.unwrap();
-        let (r, w) = s.into_split();
-        Console {
-            lines: BufReader::with_capacity(1 << 16, r).lines(),
-            w,
-        }
-    }
-
-    async fn send(&mut self, line: &str) {
-        self.w
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(T, self.lines.next_line())
-            .await
-            .expect("a line in time")
-            .unwrap()
-            .expect("connection open")
-    }
-
-    async fn ask(&mut self, line: &str) -> String {
-        self.send(line).await;
-        self.line().await
-    }
-}
 
 fn stats(line: &str) -> HashMap<String, u64> {
     line.split_whitespace()

@@ -1,15 +1,5 @@
-//! Tcp echo server: `tcp_echo start --listen 127.0.0.1:PORT`.
-
-use werkmann::cli::option;
-use werkmann::Worker;
+//! TCP echo server: `tcp_echo start --listen 127.0.0.1:9004`.
 
 fn main() -> anyhow::Result<()> {
-    let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9004");
-    let mut worker = Worker::new(&format!("tcp://{listen}"))?;
-    worker.name = "tcp_echo".into();
-    worker.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
-    worker.on_message(|conn, msg| {
-        conn.send(msg);
-    });
-    Worker::run_all(vec![worker])
+    werkmann_apps::echo::run("tcp", "tcp_echo", "127.0.0.1:9004")
 }

@@ -1,15 +1,5 @@
-//! Text echo server: `text_echo start --listen 127.0.0.1:PORT`.
-
-use werkmann::cli::option;
-use werkmann::Worker;
+//! Text echo server: `text_echo start --listen 127.0.0.1:9002`.
 
 fn main() -> anyhow::Result<()> {
-    let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9002");
-    let mut worker = Worker::new(&format!("text://{listen}"))?;
-    worker.name = "text_echo".into();
-    worker.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
-    worker.on_message(|conn, msg| {
-        conn.send(msg);
-    });
-    Worker::run_all(vec![worker])
+    werkmann_apps::echo::run("text", "text_echo", "127.0.0.1:9002")
 }

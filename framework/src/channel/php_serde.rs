@@ -153,16 +153,10 @@ impl<'a> Reader<'a> {
             b's' | b'E' => {
                 self.quoted(b';')?;
             }
-            b'a' => {
-                let n = self.count()?;
-                for _ in 0..n {
-                    self.skip_key()?;
-                    self.skip_depth(depth + 1)?;
+            b'a' | b'O' => {
+                if tag == b'O' {
+                    self.quoted(b':')?; // the class name
                 }
-                self.expect(b'}')?;
-            }
-            b'O' => {
-                self.quoted(b':')?;
                 let n = self.count()?;
                 for _ in 0..n {
                     self.skip_key()?;

@@ -1,0 +1,843 @@
+//! Throughput benchmark of the channel server: events per second from one pipelining publisher
+//! to 1, 10 and 100 subscribers, every event checked (none lost, none reordered), printed as a
+//! Markdown table.
+//!
+//! `bench_channel [--subscribers 1,10,100] [--events E] [--quick] [--batch BYTES]
+//! [--listen 127.0.0.1:PORT]`
+//!
+//! It builds nothing: it starts `start_channel` (next to its own executable) as a child process
+//! with `WERKMANN_RUN_DIR` in a fresh temporary directory and waits for its port. Then, for each
+//! subscriber count S:
+//!
+//! 1. S raw TCP connections subscribe to `Broadcast` (the Channel wire format: 4-byte big-endian
+//!    total length, PHP `serialize` payloads), and a publisher connection publishes a marker
+//!    event until every subscriber has seen one — the subscriptions are then in place.
+//! 2. The publisher pipelines E `publish` commands (data: a 32-byte PHP string starting with a
+//!    12-digit sequence number) in large batches without waiting for anything, while every
+//!    subscriber reads and checks each event: the count, and a strictly increasing sequence
+//!    with no gaps.
+//! 3. Wall time runs from the first publish to the last delivery at the slowest subscriber:
+//!    deliveries/s = received / time. Server CPU (utime + stime of the whole process) per
+//!    delivery, the server's peak RSS during the row (`VmHWM`, reset before the row through
+//!    `/proc/PID/clear_refs` when allowed), and how fast the server took the publisher's
+//!    commands (publish cmds/s = E / time until the publisher's last byte was accepted).
+//!
+//! The server is stopped at the end, also on error (and killed if the generator dies).
+//! `BENCH_SERVER_WRAPPER="valgrind --tool=callgrind"` runs the server under a profiler that keeps
+//! its pid (for perf, attach with `perf record -p` instead). The generator shares the machine's
+//! cores with the server; the notes say how much CPU each used.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use werkmann::channel::php_serde::Key;
+use werkmann::channel::wire::{self, Command as ChannelCommand, Delivery, DeliveryKind, WireName};
+
+/// The channel every subscriber listens to.
+const CHANNEL: &str = "Broadcast";
+/// The marker event's data (published until every subscriber has seen it).
+const MARKER: &[u8] = b"s:6:\"marker\";";
+/// Digits of the sequence number at the start of each event's 32-byte data.
+const SEQ_DIGITS: usize = 12;
+/// Filler after the sequence number: 32 − 12 bytes.
+const FILLER: &[u8] = b"xxxxxxxxxxxxxxxxxxxx";
+/// Size of a subscriber's read buffer.
+const READ_BUF: usize = 256 * 1024;
+/// Give up on a subscriber after this long without any byte.
+const STALL: Duration = Duration::from_secs(10);
+/// Most time to wait for the subscriptions to be in place.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default rows: (subscribers, events).
+const DEFAULT_ROWS: [(usize, u64); 3] = [(1, 1_000_000), (10, 200_000), (100, 20_000)];
+/// Rows of `--quick`.
+const QUICK_ROWS: [(usize, u64); 3] = [(1, 200_000), (10, 40_000), (100, 4_000)];
+
+const USAGE: &str = "\
+Usage: bench_channel [--subscribers LIST] [--events E] [--quick] [--batch BYTES]
+                     [--listen 127.0.0.1:PORT]
+  --subscribers LIST  comma-separated subscriber counts (default 1,10,100)
+  --events E          events per row, for every row (default 1000000 for 1 subscriber,
+                      200000 for 10, 20000 for 100, 2000000/S otherwise)
+  --quick             a fifth of the default events (--events given after it still applies)
+  --batch BYTES       bytes the publisher hands to one write (default 262144)
+  --listen IP:PORT    the server's address on 127.0.0.0/8 (default: a free port on 127.0.0.1)
+";
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+struct Options {
+    subscribers: Vec<usize>,
+    events: Option<u64>,
+    quick: bool,
+    batch: usize,
+    listen: Option<SocketAddr>,
+}
+
+impl Options {
+    /// Events of the row with `s` subscribers.
+    fn events_for(&self, s: usize) -> u64 {
+        if let Some(e) = self.events {
+            return e;
+        }
+        let table = if self.quick { QUICK_ROWS } else { DEFAULT_ROWS };
+        table
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, e)| *e)
+            .unwrap_or_else(|| {
+                let per = if self.quick { 400_000 } else { 2_000_000 };
+                (per / s as u64).max(1000)
+            })
+    }
+}
+
+fn parse_options() -> Result<Options> {
+    let mut o = Options {
+        subscribers: DEFAULT_ROWS.iter().map(|(s, _)| *s).collect(),
+        events: None,
+        quick: false,
+        batch: 256 * 1024,
+        listen: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| anyhow!("{name} needs a value\n{USAGE}"))
+        };
+        match name.as_str() {
+            "--subscribers" => {
+                o.subscribers = value()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .context("--subscribers")?
+            }
+            "--events" => o.events = Some(value()?.parse().context("--events")?),
+            "--batch" => o.batch = value()?.parse().context("--batch")?,
+            "--listen" => o.listen = Some(value()?.parse().context("--listen")?),
+            "--quick" => {
+                o.quick = true;
+                o.events = None;
+            }
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    ensure!(!o.subscribers.is_empty(), "--subscribers is empty");
+    ensure!(
+        o.subscribers.iter().all(|&s| (1..=10_000).contains(&s)),
+        "subscriber counts must be 1 to 10000"
+    );
+    if let Some(e) = o.events {
+        ensure!(
+            (1..10u64.pow(SEQ_DIGITS as u32)).contains(&e),
+            "--events must be at least 1 and fit {SEQ_DIGITS} digits"
+        );
+    }
+    ensure!(o.batch >= 1024, "--batch must be at least 1024");
+    if let Some(addr) = o.listen {
+        ensure!(
+            addr.ip().is_loopback() && addr.is_ipv4(),
+            "{addr}: the benchmark only uses 127.0.0.0/8"
+        );
+    }
+    Ok(o)
+}
+
+/// A free port on 127.0.0.1 (bound, read, released).
+fn free_addr() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// Raise the soft open-files limit towards the hard one when `need` is above it.
+fn raise_nofile(need: u64) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        ensure!(
+            lim.rlim_max >= need,
+            "needs {need} open files but the hard limit is {}",
+            lim.rlim_max
+        );
+        if lim.rlim_cur < need {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                bail!("setrlimit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
+}
+
+/// Reset the peak RSS (`VmHWM`) of a process to its current RSS; false when not allowed.
+fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
+}
+
+/// utime + stime of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
+    // Fields after the command: state(3) … utime(14) stime(15).
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))
+    };
+    Ok(get(11)? + get(12)?)
+}
+
+/// Clock ticks per second.
+fn clk_tck() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Ticks to seconds.
+fn ticks_secs(ticks: u64) -> f64 {
+    ticks as f64 / clk_tck() as f64
+}
+
+/// The `start_channel` child process; stopped (and its run directory removed) when dropped.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(listen: SocketAddr) -> Result<Server> {
+        let exe = std::env::current_exe()?.with_file_name("start_channel");
+        ensure!(
+            exe.exists(),
+            "{} not found; build it with `cargo build --release -p werkmann-apps --bins` \
+             (scripts/bench channel does)",
+            exe.display()
+        );
+        let dir =
+            std::env::temp_dir().join(format!("werkmann-bench-channel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join("start_channel.log");
+        let out = std::fs::File::create(&log)?;
+        // A profiler that runs the program in the same process (valgrind) may wrap the server.
+        let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(prog) => {
+                let mut c = Command::new(prog);
+                c.args(words).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        cmd.args(["start", "--listen", &listen.to_string()])
+            .env("WERKMANN_RUN_DIR", &dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe; it makes the kernel kill the server if the
+        // thread that spawned it (the main thread) dies without stopping it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        Ok(Server { child, dir, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait until the port accepts connections (or the server exits).
+    async fn wait_ready(&mut self, addr: SocketAddr) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("start_channel exited ({status}):\n{}", self.log_tail());
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "start_channel does not listen on {addr}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Fail if the server has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("start_channel exited ({status}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// The last lines of the server's log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGTERM, wait up to 5 s, then SIGKILL.
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The frames of the benchmark, encoded once.
+struct Frames {
+    subscribe: Bytes,
+    marker: Bytes,
+    /// A publish command whose data's sequence digits are zeros.
+    publish: Vec<u8>,
+    /// Offset of the sequence digits in `publish`.
+    publish_digits: usize,
+    /// The event frame a subscriber expects, with zeros for the digits.
+    event: Vec<u8>,
+    /// Offset of the sequence digits in `event`.
+    event_digits: usize,
+}
+
+impl Frames {
+    fn new() -> Frames {
+        let name = || vec![WireName::from_key(Key::Str(CHANNEL.into()))];
+        let data = event_data(0);
+        let publish = ChannelCommand::Publish(name(), Bytes::from(data.clone())).encode_frame();
+        let event = wire::encode_delivery(DeliveryKind::Event, &name()[0].raw, &data);
+        let digits_at = |frame: &[u8]| {
+            let needle = b"s:32:\"";
+            frame
+                .windows(needle.len())
+                .rposition(|w| w == needle)
+                .expect("the data is in the frame")
+                + needle.len()
+        };
+        Frames {
+            subscribe: ChannelCommand::Subscribe(name()).encode_frame(),
+            marker: ChannelCommand::Publish(name(), Bytes::from_static(MARKER)).encode_frame(),
+            publish_digits: digits_at(&publish),
+            publish: publish.to_vec(),
+            event_digits: digits_at(&event),
+            event: event.to_vec(),
+        }
+    }
+}
+
+/// `s:32:"<12 digits>xxxx…";`
+fn event_data(seq: u64) -> Vec<u8> {
+    let mut d = format!("s:32:\"{seq:0width$}", width = SEQ_DIGITS).into_bytes();
+    d.extend_from_slice(FILLER);
+    d.extend_from_slice(b"\";");
+    d
+}
+
+/// Write `n` as exactly `out.len()` decimal digits.
+fn put_digits(out: &mut [u8], mut n: u64) {
+    for b in out.iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Parse decimal digits; `None` if any byte is not a digit.
+fn parse_digits(d: &[u8]) -> Option<u64> {
+    d.iter().try_fold(0u64, |acc, &b| {
+        b.is_ascii_digit().then(|| acc * 10 + (b - b'0') as u64)
+    })
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default, Clone)]
+struct SubResult {
+    /// Benchmark events received.
+    received: u64,
+    /// Events that came with a sequence number below the next expected one.
+    reordered: u64,
+    /// Frames that were neither a benchmark event nor a marker.
+    malformed: u64,
+    /// When the last event arrived.
+    done: Option<Instant>,
+    /// Why it stopped early, if it did.
+    error: Option<String>,
+}
+
+/// Shared between the subscribers of one row.
+struct RowState {
+    frames: Arc<Frames>,
+    events: u64,
+    /// Subscribers that have seen a marker.
+    ready: AtomicUsize,
+}
+
+/// Read and check events until the last one arrived (or the stream stalls or fails).
+async fn subscriber(mut stream: TcpStream, row: Arc<RowState>) -> SubResult {
+    let mut res = SubResult::default();
+    if let Err(e) = read_events(&mut stream, &row, &mut res).await {
+        res.error = Some(format!("{e:#}"));
+    }
+    res
+}
+
+async fn read_events(stream: &mut TcpStream, row: &RowState, res: &mut SubResult) -> Result<()> {
+    let f = &row.frames;
+    let (head, tail) = (
+        &f.event[..f.event_digits],
+        &f.event[f.event_digits + SEQ_DIGITS..],
+    );
+    let ev_len = f.event.len();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut filled = 0;
+    let mut next = 0u64;
+    let mut saw_marker = false;
+    loop {
+        if filled == buf.len() {
+            // A frame larger than the buffer: grow (only a foreign frame can be that big).
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match tokio::time::timeout(STALL, stream.read(&mut buf[filled..])).await {
+            Ok(r) => r.context("read")?,
+            Err(_) => bail!("no data for {} s", STALL.as_secs()),
+        };
+        ensure!(n > 0, "the server closed the connection");
+        filled += n;
+        let mut pos = 0;
+        while filled - pos >= 4 {
+            let b = &buf[pos..filled];
+            let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            ensure!(len >= 4, "frame length {len} below the header");
+            if b.len() < len {
+                break;
+            }
+            let frame = &b[..len];
+            pos += len;
+            // Fast path: the expected event, byte for byte except the digits.
+            let seq = if len == ev_len
+                && frame.starts_with(head)
+                && frame.ends_with(tail)
+            {
+                parse_digits(&frame[head.len()..head.len() + SEQ_DIGITS])
+            } else {
+                None
+            };
+            let seq = match seq {
+                Some(s) => s,
+                None => {
+                    let payload = Bytes::copy_from_slice(&frame[4..]);
+                    match Delivery::decode(&payload) {
+                        Ok(d) if &d.data[..] == MARKER => {
+                            if !saw_marker {
+                                saw_marker = true;
+                                row.ready.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        _ => res.malformed += 1,
+                    }
+                    continue;
+                }
+            };
+            res.received += 1;
+            if seq < next {
+                res.reordered += 1;
+            } else {
+                next = seq + 1;
+            }
+            if next >= row.events {
+                res.done = Some(Instant::now());
+                return Ok(());
+            }
+        }
+        buf.copy_within(pos..filled, 0);
+        filled -= pos;
+    }
+}
+
+/// Pipeline `events` publish commands in batches of about `batch` bytes. Returns when the last
+/// byte was accepted by the kernel.
+async fn publish(stream: &mut TcpStream, f: &Frames, events: u64, batch: usize) -> Result<()> {
+    let per = f.publish.len();
+    let per_batch = (batch / per).max(1);
+    let mut buf = f.publish.repeat(per_batch);
+    let mut seq = 0;
+    while seq < events {
+        let k = per_batch.min((events - seq) as usize);
+        for (i, cmd) in buf.chunks_exact_mut(per).take(k).enumerate() {
+            put_digits(
+                &mut cmd[f.publish_digits..f.publish_digits + SEQ_DIGITS],
+                seq + i as u64,
+            );
+        }
+        stream.write_all(&buf[..k * per]).await.context("publish")?;
+        seq += k as u64;
+    }
+    Ok(())
+}
+
+/// One row of the results table.
+struct Row {
+    subscribers: usize,
+    events: u64,
+    deliveries: u64,
+    secs: f64,
+    publish_secs: f64,
+    server_cpu: f64,
+    generator_cpu: f64,
+    lost: u64,
+    reordered: u64,
+    malformed: u64,
+    peak_rss_kib: u64,
+    peak_reset: bool,
+    errors: Vec<String>,
+}
+
+/// Run one row: S subscribers, E events.
+async fn run_row(
+    server: &mut Server,
+    addr: SocketAddr,
+    frames: &Arc<Frames>,
+    s: usize,
+    events: u64,
+    batch: usize,
+) -> Result<Row> {
+    let pid = server.pid();
+    let row = Arc::new(RowState {
+        frames: frames.clone(),
+        events,
+        ready: AtomicUsize::new(0),
+    });
+    let mut subs: Vec<JoinHandle<SubResult>> = Vec::with_capacity(s);
+    for _ in 0..s {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .context("subscriber connect")?;
+        stream.set_nodelay(true)?;
+        stream.write_all(&frames.subscribe).await?;
+        subs.push(tokio::spawn(subscriber(stream, row.clone())));
+    }
+    let mut publisher = TcpStream::connect(addr).await.context("publisher connect")?;
+    publisher.set_nodelay(true)?;
+    // Publish markers until every subscriber has seen one: the subscriptions are in place.
+    let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
+    while row.ready.load(Ordering::SeqCst) < s {
+        server.check_alive()?;
+        if Instant::now() > deadline {
+            let ready = row.ready.load(Ordering::SeqCst);
+            for t in &subs {
+                t.abort();
+            }
+            bail!("only {ready} of {s} subscribers saw the marker within 10 s");
+        }
+        publisher.write_all(&frames.marker).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let peak_reset = reset_peak_rss(pid);
+    let gen0 = cpu_ticks(std::process::id())?;
+    let cpu0 = cpu_ticks(pid)?;
+    let t0 = Instant::now();
+    let f = frames.clone();
+    let pub_task = tokio::spawn(async move {
+        let r = publish(&mut publisher, &f, events, batch).await;
+        (r, Instant::now(), publisher)
+    });
+    let mut results = Vec::with_capacity(s);
+    for t in subs {
+        results.push(t.await.context("subscriber task")?);
+    }
+    let cpu1 = cpu_ticks(pid)?;
+    let gen1 = cpu_ticks(std::process::id())?;
+    let peak_rss_kib = status_kib(pid, "VmHWM:")?;
+    let (pub_result, pub_done, publisher) = pub_task.await.context("publisher task")?;
+    drop(publisher);
+    let mut errors = Vec::new();
+    if let Err(e) = pub_result {
+        errors.push(format!("publisher: {e:#}"));
+    }
+    let last = results.iter().filter_map(|r| r.done).max().unwrap_or(t0);
+    let mut deliveries = 0;
+    let (mut lost, mut reordered, mut malformed) = (0, 0, 0);
+    for (i, r) in results.iter().enumerate() {
+        deliveries += r.received;
+        lost += events.saturating_sub(r.received);
+        reordered += r.reordered;
+        malformed += r.malformed;
+        if let Some(e) = &r.error {
+            errors.push(format!("subscriber {i}: {e}"));
+        }
+    }
+    Ok(Row {
+        subscribers: s,
+        events,
+        deliveries,
+        secs: last.duration_since(t0).as_secs_f64(),
+        publish_secs: pub_done.duration_since(t0).as_secs_f64(),
+        server_cpu: ticks_secs(cpu1 - cpu0),
+        generator_cpu: ticks_secs(gen1 - gen0),
+        lost,
+        reordered,
+        malformed,
+        peak_rss_kib,
+        peak_reset,
+        errors,
+    })
+}
+
+fn print_table(rows: &[Row]) {
+    let header = [
+        "subscribers",
+        "events",
+        "deliveries",
+        "seconds",
+        "deliveries/s",
+        "publish cmds/s",
+        "server CPU µs/delivery",
+        "lost",
+        "reordered",
+        "server RSS peak",
+    ];
+    let rate = |n: u64, secs: f64| {
+        if secs > 0.0 {
+            format!("{:.0}", n as f64 / secs)
+        } else {
+            "-".into()
+        }
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.subscribers.to_string(),
+                r.events.to_string(),
+                r.deliveries.to_string(),
+                format!("{:.3}", r.secs),
+                rate(r.deliveries, r.secs),
+                rate(r.events, r.publish_secs),
+                if r.deliveries > 0 {
+                    format!("{:.3}", r.server_cpu * 1e6 / r.deliveries as f64)
+                } else {
+                    "-".into()
+                },
+                r.lost.to_string(),
+                r.reordered.to_string(),
+                format!("{:.1} MiB", r.peak_rss_kib as f64 / 1024.0),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(1)
+        })
+        .collect();
+    let line = |cols: Vec<String>| {
+        let mut s = String::from("|");
+        for (c, w) in cols.iter().zip(&widths) {
+            let _ = write!(s, " {c}{} |", " ".repeat(w - c.chars().count()));
+        }
+        println!("{s}");
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for c in cells {
+        line(c);
+    }
+}
+
+/// Run every row against a started server.
+async fn run(o: &Options, server: &mut Server, addr: SocketAddr) -> Result<Vec<Row>> {
+    server.wait_ready(addr).await?;
+    let frames = Arc::new(Frames::new());
+    let mut rows = Vec::new();
+    for &s in &o.subscribers {
+        let events = o.events_for(s);
+        let row = run_row(server, addr, &frames, s, events, o.batch)
+            .await
+            .with_context(|| format!("{s} subscribers"))?;
+        eprintln!(
+            "bench_channel: {s} subscribers × {events} events: {} deliveries in {:.3} s",
+            row.deliveries, row.secs
+        );
+        rows.push(row);
+        // Let the server see the closed connections before the next row.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.check_alive()?;
+    }
+    Ok(rows)
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = bench().await {
+        eprintln!("bench_channel: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn bench() -> Result<()> {
+    let o = parse_options()?;
+    raise_nofile(*o.subscribers.iter().max().unwrap_or(&1) as u64 + 100)?;
+    let addr = match o.listen {
+        Some(a) => a,
+        None => free_addr()?,
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "bench_channel: subscribers {:?}, one pipelining publisher, 32-byte events, server on \
+         {addr}; {cores} cores shared by the server and this generator",
+        o.subscribers
+    );
+    let mut server = Server::start(addr)?;
+    let result = tokio::select! {
+        r = run(&o, &mut server, addr) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    let result = result.map_err(|e| {
+        let tail = server.log_tail();
+        if tail.is_empty() || format!("{e:#}").contains(&tail) {
+            e
+        } else {
+            anyhow!("{e:#}\n--- server log (tail) ---\n{tail}")
+        }
+    });
+    let pid = server.pid();
+    server.stop();
+    drop(server);
+    let rows = result?;
+    println!();
+    print_table(&rows);
+    println!();
+    let frames = Frames::new();
+    println!(
+        "- frames: publish {} bytes, event {} bytes (header included); server pid {pid}",
+        frames.publish.len(),
+        frames.event.len()
+    );
+    for r in &rows {
+        println!(
+            "- {} subscribers: server CPU {:.2} s ({:.0}% of one core), generator CPU {:.2} s \
+             over {:.2} s; the publisher's last byte was accepted after {:.2} s{}",
+            r.subscribers,
+            r.server_cpu,
+            if r.secs > 0.0 {
+                r.server_cpu * 100.0 / r.secs
+            } else {
+                0.0
+            },
+            r.generator_cpu,
+            r.secs,
+            r.publish_secs,
+            if r.peak_reset {
+                ""
+            } else {
+                "; RSS peak is the process's (clear_refs not writable)"
+            }
+        );
+    }
+    println!(
+        "- {cores} cores in all: the server (one channel instance thread) and this generator \
+         (publisher + subscriber tasks on a tokio runtime) compete for them; CPU figures are \
+         utime + stime from /proc, in {} ms ticks",
+        1000 / clk_tck()
+    );
+    let mut bad = false;
+    for r in &rows {
+        if r.lost > 0 || r.reordered > 0 || r.malformed > 0 || !r.errors.is_empty() {
+            bad = true;
+            println!(
+                "- {} subscribers: {} lost, {} reordered, {} malformed frames",
+                r.subscribers, r.lost, r.reordered, r.malformed
+            );
+            for e in &r.errors {
+                println!("  - {e}");
+            }
+        }
+    }
+    ensure!(!bad, "events were lost, reordered or malformed (see above)");
+    Ok(())
+}
