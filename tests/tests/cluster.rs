@@ -300,3 +300,75 @@ async fn a_second_node_with_the_same_options_gets_the_next_ids_and_pinned_clashe
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already held"), "{err}");
 }
+
+/// POST a body to a publisher; returns (status, body).
+async fn post(addr: SocketAddr, ctype: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn all_in_one_takes_pushes_as_query_form_or_json() {
+    let ws = free_addr("127.0.0.1");
+    let web = free_addr("127.0.0.1");
+    let (ws_s, web_s) = (ws.to_string(), web.to_string());
+    let _app = App::start_at(
+        "start_all",
+        &["--ws-listen", &ws_s, "--http-listen", &web_s],
+        &[ws, web],
+    );
+    let mut a = connect(ws).await;
+    let mut b = connect(ws).await;
+    assert_ne!(a.worker, b.worker, "two instances");
+
+    let (status, body) = post(
+        web,
+        "application/x-www-form-urlencoded",
+        "content=per+Formular",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(next_text(&mut a.ws).await, "per Formular");
+    assert_eq!(next_text(&mut b.ws).await, "per Formular");
+
+    let json = format!(
+        r#"{{"to_worker_id":{},"to_connection_id":"{}","content":"per JSON"}}"#,
+        b.worker, b.conn
+    );
+    let (status, body) = post(web, "application/json", &json).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(next_text(&mut b.ws).await, "per JSON");
+    quiet(&mut a.ws, 200).await;
+
+    // Only one of the two target ids: a clear 400, nothing published.
+    let (status, body) = post(
+        web,
+        "application/json",
+        r#"{"to_worker_id":0,"content":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    quiet(&mut a.ws, 100).await;
+    quiet(&mut b.ws, 100).await;
+}

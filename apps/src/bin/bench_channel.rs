@@ -60,17 +60,17 @@ const STALL: Duration = Duration::from_secs(10);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default rows: (subscribers, events).
-const DEFAULT_ROWS: [(usize, u64); 3] = [(1, 1_000_000), (10, 200_000), (100, 20_000)];
+const DEFAULT_ROWS: [(usize, u64); 3] = [(1, 3_000_000), (10, 1_000_000), (100, 150_000)];
 /// Rows of `--quick`.
-const QUICK_ROWS: [(usize, u64); 3] = [(1, 200_000), (10, 40_000), (100, 4_000)];
+const QUICK_ROWS: [(usize, u64); 3] = [(1, 300_000), (10, 100_000), (100, 15_000)];
 
 const USAGE: &str = "\
 Usage: bench_channel [--subscribers LIST] [--events E] [--quick] [--batch BYTES]
                      [--listen 127.0.0.1:PORT]
   --subscribers LIST  comma-separated subscriber counts (default 1,10,100)
-  --events E          events per row, for every row (default 1000000 for 1 subscriber,
-                      200000 for 10, 20000 for 100, 2000000/S otherwise)
-  --quick             a fifth of the default events (--events given after it still applies)
+  --events E          events per row, for every row (default 3000000 for 1 subscriber,
+                      1000000 for 10, 150000 for 100, 10000000/S otherwise)
+  --quick             a tenth of the default events (--events given after it still applies)
   --batch BYTES       bytes the publisher hands to one write (default 262144)
   --listen IP:PORT    the server's address on 127.0.0.0/8 (default: a free port on 127.0.0.1)
 ";
@@ -97,7 +97,7 @@ impl Options {
             .find(|(n, _)| *n == s)
             .map(|(_, e)| *e)
             .unwrap_or_else(|| {
-                let per = if self.quick { 400_000 } else { 2_000_000 };
+                let per = if self.quick { 1_000_000 } else { 10_000_000 };
                 (per / s as u64).max(1000)
             })
     }
@@ -495,10 +495,7 @@ async fn read_events(stream: &mut TcpStream, row: &RowState, res: &mut SubResult
             let frame = &b[..len];
             pos += len;
             // Fast path: the expected event, byte for byte except the digits.
-            let seq = if len == ev_len
-                && frame.starts_with(head)
-                && frame.ends_with(tail)
-            {
+            let seq = if len == ev_len && frame.starts_with(head) && frame.ends_with(tail) {
                 parse_digits(&frame[head.len()..head.len() + SEQ_DIGITS])
             } else {
                 None
@@ -597,7 +594,9 @@ async fn run_row(
         stream.write_all(&frames.subscribe).await?;
         subs.push(tokio::spawn(subscriber(stream, row.clone())));
     }
-    let mut publisher = TcpStream::connect(addr).await.context("publisher connect")?;
+    let mut publisher = TcpStream::connect(addr)
+        .await
+        .context("publisher connect")?;
     publisher.set_nodelay(true)?;
     // Publish markers until every subscriber has seen one: the subscriptions are in place.
     let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
