@@ -32,7 +32,10 @@ pub const DEFAULT_MAX_PACKAGE: usize = 10 * 1024 * 1024;
 
 const READ_CHUNK: usize = 32 * 1024;
 const READS_PER_POLL: usize = 16;
-const MAX_IOVECS: usize = 64;
+/// Buffers in one vectored write: Linux's `IOV_MAX`.
+const MAX_IOVECS: usize = 1024;
+/// Queues this short use a small array of buffers.
+const FEW_IOVECS: usize = 64;
 const LINGER: Duration = Duration::from_secs(2);
 
 /// What `send` did with a message, like Workerman's `true` / `null` / `false`.
@@ -633,19 +636,13 @@ impl Connection {
             }
             let res = {
                 let out = self.0.out.borrow();
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut n = 0;
-                let mut total = 0;
-                for (slot, b) in slices.iter_mut().zip(out.bufs.iter()) {
-                    if total >= limit {
-                        break;
-                    }
-                    let take = b.len().min(limit - total);
-                    *slot = IoSlice::new(&b[..take]);
-                    total += take;
-                    n += 1;
+                // A long queue of small frames (a burst of broadcasts) goes out in few
+                // syscalls; a short one does not pay for initialising the large array.
+                if out.bufs.len() <= FEW_IOVECS {
+                    write_queue::<FEW_IOVECS>(stream, &out.bufs, limit)
+                } else {
+                    write_queue::<MAX_IOVECS>(stream, &out.bufs, limit)
                 }
-                stream.try_write_vectored(&slices[..n])
             };
             match res {
                 Ok(n) => {
@@ -808,6 +805,27 @@ impl Connection {
             }
         }
     }
+}
+
+/// One vectored write of the first `limit` bytes of `bufs`, at most `N` buffers.
+fn write_queue<const N: usize>(
+    stream: &TcpStream,
+    bufs: &VecDeque<Bytes>,
+    limit: usize,
+) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); N];
+    let mut n = 0;
+    let mut total = 0;
+    for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
+        if total >= limit {
+            break;
+        }
+        let take = b.len().min(limit - total);
+        *slot = IoSlice::new(&b[..take]);
+        total += take;
+        n += 1;
+    }
+    stream.try_write_vectored(&slices[..n])
 }
 
 /// Half-close, then read until the peer closes (or a short timeout), so that unread input does

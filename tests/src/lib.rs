@@ -239,3 +239,68 @@ pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     }
     String::from_utf8(head).unwrap()
 }
+
+/// A real `redis-server` on a free loopback port, without persistence, killed when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Start one (Debian's `redis-server`; `scripts/test` installs it).
+    pub fn start() -> RedisServer {
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: temp_dir("redis"),
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server is missing: run scripts/test, which installs Debian's redis-server",
+            );
+        self.child = Some(child);
+        assert!(
+            wait_listening(([127, 0, 0, 1], self.port).into(), Duration::from_secs(10)),
+            "redis-server listens"
+        );
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it (SIGKILL): everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

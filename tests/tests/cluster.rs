@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use werkmann_tests::{free_addr, App};
+use werkmann_tests::{free_addr, App, RedisServer};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -106,13 +106,61 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
+/// The event bus of a cluster: a channel server process, or a Redis server.
+enum Bus {
+    Server(Option<App>, SocketAddr),
+    Redis(RedisServer),
+}
+
+impl Bus {
+    fn server() -> Bus {
+        let ch = free_addr("127.0.1.1");
+        let app = App::start_at("start_channel", &["--listen", &ch.to_string()], &[ch]);
+        Bus::Server(Some(app), ch)
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Bus::Server(_, a) => a.to_string(),
+            Bus::Redis(r) => r.url(),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Bus::Server(app, _) => drop(app.take()),
+            Bus::Redis(r) => r.kill(),
+        }
+    }
+
+    fn restart(&mut self) {
+        match self {
+            Bus::Server(app, a) => {
+                *app = Some(App::start_at(
+                    "start_channel",
+                    &["--listen", &a.to_string()],
+                    &[*a],
+                ));
+            }
+            Bus::Redis(r) => r.restart(),
+        }
+    }
+}
+
 #[tokio::test]
 async fn seed_topology_across_processes() {
-    let ch = free_addr("127.0.1.1");
+    seed_topology(Bus::server()).await;
+}
+
+#[tokio::test]
+async fn seed_topology_on_redis_without_a_channel_server() {
+    seed_topology(Bus::Redis(RedisServer::start())).await;
+}
+
+async fn seed_topology(mut bus: Bus) {
     let ws = [free_addr("127.0.1.2"), free_addr("127.0.1.3")];
     let http = [free_addr("127.0.1.4"), free_addr("127.0.1.5")];
-    let ch_s = ch.to_string();
-    let channel = App::start_at("start_channel", &["--listen", &ch_s], &[ch]);
+    let ch_s = bus.url();
     let mut nodes = Vec::new();
     for a in ws {
         let a_s = a.to_string();
@@ -202,14 +250,23 @@ async fn seed_topology_across_processes() {
     let (status, _) = get(http[0], "/?to_worker_id=x&to_connection_id=1&content=a").await;
     assert_eq!(status, 400);
 
-    // The channel server restarts: the nodes reconnect and delivery resumes.
-    drop(channel);
-    let (status, body) = get(http[1], "/?content=lost").await;
-    assert_eq!(
-        status, 503,
-        "the publisher says the push was not accepted: {body}"
+    // The channel restarts: the nodes reconnect and delivery resumes.
+    bus.kill();
+    // The publisher notices at once (channel server) or with its next command (Redis).
+    let mut refused = false;
+    for _ in 0..50 {
+        let (status, _) = get(http[1], "/?content=lost").await;
+        if status == 503 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused,
+        "the publisher says a push is not accepted while the channel is down"
     );
-    let _channel = App::start_at("start_channel", &["--listen", &ch_s], &[ch]);
+    bus.restart();
     // Publishers and nodes reconnect independently; wait for a broadcast to reach everyone.
     let mut delivered = false;
     for attempt in 0..50 {

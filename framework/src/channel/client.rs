@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::hub::{self, Hub, LocalCommand, LocalDelivery, LocalGone};
 use super::php_serde::{self, Key};
+use super::redis::{RedisLink, RedisOwner};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
 use super::{ChannelError, IntoNames};
 use crate::callbacks::guard;
@@ -46,6 +47,7 @@ pub enum PublishStatus {
 
 enum Transport {
     Tcp(AsyncTcpConnection),
+    Redis(Rc<RedisLink>),
     Local {
         hub: Option<Addr<Hub>>,
         me: Recipient<LocalDelivery>,
@@ -90,8 +92,9 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connect to a channel server at `IP:PORT` (or `embedded` for this process's embedded
-    /// channel). Must be called on a worker instance's thread (e.g. in `on_worker_start`).
+    /// Connect to a channel server at `IP:PORT`, to Redis at `redis://[:password@]host:port[/db]`
+    /// (see `channel::redis`), or to this process's embedded channel (`embedded`). Must be
+    /// called on a worker instance's thread (e.g. in `on_worker_start`).
     /// Connecting continues in the background; commands made meanwhile are kept.
     pub fn connect(addr: &str) -> Result<Client, ChannelError> {
         if actix_rt::Arbiter::try_current().is_none() {
@@ -120,7 +123,12 @@ impl Client {
             decode_errors: Cell::new(0),
         });
         let client = Client(inner);
-        if hub::lookup(&addr).is_some() {
+        if addr.starts_with("redis://") || addr.starts_with("rediss://") {
+            let owner: Rc<dyn RedisOwner> = client.0.clone();
+            let link =
+                RedisLink::start(&addr, Rc::downgrade(&owner)).map_err(ChannelError::BadAddress)?;
+            *client.0.transport.borrow_mut() = Some(Transport::Redis(link));
+        } else if hub::lookup(&addr).is_some() {
             client.start_local();
         } else {
             client.start_tcp()?;
@@ -480,6 +488,10 @@ impl ClientInner {
                     })
                 }
             }
+            Some(Transport::Redis(link)) => {
+                link.send(cmd);
+                Ok(PublishStatus::Sent)
+            }
             Some(Transport::Local {
                 hub: Some(hub),
                 me,
@@ -552,11 +564,28 @@ impl ClientInner {
         }
         match self.transport.borrow_mut().take() {
             Some(Transport::Tcp(c)) => c.close(),
+            Some(Transport::Redis(link)) => link.close(),
             Some(Transport::Local {
                 hub: Some(hub), id, ..
             }) => hub.do_send(LocalGone(id)),
             _ => {}
         }
+    }
+}
+
+impl RedisOwner for ClientInner {
+    fn redis_up(&self) {
+        if !self.connected.get() {
+            self.transport_up();
+        }
+    }
+
+    fn redis_down(&self) {
+        self.transport_down();
+    }
+
+    fn redis_delivery(&self, d: Delivery) {
+        self.dispatch(d);
     }
 }
 

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod hub;
 pub mod php_serde;
+pub mod redis;
 pub mod server;
 pub mod wire;
 pub mod worker_ids;

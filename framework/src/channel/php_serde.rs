@@ -186,6 +186,26 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Read an array key without decoding it: `Some(bytes)` for a string key (`s:N:"...";`),
+    /// `None` for an integer key (`i:N;`). Same errors as [`Reader::key`].
+    pub fn key_raw(&mut self) -> Result<Option<&'a [u8]>, PhpError> {
+        let at = self.pos;
+        match self.peek() {
+            Some(b'i') => {
+                self.pos += 1;
+                self.expect(b':')?;
+                self.int(b';')?;
+                Ok(None)
+            }
+            Some(b's') => {
+                self.pos += 1;
+                self.expect(b':')?;
+                Ok(Some(self.quoted(b';')?))
+            }
+            _ => err("expected an integer or string key", at),
+        }
+    }
+
     /// Read an array key (or a channel name): `i:N;` or `s:N:"...";`, normalised as PHP
     /// normalises array keys.
     pub fn key(&mut self) -> Result<Key, PhpError> {
@@ -349,6 +369,12 @@ impl std::fmt::Display for Key {
     }
 }
 
+/// Whether a string key's bytes normalise to an integer key (`"12"` does, `"012"` does not):
+/// [`Reader::key`] would return `Key::Int` for them.
+pub fn is_int_key(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|s| is_canonical_int(s) && s.parse::<i64>().is_ok())
+}
+
 fn is_canonical_int(s: &str) -> bool {
     let digits = s.strip_prefix('-').unwrap_or(s);
     !digits.is_empty()
@@ -365,16 +391,35 @@ impl std::fmt::Write for Sink<'_> {
     }
 }
 
+/// Append `n` in decimal (without `core::fmt`: this runs for every frame the server sends).
+fn write_len(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Serialize a byte string: `s:LEN:"BYTES";`.
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
-    let _ = write!(Sink(out), "s:{}:\"", s.len());
+    out.extend_from_slice(b"s:");
+    write_len(out, s.len());
+    out.extend_from_slice(b":\"");
     out.extend_from_slice(s);
     out.extend_from_slice(b"\";");
 }
 
 /// Serialize an array header `a:N:{`; the caller writes the entries and `}`.
 pub fn write_array_start(out: &mut Vec<u8>, n: usize) {
-    let _ = write!(Sink(out), "a:{n}:{{");
+    out.extend_from_slice(b"a:");
+    write_len(out, n);
+    out.extend_from_slice(b":{");
 }
 
 /// Serialize a JSON value the way PHP's `serialize()` would serialize its PHP equivalent.

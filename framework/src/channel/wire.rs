@@ -79,16 +79,16 @@ impl Command {
         }
         let mut r = Reader::new(payload);
         let n = r.array_start()?;
-        let mut kind: Option<String> = None;
+        // Keys and the type are compared as bytes: no allocation per command.
+        let mut kind: Option<&[u8]> = None;
         let mut channels: Option<Vec<WireName>> = None;
         let mut data: Option<Bytes> = None;
         for _ in 0..n {
-            let key = r.key()?;
-            match key {
-                Key::Str(ref k) if k == "type" => {
+            match r.key_raw()? {
+                Some(b"type") => {
                     let at = r.pos();
-                    match r.key() {
-                        Ok(Key::Str(t)) => kind = Some(t),
+                    match r.key_raw() {
+                        Ok(Some(t)) if !php_serde::is_int_key(t) => kind = Some(t),
                         _ => {
                             return Err(PhpError {
                                 msg: "type must be a string".into(),
@@ -97,11 +97,11 @@ impl Command {
                         }
                     }
                 }
-                Key::Str(ref k) if k == "channels" => {
+                Some(b"channels") => {
                     let count = r.array_start()?;
                     let mut names = Vec::with_capacity(count);
                     for _ in 0..count {
-                        r.key()?; // list index
+                        r.key_raw()?; // list index
                         let start = r.pos();
                         let key = r.key()?;
                         names.push(WireName {
@@ -112,7 +112,7 @@ impl Command {
                     r.array_end()?;
                     channels = Some(names);
                 }
-                Key::Str(ref k) if k == "data" => {
+                Some(b"data") => {
                     let range = r.skip()?;
                     data = Some(payload.slice(range));
                 }
@@ -132,20 +132,20 @@ impl Command {
             msg: "missing type".into(),
             pos: 0,
         })?;
-        let names = || channels.clone().unwrap_or_default();
-        let data = || data.clone().unwrap_or_else(|| Bytes::from_static(b"N;"));
-        Ok(match kind.as_str() {
-            "subscribe" => Command::Subscribe(names()),
-            "unsubscribe" => Command::Unsubscribe(names()),
-            "publish" => Command::Publish(names(), data()),
-            "publishLoop" => Command::PublishLoop(names(), data()),
-            "enqueue" => Command::Enqueue(names(), data()),
-            "watch" => Command::Watch(names()),
-            "unwatch" => Command::Unwatch(names()),
-            "reserve" => Command::Reserve,
+        let names = channels.unwrap_or_default();
+        let data = data.unwrap_or_else(|| Bytes::from_static(b"N;"));
+        Ok(match kind {
+            b"subscribe" => Command::Subscribe(names),
+            b"unsubscribe" => Command::Unsubscribe(names),
+            b"publish" => Command::Publish(names, data),
+            b"publishLoop" => Command::PublishLoop(names, data),
+            b"enqueue" => Command::Enqueue(names, data),
+            b"watch" => Command::Watch(names),
+            b"unwatch" => Command::Unwatch(names),
+            b"reserve" => Command::Reserve,
             other => {
                 return Err(PhpError {
-                    msg: format!("unknown type {other:?}"),
+                    msg: format!("unknown type {:?}", String::from_utf8_lossy(other)),
                     pos: 0,
                 })
             }
@@ -210,23 +210,21 @@ pub enum DeliveryKind {
 
 /// Frame a server message `{type, channel, data}` (header included), as PHP's server does.
 pub fn encode_delivery(kind: DeliveryKind, channel_raw: &[u8], data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(64 + channel_raw.len() + data.len());
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    php_serde::write_array_start(&mut out, 3);
-    write_type(
-        &mut out,
-        match kind {
-            DeliveryKind::Event => "event",
-            DeliveryKind::Queue => "queue",
-        },
-    );
-    php_serde::write_str(&mut out, b"channel");
+    // `a:3:{s:4:"type";s:5:"event";s:7:"channel";` — constant per kind, written once here.
+    let head: &[u8] = match kind {
+        DeliveryKind::Event => b"a:3:{s:4:\"type\";s:5:\"event\";s:7:\"channel\";",
+        DeliveryKind::Queue => b"a:3:{s:4:\"type\";s:5:\"queue\";s:7:\"channel\";",
+    };
+    const DATA_KEY: &[u8] = b"s:4:\"data\";";
+    let len = 4 + head.len() + channel_raw.len() + DATA_KEY.len() + data.len() + 1;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(head);
     out.extend_from_slice(channel_raw);
-    php_serde::write_str(&mut out, b"data");
+    out.extend_from_slice(DATA_KEY);
     out.extend_from_slice(data);
     out.push(b'}');
-    let len = out.len() as u32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
+    debug_assert_eq!(out.len(), len);
     out.into()
 }
 
@@ -324,6 +322,31 @@ mod tests {
     }
 
     #[test]
+    fn delivery_frames_match_the_serializer() {
+        for (kind, t) in [
+            (DeliveryKind::Event, "event"),
+            (DeliveryKind::Queue, "queue"),
+        ] {
+            for (name, data) in [
+                (&b"i:1;"[..], &b"N;"[..]),
+                (br#"s:1:"x";"#, br#"s:3:"abc";"#),
+            ] {
+                let mut want = vec![0; 4];
+                php_serde::write_array_start(&mut want, 3);
+                write_type(&mut want, t);
+                php_serde::write_str(&mut want, b"channel");
+                want.extend_from_slice(name);
+                php_serde::write_str(&mut want, b"data");
+                want.extend_from_slice(data);
+                want.push(b'}');
+                let len = want.len() as u32;
+                want[..4].copy_from_slice(&len.to_be_bytes());
+                assert_eq!(&encode_delivery(kind, name, data)[..], &want[..]);
+            }
+        }
+    }
+
+    #[test]
     fn decode_keeps_data_and_names_raw() {
         let payload = Bytes::from_static(
             br#"a:3:{s:4:"type";s:7:"publish";s:8:"channels";a:2:{i:0;s:1:"1";i:1;s:1:"x";}s:4:"data";O:8:"stdClass":0:{}}"#,
@@ -351,5 +374,21 @@ mod tests {
         assert!(matches!(Command::decode(&Bytes::new()), Ok(Command::Ping)));
         let reserve = Command::decode(&Bytes::from_static(br#"a:1:{s:4:"type";s:7:"reserve";}"#));
         assert!(matches!(reserve, Ok(Command::Reserve)));
+        // Integer keys are skipped; a type that PHP would read as an integer is refused.
+        let skipped = br#"a:2:{i:0;s:1:"x";s:4:"type";s:7:"reserve";}"#;
+        assert!(matches!(
+            Command::decode(&Bytes::from_static(skipped)),
+            Ok(Command::Reserve)
+        ));
+        let msg = |p: &'static [u8]| Command::decode(&Bytes::from_static(p)).unwrap_err().msg;
+        assert_eq!(
+            msg(br#"a:1:{s:4:"type";s:1:"1";}"#),
+            "type must be a string"
+        );
+        assert_eq!(msg(br#"a:1:{s:4:"type";i:1;}"#), "type must be a string");
+        assert_eq!(
+            msg(br#"a:1:{s:4:"type";s:4:"nope";}"#),
+            r#"unknown type "nope""#
+        );
     }
 }

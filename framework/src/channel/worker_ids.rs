@@ -171,14 +171,18 @@ fn ids_of(v: &Value) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Claim `count` cluster-unique ids through the channel server at `addr` (or exactly `pinned`),
-/// retrying the connection until `timeout`. Keeps answering other nodes in the background.
+/// Claim `count` cluster-unique ids through the channel at `addr` — a channel server
+/// (`IP:PORT`) or Redis (`redis://…`) — or exactly `pinned`, retrying the connection until
+/// `timeout`. Call [`WorkerIds::answer`] once the node serves.
 pub fn claim(
     addr: &str,
     count: usize,
     pinned: Option<Vec<u32>>,
     timeout: Duration,
 ) -> Result<WorkerIds, ClaimError> {
+    if addr.starts_with("redis://") || addr.starts_with("rediss://") {
+        return claim_redis(addr, count, pinned, timeout);
+    }
     let node: u64 = rand::random::<u64>() >> 1;
     let deadline = Instant::now() + timeout;
     let mut link = loop {
@@ -290,4 +294,159 @@ fn spawn_answerer(addr: String, link: Link, node: u64, ids: Vec<u32>, stop: Arc<
                 }
             }
         });
+}
+
+const LEASE_MS: u64 = 30_000;
+const RENEW_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+fn lease_key(id: u32) -> String {
+    format!("werkmann:worker_id:{id}")
+}
+
+/// On Redis, an id is a lease: `SET werkmann:worker_id:{id} {node} NX PX 30000`, renewed every
+/// 10 s by the node and gone 30 s after the node is.
+fn claim_redis(
+    url: &str,
+    count: usize,
+    pinned: Option<Vec<u32>>,
+    timeout: Duration,
+) -> Result<WorkerIds, ClaimError> {
+    let unreachable = |why: String| ClaimError::Unreachable {
+        addr: url.to_string(),
+        why,
+    };
+    let client = redis::Client::open(url).map_err(|e| unreachable(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    let mut conn = loop {
+        match client.get_connection_with_timeout(Duration::from_secs(2)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                log::warn!("waiting for redis {url}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(unreachable(e.to_string())),
+        }
+    };
+    let node = format!("{:016x}", rand::random::<u64>());
+    let mut take = |id: u32| -> Result<bool, ClaimError> {
+        let r: Option<String> = redis::cmd("SET")
+            .arg(lease_key(id))
+            .arg(&node)
+            .arg("NX")
+            .arg("PX")
+            .arg(LEASE_MS)
+            .query(&mut conn)
+            .map_err(|e| unreachable(e.to_string()))?;
+        Ok(r.is_some())
+    };
+    let ids = match pinned {
+        Some(p) => {
+            let mut got = Vec::new();
+            let mut clash = Vec::new();
+            for &id in &p {
+                if take(id)? {
+                    got.push(id);
+                } else {
+                    clash.push(id);
+                }
+            }
+            if !clash.is_empty() {
+                release(&client, &node, &got);
+                return Err(ClaimError::Clash(clash));
+            }
+            p
+        }
+        None => {
+            let mut got = Vec::new();
+            let mut id = 0u32;
+            while got.len() < count {
+                if take(id)? {
+                    got.push(id);
+                }
+                id += 1;
+            }
+            got
+        }
+    };
+    log::info!("claimed worker ids {ids:?} through redis {url}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop2, ids2, url2) = (stop.clone(), ids.clone(), url.to_string());
+    let _ = std::thread::Builder::new()
+        .name("worker-ids".into())
+        .spawn(move || renew_leases(&url2, &node, &ids2, &stop2));
+    Ok(WorkerIds {
+        ids,
+        link: Mutex::new(None),
+        stop,
+    })
+}
+
+fn release(client: &redis::Client, node: &str, ids: &[u32]) {
+    if let Ok(mut c) = client.get_connection() {
+        for &id in ids {
+            let _: redis::RedisResult<i64> = redis::cmd("EVAL")
+                .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+                .arg(1)
+                .arg(lease_key(id))
+                .arg(node)
+                .query(&mut c);
+        }
+    }
+}
+
+fn renew_leases(url: &str, node: &str, ids: &[u32], stop: &AtomicBool) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let mut conn = None;
+    let mut tick = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        tick += 1;
+        if !tick.is_multiple_of(10) {
+            continue;
+        }
+        if conn.is_none() {
+            conn = client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .ok();
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut broken = false;
+        for &id in ids {
+            // Renew, or take back a lease that expired while Redis was away.
+            let renewed: redis::RedisResult<i64> = redis::cmd("EVAL")
+                .arg(RENEW_SCRIPT)
+                .arg(1)
+                .arg(lease_key(id))
+                .arg(node)
+                .arg(LEASE_MS)
+                .query(c);
+            match renewed {
+                Ok(1) => {}
+                Ok(_) => {
+                    let again: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                        .arg(lease_key(id))
+                        .arg(node)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(LEASE_MS)
+                        .query(c);
+                    if !matches!(again, Ok(Some(_))) {
+                        log::error!("worker id {id} is now held by another node");
+                    }
+                }
+                Err(_) => broken = true,
+            }
+        }
+        if broken {
+            conn = None;
+        }
+    }
+    release(&client, node, ids);
 }

@@ -1,0 +1,697 @@
+//! The channel on Redis: the same [`Client`](super::Client) API with Redis as the event bus, for
+//! clusters that outgrow one channel server.
+//!
+//! - **Events**: `PUBLISH werkmann:e:{name}`; each client holds one RESP3 connection (the
+//!   `redis` crate's connection manager) that multiplexes its commands and all its
+//!   subscriptions, and re-subscribes by itself after a reconnect.
+//! - **`publish_loop`** (one subscriber, in turn): subscribers keep a membership in the sorted
+//!   set `werkmann:members:{name}` (refreshed every 10 s, expiring after 30 s); a Lua script
+//!   drops expired members, advances the counter `werkmann:rr:{name}` and publishes to the
+//!   chosen member's inbox channel `werkmann:c:{client id}` — atomically, on the server.
+//! - **Queues**: streams `werkmann:q:{name}` with the consumer group `werkmann`. `enqueue` is
+//!   `XADD`; a watcher reads with `XREADGROUP … >` on a second connection (reads block), so each
+//!   item goes to exactly one watcher, and acknowledges (`XACK` + `XDEL`) after its callback.
+//!   Items survive restarts of every worker; an item whose watcher died before acknowledging
+//!   is claimed by another watcher after 30 s (`XAUTOCLAIM`).
+//!
+//! Data is PHP `serialize()` bytes, as on the channel server, so the two modes carry the same
+//! values.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, VecDeque};
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, PushKind, Value as RValue};
+use tokio::sync::Notify;
+
+use super::php_serde::{self, Key, Reader};
+use super::wire::{Command, Delivery, DeliveryKind, WireName};
+
+const PREFIX_EVENT: &str = "werkmann:e:";
+const PREFIX_INBOX: &str = "werkmann:c:";
+const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(10);
+const MEMBERSHIP_TTL_MS: u64 = 30_000;
+const CLAIM_IDLE_MS: u64 = 30_000;
+const GROUP: &str = "werkmann";
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The Lua script behind `publish_loop`: KEYS = members, counter; ARGV = inbox prefix, payload.
+const LOOP_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #members == 0 then return 0 end
+local i = redis.call('INCR', KEYS[2])
+local m = members[(i % #members) + 1]
+redis.call('PUBLISH', ARGV[1] .. m, ARGV[2])
+return 1
+"#;
+
+fn name_str(k: &Key) -> String {
+    k.to_string()
+}
+
+fn event_channel(k: &Key) -> String {
+    format!("{PREFIX_EVENT}{}", name_str(k))
+}
+
+fn queue_key(k: &Key) -> String {
+    format!("werkmann:q:{}", name_str(k))
+}
+
+/// What the Redis link tells its client.
+pub(crate) trait RedisOwner {
+    /// The connection is (again) usable.
+    fn redis_up(&self);
+    /// The connection was lost.
+    fn redis_down(&self);
+    /// An event or queue item arrived.
+    fn redis_delivery(&self, d: Delivery);
+}
+
+/// One client's link to Redis.
+pub(crate) struct RedisLink {
+    url: String,
+    id: String,
+    owner: RefCell<Option<Weak<dyn RedisOwner>>>,
+    manager: RefCell<Option<ConnectionManager>>,
+    outbound: RefCell<VecDeque<Command>>,
+    wake_out: Notify,
+    events: RefCell<BTreeSet<Key>>,
+    queues: RefCell<BTreeSet<Key>>,
+    reserved: Cell<u32>,
+    wake_queue: Notify,
+    up: Cell<bool>,
+    closed: Cell<bool>,
+}
+
+impl RedisLink {
+    /// Start connecting to `url` (`redis://[:password@]host:port[/db]`).
+    pub(crate) fn start(url: &str, owner: Weak<dyn RedisOwner>) -> Result<Rc<RedisLink>, String> {
+        let url = with_resp3(url);
+        redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+        let link = Rc::new(RedisLink {
+            url,
+            id: format!("{:016x}", rand::random::<u64>()),
+            owner: RefCell::new(Some(owner)),
+            manager: RefCell::new(None),
+            outbound: RefCell::new(VecDeque::new()),
+            wake_out: Notify::new(),
+            events: RefCell::new(BTreeSet::new()),
+            queues: RefCell::new(BTreeSet::new()),
+            reserved: Cell::new(0),
+            wake_queue: Notify::new(),
+            up: Cell::new(false),
+            closed: Cell::new(false),
+        });
+        actix_rt::spawn(run_outbound(Rc::downgrade(&link)));
+        actix_rt::spawn(run_queues(Rc::downgrade(&link)));
+        actix_rt::spawn(run_membership(Rc::downgrade(&link)));
+        Ok(link)
+    }
+
+    fn owner(&self) -> Option<Rc<dyn RedisOwner>> {
+        self.owner.borrow().as_ref().and_then(|w| w.upgrade())
+    }
+
+    /// Queue a command; the link sends it in order, retrying across reconnects.
+    pub(crate) fn send(&self, cmd: Command) {
+        match &cmd {
+            Command::Subscribe(n) => {
+                self.events
+                    .borrow_mut()
+                    .extend(n.iter().map(|w| w.key.clone()));
+            }
+            Command::Unsubscribe(n) => {
+                let mut ev = self.events.borrow_mut();
+                for w in n {
+                    ev.remove(&w.key);
+                }
+            }
+            Command::Watch(n) => {
+                self.queues
+                    .borrow_mut()
+                    .extend(n.iter().map(|w| w.key.clone()));
+                self.wake_queue.notify_one();
+            }
+            Command::Unwatch(n) => {
+                let mut q = self.queues.borrow_mut();
+                for w in n {
+                    q.remove(&w.key);
+                }
+            }
+            Command::Reserve => {
+                self.reserved.set(self.reserved.get().saturating_add(1));
+                self.wake_queue.notify_one();
+                return;
+            }
+            Command::Ping => return,
+            _ => {}
+        }
+        self.outbound.borrow_mut().push_back(cmd);
+        self.wake_out.notify_one();
+    }
+
+    /// Stop for good.
+    pub(crate) fn close(&self) {
+        self.closed.set(true);
+        self.wake_out.notify_one();
+        self.wake_queue.notify_one();
+        let members: Vec<Key> = self.events.borrow().iter().cloned().collect();
+        if let Some(mut m) = self.manager.borrow().clone() {
+            let id = self.id.clone();
+            actix_rt::spawn(async move {
+                let mut p = redis::pipe();
+                for k in members {
+                    p.zrem(format!("werkmann:members:{}", name_str(&k)), &id)
+                        .ignore();
+                }
+                let _: redis::RedisResult<()> = p.query_async(&mut m).await;
+            });
+        }
+        *self.owner.borrow_mut() = None;
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.replace(up) != up {
+            if let Some(o) = self.owner() {
+                if up {
+                    o.redis_up();
+                } else {
+                    o.redis_down();
+                }
+            }
+        }
+    }
+}
+
+/// The connection manager needs RESP3 for subscriptions on a multiplexed connection.
+fn with_resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+async fn connect(link: &Weak<RedisLink>) -> Option<ConnectionManager> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let l = link.upgrade()?;
+        if l.closed.get() {
+            return None;
+        }
+        let url = l.url.clone();
+        let inbox = format!("{PREFIX_INBOX}{}", l.id);
+        let events: Vec<String> = l.events.borrow().iter().map(event_channel).collect();
+        let weak = link.clone();
+        drop(l);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let attempt = async {
+            let client = redis::Client::open(url.as_str())?;
+            let config = ConnectionManagerConfig::new()
+                .set_push_sender(tx)
+                .set_automatic_resubscription()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_number_of_retries(1);
+            let mut m = client.get_connection_manager_with_config(config).await?;
+            m.subscribe(&inbox).await?;
+            if !events.is_empty() {
+                m.subscribe(&events).await?;
+            }
+            Ok::<_, redis::RedisError>(m)
+        };
+        match attempt.await {
+            Ok(m) => {
+                actix_rt::spawn(run_pushes(weak, rx));
+                return Some(m);
+            }
+            Err(e) => {
+                log::warn!("redis {url}: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Hand queued commands to Redis in order, pipelined; on an error keep them and reconnect.
+async fn run_outbound(link: Weak<RedisLink>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(l) = link.upgrade() else { return };
+        if l.closed.get() {
+            return;
+        }
+        let current = l.manager.borrow().clone();
+        let mut manager = match current {
+            Some(m) => m,
+            None => {
+                drop(l);
+                let Some(m) = connect(&link).await else {
+                    return;
+                };
+                let Some(l) = link.upgrade() else { return };
+                *l.manager.borrow_mut() = Some(m);
+                l.set_up(true);
+                continue;
+            }
+        };
+        let batch: Vec<Command> = l.outbound.borrow().iter().take(512).cloned().collect();
+        if batch.is_empty() {
+            l.wake_out.notified().await;
+            continue;
+        }
+        let id = l.id.clone();
+        drop(l);
+        match execute(&mut manager, &id, &batch).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                let Some(l) = link.upgrade() else { return };
+                l.outbound.borrow_mut().drain(..batch.len());
+                l.set_up(true);
+            }
+            Err(e) if !retry(&e) => {
+                let Some(l) = link.upgrade() else { return };
+                log::error!(
+                    "redis {}: {e}; {} commands not repeated",
+                    l.url,
+                    batch.len()
+                );
+                l.outbound.borrow_mut().drain(..batch.len());
+            }
+            Err(e) => {
+                let Some(l) = link.upgrade() else { return };
+                log::warn!(
+                    "redis {}: {e}; {} commands kept for retry",
+                    l.url,
+                    l.outbound.borrow().len()
+                );
+                l.set_up(false);
+                drop(l);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn execute(m: &mut ConnectionManager, id: &str, batch: &[Command]) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let mut subscribe = Vec::new();
+    let mut unsubscribe = Vec::new();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    for cmd in batch {
+        match cmd {
+            Command::Publish(names, data) => {
+                for n in names {
+                    pipe.publish(event_channel(&n.key), data.as_ref()).ignore();
+                }
+            }
+            Command::PublishLoop(names, data) => {
+                for n in names {
+                    pipe.cmd("EVAL")
+                        .arg(LOOP_SCRIPT)
+                        .arg(2)
+                        .arg(format!("werkmann:members:{}", name_str(&n.key)))
+                        .arg(format!("werkmann:rr:{}", name_str(&n.key)))
+                        .arg(PREFIX_INBOX)
+                        .arg(inbox_payload(n, data))
+                        .ignore();
+                }
+            }
+            Command::Enqueue(names, data) => {
+                for n in names {
+                    pipe.cmd("XADD")
+                        .arg(queue_key(&n.key))
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(1_000_000)
+                        .arg("*")
+                        .arg("d")
+                        .arg(data.as_ref())
+                        .ignore();
+                }
+            }
+            Command::Subscribe(names) => {
+                for n in names {
+                    subscribe.push(event_channel(&n.key));
+                    pipe.zadd(
+                        format!("werkmann:members:{}", name_str(&n.key)),
+                        id,
+                        now_ms + MEMBERSHIP_TTL_MS,
+                    )
+                    .ignore();
+                }
+            }
+            Command::Unsubscribe(names) => {
+                for n in names {
+                    unsubscribe.push(event_channel(&n.key));
+                    pipe.zrem(format!("werkmann:members:{}", name_str(&n.key)), id)
+                        .ignore();
+                }
+            }
+            Command::Watch(names) => {
+                for n in names {
+                    // Created once, reading from the start, so items enqueued before the first
+                    // watcher are kept for it; a second creation answers BUSYGROUP.
+                    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(queue_key(&n.key))
+                        .arg(GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async(m)
+                        .await;
+                    match created {
+                        Err(e) if e.code() != Some("BUSYGROUP") => return Err(e),
+                        _ => {}
+                    }
+                }
+            }
+            Command::Ping => {
+                pipe.cmd("PING").ignore();
+            }
+            Command::Unwatch(_) | Command::Reserve => {}
+        }
+    }
+    if !subscribe.is_empty() {
+        m.subscribe(&subscribe).await?;
+    }
+    if !unsubscribe.is_empty() {
+        m.unsubscribe(&unsubscribe).await?;
+    }
+    if pipe.cmd_iter().next().is_none() {
+        return Ok(());
+    }
+    pipe.query_async::<()>(m).await
+}
+
+/// Whether a failed batch may be sent again: only when the connection failed. A command that
+/// Redis refused (the others of its pipeline did run) is not repeated.
+fn retry(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// `a:2:{i:0;<name>;i:1;<data>}`: what an inbox carries for `publish_loop`.
+fn inbox_payload(name: &WireName, data: &Bytes) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + name.raw.len() + data.len());
+    php_serde::write_array_start(&mut out, 2);
+    Key::Int(0).write(&mut out);
+    out.extend_from_slice(&name.raw);
+    Key::Int(1).write(&mut out);
+    out.extend_from_slice(data);
+    out.push(b'}');
+    out
+}
+
+fn parse_inbox(payload: &Bytes) -> Option<(Key, Bytes)> {
+    let mut r = Reader::new(payload);
+    if r.array_start().ok()? != 2 {
+        return None;
+    }
+    r.key().ok()?;
+    let name = r.key().ok()?;
+    r.key().ok()?;
+    let range = r.skip().ok()?;
+    Some((name, payload.slice(range)))
+}
+
+/// Deliver what Redis pushes: messages on event channels and the inbox; notice disconnects.
+async fn run_pushes(
+    link: Weak<RedisLink>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
+    while let Some(push) = rx.recv().await {
+        let Some(l) = link.upgrade() else { return };
+        match push.kind {
+            PushKind::Disconnection => {
+                l.set_up(false);
+                // The manager reconnects on the next command; make sure there is one.
+                l.outbound.borrow_mut().push_back(Command::Ping);
+                l.wake_out.notify_one();
+            }
+            PushKind::Message => {
+                let (Some(RValue::BulkString(ch)), Some(RValue::BulkString(data))) =
+                    (push.data.first(), push.data.get(1))
+                else {
+                    continue;
+                };
+                let ch = String::from_utf8_lossy(ch);
+                let data = Bytes::copy_from_slice(data);
+                let delivery = if let Some(name) = ch.strip_prefix(PREFIX_EVENT) {
+                    Some(Delivery {
+                        kind: DeliveryKind::Event,
+                        channel: Key::from_str_normalized(name),
+                        data,
+                    })
+                } else if ch.starts_with(PREFIX_INBOX) {
+                    parse_inbox(&data).map(|(channel, data)| Delivery {
+                        kind: DeliveryKind::Event,
+                        channel,
+                        data,
+                    })
+                } else {
+                    None
+                };
+                if let (Some(d), Some(o)) = (delivery, l.owner()) {
+                    o.redis_delivery(d);
+                }
+            }
+            PushKind::Subscribe => l.set_up(true),
+            _ => {}
+        }
+    }
+}
+
+/// Keep this client's `publish_loop` memberships alive.
+async fn run_membership(link: Weak<RedisLink>) {
+    loop {
+        tokio::time::sleep(MEMBERSHIP_REFRESH).await;
+        let Some(l) = link.upgrade() else { return };
+        if l.closed.get() {
+            return;
+        }
+        let names: Vec<WireName> = l
+            .events
+            .borrow()
+            .iter()
+            .cloned()
+            .map(WireName::from_key)
+            .collect();
+        if !names.is_empty() && l.up.get() {
+            // Re-sending the subscription refreshes the expiry; the manager ignores the
+            // duplicate SUBSCRIBE.
+            l.outbound.borrow_mut().push_back(Command::Subscribe(names));
+            l.wake_out.notify_one();
+        }
+    }
+}
+
+/// Read queue items for reserved watchers, one per reserve, on a blocking connection.
+async fn run_queues(link: Weak<RedisLink>) {
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut last_claim = tokio::time::Instant::now();
+    loop {
+        let Some(l) = link.upgrade() else { return };
+        if l.closed.get() {
+            return;
+        }
+        let queues: Vec<Key> = l.queues.borrow().iter().cloned().collect();
+        if queues.is_empty() || l.reserved.get() == 0 {
+            let _ = tokio::time::timeout(Duration::from_secs(5), l.wake_queue.notified()).await;
+            continue;
+        }
+        let url = l.url.clone();
+        let id = l.id.clone();
+        drop(l);
+        if conn.is_none() {
+            let config = AsyncConnectionConfig::new().set_response_timeout(None);
+            match redis::Client::open(url.as_str()) {
+                Ok(c) => match c
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
+                    Ok(m) => conn = Some(m),
+                    Err(e) => {
+                        log::warn!("redis {url} (queues): {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+                Err(_) => return,
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        let keys: Vec<String> = queues.iter().map(queue_key).collect();
+        // Items whose watcher died before acknowledging come back after a while.
+        let mut items: Vec<(String, String, Bytes)> = Vec::new();
+        if last_claim.elapsed() > Duration::from_secs(5) {
+            last_claim = tokio::time::Instant::now();
+            for k in &keys {
+                let r: redis::RedisResult<RValue> = redis::cmd("XAUTOCLAIM")
+                    .arg(k)
+                    .arg(GROUP)
+                    .arg(&id)
+                    .arg(CLAIM_IDLE_MS)
+                    .arg("0")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(c)
+                    .await;
+                if let Ok(RValue::Array(parts)) = r {
+                    if let Some(RValue::Array(entries)) = parts.get(1) {
+                        items.extend(entries.iter().filter_map(|e| entry(k, e)));
+                    }
+                }
+            }
+        }
+        if items.is_empty() {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(GROUP)
+                .arg(&id)
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(2000)
+                .arg("STREAMS")
+                .arg(&keys);
+            for _ in &keys {
+                cmd.arg(">");
+            }
+            match cmd.query_async::<RValue>(c).await {
+                Ok(v) => items.extend(stream_entries(&v)),
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // A watch whose group creation is still on its way.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    log::warn!("redis {url} (queues): {e}");
+                    conn = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        for (key, entry_id, data) in items {
+            let Some(l) = link.upgrade() else { return };
+            let name = key.strip_prefix("werkmann:q:").unwrap_or(&key).to_string();
+            l.reserved.set(l.reserved.get().saturating_sub(1));
+            if let Some(o) = l.owner() {
+                drop(l);
+                o.redis_delivery(Delivery {
+                    kind: DeliveryKind::Queue,
+                    channel: Key::from_str_normalized(&name),
+                    data,
+                });
+            }
+            let c = conn.as_mut().expect("connected");
+            let _: redis::RedisResult<()> = redis::pipe()
+                .cmd("XACK")
+                .arg(&key)
+                .arg(GROUP)
+                .arg(&entry_id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&key)
+                .arg(&entry_id)
+                .ignore()
+                .query_async(c)
+                .await;
+        }
+    }
+}
+
+fn entry(key: &str, e: &RValue) -> Option<(String, String, Bytes)> {
+    let RValue::Array(parts) = e else { return None };
+    let id = match parts.first()? {
+        RValue::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        RValue::SimpleString(s) => s.clone(),
+        _ => return None,
+    };
+    let fields = match parts.get(1)? {
+        RValue::Array(f) => f,
+        RValue::Map(m) => {
+            return m.iter().find_map(|(k, v)| match (k, v) {
+                (RValue::BulkString(k), RValue::BulkString(v)) if k == b"d" => {
+                    Some((key.to_string(), id.clone(), Bytes::copy_from_slice(v)))
+                }
+                _ => None,
+            })
+        }
+        _ => return None,
+    };
+    fields.chunks(2).find_map(|kv| match kv {
+        [RValue::BulkString(k), RValue::BulkString(v)] if k == b"d" => {
+            Some((key.to_string(), id.clone(), Bytes::copy_from_slice(v)))
+        }
+        _ => None,
+    })
+}
+
+/// Entries of an `XREADGROUP` reply (RESP2 arrays or a RESP3 map of stream → entries).
+fn stream_entries(v: &RValue) -> Vec<(String, String, Bytes)> {
+    let mut out = Vec::new();
+    let mut per_stream = |k: &RValue, entries: &RValue| {
+        let key = match k {
+            RValue::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            RValue::SimpleString(s) => s.clone(),
+            _ => return,
+        };
+        if let RValue::Array(es) = entries {
+            out.extend(es.iter().filter_map(|e| entry(&key, e)));
+        }
+    };
+    match v {
+        RValue::Map(m) => {
+            for (k, e) in m {
+                per_stream(k, e);
+            }
+        }
+        RValue::Array(streams) => {
+            for s in streams {
+                if let RValue::Array(kv) = s {
+                    if let (Some(k), Some(e)) = (kv.first(), kv.get(1)) {
+                        per_stream(k, e);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_payload_round_trip() {
+        let name = WireName::from_key(Key::Int(3));
+        let data = Bytes::from_static(b"a:1:{s:1:\"x\";i:1;}");
+        let p = Bytes::from(inbox_payload(&name, &data));
+        let (k, d) = parse_inbox(&p).unwrap();
+        assert_eq!(k, Key::Int(3));
+        assert_eq!(d, data);
+    }
+
+    #[test]
+    fn resp3_is_requested() {
+        assert_eq!(with_resp3("redis://h:1/0"), "redis://h:1/0?protocol=resp3");
+        assert_eq!(
+            with_resp3("redis://h:1/0?x=1"),
+            "redis://h:1/0?x=1&protocol=resp3"
+        );
+    }
+}
