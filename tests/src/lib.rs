@@ -246,22 +246,33 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     dir: PathBuf,
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Start one (Debian's `redis-server`; `scripts/test` installs it).
     pub fn start() -> RedisServer {
+        RedisServer::start_with_password(None)
+    }
+
+    /// Start one that requires `AUTH password`.
+    pub fn start_with_password(password: Option<&str>) -> RedisServer {
         let mut r = RedisServer {
             child: None,
             port: free_port(),
             dir: temp_dir("redis"),
+            password: password.map(str::to_string),
         };
         r.spawn();
         r
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
@@ -279,9 +290,12 @@ impl RedisServer {
         );
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// `redis://127.0.0.1:PORT`, with the password if it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kill it (SIGKILL): everything it held is gone.

@@ -142,3 +142,25 @@ async fn redis_restarted_mid_stream() {
     }
     assert!(seen, "delivery resumed after Redis came back");
 }
+
+#[tokio::test]
+async fn a_password_in_the_url_authenticates_and_a_wrong_one_is_reported() {
+    let redis = RedisServer::start_with_password(Some("s3cret"));
+    let (_a, a_addr) = console_app(&redis.url());
+    let mut sub = open(&a_addr).await;
+    assert_eq!(sub.ask("on news").await, "ok");
+    let mut p = open(&a_addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.ask("pub news 1").await, "ok Sent");
+    assert_eq!(sub.line().await, "event news 1");
+
+    // A wrong password never connects: publishes are buffered (bounded), not claimed as sent.
+    let wrong = format!("redis://:nope@127.0.0.1:{}", redis.port);
+    let (bad, bad_addr) = console_app(&wrong);
+    let mut c = Console::connect(&bad_addr).await;
+    c.nothing_for(500).await; // no "channel connected"
+    assert_eq!(c.ask("pub news 2").await, "ok Buffered");
+    let log = bad.log();
+    assert!(log.contains("WRONGPASS"), "the failure is logged: {log}");
+    assert!(!log.contains("nope"), "without the password: {log}");
+}

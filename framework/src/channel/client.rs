@@ -106,7 +106,8 @@ impl Client {
             .trim_end_matches('/')
             .to_string();
         let inner = Rc::new(ClientInner {
-            addr: addr.clone(),
+            // Shown in logs and errors: without a password.
+            addr: super::redis::redact(&addr),
             transport: RefCell::new(None),
             events: RefCell::new(BTreeMap::new()),
             queues: RefCell::new(BTreeMap::new()),
@@ -208,7 +209,7 @@ impl Client {
         Ok(())
     }
 
-    /// The server address.
+    /// The server address (a Redis URL without its password).
     pub fn addr(&self) -> &str {
         &self.0.addr
     }

@@ -76,6 +76,8 @@ pub(crate) trait RedisOwner {
 /// One client's link to Redis.
 pub(crate) struct RedisLink {
     url: String,
+    /// The URL without its password, for logs.
+    shown: String,
     id: String,
     owner: RefCell<Option<Weak<dyn RedisOwner>>>,
     manager: RefCell<Option<ConnectionManager>>,
@@ -95,6 +97,7 @@ impl RedisLink {
         let url = with_resp3(url);
         redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
         let link = Rc::new(RedisLink {
+            shown: redact(&url),
             url,
             id: format!("{:016x}", rand::random::<u64>()),
             owner: RefCell::new(Some(owner)),
@@ -189,6 +192,20 @@ impl RedisLink {
     }
 }
 
+/// `redis://user:secret@host` → `redis://user:***@host`: URLs in logs keep no password.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// The connection manager needs RESP3 for subscriptions on a multiplexed connection.
 fn with_resp3(url: &str) -> String {
     if url.contains("protocol=") {
@@ -208,6 +225,7 @@ async fn connect(link: &Weak<RedisLink>) -> Option<ConnectionManager> {
             return None;
         }
         let url = l.url.clone();
+        let shown = l.shown.clone();
         let inbox = format!("{PREFIX_INBOX}{}", l.id);
         let events: Vec<String> = l.events.borrow().iter().map(event_channel).collect();
         let weak = link.clone();
@@ -233,7 +251,7 @@ async fn connect(link: &Weak<RedisLink>) -> Option<ConnectionManager> {
                 return Some(m);
             }
             Err(e) => {
-                log::warn!("redis {url}: {e}; retrying in {backoff:?}");
+                log::warn!("redis {shown}: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -281,7 +299,7 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 let Some(l) = link.upgrade() else { return };
                 log::error!(
                     "redis {}: {e}; {} commands not repeated",
-                    l.url,
+                    l.shown,
                     batch.len()
                 );
                 l.outbound.borrow_mut().drain(..batch.len());
@@ -290,7 +308,7 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 let Some(l) = link.upgrade() else { return };
                 log::warn!(
                     "redis {}: {e}; {} commands kept for retry",
-                    l.url,
+                    l.shown,
                     l.outbound.borrow().len()
                 );
                 l.set_up(false);
@@ -512,6 +530,7 @@ async fn run_queues(link: Weak<RedisLink>) {
             continue;
         }
         let url = l.url.clone();
+        let shown = l.shown.clone();
         let id = l.id.clone();
         drop(l);
         if conn.is_none() {
@@ -523,7 +542,7 @@ async fn run_queues(link: Weak<RedisLink>) {
                 {
                     Ok(m) => conn = Some(m),
                     Err(e) => {
-                        log::warn!("redis {url} (queues): {e}");
+                        log::warn!("redis {shown} (queues): {e}");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -576,7 +595,7 @@ async fn run_queues(link: Weak<RedisLink>) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => {
-                    log::warn!("redis {url} (queues): {e}");
+                    log::warn!("redis {shown} (queues): {e}");
                     conn = None;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -684,6 +703,13 @@ mod tests {
         let (k, d) = parse_inbox(&p).unwrap();
         assert_eq!(k, Key::Int(3));
         assert_eq!(d, data);
+    }
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(redact("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact("redis://u:pw@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
     }
 
     #[test]
