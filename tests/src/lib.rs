@@ -247,6 +247,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     password: Option<String>,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -262,9 +263,44 @@ impl RedisServer {
             port: free_port(),
             dir: temp_dir("redis"),
             password: password.map(str::to_string),
+            tls: false,
         };
         r.spawn();
         r
+    }
+
+    /// Start one that speaks only TLS, with a certificate for 127.0.0.1 signed by a fresh CA
+    /// (made with `openssl`); [`RedisServer::ca_file`] is that CA.
+    pub fn start_tls() -> RedisServer {
+        let dir = temp_dir("redis-tls");
+        let sh = |args: &str| {
+            let st = Command::new("sh")
+                .arg("-c")
+                .arg(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("sh");
+            assert!(st.success(), "openssl failed: {args}");
+        };
+        sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=werkmann-test-ca");
+        sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+        sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf");
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            password: None,
+            tls: true,
+        };
+        r.spawn();
+        r
+    }
+
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
     }
 
     fn spawn(&mut self) {
@@ -272,8 +308,26 @@ impl RedisServer {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        if self.tls {
+            let d = |f: &str| self.dir.join(f).display().to_string();
+            cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args([
+                    "--tls-cert-file",
+                    &d("server.pem"),
+                    "--tls-key-file",
+                    &d("server.key"),
+                ])
+                .args([
+                    "--tls-ca-cert-file",
+                    &d("ca.pem"),
+                    "--tls-auth-clients",
+                    "no",
+                ]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
         let child = cmd
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -290,11 +344,12 @@ impl RedisServer {
         );
     }
 
-    /// `redis://127.0.0.1:PORT`, with the password if it has one.
+    /// `redis://127.0.0.1:PORT` (`rediss://` for TLS), with the password if it has one.
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 

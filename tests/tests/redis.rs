@@ -164,3 +164,17 @@ async fn a_password_in_the_url_authenticates_and_a_wrong_one_is_reported() {
     assert!(log.contains("WRONGPASS"), "the failure is logged: {log}");
     assert!(!log.contains("nope"), "without the password: {log}");
 }
+
+#[tokio::test]
+async fn rediss_speaks_tls_and_checks_the_certificate() {
+    let redis = RedisServer::start_tls();
+    // The apps trust the test CA through WERKMANN_REDIS_CA (set before they start).
+    std::env::set_var("WERKMANN_REDIS_CA", redis.ca_file());
+    let (_a, a_addr) = console_app(&redis.url());
+    let mut sub = open(&a_addr).await;
+    assert_eq!(sub.ask("on secure").await, "ok");
+    let mut p = open(&a_addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.ask(r#"pub secure "über TLS""#).await, "ok Sent");
+    assert_eq!(sub.line().await, r#"event secure "über TLS""#);
+}

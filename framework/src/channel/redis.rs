@@ -95,7 +95,7 @@ impl RedisLink {
     /// Start connecting to `url` (`redis://[:password@]host:port[/db]`).
     pub(crate) fn start(url: &str, owner: Weak<dyn RedisOwner>) -> Result<Rc<RedisLink>, String> {
         let url = with_resp3(url);
-        redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+        open_client(url.as_str()).map_err(|e| e.to_string())?;
         let link = Rc::new(RedisLink {
             shown: redact(&url),
             url,
@@ -192,6 +192,30 @@ impl RedisLink {
     }
 }
 
+/// A Redis client for `url`. For `rediss://` the server's certificate is checked against the
+/// system's roots, or against the PEM file named by `$WERKMANN_REDIS_CA` (a private CA).
+pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
+    match std::env::var_os("WERKMANN_REDIS_CA") {
+        Some(ca) if url.starts_with("rediss://") => {
+            let pem = std::fs::read(&ca).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read WERKMANN_REDIS_CA",
+                    e.to_string(),
+                ))
+            })?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+        }
+        _ => redis::Client::open(url),
+    }
+}
+
 /// `redis://user:secret@host` → `redis://user:***@host`: URLs in logs keep no password.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -232,7 +256,7 @@ async fn connect(link: &Weak<RedisLink>) -> Option<ConnectionManager> {
         drop(l);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let attempt = async {
-            let client = redis::Client::open(url.as_str())?;
+            let client = open_client(url.as_str())?;
             let config = ConnectionManagerConfig::new()
                 .set_push_sender(tx)
                 .set_automatic_resubscription()
@@ -535,7 +559,7 @@ async fn run_queues(link: Weak<RedisLink>) {
         drop(l);
         if conn.is_none() {
             let config = AsyncConnectionConfig::new().set_response_timeout(None);
-            match redis::Client::open(url.as_str()) {
+            match open_client(url.as_str()) {
                 Ok(c) => match c
                     .get_multiplexed_async_connection_with_config(&config)
                     .await

@@ -320,7 +320,7 @@ fn claim_redis(
         addr: url.to_string(),
         why,
     };
-    let client = redis::Client::open(url).map_err(|e| unreachable(e.to_string()))?;
+    let client = super::redis::open_client(url).map_err(|e| unreachable(e.to_string()))?;
     let deadline = Instant::now() + timeout;
     let mut conn = loop {
         match client.get_connection_with_timeout(Duration::from_secs(2)) {
@@ -400,7 +400,7 @@ fn release(client: &redis::Client, node: &str, ids: &[u32]) {
 }
 
 fn renew_leases(url: &str, node: &str, ids: &[u32], stop: &AtomicBool) {
-    let Ok(client) = redis::Client::open(url) else {
+    let Ok(client) = super::redis::open_client(url) else {
         return;
     };
     let mut conn = None;
