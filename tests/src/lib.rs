@@ -304,7 +304,12 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
         let mut cmd = Command::new("redis-server");
+        cmd.args(extra);
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
@@ -371,5 +376,64 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real Redis Cluster of `n` masters (no replicas) on free loopback ports.
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Start `n` cluster-enabled `redis-server`s and join them with `redis-cli --cluster create`.
+    pub fn start(n: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let mut r = RedisServer {
+                child: None,
+                port: free_port(),
+                dir: temp_dir("redis-cluster"),
+                password: None,
+                tls: false,
+            };
+            r.spawn_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+            nodes.push(r);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (Debian's redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for r in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &r.port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster state ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// A URL of one node (clients find the others).
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use werkmann_tests::{free_port, App, Console, RedisServer};
+use werkmann_tests::{free_port, App, Console, RedisCluster, RedisServer};
 
 fn console_app(channel: &str) -> (App, String) {
     let port = free_port();
@@ -27,8 +27,19 @@ async fn open(addr: &str) -> Console {
 #[tokio::test]
 async fn fan_out_names_ordering_loop_and_queues_on_redis() {
     let redis = RedisServer::start();
-    let (_a, a_addr) = console_app(&redis.url());
-    let (_b, b_addr) = console_app(&redis.url());
+    scenarios(&redis.url()).await;
+}
+
+/// The same on a three-node Redis Cluster: sharded pub/sub, keys spread over the nodes.
+#[tokio::test]
+async fn fan_out_names_ordering_loop_and_queues_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3);
+    scenarios(&cluster.url()).await;
+}
+
+async fn scenarios(url: &str) {
+    let (_a, a_addr) = console_app(url);
+    let (_b, b_addr) = console_app(url);
     let mut subs = Vec::new();
     for addr in [&a_addr, &b_addr, &a_addr] {
         let mut c = open(addr).await;
@@ -177,4 +188,42 @@ async fn rediss_speaks_tls_and_checks_the_certificate() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.ask(r#"pub secure "über TLS""#).await, "ok Sent");
     assert_eq!(sub.line().await, r#"event secure "über TLS""#);
+}
+
+/// Worker ids on Redis are leases; on a cluster each lease key lives on its own node.
+#[tokio::test]
+async fn nodes_claim_distinct_worker_ids_on_a_redis_cluster() {
+    use futures_util::StreamExt;
+    let cluster = RedisCluster::start(3);
+    let url = cluster.url();
+    let mut seen = HashSet::new();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        nodes.push(App::start(
+            "start_ws",
+            &["--listen", &listen, "--channel", &url],
+            &[port],
+        ));
+        for _ in 0..2 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{listen}"))
+                .await
+                .unwrap();
+            let hello = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let hello = hello.into_text().unwrap().to_string();
+            let id: u32 = hello
+                .strip_prefix("Worker-ID:")
+                .and_then(|r| r.split(' ').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            seen.insert(id);
+        }
+    }
+    assert_eq!(seen, HashSet::from([0, 1, 2, 3]));
 }

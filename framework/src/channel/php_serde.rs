@@ -80,6 +80,12 @@ impl<'a> Reader<'a> {
     fn int(&mut self, end: u8) -> Result<i64, PhpError> {
         let at = self.pos;
         let digits = self.until(end)?;
+        // Fast path for the common case (lengths, list indexes): up to 18 plain digits.
+        if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+            return Ok(digits
+                .iter()
+                .fold(0i64, |n, d| n * 10 + i64::from(d - b'0')));
+        }
         let s = std::str::from_utf8(digits).map_err(|_| PhpError {
             msg: "bad integer".into(),
             pos: at,
@@ -520,6 +526,46 @@ mod tests {
         for s in ["01", "-0", " 1", "1.0", "", "abc", "99999999999999999999"] {
             assert_eq!(Key::from_str_normalized(s), Key::Str(s.into()), "{s:?}");
         }
+    }
+
+    #[test]
+    fn integers_parse_as_rust_parses_them() {
+        for s in [
+            "0",
+            "007",
+            "123456789012345678",
+            "1234567890123456789",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-5",
+            "+5",
+            "-",
+            "",
+            "1a",
+        ] {
+            let buf = format!("i:{s};");
+            let mut r = Reader::new(buf.as_bytes());
+            r.pos = 2;
+            assert_eq!(r.int(b';').ok(), s.parse::<i64>().ok(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn lengths_and_keys_write_as_before() {
+        for n in [0usize, 7, 10, 99, 100, 4096, usize::MAX] {
+            let mut out = Vec::new();
+            write_array_start(&mut out, n);
+            assert_eq!(out, format!("a:{n}:{{").into_bytes());
+        }
+        let s = vec![b'x'; 1234];
+        let mut out = Vec::new();
+        write_str(&mut out, &s);
+        assert_eq!(&out[..8], b"s:1234:\"");
+        let mut r = Reader::new(br#"s:4:"type";i:12;s:2:"12";"#);
+        assert_eq!(r.key_raw().unwrap(), Some(&b"type"[..]));
+        assert_eq!(r.key_raw().unwrap(), None);
+        assert!(is_int_key(r.key_raw().unwrap().unwrap()));
+        assert!(!is_int_key(b"012") && !is_int_key(b"type") && is_int_key(b"-3"));
     }
 
     #[test]

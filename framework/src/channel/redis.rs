@@ -3,11 +3,14 @@
 //!
 //! - **Events**: `PUBLISH werkmann:e:{name}`; each client holds one RESP3 connection (the
 //!   `redis` crate's connection manager) that multiplexes its commands and all its
-//!   subscriptions, and re-subscribes by itself after a reconnect.
+//!   subscriptions, and re-subscribes by itself after a reconnect. On a Redis Cluster (found
+//!   with `INFO cluster` on the node in the URL) it is sharded pub/sub: `SPUBLISH` and
+//!   `SSUBSCRIBE` through the crate's cluster connection, routed to each channel's node.
 //! - **`publish_loop`** (one subscriber, in turn): subscribers keep a membership in the sorted
-//!   set `werkmann:members:{name}` (refreshed every 10 s, expiring after 30 s); a Lua script
-//!   drops expired members, advances the counter `werkmann:rr:{name}` and publishes to the
-//!   chosen member's inbox channel `werkmann:c:{client id}` — atomically, on the server.
+//!   set `werkmann:loop:{name}:members` (refreshed every 10 s, expiring after 30 s); a Lua
+//!   script drops expired members, advances the counter `werkmann:loop:{name}:rr` (one hash
+//!   slot for both) and publishes to the chosen member's inbox channel `werkmann:c:{client id}`
+//!   — atomically, on the server.
 //! - **Queues**: streams `werkmann:q:{name}` with the consumer group `werkmann`. `enqueue` is
 //!   `XADD`; a watcher reads with `XREADGROUP … >` on a second connection (reads block), so each
 //!   item goes to exactly one watcher, and acknowledges (`XACK` + `XDEL`) after its callback.
@@ -23,7 +26,8 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, PushKind, Value as RValue};
 use tokio::sync::Notify;
 
@@ -39,6 +43,7 @@ const GROUP: &str = "werkmann";
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The Lua script behind `publish_loop`: KEYS = members, counter; ARGV = inbox prefix, payload.
+/// The inbox gets a classic `PUBLISH`, which a cluster carries to every node.
 const LOOP_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -80,7 +85,7 @@ pub(crate) struct RedisLink {
     shown: String,
     id: String,
     owner: RefCell<Option<Weak<dyn RedisOwner>>>,
-    manager: RefCell<Option<ConnectionManager>>,
+    manager: RefCell<Option<Bus>>,
     outbound: RefCell<VecDeque<Command>>,
     wake_out: Notify,
     events: RefCell<BTreeSet<Key>>,
@@ -165,15 +170,19 @@ impl RedisLink {
         self.wake_out.notify_one();
         self.wake_queue.notify_one();
         let members: Vec<Key> = self.events.borrow().iter().cloned().collect();
-        if let Some(mut m) = self.manager.borrow().clone() {
+        if let Some(mut bus) = self.manager.borrow().clone() {
             let id = self.id.clone();
             actix_rt::spawn(async move {
-                let mut p = redis::pipe();
-                for k in members {
-                    p.zrem(format!("werkmann:members:{}", name_str(&k)), &id)
-                        .ignore();
-                }
-                let _: redis::RedisResult<()> = p.query_async(&mut m).await;
+                let cmds = members
+                    .iter()
+                    .map(|k| {
+                        let key = loop_keys(k).0;
+                        let mut c = redis::cmd("ZREM");
+                        c.arg(&key).arg(&id);
+                        (key, c)
+                    })
+                    .collect();
+                let _ = bus.run(cmds).await;
             });
         }
         *self.owner.borrow_mut() = None;
@@ -241,7 +250,125 @@ fn with_resp3(url: &str) -> String {
     }
 }
 
-async fn connect(link: &Weak<RedisLink>) -> Option<ConnectionManager> {
+/// The connection to a single Redis server, or to a Redis Cluster (found with `INFO cluster`).
+#[derive(Clone)]
+pub(crate) enum Bus {
+    /// One server: classic pub/sub, pipelined commands.
+    Single(ConnectionManager),
+    /// A cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), commands routed by key.
+    Cluster(ClusterConnection),
+}
+
+impl Bus {
+    async fn subscribe_events(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Bus::Single(m) => m.subscribe(channels).await,
+            // One channel per SSUBSCRIBE: channels of one command must share a slot.
+            Bus::Cluster(c) => {
+                for ch in channels {
+                    c.ssubscribe(ch).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe_events(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Bus::Single(m) => m.unsubscribe(channels).await,
+            Bus::Cluster(c) => {
+                for ch in channels {
+                    c.sunsubscribe(ch).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Run commands, each given with the key (or channel) that routes it: one pipeline on a
+    /// single server; on a cluster one pipeline per key, in order, all keys at once — so the
+    /// commands of one event name or queue keep their order.
+    async fn run(&mut self, cmds: Vec<(String, redis::Cmd)>) -> redis::RedisResult<()> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Bus::Single(m) => {
+                let mut pipe = redis::pipe();
+                for (_, c) in cmds {
+                    pipe.add_command(c).ignore();
+                }
+                pipe.query_async::<()>(m).await
+            }
+            Bus::Cluster(c) => {
+                let mut by_key: Vec<(String, redis::Pipeline)> = Vec::new();
+                for (key, cmd) in cmds {
+                    match by_key.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, p)) => {
+                            p.add_command(cmd).ignore();
+                        }
+                        None => {
+                            let mut p = redis::pipe();
+                            p.add_command(cmd).ignore();
+                            by_key.push((key, p));
+                        }
+                    }
+                }
+                let sends = by_key.into_iter().map(|(_, pipe)| {
+                    let mut c = c.clone();
+                    async move { pipe.query_async::<()>(&mut c).await }
+                });
+                for r in futures_util::future::join_all(sends).await {
+                    r?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn publish_command(&self) -> &'static str {
+        match self {
+            Bus::Single(_) => "PUBLISH",
+            Bus::Cluster(_) => "SPUBLISH",
+        }
+    }
+}
+
+/// Whether the server at `url` is part of a Redis Cluster.
+async fn is_cluster(url: &str) -> redis::RedisResult<bool> {
+    let mut c = open_client(url)?.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut c)
+        .await?;
+    Ok(info.contains("cluster_enabled:1"))
+}
+
+/// A cluster client seeded with `url`, trusting `$WERKMANN_REDIS_CA` for `rediss://`.
+fn cluster_builder(url: &str) -> redis::RedisResult<redis::cluster::ClusterClientBuilder> {
+    let mut b = redis::cluster::ClusterClientBuilder::new(vec![url])
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .connection_timeout(Duration::from_secs(5));
+    if let (true, Some(ca)) = (
+        url.starts_with("rediss://"),
+        std::env::var_os("WERKMANN_REDIS_CA"),
+    ) {
+        let pem = std::fs::read(ca).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cannot read WERKMANN_REDIS_CA",
+                e.to_string(),
+            ))
+        })?;
+        b = b.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        });
+    }
+    Ok(b)
+}
+
+async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let l = link.upgrade()?;
@@ -256,23 +383,36 @@ async fn connect(link: &Weak<RedisLink>) -> Option<ConnectionManager> {
         drop(l);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let attempt = async {
-            let client = open_client(url.as_str())?;
-            let config = ConnectionManagerConfig::new()
-                .set_push_sender(tx)
-                .set_automatic_resubscription()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_number_of_retries(1);
-            let mut m = client.get_connection_manager_with_config(config).await?;
-            m.subscribe(&inbox).await?;
-            if !events.is_empty() {
-                m.subscribe(&events).await?;
+            let mut bus = if is_cluster(&url).await? {
+                let client = cluster_builder(&url)?.push_sender(tx).build()?;
+                Bus::Cluster(client.get_async_connection().await?)
+            } else {
+                let config = ConnectionManagerConfig::new()
+                    .set_push_sender(tx)
+                    .set_automatic_resubscription()
+                    .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(1);
+                let client = open_client(url.as_str())?;
+                Bus::Single(client.get_connection_manager_with_config(config).await?)
+            };
+            // The inbox (publish_loop) is classic pub/sub in both modes: a script publishes
+            // to it from whichever node holds the loop's keys.
+            match &mut bus {
+                Bus::Single(m) => m.subscribe(&inbox).await?,
+                Bus::Cluster(c) => c.subscribe(&inbox).await?,
             }
-            Ok::<_, redis::RedisError>(m)
+            if !events.is_empty() {
+                bus.subscribe_events(&events).await?;
+            }
+            Ok::<_, redis::RedisError>(bus)
         };
         match attempt.await {
-            Ok(m) => {
+            Ok(bus) => {
+                if matches!(bus, Bus::Cluster(_)) {
+                    log::info!("redis {shown}: a cluster; sharded pub/sub");
+                }
                 actix_rt::spawn(run_pushes(weak, rx));
-                return Some(m);
+                return Some(bus);
             }
             Err(e) => {
                 log::warn!("redis {shown}: {e}; retrying in {backoff:?}");
@@ -344,8 +484,17 @@ async fn run_outbound(link: Weak<RedisLink>) {
     }
 }
 
-async fn execute(m: &mut ConnectionManager, id: &str, batch: &[Command]) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
+/// The keys of a `publish_loop` name; the hash tag keeps both in one cluster slot.
+fn loop_keys(k: &Key) -> (String, String) {
+    let n = name_str(k);
+    (
+        format!("werkmann:loop:{{{n}}}:members"),
+        format!("werkmann:loop:{{{n}}}:rr"),
+    )
+}
+
+async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResult<()> {
+    let mut cmds = Vec::new();
     let mut subscribe = Vec::new();
     let mut unsubscribe = Vec::new();
     let now_ms = std::time::SystemTime::now()
@@ -356,86 +505,85 @@ async fn execute(m: &mut ConnectionManager, id: &str, batch: &[Command]) -> redi
         match cmd {
             Command::Publish(names, data) => {
                 for n in names {
-                    pipe.publish(event_channel(&n.key), data.as_ref()).ignore();
+                    let ch = event_channel(&n.key);
+                    let mut c = redis::cmd(bus.publish_command());
+                    c.arg(&ch).arg(data.as_ref());
+                    cmds.push((ch, c));
                 }
             }
             Command::PublishLoop(names, data) => {
                 for n in names {
-                    pipe.cmd("EVAL")
-                        .arg(LOOP_SCRIPT)
+                    let (members, rr) = loop_keys(&n.key);
+                    let mut c = redis::cmd("EVAL");
+                    c.arg(LOOP_SCRIPT)
                         .arg(2)
-                        .arg(format!("werkmann:members:{}", name_str(&n.key)))
-                        .arg(format!("werkmann:rr:{}", name_str(&n.key)))
+                        .arg(&members)
+                        .arg(rr)
                         .arg(PREFIX_INBOX)
-                        .arg(inbox_payload(n, data))
-                        .ignore();
+                        .arg(inbox_payload(n, data));
+                    cmds.push((members, c));
                 }
             }
             Command::Enqueue(names, data) => {
                 for n in names {
-                    pipe.cmd("XADD")
-                        .arg(queue_key(&n.key))
+                    let key = queue_key(&n.key);
+                    let mut c = redis::cmd("XADD");
+                    c.arg(&key)
                         .arg("MAXLEN")
                         .arg("~")
                         .arg(1_000_000)
                         .arg("*")
                         .arg("d")
-                        .arg(data.as_ref())
-                        .ignore();
+                        .arg(data.as_ref());
+                    cmds.push((key, c));
                 }
             }
             Command::Subscribe(names) => {
                 for n in names {
                     subscribe.push(event_channel(&n.key));
-                    pipe.zadd(
-                        format!("werkmann:members:{}", name_str(&n.key)),
-                        id,
-                        now_ms + MEMBERSHIP_TTL_MS,
-                    )
-                    .ignore();
+                    let key = loop_keys(&n.key).0;
+                    let mut c = redis::cmd("ZADD");
+                    c.arg(&key).arg(now_ms + MEMBERSHIP_TTL_MS).arg(id);
+                    cmds.push((key, c));
                 }
             }
             Command::Unsubscribe(names) => {
                 for n in names {
                     unsubscribe.push(event_channel(&n.key));
-                    pipe.zrem(format!("werkmann:members:{}", name_str(&n.key)), id)
-                        .ignore();
+                    let key = loop_keys(&n.key).0;
+                    let mut c = redis::cmd("ZREM");
+                    c.arg(&key).arg(id);
+                    cmds.push((key, c));
                 }
             }
             Command::Watch(names) => {
                 for n in names {
                     // Created once, reading from the start, so items enqueued before the first
                     // watcher are kept for it; a second creation answers BUSYGROUP.
-                    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-                        .arg("CREATE")
-                        .arg(queue_key(&n.key))
+                    let key = queue_key(&n.key);
+                    let mut c = redis::cmd("XGROUP");
+                    c.arg("CREATE")
+                        .arg(&key)
                         .arg(GROUP)
                         .arg("0")
-                        .arg("MKSTREAM")
-                        .query_async(m)
-                        .await;
-                    match created {
+                        .arg("MKSTREAM");
+                    match bus.run(vec![(key, c)]).await {
                         Err(e) if e.code() != Some("BUSYGROUP") => return Err(e),
                         _ => {}
                     }
                 }
             }
-            Command::Ping => {
-                pipe.cmd("PING").ignore();
-            }
+            Command::Ping => cmds.push((String::new(), redis::cmd("PING"))),
             Command::Unwatch(_) | Command::Reserve => {}
         }
     }
     if !subscribe.is_empty() {
-        m.subscribe(&subscribe).await?;
+        bus.subscribe_events(&subscribe).await?;
     }
     if !unsubscribe.is_empty() {
-        m.unsubscribe(&unsubscribe).await?;
+        bus.unsubscribe_events(&unsubscribe).await?;
     }
-    if pipe.cmd_iter().next().is_none() {
-        return Ok(());
-    }
-    pipe.query_async::<()>(m).await
+    bus.run(cmds).await
 }
 
 /// Whether a failed batch may be sent again: only when the connection failed. A command that
@@ -482,7 +630,7 @@ async fn run_pushes(
                 l.outbound.borrow_mut().push_back(Command::Ping);
                 l.wake_out.notify_one();
             }
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 let (Some(RValue::BulkString(ch)), Some(RValue::BulkString(data))) =
                     (push.data.first(), push.data.get(1))
                 else {
@@ -540,8 +688,58 @@ async fn run_membership(link: Weak<RedisLink>) {
 }
 
 /// Read queue items for reserved watchers, one per reserve, on a blocking connection.
+/// The blocking connection of a watcher.
+enum QueueConn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for QueueConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, RValue> {
+        match self {
+            QueueConn::Single(c) => c.req_packed_command(cmd),
+            QueueConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<RValue>> {
+        match self {
+            QueueConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            QueueConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            QueueConn::Single(c) => c.get_db(),
+            QueueConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+async fn queue_conn(url: &str) -> redis::RedisResult<QueueConn> {
+    if is_cluster(url).await? {
+        let client = cluster_builder(url)?
+            .response_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(QueueConn::Cluster(client.get_async_connection().await?))
+    } else {
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        let c = open_client(url)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(QueueConn::Single(c))
+    }
+}
+
+/// Read queue items for reserved watchers, one per reserve, on a blocking connection.
 async fn run_queues(link: Weak<RedisLink>) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<QueueConn> = None;
     let mut last_claim = tokio::time::Instant::now();
     loop {
         let Some(l) = link.upgrade() else { return };
@@ -558,20 +756,13 @@ async fn run_queues(link: Weak<RedisLink>) {
         let id = l.id.clone();
         drop(l);
         if conn.is_none() {
-            let config = AsyncConnectionConfig::new().set_response_timeout(None);
-            match open_client(url.as_str()) {
-                Ok(c) => match c
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                {
-                    Ok(m) => conn = Some(m),
-                    Err(e) => {
-                        log::warn!("redis {shown} (queues): {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                },
-                Err(_) => return,
+            match queue_conn(&url).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    log::warn!("redis {shown} (queues): {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
         }
         let c = conn.as_mut().expect("connected");
@@ -598,7 +789,18 @@ async fn run_queues(link: Weak<RedisLink>) {
                 }
             }
         }
-        if items.is_empty() {
+        let mut failed = false;
+        // A cluster keeps streams on different nodes: read them one at a time, briefly.
+        let cluster = matches!(c, QueueConn::Cluster(_));
+        let (groups, block): (Vec<&[String]>, u64) = if cluster && keys.len() > 1 {
+            (keys.chunks(1).collect(), 200)
+        } else {
+            (vec![&keys[..]], 2000)
+        };
+        for group in groups {
+            if !items.is_empty() {
+                break;
+            }
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(GROUP)
@@ -606,10 +808,10 @@ async fn run_queues(link: Weak<RedisLink>) {
                 .arg("COUNT")
                 .arg(1)
                 .arg("BLOCK")
-                .arg(2000)
+                .arg(block)
                 .arg("STREAMS")
-                .arg(&keys);
-            for _ in &keys {
+                .arg(group);
+            for _ in group {
                 cmd.arg(">");
             }
             match cmd.query_async::<RValue>(c).await {
@@ -620,11 +822,15 @@ async fn run_queues(link: Weak<RedisLink>) {
                 }
                 Err(e) => {
                     log::warn!("redis {shown} (queues): {e}");
-                    conn = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    failed = true;
+                    break;
                 }
             }
+        }
+        if failed {
+            conn = None;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
         for (key, entry_id, data) in items {
             let Some(l) = link.upgrade() else { return };

@@ -304,6 +304,23 @@ end
 return 0
 "#;
 
+/// A blocking connection to the server at `url`, or to its cluster (found with `INFO cluster`),
+/// so that each lease key reaches the node that holds it.
+fn lease_conn(url: &str) -> redis::RedisResult<Box<dyn redis::ConnectionLike + Send>> {
+    let client = super::redis::open_client(url)?;
+    let mut single = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    let info: String = redis::cmd("INFO").arg("cluster").query(&mut single)?;
+    if info.contains("cluster_enabled:1") {
+        let cluster = redis::cluster::ClusterClientBuilder::new(vec![url])
+            .connection_timeout(Duration::from_secs(2))
+            .build()?
+            .get_connection()?;
+        Ok(Box::new(cluster))
+    } else {
+        Ok(Box::new(single))
+    }
+}
+
 fn lease_key(id: u32) -> String {
     format!("werkmann:worker_id:{id}")
 }
@@ -320,10 +337,9 @@ fn claim_redis(
         addr: url.to_string(),
         why,
     };
-    let client = super::redis::open_client(url).map_err(|e| unreachable(e.to_string()))?;
     let deadline = Instant::now() + timeout;
     let mut conn = loop {
-        match client.get_connection_with_timeout(Duration::from_secs(2)) {
+        match lease_conn(url) {
             Ok(c) => break c,
             Err(e) if Instant::now() < deadline => {
                 log::warn!("waiting for redis {url}: {e}");
@@ -340,7 +356,7 @@ fn claim_redis(
             .arg("NX")
             .arg("PX")
             .arg(LEASE_MS)
-            .query(&mut conn)
+            .query(conn.as_mut())
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(r.is_some())
     };
@@ -356,7 +372,7 @@ fn claim_redis(
                 }
             }
             if !clash.is_empty() {
-                release(&client, &node, &got);
+                release(url, &node, &got);
                 return Err(ClaimError::Clash(clash));
             }
             p
@@ -386,23 +402,20 @@ fn claim_redis(
     })
 }
 
-fn release(client: &redis::Client, node: &str, ids: &[u32]) {
-    if let Ok(mut c) = client.get_connection() {
+fn release(url: &str, node: &str, ids: &[u32]) {
+    if let Ok(mut c) = lease_conn(url) {
         for &id in ids {
             let _: redis::RedisResult<i64> = redis::cmd("EVAL")
                 .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
                 .arg(1)
                 .arg(lease_key(id))
                 .arg(node)
-                .query(&mut c);
+                .query(c.as_mut());
         }
     }
 }
 
 fn renew_leases(url: &str, node: &str, ids: &[u32], stop: &AtomicBool) {
-    let Ok(client) = super::redis::open_client(url) else {
-        return;
-    };
     let mut conn = None;
     let mut tick = 0u32;
     while !stop.load(Ordering::Relaxed) {
@@ -412,11 +425,10 @@ fn renew_leases(url: &str, node: &str, ids: &[u32], stop: &AtomicBool) {
             continue;
         }
         if conn.is_none() {
-            conn = client
-                .get_connection_with_timeout(Duration::from_secs(2))
-                .ok();
+            conn = lease_conn(url).ok();
         }
         let Some(c) = conn.as_mut() else { continue };
+        let c = c.as_mut();
         let mut broken = false;
         for &id in ids {
             // Renew, or take back a lease that expired while Redis was away.
@@ -448,5 +460,5 @@ fn renew_leases(url: &str, node: &str, ids: &[u32], stop: &AtomicBool) {
             conn = None;
         }
     }
-    release(&client, node, ids);
+    release(url, node, ids);
 }
