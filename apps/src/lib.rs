@@ -3,5 +3,6 @@
 //! that take pushes, a channel between them. The binaries `start_channel`, `start_ws`,
 //! `start_http` and `start_all` assemble these pieces.
 
+pub mod auth;
 pub mod echo;
 pub mod push;

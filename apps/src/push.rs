@@ -14,6 +14,8 @@ use werkmann::channel::worker_ids::WorkerIds;
 use werkmann::channel::{self, Client, PublishStatus};
 use werkmann::{Connection, Message, Request, Response, Worker};
 
+use crate::auth::Auth;
+
 /// The event every WebSocket instance subscribes to for broadcasts.
 pub const BROADCAST: &str = "Broadcast";
 
@@ -156,6 +158,16 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
         conn.send(Response::html(page.to_string()));
         return;
     }
+    if let Some(auth) = conn.worker().and_then(|w| w.data::<Auth>()) {
+        if let Err(denied) = auth.check(req) {
+            log::info!("push from {} refused: {denied}", conn.remote_ip());
+            conn.send(
+                Response::text(401, format!("{denied}\n"))
+                    .with_header("WWW-Authenticate", "Bearer realm=\"werkmann\""),
+            );
+            return;
+        }
+    }
     let Some(client) = conn.worker().and_then(|w| w.data::<Client>()) else {
         conn.send(Response::text(503, "channel client not started\n"));
         return;
@@ -180,20 +192,33 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
     };
 }
 
-/// The HTTP publisher (`publisher`). `ws_port` is what the demo page connects to.
+/// The HTTP publisher (`publisher`). `ws_port` is what the demo page connects to; with a
+/// `secret`, pushes must authenticate (see [`crate::auth`]).
 pub fn http_worker(
     listen: &str,
     count: usize,
     channel_addr: &str,
     ws_port: u16,
+    secret: Option<String>,
 ) -> anyhow::Result<Worker> {
     let mut worker = Worker::new(&format!("http://{listen}"))?;
     worker.name = "publisher".into();
     worker.count = count;
+    if secret.is_none() && !is_loopback(listen) {
+        log::warn!(
+            "the push API on {listen} accepts pushes from anyone who reaches it: \
+             set --secret (WERKMANN_SECRET) or listen on loopback"
+        );
+    }
     let addr = channel_addr.to_string();
-    worker.on_worker_start(move |w| match Client::connect(&addr) {
-        Ok(c) => w.set_data(c),
-        Err(e) => log::error!("publisher: no channel: {e}"),
+    worker.on_worker_start(move |w| {
+        if let Some(s) = &secret {
+            w.set_data(Auth::new(s));
+        }
+        match Client::connect(&addr) {
+            Ok(c) => w.set_data(c),
+            Err(e) => log::error!("publisher: no channel: {e}"),
+        }
     });
     let page = Arc::new(demo_page(ws_port));
     worker.on_message(move |conn, msg| {
@@ -230,6 +255,16 @@ pub fn claim_ids(
         pinned,
         std::time::Duration::from_secs(30),
     )?)
+}
+
+/// Whether `IP:PORT` names a loopback address.
+pub fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The demo page: connects to the WebSocket port, shows the greeting and pushes, and has a

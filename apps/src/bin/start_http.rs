@@ -3,6 +3,8 @@
 //! `GET /?to_worker_id=W&to_connection_id=C&content=X` targets one connection (also as a POST
 //! form or JSON body); answers `ok`, a 400 for bad parameters, a 503 when the channel server
 //! cannot take the push. `GET /` serves the demo page (its WebSocket port is `--ws-port`).
+//! `--secret S` (`WERKMANN_SECRET`) requires `Authorization: Bearer S` or an HMAC signature
+//! (see `werkmann_apps::auth`); a 401 otherwise.
 
 use werkmann::cli::option;
 use werkmann::Worker;
@@ -13,6 +15,9 @@ fn main() -> anyhow::Result<()> {
     let count: usize = option("--count", "WERKMANN_COUNT", "1").parse()?;
     let channel = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");
     let ws_port: u16 = option("--ws-port", "WERKMANN_WS_PORT", "4236").parse()?;
-    let worker = push::http_worker(&listen, count, &channel, ws_port)?;
+    let secret = option("--secret", "WERKMANN_SECRET", "");
+    werkmann::master::init_logging();
+    let secret = (!secret.is_empty()).then_some(secret);
+    let worker = push::http_worker(&listen, count, &channel, ws_port, secret)?;
     Worker::run_all(vec![worker])
 }

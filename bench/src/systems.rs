@@ -1,0 +1,444 @@
+//! The systems under test: werkmann in its three modes, Nchan and Socket.IO. Each is started
+//! as child processes on 127.0.0.1 with free ports, in a directory of its own (logs, pid
+//! files, configuration), and stopped — SIGTERM, then SIGKILL after 5 s — when dropped.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::http::Api;
+use crate::procfs;
+use crate::proto::Flavor;
+
+/// A configuration of a system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// `start_all` (embedded channel, 2 WebSocket instances, 1 publisher).
+    WerkmannAll,
+    /// `start_channel` + `ws` × `start_ws --count 2` + one `start_http`.
+    WerkmannCluster {
+        /// WebSocket nodes.
+        ws: usize,
+    },
+    /// `redis-server` + `ws` × `start_ws --channel redis://…` + one `start_http`.
+    WerkmannRedis {
+        /// WebSocket nodes.
+        ws: usize,
+    },
+    /// nginx + Nchan with `workers` worker processes.
+    Nchan {
+        /// nginx worker processes.
+        workers: usize,
+    },
+    /// One Node.js process: Socket.IO and the push API.
+    SocketIoAll,
+    /// `redis-server` + `ws` Socket.IO nodes + one publisher node, @socket.io/redis-adapter.
+    SocketIoCluster {
+        /// Socket.IO nodes holding clients.
+        ws: usize,
+    },
+}
+
+impl Setup {
+    /// The product: werkmann, Nchan or Socket.IO.
+    pub fn system(self) -> &'static str {
+        match self {
+            Setup::WerkmannAll | Setup::WerkmannCluster { .. } | Setup::WerkmannRedis { .. } => {
+                "werkmann"
+            }
+            Setup::Nchan { .. } => "Nchan",
+            Setup::SocketIoAll | Setup::SocketIoCluster { .. } => "Socket.IO",
+        }
+    }
+
+    /// Whether this is a peer (not werkmann).
+    pub fn is_peer(self) -> bool {
+        self.system() != "werkmann"
+    }
+
+    /// Nodes that hold clients (nginx workers for Nchan).
+    pub fn nodes(self) -> usize {
+        match self {
+            Setup::WerkmannAll | Setup::SocketIoAll => 1,
+            Setup::WerkmannCluster { ws }
+            | Setup::WerkmannRedis { ws }
+            | Setup::SocketIoCluster { ws } => ws,
+            Setup::Nchan { workers } => workers,
+        }
+    }
+
+    /// The mode, as the tables name it.
+    pub fn mode(self) -> String {
+        match self {
+            Setup::WerkmannAll => "all-in-one".into(),
+            Setup::WerkmannCluster { ws } => format!("cluster, {ws} ws nodes"),
+            Setup::WerkmannRedis { ws } => format!("redis, {ws} ws nodes"),
+            Setup::Nchan { workers } => format!("nginx, {workers} workers"),
+            Setup::SocketIoAll => "1 process".into(),
+            Setup::SocketIoCluster { ws } => format!("redis adapter, {ws} nodes"),
+        }
+    }
+
+    /// What runs, in one line.
+    pub fn describe(self) -> String {
+        match self {
+            Setup::WerkmannAll => "start_all --count 2".into(),
+            Setup::WerkmannCluster { ws } => {
+                format!("start_channel + {ws} × start_ws --count 2 + start_http")
+            }
+            Setup::WerkmannRedis { ws } => {
+                format!("redis-server + {ws} × start_ws --count 2 --channel redis:// + start_http")
+            }
+            Setup::Nchan { workers } => format!("nginx -g worker_processes {workers}, nchan"),
+            Setup::SocketIoAll => "node server.js --ws --http".into(),
+            Setup::SocketIoCluster { ws } => {
+                format!("redis-server + {ws} × node server.js --ws + node server.js --http")
+            }
+        }
+    }
+
+    /// How clients subscribe.
+    pub fn flavor(self) -> Flavor {
+        match self {
+            Setup::Nchan { .. } => Flavor::Nchan,
+            Setup::SocketIoAll | Setup::SocketIoCluster { .. } => Flavor::SocketIo,
+            _ => Flavor::Werkmann,
+        }
+    }
+}
+
+/// Where the programs are.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The werkmann binaries (`start_all`, …): next to `pushbench`.
+    pub bin_dir: PathBuf,
+    /// `bench/peers`.
+    pub peers_dir: PathBuf,
+    /// A scratch directory for this run.
+    pub run_dir: PathBuf,
+}
+
+impl Env {
+    /// Whether a setup can run here; `Err` says what is missing.
+    pub fn check(&self, s: Setup) -> Result<()> {
+        let needs_redis = matches!(
+            s,
+            Setup::WerkmannRedis { .. } | Setup::SocketIoCluster { .. }
+        );
+        if needs_redis {
+            which("redis-server")?;
+        }
+        match s.system() {
+            "werkmann" => {
+                for b in ["start_all", "start_ws", "start_http", "start_channel"] {
+                    let p = self.bin_dir.join(b);
+                    ensure!(p.exists(), "{} missing (cargo build --release)", p.display());
+                }
+            }
+            "Nchan" => {
+                which("nginx")?;
+                ensure!(
+                    Path::new(NCHAN_MODULE).exists(),
+                    "{NCHAN_MODULE} missing (apt-get install libnginx-mod-nchan)"
+                );
+            }
+            _ => {
+                which("node")?;
+                let m = self.peers_dir.join("socketio/node_modules/socket.io");
+                ensure!(
+                    m.exists(),
+                    "{} missing (npm install in bench/peers/socketio)",
+                    m.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Debian's Nchan module.
+const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+fn which(prog: &str) -> Result<PathBuf> {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(prog);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = Path::new(dir).join(prog);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{prog} not found")
+}
+
+/// A free port on 127.0.0.1.
+fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// A started system.
+pub struct Running {
+    /// Its configuration.
+    pub setup: Setup,
+    /// WebSocket endpoints (clients spread over them).
+    pub ws: Vec<SocketAddr>,
+    /// The push API.
+    pub api: Api,
+    procs: Vec<Proc>,
+    dir: PathBuf,
+}
+
+impl Running {
+    /// Start `setup` and wait until every port accepts connections.
+    pub async fn start(env: &Env, setup: Setup, label: &str) -> Result<Running> {
+        let dir = env.run_dir.join(label);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let api_addr = free_addr()?;
+        let mut r = Running {
+            setup,
+            ws: Vec::new(),
+            api: Api {
+                flavor: setup.flavor(),
+                addr: api_addr,
+            },
+            procs: Vec::new(),
+            dir,
+        };
+        let bin = |name: &str| env.bin_dir.join(name);
+        let a = |s: SocketAddr| s.to_string();
+        match setup {
+            Setup::WerkmannAll => {
+                let ws = free_addr()?;
+                let mut c = Command::new(bin("start_all"));
+                c.args(["start", "--ws-listen", &a(ws), "--http-listen", &a(api_addr)])
+                    .args(["--count", "2"]);
+                r.spawn("start_all", c, &[ws, api_addr]).await?;
+                r.ws.push(ws);
+            }
+            Setup::WerkmannCluster { ws: k } | Setup::WerkmannRedis { ws: k } => {
+                let channel = if matches!(setup, Setup::WerkmannRedis { .. }) {
+                    format!("redis://{}", r.start_redis().await?)
+                } else {
+                    let ch = free_addr()?;
+                    let mut c = Command::new(bin("start_channel"));
+                    c.args(["start", "--listen", &a(ch)]);
+                    r.spawn("start_channel", c, &[ch]).await?;
+                    a(ch)
+                };
+                for i in 0..k {
+                    let ws = free_addr()?;
+                    let mut c = Command::new(bin("start_ws"));
+                    c.args(["start", "--listen", &a(ws), "--count", "2"])
+                        .args(["--channel", &channel]);
+                    r.spawn(&format!("start_ws{i}"), c, &[ws]).await?;
+                    r.ws.push(ws);
+                }
+                let mut c = Command::new(bin("start_http"));
+                c.args(["start", "--listen", &a(api_addr), "--channel", &channel]);
+                r.spawn("start_http", c, &[api_addr]).await?;
+            }
+            Setup::Nchan { workers } => {
+                let conf = std::fs::read_to_string(env.peers_dir.join("nchan/nginx.conf.in"))
+                    .context("bench/peers/nchan/nginx.conf.in")?;
+                let prefix = r.dir.display().to_string();
+                let conf = conf
+                    .replace("@PREFIX@", &prefix)
+                    .replace("@PORT@", &api_addr.port().to_string())
+                    .replace("@WORKERS@", &workers.to_string());
+                std::fs::write(r.dir.join("nginx.conf"), conf)?;
+                let mut c = Command::new(which("nginx")?);
+                c.args(["-p", &prefix, "-c"]).arg(r.dir.join("nginx.conf"));
+                r.spawn("nginx", c, &[api_addr]).await?;
+                // Publisher and subscribers share the one nginx port.
+                r.ws.push(api_addr);
+            }
+            Setup::SocketIoAll | Setup::SocketIoCluster { .. } => {
+                let script = env.peers_dir.join("socketio/server.js");
+                let node = which("node")?;
+                let redis = match setup {
+                    Setup::SocketIoCluster { .. } => Some(format!("redis://{}", r.start_redis().await?)),
+                    _ => None,
+                };
+                let nodes = match setup {
+                    Setup::SocketIoCluster { ws } => ws,
+                    _ => 1,
+                };
+                for i in 0..nodes {
+                    let ws = free_addr()?;
+                    let mut c = Command::new(&node);
+                    c.arg(&script).args(["--ws", &a(ws), "--worker-id", &i.to_string()]);
+                    let mut wait = vec![ws];
+                    if let Some(url) = &redis {
+                        c.args(["--redis", url]);
+                    } else {
+                        c.args(["--http", &a(api_addr)]);
+                        wait.push(api_addr);
+                    }
+                    r.spawn(&format!("socketio{i}"), c, &wait).await?;
+                    r.ws.push(ws);
+                }
+                if let Some(url) = &redis {
+                    let mut c = Command::new(&node);
+                    c.arg(&script)
+                        .args(["--http", &a(api_addr), "--worker-id", "publisher"])
+                        .args(["--redis", url]);
+                    r.spawn("socketio-publisher", c, &[api_addr]).await?;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    async fn start_redis(&mut self) -> Result<SocketAddr> {
+        let addr = free_addr()?;
+        let mut c = Command::new(which("redis-server")?);
+        c.args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--maxclients", "10000"]);
+        self.spawn("redis-server", c, &[addr]).await?;
+        Ok(addr)
+    }
+
+    /// Spawn one process (logging into the system's directory) and wait for its ports.
+    async fn spawn(&mut self, name: &str, mut cmd: Command, ports: &[SocketAddr]) -> Result<()> {
+        let log = self.dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        cmd.current_dir(&self.dir)
+            .env("WERKMANN_RUN_DIR", &self.dir)
+            .env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or("warn".into()))
+            .env("NODE_ENV", "production")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe; a server dies with the coordinator.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.procs.push(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        });
+        let deadline = Instant::now() + Duration::from_secs(40);
+        for port in ports {
+            loop {
+                let p = self.procs.last_mut().expect("just pushed");
+                if let Some(status) = p.child.try_wait()? {
+                    bail!("{name} exited ({status}):\n{}", tail(&p.log));
+                }
+                if tokio::net::TcpStream::connect(port).await.is_ok() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("{name} does not listen on {port}:\n{}", tail(&p.log));
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every server process (nginx workers included).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for p in &self.procs {
+            let pid = p.child.id();
+            out.push(pid);
+            if p.name == "nginx" {
+                out.extend(procfs::children(pid));
+            }
+        }
+        out
+    }
+
+    /// CPU time of every server process, ns.
+    pub fn cpu_ns(&self) -> u64 {
+        self.pids().into_iter().map(procfs::cpu_ns).sum()
+    }
+
+    /// Memory of every server process, KiB (proportional set size: shared pages once).
+    pub fn mem_kib(&self) -> u64 {
+        self.pids().into_iter().map(procfs::pss_kib).sum()
+    }
+
+    /// Whether every process still runs; `Err` with its log otherwise.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited ({status}):\n{}", p.name, tail(&p.log));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines of every log (for error reports).
+    pub fn logs(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| format!("--- {} ---\n{}", p.name, tail(&p.log)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stop every process, last started first.
+    pub fn stop(&mut self) {
+        let mut extra = Vec::new();
+        while let Some(mut p) = self.procs.pop() {
+            if p.name == "nginx" {
+                extra.extend(procfs::children(p.child.id()));
+            }
+            if !matches!(p.child.try_wait(), Ok(Some(_))) {
+                // SAFETY: signalling our own child by its pid.
+                unsafe {
+                    libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM);
+                }
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && !matches!(p.child.try_wait(), Ok(Some(_))) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+        // nginx workers normally leave with their master; make sure.
+        for pid in extra {
+            if procfs::alive(pid) {
+                // SAFETY: a worker of the nginx this run started.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
