@@ -54,10 +54,17 @@ impl std::fmt::Display for Denied {
     }
 }
 
+/// Signatures accepted recently, oldest first.
+#[derive(Default)]
+struct Seen {
+    by_sig: HashMap<String, i64>,
+    order: VecDeque<(i64, String)>,
+}
+
 /// The secret, and the signatures seen recently (one per worker instance thread).
 pub struct Auth {
     secret: Vec<u8>,
-    seen: RefCell<(HashMap<String, i64>, VecDeque<(i64, String)>)>,
+    seen: RefCell<Seen>,
 }
 
 fn now() -> i64 {
@@ -73,7 +80,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -114,7 +121,7 @@ impl Auth {
     pub fn new(secret: &str) -> Auth {
         Auth {
             secret: secret.as_bytes().to_vec(),
-            seen: RefCell::new((HashMap::new(), VecDeque::new())),
+            seen: RefCell::new(Seen::default()),
         }
     }
 
@@ -159,7 +166,7 @@ impl Auth {
 
     fn remember(&self, sig: String, ts: i64, now: i64) -> Result<(), Denied> {
         let mut guard = self.seen.borrow_mut();
-        let (set, order) = &mut *guard;
+        let Seen { by_sig: set, order } = &mut *guard;
         while let Some((t, _)) = order.front() {
             if now - *t > WINDOW_SECS * 2 || order.len() >= MAX_REMEMBERED {
                 let (_, s) = order.pop_front().expect("front");

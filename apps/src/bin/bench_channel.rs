@@ -60,16 +60,16 @@ const STALL: Duration = Duration::from_secs(10);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default rows: (subscribers, events).
-const DEFAULT_ROWS: [(usize, u64); 3] = [(1, 3_000_000), (10, 1_000_000), (100, 150_000)];
+const DEFAULT_ROWS: [(usize, u64); 3] = [(1, 5_000_000), (10, 2_000_000), (100, 250_000)];
 /// Rows of `--quick`.
-const QUICK_ROWS: [(usize, u64); 3] = [(1, 300_000), (10, 100_000), (100, 15_000)];
+const QUICK_ROWS: [(usize, u64); 3] = [(1, 500_000), (10, 200_000), (100, 25_000)];
 
 const USAGE: &str = "\
 Usage: bench_channel [--subscribers LIST] [--events E] [--quick] [--batch BYTES]
                      [--listen 127.0.0.1:PORT]
   --subscribers LIST  comma-separated subscriber counts (default 1,10,100)
-  --events E          events per row, for every row (default 3000000 for 1 subscriber,
-                      1000000 for 10, 150000 for 100, 10000000/S otherwise)
+  --events E          events per row, for every row (default 5000000 for 1 subscriber,
+                      2000000 for 10, 250000 for 100, 20000000/S otherwise)
   --quick             a tenth of the default events (--events given after it still applies)
   --batch BYTES       bytes the publisher hands to one write (default 262144)
   --listen IP:PORT    the server's address on 127.0.0.0/8 (default: a free port on 127.0.0.1)
@@ -97,7 +97,7 @@ impl Options {
             .find(|(n, _)| *n == s)
             .map(|(_, e)| *e)
             .unwrap_or_else(|| {
-                let per = if self.quick { 1_000_000 } else { 10_000_000 };
+                let per = if self.quick { 2_000_000 } else { 20_000_000 };
                 (per / s as u64).max(1000)
             })
     }
@@ -229,6 +229,26 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
             .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))
     };
     Ok(get(11)? + get(12)?)
+}
+
+/// Busy time of the whole machine (all CPUs: user, nice, system, irq, softirq, steal), in
+/// clock ticks.
+fn machine_busy_ticks() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Ok([0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0))
+        .sum())
 }
 
 /// Clock ticks per second.
@@ -562,6 +582,7 @@ struct Row {
     publish_secs: f64,
     server_cpu: f64,
     generator_cpu: f64,
+    machine_cpu: f64,
     lost: u64,
     reordered: u64,
     malformed: u64,
@@ -615,6 +636,7 @@ async fn run_row(
     let peak_reset = reset_peak_rss(pid);
     let gen0 = cpu_ticks(std::process::id())?;
     let cpu0 = cpu_ticks(pid)?;
+    let busy0 = machine_busy_ticks()?;
     let t0 = Instant::now();
     let f = frames.clone();
     let pub_task = tokio::spawn(async move {
@@ -627,6 +649,7 @@ async fn run_row(
     }
     let cpu1 = cpu_ticks(pid)?;
     let gen1 = cpu_ticks(std::process::id())?;
+    let busy1 = machine_busy_ticks()?;
     let peak_rss_kib = status_kib(pid, "VmHWM:")?;
     let (pub_result, pub_done, publisher) = pub_task.await.context("publisher task")?;
     drop(publisher);
@@ -654,6 +677,7 @@ async fn run_row(
         publish_secs: pub_done.duration_since(t0).as_secs_f64(),
         server_cpu: ticks_secs(cpu1 - cpu0),
         generator_cpu: ticks_secs(gen1 - gen0),
+        machine_cpu: ticks_secs(busy1.saturating_sub(busy0)),
         lost,
         reordered,
         malformed,
@@ -799,8 +823,9 @@ async fn bench() -> Result<()> {
     );
     for r in &rows {
         println!(
-            "- {} subscribers: server CPU {:.2} s ({:.0}% of one core), generator CPU {:.2} s \
-             over {:.2} s; the publisher's last byte was accepted after {:.2} s{}",
+            "- {} subscribers: server CPU {:.2} s ({:.0}% of one core), generator CPU {:.2} s, \
+             the machine's busy CPU {:.2} s (other processes and interrupts: {:.2} s) over \
+             {:.2} s; the publisher's last byte was accepted after {:.2} s{}",
             r.subscribers,
             r.server_cpu,
             if r.secs > 0.0 {
@@ -809,6 +834,8 @@ async fn bench() -> Result<()> {
                 0.0
             },
             r.generator_cpu,
+            r.machine_cpu,
+            (r.machine_cpu - r.server_cpu - r.generator_cpu).max(0.0),
             r.secs,
             r.publish_secs,
             if r.peak_reset {
