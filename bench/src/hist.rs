@@ -60,6 +60,7 @@ impl Hist {
     }
 
     /// Number of recorded values.
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -390,15 +390,6 @@ impl Running {
         Ok(())
     }
 
-    /// The last lines of every log (for error reports).
-    pub fn logs(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| format!("--- {} ---\n{}", p.name, tail(&p.log)))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     /// Stop every process, last started first.
     pub fn stop(&mut self) {
         let mut extra = Vec::new();

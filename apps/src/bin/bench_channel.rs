@@ -22,6 +22,12 @@
 //!    `/proc/PID/clear_refs` when allowed), and how fast the server took the publisher's
 //!    commands (publish cmds/s = E / time until the publisher's last byte was accepted).
 //!
+//! Reading it: the server is a single channel instance (one thread), so when its CPU is close to
+//! 100% of one core over the row, the server is the bottleneck and the figure is its limit; when
+//! it is well below, the generator (or another process — the notes give the machine's busy CPU
+//! besides both) was. Publish cmds/s close to deliveries/s ÷ S means the server took the
+//! publisher's commands as fast as it delivered them.
+//!
 //! The server is stopped at the end, also on error (and killed if the generator dies).
 //! `BENCH_SERVER_WRAPPER="valgrind --tool=callgrind"` runs the server under a profiler that keeps
 //! its pid (for perf, attach with `perf record -p` instead). The generator shares the machine's

@@ -1,0 +1,34 @@
+//! `pushbench`: the push cluster's load generator and its side-by-side benchmark with Nchan
+//! and Socket.IO. `pushbench [all] [--quick] [--out docs/benchmarks.md]` runs every scenario
+//! (see `docs/benchmarks.md` for what and how); `pushbench worker` is a generator worker
+//! process the coordinator starts itself.
+
+mod client;
+mod clock;
+mod gen;
+mod hist;
+mod http;
+mod procfs;
+mod proto;
+mod report;
+mod row;
+mod run;
+mod systems;
+mod worker;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("worker") => worker::main(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run::main(&args))),
+    };
+    if let Err(e) = result {
+        eprintln!("pushbench: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,543 @@
+//! The Markdown report (`docs/benchmarks.md`): how it was measured (a fixed text), the
+//! machine, every row, werkmann against the best peer, the issue's targets, the profile.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use crate::row::{Row, Scenario};
+use crate::run::{k, Plan};
+
+/// The fixed part before the results.
+const INTRO: &str = include_str!("../doc/intro.md");
+/// The profile findings (measured by hand, see the text).
+const PROFILE: &str = include_str!("../doc/profile.md");
+
+/// Everything one run produced.
+pub struct Results {
+    /// When it started (UTC).
+    pub date: String,
+    /// How long it took.
+    pub secs: f64,
+    /// The command line.
+    pub command: String,
+    /// Whether it was the quick set.
+    pub quick: bool,
+    /// The sizes.
+    pub plan: Plan,
+    /// Every row.
+    pub rows: Vec<Row>,
+    /// Skips, failures, remarks.
+    pub notes: Vec<String>,
+    /// `bench_channel`'s output.
+    pub channel: Option<String>,
+}
+
+/// The current UTC time as `YYYY-MM-DD HH:MM UTC`.
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
+    let o = Command::new(cmd).args(args).output().ok()?;
+    let text = if o.stdout.is_empty() {
+        o.stderr
+    } else {
+        o.stdout
+    };
+    let s = String::from_utf8_lossy(&text).lines().next()?.trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let debian = std::fs::read_to_string("/etc/debian_version").unwrap_or_default();
+    let mut nofile = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile);
+    }
+    format!(
+        "{cores} cores ({model}), {mem_gib:.0} GiB, Linux {}, Debian {}, {} open files per \
+         process",
+        kernel.trim(),
+        debian.trim(),
+        nofile.rlim_max
+    )
+}
+
+fn versions() -> String {
+    let sio = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/peers/socketio/node_modules/socket.io/package.json"
+    ))
+    .ok()
+    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    .and_then(|v| v["version"].as_str().map(String::from));
+    let parts = [
+        ("werkmann", Some(env!("CARGO_PKG_VERSION").to_string())),
+        (
+            "rustc",
+            first_line("rustc", &["--version"]).map(|s| s.replace("rustc ", "")),
+        ),
+        ("nginx", first_line("nginx", &["-v"]).map(|s| s.replace("nginx version: ", ""))),
+        (
+            "libnginx-mod-nchan",
+            first_line("dpkg-query", &["-W", "-f=${Version}", "libnginx-mod-nchan"]),
+        ),
+        ("node", first_line("node", &["--version"])),
+        ("socket.io", sio),
+        ("redis-server", first_line("redis-server", &["--version"])),
+    ];
+    parts
+        .iter()
+        .map(|(k, v)| format!("{k} {}", v.clone().unwrap_or_else(|| "—".into())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A number for a table: thousands separated, 2 decimals under 10, 1 under 100.
+pub fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "—".into();
+    }
+    if v.abs() < 10.0 {
+        return format!("{v:.2}");
+    }
+    if v.abs() < 100.0 {
+        return format!("{v:.1}");
+    }
+    let s = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn cell(r: &Row, key: &str) -> String {
+    r.get(key).map(num).unwrap_or_else(|| "—".into())
+}
+
+/// One line about a row for the progress log.
+pub fn brief(r: &Row) -> String {
+    let keys: &[(&str, &str)] = match r.scenario {
+        Scenario::Idle => &[("kib_per_conn", "KiB/conn"), ("conns_per_s", "conns/s")],
+        Scenario::Broadcast | Scenario::Paced => &[
+            ("deliveries_per_s", "deliveries/s"),
+            ("per_cpu_s", "per CPU-s"),
+            ("p99_ms", "p99 ms"),
+        ],
+        Scenario::Targeted => &[("pushes_per_s", "pushes/s"), ("p99_ms", "p99 ms")],
+        Scenario::Publish => &[("req_per_s", "req/s")],
+    };
+    let mut s: Vec<String> = keys
+        .iter()
+        .map(|(k, name)| format!("{} {name}", cell(r, k)))
+        .collect();
+    s.push(format!("errors {}", r.errors.text()));
+    s.join(", ")
+}
+
+fn table(out: &mut String, header: &[&str], rows: Vec<Vec<String>>) {
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(
+        out,
+        "|{}",
+        header
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i < 3 { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
+    for r in rows {
+        let _ = writeln!(out, "| {} |", r.join(" | "));
+    }
+    out.push('\n');
+}
+
+/// The peers a werkmann row is compared with: Nchan with 2 workers (4 for 4-node rows) and
+/// Socket.IO with as many nodes as werkmann has.
+fn peers_of<'a>(rows: &'a [Row], w: &Row) -> Vec<&'a Row> {
+    rows.iter()
+        .filter(|p| p.peer && p.label == w.label)
+        .filter(|p| match p.system.as_str() {
+            "Nchan" => p.nodes == if w.nodes >= 4 { 4 } else { 2 },
+            _ => p.nodes == w.nodes,
+        })
+        .collect()
+}
+
+/// Figures compared per scenario: (key, name, higher is better).
+fn compared(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
+    match sc {
+        Scenario::Idle => &[
+            ("kib_per_conn", "KiB per connection", false),
+            ("conns_per_s", "new connections/s", true),
+        ],
+        Scenario::Broadcast => &[
+            ("deliveries_per_s", "deliveries/s", true),
+            ("per_cpu_s", "deliveries per server CPU-s", true),
+            ("p99_ms", "p99 latency, ms", false),
+        ],
+        Scenario::Paced => &[("p99_ms", "p99 latency, ms", false)],
+        Scenario::Targeted => &[
+            ("pushes_per_s", "pushes/s", true),
+            ("p50_ms", "p50 latency, ms", false),
+        ],
+        Scenario::Publish => &[("req_per_s", "requests/s", true)],
+    }
+}
+
+fn summary(out: &mut String, rows: &[Row]) {
+    let mut lines = Vec::new();
+    for w in rows.iter().filter(|r| !r.peer) {
+        let peers = peers_of(rows, w);
+        for (key, name, higher) in compared(w.scenario) {
+            let Some(wv) = w.get(key) else { continue };
+            let nchan: Option<&Row> = peers.iter().copied().find(|p| p.system == "Nchan");
+            let sio: Option<&Row> = peers.iter().copied().find(|p| p.system == "Socket.IO");
+            fn pv<'r>(p: Option<&'r Row>, key: &str) -> Option<(f64, &'r Row)> {
+                p.and_then(|p| p.get(key).map(|v| (v, p)))
+            }
+            let best = [pv(nchan, key), pv(sio, key)]
+                .into_iter()
+                .flatten()
+                .max_by(|a, b| {
+                    if *higher {
+                        a.0.total_cmp(&b.0)
+                    } else {
+                        b.0.total_cmp(&a.0)
+                    }
+                });
+            let peer_cell = |p: Option<&Row>| match pv(p, key) {
+                Some((v, p)) => format!("{} ({})", num(v), p.mode),
+                None => "—".into(),
+            };
+            let ratio = match best {
+                Some((b, _)) if b > 0.0 => {
+                    let r = wv / b;
+                    let better = if *higher { r >= 1.0 } else { r <= 1.0 };
+                    format!("{}× {}", num(r), if better { "✓" } else { "✗" })
+                }
+                _ => "—".into(),
+            };
+            lines.push(vec![
+                w.label.clone(),
+                w.mode.clone(),
+                format!("{name} ({})", if *higher { "higher is better" } else { "lower is better" }),
+                num(wv),
+                peer_cell(nchan),
+                peer_cell(sio),
+                ratio,
+            ]);
+        }
+    }
+    table(
+        out,
+        &["row", "werkmann mode", "figure", "werkmann", "Nchan", "Socket.IO", "werkmann / best peer"],
+        lines,
+    );
+}
+
+fn find<'a>(rows: &'a [Row], sc: Scenario, system: &str, mode_prefix: &str, label_prefix: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| {
+        r.scenario == sc
+            && r.system == system
+            && r.mode.starts_with(mode_prefix)
+            && r.label.starts_with(label_prefix)
+    })
+}
+
+fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
+    let mut lines: Vec<Vec<String>> = Vec::new();
+    let mut check = |target: &str, measured: Option<f64>, goal: Option<f64>, higher: bool, unit: &str| {
+        let (m, verdict) = match (measured, goal) {
+            (Some(m), Some(g)) => {
+                let met = if higher { m >= g } else { m <= g };
+                let by = if higher { m / g } else { g / m };
+                (
+                    format!("{} {unit}", num(m)),
+                    if met {
+                        format!("met ({}× the goal)", num(by))
+                    } else {
+                        format!("**missed** (at {}% of the goal)", num(by * 100.0))
+                    },
+                )
+            }
+            (Some(m), None) => (format!("{} {unit}", num(m)), "no peer figure".into()),
+            _ => ("—".into(), "not measured".into()),
+        };
+        lines.push(vec![target.to_string(), m, verdict]);
+    };
+    let bl = format!("broadcast {} × {}", k(plan.bcast_n), plan.bcast_m);
+    let w = find(rows, Scenario::Broadcast, "werkmann", "all-in-one", &bl);
+    let wv = w.and_then(|r| r.get("per_cpu_s"));
+    check(
+        &format!("{bl}, all-in-one: ≥ 1,000,000 deliveries per server CPU-second"),
+        wv,
+        Some(1e6),
+        true,
+        "deliveries/CPU-s",
+    );
+    let nchan = find(rows, Scenario::Broadcast, "Nchan", "nginx, 2", &bl).and_then(|r| r.get("per_cpu_s"));
+    check(&format!("{bl}: ≥ Nchan (deliveries per server CPU-s)"), wv, nchan, true, "deliveries/CPU-s");
+    let sio = find(rows, Scenario::Broadcast, "Socket.IO", "1 process", &bl).and_then(|r| r.get("per_cpu_s"));
+    check(
+        &format!("{bl}: ≥ 2 × Socket.IO (deliveries per server CPU-s)"),
+        wv,
+        sio.map(|v| 2.0 * v),
+        true,
+        "deliveries/CPU-s",
+    );
+    let pl = format!("paced {} × {}/s", k(plan.small_n), plan.paced_rate);
+    let wp = find(rows, Scenario::Paced, "werkmann", "all-in-one", &pl).and_then(|r| r.get("p99_ms"));
+    check(&format!("{pl}, all-in-one: p99 ≤ 15 ms"), wp, Some(15.0), false, "ms");
+    let np = find(rows, Scenario::Paced, "Nchan", "nginx, 2", &pl).and_then(|r| r.get("p99_ms"));
+    check(&format!("{pl}: p99 ≤ Nchan's"), wp, np, false, "ms");
+    let il = format!("idle {} (one node)", k(plan.idle_one));
+    let wi = find(rows, Scenario::Idle, "werkmann", "all-in-one", &il);
+    check(&format!("{il}: ≤ 4 KiB of server RSS per connection"), wi.and_then(|r| r.get("kib_per_conn")), Some(4.0), false, "KiB");
+    check(&format!("{il}: ≥ 10,000 new connections/s"), wi.and_then(|r| r.get("conns_per_s")), Some(10_000.0), true, "conns/s");
+    let wpub = find(rows, Scenario::Publish, "werkmann", "all-in-one", "publish").and_then(|r| r.get("req_per_s"));
+    check("HTTP publish on keep-alive, all-in-one: ≥ 80,000 requests/s", wpub, Some(80_000.0), true, "req/s");
+    let tl = format!("targeted {} clients", k(plan.bcast_n));
+    let wt = find(rows, Scenario::Targeted, "werkmann", "cluster", &tl);
+    check(
+        &format!("{tl}, {} in flight, cluster (publisher → channel server → node): ≥ 20,000 pushes/s", plan.inflight),
+        wt.and_then(|r| r.get("pushes_per_s")),
+        Some(20_000.0),
+        true,
+        "pushes/s",
+    );
+    let mis: Option<f64> = wt.map(|r| (r.errors.missing + r.errors.dup + r.errors.wrong) as f64);
+    let verdict = match mis {
+        Some(0.0) => "met".to_string(),
+        Some(_) => "**missed**".into(),
+        None => "not measured".into(),
+    };
+    lines.push(vec![
+        format!("{tl}, cluster: zero misdeliveries"),
+        mis.map(|v| format!("{v} missing/duplicated/wrong")).unwrap_or_else(|| "—".into()),
+        verdict,
+    ]);
+    table(out, &["target", "measured", "verdict"], lines);
+}
+
+fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
+    let rs: Vec<&Row> = rows.iter().filter(|r| r.scenario == sc).collect();
+    if rs.is_empty() {
+        return;
+    }
+    let (title, cols): (&str, &[(&str, &str)]) = match sc {
+        Scenario::Idle => (
+            "Idle clients",
+            &[
+                ("clients", "clients"),
+                ("kib_per_conn", "KiB/conn"),
+                ("conns_per_s", "new conns/s"),
+                ("mem_mib", "server MiB"),
+            ],
+        ),
+        Scenario::Broadcast => (
+            "Broadcast fan-out, back to back",
+            &[
+                ("deliveries_per_s", "deliveries/s"),
+                ("cpu_us", "server µs CPU/delivery"),
+                ("per_cpu_s", "deliveries/server CPU-s"),
+                ("p50_ms", "p50 ms"),
+                ("p90_ms", "p90 ms"),
+                ("p99_ms", "p99 ms"),
+                ("max_ms", "max ms"),
+                ("gen_cpu_s", "generator CPU s"),
+            ],
+        ),
+        Scenario::Paced => (
+            "Paced broadcasts",
+            &[
+                ("deliveries_per_s", "deliveries/s"),
+                ("cpu_us", "server µs CPU/delivery"),
+                ("p50_ms", "p50 ms"),
+                ("p90_ms", "p90 ms"),
+                ("p99_ms", "p99 ms"),
+                ("max_ms", "max ms"),
+            ],
+        ),
+        Scenario::Targeted => (
+            "Targeted pushes to random clients",
+            &[
+                ("pushes_per_s", "pushes/s"),
+                ("cpu_us", "server µs CPU/push"),
+                ("p50_ms", "p50 ms"),
+                ("p90_ms", "p90 ms"),
+                ("p99_ms", "p99 ms"),
+                ("max_ms", "max ms"),
+            ],
+        ),
+        Scenario::Publish => (
+            "HTTP publish requests (broadcasts to no client)",
+            &[("req_per_s", "requests/s"), ("cpu_us", "server µs CPU/request")],
+        ),
+    };
+    let _ = writeln!(out, "### {title}\n");
+    let mut header = vec!["row", "system", "mode"];
+    header.extend(cols.iter().map(|(_, n)| *n));
+    header.extend(["errors", "runs"]);
+    let lines = rs
+        .iter()
+        .map(|r| {
+            let mut l = vec![r.label.clone(), r.system.clone(), r.mode.clone()];
+            l.extend(cols.iter().map(|(key, _)| cell(r, key)));
+            l.push(r.errors.text());
+            l.push(r.runs.to_string());
+            l
+        })
+        .collect();
+    table(out, &header, lines);
+}
+
+/// The whole report.
+pub fn markdown(res: &Results) -> String {
+    let mut out = String::new();
+    out.push_str(INTRO.trim_end());
+    out.push_str("\n\n");
+    let p = &res.plan;
+    let _ = writeln!(
+        out,
+        "## Results of {}{}\n",
+        res.date,
+        if res.quick { " (quick set)" } else { "" }
+    );
+    let _ = writeln!(out, "- Machine: {}", machine());
+    let _ = writeln!(out, "- Versions: {}", versions());
+    let _ = writeln!(
+        out,
+        "- Command: `{}` — took {:.0} s",
+        res.command, res.secs
+    );
+    let _ = writeln!(
+        out,
+        "- Sizes: idle {} and {} on one node, {} across 4 nodes; broadcast {} × {}, {} × {}, {} × {} \
+         across 4 nodes; targeted {} pushes at {} clients, {} in flight; paced {} × {}/s for {} s; \
+         publish {} s on {} connections; payload {} bytes; rows marked runs = {} are medians of {}.",
+        k(p.idle_small),
+        k(p.idle_one),
+        k(p.nodes_total),
+        k(p.bcast_n),
+        p.bcast_m,
+        k(p.small_n),
+        p.small_m,
+        k(p.nodes_bcast),
+        p.nodes_m,
+        k(p.targeted_p),
+        k(p.bcast_n),
+        p.inflight,
+        k(p.small_n),
+        p.paced_rate,
+        p.paced_secs,
+        p.rate_secs,
+        p.rate_conns,
+        p.size,
+        p.repeats,
+        p.repeats
+    );
+    out.push('\n');
+    out.push_str("### werkmann against the best peer\n\n");
+    out.push_str(
+        "Each werkmann row against the peers set up alike: Nchan with 2 nginx workers (4 for the \
+         4-node rows), Socket.IO in one process for all-in-one and with as many nodes as werkmann \
+         otherwise. The ratio is werkmann's figure over the best peer's; ✓ where werkmann is at \
+         least as good.\n\n",
+    );
+    summary(&mut out, &res.rows);
+    out.push_str("### The issue's targets\n\n");
+    targets(&mut out, &res.rows, p);
+    for sc in [
+        Scenario::Idle,
+        Scenario::Broadcast,
+        Scenario::Paced,
+        Scenario::Targeted,
+        Scenario::Publish,
+    ] {
+        detail(&mut out, &res.rows, sc);
+    }
+    if let Some(ch) = &res.channel {
+        out.push_str("### Channel server events/s (`bench_channel`)\n\n");
+        out.push_str(
+            "werkmann only: neither peer has a Workerman-channel server. Output as printed:\n\n",
+        );
+        out.push_str(ch.trim());
+        out.push_str("\n\n");
+    }
+    let notes: Vec<&String> = res.notes.iter().collect();
+    let row_notes: Vec<String> = res
+        .rows
+        .iter()
+        .flat_map(|r| {
+            r.notes
+                .iter()
+                .map(move |n| format!("{} / {} ({}): {n}", r.label, r.system, r.mode))
+        })
+        .collect();
+    if !notes.is_empty() || !row_notes.is_empty() {
+        out.push_str("### Notes of this run\n\n");
+        for n in notes {
+            let _ = writeln!(out, "- {n}");
+        }
+        for n in row_notes {
+            let _ = writeln!(out, "- {n}");
+        }
+        out.push('\n');
+    }
+    out.push_str(PROFILE.trim_end());
+    out.push('\n');
+    out
+}

@@ -1,0 +1,1061 @@
+//! The coordinator: starts each system, drives the generator workers through the scenarios,
+//! publishes, measures, and hands the rows to the report.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use rand::Rng as _;
+
+use crate::clock::mono_ns;
+use crate::gen::{Gen, MAX_PER_WORKER};
+use crate::http::{Api, Conn};
+use crate::procfs;
+use crate::proto::{payload, Address, Kind};
+use crate::report::{self, Results};
+use crate::row::{self, Errors, Row, Scenario};
+use crate::systems::{Env, Running, Setup};
+
+/// Sizes of one run of the suite.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Idle clients of the first row (one node).
+    pub idle_small: u32,
+    /// Idle clients of the one-node memory row (medians of `repeats` fresh starts).
+    pub idle_one: u32,
+    /// Idle clients across 4 nodes.
+    pub nodes_total: u32,
+    /// Broadcast clients across 4 nodes, and the pushes they get.
+    pub nodes_bcast: u32,
+    /// Pushes of the 4-node broadcast.
+    pub nodes_m: u32,
+    /// Clients of the main broadcast and targeted rows.
+    pub bcast_n: u32,
+    /// Pushes of the main broadcast row.
+    pub bcast_m: u32,
+    /// Clients of the small broadcast and the paced row.
+    pub small_n: u32,
+    /// Pushes of the small broadcast row.
+    pub small_m: u32,
+    /// Paced broadcasts per second.
+    pub paced_rate: u32,
+    /// Length of the paced row, seconds.
+    pub paced_secs: u32,
+    /// Targeted pushes per run.
+    pub targeted_p: u32,
+    /// Publish requests in flight (broadcast bursts and targeted pushes).
+    pub inflight: usize,
+    /// Length of the publish-rate row, seconds.
+    pub rate_secs: f64,
+    /// Keep-alive connections of the publish-rate row.
+    pub rate_conns: usize,
+    /// Runs of the rows reported as medians.
+    pub repeats: usize,
+    /// Push payload size, bytes.
+    pub size: usize,
+    /// Arguments for `bench_channel`.
+    pub channel_args: Vec<String>,
+    /// Stop starting new sessions after this long.
+    pub budget: Duration,
+}
+
+impl Plan {
+    /// The default set (about 15 minutes here).
+    pub fn default_set() -> Plan {
+        Plan {
+            idle_small: 10_000,
+            idle_one: 19_000,
+            nodes_total: 60_000,
+            nodes_bcast: 50_000,
+            nodes_m: 20,
+            bcast_n: 10_000,
+            bcast_m: 200,
+            small_n: 1_000,
+            small_m: 200,
+            paced_rate: 20,
+            paced_secs: 3,
+            targeted_p: 20_000,
+            inflight: 16,
+            rate_secs: 2.0,
+            rate_conns: 32,
+            repeats: 3,
+            size: 64,
+            channel_args: vec!["--quick".into()],
+            budget: Duration::from_secs(18 * 60),
+        }
+    }
+
+    /// The quick set (under 3 minutes): smaller sizes, one run each.
+    pub fn quick_set() -> Plan {
+        Plan {
+            idle_small: 2_000,
+            idle_one: 5_000,
+            nodes_total: 8_000,
+            nodes_bcast: 6_000,
+            nodes_m: 10,
+            bcast_n: 2_000,
+            bcast_m: 50,
+            small_n: 1_000,
+            small_m: 20,
+            paced_rate: 20,
+            paced_secs: 1,
+            targeted_p: 4_000,
+            inflight: 16,
+            rate_secs: 1.0,
+            rate_conns: 32,
+            repeats: 1,
+            size: 64,
+            channel_args: vec!["--quick".into(), "--events".into(), "30000".into()],
+            budget: Duration::from_secs(150),
+        }
+    }
+}
+
+/// Command-line options of `pushbench all`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Sizes.
+    pub plan: Plan,
+    /// Whether `--quick` was given.
+    pub quick: bool,
+    /// Scenario groups to run: idle, one-node, nodes, broadcast, targeted, paced, publish,
+    /// channel.
+    pub only: Vec<String>,
+    /// Systems to run: werkmann, nchan, socketio.
+    pub systems: Vec<String>,
+    /// werkmann modes to run: all, cluster, redis.
+    pub modes: Vec<String>,
+    /// Where to write the Markdown report (None: stdout only).
+    pub out: Option<PathBuf>,
+    /// Where the werkmann binaries are.
+    pub bin_dir: PathBuf,
+    /// Where the peers' sources are.
+    pub peers_dir: PathBuf,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+const GROUPS: [&str; 8] = [
+    "idle", "one-node", "nodes", "broadcast", "targeted", "paced", "publish", "channel",
+];
+
+/// Usage text.
+pub const USAGE: &str = "\
+Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--modes LIST]
+                 [--repeats N] [--budget SECS]
+  --quick          the small set (under 3 minutes), one run per row
+  --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
+  --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,channel
+  --systems LIST   werkmann,nchan,socketio (default: all three)
+  --modes LIST     werkmann modes: all,cluster,redis (default: all three)
+  --repeats N      runs of the rows reported as medians (default 3, --quick 1)
+  --budget SECS    start no new session after this long (default 1080, --quick 150)
+  --bin-dir DIR    werkmann binaries (default: next to pushbench)
+  --peers DIR      peer sources (default: bench/peers of the source tree)
+";
+
+/// Parse `pushbench all` options.
+pub fn parse(args: &[String]) -> Result<Options> {
+    let exe = std::env::current_exe()?;
+    let mut o = Options {
+        plan: Plan::default_set(),
+        quick: false,
+        only: GROUPS.iter().map(|s| s.to_string()).collect(),
+        systems: vec!["werkmann".into(), "nchan".into(), "socketio".into()],
+        modes: vec!["all".into(), "cluster".into(), "redis".into()],
+        out: None,
+        bin_dir: exe.parent().map(PathBuf::from).unwrap_or_default(),
+        peers_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/peers")),
+        command: std::iter::once("pushbench".to_string())
+            .chain(args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let (mut repeats, mut budget) = (None, None);
+    let mut it = args.iter();
+    let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "all" => {}
+            "--quick" => o.quick = true,
+            "--out" => o.out = Some(PathBuf::from(value()?)),
+            "--only" => o.only = list(&value()?),
+            "--systems" => o.systems = list(&value()?),
+            "--modes" => o.modes = list(&value()?),
+            "--repeats" => repeats = Some(value()?.parse::<usize>().context("--repeats")?),
+            "--budget" => budget = Some(value()?.parse::<u64>().context("--budget")?),
+            "--bin-dir" => o.bin_dir = PathBuf::from(value()?),
+            "--peers" => o.peers_dir = PathBuf::from(value()?),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    if o.quick {
+        o.plan = Plan::quick_set();
+    }
+    if let Some(r) = repeats {
+        o.plan.repeats = r.max(1);
+    }
+    if let Some(b) = budget {
+        o.plan.budget = Duration::from_secs(b);
+    }
+    for g in &o.only {
+        if !GROUPS.contains(&g.as_str()) {
+            bail!("--only: unknown group {g}\n{USAGE}");
+        }
+    }
+    Ok(o)
+}
+
+/// Idle-row figures: clients, KiB per connection, connections per second.
+struct Idle {
+    opened: u32,
+    failed: u32,
+    kib_per_conn: f64,
+    conns_per_s: f64,
+    mem_kib: u64,
+}
+
+/// How the coordinator publishes during a phase.
+enum Publish {
+    /// `m` broadcasts back to back, `inflight` at a time.
+    Burst { inflight: usize },
+    /// `m` broadcasts, one every `1/rate` s.
+    Paced { rate: u32 },
+    /// `m` targeted pushes to these clients, `inflight` at a time.
+    Targeted {
+        inflight: usize,
+        to: Arc<Vec<Address>>,
+    },
+}
+
+/// One delivery phase's result.
+struct Delivery {
+    expected: u64,
+    received: u64,
+    errors: Errors,
+    secs: f64,
+    server_cpu_ns: u64,
+    gen_cpu_ns: u64,
+    p: [Option<u64>; 3],
+    max_ns: u64,
+}
+
+/// The running suite.
+pub struct Suite {
+    opts: Options,
+    env: Env,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    started: Instant,
+    exe: PathBuf,
+    gen_log: PathBuf,
+}
+
+impl Suite {
+    fn want(&self, group: &str) -> bool {
+        self.opts.only.iter().any(|g| g == group)
+    }
+
+    fn setups_main(&self) -> Vec<Setup> {
+        let mut v = Vec::new();
+        let sys = |s: &str| self.opts.systems.iter().any(|x| x == s);
+        let mode = |s: &str| self.opts.modes.iter().any(|x| x == s);
+        if sys("werkmann") {
+            if mode("all") {
+                v.push(Setup::WerkmannAll);
+            }
+            if mode("cluster") {
+                v.push(Setup::WerkmannCluster { ws: 2 });
+            }
+            if mode("redis") {
+                v.push(Setup::WerkmannRedis { ws: 2 });
+            }
+        }
+        if sys("nchan") {
+            v.push(Setup::Nchan { workers: 2 });
+        }
+        if sys("socketio") {
+            v.push(Setup::SocketIoAll);
+            if mode("cluster") || mode("redis") {
+                v.push(Setup::SocketIoCluster { ws: 2 });
+            }
+        }
+        v
+    }
+
+    fn over_budget(&mut self, what: &str) -> bool {
+        if self.started.elapsed() > self.opts.plan.budget {
+            self.notes.push(format!(
+                "skipped {what}: the time budget ({} s) was used up",
+                self.opts.plan.budget.as_secs()
+            ));
+            true
+        } else {
+            false
+        }
+    }
+
+    fn usable(&mut self, s: Setup) -> bool {
+        match self.env.check(s) {
+            Ok(()) => true,
+            Err(e) => {
+                let note = format!("skipped {} ({}): {e:#}", s.system(), s.mode());
+                eprintln!("pushbench: {note}");
+                if !self.notes.contains(&note) {
+                    self.notes.push(note);
+                }
+                false
+            }
+        }
+    }
+
+    async fn start(&self, s: Setup, label: &str) -> Result<Running> {
+        eprintln!(
+            "pushbench: [{:>4.0} s] starting {} ({})",
+            self.started.elapsed().as_secs_f64(),
+            s.system(),
+            s.mode()
+        );
+        Running::start(&self.env, s, label).await
+    }
+
+    async fn gen(&self, clients: u32) -> Result<Gen> {
+        let k = clients.div_ceil(MAX_PER_WORKER - 4_000).max(1) as usize;
+        Gen::spawn(k, &self.exe, &self.gen_log).await
+    }
+
+    /// Open `n` clients, wait until each has a warm-up push, let the server settle, and read
+    /// its memory before and after.
+    async fn idle(
+        &mut self,
+        sys: &mut Running,
+        gen: &mut Gen,
+        conn: &mut Conn,
+        n: u32,
+    ) -> Result<Idle> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mem0 = sys.mem_kib();
+        let opened = gen.open(sys.setup.flavor(), &sys.ws.clone(), n).await?;
+        if opened.failed > 0 {
+            self.notes.push(format!(
+                "{} ({}): {} of {n} clients failed to open: {}",
+                sys.setup.system(),
+                sys.setup.mode(),
+                opened.failed,
+                opened.first_error.clone().unwrap_or_default()
+            ));
+        }
+        sys.check_alive()?;
+        let live = gen.live.len() as u64;
+        warm(gen, &sys.api, conn, live).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mem1 = sys.mem_kib();
+        Ok(Idle {
+            opened: opened.opened,
+            failed: opened.failed,
+            kib_per_conn: mem1.saturating_sub(mem0) as f64 / opened.opened.max(1) as f64,
+            conns_per_s: opened.opened as f64 / opened.secs,
+            mem_kib: mem1,
+        })
+    }
+
+    fn idle_row(&self, label: &str, setup: Setup, i: &Idle) -> Row {
+        let mut r = Row::new(Scenario::Idle, label, setup);
+        r.set("clients", i.opened as f64);
+        r.set("kib_per_conn", i.kib_per_conn);
+        r.set("conns_per_s", i.conns_per_s);
+        r.set("mem_mib", i.mem_kib as f64 / 1024.0);
+        r.errors.open_failed = i.failed as u64;
+        r
+    }
+
+    /// One delivery phase: start it in the workers, publish, wait for the deliveries,
+    /// collect counters, CPU and latencies.
+    async fn deliver(
+        &mut self,
+        sys: &Running,
+        gen: &mut Gen,
+        conns: &mut Vec<Conn>,
+        kind: Kind,
+        m: u32,
+        how: Publish,
+    ) -> Result<Delivery> {
+        let clients = gen.live.len() as u64;
+        let expected = match kind {
+            Kind::Targeted => m as u64,
+            _ => clients * m as u64,
+        };
+        let phase = gen.phase(kind, m).await?;
+        let gen_pids = gen.pids();
+        let gen_cpu = || -> u64 {
+            gen_pids.iter().map(|p| procfs::cpu_ns(*p)).sum::<u64>()
+                + procfs::cpu_ns(std::process::id())
+        };
+        let cpu0 = sys.cpu_ns();
+        let g0 = gen_cpu();
+        let t0 = mono_ns();
+        let size = self.opts.plan.size;
+        let (ok, http_errors, first_error) =
+            publish(sys.api, conns, phase, kind, m, size, how).await?;
+        let cap = Duration::from_secs(if self.opts.quick { 30 } else { 120 });
+        gen.wait_received(expected, Duration::from_secs(10), cap)
+            .await?;
+        let cpu1 = sys.cpu_ns();
+        let g1 = gen_cpu();
+        let rep = gen.report().await?;
+        if let Some(e) = first_error {
+            self.notes.push(format!(
+                "{} ({}): {http_errors} publish requests failed: {e}",
+                sys.setup.system(),
+                sys.setup.mode()
+            ));
+        }
+        let received = rep.progress.received;
+        let missing = match kind {
+            Kind::Targeted => ok.saturating_sub(received) + (m as u64 - ok),
+            _ => rep.missing,
+        };
+        let last = if rep.progress.last_ns > 0 {
+            rep.progress.last_ns
+        } else {
+            mono_ns()
+        };
+        Ok(Delivery {
+            expected,
+            received,
+            errors: Errors {
+                missing,
+                dup: rep.progress.dup,
+                wrong: rep.progress.wrong,
+                stray: rep.progress.stray,
+                bad: rep.progress.bad,
+                http: http_errors,
+                open_failed: 0,
+            },
+            secs: last.saturating_sub(t0) as f64 / 1e9,
+            server_cpu_ns: cpu1.saturating_sub(cpu0),
+            gen_cpu_ns: g1.saturating_sub(g0),
+            p: [
+                rep.hist.quantile_ns(0.5),
+                rep.hist.quantile_ns(0.9),
+                rep.hist.quantile_ns(0.99),
+            ],
+            max_ns: rep.hist.max_ns(),
+        })
+    }
+
+    fn delivery_row(&self, sc: Scenario, label: &str, setup: Setup, d: &Delivery) -> Row {
+        let mut r = Row::new(sc, label, setup);
+        r.set("expected", d.expected as f64);
+        r.set("received", d.received as f64);
+        r.set("secs", d.secs);
+        let rate_key = if sc == Scenario::Targeted {
+            "pushes_per_s"
+        } else {
+            "deliveries_per_s"
+        };
+        if d.secs > 0.0 {
+            r.set(rate_key, d.received as f64 / d.secs);
+        }
+        if d.received > 0 {
+            r.set("cpu_us", d.server_cpu_ns as f64 / 1e3 / d.received as f64);
+        }
+        if d.server_cpu_ns > 0 {
+            r.set("per_cpu_s", d.received as f64 / (d.server_cpu_ns as f64 / 1e9));
+        }
+        r.set("server_cpu_s", d.server_cpu_ns as f64 / 1e9);
+        r.set("gen_cpu_s", d.gen_cpu_ns as f64 / 1e9);
+        for (k, v) in ["p50_ms", "p90_ms", "p99_ms"].iter().zip(d.p) {
+            if let Some(v) = v {
+                r.set(k, v as f64 / 1e6);
+            }
+        }
+        if d.received > 0 {
+            r.set("max_ms", d.max_ns as f64 / 1e6);
+        }
+        r.errors = d.errors.clone();
+        r
+    }
+
+    /// Repeat a delivery phase `repeats` times and keep the median row.
+    #[allow(clippy::too_many_arguments)]
+    async fn delivery_rows(
+        &mut self,
+        sys: &Running,
+        gen: &mut Gen,
+        conns: &mut Vec<Conn>,
+        sc: Scenario,
+        label: &str,
+        m: u32,
+        repeats: usize,
+    ) -> Result<()> {
+        let mut runs = Vec::new();
+        for _ in 0..repeats {
+            let inflight = self.opts.plan.inflight;
+            let (kind, how) = match sc {
+                Scenario::Broadcast => (Kind::Broadcast, Publish::Burst { inflight }),
+                Scenario::Paced => (
+                    Kind::Broadcast,
+                    Publish::Paced {
+                        rate: self.opts.plan.paced_rate,
+                    },
+                ),
+                _ => {
+                    let mut rng = rand::rng();
+                    let live = &gen.live;
+                    let to: Vec<Address> = (0..m)
+                        .map(|_| live[rng.random_range(0..live.len())].1.clone())
+                        .collect();
+                    (
+                        Kind::Targeted,
+                        Publish::Targeted {
+                            inflight,
+                            to: Arc::new(to),
+                        },
+                    )
+                }
+            };
+            let d = self.deliver(sys, gen, conns, kind, m, how).await?;
+            runs.push(self.delivery_row(sc, label, sys.setup, &d));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        if let Some(r) = row::median(runs) {
+            self.push(r);
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, r: Row) {
+        eprintln!(
+            "pushbench: [{:>4.0} s] {} | {} ({}) | {}",
+            self.started.elapsed().as_secs_f64(),
+            r.label,
+            r.system,
+            r.mode,
+            report::brief(&r)
+        );
+        self.rows.push(r);
+    }
+
+    /// The main session of a setup: idle 10k, broadcast and targeted on them, then the
+    /// small broadcast, the paced row and the publish rate.
+    async fn session_main(&mut self, setup: Setup) -> Result<()> {
+        let p = self.opts.plan.clone();
+        let mut sys = self.start(setup, "main").await?;
+        let mut conn = Conn::connect(sys.api.addr).await?;
+        let mut conns = Vec::new();
+        for _ in 0..p.inflight.max(1) {
+            conns.push(Conn::connect(sys.api.addr).await?);
+        }
+        let big = self.want("idle") || self.want("broadcast") || self.want("targeted");
+        if big {
+            let mut gen = self.gen(p.bcast_n).await?;
+            let i = self.idle(&mut sys, &mut gen, &mut conn, p.bcast_n).await?;
+            if self.want("idle") {
+                let row = self.idle_row(&format!("idle {}", k(p.bcast_n)), setup, &i);
+                self.push(row);
+            }
+            if self.want("broadcast") {
+                let label = format!("broadcast {} × {}", k(p.bcast_n), p.bcast_m);
+                self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Broadcast, &label, p.bcast_m, p.repeats)
+                    .await?;
+            }
+            if self.want("targeted") {
+                let label = format!(
+                    "targeted {} clients, {} in flight",
+                    k(p.bcast_n),
+                    p.inflight
+                );
+                self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Targeted, &label, p.targeted_p, p.repeats)
+                    .await?;
+            }
+            sys.check_alive()?;
+            gen.quit().await;
+        }
+        if self.want("broadcast") || self.want("paced") {
+            let mut gen = self.gen(p.small_n).await?;
+            let opened = gen.open(setup.flavor(), &sys.ws.clone(), p.small_n).await?;
+            if opened.failed > 0 {
+                bail!(
+                    "{} of {} clients failed to open: {}",
+                    opened.failed,
+                    p.small_n,
+                    opened.first_error.unwrap_or_default()
+                );
+            }
+            let live = gen.live.len() as u64;
+            warm(&mut gen, &sys.api, &mut conn, live).await?;
+            if self.want("broadcast") {
+                let label = format!("broadcast {} × {}", k(p.small_n), p.small_m);
+                self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Broadcast, &label, p.small_m, 1)
+                    .await?;
+            }
+            if self.want("paced") {
+                let label = format!(
+                    "paced {} × {}/s for {} s",
+                    k(p.small_n),
+                    p.paced_rate,
+                    p.paced_secs
+                );
+                let m = p.paced_rate * p.paced_secs;
+                self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Paced, &label, m, p.repeats)
+                    .await?;
+            }
+            gen.quit().await;
+        }
+        if self.want("publish") {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut runs = Vec::new();
+            for _ in 0..p.repeats {
+                runs.push(self.publish_rate(&sys).await?);
+            }
+            if let Some(r) = row::median(runs) {
+                self.push(r);
+            }
+        }
+        sys.check_alive()?;
+        sys.stop();
+        Ok(())
+    }
+
+    /// HTTP publish requests per second: `rate_conns` keep-alive connections, each sending
+    /// a broadcast (to no client) as soon as the previous one is answered.
+    async fn publish_rate(&mut self, sys: &Running) -> Result<Row> {
+        let p = &self.opts.plan;
+        let mut conns = Vec::new();
+        for _ in 0..p.rate_conns {
+            conns.push(Conn::connect(sys.api.addr).await?);
+        }
+        let req = Arc::new(sys.api.broadcast(&"x".repeat(p.size)));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let first_error = Arc::new(Mutex::new(None::<String>));
+        let cpu0 = sys.cpu_ns();
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(p.rate_secs);
+        let mut tasks = Vec::new();
+        for mut c in conns {
+            let (req, ok, failed, first_error) =
+                (req.clone(), ok.clone(), failed.clone(), first_error.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < end {
+                    match c.roundtrip(&req).await {
+                        Ok((s, _)) if (200..300).contains(&s) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((s, body)) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            first_error
+                                .lock()
+                                .expect("error")
+                                .get_or_insert(format!("{s} {body}"));
+                        }
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            first_error
+                                .lock()
+                                .expect("error")
+                                .get_or_insert(format!("{e:#}"));
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let cpu = sys.cpu_ns().saturating_sub(cpu0);
+        let ok = ok.load(Ordering::Relaxed);
+        let mut r = Row::new(
+            Scenario::Publish,
+            &format!("publish, {} keep-alive connections", p.rate_conns),
+            sys.setup,
+        );
+        r.set("req_per_s", ok as f64 / secs);
+        r.set("requests", ok as f64);
+        if ok > 0 {
+            r.set("cpu_us", cpu as f64 / 1e3 / ok as f64);
+        }
+        r.errors.http = failed.load(Ordering::Relaxed);
+        if let Some(e) = first_error.lock().expect("error").take() {
+            r.notes.push(format!("first failed request: {e}"));
+        }
+        Ok(r)
+    }
+
+    /// The one-node memory row: `repeats` fresh starts with `idle_one` clients each.
+    async fn session_one_node(&mut self, setup: Setup) -> Result<()> {
+        let p = self.opts.plan.clone();
+        let mut runs = Vec::new();
+        for _ in 0..p.repeats {
+            let mut sys = self.start(setup, "one-node").await?;
+            let mut conn = Conn::connect(sys.api.addr).await?;
+            let mut gen = self.gen(p.idle_one).await?;
+            let i = self.idle(&mut sys, &mut gen, &mut conn, p.idle_one).await?;
+            runs.push(self.idle_row(&format!("idle {} (one node)", k(p.idle_one)), setup, &i));
+            gen.quit().await;
+            sys.check_alive()?;
+            sys.stop();
+        }
+        if let Some(r) = row::median(runs) {
+            self.push(r);
+        }
+        Ok(())
+    }
+
+    /// Across 4 nodes: `nodes_total` idle clients, then a broadcast to `nodes_bcast` of them.
+    async fn session_nodes(&mut self, setup: Setup, idle: bool) -> Result<()> {
+        let p = self.opts.plan.clone();
+        let mut sys = self.start(setup, "nodes").await?;
+        let mut conn = Conn::connect(sys.api.addr).await?;
+        let mut conns = Vec::new();
+        for _ in 0..p.inflight.max(1) {
+            conns.push(Conn::connect(sys.api.addr).await?);
+        }
+        let total = if idle { p.nodes_total } else { p.nodes_bcast };
+        let mut gen = self.gen(total).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mem0 = sys.mem_kib();
+        let a = gen.open(setup.flavor(), &sys.ws.clone(), p.nodes_bcast).await?;
+        let mut secs = a.secs;
+        let mut failed = a.failed;
+        let mut first_error = a.first_error.clone();
+        let mut extra = None;
+        if total > p.nodes_bcast {
+            let b = gen
+                .open(setup.flavor(), &sys.ws.clone(), total - p.nodes_bcast)
+                .await?;
+            secs += b.secs;
+            failed += b.failed;
+            if first_error.is_none() {
+                first_error = b.first_error.clone();
+            }
+            extra = Some(b.group);
+        }
+        sys.check_alive()?;
+        let live = gen.live.len() as u64;
+        warm(&mut gen, &sys.api, &mut conn, live).await?;
+        if idle && self.want("nodes") {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let mem1 = sys.mem_kib();
+            let i = Idle {
+                opened: live as u32,
+                failed,
+                kib_per_conn: mem1.saturating_sub(mem0) as f64 / live.max(1) as f64,
+                conns_per_s: live as f64 / secs,
+                mem_kib: mem1,
+            };
+            let mut row = self.idle_row(&format!("idle {} across 4 nodes", k(total)), setup, &i);
+            if let Some(e) = first_error {
+                row.notes.push(format!("first open failure: {e}"));
+            }
+            self.push(row);
+        }
+        if let Some(g) = extra {
+            gen.close(g).await?;
+            let live = gen.live.len() as u64;
+            warm(&mut gen, &sys.api, &mut conn, live).await?;
+        }
+        let label = format!("broadcast {} × {} across 4 nodes", k(p.nodes_bcast), p.nodes_m);
+        self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Broadcast, &label, p.nodes_m, 1)
+            .await?;
+        gen.quit().await;
+        sys.check_alive()?;
+        sys.stop();
+        Ok(())
+    }
+
+    /// `bench_channel` (the channel server's events/s), its table kept as it prints it.
+    async fn channel(&mut self) -> Option<String> {
+        let exe = self.opts.bin_dir.join("bench_channel");
+        if !exe.exists() {
+            self.notes
+                .push(format!("skipped the channel row: {} missing", exe.display()));
+            return None;
+        }
+        eprintln!(
+            "pushbench: [{:>4.0} s] bench_channel {}",
+            self.started.elapsed().as_secs_f64(),
+            self.opts.plan.channel_args.join(" ")
+        );
+        let out = tokio::process::Command::new(&exe)
+            .args(&self.opts.plan.channel_args)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output()
+            .await;
+        match out {
+            Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).to_string()),
+            Ok(o) => {
+                self.notes.push(format!(
+                    "bench_channel failed ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+                None
+            }
+            Err(e) => {
+                self.notes.push(format!("bench_channel: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Run a session, recording a failure as a note (the suite goes on).
+    async fn guarded(&mut self, what: String, r: Result<()>) {
+        if let Err(e) = r {
+            eprintln!("pushbench: {what} failed: {e:#}");
+            let first = format!("{e:#}");
+            let first = first.lines().next().unwrap_or("").to_string();
+            self.notes.push(format!("{what} failed: {first}"));
+        }
+    }
+}
+
+/// Publish a phase's pushes; returns (answered 2xx, failed, first failure).
+async fn publish(
+    api: Api,
+    conns: &mut Vec<Conn>,
+    phase: u32,
+    kind: Kind,
+    m: u32,
+    size: usize,
+    how: Publish,
+) -> Result<(u64, u64, Option<String>)> {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(Mutex::new(None::<String>));
+    let record = |r: Result<(u16, String)>,
+                  ok: &AtomicU64,
+                  failed: &AtomicU64,
+                  first: &Mutex<Option<String>>| match r {
+        Ok((s, _)) if (200..300).contains(&s) => {
+            ok.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((s, body)) => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            first
+                .lock()
+                .expect("error")
+                .get_or_insert(format!("{s} {}", body.trim()));
+        }
+        Err(e) => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            first
+                .lock()
+                .expect("error")
+                .get_or_insert(format!("{e:#}"));
+        }
+    };
+    match how {
+        Publish::Paced { rate } => {
+            let c = conns.first_mut().context("no publisher connection")?;
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for seq in 0..m {
+                tick.tick().await;
+                let req = api.broadcast(&payload(phase, kind, seq, 0, mono_ns(), size));
+                record(c.roundtrip(&req).await, &ok, &failed, &first_error);
+            }
+        }
+        Publish::Burst { inflight } | Publish::Targeted { inflight, .. } => {
+            let to = match &how {
+                Publish::Targeted { to, .. } => Some(to.clone()),
+                _ => None,
+            };
+            let next = Arc::new(AtomicU32::new(0));
+            let mut tasks = Vec::new();
+            let n = inflight.clamp(1, conns.len().max(1)).min(m as usize);
+            for mut c in conns.drain(..n) {
+                let (next, to, ok, failed, first_error) = (
+                    next.clone(),
+                    to.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    first_error.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let seq = next.fetch_add(1, Ordering::Relaxed);
+                        if seq >= m {
+                            break;
+                        }
+                        let req = match &to {
+                            Some(to) => {
+                                let a = &to[seq as usize];
+                                api.targeted(a, &payload(phase, kind, seq, a.idx, mono_ns(), size))
+                            }
+                            None => api.broadcast(&payload(phase, kind, seq, 0, mono_ns(), size)),
+                        };
+                        record(c.roundtrip(&req).await, &ok, &failed, &first_error);
+                    }
+                    c
+                }));
+            }
+            for t in tasks {
+                conns.push(t.await?);
+            }
+        }
+    }
+    let e = first_error.lock().expect("error").take();
+    Ok((ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed), e))
+}
+
+/// Broadcast warm-up pushes until every one of `expected` clients has seen one (the
+/// subscriptions are in place), at most 30 s.
+async fn warm(gen: &mut Gen, api: &Api, conn: &mut Conn, expected: u64) -> Result<()> {
+    let phase = gen.phase(Kind::Warm, 1).await?;
+    let start = Instant::now();
+    let mut seen = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        let req = api.broadcast(&payload(phase, Kind::Warm, 0, 0, mono_ns(), 32));
+        let _ = conn.roundtrip(&req).await;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            seen = gen.warm_count().await?;
+            if seen >= expected {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+        }
+    }
+    bail!("only {seen} of {expected} clients got a warm-up broadcast within 30 s")
+}
+
+/// `10000` → `10k`.
+pub fn k(n: u32) -> String {
+    if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Run the whole suite and write the report.
+pub async fn main(args: &[String]) -> Result<()> {
+    let opts = parse(args)?;
+    let run_dir = std::env::temp_dir().join(format!("pushbench-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    let env = Env {
+        bin_dir: opts.bin_dir.clone(),
+        peers_dir: opts.peers_dir.clone(),
+        run_dir: run_dir.clone(),
+    };
+    let mut suite = Suite {
+        env,
+        rows: Vec::new(),
+        notes: Vec::new(),
+        started: Instant::now(),
+        exe: std::env::current_exe()?,
+        gen_log: run_dir.join("generator.log"),
+        opts,
+    };
+    let date = report::now_utc();
+    let result = tokio::select! {
+        r = run_all(&mut suite) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    let channel = match result {
+        Ok(c) => c,
+        Err(e) => {
+            suite.notes.push(format!("the run stopped: {e:#}"));
+            None
+        }
+    };
+    let results = Results {
+        date,
+        secs: suite.started.elapsed().as_secs_f64(),
+        command: suite.opts.command.clone(),
+        quick: suite.opts.quick,
+        plan: suite.opts.plan.clone(),
+        rows: suite.rows.clone(),
+        notes: suite.notes.clone(),
+        channel,
+    };
+    let md = report::markdown(&results);
+    if let Some(out) = &suite.opts.out {
+        std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("pushbench: wrote {}", out.display());
+        let json = out.with_extension("json");
+        let raw = serde_json::to_string_pretty(&results.rows)?;
+        let json_path = std::env::temp_dir().join("pushbench-last.json");
+        std::fs::write(&json_path, raw)?;
+        eprintln!("pushbench: raw rows in {} (not {})", json_path.display(), json.display());
+    } else {
+        println!("{md}");
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
+    Ok(())
+}
+
+async fn run_all(suite: &mut Suite) -> Result<Option<String>> {
+    let setups = suite.setups_main();
+    for s in setups.clone() {
+        if !suite.usable(s) || suite.over_budget(&format!("{} ({})", s.system(), s.mode())) {
+            continue;
+        }
+        let any = ["idle", "broadcast", "targeted", "paced", "publish"]
+            .iter()
+            .any(|g| suite.want(g));
+        if any {
+            let r = suite.session_main(s).await;
+            suite
+                .guarded(format!("{} ({}) main session", s.system(), s.mode()), r)
+                .await;
+        }
+    }
+    if suite.want("one-node") {
+        for s in setups.iter().copied().filter(|s| s.nodes() <= 2 && !matches!(s, Setup::WerkmannCluster { .. } | Setup::WerkmannRedis { .. } | Setup::SocketIoCluster { .. })) {
+            if !suite.usable(s) || suite.over_budget(&format!("idle one node, {}", s.system())) {
+                continue;
+            }
+            let r = suite.session_one_node(s).await;
+            suite
+                .guarded(format!("{} ({}) one-node idle", s.system(), s.mode()), r)
+                .await;
+        }
+    }
+    if suite.want("nodes") || suite.want("broadcast") {
+        let sys = |x: &str| suite.opts.systems.iter().any(|s| s == x);
+        let mode = |x: &str| suite.opts.modes.iter().any(|s| s == x);
+        let mut four = Vec::new();
+        if sys("werkmann") && mode("cluster") {
+            four.push((Setup::WerkmannCluster { ws: 4 }, true));
+        }
+        if sys("werkmann") && mode("redis") {
+            four.push((Setup::WerkmannRedis { ws: 4 }, false));
+        }
+        if sys("nchan") {
+            four.push((Setup::Nchan { workers: 4 }, true));
+        }
+        if sys("socketio") {
+            four.push((Setup::SocketIoCluster { ws: 4 }, true));
+        }
+        for (s, idle) in four {
+            if !suite.usable(s) || suite.over_budget(&format!("4 nodes, {} ({})", s.system(), s.mode())) {
+                continue;
+            }
+            let r = suite.session_nodes(s, idle).await;
+            suite
+                .guarded(format!("{} ({}) 4-node session", s.system(), s.mode()), r)
+                .await;
+        }
+    }
+    if suite.want("channel") && suite.opts.systems.iter().any(|s| s == "werkmann") {
+        return Ok(suite.channel().await);
+    }
+    Ok(None)
+}
