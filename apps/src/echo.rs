@@ -16,6 +16,7 @@ pub fn echo_worker(scheme: &str, name: &str, default_listen: &str) -> anyhow::Re
     let mut worker = Worker::new(&format!("{scheme}://{listen}"))?;
     worker.name = name.into();
     worker.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
+    werkmann::cli::apply_limits(&mut worker)?;
     worker.on_message(|conn, msg| {
         conn.send(msg);
     });

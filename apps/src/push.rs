@@ -42,6 +42,7 @@ pub fn ws_worker(
     let mut worker = Worker::new(&format!("websocket://{listen}"))?;
     worker.name = "pusher".into();
     worker.count = count;
+    werkmann::cli::apply_limits(&mut worker)?;
     let addr = channel_addr.to_string();
     let start_ids = worker_ids.clone();
     worker.on_worker_start(move |w| {

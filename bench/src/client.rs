@@ -282,8 +282,16 @@ fn client_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
 }
 
-/// A server frame at the start of `b`: (fin, opcode, payload range, total length).
-fn server_frame(b: &[u8]) -> Result<Option<(bool, u8, std::ops::Range<usize>, usize)>> {
+/// A server frame's header: final fragment, opcode, where the payload is, total length.
+struct Frame {
+    fin: bool,
+    opcode: u8,
+    payload: std::ops::Range<usize>,
+    len: usize,
+}
+
+/// The server frame at the start of `b`, if complete.
+fn server_frame(b: &[u8]) -> Result<Option<Frame>> {
     if b.len() < 2 {
         return Ok(None);
     }
@@ -301,7 +309,12 @@ fn server_frame(b: &[u8]) -> Result<Option<(bool, u8, std::ops::Range<usize>, us
     if b.len() < head + len {
         return Ok(None);
     }
-    Ok(Some((b[0] & 0x80 != 0, b[0] & 0x0f, head..head + len, head + len)))
+    Ok(Some(Frame {
+        fin: b[0] & 0x80 != 0,
+        opcode: b[0] & 0x0f,
+        payload: head..head + len,
+        len: head + len,
+    }))
 }
 
 /// A text message as the server kind frames it: the push content inside, or an Engine.IO
@@ -394,11 +407,11 @@ pub async fn open(
     }
     let mut out = Vec::new();
     loop {
-        while let Some((fin, opcode, range, total)) = server_frame(&buf)? {
-            ensure!(fin, "fragmented message before the greeting");
-            let msg = buf[range].to_vec();
-            buf.drain(..total);
-            match opcode {
+        while let Some(f) = server_frame(&buf)? {
+            ensure!(f.fin, "fragmented message before the greeting");
+            let msg = buf[f.payload].to_vec();
+            buf.drain(..f.len);
+            match f.opcode {
                 0x1 | 0x2 => {}
                 0x8 => bail!("closed before the greeting"),
                 0x9 => {
@@ -490,7 +503,14 @@ pub async fn run(
             let mut st = state.lock().expect("client");
             let closed = if left.is_empty() {
                 let (used, closed) = process(
-                    &rb[..n], flavor, &mut st, &shared, now, &mut batch, &mut out, &mut frag,
+                    &rb[..n],
+                    flavor,
+                    &mut st,
+                    &shared,
+                    now,
+                    &mut batch,
+                    &mut out,
+                    &mut frag,
                 )?;
                 left.extend_from_slice(&rb[used..n]);
                 closed
@@ -534,9 +554,10 @@ fn process(
     frag: &mut Vec<u8>,
 ) -> Result<(usize, bool)> {
     let mut pos = 0;
-    while let Some((fin, opcode, range, total)) = server_frame(&data[pos..])? {
-        let payload = &data[pos + range.start..pos + range.end];
-        pos += total;
+    while let Some(f) = server_frame(&data[pos..])? {
+        let (fin, opcode) = (f.fin, f.opcode);
+        let payload = &data[pos + f.payload.start..pos + f.payload.end];
+        pos += f.len;
         let msg: &[u8] = match (opcode, fin) {
             (0x8, _) => return Ok((pos, true)),
             (0x9, _) => {
@@ -545,7 +566,7 @@ fn process(
             }
             (0xA, _) => continue,
             (0x1 | 0x2, true) if frag.is_empty() => payload,
-            (0x1 | 0x2 | 0x0, false) => {
+            (0x0..=0x2, false) => {
                 frag.extend_from_slice(payload);
                 continue;
             }

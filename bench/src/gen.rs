@@ -231,7 +231,12 @@ impl Gen {
 
     /// Poll until `received` reaches `expected`, or nothing arrived for `stall`, or `cap`
     /// passed; then wait `grace` more so late duplicates are seen.
-    pub async fn wait_received(&mut self, expected: u64, stall: Duration, cap: Duration) -> Result<()> {
+    pub async fn wait_received(
+        &mut self,
+        expected: u64,
+        stall: Duration,
+        cap: Duration,
+    ) -> Result<()> {
         let start = Instant::now();
         let (mut last, mut last_change) = (0, Instant::now());
         loop {

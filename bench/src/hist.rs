@@ -124,7 +124,10 @@ mod tests {
             assert!(b >= last);
             last = b;
             let v = value(b);
-            assert!((v - us as f64).abs() <= (us as f64 * 0.016).max(0.5), "{us} {v}");
+            assert!(
+                (v - us as f64).abs() <= (us as f64 * 0.016).max(0.5),
+                "{us} {v}"
+            );
         }
     }
 

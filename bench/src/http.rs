@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::proto::{Address, Flavor};
 
 /// Longest one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server's push API.
 #[derive(Clone, Copy, Debug)]
@@ -146,8 +146,9 @@ impl Conn {
                     continue;
                 };
                 let size_text = std::str::from_utf8(&buf[..line_end])?;
-                let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                    .context("chunk size")?;
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .context("chunk size")?;
                 while buf.len() < line_end + 2 + size + 2 {
                     ensure!(stream.read_buf(buf).await? > 0, "connection closed");
                 }

@@ -11,7 +11,10 @@ pub fn cpu_ns(pid: u32) -> u64 {
         for t in tasks.flatten() {
             let path = t.path().join("schedstat");
             if let Ok(s) = fs::read_to_string(path) {
-                if let Some(v) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok())
+                if let Some(v) = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
                 {
                     total += v;
                     any = true;

@@ -242,7 +242,10 @@ mod tests {
                 sent_ns: 1_234_567_890_123
             })
         );
-        assert_eq!(parse_push(b"Worker-ID:0 Verbindungs-ID:1 verbunden\n"), None);
+        assert_eq!(
+            parse_push(b"Worker-ID:0 Verbindungs-ID:1 verbunden\n"),
+            None
+        );
         assert_eq!(parse_push(b"P1.b2.3"), None);
     }
 }

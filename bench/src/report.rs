@@ -64,7 +64,11 @@ fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
     } else {
         o.stdout
     };
-    let s = String::from_utf8_lossy(&text).lines().next()?.trim().to_string();
+    let s = String::from_utf8_lossy(&text)
+        .lines()
+        .next()?
+        .trim()
+        .to_string();
     (!s.is_empty()).then_some(s)
 }
 
@@ -121,7 +125,10 @@ fn versions() -> String {
             "rustc",
             first_line("rustc", &["--version"]).map(|s| s.replace("rustc ", "")),
         ),
-        ("nginx", first_line("nginx", &["-v"]).map(|s| s.replace("nginx version: ", ""))),
+        (
+            "nginx",
+            first_line("nginx", &["-v"]).map(|s| s.replace("nginx version: ", "")),
+        ),
         (
             "libnginx-mod-nchan",
             first_line("dpkg-query", &["-W", "-f=${Version}", "libnginx-mod-nchan"]),
@@ -170,7 +177,11 @@ fn cell(r: &Row, key: &str) -> String {
 /// One line about a row for the progress log.
 pub fn brief(r: &Row) -> String {
     let keys: &[(&str, &str)] = match r.scenario {
-        Scenario::Idle => &[("kib_per_conn", "KiB/conn"), ("conns_per_s", "conns/s")],
+        Scenario::Idle => &[
+            ("kib_per_conn", "KiB/conn (PSS)"),
+            ("rss_per_conn", "KiB/conn (RSS)"),
+            ("conns_per_s", "conns/s"),
+        ],
         Scenario::Broadcast | Scenario::Paced => &[
             ("deliveries_per_s", "deliveries/s"),
             ("per_cpu_s", "per CPU-s"),
@@ -273,7 +284,14 @@ fn summary(out: &mut String, rows: &[Row]) {
             lines.push(vec![
                 w.label.clone(),
                 w.mode.clone(),
-                format!("{name} ({})", if *higher { "higher is better" } else { "lower is better" }),
+                format!(
+                    "{name} ({})",
+                    if *higher {
+                        "higher is better"
+                    } else {
+                        "lower is better"
+                    }
+                ),
                 num(wv),
                 peer_cell(nchan),
                 peer_cell(sio),
@@ -283,12 +301,26 @@ fn summary(out: &mut String, rows: &[Row]) {
     }
     table(
         out,
-        &["row", "werkmann mode", "figure", "werkmann", "Nchan", "Socket.IO", "werkmann / best peer"],
+        &[
+            "row",
+            "werkmann mode",
+            "figure",
+            "werkmann",
+            "Nchan",
+            "Socket.IO",
+            "werkmann / best peer",
+        ],
         lines,
     );
 }
 
-fn find<'a>(rows: &'a [Row], sc: Scenario, system: &str, mode_prefix: &str, label_prefix: &str) -> Option<&'a Row> {
+fn find<'a>(
+    rows: &'a [Row],
+    sc: Scenario,
+    system: &str,
+    mode_prefix: &str,
+    label_prefix: &str,
+) -> Option<&'a Row> {
     rows.iter().find(|r| {
         r.scenario == sc
             && r.system == system
@@ -299,25 +331,26 @@ fn find<'a>(rows: &'a [Row], sc: Scenario, system: &str, mode_prefix: &str, labe
 
 fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
     let mut lines: Vec<Vec<String>> = Vec::new();
-    let mut check = |target: &str, measured: Option<f64>, goal: Option<f64>, higher: bool, unit: &str| {
-        let (m, verdict) = match (measured, goal) {
-            (Some(m), Some(g)) => {
-                let met = if higher { m >= g } else { m <= g };
-                let by = if higher { m / g } else { g / m };
-                (
-                    format!("{} {unit}", num(m)),
-                    if met {
-                        format!("met ({}× the goal)", num(by))
-                    } else {
-                        format!("**missed** (at {}% of the goal)", num(by * 100.0))
-                    },
-                )
-            }
-            (Some(m), None) => (format!("{} {unit}", num(m)), "no peer figure".into()),
-            _ => ("—".into(), "not measured".into()),
+    let mut check =
+        |target: &str, measured: Option<f64>, goal: Option<f64>, higher: bool, unit: &str| {
+            let (m, verdict) = match (measured, goal) {
+                (Some(m), Some(g)) => {
+                    let met = if higher { m >= g } else { m <= g };
+                    let by = if higher { m / g } else { g / m };
+                    (
+                        format!("{} {unit}", num(m)),
+                        if met {
+                            format!("met ({}× the goal)", num(by))
+                        } else {
+                            format!("**missed** (at {}% of the goal)", num(by * 100.0))
+                        },
+                    )
+                }
+                (Some(m), None) => (format!("{} {unit}", num(m)), "no peer figure".into()),
+                _ => ("—".into(), "not measured".into()),
+            };
+            lines.push(vec![target.to_string(), m, verdict]);
         };
-        lines.push(vec![target.to_string(), m, verdict]);
-    };
     let bl = format!("broadcast {} × {}", k(plan.bcast_n), plan.bcast_m);
     let w = find(rows, Scenario::Broadcast, "werkmann", "all-in-one", &bl);
     let wv = w.and_then(|r| r.get("per_cpu_s"));
@@ -328,9 +361,17 @@ fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
         true,
         "deliveries/CPU-s",
     );
-    let nchan = find(rows, Scenario::Broadcast, "Nchan", "nginx, 2", &bl).and_then(|r| r.get("per_cpu_s"));
-    check(&format!("{bl}: ≥ Nchan (deliveries per server CPU-s)"), wv, nchan, true, "deliveries/CPU-s");
-    let sio = find(rows, Scenario::Broadcast, "Socket.IO", "1 process", &bl).and_then(|r| r.get("per_cpu_s"));
+    let nchan =
+        find(rows, Scenario::Broadcast, "Nchan", "nginx, 2", &bl).and_then(|r| r.get("per_cpu_s"));
+    check(
+        &format!("{bl}: ≥ Nchan (deliveries per server CPU-s)"),
+        wv,
+        nchan,
+        true,
+        "deliveries/CPU-s",
+    );
+    let sio = find(rows, Scenario::Broadcast, "Socket.IO", "1 process", &bl)
+        .and_then(|r| r.get("per_cpu_s"));
     check(
         &format!("{bl}: ≥ 2 × Socket.IO (deliveries per server CPU-s)"),
         wv,
@@ -339,20 +380,49 @@ fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
         "deliveries/CPU-s",
     );
     let pl = format!("paced {} × {}/s", k(plan.small_n), plan.paced_rate);
-    let wp = find(rows, Scenario::Paced, "werkmann", "all-in-one", &pl).and_then(|r| r.get("p99_ms"));
-    check(&format!("{pl}, all-in-one: p99 ≤ 15 ms"), wp, Some(15.0), false, "ms");
+    let wp =
+        find(rows, Scenario::Paced, "werkmann", "all-in-one", &pl).and_then(|r| r.get("p99_ms"));
+    check(
+        &format!("{pl}, all-in-one: p99 ≤ 15 ms"),
+        wp,
+        Some(15.0),
+        false,
+        "ms",
+    );
     let np = find(rows, Scenario::Paced, "Nchan", "nginx, 2", &pl).and_then(|r| r.get("p99_ms"));
     check(&format!("{pl}: p99 ≤ Nchan's"), wp, np, false, "ms");
     let il = format!("idle {} (one node)", k(plan.idle_one));
     let wi = find(rows, Scenario::Idle, "werkmann", "all-in-one", &il);
-    check(&format!("{il}: ≤ 4 KiB of server RSS per connection"), wi.and_then(|r| r.get("kib_per_conn")), Some(4.0), false, "KiB");
-    check(&format!("{il}: ≥ 10,000 new connections/s"), wi.and_then(|r| r.get("conns_per_s")), Some(10_000.0), true, "conns/s");
-    let wpub = find(rows, Scenario::Publish, "werkmann", "all-in-one", "publish").and_then(|r| r.get("req_per_s"));
-    check("HTTP publish on keep-alive, all-in-one: ≥ 80,000 requests/s", wpub, Some(80_000.0), true, "req/s");
+    check(
+        &format!("{il}: ≤ 4 KiB of server RSS per connection"),
+        wi.and_then(|r| r.get("kib_per_conn")),
+        Some(4.0),
+        false,
+        "KiB",
+    );
+    check(
+        &format!("{il}: ≥ 10,000 new connections/s"),
+        wi.and_then(|r| r.get("conns_per_s")),
+        Some(10_000.0),
+        true,
+        "conns/s",
+    );
+    let wpub = find(rows, Scenario::Publish, "werkmann", "all-in-one", "publish")
+        .and_then(|r| r.get("req_per_s"));
+    check(
+        "HTTP publish on keep-alive, all-in-one: ≥ 80,000 requests/s",
+        wpub,
+        Some(80_000.0),
+        true,
+        "req/s",
+    );
     let tl = format!("targeted {} clients", k(plan.bcast_n));
     let wt = find(rows, Scenario::Targeted, "werkmann", "cluster", &tl);
     check(
-        &format!("{tl}, {} in flight, cluster (publisher → channel server → node): ≥ 20,000 pushes/s", plan.inflight),
+        &format!(
+            "{tl}, {} in flight, cluster (publisher → channel server → node): ≥ 20,000 pushes/s",
+            plan.inflight
+        ),
         wt.and_then(|r| r.get("pushes_per_s")),
         Some(20_000.0),
         true,
@@ -366,7 +436,8 @@ fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
     };
     lines.push(vec![
         format!("{tl}, cluster: zero misdeliveries"),
-        mis.map(|v| format!("{v} missing/duplicated/wrong")).unwrap_or_else(|| "—".into()),
+        mis.map(|v| format!("{v} missing/duplicated/wrong"))
+            .unwrap_or_else(|| "—".into()),
         verdict,
     ]);
     table(out, &["target", "measured", "verdict"], lines);
@@ -382,7 +453,8 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
             "Idle clients",
             &[
                 ("clients", "clients"),
-                ("kib_per_conn", "KiB/conn"),
+                ("kib_per_conn", "KiB/conn (PSS)"),
+                ("rss_per_conn", "KiB/conn (RSS)"),
                 ("conns_per_s", "new conns/s"),
                 ("mem_mib", "server MiB"),
             ],
@@ -424,7 +496,11 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
         ),
         Scenario::Publish => (
             "HTTP publish requests (broadcasts to no client)",
-            &[("req_per_s", "requests/s"), ("cpu_us", "server µs CPU/request")],
+            &[
+                ("req_per_s", "requests/s"),
+                ("cpu_us", "server µs CPU/request"),
+                ("gen_cpu_us", "generator µs CPU/request"),
+            ],
         ),
     };
     let _ = writeln!(out, "### {title}\n");
@@ -458,11 +534,7 @@ pub fn markdown(res: &Results) -> String {
     );
     let _ = writeln!(out, "- Machine: {}", machine());
     let _ = writeln!(out, "- Versions: {}", versions());
-    let _ = writeln!(
-        out,
-        "- Command: `{}` — took {:.0} s",
-        res.command, res.secs
-    );
+    let _ = writeln!(out, "- Command: `{}` — took {:.0} s", res.command, res.secs);
     let _ = writeln!(
         out,
         "- Sizes: idle {} and {} on one node, {} across 4 nodes; broadcast {} × {}, {} × {}, {} × {} \

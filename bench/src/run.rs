@@ -135,10 +135,19 @@ pub struct Options {
     pub peers_dir: PathBuf,
     /// The command line, for the report.
     pub command: String,
+    /// Keep the run directory (server logs, configurations) at the end.
+    pub keep: bool,
 }
 
 const GROUPS: [&str; 8] = [
-    "idle", "one-node", "nodes", "broadcast", "targeted", "paced", "publish", "channel",
+    "idle",
+    "one-node",
+    "nodes",
+    "broadcast",
+    "targeted",
+    "paced",
+    "publish",
+    "channel",
 ];
 
 /// Usage text.
@@ -154,6 +163,7 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
   --budget SECS    start no new session after this long (default 1080, --quick 150)
   --bin-dir DIR    werkmann binaries (default: next to pushbench)
   --peers DIR      peer sources (default: bench/peers of the source tree)
+  --keep           keep the run directory (server logs and configurations)
 ";
 
 /// Parse `pushbench all` options.
@@ -172,6 +182,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
             .join(" "),
+        keep: false,
     };
     let (mut repeats, mut budget) = (None, None);
     let mut it = args.iter();
@@ -193,6 +204,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             "--budget" => budget = Some(value()?.parse::<u64>().context("--budget")?),
             "--bin-dir" => o.bin_dir = PathBuf::from(value()?),
             "--peers" => o.peers_dir = PathBuf::from(value()?),
+            "--keep" => o.keep = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -222,6 +234,7 @@ struct Idle {
     opened: u32,
     failed: u32,
     kib_per_conn: f64,
+    rss_per_conn: f64,
     conns_per_s: f64,
     mem_kib: u64,
 }
@@ -345,7 +358,7 @@ impl Suite {
         n: u32,
     ) -> Result<Idle> {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mem0 = sys.mem_kib();
+        let (mem0, rss0) = (sys.mem_kib(), sys.rss_kib());
         let opened = gen.open(sys.setup.flavor(), &sys.ws.clone(), n).await?;
         if opened.failed > 0 {
             self.notes.push(format!(
@@ -360,11 +373,12 @@ impl Suite {
         let live = gen.live.len() as u64;
         warm(gen, &sys.api, conn, live).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let mem1 = sys.mem_kib();
+        let (mem1, rss1) = (sys.mem_kib(), sys.rss_kib());
         Ok(Idle {
             opened: opened.opened,
             failed: opened.failed,
             kib_per_conn: mem1.saturating_sub(mem0) as f64 / opened.opened.max(1) as f64,
+            rss_per_conn: rss1.saturating_sub(rss0) as f64 / opened.opened.max(1) as f64,
             conns_per_s: opened.opened as f64 / opened.secs,
             mem_kib: mem1,
         })
@@ -374,6 +388,7 @@ impl Suite {
         let mut r = Row::new(Scenario::Idle, label, setup);
         r.set("clients", i.opened as f64);
         r.set("kib_per_conn", i.kib_per_conn);
+        r.set("rss_per_conn", i.rss_per_conn);
         r.set("conns_per_s", i.conns_per_s);
         r.set("mem_mib", i.mem_kib as f64 / 1024.0);
         r.errors.open_failed = i.failed as u64;
@@ -472,7 +487,10 @@ impl Suite {
             r.set("cpu_us", d.server_cpu_ns as f64 / 1e3 / d.received as f64);
         }
         if d.server_cpu_ns > 0 {
-            r.set("per_cpu_s", d.received as f64 / (d.server_cpu_ns as f64 / 1e9));
+            r.set(
+                "per_cpu_s",
+                d.received as f64 / (d.server_cpu_ns as f64 / 1e9),
+            );
         }
         r.set("server_cpu_s", d.server_cpu_ns as f64 / 1e9);
         r.set("gen_cpu_s", d.gen_cpu_ns as f64 / 1e9);
@@ -548,8 +566,8 @@ impl Suite {
         self.rows.push(r);
     }
 
-    /// The main session of a setup: idle 10k, broadcast and targeted on them, then the
-    /// small broadcast, the paced row and the publish rate.
+    /// The main session of a setup: the publish rate (on the fresh server), idle 10k,
+    /// broadcast and targeted on them, then the small broadcast and the paced row.
     async fn session_main(&mut self, setup: Setup) -> Result<()> {
         let p = self.opts.plan.clone();
         let mut sys = self.start(setup, "main").await?;
@@ -557,6 +575,17 @@ impl Suite {
         let mut conns = Vec::new();
         for _ in 0..p.inflight.max(1) {
             conns.push(Conn::connect(sys.api.addr).await?);
+        }
+        if self.want("publish") {
+            // First, on the fresh server: nobody subscribed, nothing being cleaned up.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut runs = Vec::new();
+            for _ in 0..p.repeats {
+                runs.push(self.publish_rate(&sys).await?);
+            }
+            if let Some(r) = row::median(runs) {
+                self.push(r);
+            }
         }
         let big = self.want("idle") || self.want("broadcast") || self.want("targeted");
         if big {
@@ -568,8 +597,16 @@ impl Suite {
             }
             if self.want("broadcast") {
                 let label = format!("broadcast {} × {}", k(p.bcast_n), p.bcast_m);
-                self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Broadcast, &label, p.bcast_m, p.repeats)
-                    .await?;
+                self.delivery_rows(
+                    &sys,
+                    &mut gen,
+                    &mut conns,
+                    Scenario::Broadcast,
+                    &label,
+                    p.bcast_m,
+                    p.repeats,
+                )
+                .await?;
             }
             if self.want("targeted") {
                 let label = format!(
@@ -577,8 +614,16 @@ impl Suite {
                     k(p.bcast_n),
                     p.inflight
                 );
-                self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Targeted, &label, p.targeted_p, p.repeats)
-                    .await?;
+                self.delivery_rows(
+                    &sys,
+                    &mut gen,
+                    &mut conns,
+                    Scenario::Targeted,
+                    &label,
+                    p.targeted_p,
+                    p.repeats,
+                )
+                .await?;
             }
             sys.check_alive()?;
             gen.quit().await;
@@ -598,8 +643,16 @@ impl Suite {
             warm(&mut gen, &sys.api, &mut conn, live).await?;
             if self.want("broadcast") {
                 let label = format!("broadcast {} × {}", k(p.small_n), p.small_m);
-                self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Broadcast, &label, p.small_m, 1)
-                    .await?;
+                self.delivery_rows(
+                    &sys,
+                    &mut gen,
+                    &mut conns,
+                    Scenario::Broadcast,
+                    &label,
+                    p.small_m,
+                    1,
+                )
+                .await?;
             }
             if self.want("paced") {
                 let label = format!(
@@ -609,20 +662,18 @@ impl Suite {
                     p.paced_secs
                 );
                 let m = p.paced_rate * p.paced_secs;
-                self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Paced, &label, m, p.repeats)
-                    .await?;
+                self.delivery_rows(
+                    &sys,
+                    &mut gen,
+                    &mut conns,
+                    Scenario::Paced,
+                    &label,
+                    m,
+                    p.repeats,
+                )
+                .await?;
             }
             gen.quit().await;
-        }
-        if self.want("publish") {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let mut runs = Vec::new();
-            for _ in 0..p.repeats {
-                runs.push(self.publish_rate(&sys).await?);
-            }
-            if let Some(r) = row::median(runs) {
-                self.push(r);
-            }
         }
         sys.check_alive()?;
         sys.stop();
@@ -642,6 +693,7 @@ impl Suite {
         let failed = Arc::new(AtomicU64::new(0));
         let first_error = Arc::new(Mutex::new(None::<String>));
         let cpu0 = sys.cpu_ns();
+        let gen0 = procfs::cpu_ns(std::process::id());
         let start = Instant::now();
         let end = start + Duration::from_secs_f64(p.rate_secs);
         let mut tasks = Vec::new();
@@ -678,6 +730,7 @@ impl Suite {
         }
         let secs = start.elapsed().as_secs_f64();
         let cpu = sys.cpu_ns().saturating_sub(cpu0);
+        let gen_cpu = procfs::cpu_ns(std::process::id()).saturating_sub(gen0);
         let ok = ok.load(Ordering::Relaxed);
         let mut r = Row::new(
             Scenario::Publish,
@@ -688,6 +741,7 @@ impl Suite {
         r.set("requests", ok as f64);
         if ok > 0 {
             r.set("cpu_us", cpu as f64 / 1e3 / ok as f64);
+            r.set("gen_cpu_us", gen_cpu as f64 / 1e3 / ok as f64);
         }
         r.errors.http = failed.load(Ordering::Relaxed);
         if let Some(e) = first_error.lock().expect("error").take() {
@@ -728,8 +782,10 @@ impl Suite {
         let total = if idle { p.nodes_total } else { p.nodes_bcast };
         let mut gen = self.gen(total).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mem0 = sys.mem_kib();
-        let a = gen.open(setup.flavor(), &sys.ws.clone(), p.nodes_bcast).await?;
+        let (mem0, rss0) = (sys.mem_kib(), sys.rss_kib());
+        let a = gen
+            .open(setup.flavor(), &sys.ws.clone(), p.nodes_bcast)
+            .await?;
         let mut secs = a.secs;
         let mut failed = a.failed;
         let mut first_error = a.first_error.clone();
@@ -750,11 +806,12 @@ impl Suite {
         warm(&mut gen, &sys.api, &mut conn, live).await?;
         if idle && self.want("nodes") {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let mem1 = sys.mem_kib();
+            let (mem1, rss1) = (sys.mem_kib(), sys.rss_kib());
             let i = Idle {
                 opened: live as u32,
                 failed,
                 kib_per_conn: mem1.saturating_sub(mem0) as f64 / live.max(1) as f64,
+                rss_per_conn: rss1.saturating_sub(rss0) as f64 / live.max(1) as f64,
                 conns_per_s: live as f64 / secs,
                 mem_kib: mem1,
             };
@@ -769,9 +826,21 @@ impl Suite {
             let live = gen.live.len() as u64;
             warm(&mut gen, &sys.api, &mut conn, live).await?;
         }
-        let label = format!("broadcast {} × {} across 4 nodes", k(p.nodes_bcast), p.nodes_m);
-        self.delivery_rows(&sys, &mut gen, &mut conns, Scenario::Broadcast, &label, p.nodes_m, 1)
-            .await?;
+        let label = format!(
+            "broadcast {} × {} across 4 nodes",
+            k(p.nodes_bcast),
+            p.nodes_m
+        );
+        self.delivery_rows(
+            &sys,
+            &mut gen,
+            &mut conns,
+            Scenario::Broadcast,
+            &label,
+            p.nodes_m,
+            1,
+        )
+        .await?;
         gen.quit().await;
         sys.check_alive()?;
         sys.stop();
@@ -782,8 +851,10 @@ impl Suite {
     async fn channel(&mut self) -> Option<String> {
         let exe = self.opts.bin_dir.join("bench_channel");
         if !exe.exists() {
-            self.notes
-                .push(format!("skipped the channel row: {} missing", exe.display()));
+            self.notes.push(format!(
+                "skipped the channel row: {} missing",
+                exe.display()
+            ));
             return None;
         }
         eprintln!(
@@ -854,10 +925,7 @@ async fn publish(
         }
         Err(e) => {
             failed.fetch_add(1, Ordering::Relaxed);
-            first
-                .lock()
-                .expect("error")
-                .get_or_insert(format!("{e:#}"));
+            first.lock().expect("error").get_or_insert(format!("{e:#}"));
         }
     };
     match how {
@@ -911,7 +979,11 @@ async fn publish(
         }
     }
     let e = first_error.lock().expect("error").take();
-    Ok((ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed), e))
+    Ok((
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        e,
+    ))
 }
 
 /// Broadcast warm-up pushes until every one of `expected` clients has seen one (the
@@ -921,15 +993,21 @@ async fn warm(gen: &mut Gen, api: &Api, conn: &mut Conn, expected: u64) -> Resul
     let start = Instant::now();
     let mut seen = 0;
     while start.elapsed() < Duration::from_secs(30) {
+        // Another warm-up only when the last one stopped making progress (a broadcast to
+        // 60k slow clients may take a while; piling them up would only slow it down).
         let req = api.broadcast(&payload(phase, Kind::Warm, 0, 0, mono_ns(), 32));
         let _ = conn.roundtrip(&req).await;
-        for _ in 0..10 {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            seen = gen.warm_count().await?;
-            if seen >= expected {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = gen.warm_count().await?;
+            if now >= expected {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 return Ok(());
             }
+            if now == seen || start.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            seen = now;
         }
     }
     bail!("only {seen} of {expected} clients got a warm-up broadcast within 30 s")
@@ -993,11 +1071,19 @@ pub async fn main(args: &[String]) -> Result<()> {
         let raw = serde_json::to_string_pretty(&results.rows)?;
         let json_path = std::env::temp_dir().join("pushbench-last.json");
         std::fs::write(&json_path, raw)?;
-        eprintln!("pushbench: raw rows in {} (not {})", json_path.display(), json.display());
+        eprintln!(
+            "pushbench: raw rows in {} (not {})",
+            json_path.display(),
+            json.display()
+        );
     } else {
         println!("{md}");
     }
-    let _ = std::fs::remove_dir_all(&run_dir);
+    if suite.opts.keep {
+        eprintln!("pushbench: logs kept in {}", run_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
     Ok(())
 }
 
@@ -1018,7 +1104,15 @@ async fn run_all(suite: &mut Suite) -> Result<Option<String>> {
         }
     }
     if suite.want("one-node") {
-        for s in setups.iter().copied().filter(|s| s.nodes() <= 2 && !matches!(s, Setup::WerkmannCluster { .. } | Setup::WerkmannRedis { .. } | Setup::SocketIoCluster { .. })) {
+        for s in setups.iter().copied().filter(|s| {
+            s.nodes() <= 2
+                && !matches!(
+                    s,
+                    Setup::WerkmannCluster { .. }
+                        | Setup::WerkmannRedis { .. }
+                        | Setup::SocketIoCluster { .. }
+                )
+        }) {
             if !suite.usable(s) || suite.over_budget(&format!("idle one node, {}", s.system())) {
                 continue;
             }
@@ -1045,7 +1139,9 @@ async fn run_all(suite: &mut Suite) -> Result<Option<String>> {
             four.push((Setup::SocketIoCluster { ws: 4 }, true));
         }
         for (s, idle) in four {
-            if !suite.usable(s) || suite.over_budget(&format!("4 nodes, {} ({})", s.system(), s.mode())) {
+            if !suite.usable(s)
+                || suite.over_budget(&format!("4 nodes, {} ({})", s.system(), s.mode()))
+            {
                 continue;
             }
             let r = suite.session_nodes(s, idle).await;

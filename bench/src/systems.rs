@@ -136,7 +136,11 @@ impl Env {
             "werkmann" => {
                 for b in ["start_all", "start_ws", "start_http", "start_channel"] {
                     let p = self.bin_dir.join(b);
-                    ensure!(p.exists(), "{} missing (cargo build --release)", p.display());
+                    ensure!(
+                        p.exists(),
+                        "{} missing (cargo build --release)",
+                        p.display()
+                    );
                 }
             }
             "Nchan" => {
@@ -225,8 +229,14 @@ impl Running {
             Setup::WerkmannAll => {
                 let ws = free_addr()?;
                 let mut c = Command::new(bin("start_all"));
-                c.args(["start", "--ws-listen", &a(ws), "--http-listen", &a(api_addr)])
-                    .args(["--count", "2"]);
+                c.args([
+                    "start",
+                    "--ws-listen",
+                    &a(ws),
+                    "--http-listen",
+                    &a(api_addr),
+                ])
+                .args(["--count", "2"]);
                 r.spawn("start_all", c, &[ws, api_addr]).await?;
                 r.ws.push(ws);
             }
@@ -271,7 +281,9 @@ impl Running {
                 let script = env.peers_dir.join("socketio/server.js");
                 let node = which("node")?;
                 let redis = match setup {
-                    Setup::SocketIoCluster { .. } => Some(format!("redis://{}", r.start_redis().await?)),
+                    Setup::SocketIoCluster { .. } => {
+                        Some(format!("redis://{}", r.start_redis().await?))
+                    }
                     _ => None,
                 };
                 let nodes = match setup {
@@ -281,7 +293,8 @@ impl Running {
                 for i in 0..nodes {
                     let ws = free_addr()?;
                     let mut c = Command::new(&node);
-                    c.arg(&script).args(["--ws", &a(ws), "--worker-id", &i.to_string()]);
+                    c.arg(&script)
+                        .args(["--ws", &a(ws), "--worker-id", &i.to_string()]);
                     let mut wait = vec![ws];
                     if let Some(url) = &redis {
                         c.args(["--redis", url]);
@@ -315,12 +328,26 @@ impl Running {
     }
 
     /// Spawn one process (logging into the system's directory) and wait for its ports.
-    async fn spawn(&mut self, name: &str, mut cmd: Command, ports: &[SocketAddr]) -> Result<()> {
+    /// `PUSHBENCH_WRAP` (e.g. `valgrind --tool=callgrind`) runs the werkmann processes under
+    /// a profiler that keeps their pid.
+    async fn spawn(&mut self, name: &str, cmd: Command, ports: &[SocketAddr]) -> Result<()> {
+        let wrap = std::env::var("PUSHBENCH_WRAP").unwrap_or_default();
+        let mut cmd = match wrap.split_whitespace().collect::<Vec<_>>().split_first() {
+            Some((prog, args)) if name.starts_with("start_") => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(cmd.get_program()).args(cmd.get_args());
+                c
+            }
+            _ => cmd,
+        };
         let log = self.dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log)?;
         cmd.current_dir(&self.dir)
             .env("WERKMANN_RUN_DIR", &self.dir)
-            .env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or("warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_RUST_LOG").unwrap_or("warn".into()),
+            )
             .env("NODE_ENV", "production")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -378,6 +405,11 @@ impl Running {
     /// Memory of every server process, KiB (proportional set size: shared pages once).
     pub fn mem_kib(&self) -> u64 {
         self.pids().into_iter().map(procfs::pss_kib).sum()
+    }
+
+    /// `VmRSS` of every server process, KiB (shared pages counted in each process).
+    pub fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().map(procfs::rss_kib).sum()
     }
 
     /// Whether every process still runs; `Err` with its log otherwise.

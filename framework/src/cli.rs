@@ -301,3 +301,33 @@ pub fn option(name: &str, env: &str, default: &str) -> String {
     }
     std::env::var(env).unwrap_or_else(|_| default.to_string())
 }
+
+/// Apply the limit options to a worker: `--max-connections N`, `--max-conns-per-ip N`,
+/// `--origins URL,URL`, `--idle-timeout SECS` (`0` turns it off); environment
+/// `WERKMANN_MAX_CONNECTIONS`, `WERKMANN_MAX_CONNS_PER_IP`, `WERKMANN_ORIGINS`,
+/// `WERKMANN_IDLE_TIMEOUT`. Unset options keep the worker's defaults.
+pub fn apply_limits(worker: &mut crate::Worker) -> Result<(), Error> {
+    let num = |name: &str, env: &str| -> Result<Option<u64>, Error> {
+        let v = option(name, env, "");
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.parse()
+            .map(Some)
+            .map_err(|_| Error::Cli(format!("{name} takes a number, not {v:?}")))
+    };
+    if let Some(n) = num("--max-connections", "WERKMANN_MAX_CONNECTIONS")? {
+        worker.max_connections = n as usize;
+    }
+    if let Some(n) = num("--max-conns-per-ip", "WERKMANN_MAX_CONNS_PER_IP")? {
+        worker.max_connections_per_ip = n as usize;
+    }
+    if let Some(n) = num("--idle-timeout", "WERKMANN_IDLE_TIMEOUT")? {
+        worker.idle_timeout = (n > 0).then(|| Duration::from_secs(n));
+    }
+    let origins = option("--origins", "WERKMANN_ORIGINS", "");
+    if !origins.is_empty() {
+        worker.allowed_origins = origins.split(',').map(|o| o.trim().to_string()).collect();
+    }
+    Ok(())
+}

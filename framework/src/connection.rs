@@ -181,6 +181,30 @@ pub(crate) struct ConnInner {
     instance: Option<Rc<InstanceInner>>,
     stats: Cell<ConnectionStats>,
     data: RefCell<Option<Box<dyn Any>>>,
+    /// The instance clock ([`clock::now`]) when the peer last sent anything.
+    last_input: Cell<u32>,
+    /// A keep-alive ping was sent since then.
+    pinged: Cell<bool>,
+}
+
+/// A coarse per-thread clock in seconds, advanced by the instance's sweeper: reading it on
+/// every read costs no system call.
+pub(crate) mod clock {
+    use std::cell::Cell;
+
+    thread_local! {
+        static NOW: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Seconds since the instance started.
+    pub fn now() -> u32 {
+        NOW.with(Cell::get)
+    }
+
+    /// Advance the clock.
+    pub fn set(t: u32) {
+        NOW.with(|n| n.set(t));
+    }
 }
 
 /// A connection, cheap to clone, usable only on the thread of the worker instance that owns it.
@@ -226,6 +250,8 @@ impl Connection {
             instance,
             stats: Cell::new(ConnectionStats::default()),
             data: RefCell::new(None),
+            last_input: Cell::new(clock::now()),
+            pinged: Cell::new(false),
         }))
     }
 
@@ -454,6 +480,32 @@ impl Connection {
         }
     }
 
+    /// Keep-alive at instance clock `now`: past `timeout` seconds without input the connection
+    /// is closed (returns `true`); past half of it a protocol ping is sent once.
+    pub(crate) fn check_idle(&self, now: u32, timeout: u32) -> bool {
+        if self.status() != Status::Established {
+            return false;
+        }
+        let idle = now.saturating_sub(self.0.last_input.get());
+        if idle >= timeout {
+            log::info!(
+                "connection {} from {:?}: no input for {idle} s; closing",
+                self.0.id,
+                self.0.remote.get()
+            );
+            self.close();
+            return true;
+        }
+        if idle >= timeout / 2 && !self.0.pinged.get() {
+            let ping = self.0.codec.borrow_mut().ping_frame();
+            if let Some(p) = ping {
+                self.0.pinged.set(true);
+                self.send_deferred(p);
+            }
+        }
+        false
+    }
+
     /// Stop reading from the peer (input stays in the kernel; TCP flow control pushes back).
     pub fn pause_recv(&self) {
         self.0.paused.set(true);
@@ -601,6 +653,8 @@ impl Connection {
                 Ok(0) => return Poll::Ready(Ok(0)),
                 Ok(n) => {
                     self.0.read_buf.borrow_mut().extend_from_slice(&chunk[..n]);
+                    self.0.last_input.set(clock::now());
+                    self.0.pinged.set(false);
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -758,8 +812,22 @@ impl Connection {
                 self.0.out.borrow_mut().push(bytes);
             }
             Decoded::Handshake(req) => {
+                let origin_ok = self
+                    .0
+                    .instance
+                    .as_ref()
+                    .is_none_or(|i| i.origin_allowed(req.header("origin")));
                 let cb = self.0.callbacks.borrow().on_websocket_connect.clone();
                 let refusal: Option<Response> = match cb {
+                    _ if !origin_ok => {
+                        log::warn!(
+                            "connection {} from {:?}: Origin {:?} not allowed; refused",
+                            self.0.id,
+                            self.0.remote.get(),
+                            req.header("origin")
+                        );
+                        Some(Response::text(403, "Origin not allowed\n"))
+                    }
                     Some(cb) => {
                         let mut verdict = Ok(());
                         guard("on_websocket_connect", || verdict = cb(self, &req));

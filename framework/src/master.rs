@@ -421,7 +421,7 @@ async fn write_status(running: &[Running], paths: &Paths) {
         "---------------------------------------GLOBAL STATUS----------------------------------------\n\
          werkmann {}  pid {}  rss {:.1} MiB  workers {}  instances {}\n\
          --------------------------------------PROCESS STATUS----------------------------------------\n\
-         {:<14} {:<28} {:>3} {:>8} {:>10} {:>12} {:>12} {:>8} {:>10} {:>8}\n",
+         {:<14} {:<28} {:>3} {:>8} {:>10} {:>12} {:>12} {:>8} {:>10} {:>8} {:>6} {:>8}\n",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
         rss as f64 / 1048576.0,
@@ -436,11 +436,13 @@ async fn write_status(running: &[Running], paths: &Paths) {
         "msgs_out",
         "fails",
         "buffered",
+        "refused",
+        "idle_cl",
         "uptime_s"
     );
     for s in &rows {
         out.push_str(&format!(
-            "{:<14} {:<28} {:>3} {:>8} {:>10} {:>12} {:>12} {:>8} {:>10} {:>8}\n",
+            "{:<14} {:<28} {:>3} {:>8} {:>10} {:>12} {:>12} {:>8} {:>10} {:>8} {:>6} {:>8}\n",
             s.worker,
             s.socket,
             s.id,
@@ -450,6 +452,8 @@ async fn write_status(running: &[Running], paths: &Paths) {
             s.messages_out,
             s.send_failures,
             s.send_buffered,
+            s.refused,
+            s.idle_closed,
             s.uptime.as_secs()
         ));
     }

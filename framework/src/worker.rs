@@ -92,6 +92,20 @@ pub struct Worker {
     pub max_package_size: usize,
     /// How long a stop waits for connections to finish before dropping them.
     pub stop_timeout: Duration,
+    /// Close a connection that sent nothing for this long; past half of it, protocols that
+    /// have one (WebSocket) send a ping first, so live peers answer and stay. Defaults:
+    /// 120 s for WebSocket, 60 s for HTTP keep-alive, none for the others.
+    pub idle_timeout: Option<Duration>,
+    /// Most connections one instance holds; more are refused (closed at once, logged, counted).
+    pub max_connections: usize,
+    /// Most connections from one client IP across the worker's instances; `0` is no limit.
+    pub max_connections_per_ip: usize,
+    /// WebSocket upgrades must carry one of these `Origin`s (e.g. `https://example.com`);
+    /// empty allows any. A refused upgrade gets a 403.
+    pub allowed_origins: Vec<String>,
+    /// Connections per client IP, shared by the instances (for `max_connections_per_ip`).
+    pub(crate) per_ip:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     socket_name: String,
     protocol: Option<ProtocolKind>,
     address: Option<String>,
@@ -146,6 +160,15 @@ impl Worker {
             max_send_buffer_size: DEFAULT_MAX_SEND_BUFFER,
             max_package_size: DEFAULT_MAX_PACKAGE,
             stop_timeout: Duration::from_secs(2),
+            idle_timeout: match protocol {
+                Some(ProtocolKind::WebSocket) => Some(Duration::from_secs(120)),
+                Some(ProtocolKind::Http) => Some(Duration::from_secs(60)),
+                _ => None,
+            },
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
+            per_ip: Default::default(),
             socket_name: socket_name.to_string(),
             protocol,
             address,

@@ -126,3 +126,166 @@ async fn the_push_api_requires_a_token_or_a_fresh_signature() {
     let extra = tokio::time::timeout(Duration::from_millis(300), client.next()).await;
     assert!(extra.is_err(), "no other push: {extra:?}");
 }
+
+async fn ws_upgrade(addr: &str, from: Option<&str>, origin: Option<&str>) -> (TcpStream, String) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(ip) = from {
+        sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    }
+    let mut s = sock.connect(addr.parse().unwrap()).await.unwrap();
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{origin}\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let head: String = tokio::time::timeout(Duration::from_secs(5), read_head_or_eof(&mut s))
+        .await
+        .unwrap_or_default();
+    (s, head)
+}
+
+/// The response head, or "" if the server closed first.
+async fn read_head_or_eof(s: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        match s.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => return String::new(),
+        }
+    }
+    String::from_utf8_lossy(&head).to_string()
+}
+
+#[tokio::test]
+async fn connection_limits_per_ip_and_per_instance_refuse_and_count() {
+    let port = werkmann_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let app = App::start(
+        "ws_echo",
+        &[
+            "--listen",
+            &addr,
+            "--max-conns-per-ip",
+            "2",
+            "--max-connections",
+            "3",
+        ],
+        &[port],
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await; // the readiness probe has closed
+    let (_a, h) = ws_upgrade(&addr, Some("127.0.0.2"), None).await;
+    assert!(h.starts_with("HTTP/1.1 101"), "{h}");
+    let (_b, h) = ws_upgrade(&addr, Some("127.0.0.2"), None).await;
+    assert!(h.starts_with("HTTP/1.1 101"), "{h}");
+    // A third from the same IP is closed at once.
+    let (_c, h) = ws_upgrade(&addr, Some("127.0.0.2"), None).await;
+    assert_eq!(h, "", "refused");
+    // Another IP is fine, until the instance holds max_connections.
+    let (_d, h) = ws_upgrade(&addr, Some("127.0.0.3"), None).await;
+    assert!(h.starts_with("HTTP/1.1 101"), "{h}");
+    let (_e, h) = ws_upgrade(&addr, Some("127.0.0.4"), None).await;
+    assert_eq!(h, "", "max_connections refuses");
+    // Closing one frees its IP's place.
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_f, h) = ws_upgrade(&addr, Some("127.0.0.2"), None).await;
+    assert!(h.starts_with("HTTP/1.1 101"), "{h}");
+    // Refusals are logged and counted.
+    let status = String::from_utf8_lossy(&app.command(&["status"]).stdout).to_string();
+    let row: Vec<&str> = status
+        .lines()
+        .find(|l| l.starts_with("ws_echo"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[9], "2", "refused column: {status}");
+    assert!(app.log().contains("max_connections_per_ip reached"));
+}
+
+#[tokio::test]
+async fn websocket_origins_outside_the_allow_list_get_403() {
+    let port = werkmann_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _app = App::start(
+        "ws_echo",
+        &[
+            "--listen",
+            &addr,
+            "--origins",
+            "https://good.example,http://127.0.0.1:8080",
+        ],
+        &[port],
+    );
+    let (_s, h) = ws_upgrade(&addr, None, Some("https://good.example")).await;
+    assert!(h.starts_with("HTTP/1.1 101"), "{h}");
+    let (_s, h) = ws_upgrade(&addr, None, Some("https://evil.example")).await;
+    assert!(h.starts_with("HTTP/1.1 403"), "{h}");
+    let (_s, h) = ws_upgrade(&addr, None, None).await;
+    assert!(h.starts_with("HTTP/1.1 403"), "no Origin: {h}");
+}
+
+#[tokio::test]
+async fn idle_peers_are_pinged_then_closed_and_live_ones_stay() {
+    use tokio::io::AsyncReadExt;
+    let port = werkmann_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _app = App::start(
+        "ws_echo",
+        &["--listen", &addr, "--idle-timeout", "3"],
+        &[port],
+    );
+    // A live client (tungstenite answers pings while it reads) stays past the timeout.
+    let (mut live, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .unwrap();
+    // A dead one never answers.
+    let (mut dead, h) = ws_upgrade(&addr, None, None).await;
+    assert!(h.starts_with("HTTP/1.1 101"));
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), dead.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return (got, false),
+            }
+        }
+    });
+    let t = std::time::Instant::now();
+    // Keep reading on the live client for 6 s (tungstenite answers pings as it reads).
+    let _ = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Some(Ok(_)) = live.next().await {}
+    })
+    .await;
+    let (got, closed) = reader.await.unwrap();
+    assert!(closed, "the dead peer was closed");
+    assert_eq!(got.first(), Some(&0x89), "a ping came first: {got:?}");
+    assert!(
+        got.windows(2).any(|w| w[0] == 0x88),
+        "then a close frame: {got:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(9));
+    use futures_util::SinkExt;
+    live.send(WsMessage::text("still here")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = live.next().await {
+            if let Ok(WsMessage::Text(t)) = m {
+                return t.to_string();
+            }
+        }
+        "closed".to_string()
+    })
+    .await
+    .unwrap();
+    assert_eq!(echo, "still here");
+}

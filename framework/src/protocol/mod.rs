@@ -103,6 +103,10 @@ pub trait Codec {
             Some(_) => Err(Bytes::new()),
         }
     }
+    /// A keep-alive probe the peer must answer (a WebSocket ping), if the protocol has one.
+    fn ping_frame(&mut self) -> Option<Bytes> {
+        None
+    }
     /// Bytes to write as soon as an outgoing connection is established (a client handshake).
     fn on_open(&mut self) -> Option<Bytes> {
         None

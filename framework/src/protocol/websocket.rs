@@ -545,6 +545,13 @@ impl Codec for WsCodec {
         Some(self.close_with(Some(CloseCode::Normal.into()), ""))
     }
 
+    fn ping_frame(&mut self) -> Option<Bytes> {
+        if self.state != State::Open || self.close_sent || self.close_received {
+            return None;
+        }
+        Some(self.frame(b"werkmann", OpCode::Ping))
+    }
+
     fn accept(&mut self, req: &Request, refusal: Option<Message>) -> Result<Bytes, Bytes> {
         if self.role != Role::Server || self.state != State::AwaitingAccept {
             log::warn!("WebSocket accept() without a pending handshake");

@@ -24,6 +24,14 @@ pub(crate) struct InstanceCounters {
     pub messages_out: Cell<u64>,
     pub send_failures: Cell<u64>,
     pub accepted: Cell<u64>,
+    /// Connections refused by `max_connections`, `max_connections_per_ip` or the Origin list.
+    pub refused: Cell<u64>,
+    /// Connections closed by `idle_timeout`.
+    pub idle_closed: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
 }
 
 pub(crate) struct InstanceInner {
@@ -40,7 +48,62 @@ pub(crate) struct InstanceInner {
 
 impl InstanceInner {
     pub(crate) fn remove_connection(&self, id: u64) {
-        self.connections.borrow_mut().remove(&id);
+        let gone = self.connections.borrow_mut().remove(&id);
+        if let (Some(c), true) = (gone, self.config.max_connections_per_ip > 0) {
+            if let Some(ip) = c.remote_addr().map(|a| a.ip()) {
+                let mut per_ip = self.config.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        per_ip.remove(&ip);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a WebSocket upgrade's `Origin` is allowed; a refusal is counted.
+    pub(crate) fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let allowed = &self.config.allowed_origins;
+        let ok = allowed.is_empty()
+            || origin.is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        if !ok {
+            bump(&self.stats.refused);
+        }
+        ok
+    }
+
+    /// Take a place for a new connection from `peer`, or say why not.
+    fn admit(&self, peer: std::net::SocketAddr) -> Result<(), &'static str> {
+        if self.connections.borrow().len() >= self.config.max_connections {
+            return Err("max_connections reached");
+        }
+        let limit = self.config.max_connections_per_ip;
+        if limit > 0 {
+            let mut per_ip = self.config.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let n = per_ip.entry(peer.ip()).or_insert(0);
+            if *n >= limit {
+                return Err("max_connections_per_ip reached");
+            }
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    /// Advance the instance clock and apply `idle_timeout` (once a second).
+    fn sweep(&self) {
+        let now = self.started.elapsed().as_secs() as u32;
+        crate::connection::clock::set(now);
+        let Some(timeout) = self.config.idle_timeout else {
+            return;
+        };
+        let timeout = timeout.as_secs().max(2) as u32;
+        let conns: Vec<Connection> = self.connections.borrow().values().cloned().collect();
+        for c in conns {
+            if c.check_idle(now, timeout) {
+                bump(&self.stats.idle_closed);
+            }
+        }
     }
 }
 
@@ -163,6 +226,8 @@ impl WorkerInstance {
             messages_out: self.0.stats.messages_out.get(),
             send_failures: self.0.stats.send_failures.get(),
             send_buffered: buffered,
+            refused: self.0.stats.refused.get(),
+            idle_closed: self.0.stats.idle_closed.get(),
             timers: crate::timer::Timer::count(),
             uptime: self.0.started.elapsed(),
         }
@@ -206,6 +271,15 @@ impl WorkerInstance {
         let Some(proto) = self.0.config.protocol() else {
             return;
         };
+        if let Err(why) = self.0.admit(peer) {
+            bump(&self.0.stats.refused);
+            log::warn!(
+                "worker {} instance {}: connection from {peer} refused: {why}",
+                self.name(),
+                self.id()
+            );
+            return; // dropping the socket closes it
+        }
         let id = self.0.next_conn_id.get();
         self.0.next_conn_id.set(id + 1);
         self.0.stats.accepted.set(self.0.stats.accepted.get() + 1);
@@ -264,6 +338,10 @@ pub struct InstanceStatus {
     pub send_failures: u64,
     /// Bytes waiting in send buffers.
     pub send_buffered: usize,
+    /// Connections refused by the limits or the Origin list.
+    pub refused: u64,
+    /// Connections closed for being idle.
+    pub idle_closed: u64,
     /// Timers pending in the process.
     pub timers: usize,
     /// Time since the instance started.
@@ -320,6 +398,7 @@ impl Actor for InstanceActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         *self.inst.0.addr.borrow_mut() = Some(ctx.address());
+        ctx.run_interval(Duration::from_secs(1), |act, _| act.inst.0.sweep());
         let cb = self.inst.0.config.callbacks.on_worker_start.clone();
         if let Some(cb) = cb {
             let inst = self.inst.clone();
