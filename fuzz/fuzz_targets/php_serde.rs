@@ -1,5 +1,5 @@
-//! PHP `serialize()` decoding and the Channel messages built on it: never panic, and a value
-//! that decodes re-encodes to something that decodes to the same value.
+//! PHP `serialize()` decoding and the Channel messages built on it: never panic, and encoding
+//! what was decoded is stable.
 #![no_main]
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
@@ -12,12 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = Delivery::decode(&payload);
     let _ = php_serde::Reader::new(data).skip();
     if let Ok(v) = php_serde::from_slice(data) {
-        let again = php_serde::to_vec(&v);
-        let back = php_serde::from_slice(&again).expect("re-encoded value decodes");
-        // Floats may lose their exact text form, but not their value; objects lose their class.
-        if !again.contains(&b'd') {
-            assert_eq!(back, v);
-        }
+        // Decoding may be lossy (invalid UTF-8, repeated keys, object classes), but once
+        // decoded, encoding is stable: encode(decode(encode(v))) == encode(v).
+        let once = php_serde::to_vec(&v);
+        let back = php_serde::from_slice(&once).expect("re-encoded value decodes");
+        assert_eq!(php_serde::to_vec(&back), once);
     }
     if let Ok(cmd) = Command::decode(&payload) {
         let encoded = cmd.encode_payload();

@@ -325,10 +325,16 @@ impl<'a> Reader<'a> {
         if let Some(c) = class {
             map.insert("__class".into(), Value::String(c));
         }
+        let object = map.contains_key("__class");
         for (k, v) in pairs {
-            // Private and protected property names carry NUL-delimited prefixes.
             let name = k.to_string();
-            let name = name.rsplit('\0').next().unwrap_or("").to_string();
+            // An object's private and protected property names carry NUL-delimited prefixes;
+            // an array's keys are kept as they are.
+            let name = if object {
+                name.rsplit('\0').next().unwrap_or("").to_string()
+            } else {
+                name
+            };
             map.insert(name, v);
         }
         Ok(Value::Object(map))
@@ -595,6 +601,16 @@ mod tests {
         let v = from_slice(b"O:3:\"Foo\":2:{s:1:\"a\";i:1;s:6:\"\0Foo\0b\";b:1;}").unwrap();
         assert_eq!(v, json!({"__class": "Foo", "a": 1, "b": true}));
         assert!(from_slice(b"a:1:{i:0;r:1;}").is_err());
+    }
+
+    /// Found by the fuzzer: invalid UTF-8 keys, a NUL in an array key, a repeated key.
+    #[test]
+    fn fuzz_regression_lossy_array_keys() {
+        let input = b"a:2:{s:4:\"\x8c\x84pe\";s:5:\"evenE\";s:7:\"\x00Z\"\xef\xbf\xbd\xef\";a:2:{i:0;b:1;i:0;N;}}";
+        let v = from_slice(input).unwrap();
+        assert!(v.as_object().unwrap().contains_key("\0Z\"\u{fffd}\u{fffd}"), "{v}");
+        let once = to_vec(&v);
+        assert_eq!(to_vec(&from_slice(&once).unwrap()), once);
     }
 
     #[test]
