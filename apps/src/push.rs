@@ -258,6 +258,15 @@ pub fn claim_ids(
     )?)
 }
 
+/// Take `--channel-secret S` (or `WERKMANN_CHANNEL_SECRET`) for every channel client of this
+/// process. Call before any thread starts.
+pub fn channel_secret_option() {
+    let secret = werkmann::cli::option("--channel-secret", "WERKMANN_CHANNEL_SECRET", "");
+    if !secret.is_empty() {
+        std::env::set_var("WERKMANN_CHANNEL_SECRET", secret);
+    }
+}
+
 /// Whether `IP:PORT` names a loopback address.
 pub fn is_loopback(listen: &str) -> bool {
     let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);

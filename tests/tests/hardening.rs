@@ -289,3 +289,56 @@ async fn idle_peers_are_pinged_then_closed_and_live_ones_stay() {
     .unwrap();
     assert_eq!(echo, "still here");
 }
+
+#[tokio::test]
+async fn a_channel_server_with_a_secret_admits_only_clients_that_know_it() {
+    use tokio::io::AsyncReadExt;
+    let port = werkmann_tests::free_port();
+    let ch = format!("127.0.0.1:{port}");
+    let server = App::start(
+        "start_channel",
+        &["--listen", &ch, "--secret", "s3"],
+        &[port],
+    );
+    let console = |extra: &[&str]| {
+        let p = werkmann_tests::free_port();
+        let addr = format!("127.0.0.1:{p}");
+        let mut args = vec!["--listen", addr.as_str(), "--channel", ch.as_str()];
+        args.extend_from_slice(extra);
+        let app = App::start("channel_console", &args, &[p]);
+        (app, addr)
+    };
+    let (_good, good) = console(&["--channel-secret", "s3"]);
+    let mut sub = werkmann_tests::Console::connect(&good).await;
+    assert_eq!(sub.line().await, "channel connected");
+    assert_eq!(sub.ask("on news").await, "ok");
+    let mut p = werkmann_tests::Console::connect(&good).await;
+    assert_eq!(p.line().await, "channel connected");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.ask("pub news 1").await, "ok Sent");
+    assert_eq!(sub.line().await, "event news 1");
+
+    // A client with the wrong secret is closed each time it tries.
+    let (_bad, bad) = console(&["--channel-secret", "guess"]);
+    let mut b = werkmann_tests::Console::connect(&bad).await;
+    assert_eq!(b.line().await, "channel connected");
+    assert_eq!(b.line().await, "channel closed");
+    // A PHP-style client that does not authenticate is closed at its first command.
+    let mut raw = TcpStream::connect(&ch).await.unwrap();
+    let sub_cmd = br#"a:2:{s:4:"type";s:9:"subscribe";s:8:"channels";a:1:{i:0;s:4:"news";}}"#;
+    let mut frame = ((sub_cmd.len() + 4) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(sub_cmd);
+    raw.write_all(&frame).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    // Nothing the refused clients did reached the subscriber.
+    assert_eq!(p.ask("pub news 2").await, "ok Sent");
+    assert_eq!(sub.line().await, "event news 2");
+    let log = server.log();
+    assert!(log.contains("wrong secret"), "{log}");
+    assert!(log.contains("authentication required"), "{log}");
+}

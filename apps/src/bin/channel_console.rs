@@ -103,6 +103,7 @@ fn command(conn: &Connection, client: &Client, line: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
+    werkmann_apps::push::channel_secret_option();
     let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9020");
     let channel_addr = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");
     let serve = option("--serve", "WERKMANN_SERVE", "");

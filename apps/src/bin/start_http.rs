@@ -11,6 +11,7 @@ use werkmann::Worker;
 use werkmann_apps::push;
 
 fn main() -> anyhow::Result<()> {
+    werkmann_apps::push::channel_secret_option();
     let listen = option("--listen", "WERKMANN_LISTEN", "0.0.0.0:4237");
     let count: usize = option("--count", "WERKMANN_COUNT", "1").parse()?;
     let channel = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");

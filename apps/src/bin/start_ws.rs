@@ -10,6 +10,7 @@ use werkmann::Worker;
 use werkmann_apps::push;
 
 fn main() -> anyhow::Result<()> {
+    werkmann_apps::push::channel_secret_option();
     let listen = option("--listen", "WERKMANN_LISTEN", "0.0.0.0:4236");
     let count: usize = option("--count", "WERKMANN_COUNT", "2").parse()?;
     let channel = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");

@@ -76,6 +76,7 @@ struct ClientInner {
     backoff: Cell<Duration>,
     ping: Cell<Option<TimerId>>,
     decode_errors: Cell<u64>,
+    secret: Option<String>,
 }
 
 /// A channel client. Cheap to clone; lives on the thread that created it.
@@ -96,7 +97,18 @@ impl Client {
     /// (see `channel::redis`), or to this process's embedded channel (`embedded`). Must be
     /// called on a worker instance's thread (e.g. in `on_worker_start`).
     /// Connecting continues in the background; commands made meanwhile are kept.
+    ///
+    /// A channel server that requires a secret gets the one in `$WERKMANN_CHANNEL_SECRET`;
+    /// see [`Client::connect_with_secret`].
     pub fn connect(addr: &str) -> Result<Client, ChannelError> {
+        let secret = std::env::var("WERKMANN_CHANNEL_SECRET").ok();
+        Client::connect_with_secret(addr, secret.as_deref().filter(|s| !s.is_empty()))
+    }
+
+    /// Connect, authenticating to the channel server with `secret` (a werkmann extension; see
+    /// `channel::auth`). The secret is not used for Redis (put a password in its URL) nor for
+    /// an in-process channel.
+    pub fn connect_with_secret(addr: &str, secret: Option<&str>) -> Result<Client, ChannelError> {
         if actix_rt::Arbiter::try_current().is_none() {
             return Err(ChannelError::NotOnWorkerThread);
         }
@@ -122,6 +134,7 @@ impl Client {
             backoff: Cell::new(FIRST_BACKOFF),
             ping: Cell::new(None),
             decode_errors: Cell::new(0),
+            secret: secret.map(str::to_string),
         });
         let client = Client(inner);
         if addr.starts_with("redis://") || addr.starts_with("rediss://") {
@@ -372,6 +385,13 @@ impl Client {
     }
 }
 
+/// The first command to a server that requires a secret.
+pub(crate) fn auth_command(secret: &str) -> Command {
+    let mut data = Vec::new();
+    php_serde::write_str(&mut data, super::auth::token(secret).as_bytes());
+    Command::Auth(Bytes::from(data))
+}
+
 fn wire(names: Vec<Key>) -> Vec<WireName> {
     names.into_iter().map(WireName::from_key).collect()
 }
@@ -404,6 +424,10 @@ impl ClientInner {
     fn transport_up(&self) {
         self.connected.set(true);
         self.backoff.set(FIRST_BACKOFF);
+        let tcp = matches!(self.transport.borrow().as_ref(), Some(Transport::Tcp(_)));
+        if let (true, Some(secret)) = (tcp, &self.secret) {
+            let _ = self.send(auth_command(secret));
+        }
         let events: Vec<Key> = self.events.borrow().keys().cloned().collect();
         if !events.is_empty() {
             let _ = self.send(Command::Subscribe(wire(events)));

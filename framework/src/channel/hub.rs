@@ -132,7 +132,7 @@ impl HubState {
     pub fn apply(&mut self, id: SubscriberId, sink: &Sink, cmd: Command) {
         self.stats.commands += 1;
         match cmd {
-            Command::Ping => {}
+            Command::Ping | Command::Auth(_) => {}
             Command::Subscribe(names) => {
                 for n in names {
                     let subs = self.channels.entry(n.key.clone()).or_default();

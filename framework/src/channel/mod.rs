@@ -18,6 +18,7 @@
 //! Worker::run_all(vec![server.into_worker(), worker]);
 //! ```
 
+pub mod auth;
 pub mod client;
 pub mod hub;
 pub mod php_serde;

@@ -608,7 +608,10 @@ mod tests {
     fn fuzz_regression_lossy_array_keys() {
         let input = b"a:2:{s:4:\"\x8c\x84pe\";s:5:\"evenE\";s:7:\"\x00Z\"\xef\xbf\xbd\xef\";a:2:{i:0;b:1;i:0;N;}}";
         let v = from_slice(input).unwrap();
-        assert!(v.as_object().unwrap().contains_key("\0Z\"\u{fffd}\u{fffd}"), "{v}");
+        assert!(
+            v.as_object().unwrap().contains_key("\0Z\"\u{fffd}\u{fffd}"),
+            "{v}"
+        );
         let once = to_vec(&v);
         assert_eq!(to_vec(&from_slice(&once).unwrap()), once);
     }

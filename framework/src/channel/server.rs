@@ -8,7 +8,9 @@ use std::cell::RefCell;
 
 use actix::Actor;
 
+use super::auth::Verifier;
 use super::hub::{self, Hub, HubState, Sink, SubscriberId};
+use super::php_serde;
 use super::wire::Command;
 use crate::error::Error;
 use crate::message::Message;
@@ -17,26 +19,47 @@ use crate::worker::Worker;
 /// The name under which an in-process-only channel registers.
 pub const EMBEDDED: &str = "embedded";
 
+/// Marks a connection that authenticated.
+struct Authenticated;
+
 /// A channel server, to be run with `Worker::run_all(vec![server.into_worker(), …])`.
 pub struct Server {
     worker: Worker,
 }
 
 impl Server {
-    /// A channel server listening on `listen` (`IP:PORT`, e.g. `0.0.0.0:2206`).
+    /// A channel server listening on `listen` (`IP:PORT`, e.g. `0.0.0.0:2206`), open to any
+    /// client (as Workerman's is); it warns when `listen` is beyond loopback.
     pub fn new(listen: &str) -> Result<Server, Error> {
+        Server::with_secret(listen, None)
+    }
+
+    /// A channel server whose clients must authenticate with `secret` (see `channel::auth`).
+    pub fn with_secret(listen: &str, secret: Option<String>) -> Result<Server, Error> {
         let worker = Worker::new(&format!("frame://{listen}"))?;
-        Ok(Server::build(worker, listen))
+        let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if secret.is_none() && !loopback {
+            log::warn!(
+                "channel server on {listen} has no secret: anyone who reaches it can publish \
+                 and subscribe (set a secret, or keep the port private)"
+            );
+        }
+        Ok(Server::build(worker, listen, secret))
     }
 
     /// A channel for this process only (no socket): clients connect with
     /// `Client::connect("embedded")`.
     pub fn embedded() -> Server {
         let worker = Worker::new("").expect("a worker without a socket");
-        Server::build(worker, EMBEDDED)
+        Server::build(worker, EMBEDDED, None)
     }
 
-    fn build(mut worker: Worker, name: &str) -> Server {
+    fn build(mut worker: Worker, name: &str, secret: Option<String>) -> Server {
         hub::declare(name);
         worker.name = "ChannelServer".into();
         worker.count = 1;
@@ -45,6 +68,7 @@ impl Server {
         let reg_name = name.to_string();
         worker.on_worker_start(move |w| {
             w.set_data(RefCell::new(HubState::default()));
+            w.set_data(RefCell::new(Verifier::default()));
             let Some(state) = w.data::<RefCell<HubState>>() else {
                 return;
             };
@@ -52,15 +76,48 @@ impl Server {
             hub::publish(&reg_name, addr);
             log::info!("channel server {reg_name} ready");
         });
-        worker.on_message(|conn, msg| {
-            let Some(state) = conn.worker().and_then(|w| w.data::<RefCell<HubState>>()) else {
+        worker.on_message(move |conn, msg| {
+            let Some(w) = conn.worker() else { return };
+            let Some(state) = w.data::<RefCell<HubState>>() else {
                 return;
             };
             let payload = match msg {
                 Message::Binary(b) => b,
                 other => bytes::Bytes::copy_from_slice(other.as_bytes()),
             };
-            match Command::decode(&payload) {
+            let decoded = Command::decode(&payload);
+            if let Some(secret) = &secret {
+                if conn.with_data(|_: &mut Authenticated| ()).is_none() {
+                    let verdict = match &decoded {
+                        Ok(Command::Auth(data)) => {
+                            let token = php_serde::from_slice(data)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default();
+                            let verifier = w.data::<RefCell<Verifier>>();
+                            match verifier {
+                                Some(v) => v.borrow_mut().verify(secret, &token),
+                                None => Err("no verifier"),
+                            }
+                        }
+                        Ok(Command::Ping) => return,
+                        _ => Err("authentication required"),
+                    };
+                    match verdict {
+                        Ok(()) => conn.set_data(Authenticated),
+                        Err(why) => {
+                            log::warn!(
+                                "channel client {} ({}): {why}; closing",
+                                conn.id(),
+                                conn.remote_ip()
+                            );
+                            conn.close();
+                        }
+                    }
+                    return;
+                }
+            }
+            match decoded {
                 Ok(cmd) => {
                     state.borrow_mut().apply(
                         SubscriberId::Tcp(conn.id()),

@@ -54,6 +54,8 @@ pub enum Command {
     Unwatch(Vec<WireName>),
     /// Ready for one item of each watched queue.
     Reserve,
+    /// A werkmann extension: the authentication token (see `channel::auth`).
+    Auth(Bytes),
 }
 
 impl Command {
@@ -69,6 +71,7 @@ impl Command {
             Command::Watch(_) => "watch",
             Command::Unwatch(_) => "unwatch",
             Command::Reserve => "reserve",
+            Command::Auth(_) => "auth",
         }
     }
 
@@ -143,6 +146,7 @@ impl Command {
             b"watch" => Command::Watch(names),
             b"unwatch" => Command::Unwatch(names),
             b"reserve" => Command::Reserve,
+            b"auth" => Command::Auth(data),
             other => {
                 return Err(PhpError {
                     msg: format!("unknown type {:?}", String::from_utf8_lossy(other)),
@@ -160,6 +164,14 @@ impl Command {
             Command::Reserve => {
                 php_serde::write_array_start(&mut out, 1);
                 write_type(&mut out, "reserve");
+                out.push(b'}');
+                return out;
+            }
+            Command::Auth(data) => {
+                php_serde::write_array_start(&mut out, 2);
+                write_type(&mut out, "auth");
+                php_serde::write_str(&mut out, b"data");
+                out.extend_from_slice(data);
                 out.push(b'}');
                 return out;
             }

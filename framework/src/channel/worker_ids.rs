@@ -99,6 +99,12 @@ impl Link {
             stream,
             buf: Vec::new(),
         };
+        if let Some(secret) = std::env::var("WERKMANN_CHANNEL_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            l.send(&super::client::auth_command(&secret))?;
+        }
         l.send(&Command::Subscribe(vec![WireName::from_key(Key::from(
             IDS_EVENT,
         ))]))?;
