@@ -87,6 +87,17 @@ pub fn ws_worker(
     worker.on_connect(move |conn| {
         conn.send(greeting(worker_ids.ids()[conn.worker_id()], conn.id()));
     });
+    // A client that does not keep up is dropped (it reconnects and is greeted anew), so it
+    // neither holds memory nor delays the others.
+    worker.on_buffer_full(|conn| {
+        log::warn!(
+            "client {} ({}) does not read its pushes ({} bytes waiting): dropped",
+            conn.id(),
+            conn.remote_ip(),
+            conn.send_buffer_len()
+        );
+        conn.destroy();
+    });
     worker.on_message(|_conn, _msg| {});
     Ok(worker)
 }

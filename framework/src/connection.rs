@@ -185,6 +185,8 @@ pub(crate) struct ConnInner {
     last_input: Cell<u32>,
     /// A keep-alive ping was sent since then.
     pinged: Cell<bool>,
+    /// The instance clock when closing began (a peer that never reads cannot hold it open).
+    closing_since: Cell<u32>,
 }
 
 /// A coarse per-thread clock in seconds, advanced by the instance's sweeper: reading it on
@@ -252,6 +254,7 @@ impl Connection {
             data: RefCell::new(None),
             last_input: Cell::new(clock::now()),
             pinged: Cell::new(false),
+            closing_since: Cell::new(0),
         }))
     }
 
@@ -455,7 +458,7 @@ impl Connection {
                 if let Some(f) = frame {
                     inner.out.borrow_mut().push(f);
                 }
-                inner.status.set(Status::Closing);
+                self.set_closing();
                 self.wake();
             }
         }
@@ -478,6 +481,29 @@ impl Connection {
             self.0.status.set(Status::Closed);
             self.wake();
         }
+    }
+
+    fn set_closing(&self) {
+        self.0.status.set(Status::Closing);
+        self.0.closing_since.set(clock::now());
+    }
+
+    /// A connection still flushing its last bytes `limit` seconds after it began to close (its
+    /// peer does not read) is dropped; returns whether it was.
+    pub(crate) fn check_closing(&self, now: u32, limit: u32) -> bool {
+        if self.status() == Status::Closing
+            && now.saturating_sub(self.0.closing_since.get()) >= limit
+        {
+            log::info!(
+                "connection {} from {:?}: peer does not read its last {} bytes; dropped",
+                self.0.id,
+                self.0.remote.get(),
+                self.send_buffer_len()
+            );
+            self.destroy();
+            return true;
+        }
+        false
     }
 
     /// Keep-alive at instance clock `now`: past `timeout` seconds without input the connection
@@ -791,7 +817,7 @@ impl Connection {
             out.push(r);
         }
         *self.0.read_buf.borrow_mut() = BytesMut::new();
-        self.0.status.set(Status::Closing);
+        self.set_closing();
     }
 
     fn dispatch(&self, d: Decoded) {
@@ -854,7 +880,7 @@ impl Connection {
                         let mut out = self.0.out.borrow_mut();
                         out.clear();
                         out.push(bytes);
-                        self.0.status.set(Status::Closing);
+                        self.set_closing();
                     }
                 }
             }
@@ -869,7 +895,7 @@ impl Connection {
                 if let Some(r) = reply {
                     self.0.out.borrow_mut().push(r);
                 }
-                self.0.status.set(Status::Closing);
+                self.set_closing();
             }
         }
     }

@@ -342,3 +342,79 @@ async fn a_channel_server_with_a_secret_admits_only_clients_that_know_it() {
     assert!(log.contains("wrong secret"), "{log}");
     assert!(log.contains("authentication required"), "{log}");
 }
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped_and_the_others_get_everything() {
+    use tokio::io::AsyncReadExt;
+    let ws = free_addr("127.0.0.1");
+    let web = free_addr("127.0.0.1");
+    let app = App::start_at(
+        "start_all",
+        &[
+            "--ws-listen",
+            &ws.to_string(),
+            "--http-listen",
+            &web.to_string(),
+        ],
+        &[ws, web],
+    );
+    let (mut slow, h) = ws_upgrade(&ws.to_string(), None, None).await;
+    assert!(h.starts_with("HTTP/1.1 101"));
+    let mut readers = Vec::new();
+    for _ in 0..5 {
+        let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{ws}"))
+            .await
+            .unwrap();
+        let _greeting = c.next().await;
+        readers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while n < 150 {
+                match tokio::time::timeout(Duration::from_secs(20), c.next()).await {
+                    Ok(Some(Ok(WsMessage::Text(t)))) if t.len() == 65536 => n += 1,
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+            n
+        }));
+    }
+    let body = format!("content={}", "x".repeat(65536));
+    for _ in 0..150 {
+        let mut s = TcpStream::connect(web).await.unwrap();
+        s.write_all(
+            format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    for r in readers {
+        assert_eq!(r.await.unwrap(), 150, "a reading client got every push");
+    }
+    // The slow client was dropped: reading now ends in EOF, before all 150 pushes.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => total += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the server closed the slow client");
+    assert!(
+        total < 150 * 65536,
+        "it did not get everything: {total} bytes"
+    );
+    let log = app.log();
+    assert!(
+        log.contains("does not read its pushes"),
+        "on_buffer_full dropped it: {log}"
+    );
+}

@@ -30,6 +30,9 @@ pub(crate) struct InstanceCounters {
     pub idle_closed: Cell<u64>,
 }
 
+/// How long a closing connection may take to flush before it is dropped.
+const CLOSE_LIMIT_SECS: u32 = 5;
+
 fn bump(c: &Cell<u64>) {
     c.set(c.get() + 1);
 }
@@ -94,14 +97,16 @@ impl InstanceInner {
     fn sweep(&self) {
         let now = self.started.elapsed().as_secs() as u32;
         crate::connection::clock::set(now);
-        let Some(timeout) = self.config.idle_timeout else {
-            return;
-        };
-        let timeout = timeout.as_secs().max(2) as u32;
         let conns: Vec<Connection> = self.connections.borrow().values().cloned().collect();
+        let timeout = self.config.idle_timeout.map(|t| t.as_secs().max(2) as u32);
         for c in conns {
-            if c.check_idle(now, timeout) {
-                bump(&self.stats.idle_closed);
+            if c.check_closing(now, CLOSE_LIMIT_SECS) {
+                continue;
+            }
+            if let Some(t) = timeout {
+                if c.check_idle(now, t) {
+                    bump(&self.stats.idle_closed);
+                }
             }
         }
     }
