@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use werkmann::channel::worker_ids::WorkerIds;
-use werkmann::channel::{self, Client, PublishStatus};
+use werkmann::channel::{self, Client, Name};
 use werkmann::{Connection, Message, Request, Response, Worker};
 
 use crate::auth::Auth;
@@ -132,13 +132,40 @@ impl Push {
     }
 }
 
-fn publish(client: &Client, push: &Push) -> Result<PublishStatus, Response> {
+/// How many WebSocket instances broadcasts reached lately: a broadcast that reaches fewer
+/// (instances still re-subscribing after a channel restart) is reported, not answered `ok`.
+/// The mark is forgotten after [`Reach::MEMORY`] without a confirmation at that level, so a
+/// node that left for good stops counting.
+#[derive(Default)]
+pub struct Reach {
+    mark: std::cell::Cell<(usize, Option<std::time::Instant>)>,
+}
+
+impl Reach {
+    /// How long the high-water mark is remembered.
+    pub const MEMORY: std::time::Duration = std::time::Duration::from_secs(15);
+
+    /// Record a broadcast that reached `n` subscribers; `Some(expected)` if that is short.
+    pub fn observe(&self, n: usize) -> Option<usize> {
+        let now = std::time::Instant::now();
+        let (mark, seen) = self.mark.get();
+        let fresh = seen.is_some_and(|t| now.duration_since(t) < Reach::MEMORY);
+        if n >= mark || !fresh {
+            self.mark.set((n, Some(now)));
+            return None;
+        }
+        Some(mark)
+    }
+}
+
+/// The event and data a push becomes, or the 400 that says what is wrong with it.
+fn event_of(push: &Push) -> Result<(Name, Value), Response> {
     let content = match push.content.as_deref() {
         Some(c) if !c.is_empty() => c,
         _ => return Err(Response::text(400, "missing content: nothing published\n")),
     };
-    let result = match (&push.to_worker_id, &push.to_connection_id) {
-        (None, None) => client.publish(BROADCAST, &json!({ "content": content })),
+    match (&push.to_worker_id, &push.to_connection_id) {
+        (None, None) => Ok((Name::from(BROADCAST), json!({ "content": content }))),
         (Some(w), Some(c)) => {
             let worker: u32 = w.parse().map_err(|_| {
                 Response::text(400, format!("to_worker_id {w:?} is not a worker id\n"))
@@ -149,19 +176,16 @@ fn publish(client: &Client, push: &Push) -> Result<PublishStatus, Response> {
                     format!("to_connection_id {c:?} is not a connection id\n"),
                 )
             })?;
-            client.publish(
-                worker,
-                &json!({ "to_connection_id": conn, "content": content }),
-            )
-        }
-        _ => {
-            return Err(Response::text(
-                400,
-                "a targeted push needs both to_worker_id and to_connection_id\n",
+            Ok((
+                Name::from(worker),
+                json!({ "to_connection_id": conn, "content": content }),
             ))
         }
-    };
-    result.map_err(|e| Response::text(503, format!("push not accepted: {e}\n")))
+        _ => Err(Response::text(
+            400,
+            "a targeted push needs both to_worker_id and to_connection_id\n",
+        )),
+    }
 }
 
 fn handle(conn: &Connection, req: &Request, page: &str) {
@@ -194,14 +218,41 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
         ));
         return;
     }
-    match publish(&client, &push) {
-        Ok(PublishStatus::Sent) => conn.send("ok"),
-        Ok(PublishStatus::Buffered) => conn.send(Response::text(
-            503,
-            "channel connection lost: push buffered, not yet delivered\n",
-        )),
-        Err(resp) => conn.send(resp),
+    let (event, data) = match event_of(&push) {
+        Ok(e) => e,
+        Err(resp) => {
+            conn.send(resp);
+            return;
+        }
     };
+    // Answer once the channel confirms delivery: `ok` means the push reached the nodes.
+    let reply_to = conn.clone();
+    let targeted = push.to_worker_id.clone();
+    let expected = conn.worker().and_then(|w| w.data::<Reach>());
+    client.publish_confirmed(event, &data, move |result| {
+        let short = match (&result, &targeted, &expected) {
+            (Ok(Some(n)), None, Some(reach)) => reach.observe(*n),
+            _ => None,
+        };
+        match (result, targeted, short) {
+            (Ok(Some(0)), Some(w), _) => reply_to.send(Response::text(
+                404,
+                format!("worker {w} is not connected to the channel: push reached no one\n"),
+            )),
+            (Ok(Some(n)), None, Some(want)) => reply_to.send(Response::text(
+                503,
+                format!("push reached {n} of the {want} WebSocket instances subscribed lately\n"),
+            )),
+            (Ok(Some(0)), None, None) => reply_to.send(Response::text(
+                503,
+                "no WebSocket node is subscribed: push reached no one\n",
+            )),
+            (Ok(_), _, _) => reply_to.send("ok"),
+            (Err(e), _, _) => {
+                reply_to.send(Response::text(503, format!("push not delivered: {e}\n")))
+            }
+        };
+    });
 }
 
 /// The HTTP publisher (`publisher`). `ws_port` is what the demo page connects to; with a
@@ -227,6 +278,7 @@ pub fn http_worker(
         if let Some(s) = &secret {
             w.set_data(Auth::new(s));
         }
+        w.set_data(Reach::default());
         match Client::connect(&addr) {
             Ok(c) => w.set_data(c),
             Err(e) => log::error!("publisher: no channel: {e}"),

@@ -91,8 +91,17 @@ impl Conn {
     }
 
     /// Send one request and read its response; returns the status code and the start of
-    /// the body.
+    /// the body. A kept-alive connection the server closed meanwhile (idle timeout) is
+    /// reopened and the request sent once more.
     pub async fn roundtrip(&mut self, req: &[u8]) -> Result<(u16, String)> {
+        let reused = self.stream.is_some();
+        match self.roundtrip_once(req).await {
+            Err(e) if reused && gone(&e) => self.roundtrip_once(req).await,
+            r => r,
+        }
+    }
+
+    async fn roundtrip_once(&mut self, req: &[u8]) -> Result<(u16, String)> {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
@@ -172,6 +181,14 @@ impl Conn {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).to_string();
         Ok((status, text))
     }
+}
+
+/// Whether an error says the server had closed the connection before the request.
+fn gone(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    ["connection closed", "Broken pipe", "Connection reset"]
+        .iter()
+        .any(|t| text.contains(t))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

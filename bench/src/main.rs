@@ -20,20 +20,12 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("worker") => worker::main(),
-        _ => {
-            let rt = if std::env::var("PUSHBENCH_RT").as_deref() == Ok("current") {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-            };
-            rt.map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run::main(&args)))
-        }
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(run::main(&args))),
     };
     if let Err(e) = result {
         eprintln!("pushbench: {e:#}");

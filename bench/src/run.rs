@@ -254,6 +254,8 @@ enum Publish {
 
 /// One delivery phase's result.
 struct Delivery {
+    /// The first failed publish request, with how many failed.
+    publish_error: Option<String>,
     expected: u64,
     received: u64,
     errors: Errors,
@@ -429,13 +431,6 @@ impl Suite {
         let cpu1 = sys.cpu_ns();
         let g1 = gen_cpu();
         let rep = gen.report().await?;
-        if let Some(e) = first_error {
-            self.notes.push(format!(
-                "{} ({}): {http_errors} publish requests failed: {e}",
-                sys.setup.system(),
-                sys.setup.mode()
-            ));
-        }
         let received = rep.progress.received;
         let missing = match kind {
             Kind::Targeted => ok.saturating_sub(received) + (m as u64 - ok),
@@ -447,6 +442,8 @@ impl Suite {
             mono_ns()
         };
         Ok(Delivery {
+            publish_error: first_error
+                .map(|e| format!("{http_errors} publish requests failed: {e}")),
             expected,
             received,
             errors: Errors {
@@ -503,6 +500,7 @@ impl Suite {
             r.set("max_ms", d.max_ns as f64 / 1e6);
         }
         r.errors = d.errors.clone();
+        r.notes.extend(d.publish_error.clone());
         r
     }
 
@@ -1067,15 +1065,9 @@ pub async fn main(args: &[String]) -> Result<()> {
     if let Some(out) = &suite.opts.out {
         std::fs::write(out, &md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("pushbench: wrote {}", out.display());
-        let json = out.with_extension("json");
-        let raw = serde_json::to_string_pretty(&results.rows)?;
         let json_path = std::env::temp_dir().join("pushbench-last.json");
-        std::fs::write(&json_path, raw)?;
-        eprintln!(
-            "pushbench: raw rows in {} (not {})",
-            json_path.display(),
-            json.display()
-        );
+        std::fs::write(&json_path, serde_json::to_string_pretty(&results.rows)?)?;
+        eprintln!("pushbench: every row as JSON in {}", json_path.display());
     } else {
         println!("{md}");
     }

@@ -329,8 +329,10 @@ impl Connection {
             return self.fail_closed();
         }
         let encoded = self.0.codec.borrow_mut().encode(msg.into());
-        if !self.0.read_buf.borrow().is_empty() {
-            // The codec may accept the next buffered package now (an HTTP response was sent).
+        if !self.0.read_buf.borrow().is_empty() || self.0.codec.borrow().wants_close() {
+            // The codec may accept the next buffered package now (an HTTP response was sent),
+            // or the connection must close once this is out (a response sent later, from
+            // another callback): the task has to look.
             self.wake();
         }
         match encoded {

@@ -35,6 +35,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 type EventFn = Rc<dyn Fn(Value)>;
 type FallbackFn = Rc<dyn Fn(&Key, Value)>;
 type HookFn = Rc<dyn Fn()>;
+type AckFn = Box<dyn FnOnce(Result<Option<usize>, ChannelError>)>;
 
 /// What `publish` did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,16 @@ struct ClientInner {
     ping: Cell<Option<TimerId>>,
     decode_errors: Cell<u64>,
     secret: Option<String>,
+    /// The server acknowledges publishes that carry an id (it answered our hello).
+    acks: Cell<bool>,
+    /// This server answered a hello before: after a reconnect, wait for it again.
+    acks_known: Cell<bool>,
+    /// This client, for timers.
+    me: RefCell<Weak<ClientInner>>,
+    /// Waiting for the answer to this connection's hello (a PHP server never answers).
+    hello_pending: Cell<bool>,
+    next_ack: Cell<i64>,
+    pending_acks: RefCell<BTreeMap<i64, AckFn>>,
 }
 
 /// A channel client. Cheap to clone; lives on the thread that created it.
@@ -135,7 +146,14 @@ impl Client {
             ping: Cell::new(None),
             decode_errors: Cell::new(0),
             secret: secret.map(str::to_string),
+            acks: Cell::new(false),
+            acks_known: Cell::new(false),
+            me: RefCell::new(Weak::new()),
+            hello_pending: Cell::new(false),
+            next_ack: Cell::new(1),
+            pending_acks: RefCell::new(BTreeMap::new()),
         });
+        *inner.me.borrow_mut() = Rc::downgrade(&inner);
         let client = Client(inner);
         if addr.starts_with("redis://") || addr.starts_with("rediss://") {
             let owner: Rc<dyn RedisOwner> = client.0.clone();
@@ -304,6 +322,53 @@ impl Client {
             .send(Command::Publish(wire(events.into_names()), data))
     }
 
+    /// Publish and learn whether it was delivered: `on_done(Ok(Some(n)))` once a werkmann
+    /// channel server has written the event to its `n` subscribers; `Ok(None)` when the server
+    /// does not acknowledge (a PHP server, Redis, in-process) once the client has handed it
+    /// over; `Err(Disconnected)` at once when not connected; `Err(Unconfirmed)` if the
+    /// connection drops first.
+    pub fn publish_confirmed<T: Serialize + ?Sized>(
+        &self,
+        events: impl IntoNames,
+        data: &T,
+        on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
+    ) {
+        let cmd = match encode(data) {
+            Ok(d) => Command::Publish(wire(events.into_names()), d),
+            Err(e) => return on_done(Err(e)),
+        };
+        let inner = &self.0;
+        if !inner.connected.get() || inner.hello_pending.get() {
+            return on_done(Err(ChannelError::Disconnected));
+        }
+        let tcp = match inner.transport.borrow().as_ref() {
+            Some(Transport::Tcp(c)) => Some(c.clone()),
+            _ => None,
+        };
+        match tcp {
+            Some(c) if inner.acks.get() => {
+                let id = inner.next_ack.get();
+                inner.next_ack.set(id + 1);
+                let payload = Bytes::from(cmd.encode_payload_with_id(id));
+                if c.send(Message::Binary(payload)).is_ok() {
+                    inner
+                        .pending_acks
+                        .borrow_mut()
+                        .insert(id, Box::new(on_done));
+                } else {
+                    on_done(Err(ChannelError::BufferFull {
+                        limit: inner.max_pending.get(),
+                    }));
+                }
+            }
+            _ => match inner.send(cmd) {
+                Ok(PublishStatus::Sent) => on_done(Ok(None)),
+                Ok(PublishStatus::Buffered) => on_done(Err(ChannelError::Disconnected)),
+                Err(e) => on_done(Err(e)),
+            },
+        }
+    }
+
     /// Send bytes already in PHP `serialize()` format.
     pub fn publish_raw(
         &self,
@@ -428,6 +493,21 @@ impl ClientInner {
         if let (true, Some(secret)) = (tcp, &self.secret) {
             let _ = self.send(auth_command(secret));
         }
+        if tcp {
+            self.hello_pending.set(true);
+            let _ = self.send(Command::Hello);
+            if !self.acks_known.get() {
+                // A server that has not answered within a second does not acknowledge.
+                let weak = self.me.borrow().clone();
+                Timer::once(Duration::from_secs(1), move || {
+                    if let Some(inner) = weak.upgrade() {
+                        if !inner.acks_known.get() {
+                            inner.hello_pending.set(false);
+                        }
+                    }
+                });
+            }
+        }
         let events: Vec<Key> = self.events.borrow().keys().cloned().collect();
         if !events.is_empty() {
             let _ = self.send(Command::Subscribe(wire(events)));
@@ -464,6 +544,13 @@ impl ClientInner {
 
     fn transport_down(&self) {
         let was = self.connected.replace(false);
+        self.acks.set(false);
+        let unconfirmed = std::mem::take(&mut *self.pending_acks.borrow_mut());
+        for (_, cb) in unconfirmed {
+            guard("channel publish confirmation", || {
+                cb(Err(ChannelError::Unconfirmed))
+            });
+        }
         if self.closed.get() {
             return;
         }
@@ -547,6 +634,20 @@ impl ClientInner {
             }
         };
         match d.kind {
+            DeliveryKind::Hello => {
+                self.acks.set(true);
+                self.acks_known.set(true);
+                self.hello_pending.set(false);
+            }
+            DeliveryKind::Ack => {
+                if let Key::Int(id) = d.channel {
+                    let cb = self.pending_acks.borrow_mut().remove(&id);
+                    let reached = value.as_u64().map(|n| n as usize);
+                    if let Some(cb) = cb {
+                        guard("channel publish confirmation", || cb(Ok(reached)));
+                    }
+                }
+            }
             DeliveryKind::Event => {
                 let cb = self.events.borrow().get(&d.channel).cloned().flatten();
                 match cb {

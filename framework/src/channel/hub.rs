@@ -44,11 +44,17 @@ impl Sink {
         name: &WireName,
         data: &Bytes,
         frame: &mut Option<Bytes>,
+        now: bool,
     ) -> bool {
         match self {
             Sink::Tcp(conn) => {
                 let f = frame.get_or_insert_with(|| encode_delivery(kind, &name.raw, data));
-                conn.send_deferred(f.clone()).is_ok()
+                if now {
+                    // Acknowledged publishes reach the kernel before their acknowledgement.
+                    conn.send_raw(f.clone()).is_ok()
+                } else {
+                    conn.send_deferred(f.clone()).is_ok()
+                }
             }
             Sink::Local(r) => r
                 .try_send(LocalDelivery(Delivery {
@@ -89,7 +95,7 @@ impl Queue {
             };
             let item = self.items.pop_front().expect("not empty");
             let mut frame = None;
-            if sink.deliver(DeliveryKind::Queue, &name, &item, &mut frame) {
+            if sink.deliver(DeliveryKind::Queue, &name, &item, &mut frame, false) {
                 stats.deliveries += 1;
             } else {
                 // The consumer cannot take it: keep the item for the next one.
@@ -123,6 +129,8 @@ pub(crate) struct HubState {
     channels: HashMap<Key, Subscribers>,
     queues: HashMap<Key, Queue>,
     subscribed: HashMap<SubscriberId, HashSet<Key>>,
+    /// Write deliveries to the sockets at once (an acknowledged publish), not deferred.
+    pub flush_now: bool,
     watching: HashMap<SubscriberId, HashSet<Key>>,
     pub stats: HubStats,
 }
@@ -132,7 +140,7 @@ impl HubState {
     pub fn apply(&mut self, id: SubscriberId, sink: &Sink, cmd: Command) {
         self.stats.commands += 1;
         match cmd {
-            Command::Ping | Command::Auth(_) => {}
+            Command::Ping | Command::Auth(_) | Command::Hello => {}
             Command::Subscribe(names) => {
                 for n in names {
                     let subs = self.channels.entry(n.key.clone()).or_default();
@@ -157,7 +165,7 @@ impl HubState {
                     };
                     let mut frame = None;
                     for (_, s) in &subs.list {
-                        if s.deliver(DeliveryKind::Event, &n, &data, &mut frame) {
+                        if s.deliver(DeliveryKind::Event, &n, &data, &mut frame, self.flush_now) {
                             self.stats.deliveries += 1;
                         } else {
                             self.stats.failed += 1;
@@ -175,10 +183,13 @@ impl HubState {
                     }
                     subs.cursor = (subs.cursor + 1) % subs.list.len();
                     let mut frame = None;
-                    if subs.list[subs.cursor]
-                        .1
-                        .deliver(DeliveryKind::Event, &n, &data, &mut frame)
-                    {
+                    if subs.list[subs.cursor].1.deliver(
+                        DeliveryKind::Event,
+                        &n,
+                        &data,
+                        &mut frame,
+                        self.flush_now,
+                    ) {
                         self.stats.deliveries += 1;
                     } else {
                         self.stats.failed += 1;

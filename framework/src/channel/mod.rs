@@ -45,6 +45,13 @@ pub enum ChannelError {
     /// The client was closed.
     #[error("channel client closed")]
     Closed,
+    /// Not connected to the channel now (an acknowledged publish is not buffered).
+    #[error("channel not connected")]
+    Disconnected,
+    /// The connection dropped before the server confirmed: the event may or may not have
+    /// been delivered.
+    #[error("channel connection lost before the server confirmed delivery")]
+    Unconfirmed,
     /// Created outside a worker instance's thread.
     #[error("channel client must be created on a worker thread (e.g. in on_worker_start)")]
     NotOnWorkerThread,

@@ -574,7 +574,7 @@ async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResu
                 }
             }
             Command::Ping => cmds.push((String::new(), redis::cmd("PING"))),
-            Command::Unwatch(_) | Command::Reserve | Command::Auth(_) => {}
+            Command::Unwatch(_) | Command::Reserve | Command::Auth(_) | Command::Hello => {}
         }
     }
     if !subscribe.is_empty() {

@@ -11,7 +11,7 @@ use actix::Actor;
 use super::auth::Verifier;
 use super::hub::{self, Hub, HubState, Sink, SubscriberId};
 use super::php_serde;
-use super::wire::Command;
+use super::wire::{encode_delivery, Command, DeliveryKind};
 use crate::error::Error;
 use crate::message::Message;
 use crate::worker::Worker;
@@ -85,11 +85,11 @@ impl Server {
                 Message::Binary(b) => b,
                 other => bytes::Bytes::copy_from_slice(other.as_bytes()),
             };
-            let decoded = Command::decode(&payload);
+            let decoded = Command::decode_request(&payload);
             if let Some(secret) = &secret {
                 if conn.with_data(|_: &mut Authenticated| ()).is_none() {
                     let verdict = match &decoded {
-                        Ok(Command::Auth(data)) => {
+                        Ok((Command::Auth(data), _)) => {
                             let token = php_serde::from_slice(data)
                                 .ok()
                                 .and_then(|v| v.as_str().map(str::to_string))
@@ -100,7 +100,7 @@ impl Server {
                                 None => Err("no verifier"),
                             }
                         }
-                        Ok(Command::Ping) => return,
+                        Ok((Command::Ping, _)) => return,
                         _ => Err("authentication required"),
                     };
                     match verdict {
@@ -118,12 +118,29 @@ impl Server {
                 }
             }
             match decoded {
-                Ok(cmd) => {
-                    state.borrow_mut().apply(
-                        SubscriberId::Tcp(conn.id()),
-                        &Sink::Tcp(conn.clone()),
-                        cmd,
-                    );
+                Ok((Command::Hello, _)) => {
+                    // This server acknowledges publishes that carry an id.
+                    conn.send_raw(encode_delivery(
+                        DeliveryKind::Hello,
+                        b"s:8:\"werkmann\";",
+                        b"i:1;",
+                    ));
+                }
+                Ok((cmd, ack)) => {
+                    let mut hub = state.borrow_mut();
+                    hub.flush_now = ack.is_some();
+                    let before = hub.stats.deliveries;
+                    hub.apply(SubscriberId::Tcp(conn.id()), &Sink::Tcp(conn.clone()), cmd);
+                    hub.flush_now = false;
+                    let reached = hub.stats.deliveries - before;
+                    drop(hub);
+                    if let Some(id) = ack {
+                        // The acknowledgement says how many subscribers the event reached.
+                        let (mut raw, mut count) = (Vec::new(), Vec::new());
+                        php_serde::Key::Int(id).write(&mut raw);
+                        php_serde::Key::Int(reached as i64).write(&mut count);
+                        conn.send_raw(encode_delivery(DeliveryKind::Ack, &raw, &count));
+                    }
                 }
                 Err(e) => {
                     log::warn!(

@@ -56,6 +56,9 @@ pub enum Command {
     Reserve,
     /// A werkmann extension: the authentication token (see `channel::auth`).
     Auth(Bytes),
+    /// A werkmann extension: a client that understands acknowledgements says so; a werkmann
+    /// server answers `{type: hello}`, a PHP server ignores it.
+    Hello,
 }
 
 impl Command {
@@ -72,14 +75,22 @@ impl Command {
             Command::Unwatch(_) => "unwatch",
             Command::Reserve => "reserve",
             Command::Auth(_) => "auth",
+            Command::Hello => "hello",
         }
     }
 
     /// Parse a frame payload. `data` and channel names are slices of `payload` (no copy).
     pub fn decode(payload: &Bytes) -> Result<Command, PhpError> {
+        Command::decode_request(payload).map(|(c, _)| c)
+    }
+
+    /// Parse a frame payload and its `id` (a werkmann extension asking for an acknowledgement;
+    /// PHP servers ignore it).
+    pub fn decode_request(payload: &Bytes) -> Result<(Command, Option<i64>), PhpError> {
         if payload.is_empty() {
-            return Ok(Command::Ping);
+            return Ok((Command::Ping, None));
         }
+        let mut id: Option<i64> = None;
         let mut r = Reader::new(payload);
         let n = r.array_start()?;
         // Keys and the type are compared as bytes: no allocation per command.
@@ -119,6 +130,15 @@ impl Command {
                     let range = r.skip()?;
                     data = Some(payload.slice(range));
                 }
+                Some(b"id") => match r.key()? {
+                    Key::Int(i) => id = Some(i),
+                    Key::Str(_) => {
+                        return Err(PhpError {
+                            msg: "id must be an integer".into(),
+                            pos: r.pos(),
+                        })
+                    }
+                },
                 _ => {
                     r.skip()?;
                 }
@@ -137,7 +157,8 @@ impl Command {
         })?;
         let names = channels.unwrap_or_default();
         let data = data.unwrap_or_else(|| Bytes::from_static(b"N;"));
-        Ok(match kind {
+        let cmd = match kind {
+            b"hello" => Command::Hello,
             b"subscribe" => Command::Subscribe(names),
             b"unsubscribe" => Command::Unsubscribe(names),
             b"publish" => Command::Publish(names, data),
@@ -153,7 +174,8 @@ impl Command {
                     pos: 0,
                 })
             }
-        })
+        };
+        Ok((cmd, id))
     }
 
     /// Serialize as PHP's Channel client does, without the frame header.
@@ -164,6 +186,12 @@ impl Command {
             Command::Reserve => {
                 php_serde::write_array_start(&mut out, 1);
                 write_type(&mut out, "reserve");
+                out.push(b'}');
+                return out;
+            }
+            Command::Hello => {
+                php_serde::write_array_start(&mut out, 1);
+                write_type(&mut out, "hello");
                 out.push(b'}');
                 return out;
             }
@@ -200,6 +228,26 @@ impl Command {
         out
     }
 
+    /// Serialize with an `id` asking for an acknowledgement (publishes only).
+    pub fn encode_payload_with_id(&self, id: i64) -> Vec<u8> {
+        let mut out = self.encode_payload();
+        // `a:N:{…}` becomes `a:N+1:{… s:2:"id";i:ID;}`.
+        let Some(colon) = out.iter().skip(2).position(|&b| b == b':').map(|p| p + 2) else {
+            return out;
+        };
+        let n: usize = std::str::from_utf8(&out[2..colon])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut fixed = format!("a:{}", n + 1).into_bytes();
+        fixed.extend_from_slice(&out[colon..out.len() - 1]);
+        php_serde::write_str(&mut fixed, b"id");
+        Key::Int(id).write(&mut fixed);
+        fixed.push(b'}');
+        out = fixed;
+        out
+    }
+
     /// Serialize with the frame header.
     pub fn encode_frame(&self) -> Bytes {
         frame::encode_bytes(&self.encode_payload()).expect("command fits a frame")
@@ -218,6 +266,10 @@ pub enum DeliveryKind {
     Event,
     /// `{type: queue}`.
     Queue,
+    /// `{type: hello}`: the server acknowledges publishes that carry an `id` (werkmann).
+    Hello,
+    /// `{type: ack, channel: ID}`: the publish with that `id` was delivered (werkmann).
+    Ack,
 }
 
 /// Frame a server message `{type, channel, data}` (header included), as PHP's server does.
@@ -226,6 +278,8 @@ pub fn encode_delivery(kind: DeliveryKind, channel_raw: &[u8], data: &[u8]) -> B
     let head: &[u8] = match kind {
         DeliveryKind::Event => b"a:3:{s:4:\"type\";s:5:\"event\";s:7:\"channel\";",
         DeliveryKind::Queue => b"a:3:{s:4:\"type\";s:5:\"queue\";s:7:\"channel\";",
+        DeliveryKind::Hello => b"a:3:{s:4:\"type\";s:5:\"hello\";s:7:\"channel\";",
+        DeliveryKind::Ack => b"a:3:{s:4:\"type\";s:3:\"ack\";s:7:\"channel\";",
     };
     const DATA_KEY: &[u8] = b"s:4:\"data\";";
     let len = 4 + head.len() + channel_raw.len() + DATA_KEY.len() + data.len() + 1;
@@ -263,6 +317,8 @@ impl Delivery {
                     kind = Some(match r.key()? {
                         Key::Str(t) if t == "event" => DeliveryKind::Event,
                         Key::Str(t) if t == "queue" => DeliveryKind::Queue,
+                        Key::Str(t) if t == "hello" => DeliveryKind::Hello,
+                        Key::Str(t) if t == "ack" => DeliveryKind::Ack,
                         other => {
                             return Err(PhpError {
                                 msg: format!("unknown message type {other}"),
