@@ -437,3 +437,21 @@ impl RedisCluster {
         self.nodes[0].url()
     }
 }
+
+/// Start a `channel_console` app using `channel` (plus `extra` options); returns it and its
+/// console address.
+pub fn channel_console(channel: &str, extra: &[&str]) -> (App, String) {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["--listen", addr.as_str(), "--channel", channel];
+    args.extend_from_slice(extra);
+    let app = App::start("channel_console", &args, &[port]);
+    (app, addr)
+}
+
+/// Open a channel console connection and wait until its channel client is connected.
+pub async fn open_console(addr: &str) -> Console {
+    let mut c = Console::connect(addr).await;
+    assert_eq!(c.line().await, "channel connected");
+    c
+}

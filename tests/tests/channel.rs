@@ -5,16 +5,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
-use werkmann_tests::{free_port, App, Console};
+use werkmann_tests::{channel_console, free_port, open_console as open, App};
 
 const T: Duration = Duration::from_secs(10);
-
-/// Open a channel console connection and wait until its channel client is connected.
-async fn open(addr: &str) -> Console {
-    let mut c = Console::connect(addr).await;
-    assert_eq!(c.line().await, "channel connected");
-    c
-}
 
 fn channel_server() -> (App, String) {
     let port = free_port();
@@ -23,20 +16,11 @@ fn channel_server() -> (App, String) {
     (app, addr)
 }
 
-fn console_app(channel: &str, extra: &[&str]) -> (App, String) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut args = vec!["--listen", &addr, "--channel", channel];
-    args.extend_from_slice(extra);
-    let app = App::start("channel_console", &args, &[port]);
-    (app, addr)
-}
-
 #[tokio::test]
 async fn fan_out_names_and_ordering_across_processes() {
     let (_server, ch) = channel_server();
-    let (_a, a_addr) = console_app(&ch, &[]);
-    let (_b, b_addr) = console_app(&ch, &[]);
+    let (_a, a_addr) = channel_console(&ch, &[]);
+    let (_b, b_addr) = channel_console(&ch, &[]);
     let mut subs = Vec::new();
     for addr in [&a_addr, &b_addr, &a_addr, &b_addr, &a_addr] {
         let mut c = open(addr).await;
@@ -81,7 +65,7 @@ async fn fan_out_names_and_ordering_across_processes() {
 #[tokio::test]
 async fn publish_loop_is_round_robin_and_queues_deliver_exactly_once() {
     let (_server, ch) = channel_server();
-    let (_a, a_addr) = console_app(&ch, &[]);
+    let (_a, a_addr) = channel_console(&ch, &[]);
     let mut subs = Vec::new();
     for _ in 0..3 {
         let mut c = open(&a_addr).await;
@@ -154,7 +138,7 @@ async fn clients_reconnect_resubscribe_and_flush_what_they_buffered() {
     let port = free_port();
     let ch = format!("127.0.0.1:{port}");
     let server = App::start("start_channel", &["--listen", &ch], &[port]);
-    let (_a, a_addr) = console_app(&ch, &[]);
+    let (_a, a_addr) = channel_console(&ch, &[]);
     let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on news").await, "ok");
     assert_eq!(sub.ask("watch jobs").await, "ok");
@@ -274,7 +258,7 @@ async fn php_wire_format_byte_for_byte_and_bad_input() {
 
 #[tokio::test]
 async fn embedded_channel_connects_instances_without_tcp() {
-    let (_app, addr) = console_app("embedded", &["--serve", "embedded", "--count", "2"]);
+    let (_app, addr) = channel_console("embedded", &["--serve", "embedded", "--count", "2"]);
     let mut a = open(&addr).await;
     let mut b = open(&addr).await;
     let wa = a.ask("whoami").await;
@@ -311,7 +295,7 @@ async fn php_peers_and_werkmann_clients_share_one_channel_server() {
     );
     let script = werkmann_tests::workspace().join("tests/php/channel_peer.php");
     let (_server, ch) = channel_server();
-    let (_a, a_addr) = console_app(&ch, &[]);
+    let (_a, a_addr) = channel_console(&ch, &[]);
 
     // A PHP subscriber receives what a werkmann client publishes.
     let mut php_sub = tokio::process::Command::new("php")

@@ -63,12 +63,29 @@ async fn quiet(ws: &mut Ws, ms: u64) {
 
 /// GET a path on a publisher; returns (status, body).
 async fn get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path_and_query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    http(
+        addr,
+        &format!("GET {path_and_query} HTTP/1.1\r\nHost: x\r\n"),
+        "",
     )
     .await
-    .unwrap();
+}
+
+/// POST a body to a publisher; returns (status, body).
+async fn post(addr: SocketAddr, ctype: &str, body: &str) -> (u16, String) {
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    http(addr, &head, body).await
+}
+
+/// One request (`head` without its final blank line) on its own connection.
+async fn http(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{head}Connection: close\r\n\r\n{body}").as_bytes())
+        .await
+        .unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(T, s.read_to_end(&mut out))
         .await
@@ -356,33 +373,6 @@ async fn a_second_node_with_the_same_options_gets_the_next_ids_and_pinned_clashe
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already held"), "{err}");
-}
-
-/// POST a body to a publisher; returns (status, body).
-async fn post(addr: SocketAddr, ctype: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(T, s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test]

@@ -5,24 +5,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use werkmann_tests::{free_port, App, Console, RedisCluster, RedisServer};
-
-fn console_app(channel: &str) -> (App, String) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let app = App::start(
-        "channel_console",
-        &["--listen", &addr, "--channel", channel],
-        &[port],
-    );
-    (app, addr)
-}
-
-async fn open(addr: &str) -> Console {
-    let mut c = Console::connect(addr).await;
-    assert_eq!(c.line().await, "channel connected");
-    c
-}
+use werkmann_tests::{
+    channel_console, free_port, open_console as open, App, Console, RedisCluster, RedisServer,
+};
 
 #[tokio::test]
 async fn fan_out_names_ordering_loop_and_queues_on_redis() {
@@ -38,8 +23,8 @@ async fn fan_out_names_ordering_loop_and_queues_on_a_redis_cluster() {
 }
 
 async fn scenarios(url: &str) {
-    let (_a, a_addr) = console_app(url);
-    let (_b, b_addr) = console_app(url);
+    let (_a, a_addr) = channel_console(url, &[]);
+    let (_b, b_addr) = channel_console(url, &[]);
     let mut subs = Vec::new();
     for addr in [&a_addr, &b_addr, &a_addr] {
         let mut c = open(addr).await;
@@ -113,7 +98,7 @@ async fn scenarios(url: &str) {
 #[tokio::test]
 async fn redis_restarted_mid_stream() {
     let mut redis = RedisServer::start();
-    let (_a, a_addr) = console_app(&redis.url());
+    let (_a, a_addr) = channel_console(&redis.url(), &[]);
     let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on news").await, "ok");
     let mut p = open(&a_addr).await;
@@ -157,7 +142,7 @@ async fn redis_restarted_mid_stream() {
 #[tokio::test]
 async fn a_password_in_the_url_authenticates_and_a_wrong_one_is_reported() {
     let redis = RedisServer::start_with_password(Some("s3cret"));
-    let (_a, a_addr) = console_app(&redis.url());
+    let (_a, a_addr) = channel_console(&redis.url(), &[]);
     let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on news").await, "ok");
     let mut p = open(&a_addr).await;
@@ -167,7 +152,7 @@ async fn a_password_in_the_url_authenticates_and_a_wrong_one_is_reported() {
 
     // A wrong password never connects: publishes are buffered (bounded), not claimed as sent.
     let wrong = format!("redis://:nope@127.0.0.1:{}", redis.port);
-    let (bad, bad_addr) = console_app(&wrong);
+    let (bad, bad_addr) = channel_console(&wrong, &[]);
     let mut c = Console::connect(&bad_addr).await;
     c.nothing_for(500).await; // no "channel connected"
     assert_eq!(c.ask("pub news 2").await, "ok Buffered");
@@ -181,7 +166,7 @@ async fn rediss_speaks_tls_and_checks_the_certificate() {
     let redis = RedisServer::start_tls();
     // The apps trust the test CA through WERKMANN_REDIS_CA (set before they start).
     std::env::set_var("WERKMANN_REDIS_CA", redis.ca_file());
-    let (_a, a_addr) = console_app(&redis.url());
+    let (_a, a_addr) = channel_console(&redis.url(), &[]);
     let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on secure").await, "ok");
     let mut p = open(&a_addr).await;
