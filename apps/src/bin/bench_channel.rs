@@ -237,9 +237,10 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(get(11)? + get(12)?)
 }
 
-/// Busy time of the whole machine (all CPUs: user, nice, system, irq, softirq, steal), in
-/// clock ticks.
-fn machine_busy_ticks() -> Result<u64> {
+/// Busy time of the whole machine (all CPUs: user, nice, system, irq, softirq, steal) and the
+/// part of it spent in interrupts (irq, softirq: loopback TCP is processed there, and not
+/// counted in any process's CPU), in clock ticks.
+fn machine_busy_ticks() -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let line = stat
         .lines()
@@ -251,10 +252,8 @@ fn machine_busy_ticks() -> Result<u64> {
         .map(|v| v.parse().unwrap_or(0))
         .collect();
     // user nice system idle iowait irq softirq steal
-    Ok([0, 1, 2, 5, 6, 7]
-        .iter()
-        .map(|&i| f.get(i).copied().unwrap_or(0))
-        .sum())
+    let sum = |idx: &[usize]| -> u64 { idx.iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum() };
+    Ok((sum(&[0, 1, 2, 5, 6, 7]), sum(&[5, 6])))
 }
 
 /// Clock ticks per second.
@@ -276,6 +275,8 @@ fn ticks_secs(ticks: u64) -> f64 {
 /// The `start_channel` child process; stopped (and its run directory removed) when dropped.
 struct Server {
     child: Child,
+    exe: PathBuf,
+    listen: SocketAddr,
     dir: PathBuf,
     log: PathBuf,
 }
@@ -325,7 +326,31 @@ impl Server {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
-        Ok(Server { child, dir, log })
+        Ok(Server {
+            child,
+            exe,
+            listen,
+            dir,
+            log,
+        })
+    }
+
+    /// The server's count of failed sends (`fails` of `start_channel status`): deliveries it
+    /// dropped because a subscriber's send buffer was full. `None` if it cannot be read.
+    fn send_failures(&self) -> Option<u64> {
+        let out = Command::new(&self.exe)
+            .args(["status", "--listen", &self.listen.to_string()])
+            .env("WERKMANN_RUN_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // worker listen id conns accepted msgs_in msgs_out fails …
+        text.lines()
+            .find(|l| l.starts_with("ChannelServer"))
+            .and_then(|l| l.split_whitespace().nth(7))
+            .and_then(|v| v.parse().ok())
     }
 
     fn pid(&self) -> u32 {
@@ -586,9 +611,14 @@ struct Row {
     deliveries: u64,
     secs: f64,
     publish_secs: f64,
+    /// From the first publish until every subscriber finished (or gave up).
+    measured_secs: f64,
     server_cpu: f64,
     generator_cpu: f64,
     machine_cpu: f64,
+    interrupt_cpu: f64,
+    /// Deliveries the server dropped (send buffer full), if its status could be read.
+    server_drops: Option<u64>,
     lost: u64,
     reordered: u64,
     malformed: u64,
@@ -639,6 +669,7 @@ async fn run_row(
         publisher.write_all(&frames.marker).await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let fails0 = server.send_failures();
     let peak_reset = reset_peak_rss(pid);
     let gen0 = cpu_ticks(std::process::id())?;
     let cpu0 = cpu_ticks(pid)?;
@@ -656,9 +687,14 @@ async fn run_row(
     let cpu1 = cpu_ticks(pid)?;
     let gen1 = cpu_ticks(std::process::id())?;
     let busy1 = machine_busy_ticks()?;
+    let measured_secs = t0.elapsed().as_secs_f64();
     let peak_rss_kib = status_kib(pid, "VmHWM:")?;
     let (pub_result, pub_done, publisher) = pub_task.await.context("publisher task")?;
     drop(publisher);
+    let server_drops = match (fails0, server.send_failures()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let mut errors = Vec::new();
     if let Err(e) = pub_result {
         errors.push(format!("publisher: {e:#}"));
@@ -681,9 +717,12 @@ async fn run_row(
         deliveries,
         secs: last.duration_since(t0).as_secs_f64(),
         publish_secs: pub_done.duration_since(t0).as_secs_f64(),
+        measured_secs,
         server_cpu: ticks_secs(cpu1 - cpu0),
         generator_cpu: ticks_secs(gen1 - gen0),
-        machine_cpu: ticks_secs(busy1.saturating_sub(busy0)),
+        machine_cpu: ticks_secs(busy1.0.saturating_sub(busy0.0)),
+        interrupt_cpu: ticks_secs(busy1.1.saturating_sub(busy0.1)),
+        server_drops,
         lost,
         reordered,
         malformed,
@@ -830,19 +869,19 @@ async fn bench() -> Result<()> {
     for r in &rows {
         println!(
             "- {} subscribers: server CPU {:.2} s ({:.0}% of one core), generator CPU {:.2} s, \
-             the machine's busy CPU {:.2} s (other processes and interrupts: {:.2} s) over \
-             {:.2} s; the publisher's last byte was accepted after {:.2} s{}",
+             interrupts {:.2} s, other processes {:.2} s, over {:.2} s; the publisher's last \
+             byte was accepted after {:.2} s{}",
             r.subscribers,
             r.server_cpu,
-            if r.secs > 0.0 {
-                r.server_cpu * 100.0 / r.secs
+            if r.measured_secs > 0.0 {
+                r.server_cpu * 100.0 / r.measured_secs
             } else {
                 0.0
             },
             r.generator_cpu,
-            r.machine_cpu,
-            (r.machine_cpu - r.server_cpu - r.generator_cpu).max(0.0),
-            r.secs,
+            r.interrupt_cpu,
+            (r.machine_cpu - r.interrupt_cpu - r.server_cpu - r.generator_cpu).max(0.0),
+            r.measured_secs,
             r.publish_secs,
             if r.peak_reset {
                 ""
@@ -853,16 +892,25 @@ async fn bench() -> Result<()> {
     }
     println!(
         "- {cores} cores in all: the server (one channel instance thread) and this generator \
-         (publisher + subscriber tasks on a tokio runtime) compete for them; CPU figures are \
-         utime + stime from /proc, in {} ms ticks",
+         (publisher + subscriber tasks on a tokio runtime) compete for them, and with any other \
+         process (\"other processes\": figures are only clean when it is near 0). CPU figures \
+         are utime + stime from /proc, in {} ms ticks; the kernel's loopback TCP work done in \
+         softirq (\"interrupts\", from /proc/stat) is counted in no process's CPU",
         1000 / clk_tck()
     );
     let mut bad = false;
     for r in &rows {
         if r.lost > 0 || r.reordered > 0 || r.malformed > 0 || !r.errors.is_empty() {
             bad = true;
+            let drops = match r.server_drops {
+                Some(d) => format!(
+                    " (the server dropped {d} deliveries: a subscriber's send buffer was full, \
+                     i.e. the subscribers fell more than the buffer limit behind)"
+                ),
+                None => String::new(),
+            };
             println!(
-                "- {} subscribers: {} lost, {} reordered, {} malformed frames",
+                "- {} subscribers: {} lost{drops}, {} reordered, {} malformed frames",
                 r.subscribers, r.lost, r.reordered, r.malformed
             );
             for e in &r.errors {
