@@ -223,7 +223,7 @@ impl Browser {
         }
     }
 
-    async fn quit(mut self) {
+    async fn quit(self) {
         let _ = http(
             self.addr,
             "DELETE",
@@ -231,6 +231,12 @@ impl Browser {
             None,
         )
         .await;
+    }
+}
+
+impl Drop for Browser {
+    /// Also when a test fails: chromedriver, and the browser with it, must not outlive it.
+    fn drop(&mut self) {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
