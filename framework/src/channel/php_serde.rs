@@ -135,7 +135,8 @@ impl<'a> Reader<'a> {
         Ok(start..self.pos)
     }
 
-    fn skip_depth(&mut self, depth: usize) -> Result<(), PhpError> {
+    /// The type tag of the next value at nesting `depth`, and where it starts (not consumed).
+    fn tag(&self, depth: usize) -> Result<(u8, usize), PhpError> {
         if depth > MAX_DEPTH {
             return err("nested too deeply", self.pos);
         }
@@ -144,6 +145,11 @@ impl<'a> Reader<'a> {
             msg: "unexpected end".into(),
             pos: at,
         })?;
+        Ok((tag, at))
+    }
+
+    fn skip_depth(&mut self, depth: usize) -> Result<(), PhpError> {
+        let (tag, at) = self.tag(depth)?;
         self.pos += 1;
         if tag == b'N' {
             return self.expect(b';');
@@ -253,14 +259,7 @@ impl<'a> Reader<'a> {
     }
 
     fn value_depth(&mut self, depth: usize) -> Result<Value, PhpError> {
-        if depth > MAX_DEPTH {
-            return err("nested too deeply", self.pos);
-        }
-        let at = self.pos;
-        let tag = self.peek().ok_or(PhpError {
-            msg: "unexpected end".into(),
-            pos: at,
-        })?;
+        let (tag, at) = self.tag(depth)?;
         if tag == b'N' {
             self.pos += 1;
             self.expect(b';')?;
