@@ -106,9 +106,10 @@ impl Shared {
         }
         *self.hist.lock().expect("hist") = Hist::default();
         {
+            // Broadcast phases may carry targeted pushes too (the soak mixes both).
             let mut seen = self.targeted_seen.lock().expect("seen");
             seen.clear();
-            if kind == Kind::Targeted {
+            if kind != Kind::Warm {
                 seen.resize(m.div_ceil(64) as usize, 0);
             }
         }

@@ -1,7 +1,8 @@
 //! `pushbench`: the push cluster's load generator and its side-by-side benchmark with Nchan
 //! and Socket.IO. `pushbench [all] [--quick] [--out docs/benchmarks.md]` runs every scenario
 //! (see `docs/benchmarks.md` for what and how); `pushbench worker` is a generator worker
-//! process the coordinator starts itself.
+//! process the coordinator starts itself; `pushbench soak` holds clients under steady pushes
+//! for a long time (see `soak.rs`).
 
 mod client;
 mod clock;
@@ -13,6 +14,7 @@ mod proto;
 mod report;
 mod row;
 mod run;
+mod soak;
 mod systems;
 mod worker;
 
@@ -25,7 +27,14 @@ fn main() {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(run::main(&args))),
+            .and_then(|rt| {
+                rt.block_on(async {
+                    match args.first().map(String::as_str) {
+                        Some("soak") => soak::main(&args[1..]).await,
+                        _ => run::main(&args).await,
+                    }
+                })
+            }),
     };
     if let Err(e) = result {
         eprintln!("pushbench: {e:#}");

@@ -72,7 +72,8 @@ fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-fn machine() -> String {
+/// The machine in one line: cores, CPU, memory, kernel, Debian, open-file limit.
+pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()

@@ -986,7 +986,7 @@ async fn publish(
 
 /// Broadcast warm-up pushes until every one of `expected` clients has seen one (the
 /// subscriptions are in place), at most 30 s.
-async fn warm(gen: &mut Gen, api: &Api, conn: &mut Conn, expected: u64) -> Result<()> {
+pub async fn warm(gen: &mut Gen, api: &Api, conn: &mut Conn, expected: u64) -> Result<()> {
     let phase = gen.phase(Kind::Warm, 1).await?;
     let start = Instant::now();
     let mut seen = 0;
