@@ -6,3 +6,4 @@
 pub mod auth;
 pub mod echo;
 pub mod push;
+pub mod tls;

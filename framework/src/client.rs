@@ -1,5 +1,6 @@
 //! [`AsyncTcpConnection`]: an outgoing connection (`ws://`, `frame://`, `text://`, `tcp://` or
-//! a registered scheme) with the same callbacks as a worker's, and `reconnect(after)`.
+//! a registered scheme; `wss://` and `tls://` over TLS) with the same callbacks as a worker's,
+//! and `reconnect(after)`.
 //!
 //! Create it on a worker instance's thread (in `on_worker_start` or any callback); it lives on
 //! that thread. Sends made while it connects are queued and flushed once it is open.
@@ -17,6 +18,8 @@ use crate::connection::{
 use crate::error::Error;
 use crate::message::Message;
 use crate::protocol::{ProtocolKind, Role};
+use crate::tls::ClientTls;
+use crate::transport::Stream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,6 +37,9 @@ struct ClientInner {
     pending: RefCell<Option<JoinHandle<()>>>,
     max_send_buffer_size: Cell<usize>,
     max_package_size: Cell<usize>,
+    /// Connect over TLS, trusting these roots (`None` with `wants_tls`: the system's).
+    tls: RefCell<Option<ClientTls>>,
+    wants_tls: Cell<bool>,
 }
 
 /// An outgoing connection, Workerman's `AsyncTcpConnection`.
@@ -50,9 +56,11 @@ impl std::fmt::Debug for AsyncTcpConnection {
 
 impl AsyncTcpConnection {
     /// A connection to `url`, e.g. `ws://127.0.0.1:8080/path` or `frame://127.0.0.1:2206`;
-    /// nothing happens until [`AsyncTcpConnection::connect`].
+    /// `wss://…` (WebSocket) and `tls://…` (frame) connect over TLS, trusting the system's
+    /// roots and `$WERKMANN_TLS_CA`. Nothing happens until [`AsyncTcpConnection::connect`].
     pub fn new(url: &str) -> Result<Self, Error> {
-        let (scheme, rest) = url
+        let (plain, wants_tls) = crate::worker::strip_tls_scheme(url);
+        let (scheme, rest) = plain
             .split_once("://")
             .ok_or_else(|| Error::BadSocketName(url.to_string(), "expected scheme://host:port"))?;
         let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
@@ -81,7 +89,16 @@ impl AsyncTcpConnection {
             pending: RefCell::new(None),
             max_send_buffer_size: Cell::new(DEFAULT_MAX_SEND_BUFFER),
             max_package_size: Cell::new(DEFAULT_MAX_PACKAGE),
+            tls: RefCell::new(None),
+            wants_tls: Cell::new(wants_tls),
         })))
+    }
+
+    /// Connect over TLS trusting `tls`'s roots (Workerman's `transport = 'ssl'`), from the
+    /// next connection attempt on.
+    pub fn set_tls(&self, tls: ClientTls) {
+        *self.0.tls.borrow_mut() = Some(tls);
+        self.0.wants_tls.set(true);
     }
 
     /// The URL given to `new`.
@@ -197,6 +214,21 @@ impl AsyncTcpConnection {
         *inner.current.borrow_mut() = Some(conn.clone());
         let fires_connect = !matches!(inner.proto, ProtocolKind::WebSocket);
         let host_port = inner.host_port.clone();
+        let tls = if inner.wants_tls.get() {
+            let configured = inner.tls.borrow().clone();
+            match configured.map(Ok).unwrap_or_else(ClientTls::system) {
+                Ok(tls) => {
+                    *inner.tls.borrow_mut() = Some(tls.clone());
+                    Some(tls)
+                }
+                Err(e) => {
+                    connect_failed(&conn, &host_port, e.to_string());
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let handle = actix_rt::spawn(async move {
             if !after.is_zero() {
                 tokio::time::sleep(after).await;
@@ -215,6 +247,16 @@ impl AsyncTcpConnection {
             let peer = stream
                 .peer_addr()
                 .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
+            let stream = match tls {
+                None => Stream::Tcp(stream),
+                Some(tls) => {
+                    let host = host_port.rsplit_once(':').map_or(&*host_port, |(h, _)| h);
+                    match tls.session(host) {
+                        Ok(session) => Stream::tls(stream, session),
+                        Err(e) => return connect_failed(&conn, &host_port, e.to_string()),
+                    }
+                }
+            };
             conn.attach(stream, peer);
             if fires_connect {
                 let cb = conn.callbacks().borrow().on_connect.clone();

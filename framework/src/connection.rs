@@ -10,7 +10,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -23,6 +23,7 @@ use crate::callbacks::{guard, Callbacks};
 use crate::message::Message;
 use crate::protocol::http::Response;
 use crate::protocol::{Codec, Decoded, ProtocolError};
+use crate::transport::Stream;
 use crate::worker::instance::{InstanceInner, WorkerInstance};
 
 /// Default limit of a connection's send buffer (Workerman's `maxSendBufferSize`).
@@ -30,17 +31,7 @@ pub const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// Default limit of one incoming package (Workerman's `maxPackageSize`).
 pub const DEFAULT_MAX_PACKAGE: usize = 10 * 1024 * 1024;
 
-const READ_CHUNK: usize = 32 * 1024;
-
-thread_local! {
-    /// Where this thread's connections read before appending to their own buffers.
-    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(READ_CHUNK));
-}
 const READS_PER_POLL: usize = 16;
-/// Buffers in one vectored write: Linux's `IOV_MAX`.
-const MAX_IOVECS: usize = 1024;
-/// Queues this short use a small array of buffers.
-const FEW_IOVECS: usize = 64;
 const LINGER: Duration = Duration::from_secs(2);
 
 /// What `send` did with a message, like Workerman's `true` / `null` / `false`.
@@ -172,7 +163,7 @@ pub(crate) struct ConnInner {
     id: u64,
     worker_id: usize,
     remote: Cell<Option<SocketAddr>>,
-    stream: RefCell<Option<TcpStream>>,
+    stream: RefCell<Option<Stream>>,
     codec: RefCell<Box<dyn Codec>>,
     status: Cell<Status>,
     out: RefCell<OutQueue>,
@@ -190,6 +181,8 @@ pub(crate) struct ConnInner {
     last_input: Cell<u32>,
     /// A keep-alive ping was sent since then.
     pinged: Cell<bool>,
+    /// The instance clock when the socket was attached.
+    opened_at: Cell<u32>,
     /// The instance clock when closing began (a peer that never reads cannot hold it open).
     closing_since: Cell<u32>,
 }
@@ -259,6 +252,7 @@ impl Connection {
             data: RefCell::new(None),
             last_input: Cell::new(clock::now()),
             pinged: Cell::new(false),
+            opened_at: Cell::new(0),
             closing_since: Cell::new(0),
         }))
     }
@@ -513,6 +507,28 @@ impl Connection {
         false
     }
 
+    /// A TLS handshake still unfinished `limit` seconds after the connection was accepted is
+    /// dropped (a peer that connects and says nothing, or speaks plain text to a TLS port);
+    /// returns whether it was.
+    pub(crate) fn check_handshake(&self, now: u32, limit: u32) -> bool {
+        let handshaking = self
+            .0
+            .stream
+            .borrow()
+            .as_ref()
+            .is_some_and(Stream::is_handshaking);
+        if handshaking && now.saturating_sub(self.0.opened_at.get()) >= limit {
+            log::info!(
+                "connection {} from {:?}: no TLS handshake within {limit} s; dropped",
+                self.0.id,
+                self.0.remote.get()
+            );
+            self.destroy();
+            return true;
+        }
+        false
+    }
+
     /// Keep-alive at instance clock `now`: past `timeout` seconds without input the connection
     /// is closed (returns `true`); past half of it a protocol ping is sent once.
     pub(crate) fn check_idle(&self, now: u32, timeout: u32) -> bool {
@@ -567,10 +583,11 @@ impl Connection {
     }
 
     /// Attach an established socket; the connection becomes `Established`.
-    pub(crate) fn attach(&self, stream: TcpStream, remote: SocketAddr) {
-        let _ = stream.set_nodelay(true);
+    pub(crate) fn attach(&self, stream: Stream, remote: SocketAddr) {
+        let _ = stream.tcp().set_nodelay(true);
         *self.0.stream.borrow_mut() = Some(stream);
         self.0.remote.set(Some(remote));
+        self.0.opened_at.set(clock::now());
         if self.0.status.get() == Status::Connecting {
             self.0.status.set(Status::Established);
         }
@@ -597,7 +614,7 @@ impl Connection {
         }
         if let Some(stream) = stream {
             // Boxed: its read buffer must not be part of every connection's task while idle.
-            Box::pin(linger(stream)).await;
+            Box::pin(linger(stream.finish())).await;
         }
     }
 
@@ -669,44 +686,20 @@ impl Connection {
         }
     }
 
-    /// Read once into a stack buffer; append to the connection's buffer.
+    /// Read once; append to the connection's buffer.
     fn poll_read(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let stream_ref = self.0.stream.borrow();
-        let Some(stream) = stream_ref.as_ref() else {
+        let mut stream_ref = self.0.stream.borrow_mut();
+        let Some(stream) = stream_ref.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        loop {
-            match stream.poll_read_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            // Read into the thread's scratch buffer's spare capacity: no 32 KiB memset per
-            // read, and no buffer held by an idle connection.
-            let res = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                scratch.clear();
-                scratch.reserve(READ_CHUNK);
-                let n = stream.try_read_buf(&mut *scratch)?;
-                if n > 0 {
-                    self.0
-                        .read_buf
-                        .borrow_mut()
-                        .extend_from_slice(&scratch[..n]);
-                }
-                Ok::<usize, io::Error>(n)
-            });
-            match res {
-                Ok(0) => return Poll::Ready(Ok(0)),
-                Ok(n) => {
-                    self.0.last_input.set(clock::now());
-                    self.0.pinged.set(false);
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+        let res = stream.poll_read(cx, &mut self.0.read_buf.borrow_mut());
+        if let Poll::Ready(Ok(n)) = res {
+            if n > 0 {
+                self.0.last_input.set(clock::now());
+                self.0.pinged.set(false);
             }
         }
+        res
     }
 
     /// Write the queue in vectored writes until it is empty or the socket is full.
@@ -722,35 +715,22 @@ impl Connection {
                     out.len
                 }
             };
-            if limit == 0 {
-                break Poll::Ready(Ok(()));
-            }
-            let stream_ref = self.0.stream.borrow();
-            let Some(stream) = stream_ref.as_ref() else {
+            let mut stream_ref = self.0.stream.borrow_mut();
+            let Some(stream) = stream_ref.as_mut() else {
                 break Poll::Ready(Ok(()));
             };
-            match stream.poll_write_ready(cx) {
+            if limit == 0 {
+                // Nothing of ours to write; the transport may still hold TLS records.
+                break stream.poll_write_pending(cx);
+            }
+            let res = stream.poll_write_queue(cx, &self.0.out.borrow().bufs, limit);
+            match res {
                 Poll::Pending => break Poll::Pending,
                 Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            let res = {
-                let out = self.0.out.borrow();
-                // A long queue of small frames (a burst of broadcasts) goes out in few
-                // syscalls; a short one does not pay for initialising the large array.
-                if out.bufs.len() <= FEW_IOVECS {
-                    write_queue::<FEW_IOVECS>(stream, &out.bufs, limit)
-                } else {
-                    write_queue::<MAX_IOVECS>(stream, &out.bufs, limit)
-                }
-            };
-            match res {
-                Ok(n) => {
+                Poll::Ready(Ok(n)) => {
                     self.0.out.borrow_mut().advance(n);
                     wrote = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => break Poll::Ready(Err(e)),
             }
         };
         if wrote && self.0.out.borrow().len == 0 {
@@ -919,27 +899,6 @@ impl Connection {
             }
         }
     }
-}
-
-/// One vectored write of the first `limit` bytes of `bufs`, at most `N` buffers.
-fn write_queue<const N: usize>(
-    stream: &TcpStream,
-    bufs: &VecDeque<Bytes>,
-    limit: usize,
-) -> io::Result<usize> {
-    let mut slices = [IoSlice::new(&[]); N];
-    let mut n = 0;
-    let mut total = 0;
-    for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
-        if total >= limit {
-            break;
-        }
-        let take = b.len().min(limit - total);
-        *slot = IoSlice::new(&b[..take]);
-        total += take;
-        n += 1;
-    }
-    stream.try_write_vectored(&slices[..n])
 }
 
 /// Half-close, then read until the peer closes (or a short timeout), so that unread input does

@@ -20,6 +20,9 @@ pub enum Error {
     /// Another I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// A TLS certificate, key or session problem.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A command-line problem.
     #[error("{0}")]
     Cli(String),

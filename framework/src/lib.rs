@@ -17,6 +17,8 @@ pub mod master;
 pub mod message;
 pub mod protocol;
 pub mod timer;
+pub mod tls;
+pub(crate) mod transport;
 pub mod worker;
 
 pub use client::AsyncTcpConnection;
@@ -25,5 +27,6 @@ pub use error::Error;
 pub use message::Message;
 pub use protocol::http::{Request, Response};
 pub use timer::{Timer, TimerId};
+pub use tls::{ClientTls, ServerTls};
 pub use worker::instance::{BroadcastReport, InstanceAddr};
 pub use worker::{Worker, WorkerInstance};

@@ -144,6 +144,7 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
     let mut inherit = inherited();
     let mut listeners: Vec<Option<TcpListener>> = Vec::new();
     for w in &workers {
+        w.check()?;
         let l = match w.address() {
             None => None,
             Some(addr) => Some(match inherit.remove(addr) {

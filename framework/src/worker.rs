@@ -103,10 +103,16 @@ pub struct Worker {
     /// WebSocket upgrades must carry one of these `Origin`s (e.g. `https://example.com`);
     /// empty allows any. A refused upgrade gets a 403.
     pub allowed_origins: Vec<String>,
+    /// Serve over TLS with this certificate and key (Workerman's `transport = 'ssl'`); set
+    /// for `wss://`, `https://` and TLS channel servers. `wss://` and `https://` socket names
+    /// require it.
+    pub tls: Option<crate::tls::ServerTls>,
     /// Connections per client IP, shared by the instances (for `max_connections_per_ip`).
     pub(crate) per_ip:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     socket_name: String,
+    /// The socket name's scheme was `wss` or `https`: refuse to start without [`Worker::tls`].
+    tls_required: bool,
     protocol: Option<ProtocolKind>,
     address: Option<String>,
     pub(crate) callbacks: WorkerCallbacks,
@@ -120,6 +126,21 @@ impl std::fmt::Debug for Worker {
             .field("count", &self.count)
             .finish()
     }
+}
+
+/// `wss://…` and `https://…` are WebSocket and HTTP over TLS; `tls://…` is the channel's
+/// frame protocol over TLS. Returns the plain socket name and whether TLS was asked for.
+pub fn strip_tls_scheme(socket_name: &str) -> (String, bool) {
+    let Some((scheme, rest)) = socket_name.split_once("://") else {
+        return (socket_name.to_string(), false);
+    };
+    let plain = match scheme.to_ascii_lowercase().as_str() {
+        "wss" => "websocket",
+        "https" => "http",
+        "tls" => "frame",
+        _ => return (socket_name.to_string(), false),
+    };
+    (format!("{plain}://{rest}"), true)
 }
 
 /// Split `scheme://host:port` into its protocol and address.
@@ -145,13 +166,15 @@ pub fn parse_socket_name(socket_name: &str) -> Result<(ProtocolKind, String), Er
 
 impl Worker {
     /// A worker listening on `socket_name`, e.g. `websocket://0.0.0.0:4236`, `http://…`,
-    /// `text://…`, `frame://…`, `tcp://…` or a registered custom scheme. An empty name makes a
-    /// worker without a socket (it runs `on_worker_start`, timers, outgoing connections).
+    /// `text://…`, `frame://…`, `tcp://…` or a registered custom scheme; `wss://…` and
+    /// `https://…` are the same over TLS (set [`Worker::tls`]). An empty name makes a worker
+    /// without a socket (it runs `on_worker_start`, timers, outgoing connections).
     pub fn new(socket_name: &str) -> Result<Worker, Error> {
+        let (plain, tls_required) = strip_tls_scheme(socket_name);
         let (protocol, address) = if socket_name.is_empty() {
             (None, None)
         } else {
-            let (p, a) = parse_socket_name(socket_name)?;
+            let (p, a) = parse_socket_name(&plain)?;
             (Some(p), Some(a))
         };
         Ok(Worker {
@@ -168,8 +191,10 @@ impl Worker {
             max_connections: 100_000,
             max_connections_per_ip: 0,
             allowed_origins: Vec::new(),
+            tls: None,
             per_ip: Default::default(),
             socket_name: socket_name.to_string(),
+            tls_required,
             protocol,
             address,
             callbacks: WorkerCallbacks::default(),
@@ -179,6 +204,17 @@ impl Worker {
     /// The socket name given to [`Worker::new`].
     pub fn socket_name(&self) -> &str {
         &self.socket_name
+    }
+
+    /// Why this worker cannot start as configured (a `wss://` name without a certificate).
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if self.tls_required && self.tls.is_none() {
+            return Err(Error::Tls(format!(
+                "{} needs a certificate and key: set the worker's `tls`",
+                self.socket_name
+            )));
+        }
+        Ok(())
     }
 
     /// The protocol, if the worker listens.

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+pub mod certs;
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -272,21 +274,7 @@ impl RedisServer {
     /// Start one that speaks only TLS, with a certificate for 127.0.0.1 signed by a fresh CA
     /// (made with `openssl`); [`RedisServer::ca_file`] is that CA.
     pub fn start_tls() -> RedisServer {
-        let dir = temp_dir("redis-tls");
-        let sh = |args: &str| {
-            let st = Command::new("sh")
-                .arg("-c")
-                .arg(args)
-                .current_dir(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("sh");
-            assert!(st.success(), "openssl failed: {args}");
-        };
-        sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=werkmann-test-ca");
-        sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
-        sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf");
+        let dir = certs::TestCerts::make("redis-tls").dir().clone();
         let mut r = RedisServer {
             child: None,
             port: free_port(),

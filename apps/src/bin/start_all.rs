@@ -1,7 +1,7 @@
 //! The whole push system in one process, as Workerman's `start.php` loads every `start_*.php`:
 //! an embedded channel, the WebSocket worker and the HTTP publisher.
 //! `start_all start [-d] [--ws-listen 0.0.0.0:4236] [--http-listen 0.0.0.0:4237] [--count 2]
-//! [--secret S]`.
+//! [--secret S] [--cert PEM --key PEM]` (with a certificate: `wss://` and `https://`).
 //! Open `http://127.0.0.1:4237/` for the demo page.
 
 use std::sync::Arc;
@@ -21,10 +21,13 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--ws-listen {ws_listen:?} has no port"))?;
     let ids = WorkerIds::fixed(0, count);
     let server = channel::Server::embedded();
-    let ws = push::ws_worker(&ws_listen, count, channel::server::EMBEDDED, Arc::new(ids))?;
+    let tls = werkmann_apps::tls::server_tls_option()?;
+    let mut ws = push::ws_worker(&ws_listen, count, channel::server::EMBEDDED, Arc::new(ids))?;
     let secret = option("--secret", "WERKMANN_SECRET", "");
     werkmann::master::init_logging();
     let secret = (!secret.is_empty()).then_some(secret);
-    let http = push::http_worker(&http_listen, 1, channel::server::EMBEDDED, ws_port, secret)?;
+    let mut http = push::http_worker(&http_listen, 1, channel::server::EMBEDDED, ws_port, secret)?;
+    ws.tls = tls.clone();
+    http.tls = tls;
     Worker::run_all(vec![server.into_worker(), ws, http])
 }

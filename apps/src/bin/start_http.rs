@@ -4,7 +4,8 @@
 //! form or JSON body); answers `ok`, a 400 for bad parameters, a 503 when the channel server
 //! cannot take the push. `GET /` serves the demo page (its WebSocket port is `--ws-port`).
 //! `--secret S` (`WERKMANN_SECRET`) requires `Authorization: Bearer S` or an HMAC signature
-//! (see `werkmann_apps::auth`); a 401 otherwise.
+//! (see `werkmann_apps::auth`); a 401 otherwise. `--cert PEM --key PEM` serve `https://`;
+//! `--channel tls://…` reaches a TLS channel server (`--tls-ca PEM` for a private CA).
 
 use werkmann::cli::option;
 use werkmann::Worker;
@@ -12,6 +13,8 @@ use werkmann_apps::push;
 
 fn main() -> anyhow::Result<()> {
     werkmann_apps::push::channel_secret_option();
+    werkmann_apps::tls::client_ca_option();
+    let tls = werkmann_apps::tls::server_tls_option()?;
     let listen = option("--listen", "WERKMANN_LISTEN", "0.0.0.0:4237");
     let count: usize = option("--count", "WERKMANN_COUNT", "1").parse()?;
     let channel = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");
@@ -19,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     let secret = option("--secret", "WERKMANN_SECRET", "");
     werkmann::master::init_logging();
     let secret = (!secret.is_empty()).then_some(secret);
-    let worker = push::http_worker(&listen, count, &channel, ws_port, secret)?;
+    let mut worker = push::http_worker(&listen, count, &channel, ws_port, secret)?;
+    worker.tls = tls;
     Worker::run_all(vec![worker])
 }

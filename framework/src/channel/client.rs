@@ -183,8 +183,14 @@ impl Client {
     }
 
     fn start_tcp(&self) -> Result<(), ChannelError> {
-        let conn = AsyncTcpConnection::new(&format!("frame://{}", self.0.addr))
-            .map_err(|e| ChannelError::BadAddress(e.to_string()))?;
+        // `tls://HOST:PORT` is the frame protocol over TLS.
+        let url = if self.0.addr.starts_with("tls://") {
+            self.0.addr.clone()
+        } else {
+            format!("frame://{}", self.0.addr)
+        };
+        let conn =
+            AsyncTcpConnection::new(&url).map_err(|e| ChannelError::BadAddress(e.to_string()))?;
         conn.set_max_send_buffer_size(self.0.max_pending.get());
         let weak = Rc::downgrade(&self.0);
         conn.on_connect(move |_| {

@@ -86,17 +86,73 @@ impl Drop for WorkerIds {
     }
 }
 
+/// The claim's blocking connection to the channel server: plain, or TLS for `tls://` names.
+enum LinkStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl LinkStream {
+    fn open(addr: &str) -> std::io::Result<LinkStream> {
+        let (host_port, tls) = match addr.strip_prefix("tls://") {
+            Some(rest) => (rest, true),
+            None => (addr, false),
+        };
+        let tcp = TcpStream::connect(host_port)?;
+        tcp.set_nodelay(true)?;
+        if !tls {
+            return Ok(LinkStream::Plain(tcp));
+        }
+        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+        let session = crate::tls::ClientTls::system()
+            .and_then(|t| t.client_session(host))
+            .map_err(std::io::Error::other)?;
+        Ok(LinkStream::Tls(Box::new(rustls::StreamOwned::new(
+            session, tcp,
+        ))))
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            LinkStream::Plain(s) => s,
+            LinkStream::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for LinkStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            LinkStream::Plain(s) => s.read(buf),
+            LinkStream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for LinkStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            LinkStream::Plain(s) => s.write(buf),
+            LinkStream::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            LinkStream::Plain(s) => s.flush(),
+            LinkStream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 struct Link {
-    stream: TcpStream,
+    stream: LinkStream,
     buf: Vec<u8>,
 }
 
 impl Link {
     fn open(addr: &str) -> std::io::Result<Link> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
         let mut l = Link {
-            stream,
+            stream: LinkStream::open(addr)?,
             buf: Vec::new(),
         };
         if let Some(secret) = std::env::var("WERKMANN_CHANNEL_SECRET")
@@ -112,7 +168,8 @@ impl Link {
     }
 
     fn send(&mut self, cmd: &Command) -> std::io::Result<()> {
-        self.stream.write_all(&cmd.encode_frame())
+        self.stream.write_all(&cmd.encode_frame())?;
+        self.stream.flush()
     }
 
     fn publish(&mut self, v: &Value) -> std::io::Result<()> {
@@ -146,7 +203,7 @@ impl Link {
             if now >= deadline {
                 return Ok(None);
             }
-            self.stream.set_read_timeout(Some(deadline - now))?;
+            self.stream.tcp().set_read_timeout(Some(deadline - now))?;
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(std::io::Error::other("channel server closed")),

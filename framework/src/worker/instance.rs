@@ -17,6 +17,7 @@ use super::Worker;
 use crate::callbacks::{guard, Callbacks};
 use crate::connection::{Connection, SendStatus};
 use crate::message::Message;
+use crate::transport::Stream;
 
 #[derive(Default)]
 pub(crate) struct InstanceCounters {
@@ -32,6 +33,8 @@ pub(crate) struct InstanceCounters {
 
 /// How long a closing connection may take to flush before it is dropped.
 const CLOSE_LIMIT_SECS: u32 = 5;
+/// Seconds a TLS client has to finish its handshake.
+const HANDSHAKE_SECS: u32 = 10;
 
 fn bump(c: &Cell<u64>) {
     c.set(c.get() + 1);
@@ -100,7 +103,7 @@ impl InstanceInner {
         let conns: Vec<Connection> = self.connections.borrow().values().cloned().collect();
         let timeout = self.config.idle_timeout.map(|t| t.as_secs().max(2) as u32);
         for c in conns {
-            if c.check_closing(now, CLOSE_LIMIT_SECS) {
+            if c.check_closing(now, CLOSE_LIMIT_SECS) || c.check_handshake(now, HANDSHAKE_SECS) {
                 continue;
             }
             if let Some(t) = timeout {
@@ -285,6 +288,16 @@ impl WorkerInstance {
             );
             return; // dropping the socket closes it
         }
+        let stream = match &self.0.config.tls {
+            None => Stream::Tcp(stream),
+            Some(tls) => match tls.session() {
+                Ok(session) => Stream::tls(stream, session),
+                Err(e) => {
+                    log::error!("connection from {peer} dropped: {e}");
+                    return;
+                }
+            },
+        };
         let id = self.0.next_conn_id.get();
         self.0.next_conn_id.set(id + 1);
         self.0.stats.accepted.set(self.0.stats.accepted.get() + 1);

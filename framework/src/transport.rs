@@ -1,0 +1,299 @@
+//! The byte stream under a [`Connection`](crate::Connection): plain TCP, or TLS over TCP
+//! (Workerman's `ssl` transport: `wss://`, `https://`, a TLS channel).
+//!
+//! Both are driven by readiness from the connection's own task: TLS records are read and
+//! decrypted in place by rustls, and what rustls has to send (handshake messages, encrypted
+//! data, alerts) is written out before anything else. Neither adds a task or an unbounded
+//! buffer: rustls holds at most [`TLS_BUFFER`] bytes of plaintext and records per connection.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+
+/// Bytes one read asks the kernel (or rustls) for.
+const READ_CHUNK: usize = 32 * 1024;
+/// Buffers in one vectored write: Linux's `IOV_MAX`.
+const MAX_IOVECS: usize = 1024;
+/// Queues this short use a small array of buffers.
+const FEW_IOVECS: usize = 64;
+/// Plaintext or records rustls may hold for one connection before writes push back.
+pub(crate) const TLS_BUFFER: usize = 64 * 1024;
+
+thread_local! {
+    /// Where this thread's connections read before appending to their own buffers: no
+    /// per-read memset, and no read buffer held by an idle connection.
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(READ_CHUNK));
+}
+
+/// A connection's socket, with or without TLS.
+pub(crate) enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP; boxed, since rustls' state is large and most connections are plain.
+    Tls(Box<TlsStream>),
+}
+
+/// TCP with a rustls session (server or client side).
+pub(crate) struct TlsStream {
+    tcp: TcpStream,
+    tls: rustls::Connection,
+    /// The peer closed its side of TCP.
+    eof: bool,
+}
+
+/// `std::io` over a tokio socket's non-blocking calls, for rustls' `read_tls`/`write_tls`.
+struct TryIo<'a>(&'a TcpStream);
+
+impl Read for TryIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for TryIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stream {
+    /// A TLS session over `tcp`, bounded to [`TLS_BUFFER`].
+    pub(crate) fn tls(tcp: TcpStream, mut tls: rustls::Connection) -> Stream {
+        tls.set_buffer_limit(Some(TLS_BUFFER));
+        Stream::Tls(Box::new(TlsStream {
+            tcp,
+            tls,
+            eof: false,
+        }))
+    }
+
+    /// The TCP socket underneath.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(t) => &t.tcp,
+        }
+    }
+
+    /// Whether this is TLS and its handshake has not finished yet.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        match self {
+            Stream::Tcp(_) => false,
+            Stream::Tls(t) => t.tls.is_handshaking(),
+        }
+    }
+
+    /// Read once and append what arrived (plaintext) to `dst`. `Ok(0)` is the end of the
+    /// stream; a TLS error (bad record, failed handshake) is `InvalidData`.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Tcp(tcp) => loop {
+                ready!(tcp.poll_read_ready(cx))?;
+                match read_via_scratch(dst, |buf| tcp.try_read_buf(buf)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    res => return Poll::Ready(res),
+                }
+            },
+            Stream::Tls(t) => t.poll_read(cx, dst),
+        }
+    }
+
+    /// Write the first `limit` bytes of `bufs` (or fewer) in one vectored write; returns how
+    /// many of them were taken. Under TLS they are taken by rustls, which writes what it can.
+    pub(crate) fn poll_write_queue(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &VecDeque<Bytes>,
+        limit: usize,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Tcp(tcp) => loop {
+                ready!(tcp.poll_write_ready(cx))?;
+                match with_slices(bufs, limit, |s| tcp.try_write_vectored(s)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    res => return Poll::Ready(res),
+                }
+            },
+            Stream::Tls(t) => t.poll_write_queue(cx, bufs, limit),
+        }
+    }
+
+    /// Write out what the transport itself still holds (TLS records); `Ready(Ok)` once none.
+    pub(crate) fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(_) => Poll::Ready(Ok(())),
+            Stream::Tls(t) => t.poll_write_pending(cx),
+        }
+    }
+
+    /// Write `bytes` at once if the socket takes them (plain TCP only: TLS goes through the
+    /// connection's queue); `WouldBlock` otherwise.
+    pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(tcp) => tcp.try_write(bytes),
+            Stream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// End the session: a TLS `close_notify` is written if the socket takes it; then the TCP
+    /// socket for the caller to shut down.
+    pub(crate) fn finish(self) -> TcpStream {
+        match self {
+            Stream::Tcp(tcp) => tcp,
+            Stream::Tls(mut t) => {
+                // A handshake that failed has its alert queued already; one never begun
+                // gets nothing.
+                if !t.tls.is_handshaking() {
+                    t.tls.send_close_notify();
+                }
+                while t.tls.wants_write() {
+                    if t.tls.write_tls(&mut TryIo(&t.tcp)).is_err() {
+                        break;
+                    }
+                }
+                t.tcp
+            }
+        }
+    }
+}
+
+impl TlsStream {
+    fn poll_read(&mut self, cx: &mut Context<'_>, dst: &mut BytesMut) -> Poll<io::Result<usize>> {
+        loop {
+            // Plaintext already decrypted comes first.
+            let tls = &mut self.tls;
+            match read_via_scratch(dst, |buf| read_plaintext(tls, buf)) {
+                Ok(0) => return Poll::Ready(Ok(0)), // close_notify
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.eof {
+                        return Poll::Ready(Ok(0));
+                    }
+                }
+                // Closed without close_notify: as final as a TCP close.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            ready!(self.tcp.poll_read_ready(cx))?;
+            match self.tls.read_tls(&mut TryIo(&self.tcp)) {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if let Err(e) = self.tls.process_new_packets() {
+                // rustls queued an alert telling the peer why; send it if the socket takes it.
+                let _ = self.tls.write_tls(&mut TryIo(&self.tcp));
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            }
+            // Handshake answers, key updates: out before the peer waits for them.
+            if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    fn poll_write_queue(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &VecDeque<Bytes>,
+        limit: usize,
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_write_pending(cx))?;
+        let n = with_slices(bufs, limit, |s| self.tls.writer().write_vectored(s))?;
+        if n == 0 {
+            // rustls is full of plaintext held back by an unfinished handshake: the reader
+            // side, woken by the peer's handshake messages, makes room.
+            return Poll::Pending;
+        }
+        if let Poll::Ready(Err(e)) = self.poll_write_pending(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.tls.wants_write() {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            match self.tls.write_tls(&mut TryIo(&self.tcp)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// rustls' plaintext reader into the (cleared) scratch buffer, "nothing yet" as `WouldBlock`.
+fn read_plaintext(tls: &mut rustls::Connection, buf: &mut BytesMut) -> io::Result<usize> {
+    // rustls wants an initialised slice: one memset per TLS read, small beside decryption.
+    buf.resize(READ_CHUNK, 0);
+    let res = tls.reader().read(&mut buf[..]);
+    buf.truncate(*res.as_ref().unwrap_or(&0));
+    res
+}
+
+/// Read through the thread's scratch buffer and append what came to `dst`.
+fn read_via_scratch(
+    dst: &mut BytesMut,
+    read: impl FnOnce(&mut BytesMut) -> io::Result<usize>,
+) -> io::Result<usize> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        scratch.reserve(READ_CHUNK);
+        let n = read(&mut scratch)?;
+        dst.extend_from_slice(&scratch[..n]);
+        Ok(n)
+    })
+}
+
+/// Call `write` with the first `limit` bytes of `bufs` as slices (at most `MAX_IOVECS`).
+fn with_slices(
+    bufs: &VecDeque<Bytes>,
+    limit: usize,
+    write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    // A long queue of small frames (a burst of broadcasts) goes out in few calls; a short one
+    // does not pay for initialising the large array.
+    if bufs.len() <= FEW_IOVECS {
+        slices::<FEW_IOVECS>(bufs, limit, write)
+    } else {
+        slices::<MAX_IOVECS>(bufs, limit, write)
+    }
+}
+
+fn slices<const N: usize>(
+    bufs: &VecDeque<Bytes>,
+    limit: usize,
+    write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); N];
+    let mut n = 0;
+    let mut total = 0;
+    for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
+        if total >= limit {
+            break;
+        }
+        let take = b.len().min(limit - total);
+        *slot = IoSlice::new(&b[..take]);
+        total += take;
+        n += 1;
+    }
+    write(&slices[..n])
+}
