@@ -329,10 +329,11 @@ impl Client {
     }
 
     /// Publish and learn whether it was delivered: `on_done(Ok(Some(n)))` once a werkmann
-    /// channel server has written the event to its `n` subscribers; `Ok(None)` when the server
-    /// does not acknowledge (a PHP server, Redis, in-process) once the client has handed it
-    /// over; `Err(Disconnected)` at once when not connected; `Err(Unconfirmed)` if the
-    /// connection drops first.
+    /// channel server has written the event to its `n` subscribers, or once Redis answered the
+    /// `PUBLISH` with the `n` subscriptions it reached; `Ok(None)` when the server does not
+    /// acknowledge (a PHP server, in-process) once the client has handed it over;
+    /// `Err(Disconnected)` at once when not connected; `Err(Unconfirmed)` if the connection
+    /// drops first (a confirmed publish is not sent again).
     pub fn publish_confirmed<T: Serialize + ?Sized>(
         &self,
         events: impl IntoNames,
@@ -346,6 +347,13 @@ impl Client {
         let inner = &self.0;
         if !inner.connected.get() || inner.hello_pending.get() {
             return on_done(Err(ChannelError::Disconnected));
+        }
+        let redis = match inner.transport.borrow().as_ref() {
+            Some(Transport::Redis(link)) => Some(link.clone()),
+            _ => None,
+        };
+        if let Some(link) = redis {
+            return link.publish_confirmed(cmd, Box::new(on_done));
         }
         let tcp = match inner.transport.borrow().as_ref() {
             Some(Transport::Tcp(c)) => Some(c.clone()),

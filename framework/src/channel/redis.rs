@@ -21,7 +21,7 @@
 //! values.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 
 use super::php_serde::{self, Key, Reader};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
+use super::ChannelError;
 
 const PREFIX_EVENT: &str = "werkmann:e:";
 const PREFIX_INBOX: &str = "werkmann:c:";
@@ -68,6 +69,10 @@ fn queue_key(k: &Key) -> String {
     format!("werkmann:q:{}", name_str(k))
 }
 
+/// Told how a confirmed publish went: `Ok(Some(n))` with the number of subscriptions Redis
+/// published it to, or `Err(Unconfirmed)` when the connection failed before the reply.
+pub(crate) type Confirm = Box<dyn FnOnce(Result<Option<usize>, ChannelError>)>;
+
 /// What the Redis link tells its client.
 pub(crate) trait RedisOwner {
     /// The connection is (again) usable.
@@ -86,7 +91,10 @@ pub(crate) struct RedisLink {
     id: String,
     owner: RefCell<Option<Weak<dyn RedisOwner>>>,
     manager: RefCell<Option<Bus>>,
-    outbound: RefCell<VecDeque<Command>>,
+    /// Commands in order; a confirmed publish carries the key of its callback in `confirms`.
+    outbound: RefCell<VecDeque<(Command, Option<u64>)>>,
+    confirms: RefCell<HashMap<u64, Confirm>>,
+    next_confirm: Cell<u64>,
     wake_out: Notify,
     events: RefCell<BTreeSet<Key>>,
     queues: RefCell<BTreeSet<Key>>,
@@ -108,6 +116,8 @@ impl RedisLink {
             owner: RefCell::new(Some(owner)),
             manager: RefCell::new(None),
             outbound: RefCell::new(VecDeque::new()),
+            confirms: RefCell::new(HashMap::new()),
+            next_confirm: Cell::new(0),
             wake_out: Notify::new(),
             events: RefCell::new(BTreeSet::new()),
             queues: RefCell::new(BTreeSet::new()),
@@ -160,8 +170,51 @@ impl RedisLink {
             Command::Ping => return,
             _ => {}
         }
-        self.outbound.borrow_mut().push_back(cmd);
+        self.outbound.borrow_mut().push_back((cmd, None));
         self.wake_out.notify_one();
+    }
+
+    /// Publish and report what Redis answered: the number of subscriptions reached (the
+    /// `PUBLISH` reply, summed over the names), or `Unconfirmed` if the connection fails
+    /// first. A confirmed publish is never sent again after a failure: its caller was told.
+    pub(crate) fn publish_confirmed(&self, cmd: Command, on_done: Confirm) {
+        if !self.up.get() || self.closed.get() {
+            return on_done(Err(ChannelError::Disconnected));
+        }
+        let id = self.next_confirm.get();
+        self.next_confirm.set(id + 1);
+        self.confirms.borrow_mut().insert(id, on_done);
+        self.outbound.borrow_mut().push_back((cmd, Some(id)));
+        self.wake_out.notify_one();
+    }
+
+    /// Answer the confirmed publishes among the first `n` outbound commands with `Unconfirmed`
+    /// and remove them from the queue; the others stay for a retry.
+    fn fail_confirmed(&self, n: usize) {
+        let mut failed = Vec::new();
+        {
+            let mut out = self.outbound.borrow_mut();
+            let at = n.min(out.len());
+            let rest = out.split_off(at);
+            let mut kept: VecDeque<_> = out
+                .drain(..)
+                .filter(|(_, c)| match c {
+                    Some(id) => {
+                        failed.push(*id);
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            kept.extend(rest);
+            *out = kept;
+        }
+        for id in failed {
+            let cb = self.confirms.borrow_mut().remove(&id);
+            if let Some(cb) = cb {
+                cb(Err(ChannelError::Unconfirmed));
+            }
+        }
     }
 
     /// Stop for good.
@@ -289,39 +342,62 @@ impl Bus {
     /// single server; on a cluster one pipeline per key, in order, all keys at once — so the
     /// commands of one event name or queue keep their order.
     async fn run(&mut self, cmds: Vec<(String, redis::Cmd)>) -> redis::RedisResult<()> {
+        let cmds = cmds.into_iter().map(|(k, c)| (k, c, false)).collect();
+        self.run_with_replies(cmds).await.map(|_| ())
+    }
+
+    /// [`Bus::run`], returning the replies of the commands marked `true`, in their order.
+    async fn run_with_replies(
+        &mut self,
+        cmds: Vec<(String, redis::Cmd, bool)>,
+    ) -> redis::RedisResult<Vec<RValue>> {
         if cmds.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let add = |pipe: &mut redis::Pipeline, cmd: redis::Cmd, want: bool| {
+            pipe.add_command(cmd);
+            if !want {
+                pipe.ignore();
+            }
+        };
         match self {
             Bus::Single(m) => {
                 let mut pipe = redis::pipe();
-                for (_, c) in cmds {
-                    pipe.add_command(c).ignore();
+                for (_, c, want) in cmds {
+                    add(&mut pipe, c, want);
                 }
-                pipe.query_async::<()>(m).await
+                pipe.query_async::<Vec<RValue>>(m).await
             }
             Bus::Cluster(c) => {
-                let mut by_key: Vec<(String, redis::Pipeline)> = Vec::new();
-                for (key, cmd) in cmds {
-                    match by_key.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, p)) => {
-                            p.add_command(cmd).ignore();
-                        }
+                // Per key: its pipeline and the positions of its wanted replies.
+                let mut by_key: Vec<(String, redis::Pipeline, Vec<usize>)> = Vec::new();
+                let mut wanted = 0;
+                for (key, cmd, want) in cmds {
+                    let i = match by_key.iter().position(|(k, _, _)| *k == key) {
+                        Some(i) => i,
                         None => {
-                            let mut p = redis::pipe();
-                            p.add_command(cmd).ignore();
-                            by_key.push((key, p));
+                            by_key.push((key, redis::pipe(), Vec::new()));
+                            by_key.len() - 1
                         }
+                    };
+                    let (_, p, at) = &mut by_key[i];
+                    add(p, cmd, want);
+                    if want {
+                        at.push(wanted);
+                        wanted += 1;
                     }
                 }
-                let sends = by_key.into_iter().map(|(_, pipe)| {
+                let sends = by_key.into_iter().map(|(_, pipe, at)| {
                     let mut c = c.clone();
-                    async move { pipe.query_async::<()>(&mut c).await }
+                    async move { (pipe.query_async::<Vec<RValue>>(&mut c).await, at) }
                 });
-                for r in futures_util::future::join_all(sends).await {
-                    r?;
+                let mut replies = vec![RValue::Nil; wanted];
+                for (r, at) in futures_util::future::join_all(sends).await {
+                    for (v, i) in r?.into_iter().zip(at) {
+                        replies[i] = v;
+                    }
                 }
-                Ok(())
+                Ok(replies)
             }
         }
     }
@@ -445,7 +521,8 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 continue;
             }
         };
-        let batch: Vec<Command> = l.outbound.borrow().iter().take(512).cloned().collect();
+        let batch: Vec<(Command, Option<u64>)> =
+            l.outbound.borrow().iter().take(512).cloned().collect();
         if batch.is_empty() {
             l.wake_out.notified().await;
             continue;
@@ -453,11 +530,17 @@ async fn run_outbound(link: Weak<RedisLink>) {
         let id = l.id.clone();
         drop(l);
         match execute(&mut manager, &id, &batch).await {
-            Ok(()) => {
+            Ok(confirmed) => {
                 backoff = Duration::from_millis(100);
                 let Some(l) = link.upgrade() else { return };
                 l.outbound.borrow_mut().drain(..batch.len());
                 l.set_up(true);
+                for (id, reached) in confirmed {
+                    let cb = l.confirms.borrow_mut().remove(&id);
+                    if let Some(cb) = cb {
+                        cb(Ok(Some(reached)));
+                    }
+                }
             }
             Err(e) if !retry(&e) => {
                 let Some(l) = link.upgrade() else { return };
@@ -466,10 +549,16 @@ async fn run_outbound(link: Weak<RedisLink>) {
                     l.shown,
                     batch.len()
                 );
-                l.outbound.borrow_mut().drain(..batch.len());
+                l.fail_confirmed(batch.len());
+                l.outbound
+                    .borrow_mut()
+                    .drain(..batch.len() - confirmed_in(&batch));
             }
             Err(e) => {
                 let Some(l) = link.upgrade() else { return };
+                // Confirmed publishes are answered now (they may or may not have run); the
+                // other commands are sent again.
+                l.fail_confirmed(batch.len());
                 log::warn!(
                     "redis {}: {e}; {} commands kept for retry",
                     l.shown,
@@ -493,22 +582,34 @@ fn loop_keys(k: &Key) -> (String, String) {
     )
 }
 
-async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResult<()> {
+fn confirmed_in(batch: &[(Command, Option<u64>)]) -> usize {
+    batch.iter().filter(|(_, c)| c.is_some()).count()
+}
+
+/// Run a batch; returns each confirmed publish's key with the subscriptions it reached.
+async fn execute(
+    bus: &mut Bus,
+    id: &str,
+    batch: &[(Command, Option<u64>)],
+) -> redis::RedisResult<Vec<(u64, usize)>> {
     let mut cmds = Vec::new();
+    // For each wanted reply, the confirmed publish it belongs to.
+    let mut replies_of: Vec<u64> = Vec::new();
     let mut subscribe = Vec::new();
     let mut unsubscribe = Vec::new();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    for cmd in batch {
+    for (cmd, confirm) in batch {
         match cmd {
             Command::Publish(names, data) => {
                 for n in names {
                     let ch = event_channel(&n.key);
                     let mut c = redis::cmd(bus.publish_command());
                     c.arg(&ch).arg(data.as_ref());
-                    cmds.push((ch, c));
+                    cmds.push((ch, c, confirm.is_some()));
+                    replies_of.extend(*confirm);
                 }
             }
             Command::PublishLoop(names, data) => {
@@ -521,7 +622,7 @@ async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResu
                         .arg(rr)
                         .arg(PREFIX_INBOX)
                         .arg(inbox_payload(n, data));
-                    cmds.push((members, c));
+                    cmds.push((members, c, false));
                 }
             }
             Command::Enqueue(names, data) => {
@@ -535,7 +636,7 @@ async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResu
                         .arg("*")
                         .arg("d")
                         .arg(data.as_ref());
-                    cmds.push((key, c));
+                    cmds.push((key, c, false));
                 }
             }
             Command::Subscribe(names) => {
@@ -544,7 +645,7 @@ async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResu
                     let key = loop_keys(&n.key).0;
                     let mut c = redis::cmd("ZADD");
                     c.arg(&key).arg(now_ms + MEMBERSHIP_TTL_MS).arg(id);
-                    cmds.push((key, c));
+                    cmds.push((key, c, false));
                 }
             }
             Command::Unsubscribe(names) => {
@@ -553,7 +654,7 @@ async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResu
                     let key = loop_keys(&n.key).0;
                     let mut c = redis::cmd("ZREM");
                     c.arg(&key).arg(id);
-                    cmds.push((key, c));
+                    cmds.push((key, c, false));
                 }
             }
             Command::Watch(names) => {
@@ -573,7 +674,7 @@ async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResu
                     }
                 }
             }
-            Command::Ping => cmds.push((String::new(), redis::cmd("PING"))),
+            Command::Ping => cmds.push((String::new(), redis::cmd("PING"), false)),
             Command::Unwatch(_) | Command::Reserve | Command::Auth(_) | Command::Hello => {}
         }
     }
@@ -583,7 +684,19 @@ async fn execute(bus: &mut Bus, id: &str, batch: &[Command]) -> redis::RedisResu
     if !unsubscribe.is_empty() {
         bus.unsubscribe_events(&unsubscribe).await?;
     }
-    bus.run(cmds).await
+    let replies = bus.run_with_replies(cmds).await?;
+    let mut reached: Vec<(u64, usize)> = Vec::new();
+    for (confirm, v) in replies_of.into_iter().zip(replies) {
+        let n = match v {
+            RValue::Int(n) => n.max(0) as usize,
+            _ => 0,
+        };
+        match reached.last_mut() {
+            Some((c, total)) if *c == confirm => *total += n,
+            _ => reached.push((confirm, n)),
+        }
+    }
+    Ok(reached)
 }
 
 /// Whether a failed batch may be sent again: only when the connection failed. A command that
@@ -627,7 +740,7 @@ async fn run_pushes(
             PushKind::Disconnection => {
                 l.set_up(false);
                 // The manager reconnects on the next command; make sure there is one.
-                l.outbound.borrow_mut().push_back(Command::Ping);
+                l.outbound.borrow_mut().push_back((Command::Ping, None));
                 l.wake_out.notify_one();
             }
             PushKind::Message | PushKind::SMessage => {
@@ -681,7 +794,9 @@ async fn run_membership(link: Weak<RedisLink>) {
         if !names.is_empty() && l.up.get() {
             // Re-sending the subscription refreshes the expiry; the manager ignores the
             // duplicate SUBSCRIBE.
-            l.outbound.borrow_mut().push_back(Command::Subscribe(names));
+            l.outbound
+                .borrow_mut()
+                .push_back((Command::Subscribe(names), None));
             l.wake_out.notify_one();
         }
     }
