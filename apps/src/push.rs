@@ -284,7 +284,7 @@ pub fn http_worker(
             Err(e) => log::error!("publisher: no channel: {e}"),
         }
     });
-    let page = Arc::new(demo_page(ws_port));
+    let page = Arc::new(demo_page_with_nodes(ws_port, &ws_nodes_option()));
     worker.on_message(move |conn, msg| {
         if let Message::Request(req) = msg {
             handle(conn, &req, &page);
@@ -343,5 +343,31 @@ pub fn is_loopback(listen: &str) -> bool {
 /// The demo page: connects to the WebSocket port, shows the greeting and pushes, and has a
 /// form to broadcast or target a connection.
 pub fn demo_page(ws_port: u16) -> String {
-    include_str!("demo.html").replace("{{WS_PORT}}", &ws_port.to_string())
+    demo_page_with_nodes(ws_port, &[])
+}
+
+/// The demo page knowing several WebSocket nodes: it connects to one of them, chosen at
+/// random, and when that connection drops it tries the next one, with backoff. Each node is
+/// `HOST:PORT` (the page's scheme, `ws://` or `wss://`) or a full `ws://`/`wss://` URL. With
+/// no nodes the page uses its own host and `ws_port`. A `?ws=A,B` parameter on the page's
+/// address overrides the list in the browser.
+pub fn demo_page_with_nodes(ws_port: u16, nodes: &[String]) -> String {
+    // JSON inside <script>: no "</script>" can end it early.
+    let nodes = serde_json::to_string(nodes)
+        .unwrap_or_else(|_| "[]".into())
+        .replace('<', "\\u003c");
+    include_str!("demo.html")
+        .replace("{{WS_PORT}}", &ws_port.to_string())
+        .replace("{{WS_NODES}}", &nodes)
+}
+
+/// The WebSocket nodes the demo page knows: `--ws-nodes A,B` (or `WERKMANN_WS_NODES`), each
+/// `HOST:PORT` or a `ws://`/`wss://` URL; empty when not given.
+pub fn ws_nodes_option() -> Vec<String> {
+    werkmann::cli::option("--ws-nodes", "WERKMANN_WS_NODES", "")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }

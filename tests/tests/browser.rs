@@ -362,3 +362,118 @@ async fn the_demo_page_forms_broadcast_and_target() {
     b.screenshot("demo-page.png").await;
     b.quit().await;
 }
+
+/// The demo page knows both WebSocket nodes (`--ws-nodes` on the publisher): when the node it
+/// is connected to is killed (SIGKILL), it reconnects to the other one, is greeted anew and
+/// receives pushes there. `?ws=` on the page's address overrides the list.
+#[tokio::test]
+async fn the_demo_page_reconnects_to_another_node_when_its_node_dies() {
+    let ch = free_port();
+    let ch_s = format!("127.0.0.1:{ch}");
+    let _channel = App::start("start_channel", &["--listen", &ch_s], &[ch]);
+    let ports = [free_port(), free_port()];
+    let mut nodes: Vec<Option<App>> = ports
+        .iter()
+        .map(|p| {
+            Some(App::start(
+                "start_ws",
+                &[
+                    "--listen",
+                    &format!("127.0.0.1:{p}"),
+                    "--count",
+                    "1",
+                    "--channel",
+                    &ch_s,
+                ],
+                &[*p],
+            ))
+        })
+        .collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("ws://127.0.0.1:{p}"))
+        .collect();
+    let web = free_port();
+    let publisher: SocketAddr = ([127, 0, 0, 1], web).into();
+    let _http = App::start(
+        "start_http",
+        &[
+            "--listen",
+            &format!("127.0.0.1:{web}"),
+            "--channel",
+            &ch_s,
+            "--ws-nodes",
+            &format!("127.0.0.1:{},{}", ports[0], urls[1]),
+        ],
+        &[web],
+    );
+
+    let b = Browser::start().await;
+    b.goto(&format!("http://127.0.0.1:{web}/")).await;
+    let me_script = "var t = document.getElementById('me').textContent; \
+                     return document.getElementById('status').textContent === 'connected' \
+                     && t !== '?' ? document.getElementById('node').textContent + ' ' + t : '';";
+    let first = b.wait_for(me_script, "the greeting").await;
+    let first = first.as_str().unwrap().to_string();
+    let on = urls
+        .iter()
+        .position(|u| first.starts_with(&format!("{u} ")))
+        .unwrap_or_else(|| panic!("connected to one of {urls:?}: {first}"));
+    let other = 1 - on;
+
+    drop(nodes[on].take()); // SIGKILL
+    let second = b
+        .wait_for(
+            &format!(
+                "var s = {me_script:?}; var v = new Function(s)(); \
+                 return v.startsWith('{} ') ? v : '';",
+                urls[other]
+            ),
+            "the page reconnected to the other node",
+        )
+        .await;
+    let second = second.as_str().unwrap().to_string();
+    let (w, c) = second
+        .split_once(" worker ")
+        .and_then(|(_, r)| r.split_once(", connection "))
+        .unwrap_or_else(|| panic!("ids in {second:?}"));
+
+    // A targeted push to its new ids is answered ok and shown; so is a broadcast (answered 503
+    // for a while: it reaches fewer instances than broadcasts did before the kill).
+    let (status, body) = http(
+        publisher,
+        "GET",
+        &format!("/?to_worker_id={w}&to_connection_id={c}&content=nach-dem-Wechsel"),
+        None,
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _) = http(publisher, "GET", "/?content=an-alle-danach", None).await;
+    assert!(status == 200 || status == 503, "broadcast status {status}");
+    for text in ["nach-dem-Wechsel", "an-alle-danach"] {
+        b.wait_for(
+            &format!(
+                "return Array.from(document.querySelectorAll('#log .push')).some(d => d.textContent === '{text}')"
+            ),
+            text,
+        )
+        .await;
+    }
+    b.screenshot("demo-page-reconnected.png").await;
+
+    // ?ws= on the page's address names the nodes in the browser.
+    b.goto(&format!(
+        "http://127.0.0.1:{web}/?ws=127.0.0.1:{}",
+        ports[other]
+    ))
+    .await;
+    let third = b.wait_for(me_script, "the greeting via ?ws=").await;
+    assert!(
+        third
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{} ", urls[other])),
+        "{third}"
+    );
+    b.quit().await;
+}
