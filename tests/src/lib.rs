@@ -242,6 +242,26 @@ pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
+/// `start_all` with its WebSocket port on `ws` and its HTTP port on `web`, plus `extra`
+/// arguments; waits until both listen.
+pub fn start_all_at(ws: SocketAddr, web: SocketAddr, extra: &[&str]) -> App {
+    let (ws_s, web_s) = (ws.to_string(), web.to_string());
+    let mut args = vec!["--ws-listen", &ws_s, "--http-listen", &web_s];
+    args.extend_from_slice(extra);
+    App::start_at("start_all", &args, &[ws, web])
+}
+
+/// The status code and body of one raw HTTP/1.1 response.
+pub fn split_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw).to_string();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// A real `redis-server` on a free loopback port, without persistence, killed when dropped.
 pub struct RedisServer {
     child: Option<Child>,

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use werkmann_tests::{free_addr, App, RedisServer};
+use werkmann_tests::{free_addr, split_response, start_all_at, App, RedisServer};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -91,13 +91,7 @@ async fn http(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
         .await
         .unwrap()
         .unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    split_response(&out)
 }
 
 /// Push until the publisher accepts (it answers 503 while its channel reconnects).
@@ -379,12 +373,7 @@ async fn a_second_node_with_the_same_options_gets_the_next_ids_and_pinned_clashe
 async fn all_in_one_takes_pushes_as_query_form_or_json() {
     let ws = free_addr("127.0.0.1");
     let web = free_addr("127.0.0.1");
-    let (ws_s, web_s) = (ws.to_string(), web.to_string());
-    let _app = App::start_at(
-        "start_all",
-        &["--ws-listen", &ws_s, "--http-listen", &web_s],
-        &[ws, web],
-    );
+    let _app = start_all_at(ws, web, &[]);
     let mut a = connect(ws).await;
     let mut b = connect(ws).await;
     assert_ne!(a.worker, b.worker, "two instances");

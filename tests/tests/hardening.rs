@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use werkmann_tests::{free_addr, read_head, App};
+use werkmann_tests::{free_addr, read_head, start_all_at, App};
 
 const SECRET: &str = "correct horse battery staple";
 
@@ -63,18 +63,7 @@ fn now() -> u64 {
 async fn the_push_api_requires_a_token_or_a_fresh_signature() {
     let ws = free_addr("127.0.0.1");
     let web = free_addr("127.0.0.1");
-    let _app = App::start_at(
-        "start_all",
-        &[
-            "--ws-listen",
-            &ws.to_string(),
-            "--http-listen",
-            &web.to_string(),
-            "--secret",
-            SECRET,
-        ],
-        &[ws, web],
-    );
+    let _app = start_all_at(ws, web, &["--secret", SECRET]);
     let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{ws}"))
         .await
         .unwrap();
@@ -348,16 +337,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_others_get_everything() {
     use tokio::io::AsyncReadExt;
     let ws = free_addr("127.0.0.1");
     let web = free_addr("127.0.0.1");
-    let app = App::start_at(
-        "start_all",
-        &[
-            "--ws-listen",
-            &ws.to_string(),
-            "--http-listen",
-            &web.to_string(),
-        ],
-        &[ws, web],
-    );
+    let app = start_all_at(ws, web, &[]);
     let (mut slow, h) = ws_upgrade(&ws.to_string(), None, None).await;
     assert!(h.starts_with("HTTP/1.1 101"));
     let mut readers = Vec::new();

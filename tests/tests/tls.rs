@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use werkmann_tests::certs::TestCerts;
-use werkmann_tests::{free_addr, App};
+use werkmann_tests::{free_addr, split_response, start_all_at, App};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -82,13 +82,7 @@ async fn https(certs: &TestCerts, addr: SocketAddr, request: &str) -> (u16, Stri
         .await
         .expect("an answer in time")
         .expect("a clean TLS close");
-    let text = String::from_utf8_lossy(&out).to_string();
-    let status = text[9..12].parse().unwrap();
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    split_response(&out)
 }
 
 fn get(query: &str) -> String {
@@ -98,19 +92,16 @@ fn get(query: &str) -> String {
 fn start_all_tls(certs: &TestCerts) -> (App, SocketAddr, SocketAddr) {
     let ws = free_addr("127.0.0.1");
     let web = free_addr("127.0.0.1");
-    let app = App::start_at(
-        "start_all",
+    let (cert, key) = (certs.cert(), certs.key());
+    let app = start_all_at(
+        ws,
+        web,
         &[
-            "--ws-listen",
-            &ws.to_string(),
-            "--http-listen",
-            &web.to_string(),
             "--cert",
-            certs.cert().to_str().unwrap(),
+            cert.to_str().unwrap(),
             "--key",
-            certs.key().to_str().unwrap(),
+            key.to_str().unwrap(),
         ],
-        &[ws, web],
     );
     (app, ws, web)
 }
@@ -318,5 +309,5 @@ async fn plain_get(addr: SocketAddr, query: &str) -> u16 {
         .await
         .expect("an answer in time")
         .unwrap();
-    String::from_utf8_lossy(&out[9..12]).parse().unwrap()
+    split_response(&out).0
 }
