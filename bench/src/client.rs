@@ -63,6 +63,8 @@ pub struct Shared {
     targeted_seen: Mutex<Vec<u64>>,
     /// Every open client, by group.
     clients: Mutex<Vec<(u32, Arc<Mutex<ClientState>>)>>,
+    /// Clients whose connection ended without being closed by their group: (index, when).
+    drops: Mutex<Vec<(u32, u64)>>,
 }
 
 fn kind_code(k: Kind) -> u8 {
@@ -158,6 +160,16 @@ impl Shared {
     /// Register an opened client.
     fn add(&self, group: u32, st: Arc<Mutex<ClientState>>) {
         self.clients.lock().expect("clients").push((group, st));
+    }
+
+    /// Note that client `idx` found its connection closed by the server (now).
+    pub fn dropped(&self, idx: u32) {
+        self.drops.lock().expect("drops").push((idx, mono_ns()));
+    }
+
+    /// Every client that lost its connection so far, with when.
+    pub fn drops(&self) -> Vec<(u32, u64)> {
+        self.drops.lock().expect("drops").clone()
     }
 
     /// Forget the clients of a group.
@@ -360,12 +372,18 @@ fn greeting(text: &[u8]) -> Option<(String, String)> {
 /// Connect client `idx` and wait until it can receive pushes: the WebSocket handshake, the
 /// Engine.IO/Socket.IO connect for Socket.IO, and the greeting for werkmann and Socket.IO.
 /// Returns the stream, its address and the bytes read past the greeting.
+/// With `rcvbuf`, the socket's receive buffer is set to that many bytes before connecting
+/// (so the window the client offers stays that small).
 pub async fn open(
     idx: u32,
     target: SocketAddr,
     flavor: Flavor,
+    rcvbuf: Option<u32>,
 ) -> Result<(TcpStream, Address, Vec<u8>)> {
     let sock = TcpSocket::new_v4()?;
+    if let Some(bytes) = rcvbuf {
+        sock.set_recv_buffer_size(bytes).context("SO_RCVBUF")?;
+    }
     sock.bind(SocketAddr::new(source_ip(idx).into(), 0))
         .context("bind")?;
     let mut stream = sock.connect(target).await.context("connect")?;
@@ -537,6 +555,32 @@ pub async fn run(
                 eprintln!("pushbench worker: client {}: {e:#}", addr.idx);
                 return;
             }
+        }
+    }
+}
+
+/// How often a slow client checks whether the server dropped it.
+const SLOW_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A slow client after its greeting: it never reads again. Every 200 ms it sends a small
+/// ping frame and checks its socket's error: a server that dropped it answers the ping with a
+/// reset (Linux resets a closed socket that receives data), so the drop is seen within ~200 ms
+/// without reading anything. Returns when it was dropped (recorded in `shared`).
+pub async fn hold(stream: TcpStream, addr: &Address, shared: Arc<Shared>) {
+    let mut ping = Vec::new();
+    client_frame(0x9, b"slow", &mut ping);
+    loop {
+        tokio::time::sleep(SLOW_CHECK).await;
+        let gone = match stream.take_error() {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => match stream.try_write(&ping) {
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            },
+        };
+        if gone {
+            shared.dropped(addr.idx);
+            return;
         }
     }
 }

@@ -143,6 +143,27 @@ impl Gen {
     /// Open `n` clients spread evenly over the workers; client `i` connects to
     /// `targets[i % targets.len()]`.
     pub async fn open(&mut self, flavor: Flavor, targets: &[SocketAddr], n: u32) -> Result<Opened> {
+        self.open_group(flavor, targets, n, false).await
+    }
+
+    /// Open `n` slow clients like [`Gen::open`]: a small receive buffer, and once greeted
+    /// they never read (see `client::hold`); [`Gen::drops`] tells when the server dropped them.
+    pub async fn open_slow(
+        &mut self,
+        flavor: Flavor,
+        targets: &[SocketAddr],
+        n: u32,
+    ) -> Result<Opened> {
+        self.open_group(flavor, targets, n, true).await
+    }
+
+    async fn open_group(
+        &mut self,
+        flavor: Flavor,
+        targets: &[SocketAddr],
+        n: u32,
+        slow: bool,
+    ) -> Result<Opened> {
         let k = self.procs.len() as u32;
         let group = self.next_group;
         self.next_group += 1;
@@ -157,6 +178,7 @@ impl Gen {
                 first,
                 n: share,
                 concurrency: OPEN_CONCURRENCY,
+                slow,
             }));
             first += share;
         }
@@ -195,6 +217,24 @@ impl Gen {
         self.call_all(|| Cmd::Close { group }).await?;
         self.live.retain(|(g, _)| *g != group);
         Ok(())
+    }
+
+    /// Number this generator's phases from `first` on, so that two generators driven at the
+    /// same time tell their pushes apart (a push of the other's phase is then stray).
+    pub fn number_phases_from(&mut self, first: u32) {
+        self.next_phase = self.next_phase.max(first);
+    }
+
+    /// Every client whose connection the server closed so far: (global index,
+    /// `CLOCK_MONOTONIC` ns when it was seen).
+    pub async fn drops(&mut self) -> Result<Vec<(u32, u64)>> {
+        let mut out = Vec::new();
+        for r in self.call_all(|| Cmd::Drops).await? {
+            if let Reply::Drops { drops } = r {
+                out.extend(drops);
+            }
+        }
+        Ok(out)
     }
 
     /// Start a phase in every worker; returns its id.

@@ -48,6 +48,37 @@ impl Api {
         }
     }
 
+    /// [`Api::targeted`] for a large `content`: in a form body (`POST /`) for werkmann, whose
+    /// request head may not pass 16 KiB; Socket.IO's push API takes only `GET` (Node.js
+    /// allows 16 KiB of head), so keep its content under ~15 KiB.
+    pub fn targeted_large(&self, to: &Address, content: &str) -> Vec<u8> {
+        match self.flavor {
+            Flavor::Werkmann => {
+                let body = format!(
+                    "to_worker_id={}&to_connection_id={}&content={content}",
+                    to.worker, to.conn
+                );
+                format!(
+                    "POST / HTTP/1.1\r\nHost: {}\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\n\
+                     Content-Length: {}\r\n\r\n{body}",
+                    self.addr,
+                    body.len()
+                )
+                .into_bytes()
+            }
+            Flavor::SocketIo | Flavor::Nchan => self.targeted(to, content),
+        }
+    }
+
+    /// The largest content [`Api::targeted_large`] can carry here.
+    pub fn max_large(&self) -> usize {
+        match self.flavor {
+            Flavor::SocketIo => 12 * 1024,
+            Flavor::Werkmann | Flavor::Nchan => 256 * 1024,
+        }
+    }
+
     fn nchan_post(&self, channel: &str, content: &str) -> Vec<u8> {
         format!(
             "POST /pub/{channel} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\n\

@@ -14,6 +14,7 @@ mod proto;
 mod report;
 mod row;
 mod run;
+mod slow;
 mod soak;
 mod systems;
 mod worker;

@@ -60,6 +60,10 @@ pub enum Cmd {
         n: u32,
         /// Handshakes in flight at once.
         concurrency: u32,
+        /// Slow clients: a small receive buffer, and once greeted they never read again
+        /// (they only send a ping now and then, to notice when the server dropped them).
+        #[serde(default)]
+        slow: bool,
     },
     /// Start phase `id`: forget what earlier phases counted.
     Phase {
@@ -79,6 +83,8 @@ pub enum Cmd {
         /// The group.
         group: u32,
     },
+    /// The clients whose connection the server closed (or reset) so far.
+    Drops,
     /// Exit.
     Quit,
 }
@@ -152,6 +158,11 @@ pub enum Reply {
     Closed {
         /// Clients closed.
         closed: u32,
+    },
+    /// To `Drops`: (client index, `CLOCK_MONOTONIC` ns when its closed connection was seen).
+    Drops {
+        /// Every client that lost its connection, in the order they were seen.
+        drops: Vec<(u32, u64)>,
     },
     /// A command failed.
     Error {

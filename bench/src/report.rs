@@ -12,6 +12,18 @@ const INTRO: &str = include_str!("../doc/intro.md");
 /// The profile findings (measured by hand, see the text).
 const PROFILE: &str = include_str!("../doc/profile.md");
 
+/// What the slow-client table's columns mean.
+const SLOW_NOTE: &str = "\
+The others get the paced broadcasts; each of the K clients also gets its own stream of large \
+targeted pushes (the last column: 256 KiB each for werkmann and Nchan, 12 KiB for Socket.IO, \
+whose push API takes only GET). Run 1: the K clients read everything. Run 2: the K clients \
+(4 KiB receive buffer) never read after their greeting. The server is asked the same in both; \
+p50/p99 are the others' latencies, the ratio run 2 ÷ run 1. Server memory (PSS, all \
+processes) before run 2, its peak (sampled every 200 ms) and 1 s after it; the drop times \
+count from the start of run 2, seen by the client within ~200 ms (a ping it sends is \
+answered with a reset once the server closed it); drops logged: the push node's \
+`on_buffer_full` warnings.\n\n";
+
 /// Everything one run produced.
 pub struct Results {
     /// When it started (UTC).
@@ -171,8 +183,15 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// Figures that are counts, shown without decimals.
+const COUNTS: [&str; 5] = ["clients", "others", "slow", "dropped", "logged_drops"];
+
 fn cell(r: &Row, key: &str) -> String {
-    r.get(key).map(num).unwrap_or_else(|| "—".into())
+    match r.get(key) {
+        Some(v) if COUNTS.contains(&key) && v.abs() < 100.0 => format!("{v:.0}"),
+        Some(v) => num(v),
+        None => "—".into(),
+    }
 }
 
 /// One line about a row for the progress log.
@@ -190,6 +209,14 @@ pub fn brief(r: &Row) -> String {
         ],
         Scenario::Targeted => &[("pushes_per_s", "pushes/s"), ("p99_ms", "p99 ms")],
         Scenario::Publish => &[("req_per_s", "req/s")],
+        Scenario::Slow => &[
+            ("p99_base_ms", "p99 ms without"),
+            ("p99_ms", "p99 ms with"),
+            ("p99_ratio", "ratio"),
+            ("mem_peak_mib", "peak MiB"),
+            ("dropped", "dropped"),
+            ("drop_last_s", "last drop s"),
+        ],
     };
     let mut s: Vec<String> = keys
         .iter()
@@ -246,6 +273,11 @@ fn compared(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
             ("p50_ms", "p50 latency, ms", false),
         ],
         Scenario::Publish => &[("req_per_s", "requests/s", true)],
+        Scenario::Slow => &[(
+            "p99_ratio",
+            "others' p99 with ÷ without clients that never read",
+            false,
+        )],
     }
 }
 
@@ -429,6 +461,47 @@ fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
         true,
         "pushes/s",
     );
+    let mut drop_lines = Vec::new();
+    for mode in ["all-in-one", "cluster"] {
+        let ws = find(rows, Scenario::Slow, "werkmann", mode, "slow clients");
+        let label = ws.map(|r| r.label.clone()).unwrap_or_else(|| {
+            format!(
+                "slow clients: {} others × {}/s, {} never read",
+                k(plan.bcast_n),
+                plan.slow_rate,
+                plan.slow_k
+            )
+        });
+        check(
+            &format!("{label}, {mode}: the others' p99 moves by at most 20 %"),
+            ws.and_then(|r| r.get("p99_ratio")),
+            Some(1.2),
+            false,
+            "× (with ÷ without)",
+        );
+        if mode == "all-in-one" {
+            let (dropped, slow) = (
+                ws.and_then(|r| r.get("dropped")),
+                ws.and_then(|r| r.get("slow")),
+            );
+            drop_lines.push(vec![
+                format!("{label}, {mode}: every slow client dropped (on_buffer_full)"),
+                match (dropped, slow, ws.and_then(|r| r.get("drop_last_s"))) {
+                    (Some(d), Some(s), Some(t)) => {
+                        format!("{d} of {s}, the last {} s after its pushes began", num(t))
+                    }
+                    (Some(d), Some(s), None) => format!("{d} of {s}"),
+                    _ => "—".into(),
+                },
+                match (dropped, slow) {
+                    (Some(d), Some(s)) if d >= s => "met".into(),
+                    (Some(_), Some(_)) => "**missed**".into(),
+                    _ => "not measured".into(),
+                },
+            ]);
+        }
+    }
+    lines.extend(drop_lines);
     let mis: Option<f64> = wt.map(|r| (r.errors.missing + r.errors.dup + r.errors.wrong) as f64);
     let verdict = match mis {
         Some(0.0) => "met".to_string(),
@@ -501,6 +574,27 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
                 ("req_per_s", "requests/s"),
                 ("cpu_us", "server µs CPU/request"),
                 ("gen_cpu_us", "generator µs CPU/request"),
+            ],
+        ),
+        Scenario::Slow => (
+            "Slow clients",
+            &[
+                ("others", "others"),
+                ("slow", "K"),
+                ("p50_base_ms", "p50 ms, K read"),
+                ("p99_base_ms", "p99 ms, K read"),
+                ("p50_ms", "p50 ms, K never read"),
+                ("p99_ms", "p99 ms, K never read"),
+                ("p99_ratio", "p99 ratio"),
+                ("mem_base_peak_mib", "server MiB peak, K read"),
+                ("mem_before_mib", "server MiB before"),
+                ("mem_peak_mib", "server MiB peak"),
+                ("mem_after_mib", "server MiB after"),
+                ("dropped", "dropped"),
+                ("drop_first_s", "first drop s"),
+                ("drop_last_s", "last drop s"),
+                ("logged_drops", "drops logged"),
+                ("large_mib_per_s", "MiB/s to each of K"),
             ],
         ),
     };
@@ -579,8 +673,12 @@ pub fn markdown(res: &Results) -> String {
         Scenario::Paced,
         Scenario::Targeted,
         Scenario::Publish,
+        Scenario::Slow,
     ] {
         detail(&mut out, &res.rows, sc);
+        if sc == Scenario::Slow && res.rows.iter().any(|r| r.scenario == sc) {
+            out.push_str(SLOW_NOTE);
+        }
     }
     if let Some(ch) = &res.channel {
         out.push_str("### Channel server events/s (`bench_channel`)\n\n");

@@ -19,6 +19,8 @@ pub enum Scenario {
     Targeted,
     /// HTTP publish requests per second.
     Publish,
+    /// Paced broadcasts next to clients that never read, against clients that do.
+    Slow,
 }
 
 /// Delivery errors (summed over runs).

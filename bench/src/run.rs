@@ -16,6 +16,7 @@ use crate::procfs;
 use crate::proto::{payload, Address, Kind};
 use crate::report::{self, Results};
 use crate::row::{self, Errors, Row, Scenario};
+use crate::slow;
 use crate::systems::{Env, Running, Setup};
 
 /// Sizes of one run of the suite.
@@ -55,6 +56,14 @@ pub struct Plan {
     pub repeats: usize,
     /// Push payload size, bytes.
     pub size: usize,
+    /// Slow-client row: clients that stop reading (next to `bcast_n` others).
+    pub slow_k: u32,
+    /// Slow-client row: broadcasts per second to the others.
+    pub slow_rate: u32,
+    /// Slow-client row: length of each of its two runs, seconds.
+    pub slow_secs: u32,
+    /// Slow-client row: bytes of large targeted pushes sent to each of the K clients a second.
+    pub slow_bytes_per_s: usize,
     /// Arguments for `bench_channel`.
     pub channel_args: Vec<String>,
     /// Stop starting new sessions after this long.
@@ -82,6 +91,10 @@ impl Plan {
             rate_conns: 32,
             repeats: 3,
             size: 64,
+            slow_k: 10,
+            slow_rate: 5,
+            slow_secs: 6,
+            slow_bytes_per_s: 2 << 20,
             channel_args: vec!["--quick".into()],
             budget: Duration::from_secs(18 * 60),
         }
@@ -107,6 +120,10 @@ impl Plan {
             rate_conns: 32,
             repeats: 1,
             size: 64,
+            slow_k: 10,
+            slow_rate: 20,
+            slow_secs: 5,
+            slow_bytes_per_s: 2 << 20,
             channel_args: vec!["--quick".into(), "--events".into(), "30000".into()],
             budget: Duration::from_secs(150),
         }
@@ -139,7 +156,7 @@ pub struct Options {
     pub keep: bool,
 }
 
-const GROUPS: [&str; 8] = [
+const GROUPS: [&str; 9] = [
     "idle",
     "one-node",
     "nodes",
@@ -147,6 +164,7 @@ const GROUPS: [&str; 8] = [
     "targeted",
     "paced",
     "publish",
+    "slow",
     "channel",
 ];
 
@@ -156,7 +174,8 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
                  [--repeats N] [--budget SECS]
   --quick          the small set (under 3 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
-  --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,channel
+  --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
+                   channel
   --systems LIST   werkmann,nchan,socketio (default: all three)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
   --repeats N      runs of the rows reported as medians (default 3, --quick 1)
@@ -240,7 +259,7 @@ struct Idle {
 }
 
 /// How the coordinator publishes during a phase.
-enum Publish {
+pub enum Publish {
     /// `m` broadcasts back to back, `inflight` at a time.
     Burst { inflight: usize },
     /// `m` broadcasts, one every `1/rate` s.
@@ -585,7 +604,10 @@ impl Suite {
                 self.push(r);
             }
         }
-        let big = self.want("idle") || self.want("broadcast") || self.want("targeted");
+        let big = self.want("idle")
+            || self.want("broadcast")
+            || self.want("targeted")
+            || self.want("slow");
         if big {
             let mut gen = self.gen(p.bcast_n).await?;
             let i = self.idle(&mut sys, &mut gen, &mut conn, p.bcast_n).await?;
@@ -622,6 +644,9 @@ impl Suite {
                     p.repeats,
                 )
                 .await?;
+            }
+            if self.want("slow") {
+                self.slow_row(&sys, &mut gen, &mut conns).await?;
             }
             sys.check_alive()?;
             gen.quit().await;
@@ -675,6 +700,42 @@ impl Suite {
         }
         sys.check_alive()?;
         sys.stop();
+        Ok(())
+    }
+
+    /// The slow-client row on the `bcast_n` open clients (see `slow.rs`).
+    async fn slow_row(
+        &mut self,
+        sys: &Running,
+        gen: &mut Gen,
+        conns: &mut Vec<Conn>,
+    ) -> Result<()> {
+        let p = self.opts.plan.clone();
+        let label = format!(
+            "slow clients: {} others × {}/s, {} never read",
+            k(p.bcast_n),
+            p.slow_rate,
+            p.slow_k
+        );
+        let mut runs = Vec::new();
+        for _ in 0..p.repeats {
+            let mut heavy = Gen::spawn(1, &self.exe, &self.gen_log).await?;
+            let r = slow::row(sys, gen, &mut heavy, conns, &p, &label).await;
+            heavy.quit().await;
+            match r {
+                Ok(r) => runs.push(r),
+                // The rest of the session goes on without this row.
+                Err(e) => {
+                    let what = format!("{} ({}) {label}", sys.setup.system(), sys.setup.mode());
+                    eprintln!("pushbench: {what} failed: {e:#}");
+                    self.notes.push(format!("{what} failed: {e:#}"));
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(r) = row::median(runs) {
+            self.push(r);
+        }
         Ok(())
     }
 
@@ -895,7 +956,7 @@ impl Suite {
 }
 
 /// Publish a phase's pushes; returns (answered 2xx, failed, first failure).
-async fn publish(
+pub async fn publish(
     api: Api,
     conns: &mut Vec<Conn>,
     phase: u32,
@@ -1085,7 +1146,7 @@ async fn run_all(suite: &mut Suite) -> Result<Option<String>> {
         if !suite.usable(s) || suite.over_budget(&format!("{} ({})", s.system(), s.mode())) {
             continue;
         }
-        let any = ["idle", "broadcast", "targeted", "paced", "publish"]
+        let any = ["idle", "broadcast", "targeted", "paced", "publish", "slow"]
             .iter()
             .any(|g| suite.want(g));
         if any {

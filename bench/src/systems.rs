@@ -412,6 +412,18 @@ impl Running {
         self.pids().into_iter().map(procfs::rss_kib).sum()
     }
 
+    /// Lines containing `needle` in the logs of every process so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.procs
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(&p.log)
+                    .map(|t| t.lines().filter(|l| l.contains(needle)).count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
     /// Whether every process still runs; `Err` with its log otherwise.
     pub fn check_alive(&mut self) -> Result<()> {
         for p in &mut self.procs {

@@ -41,9 +41,15 @@ async fn serve() -> Result<()> {
                 first,
                 n,
                 concurrency,
+                slow,
             } => {
-                let (reply, tasks) =
-                    open(&shared, group, flavor, &targets, first, n, concurrency).await;
+                let how = How {
+                    group,
+                    flavor,
+                    concurrency,
+                    slow,
+                };
+                let (reply, tasks) = open(&shared, how, &targets, first, n).await;
                 groups.entry(group).or_default().extend(tasks);
                 reply
             }
@@ -65,6 +71,9 @@ async fn serve() -> Result<()> {
                 }
                 Reply::Closed { closed }
             }
+            Cmd::Drops => Reply::Drops {
+                drops: shared.drops(),
+            },
             Cmd::Quit => break,
         };
         let mut text = serde_json::to_string(&reply)?;
@@ -80,17 +89,33 @@ async fn serve() -> Result<()> {
     Ok(())
 }
 
+/// Receive buffer of a slow client, bytes (the kernel doubles it).
+const SLOW_RCVBUF: u32 = 4096;
+
+/// How a group of clients is opened.
+#[derive(Clone, Copy)]
+struct How {
+    group: u32,
+    flavor: Flavor,
+    concurrency: u32,
+    slow: bool,
+}
+
 /// Open clients `first..first + n` with at most `concurrency` handshakes at once; wait for
 /// each to be greeted or to fail.
 async fn open(
     shared: &Arc<Shared>,
-    group: u32,
-    flavor: Flavor,
+    how: How,
     targets: &[std::net::SocketAddr],
     first: u32,
     n: u32,
-    concurrency: u32,
 ) -> (Reply, Vec<JoinHandle<()>>) {
+    let How {
+        group,
+        flavor,
+        concurrency,
+        slow,
+    } = how;
     if targets.is_empty() {
         return (
             Reply::Error {
@@ -107,12 +132,20 @@ async fn open(
         let (sem, tx, shared) = (sem.clone(), tx.clone(), shared.clone());
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
-            let r = tokio::time::timeout(OPEN_TIMEOUT, client::open(idx, target, flavor)).await;
+            let rcvbuf = slow.then_some(SLOW_RCVBUF);
+            let r =
+                tokio::time::timeout(OPEN_TIMEOUT, client::open(idx, target, flavor, rcvbuf)).await;
             drop(permit);
             match r {
                 Ok(Ok((stream, addr, left))) => {
                     let _ = tx.send(Ok(addr.clone()));
-                    client::run(stream, &addr, left, flavor, group, shared).await;
+                    if slow {
+                        client::hold(stream, &addr, shared).await;
+                    } else {
+                        client::run(stream, &addr, left, flavor, group, shared.clone()).await;
+                        // Not aborted by its group's close: the server closed it.
+                        shared.dropped(addr.idx);
+                    }
                 }
                 Ok(Err(e)) => {
                     let _ = tx.send(Err(format!("{e:#}")));
