@@ -296,15 +296,19 @@ fn client_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
 }
 
 /// A server frame's header: final fragment, opcode, where the payload is, total length.
-struct Frame {
-    fin: bool,
-    opcode: u8,
-    payload: std::ops::Range<usize>,
-    len: usize,
+pub struct Frame {
+    /// The final fragment.
+    pub fin: bool,
+    /// The opcode.
+    pub opcode: u8,
+    /// Where the payload is in the buffer.
+    pub payload: std::ops::Range<usize>,
+    /// Header and payload.
+    pub len: usize,
 }
 
 /// The server frame at the start of `b`, if complete.
-fn server_frame(b: &[u8]) -> Result<Option<Frame>> {
+pub fn server_frame(b: &[u8]) -> Result<Option<Frame>> {
     if b.len() < 2 {
         return Ok(None);
     }
@@ -369,30 +373,38 @@ fn greeting(text: &[u8]) -> Option<(String, String)> {
     Some((field("Worker-ID:")?, field("Verbindungs-ID:")?))
 }
 
-/// Connect client `idx` and wait until it can receive pushes: the WebSocket handshake, the
-/// Engine.IO/Socket.IO connect for Socket.IO, and the greeting for werkmann and Socket.IO.
-/// Returns the stream, its address and the bytes read past the greeting.
-/// With `rcvbuf`, the socket's receive buffer is set to that many bytes before connecting
-/// (so the window the client offers stays that small).
-pub async fn open(
+/// Connect client `idx` from [`source_ip`] to `target` and complete the WebSocket handshake
+/// for `path`; with `rcvbuf`, the socket's receive buffer is set to that many bytes first.
+/// Returns the stream and the bytes read past the handshake response.
+pub async fn connect_ws(
     idx: u32,
     target: SocketAddr,
-    flavor: Flavor,
+    path: &str,
     rcvbuf: Option<u32>,
-) -> Result<(TcpStream, Address, Vec<u8>)> {
+) -> Result<(TcpStream, Vec<u8>)> {
     let sock = TcpSocket::new_v4()?;
     if let Some(bytes) = rcvbuf {
         sock.set_recv_buffer_size(bytes).context("SO_RCVBUF")?;
+    }
+    // Pick the source port at connect time, so the 4-tuple (not the address) must be unique.
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
     sock.bind(SocketAddr::new(source_ip(idx).into(), 0))
         .context("bind")?;
     let mut stream = sock.connect(target).await.context("connect")?;
     stream.set_nodelay(true)?;
-    let path = match flavor {
-        Flavor::Werkmann => "/".to_string(),
-        Flavor::Nchan => format!("/sub/c{idx}"),
-        Flavor::SocketIo => "/socket.io/?EIO=4&transport=websocket".to_string(),
-    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -408,7 +420,7 @@ pub async fn open(
                 head.lines().next().unwrap_or("")
             );
             buf.drain(..p + 4);
-            break;
+            return Ok((stream, buf));
         }
         ensure!(buf.len() < 16384, "handshake response too long");
         ensure!(
@@ -416,6 +428,25 @@ pub async fn open(
             "closed during the handshake"
         );
     }
+}
+
+/// Connect client `idx` and wait until it can receive pushes: the WebSocket handshake, the
+/// Engine.IO/Socket.IO connect for Socket.IO, and the greeting for werkmann and Socket.IO.
+/// Returns the stream, its address and the bytes read past the greeting.
+/// With `rcvbuf`, the socket's receive buffer is set to that many bytes before connecting
+/// (so the window the client offers stays that small).
+pub async fn open(
+    idx: u32,
+    target: SocketAddr,
+    flavor: Flavor,
+    rcvbuf: Option<u32>,
+) -> Result<(TcpStream, Address, Vec<u8>)> {
+    let path = match flavor {
+        Flavor::Werkmann => "/".to_string(),
+        Flavor::Nchan => format!("/sub/c{idx}"),
+        Flavor::SocketIo => "/socket.io/?EIO=4&transport=websocket".to_string(),
+    };
+    let (mut stream, mut buf) = connect_ws(idx, target, &path, rcvbuf).await?;
     if flavor == Flavor::Nchan {
         let addr = Address {
             idx,

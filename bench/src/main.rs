@@ -2,8 +2,12 @@
 //! and Socket.IO. `pushbench [all] [--quick] [--out docs/benchmarks.md]` runs every scenario
 //! (see `docs/benchmarks.md` for what and how); `pushbench worker` is a generator worker
 //! process the coordinator starts itself; `pushbench soak` holds clients under steady pushes
-//! for a long time (see `soak.rs`).
+//! for a long time (see `soak.rs`); `pushbench server` measures the framework alone against
+//! `bench_server` (see `server.rs`), `pushbench channel` the channel server alone (see
+//! `channel.rs`).
 
+mod channel;
+mod child;
 mod client;
 mod clock;
 mod gen;
@@ -14,6 +18,7 @@ mod proto;
 mod report;
 mod row;
 mod run;
+mod server;
 mod slow;
 mod soak;
 mod systems;
@@ -32,6 +37,8 @@ fn main() {
                 rt.block_on(async {
                     match args.first().map(String::as_str) {
                         Some("soak") => soak::main(&args[1..]).await,
+                        Some("server") => server::main(&args[1..]).await,
+                        Some("channel") => channel::main(&args[1..]).await,
                         _ => run::main(&args).await,
                     }
                 })

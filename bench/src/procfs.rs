@@ -1,4 +1,5 @@
-//! Server-side readings from /proc: CPU time (all threads), memory, child processes.
+//! Readings from /proc: CPU time (all threads), memory, child processes, the machine's busy
+//! time.
 
 use std::fs;
 
@@ -52,7 +53,8 @@ fn clk_tck() -> u64 {
     }
 }
 
-fn status_field(pid: u32, key: &str) -> Option<u64> {
+/// A number field of `/proc/PID/status` (`VmHWM:`, `Threads:`, …; a `kB` unit dropped).
+pub fn status_number(pid: u32, key: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
@@ -62,7 +64,7 @@ fn status_field(pid: u32, key: &str) -> Option<u64> {
 
 /// `VmRSS` in KiB (0 when the process is gone).
 pub fn rss_kib(pid: u32) -> u64 {
-    status_field(pid, "VmRSS:").unwrap_or(0)
+    status_number(pid, "VmRSS:").unwrap_or(0)
 }
 
 /// Proportional set size in KiB (`Pss` of smaps_rollup): RSS with shared pages divided among
@@ -112,4 +114,26 @@ pub fn alive(pid: u32) -> bool {
                 .and_then(|(_, r)| r.split_whitespace().next().map(|st| st != "Z"))
         })
         .unwrap_or(false)
+}
+
+/// Reset a process's peak RSS (`VmHWM`) to its current RSS; false when not allowed.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
+}
+
+/// Busy time of the whole machine (all CPUs: user, nice, system, irq, softirq, steal) and the
+/// part of it spent in interrupts (irq, softirq: loopback TCP is processed there, and counted
+/// in no process's CPU), in nanoseconds (from `/proc/stat`'s clock ticks).
+pub fn machine_busy_ns() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let sum = |idx: &[usize]| -> u64 { idx.iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum() };
+    let ns = |ticks: u64| ticks * 1_000_000_000 / clk_tck();
+    Some((ns(sum(&[0, 1, 2, 5, 6, 7])), ns(sum(&[5, 6]))))
 }

@@ -40,7 +40,7 @@ pub struct Results {
     pub rows: Vec<Row>,
     /// Skips, failures, remarks.
     pub notes: Vec<String>,
-    /// `bench_channel`'s output.
+    /// `pushbench channel`'s output.
     pub channel: Option<String>,
 }
 
@@ -224,6 +224,35 @@ pub fn brief(r: &Row) -> String {
         .collect();
     s.push(format!("errors {}", r.errors.text()));
     s.join(", ")
+}
+
+/// A Markdown table with its columns padded to one width, for a terminal
+/// (`pushbench server` and `pushbench channel` print theirs so).
+pub fn aligned(header: &[&str], cells: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(1)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |cols: Vec<String>| {
+        out.push('|');
+        for (c, w) in cols.iter().zip(&widths) {
+            let _ = write!(out, " {c}{} |", " ".repeat(w - c.chars().count()));
+        }
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for c in cells {
+        line(c.clone());
+    }
+    out
 }
 
 fn table(out: &mut String, header: &[&str], rows: Vec<Vec<String>>) {
@@ -681,7 +710,7 @@ pub fn markdown(res: &Results) -> String {
         }
     }
     if let Some(ch) = &res.channel {
-        out.push_str("### Channel server events/s (`bench_channel`)\n\n");
+        out.push_str("### Channel server events/s (`pushbench channel`)\n\n");
         out.push_str(
             "werkmann only: neither peer has a Workerman-channel server. Output as printed:\n\n",
         );

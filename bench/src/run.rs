@@ -64,7 +64,7 @@ pub struct Plan {
     pub slow_secs: u32,
     /// Slow-client row: bytes of large targeted pushes sent to each of the K clients a second.
     pub slow_bytes_per_s: usize,
-    /// Arguments for `bench_channel`.
+    /// Arguments for `pushbench channel`.
     pub channel_args: Vec<String>,
     /// Stop starting new sessions after this long.
     pub budget: Duration,
@@ -906,24 +906,25 @@ impl Suite {
         Ok(())
     }
 
-    /// `bench_channel` (the channel server's events/s), its table kept as it prints it.
+    /// `pushbench channel` (the channel server's events/s), its table kept as it prints it.
     async fn channel(&mut self) -> Option<String> {
-        let exe = self.opts.bin_dir.join("bench_channel");
-        if !exe.exists() {
+        let server = self.opts.bin_dir.join("start_channel");
+        if !server.exists() {
             self.notes.push(format!(
                 "skipped the channel row: {} missing",
-                exe.display()
+                server.display()
             ));
             return None;
         }
         eprintln!(
-            "pushbench: [{:>4.0} s] bench_channel {}",
+            "pushbench: [{:>4.0} s] pushbench channel {}",
             self.started.elapsed().as_secs_f64(),
             self.opts.plan.channel_args.join(" ")
         );
-        let out = tokio::process::Command::new(&exe)
+        let out = tokio::process::Command::new(&self.exe)
+            .arg("channel")
             .args(&self.opts.plan.channel_args)
-            .env("RUST_LOG", "warn")
+            .env("BENCH_RUST_LOG", "warn")
             .kill_on_drop(true)
             .output()
             .await;
@@ -931,14 +932,14 @@ impl Suite {
             Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).to_string()),
             Ok(o) => {
                 self.notes.push(format!(
-                    "bench_channel failed ({}): {}",
+                    "pushbench channel failed ({}): {}",
                     o.status,
                     String::from_utf8_lossy(&o.stderr).trim()
                 ));
                 None
             }
             Err(e) => {
-                self.notes.push(format!("bench_channel: {e}"));
+                self.notes.push(format!("pushbench channel: {e}"));
                 None
             }
         }

@@ -1,15 +1,16 @@
 //! The systems under test: werkmann in its three modes, Nchan and Socket.IO. Each is started
 //! as child processes on 127.0.0.1 with free ports, in a directory of its own (logs, pid
-//! files, configuration), and stopped — SIGTERM, then SIGKILL after 5 s — when dropped.
+//! files, configuration), and stopped — SIGTERM, then SIGKILL after 5 s — when dropped
+//! (`child.rs`).
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _, Result};
 
+use crate::child::{free_addr, Child};
 use crate::http::Api;
 use crate::procfs;
 use crate::proto::Flavor;
@@ -183,17 +184,6 @@ fn which(prog: &str) -> Result<PathBuf> {
     bail!("{prog} not found")
 }
 
-/// A free port on 127.0.0.1.
-fn free_addr() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
 /// A started system.
 pub struct Running {
     /// Its configuration.
@@ -202,7 +192,7 @@ pub struct Running {
     pub ws: Vec<SocketAddr>,
     /// The push API.
     pub api: Api,
-    procs: Vec<Proc>,
+    procs: Vec<Child>,
     dir: PathBuf,
 }
 
@@ -331,64 +321,17 @@ impl Running {
     /// `PUSHBENCH_WRAP` (e.g. `valgrind --tool=callgrind`) runs the werkmann processes under
     /// a profiler that keeps their pid.
     async fn spawn(&mut self, name: &str, cmd: Command, ports: &[SocketAddr]) -> Result<()> {
-        let wrap = std::env::var("PUSHBENCH_WRAP").unwrap_or_default();
-        let mut cmd = match wrap.split_whitespace().collect::<Vec<_>>().split_first() {
-            Some((prog, args)) if name.starts_with("start_") => {
-                let mut c = Command::new(prog);
-                c.args(args).arg(cmd.get_program()).args(cmd.get_args());
-                c
-            }
-            _ => cmd,
-        };
-        let log = self.dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)?;
-        cmd.current_dir(&self.dir)
-            .env("WERKMANN_RUN_DIR", &self.dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("BENCH_RUST_LOG").unwrap_or("warn".into()),
-            )
-            .env("NODE_ENV", "production")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        // SAFETY: prctl is async-signal-safe; a server dies with the coordinator.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        self.procs.push(Proc {
-            name: name.to_string(),
-            child,
-            log,
-        });
-        let deadline = Instant::now() + Duration::from_secs(40);
-        for port in ports {
-            loop {
-                let p = self.procs.last_mut().expect("just pushed");
-                if let Some(status) = p.child.try_wait()? {
-                    bail!("{name} exited ({status}):\n{}", tail(&p.log));
-                }
-                if tokio::net::TcpStream::connect(port).await.is_ok() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("{name} does not listen on {port}:\n{}", tail(&p.log));
-                }
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-        }
-        Ok(())
+        let child = Child::spawn(name, cmd, &self.dir, name.starts_with("start_"))?;
+        self.procs.push(child);
+        let p = self.procs.last_mut().expect("just pushed");
+        p.wait_ports(ports, Duration::from_secs(40)).await
     }
 
     /// Every server process (nginx workers included).
     pub fn pids(&self) -> Vec<u32> {
         let mut out = Vec::new();
         for p in &self.procs {
-            let pid = p.child.id();
+            let pid = p.pid();
             out.push(pid);
             if p.name == "nginx" {
                 out.extend(procfs::children(pid));
@@ -417,7 +360,7 @@ impl Running {
         self.procs
             .iter()
             .map(|p| {
-                std::fs::read_to_string(&p.log)
+                std::fs::read_to_string(p.log())
                     .map(|t| t.lines().filter(|l| l.contains(needle)).count())
                     .unwrap_or(0)
             })
@@ -427,9 +370,7 @@ impl Running {
     /// Whether every process still runs; `Err` with its log otherwise.
     pub fn check_alive(&mut self) -> Result<()> {
         for p in &mut self.procs {
-            if let Some(status) = p.child.try_wait()? {
-                bail!("{} exited ({status}):\n{}", p.name, tail(&p.log));
-            }
+            p.check_alive()?;
         }
         Ok(())
     }
@@ -439,20 +380,9 @@ impl Running {
         let mut extra = Vec::new();
         while let Some(mut p) = self.procs.pop() {
             if p.name == "nginx" {
-                extra.extend(procfs::children(p.child.id()));
+                extra.extend(procfs::children(p.pid()));
             }
-            if !matches!(p.child.try_wait(), Ok(Some(_))) {
-                // SAFETY: signalling our own child by its pid.
-                unsafe {
-                    libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM);
-                }
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline && !matches!(p.child.try_wait(), Ok(Some(_))) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
+            p.stop();
         }
         // nginx workers normally leave with their master; make sure.
         for pid in extra {
@@ -470,10 +400,4 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
 }

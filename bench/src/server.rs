@@ -1,8 +1,10 @@
-//! Load generator for `bench_server`: measures server RSS per idle WebSocket connection and
-//! server CPU per broadcast delivery, with delivery latency, and prints a Markdown table.
+//! `pushbench server`: the framework alone. A load generator for `bench_server` (a werkmann
+//! server that stamps its own broadcasts, `src/bin/bench_server.rs`): measures server RSS per
+//! idle WebSocket connection and server CPU per broadcast delivery, with delivery latency, and
+//! prints a Markdown table.
 //!
-//! `bench [--clients N] [--messages M] [--count C] [--size S] [--paced-secs T] [--quick]
-//! [--listen IP:PORT] [--control IP:PORT]`
+//! `pushbench server [--clients N] [--messages M] [--count C] [--size S] [--paced-secs T]
+//! [--quick] [--listen IP:PORT] [--control IP:PORT]` (`scripts/bench server`)
 //!
 //! It builds nothing: it starts `bench_server` (next to its own executable) as a child process
 //! with `WERKMANN_RUN_DIR` in a fresh temporary directory, then runs three scenarios over
@@ -11,30 +13,30 @@
 //! 1. **idle** — server RSS (`VmRSS`) before and ~2 s after `N` clients finished their
 //!    handshakes: KiB per connection = ΔRSS / N; also connections opened per second.
 //! 2. **broadcast** — one `GET /broadcast?n=M&size=S` with the `N` clients connected: server CPU
-//!    (utime + stime) per delivery = ΔCPU / deliveries, and latency per delivery = receive time −
+//!    (its threads' run time) per delivery = ΔCPU / deliveries, and latency per delivery = receive time −
 //!    the send time the server stamped into the message.
 //! 3. **paced** — 1000 fresh clients, one broadcast every 50 ms for `T` s (default 5).
 //!
 //! The server is stopped at the end, also on error (and killed if the generator dies).
-//! `BENCH_SERVER_WRAPPER="valgrind --tool=dhat"` runs the server under a profiler that keeps
+//! `PUSHBENCH_WRAP="valgrind --tool=dhat"` runs the server under a profiler that keeps
 //! its pid (for perf, attach with `perf record -p` instead).
 //! Figures are whole-process; the generator shares the machine's cores with the server, so
 //! latencies include its own scheduling.
 
-use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+
+use crate::child::{free_addr, raise_nofile, Args, Child};
+use crate::{client, procfs, report};
 
 /// Most clients one generator process may open: the machine allows 20,000 open files per
 /// process (hard limit), and the server holds one per connection too.
@@ -51,13 +53,10 @@ const DELIVERY_CAP: Duration = Duration::from_secs(60);
 const PACED_CLIENTS: usize = 1000;
 /// Broadcasts per second of the paced scenario.
 const PACED_RATE: u64 = 20;
-/// The example key of RFC 6455 §1.3 and its accept value.
-const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 const USAGE: &str = "\
-Usage: bench [--clients N] [--messages M] [--count C] [--size S] [--paced-secs T] [--quick]
-             [--listen IP:PORT] [--control IP:PORT]
+Usage: pushbench server [--clients N] [--messages M] [--count C] [--size S] [--paced-secs T]
+                        [--quick] [--listen IP:PORT] [--control IP:PORT]
   --clients N     idle and broadcast clients (default 10000, at most 19000)
   --messages M    messages per broadcast burst (default 200)
   --count C       WebSocket instances of the server (default 2)
@@ -79,7 +78,7 @@ struct Options {
     control: Option<SocketAddr>,
 }
 
-fn parse_options() -> Result<Options> {
+fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
         clients: 10_000,
         messages: 200,
@@ -89,18 +88,9 @@ fn parse_options() -> Result<Options> {
         listen: None,
         control: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (a.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| anyhow!("{name} needs a value\n{USAGE}"))
-        };
+    let mut args = Args::new(args, USAGE);
+    while let Some((name, inline)) = args.next_option() {
+        let mut value = || args.value(&name, &inline);
         match name.as_str() {
             "--clients" => o.clients = value()?.parse().context("--clients")?,
             "--messages" => o.messages = value()?.parse().context("--messages")?,
@@ -146,208 +136,6 @@ fn unix_nanos() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_addr() -> Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-/// Raise the soft open-files limit to the hard one; fail clearly when even that is too low.
-fn raise_nofile(need: u64) -> Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            bail!("getrlimit: {}", std::io::Error::last_os_error());
-        }
-        ensure!(
-            lim.rlim_max >= need,
-            "needs {need} open files but the hard limit is {}",
-            lim.rlim_max
-        );
-        if lim.rlim_cur < need {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                bail!("setrlimit: {}", std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `VmRSS` of a process, in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
-}
-
-/// The number of threads of a process.
-fn threads(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
-    // Fields after the command: state(3) … utime(14) stime(15).
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))
-    };
-    Ok(get(11)? + get(12)?)
-}
-
-/// Clock ticks per second.
-fn clk_tck() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
-}
-
-/// Ticks to microseconds.
-fn ticks_us(ticks: u64) -> f64 {
-    ticks as f64 * 1e6 / clk_tck() as f64
-}
-
-/// The `bench_server` child process; stopped (and its run directory removed) when dropped.
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(o: &Options, listen: SocketAddr, control: SocketAddr) -> Result<Server> {
-        let exe = std::env::current_exe()?.with_file_name("bench_server");
-        ensure!(
-            exe.exists(),
-            "{} not found; build it with `cargo build --release -p werkmann-apps --bins` \
-             (scripts/bench does)",
-            exe.display()
-        );
-        let dir = std::env::temp_dir().join(format!("werkmann-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let log = dir.join("bench_server.log");
-        let out = std::fs::File::create(&log)?;
-        // A profiler that runs the program in the same process (valgrind) may wrap the server.
-        let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
-        let mut words = wrapper.split_whitespace();
-        let mut cmd = match words.next() {
-            Some(prog) => {
-                let mut c = Command::new(prog);
-                c.args(words).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        cmd.args(["start", "--listen", &listen.to_string()])
-            .args(["--control", &control.to_string()])
-            .args(["--count", &o.count.to_string()])
-            .env("WERKMANN_RUN_DIR", &dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        // SAFETY: prctl is async-signal-safe; it makes the kernel kill the server if the
-        // thread that spawned it (the main thread) dies without stopping it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        Ok(Server { child, dir, log })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Wait until both ports accept connections (or the server exits).
-    async fn wait_ready(&mut self, addrs: &[SocketAddr]) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for addr in addrs {
-            loop {
-                if let Some(status) = self.child.try_wait()? {
-                    bail!("bench_server exited ({status}):\n{}", self.log_tail());
-                }
-                if TcpStream::connect(addr).await.is_ok() {
-                    break;
-                }
-                ensure!(
-                    Instant::now() < deadline,
-                    "bench_server does not listen on {addr}:\n{}",
-                    self.log_tail()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// The last lines of the server's log.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// SIGTERM, wait up to 5 s, then SIGKILL.
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A keep-alive HTTP/1.1 connection to the server's control worker.
@@ -530,81 +318,16 @@ struct Latency {
     max: u64,
 }
 
-/// Open a WebSocket client from 127.0.0.{2 + i % 253}: connect and handshake. Returns the
-/// stream and any bytes read past the handshake response.
-async fn connect(i: usize, target: SocketAddr) -> Result<(TcpStream, Vec<u8>)> {
-    let src = Ipv4Addr::new(127, 0, 0, 2 + (i % 253) as u8);
-    let sock = TcpSocket::new_v4()?;
-    // Pick the source port at connect time, so the 4-tuple (not the address) must be unique.
-    {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                &one as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    sock.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
-    let mut stream = sock.connect(target).await?;
-    stream.set_nodelay(true)?;
-    let req = format!(
-        "GET / HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::with_capacity(512);
-    loop {
-        if let Some(p) = find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..p]);
-            ensure!(
-                head.starts_with("HTTP/1.1 101") && head.contains(WS_ACCEPT),
-                "handshake refused: {}",
-                head.lines().next().unwrap_or("")
-            );
-            let rest = buf.split_off(p + 4);
-            return Ok((stream, rest));
-        }
-        ensure!(buf.len() < 8192, "handshake response too long");
-        ensure!(
-            stream.read_buf(&mut buf).await? > 0,
-            "closed during the handshake"
-        );
-    }
-}
-
 /// Parse the complete server frames at the start of `buf`. For each data frame, push its
 /// latency (`now` − the stamp at its start) and count it. Returns the bytes consumed, the data
 /// frames seen and whether a close frame came.
 fn parse_frames(buf: &[u8], now: u64, latencies: &mut Vec<u64>) -> Result<(usize, u64, bool)> {
     let mut pos = 0;
     let mut frames = 0;
-    loop {
-        let b = &buf[pos..];
-        if b.len() < 2 {
-            break;
-        }
-        ensure!(b[1] & 0x80 == 0, "masked frame from the server");
-        let (len, head) = match b[1] & 0x7f {
-            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (
-                u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize,
-                10,
-            ),
-            126 | 127 => break,
-            l => (l as usize, 2),
-        };
-        if b.len() < head + len {
-            break;
-        }
-        let payload = &b[head..head + len];
-        pos += head + len;
-        match b[0] & 0x0f {
+    while let Some(f) = client::server_frame(&buf[pos..])? {
+        let payload = &buf[pos + f.payload.start..pos + f.payload.end];
+        pos += f.len;
+        match f.opcode {
             0x0..=0x2 => {
                 frames += 1;
                 let digits = payload.iter().take_while(|c| c.is_ascii_digit()).count();
@@ -678,7 +401,11 @@ async fn open_clients(n: usize, target: SocketAddr, rec: &Arc<Recorder>) -> Clie
         let (sem, tx, rec) = (sem.clone(), tx.clone(), rec.clone());
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
-            let r = tokio::time::timeout(Duration::from_secs(15), connect(i, target)).await;
+            let r = tokio::time::timeout(
+                Duration::from_secs(15),
+                client::connect_ws(i as u32, target, "/", None),
+            )
+            .await;
             drop(permit);
             match r {
                 Ok(Ok((stream, rest))) => {
@@ -778,39 +505,20 @@ fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(1)
-        })
-        .collect();
-    let line = |cols: Vec<String>| {
-        let mut s = String::from("|");
-        for (c, w) in cols.iter().zip(&widths) {
-            let _ = write!(s, " {c}{} |", " ".repeat(w - c.chars().count()));
-        }
-        println!("{s}");
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    line(widths.iter().map(|w| "-".repeat(*w)).collect());
-    for c in cells {
-        line(c);
-    }
+    print!("{}", report::aligned(&header, &cells));
 }
 
 /// Run the scenarios against a started server; returns the table rows and notes.
 async fn run(
     o: &Options,
-    server: &mut Server,
+    server: &mut Child,
     listen: SocketAddr,
     control_addr: SocketAddr,
 ) -> Result<(Vec<Row>, Vec<String>)> {
     let pid = server.pid();
-    server.wait_ready(&[listen, control_addr]).await?;
+    server
+        .wait_ports(&[listen, control_addr], Duration::from_secs(15))
+        .await?;
     let mut control = Control::new(control_addr);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -832,7 +540,7 @@ async fn run(
 
     // 1. Idle connections.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss0 = rss_kib(pid)?;
+    let rss0 = procfs::rss_kib(pid);
     let clients = open_clients(n, listen, &rec).await;
     ensure!(
         clients.opened > 0,
@@ -851,11 +559,11 @@ async fn run(
         .wait_connections(opened as u64, Duration::from_secs(15))
         .await?;
     tokio::time::sleep(SETTLE).await;
-    let rss1 = rss_kib(pid)?;
+    let rss1 = procfs::rss_kib(pid);
     notes.push(format!(
         "server pid {pid}, {} threads, {} WebSocket instances; RSS {rss0} KiB before, {rss1} KiB \
          with {opened} idle clients",
-        threads(pid).unwrap_or(0),
+        procfs::status_number(pid, "Threads:").unwrap_or(0),
         o.count
     ));
     rows.push(Row {
@@ -878,7 +586,7 @@ async fn run(
     rows.push(row);
     notes.push(note);
     tokio::time::sleep(SETTLE).await;
-    let rss2 = rss_kib(pid)?;
+    let rss2 = procfs::rss_kib(pid);
     notes.push(format!(
         "RSS {rss2} KiB with the same clients idle again after the burst: {:.2} KiB per \
          connection over the first reading (what a burst leaves behind)",
@@ -945,16 +653,16 @@ async fn deliveries(
 ) -> Result<(Row, String)> {
     rec.reset();
     let expected = clients as u64 * messages;
-    let gen0 = cpu_ticks(std::process::id())?;
-    let cpu0 = cpu_ticks(pid)?;
+    let gen0 = procfs::cpu_ns(std::process::id());
+    let cpu0 = procfs::cpu_ns(pid);
     let t0 = unix_nanos();
     trigger.await?;
     let got = rec.wait_for(expected).await;
-    let cpu1 = cpu_ticks(pid)?;
-    let gen1 = cpu_ticks(std::process::id())?;
+    let cpu1 = procfs::cpu_ns(pid);
+    let gen1 = procfs::cpu_ns(std::process::id());
     let last = rec.last.load(Ordering::Relaxed);
     let secs = last.saturating_sub(t0) as f64 / 1e9;
-    let server_us = ticks_us(cpu1 - cpu0);
+    let server_us = cpu1.saturating_sub(cpu0) as f64 / 1e3;
     let row = Row {
         scenario: name.to_string(),
         clients,
@@ -967,24 +675,16 @@ async fn deliveries(
     };
     let note = format!(
         "{name}: {got} of {expected} deliveries in {secs:.2} s; server CPU {:.0} ms, generator \
-         CPU {:.0} ms (1 tick = {} ms)",
+         CPU {:.0} ms",
         server_us / 1e3,
-        ticks_us(gen1 - gen0) / 1e3,
-        1000 / clk_tck()
+        gen1.saturating_sub(gen0) as f64 / 1e6
     );
     Ok((row, note))
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(e) = bench().await {
-        eprintln!("bench: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-async fn bench() -> Result<()> {
-    let o = parse_options()?;
+/// `pushbench server [options]`.
+pub async fn main(args: &[String]) -> Result<()> {
+    let o = parse_options(args)?;
     raise_nofile(o.clients.max(PACED_CLIENTS) as u64 + 200)?;
     let listen = match o.listen {
         Some(a) => a,
@@ -1000,13 +700,24 @@ async fn bench() -> Result<()> {
          (server on {listen}, control on {control})",
         o.clients, o.messages, o.size, o.count, o.paced_secs
     );
-    let mut server = Server::start(&o, listen, control)?;
+    let exe = std::env::current_exe()?.with_file_name("bench_server");
+    ensure!(
+        exe.exists(),
+        "{} not found; build it with `cargo build --release -p bench` (scripts/bench server does)",
+        exe.display()
+    );
+    let dir = std::env::temp_dir().join(format!("werkmann-bench-{}", std::process::id()));
+    let mut cmd = Command::new(&exe);
+    cmd.args(["start", "--listen", &listen.to_string()])
+        .args(["--control", &control.to_string()])
+        .args(["--count", &o.count.to_string()]);
+    let mut server = Child::spawn("bench_server", cmd, &dir, true)?;
     let result = tokio::select! {
         r = run(&o, &mut server, listen, control) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     let result = result.map_err(|e| {
-        let tail = server.log_tail();
+        let tail = server.tail();
         if tail.is_empty() || format!("{e:#}").contains(&tail) {
             e
         } else {
@@ -1015,6 +726,7 @@ async fn bench() -> Result<()> {
     });
     server.stop();
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
     let (rows, notes) = result?;
     println!();
     print_table(&rows);

@@ -1,8 +1,8 @@
-//! Throughput benchmark of the channel server: events per second from one pipelining publisher
+//! `pushbench channel`: throughput benchmark of the channel server: events per second from one pipelining publisher
 //! to 1, 10 and 100 subscribers, every event checked (none lost, none reordered), printed as a
 //! Markdown table.
 //!
-//! `bench_channel [--subscribers 1,10,100] [--events E] [--quick] [--batch BYTES]
+//! `pushbench channel [--subscribers 1,10,100] [--events E] [--quick] [--batch BYTES]
 //! [--listen 127.0.0.1:PORT]`
 //!
 //! It builds nothing: it starts `start_channel` (next to its own executable) as a child process
@@ -17,7 +17,7 @@
 //!    subscriber reads and checks each event: the count, and a strictly increasing sequence
 //!    with no gaps.
 //! 3. Wall time runs from the first publish to the last delivery at the slowest subscriber:
-//!    deliveries/s = received / time. Server CPU (utime + stime of the whole process) per
+//!    deliveries/s = received / time. Server CPU (its threads' run time, schedstat) per
 //!    delivery, the server's peak RSS during the row (`VmHWM`, reset before the row through
 //!    `/proc/PID/clear_refs` when allowed), and how fast the server took the publisher's
 //!    commands (publish cmds/s = E / time until the publisher's last byte was accepted).
@@ -29,15 +29,13 @@
 //! publisher's commands as fast as it delivered them.
 //!
 //! The server is stopped at the end, also on error (and killed if the generator dies).
-//! `BENCH_SERVER_WRAPPER="valgrind --tool=callgrind"` runs the server under a profiler that keeps
+//! `PUSHBENCH_WRAP="valgrind --tool=callgrind"` runs the server under a profiler that keeps
 //! its pid (for perf, attach with `perf record -p` instead). The generator shares the machine's
 //! cores with the server; the notes say how much CPU each used.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +47,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use werkmann::channel::php_serde::Key;
 use werkmann::channel::wire::{self, Command as ChannelCommand, Delivery, DeliveryKind, WireName};
+
+use crate::child::{free_addr, raise_nofile, Args, Child};
+use crate::{procfs, report};
 
 /// The channel every subscriber listens to.
 const CHANNEL: &str = "Broadcast";
@@ -71,8 +72,8 @@ const DEFAULT_ROWS: [(usize, u64); 3] = [(1, 5_000_000), (10, 2_000_000), (100, 
 const QUICK_ROWS: [(usize, u64); 3] = [(1, 500_000), (10, 200_000), (100, 25_000)];
 
 const USAGE: &str = "\
-Usage: bench_channel [--subscribers LIST] [--events E] [--quick] [--batch BYTES]
-                     [--listen 127.0.0.1:PORT]
+Usage: pushbench channel [--subscribers LIST] [--events E] [--quick] [--batch BYTES]
+                         [--listen 127.0.0.1:PORT]
   --subscribers LIST  comma-separated subscriber counts (default 1,10,100)
   --events E          events per row, for every row (default 5000000 for 1 subscriber,
                       2000000 for 10, 250000 for 100, 20000000/S otherwise)
@@ -109,7 +110,7 @@ impl Options {
     }
 }
 
-fn parse_options() -> Result<Options> {
+fn parse_options(args: &[String]) -> Result<Options> {
     let mut o = Options {
         subscribers: DEFAULT_ROWS.iter().map(|(s, _)| *s).collect(),
         events: None,
@@ -117,18 +118,9 @@ fn parse_options() -> Result<Options> {
         batch: 256 * 1024,
         listen: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (name, inline) = match a.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (a.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| anyhow!("{name} needs a value\n{USAGE}"))
-        };
+    let mut args = Args::new(args, USAGE);
+    while let Some((name, inline)) = args.next_option() {
+        let mut value = || args.value(&name, &inline);
         match name.as_str() {
             "--subscribers" => {
                 o.subscribers = value()?
@@ -172,113 +164,12 @@ fn parse_options() -> Result<Options> {
     Ok(o)
 }
 
-/// A free port on 127.0.0.1 (bound, read, released).
-fn free_addr() -> Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-/// Raise the soft open-files limit towards the hard one when `need` is above it.
-fn raise_nofile(need: u64) -> Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            bail!("getrlimit: {}", std::io::Error::last_os_error());
-        }
-        ensure!(
-            lim.rlim_max >= need,
-            "needs {need} open files but the hard limit is {}",
-            lim.rlim_max
-        );
-        if lim.rlim_cur < need {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                bail!("setrlimit: {}", std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A `kB` field of `/proc/PID/status`.
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc/{pid}/status"))
-}
-
-/// Reset the peak RSS (`VmHWM`) of a process to its current RSS; false when not allowed.
-fn reset_peak_rss(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
-}
-
-/// utime + stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
-    // Fields after the command: state(3) … utime(14) stime(15).
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))
-    };
-    Ok(get(11)? + get(12)?)
-}
-
-/// Busy time of the whole machine (all CPUs: user, nice, system, irq, softirq, steal) and the
-/// part of it spent in interrupts (irq, softirq: loopback TCP is processed there, and not
-/// counted in any process's CPU), in clock ticks.
-fn machine_busy_ticks() -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal
-    let sum = |idx: &[usize]| -> u64 { idx.iter().map(|&i| f.get(i).copied().unwrap_or(0)).sum() };
-    Ok((sum(&[0, 1, 2, 5, 6, 7]), sum(&[5, 6])))
-}
-
-/// Clock ticks per second.
-fn clk_tck() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
-}
-
-/// Ticks to seconds.
-fn ticks_secs(ticks: u64) -> f64 {
-    ticks as f64 / clk_tck() as f64
-}
-
-/// The `start_channel` child process; stopped (and its run directory removed) when dropped.
+/// The `start_channel` child process (stopped when dropped, its run directory removed).
 struct Server {
     child: Child,
     exe: PathBuf,
     listen: SocketAddr,
     dir: PathBuf,
-    log: PathBuf,
 }
 
 impl Server {
@@ -292,46 +183,14 @@ impl Server {
         );
         let dir =
             std::env::temp_dir().join(format!("werkmann-bench-channel-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let log = dir.join("start_channel.log");
-        let out = std::fs::File::create(&log)?;
-        // A profiler that runs the program in the same process (valgrind) may wrap the server.
-        let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
-        let mut words = wrapper.split_whitespace();
-        let mut cmd = match words.next() {
-            Some(prog) => {
-                let mut c = Command::new(prog);
-                c.args(words).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        cmd.args(["start", "--listen", &listen.to_string()])
-            .env("WERKMANN_RUN_DIR", &dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        // SAFETY: prctl is async-signal-safe; it makes the kernel kill the server if the
-        // thread that spawned it (the main thread) dies without stopping it.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["start", "--listen", &listen.to_string()]);
+        let child = Child::spawn("start_channel", cmd, &dir, true)?;
         Ok(Server {
             child,
             exe,
             listen,
             dir,
-            log,
         })
     }
 
@@ -352,71 +211,18 @@ impl Server {
             .and_then(|l| l.split_whitespace().nth(7))
             .and_then(|v| v.parse().ok())
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Wait until the port accepts connections (or the server exits).
-    async fn wait_ready(&mut self, addr: SocketAddr) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("start_channel exited ({status}):\n{}", self.log_tail());
-            }
-            if TcpStream::connect(addr).await.is_ok() {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "start_channel does not listen on {addr}:\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Fail if the server has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("start_channel exited ({status}):\n{}", self.log_tail());
-        }
-        Ok(())
-    }
-
-    /// The last lines of the server's log.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// SIGTERM, wait up to 5 s, then SIGKILL.
-    fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        self.child.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Nanoseconds to seconds.
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
 }
 
 /// The frames of the benchmark, encoded once.
@@ -636,7 +442,7 @@ async fn run_row(
     events: u64,
     batch: usize,
 ) -> Result<Row> {
-    let pid = server.pid();
+    let pid = server.child.pid();
     let row = Arc::new(RowState {
         frames: frames.clone(),
         events,
@@ -658,7 +464,7 @@ async fn run_row(
     // Publish markers until every subscriber has seen one: the subscriptions are in place.
     let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
     while row.ready.load(Ordering::SeqCst) < s {
-        server.check_alive()?;
+        server.child.check_alive()?;
         if Instant::now() > deadline {
             let ready = row.ready.load(Ordering::SeqCst);
             for t in &subs {
@@ -670,10 +476,10 @@ async fn run_row(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let fails0 = server.send_failures();
-    let peak_reset = reset_peak_rss(pid);
-    let gen0 = cpu_ticks(std::process::id())?;
-    let cpu0 = cpu_ticks(pid)?;
-    let busy0 = machine_busy_ticks()?;
+    let peak_reset = procfs::reset_peak_rss(pid);
+    let gen0 = procfs::cpu_ns(std::process::id());
+    let cpu0 = procfs::cpu_ns(pid);
+    let busy0 = procfs::machine_busy_ns().context("/proc/stat")?;
     let t0 = Instant::now();
     let f = frames.clone();
     let pub_task = tokio::spawn(async move {
@@ -684,11 +490,11 @@ async fn run_row(
     for t in subs {
         results.push(t.await.context("subscriber task")?);
     }
-    let cpu1 = cpu_ticks(pid)?;
-    let gen1 = cpu_ticks(std::process::id())?;
-    let busy1 = machine_busy_ticks()?;
+    let cpu1 = procfs::cpu_ns(pid);
+    let gen1 = procfs::cpu_ns(std::process::id());
+    let busy1 = procfs::machine_busy_ns().context("/proc/stat")?;
     let measured_secs = t0.elapsed().as_secs_f64();
-    let peak_rss_kib = status_kib(pid, "VmHWM:")?;
+    let peak_rss_kib = procfs::status_number(pid, "VmHWM:").context("no VmHWM")?;
     let (pub_result, pub_done, publisher) = pub_task.await.context("publisher task")?;
     drop(publisher);
     let server_drops = match (fails0, server.send_failures()) {
@@ -718,10 +524,10 @@ async fn run_row(
         secs: last.duration_since(t0).as_secs_f64(),
         publish_secs: pub_done.duration_since(t0).as_secs_f64(),
         measured_secs,
-        server_cpu: ticks_secs(cpu1 - cpu0),
-        generator_cpu: ticks_secs(gen1 - gen0),
-        machine_cpu: ticks_secs(busy1.0.saturating_sub(busy0.0)),
-        interrupt_cpu: ticks_secs(busy1.1.saturating_sub(busy0.1)),
+        server_cpu: secs(cpu1.saturating_sub(cpu0)),
+        generator_cpu: secs(gen1.saturating_sub(gen0)),
+        machine_cpu: secs(busy1.0.saturating_sub(busy0.0)),
+        interrupt_cpu: secs(busy1.1.saturating_sub(busy0.1)),
         server_drops,
         lost,
         reordered,
@@ -773,33 +579,15 @@ fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .chain([header[i].chars().count()])
-                .max()
-                .unwrap_or(1)
-        })
-        .collect();
-    let line = |cols: Vec<String>| {
-        let mut s = String::from("|");
-        for (c, w) in cols.iter().zip(&widths) {
-            let _ = write!(s, " {c}{} |", " ".repeat(w - c.chars().count()));
-        }
-        println!("{s}");
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    line(widths.iter().map(|w| "-".repeat(*w)).collect());
-    for c in cells {
-        line(c);
-    }
+    print!("{}", report::aligned(&header, &cells));
 }
 
 /// Run every row against a started server.
 async fn run(o: &Options, server: &mut Server, addr: SocketAddr) -> Result<Vec<Row>> {
-    server.wait_ready(addr).await?;
+    server
+        .child
+        .wait_ports(&[addr], Duration::from_secs(15))
+        .await?;
     let frames = Arc::new(Frames::new());
     let mut rows = Vec::new();
     for &s in &o.subscribers {
@@ -808,27 +596,20 @@ async fn run(o: &Options, server: &mut Server, addr: SocketAddr) -> Result<Vec<R
             .await
             .with_context(|| format!("{s} subscribers"))?;
         eprintln!(
-            "bench_channel: {s} subscribers × {events} events: {} deliveries in {:.3} s",
+            "pushbench channel: {s} subscribers × {events} events: {} deliveries in {:.3} s",
             row.deliveries, row.secs
         );
         rows.push(row);
         // Let the server see the closed connections before the next row.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        server.check_alive()?;
+        server.child.check_alive()?;
     }
     Ok(rows)
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(e) = bench().await {
-        eprintln!("bench_channel: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-async fn bench() -> Result<()> {
-    let o = parse_options()?;
+/// `pushbench channel [options]`.
+pub async fn main(args: &[String]) -> Result<()> {
+    let o = parse_options(args)?;
     raise_nofile(*o.subscribers.iter().max().unwrap_or(&1) as u64 + 100)?;
     let addr = match o.listen {
         Some(a) => a,
@@ -836,7 +617,7 @@ async fn bench() -> Result<()> {
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "bench_channel: subscribers {:?}, one pipelining publisher, 32-byte events, server on \
+        "pushbench channel: subscribers {:?}, one pipelining publisher, 32-byte events, server on \
          {addr}; {cores} cores shared by the server and this generator",
         o.subscribers
     );
@@ -846,15 +627,14 @@ async fn bench() -> Result<()> {
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     let result = result.map_err(|e| {
-        let tail = server.log_tail();
+        let tail = server.child.tail();
         if tail.is_empty() || format!("{e:#}").contains(&tail) {
             e
         } else {
             anyhow!("{e:#}\n--- server log (tail) ---\n{tail}")
         }
     });
-    let pid = server.pid();
-    server.stop();
+    let pid = server.child.pid();
     drop(server);
     let rows = result?;
     println!();
@@ -894,9 +674,9 @@ async fn bench() -> Result<()> {
         "- {cores} cores in all: the server (one channel instance thread) and this generator \
          (publisher + subscriber tasks on a tokio runtime) compete for them, and with any other \
          process (\"other processes\": figures are only clean when it is near 0). CPU figures \
-         are utime + stime from /proc, in {} ms ticks; the kernel's loopback TCP work done in \
-         softirq (\"interrupts\", from /proc/stat) is counted in no process's CPU",
-        1000 / clk_tck()
+         are the threads' run time from /proc (schedstat); the machine's busy time comes from \
+         /proc/stat in 10 ms ticks, and the kernel's loopback TCP work done in softirq \
+         (\"interrupts\") is counted in no process's CPU"
     );
     let mut bad = false;
     for r in &rows {
