@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
-use werkmann_tests::{channel_console, free_port, open_console as open, App};
+use werkmann_tests::{channel_console, free_port, open_console as open, scenarios, App};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -19,118 +19,14 @@ fn channel_server() -> (App, String) {
 #[tokio::test]
 async fn fan_out_names_and_ordering_across_processes() {
     let (_server, ch) = channel_server();
-    let (_a, a_addr) = channel_console(&ch, &[]);
-    let (_b, b_addr) = channel_console(&ch, &[]);
-    let mut subs = Vec::new();
-    for addr in [&a_addr, &b_addr, &a_addr, &b_addr, &a_addr] {
-        let mut c = open(addr).await;
-        assert_eq!(c.ask("on Broadcast").await, "ok");
-        assert_eq!(c.ask("on 1").await, "ok");
-        subs.push(c);
-    }
-    let mut publisher = open(&b_addr).await;
-    // Let the subscriptions reach the server.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
-    assert_eq!(
-        publisher.ask(r#"pub Broadcast {"content":"hi"}"#).await,
-        "ok Sent"
-    );
-    for s in &mut subs {
-        assert_eq!(s.line().await, r#"event Broadcast {"content":"hi"}"#);
-    }
-    // "1" and 1 are one name; "01" is another.
-    assert_eq!(publisher.ask(r#"pub 01 "no""#).await, "ok Sent");
-    assert_eq!(publisher.ask(r#"pub 1 "yes""#).await, "ok Sent");
-    for s in &mut subs {
-        assert_eq!(s.line().await, r#"event 1 "yes""#);
-    }
-    // Per-publisher ordering.
-    assert_eq!(publisher.ask("seq Broadcast 500").await, "ok Sent");
-    for s in &mut subs {
-        for i in 0..500 {
-            assert_eq!(s.line().await, format!(r#"event Broadcast {{"i":{i}}}"#));
-        }
-    }
-    // Unsubscribed: no more events for that one.
-    assert_eq!(subs[0].ask("unsub Broadcast").await, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(publisher.ask(r#"pub Broadcast 2"#).await, "ok Sent");
-    for s in &mut subs[1..] {
-        assert_eq!(s.line().await, "event Broadcast 2");
-    }
-    subs[0].nothing_for(200).await;
+    scenarios::fan_out_names_and_ordering(&ch, 5, 500).await;
 }
 
 #[tokio::test]
 async fn publish_loop_is_round_robin_and_queues_deliver_exactly_once() {
     let (_server, ch) = channel_server();
-    let (_a, a_addr) = channel_console(&ch, &[]);
-    let mut subs = Vec::new();
-    for _ in 0..3 {
-        let mut c = open(&a_addr).await;
-        assert_eq!(c.ask("on work").await, "ok");
-        subs.push(c);
-    }
-    let mut p = open(&a_addr).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for i in 0..30 {
-        assert_eq!(p.ask(&format!("publoop work {i}")).await, "ok Sent");
-    }
-    let mut all = Vec::new();
-    for s in &mut subs {
-        let mut mine = Vec::new();
-        for _ in 0..10 {
-            mine.push(s.line().await);
-        }
-        s.nothing_for(100).await;
-        all.extend(mine);
-    }
-    all.sort();
-    all.dedup();
-    assert_eq!(
-        all.len(),
-        30,
-        "each event to exactly one subscriber, 10 each"
-    );
-
-    // Queues: two auto-reserving watchers and one manual; every item exactly once.
-    let mut w1 = open(&a_addr).await;
-    let mut w2 = open(&a_addr).await;
-    assert_eq!(w1.ask("watch jobs").await, "ok");
-    assert_eq!(w2.ask("watch jobs").await, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    for i in 0..40 {
-        assert_eq!(p.ask(&format!("enq jobs {i}")).await, "ok Sent");
-    }
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + T;
-    while got.len() < 40 && tokio::time::Instant::now() < deadline {
-        for w in [&mut w1, &mut w2] {
-            if let Ok(Ok(Some(l))) =
-                tokio::time::timeout(Duration::from_millis(50), w.lines.next_line()).await
-            {
-                got.push(l);
-            }
-        }
-    }
-    got.sort();
-    let before = got.len();
-    got.dedup();
-    assert_eq!(before, 40, "no duplicates");
-    assert_eq!(got.len(), 40, "every item once");
-
-    // A manual watcher gets one item per reserve; items wait for it.
-    let mut m = open(&a_addr).await;
-    assert_eq!(m.ask("watchm slow").await, "ok");
-    assert_eq!(p.ask("enq slow 1").await, "ok Sent");
-    assert_eq!(p.ask("enq slow 2").await, "ok Sent");
-    m.nothing_for(200).await;
-    assert_eq!(m.ask("reserve").await, "ok");
-    assert_eq!(m.line().await, "queue slow 1");
-    m.nothing_for(200).await;
-    assert_eq!(m.ask("reserve").await, "ok");
-    assert_eq!(m.line().await, "queue slow 2");
+    scenarios::publish_loop_round_robin(&ch).await;
+    scenarios::queues_deliver_exactly_once(&ch).await;
 }
 
 #[tokio::test]

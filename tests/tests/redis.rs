@@ -6,93 +6,28 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use werkmann_tests::{
-    channel_console, free_port, open_console as open, App, Console, RedisCluster, RedisServer,
+    channel_console, free_port, open_console as open, scenarios, App, Console, RedisCluster,
+    RedisServer,
 };
 
 #[tokio::test]
 async fn fan_out_names_ordering_loop_and_queues_on_redis() {
     let redis = RedisServer::start();
-    scenarios(&redis.url()).await;
+    all_scenarios(&redis.url()).await;
 }
 
 /// The same on a three-node Redis Cluster: sharded pub/sub, keys spread over the nodes.
 #[tokio::test]
 async fn fan_out_names_ordering_loop_and_queues_on_a_redis_cluster() {
     let cluster = RedisCluster::start(3);
-    scenarios(&cluster.url()).await;
+    all_scenarios(&cluster.url()).await;
 }
 
-async fn scenarios(url: &str) {
-    let (_a, a_addr) = channel_console(url, &[]);
-    let (_b, b_addr) = channel_console(url, &[]);
-    let mut subs = Vec::new();
-    for addr in [&a_addr, &b_addr, &a_addr] {
-        let mut c = open(addr).await;
-        assert_eq!(c.ask("on Broadcast").await, "ok");
-        assert_eq!(c.ask("on 1").await, "ok");
-        subs.push(c);
-    }
-    let mut p = open(&b_addr).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    assert_eq!(p.ask(r#"pub Broadcast {"content":"hi"}"#).await, "ok Sent");
-    for s in &mut subs {
-        assert_eq!(s.line().await, r#"event Broadcast {"content":"hi"}"#);
-    }
-    assert_eq!(p.ask(r#"pub 01 "no""#).await, "ok Sent");
-    assert_eq!(p.ask(r#"pub 1 "yes""#).await, "ok Sent");
-    for s in &mut subs {
-        assert_eq!(s.line().await, r#"event 1 "yes""#);
-    }
-    assert_eq!(p.ask("seq Broadcast 300").await, "ok Sent");
-    for s in &mut subs {
-        for i in 0..300 {
-            assert_eq!(s.line().await, format!(r#"event Broadcast {{"i":{i}}}"#));
-        }
-    }
-
-    // publish_loop: one subscriber each time, in turn.
-    for i in 0..30 {
-        assert_eq!(p.ask(&format!("publoop Broadcast {i}")).await, "ok Sent");
-    }
-    let mut got = Vec::new();
-    for s in &mut subs {
-        for _ in 0..10 {
-            got.push(s.line().await);
-        }
-        s.nothing_for(150).await;
-    }
-    got.sort();
-    got.dedup();
-    assert_eq!(got.len(), 30, "each loop event to exactly one subscriber");
-
-    // Queues: items enqueued before anyone watches wait; every item exactly once.
-    for i in 0..20 {
-        assert_eq!(p.ask(&format!("enq jobs {i}")).await, "ok Sent");
-    }
-    let mut w1 = open(&a_addr).await;
-    let mut w2 = open(&b_addr).await;
-    assert_eq!(w1.ask("watch jobs").await, "ok");
-    assert_eq!(w2.ask("watch jobs").await, "ok");
-    for i in 20..40 {
-        assert_eq!(p.ask(&format!("enq jobs {i}")).await, "ok Sent");
-    }
-    let mut items = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while items.len() < 40 && tokio::time::Instant::now() < deadline {
-        for w in [&mut w1, &mut w2] {
-            if let Ok(Ok(Some(l))) =
-                tokio::time::timeout(Duration::from_millis(50), w.lines.next_line()).await
-            {
-                items.push(l);
-            }
-        }
-    }
-    let set: HashSet<&String> = items.iter().collect();
-    assert_eq!(items.len(), 40, "every item: {items:?}");
-    assert_eq!(set.len(), 40, "no duplicates");
-    w1.nothing_for(300).await;
-    w2.nothing_for(100).await;
+/// The channel suite's scenarios (`werkmann_tests::scenarios`), on Redis.
+async fn all_scenarios(url: &str) {
+    scenarios::fan_out_names_and_ordering(url, 3, 300).await;
+    scenarios::publish_loop_round_robin(url).await;
+    scenarios::queues_deliver_exactly_once(url).await;
 }
 
 #[tokio::test]

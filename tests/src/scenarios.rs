@@ -1,0 +1,140 @@
+//! Channel scenarios shared by the channel-server and Redis suites: each takes what
+//! `--channel` takes (a channel server's `IP:PORT` or a `redis://` URL), starts its own
+//! `channel_console` processes on it and asserts what their clients receive.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::{channel_console, open_console as open, Console};
+
+/// How long subscriptions get to reach the server (or Redis) before the first publish.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Fan-out to `subscribers` clients in two processes, `"1"` and `1` as one name but `"01"` as
+/// another, per-publisher ordering of `seq` events, and no events after an unsubscribe.
+pub async fn fan_out_names_and_ordering(channel: &str, subscribers: usize, seq: usize) {
+    let (_a, a_addr) = channel_console(channel, &[]);
+    let (_b, b_addr) = channel_console(channel, &[]);
+    let mut subs = Vec::new();
+    for n in 0..subscribers {
+        let mut c = open(if n % 2 == 0 { &a_addr } else { &b_addr }).await;
+        assert_eq!(c.ask("on Broadcast").await, "ok");
+        assert_eq!(c.ask("on 1").await, "ok");
+        subs.push(c);
+    }
+    let mut publisher = open(&b_addr).await;
+    // Let the subscriptions reach the server.
+    tokio::time::sleep(SETTLE).await;
+
+    assert_eq!(
+        publisher.ask(r#"pub Broadcast {"content":"hi"}"#).await,
+        "ok Sent"
+    );
+    for s in &mut subs {
+        assert_eq!(s.line().await, r#"event Broadcast {"content":"hi"}"#);
+    }
+    // "1" and 1 are one name; "01" is another.
+    assert_eq!(publisher.ask(r#"pub 01 "no""#).await, "ok Sent");
+    assert_eq!(publisher.ask(r#"pub 1 "yes""#).await, "ok Sent");
+    for s in &mut subs {
+        assert_eq!(s.line().await, r#"event 1 "yes""#);
+    }
+    // Per-publisher ordering.
+    assert_eq!(
+        publisher.ask(&format!("seq Broadcast {seq}")).await,
+        "ok Sent"
+    );
+    for s in &mut subs {
+        for i in 0..seq {
+            assert_eq!(s.line().await, format!(r#"event Broadcast {{"i":{i}}}"#));
+        }
+    }
+    // Unsubscribed: no more events for that one.
+    assert_eq!(subs[0].ask("unsub Broadcast").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(publisher.ask(r#"pub Broadcast 2"#).await, "ok Sent");
+    for s in &mut subs[1..] {
+        assert_eq!(s.line().await, "event Broadcast 2");
+    }
+    subs[0].nothing_for(200).await;
+}
+
+/// `publish_loop`: 30 events over three subscribers, each event to exactly one of them, ten
+/// each, in turn.
+pub async fn publish_loop_round_robin(channel: &str) {
+    let (_a, a_addr) = channel_console(channel, &[]);
+    let (_b, b_addr) = channel_console(channel, &[]);
+    let mut subs = Vec::new();
+    for addr in [&a_addr, &b_addr, &a_addr] {
+        let mut c = open(addr).await;
+        assert_eq!(c.ask("on work").await, "ok");
+        subs.push(c);
+    }
+    let mut p = open(&b_addr).await;
+    tokio::time::sleep(SETTLE).await;
+    for i in 0..30 {
+        assert_eq!(p.ask(&format!("publoop work {i}")).await, "ok Sent");
+    }
+    let mut all = Vec::new();
+    for s in &mut subs {
+        for _ in 0..10 {
+            all.push(s.line().await);
+        }
+        s.nothing_for(150).await;
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        30,
+        "each event to exactly one subscriber, 10 each"
+    );
+}
+
+/// Queues: items enqueued before anyone watches wait; two auto-reserving watchers in two
+/// processes get every item exactly once; a manual watcher gets one item per `reserve`.
+pub async fn queues_deliver_exactly_once(channel: &str) {
+    let (_a, a_addr) = channel_console(channel, &[]);
+    let (_b, b_addr) = channel_console(channel, &[]);
+    let mut p = open(&b_addr).await;
+    for i in 0..20 {
+        assert_eq!(p.ask(&format!("enq jobs {i}")).await, "ok Sent");
+    }
+    let mut w1 = open(&a_addr).await;
+    let mut w2 = open(&b_addr).await;
+    assert_eq!(w1.ask("watch jobs").await, "ok");
+    assert_eq!(w2.ask("watch jobs").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 20..40 {
+        assert_eq!(p.ask(&format!("enq jobs {i}")).await, "ok Sent");
+    }
+    let mut items = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while items.len() < 40 && tokio::time::Instant::now() < deadline {
+        for w in [&mut w1, &mut w2] {
+            if let Ok(Ok(Some(l))) =
+                tokio::time::timeout(Duration::from_millis(50), w.lines.next_line()).await
+            {
+                items.push(l);
+            }
+        }
+    }
+    let set: HashSet<&String> = items.iter().collect();
+    assert_eq!(items.len(), 40, "every item: {items:?}");
+    assert_eq!(set.len(), 40, "no duplicates");
+    w1.nothing_for(300).await;
+    w2.nothing_for(100).await;
+
+    // A manual watcher gets one item per reserve; items wait for it.
+    let mut m: Console = open(&a_addr).await;
+    assert_eq!(m.ask("watchm slow").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(p.ask("enq slow 1").await, "ok Sent");
+    assert_eq!(p.ask("enq slow 2").await, "ok Sent");
+    m.nothing_for(200).await;
+    assert_eq!(m.ask("reserve").await, "ok");
+    assert_eq!(m.line().await, "queue slow 1");
+    m.nothing_for(200).await;
+    assert_eq!(m.ask("reserve").await, "ok");
+    assert_eq!(m.line().await, "queue slow 2");
+}
