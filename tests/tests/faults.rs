@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use werkmann_tests::{free_addr, App, RedisServer};
 
 /// One WebSocket client that counts every text message it receives, until the connection
-/// closes or nothing arrives for `idle`.
+/// closes (or [`finish`] stops it).
 struct Counted {
     /// Its worker and connection id, from the greeting.
     worker: u32,
@@ -31,7 +31,7 @@ struct Counted {
 }
 
 impl Counted {
-    async fn connect(ws: SocketAddr, idle: Duration) -> Counted {
+    async fn connect(ws: SocketAddr) -> Counted {
         let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{ws}"))
             .await
             .unwrap();
@@ -52,7 +52,8 @@ impl Counted {
         let got = Arc::new(Mutex::new(HashMap::new()));
         let g = got.clone();
         let reader = tokio::spawn(async move {
-            while let Ok(Some(Ok(m))) = tokio::time::timeout(idle, c.next()).await {
+            let safety = Duration::from_secs(60);
+            while let Ok(Some(Ok(m))) = tokio::time::timeout(safety, c.next()).await {
                 if let WsMessage::Text(t) = m {
                     *g.lock().unwrap().entry(t.to_string()).or_default() += 1;
                 }
@@ -117,6 +118,20 @@ impl Answers {
 
     /// Every push answered `ok` reached each of `clients` exactly once; nothing arrived twice.
     fn assert_delivered_once(&self, clients: &[Counted], who: &str) {
+        // First say which clients (by worker id) missed which pushes, and when.
+        for (pos, (p, status)) in self.0.iter().enumerate() {
+            let missed: Vec<u32> = clients
+                .iter()
+                .filter(|c| c.count(p) != 1)
+                .map(|c| c.worker)
+                .collect();
+            if *status == 200 && !missed.is_empty() {
+                eprintln!(
+                    "push {p} (#{pos} of {}) answered ok; not once at workers {missed:?}",
+                    self.0.len()
+                );
+            }
+        }
         for (n, c) in clients.iter().enumerate() {
             for p in self.ok() {
                 assert_eq!(
@@ -153,17 +168,34 @@ fn publisher(listen: SocketAddr, channel: &str) -> App {
     )
 }
 
-async fn clients(ws: SocketAddr, n: usize, idle: Duration) -> Vec<Counted> {
+async fn clients(ws: SocketAddr, n: usize) -> Vec<Counted> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(Counted::connect(ws, idle).await);
+        out.push(Counted::connect(ws).await);
     }
     out
 }
 
+/// Once the pushes stopped: wait until no client received anything for 500 ms (at most
+/// 10 s), then stop reading.
 async fn finish(clients: &mut [Counted]) {
+    let total = |cs: &[Counted]| -> u32 {
+        cs.iter()
+            .map(|c| c.got.lock().unwrap().values().sum::<u32>())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = total(clients);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = total(clients);
+        if now == seen || Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
     for c in clients {
-        let _ = (&mut c.reader).await;
+        c.reader.abort();
     }
 }
 
@@ -178,7 +210,7 @@ async fn channel_server_killed_while_pushes_flow() {
     let _publisher = publisher(web, &ch_s);
 
     // Six clients over both instances, each counting what it receives.
-    let mut received = clients(ws, 6, Duration::from_secs(8)).await;
+    let mut received = clients(ws, 6).await;
 
     // Push as fast as answers come, killing and restarting the channel server on the way.
     let mut answers = Answers::default();
@@ -228,9 +260,8 @@ async fn redis_killed_while_pushes_flow() {
     let _b = ws_node(ws_b, &url);
     let _publisher = publisher(web, &url);
 
-    let idle = Duration::from_secs(3);
-    let mut received = clients(ws_a, 3, idle).await;
-    received.extend(clients(ws_b, 3, idle).await);
+    let mut received = clients(ws_a, 3).await;
+    received.extend(clients(ws_b, 3).await);
     // Until every instance has subscribed, broadcasts reach fewer than four.
     let deadline = Instant::now() + Duration::from_secs(10);
     while push(web, "content=warmup").await != 200 {
@@ -322,9 +353,8 @@ async fn websocket_node_killed_while_pushes_flow() {
     let _node_b = ws_node(ws_b, &ch_s);
     let _publisher = publisher(web, &ch_s);
 
-    let idle = Duration::from_secs(3);
-    let mut on_a = clients(ws_a, 3, idle).await;
-    let mut on_b = clients(ws_b, 3, idle).await;
+    let mut on_a = clients(ws_a, 3).await;
+    let mut on_b = clients(ws_b, 3).await;
     let ids_a: Vec<u32> = on_a.iter().map(|c| c.worker).collect();
     let ids_b: Vec<u32> = on_b.iter().map(|c| c.worker).collect();
     assert!(
@@ -373,7 +403,7 @@ async fn websocket_node_killed_while_pushes_flow() {
 
     // A replacement node claims ids again; they do not clash with B's.
     let _node_c = ws_node(ws_c, &ch_s);
-    let mut on_c = clients(ws_c, 2, idle).await;
+    let mut on_c = clients(ws_c, 2).await;
     let c_joined = Instant::now();
     for c in &on_c {
         assert!(

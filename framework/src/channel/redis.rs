@@ -538,7 +538,7 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 for (id, reached) in confirmed {
                     let cb = l.confirms.borrow_mut().remove(&id);
                     if let Some(cb) = cb {
-                        cb(Ok(Some(reached)));
+                        cb(reached.map(Some).ok_or(ChannelError::Unconfirmed));
                     }
                 }
             }
@@ -586,12 +586,13 @@ fn confirmed_in(batch: &[(Command, Option<u64>)]) -> usize {
     batch.iter().filter(|(_, c)| c.is_some()).count()
 }
 
-/// Run a batch; returns each confirmed publish's key with the subscriptions it reached.
+/// Run a batch; returns each confirmed publish's key with the subscriptions it reached (`None`
+/// when the connection failed before that was certain).
 async fn execute(
     bus: &mut Bus,
     id: &str,
     batch: &[(Command, Option<u64>)],
-) -> redis::RedisResult<Vec<(u64, usize)>> {
+) -> redis::RedisResult<Vec<(u64, Option<usize>)>> {
     let mut cmds = Vec::new();
     // For each wanted reply, the confirmed publish it belongs to.
     let mut replies_of: Vec<u64> = Vec::new();
@@ -684,16 +685,52 @@ async fn execute(
     if !unsubscribe.is_empty() {
         bus.unsubscribe_events(&unsubscribe).await?;
     }
+    // The channels of confirmed publishes, for the round trip below.
+    let confirmed_channels: Vec<String> = {
+        let mut v: Vec<String> = cmds
+            .iter()
+            .filter(|(_, _, want)| *want)
+            .map(|(ch, _, _)| ch.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
     let replies = bus.run_with_replies(cmds).await?;
-    let mut reached: Vec<(u64, usize)> = Vec::new();
+    let mut reached: Vec<(u64, Option<usize>)> = Vec::new();
     for (confirm, v) in replies_of.into_iter().zip(replies) {
         let n = match v {
             RValue::Int(n) => n.max(0) as usize,
             _ => 0,
         };
         match reached.last_mut() {
-            Some((c, total)) if *c == confirm => *total += n,
-            _ => reached.push((confirm, n)),
+            Some((c, Some(total))) if *c == confirm => *total += n,
+            _ => reached.push((confirm, Some(n))),
+        }
+    }
+    // Redis answers PUBLISH before it writes the message to the subscribers' sockets (both
+    // happen when its event loop next sleeps, the publisher first): a Redis killed in between
+    // answered a count for messages nobody gets. Once a later command on the same connection
+    // is answered, that loop iteration — and every write of it — is done.
+    if !reached.is_empty() {
+        let after = match bus {
+            Bus::Single(_) => bus.run(vec![(String::new(), redis::cmd("PING"))]).await,
+            Bus::Cluster(_) => {
+                let probes = confirmed_channels
+                    .into_iter()
+                    .map(|ch| {
+                        let mut c = redis::cmd("EXISTS");
+                        c.arg(&ch);
+                        (ch, c)
+                    })
+                    .collect();
+                bus.run(probes).await
+            }
+        };
+        if after.is_err() {
+            for (_, n) in &mut reached {
+                *n = None;
+            }
         }
     }
     Ok(reached)
