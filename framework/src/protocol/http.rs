@@ -5,7 +5,6 @@
 //! previous one has been answered, so responses keep the order of requests.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -346,42 +345,69 @@ impl Response {
     /// Serialize for the wire. `head_only` leaves out the body (a `HEAD` request);
     /// `keep_alive` chooses the `Connection` header.
     pub fn encode(&self, head_only: bool, keep_alive: bool) -> Bytes {
-        let mut head = String::with_capacity(128);
-        let _ = write!(
-            head,
-            "HTTP/1.1 {} {}\r\n",
-            self.status,
-            reason_phrase(self.status)
-        );
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum();
+        let body = if head_only { 0 } else { self.body.len() };
+        let mut out = BytesMut::with_capacity(128 + headers + body);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        put_decimal(&mut out, u64::from(self.status));
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(reason_phrase(self.status).as_bytes());
+        out.extend_from_slice(b"\r\n");
         let mut has_ctype = false;
         for (k, v) in &self.headers {
             if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("connection") {
                 continue;
             }
             has_ctype |= k.eq_ignore_ascii_case("content-type");
-            let _ = write!(head, "{}: {}\r\n", k, v.replace(['\r', '\n'], " "));
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b": ");
+            if v.contains(['\r', '\n']) {
+                out.extend_from_slice(v.replace(['\r', '\n'], " ").as_bytes());
+            } else {
+                out.extend_from_slice(v.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
         }
         if !has_ctype && !self.body.is_empty() {
-            head.push_str("Content-Type: text/html; charset=utf-8\r\n");
+            out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
         }
         if self.status != 101 && self.status != 204 && self.status >= 200 {
-            let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
+            out.extend_from_slice(b"Content-Length: ");
+            put_decimal(&mut out, self.body.len() as u64);
+            out.extend_from_slice(b"\r\n");
         }
         if self.status != 101 {
-            head.push_str(if keep_alive {
-                "Connection: keep-alive\r\n"
+            out.extend_from_slice(if keep_alive {
+                b"Connection: keep-alive\r\n"
             } else {
-                "Connection: close\r\n"
+                b"Connection: close\r\n"
             });
         }
-        head.push_str("Server: werkmann\r\n\r\n");
-        let mut out = BytesMut::with_capacity(head.len() + self.body.len());
-        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(b"Server: werkmann\r\n\r\n");
         if !head_only {
             out.extend_from_slice(&self.body);
         }
         out.freeze()
     }
+}
+
+/// Append `n` in decimal (no `core::fmt` on the response path).
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 impl From<&str> for Response {
