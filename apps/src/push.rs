@@ -407,9 +407,11 @@ pub fn http_worker(
         );
     }
     let addr = channel_addr.to_string();
+    // One replay memory for all instances.
+    let auth = secret.as_deref().map(Auth::new);
     worker.on_worker_start(move |w| {
-        if let Some(s) = &secret {
-            w.set_data(Auth::new(s));
+        if let Some(a) = &auth {
+            w.set_data(a.clone());
         }
         w.set_data(Reach::default());
         match Client::connect(&addr) {
@@ -500,11 +502,9 @@ mod tests {
         let Ok(v) = php_serde::from_slice(data) else {
             return (None, None);
         };
-        let to = v["to_connection_id"].as_u64().or_else(|| {
-            v["to_connection_id"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-        });
+        let to = v["to_connection_id"]
+            .as_u64()
+            .or_else(|| v["to_connection_id"].as_str().and_then(|s| s.parse().ok()));
         (text_of(&v["content"]), to)
     }
 

@@ -395,6 +395,23 @@ impl Response {
     }
 }
 
+/// A `200` `text/html` response, byte for byte as [`Response::html`] encodes.
+fn encode_html(body: &[u8], head_only: bool, keep_alive: bool) -> Bytes {
+    let mut out = BytesMut::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n");
+    out.extend_from_slice(b"Content-Length: ");
+    put_decimal(&mut out, body.len() as u64);
+    out.extend_from_slice(if keep_alive {
+        b"\r\nConnection: keep-alive\r\nServer: werkmann\r\n\r\n"
+    } else {
+        b"\r\nConnection: close\r\nServer: werkmann\r\n\r\n"
+    });
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out.freeze()
+}
+
 /// Append `n` in decimal (no `core::fmt` on the response path).
 fn put_decimal(out: &mut BytesMut, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -596,6 +613,13 @@ impl Codec for HttpCodec {
     fn encode(&mut self, msg: Message) -> Result<Bytes, ProtocolError> {
         let resp = match msg {
             Message::Response(r) => *r,
+            Message::Text(s) if self.awaiting_response => {
+                // The common answer (`conn.send("ok")`): what `Response::html(s)` encodes to,
+                // without building one.
+                self.awaiting_response = false;
+                self.close_after = !self.keep_alive;
+                return Ok(encode_html(s.as_bytes(), self.head_only, self.keep_alive));
+            }
             Message::Text(s) => Response::html(s),
             Message::Binary(b) => Response::new(200)
                 .with_header("Content-Type", "application/octet-stream")
@@ -733,6 +757,28 @@ mod tests {
             .unwrap()
             .contains("Connection: close"));
         assert!(c.wants_close());
+    }
+
+    #[test]
+    fn text_answers_encode_as_html_responses() {
+        for body in ["ok", "", "<p>hällo</p>"] {
+            for (head_only, keep_alive) in [(false, true), (true, true), (false, false)] {
+                assert_eq!(
+                    encode_html(body.as_bytes(), head_only, keep_alive),
+                    Response::html(body).encode(head_only, keep_alive)
+                );
+            }
+        }
+        let mut codec = HttpCodec::new(1024);
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.0\r\n\r\n"[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Ok(Some(Decoded::Message(_)))
+        ));
+        let bytes = codec.encode(Message::Text("ok".into())).expect("encodes");
+        assert_eq!(bytes, Response::html("ok").encode(false, false));
+        assert!(codec.wants_close());
+        assert!(codec.encode(Message::Text("again".into())).is_err());
     }
 
     #[test]
