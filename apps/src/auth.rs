@@ -14,8 +14,8 @@
 //! curl "http://127.0.0.1:4237/?$q&sig=$sig"
 //! ```
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -61,10 +61,12 @@ struct Seen {
     order: VecDeque<(i64, String)>,
 }
 
-/// The secret, and the signatures seen recently (one per worker instance thread).
+/// The secret, and the signatures seen recently. Clones share what they have seen: give each
+/// instance of a worker a clone, and a signature accepted by one is a replay to all.
+#[derive(Clone)]
 pub struct Auth {
-    secret: Vec<u8>,
-    seen: RefCell<Seen>,
+    secret: Arc<[u8]>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 fn now() -> i64 {
@@ -120,8 +122,8 @@ impl Auth {
     /// Require `secret`.
     pub fn new(secret: &str) -> Auth {
         Auth {
-            secret: secret.as_bytes().to_vec(),
-            seen: RefCell::new(Seen::default()),
+            secret: secret.as_bytes().into(),
+            seen: Arc::new(Mutex::new(Seen::default())),
         }
     }
 
@@ -165,7 +167,7 @@ impl Auth {
     }
 
     fn remember(&self, sig: String, ts: i64, now: i64) -> Result<(), Denied> {
-        let mut guard = self.seen.borrow_mut();
+        let mut guard = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let Seen { by_sig: set, order } = &mut *guard;
         while let Some((t, _)) = order.front() {
             if now - *t > WINDOW_SECS * 2 || order.len() >= MAX_REMEMBERED {

@@ -7,11 +7,16 @@
 //! - The HTTP publisher takes `content`, `to_worker_id`, `to_connection_id` from the query, a
 //!   form or a JSON body and publishes them; `GET /` without parameters serves the demo page.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::{json, Value};
+use werkmann::channel::php_serde::{self, Reader};
 use werkmann::channel::worker_ids::WorkerIds;
 use werkmann::channel::{self, Client, Name};
+use werkmann::protocol::http::percent_decode;
 use werkmann::{Connection, Message, Request, Response, Worker};
 
 use crate::auth::Auth;
@@ -58,26 +63,24 @@ pub fn ws_worker(
             }
         };
         let me = w.clone();
-        client.on(my_id, move |data| {
-            let target = data["to_connection_id"].as_u64().or_else(|| {
-                data["to_connection_id"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-            });
-            let content = text_of(&data["content"]).unwrap_or_default();
-            match target.and_then(|id| me.connection(id)) {
+        client.on_raw(my_id, move |data| {
+            let Some(event) = PushEvent::read(data) else {
+                return;
+            };
+            let content = event.content().unwrap_or_default();
+            match event.to_connection_id().and_then(|id| me.connection(id)) {
                 Some(conn) => {
                     conn.send(content);
                 }
                 None => log::info!(
                     "worker {my_id}: Verbindung existiert nicht ({})",
-                    data["to_connection_id"]
+                    event.field(1)
                 ),
             }
         });
         let me = w.clone();
-        client.on(BROADCAST, move |data| {
-            if let Some(content) = text_of(&data["content"]) {
+        client.on_raw(BROADCAST, move |data| {
+            if let Some(content) = PushEvent::read(data).and_then(|e| e.content()) {
                 me.broadcast(content);
             }
         });
@@ -102,6 +105,92 @@ pub fn ws_worker(
     Ok(worker)
 }
 
+/// The fields of a push event the WebSocket worker reads, found in its PHP-serialized data
+/// without decoding the rest. Reads exactly what decoding the data into a JSON value and
+/// taking `data["content"]` and `data["to_connection_id"]` would.
+struct PushEvent<'a> {
+    data: &'a [u8],
+    /// Where `content` and `to_connection_id` are, or the whole data decoded (anything but
+    /// a flat array with string keys, which is all the publisher sends).
+    fields: Result<[Option<Range<usize>>; 2], Value>,
+}
+
+impl<'a> PushEvent<'a> {
+    const NAMES: [&'static [u8]; 2] = [b"content", b"to_connection_id"];
+
+    /// `None` when the data cannot be decoded (logged).
+    fn read(data: &'a Bytes) -> Option<PushEvent<'a>> {
+        let fields = match Self::scan(data) {
+            Some(f) => Ok(f),
+            None => match php_serde::from_slice(data) {
+                Ok(v) => Err(v),
+                Err(e) => {
+                    log::warn!("push event not decodable: {e}");
+                    return None;
+                }
+            },
+        };
+        Some(PushEvent { data, fields })
+    }
+
+    /// The fast path: `a:N:{s:…;VALUE…}` with string keys only and nothing after it.
+    fn scan(data: &[u8]) -> Option<[Option<Range<usize>>; 2]> {
+        let mut r = Reader::new(data);
+        let n = r.array_start().ok()?;
+        let mut found = [None, None];
+        for _ in 0..n {
+            let key = r.key_raw().ok()??;
+            // An integer-like string key is an integer key to PHP: not one of ours anyway.
+            let range = r.skip().ok()?;
+            if let Some(i) = Self::NAMES.iter().position(|k| *k == key) {
+                found[i] = Some(range);
+            }
+        }
+        r.array_end().ok()?;
+        r.at_end().then_some(found)
+    }
+
+    /// Field `i` of [`PushEvent::NAMES`] as a JSON value (`Null` when absent).
+    fn field(&self, i: usize) -> Value {
+        match &self.fields {
+            Ok(f) => f[i]
+                .clone()
+                .and_then(|r| php_serde::from_slice(&self.data[r]).ok())
+                .unwrap_or(Value::Null),
+            Err(v) => v[std::str::from_utf8(Self::NAMES[i]).unwrap_or("")].clone(),
+        }
+    }
+
+    /// A string field's bytes, when it is a PHP string.
+    fn string(&self, i: usize) -> Option<&'a [u8]> {
+        let range = self.fields.as_ref().ok()?[i].clone()?;
+        let raw = &self.data[range];
+        if raw.first() != Some(&b's') {
+            return None;
+        }
+        Reader::new(raw).key_raw().ok().flatten()
+    }
+
+    fn content(&self) -> Option<String> {
+        match self.string(0) {
+            Some(s) => Some(match std::str::from_utf8(s) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(s).into_owned(),
+            }),
+            None => text_of(&self.field(0)),
+        }
+    }
+
+    fn to_connection_id(&self) -> Option<u64> {
+        if let Some(s) = self.string(1) {
+            return std::str::from_utf8(s).ok()?.parse().ok();
+        }
+        let v = self.field(1);
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    }
+}
+
 /// A push request, from the query, a form or a JSON body.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Push {
@@ -114,15 +203,38 @@ pub struct Push {
 }
 
 impl Push {
-    /// Read the parameters; body fields win over query parameters.
+    /// Read the parameters; body fields win over query parameters (and within each, a later
+    /// repetition of a key wins).
     pub fn from_request(req: &Request) -> Push {
-        let post = req.post_all();
-        let get = req.query();
-        let field = |k: &str| post.get(k).or_else(|| get.get(k)).cloned();
-        Push {
-            content: field("content"),
-            to_worker_id: field("to_worker_id"),
-            to_connection_id: field("to_connection_id"),
+        let mut push = Push::default();
+        // One pass over the query, decoding only the values we keep.
+        for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = if k.contains(['%', '+']) {
+                Cow::Owned(percent_decode(k))
+            } else {
+                Cow::Borrowed(k)
+            };
+            if let Some(slot) = push.slot(&k) {
+                *slot = Some(percent_decode(v));
+            }
+        }
+        if !req.body().is_empty() {
+            for (k, v) in req.post_all() {
+                if let Some(slot) = push.slot(&k) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        push
+    }
+
+    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
+        match key {
+            "content" => Some(&mut self.content),
+            "to_worker_id" => Some(&mut self.to_worker_id),
+            "to_connection_id" => Some(&mut self.to_connection_id),
+            _ => None,
         }
     }
 
@@ -158,14 +270,38 @@ impl Reach {
     }
 }
 
+/// The data of a push event in PHP `serialize()` format, as `php_serde::to_vec` writes
+/// `{"content": content}` or `{"content": content, "to_connection_id": to}` (keys in order).
+pub fn event_data(content: &str, to: Option<u64>) -> Bytes {
+    let to = match to.map(i64::try_from) {
+        None => None,
+        Some(Ok(to)) => Some(to),
+        // Past PHP's integers: as the general serializer writes it.
+        Some(Err(_)) => {
+            let v = json!({ "content": content, "to_connection_id": to });
+            return php_serde::to_vec(&v).into();
+        }
+    };
+    let mut out = Vec::with_capacity(64 + content.len());
+    php_serde::write_array_start(&mut out, if to.is_some() { 2 } else { 1 });
+    php_serde::write_str(&mut out, b"content");
+    php_serde::write_str(&mut out, content.as_bytes());
+    if let Some(to) = to {
+        php_serde::write_str(&mut out, b"to_connection_id");
+        php_serde::Key::Int(to).write(&mut out);
+    }
+    out.push(b'}');
+    out.into()
+}
+
 /// The event and data a push becomes, or the 400 that says what is wrong with it.
-fn event_of(push: &Push) -> Result<(Name, Value), Response> {
+fn event_of(push: &Push) -> Result<(Name, Bytes), Response> {
     let content = match push.content.as_deref() {
         Some(c) if !c.is_empty() => c,
         _ => return Err(Response::text(400, "missing content: nothing published\n")),
     };
     match (&push.to_worker_id, &push.to_connection_id) {
-        (None, None) => Ok((Name::from(BROADCAST), json!({ "content": content }))),
+        (None, None) => Ok((Name::from(BROADCAST), event_data(content, None))),
         (Some(w), Some(c)) => {
             let worker: u32 = w.parse().map_err(|_| {
                 Response::text(400, format!("to_worker_id {w:?} is not a worker id\n"))
@@ -176,10 +312,7 @@ fn event_of(push: &Push) -> Result<(Name, Value), Response> {
                     format!("to_connection_id {c:?} is not a connection id\n"),
                 )
             })?;
-            Ok((
-                Name::from(worker),
-                json!({ "to_connection_id": conn, "content": content }),
-            ))
+            Ok((Name::from(worker), event_data(content, Some(conn))))
         }
         _ => Err(Response::text(
             400,
@@ -229,7 +362,7 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
     let reply_to = conn.clone();
     let targeted = push.to_worker_id.clone();
     let expected = conn.worker().and_then(|w| w.data::<Reach>());
-    client.publish_confirmed(event, &data, move |result| {
+    client.publish_raw_confirmed(event, data, move |result| {
         let short = match (&result, &targeted, &expected) {
             (Ok(Some(n)), None, Some(reach)) => reach.observe(*n),
             _ => None,
@@ -274,9 +407,11 @@ pub fn http_worker(
         );
     }
     let addr = channel_addr.to_string();
+    // One replay memory for all instances.
+    let auth = secret.as_deref().map(Auth::new);
     worker.on_worker_start(move |w| {
-        if let Some(s) = &secret {
-            w.set_data(Auth::new(s));
+        if let Some(a) = &auth {
+            w.set_data(a.clone());
         }
         w.set_data(Reach::default());
         match Client::connect(&addr) {
@@ -370,4 +505,79 @@ pub fn ws_nodes_option() -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_data_is_what_the_serializer_writes() {
+        for content in ["x", "hällo \"quoted\";", &"y".repeat(300)] {
+            let v = json!({ "content": content });
+            assert_eq!(event_data(content, None), php_serde::to_vec(&v));
+            for to in [0u64, 7, i64::MAX as u64, u64::MAX] {
+                let v = json!({ "content": content, "to_connection_id": to });
+                assert_eq!(event_data(content, Some(to)), php_serde::to_vec(&v));
+            }
+        }
+    }
+
+    /// What the WebSocket worker read before: the data decoded into a JSON value.
+    fn by_value(data: &[u8]) -> (Option<String>, Option<u64>) {
+        let Ok(v) = php_serde::from_slice(data) else {
+            return (None, None);
+        };
+        let to = v["to_connection_id"]
+            .as_u64()
+            .or_else(|| v["to_connection_id"].as_str().and_then(|s| s.parse().ok()));
+        (text_of(&v["content"]), to)
+    }
+
+    #[test]
+    fn push_events_read_as_decoded() {
+        let cases: Vec<Vec<u8>> = vec![
+            event_data("hi", None).to_vec(),
+            event_data("hi", Some(42)).to_vec(),
+            br#"a:2:{s:16:"to_connection_id";s:2:"17";s:7:"content";i:5;}"#.to_vec(),
+            br#"a:2:{s:7:"content";s:1:"a";s:7:"content";s:1:"b";}"#.to_vec(),
+            br#"a:1:{s:7:"content";a:1:{i:0;b:1;}}"#.to_vec(),
+            br#"a:1:{s:7:"content";N;}"#.to_vec(),
+            br#"a:1:{i:0;s:7:"content";}"#.to_vec(),
+            br#"a:1:{s:16:"to_connection_id";i:-3;}"#.to_vec(),
+            br#"a:1:{s:16:"to_connection_id";d:1.5;}"#.to_vec(),
+            br#"O:3:"Foo":1:{s:7:"content";s:1:"o";}"#.to_vec(),
+            b"s:7:\"content\";".to_vec(),
+            b"i:3;".to_vec(),
+        ];
+        for data in cases {
+            let bytes = Bytes::from(data.clone());
+            let fast = PushEvent::read(&bytes).map(|e| (e.content(), e.to_connection_id()));
+            assert_eq!(
+                fast.unwrap_or((None, None)),
+                by_value(&data),
+                "{}",
+                String::from_utf8_lossy(&data)
+            );
+        }
+    }
+
+    #[test]
+    fn push_parameters() {
+        let req = |raw: &str| {
+            werkmann::protocol::http::parse_head(raw.as_bytes())
+                .expect("parses")
+                .expect("complete")
+                .0
+        };
+        let p = Push::from_request(&req(
+            "GET /?content=a+b%21&to_worker_id=1&x=2&to_connection_id=3&content=c HTTP/1.1\r\n\r\n",
+        ));
+        assert_eq!(p.content.as_deref(), Some("c"));
+        assert_eq!(p.to_worker_id.as_deref(), Some("1"));
+        assert_eq!(p.to_connection_id.as_deref(), Some("3"));
+        let p = Push::from_request(&req("GET /?cont%65nt=a+b%21 HTTP/1.1\r\n\r\n"));
+        assert_eq!(p.content.as_deref(), Some("a b!"));
+        assert!(Push::from_request(&req("GET / HTTP/1.1\r\n\r\n")).is_empty());
+    }
 }

@@ -9,9 +9,11 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
+use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes one read asks the kernel (or rustls) for.
@@ -101,13 +103,17 @@ impl Stream {
         dst: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Tcp(tcp) => loop {
-                ready!(tcp.poll_read_ready(cx))?;
-                match read_via_scratch(dst, |buf| tcp.try_read_buf(buf)) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    res => return Poll::Ready(res),
-                }
-            },
+            // Through `AsyncRead`: a read that does not fill the buffer ends the readiness, so
+            // no second `recv` just to learn the socket is empty.
+            Stream::Tcp(tcp) => SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                scratch.clear();
+                scratch.reserve(READ_CHUNK);
+                let mut buf = ReadBuf::uninit(&mut scratch.spare_capacity_mut()[..READ_CHUNK]);
+                ready!(Pin::new(tcp).poll_read(cx, &mut buf))?;
+                dst.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(buf.filled().len()))
+            }),
             Stream::Tls(t) => t.poll_read(cx, dst),
         }
     }

@@ -1,7 +1,8 @@
 //! The whole push system in one process, as Workerman's `start.php` loads every `start_*.php`:
 //! an embedded channel, the WebSocket worker and the HTTP publisher.
 //! `start_all start [-d] [--ws-listen 0.0.0.0:4236] [--http-listen 0.0.0.0:4237] [--count 2]
-//! [--secret S] [--cert PEM --key PEM]` (with a certificate: `wss://` and `https://`).
+//! [--secret S] [--cert PEM --key PEM]`; `--count` instances of the WebSocket worker and as
+//! many of the publisher; with a certificate, `wss://` and `https://`.
 //! Open `http://127.0.0.1:4237/` for the demo page.
 
 use std::sync::Arc;
@@ -26,7 +27,15 @@ fn main() -> anyhow::Result<()> {
     let secret = option("--secret", "WERKMANN_SECRET", "");
     werkmann::master::init_logging();
     let secret = (!secret.is_empty()).then_some(secret);
-    let mut http = push::http_worker(&http_listen, 1, channel::server::EMBEDDED, ws_port, secret)?;
+    // As many publisher instances as WebSocket instances: one thread parsing and answering
+    // every push request was the bottleneck of the publish rate.
+    let mut http = push::http_worker(
+        &http_listen,
+        count,
+        channel::server::EMBEDDED,
+        ws_port,
+        secret,
+    )?;
     ws.tls = tls.clone();
     http.tls = tls;
     Worker::run_all(vec![server.into_worker(), ws, http])

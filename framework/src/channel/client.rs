@@ -8,6 +8,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::hub::{self, Hub, LocalCommand, LocalDelivery, LocalGone};
+use super::hub::{self, Hub, LocalCommand, LocalDelivery, LocalGone, LocalSink};
 use super::php_serde::{self, Key};
 use super::redis::{RedisLink, RedisOwner};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
@@ -33,6 +35,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 type EventFn = Rc<dyn Fn(Value)>;
+type RawFn = Rc<dyn Fn(&Bytes)>;
 type FallbackFn = Rc<dyn Fn(&Key, Value)>;
 type HookFn = Rc<dyn Fn()>;
 type AckFn = Box<dyn FnOnce(Result<Option<usize>, ChannelError>)>;
@@ -51,7 +54,7 @@ enum Transport {
     Redis(Rc<RedisLink>),
     Local {
         hub: Option<Addr<Hub>>,
-        me: Recipient<LocalDelivery>,
+        me: LocalSink,
         id: u64,
     },
 }
@@ -61,10 +64,17 @@ struct Queue {
     auto_reserve: bool,
 }
 
+/// An event callback: with the decoded data, or with its PHP-serialized bytes.
+#[derive(Clone)]
+enum OnEvent {
+    Value(EventFn),
+    Raw(RawFn),
+}
+
 struct ClientInner {
     addr: String,
     transport: RefCell<Option<Transport>>,
-    events: RefCell<BTreeMap<Key, Option<EventFn>>>,
+    events: RefCell<BTreeMap<Key, Option<OnEvent>>>,
     queues: RefCell<BTreeMap<Key, Queue>>,
     on_message: RefCell<Option<FallbackFn>>,
     on_connect: RefCell<Option<HookFn>>,
@@ -88,6 +98,9 @@ struct ClientInner {
     hello_pending: Cell<bool>,
     next_ack: Cell<i64>,
     pending_acks: RefCell<BTreeMap<i64, AckFn>>,
+    /// Commands for an in-process hub made during this turn of the thread, sent as one
+    /// message when the turn ends (a task spawned with the first of them).
+    outbox: RefCell<Vec<Command>>,
 }
 
 /// A channel client. Cheap to clone; lives on the thread that created it.
@@ -152,6 +165,7 @@ impl Client {
             hello_pending: Cell::new(false),
             next_ack: Cell::new(1),
             pending_acks: RefCell::new(BTreeMap::new()),
+            outbox: RefCell::new(Vec::new()),
         });
         *inner.me.borrow_mut() = Rc::downgrade(&inner);
         let client = Client(inner);
@@ -170,12 +184,15 @@ impl Client {
 
     fn start_local(&self) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let me = ClientActor {
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let recipient = ClientActor {
             inner: Rc::downgrade(&self.0),
+            pending: pending.clone(),
         }
         .start()
         .recipient();
+        let me = LocalSink { recipient, pending };
         *self.0.transport.borrow_mut() = Some(Transport::Local { hub: None, me, id });
         // Attach after the caller has set its callbacks, as a TCP connect would.
         let weak = Rc::downgrade(&self.0);
@@ -269,11 +286,19 @@ impl Client {
     /// Subscribe to `event` and call `f` with each event's data (Workerman's
     /// `Channel\Client::on`). Event names are strings or integers; `"1"` and `1` are one name.
     pub fn on(&self, event: impl Into<Key>, f: impl Fn(Value) + 'static) {
-        let key = event.into();
-        self.0
-            .events
-            .borrow_mut()
-            .insert(key.clone(), Some(Rc::new(f)));
+        self.subscribe_with(event.into(), OnEvent::Value(Rc::new(f)));
+    }
+
+    /// Subscribe to `event` and call `f` with each event's data as published: PHP
+    /// `serialize()` bytes, not decoded (nor checked beyond where the value ends). For hot
+    /// paths that read a field or two with [`php_serde::Reader`]; data that [`Client::on`]
+    /// could not decode reaches `f` too.
+    pub fn on_raw(&self, event: impl Into<Key>, f: impl Fn(&Bytes) + 'static) {
+        self.subscribe_with(event.into(), OnEvent::Raw(Rc::new(f)));
+    }
+
+    fn subscribe_with(&self, key: Key, f: OnEvent) {
+        self.0.events.borrow_mut().insert(key.clone(), Some(f));
         self.0
             .send_if_connected(Command::Subscribe(vec![WireName::from_key(key)]));
     }
@@ -340,10 +365,32 @@ impl Client {
         data: &T,
         on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
     ) {
-        let cmd = match encode(data) {
-            Ok(d) => Command::Publish(wire(events.into_names()), d),
-            Err(e) => return on_done(Err(e)),
-        };
+        match encode(data) {
+            Ok(d) => self
+                .publish_command_confirmed(Command::Publish(wire(events.into_names()), d), on_done),
+            Err(e) => on_done(Err(e)),
+        }
+    }
+
+    /// [`Client::publish_confirmed`] for bytes already in PHP `serialize()` format.
+    pub fn publish_raw_confirmed(
+        &self,
+        events: impl IntoNames,
+        php_serialized: Bytes,
+        on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
+    ) {
+        if let Err(e) = php_serde::Reader::new(&php_serialized).skip() {
+            return on_done(Err(ChannelError::Encode(e.to_string())));
+        }
+        let cmd = Command::Publish(wire(events.into_names()), php_serialized);
+        self.publish_command_confirmed(cmd, on_done);
+    }
+
+    fn publish_command_confirmed(
+        &self,
+        cmd: Command,
+        on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
+    ) {
         let inner = &self.0;
         if !inner.connected.get() || inner.hello_pending.get() {
             return on_done(Err(ChannelError::Disconnected));
@@ -618,23 +665,51 @@ impl ClientInner {
                 link.send(cmd);
                 Ok(PublishStatus::Sent)
             }
-            Some(Transport::Local {
-                hub: Some(hub),
-                me,
-                id,
-            }) => {
-                hub.do_send(LocalCommand {
-                    id: *id,
-                    sink: me.clone(),
-                    cmd,
-                });
+            Some(Transport::Local { hub: Some(_), .. }) => {
+                let mut outbox = self.outbox.borrow_mut();
+                outbox.push(cmd);
+                if outbox.len() == 1 {
+                    let weak = self.me.borrow().clone();
+                    actix_rt::spawn(async move {
+                        if let Some(inner) = weak.upgrade() {
+                            inner.flush_outbox();
+                        }
+                    });
+                }
                 Ok(PublishStatus::Sent)
             }
             _ => Err(ChannelError::Closed),
         }
     }
 
+    /// Send the commands collected for the in-process hub.
+    fn flush_outbox(&self) {
+        let cmds = std::mem::take(&mut *self.outbox.borrow_mut());
+        if cmds.is_empty() {
+            return;
+        }
+        if let Some(Transport::Local {
+            hub: Some(hub),
+            me,
+            id,
+        }) = self.transport.borrow().as_ref()
+        {
+            hub.do_send(LocalCommand {
+                id: *id,
+                sink: me.clone(),
+                cmds,
+            });
+        }
+    }
+
     fn dispatch(&self, d: Delivery) {
+        if d.kind == DeliveryKind::Event {
+            let cb = self.events.borrow().get(&d.channel).cloned().flatten();
+            if let Some(OnEvent::Raw(cb)) = cb {
+                guard("channel event", || cb(&d.data));
+                return;
+            }
+        }
         let value = match php_serde::from_slice(&d.data) {
             Ok(v) => v,
             Err(e) => {
@@ -665,7 +740,8 @@ impl ClientInner {
             DeliveryKind::Event => {
                 let cb = self.events.borrow().get(&d.channel).cloned().flatten();
                 match cb {
-                    Some(cb) => guard("channel event", || cb(value)),
+                    Some(OnEvent::Value(cb)) => guard("channel event", || cb(value)),
+                    Some(OnEvent::Raw(cb)) => guard("channel event", || cb(&d.data)),
                     None => {
                         let fallback = self.on_message.borrow().clone();
                         match fallback {
@@ -702,6 +778,8 @@ impl ClientInner {
         if let Some(t) = self.ping.take() {
             Timer::del(t);
         }
+        // What this turn published still reaches the hub, before the goodbye.
+        self.flush_outbox();
         match self.transport.borrow_mut().take() {
             Some(Transport::Tcp(c)) => c.close(),
             Some(Transport::Redis(link)) => link.close(),
@@ -738,6 +816,8 @@ impl Drop for ClientInner {
 /// Receives deliveries from an in-process hub on the client's thread.
 struct ClientActor {
     inner: Weak<ClientInner>,
+    /// Deliveries on their way to this client (see `hub::MAX_LOCAL_PENDING`).
+    pending: Arc<AtomicUsize>,
 }
 
 impl Actor for ClientActor {
@@ -751,8 +831,13 @@ impl Actor for ClientActor {
 impl Handler<LocalDelivery> for ClientActor {
     type Result = ();
     fn handle(&mut self, msg: LocalDelivery, ctx: &mut Self::Context) {
+        self.pending.fetch_sub(msg.0.len(), Ordering::AcqRel);
         match self.inner.upgrade() {
-            Some(inner) => inner.dispatch(msg.0),
+            Some(inner) => {
+                for d in msg.0 {
+                    inner.dispatch(d);
+                }
+            }
             None => ctx.stop(),
         }
     }

@@ -5,11 +5,18 @@
 //! worker, so the hub writes to them directly (a frame encoded once per event and shared by all
 //! subscribers). In-process clients on other threads reach the hub through its actor address
 //! and receive deliveries as actor messages — the embedded mode, with no TCP hop.
+//!
+//! Cross-thread messages are batched: a client sends the commands of one turn of its thread as
+//! one message, and the hub sends each in-process subscriber one message per turn of the hub's
+//! thread with every event of that turn. Each message that finds a thread parked costs a
+//! wake-up (an `eventfd` write and a context switch), so under load this is what keeps a
+//! publish cheap.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -20,6 +27,9 @@ use crate::connection::Connection;
 
 /// Most items a queue holds while no consumer takes them; more are dropped with a warning.
 pub const MAX_QUEUE_ITEMS: usize = 1_000_000;
+/// Most deliveries on their way to one in-process client (sent, not yet handled); more are
+/// refused and counted as failed, as a full send buffer is for a TCP subscriber.
+pub const MAX_LOCAL_PENDING: usize = 1 << 16;
 
 /// Who a subscriber is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,18 +44,27 @@ pub enum SubscriberId {
 #[derive(Clone)]
 pub(crate) enum Sink {
     Tcp(Connection),
-    Local(Recipient<LocalDelivery>),
+    Local(LocalSink),
+}
+
+/// An in-process client's mailbox and how many deliveries are on their way to it.
+#[derive(Clone)]
+pub(crate) struct LocalSink {
+    pub recipient: Recipient<LocalDelivery>,
+    /// Deliveries sent and not yet handled by the client (it subtracts what it handled).
+    pub pending: Arc<AtomicUsize>,
 }
 
 impl Sink {
     fn deliver(
         &self,
-        kind: DeliveryKind,
-        name: &WireName,
-        data: &Bytes,
+        id: SubscriberId,
+        event: (DeliveryKind, &WireName, &Bytes),
         frame: &mut Option<Bytes>,
         now: bool,
+        out: &Rc<RefCell<LocalOut>>,
     ) -> bool {
+        let (kind, name, data) = event;
         match self {
             Sink::Tcp(conn) => {
                 let f = frame.get_or_insert_with(|| encode_delivery(kind, &name.raw, data));
@@ -56,13 +75,68 @@ impl Sink {
                     conn.send_deferred(f.clone()).is_ok()
                 }
             }
-            Sink::Local(r) => r
-                .try_send(LocalDelivery(Delivery {
+            Sink::Local(sink) => LocalOut::push(
+                out,
+                id,
+                sink,
+                Delivery {
                     kind,
                     channel: name.key.clone(),
                     data: data.clone(),
-                }))
-                .is_ok(),
+                },
+            ),
+        }
+    }
+}
+
+/// Deliveries to in-process clients made during this turn of the hub's thread, sent as one
+/// message per client when the turn ends (a task spawned with the first of them).
+#[derive(Default)]
+pub(crate) struct LocalOut {
+    batches: Vec<(SubscriberId, LocalSink, Vec<Delivery>)>,
+    scheduled: bool,
+}
+
+impl LocalOut {
+    fn push(this: &Rc<RefCell<LocalOut>>, id: SubscriberId, sink: &LocalSink, d: Delivery) -> bool {
+        let mut out = this.borrow_mut();
+        let i = match out.batches.iter().position(|(s, _, _)| *s == id) {
+            Some(i) => i,
+            None => {
+                out.batches.push((id, sink.clone(), Vec::new()));
+                out.batches.len() - 1
+            }
+        };
+        let batch = &mut out.batches[i].2;
+        if sink.pending.load(Ordering::Acquire) + batch.len() >= MAX_LOCAL_PENDING {
+            return false;
+        }
+        batch.push(d);
+        if !out.scheduled {
+            out.scheduled = true;
+            let this = this.clone();
+            actix_rt::spawn(async move { LocalOut::flush(&this) });
+        }
+        true
+    }
+
+    /// Send every batch now.
+    pub(crate) fn flush(this: &RefCell<LocalOut>) {
+        let batches = {
+            let mut out = this.borrow_mut();
+            out.scheduled = false;
+            std::mem::take(&mut out.batches)
+        };
+        for (id, sink, items) in batches {
+            if items.is_empty() {
+                continue;
+            }
+            let n = items.len();
+            sink.pending.fetch_add(n, Ordering::AcqRel);
+            if sink.recipient.try_send(LocalDelivery(items)).is_err() {
+                sink.pending.fetch_sub(n, Ordering::AcqRel);
+                log::debug!("channel: in-process subscriber {id:?} is gone: {n} deliveries lost");
+            }
         }
     }
 }
@@ -82,7 +156,7 @@ struct Queue {
 }
 
 impl Queue {
-    fn dispatch(&mut self, stats: &mut HubStats) {
+    fn dispatch(&mut self, stats: &mut HubStats, out: &Rc<RefCell<LocalOut>>) {
         let Some(name) = self.name.clone() else {
             return;
         };
@@ -95,7 +169,8 @@ impl Queue {
             };
             let item = self.items.pop_front().expect("not empty");
             let mut frame = None;
-            if sink.deliver(DeliveryKind::Queue, &name, &item, &mut frame, false) {
+            let event = (DeliveryKind::Queue, &name, &item);
+            if sink.deliver(id, event, &mut frame, false, out) {
                 stats.deliveries += 1;
             } else {
                 // The consumer cannot take it: keep the item for the next one.
@@ -133,6 +208,8 @@ pub(crate) struct HubState {
     pub flush_now: bool,
     watching: HashMap<SubscriberId, HashSet<Key>>,
     pub stats: HubStats,
+    /// Deliveries to in-process clients not yet sent.
+    local_out: Rc<RefCell<LocalOut>>,
 }
 
 impl HubState {
@@ -164,8 +241,9 @@ impl HubState {
                         continue;
                     };
                     let mut frame = None;
-                    for (_, s) in &subs.list {
-                        if s.deliver(DeliveryKind::Event, &n, &data, &mut frame, self.flush_now) {
+                    for (sid, s) in &subs.list {
+                        let event = (DeliveryKind::Event, &n, &data);
+                        if s.deliver(*sid, event, &mut frame, self.flush_now, &self.local_out) {
                             self.stats.deliveries += 1;
                         } else {
                             self.stats.failed += 1;
@@ -183,13 +261,9 @@ impl HubState {
                     }
                     subs.cursor = (subs.cursor + 1) % subs.list.len();
                     let mut frame = None;
-                    if subs.list[subs.cursor].1.deliver(
-                        DeliveryKind::Event,
-                        &n,
-                        &data,
-                        &mut frame,
-                        self.flush_now,
-                    ) {
+                    let (sid, sink) = &subs.list[subs.cursor];
+                    let event = (DeliveryKind::Event, &n, &data);
+                    if sink.deliver(*sid, event, &mut frame, self.flush_now, &self.local_out) {
                         self.stats.deliveries += 1;
                     } else {
                         self.stats.failed += 1;
@@ -206,7 +280,7 @@ impl HubState {
                         continue;
                     }
                     q.items.push_back(data.clone());
-                    q.dispatch(&mut self.stats);
+                    q.dispatch(&mut self.stats, &self.local_out);
                 }
             }
             Command::Watch(names) => {
@@ -238,10 +312,18 @@ impl HubState {
                         if !q.consumers.contains(&id) {
                             q.consumers.push_back(id);
                         }
-                        q.dispatch(&mut self.stats);
+                        q.dispatch(&mut self.stats, &self.local_out);
                     }
                 }
             }
+        }
+    }
+
+    /// Send the deliveries to in-process clients made so far, now rather than at the end of
+    /// this turn (before an acknowledgement that counts them).
+    pub fn flush_local(&self) {
+        if self.local_out.borrow().scheduled {
+            LocalOut::flush(&self.local_out);
         }
     }
 
@@ -277,18 +359,18 @@ impl HubState {
     }
 }
 
-/// A delivery to an in-process client.
+/// Deliveries to an in-process client, in order: every event of one turn of the hub's thread.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct LocalDelivery(pub Delivery);
+pub struct LocalDelivery(pub Vec<Delivery>);
 
-/// A command from an in-process client.
+/// Commands from an in-process client, in order: those of one turn of its thread.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct LocalCommand {
     pub id: u64,
-    pub sink: Recipient<LocalDelivery>,
-    pub cmd: Command,
+    pub sink: LocalSink,
+    pub cmds: Vec<Command>,
 }
 
 /// An in-process client went away.
@@ -314,9 +396,11 @@ impl Actor for Hub {
 impl Handler<LocalCommand> for Hub {
     type Result = ();
     fn handle(&mut self, msg: LocalCommand, _: &mut Self::Context) {
-        self.state
-            .borrow_mut()
-            .apply(SubscriberId::Local(msg.id), &Sink::Local(msg.sink), msg.cmd);
+        let sink = Sink::Local(msg.sink);
+        let mut state = self.state.borrow_mut();
+        for cmd in msg.cmds {
+            state.apply(SubscriberId::Local(msg.id), &sink, cmd);
+        }
     }
 }
 

@@ -141,7 +141,7 @@ impl<'a> Reader<'a> {
             return err("nested too deeply", self.pos);
         }
         let at = self.pos;
-        let tag = self.peek().ok_or(PhpError {
+        let tag = self.peek().ok_or_else(|| PhpError {
             msg: "unexpected end".into(),
             pos: at,
         })?;

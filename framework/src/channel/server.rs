@@ -132,6 +132,10 @@ impl Server {
                     let before = hub.stats.deliveries;
                     hub.apply(SubscriberId::Tcp(conn.id()), &Sink::Tcp(conn.clone()), cmd);
                     hub.flush_now = false;
+                    if ack.is_some() {
+                        // In-process subscribers too have it before the acknowledgement.
+                        hub.flush_local();
+                    }
                     let reached = hub.stats.deliveries - before;
                     drop(hub);
                     if let Some(id) = ack {

@@ -5,7 +5,6 @@
 //! previous one has been answered, so responses keep the order of requests.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -346,42 +345,86 @@ impl Response {
     /// Serialize for the wire. `head_only` leaves out the body (a `HEAD` request);
     /// `keep_alive` chooses the `Connection` header.
     pub fn encode(&self, head_only: bool, keep_alive: bool) -> Bytes {
-        let mut head = String::with_capacity(128);
-        let _ = write!(
-            head,
-            "HTTP/1.1 {} {}\r\n",
-            self.status,
-            reason_phrase(self.status)
-        );
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum();
+        let body = if head_only { 0 } else { self.body.len() };
+        let mut out = BytesMut::with_capacity(128 + headers + body);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        put_decimal(&mut out, u64::from(self.status));
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(reason_phrase(self.status).as_bytes());
+        out.extend_from_slice(b"\r\n");
         let mut has_ctype = false;
         for (k, v) in &self.headers {
             if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("connection") {
                 continue;
             }
             has_ctype |= k.eq_ignore_ascii_case("content-type");
-            let _ = write!(head, "{}: {}\r\n", k, v.replace(['\r', '\n'], " "));
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b": ");
+            if v.contains(['\r', '\n']) {
+                out.extend_from_slice(v.replace(['\r', '\n'], " ").as_bytes());
+            } else {
+                out.extend_from_slice(v.as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
         }
         if !has_ctype && !self.body.is_empty() {
-            head.push_str("Content-Type: text/html; charset=utf-8\r\n");
+            out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
         }
         if self.status != 101 && self.status != 204 && self.status >= 200 {
-            let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
+            out.extend_from_slice(b"Content-Length: ");
+            put_decimal(&mut out, self.body.len() as u64);
+            out.extend_from_slice(b"\r\n");
         }
         if self.status != 101 {
-            head.push_str(if keep_alive {
-                "Connection: keep-alive\r\n"
+            out.extend_from_slice(if keep_alive {
+                b"Connection: keep-alive\r\n"
             } else {
-                "Connection: close\r\n"
+                b"Connection: close\r\n"
             });
         }
-        head.push_str("Server: werkmann\r\n\r\n");
-        let mut out = BytesMut::with_capacity(head.len() + self.body.len());
-        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(b"Server: werkmann\r\n\r\n");
         if !head_only {
             out.extend_from_slice(&self.body);
         }
         out.freeze()
     }
+}
+
+/// A `200` `text/html` response, byte for byte as [`Response::html`] encodes.
+fn encode_html(body: &[u8], head_only: bool, keep_alive: bool) -> Bytes {
+    let mut out = BytesMut::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n");
+    out.extend_from_slice(b"Content-Length: ");
+    put_decimal(&mut out, body.len() as u64);
+    out.extend_from_slice(if keep_alive {
+        b"\r\nConnection: keep-alive\r\nServer: werkmann\r\n\r\n"
+    } else {
+        b"\r\nConnection: close\r\nServer: werkmann\r\n\r\n"
+    });
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out.freeze()
+}
+
+/// Append `n` in decimal (no `core::fmt` on the response path).
+fn put_decimal(out: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 impl From<&str> for Response {
@@ -570,6 +613,13 @@ impl Codec for HttpCodec {
     fn encode(&mut self, msg: Message) -> Result<Bytes, ProtocolError> {
         let resp = match msg {
             Message::Response(r) => *r,
+            Message::Text(s) if self.awaiting_response => {
+                // The common answer (`conn.send("ok")`): what `Response::html(s)` encodes to,
+                // without building one.
+                self.awaiting_response = false;
+                self.close_after = !self.keep_alive;
+                return Ok(encode_html(s.as_bytes(), self.head_only, self.keep_alive));
+            }
             Message::Text(s) => Response::html(s),
             Message::Binary(b) => Response::new(200)
                 .with_header("Content-Type", "application/octet-stream")
@@ -707,6 +757,28 @@ mod tests {
             .unwrap()
             .contains("Connection: close"));
         assert!(c.wants_close());
+    }
+
+    #[test]
+    fn text_answers_encode_as_html_responses() {
+        for body in ["ok", "", "<p>hällo</p>"] {
+            for (head_only, keep_alive) in [(false, true), (true, true), (false, false)] {
+                assert_eq!(
+                    encode_html(body.as_bytes(), head_only, keep_alive),
+                    Response::html(body).encode(head_only, keep_alive)
+                );
+            }
+        }
+        let mut codec = HttpCodec::new(1024);
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.0\r\n\r\n"[..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Ok(Some(Decoded::Message(_)))
+        ));
+        let bytes = codec.encode(Message::Text("ok".into())).expect("encodes");
+        assert_eq!(bytes, Response::html("ok").encode(false, false));
+        assert!(codec.wants_close());
+        assert!(codec.encode(Message::Text("again".into())).is_err());
     }
 
     #[test]
