@@ -18,7 +18,7 @@ use crate::proto::Flavor;
 /// A configuration of a system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setup {
-    /// `start_all` (embedded channel, 2 WebSocket instances, 1 publisher).
+    /// `start_all` (embedded channel, 2 WebSocket instances, 2 publisher instances).
     WerkmannAll,
     /// `start_channel` + `ws` × `start_ws --count 2` + one `start_http`.
     WerkmannCluster {

@@ -2,7 +2,8 @@
 //! --channel 127.0.0.1:2206 [--count 1] [--ws-port 4236]`. `GET /?content=X` broadcasts,
 //! `GET /?to_worker_id=W&to_connection_id=C&content=X` targets one connection (also as a POST
 //! form or JSON body); answers `ok`, a 400 for bad parameters, a 503 when the channel server
-//! cannot take the push. `GET /` serves the demo page (its WebSocket port is `--ws-port`).
+//! cannot take the push. `GET /` serves the demo page (its WebSocket port is `--ws-port`; the
+//! nodes it reconnects among are `--ws-nodes HOST:PORT,…`).
 //! `--secret S` (`WERKMANN_SECRET`) requires `Authorization: Bearer S` or an HMAC signature
 //! (see `werkmann_apps::auth`); a 401 otherwise. `--cert PEM --key PEM` serve `https://`;
 //! `--channel tls://…` reaches a TLS channel server (`--tls-ca PEM` for a private CA).
