@@ -150,7 +150,7 @@ struct Minute {
     /// CPU over the minute, % of one core.
     server_cpu: f64,
     gen_cpu: f64,
-    /// The rest of the machine (other users' builds, the kernel's softirqs elsewhere).
+    /// The rest of the machine: other processes (other users' builds), interrupts excluded.
     other_cpu: f64,
     /// Correct deliveries of the minute's pushes.
     deliveries: u64,
@@ -239,27 +239,6 @@ fn socket_count(pid: u32) -> u64 {
         .count() as u64
 }
 
-/// Busy time of the whole machine (every CPU), ns: `/proc/stat` without idle and iowait.
-fn machine_busy_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
-    let busy: u64 = f.iter().take(8).sum::<u64>()
-        - f.get(3).copied().unwrap_or(0)
-        - f.get(4).copied().unwrap_or(0)
-        - f.get(7).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    busy * 1_000_000_000 / if tck > 0 { tck as u64 } else { 100 }
-}
-
 /// CPU counters at one instant.
 #[derive(Clone, Copy)]
 struct Cpu {
@@ -275,7 +254,10 @@ fn cpu_now(sys: &Running, gen_pids: &[u32]) -> Cpu {
         server: sys.cpu_ns(),
         gen: gen_pids.iter().map(|p| procfs::cpu_ns(*p)).sum::<u64>()
             + procfs::cpu_ns(std::process::id()),
-        machine: machine_busy_ns(),
+        // Without interrupt time: loopback TCP is processed there, largely our own traffic.
+        machine: procfs::machine_busy_ns()
+            .map(|(busy, irq)| busy - irq)
+            .unwrap_or(0),
     }
 }
 
@@ -671,10 +653,11 @@ impl Soak {
              - Machine: {}.\n\
              - Columns: RSS and PSS summed over the server processes and open files (entries \
              of /proc/PID/fd) at the end of the minute; CPU over the minute in % of one \
-             core — the server, the generator (its workers and coordinator), and the rest of \
-             the machine; errors: missing, duplicated, misdelivered (wrong), late (after \
-             the minute's drain), failed publish requests (http), closed clients; latency = \
-             receive time − publish time over the minute's deliveries.\n\
+             core — the server, the generator (its workers and coordinator), and other \
+             processes (the machine's busy time without interrupts, minus those two); \
+             errors: missing, duplicated, misdelivered (wrong), late (after the minute's \
+             drain), failed publish requests (http), closed clients; latency = receive time \
+             − publish time over the minute's deliveries.\n\
              - Verdict rule: RSS and open files may grow at most {}% over their value at the \
              end of minute {} (the warm-up), and no error.\n\n",
             o.command,
