@@ -969,25 +969,7 @@ pub async fn publish(
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
-    let record = |r: Result<(u16, String)>,
-                  ok: &AtomicU64,
-                  failed: &AtomicU64,
-                  first: &Mutex<Option<String>>| match r {
-        Ok((s, _)) if (200..300).contains(&s) => {
-            ok.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok((s, body)) => {
-            failed.fetch_add(1, Ordering::Relaxed);
-            first
-                .lock()
-                .expect("error")
-                .get_or_insert(format!("{s} {}", body.trim()));
-        }
-        Err(e) => {
-            failed.fetch_add(1, Ordering::Relaxed);
-            first.lock().expect("error").get_or_insert(format!("{e:#}"));
-        }
-    };
+    let record = record_answer;
     match how {
         Publish::Paced { rate } => {
             let c = conns.first_mut().context("no publisher connection")?;
@@ -1044,6 +1026,31 @@ pub async fn publish(
         failed.load(Ordering::Relaxed),
         e,
     ))
+}
+
+/// Count one publish answer: 2xx is ok; anything else is a failure, the first one kept.
+pub fn record_answer(
+    r: Result<(u16, String)>,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+    first: &Mutex<Option<String>>,
+) {
+    match r {
+        Ok((s, _)) if (200..300).contains(&s) => {
+            ok.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok((s, body)) => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            first
+                .lock()
+                .expect("error")
+                .get_or_insert(format!("{s} {}", body.trim()));
+        }
+        Err(e) => {
+            failed.fetch_add(1, Ordering::Relaxed);
+            first.lock().expect("error").get_or_insert(format!("{e:#}"));
+        }
+    }
 }
 
 /// Broadcast warm-up pushes until every one of `expected` clients has seen one (the

@@ -300,22 +300,7 @@ async fn paced(
                 }
                 let at = base + Duration::from_secs_f64(i as f64 / rate as f64);
                 tokio::time::sleep_until(at).await;
-                match c.roundtrip(&make(i)).await {
-                    Ok((s, _)) if (200..300).contains(&s) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok((s, body)) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        first
-                            .lock()
-                            .expect("error")
-                            .get_or_insert(format!("{s} {}", body.trim()));
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        first.lock().expect("error").get_or_insert(format!("{e:#}"));
-                    }
-                }
+                crate::run::record_answer(c.roundtrip(&make(i)).await, &ok, &failed, &first);
             }
             c
         }));

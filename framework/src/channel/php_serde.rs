@@ -403,18 +403,8 @@ impl std::fmt::Write for Sink<'_> {
 }
 
 /// Append `n` in decimal (without `core::fmt`: this runs for every frame the server sends).
-fn write_len(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn write_len(out: &mut Vec<u8>, n: usize) {
+    crate::protocol::put_decimal(out, n as u64);
 }
 
 /// Serialize a byte string: `s:LEN:"BYTES";`.

@@ -412,20 +412,7 @@ fn encode_html(body: &[u8], head_only: bool, keep_alive: bool) -> Bytes {
     out.freeze()
 }
 
-/// Append `n` in decimal (no `core::fmt` on the response path).
-fn put_decimal(out: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
+use super::put_decimal;
 
 impl From<&str> for Response {
     fn from(s: &str) -> Self {

@@ -20,6 +20,21 @@ pub use custom::{register_protocol, Protocol};
 use crate::message::Message;
 use http::Request;
 
+/// Append `n` in decimal without `core::fmt` (HTTP heads, PHP-serialize lengths: per message).
+pub(crate) fn put_decimal(out: &mut impl bytes::BufMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[at..]);
+}
+
 /// Errors a codec reports; the connection is then closed (after [`Codec::error_reply`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
