@@ -7,3 +7,9 @@ pub mod auth;
 pub mod echo;
 pub mod push;
 pub mod tls;
+
+/// The apps' allocator: jemalloc returns the pages of freed send queues to the system after
+/// its decay time, where glibc's malloc keeps them (docs/reliability.md, "Soak").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
