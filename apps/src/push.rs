@@ -80,6 +80,9 @@ pub fn ws_worker(
         });
         let me = w.clone();
         client.on_raw(BROADCAST, move |data| {
+            if me.connection_count() == 0 {
+                return;
+            }
             if let Some(content) = PushEvent::read(data).and_then(|e| e.content()) {
                 me.broadcast(content);
             }

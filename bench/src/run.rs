@@ -761,25 +761,11 @@ impl Suite {
                 (req.clone(), ok.clone(), failed.clone(), first_error.clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < end {
-                    match c.roundtrip(&req).await {
-                        Ok((s, _)) if (200..300).contains(&s) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok((s, body)) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            first_error
-                                .lock()
-                                .expect("error")
-                                .get_or_insert(format!("{s} {body}"));
-                        }
-                        Err(e) => {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                            first_error
-                                .lock()
-                                .expect("error")
-                                .get_or_insert(format!("{e:#}"));
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
+                    let r = c.roundtrip(&req).await;
+                    let refused = r.is_err();
+                    record_answer(r, &ok, &failed, &first_error);
+                    if refused {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }));
@@ -966,61 +952,78 @@ pub async fn publish(
     size: usize,
     how: Publish,
 ) -> Result<(u64, u64, Option<String>)> {
+    let (n, pace) = match &how {
+        Publish::Paced { rate } => (1, Some((tokio::time::Instant::now(), *rate))),
+        Publish::Burst { inflight } | Publish::Targeted { inflight, .. } => {
+            ((*inflight).clamp(1, conns.len().max(1)).min(m as usize), None)
+        }
+    };
+    let to = match how {
+        Publish::Targeted { to, .. } => Some(to),
+        _ => None,
+    };
+    let make: Request = Arc::new(move |seq| match &to {
+        Some(to) => {
+            let a = &to[seq as usize];
+            api.targeted(a, &payload(phase, kind, seq, a.idx, mono_ns(), size))
+        }
+        None => api.broadcast(&payload(phase, kind, seq, 0, mono_ns(), size)),
+    });
+    if conns.is_empty() {
+        bail!("no publisher connection");
+    }
+    let mut used: Vec<Conn> = conns.drain(..n.min(conns.len())).collect();
+    let r = send_requests(&mut used, m, pace, make).await;
+    conns.extend(used);
+    r
+}
+
+/// Builds request `i` of a run of publish requests.
+pub type Request = Arc<dyn Fn(u32) -> Vec<u8> + Send + Sync>;
+
+/// Send requests `0..count` (built by `make` as each leaves) over `conns`, each keep-alive
+/// connection one request at a time, so `conns.len()` are in flight. With a `pace` (start,
+/// rate/s), request `i` leaves no earlier than `start + i / rate`; late ones catch up, and
+/// several connections keep one slow answer from holding the schedule back. Returns (answered
+/// 2xx, failed, first failure); the connections are handed back in `conns`.
+pub async fn send_requests(
+    conns: &mut Vec<Conn>,
+    count: u32,
+    pace: Option<(tokio::time::Instant, u32)>,
+    make: Request,
+) -> Result<(u64, u64, Option<String>)> {
+    let next = Arc::new(AtomicU32::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let first_error = Arc::new(Mutex::new(None::<String>));
-    let record = record_answer;
-    match how {
-        Publish::Paced { rate } => {
-            let c = conns.first_mut().context("no publisher connection")?;
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            for seq in 0..m {
-                tick.tick().await;
-                let req = api.broadcast(&payload(phase, kind, seq, 0, mono_ns(), size));
-                record(c.roundtrip(&req).await, &ok, &failed, &first_error);
+    let first = Arc::new(Mutex::new(None::<String>));
+    let mut tasks = Vec::new();
+    for mut c in conns.drain(..) {
+        let (next, ok, failed, first, make) = (
+            next.clone(),
+            ok.clone(),
+            failed.clone(),
+            first.clone(),
+            make.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                if let Some((base, rate)) = pace {
+                    let at = base + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+                    tokio::time::sleep_until(at).await;
+                }
+                record_answer(c.roundtrip(&make(i)).await, &ok, &failed, &first);
             }
-        }
-        Publish::Burst { inflight } | Publish::Targeted { inflight, .. } => {
-            let to = match &how {
-                Publish::Targeted { to, .. } => Some(to.clone()),
-                _ => None,
-            };
-            let next = Arc::new(AtomicU32::new(0));
-            let mut tasks = Vec::new();
-            let n = inflight.clamp(1, conns.len().max(1)).min(m as usize);
-            for mut c in conns.drain(..n) {
-                let (next, to, ok, failed, first_error) = (
-                    next.clone(),
-                    to.clone(),
-                    ok.clone(),
-                    failed.clone(),
-                    first_error.clone(),
-                );
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        let seq = next.fetch_add(1, Ordering::Relaxed);
-                        if seq >= m {
-                            break;
-                        }
-                        let req = match &to {
-                            Some(to) => {
-                                let a = &to[seq as usize];
-                                api.targeted(a, &payload(phase, kind, seq, a.idx, mono_ns(), size))
-                            }
-                            None => api.broadcast(&payload(phase, kind, seq, 0, mono_ns(), size)),
-                        };
-                        record(c.roundtrip(&req).await, &ok, &failed, &first_error);
-                    }
-                    c
-                }));
-            }
-            for t in tasks {
-                conns.push(t.await?);
-            }
-        }
+            c
+        }));
     }
-    let e = first_error.lock().expect("error").take();
+    for t in tasks {
+        conns.push(t.await?);
+    }
+    let e = first.lock().expect("error").take();
     Ok((
         ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),

@@ -11,8 +11,7 @@
 //! are exactly its own pushes.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -269,53 +268,6 @@ fn sample_server(sys: &Running, m: &mut Minute) {
     m.fds = pids.iter().map(|p| fd_count(*p)).sum();
 }
 
-/// Publish `count` pushes at `rate`/s from `base` on `conns` keep-alive connections (several,
-/// so that one slow answer does not hold the schedule back; late pushes catch up). `make`
-/// builds push `i`'s request. Returns (answered 2xx, failed, first failure).
-async fn paced(
-    conns: &mut Vec<Conn>,
-    base: tokio::time::Instant,
-    rate: u32,
-    count: u32,
-    make: Arc<dyn Fn(u32) -> Vec<u8> + Send + Sync>,
-) -> Result<(u64, u64, Option<String>)> {
-    let next = Arc::new(AtomicU32::new(0));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let first = Arc::new(Mutex::new(None::<String>));
-    let mut tasks = Vec::new();
-    for mut c in conns.drain(..) {
-        let (next, ok, failed, first, make) = (
-            next.clone(),
-            ok.clone(),
-            failed.clone(),
-            first.clone(),
-            make.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
-                let at = base + Duration::from_secs_f64(i as f64 / rate as f64);
-                tokio::time::sleep_until(at).await;
-                crate::run::record_answer(c.roundtrip(&make(i)).await, &ok, &failed, &first);
-            }
-            c
-        }));
-    }
-    for t in tasks {
-        conns.push(t.await?);
-    }
-    let e = first.lock().expect("error").take();
-    Ok((
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        e,
-    ))
-}
-
 /// Publisher connections per push kind.
 const CONNS_PER_KIND: usize = 4;
 
@@ -394,7 +346,7 @@ impl Soak {
             let phase = gen.phase(Kind::Broadcast, m).await?;
             let base = start + Duration::from_secs(60 * u64::from(minute - 1));
             let size = o.size;
-            let bmake: Arc<dyn Fn(u32) -> Vec<u8> + Send + Sync> = Arc::new(move |i| {
+            let bmake: run::Request = Arc::new(move |i| {
                 api.broadcast(&payload(phase, Kind::Broadcast, i, 0, mono_ns(), size))
             });
             // Targets drawn before the minute, so that drawing costs nothing on the way.
@@ -404,7 +356,7 @@ impl Soak {
                     .map(|_| targets[rng.random_range(0..targets.len())].clone())
                     .collect(),
             );
-            let tmake: Arc<dyn Fn(u32) -> Vec<u8> + Send + Sync> = Arc::new(move |i| {
+            let tmake: run::Request = Arc::new(move |i| {
                 let a = &to[i as usize];
                 api.targeted(
                     a,
@@ -416,13 +368,20 @@ impl Soak {
                     if b_per_min == 0 {
                         return Ok((0, 0, None));
                     }
-                    paced(&mut bconns, base, o.broadcast_rate, b_per_min, bmake).await
+                    run::send_requests(
+                        &mut bconns,
+                        b_per_min,
+                        Some((base, o.broadcast_rate)),
+                        bmake,
+                    )
+                    .await
                 },
                 async {
                     if t_per_min == 0 {
                         return Ok((0, 0, None));
                     }
-                    paced(&mut tconns, base, o.targeted_rate, t_per_min, tmake).await
+                    run::send_requests(&mut tconns, t_per_min, Some((base, o.targeted_rate)), tmake)
+                        .await
                 },
             );
             let ((b_ok, b_failed, b_err), (t_ok, t_failed, t_err)) = (b?, t?);

@@ -138,3 +138,38 @@ pub async fn queues_deliver_exactly_once(channel: &str) {
     assert_eq!(m.ask("reserve").await, "ok");
     assert_eq!(m.line().await, "queue slow 2");
 }
+
+/// After the channel (server or Redis) came back: both consoles report `channel connected`,
+/// in either order.
+pub async fn both_reconnect(sub: &mut Console, publisher: &mut Console) {
+    let (mut a, mut b) = (None, None);
+    for _ in 0..2 {
+        tokio::select! {
+            l = sub.line(), if a.is_none() => a = Some(l),
+            l = publisher.line(), if b.is_none() => b = Some(l),
+        }
+    }
+    assert_eq!(a.as_deref(), Some("channel connected"));
+    assert_eq!(b.as_deref(), Some("channel connected"));
+}
+
+/// Publish `news 4` until `sub` receives it: a publish that overtakes the subscriber's
+/// re-subscription reaches no one (as in Workerman, and Redis keeps nothing for absent
+/// subscribers), so delivery is seen to resume only once both are back. Every other line
+/// `sub` receives meanwhile goes to `other`. Fails if delivery never resumes.
+pub async fn publish_until_delivered(
+    publisher: &mut Console,
+    sub: &mut Console,
+    mut other: impl FnMut(&str),
+) {
+    for _ in 0..25 {
+        assert_eq!(publisher.ask("pub news 4").await, "ok Sent");
+        while let Ok(l) = tokio::time::timeout(Duration::from_millis(200), sub.line()).await {
+            if l == "event news 4" {
+                return;
+            }
+            other(&l);
+        }
+    }
+    panic!("event delivery did not resume after the restart");
+}

@@ -51,44 +51,21 @@ async fn clients_reconnect_resubscribe_and_flush_what_they_buffered() {
     assert_eq!(p.ask("enq jobs 3").await, "ok Buffered");
 
     let _server = App::start("start_channel", &["--listen", &ch], &[port]);
-    let (mut a, mut b) = (None, None);
     // Both clients reconnect (in either order); the subscriber re-subscribes and re-watches
     // before the publisher's buffered commands arrive, or gets them once it has.
-    for _ in 0..2 {
-        tokio::select! {
-            l = sub.line(), if a.is_none() => a = Some(l),
-            l = p.line(), if b.is_none() => b = Some(l),
-        }
+    scenarios::both_reconnect(&mut sub, &mut p).await;
+    // If the publisher got back first, its buffered event had no subscriber yet; the queue
+    // item waits for the watcher either way.
+    let seen_job = std::cell::Cell::new(false);
+    let got = |l: &str| match l {
+        "queue jobs 3" => assert!(!seen_job.replace(true), "the queue item is delivered once"),
+        "event news 2" => {}
+        other => panic!("unexpected {other}"),
+    };
+    scenarios::publish_until_delivered(&mut p, &mut sub, got).await;
+    while !seen_job.get() {
+        got(&sub.line().await);
     }
-    assert_eq!(a.as_deref(), Some("channel connected"));
-    assert_eq!(b.as_deref(), Some("channel connected"));
-    // If the publisher got back first, its buffered event had no subscriber yet: publish again
-    // until delivery is seen to resume (a publish that overtakes the subscriber's
-    // re-subscription on the new server reaches no one, as in Workerman); the queue item waits
-    // for the watcher either way.
-    let mut seen_job = false;
-    let mut seen_news = false;
-    for _ in 0..25 {
-        if seen_news && seen_job {
-            break;
-        }
-        if !seen_news {
-            assert_eq!(p.ask("pub news 4").await, "ok Sent");
-        }
-        while let Ok(l) = tokio::time::timeout(Duration::from_millis(200), sub.line()).await {
-            match l.as_str() {
-                "queue jobs 3" => {
-                    assert!(!seen_job, "the queue item is delivered once");
-                    seen_job = true;
-                }
-                "event news 4" => seen_news = true,
-                "event news 2" => {}
-                other => panic!("unexpected {other}"),
-            }
-        }
-    }
-    assert!(seen_job, "the buffered queue item reached the watcher");
-    assert!(seen_news, "event delivery resumed after the restart");
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {

@@ -170,6 +170,10 @@ impl WorkerInstance {
     /// Send `msg` to every connection of this instance, encoded once where the protocol
     /// allows. Writes are queued and coalesced by each connection's task.
     pub fn broadcast(&self, msg: impl Into<Message>) -> BroadcastReport {
+        if self.0.connections.borrow().is_empty() {
+            // Nothing to encode for: an instance without clients pays nothing per broadcast.
+            return BroadcastReport::default();
+        }
         let msg = msg.into();
         let shared = self.0.config.protocol().and_then(|p| p.encode_shared(&msg));
         match shared {
