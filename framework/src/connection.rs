@@ -702,6 +702,20 @@ impl Connection {
         res
     }
 
+    /// Write what is queued now, as far as the socket takes it, rather than when the
+    /// connection's task next runs (the channel server writes an acknowledged publish's
+    /// deliveries before the acknowledgement). What is left, or an error, is the task's.
+    pub(crate) fn flush_now(&self) {
+        if self.0.status.get() != Status::Established || self.0.out.borrow().len == 0 {
+            return;
+        }
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        if !matches!(self.poll_flush(&mut cx), Poll::Ready(Ok(()))) {
+            // The task registers for write readiness again (a no-op waker took its place).
+            self.wake();
+        }
+    }
+
     /// Write the queue in vectored writes until it is empty or the socket is full.
     fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let gated = !self.0.codec.borrow().is_open() && self.0.status.get() != Status::Closing;

@@ -68,12 +68,12 @@ impl Sink {
         match self {
             Sink::Tcp(conn) => {
                 let f = frame.get_or_insert_with(|| encode_delivery(kind, &name.raw, data));
-                if now {
-                    // Acknowledged publishes reach the kernel before their acknowledgement.
-                    conn.send_raw(f.clone()).is_ok()
-                } else {
-                    conn.send_deferred(f.clone()).is_ok()
+                let queued = conn.send_deferred(f.clone()).is_ok();
+                if now && queued {
+                    // An acknowledged publish: written before the turn's acknowledgements.
+                    LocalOut::flush_before_acks(out, conn);
                 }
+                queued
             }
             Sink::Local(sink) => LocalOut::push(
                 out,
@@ -89,15 +89,46 @@ impl Sink {
     }
 }
 
-/// Deliveries to in-process clients made during this turn of the hub's thread, sent as one
-/// message per client when the turn ends (a task spawned with the first of them).
+/// What this turn of the hub's thread sends when it ends (a task spawned with the first of
+/// it): deliveries to in-process clients, one message per client; then the acknowledgements of
+/// the publishes the channel server took this turn, each after its deliveries were written to
+/// the subscribers' sockets. So many acknowledged publishes read at once cost one write per
+/// subscriber and one per publisher, not one each.
 #[derive(Default)]
 pub(crate) struct LocalOut {
     batches: Vec<(SubscriberId, LocalSink, Vec<Delivery>)>,
+    /// TCP subscribers to write to before the acknowledgements, and their ids.
+    flush: Vec<Connection>,
+    flush_ids: HashSet<u64>,
+    /// Acknowledgements to send: the publisher's connection and the encoded frame.
+    acks: Vec<(Connection, Bytes)>,
     scheduled: bool,
 }
 
 impl LocalOut {
+    fn schedule(this: &Rc<RefCell<LocalOut>>, out: &mut LocalOut) {
+        if !out.scheduled {
+            out.scheduled = true;
+            let this = this.clone();
+            actix_rt::spawn(async move { LocalOut::flush(&this) });
+        }
+    }
+
+    fn flush_before_acks(this: &Rc<RefCell<LocalOut>>, conn: &Connection) {
+        let mut out = this.borrow_mut();
+        if out.flush_ids.insert(conn.id()) {
+            out.flush.push(conn.clone());
+        }
+        LocalOut::schedule(this, &mut out);
+    }
+
+    /// Send `frame` on `conn` when this turn ends, after the deliveries made so far.
+    pub(crate) fn ack(this: &Rc<RefCell<LocalOut>>, conn: &Connection, frame: Bytes) {
+        let mut out = this.borrow_mut();
+        out.acks.push((conn.clone(), frame));
+        LocalOut::schedule(this, &mut out);
+    }
+
     fn push(this: &Rc<RefCell<LocalOut>>, id: SubscriberId, sink: &LocalSink, d: Delivery) -> bool {
         let mut out = this.borrow_mut();
         let i = match out.batches.iter().position(|(s, _, _)| *s == id) {
@@ -112,21 +143,26 @@ impl LocalOut {
             return false;
         }
         batch.push(d);
-        if !out.scheduled {
-            out.scheduled = true;
-            let this = this.clone();
-            actix_rt::spawn(async move { LocalOut::flush(&this) });
-        }
+        LocalOut::schedule(this, &mut out);
         true
     }
 
-    /// Send every batch now.
+    /// Send everything now: the subscribers' writes, the in-process batches, then the
+    /// acknowledgements.
     pub(crate) fn flush(this: &RefCell<LocalOut>) {
-        let batches = {
+        let (batches, flush, acks) = {
             let mut out = this.borrow_mut();
             out.scheduled = false;
-            std::mem::take(&mut out.batches)
+            out.flush_ids.clear();
+            (
+                std::mem::take(&mut out.batches),
+                std::mem::take(&mut out.flush),
+                std::mem::take(&mut out.acks),
+            )
         };
+        for conn in flush {
+            conn.flush_now();
+        }
         for (id, sink, items) in batches {
             if items.is_empty() {
                 continue;
@@ -137,6 +173,17 @@ impl LocalOut {
                 sink.pending.fetch_sub(n, Ordering::AcqRel);
                 log::debug!("channel: in-process subscriber {id:?} is gone: {n} deliveries lost");
             }
+        }
+        let mut last: Option<Connection> = None;
+        for (conn, frame) in acks {
+            if last.as_ref().is_some_and(|l| l.id() != conn.id()) {
+                last.take().expect("some").flush_now();
+            }
+            conn.send_deferred(frame);
+            last = Some(conn);
+        }
+        if let Some(conn) = last {
+            conn.flush_now();
         }
     }
 }
@@ -204,7 +251,8 @@ pub(crate) struct HubState {
     channels: HashMap<Key, Subscribers>,
     queues: HashMap<Key, Queue>,
     subscribed: HashMap<SubscriberId, HashSet<Key>>,
-    /// Write deliveries to the sockets at once (an acknowledged publish), not deferred.
+    /// Deliveries of an acknowledged publish: written to the sockets when the turn ends, before
+    /// the acknowledgements ([`HubState::ack_later`]), not whenever each connection's task runs.
     pub flush_now: bool,
     watching: HashMap<SubscriberId, HashSet<Key>>,
     pub stats: HubStats,
@@ -319,12 +367,9 @@ impl HubState {
         }
     }
 
-    /// Send the deliveries to in-process clients made so far, now rather than at the end of
-    /// this turn (before an acknowledgement that counts them).
-    pub fn flush_local(&self) {
-        if self.local_out.borrow().scheduled {
-            LocalOut::flush(&self.local_out);
-        }
+    /// Acknowledge a publish to `conn` with `frame` once this turn's deliveries are written.
+    pub fn ack_later(&self, conn: &Connection, frame: Bytes) {
+        LocalOut::ack(&self.local_out, conn, frame);
     }
 
     fn unsubscribe(&mut self, id: SubscriberId, key: &Key) {

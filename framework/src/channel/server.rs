@@ -132,18 +132,15 @@ impl Server {
                     let before = hub.stats.deliveries;
                     hub.apply(SubscriberId::Tcp(conn.id()), &Sink::Tcp(conn.clone()), cmd);
                     hub.flush_now = false;
-                    if ack.is_some() {
-                        // In-process subscribers too have it before the acknowledgement.
-                        hub.flush_local();
-                    }
                     let reached = hub.stats.deliveries - before;
-                    drop(hub);
                     if let Some(id) = ack {
-                        // The acknowledgement says how many subscribers the event reached.
+                        // The acknowledgement says how many subscribers the event reached; it
+                        // leaves when this turn ends, after the deliveries (TCP subscribers
+                        // written, in-process ones sent).
                         let (mut raw, mut count) = (Vec::new(), Vec::new());
                         php_serde::Key::Int(id).write(&mut raw);
                         php_serde::Key::Int(reached as i64).write(&mut count);
-                        conn.send_raw(encode_delivery(DeliveryKind::Ack, &raw, &count));
+                        hub.ack_later(conn, encode_delivery(DeliveryKind::Ack, &raw, &count));
                     }
                 }
                 Err(e) => {
