@@ -954,9 +954,10 @@ pub async fn publish(
 ) -> Result<(u64, u64, Option<String>)> {
     let (n, pace) = match &how {
         Publish::Paced { rate } => (1, Some((tokio::time::Instant::now(), *rate))),
-        Publish::Burst { inflight } | Publish::Targeted { inflight, .. } => {
-            ((*inflight).clamp(1, conns.len().max(1)).min(m as usize), None)
-        }
+        Publish::Burst { inflight } | Publish::Targeted { inflight, .. } => (
+            (*inflight).clamp(1, conns.len().max(1)).min(m as usize),
+            None,
+        ),
     };
     let to = match how {
         Publish::Targeted { to, .. } => Some(to),
