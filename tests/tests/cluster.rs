@@ -407,4 +407,11 @@ async fn all_in_one_takes_pushes_as_query_form_or_json() {
     assert_eq!(status, 400, "{body}");
     quiet(&mut a.ws, 100).await;
     quiet(&mut b.ws, 100).await;
+
+    // The in-process channel confirms too: a worker id no instance holds is a 404, not `ok`.
+    let (status, body) = get(web, "/?to_worker_id=77&to_connection_id=1&content=x").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("worker 77"), "{body}");
+    quiet(&mut a.ws, 100).await;
+    quiet(&mut b.ws, 100).await;
 }

@@ -100,7 +100,8 @@ struct ClientInner {
     pending_acks: RefCell<BTreeMap<i64, AckFn>>,
     /// Commands for an in-process hub made during this turn of the thread, sent as one
     /// message when the turn ends (a task spawned with the first of them).
-    outbox: RefCell<Vec<Command>>,
+    /// A command may carry the id of a confirmation the hub sends back.
+    outbox: RefCell<Vec<(Command, Option<i64>)>>,
 }
 
 /// A channel client. Cheap to clone; lives on the thread that created it.
@@ -355,8 +356,9 @@ impl Client {
 
     /// Publish and learn whether it was delivered: `on_done(Ok(Some(n)))` once a werkmann
     /// channel server has written the event to its `n` subscribers, or once Redis answered the
-    /// `PUBLISH` with the `n` subscriptions it reached; `Ok(None)` when the server does not
-    /// acknowledge (a PHP server, in-process) once the client has handed it over;
+    /// `PUBLISH` with the `n` subscriptions it reached, or once an in-process channel handed it
+    /// to its `n` subscribers; `Ok(None)` when the server does not acknowledge (a PHP server)
+    /// once the client has handed it over;
     /// `Err(Disconnected)` at once when not connected; `Err(Unconfirmed)` if the connection
     /// drops first (a confirmed publish is not sent again).
     pub fn publish_confirmed<T: Serialize + ?Sized>(
@@ -401,6 +403,21 @@ impl Client {
         };
         if let Some(link) = redis {
             return link.publish_confirmed(cmd, Box::new(on_done));
+        }
+        let local = matches!(
+            inner.transport.borrow().as_ref(),
+            Some(Transport::Local { hub: Some(_), .. })
+        );
+        if local {
+            // The hub answers with the subscribers it handed the event to, when its turn ends.
+            let id = inner.next_ack.get();
+            inner.next_ack.set(id + 1);
+            inner
+                .pending_acks
+                .borrow_mut()
+                .insert(id, Box::new(on_done));
+            inner.push_outbox(cmd, Some(id));
+            return;
         }
         let tcp = match inner.transport.borrow().as_ref() {
             Some(Transport::Tcp(c)) => Some(c.clone()),
@@ -666,19 +683,24 @@ impl ClientInner {
                 Ok(PublishStatus::Sent)
             }
             Some(Transport::Local { hub: Some(_), .. }) => {
-                let mut outbox = self.outbox.borrow_mut();
-                outbox.push(cmd);
-                if outbox.len() == 1 {
-                    let weak = self.me.borrow().clone();
-                    actix_rt::spawn(async move {
-                        if let Some(inner) = weak.upgrade() {
-                            inner.flush_outbox();
-                        }
-                    });
-                }
+                self.push_outbox(cmd, None);
                 Ok(PublishStatus::Sent)
             }
             _ => Err(ChannelError::Closed),
+        }
+    }
+
+    /// Collect a command for the in-process hub; the first of a turn schedules the flush.
+    fn push_outbox(&self, cmd: Command, ack: Option<i64>) {
+        let mut outbox = self.outbox.borrow_mut();
+        outbox.push((cmd, ack));
+        if outbox.len() == 1 {
+            let weak = self.me.borrow().clone();
+            actix_rt::spawn(async move {
+                if let Some(inner) = weak.upgrade() {
+                    inner.flush_outbox();
+                }
+            });
         }
     }
 
@@ -694,11 +716,31 @@ impl ClientInner {
             id,
         }) = self.transport.borrow().as_ref()
         {
-            hub.do_send(LocalCommand {
-                id: *id,
-                sink: me.clone(),
-                cmds,
-            });
+            let acks: Vec<i64> = cmds.iter().filter_map(|(_, a)| *a).collect();
+            let sent = hub.connected();
+            if sent {
+                hub.do_send(LocalCommand {
+                    id: *id,
+                    sink: me.clone(),
+                    cmds,
+                });
+            }
+            if !sent {
+                // The hub is gone: nothing of this turn was taken.
+                log::warn!(
+                    "channel {}: in-process hub did not take {} commands",
+                    self.addr,
+                    acks.len()
+                );
+                for a in acks {
+                    let cb = self.pending_acks.borrow_mut().remove(&a);
+                    if let Some(cb) = cb {
+                        guard("channel publish confirmation", || {
+                            cb(Err(ChannelError::Unconfirmed))
+                        });
+                    }
+                }
+            }
         }
     }
 

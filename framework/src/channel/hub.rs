@@ -103,6 +103,10 @@ pub(crate) struct LocalOut {
     /// Acknowledgements to send: the publisher's connection and the encoded frame.
     acks: Vec<(Connection, Bytes)>,
     scheduled: bool,
+    /// Deliveries refused (a full in-process subscriber) since the last warning, and when
+    /// that was: at most one warning a second.
+    refused: u64,
+    warned: Option<std::time::Instant>,
 }
 
 impl LocalOut {
@@ -112,6 +116,29 @@ impl LocalOut {
             let this = this.clone();
             actix_rt::spawn(async move { LocalOut::flush(&this) });
         }
+    }
+
+    /// Confirm publish `ack` to an in-process client: never refused, however many wait.
+    fn ack_local(
+        this: &Rc<RefCell<LocalOut>>,
+        id: SubscriberId,
+        sink: &LocalSink,
+        ack: i64,
+        reached: u64,
+    ) {
+        let mut count = Vec::new();
+        Key::Int(reached as i64).write(&mut count);
+        let d = Delivery {
+            kind: DeliveryKind::Ack,
+            channel: Key::Int(ack),
+            data: Bytes::from(count),
+        };
+        let mut out = this.borrow_mut();
+        match out.batches.iter_mut().find(|(s, _, _)| *s == id) {
+            Some((_, _, batch)) => batch.push(d),
+            None => out.batches.push((id, sink.clone(), vec![d])),
+        }
+        LocalOut::schedule(this, &mut out);
     }
 
     fn flush_before_acks(this: &Rc<RefCell<LocalOut>>, conn: &Connection) {
@@ -140,6 +167,20 @@ impl LocalOut {
         };
         let batch = &mut out.batches[i].2;
         if sink.pending.load(Ordering::Acquire) + batch.len() >= MAX_LOCAL_PENDING {
+            out.refused += 1;
+            let now = std::time::Instant::now();
+            if out
+                .warned
+                .is_none_or(|t| now.duration_since(t).as_secs() >= 1)
+            {
+                log::warn!(
+                    "channel: in-process subscriber {id:?} has {MAX_LOCAL_PENDING} deliveries \
+                     waiting: {} refused since the last warning",
+                    out.refused
+                );
+                out.refused = 0;
+                out.warned = Some(now);
+            }
             return false;
         }
         batch.push(d);
@@ -169,7 +210,15 @@ impl LocalOut {
             }
             let n = items.len();
             sink.pending.fetch_add(n, Ordering::AcqRel);
-            if sink.recipient.try_send(LocalDelivery(items)).is_err() {
+            // A confirmation is never dropped, whatever the mailbox holds.
+            let sent = if items.iter().any(|d| d.kind == DeliveryKind::Ack) {
+                sink.recipient
+                    .connected()
+                    .then(|| sink.recipient.do_send(LocalDelivery(items)))
+            } else {
+                sink.recipient.try_send(LocalDelivery(items)).ok()
+            };
+            if sent.is_none() {
                 sink.pending.fetch_sub(n, Ordering::AcqRel);
                 log::debug!("channel: in-process subscriber {id:?} is gone: {n} deliveries lost");
             }
@@ -415,7 +464,8 @@ pub struct LocalDelivery(pub Vec<Delivery>);
 pub(crate) struct LocalCommand {
     pub id: u64,
     pub sink: LocalSink,
-    pub cmds: Vec<Command>,
+    /// Each with the id of the confirmation the client waits for, if it does.
+    pub cmds: Vec<(Command, Option<i64>)>,
 }
 
 /// An in-process client went away.
@@ -441,10 +491,19 @@ impl Actor for Hub {
 impl Handler<LocalCommand> for Hub {
     type Result = ();
     fn handle(&mut self, msg: LocalCommand, _: &mut Self::Context) {
-        let sink = Sink::Local(msg.sink);
+        let id = SubscriberId::Local(msg.id);
+        let sink = Sink::Local(msg.sink.clone());
         let mut state = self.state.borrow_mut();
-        for cmd in msg.cmds {
-            state.apply(SubscriberId::Local(msg.id), &sink, cmd);
+        for (cmd, ack) in msg.cmds {
+            let before = state.stats.deliveries;
+            state.flush_now = ack.is_some();
+            state.apply(id, &sink, cmd);
+            state.flush_now = false;
+            if let Some(ack) = ack {
+                // After this turn's deliveries, in the client's next batch.
+                let reached = state.stats.deliveries - before;
+                LocalOut::ack_local(&state.local_out, id, &msg.sink, ack, reached);
+            }
         }
     }
 }
