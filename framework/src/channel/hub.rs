@@ -110,6 +110,18 @@ pub(crate) struct LocalOut {
 }
 
 impl LocalOut {
+    /// This turn's deliveries to in-process subscriber `id`.
+    fn batch(&mut self, id: SubscriberId, sink: &LocalSink) -> &mut Vec<Delivery> {
+        let i = match self.batches.iter().position(|(s, _, _)| *s == id) {
+            Some(i) => i,
+            None => {
+                self.batches.push((id, sink.clone(), Vec::new()));
+                self.batches.len() - 1
+            }
+        };
+        &mut self.batches[i].2
+    }
+
     fn schedule(this: &Rc<RefCell<LocalOut>>, out: &mut LocalOut) {
         if !out.scheduled {
             out.scheduled = true;
@@ -134,10 +146,7 @@ impl LocalOut {
             data: Bytes::from(count),
         };
         let mut out = this.borrow_mut();
-        match out.batches.iter_mut().find(|(s, _, _)| *s == id) {
-            Some((_, _, batch)) => batch.push(d),
-            None => out.batches.push((id, sink.clone(), vec![d])),
-        }
+        out.batch(id, sink).push(d);
         LocalOut::schedule(this, &mut out);
     }
 
@@ -158,15 +167,7 @@ impl LocalOut {
 
     fn push(this: &Rc<RefCell<LocalOut>>, id: SubscriberId, sink: &LocalSink, d: Delivery) -> bool {
         let mut out = this.borrow_mut();
-        let i = match out.batches.iter().position(|(s, _, _)| *s == id) {
-            Some(i) => i,
-            None => {
-                out.batches.push((id, sink.clone(), Vec::new()));
-                out.batches.len() - 1
-            }
-        };
-        let batch = &mut out.batches[i].2;
-        if sink.pending.load(Ordering::Acquire) + batch.len() >= MAX_LOCAL_PENDING {
+        if sink.pending.load(Ordering::Acquire) + out.batch(id, sink).len() >= MAX_LOCAL_PENDING {
             out.refused += 1;
             let now = std::time::Instant::now();
             if out
@@ -183,7 +184,7 @@ impl LocalOut {
             }
             return false;
         }
-        batch.push(d);
+        out.batch(id, sink).push(d);
         LocalOut::schedule(this, &mut out);
         true
     }
