@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use rand::Rng as _;
 
+use crate::child::Args;
 use crate::clock::mono_ns;
 use crate::gen::{Gen, MAX_PER_WORKER};
 use crate::http::{Api, Conn};
@@ -204,15 +205,11 @@ pub fn parse(args: &[String]) -> Result<Options> {
         keep: false,
     };
     let (mut repeats, mut budget) = (None, None);
-    let mut it = args.iter();
+    let mut args = Args::new(args, USAGE);
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{a} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
+    while let Some((name, inline)) = args.next_option() {
+        let mut value = || args.value(&name, &inline);
+        match name.as_str() {
             "all" => {}
             "--quick" => o.quick = true,
             "--out" => o.out = Some(PathBuf::from(value()?)),

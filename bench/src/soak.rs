@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use rand::Rng as _;
 
+use crate::child::Args;
 use crate::clock::mono_ns;
 use crate::gen::{Gen, MAX_PER_WORKER};
 use crate::http::Conn;
@@ -84,14 +85,10 @@ fn parse(args: &[String]) -> Result<Options> {
             .join(" "),
     };
     let mut warmup = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{a} needs a value\n{USAGE}"))
-        };
-        match a.as_str() {
+    let mut args = Args::new(args, USAGE);
+    while let Some((name, inline)) = args.next_option() {
+        let mut value = || args.value(&name, &inline);
+        match name.as_str() {
             "--minutes" => o.minutes = value()?.parse().context("--minutes")?,
             "--clients" => o.clients = value()?.parse().context("--clients")?,
             "--rate" => {
