@@ -163,6 +163,54 @@ async fn embedded_channel_connects_instances_without_tcp() {
     }
 }
 
+/// An in-process publisher hands events to in-process subscribers by itself, and goes through
+/// the hub where an event also has a TCP subscriber: switching between the two turn by turn,
+/// what it publishes still reaches each subscriber once and in order.
+#[tokio::test]
+async fn in_process_publishes_keep_their_order_on_both_paths() {
+    let port = free_port();
+    let ch = format!("127.0.0.1:{port}");
+    let (_app, addr) = channel_console(&ch, &["--serve", &ch, "--count", "2"]);
+    let (_remote, remote_addr) = channel_console(&ch, &[]);
+    let mut a = open(&addr).await;
+    let mut b = open(&addr).await;
+    let mut tcp = open(&remote_addr).await;
+    let mut p = open(&addr).await;
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.ask("on x").await, "ok");
+        assert_eq!(c.ask("on y").await, "ok");
+    }
+    assert_eq!(tcp.ask("on y").await, "ok");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Even numbers go to y (with its TCP subscriber: through the hub), odd ones to x.
+    let n = 2000;
+    assert_eq!(p.ask(&format!("seqt y,x {n}")).await, "ok Sent");
+    let event = |i: u64| {
+        format!(
+            r#"event {} {{"i":{i}}}"#,
+            if i.is_multiple_of(2) { "y" } else { "x" }
+        )
+    };
+    for c in [&mut a, &mut b] {
+        for i in 0..n {
+            assert_eq!(c.line().await, event(i));
+        }
+    }
+    for i in (0..n).step_by(2) {
+        assert_eq!(tcp.line().await, event(i));
+    }
+    // Without the TCP subscriber, both events go the direct way.
+    assert_eq!(tcp.ask("unsub y").await, "ok");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.ask("seq y,x 100").await, "ok Sent");
+    for c in [&mut a, &mut b] {
+        for i in 0..100 {
+            assert_eq!(c.line().await, event(i));
+        }
+    }
+    tcp.nothing_for(300).await;
+}
+
 async fn next(l: &mut Lines<BufReader<tokio::process::ChildStdout>>) -> String {
     tokio::time::timeout(T, l.next_line())
         .await

@@ -6,7 +6,8 @@
 //!
 //! Commands (one per line): `on NAME`, `unsub NAME`, `pub NAME JSON`, `publoop NAME JSON`,
 //! `enq NAME JSON`, `watch NAME` (auto-reserve), `watchm NAME` (manual), `reserve`,
-//! `unwatch NAME`, `connected`, `seq NAME N` (publishes `{"i": 0..N}` in order),
+//! `unwatch NAME`, `connected`, `seq NAMES N` (publishes `{"i": 0..N}` in order, to the
+//! comma-separated NAMES in turn), `seqt NAMES N` (the same, one publish per turn),
 //! `whoami`. Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
 //! command results as `ok Sent`, `ok Buffered` or `err <why>`.
 
@@ -59,16 +60,36 @@ fn command(conn: &Connection, client: &Client, line: &str) {
                 conn.send(format!("err bad json: {e}"));
             }
         },
-        "seq" => {
+        "seq" | "seqt" => {
+            // Publish `{"i": i}` for i in 0..N, to the comma-separated names in turn; `seqt`
+            // one publish per turn of the thread, `seq` all in this one.
+            let names: Vec<Name> = n.split(',').map(name).collect();
             let count: u64 = rest.parse().unwrap_or(0);
-            let mut last = Ok(channel::PublishStatus::Sent);
-            for i in 0..count {
-                last = client.publish(name(n), &serde_json::json!({ "i": i }));
-                if last.is_err() {
-                    break;
-                }
+            let (client, conn) = (client.clone(), conn.clone());
+            let turns = cmd == "seqt";
+            let publish = move |i: u64| {
+                let to = names[(i % names.len() as u64) as usize].clone();
+                client.publish(to, &serde_json::json!({ "i": i }))
+            };
+            if turns {
+                tokio::task::spawn_local(async move {
+                    let mut last = Ok(channel::PublishStatus::Sent);
+                    for i in 0..count {
+                        last = publish(i);
+                        if last.is_err() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    reply(&conn, last);
+                });
+            } else {
+                let last = (0..count)
+                    .map(publish)
+                    .find(|r| r.is_err())
+                    .unwrap_or(Ok(channel::PublishStatus::Sent));
+                reply(&conn, last);
             }
-            reply(conn, last);
         }
         "watch" | "watchm" => {
             let back = conn.clone();

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::hub::{self, Hub, LocalCommand, LocalDelivery, LocalGone, LocalSink};
+use super::hub::{self, HubHandle, LocalCommand, LocalDelivery, LocalGone, LocalSink};
 use super::php_serde::{self, Key};
 use super::redis::{RedisLink, RedisOwner};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
@@ -53,9 +53,11 @@ enum Transport {
     Tcp(AsyncTcpConnection),
     Redis(Rc<RedisLink>),
     Local {
-        hub: Option<Addr<Hub>>,
+        hub: Option<HubHandle>,
         me: LocalSink,
         id: u64,
+        /// Messages given to the hub that it has not finished (see `channel::routes`).
+        busy: Arc<AtomicUsize>,
     },
 }
 
@@ -194,7 +196,12 @@ impl Client {
         .start()
         .recipient();
         let me = LocalSink { recipient, pending };
-        *self.0.transport.borrow_mut() = Some(Transport::Local { hub: None, me, id });
+        *self.0.transport.borrow_mut() = Some(Transport::Local {
+            hub: None,
+            me,
+            id,
+            busy: Arc::new(AtomicUsize::new(0)),
+        });
         // Attach after the caller has set its callbacks, as a TCP connect would.
         let weak = Rc::downgrade(&self.0);
         actix_rt::spawn(async move { attach_local(weak) });
@@ -550,9 +557,9 @@ fn attach_local(weak: Weak<ClientInner>) {
         return;
     }
     match hub::lookup(&inner.addr) {
-        Some(Some(addr)) => {
+        Some(Some(running)) => {
             if let Some(Transport::Local { hub, .. }) = inner.transport.borrow_mut().as_mut() {
-                *hub = Some(addr);
+                *hub = Some(running);
             }
             inner.transport_up();
         }
@@ -704,42 +711,59 @@ impl ClientInner {
         }
     }
 
-    /// Send the commands collected for the in-process hub.
+    /// Send the commands collected for the in-process hub: delivered here when every one is
+    /// a publish to in-process subscribers only and the hub has sent out what it was given
+    /// before (see `channel::routes`); else one message to the hub.
     fn flush_outbox(&self) {
         let cmds = std::mem::take(&mut *self.outbox.borrow_mut());
         if cmds.is_empty() {
             return;
         }
+        let mut done: Vec<(i64, Result<Option<usize>, ChannelError>)> = Vec::new();
         if let Some(Transport::Local {
             hub: Some(hub),
             me,
             id,
+            busy,
         }) = self.transport.borrow().as_ref()
         {
-            let acks: Vec<i64> = cmds.iter().filter_map(|(_, a)| *a).collect();
-            let sent = hub.connected();
-            if sent {
-                hub.do_send(LocalCommand {
+            let direct = if busy.load(Ordering::Acquire) == 0 {
+                hub.routes.deliver(&cmds)
+            } else {
+                None
+            };
+            if let Some(reached) = direct {
+                for ((_, ack), n) in cmds.iter().zip(reached) {
+                    if let Some(a) = ack {
+                        done.push((*a, Ok(Some(n))));
+                    }
+                }
+            } else if hub.addr.connected() {
+                busy.fetch_add(1, Ordering::AcqRel);
+                hub.addr.do_send(LocalCommand {
                     id: *id,
                     sink: me.clone(),
                     cmds,
+                    busy: busy.clone(),
                 });
-            }
-            if !sent {
+            } else {
                 // The hub is gone: nothing of this turn was taken.
                 log::warn!(
                     "channel {}: in-process hub did not take {} commands",
                     self.addr,
-                    acks.len()
+                    cmds.len()
                 );
-                for a in acks {
-                    let cb = self.pending_acks.borrow_mut().remove(&a);
-                    if let Some(cb) = cb {
-                        guard("channel publish confirmation", || {
-                            cb(Err(ChannelError::Unconfirmed))
-                        });
+                for (_, a) in cmds {
+                    if let Some(a) = a {
+                        done.push((a, Err(ChannelError::Unconfirmed)));
                     }
                 }
+            }
+        }
+        for (a, result) in done {
+            let cb = self.pending_acks.borrow_mut().remove(&a);
+            if let Some(cb) = cb {
+                guard("channel publish confirmation", || cb(result));
             }
         }
     }
@@ -827,7 +851,7 @@ impl ClientInner {
             Some(Transport::Redis(link)) => link.close(),
             Some(Transport::Local {
                 hub: Some(hub), id, ..
-            }) => hub.do_send(LocalGone(id)),
+            }) => hub.addr.do_send(LocalGone(id)),
             _ => {}
         }
     }

@@ -22,6 +22,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::php_serde::Key;
+use super::routes::Routes;
 use super::wire::{encode_delivery, Command, Delivery, DeliveryKind, WireName};
 use crate::connection::Connection;
 
@@ -102,11 +103,12 @@ pub(crate) struct LocalOut {
     flush_ids: HashSet<u64>,
     /// Acknowledgements to send: the publisher's connection and the encoded frame.
     acks: Vec<(Connection, Bytes)>,
+    /// In-process clients whose commands this turn took: each may deliver by itself again
+    /// once what the hub made of them is sent (see `channel::routes`).
+    release: Vec<Arc<AtomicUsize>>,
     scheduled: bool,
-    /// Deliveries refused (a full in-process subscriber) since the last warning, and when
-    /// that was: at most one warning a second.
-    refused: u64,
-    warned: Option<std::time::Instant>,
+    /// The routes the hub keeps for in-process publishers, and the refusal log it shares.
+    routes: Arc<Routes>,
 }
 
 impl LocalOut {
@@ -158,6 +160,13 @@ impl LocalOut {
         LocalOut::schedule(this, &mut out);
     }
 
+    /// Let an in-process client deliver by itself again once this turn's sends are out.
+    fn release(this: &Rc<RefCell<LocalOut>>, busy: Arc<AtomicUsize>) {
+        let mut out = this.borrow_mut();
+        out.release.push(busy);
+        LocalOut::schedule(this, &mut out);
+    }
+
     /// Send `frame` on `conn` when this turn ends, after the deliveries made so far.
     pub(crate) fn ack(this: &Rc<RefCell<LocalOut>>, conn: &Connection, frame: Bytes) {
         let mut out = this.borrow_mut();
@@ -168,20 +177,7 @@ impl LocalOut {
     fn push(this: &Rc<RefCell<LocalOut>>, id: SubscriberId, sink: &LocalSink, d: Delivery) -> bool {
         let mut out = this.borrow_mut();
         if sink.pending.load(Ordering::Acquire) + out.batch(id, sink).len() >= MAX_LOCAL_PENDING {
-            out.refused += 1;
-            let now = std::time::Instant::now();
-            if out
-                .warned
-                .is_none_or(|t| now.duration_since(t).as_secs() >= 1)
-            {
-                log::warn!(
-                    "channel: in-process subscriber {id:?} has {MAX_LOCAL_PENDING} deliveries \
-                     waiting: {} refused since the last warning",
-                    out.refused
-                );
-                out.refused = 0;
-                out.warned = Some(now);
-            }
+            out.routes.refusals.note(id);
             return false;
         }
         out.batch(id, sink).push(d);
@@ -192,7 +188,7 @@ impl LocalOut {
     /// Send everything now: the subscribers' writes, the in-process batches, then the
     /// acknowledgements.
     pub(crate) fn flush(this: &RefCell<LocalOut>) {
-        let (batches, flush, acks) = {
+        let (batches, flush, acks, release) = {
             let mut out = this.borrow_mut();
             out.scheduled = false;
             out.flush_ids.clear();
@@ -200,6 +196,7 @@ impl LocalOut {
                 std::mem::take(&mut out.batches),
                 std::mem::take(&mut out.flush),
                 std::mem::take(&mut out.acks),
+                std::mem::take(&mut out.release),
             )
         };
         for conn in flush {
@@ -234,6 +231,9 @@ impl LocalOut {
         }
         if let Some(conn) = last {
             conn.flush_now();
+        }
+        for busy in release {
+            busy.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -296,7 +296,6 @@ pub struct HubStats {
 }
 
 /// The subscription and queue state.
-#[derive(Default)]
 pub(crate) struct HubState {
     channels: HashMap<Key, Subscribers>,
     queues: HashMap<Key, Queue>,
@@ -308,9 +307,36 @@ pub(crate) struct HubState {
     pub stats: HubStats,
     /// Deliveries to in-process clients not yet sent.
     local_out: Rc<RefCell<LocalOut>>,
+    /// Each event's subscribers, for in-process publishers (kept in step with `channels`).
+    routes: Arc<Routes>,
+}
+
+impl Default for HubState {
+    fn default() -> Self {
+        let routes = Arc::new(Routes::default());
+        let local_out = LocalOut {
+            routes: routes.clone(),
+            ..LocalOut::default()
+        };
+        HubState {
+            channels: HashMap::new(),
+            queues: HashMap::new(),
+            subscribed: HashMap::new(),
+            flush_now: false,
+            watching: HashMap::new(),
+            stats: HubStats::default(),
+            local_out: Rc::new(RefCell::new(local_out)),
+            routes,
+        }
+    }
 }
 
 impl HubState {
+    /// The routes this hub keeps for in-process publishers.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
+    }
+
     /// Apply one command from subscriber `id`.
     pub fn apply(&mut self, id: SubscriberId, sink: &Sink, cmd: Command) {
         self.stats.commands += 1;
@@ -321,6 +347,7 @@ impl HubState {
                     let subs = self.channels.entry(n.key.clone()).or_default();
                     if !subs.list.iter().any(|(s, _)| *s == id) {
                         subs.list.push((id, sink.clone()));
+                        self.routes.set(&n.key, &subs.list);
                     }
                     self.subscribed.entry(id).or_default().insert(n.key);
                 }
@@ -425,6 +452,7 @@ impl HubState {
     fn unsubscribe(&mut self, id: SubscriberId, key: &Key) {
         if let Some(subs) = self.channels.get_mut(key) {
             subs.list.retain(|(s, _)| *s != id);
+            self.routes.set(key, &subs.list);
             if subs.list.is_empty() {
                 self.channels.remove(key);
             } else if subs.cursor >= subs.list.len() {
@@ -467,6 +495,9 @@ pub(crate) struct LocalCommand {
     pub sink: LocalSink,
     /// Each with the id of the confirmation the client waits for, if it does.
     pub cmds: Vec<(Command, Option<i64>)>,
+    /// The client's count of messages the hub has not finished; the hub takes one off when
+    /// this one's deliveries are sent.
+    pub busy: Arc<AtomicUsize>,
 }
 
 /// An in-process client went away.
@@ -506,6 +537,7 @@ impl Handler<LocalCommand> for Hub {
                 LocalOut::ack_local(&state.local_out, id, &msg.sink, ack, reached);
             }
         }
+        LocalOut::release(&state.local_out, msg.busy);
     }
 }
 
@@ -516,11 +548,18 @@ impl Handler<LocalGone> for Hub {
     }
 }
 
+/// A running hub, as its in-process clients reach it.
+#[derive(Clone)]
+pub(crate) struct HubHandle {
+    pub addr: Addr<Hub>,
+    pub routes: Arc<Routes>,
+}
+
 /// In-process hubs by the address their server was declared with.
 #[derive(Default)]
 pub(crate) struct Registry {
     declared: HashSet<String>,
-    running: HashMap<String, Addr<Hub>>,
+    running: HashMap<String, HubHandle>,
 }
 
 pub(crate) fn registry() -> &'static Mutex<Registry> {
@@ -537,18 +576,18 @@ pub(crate) fn declare(name: &str) {
         .insert(name.to_string());
 }
 
-/// Publish a running hub's address.
-pub(crate) fn publish(name: &str, addr: Addr<Hub>) {
+/// Publish a running hub.
+pub(crate) fn publish(name: &str, hub: HubHandle) {
     registry()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .running
-        .insert(name.to_string(), addr);
+        .insert(name.to_string(), hub);
 }
 
-/// `Some(None)`: declared here but not yet running; `Some(Some(addr))`: running here;
+/// `Some(None)`: declared here but not yet running; `Some(Some(hub))`: running here;
 /// `None`: not in this process.
-pub(crate) fn lookup(name: &str) -> Option<Option<Addr<Hub>>> {
+pub(crate) fn lookup(name: &str) -> Option<Option<HubHandle>> {
     let r = registry().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(a) = r.running.get(name) {
         return Some(Some(a.clone()));

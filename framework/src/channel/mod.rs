@@ -23,6 +23,7 @@ pub mod client;
 pub mod hub;
 pub mod php_serde;
 pub mod redis;
+mod routes;
 pub mod server;
 pub mod wire;
 pub mod worker_ids;

@@ -72,8 +72,9 @@ impl Server {
             let Some(state) = w.data::<RefCell<HubState>>() else {
                 return;
             };
+            let routes = state.borrow().routes();
             let addr = Hub::new(state).start();
-            hub::publish(&reg_name, addr);
+            hub::publish(&reg_name, hub::HubHandle { addr, routes });
             log::info!("channel server {reg_name} ready");
         });
         worker.on_message(move |conn, msg| {

@@ -1,0 +1,157 @@
+//! [`Routes`]: the in-process subscribers of each event, as the hub last saw them, readable
+//! from any thread — so an in-process client delivers its publishes itself.
+//!
+//! A publish through the hub's actor costs two thread hops: the publisher's commands to the
+//! hub's thread, and (for a confirmed publish) the hub's answer back. When every subscriber of
+//! an event is an in-process client, the publishing thread can read the subscribers here,
+//! hand each its deliveries and know at once how many it reached: no hop at all, and the
+//! confirmation is immediate. The hub stays the one place that changes subscriptions; it
+//! updates a route whenever an event's subscribers change.
+//!
+//! What keeps the hub's guarantees:
+//! - An event with a TCP subscriber goes through the hub (only its thread writes to those
+//!   sockets), and so does every other command (subscriptions, queues, `publish_loop`).
+//! - A turn's commands are taken either all directly or all by the hub, and a client takes
+//!   nothing directly while the hub has not yet sent out what the client gave it before
+//!   (`busy`): what one client publishes reaches each subscriber in the order it was
+//!   published, whichever path each event took.
+//! - The same bound as the hub's: a subscriber with [`MAX_LOCAL_PENDING`] deliveries waiting
+//!   is refused, which the publisher's confirmation counts and [`Refusals`] logs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use super::hub::{LocalDelivery, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING};
+use super::php_serde::Key;
+use super::wire::{Command, Delivery, DeliveryKind};
+
+/// The subscribers of one event.
+#[derive(Default)]
+struct Route {
+    /// In-process clients, by client id.
+    local: Vec<(u64, LocalSink)>,
+    /// Some subscriber is a TCP connection of the hub's thread.
+    tcp: bool,
+}
+
+/// The hub's event routes, shared with the in-process clients of this process.
+#[derive(Default)]
+pub(crate) struct Routes {
+    map: RwLock<HashMap<Key, Route>>,
+    /// Deliveries refused to full in-process subscribers, by the hub and by publishers.
+    pub refusals: Refusals,
+}
+
+impl Routes {
+    /// Set the route of `key` to its subscribers now (none: forget it). Called by the hub.
+    pub fn set(&self, key: &Key, subscribers: &[(SubscriberId, Sink)]) {
+        let mut route = Route::default();
+        for (id, sink) in subscribers {
+            match (id, sink) {
+                (SubscriberId::Local(id), Sink::Local(sink)) => {
+                    route.local.push((*id, sink.clone()))
+                }
+                _ => route.tcp = true,
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if route.local.is_empty() && !route.tcp {
+            map.remove(key);
+        } else {
+            map.insert(key.clone(), route);
+        }
+    }
+
+    /// Deliver one turn's commands of an in-process client on the caller's thread: `None`
+    /// (nothing done) unless every command is a publish whose events have only in-process
+    /// subscribers; else the subscribers each command reached.
+    pub fn deliver(&self, cmds: &[(Command, Option<i64>)]) -> Option<Vec<usize>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        for (cmd, _) in cmds {
+            let Command::Publish(names, _) = cmd else {
+                return None;
+            };
+            if names.iter().any(|n| map.get(&n.key).is_some_and(|r| r.tcp)) {
+                return None;
+            }
+        }
+        // One message per subscriber, with the command each delivery belongs to.
+        let mut batches: Vec<(u64, &LocalSink, Vec<Delivery>, Vec<usize>)> = Vec::new();
+        for (i, (cmd, _)) in cmds.iter().enumerate() {
+            let Command::Publish(names, data) = cmd else {
+                continue;
+            };
+            for n in names {
+                let Some(route) = map.get(&n.key) else {
+                    continue;
+                };
+                for (id, sink) in &route.local {
+                    let b = match batches.iter().position(|b| b.0 == *id) {
+                        Some(b) => b,
+                        None => {
+                            batches.push((*id, sink, Vec::new(), Vec::new()));
+                            batches.len() - 1
+                        }
+                    };
+                    let (_, _, items, of) = &mut batches[b];
+                    if sink.pending.load(Ordering::Acquire) + items.len() >= MAX_LOCAL_PENDING {
+                        self.refusals.note(SubscriberId::Local(*id));
+                        continue;
+                    }
+                    items.push(Delivery {
+                        kind: DeliveryKind::Event,
+                        channel: n.key.clone(),
+                        data: data.clone(),
+                    });
+                    of.push(i);
+                }
+            }
+        }
+        let mut reached = vec![0; cmds.len()];
+        for (id, sink, items, of) in batches {
+            if items.is_empty() {
+                continue;
+            }
+            let n = items.len();
+            sink.pending.fetch_add(n, Ordering::AcqRel);
+            if sink.recipient.try_send(LocalDelivery(items)).is_ok() {
+                for i in of {
+                    reached[i] += 1;
+                }
+            } else {
+                sink.pending.fetch_sub(n, Ordering::AcqRel);
+                log::debug!("channel: in-process subscriber {id} is gone: {n} deliveries lost");
+            }
+        }
+        Some(reached)
+    }
+}
+
+/// Counts deliveries refused to full in-process subscribers and logs them, at most once a
+/// second.
+#[derive(Default)]
+pub(crate) struct Refusals {
+    since_warning: AtomicU64,
+    warned: Mutex<Option<Instant>>,
+}
+
+impl Refusals {
+    /// One delivery to `id` refused.
+    pub fn note(&self, id: SubscriberId) {
+        self.since_warning.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut warned) = self.warned.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if warned.is_none_or(|t| now.duration_since(t).as_secs() >= 1) {
+            let n = self.since_warning.swap(0, Ordering::Relaxed);
+            log::warn!(
+                "channel: in-process subscriber {id:?} has {MAX_LOCAL_PENDING} deliveries \
+                 waiting: {n} refused since the last warning"
+            );
+            *warned = Some(now);
+        }
+    }
+}
