@@ -28,11 +28,30 @@ pub fn bin(name: &str) -> PathBuf {
         .unwrap_or_else(|| workspace().join("target").join("debug"));
     if std::env::var_os("WERKMANN_BIN_DIR").is_none() {
         BUILD.call_once(|| {
-            let st = Command::new(env!("CARGO"))
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo
                 .args(["build", "-p", "werkmann-apps", "--bins"])
-                .current_dir(workspace())
-                .status()
-                .expect("run cargo build");
+                .current_dir(workspace());
+            // What `cargo test` sets for this test binary is not the build's environment: some
+            // build scripts (ring's) rebuild when `CARGO_MANIFEST_DIR` differs from last time.
+            for (key, _) in std::env::vars_os() {
+                let k = key.to_string_lossy();
+                if k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_BIN_")
+                    || matches!(
+                        &*k,
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "OUT_DIR"
+                    )
+                {
+                    cargo.env_remove(&key);
+                }
+            }
+            let st = cargo.status().expect("run cargo build");
             assert!(st.success(), "building the app binaries failed");
         });
     }
