@@ -47,6 +47,9 @@ pub fn ws_worker(
     let mut worker = Worker::new(&format!("websocket://{listen}"))?;
     worker.name = "pusher".into();
     worker.count = count;
+    // A client is addressed by (worker id, connection id), and a replacement node may claim a
+    // dead node's worker ids: its connection ids must not repeat the dead node's.
+    worker.time_based_connection_ids = true;
     werkmann::cli::apply_limits(&mut worker)?;
     let addr = channel_addr.to_string();
     let start_ids = worker_ids.clone();

@@ -107,6 +107,12 @@ pub struct Worker {
     /// for `wss://`, `https://` and TLS channel servers. `wss://` and `https://` socket names
     /// require it.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Number each instance's connections from the time it started (milliseconds since the
+    /// Unix epoch × 1024, then counting up) instead of from 1 as Workerman does, so a
+    /// restarted, reloaded or replacement process never hands out the ids its predecessor's
+    /// connections had. For ids kept elsewhere as addresses (the push app's targeted pushes
+    /// name a worker id and a connection id). Ids stay below 2^53, exact in JavaScript.
+    pub time_based_connection_ids: bool,
     /// Connections per client IP, shared by the instances (for `max_connections_per_ip`).
     pub(crate) per_ip:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
@@ -192,6 +198,7 @@ impl Worker {
             max_connections_per_ip: 0,
             allowed_origins: Vec::new(),
             tls: None,
+            time_based_connection_ids: false,
             per_ip: Default::default(),
             socket_name: socket_name.to_string(),
             tls_required,

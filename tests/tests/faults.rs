@@ -418,6 +418,17 @@ async fn websocket_node_killed_while_pushes_flow() {
         assert!(Instant::now() < deadline, "broadcasts answered ok again");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The replacement took the dead node's worker ids (the lowest free ones); a push still
+    // naming a dead client's (worker, connection) must not reach a client of the replacement.
+    assert!(
+        on_c.iter().any(|c| c.worker == aw),
+        "the replacement claimed the dead node's worker id {aw}"
+    );
+    let stale = push(
+        web,
+        &format!("to_worker_id={aw}&to_connection_id={ac}&content=stale"),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let broadcasts = broadcasts.await.unwrap();
@@ -512,4 +523,14 @@ async fn websocket_node_killed_while_pushes_flow() {
         }
     }
     assert!(gone > 10, "pushes to the dead node were answered: {gone}");
+    for c in &on_c {
+        assert_eq!(
+            c.count("stale"),
+            0,
+            "a push to dead client ({aw}, {ac}) (answered {stale}) reached the replacement's \
+             client ({}, {})",
+            c.worker,
+            c.conn
+        );
+    }
 }

@@ -391,6 +391,17 @@ pub struct ConnectionInfo {
     pub messages_out: u64,
 }
 
+/// The id of an instance's first connection (see `Worker::time_based_connection_ids`).
+fn first_connection_id(config: &Worker) -> u64 {
+    if !config.time_based_connection_ids {
+        return 1;
+    }
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (ms << 10).max(1)
+}
+
 /// The actor of one worker instance.
 pub struct InstanceActor {
     inst: WorkerInstance,
@@ -399,12 +410,13 @@ pub struct InstanceActor {
 impl InstanceActor {
     pub(crate) fn new(config: Arc<Worker>, id: usize) -> Self {
         let callbacks = Rc::new(RefCell::new(config.callbacks.connection_callbacks()));
+        let first_id = first_connection_id(&config);
         InstanceActor {
             inst: WorkerInstance(Rc::new(InstanceInner {
                 id,
                 config,
                 connections: RefCell::new(HashMap::new()),
-                next_conn_id: Cell::new(1),
+                next_conn_id: Cell::new(first_id),
                 stats: InstanceCounters::default(),
                 callbacks,
                 extensions: RefCell::new(HashMap::new()),
