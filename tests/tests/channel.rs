@@ -211,6 +211,40 @@ async fn in_process_publishes_keep_their_order_on_both_paths() {
     tcp.nothing_for(300).await;
 }
 
+/// A publisher that delivers to in-process subscribers itself is held back by a slow one: once
+/// 16 deliveries wait there, confirmations wait until the subscriber handled the event, so the
+/// publisher cannot run arbitrarily far ahead (the HTTP publisher answers at the pace the
+/// WebSocket instance delivers).
+#[tokio::test]
+async fn in_process_confirmations_wait_for_a_lagging_subscriber() {
+    let (_app, addr) = channel_console("embedded", &["--serve", "embedded", "--count", "2"]);
+    let mut sub = open(&addr).await;
+    let mut p = open(&addr).await;
+    let (ws, wp) = (sub.ask("whoami").await, p.ask("whoami").await);
+    assert_ne!(ws[..8], wp[..8], "on two threads: {ws} / {wp}");
+    assert_eq!(sub.ask("onslow slow 2").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.send("pubct slow 400").await;
+    let answer = p.line().await;
+    eprintln!("pubct: {answer}");
+    let field = |k: &str| -> u64 {
+        let rest = answer.split_once(&format!("{k} ")).expect(k).1;
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(field("confirmed"), 400, "{answer}");
+    assert_eq!(
+        field("reached"),
+        400,
+        "every event reached the subscriber: {answer}"
+    );
+    assert_eq!(field("failed"), 0, "{answer}");
+    // 16 waiting, and the turn's own batch: never the 400 a publisher confirmed at once gets.
+    assert!(
+        field("ahead") <= 40,
+        "confirmations ran ahead of the subscriber: {answer}"
+    );
+}
+
 async fn next(l: &mut Lines<BufReader<tokio::process::ChildStdout>>) -> String {
     tokio::time::timeout(T, l.next_line())
         .await

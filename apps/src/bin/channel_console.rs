@@ -7,11 +7,15 @@
 //! Commands (one per line): `on NAME`, `unsub NAME`, `pub NAME JSON`, `publoop NAME JSON`,
 //! `enq NAME JSON`, `watch NAME` (auto-reserve), `watchm NAME` (manual), `reserve`,
 //! `unwatch NAME`, `connected`, `seq NAMES N` (publishes `{"i": 0..N}` in order, to the
-//! comma-separated NAMES in turn), `seqt NAMES N` (the same, one publish per turn),
+//! comma-separated NAMES in turn), `seqt NAMES N` (the same, one publish per turn), `onslow NAME MS` (a
+//! subscriber taking MS ms per event), `pubct NAME N` (N confirmed publishes, one per turn),
 //! `whoami`. Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
 //! command results as `ok Sent`, `ok Buffered` or `err <why>`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use werkmann::channel::{self, Client, Name};
 use werkmann::cli::option;
@@ -23,6 +27,9 @@ fn reply(conn: &Connection, r: Result<channel::PublishStatus, channel::ChannelEr
         Err(e) => conn.send(format!("err {e}")),
     };
 }
+
+/// Events handled by `onslow` callbacks in this process.
+static SLOW_HANDLED: AtomicU64 = AtomicU64::new(0);
 
 fn name(s: &str) -> Name {
     Name::from(s)
@@ -113,6 +120,49 @@ fn command(conn: &Connection, client: &Client, line: &str) {
         }
         "connected" => {
             conn.send(format!("connected {}", client.is_connected()));
+        }
+        "onslow" => {
+            // A subscriber that takes `rest` milliseconds per event (its thread blocked).
+            let ms: u64 = rest.parse().unwrap_or(1);
+            client.on(name(n), move |_| {
+                std::thread::sleep(Duration::from_millis(ms));
+                SLOW_HANDLED.fetch_add(1, Ordering::SeqCst);
+            });
+            conn.send("ok");
+        }
+        "pubct" => {
+            // Publish `rest` confirmed events to NAME, one per turn; once all are confirmed,
+            // answer with the subscribers reached in all and how far the confirmations ran
+            // ahead of what `onslow` subscribers of this process had handled.
+            let count: u64 = rest.parse().unwrap_or(0);
+            let (client, conn, to) = (client.clone(), conn.clone(), name(n));
+            tokio::task::spawn_local(async move {
+                let state = Rc::new(Cell::new((0u64, 0usize, 0u64, 0u64)));
+                for i in 0..count {
+                    let (state, conn) = (state.clone(), conn.clone());
+                    client.publish_confirmed(
+                        to.clone(),
+                        &serde_json::json!({ "i": i }),
+                        move |r| {
+                            let (mut done, mut reached, mut ahead, mut failed) = state.get();
+                            done += 1;
+                            match r {
+                                Ok(n) => reached += n.unwrap_or(0),
+                                Err(_) => failed += 1,
+                            }
+                            ahead =
+                                ahead.max(done.saturating_sub(SLOW_HANDLED.load(Ordering::SeqCst)));
+                            state.set((done, reached, ahead, failed));
+                            if done == count {
+                                conn.send(format!(
+                                "confirmed {done} reached {reached} ahead {ahead} failed {failed}"
+                            ));
+                            }
+                        },
+                    );
+                    tokio::task::yield_now().await;
+                }
+            });
         }
         "whoami" => {
             conn.send(format!("worker={} conn={}", conn.worker_id(), conn.id()));

@@ -6,7 +6,7 @@
 //! server runs in this process) it talks to the hub actor directly, with no TCP hop.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,7 +17,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::hub::{self, HubHandle, LocalCommand, LocalDelivery, LocalGone, LocalSink};
+use super::hub::{
+    self, HubHandle, LocalCommand, LocalDelivery, LocalGone, LocalHandled, LocalSink,
+};
 use super::php_serde::{self, Key};
 use super::redis::{RedisLink, RedisOwner};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
@@ -33,6 +35,9 @@ pub const DEFAULT_MAX_PENDING: usize = 16 * 1024 * 1024;
 pub const PING_INTERVAL: Duration = Duration::from_secs(55);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a confirmation waits for a lagging in-process subscriber to handle the event
+/// before it is given anyway ("handed to", as the hub's are).
+const HANDLED_WAIT: Duration = Duration::from_secs(5);
 
 type EventFn = Rc<dyn Fn(Value)>;
 type RawFn = Rc<dyn Fn(&Bytes)>;
@@ -55,6 +60,8 @@ enum Transport {
     Local {
         hub: Option<HubHandle>,
         me: LocalSink,
+        /// Where subscribers say they handled deliveries this client waits for.
+        handled: Recipient<LocalHandled>,
         id: u64,
         /// Messages given to the hub that it has not finished (see `channel::routes`).
         busy: Arc<AtomicUsize>,
@@ -104,6 +111,12 @@ struct ClientInner {
     /// message when the turn ends (a task spawned with the first of them).
     /// A command may carry the id of a confirmation the hub sends back.
     outbox: RefCell<Vec<(Command, Option<i64>)>>,
+    /// Confirmations of publishes this thread delivered itself that wait for lagging
+    /// subscribers: notice token → confirmation ids; confirmation id → (notices still to
+    /// come, subscribers reached). See `channel::routes`.
+    handled_wait: RefCell<HashMap<u64, Vec<i64>>>,
+    ack_wait: RefCell<HashMap<i64, (usize, usize)>>,
+    next_token: Cell<u64>,
 }
 
 /// A channel client. Cheap to clone; lives on the thread that created it.
@@ -168,6 +181,9 @@ impl Client {
             hello_pending: Cell::new(false),
             next_ack: Cell::new(1),
             pending_acks: RefCell::new(BTreeMap::new()),
+            handled_wait: RefCell::new(HashMap::new()),
+            ack_wait: RefCell::new(HashMap::new()),
+            next_token: Cell::new(0),
             outbox: RefCell::new(Vec::new()),
         });
         *inner.me.borrow_mut() = Rc::downgrade(&inner);
@@ -189,16 +205,19 @@ impl Client {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let pending = Arc::new(AtomicUsize::new(0));
-        let recipient = ClientActor {
+        let actor = ClientActor {
             inner: Rc::downgrade(&self.0),
             pending: pending.clone(),
         }
-        .start()
-        .recipient();
-        let me = LocalSink { recipient, pending };
+        .start();
+        let me = LocalSink {
+            recipient: actor.clone().recipient(),
+            pending,
+        };
         *self.0.transport.borrow_mut() = Some(Transport::Local {
             hub: None,
             me,
+            handled: actor.recipient(),
             id,
             busy: Arc::new(AtomicUsize::new(0)),
         });
@@ -630,6 +649,8 @@ impl ClientInner {
     fn transport_down(&self) {
         let was = self.connected.replace(false);
         self.acks.set(false);
+        self.handled_wait.borrow_mut().clear();
+        self.ack_wait.borrow_mut().clear();
         let unconfirmed = std::mem::take(&mut *self.pending_acks.borrow_mut());
         for (_, cb) in unconfirmed {
             guard("channel publish confirmation", || {
@@ -723,19 +744,35 @@ impl ClientInner {
         if let Some(Transport::Local {
             hub: Some(hub),
             me,
+            handled,
             id,
             busy,
         }) = self.transport.borrow().as_ref()
         {
             let direct = if busy.load(Ordering::Acquire) == 0 {
-                hub.routes.deliver(&cmds)
+                let mut token = self.next_token.get();
+                let d = hub.routes.deliver(&cmds, handled, &mut token);
+                self.next_token.set(token);
+                d
             } else {
                 None
             };
-            if let Some(reached) = direct {
-                for ((_, ack), n) in cmds.iter().zip(reached) {
-                    if let Some(a) = ack {
-                        done.push((*a, Ok(Some(n))));
+            if let Some(direct) = direct {
+                let mut waits = vec![0; cmds.len()];
+                for (token, of) in &direct.waits {
+                    let acks: Vec<i64> = of.iter().filter_map(|&i| cmds[i].1).collect();
+                    for &i in of {
+                        waits[i] += 1;
+                    }
+                    self.wait_handled(*token, acks);
+                }
+                for (i, ((_, ack), n)) in cmds.iter().zip(direct.reached).enumerate() {
+                    match (ack, waits[i]) {
+                        (Some(a), 0) => done.push((*a, Ok(Some(n)))),
+                        (Some(a), w) => {
+                            self.ack_wait.borrow_mut().insert(*a, (w, n));
+                        }
+                        (None, _) => {}
                     }
                 }
             } else if hub.addr.connected() {
@@ -764,6 +801,53 @@ impl ClientInner {
             let cb = self.pending_acks.borrow_mut().remove(&a);
             if let Some(cb) = cb {
                 guard("channel publish confirmation", || cb(result));
+            }
+        }
+    }
+
+    /// Confirmations `acks` wait for the subscriber notice `token` (or for `HANDLED_WAIT`).
+    fn wait_handled(&self, token: u64, acks: Vec<i64>) {
+        if acks.is_empty() {
+            return;
+        }
+        self.handled_wait.borrow_mut().insert(token, acks);
+        let weak = self.me.borrow().clone();
+        Timer::once(HANDLED_WAIT, move || {
+            if let Some(inner) = weak.upgrade() {
+                if inner.handled_wait.borrow().contains_key(&token) {
+                    log::warn!(
+                        "channel {}: an in-process subscriber has not handled events for {:?}; \
+                         confirming them as handed over",
+                        inner.addr,
+                        HANDLED_WAIT
+                    );
+                    inner.handled(token);
+                }
+            }
+        });
+    }
+
+    /// A subscriber handled the deliveries of notice `token`: give the confirmations that
+    /// waited for nothing else.
+    fn handled(&self, token: u64) {
+        let Some(acks) = self.handled_wait.borrow_mut().remove(&token) else {
+            return;
+        };
+        for a in acks {
+            let ready = {
+                let mut wait = self.ack_wait.borrow_mut();
+                match wait.get_mut(&a) {
+                    Some((left, _)) if *left > 1 => {
+                        *left -= 1;
+                        None
+                    }
+                    Some(_) => wait.remove(&a).map(|(_, n)| n),
+                    None => None,
+                }
+            };
+            let cb = ready.and_then(|_| self.pending_acks.borrow_mut().remove(&a));
+            if let (Some(cb), Some(n)) = (cb, ready) {
+                guard("channel publish confirmation", || cb(Ok(Some(n))));
             }
         }
     }
@@ -891,6 +975,15 @@ impl Actor for ClientActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1 << 16);
+    }
+}
+
+impl Handler<LocalHandled> for ClientActor {
+    type Result = ();
+    fn handle(&mut self, msg: LocalHandled, _: &mut Self::Context) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.handled(msg.0);
+        }
     }
 }
 

@@ -212,9 +212,9 @@ impl LocalOut {
             let sent = if items.iter().any(|d| d.kind == DeliveryKind::Ack) {
                 sink.recipient
                     .connected()
-                    .then(|| sink.recipient.do_send(LocalDelivery(items)))
+                    .then(|| sink.recipient.do_send(LocalDelivery(items, None)))
             } else {
-                sink.recipient.try_send(LocalDelivery(items)).ok()
+                sink.recipient.try_send(LocalDelivery(items, None)).ok()
             };
             if sent.is_none() {
                 sink.pending.fetch_sub(n, Ordering::AcqRel);
@@ -482,10 +482,35 @@ impl HubState {
     }
 }
 
-/// Deliveries to an in-process client, in order: every event of one turn of the hub's thread.
+/// Deliveries to an in-process client, in order: every event of one turn of the hub's thread
+/// (or of a publishing thread, see `channel::routes`), and who waits until they are handled.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct LocalDelivery(pub Vec<Delivery>);
+pub struct LocalDelivery(pub Vec<Delivery>, pub Option<HandledNotice>);
+
+/// A subscriber handled (or dropped) deliveries a publisher waited for: the publisher's token.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LocalHandled(pub u64);
+
+/// Rides with deliveries a publisher waits for, and tells it when dropped: after the
+/// subscriber handled them, or when they were discarded unhandled (the subscriber went away).
+pub struct HandledNotice {
+    to: Recipient<LocalHandled>,
+    token: u64,
+}
+
+impl HandledNotice {
+    pub(crate) fn new(to: Recipient<LocalHandled>, token: u64) -> Self {
+        HandledNotice { to, token }
+    }
+}
+
+impl Drop for HandledNotice {
+    fn drop(&mut self) {
+        self.to.do_send(LocalHandled(self.token));
+    }
+}
 
 /// Commands from an in-process client, in order: those of one turn of its thread.
 #[derive(Message)]

@@ -17,15 +17,37 @@
 //!   published, whichever path each event took.
 //! - The same bound as the hub's: a subscriber with [`MAX_LOCAL_PENDING`] deliveries waiting
 //!   is refused, which the publisher's confirmation counts and [`Refusals`] logs.
+//! - Back-pressure: a confirmation means "handed to the subscriber", and a publisher that got
+//!   it at once could hand a slow subscriber pushes faster than it handles them (its queue,
+//!   and the pushes' latency, growing up to that bound). So deliveries to a subscriber that
+//!   already has [`LAGGING`] waiting carry a [`HandledNotice`], and the confirmations of the
+//!   publishes among them wait until the subscriber handled them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Instant;
 
-use super::hub::{LocalDelivery, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING};
+use actix::Recipient;
+
+use super::hub::{
+    HandledNotice, LocalDelivery, LocalHandled, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING,
+};
 use super::php_serde::Key;
 use super::wire::{Command, Delivery, DeliveryKind};
+
+/// Deliveries waiting at a subscriber past which confirmed publishes to it wait until it has
+/// handled them.
+pub const LAGGING: usize = 16;
+
+/// What a publishing thread did with one turn's commands ([`Routes::deliver`]).
+pub(crate) struct Direct {
+    /// Per command: the subscribers it was handed to.
+    pub reached: Vec<usize>,
+    /// Deliveries to lagging subscribers that confirmations wait for: the notice's token and
+    /// the commands (indices, each once) among them.
+    pub waits: Vec<(u64, Vec<usize>)>,
+}
 
 /// The subscribers of one event.
 #[derive(Default)]
@@ -66,8 +88,14 @@ impl Routes {
 
     /// Deliver one turn's commands of an in-process client on the caller's thread: `None`
     /// (nothing done) unless every command is a publish whose events have only in-process
-    /// subscribers; else the subscribers each command reached.
-    pub fn deliver(&self, cmds: &[(Command, Option<i64>)]) -> Option<Vec<usize>> {
+    /// subscribers; else the subscribers each command reached, and which confirmations wait
+    /// for a lagging subscriber (its notice goes to `handled`, with tokens from `next_token`).
+    pub fn deliver(
+        &self,
+        cmds: &[(Command, Option<i64>)],
+        handled: &Recipient<LocalHandled>,
+        next_token: &mut u64,
+    ) -> Option<Direct> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         for (cmd, _) in cmds {
             let Command::Publish(names, _) = cmd else {
@@ -109,23 +137,40 @@ impl Routes {
                 }
             }
         }
-        let mut reached = vec![0; cmds.len()];
-        for (id, sink, items, of) in batches {
+        let mut direct = Direct {
+            reached: vec![0; cmds.len()],
+            waits: Vec::new(),
+        };
+        for (id, sink, items, mut of) in batches {
             if items.is_empty() {
                 continue;
             }
             let n = items.len();
-            sink.pending.fetch_add(n, Ordering::AcqRel);
-            if sink.recipient.try_send(LocalDelivery(items)).is_ok() {
-                for i in of {
-                    reached[i] += 1;
+            of.dedup();
+            let waiting = sink.pending.fetch_add(n, Ordering::AcqRel);
+            let notice =
+                (waiting >= LAGGING && of.iter().any(|&i| cmds[i].1.is_some())).then(|| {
+                    *next_token += 1;
+                    HandledNotice::new(handled.clone(), *next_token)
+                });
+            let token = notice.is_some().then_some(*next_token);
+            if sink
+                .recipient
+                .try_send(LocalDelivery(items, notice))
+                .is_ok()
+            {
+                for &i in &of {
+                    direct.reached[i] += 1;
+                }
+                if let Some(token) = token {
+                    direct.waits.push((token, of));
                 }
             } else {
                 sink.pending.fetch_sub(n, Ordering::AcqRel);
                 log::debug!("channel: in-process subscriber {id} is gone: {n} deliveries lost");
             }
         }
-        Some(reached)
+        Some(direct)
     }
 }
 
