@@ -245,6 +245,33 @@ async fn in_process_confirmations_wait_for_a_lagging_subscriber() {
     );
 }
 
+/// A subscriber stuck in a callback holds a publisher's confirmations for 5 s at most; then
+/// they are given as "handed over" (the publisher answers; nothing hangs).
+#[tokio::test]
+async fn in_process_confirmations_do_not_wait_forever_for_a_stuck_subscriber() {
+    let (_app, addr) = channel_console("embedded", &["--serve", "embedded", "--count", "2"]);
+    let mut sub = open(&addr).await;
+    let mut p = open(&addr).await;
+    let (ws, wp) = (sub.ask("whoami").await, p.ask("whoami").await);
+    assert_ne!(ws[..8], wp[..8], "on two threads: {ws} / {wp}");
+    assert_eq!(sub.ask("onstuck stuck 20000").await, "ok");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = std::time::Instant::now();
+    p.send("pubct stuck 40").await;
+    let answer = tokio::time::timeout(Duration::from_secs(15), p.line())
+        .await
+        .expect("confirmations while the subscriber is stuck");
+    let waited = t0.elapsed();
+    assert!(
+        answer.starts_with("confirmed 40 reached 40 "),
+        "every publish confirmed as handed to the subscriber: {answer}"
+    );
+    assert!(
+        waited >= Duration::from_secs(4),
+        "the confirmations waited for the subscriber first: {waited:?}"
+    );
+}
+
 async fn next(l: &mut Lines<BufReader<tokio::process::ChildStdout>>) -> String {
     tokio::time::timeout(T, l.next_line())
         .await

@@ -8,7 +8,7 @@
 //! `enq NAME JSON`, `watch NAME` (auto-reserve), `watchm NAME` (manual), `reserve`,
 //! `unwatch NAME`, `connected`, `seq NAMES N` (publishes `{"i": 0..N}` in order, to the
 //! comma-separated NAMES in turn), `seqt NAMES N` (the same, one publish per turn), `onslow NAME MS` (a
-//! subscriber taking MS ms per event), `pubct NAME N` (N confirmed publishes, one per turn),
+//! subscriber taking MS ms per event), `onstuck NAME MS` (blocked MS ms by its first event), `pubct NAME N` (N confirmed publishes, one per turn),
 //! `whoami`. Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
 //! command results as `ok Sent`, `ok Buffered` or `err <why>`.
 
@@ -127,6 +127,17 @@ fn command(conn: &Connection, client: &Client, line: &str) {
             client.on(name(n), move |_| {
                 std::thread::sleep(Duration::from_millis(ms));
                 SLOW_HANDLED.fetch_add(1, Ordering::SeqCst);
+            });
+            conn.send("ok");
+        }
+        "onstuck" => {
+            // A subscriber whose first event blocks its thread for `rest` milliseconds.
+            let ms: u64 = rest.parse().unwrap_or(1);
+            let first = Cell::new(true);
+            client.on(name(n), move |_| {
+                if first.replace(false) {
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
             });
             conn.send("ok");
         }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -117,6 +117,10 @@ struct ClientInner {
     handled_wait: RefCell<HashMap<u64, Vec<i64>>>,
     ack_wait: RefCell<HashMap<i64, (usize, usize)>>,
     next_token: Cell<u64>,
+    /// When each waiting notice is given up on, in token order; a sweep timer runs while
+    /// any wait.
+    wait_deadlines: RefCell<VecDeque<(u64, Instant)>>,
+    sweeping: Cell<bool>,
 }
 
 /// A channel client. Cheap to clone; lives on the thread that created it.
@@ -184,6 +188,8 @@ impl Client {
             handled_wait: RefCell::new(HashMap::new()),
             ack_wait: RefCell::new(HashMap::new()),
             next_token: Cell::new(0),
+            wait_deadlines: RefCell::new(VecDeque::new()),
+            sweeping: Cell::new(false),
             outbox: RefCell::new(Vec::new()),
         });
         *inner.me.borrow_mut() = Rc::downgrade(&inner);
@@ -651,6 +657,7 @@ impl ClientInner {
         self.acks.set(false);
         self.handled_wait.borrow_mut().clear();
         self.ack_wait.borrow_mut().clear();
+        self.wait_deadlines.borrow_mut().clear();
         let unconfirmed = std::mem::take(&mut *self.pending_acks.borrow_mut());
         for (_, cb) in unconfirmed {
             guard("channel publish confirmation", || {
@@ -811,18 +818,42 @@ impl ClientInner {
             return;
         }
         self.handled_wait.borrow_mut().insert(token, acks);
+        self.wait_deadlines
+            .borrow_mut()
+            .push_back((token, Instant::now() + HANDLED_WAIT));
+        if !self.sweeping.replace(true) {
+            self.sweep_later();
+        }
+    }
+
+    /// One timer per client, while confirmations wait: gives those waiting past their
+    /// deadline (a subscriber stuck in a callback must not hold a publisher's answer forever).
+    fn sweep_later(&self) {
         let weak = self.me.borrow().clone();
-        Timer::once(HANDLED_WAIT, move || {
-            if let Some(inner) = weak.upgrade() {
-                if inner.handled_wait.borrow().contains_key(&token) {
-                    log::warn!(
-                        "channel {}: an in-process subscriber has not handled events for {:?}; \
-                         confirming them as handed over",
-                        inner.addr,
-                        HANDLED_WAIT
-                    );
-                    inner.handled(token);
+        Timer::once(Duration::from_secs(1), move || {
+            let Some(inner) = weak.upgrade() else { return };
+            let now = Instant::now();
+            loop {
+                let front = inner.wait_deadlines.borrow().front().copied();
+                match front {
+                    Some((token, deadline)) if deadline <= now => {
+                        inner.wait_deadlines.borrow_mut().pop_front();
+                        if inner.handled_wait.borrow().contains_key(&token) {
+                            log::warn!(
+                                "channel {}: an in-process subscriber has not handled events \
+                                 for {HANDLED_WAIT:?}; confirming them as handed over",
+                                inner.addr
+                            );
+                            inner.handled(token);
+                        }
+                    }
+                    _ => break,
                 }
+            }
+            if inner.wait_deadlines.borrow().is_empty() {
+                inner.sweeping.set(false);
+            } else {
+                inner.sweep_later();
             }
         });
     }
@@ -833,6 +864,17 @@ impl ClientInner {
         let Some(acks) = self.handled_wait.borrow_mut().remove(&token) else {
             return;
         };
+        {
+            // Deadlines of notices already in: forget them (they come in order, mostly).
+            let waiting = self.handled_wait.borrow();
+            let mut deadlines = self.wait_deadlines.borrow_mut();
+            while deadlines
+                .front()
+                .is_some_and(|(t, _)| !waiting.contains_key(t))
+            {
+                deadlines.pop_front();
+            }
+        }
         for a in acks {
             let ready = {
                 let mut wait = self.ack_wait.borrow_mut();
