@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
-use werkmann_tests::{channel_console, free_port, open_console as open, scenarios, App};
+use werkmann_tests::{channel_console, free_port, open_console as open, scenarios, App, Console};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -142,14 +142,20 @@ async fn php_wire_format_byte_for_byte_and_bad_input() {
     );
 }
 
-#[tokio::test]
-async fn embedded_channel_connects_instances_without_tcp() {
-    let (_app, addr) = channel_console("embedded", &["--serve", "embedded", "--count", "2"]);
+/// A `channel_console` with an embedded channel and two instances, and a console connection
+/// on each instance's thread.
+async fn embedded_on_two_threads() -> (App, Console, Console) {
+    let (app, addr) = channel_console("embedded", &["--serve", "embedded", "--count", "2"]);
     let mut a = open(&addr).await;
     let mut b = open(&addr).await;
-    let wa = a.ask("whoami").await;
-    let wb = b.ask("whoami").await;
+    let (wa, wb) = (a.ask("whoami").await, b.ask("whoami").await);
     assert_ne!(wa[..8], wb[..8], "two instances: {wa} / {wb}");
+    (app, a, b)
+}
+
+#[tokio::test]
+async fn embedded_channel_connects_instances_without_tcp() {
+    let (_app, mut a, mut b) = embedded_on_two_threads().await;
     assert_eq!(a.ask("on 5").await, "ok");
     assert_eq!(a.ask("watch q").await, "ok");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -217,11 +223,7 @@ async fn in_process_publishes_keep_their_order_on_both_paths() {
 /// WebSocket instance delivers).
 #[tokio::test]
 async fn in_process_confirmations_wait_for_a_lagging_subscriber() {
-    let (_app, addr) = channel_console("embedded", &["--serve", "embedded", "--count", "2"]);
-    let mut sub = open(&addr).await;
-    let mut p = open(&addr).await;
-    let (ws, wp) = (sub.ask("whoami").await, p.ask("whoami").await);
-    assert_ne!(ws[..8], wp[..8], "on two threads: {ws} / {wp}");
+    let (_app, mut sub, mut p) = embedded_on_two_threads().await;
     assert_eq!(sub.ask("onslow slow 2").await, "ok");
     tokio::time::sleep(Duration::from_millis(100)).await;
     p.send("pubct slow 400").await;
@@ -249,18 +251,13 @@ async fn in_process_confirmations_wait_for_a_lagging_subscriber() {
 /// they are given as "handed over" (the publisher answers; nothing hangs).
 #[tokio::test]
 async fn in_process_confirmations_do_not_wait_forever_for_a_stuck_subscriber() {
-    let (_app, addr) = channel_console("embedded", &["--serve", "embedded", "--count", "2"]);
-    let mut sub = open(&addr).await;
-    let mut p = open(&addr).await;
-    let (ws, wp) = (sub.ask("whoami").await, p.ask("whoami").await);
-    assert_ne!(ws[..8], wp[..8], "on two threads: {ws} / {wp}");
+    let (_app, mut sub, mut p) = embedded_on_two_threads().await;
     assert_eq!(sub.ask("onstuck stuck 20000").await, "ok");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = std::time::Instant::now();
     p.send("pubct stuck 40").await;
-    let answer = tokio::time::timeout(Duration::from_secs(15), p.line())
-        .await
-        .expect("confirmations while the subscriber is stuck");
+    // Within `Console::line`'s 10 s, while the subscriber is stuck for 20.
+    let answer = p.line().await;
     let waited = t0.elapsed();
     assert!(
         answer.starts_with("confirmed 40 reached 40 "),

@@ -7,9 +7,10 @@
 //! Commands (one per line): `on NAME`, `unsub NAME`, `pub NAME JSON`, `publoop NAME JSON`,
 //! `enq NAME JSON`, `watch NAME` (auto-reserve), `watchm NAME` (manual), `reserve`,
 //! `unwatch NAME`, `connected`, `seq NAMES N` (publishes `{"i": 0..N}` in order, to the
-//! comma-separated NAMES in turn), `seqt NAMES N` (the same, one publish per turn), `onslow NAME MS` (a
-//! subscriber taking MS ms per event), `onstuck NAME MS` (blocked MS ms by its first event), `pubct NAME N` (N confirmed publishes, one per turn),
-//! `whoami`. Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
+//! comma-separated NAMES in turn), `seqt NAMES N` (the same, one publish per turn),
+//! `onslow NAME MS` (a subscriber taking MS ms per event), `onstuck NAME MS` (blocked MS ms by
+//! its first event), `pubct NAME N` (N confirmed publishes, one per turn), `whoami`.
+//! Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
 //! command results as `ok Sent`, `ok Buffered` or `err <why>`.
 
 use std::cell::{Cell, RefCell};
