@@ -58,7 +58,7 @@ pub fn ws_worker(
             start_ids.answer();
         }
         let my_id = start_ids.ids()[w.id()];
-        let client = match Client::connect(&addr) {
+        let client = match Client::connect_with(&addr, &channel_options()) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("pusher {my_id}: no channel: {e}");
@@ -420,7 +420,7 @@ pub fn http_worker(
             w.set_data(a.clone());
         }
         w.set_data(Reach::default());
-        match Client::connect(&addr) {
+        match Client::connect_with(&addr, &channel_options()) {
             Ok(c) => w.set_data(c),
             Err(e) => log::error!("publisher: no channel: {e}"),
         }
@@ -456,6 +456,7 @@ pub fn claim_ids(
     };
     Ok(channel::worker_ids::claim(
         channel_addr,
+        &channel_options(),
         count,
         pinned,
         std::time::Duration::from_secs(30),
@@ -468,6 +469,18 @@ pub fn channel_secret_option() {
     let secret = werkmann::cli::option("--channel-secret", "WERKMANN_CHANNEL_SECRET", "");
     if !secret.is_empty() {
         std::env::set_var("WERKMANN_CHANNEL_SECRET", secret);
+    }
+}
+
+/// The channel clients' options: the secret (`--channel-secret`), and the private CA of a
+/// `tls://` channel or `rediss://` (`--tls-ca`, `WERKMANN_REDIS_CA`).
+pub fn channel_options() -> channel::Options {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    channel::Options {
+        secret: var("WERKMANN_CHANNEL_SECRET"),
+        tls_ca: var("WERKMANN_REDIS_CA")
+            .or_else(|| var(werkmann::tls::CA_ENV))
+            .map(Into::into),
     }
 }
 

@@ -202,20 +202,22 @@ fn main() -> anyhow::Result<()> {
     console.name = "channel_console".into();
     console.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
     let addr = channel_addr.clone();
-    console.on_connect(move |conn| match Client::connect(&addr) {
-        Ok(client) => {
-            let back = conn.clone();
-            client.on_connect(move || {
-                back.send("channel connected");
-            });
-            let back = conn.clone();
-            client.on_close(move || {
-                back.send("channel closed");
-            });
-            conn.set_data(RefCell::new(client));
-        }
-        Err(e) => {
-            conn.close_with(format!("err {e}"));
+    console.on_connect(move |conn| {
+        match Client::connect_with(&addr, &werkmann_apps::push::channel_options()) {
+            Ok(client) => {
+                let back = conn.clone();
+                client.on_connect(move || {
+                    back.send("channel connected");
+                });
+                let back = conn.clone();
+                client.on_close(move || {
+                    back.send("channel closed");
+                });
+                conn.set_data(RefCell::new(client));
+            }
+            Err(e) => {
+                conn.close_with(format!("err {e}"));
+            }
         }
     });
     console.on_message(|conn, msg| {

@@ -23,38 +23,12 @@ use bytes::Bytes;
 
 use super::php_serde::Key;
 use super::routes::Routes;
+use super::subscriber::{LocalDelivery, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING};
 use super::wire::{encode_delivery, Command, Delivery, DeliveryKind, WireName};
 use crate::connection::Connection;
 
 /// Most items a queue holds while no consumer takes them; more are dropped with a warning.
 pub const MAX_QUEUE_ITEMS: usize = 1_000_000;
-/// Most deliveries on their way to one in-process client (sent, not yet handled); more are
-/// refused and counted as failed, as a full send buffer is for a TCP subscriber.
-pub const MAX_LOCAL_PENDING: usize = 1 << 16;
-
-/// Who a subscriber is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SubscriberId {
-    /// A TCP connection of the channel server worker.
-    Tcp(u64),
-    /// An in-process client.
-    Local(u64),
-}
-
-/// Where deliveries go.
-#[derive(Clone)]
-pub(crate) enum Sink {
-    Tcp(Connection),
-    Local(LocalSink),
-}
-
-/// An in-process client's mailbox and how many deliveries are on their way to it.
-#[derive(Clone)]
-pub(crate) struct LocalSink {
-    pub recipient: Recipient<LocalDelivery>,
-    /// Deliveries sent and not yet handled by the client (it subtracts what it handled).
-    pub pending: Arc<AtomicUsize>,
-}
 
 impl Sink {
     fn deliver(
@@ -300,9 +274,6 @@ pub(crate) struct HubState {
     channels: HashMap<Key, Subscribers>,
     queues: HashMap<Key, Queue>,
     subscribed: HashMap<SubscriberId, HashSet<Key>>,
-    /// Deliveries of an acknowledged publish: written to the sockets when the turn ends, before
-    /// the acknowledgements ([`HubState::ack_later`]), not whenever each connection's task runs.
-    pub flush_now: bool,
     watching: HashMap<SubscriberId, HashSet<Key>>,
     pub stats: HubStats,
     /// Deliveries to in-process clients not yet sent.
@@ -322,7 +293,6 @@ impl Default for HubState {
             channels: HashMap::new(),
             queues: HashMap::new(),
             subscribed: HashMap::new(),
-            flush_now: false,
             watching: HashMap::new(),
             stats: HubStats::default(),
             local_out: Rc::new(RefCell::new(local_out)),
@@ -337,9 +307,13 @@ impl HubState {
         self.routes.clone()
     }
 
-    /// Apply one command from subscriber `id`.
-    pub fn apply(&mut self, id: SubscriberId, sink: &Sink, cmd: Command) {
+    /// Apply one command from subscriber `id`; returns the subscribers a publish reached (0
+    /// for other commands). The deliveries of a `confirmed` publish are written to the
+    /// sockets when the turn ends, before the acknowledgements ([`HubState::ack_later`]), not
+    /// whenever each connection's task runs.
+    pub fn apply(&mut self, id: SubscriberId, sink: &Sink, cmd: Command, confirmed: bool) -> usize {
         self.stats.commands += 1;
+        let mut reached = 0;
         match cmd {
             Command::Ping | Command::Auth(_) | Command::Hello => {}
             Command::Subscribe(names) => {
@@ -368,8 +342,9 @@ impl HubState {
                     let mut frame = None;
                     for (sid, s) in &subs.list {
                         let event = (DeliveryKind::Event, &n, &data);
-                        if s.deliver(*sid, event, &mut frame, self.flush_now, &self.local_out) {
+                        if s.deliver(*sid, event, &mut frame, confirmed, &self.local_out) {
                             self.stats.deliveries += 1;
+                            reached += 1;
                         } else {
                             self.stats.failed += 1;
                         }
@@ -388,8 +363,9 @@ impl HubState {
                     let mut frame = None;
                     let (sid, sink) = &subs.list[subs.cursor];
                     let event = (DeliveryKind::Event, &n, &data);
-                    if sink.deliver(*sid, event, &mut frame, self.flush_now, &self.local_out) {
+                    if sink.deliver(*sid, event, &mut frame, confirmed, &self.local_out) {
                         self.stats.deliveries += 1;
+                        reached += 1;
                     } else {
                         self.stats.failed += 1;
                     }
@@ -442,6 +418,7 @@ impl HubState {
                 }
             }
         }
+        reached
     }
 
     /// Acknowledge a publish to `conn` with `frame` once this turn's deliveries are written.
@@ -479,36 +456,6 @@ impl HubState {
         for key in self.watching.remove(&id).unwrap_or_default() {
             self.unwatch(id, &key);
         }
-    }
-}
-
-/// Deliveries to an in-process client, in order: every event of one turn of the hub's thread
-/// (or of a publishing thread, see `channel::routes`), and who waits until they are handled.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct LocalDelivery(pub Vec<Delivery>, pub Option<HandledNotice>);
-
-/// A subscriber handled (or dropped) deliveries a publisher waited for: the publisher's token.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct LocalHandled(pub u64);
-
-/// Rides with deliveries a publisher waits for, and tells it when dropped: after the
-/// subscriber handled them, or when they were discarded unhandled (the subscriber went away).
-pub struct HandledNotice {
-    to: Recipient<LocalHandled>,
-    token: u64,
-}
-
-impl HandledNotice {
-    pub(crate) fn new(to: Recipient<LocalHandled>, token: u64) -> Self {
-        HandledNotice { to, token }
-    }
-}
-
-impl Drop for HandledNotice {
-    fn drop(&mut self) {
-        self.to.do_send(LocalHandled(self.token));
     }
 }
 
@@ -552,14 +499,10 @@ impl Handler<LocalCommand> for Hub {
         let sink = Sink::Local(msg.sink.clone());
         let mut state = self.state.borrow_mut();
         for (cmd, ack) in msg.cmds {
-            let before = state.stats.deliveries;
-            state.flush_now = ack.is_some();
-            state.apply(id, &sink, cmd);
-            state.flush_now = false;
+            let reached = state.apply(id, &sink, cmd, ack.is_some());
             if let Some(ack) = ack {
                 // After this turn's deliveries, in the client's next batch.
-                let reached = state.stats.deliveries - before;
-                LocalOut::ack_local(&state.local_out, id, &msg.sink, ack, reached);
+                LocalOut::ack_local(&state.local_out, id, &msg.sink, ack, reached as u64);
             }
         }
         LocalOut::release(&state.local_out, msg.busy);

@@ -19,15 +19,20 @@
 //! ```
 
 pub mod auth;
+mod broker;
 pub mod client;
 pub mod hub;
+mod local;
 pub mod php_serde;
 pub mod redis;
 mod routes;
 pub mod server;
+mod subscriber;
+mod tcp;
 pub mod wire;
 pub mod worker_ids;
 
+pub use broker::{Endpoint, Options};
 pub use client::{Client, PublishStatus};
 pub use php_serde::Key as Name;
 pub use server::Server;

@@ -22,6 +22,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -31,8 +32,10 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, PushKind, Value as RValue};
 use tokio::sync::Notify;
 
+use super::broker::{Broker, BrokerEvents, ClaimDone, Confirm, Leases, Options};
 use super::php_serde::{self, Key, Reader};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
+use super::worker_ids::ClaimError;
 use super::ChannelError;
 
 const PREFIX_EVENT: &str = "werkmann:e:";
@@ -69,27 +72,16 @@ fn queue_key(k: &Key) -> String {
     format!("werkmann:q:{}", name_str(k))
 }
 
-/// Told how a confirmed publish went: `Ok(Some(n))` with the number of subscriptions Redis
-/// published it to, or `Err(Unconfirmed)` when the connection failed before the reply.
-pub(crate) type Confirm = Box<dyn FnOnce(Result<Option<usize>, ChannelError>)>;
-
-/// What the Redis link tells its client.
-pub(crate) trait RedisOwner {
-    /// The connection is (again) usable.
-    fn redis_up(&self);
-    /// The connection was lost.
-    fn redis_down(&self);
-    /// An event or queue item arrived.
-    fn redis_delivery(&self, d: Delivery);
-}
-
 /// One client's link to Redis.
 pub(crate) struct RedisLink {
     url: String,
     /// The URL without its password, for logs.
     shown: String,
     id: String,
-    owner: RefCell<Option<Weak<dyn RedisOwner>>>,
+    /// A private CA's PEM file for `rediss://`.
+    ca: Option<PathBuf>,
+    owner: RefCell<Option<Weak<dyn BrokerEvents>>>,
+    me: Weak<RedisLink>,
     manager: RefCell<Option<Bus>>,
     /// Commands in order; a confirmed publish carries the key of its callback in `confirms`.
     outbound: RefCell<VecDeque<(Command, Option<u64>)>>,
@@ -106,10 +98,17 @@ pub(crate) struct RedisLink {
 
 impl RedisLink {
     /// Start connecting to `url` (`redis://[:password@]host:port[/db]`).
-    pub(crate) fn start(url: &str, owner: Weak<dyn RedisOwner>) -> Result<Rc<RedisLink>, String> {
+    pub(crate) fn start(
+        url: &str,
+        options: &Options,
+        owner: Weak<dyn BrokerEvents>,
+    ) -> Result<Rc<dyn Broker>, String> {
         let url = with_resp3(url);
-        open_client(url.as_str()).map_err(|e| e.to_string())?;
-        let link = Rc::new(RedisLink {
+        let ca = options.tls_ca.clone();
+        open_client(url.as_str(), ca.as_deref()).map_err(|e| e.to_string())?;
+        let link = Rc::new_cyclic(|me| RedisLink {
+            ca,
+            me: me.clone(),
             shown: redact(&url),
             url,
             id: format!("{:016x}", rand::random::<u64>()),
@@ -132,12 +131,12 @@ impl RedisLink {
         Ok(link)
     }
 
-    fn owner(&self) -> Option<Rc<dyn RedisOwner>> {
+    fn owner(&self) -> Option<Rc<dyn BrokerEvents>> {
         self.owner.borrow().as_ref().and_then(|w| w.upgrade())
     }
 
     /// Queue a command; the link sends it in order, retrying across reconnects.
-    pub(crate) fn send(&self, cmd: Command) {
+    fn queue(&self, cmd: Command) {
         match &cmd {
             Command::Subscribe(n) => {
                 self.events
@@ -177,7 +176,7 @@ impl RedisLink {
     /// Publish and report what Redis answered: the number of subscriptions reached (the
     /// `PUBLISH` reply, summed over the names), or `Unconfirmed` if the connection fails
     /// first. A confirmed publish is never sent again after a failure: its caller was told.
-    pub(crate) fn publish_confirmed(&self, cmd: Command, on_done: Confirm) {
+    fn queue_confirmed(&self, cmd: Command, on_done: Confirm) {
         if !self.up.get() || self.closed.get() {
             return on_done(Err(ChannelError::Disconnected));
         }
@@ -218,7 +217,7 @@ impl RedisLink {
     }
 
     /// Stop for good.
-    pub(crate) fn close(&self) {
+    fn shut(&self) {
         self.closed.set(true);
         self.wake_out.notify_one();
         self.wake_queue.notify_one();
@@ -245,27 +244,52 @@ impl RedisLink {
         if self.up.replace(up) != up {
             if let Some(o) = self.owner() {
                 if up {
-                    o.redis_up();
+                    o.up();
                 } else {
-                    o.redis_down();
+                    o.down();
                 }
             }
         }
     }
 }
 
+impl Broker for RedisLink {
+    fn send(&self, cmd: Command) -> Result<(), ChannelError> {
+        self.queue(cmd);
+        Ok(())
+    }
+
+    fn publish_confirmed(&self, cmd: Command, done: Confirm) {
+        self.queue_confirmed(cmd, done);
+    }
+
+    fn leases(&self) -> Option<Rc<dyn Leases>> {
+        let me: Rc<dyn Leases> = self.me.upgrade()?;
+        Some(me)
+    }
+
+    fn close(&self) {
+        self.shut();
+    }
+}
+
+/// The PEM bytes of a private CA for `rediss://`.
+fn read_ca(ca: &Path) -> redis::RedisResult<Vec<u8>> {
+    std::fs::read(ca).map_err(|e| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "cannot read the Redis CA file",
+            format!("{}: {e}", ca.display()),
+        ))
+    })
+}
+
 /// A Redis client for `url`. For `rediss://` the server's certificate is checked against the
-/// system's roots, or against the PEM file named by `$WERKMANN_REDIS_CA` (a private CA).
-pub fn open_client(url: &str) -> redis::RedisResult<redis::Client> {
-    match std::env::var_os("WERKMANN_REDIS_CA") {
+/// system's roots, or against the PEM file `ca` (a private CA).
+pub fn open_client(url: &str, ca: Option<&Path>) -> redis::RedisResult<redis::Client> {
+    match ca {
         Some(ca) if url.starts_with("rediss://") => {
-            let pem = std::fs::read(&ca).map_err(|e| {
-                redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "cannot read WERKMANN_REDIS_CA",
-                    e.to_string(),
-                ))
-            })?;
+            let pem = read_ca(ca)?;
             redis::Client::build_with_tls(
                 url,
                 redis::TlsCertificates {
@@ -411,8 +435,10 @@ impl Bus {
 }
 
 /// Whether the server at `url` is part of a Redis Cluster.
-async fn is_cluster(url: &str) -> redis::RedisResult<bool> {
-    let mut c = open_client(url)?.get_multiplexed_async_connection().await?;
+async fn is_cluster(url: &str, ca: Option<&Path>) -> redis::RedisResult<bool> {
+    let mut c = open_client(url, ca)?
+        .get_multiplexed_async_connection()
+        .await?;
     let info: String = redis::cmd("INFO")
         .arg("cluster")
         .query_async(&mut c)
@@ -420,22 +446,16 @@ async fn is_cluster(url: &str) -> redis::RedisResult<bool> {
     Ok(info.contains("cluster_enabled:1"))
 }
 
-/// A cluster client seeded with `url`, trusting `$WERKMANN_REDIS_CA` for `rediss://`.
-fn cluster_builder(url: &str) -> redis::RedisResult<redis::cluster::ClusterClientBuilder> {
+/// A cluster client seeded with `url`, trusting the private CA `ca` for `rediss://`.
+fn cluster_builder(
+    url: &str,
+    ca: Option<&Path>,
+) -> redis::RedisResult<redis::cluster::ClusterClientBuilder> {
     let mut b = redis::cluster::ClusterClientBuilder::new(vec![url])
         .use_protocol(redis::ProtocolVersion::RESP3)
         .connection_timeout(Duration::from_secs(5));
-    if let (true, Some(ca)) = (
-        url.starts_with("rediss://"),
-        std::env::var_os("WERKMANN_REDIS_CA"),
-    ) {
-        let pem = std::fs::read(ca).map_err(|e| {
-            redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "cannot read WERKMANN_REDIS_CA",
-                e.to_string(),
-            ))
-        })?;
+    if let (true, Some(ca)) = (url.starts_with("rediss://"), ca) {
+        let pem = read_ca(ca)?;
         b = b.certs(redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(pem),
@@ -452,6 +472,7 @@ async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
             return None;
         }
         let url = l.url.clone();
+        let ca = l.ca.clone();
         let shown = l.shown.clone();
         let inbox = format!("{PREFIX_INBOX}{}", l.id);
         let events: Vec<String> = l.events.borrow().iter().map(event_channel).collect();
@@ -459,8 +480,10 @@ async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
         drop(l);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let attempt = async {
-            let mut bus = if is_cluster(&url).await? {
-                let client = cluster_builder(&url)?.push_sender(tx).build()?;
+            let mut bus = if is_cluster(&url, ca.as_deref()).await? {
+                let client = cluster_builder(&url, ca.as_deref())?
+                    .push_sender(tx)
+                    .build()?;
                 Bus::Cluster(client.get_async_connection().await?)
             } else {
                 let config = ConnectionManagerConfig::new()
@@ -468,7 +491,7 @@ async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
                     .set_automatic_resubscription()
                     .set_connection_timeout(Some(Duration::from_secs(5)))
                     .set_number_of_retries(1);
-                let client = open_client(url.as_str())?;
+                let client = open_client(url.as_str(), ca.as_deref())?;
                 Bus::Single(client.get_connection_manager_with_config(config).await?)
             };
             // The inbox (publish_loop) is classic pub/sub in both modes: a script publishes
@@ -804,7 +827,7 @@ async fn run_pushes(
                     None
                 };
                 if let (Some(d), Some(o)) = (delivery, l.owner()) {
-                    o.redis_delivery(d);
+                    o.delivery(d);
                 }
             }
             PushKind::Subscribe => l.set_up(true),
@@ -874,15 +897,15 @@ impl ConnectionLike for QueueConn {
     }
 }
 
-async fn queue_conn(url: &str) -> redis::RedisResult<QueueConn> {
-    if is_cluster(url).await? {
-        let client = cluster_builder(url)?
+async fn queue_conn(url: &str, ca: Option<&Path>) -> redis::RedisResult<QueueConn> {
+    if is_cluster(url, ca).await? {
+        let client = cluster_builder(url, ca)?
             .response_timeout(Duration::from_secs(10))
             .build()?;
         Ok(QueueConn::Cluster(client.get_async_connection().await?))
     } else {
         let config = AsyncConnectionConfig::new().set_response_timeout(None);
-        let c = open_client(url)?
+        let c = open_client(url, ca)?
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         Ok(QueueConn::Single(c))
@@ -904,11 +927,12 @@ async fn run_queues(link: Weak<RedisLink>) {
             continue;
         }
         let url = l.url.clone();
+        let ca = l.ca.clone();
         let shown = l.shown.clone();
         let id = l.id.clone();
         drop(l);
         if conn.is_none() {
-            match queue_conn(&url).await {
+            match queue_conn(&url, ca.as_deref()).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     log::warn!("redis {shown} (queues): {e}");
@@ -990,7 +1014,7 @@ async fn run_queues(link: Weak<RedisLink>) {
             l.reserved.set(l.reserved.get().saturating_sub(1));
             if let Some(o) = l.owner() {
                 drop(l);
-                o.redis_delivery(Delivery {
+                o.delivery(Delivery {
                     kind: DeliveryKind::Queue,
                     channel: Key::from_str_normalized(&name),
                     data,
@@ -1071,6 +1095,165 @@ fn stream_entries(v: &RValue) -> Vec<(String, String, Bytes)> {
         _ => {}
     }
     out
+}
+
+const LEASE_MS: u64 = 30_000;
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+const RENEW_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+fn lease_key(id: u32) -> String {
+    format!("werkmann:worker_id:{id}")
+}
+
+/// `SET werkmann:worker_id:{id} {node} NX PX 30000`: whether `node` got the id.
+async fn take_lease(bus: &mut Bus, node: &str, id: u32) -> redis::RedisResult<bool> {
+    let key = lease_key(id);
+    let mut c = redis::cmd("SET");
+    c.arg(&key).arg(node).arg("NX").arg("PX").arg(LEASE_MS);
+    let r = bus.run_with_replies(vec![(key, c, true)]).await?;
+    Ok(matches!(
+        r.first(),
+        Some(RValue::Okay | RValue::SimpleString(_))
+    ))
+}
+
+/// Run one script on one lease key; its integer reply.
+async fn lease_script(bus: &mut Bus, script: &str, node: &str, id: u32) -> redis::RedisResult<i64> {
+    let key = lease_key(id);
+    let mut c = redis::cmd("EVAL");
+    c.arg(script).arg(1).arg(&key).arg(node).arg(LEASE_MS);
+    let r = bus.run_with_replies(vec![(key, c, true)]).await?;
+    Ok(match r.first() {
+        Some(RValue::Int(n)) => *n,
+        _ => 0,
+    })
+}
+
+/// The link's connection once it is up; `None` once the link is gone.
+async fn bus_when_up(link: &Weak<RedisLink>) -> Option<Bus> {
+    loop {
+        let l = link.upgrade()?;
+        if l.closed.get() {
+            return None;
+        }
+        if l.up.get() {
+            if let Some(b) = l.manager.borrow().clone() {
+                return Some(b);
+            }
+        }
+        drop(l);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn claim_leases(
+    link: &Weak<RedisLink>,
+    node: &str,
+    count: usize,
+    pinned: Option<Vec<u32>>,
+) -> Result<Vec<u32>, ClaimError> {
+    let shown = link.upgrade().map(|l| l.shown.clone()).unwrap_or_default();
+    let unreachable = |why: String| ClaimError::Unreachable {
+        addr: shown.clone(),
+        why,
+    };
+    let Some(mut bus) = bus_when_up(link).await else {
+        return Err(unreachable("closed".into()));
+    };
+    let mut got = Vec::new();
+    match pinned {
+        Some(p) => {
+            let mut clash = Vec::new();
+            for &id in &p {
+                match take_lease(&mut bus, node, id).await {
+                    Ok(true) => got.push(id),
+                    Ok(false) => clash.push(id),
+                    Err(e) => return Err(unreachable(e.to_string())),
+                }
+            }
+            if !clash.is_empty() {
+                for id in got {
+                    let _ = lease_script(&mut bus, RELEASE_SCRIPT, node, id).await;
+                }
+                return Err(ClaimError::Clash(clash));
+            }
+        }
+        None => {
+            let mut id = 0u32;
+            while got.len() < count {
+                match take_lease(&mut bus, node, id).await {
+                    Ok(true) => got.push(id),
+                    Ok(false) => {}
+                    Err(e) => return Err(unreachable(e.to_string())),
+                }
+                id += 1;
+            }
+        }
+    }
+    Ok(got)
+}
+
+/// Renew `node`'s leases every 10 s while the link lives — or take back one that expired
+/// while Redis was away.
+async fn renew_leases(link: Weak<RedisLink>, node: String, ids: Vec<u32>) {
+    loop {
+        tokio::time::sleep(LEASE_RENEW).await;
+        let Some(mut bus) = bus_when_up(&link).await else {
+            return;
+        };
+        for &id in &ids {
+            match lease_script(&mut bus, RENEW_SCRIPT, &node, id).await {
+                Ok(1) => {}
+                Ok(_) => {
+                    if !matches!(take_lease(&mut bus, &node, id).await, Ok(true)) {
+                        log::error!("worker id {id} is now held by another node");
+                    }
+                }
+                Err(e) => log::warn!("worker id {id}: lease not renewed: {e}"),
+            }
+        }
+    }
+}
+
+impl Leases for RedisLink {
+    fn claim(&self, node: &str, count: usize, pinned: Option<Vec<u32>>, done: ClaimDone) {
+        let (link, node) = (self.me.clone(), node.to_string());
+        actix_rt::spawn(async move {
+            let result = claim_leases(&link, &node, count, pinned).await;
+            if let Ok(ids) = &result {
+                actix_rt::spawn(renew_leases(link, node, ids.clone()));
+            }
+            done(result);
+        });
+    }
+
+    fn hold(&self, node: &str, ids: Vec<u32>) {
+        actix_rt::spawn(renew_leases(self.me.clone(), node.to_string(), ids));
+    }
+
+    fn release(&self, node: &str, ids: Vec<u32>, done: Box<dyn FnOnce()>) {
+        let (link, node) = (self.me.clone(), node.to_string());
+        actix_rt::spawn(async move {
+            let up = tokio::time::timeout(Duration::from_secs(1), bus_when_up(&link)).await;
+            if let Ok(Some(mut bus)) = up {
+                for id in ids {
+                    let _ = lease_script(&mut bus, RELEASE_SCRIPT, &node, id).await;
+                }
+            }
+            done();
+        });
+    }
 }
 
 #[cfg(test)]

@@ -30,10 +30,10 @@ use std::time::Instant;
 
 use actix::Recipient;
 
-use super::hub::{
+use super::php_serde::Key;
+use super::subscriber::{
     HandledNotice, LocalDelivery, LocalHandled, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING,
 };
-use super::php_serde::Key;
 use super::wire::{Command, Delivery, DeliveryKind};
 
 /// Deliveries waiting at a subscriber past which confirmed publishes to it wait until it has

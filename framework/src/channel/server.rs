@@ -9,8 +9,9 @@ use std::cell::RefCell;
 use actix::Actor;
 
 use super::auth::Verifier;
-use super::hub::{self, Hub, HubState, Sink, SubscriberId};
+use super::hub::{self, Hub, HubState};
 use super::php_serde;
+use super::subscriber::{Sink, SubscriberId};
 use super::wire::{encode_delivery, Command, DeliveryKind};
 use crate::error::Error;
 use crate::message::Message;
@@ -129,11 +130,8 @@ impl Server {
                 }
                 Ok((cmd, ack)) => {
                     let mut hub = state.borrow_mut();
-                    hub.flush_now = ack.is_some();
-                    let before = hub.stats.deliveries;
-                    hub.apply(SubscriberId::Tcp(conn.id()), &Sink::Tcp(conn.clone()), cmd);
-                    hub.flush_now = false;
-                    let reached = hub.stats.deliveries - before;
+                    let me = (SubscriberId::Tcp(conn.id()), Sink::Tcp(conn.clone()));
+                    let reached = hub.apply(me.0, &me.1, cmd, ack.is_some());
                     if let Some(id) = ack {
                         // The acknowledgement says how many subscribers the event reached; it
                         // leaves when this turn ends, after the deliveries (TCP subscribers

@@ -1,43 +1,48 @@
-//! Cluster-unique worker ids, agreed through the channel itself.
+//! Cluster-unique worker ids, claimed through the channel itself — the same [`Client`] and
+//! broker seam as every other channel use, so it works on every backend.
 //!
 //! Workerman's push example subscribes each process to its worker id, so two WebSocket nodes
 //! that both have workers 0 and 1 would both receive a push for worker 1. Here a node claims
-//! ids no other node holds before it starts, using only pub/sub on the event
-//! [`IDS_EVENT`] — so it works through a werkmann channel server, Workerman's PHP one, or any
-//! other channel:
+//! ids no other node holds before it starts.
 //!
-//! 1. subscribe, publish `{op: who}`; every live node answers `{op: held, ids, node}`;
-//! 2. pick the lowest free ids (or the pinned ones), publish `{op: claim, ids, node}`;
-//! 3. a holder answers a claim that overlaps its ids with `held`; of two simultaneous claims
-//!    the smaller node id wins; the loser picks again (a pinned node stops with an error).
+//! - On a backend with a store of its own (Redis) an id is a lease the broker takes and renews
+//!   (`Leases`).
+//! - Elsewhere (a werkmann channel server, Workerman's PHP one, the embedded channel) nodes
+//!   agree over pub/sub on the event [`IDS_EVENT`]:
+//!   1. subscribe, publish `{op: who}`; every live node answers `{op: held, ids, node}`;
+//!   2. pick the lowest free ids (or the pinned ones), publish `{op: claim, ids, node}`;
+//!   3. a holder answers a claim that overlaps its ids with `held`; of two simultaneous claims
+//!      the smaller node id wins; the loser picks again (a pinned node stops with an error).
 //!
-//! The node keeps answering on a background thread for as long as it runs
-//! ([`WorkerIds::answer`]).
+//! The claiming client runs on a thread of its own and keeps answering (or renewing) for as
+//! long as the [`WorkerIds`] live. A daemon forks after the claim: [`WorkerIds::answer`],
+//! called once the node serves, starts the holder again in the serving process.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::php_serde::{self, Key};
-use super::wire::{Command, Delivery, WireName};
+use super::broker::{ClaimDone, Options};
+use super::client::{Client, WeakClient};
+use crate::timer::Timer;
 
 /// The event on which nodes agree on worker ids.
 pub const IDS_EVENT: &str = "werkmann.worker_ids";
 const ROUND: Duration = Duration::from_millis(300);
+/// How long a claim may take once connected (rounds lost to simultaneous claims included).
+const CLAIM_LIMIT: Duration = Duration::from_secs(60);
 
 /// Why ids could not be claimed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimError {
-    /// The channel server could not be reached in time.
-    #[error("channel server {addr} unreachable: {why}")]
+    /// The channel could not be reached in time.
+    #[error("channel {addr} unreachable: {why}")]
     Unreachable {
-        /// The server address.
+        /// The channel's address.
         addr: String,
         /// The last error.
         why: String,
@@ -48,11 +53,59 @@ pub enum ClaimError {
 }
 
 /// Ids this node holds. Call [`WorkerIds::answer`] once the node serves (after a daemon's
-/// fork); answering other nodes stops when this is dropped.
+/// fork); the ids are given up when this is dropped.
 pub struct WorkerIds {
     ids: Vec<u32>,
-    link: Mutex<Option<(String, Link, u64)>>,
-    stop: Arc<AtomicBool>,
+    holder: Mutex<Option<Holder>>,
+}
+
+/// The thread whose channel client holds the ids, and the process it runs in.
+struct Holder {
+    addr: String,
+    options: Options,
+    node: u64,
+    pid: u32,
+    thread: HolderThread,
+}
+
+/// A thread of its own running an actix system, where the holding client lives.
+struct HolderThread {
+    arbiter: actix_rt::ArbiterHandle,
+    system: actix_rt::System,
+}
+
+impl HolderThread {
+    fn start() -> HolderThread {
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("worker-ids".into())
+            .spawn(move || {
+                let sys = actix_rt::System::new();
+                let current = actix_rt::System::current();
+                let _ = tx.send(HolderThread {
+                    arbiter: current.arbiter().clone(),
+                    system: current,
+                });
+                let _ = sys.run();
+            });
+        if let Err(e) = spawned {
+            panic!("cannot start the worker-ids thread: {e}");
+        }
+        rx.recv().expect("the worker-ids thread starts")
+    }
+
+    fn spawn(&self, f: impl FnOnce() + Send + 'static) {
+        self.arbiter.spawn_fn(f);
+    }
+
+    fn stop(&self) {
+        self.system.stop();
+    }
+}
+
+thread_local! {
+    /// The holder thread's client.
+    static HOLDING: RefCell<Option<Client>> = const { RefCell::new(None) };
 }
 
 impl WorkerIds {
@@ -65,161 +118,167 @@ impl WorkerIds {
     pub fn fixed(first: u32, count: usize) -> WorkerIds {
         WorkerIds {
             ids: (first..first + count as u32).collect(),
-            link: Mutex::new(None),
-            stop: Arc::new(AtomicBool::new(false)),
+            holder: Mutex::new(None),
         }
     }
 
-    /// Start answering other nodes' `who` and `claim` on a background thread (once). The
-    /// connection used for the claim stays subscribed meanwhile, so nothing is missed.
+    /// Keep holding the ids in this process: after a daemon's fork the holder thread stayed in
+    /// the parent, so it starts again here (announcing the ids, or renewing their leases).
+    /// Does nothing where the holder already runs in this process.
     pub fn answer(&self) {
-        let taken = self.link.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((addr, link, node)) = taken {
-            spawn_answerer(addr, link, node, self.ids.clone(), self.stop.clone());
+        let mut holder = self.holder.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(h) = holder.as_mut() else { return };
+        if h.pid == std::process::id() {
+            return;
         }
+        let (addr, options, node, ids) =
+            (h.addr.clone(), h.options.clone(), h.node, self.ids.clone());
+        let thread = HolderThread::start();
+        thread.spawn(move || {
+            let client = match Client::connect_with(&addr, &options) {
+                Ok(c) => c,
+                Err(e) => return log::error!("worker ids: channel {addr}: {e}"),
+            };
+            let first = Rc::new(std::cell::Cell::new(true));
+            let me = client.downgrade();
+            client.on_connect(move || {
+                if let (true, Some(me)) = (first.replace(false), me.upgrade()) {
+                    me.hold_worker_ids(&node_name(node), ids.clone());
+                }
+            });
+            HOLDING.with(|h| *h.borrow_mut() = Some(client));
+        });
+        h.pid = std::process::id();
+        h.thread = thread;
     }
 }
 
 impl Drop for WorkerIds {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The claim's blocking connection to the channel server: plain, or TLS for `tls://` names.
-enum LinkStream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl LinkStream {
-    fn open(addr: &str) -> std::io::Result<LinkStream> {
-        let (host_port, tls) = match addr.strip_prefix("tls://") {
-            Some(rest) => (rest, true),
-            None => (addr, false),
-        };
-        let tcp = TcpStream::connect(host_port)?;
-        tcp.set_nodelay(true)?;
-        if !tls {
-            return Ok(LinkStream::Plain(tcp));
+        let holder = self.holder.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(h) = holder else { return };
+        if h.pid != std::process::id() {
+            return;
         }
-        let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
-        let session = crate::tls::ClientTls::system()
-            .and_then(|t| t.client_session(host))
-            .map_err(std::io::Error::other)?;
-        Ok(LinkStream::Tls(Box::new(rustls::StreamOwned::new(
-            session, tcp,
-        ))))
-    }
-
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            LinkStream::Plain(s) => s,
-            LinkStream::Tls(t) => &t.sock,
-        }
-    }
-}
-
-impl Read for LinkStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            LinkStream::Plain(s) => s.read(buf),
-            LinkStream::Tls(t) => t.read(buf),
-        }
-    }
-}
-
-impl Write for LinkStream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            LinkStream::Plain(s) => s.write(buf),
-            LinkStream::Tls(t) => t.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            LinkStream::Plain(s) => s.flush(),
-            LinkStream::Tls(t) => t.flush(),
-        }
-    }
-}
-
-struct Link {
-    stream: LinkStream,
-    buf: Vec<u8>,
-}
-
-impl Link {
-    fn open(addr: &str) -> std::io::Result<Link> {
-        let mut l = Link {
-            stream: LinkStream::open(addr)?,
-            buf: Vec::new(),
-        };
-        if let Some(secret) = std::env::var("WERKMANN_CHANNEL_SECRET")
-            .ok()
-            .filter(|s| !s.is_empty())
-        {
-            l.send(&super::client::auth_command(&secret))?;
-        }
-        l.send(&Command::Subscribe(vec![WireName::from_key(Key::from(
-            IDS_EVENT,
-        ))]))?;
-        Ok(l)
-    }
-
-    fn send(&mut self, cmd: &Command) -> std::io::Result<()> {
-        self.stream.write_all(&cmd.encode_frame())?;
-        self.stream.flush()
-    }
-
-    fn publish(&mut self, v: &Value) -> std::io::Result<()> {
-        self.send(&Command::Publish(
-            vec![WireName::from_key(Key::from(IDS_EVENT))],
-            Bytes::from(php_serde::to_vec(v)),
-        ))
-    }
-
-    /// The next message on the ids event, waiting at most until `deadline`.
-    fn next(&mut self, deadline: Instant) -> std::io::Result<Option<Value>> {
-        loop {
-            if self.buf.len() >= 4 {
-                let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
-                    as usize;
-                if len < 4 {
-                    return Err(std::io::Error::other("bad frame from channel server"));
-                }
-                if self.buf.len() >= len {
-                    let payload = Bytes::copy_from_slice(&self.buf[4..len]);
-                    self.buf.drain(..len);
-                    if let Ok(d) = Delivery::decode(&payload) {
-                        if let Ok(v) = php_serde::from_slice(&d.data) {
-                            return Ok(Some(v));
-                        }
-                    }
-                    continue;
+        // Give the ids up (a lease is deleted at once rather than left to expire), briefly.
+        let (tx, rx) = mpsc::channel();
+        let (node, ids) = (node_name(h.node), self.ids.clone());
+        h.thread.spawn(move || {
+            let client = HOLDING.with(|c| c.borrow_mut().take());
+            match client {
+                Some(c) => c.release_worker_ids(
+                    &node,
+                    ids,
+                    Box::new(move || {
+                        let _ = tx.send(());
+                    }),
+                ),
+                None => {
+                    let _ = tx.send(());
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(2));
+        h.thread.stop();
+    }
+}
+
+/// A node's name where a backend stores it (a lease's value).
+fn node_name(node: u64) -> String {
+    format!("{node:016x}")
+}
+
+/// Claim `count` cluster-unique ids through the channel at `addr` — any address
+/// [`Client::connect`] takes — or exactly `pinned`, waiting up to `timeout` for the channel.
+/// Call [`WorkerIds::answer`] once the node serves.
+pub fn claim(
+    addr: &str,
+    options: &Options,
+    count: usize,
+    pinned: Option<Vec<u32>>,
+    timeout: Duration,
+) -> Result<WorkerIds, ClaimError> {
+    let node: u64 = rand::random::<u64>() >> 1;
+    let (tx, rx) = mpsc::channel::<Result<Vec<u32>, ClaimError>>();
+    let thread = HolderThread::start();
+    let (a, o) = (addr.to_string(), options.clone());
+    thread.spawn(move || start_claim(a, o, node, count, pinned, timeout, tx));
+    let answer = rx.recv_timeout(timeout + CLAIM_LIMIT);
+    let ids = match answer {
+        Ok(Ok(ids)) => ids,
+        Ok(Err(e)) => {
+            thread.stop();
+            return Err(e);
+        }
+        Err(_) => {
+            thread.stop();
+            return Err(ClaimError::Unreachable {
+                addr: addr.to_string(),
+                why: format!("no agreement within {:?}", timeout + CLAIM_LIMIT),
+            });
+        }
+    };
+    log::info!("claimed worker ids {ids:?} through channel {addr}");
+    Ok(WorkerIds {
+        ids,
+        holder: Mutex::new(Some(Holder {
+            addr: addr.to_string(),
+            options: options.clone(),
+            node,
+            pid: std::process::id(),
+            thread,
+        })),
+    })
+}
+
+/// On the holder thread: connect, claim once connected, report on `tx`.
+fn start_claim(
+    addr: String,
+    options: Options,
+    node: u64,
+    count: usize,
+    pinned: Option<Vec<u32>>,
+    timeout: Duration,
+    tx: mpsc::Sender<Result<Vec<u32>, ClaimError>>,
+) {
+    let client = match Client::connect_with(&addr, &options) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(Err(ClaimError::Unreachable {
+                addr,
+                why: e.to_string(),
+            }));
+            return;
+        }
+    };
+    let report: Rc<RefCell<Option<mpsc::Sender<_>>>> = Rc::new(RefCell::new(Some(tx)));
+    let (me, to) = (client.downgrade(), report.clone());
+    let started = Rc::new(std::cell::Cell::new(false));
+    let once = started.clone();
+    client.on_connect(move || {
+        let Some(me) = me.upgrade() else { return };
+        if once.replace(true) {
+            return;
+        }
+        let to = to.clone();
+        let done: ClaimDone = Box::new(move |r| {
+            if let Some(tx) = to.borrow_mut().take() {
+                let _ = tx.send(r);
             }
-            self.stream.tcp().set_read_timeout(Some(deadline - now))?;
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(std::io::Error::other("channel server closed")),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(e),
+        });
+        me.claim_worker_ids(&node_name(node), count, pinned.clone(), done);
+    });
+    Timer::once(timeout, move || {
+        if !started.get() {
+            if let Some(tx) = report.borrow_mut().take() {
+                let _ = tx.send(Err(ClaimError::Unreachable {
+                    addr,
+                    why: format!("not connected within {timeout:?}"),
+                }));
             }
         }
-    }
+    });
+    HOLDING.with(|h| *h.borrow_mut() = Some(client));
 }
 
 fn ids_of(v: &Value) -> Vec<u32> {
@@ -234,294 +293,188 @@ fn ids_of(v: &Value) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Claim `count` cluster-unique ids through the channel at `addr` — a channel server
-/// (`IP:PORT`) or Redis (`redis://…`) — or exactly `pinned`, retrying the connection until
-/// `timeout`. Call [`WorkerIds::answer`] once the node serves.
-pub fn claim(
-    addr: &str,
+/// Where an agreement stands.
+enum Phase {
+    /// Asked who holds what; collecting answers.
+    Who,
+    /// Claimed `want`; lost when a holder or a smaller claimer overlaps.
+    Claim { want: Vec<u32>, lost: bool },
+    /// Holding `ids`: answering others.
+    Holding(Vec<u32>),
+}
+
+struct Agreement {
+    /// Weak: the client's callbacks hold the agreement.
+    client: WeakClient,
+    node: u64,
     count: usize,
     pinned: Option<Vec<u32>>,
-    timeout: Duration,
-) -> Result<WorkerIds, ClaimError> {
-    if addr.starts_with("redis://") || addr.starts_with("rediss://") {
-        return claim_redis(addr, count, pinned, timeout);
-    }
-    let node: u64 = rand::random::<u64>() >> 1;
-    let deadline = Instant::now() + timeout;
-    let mut link = loop {
-        match Link::open(addr) {
-            Ok(l) => break l,
-            Err(e) if Instant::now() < deadline => {
-                log::warn!("waiting for channel server {addr}: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => {
-                return Err(ClaimError::Unreachable {
-                    addr: addr.into(),
-                    why: e.to_string(),
-                })
-            }
-        }
-    };
-    let io = |e: std::io::Error| ClaimError::Unreachable {
-        addr: addr.to_string(),
-        why: e.to_string(),
-    };
-    let mut taken: BTreeSet<u32> = BTreeSet::new();
-    link.publish(&json!({"op": "who", "node": node}))
-        .map_err(io)?;
-    let until = Instant::now() + ROUND;
-    while let Some(v) = link.next(until).map_err(io)? {
-        if v["node"].as_u64() != Some(node) && matches!(v["op"].as_str(), Some("held" | "claim")) {
-            taken.extend(ids_of(&v));
+    taken: BTreeSet<u32>,
+    phase: Phase,
+    done: Option<ClaimDone>,
+}
+
+impl Agreement {
+    fn publish(&self, v: Value) {
+        let Some(client) = self.client.upgrade() else {
+            return;
+        };
+        if let Err(e) = client.publish(IDS_EVENT, &v) {
+            log::warn!("worker ids: {e}");
         }
     }
-    let ids = loop {
-        let want: Vec<u32> = match &pinned {
+
+    fn held(&self) -> Value {
+        match &self.phase {
+            Phase::Holding(ids) => json!({"op": "held", "ids": ids, "node": self.node}),
+            _ => Value::Null,
+        }
+    }
+
+    /// A message on the ids event.
+    fn heard(&mut self, v: Value) {
+        let other = v["node"].as_u64().unwrap_or(0);
+        if other == self.node {
+            return;
+        }
+        let op = v["op"].as_str().unwrap_or("");
+        let theirs = ids_of(&v);
+        match &mut self.phase {
+            Phase::Who => {
+                if matches!(op, "held" | "claim") {
+                    self.taken.extend(theirs);
+                }
+            }
+            Phase::Claim { want, lost } => {
+                let overlap = theirs.iter().any(|i| want.contains(i));
+                match op {
+                    "held" if overlap => *lost = true,
+                    "claim" if overlap && other < self.node => *lost = true,
+                    _ => {}
+                }
+                if matches!(op, "held" | "claim") {
+                    self.taken.extend(theirs);
+                }
+            }
+            Phase::Holding(ids) => {
+                let answer = match op {
+                    "who" => true,
+                    "claim" => theirs.iter().any(|i| ids.contains(i)),
+                    _ => false,
+                };
+                if answer {
+                    self.publish(self.held());
+                }
+            }
+        }
+    }
+
+    /// The end of a round: claim (again), or hold what was claimed.
+    fn round_over(this: &Rc<RefCell<Agreement>>) {
+        let mut a = this.borrow_mut();
+        if let Phase::Claim { want, lost: false } = &a.phase {
+            let ids = want.clone();
+            a.phase = Phase::Holding(ids.clone());
+            if let Some(done) = a.done.take() {
+                drop(a);
+                done(Ok(ids));
+            }
+            return;
+        }
+        if let Phase::Claim { want, lost: true } = &a.phase {
+            log::info!("worker ids {want:?} are taken; choosing again");
+        }
+        let want: Vec<u32> = match &a.pinned {
             Some(p) => {
-                let clash: Vec<u32> = p.iter().copied().filter(|i| taken.contains(i)).collect();
+                let clash: Vec<u32> = p.iter().copied().filter(|i| a.taken.contains(i)).collect();
                 if !clash.is_empty() {
-                    return Err(ClaimError::Clash(clash));
+                    if let Some(done) = a.done.take() {
+                        drop(a);
+                        done(Err(ClaimError::Clash(clash)));
+                    }
+                    return;
                 }
                 p.clone()
             }
             None => (0u32..)
-                .filter(|i| !taken.contains(i))
-                .take(count)
+                .filter(|i| !a.taken.contains(i))
+                .take(a.count)
                 .collect(),
         };
-        link.publish(&json!({"op": "claim", "ids": want, "node": node}))
-            .map_err(io)?;
-        let until = Instant::now() + ROUND;
-        let mut lost = false;
-        while let Some(v) = link.next(until).map_err(io)? {
-            let other = v["node"].as_u64().unwrap_or(0);
-            if other == node {
-                continue;
-            }
-            let theirs = ids_of(&v);
-            let overlap = theirs.iter().any(|i| want.contains(i));
-            match v["op"].as_str() {
-                Some("held") if overlap => lost = true,
-                Some("claim") if overlap && other < node => lost = true,
-                _ => {}
-            }
-            if matches!(v["op"].as_str(), Some("held" | "claim")) {
-                taken.extend(theirs);
-            }
-        }
-        if !lost {
-            break want;
-        }
-        log::info!("worker ids {want:?} are taken; choosing again");
-    };
-    log::info!("claimed worker ids {ids:?} through channel {addr}");
-    Ok(WorkerIds {
-        ids,
-        link: Mutex::new(Some((addr.to_string(), link, node))),
-        stop: Arc::new(AtomicBool::new(false)),
-    })
-}
+        a.publish(json!({"op": "claim", "ids": want, "node": a.node}));
+        a.phase = Phase::Claim { want, lost: false };
+        drop(a);
+        Agreement::next_round(this);
+    }
 
-/// Answer `who` and overlapping `claim`s for as long as the node runs, reconnecting as needed.
-fn spawn_answerer(addr: String, link: Link, node: u64, ids: Vec<u32>, stop: Arc<AtomicBool>) {
-    let held = json!({"op": "held", "ids": ids, "node": node});
-    let _ = std::thread::Builder::new()
-        .name("worker-ids".into())
-        .spawn(move || {
-            let mut link = Some(link);
-            while !stop.load(Ordering::Relaxed) {
-                let Some(l) = link.as_mut() else {
-                    std::thread::sleep(Duration::from_secs(1));
-                    link = Link::open(&addr).ok();
-                    if let Some(l) = link.as_mut() {
-                        // Announce after a reconnect, so claims made meanwhile see us.
-                        let _ = l.publish(&held);
-                    }
-                    continue;
-                };
-                match l.next(Instant::now() + Duration::from_secs(1)) {
-                    Ok(Some(v)) => {
-                        let other = v["node"].as_u64().unwrap_or(0) != node;
-                        let answer = match v["op"].as_str() {
-                            Some("who") => other,
-                            Some("claim") => other && ids_of(&v).iter().any(|i| ids.contains(i)),
-                            _ => false,
-                        };
-                        if answer && l.publish(&held).is_err() {
-                            link = None;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(_) => link = None,
+    fn next_round(this: &Rc<RefCell<Agreement>>) {
+        let weak = Rc::downgrade(this);
+        Timer::once(ROUND, move || {
+            if let Some(a) = weak.upgrade() {
+                Agreement::round_over(&a);
+            }
+        });
+    }
+
+    /// Subscribe `client` to the ids event for this agreement; announce again on reconnect.
+    fn listen(this: &Rc<RefCell<Agreement>>) {
+        let Some(client) = this.borrow().client.upgrade() else {
+            return;
+        };
+        let a = this.clone();
+        client.on(IDS_EVENT, move |v| a.borrow_mut().heard(v));
+        let weak = Rc::downgrade(this);
+        client.on_connect(move || {
+            // Claims made while this node was away see it now.
+            if let Some(a) = weak.upgrade() {
+                let a = a.borrow();
+                if matches!(a.phase, Phase::Holding(_)) {
+                    a.publish(a.held());
                 }
             }
         });
-}
-
-const LEASE_MS: u64 = 30_000;
-const RENEW_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"#;
-
-/// A blocking connection to the server at `url`, or to its cluster (found with `INFO cluster`),
-/// so that each lease key reaches the node that holds it.
-fn lease_conn(url: &str) -> redis::RedisResult<Box<dyn redis::ConnectionLike + Send>> {
-    let client = super::redis::open_client(url)?;
-    let mut single = client.get_connection_with_timeout(Duration::from_secs(2))?;
-    let info: String = redis::cmd("INFO").arg("cluster").query(&mut single)?;
-    if info.contains("cluster_enabled:1") {
-        let cluster = redis::cluster::ClusterClientBuilder::new(vec![url])
-            .connection_timeout(Duration::from_secs(2))
-            .build()?
-            .get_connection()?;
-        Ok(Box::new(cluster))
-    } else {
-        Ok(Box::new(single))
     }
 }
 
-fn lease_key(id: u32) -> String {
-    format!("werkmann:worker_id:{id}")
-}
-
-/// On Redis, an id is a lease: `SET werkmann:worker_id:{id} {node} NX PX 30000`, renewed every
-/// 10 s by the node and gone 30 s after the node is.
-fn claim_redis(
-    url: &str,
+/// Agree on ids over pub/sub through `client` (connected); `done` gets them, and the client
+/// keeps answering for them while it lives.
+pub(crate) fn agree(
+    client: &Client,
+    node: &str,
     count: usize,
     pinned: Option<Vec<u32>>,
-    timeout: Duration,
-) -> Result<WorkerIds, ClaimError> {
-    let unreachable = |why: String| ClaimError::Unreachable {
-        addr: url.to_string(),
-        why,
-    };
-    let deadline = Instant::now() + timeout;
-    let mut conn = loop {
-        match lease_conn(url) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                log::warn!("waiting for redis {url}: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(e) => return Err(unreachable(e.to_string())),
-        }
-    };
-    let node = format!("{:016x}", rand::random::<u64>());
-    let mut take = |id: u32| -> Result<bool, ClaimError> {
-        let r: Option<String> = redis::cmd("SET")
-            .arg(lease_key(id))
-            .arg(&node)
-            .arg("NX")
-            .arg("PX")
-            .arg(LEASE_MS)
-            .query(conn.as_mut())
-            .map_err(|e| unreachable(e.to_string()))?;
-        Ok(r.is_some())
-    };
-    let ids = match pinned {
-        Some(p) => {
-            let mut got = Vec::new();
-            let mut clash = Vec::new();
-            for &id in &p {
-                if take(id)? {
-                    got.push(id);
-                } else {
-                    clash.push(id);
-                }
-            }
-            if !clash.is_empty() {
-                release(url, &node, &got);
-                return Err(ClaimError::Clash(clash));
-            }
-            p
-        }
-        None => {
-            let mut got = Vec::new();
-            let mut id = 0u32;
-            while got.len() < count {
-                if take(id)? {
-                    got.push(id);
-                }
-                id += 1;
-            }
-            got
-        }
-    };
-    log::info!("claimed worker ids {ids:?} through redis {url}");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (stop2, ids2, url2) = (stop.clone(), ids.clone(), url.to_string());
-    let _ = std::thread::Builder::new()
-        .name("worker-ids".into())
-        .spawn(move || renew_leases(&url2, &node, &ids2, &stop2));
-    Ok(WorkerIds {
-        ids,
-        link: Mutex::new(None),
-        stop,
-    })
+    done: ClaimDone,
+) {
+    let a = Rc::new(RefCell::new(Agreement {
+        client: client.downgrade(),
+        node: u64::from_str_radix(node, 16).unwrap_or(0),
+        count,
+        pinned,
+        taken: BTreeSet::new(),
+        phase: Phase::Who,
+        done: Some(done),
+    }));
+    Agreement::listen(&a);
+    let node = a.borrow().node;
+    a.borrow().publish(json!({"op": "who", "node": node}));
+    Agreement::next_round(&a);
 }
 
-fn release(url: &str, node: &str, ids: &[u32]) {
-    if let Ok(mut c) = lease_conn(url) {
-        for &id in ids {
-            let _: redis::RedisResult<i64> = redis::cmd("EVAL")
-                .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
-                .arg(1)
-                .arg(lease_key(id))
-                .arg(node)
-                .query(c.as_mut());
-        }
+/// Answer for `ids` held by `node` through `client` while it lives, announcing them first
+/// when `announce`.
+pub(crate) fn answer(client: &Client, node: &str, ids: Vec<u32>, announce: bool) {
+    let a = Rc::new(RefCell::new(Agreement {
+        client: client.downgrade(),
+        node: u64::from_str_radix(node, 16).unwrap_or(0),
+        count: ids.len(),
+        pinned: None,
+        taken: BTreeSet::new(),
+        phase: Phase::Holding(ids),
+        done: None,
+    }));
+    Agreement::listen(&a);
+    if announce {
+        let held = a.borrow().held();
+        a.borrow().publish(held);
     }
-}
-
-fn renew_leases(url: &str, node: &str, ids: &[u32], stop: &AtomicBool) {
-    let mut conn = None;
-    let mut tick = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(500));
-        tick += 1;
-        if !tick.is_multiple_of(10) {
-            continue;
-        }
-        if conn.is_none() {
-            conn = lease_conn(url).ok();
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let c = c.as_mut();
-        let mut broken = false;
-        for &id in ids {
-            // Renew, or take back a lease that expired while Redis was away.
-            let renewed: redis::RedisResult<i64> = redis::cmd("EVAL")
-                .arg(RENEW_SCRIPT)
-                .arg(1)
-                .arg(lease_key(id))
-                .arg(node)
-                .arg(LEASE_MS)
-                .query(c);
-            match renewed {
-                Ok(1) => {}
-                Ok(_) => {
-                    let again: redis::RedisResult<Option<String>> = redis::cmd("SET")
-                        .arg(lease_key(id))
-                        .arg(node)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(LEASE_MS)
-                        .query(c);
-                    if !matches!(again, Ok(Some(_))) {
-                        log::error!("worker id {id} is now held by another node");
-                    }
-                }
-                Err(_) => broken = true,
-            }
-        }
-        if broken {
-            conn = None;
-        }
-    }
-    release(url, node, ids);
 }

@@ -1,0 +1,263 @@
+//! [`TcpBroker`]: a client's connection to a channel server — werkmann's or Workerman's PHP
+//! one — over the Channel wire protocol (`frame://`, or `tls://` for the frame protocol over
+//! TLS), with werkmann's extensions when the server speaks them: authentication with a secret,
+//! and publishes confirmed with the number of subscribers reached (the client says `hello`; a
+//! werkmann server answers it, a PHP server stays silent and publishes go unconfirmed).
+//!
+//! It reconnects with a back-off (100 ms doubling to 5 s) and pings every 55 s, as
+//! Workerman's client does.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::broker::{Broker, BrokerEvents, Confirm, Options};
+use super::php_serde::{self, Key};
+use super::wire::{Command, Delivery, DeliveryKind};
+use super::ChannelError;
+use crate::callbacks::guard;
+use crate::client::AsyncTcpConnection;
+use crate::message::Message;
+use crate::timer::{Timer, TimerId};
+use crate::tls::ClientTls;
+
+/// Interval of the keep-alive ping (Workerman's 55 s).
+pub const PING_INTERVAL: Duration = Duration::from_secs(55);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Send buffer towards the server (what a burst of publishes may queue).
+const SEND_BUFFER: usize = 16 * 1024 * 1024;
+
+/// A client's connection to a channel server.
+pub(crate) struct TcpBroker {
+    shown: String,
+    conn: AsyncTcpConnection,
+    events: Weak<dyn BrokerEvents>,
+    me: Weak<TcpBroker>,
+    secret: Option<String>,
+    up: Cell<bool>,
+    closed: Cell<bool>,
+    backoff: Cell<Duration>,
+    ping: Cell<Option<TimerId>>,
+    /// The server confirms publishes that carry an id (it answered our hello).
+    acks: Cell<bool>,
+    /// This server answered a hello before: after a reconnect, wait for it again.
+    acks_known: Cell<bool>,
+    /// Waiting for the answer to this connection's hello (a PHP server never answers).
+    hello_pending: Cell<bool>,
+    next_ack: Cell<i64>,
+    confirms: RefCell<BTreeMap<i64, Confirm>>,
+}
+
+impl TcpBroker {
+    /// Connect to `addr` (`HOST:PORT`), over TLS when `tls`; reconnects until closed.
+    pub(crate) fn start(
+        addr: &str,
+        tls: bool,
+        options: &Options,
+        events: Weak<dyn BrokerEvents>,
+    ) -> Result<Rc<dyn Broker>, ChannelError> {
+        let bad = |e: crate::Error| ChannelError::BadAddress(e.to_string());
+        let url = format!("{}://{addr}", if tls { "tls" } else { "frame" });
+        let conn = AsyncTcpConnection::new(&url).map_err(bad)?;
+        if let (true, Some(ca)) = (tls, &options.tls_ca) {
+            conn.set_tls(ClientTls::with_ca_file(ca).map_err(bad)?);
+        }
+        conn.set_max_send_buffer_size(SEND_BUFFER);
+        let broker = Rc::new_cyclic(|me| TcpBroker {
+            me: me.clone(),
+            shown: if tls { url } else { addr.to_string() },
+            conn: conn.clone(),
+            events,
+            secret: options.secret.clone(),
+            up: Cell::new(false),
+            closed: Cell::new(false),
+            backoff: Cell::new(FIRST_BACKOFF),
+            ping: Cell::new(None),
+            acks: Cell::new(false),
+            acks_known: Cell::new(false),
+            hello_pending: Cell::new(false),
+            next_ack: Cell::new(1),
+            confirms: RefCell::new(BTreeMap::new()),
+        });
+        let weak = Rc::downgrade(&broker);
+        conn.on_connect(move |_| {
+            if let Some(b) = weak.upgrade() {
+                b.connected();
+            }
+        });
+        let weak = Rc::downgrade(&broker);
+        conn.on_message(move |c, msg| {
+            let Some(b) = weak.upgrade() else { return };
+            let payload = match msg {
+                Message::Binary(b) => b,
+                other => Bytes::copy_from_slice(other.as_bytes()),
+            };
+            match Delivery::decode(&payload) {
+                Ok(d) => b.delivered(d),
+                Err(e) => {
+                    log::warn!("channel server {}: bad message: {e}; reconnecting", b.shown);
+                    c.close();
+                }
+            }
+        });
+        let weak = Rc::downgrade(&broker);
+        conn.on_error(move |_, e| {
+            if let Some(b) = weak.upgrade() {
+                log::debug!("channel {}: {e}", b.shown);
+            }
+        });
+        let weak = Rc::downgrade(&broker);
+        conn.on_close(move |_| {
+            if let Some(b) = weak.upgrade() {
+                b.lost();
+            }
+        });
+        conn.connect();
+        let weak = Rc::downgrade(&broker);
+        let ping = Timer::add(
+            PING_INTERVAL,
+            move || {
+                if let Some(b) = weak.upgrade() {
+                    if b.up.get() {
+                        let _ = b.write(&Command::Ping);
+                    }
+                }
+            },
+            true,
+        );
+        broker.ping.set(Some(ping));
+        Ok(broker)
+    }
+
+    fn write(&self, cmd: &Command) -> Result<(), ChannelError> {
+        self.write_payload(Bytes::from(cmd.encode_payload()))
+    }
+
+    fn write_payload(&self, payload: Bytes) -> Result<(), ChannelError> {
+        if self.conn.send(Message::Binary(payload)).is_ok() {
+            Ok(())
+        } else {
+            Err(ChannelError::BufferFull { limit: SEND_BUFFER })
+        }
+    }
+
+    /// Connected: authenticate, say hello, then let the client re-subscribe.
+    fn connected(&self) {
+        self.up.set(true);
+        self.backoff.set(FIRST_BACKOFF);
+        if let Some(secret) = &self.secret {
+            let _ = self.write(&auth_command(secret));
+        }
+        self.hello_pending.set(true);
+        let _ = self.write(&Command::Hello);
+        if !self.acks_known.get() {
+            // A server that has not answered within a second does not acknowledge.
+            let weak = self.me.clone();
+            Timer::once(Duration::from_secs(1), move || {
+                if let Some(b) = weak.upgrade() {
+                    if !b.acks_known.get() {
+                        b.hello_pending.set(false);
+                    }
+                }
+            });
+        }
+        if let Some(events) = self.events.upgrade() {
+            events.up();
+        }
+    }
+
+    fn lost(&self) {
+        let was = self.up.replace(false);
+        self.acks.set(false);
+        let unconfirmed = std::mem::take(&mut *self.confirms.borrow_mut());
+        for (_, cb) in unconfirmed {
+            guard("channel publish confirmation", || {
+                cb(Err(ChannelError::Unconfirmed))
+            });
+        }
+        if self.closed.get() {
+            return;
+        }
+        if was {
+            if let Some(events) = self.events.upgrade() {
+                events.down();
+            }
+        }
+        let after = self.backoff.get();
+        self.backoff.set((after * 2).min(MAX_BACKOFF));
+        self.conn.reconnect(after);
+    }
+
+    fn delivered(&self, d: Delivery) {
+        match d.kind {
+            DeliveryKind::Hello => {
+                self.acks.set(true);
+                self.acks_known.set(true);
+                self.hello_pending.set(false);
+            }
+            DeliveryKind::Ack => {
+                if let Key::Int(id) = d.channel {
+                    let cb = self.confirms.borrow_mut().remove(&id);
+                    let reached = php_serde::from_slice(&d.data)
+                        .ok()
+                        .and_then(|v| v.as_u64())
+                        .map(|n| n as usize);
+                    if let Some(cb) = cb {
+                        guard("channel publish confirmation", || cb(Ok(reached)));
+                    }
+                }
+            }
+            DeliveryKind::Event | DeliveryKind::Queue => {
+                if let Some(events) = self.events.upgrade() {
+                    events.delivery(d);
+                }
+            }
+        }
+    }
+}
+
+impl Broker for TcpBroker {
+    fn send(&self, cmd: Command) -> Result<(), ChannelError> {
+        self.write(&cmd)
+    }
+
+    fn publish_confirmed(&self, cmd: Command, done: Confirm) {
+        if !self.up.get() || self.hello_pending.get() {
+            return done(Err(ChannelError::Disconnected));
+        }
+        if !self.acks.get() {
+            // A server without confirmations (Workerman's): handed over is all we can know.
+            return done(self.write(&cmd).map(|()| None));
+        }
+        let id = self.next_ack.get();
+        self.next_ack.set(id + 1);
+        match self.write_payload(Bytes::from(cmd.encode_payload_with_id(id))) {
+            Ok(()) => {
+                self.confirms.borrow_mut().insert(id, done);
+            }
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    fn close(&self) {
+        if self.closed.replace(true) {
+            return;
+        }
+        self.up.set(false);
+        if let Some(t) = self.ping.take() {
+            Timer::del(t);
+        }
+        self.conn.close();
+    }
+}
+
+/// The first command to a server that requires a secret.
+pub(crate) fn auth_command(secret: &str) -> Command {
+    let mut data = Vec::new();
+    php_serde::write_str(&mut data, super::auth::token(secret).as_bytes());
+    Command::Auth(Bytes::from(data))
+}
