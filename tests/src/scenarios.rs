@@ -1,20 +1,20 @@
-//! Channel scenarios shared by the channel-server and Redis suites: each takes what
-//! `--channel` takes (a channel server's `IP:PORT` or a `redis://` URL), starts its own
-//! `channel_console` processes on it and asserts what their clients receive.
+//! Channel scenarios of the conformance set (`conformance`): each takes a backend, starts its
+//! own `channel_console` processes on it and asserts what their clients receive.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::{channel_console, open_console as open, Console};
+use crate::conformance::Backend;
+use crate::{open_console as open, Console};
 
 /// How long subscriptions get to reach the server (or Redis) before the first publish.
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// Fan-out to `subscribers` clients in two processes, `"1"` and `1` as one name but `"01"` as
 /// another, per-publisher ordering of `seq` events, and no events after an unsubscribe.
-pub async fn fan_out_names_and_ordering(channel: &str, subscribers: usize, seq: usize) {
-    let (_a, a_addr) = channel_console(channel, &[]);
-    let (_b, b_addr) = channel_console(channel, &[]);
+pub async fn fan_out_names_and_ordering(b: &Backend, subscribers: usize, seq: usize) {
+    let (_a, a_addr) = b.console();
+    let (_b, b_addr) = b.console();
     let mut subs = Vec::new();
     for n in 0..subscribers {
         let mut c = open(if n % 2 == 0 { &a_addr } else { &b_addr }).await;
@@ -61,9 +61,9 @@ pub async fn fan_out_names_and_ordering(channel: &str, subscribers: usize, seq: 
 
 /// `publish_loop`: 30 events over three subscribers, each event to exactly one of them, ten
 /// each, in turn.
-pub async fn publish_loop_round_robin(channel: &str) {
-    let (_a, a_addr) = channel_console(channel, &[]);
-    let (_b, b_addr) = channel_console(channel, &[]);
+pub async fn publish_loop_round_robin(b: &Backend) {
+    let (_a, a_addr) = b.console();
+    let (_b, b_addr) = b.console();
     let mut subs = Vec::new();
     for addr in [&a_addr, &b_addr, &a_addr] {
         let mut c = open(addr).await;
@@ -93,9 +93,9 @@ pub async fn publish_loop_round_robin(channel: &str) {
 
 /// Queues: items enqueued before anyone watches wait; two auto-reserving watchers in two
 /// processes get every item exactly once; a manual watcher gets one item per `reserve`.
-pub async fn queues_deliver_exactly_once(channel: &str) {
-    let (_a, a_addr) = channel_console(channel, &[]);
-    let (_b, b_addr) = channel_console(channel, &[]);
+pub async fn queues_deliver_exactly_once(b: &Backend) {
+    let (_a, a_addr) = b.console();
+    let (_b, b_addr) = b.console();
     let mut p = open(&b_addr).await;
     for i in 0..20 {
         assert_eq!(p.ask(&format!("enq jobs {i}")).await, "ok Sent");

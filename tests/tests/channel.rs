@@ -1,5 +1,7 @@
 //! The channel service over real loopback sockets: a `start_channel` process, clients in
 //! `channel_console` processes, and raw TCP clients speaking the PHP wire format byte for byte.
+//! What every backend does alike is in `conformance.rs`; this file holds what is the channel
+//! server's or the embedded hub's own.
 
 use std::time::Duration;
 
@@ -14,19 +16,6 @@ fn channel_server() -> (App, String) {
     let addr = format!("127.0.0.1:{port}");
     let app = App::start("start_channel", &["--listen", &addr], &[port]);
     (app, addr)
-}
-
-#[tokio::test]
-async fn fan_out_names_and_ordering_across_processes() {
-    let (_server, ch) = channel_server();
-    scenarios::fan_out_names_and_ordering(&ch, 5, 500).await;
-}
-
-#[tokio::test]
-async fn publish_loop_is_round_robin_and_queues_deliver_exactly_once() {
-    let (_server, ch) = channel_server();
-    scenarios::publish_loop_round_robin(&ch).await;
-    scenarios::queues_deliver_exactly_once(&ch).await;
 }
 
 #[tokio::test]

@@ -1,57 +1,13 @@
-//! The channel on a real `redis-server`: the channel suite's scenarios with
-//! `--channel redis://…`, Redis restarted mid-stream, and the push cluster with two WebSocket
-//! nodes and two publishers and no channel server at all.
+//! The channel on a real `redis-server`, what is Redis's own (what every backend does alike is
+//! in `conformance.rs`): passwords, TLS, and the push cluster with two WebSocket nodes and two
+//! publishers and no channel server at all.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use werkmann_tests::{
-    channel_console, free_port, open_console as open, scenarios, App, Console, RedisCluster,
-    RedisServer,
+    channel_console, free_port, open_console as open, App, Console, RedisCluster, RedisServer,
 };
-
-#[tokio::test]
-async fn fan_out_names_ordering_loop_and_queues_on_redis() {
-    let redis = RedisServer::start();
-    all_scenarios(&redis.url()).await;
-}
-
-/// The same on a three-node Redis Cluster: sharded pub/sub, keys spread over the nodes.
-#[tokio::test]
-async fn fan_out_names_ordering_loop_and_queues_on_a_redis_cluster() {
-    let cluster = RedisCluster::start(3);
-    all_scenarios(&cluster.url()).await;
-}
-
-/// The channel suite's scenarios (`werkmann_tests::scenarios`), on Redis.
-async fn all_scenarios(url: &str) {
-    scenarios::fan_out_names_and_ordering(url, 3, 300).await;
-    scenarios::publish_loop_round_robin(url).await;
-    scenarios::queues_deliver_exactly_once(url).await;
-}
-
-#[tokio::test]
-async fn redis_restarted_mid_stream() {
-    let mut redis = RedisServer::start();
-    let (_a, a_addr) = channel_console(&redis.url(), &[]);
-    let mut sub = open(&a_addr).await;
-    assert_eq!(sub.ask("on news").await, "ok");
-    let mut p = open(&a_addr).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(p.ask("pub news 1").await, "ok Sent");
-    assert_eq!(sub.line().await, "event news 1");
-
-    redis.kill();
-    // Both clients notice (the connection drops) and say so.
-    assert_eq!(sub.line().await, "channel closed");
-    assert_eq!(p.line().await, "channel closed");
-    assert_eq!(p.ask("pub news 2").await, "ok Buffered");
-
-    redis.restart();
-    scenarios::both_reconnect(&mut sub, &mut p).await;
-    // The buffered event may have been published before the subscriber's subscription was back.
-    scenarios::publish_until_delivered(&mut p, &mut sub, |l| assert_eq!(l, "event news 2")).await;
-}
 
 #[tokio::test]
 async fn a_password_in_the_url_authenticates_and_a_wrong_one_is_reported() {

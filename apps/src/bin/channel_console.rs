@@ -9,7 +9,8 @@
 //! `unwatch NAME`, `connected`, `seq NAMES N` (publishes `{"i": 0..N}` in order, to the
 //! comma-separated NAMES in turn), `seqt NAMES N` (the same, one publish per turn),
 //! `onslow NAME MS` (a subscriber taking MS ms per event), `onstuck NAME MS` (blocked MS ms by
-//! its first event), `pubct NAME N` (N confirmed publishes, one per turn), `whoami`.
+//! its first event), `pubct NAME N` (N confirmed publishes, one per turn), `pubc NAME JSON` (one confirmed
+//! publish: `ok reached N`), `claim COUNT [IDS]` (worker ids: `ids A,B`), `whoami`.
 //! Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
 //! command results as `ok Sent`, `ok Buffered` or `err <why>`.
 
@@ -28,6 +29,12 @@ fn reply(conn: &Connection, r: Result<channel::PublishStatus, channel::ChannelEr
         Err(e) => conn.send(format!("err {e}")),
     };
 }
+
+/// The channel address (for `claim`).
+static CHANNEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// Worker ids claimed by `claim`, held until the process exits.
+static HELD: std::sync::Mutex<Vec<channel::worker_ids::WorkerIds>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// Events handled by `onslow` callbacks in this process.
 static SLOW_HANDLED: AtomicU64 = AtomicU64::new(0);
@@ -142,6 +149,57 @@ fn command(conn: &Connection, client: &Client, line: &str) {
             });
             conn.send("ok");
         }
+        "pubc" => match json() {
+            // One confirmed publish: `ok reached N` (N subscribers), `ok unconfirmed` (a server
+            // that does not confirm), or `err <why>`.
+            Ok(v) => {
+                let back = conn.clone();
+                client.publish_confirmed(name(n), &v, move |r| {
+                    back.send(match r {
+                        Ok(Some(reached)) => format!("ok reached {reached}"),
+                        Ok(None) => "ok unconfirmed".to_string(),
+                        Err(e) => format!("err {e}"),
+                    });
+                });
+            }
+            Err(e) => {
+                conn.send(format!("err bad json: {e}"));
+            }
+        },
+        "claim" => {
+            // `claim COUNT [ID,ID]`: claim worker ids through this console's channel, held until
+            // the process exits: `ids A,B` or `err <why>`.
+            let count: usize = n.parse().unwrap_or(0);
+            let pinned: Option<Vec<u32>> = (rest != "null").then(|| {
+                rest.split(',')
+                    .filter_map(|s| s.trim().parse().ok())
+                    .collect()
+            });
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let addr = CHANNEL.get().cloned().unwrap_or_default();
+            std::thread::spawn(move || {
+                let r = channel::worker_ids::claim(
+                    &addr,
+                    &werkmann_apps::push::channel_options(),
+                    count,
+                    pinned,
+                    Duration::from_secs(10),
+                );
+                let _ = tx.send(r.map(|ids| {
+                    let shown: Vec<String> = ids.ids().iter().map(u32::to_string).collect();
+                    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(ids);
+                    shown.join(",")
+                }));
+            });
+            let back = conn.clone();
+            tokio::task::spawn_local(async move {
+                back.send(match rx.await {
+                    Ok(Ok(ids)) => format!("ids {ids}"),
+                    Ok(Err(e)) => format!("err {e}"),
+                    Err(_) => "err claim thread failed".to_string(),
+                });
+            });
+        }
         "pubct" => {
             // Publish `rest` confirmed events to NAME, one per turn; once all are confirmed,
             // answer with the subscribers reached in all and how far the confirmations ran
@@ -190,6 +248,7 @@ fn main() -> anyhow::Result<()> {
     let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9020");
     let channel_addr = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");
     let serve = option("--serve", "WERKMANN_SERVE", "");
+    let _ = CHANNEL.set(channel_addr.clone());
     let mut workers = Vec::new();
     if !serve.is_empty() {
         workers.push(if serve == "embedded" {

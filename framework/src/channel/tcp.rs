@@ -50,6 +50,9 @@ pub(crate) struct TcpBroker {
     hello_pending: Cell<bool>,
     next_ack: Cell<i64>,
     confirms: RefCell<BTreeMap<i64, Confirm>>,
+    /// Commands held, in order, from a confirmed publish made before the hello was answered
+    /// until it is (or until a server that stays silent is taken not to confirm).
+    held: RefCell<Vec<(Command, Option<Confirm>)>>,
 }
 
 impl TcpBroker {
@@ -82,6 +85,7 @@ impl TcpBroker {
             hello_pending: Cell::new(false),
             next_ack: Cell::new(1),
             confirms: RefCell::new(BTreeMap::new()),
+            held: RefCell::new(Vec::new()),
         });
         let weak = Rc::downgrade(&broker);
         conn.on_connect(move |_| {
@@ -159,8 +163,8 @@ impl TcpBroker {
             let weak = self.me.clone();
             Timer::once(Duration::from_secs(1), move || {
                 if let Some(b) = weak.upgrade() {
-                    if !b.acks_known.get() {
-                        b.hello_pending.set(false);
+                    if !b.acks_known.get() && b.hello_pending.replace(false) {
+                        b.release_held();
                     }
                 }
             });
@@ -170,11 +174,28 @@ impl TcpBroker {
         }
     }
 
+    /// The hello is settled: send what was held, in order.
+    fn release_held(&self) {
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        for (cmd, confirm) in held {
+            match confirm {
+                Some(done) => self.publish_confirmed(cmd, done),
+                None => {
+                    let _ = self.write(&cmd);
+                }
+            }
+        }
+    }
+
     fn lost(&self) {
         let was = self.up.replace(false);
         self.acks.set(false);
-        let unconfirmed = std::mem::take(&mut *self.confirms.borrow_mut());
-        for (_, cb) in unconfirmed {
+        self.hello_pending.set(false);
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        let unconfirmed = std::mem::take(&mut *self.confirms.borrow_mut())
+            .into_values()
+            .chain(held.into_iter().filter_map(|(_, c)| c));
+        for cb in unconfirmed {
             guard("channel publish confirmation", || {
                 cb(Err(ChannelError::Unconfirmed))
             });
@@ -198,6 +219,7 @@ impl TcpBroker {
                 self.acks.set(true);
                 self.acks_known.set(true);
                 self.hello_pending.set(false);
+                self.release_held();
             }
             DeliveryKind::Ack => {
                 if let Key::Int(id) = d.channel {
@@ -222,12 +244,24 @@ impl TcpBroker {
 
 impl Broker for TcpBroker {
     fn send(&self, cmd: Command) -> Result<(), ChannelError> {
-        self.write(&cmd)
+        let mut held = self.held.borrow_mut();
+        if held.is_empty() {
+            drop(held);
+            self.write(&cmd)
+        } else {
+            held.push((cmd, None));
+            Ok(())
+        }
     }
 
     fn publish_confirmed(&self, cmd: Command, done: Confirm) {
-        if !self.up.get() || self.hello_pending.get() {
+        if !self.up.get() {
             return done(Err(ChannelError::Disconnected));
+        }
+        if self.hello_pending.get() || !self.held.borrow().is_empty() {
+            // Whether this server confirms is not known yet: wait for its hello.
+            self.held.borrow_mut().push((cmd, Some(done)));
+            return;
         }
         if !self.acks.get() {
             // A server without confirmations (Workerman's): handed over is all we can know.

@@ -1,0 +1,230 @@
+//! The channel's conformance set: the same cases, asserted on what clients receive, on every
+//! backend behind the broker seam — the embedded hub (in-process clients, direct path
+//! included), a channel server over TCP, Redis, and a Redis Cluster. `tests/conformance.rs`
+//! runs each case on each backend; `scenarios` holds the cases the channel and Redis suites
+//! had before.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::{channel_console, free_port, open_console as open, App, Console};
+use crate::{RedisCluster, RedisServer};
+
+/// The backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The embedded channel: one process, clients on two instance threads.
+    Embedded,
+    /// A `start_channel` process.
+    Server,
+    /// One `redis-server`.
+    Redis,
+    /// A three-node Redis Cluster.
+    RedisCluster,
+}
+
+/// A running backend and how consoles reach it.
+pub struct Backend {
+    /// Which one.
+    pub kind: Kind,
+    /// What `--channel` takes.
+    pub channel: String,
+    server: Option<(App, u16)>,
+    redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
+    /// Embedded: the one process with the hub, and its console address.
+    embedded: Option<(App, String)>,
+}
+
+impl Backend {
+    /// Start a backend of this kind.
+    pub fn start(kind: Kind) -> Backend {
+        let mut b = Backend {
+            kind,
+            channel: String::new(),
+            server: None,
+            redis: None,
+            _cluster: None,
+            embedded: None,
+        };
+        match kind {
+            Kind::Embedded => {
+                b.channel = "embedded".into();
+                b.embedded = Some(channel_console(
+                    "embedded",
+                    &["--serve", "embedded", "--count", "2"],
+                ));
+            }
+            Kind::Server => {
+                let port = free_port();
+                b.channel = format!("127.0.0.1:{port}");
+                let app = App::start("start_channel", &["--listen", &b.channel], &[port]);
+                b.server = Some((app, port));
+            }
+            Kind::Redis => {
+                let r = RedisServer::start();
+                b.channel = r.url();
+                b.redis = Some(r);
+            }
+            Kind::RedisCluster => {
+                let c = RedisCluster::start(3);
+                b.channel = c.url();
+                b._cluster = Some(c);
+            }
+        }
+        b
+    }
+
+    /// A console process on this backend, and its address: a new process, or (embedded) the
+    /// process that holds the hub, whose consoles land on its two threads in turn.
+    pub fn console(&self) -> (Option<App>, String) {
+        match &self.embedded {
+            Some((_, addr)) => (None, addr.clone()),
+            None => {
+                let (app, addr) = channel_console(&self.channel, &[]);
+                (Some(app), addr)
+            }
+        }
+    }
+
+    /// Kill the backend (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some((app, _)) = self.server.take() {
+            drop(app);
+            self.server = None;
+        }
+        if let Some(r) = self.redis.as_mut() {
+            r.kill();
+        }
+    }
+
+    /// Start it again on the same address.
+    pub fn restart(&mut self) {
+        if self.kind == Kind::Server {
+            let port: u16 = self.channel.rsplit_once(':').unwrap().1.parse().unwrap();
+            let app = App::start("start_channel", &["--listen", &self.channel], &[port]);
+            self.server = Some((app, port));
+        }
+        if let Some(r) = self.redis.as_mut() {
+            r.restart();
+        }
+    }
+}
+
+/// Publish confirmed to `name` until the answer says `n` subscribers were reached (the
+/// subscriptions are on their way); fails after 10 s.
+pub async fn confirmed_reaches(publisher: &mut Console, name: &str, n: usize) {
+    let want = format!("ok reached {n}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = publisher.ask(&format!("pubc {name} \"probe\"")).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "confirmed publishes to {name} never reached {n}: last {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Skip the probes a [`confirmed_reaches`] left at each subscriber: lines up to and including
+/// the last `event NAME "probe"` before anything else.
+pub async fn skip_probes(sub: &mut Console, name: &str) -> Option<String> {
+    let probe = format!("event {name} \"probe\"");
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), sub.line()).await {
+            Ok(l) if l == probe => continue,
+            Ok(l) => return Some(l),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Confirmed publishes say how many subscribers they reached: 0 without any, every
+/// subscriber of the name across processes (threads, embedded), fewer after an unsubscribe;
+/// each subscriber gets the event once.
+pub async fn confirmations_count_subscribers(b: &Backend) {
+    let (_a, a_addr) = b.console();
+    let (_b, b_addr) = b.console();
+    let mut p = open(&b_addr).await;
+    assert_eq!(p.ask("pubc nobody 1").await, "ok reached 0");
+    let mut subs = Vec::new();
+    for addr in [&a_addr, &b_addr, &a_addr] {
+        let mut c = open(addr).await;
+        assert_eq!(c.ask("on counted").await, "ok");
+        subs.push(c);
+    }
+    confirmed_reaches(&mut p, "counted", 3).await;
+    for s in &mut subs {
+        assert_eq!(skip_probes(s, "counted").await, None);
+    }
+    assert_eq!(p.ask(r#"pubc counted {"n":1}"#).await, "ok reached 3");
+    for s in &mut subs {
+        assert_eq!(s.line().await, r#"event counted {"n":1}"#);
+        s.nothing_for(100).await;
+    }
+    assert_eq!(subs[0].ask("unsub counted").await, "ok");
+    confirmed_reaches(&mut p, "counted", 2).await;
+    subs[0].nothing_for(100).await;
+}
+
+/// Clients notice a lost backend, hold what is published meanwhile (a confirmed publish is
+/// refused at once, never buffered), reconnect, re-subscribe and deliver what they held.
+pub async fn reconnect_resubscribes_and_flushes(b: &mut Backend) {
+    let (_a, a_addr) = b.console();
+    let mut sub = open(&a_addr).await;
+    assert_eq!(sub.ask("on news").await, "ok");
+    let mut p = open(&a_addr).await;
+    confirmed_reaches(&mut p, "news", 1).await;
+    skip_probes(&mut sub, "news").await;
+
+    b.kill();
+    assert_eq!(sub.line().await, "channel closed");
+    assert_eq!(p.line().await, "channel closed");
+    assert_eq!(p.ask("pub news 2").await, "ok Buffered");
+    assert_eq!(p.ask("pubc news 3").await, "err channel not connected");
+
+    b.restart();
+    crate::scenarios::both_reconnect(&mut sub, &mut p).await;
+    // The buffered event may have been published before the subscriber's subscription was
+    // back (Workerman's channel and Redis keep nothing for absent subscribers).
+    crate::scenarios::publish_until_delivered(&mut p, &mut sub, |l| assert_eq!(l, "event news 2"))
+        .await;
+    confirmed_reaches(&mut p, "news", 1).await;
+}
+
+/// Worker ids: two nodes claiming at once get disjoint ids, a third the next free ones, and a
+/// pinned claim of a held id fails naming it.
+pub async fn worker_id_claims_are_disjoint(b: &Backend) {
+    let (_a, a_addr) = b.console();
+    let (_b, b_addr) = b.console();
+    let mut x = Console::connect(&a_addr).await;
+    let mut y = Console::connect(&b_addr).await;
+    assert_eq!(x.line().await, "channel connected");
+    assert_eq!(y.line().await, "channel connected");
+    x.send("claim 2").await;
+    y.send("claim 2").await;
+    let (gx, gy) = (x.line().await, y.line().await);
+    let ids = |l: &str| -> Vec<u32> {
+        l.strip_prefix("ids ")
+            .unwrap_or_else(|| panic!("a claim answers ids: {l:?}"))
+            .split(',')
+            .map(|s| s.parse().unwrap())
+            .collect()
+    };
+    let (ix, iy) = (ids(&gx), ids(&gy));
+    let all: HashSet<u32> = ix.iter().chain(&iy).copied().collect();
+    assert_eq!(all.len(), 4, "disjoint: {ix:?} / {iy:?}");
+    assert_eq!(all, HashSet::from([0, 1, 2, 3]), "the lowest free ids");
+    assert_eq!(ids(&x.ask("claim 1").await), vec![4]);
+    let clash = y.ask(&format!("claim 1 {}", ix[0])).await;
+    assert_eq!(
+        clash,
+        format!(
+            "err worker ids [{}] are already held by another node",
+            ix[0]
+        )
+    );
+}

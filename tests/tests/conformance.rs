@@ -1,0 +1,41 @@
+//! One behaviour, tested once: every case of the conformance set (`werkmann_tests::conformance`
+//! and `scenarios`) on every backend behind the channel's broker seam — embedded, channel
+//! server, Redis, Redis Cluster.
+
+use werkmann_tests::conformance::{self, Backend, Kind};
+use werkmann_tests::scenarios;
+
+macro_rules! on_every_backend {
+    ($($case:ident => |$b:ident| $body:expr;)*) => {
+        mod embedded { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::Embedded); $body; })* }
+        mod channel_server { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::Server); $body; })* }
+        mod redis { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::Redis); $body; })* }
+        mod redis_cluster { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::RedisCluster); $body; })* }
+    };
+}
+
+on_every_backend! {
+    fan_out_names_ordering_and_unsubscribe => |b| scenarios::fan_out_names_and_ordering(&b, 3, 300).await;
+    publish_loop_is_round_robin => |b| scenarios::publish_loop_round_robin(&b).await;
+    queues_deliver_exactly_once => |b| scenarios::queues_deliver_exactly_once(&b).await;
+    confirmations_count_subscribers => |b| conformance::confirmations_count_subscribers(&b).await;
+    worker_id_claims_are_disjoint => |b| conformance::worker_id_claims_are_disjoint(&b).await;
+}
+
+/// A backend lost and back. Not for the embedded hub (it lives and dies with its clients'
+/// process) nor a cluster node (failover is the cluster's own).
+mod reconnect_resubscribes_and_flushes {
+    use super::*;
+
+    #[tokio::test]
+    async fn channel_server() {
+        let mut b = Backend::start(Kind::Server);
+        conformance::reconnect_resubscribes_and_flushes(&mut b).await;
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        let mut b = Backend::start(Kind::Redis);
+        conformance::reconnect_resubscribes_and_flushes(&mut b).await;
+    }
+}
