@@ -413,10 +413,13 @@ async fn websocket_node_killed_while_pushes_flow() {
         );
     }
     // Once C's instances subscribed, broadcasts reach as many instances as before: ok again.
+    // Each attempt with its own content: one answered 503 may still reach B's clients.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while push(web, "content=after").await != 200 {
+    let mut attempt = 0;
+    while push(web, &format!("content=after{attempt}")).await != 200 {
         assert!(Instant::now() < deadline, "broadcasts answered ok again");
         tokio::time::sleep(Duration::from_millis(20)).await;
+        attempt += 1;
     }
     // The replacement took the dead node's worker ids (the lowest free ones); a push still
     // naming a dead client's (worker, connection) must not reach a client of the replacement.

@@ -562,3 +562,114 @@ pub(crate) fn lookup(name: &str) -> Option<Option<HubHandle>> {
     }
     r.declared.contains(name).then_some(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::subscriber::testing::{recorder, seen, until};
+    use super::*;
+
+    fn names(ns: &[&str]) -> Vec<WireName> {
+        ns.iter()
+            .map(|n| WireName::from_key(Key::from(*n)))
+            .collect()
+    }
+
+    fn data(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    fn publish(ns: &[&str], d: &str) -> Command {
+        Command::Publish(names(ns), data(d))
+    }
+
+    #[test]
+    fn apply_returns_the_subscribers_a_publish_reached() {
+        actix_rt::System::new().block_on(async {
+            let mut hub = HubState::default();
+            let ((sa, la), (sb, lb)) = (recorder(), recorder());
+            let (a, b) = (SubscriberId::Local(1), SubscriberId::Local(2));
+            let (ka, kb) = (Sink::Local(sa), Sink::Local(sb));
+            let sub = |ns: &[&str]| Command::Subscribe(names(ns));
+            assert_eq!(hub.apply(a, &ka, sub(&["news", "1"]), false), 0);
+            assert_eq!(hub.apply(b, &kb, sub(&["news"]), false), 0);
+            // Subscribing twice changes nothing.
+            assert_eq!(hub.apply(b, &kb, sub(&["news"]), false), 0);
+
+            assert_eq!(hub.apply(b, &kb, publish(&["news"], "x"), false), 2);
+            assert_eq!(hub.apply(b, &kb, publish(&["news", "1"], "y"), true), 3);
+            assert_eq!(hub.apply(b, &kb, publish(&["nobody"], "z"), false), 0);
+            until(|| seen(&la).len() == 3 && seen(&lb).len() == 2).await;
+            assert_eq!(
+                seen(&la),
+                [("news", "x"), ("news", "y"), ("1", "y")].map(|(n, d)| (n.into(), d.into()))
+            );
+
+            // publish_loop: one subscriber each time, in turn.
+            for i in 0..4 {
+                let cmd = Command::PublishLoop(names(&["news"]), data(&i.to_string()));
+                assert_eq!(hub.apply(a, &ka, cmd, false), 1);
+            }
+            until(|| seen(&la).len() + seen(&lb).len() == 9).await;
+            let loop_a: Vec<String> = seen(&la)[3..].iter().map(|(_, d)| d.clone()).collect();
+            let loop_b: Vec<String> = seen(&lb)[2..].iter().map(|(_, d)| d.clone()).collect();
+            assert_eq!(
+                (loop_a.len(), loop_b.len()),
+                (2, 2),
+                "{loop_a:?} {loop_b:?}"
+            );
+
+            let unsub = Command::Unsubscribe(names(&["news"]));
+            assert_eq!(hub.apply(b, &kb, unsub, false), 0);
+            assert_eq!(hub.apply(a, &ka, publish(&["news"], "w"), false), 1);
+            hub.remove(a);
+            assert_eq!(hub.apply(b, &kb, publish(&["news", "1"], "v"), false), 0);
+            assert!(hub.channels.is_empty());
+            assert!(hub.subscribed.values().all(|names| names.is_empty()));
+            assert_eq!(hub.stats.deliveries, 10);
+        });
+    }
+
+    #[test]
+    fn a_full_subscriber_is_refused_and_not_counted() {
+        actix_rt::System::new().block_on(async {
+            let mut hub = HubState::default();
+            let ((sa, _la), (sb, lb)) = (recorder(), recorder());
+            sa.pending.store(MAX_LOCAL_PENDING, Ordering::Release);
+            let (ka, kb) = (Sink::Local(sa), Sink::Local(sb));
+            let sub = Command::Subscribe(names(&["news"]));
+            hub.apply(SubscriberId::Local(1), &ka, sub.clone(), false);
+            hub.apply(SubscriberId::Local(2), &kb, sub, false);
+            let reached = hub.apply(SubscriberId::Local(2), &kb, publish(&["news"], "x"), true);
+            assert_eq!(reached, 1);
+            assert_eq!((hub.stats.deliveries, hub.stats.failed), (1, 1));
+            until(|| seen(&lb).len() == 1).await;
+        });
+    }
+
+    #[test]
+    fn queue_items_wait_for_a_reserve_and_go_to_one_watcher() {
+        actix_rt::System::new().block_on(async {
+            let mut hub = HubState::default();
+            let ((sa, la), (sb, lb)) = (recorder(), recorder());
+            let (a, b) = (SubscriberId::Local(1), SubscriberId::Local(2));
+            let (ka, kb) = (Sink::Local(sa), Sink::Local(sb));
+            for i in 0..3 {
+                let cmd = Command::Enqueue(names(&["jobs"]), data(&i.to_string()));
+                assert_eq!(hub.apply(b, &kb, cmd, false), 0);
+            }
+            hub.apply(a, &ka, Command::Watch(names(&["jobs"])), false);
+            hub.apply(b, &kb, Command::Watch(names(&["jobs"])), false);
+            hub.apply(a, &ka, Command::Reserve, false);
+            hub.apply(b, &kb, Command::Reserve, false);
+            until(|| seen(&la).len() == 1 && seen(&lb).len() == 1).await;
+            assert_eq!(seen(&la), [("jobs".into(), "0".into())]);
+            assert_eq!(seen(&lb), [("jobs".into(), "1".into())]);
+            // A watcher that went away takes no item; the one left gets the last one.
+            hub.remove(b);
+            hub.apply(a, &ka, Command::Reserve, false);
+            until(|| seen(&la).len() == 2).await;
+            assert_eq!(seen(&la)[1], ("jobs".into(), "2".into()));
+            assert!(hub.queues[&Key::from("jobs")].items.is_empty());
+        });
+    }
+}

@@ -200,3 +200,128 @@ impl Refusals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use actix::prelude::*;
+    use bytes::Bytes;
+
+    use super::super::subscriber::testing::{recorder, seen, until};
+    use super::super::wire::WireName;
+    use super::*;
+
+    fn publish(n: &str, d: &str) -> Command {
+        Command::Publish(
+            vec![WireName::from_key(Key::from(n))],
+            Bytes::from(d.to_string()),
+        )
+    }
+
+    struct Notices(Arc<Mutex<Vec<u64>>>);
+    impl Actor for Notices {
+        type Context = Context<Self>;
+    }
+    impl Handler<LocalHandled> for Notices {
+        type Result = ();
+        fn handle(&mut self, msg: LocalHandled, _: &mut Self::Context) {
+            self.0.lock().unwrap().push(msg.0);
+        }
+    }
+
+    #[test]
+    fn one_message_per_subscriber_in_publish_order() {
+        actix_rt::System::new().block_on(async {
+            let routes = Routes::default();
+            let ((s, ls), (t, lt)) = (recorder(), recorder());
+            let both = [
+                (SubscriberId::Local(1), Sink::Local(s.clone())),
+                (SubscriberId::Local(2), Sink::Local(t)),
+            ];
+            routes.set(&Key::from("a"), &both);
+            routes.set(&Key::from("b"), &both[..1]);
+            let handled = Notices(Default::default()).start().recipient();
+            let cmds = vec![
+                (publish("a", "1"), None),
+                (publish("b", "2"), Some(7)),
+                (publish("a", "3"), None),
+                (publish("none", "4"), Some(8)),
+            ];
+            let mut token = 0;
+            let direct = routes
+                .deliver(&cmds, &handled, &mut token)
+                .expect("all local");
+            assert_eq!(direct.reached, vec![2, 1, 2, 0]);
+            assert!(direct.waits.is_empty(), "nobody lags");
+            until(|| ls.lock().unwrap().len() == 1 && lt.lock().unwrap().len() == 1).await;
+            let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+                v.iter()
+                    .map(|(n, d)| (n.to_string(), d.to_string()))
+                    .collect()
+            };
+            assert_eq!(seen(&ls), pairs(&[("a", "1"), ("b", "2"), ("a", "3")]));
+            assert_eq!(seen(&lt), pairs(&[("a", "1"), ("a", "3")]));
+            until(|| s.pending.load(Ordering::Acquire) == 3).await;
+        });
+    }
+
+    #[test]
+    fn a_tcp_subscriber_or_another_command_leaves_the_turn_to_the_hub() {
+        actix_rt::System::new().block_on(async {
+            let routes = Routes::default();
+            let (s, ls) = recorder();
+            // A subscriber that is not an in-process client.
+            routes.set(
+                &Key::from("t"),
+                &[(SubscriberId::Tcp(1), Sink::Local(s.clone()))],
+            );
+            routes.set(&Key::from("a"), &[(SubscriberId::Local(2), Sink::Local(s))]);
+            let handled = Notices(Default::default()).start().recipient();
+            let mut token = 0;
+            let mixed = vec![(publish("a", "1"), None), (publish("t", "2"), None)];
+            assert!(routes.deliver(&mixed, &handled, &mut token).is_none());
+            let other = vec![(publish("a", "1"), None), (Command::Reserve, None)];
+            assert!(routes.deliver(&other, &handled, &mut token).is_none());
+            assert!(ls.lock().unwrap().is_empty(), "nothing delivered");
+            // A route with no subscriber left is forgotten.
+            routes.set(&Key::from("t"), &[]);
+            let now = vec![(publish("t", "3"), Some(1))];
+            let d = routes
+                .deliver(&now, &handled, &mut token)
+                .expect("no subscriber");
+            assert_eq!(d.reached, vec![0]);
+        });
+    }
+
+    #[test]
+    fn confirmations_wait_for_a_lagging_subscriber_and_full_ones_are_refused() {
+        actix_rt::System::new().block_on(async {
+            let routes = Routes::default();
+            let ((slow, _), (full, _)) = (recorder(), recorder());
+            slow.pending.store(LAGGING, Ordering::Release);
+            full.pending.store(MAX_LOCAL_PENDING, Ordering::Release);
+            routes.set(
+                &Key::from("a"),
+                &[(SubscriberId::Local(1), Sink::Local(slow))],
+            );
+            routes.set(
+                &Key::from("f"),
+                &[(SubscriberId::Local(2), Sink::Local(full))],
+            );
+            let notices = Arc::new(Mutex::new(Vec::new()));
+            let handled = Notices(notices.clone()).start().recipient();
+            let mut token = 0;
+            let cmds = vec![
+                (publish("a", "1"), None),
+                (publish("a", "2"), Some(1)),
+                (publish("f", "3"), Some(2)),
+            ];
+            let d = routes.deliver(&cmds, &handled, &mut token).expect("local");
+            assert_eq!(d.reached, vec![1, 1, 0], "the full subscriber is refused");
+            assert_eq!(d.waits, vec![(1, vec![0, 1])]);
+            // The recorder handled them: the notice comes back with its token.
+            until(|| *notices.lock().unwrap() == [1]).await;
+        });
+    }
+}

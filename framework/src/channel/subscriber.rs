@@ -67,3 +67,68 @@ impl Drop for HandledNotice {
         self.to.do_send(LocalHandled(self.token));
     }
 }
+
+/// A subscriber for unit tests: an actor that records what it is delivered.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// What a [`Recorder`] got: each message's deliveries, in order.
+    pub type Log = Arc<Mutex<Vec<Vec<Delivery>>>>;
+
+    /// Records deliveries; drops each message's notice after recording it.
+    pub struct Recorder(pub Log);
+
+    impl Actor for Recorder {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<LocalDelivery> for Recorder {
+        type Result = ();
+        fn handle(&mut self, msg: LocalDelivery, _: &mut Self::Context) {
+            let LocalDelivery(items, notice) = msg;
+            self.0.lock().unwrap().push(items);
+            drop(notice);
+        }
+    }
+
+    /// A started recorder and the sink that reaches it.
+    pub fn recorder() -> (LocalSink, Log) {
+        let log = Log::default();
+        let addr = Recorder(log.clone()).start();
+        let sink = LocalSink {
+            recipient: addr.recipient(),
+            pending: Arc::new(AtomicUsize::new(0)),
+        };
+        (sink, log)
+    }
+
+    /// Every delivery of a log, flattened, as `(name, data)` strings.
+    pub fn seen(log: &Log) -> Vec<(String, String)> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|d| {
+                (
+                    d.channel.to_string(),
+                    String::from_utf8_lossy(&d.data).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Run the actor system until `cond` holds (at most 5 s).
+    pub async fn until(cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "condition not met in 5 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
