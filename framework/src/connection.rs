@@ -19,7 +19,11 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 
-use crate::callbacks::{guard, Callbacks};
+pub mod callbacks;
+
+pub use callbacks::Callbacks;
+
+use crate::callbacks::guard;
 use crate::message::Message;
 use crate::protocol::http::Response;
 use crate::protocol::{Codec, Decoded, ProtocolError};

@@ -16,6 +16,7 @@ pub mod error;
 pub mod master;
 pub mod message;
 pub mod protocol;
+mod run;
 pub mod timer;
 pub mod tls;
 pub(crate) mod transport;

@@ -14,8 +14,8 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::Worker;
-use crate::callbacks::{guard, Callbacks};
-use crate::connection::{Connection, SendStatus};
+use crate::callbacks::guard;
+use crate::connection::{Callbacks, Connection, SendStatus};
 use crate::message::Message;
 use crate::transport::Stream;
 
