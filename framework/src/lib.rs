@@ -17,6 +17,7 @@ pub mod master;
 pub mod message;
 pub mod protocol;
 mod run;
+mod send_queue;
 pub mod timer;
 pub mod tls;
 pub(crate) mod transport;
