@@ -6,7 +6,7 @@
 //! once when nothing is queued (Workerman's `send` returns `true` then) and otherwise join a
 //! bounded queue that the task writes out in one vectored write.
 
-pub mod callbacks;
+pub(crate) mod callbacks;
 mod handshake;
 pub(crate) mod owner;
 
@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
-pub use callbacks::Callbacks;
+pub(crate) use callbacks::Callbacks;
 pub(crate) use owner::ConnectionOwner;
 
 use crate::callbacks::guard;

@@ -283,7 +283,6 @@ impl WorkerInstance {
             .map(|c| {
                 let s = c.stats();
                 ConnectionInfo {
-                    worker: self.0.config.name.clone(),
                     instance: self.0.id,
                     id: c.id(),
                     remote: c.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -403,8 +402,6 @@ pub struct InstanceStatus {
 /// One connection, as `connections` prints it.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
-    /// Worker name.
-    pub worker: String,
     /// Instance id.
     pub instance: usize,
     /// Connection id.
