@@ -7,6 +7,8 @@
 //!
 //! See `docs/architecture.md` for the actor layout.
 
+#![warn(missing_docs)]
+
 // What a user names: the modules below that stay `pub` hold user-facing types (`connection`:
 // `Status`, the defaults; `protocol`: the `Protocol` trait and the codecs the fuzz targets
 // drive; `tls`: `CA_ENV`), the rest is re-exported at the root. `cli`, `master` and `channel`
