@@ -830,3 +830,49 @@ async fn linger(stream: TcpStream) {
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolKind;
+
+    /// The queue's verdicts reach the callbacks and counters, without a socket: a connection
+    /// not yet attached queues everything.
+    #[test]
+    fn a_full_send_buffer_drops_reports_and_calls_on_buffer_full_once() {
+        let full = Rc::new(Cell::new(0));
+        let errors = Rc::new(RefCell::new(Vec::new()));
+        let mut callbacks = Callbacks::default();
+        let f = full.clone();
+        callbacks.on_buffer_full = Some(Rc::new(move |_| f.set(f.get() + 1)));
+        let e = errors.clone();
+        callbacks.on_error = Some(Rc::new(move |_, err: &ConnectionError| {
+            e.borrow_mut().push(err.to_string())
+        }));
+        let codec = ProtocolKind::from_scheme("tcp")
+            .expect("tcp")
+            .server_codec(DEFAULT_MAX_PACKAGE);
+        let callbacks = Rc::new(RefCell::new(callbacks));
+        let conn = Connection::new(1, 0, codec, callbacks, None, 100, DEFAULT_MAX_PACKAGE);
+
+        assert_eq!(conn.send(vec![0u8; 60]), SendStatus::Queued);
+        assert_eq!(conn.send(vec![0u8; 60]), SendStatus::Queued);
+        assert_eq!(conn.send(vec![0u8; 1]), SendStatus::Failed);
+        assert_eq!(
+            conn.send_deferred(Bytes::from_static(b"x")),
+            SendStatus::Failed
+        );
+        assert_eq!(full.get(), 1);
+        assert_eq!(
+            *errors.borrow(),
+            ["send failed: send buffer full and drop package"; 2]
+        );
+        assert_eq!(conn.send_buffer_len(), 120);
+        let stats = conn.stats();
+        assert_eq!((stats.messages_out, stats.send_failures), (2, 2));
+
+        conn.destroy();
+        assert_eq!(conn.send("late"), SendStatus::Failed);
+        assert_eq!(conn.send_buffer_len(), 0);
+    }
+}

@@ -199,137 +199,121 @@ impl SendQueue {
 mod tests {
     use super::*;
 
+    /// A stand-in for the socket's `try_write`.
     type Write = fn(&[u8]) -> io::Result<usize>;
-    const QUEUE_ONLY: Option<Write> = None;
 
     fn b(n: usize) -> Bytes {
         Bytes::from(vec![b'x'; n])
     }
 
+    /// `n` bytes under `max`, through `write` when given; the outcome in short.
+    fn push(q: &mut SendQueue, n: usize, max: usize, write: Option<Write>) -> String {
+        match q.push(b(n), max, write) {
+            Pushed::Sent => "sent".into(),
+            Pushed::Queued { wake, full } => format!("queued wake={wake} full={full}"),
+            Pushed::Dropped => "dropped".into(),
+            Pushed::Failed(e) => format!("failed {:?}", e.kind()),
+        }
+    }
+
+    /// Queue only (the socket is not tried).
+    fn queue(q: &mut SendQueue, n: usize, max: usize) -> String {
+        push(q, n, max, None)
+    }
+
+    fn takes_all(d: &[u8]) -> io::Result<usize> {
+        Ok(d.len())
+    }
+
     #[test]
-    fn sent_when_the_socket_takes_everything_and_nothing_is_queued() {
+    fn what_the_socket_does_not_take_is_queued() {
         let mut q = SendQueue::default();
-        let r = q.push(b(10), 100, Some(|d: &[u8]| Ok(d.len())));
-        assert!(matches!(r, Pushed::Sent));
+        assert_eq!(push(&mut q, 10, 100, Some(takes_all)), "sent");
         assert_eq!(q.len(), 0);
-    }
-
-    #[test]
-    fn a_partial_write_queues_the_rest_and_wakes_the_task() {
-        let mut q = SendQueue::default();
-        let r = q.push(b(10), 100, Some(|_: &[u8]| Ok(4)));
-        assert!(matches!(
-            r,
-            Pushed::Queued {
-                wake: true,
-                full: false
-            }
-        ));
-        assert_eq!(q.len(), 6);
-    }
-
-    #[test]
-    fn would_block_queues_everything() {
-        let mut q = SendQueue::default();
-        let r = q.push(
-            b(10),
-            100,
-            Some(|_: &[u8]| Err(io::ErrorKind::WouldBlock.into())),
+        // A partial write queues the rest and wakes the task.
+        assert_eq!(
+            push(&mut q, 10, 100, Some(|_| Ok(4))),
+            "queued wake=true full=false"
         );
-        assert!(matches!(r, Pushed::Queued { wake: true, .. }));
+        assert_eq!(q.len(), 6);
+        q.clear();
+        assert_eq!(
+            push(
+                &mut q,
+                10,
+                100,
+                Some(|_| Err(io::ErrorKind::WouldBlock.into()))
+            ),
+            "queued wake=true full=false"
+        );
         assert_eq!(q.len(), 10);
     }
 
     #[test]
     fn a_write_error_is_reported_and_nothing_queued() {
         let mut q = SendQueue::default();
-        let r = q.push(
-            b(10),
+        let r = push(
+            &mut q,
+            10,
             100,
-            Some(|_: &[u8]| Err(io::ErrorKind::BrokenPipe.into())),
+            Some(|_| Err(io::ErrorKind::BrokenPipe.into())),
         );
-        assert!(matches!(r, Pushed::Failed(e) if e.kind() == io::ErrorKind::BrokenPipe));
+        assert_eq!(r, "failed BrokenPipe");
         assert_eq!(q.len(), 0);
     }
 
     #[test]
     fn behind_a_queue_a_message_is_queued_not_written() {
         let mut q = SendQueue::default();
-        q.push(b(5), 100, QUEUE_ONLY);
-        let r = q.push(
-            b(5),
+        queue(&mut q, 5, 100);
+        let r = push(
+            &mut q,
+            5,
             100,
-            Some(|_: &[u8]| -> io::Result<usize> { panic!("must not write past the queue") }),
+            Some(|_| panic!("must not write past the queue")),
         );
-        assert!(matches!(
-            r,
-            Pushed::Queued {
-                wake: false,
-                full: false
-            }
-        ));
+        assert_eq!(r, "queued wake=false full=false");
         assert_eq!(q.len(), 10);
     }
 
     #[test]
     fn the_limit_drops_and_reports_full_once() {
         let mut q = SendQueue::default();
-        assert!(matches!(
-            q.push(b(60), 100, QUEUE_ONLY),
-            Pushed::Queued { full: false, .. }
-        ));
-        // Over the limit with this one: accepted, and the limit is reported.
-        assert!(matches!(
-            q.push(b(60), 100, QUEUE_ONLY),
-            Pushed::Queued { full: true, .. }
-        ));
-        // At the limit: dropped, and the queue does not grow.
-        assert!(matches!(q.push(b(1), 100, QUEUE_ONLY), Pushed::Dropped));
-        assert!(matches!(
-            q.push(b(1), 100, Some(|d: &[u8]| Ok(d.len()))),
-            Pushed::Dropped
-        ));
+        assert_eq!(queue(&mut q, 60, 100), "queued wake=true full=false");
+        // Past the limit with this one: accepted, and the limit is reported.
+        assert_eq!(queue(&mut q, 60, 100), "queued wake=false full=true");
+        // At the limit: dropped, written or not, and the queue does not grow.
+        assert_eq!(queue(&mut q, 1, 100), "dropped");
+        assert_eq!(push(&mut q, 1, 100, Some(takes_all)), "dropped");
         assert_eq!(q.len(), 120);
         // Written below the limit but not out: the limit may be reported again.
         q.advance(30);
         assert!(!q.settle(true, 100));
-        assert!(matches!(
-            q.push(b(20), 100, QUEUE_ONLY),
-            Pushed::Queued { full: true, .. }
-        ));
-        // Written below the limit again without a round of writes settling: not reported twice.
+        assert_eq!(queue(&mut q, 20, 100), "queued wake=false full=true");
+        // Below the limit again without a round of writes settling: not reported twice.
         q.advance(20);
-        assert!(matches!(
-            q.push(b(20), 100, QUEUE_ONLY),
-            Pushed::Queued { full: false, .. }
-        ));
+        assert_eq!(queue(&mut q, 20, 100), "queued wake=false full=false");
     }
 
     #[test]
     fn drain_is_reported_once_when_written_out() {
         let mut q = SendQueue::default();
-        q.push(b(150), 100, QUEUE_ONLY);
+        queue(&mut q, 150, 100);
         q.advance(100);
         assert!(!q.settle(true, 100));
         q.advance(50);
         assert!(q.settle(true, 100));
         // Nothing written this round: no second drain.
         assert!(!q.settle(false, 100));
-        // And full may be reported again after a drain.
-        assert!(matches!(
-            q.push(b(100), 100, QUEUE_ONLY),
-            Pushed::Queued {
-                wake: true,
-                full: true
-            }
-        ));
+        // And the limit may be reported again after a drain.
+        assert_eq!(queue(&mut q, 100, 100), "queued wake=true full=true");
     }
 
     #[test]
     fn vectored_writes_take_at_most_iov_max_buffers_and_the_limit() {
         let mut q = SendQueue::default();
         for _ in 0..3000 {
-            q.push(b(3), usize::MAX, QUEUE_ONLY);
+            queue(&mut q, 3, usize::MAX);
         }
         let mut calls = 0;
         while q.len() > 0 {
@@ -344,18 +328,18 @@ mod tests {
         }
         assert_eq!(calls, 3); // 1024 + 1024 + 952 buffers
                               // A byte limit cuts the last buffer short.
-        q.push(b(10), 100, QUEUE_ONLY);
-        q.push(b(10), 100, QUEUE_ONLY);
-        let lens = q
+        queue(&mut q, 10, 100);
+        queue(&mut q, 10, 100);
+        let n = q
             .write_front(15, |s| Ok(s.iter().map(|s| s.len()).sum()))
             .unwrap();
-        assert_eq!(lens, 15);
+        assert_eq!(n, 15);
     }
 
     #[test]
     fn the_bypass_prefix_is_tracked_and_written_first() {
         let mut q = SendQueue::default();
-        q.push(b(10), 100, QUEUE_ONLY);
+        queue(&mut q, 10, 100);
         q.push_front_bypass(Bytes::from_static(b"hello"));
         assert_eq!((q.len(), q.bypass()), (15, 5));
         let first = q
