@@ -311,14 +311,13 @@ impl Connection {
             Status::Connecting => false,
             Status::Established => try_now && inner.codec.borrow().is_open(),
         };
-        let pushed = {
+        let max = inner.max_send_buffer_size.get();
+        let pushed = if write_now {
             let stream = inner.stream.borrow();
-            let write = stream
-                .as_ref()
-                .filter(|_| write_now)
-                .map(|s| |b: &[u8]| s.try_write(b));
-            let max = inner.max_send_buffer_size.get();
+            let write = stream.as_ref().map(|s| |b: &[u8]| s.try_write(b));
             inner.out.borrow_mut().push(bytes, max, write)
+        } else {
+            inner.out.borrow_mut().enqueue(bytes, max)
         };
         match pushed {
             Pushed::Sent => {

@@ -83,7 +83,9 @@ impl SendQueue {
         }
     }
 
-    fn enqueue(&mut self, bytes: Bytes, max: usize) -> Pushed {
+    /// Queue `bytes` unless `max` bytes are queued already (a deferred send, or one before
+    /// the connection is open): [`Pushed::Queued`] or [`Pushed::Dropped`].
+    pub(crate) fn enqueue(&mut self, bytes: Bytes, max: usize) -> Pushed {
         if self.len >= max {
             return Pushed::Dropped;
         }
@@ -208,7 +210,11 @@ mod tests {
 
     /// `n` bytes under `max`, through `write` when given; the outcome in short.
     fn push(q: &mut SendQueue, n: usize, max: usize, write: Option<Write>) -> String {
-        match q.push(b(n), max, write) {
+        short(q.push(b(n), max, write))
+    }
+
+    fn short(pushed: Pushed) -> String {
+        match pushed {
             Pushed::Sent => "sent".into(),
             Pushed::Queued { wake, full } => format!("queued wake={wake} full={full}"),
             Pushed::Dropped => "dropped".into(),
@@ -218,7 +224,7 @@ mod tests {
 
     /// Queue only (the socket is not tried).
     fn queue(q: &mut SendQueue, n: usize, max: usize) -> String {
-        push(q, n, max, None)
+        short(q.enqueue(b(n), max))
     }
 
     fn takes_all(d: &[u8]) -> io::Result<usize> {
