@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::callbacks::{guard, Callbacks};
+use crate::callbacks::guard;
 use crate::connection::{
-    Connection, ConnectionError, SendStatus, DEFAULT_MAX_PACKAGE, DEFAULT_MAX_SEND_BUFFER,
+    Callbacks, Connection, ConnectionError, SendStatus, DEFAULT_MAX_PACKAGE,
+    DEFAULT_MAX_SEND_BUFFER,
 };
 use crate::error::Error;
 use crate::message::Message;

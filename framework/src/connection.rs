@@ -6,9 +6,12 @@
 //! once when nothing is queued (Workerman's `send` returns `true` then) and otherwise join a
 //! bounded queue that the task writes out in one vectored write.
 
+pub(crate) mod callbacks;
+mod handshake;
+pub(crate) mod owner;
+
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -16,15 +19,17 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
-use crate::callbacks::{guard, Callbacks};
+pub(crate) use callbacks::Callbacks;
+pub(crate) use owner::ConnectionOwner;
+
+use crate::callbacks::guard;
 use crate::message::Message;
-use crate::protocol::http::Response;
 use crate::protocol::{Codec, Decoded, ProtocolError};
+use crate::send_queue::{Pushed, SendQueue};
 use crate::transport::Stream;
-use crate::worker::instance::{InstanceInner, WorkerInstance};
 
 /// Default limit of a connection's send buffer (Workerman's `maxSendBufferSize`).
 pub const DEFAULT_MAX_SEND_BUFFER: usize = 1024 * 1024;
@@ -93,61 +98,6 @@ pub enum Status {
     Closed,
 }
 
-#[derive(Default)]
-struct OutQueue {
-    bufs: VecDeque<Bytes>,
-    len: usize,
-    /// Bytes at the front that may go out before the codec is open (a client handshake).
-    bypass: usize,
-}
-
-impl OutQueue {
-    fn push(&mut self, b: Bytes) {
-        self.len += b.len();
-        self.bufs.push_back(b);
-    }
-
-    fn push_front(&mut self, b: Bytes) {
-        self.len += b.len();
-        self.bufs.push_front(b);
-    }
-
-    fn push_front_bypass(&mut self, b: Bytes) {
-        self.bypass += b.len();
-        self.push_front(b);
-    }
-
-    fn advance(&mut self, mut n: usize) {
-        self.len -= n;
-        self.bypass = self.bypass.saturating_sub(n);
-        while n > 0 {
-            let front = self.bufs.front_mut().expect("advance within queue");
-            if n >= front.len() {
-                n -= front.len();
-                self.bufs.pop_front();
-            } else {
-                front.advance(n);
-                n = 0;
-            }
-        }
-        self.shrink_if_empty();
-    }
-
-    fn clear(&mut self) {
-        self.bufs.clear();
-        self.len = 0;
-        self.bypass = 0;
-        self.shrink_if_empty();
-    }
-
-    /// A burst must not leave its queue's capacity behind on an idle connection.
-    fn shrink_if_empty(&mut self) {
-        if self.bufs.is_empty() && self.bufs.capacity() > 4 {
-            self.bufs = VecDeque::new();
-        }
-    }
-}
-
 /// Counters of one connection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ConnectionStats {
@@ -166,15 +116,14 @@ pub(crate) struct ConnInner {
     stream: RefCell<Option<Stream>>,
     codec: RefCell<Box<dyn Codec>>,
     status: Cell<Status>,
-    out: RefCell<OutQueue>,
+    out: RefCell<SendQueue>,
     read_buf: RefCell<BytesMut>,
     paused: Cell<bool>,
     waker: RefCell<Option<Waker>>,
-    buffer_full: Cell<bool>,
     pub(crate) max_send_buffer_size: Cell<usize>,
     pub(crate) max_package_size: usize,
     callbacks: Rc<RefCell<Callbacks>>,
-    instance: Option<Rc<InstanceInner>>,
+    owner: Option<Rc<dyn ConnectionOwner>>,
     stats: Cell<ConnectionStats>,
     data: RefCell<Option<Box<dyn Any>>>,
     /// The instance clock ([`clock::now`]) when the peer last sent anything.
@@ -228,7 +177,7 @@ impl Connection {
         worker_id: usize,
         codec: Box<dyn Codec>,
         callbacks: Rc<RefCell<Callbacks>>,
-        instance: Option<Rc<InstanceInner>>,
+        owner: Option<Rc<dyn ConnectionOwner>>,
         max_send_buffer_size: usize,
         max_package_size: usize,
     ) -> Connection {
@@ -239,15 +188,14 @@ impl Connection {
             stream: RefCell::new(None),
             codec: RefCell::new(codec),
             status: Cell::new(Status::Connecting),
-            out: RefCell::new(OutQueue::default()),
+            out: RefCell::new(SendQueue::default()),
             read_buf: RefCell::new(BytesMut::new()),
             paused: Cell::new(false),
             waker: RefCell::new(None),
-            buffer_full: Cell::new(false),
             max_send_buffer_size: Cell::new(max_send_buffer_size),
             max_package_size,
             callbacks,
-            instance,
+            owner,
             stats: Cell::new(ConnectionStats::default()),
             data: RefCell::new(None),
             last_input: Cell::new(clock::now()),
@@ -267,9 +215,9 @@ impl Connection {
         self.0.worker_id
     }
 
-    /// The worker instance that accepted this connection (`None` for outgoing connections).
-    pub fn worker(&self) -> Option<WorkerInstance> {
-        self.0.instance.clone().map(WorkerInstance)
+    /// Whoever accepted this connection (`None` for outgoing connections).
+    pub(crate) fn owner(&self) -> Option<&Rc<dyn ConnectionOwner>> {
+        self.0.owner.as_ref()
     }
 
     /// The peer's address.
@@ -293,7 +241,7 @@ impl Connection {
 
     /// Bytes waiting in the send buffer.
     pub fn send_buffer_len(&self) -> usize {
-        self.0.out.borrow().len
+        self.0.out.borrow().len()
     }
 
     /// The send buffer's limit.
@@ -358,27 +306,45 @@ impl Connection {
 
     fn push_raw(&self, bytes: Bytes, try_now: bool) -> SendStatus {
         let inner = &self.0;
-        match inner.status.get() {
+        let write_now = match inner.status.get() {
             Status::Closing | Status::Closed => return self.fail_closed(),
-            Status::Connecting => return self.enqueue(bytes),
-            Status::Established => {}
-        }
-        let open = inner.codec.borrow().is_open();
-        if !try_now || !open || inner.out.borrow().len > 0 {
-            return self.enqueue(bytes);
-        }
-        let res = match inner.stream.borrow().as_ref() {
-            Some(s) => s.try_write(&bytes),
-            None => Err(io::ErrorKind::WouldBlock.into()),
+            Status::Connecting => false,
+            Status::Established => try_now && inner.codec.borrow().is_open(),
         };
-        match res {
-            Ok(n) if n == bytes.len() => {
+        let max = inner.max_send_buffer_size.get();
+        let pushed = if write_now {
+            let stream = inner.stream.borrow();
+            let write = stream.as_ref().map(|s| |b: &[u8]| s.try_write(b));
+            inner.out.borrow_mut().push(bytes, max, write)
+        } else {
+            inner.out.borrow_mut().enqueue(bytes, max)
+        };
+        match pushed {
+            Pushed::Sent => {
                 self.count_out();
                 SendStatus::Sent
             }
-            Ok(n) => self.enqueue(bytes.slice(n..)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.enqueue(bytes),
-            Err(e) => {
+            Pushed::Queued { wake, full } => {
+                self.count_out();
+                if wake {
+                    self.wake();
+                }
+                if full {
+                    let cb = inner.callbacks.borrow().on_buffer_full.clone();
+                    if let Some(cb) = cb {
+                        guard("on_buffer_full", || cb(self));
+                    }
+                }
+                SendStatus::Queued
+            }
+            Pushed::Dropped => {
+                self.count_failure();
+                self.call_error(ConnectionError::SendFail(
+                    "send buffer full and drop package".into(),
+                ));
+                SendStatus::Failed
+            }
+            Pushed::Failed(e) => {
                 log::debug!("connection {}: write failed: {e}", inner.id);
                 self.count_failure();
                 self.call_error(ConnectionError::SendFail(e.to_string()));
@@ -386,32 +352,6 @@ impl Connection {
                 SendStatus::Failed
             }
         }
-    }
-
-    fn enqueue(&self, bytes: Bytes) -> SendStatus {
-        let inner = &self.0;
-        let max = inner.max_send_buffer_size.get();
-        let len = inner.out.borrow().len;
-        if len >= max {
-            self.count_failure();
-            self.call_error(ConnectionError::SendFail(
-                "send buffer full and drop package".into(),
-            ));
-            return SendStatus::Failed;
-        }
-        let was_empty = len == 0;
-        inner.out.borrow_mut().push(bytes);
-        self.count_out();
-        if was_empty {
-            self.wake();
-        }
-        if inner.out.borrow().len >= max && !inner.buffer_full.replace(true) {
-            let cb = inner.callbacks.borrow().on_buffer_full.clone();
-            if let Some(cb) = cb {
-                guard("on_buffer_full", || cb(self));
-            }
-        }
-        SendStatus::Queued
     }
 
     fn fail_closed(&self) -> SendStatus {
@@ -423,8 +363,8 @@ impl Connection {
         let mut s = self.0.stats.get();
         s.messages_out += 1;
         self.0.stats.set(s);
-        if let Some(i) = &self.0.instance {
-            i.stats.messages_out.set(i.stats.messages_out.get() + 1);
+        if let Some(o) = &self.0.owner {
+            o.message_out();
         }
     }
 
@@ -432,8 +372,8 @@ impl Connection {
         let mut s = self.0.stats.get();
         s.send_failures += 1;
         self.0.stats.set(s);
-        if let Some(i) = &self.0.instance {
-            i.stats.send_failures.set(i.stats.send_failures.get() + 1);
+        if let Some(o) = &self.0.owner {
+            o.send_failure();
         }
     }
 
@@ -457,7 +397,7 @@ impl Connection {
             Status::Established => {
                 let frame = inner.codec.borrow_mut().close_frame();
                 if let Some(f) = frame {
-                    inner.out.borrow_mut().push(f);
+                    inner.out.borrow_mut().push_back(f);
                 }
                 self.set_closing();
                 self.wake();
@@ -605,8 +545,8 @@ impl Connection {
         self.0.out.borrow_mut().clear();
         *self.0.read_buf.borrow_mut() = BytesMut::new();
         *self.0.waker.borrow_mut() = None;
-        if let Some(i) = &self.0.instance {
-            i.remove_connection(self.0.id);
+        if let Some(o) = &self.0.owner {
+            o.connection_closed(self.0.id);
         }
         let cb = self.0.callbacks.borrow().on_close.clone();
         if let Some(cb) = cb {
@@ -706,7 +646,7 @@ impl Connection {
     /// connection's task next runs (the channel server writes an acknowledged publish's
     /// deliveries before the acknowledgement). What is left, or an error, is the task's.
     pub(crate) fn flush_now(&self) {
-        if self.0.status.get() != Status::Established || self.0.out.borrow().len == 0 {
+        if self.0.status.get() != Status::Established || self.0.out.borrow().len() == 0 {
             return;
         }
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
@@ -724,9 +664,9 @@ impl Connection {
             let limit = {
                 let out = self.0.out.borrow();
                 if gated {
-                    out.bypass
+                    out.bypass()
                 } else {
-                    out.len
+                    out.len()
                 }
             };
             let mut stream_ref = self.0.stream.borrow_mut();
@@ -737,7 +677,7 @@ impl Connection {
                 // Nothing of ours to write; the transport may still hold TLS records.
                 break stream.poll_write_pending(cx);
             }
-            let res = stream.poll_write_queue(cx, &self.0.out.borrow().bufs, limit);
+            let res = stream.poll_write_queue(cx, &self.0.out.borrow(), limit);
             match res {
                 Poll::Pending => break Poll::Pending,
                 Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
@@ -747,16 +687,13 @@ impl Connection {
                 }
             }
         };
-        if wrote && self.0.out.borrow().len == 0 {
-            self.0.buffer_full.set(false);
-            if self.0.status.get() == Status::Established {
-                let cb = self.0.callbacks.borrow().on_buffer_drain.clone();
-                if let Some(cb) = cb {
-                    guard("on_buffer_drain", || cb(self));
-                }
+        let max = self.0.max_send_buffer_size.get();
+        let drained = self.0.out.borrow_mut().settle(wrote, max);
+        if drained && self.0.status.get() == Status::Established {
+            let cb = self.0.callbacks.borrow().on_buffer_drain.clone();
+            if let Some(cb) = cb {
+                guard("on_buffer_drain", || cb(self));
             }
-        } else if self.0.out.borrow().len < self.0.max_send_buffer_size.get() {
-            self.0.buffer_full.set(false);
         }
         result
     }
@@ -828,7 +765,7 @@ impl Connection {
             if !self.0.codec.borrow().is_open() {
                 out.clear();
             }
-            out.push(r);
+            out.push_back(r);
         }
         *self.0.read_buf.borrow_mut() = BytesMut::new();
         self.set_closing();
@@ -840,8 +777,8 @@ impl Connection {
                 let mut s = self.0.stats.get();
                 s.messages_in += 1;
                 self.0.stats.set(s);
-                if let Some(i) = &self.0.instance {
-                    i.stats.messages_in.set(i.stats.messages_in.get() + 1);
+                if let Some(o) = &self.0.owner {
+                    o.message_in();
                 }
                 let cb = self.0.callbacks.borrow().on_message.clone();
                 if let Some(cb) = cb {
@@ -849,55 +786,9 @@ impl Connection {
                 }
             }
             Decoded::Reply(bytes) => {
-                self.0.out.borrow_mut().push(bytes);
+                self.0.out.borrow_mut().push_back(bytes);
             }
-            Decoded::Handshake(req) => {
-                let origin_ok = self
-                    .0
-                    .instance
-                    .as_ref()
-                    .is_none_or(|i| i.origin_allowed(req.header("origin")));
-                let cb = self.0.callbacks.borrow().on_websocket_connect.clone();
-                let refusal: Option<Response> = match cb {
-                    _ if !origin_ok => {
-                        log::warn!(
-                            "connection {} from {:?}: Origin {:?} not allowed; refused",
-                            self.0.id,
-                            self.0.remote.get(),
-                            req.header("origin")
-                        );
-                        Some(Response::text(403, "Origin not allowed\n"))
-                    }
-                    Some(cb) => {
-                        let mut verdict = Ok(());
-                        guard("on_websocket_connect", || verdict = cb(self, &req));
-                        verdict.err()
-                    }
-                    None => None,
-                };
-                if self.0.status.get() != Status::Established {
-                    // The callback closed the connection itself.
-                    return;
-                }
-                let answer = self
-                    .0
-                    .codec
-                    .borrow_mut()
-                    .accept(&req, refusal.map(Message::from));
-                match answer {
-                    Ok(bytes) => self.0.out.borrow_mut().push_front(bytes),
-                    Err(bytes) => {
-                        log::info!(
-                            "connection {}: WebSocket handshake refused by on_websocket_connect",
-                            self.0.id
-                        );
-                        let mut out = self.0.out.borrow_mut();
-                        out.clear();
-                        out.push(bytes);
-                        self.set_closing();
-                    }
-                }
-            }
+            Decoded::Handshake(req) => self.handshake(&req),
             Decoded::Opened => {
                 let cb = self.0.callbacks.borrow().on_connect.clone();
                 if let Some(cb) = cb {
@@ -907,7 +798,7 @@ impl Connection {
             Decoded::Close { reply, reason } => {
                 log::debug!("connection {}: closed by peer: {reason}", self.0.id);
                 if let Some(r) = reply {
-                    self.0.out.borrow_mut().push(r);
+                    self.0.out.borrow_mut().push_back(r);
                 }
                 self.set_closing();
             }
@@ -937,4 +828,50 @@ async fn linger(stream: TcpStream) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolKind;
+
+    /// The queue's verdicts reach the callbacks and counters, without a socket: a connection
+    /// not yet attached queues everything.
+    #[test]
+    fn a_full_send_buffer_drops_reports_and_calls_on_buffer_full_once() {
+        let full = Rc::new(Cell::new(0));
+        let errors = Rc::new(RefCell::new(Vec::new()));
+        let mut callbacks = Callbacks::default();
+        let f = full.clone();
+        callbacks.on_buffer_full = Some(Rc::new(move |_| f.set(f.get() + 1)));
+        let e = errors.clone();
+        callbacks.on_error = Some(Rc::new(move |_, err: &ConnectionError| {
+            e.borrow_mut().push(err.to_string())
+        }));
+        let codec = ProtocolKind::from_scheme("tcp")
+            .expect("tcp")
+            .server_codec(DEFAULT_MAX_PACKAGE);
+        let callbacks = Rc::new(RefCell::new(callbacks));
+        let conn = Connection::new(1, 0, codec, callbacks, None, 100, DEFAULT_MAX_PACKAGE);
+
+        assert_eq!(conn.send(vec![0u8; 60]), SendStatus::Queued);
+        assert_eq!(conn.send(vec![0u8; 60]), SendStatus::Queued);
+        assert_eq!(conn.send(vec![0u8; 1]), SendStatus::Failed);
+        assert_eq!(
+            conn.send_deferred(Bytes::from_static(b"x")),
+            SendStatus::Failed
+        );
+        assert_eq!(full.get(), 1);
+        assert_eq!(
+            *errors.borrow(),
+            ["send failed: send buffer full and drop package"; 2]
+        );
+        assert_eq!(conn.send_buffer_len(), 120);
+        let stats = conn.stats();
+        assert_eq!((stats.messages_out, stats.send_failures), (2, 2));
+
+        conn.destroy();
+        assert_eq!(conn.send("late"), SendStatus::Failed);
+        assert_eq!(conn.send_buffer_len(), 0);
+    }
 }

@@ -7,26 +7,34 @@
 //!
 //! See `docs/architecture.md` for the actor layout.
 
-pub mod callbacks;
+#![warn(missing_docs)]
+
+// What a user names: the modules below that stay `pub` hold user-facing types (`connection`:
+// `Status`, the defaults; `protocol`: the `Protocol` trait and the codecs the fuzz targets
+// drive; `tls`: `CA_ENV`), the rest is re-exported at the root. `cli`, `master` and `channel`
+// are public as the apps use them today.
+pub(crate) mod callbacks;
 pub mod channel;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod connection;
-pub mod error;
+mod error;
 pub mod master;
-pub mod message;
+mod message;
 pub mod protocol;
-pub mod timer;
+mod run;
+mod send_queue;
+mod timer;
 pub mod tls;
 pub(crate) mod transport;
-pub mod worker;
+mod worker;
 
 pub use client::AsyncTcpConnection;
-pub use connection::{Connection, ConnectionError, SendStatus};
+pub use connection::{Connection, ConnectionError, ConnectionStats, SendStatus};
 pub use error::Error;
-pub use message::Message;
-pub use protocol::http::{Request, Response};
+pub use message::{Message, Request, Response};
+pub use protocol::{register_protocol, Protocol, ProtocolError};
 pub use timer::{Timer, TimerId};
 pub use tls::{ClientTls, ServerTls};
-pub use worker::instance::{BroadcastReport, InstanceAddr};
+pub use worker::instance::{BroadcastReport, InstanceAddr, InstanceStatus};
 pub use worker::{Worker, WorkerInstance};

@@ -1,10 +1,13 @@
-//! [`Message`]: what `on_message` receives and what `send` takes.
+//! [`Message`]: what `on_message` receives and what `send` takes, and the HTTP values it
+//! carries ([`http`]).
+
+pub mod http;
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
-use crate::protocol::http::{Request, Response};
+pub use self::http::{Request, Response};
 
 /// A message on a connection, in either direction.
 ///

@@ -7,21 +7,18 @@
 //! buffer: rustls holds at most [`TLS_BUFFER`] bytes of plaintext and records per connection.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::send_queue::SendQueue;
+
 /// Bytes one read asks the kernel (or rustls) for.
 const READ_CHUNK: usize = 32 * 1024;
-/// Buffers in one vectored write: Linux's `IOV_MAX`.
-const MAX_IOVECS: usize = 1024;
-/// Queues this short use a small array of buffers.
-const FEW_IOVECS: usize = 64;
 /// Plaintext or records rustls may hold for one connection before writes push back.
 pub(crate) const TLS_BUFFER: usize = 64 * 1024;
 
@@ -118,23 +115,23 @@ impl Stream {
         }
     }
 
-    /// Write the first `limit` bytes of `bufs` (or fewer) in one vectored write; returns how
+    /// Write the first `limit` bytes of `queue` (or fewer) in one vectored write; returns how
     /// many of them were taken. Under TLS they are taken by rustls, which writes what it can.
     pub(crate) fn poll_write_queue(
         &mut self,
         cx: &mut Context<'_>,
-        bufs: &VecDeque<Bytes>,
+        queue: &SendQueue,
         limit: usize,
     ) -> Poll<io::Result<usize>> {
         match self {
             Stream::Tcp(tcp) => loop {
                 ready!(tcp.poll_write_ready(cx))?;
-                match with_slices(bufs, limit, |s| tcp.try_write_vectored(s)) {
+                match queue.write_front(limit, |s| tcp.try_write_vectored(s)) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     res => return Poll::Ready(res),
                 }
             },
-            Stream::Tls(t) => t.poll_write_queue(cx, bufs, limit),
+            Stream::Tls(t) => t.poll_write_queue(cx, queue, limit),
         }
     }
 
@@ -216,11 +213,11 @@ impl TlsStream {
     fn poll_write_queue(
         &mut self,
         cx: &mut Context<'_>,
-        bufs: &VecDeque<Bytes>,
+        queue: &SendQueue,
         limit: usize,
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_write_pending(cx))?;
-        let n = with_slices(bufs, limit, |s| self.tls.writer().write_vectored(s))?;
+        let n = queue.write_front(limit, |s| self.tls.writer().write_vectored(s))?;
         if n == 0 {
             // rustls is full of plaintext held back by an unfinished handshake: the reader
             // side, woken by the peer's handshake messages, makes room.
@@ -267,39 +264,4 @@ fn read_via_scratch(
         dst.extend_from_slice(&scratch[..n]);
         Ok(n)
     })
-}
-
-/// Call `write` with the first `limit` bytes of `bufs` as slices (at most `MAX_IOVECS`).
-fn with_slices(
-    bufs: &VecDeque<Bytes>,
-    limit: usize,
-    write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
-) -> io::Result<usize> {
-    // A long queue of small frames (a burst of broadcasts) goes out in few calls; a short one
-    // does not pay for initialising the large array.
-    if bufs.len() <= FEW_IOVECS {
-        slices::<FEW_IOVECS>(bufs, limit, write)
-    } else {
-        slices::<MAX_IOVECS>(bufs, limit, write)
-    }
-}
-
-fn slices<const N: usize>(
-    bufs: &VecDeque<Bytes>,
-    limit: usize,
-    write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<usize>,
-) -> io::Result<usize> {
-    let mut slices = [IoSlice::new(&[]); N];
-    let mut n = 0;
-    let mut total = 0;
-    for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
-        if total >= limit {
-            break;
-        }
-        let take = b.len().min(limit - total);
-        *slot = IoSlice::new(&b[..take]);
-        total += take;
-        n += 1;
-    }
-    write(&slices[..n])
 }

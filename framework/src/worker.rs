@@ -7,9 +7,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::callbacks::Callbacks;
+use crate::connection::callbacks::{ConnFn, ErrorFn, HandshakeFn, MessageFn};
 use crate::connection::{
-    Connection, ConnectionError, DEFAULT_MAX_PACKAGE, DEFAULT_MAX_SEND_BUFFER,
+    Callbacks, Connection, ConnectionError, DEFAULT_MAX_PACKAGE, DEFAULT_MAX_SEND_BUFFER,
 };
 use crate::error::Error;
 use crate::message::Message;
@@ -41,25 +41,27 @@ pub(crate) struct WorkerCallbacks {
 
 impl WorkerCallbacks {
     pub(crate) fn connection_callbacks(&self) -> Callbacks {
-        fn conn(f: &Option<SyncConnFn>) -> Option<crate::callbacks::ConnFn> {
+        fn conn(f: &Option<SyncConnFn>) -> Option<ConnFn> {
             f.clone()
                 .map(|f| Rc::new(move |c: &Connection| f(c)) as Rc<dyn Fn(&Connection)>)
         }
         Callbacks {
             on_connect: conn(&self.on_connect),
-            on_message: self.on_message.clone().map(|f| {
-                Rc::new(move |c: &Connection, m: Message| f(c, m)) as crate::callbacks::MessageFn
-            }),
+            on_message: self
+                .on_message
+                .clone()
+                .map(|f| Rc::new(move |c: &Connection, m: Message| f(c, m)) as MessageFn),
             on_close: conn(&self.on_close),
-            on_error: self.on_error.clone().map(|f| {
-                Rc::new(move |c: &Connection, e: &ConnectionError| f(c, e))
-                    as crate::callbacks::ErrorFn
-            }),
+            on_error: self
+                .on_error
+                .clone()
+                .map(|f| Rc::new(move |c: &Connection, e: &ConnectionError| f(c, e)) as ErrorFn),
             on_buffer_full: conn(&self.on_buffer_full),
             on_buffer_drain: conn(&self.on_buffer_drain),
-            on_websocket_connect: self.on_websocket_connect.clone().map(|f| {
-                Rc::new(move |c: &Connection, r: &Request| f(c, r)) as crate::callbacks::HandshakeFn
-            }),
+            on_websocket_connect: self
+                .on_websocket_connect
+                .clone()
+                .map(|f| Rc::new(move |c: &Connection, r: &Request| f(c, r)) as HandshakeFn),
         }
     }
 }
@@ -281,18 +283,5 @@ impl Worker {
         f: impl Fn(&Connection, &Request) -> Result<(), Response> + Send + Sync + 'static,
     ) {
         self.callbacks.on_websocket_connect = Some(Arc::new(f));
-    }
-
-    /// Run these workers under the command line (`start [-d]`, `stop [-g]`, `restart`,
-    /// `reload`, `status`, `connections`) and exit the process when done.
-    pub fn run_all(workers: impl IntoIterator<Item = Worker>) -> ! {
-        let workers: Vec<Worker> = workers.into_iter().collect();
-        let code = crate::master::main(workers);
-        std::process::exit(code)
-    }
-
-    /// Run just this worker; see [`Worker::run_all`].
-    pub fn run(self) -> ! {
-        Worker::run_all(vec![self])
     }
 }

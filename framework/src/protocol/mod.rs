@@ -4,11 +4,11 @@
 //! protocols are `tcp`, `text`, `frame`, `websocket` (`ws` for clients) and `http`; users add
 //! their own with [`Protocol`] and [`register_protocol`].
 
-pub mod custom;
+mod custom;
 pub mod frame;
 pub mod http;
-pub mod tcp;
-pub mod text;
+mod tcp;
+mod text;
 pub mod websocket;
 
 use std::sync::Arc;

@@ -14,8 +14,8 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::Worker;
-use crate::callbacks::{guard, Callbacks};
-use crate::connection::{Connection, SendStatus};
+use crate::callbacks::guard;
+use crate::connection::{Callbacks, Connection, ConnectionOwner, SendStatus};
 use crate::message::Message;
 use crate::transport::Stream;
 
@@ -52,8 +52,21 @@ pub(crate) struct InstanceInner {
     started: Instant,
 }
 
-impl InstanceInner {
-    pub(crate) fn remove_connection(&self, id: u64) {
+/// The instance's side of its connections: counters, the map, the Origin policy.
+impl ConnectionOwner for InstanceInner {
+    fn message_in(&self) {
+        bump(&self.stats.messages_in);
+    }
+
+    fn message_out(&self) {
+        bump(&self.stats.messages_out);
+    }
+
+    fn send_failure(&self) {
+        bump(&self.stats.send_failures);
+    }
+
+    fn connection_closed(&self, id: u64) {
         let gone = self.connections.borrow_mut().remove(&id);
         if let (Some(c), true) = (gone, self.config.max_connections_per_ip > 0) {
             if let Some(ip) = c.remote_addr().map(|a| a.ip()) {
@@ -68,8 +81,7 @@ impl InstanceInner {
         }
     }
 
-    /// Whether a WebSocket upgrade's `Origin` is allowed; a refusal is counted.
-    pub(crate) fn origin_allowed(&self, origin: Option<&str>) -> bool {
+    fn origin_allowed(&self, origin: Option<&str>) -> bool {
         let allowed = &self.config.allowed_origins;
         let ok = allowed.is_empty()
             || origin.is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
@@ -79,6 +91,12 @@ impl InstanceInner {
         ok
     }
 
+    fn as_any(self: Rc<Self>) -> Rc<dyn Any> {
+        self
+    }
+}
+
+impl InstanceInner {
     /// Take a place for a new connection from `peer`, or say why not.
     fn admit(&self, peer: std::net::SocketAddr) -> Result<(), &'static str> {
         if self.connections.borrow().len() >= self.config.max_connections {
@@ -112,6 +130,18 @@ impl InstanceInner {
                 }
             }
         }
+    }
+}
+
+impl Connection {
+    /// The worker instance that accepted this connection (`None` for outgoing connections).
+    pub fn worker(&self) -> Option<WorkerInstance> {
+        let owner = self.owner()?.clone();
+        owner
+            .as_any()
+            .downcast::<InstanceInner>()
+            .ok()
+            .map(WorkerInstance)
     }
 }
 
@@ -253,7 +283,6 @@ impl WorkerInstance {
             .map(|c| {
                 let s = c.stats();
                 ConnectionInfo {
-                    worker: self.0.config.name.clone(),
                     instance: self.0.id,
                     id: c.id(),
                     remote: c.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -304,13 +333,13 @@ impl WorkerInstance {
         };
         let id = self.0.next_conn_id.get();
         self.0.next_conn_id.set(id + 1);
-        self.0.stats.accepted.set(self.0.stats.accepted.get() + 1);
+        bump(&self.0.stats.accepted);
         let conn = Connection::new(
             id,
             self.0.id,
             proto.server_codec(self.0.config.max_package_size),
             self.0.callbacks.clone(),
-            Some(self.0.clone()),
+            Some(self.0.clone() as Rc<dyn ConnectionOwner>),
             self.0.config.max_send_buffer_size,
             self.0.config.max_package_size,
         );
@@ -373,8 +402,6 @@ pub struct InstanceStatus {
 /// One connection, as `connections` prints it.
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
-    /// Worker name.
-    pub worker: String,
     /// Instance id.
     pub instance: usize,
     /// Connection id.
