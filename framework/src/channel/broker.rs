@@ -14,14 +14,14 @@
 //!
 //! A fourth backend (NATS, say) is a new file with a type that implements [`Broker`] (and
 //! [`Leases`] if it can hold worker ids itself), plus one arm in [`Endpoint::parse`] and
-//! [`open`].
+//! one in `backends::open`.
 
 use std::path::PathBuf;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
 use super::wire::{Command, Delivery};
-use super::worker_ids::ClaimError;
 use super::ChannelError;
+use super::ClaimError;
 
 /// How a confirmed publish went: `Ok(Some(n))` reached `n` subscribers, `Ok(None)` handed over
 /// to a server that does not confirm (a PHP channel server), or why it is not known.
@@ -96,8 +96,22 @@ impl Endpoint {
             Endpoint::Local(name) => name.clone(),
             Endpoint::Tcp { addr, tls: false } => addr.clone(),
             Endpoint::Tcp { addr, tls: true } => format!("tls://{addr}"),
-            Endpoint::Redis(url) => super::redis::redact(url),
+            Endpoint::Redis(url) => redact(url),
         }
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`: URLs in logs keep no password.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -138,20 +152,6 @@ pub(crate) trait Leases {
     fn hold(&self, node: &str, ids: Vec<u32>);
     /// Give the ids up now (rather than let them expire); `done` once that is done or failed.
     fn release(&self, node: &str, ids: Vec<u32>, done: Box<dyn FnOnce()>);
-}
-
-/// Start the broker for `endpoint`; it reports to `events`.
-pub(crate) fn open(
-    endpoint: &Endpoint,
-    options: &Options,
-    events: Weak<dyn BrokerEvents>,
-) -> Result<Rc<dyn Broker>, ChannelError> {
-    Ok(match endpoint {
-        Endpoint::Local(name) => super::local::LocalBroker::start(name, events),
-        Endpoint::Tcp { addr, tls } => super::tcp::TcpBroker::start(addr, *tls, options, events)?,
-        Endpoint::Redis(url) => super::redis::RedisLink::start(url, options, events)
-            .map_err(ChannelError::BadAddress)?,
-    })
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::broker::{self, Broker, BrokerEvents, ClaimDone, Endpoint, Options};
+use super::broker::{Broker, BrokerEvents, Endpoint, Leases, Options};
 use super::php_serde::{self, Key};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
 use super::{ChannelError, IntoNames};
@@ -135,49 +135,19 @@ impl Client {
             decode_errors: Cell::new(0),
         });
         let events: Rc<dyn BrokerEvents> = inner.clone();
-        let b = broker::open(&endpoint, options, Rc::downgrade(&events))?;
+        let b = super::backends::open(&endpoint, options, Rc::downgrade(&events))?;
         *inner.broker.borrow_mut() = Some(b);
         Ok(Client(inner))
     }
 
-    /// Claim `count` worker ids (or exactly `pinned`) for `node`, through this client's
-    /// backend: its own store where it has one (Redis leases), else by agreement over pub/sub.
-    pub(crate) fn claim_worker_ids(
-        &self,
-        node: &str,
-        count: usize,
-        pinned: Option<Vec<u32>>,
-        done: ClaimDone,
-    ) {
-        let leases = self.0.broker.borrow().as_ref().and_then(|b| b.leases());
-        match leases {
-            Some(l) => l.claim(node, count, pinned, done),
-            None => super::worker_ids::agree(self, node, count, pinned, done),
-        }
-    }
-
-    /// Give up worker ids held by `node` where the backend stores them; `done` when that is
-    /// done (at once where the ids are only agreed on).
-    pub(crate) fn release_worker_ids(&self, node: &str, ids: Vec<u32>, done: Box<dyn FnOnce()>) {
-        let leases = self.0.broker.borrow().as_ref().and_then(|b| b.leases());
-        match leases {
-            Some(l) => l.release(node, ids, done),
-            None => done(),
-        }
+    /// The worker-id store of this client's backend, if it has one (see `channel::worker_ids`).
+    pub(crate) fn leases(&self) -> Option<Rc<dyn Leases>> {
+        self.0.broker.borrow().as_ref().and_then(|b| b.leases())
     }
 
     /// A handle that does not keep the client alive (for its own callbacks).
     pub(crate) fn downgrade(&self) -> WeakClient {
         WeakClient(Rc::downgrade(&self.0))
-    }
-
-    /// Keep worker ids claimed before by `node` (in the process this one forked from).
-    pub(crate) fn hold_worker_ids(&self, node: &str, ids: Vec<u32>) {
-        let leases = self.0.broker.borrow().as_ref().and_then(|b| b.leases());
-        match leases {
-            Some(l) => l.hold(node, ids),
-            None => super::worker_ids::answer(self, node, ids, true),
-        }
     }
 
     /// The server address (a Redis URL without its password).

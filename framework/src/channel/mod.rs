@@ -19,6 +19,7 @@
 //! ```
 
 pub mod auth;
+mod backends;
 mod broker;
 pub mod client;
 pub mod hub;
@@ -38,6 +39,22 @@ pub use php_serde::Key as Name;
 pub use server::Server;
 
 use php_serde::Key;
+
+/// Why ids could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The channel could not be reached in time.
+    #[error("channel {addr} unreachable: {why}")]
+    Unreachable {
+        /// The channel's address.
+        addr: String,
+        /// The last error.
+        why: String,
+    },
+    /// A pinned id is held by another node.
+    #[error("worker ids {0:?} are already held by another node")]
+    Clash(Vec<u32>),
+}
 
 /// Errors of the channel client.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -32,11 +32,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, PushKind, Value as RValue};
 use tokio::sync::Notify;
 
-use super::broker::{Broker, BrokerEvents, ClaimDone, Confirm, Leases, Options};
+use super::broker::{redact, Broker, BrokerEvents, ClaimDone, Confirm, Leases, Options};
 use super::php_serde::{self, Key, Reader};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
-use super::worker_ids::ClaimError;
 use super::ChannelError;
+use super::ClaimError;
 
 const PREFIX_EVENT: &str = "werkmann:e:";
 const PREFIX_INBOX: &str = "werkmann:c:";
@@ -299,20 +299,6 @@ pub fn open_client(url: &str, ca: Option<&Path>) -> redis::RedisResult<redis::Cl
             )
         }
         _ => redis::Client::open(url),
-    }
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`: URLs in logs keep no password.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((auth, host)) => match auth.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => format!("{scheme}://***@{host}"),
-        },
-        None => url.to_string(),
     }
 }
 

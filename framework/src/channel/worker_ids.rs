@@ -36,21 +36,7 @@ const ROUND: Duration = Duration::from_millis(300);
 /// How long a claim may take once connected (rounds lost to simultaneous claims included).
 const CLAIM_LIMIT: Duration = Duration::from_secs(60);
 
-/// Why ids could not be claimed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClaimError {
-    /// The channel could not be reached in time.
-    #[error("channel {addr} unreachable: {why}")]
-    Unreachable {
-        /// The channel's address.
-        addr: String,
-        /// The last error.
-        why: String,
-    },
-    /// A pinned id is held by another node.
-    #[error("worker ids {0:?} are already held by another node")]
-    Clash(Vec<u32>),
-}
+pub use super::ClaimError;
 
 /// Ids this node holds. Call [`WorkerIds::answer`] once the node serves (after a daemon's
 /// fork); the ids are given up when this is dropped.
@@ -143,7 +129,7 @@ impl WorkerIds {
             let me = client.downgrade();
             client.on_connect(move || {
                 if let (true, Some(me)) = (first.replace(false), me.upgrade()) {
-                    me.hold_worker_ids(&node_name(node), ids.clone());
+                    hold(&me, &node_name(node), ids.clone());
                 }
             });
             HOLDING.with(|h| *h.borrow_mut() = Some(client));
@@ -166,7 +152,8 @@ impl Drop for WorkerIds {
         h.thread.spawn(move || {
             let client = HOLDING.with(|c| c.borrow_mut().take());
             match client {
-                Some(c) => c.release_worker_ids(
+                Some(c) => release(
+                    &c,
                     &node,
                     ids,
                     Box::new(move || {
@@ -180,6 +167,38 @@ impl Drop for WorkerIds {
         });
         let _ = rx.recv_timeout(Duration::from_secs(2));
         h.thread.stop();
+    }
+}
+
+/// Claim `count` ids (or exactly `pinned`) for `node` through `client`'s backend: its own
+/// store where it has one (Redis leases), else by agreement over pub/sub.
+fn claim_through(
+    client: &Client,
+    node: &str,
+    count: usize,
+    pinned: Option<Vec<u32>>,
+    done: ClaimDone,
+) {
+    match client.leases() {
+        Some(l) => l.claim(node, count, pinned, done),
+        None => agree(client, node, count, pinned, done),
+    }
+}
+
+/// Keep ids claimed before by `node` (in the process this one forked from).
+fn hold(client: &Client, node: &str, ids: Vec<u32>) {
+    match client.leases() {
+        Some(l) => l.hold(node, ids),
+        None => answer(client, node, ids, true),
+    }
+}
+
+/// Give up ids where the backend stores them; `done` when that is done (at once where the
+/// ids are only agreed on).
+fn release(client: &Client, node: &str, ids: Vec<u32>, done: Box<dyn FnOnce()>) {
+    match client.leases() {
+        Some(l) => l.release(node, ids, done),
+        None => done(),
     }
 }
 
@@ -266,7 +285,7 @@ fn start_claim(
                 let _ = tx.send(r);
             }
         });
-        me.claim_worker_ids(&node_name(node), count, pinned.clone(), done);
+        claim_through(&me, &node_name(node), count, pinned.clone(), done);
     });
     Timer::once(timeout, move || {
         if !started.get() {
@@ -438,13 +457,7 @@ impl Agreement {
 
 /// Agree on ids over pub/sub through `client` (connected); `done` gets them, and the client
 /// keeps answering for them while it lives.
-pub(crate) fn agree(
-    client: &Client,
-    node: &str,
-    count: usize,
-    pinned: Option<Vec<u32>>,
-    done: ClaimDone,
-) {
+fn agree(client: &Client, node: &str, count: usize, pinned: Option<Vec<u32>>, done: ClaimDone) {
     let a = Rc::new(RefCell::new(Agreement {
         client: client.downgrade(),
         node: u64::from_str_radix(node, 16).unwrap_or(0),
@@ -462,7 +475,7 @@ pub(crate) fn agree(
 
 /// Answer for `ids` held by `node` through `client` while it lives, announcing them first
 /// when `announce`.
-pub(crate) fn answer(client: &Client, node: &str, ids: Vec<u32>, announce: bool) {
+fn answer(client: &Client, node: &str, ids: Vec<u32>, announce: bool) {
     let a = Rc::new(RefCell::new(Agreement {
         client: client.downgrade(),
         node: u64::from_str_radix(node, 16).unwrap_or(0),
