@@ -3,9 +3,10 @@
 //! Markdown table.
 //!
 //! `pushbench channel [--subscribers 1,10,100] [--events E] [--quick] [--batch BYTES]
-//! [--listen 127.0.0.1:PORT]`
+//! [--listen 127.0.0.1:PORT] [--bin-dir DIR]`
 //!
-//! It builds nothing: it starts `start_channel` (next to its own executable) as a child process
+//! It builds nothing: it starts `start_channel` (next to its own executable, or in `--bin-dir`,
+//! e.g. an older build's for `pushbench all --baseline`) as a child process
 //! with `WERKMANN_RUN_DIR` in a fresh temporary directory and waits for its port. Then, for each
 //! subscriber count S:
 //!
@@ -34,7 +35,7 @@
 //! cores with the server; the notes say how much CPU each used.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -73,13 +74,14 @@ const QUICK_ROWS: [(usize, u64); 3] = [(1, 500_000), (10, 200_000), (100, 25_000
 
 const USAGE: &str = "\
 Usage: pushbench channel [--subscribers LIST] [--events E] [--quick] [--batch BYTES]
-                         [--listen 127.0.0.1:PORT]
+                         [--listen 127.0.0.1:PORT] [--bin-dir DIR]
   --subscribers LIST  comma-separated subscriber counts (default 1,10,100)
   --events E          events per row, for every row (default 5000000 for 1 subscriber,
                       2000000 for 10, 250000 for 100, 20000000/S otherwise)
   --quick             a tenth of the default events (--events given after it still applies)
   --batch BYTES       bytes the publisher hands to one write (default 262144)
   --listen IP:PORT    the server's address on 127.0.0.0/8 (default: a free port on 127.0.0.1)
+  --bin-dir DIR       where start_channel is (default: next to pushbench)
 ";
 
 /// Command-line options.
@@ -90,6 +92,8 @@ struct Options {
     quick: bool,
     batch: usize,
     listen: Option<SocketAddr>,
+    /// Where `start_channel` is (`None`: next to pushbench).
+    bin_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -117,6 +121,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         quick: false,
         batch: 256 * 1024,
         listen: None,
+        bin_dir: None,
     };
     let mut args = Args::new(args, USAGE);
     while let Some((name, inline)) = args.next_option() {
@@ -132,6 +137,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--events" => o.events = Some(value()?.parse().context("--events")?),
             "--batch" => o.batch = value()?.parse().context("--batch")?,
             "--listen" => o.listen = Some(value()?.parse().context("--listen")?),
+            "--bin-dir" => o.bin_dir = Some(PathBuf::from(value()?)),
             "--quick" => {
                 o.quick = true;
                 o.events = None;
@@ -173,8 +179,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(listen: SocketAddr) -> Result<Server> {
-        let exe = std::env::current_exe()?.with_file_name("start_channel");
+    /// Start `start_channel` from `bin_dir` (`None`: next to pushbench) on `listen`.
+    fn start(listen: SocketAddr, bin_dir: Option<&Path>) -> Result<Server> {
+        let exe = match bin_dir {
+            Some(dir) => dir.join("start_channel"),
+            None => std::env::current_exe()?.with_file_name("start_channel"),
+        };
         ensure!(
             exe.exists(),
             "{} not found; build it with `cargo build --release -p werkmann-apps --bins` \
@@ -621,7 +631,7 @@ pub async fn main(args: &[String]) -> Result<()> {
          {addr}; {cores} cores shared by the server and this generator",
         o.subscribers
     );
-    let mut server = Server::start(addr)?;
+    let mut server = Server::start(addr, o.bin_dir.as_deref())?;
     let result = tokio::select! {
         r = run(&o, &mut server, addr) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),

@@ -1,5 +1,6 @@
 //! The Markdown report (`docs/benchmarks.md`): how it was measured (a fixed text), the
-//! machine, every row, werkmann against the best peer, the issue's targets, the profile.
+//! machine, every row, werkmann before and after (with `--baseline`), werkmann against the best
+//! peer, the issue's targets, the profile.
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -42,6 +43,8 @@ pub struct Results {
     pub notes: Vec<String>,
     /// `pushbench channel`'s output.
     pub channel: Option<String>,
+    /// `pushbench channel`'s output on the baseline's `start_channel` (`--baseline`).
+    pub channel_before: Option<String>,
 }
 
 /// The current UTC time as `YYYY-MM-DD HH:MM UTC`.
@@ -312,7 +315,7 @@ fn compared(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
 
 fn summary(out: &mut String, rows: &[Row]) {
     let mut lines = Vec::new();
-    for w in rows.iter().filter(|r| !r.peer) {
+    for w in rows.iter().filter(|r| r.system == "werkmann") {
         let peers = peers_of(rows, w);
         for (key, name, higher) in compared(w.scenario) {
             let Some(wv) = w.get(key) else { continue };
@@ -371,6 +374,143 @@ fn summary(out: &mut String, rows: &[Row]) {
             "Nchan",
             "Socket.IO",
             "werkmann / best peer",
+        ],
+        lines,
+    );
+}
+
+/// The system name of the rows run from `--baseline`'s binaries.
+const BEFORE: &str = "werkmann-before";
+
+/// Changes smaller than this share of a figure count as the same in the before/after table.
+const SAME_WITHIN: f64 = 0.05;
+
+/// Figures of the before/after table per scenario: (key, name, higher is better).
+fn before_after_figures(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
+    match sc {
+        Scenario::Idle => &[
+            ("kib_per_conn", "KiB per connection (PSS)", false),
+            ("conns_per_s", "new connections/s", true),
+        ],
+        Scenario::Broadcast => &[
+            ("deliveries_per_s", "deliveries/s", true),
+            ("per_cpu_s", "deliveries per server CPU-s", true),
+            ("p50_ms", "p50 ms", false),
+            ("p99_ms", "p99 ms", false),
+        ],
+        Scenario::Paced => &[("p50_ms", "p50 ms", false), ("p99_ms", "p99 ms", false)],
+        Scenario::Targeted => &[
+            ("pushes_per_s", "pushes/s", true),
+            ("cpu_us", "server µs CPU/push", false),
+            ("p50_ms", "p50 ms", false),
+            ("p99_ms", "p99 ms", false),
+        ],
+        Scenario::Publish => &[
+            ("req_per_s", "requests/s", true),
+            ("cpu_us", "server µs CPU/request", false),
+        ],
+        Scenario::Slow => &[
+            ("p99_base_ms", "others' p99 ms, K read", false),
+            ("p99_ms", "others' p99 ms, K never read", false),
+            ("p99_ratio", "p99 ratio", false),
+            ("mem_peak_mib", "server MiB peak", false),
+        ],
+    }
+}
+
+/// The verdict on one figure: after ÷ before, turned so that above 1 is better.
+fn verdict(before: f64, after: f64, higher: bool) -> &'static str {
+    let gain = if higher {
+        after / before
+    } else {
+        before / after
+    };
+    if !gain.is_finite() {
+        "—"
+    } else if gain >= 1.0 + SAME_WITHIN {
+        "better"
+    } else if gain <= 1.0 - SAME_WITHIN {
+        "**worse**"
+    } else {
+        "same (±5 %)"
+    }
+}
+
+/// werkmann's rows next to the same rows of `--baseline`'s binaries (`werkmann-before`), run
+/// in the same session order of one run: before, after, after ÷ before for each figure.
+/// Nothing without `werkmann-before` rows.
+fn before_after(out: &mut String, rows: &[Row]) {
+    let of = |system: &str, key: &Row| {
+        rows.iter().find(|r| {
+            r.system == system
+                && r.scenario == key.scenario
+                && r.label == key.label
+                && r.mode == key.mode
+        })
+    };
+    // Every (scenario, label, mode) of either build, in the order they ran.
+    let mut keys: Vec<&Row> = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.system == "werkmann" || r.system == BEFORE)
+    {
+        if !keys
+            .iter()
+            .any(|k| k.scenario == r.scenario && k.label == r.label && k.mode == r.mode)
+        {
+            keys.push(r);
+        }
+    }
+    if !keys.iter().any(|k| k.system == BEFORE) {
+        return;
+    }
+    let mut lines = Vec::new();
+    for key in keys {
+        let (before, after) = (of(BEFORE, key), of("werkmann", key));
+        let runs = |r: Option<&Row>| r.map_or("—".into(), |r| r.runs.to_string());
+        let errors = |r: Option<&Row>| r.map_or("—".into(), |r| r.errors.text());
+        for (fig, name, higher) in before_after_figures(key.scenario) {
+            let (b, a) = (
+                before.and_then(|r| r.get(fig)),
+                after.and_then(|r| r.get(fig)),
+            );
+            if b.is_none() && a.is_none() {
+                continue;
+            }
+            let (ratio, word) = match (b, a) {
+                (Some(b), Some(a)) if b > 0.0 => {
+                    (format!("{}×", num(a / b)), verdict(b, a, *higher))
+                }
+                _ => ("—".into(), "—"),
+            };
+            lines.push(vec![
+                key.label.clone(),
+                key.mode.clone(),
+                format!(
+                    "{name} ({} is better)",
+                    if *higher { "higher" } else { "lower" }
+                ),
+                b.map_or("—".into(), num),
+                a.map_or("—".into(), num),
+                ratio,
+                word.to_string(),
+                format!("{} / {}", runs(before), runs(after)),
+                format!("{} / {}", errors(before), errors(after)),
+            ]);
+        }
+    }
+    table(
+        out,
+        &[
+            "row",
+            "mode",
+            "figure",
+            "before",
+            "after",
+            "after ÷ before",
+            "after vs before",
+            "runs",
+            "errors before / after",
         ],
         lines,
     );
@@ -644,6 +784,11 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
     table(out, &header, lines);
 }
 
+/// Whether any row ran from `--baseline`'s binaries.
+fn rows_have_before(rows: &[Row]) -> bool {
+    rows.iter().any(|r| r.system == BEFORE)
+}
+
 /// The whole report.
 pub fn markdown(res: &Results) -> String {
     let mut out = String::new();
@@ -686,6 +831,18 @@ pub fn markdown(res: &Results) -> String {
         p.repeats
     );
     out.push('\n');
+    if rows_have_before(&res.rows) {
+        out.push_str("### werkmann before and after\n\n");
+        out.push_str(
+            "Every werkmann row next to the same row of the baseline's binaries (`--baseline`, \
+             `werkmann-before`), measured in this run: each mode's session ran first with the \
+             baseline's binaries, then with the current ones, same scenarios in the same order. \
+             Rows with runs = N are medians of N. \"after ÷ before\" is the plain ratio of the \
+             figures; \"after vs before\" reads it in the figure's direction (better or worse by \
+             more than 5 %).\n\n",
+        );
+        before_after(&mut out, &res.rows);
+    }
     out.push_str("### werkmann against the best peer\n\n");
     out.push_str(
         "Each werkmann row against the peers set up alike: Nchan with 2 nginx workers (4 for the \
@@ -717,6 +874,13 @@ pub fn markdown(res: &Results) -> String {
         out.push_str(ch.trim());
         out.push_str("\n\n");
     }
+    if let Some(ch) = &res.channel_before {
+        out.push_str(
+            "### Channel server events/s, the baseline's `start_channel` (`--baseline`)\n\n",
+        );
+        out.push_str(ch.trim());
+        out.push_str("\n\n");
+    }
     let notes: Vec<&String> = res.notes.iter().collect();
     let row_notes: Vec<String> = res
         .rows
@@ -740,4 +904,65 @@ pub fn markdown(res: &Results) -> String {
     out.push_str(PROFILE.trim_end());
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::systems::{Build, Setup};
+
+    fn publish(build: Build, req_per_s: f64, cpu_us: f64) -> Row {
+        let mut r = Row::new(
+            Scenario::Publish,
+            "publish, 32 keep-alive connections",
+            Setup::WerkmannAll { build },
+        );
+        r.runs = 3;
+        r.set("req_per_s", req_per_s);
+        r.set("cpu_us", cpu_us);
+        r
+    }
+
+    #[test]
+    fn before_and_after_side_by_side_with_the_ratio_read_in_each_direction() {
+        let rows = vec![
+            publish(Build::Baseline, 100_000.0, 10.0),
+            publish(Build::Current, 90_000.0, 9.0),
+        ];
+        let mut out = String::new();
+        before_after(&mut out, &rows);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(lines[0].starts_with("| row | mode | figure | before | after | after ÷ before"));
+        assert_eq!(
+            lines[2],
+            "| publish, 32 keep-alive connections | all-in-one | requests/s (higher is better) \
+             | 100,000 | 90,000 | 0.90× | **worse** | 3 / 3 | 0 / 0 |"
+        );
+        assert_eq!(
+            lines[3],
+            "| publish, 32 keep-alive connections | all-in-one | server µs CPU/request (lower is \
+             better) | 10.0 | 9.00 | 0.90× | better | 3 / 3 | 0 / 0 |"
+        );
+    }
+
+    #[test]
+    fn a_row_of_one_build_only_shows_dashes_and_no_baseline_means_no_table() {
+        let mut out = String::new();
+        before_after(&mut out, &[publish(Build::Current, 1.0, 1.0)]);
+        assert!(out.is_empty());
+        before_after(&mut out, &[publish(Build::Baseline, 50_000.0, 10.0)]);
+        assert!(
+            out.contains("| 50,000 | — | — | — | 3 / — | 0 / — |"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(100.0, 104.0, true), "same (±5 %)");
+        assert_eq!(verdict(100.0, 106.0, true), "better");
+        assert_eq!(verdict(1.0, 1.2, false), "**worse**");
+        assert_eq!(verdict(1.0, 0.97, false), "same (±5 %)");
+    }
 }

@@ -18,7 +18,7 @@ use crate::proto::{payload, Address, Kind};
 use crate::report::{self, Results};
 use crate::row::{self, Errors, Row, Scenario};
 use crate::slow;
-use crate::systems::{Env, Running, Setup};
+use crate::systems::{Build, Env, Running, Setup};
 
 /// Sizes of one run of the suite.
 #[derive(Debug, Clone)]
@@ -141,7 +141,7 @@ pub struct Options {
     /// Scenario groups to run: idle, one-node, nodes, broadcast, targeted, paced, publish,
     /// channel.
     pub only: Vec<String>,
-    /// Systems to run: werkmann, nchan, socketio.
+    /// Systems to run: werkmann, werkmann-before (needs `baseline`), nchan, socketio.
     pub systems: Vec<String>,
     /// werkmann modes to run: all, cluster, redis.
     pub modes: Vec<String>,
@@ -149,6 +149,9 @@ pub struct Options {
     pub out: Option<PathBuf>,
     /// Where the werkmann binaries are.
     pub bin_dir: PathBuf,
+    /// Where an older build's werkmann binaries are (`--baseline`): werkmann runs a second
+    /// time from there, as `werkmann-before`, next to each werkmann session.
+    pub baseline: Option<PathBuf>,
     /// Where the peers' sources are.
     pub peers_dir: PathBuf,
     /// The command line, for the report.
@@ -156,6 +159,9 @@ pub struct Options {
     /// Keep the run directory (server logs, configurations) at the end.
     pub keep: bool,
 }
+
+/// The names `--systems` takes.
+const SYSTEMS: [&str; 4] = ["werkmann", "werkmann-before", "nchan", "socketio"];
 
 const GROUPS: [&str; 9] = [
     "idle",
@@ -172,16 +178,21 @@ const GROUPS: [&str; 9] = [
 /// Usage text.
 pub const USAGE: &str = "\
 Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--modes LIST]
-                 [--repeats N] [--budget SECS]
+                 [--repeats N] [--budget SECS] [--baseline DIR]
   --quick          the small set (under 3 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
   --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
                    channel
-  --systems LIST   werkmann,nchan,socketio (default: all three)
+  --systems LIST   werkmann,werkmann-before,nchan,socketio (default: werkmann,nchan,socketio;
+                   --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
   --repeats N      runs of the rows reported as medians (default 3, --quick 1)
   --budget SECS    start no new session after this long (default 1080, --quick 150)
   --bin-dir DIR    werkmann binaries (default: next to pushbench)
+  --baseline DIR   an older build's werkmann binaries (start_all, start_channel, start_ws,
+                   start_http): werkmann runs a second time from there, as werkmann-before,
+                   right after each werkmann session, and the report adds a table of every
+                   werkmann row before and after with the ratio
   --peers DIR      peer sources (default: bench/peers of the source tree)
   --keep           keep the run directory (server logs and configurations)
 ";
@@ -197,6 +208,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
         modes: vec!["all".into(), "cluster".into(), "redis".into()],
         out: None,
         bin_dir: exe.parent().map(PathBuf::from).unwrap_or_default(),
+        baseline: None,
         peers_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/peers")),
         command: std::iter::once("pushbench".to_string())
             .chain(args.iter().cloned())
@@ -204,7 +216,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             .join(" "),
         keep: false,
     };
-    let (mut repeats, mut budget) = (None, None);
+    let (mut repeats, mut budget, mut systems) = (None, None, None);
     let mut args = Args::new(args, USAGE);
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
     while let Some((name, inline)) = args.next_option() {
@@ -214,11 +226,12 @@ pub fn parse(args: &[String]) -> Result<Options> {
             "--quick" => o.quick = true,
             "--out" => o.out = Some(PathBuf::from(value()?)),
             "--only" => o.only = list(&value()?),
-            "--systems" => o.systems = list(&value()?),
+            "--systems" => systems = Some(list(&value()?)),
             "--modes" => o.modes = list(&value()?),
             "--repeats" => repeats = Some(value()?.parse::<usize>().context("--repeats")?),
             "--budget" => budget = Some(value()?.parse::<u64>().context("--budget")?),
             "--bin-dir" => o.bin_dir = PathBuf::from(value()?),
+            "--baseline" => o.baseline = Some(PathBuf::from(value()?)),
             "--peers" => o.peers_dir = PathBuf::from(value()?),
             "--keep" => o.keep = true,
             "-h" | "--help" => {
@@ -241,6 +254,22 @@ pub fn parse(args: &[String]) -> Result<Options> {
         if !GROUPS.contains(&g.as_str()) {
             bail!("--only: unknown group {g}\n{USAGE}");
         }
+    }
+    if let Some(s) = systems {
+        o.systems = s;
+    }
+    let has = |o: &Options, s: &str| o.systems.iter().any(|x| x == s);
+    if o.baseline.is_some() && has(&o, "werkmann") && !has(&o, "werkmann-before") {
+        let at = o.systems.iter().position(|x| x == "werkmann").unwrap_or(0) + 1;
+        o.systems.insert(at, "werkmann-before".into());
+    }
+    for s in &o.systems {
+        if !SYSTEMS.contains(&s.as_str()) {
+            bail!("--systems: unknown system {s}\n{USAGE}");
+        }
+    }
+    if o.baseline.is_none() && has(&o, "werkmann-before") {
+        bail!("--systems werkmann-before needs --baseline DIR\n{USAGE}");
     }
     Ok(o)
 }
@@ -298,27 +327,50 @@ impl Suite {
         self.opts.only.iter().any(|g| g == group)
     }
 
+    fn sys(&self, s: &str) -> bool {
+        self.opts.systems.iter().any(|x| x == s)
+    }
+
+    fn mode(&self, m: &str) -> bool {
+        self.opts.modes.iter().any(|x| x == m)
+    }
+
+    /// The werkmann builds to run, in the order each mode runs them: the baseline's
+    /// (`werkmann-before`) right before the current one, so the two sessions of a mode are
+    /// next to each other in time.
+    fn builds(&self) -> Vec<Build> {
+        let mut v = Vec::new();
+        if self.sys("werkmann-before") {
+            v.push(Build::Baseline);
+        }
+        if self.sys("werkmann") {
+            v.push(Build::Current);
+        }
+        v
+    }
+
+    /// The main sessions' setups in the order they run: each werkmann mode once per build
+    /// (the two builds of a mode one after the other), then the peers.
     fn setups_main(&self) -> Vec<Setup> {
         let mut v = Vec::new();
-        let sys = |s: &str| self.opts.systems.iter().any(|x| x == s);
-        let mode = |s: &str| self.opts.modes.iter().any(|x| x == s);
-        if sys("werkmann") {
-            if mode("all") {
-                v.push(Setup::WerkmannAll);
+        for mode in ["all", "cluster", "redis"] {
+            if !self.mode(mode) {
+                continue;
             }
-            if mode("cluster") {
-                v.push(Setup::WerkmannCluster { ws: 2 });
-            }
-            if mode("redis") {
-                v.push(Setup::WerkmannRedis { ws: 2 });
+            for build in self.builds() {
+                v.push(match mode {
+                    "all" => Setup::WerkmannAll { build },
+                    "cluster" => Setup::WerkmannCluster { ws: 2, build },
+                    _ => Setup::WerkmannRedis { ws: 2, build },
+                });
             }
         }
-        if sys("nchan") {
+        if self.sys("nchan") {
             v.push(Setup::Nchan { workers: 2 });
         }
-        if sys("socketio") {
+        if self.sys("socketio") {
             v.push(Setup::SocketIoAll);
-            if mode("cluster") || mode("redis") {
+            if self.mode("cluster") || self.mode("redis") {
                 v.push(Setup::SocketIoCluster { ws: 2 });
             }
         }
@@ -889,9 +941,17 @@ impl Suite {
         Ok(())
     }
 
-    /// `pushbench channel` (the channel server's events/s), its table kept as it prints it.
-    async fn channel(&mut self) -> Option<String> {
-        let server = self.opts.bin_dir.join("start_channel");
+    /// `pushbench channel` (the channel server's events/s) on a build's `start_channel`, its
+    /// table kept as it prints it.
+    async fn channel(&mut self, build: Build) -> Option<String> {
+        let dir = match self.env.werkmann_dir(build) {
+            Ok(d) => d.to_path_buf(),
+            Err(e) => {
+                self.notes.push(format!("skipped the channel row: {e:#}"));
+                return None;
+            }
+        };
+        let server = dir.join("start_channel");
         if !server.exists() {
             self.notes.push(format!(
                 "skipped the channel row: {} missing",
@@ -900,13 +960,16 @@ impl Suite {
             return None;
         }
         eprintln!(
-            "pushbench: [{:>4.0} s] pushbench channel {}",
+            "pushbench: [{:>4.0} s] pushbench channel {} --bin-dir {}",
             self.started.elapsed().as_secs_f64(),
-            self.opts.plan.channel_args.join(" ")
+            self.opts.plan.channel_args.join(" "),
+            dir.display()
         );
         let out = tokio::process::Command::new(&self.exe)
             .arg("channel")
             .args(&self.opts.plan.channel_args)
+            .arg("--bin-dir")
+            .arg(&dir)
             .env("BENCH_RUST_LOG", "warn")
             .kill_on_drop(true)
             .output()
@@ -1097,6 +1160,7 @@ pub async fn main(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&run_dir)?;
     let env = Env {
         bin_dir: opts.bin_dir.clone(),
+        baseline_dir: opts.baseline.clone(),
         peers_dir: opts.peers_dir.clone(),
         run_dir: run_dir.clone(),
     };
@@ -1114,11 +1178,11 @@ pub async fn main(args: &[String]) -> Result<()> {
         r = run_all(&mut suite) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
-    let channel = match result {
+    let (channel, channel_before) = match result {
         Ok(c) => c,
         Err(e) => {
             suite.notes.push(format!("the run stopped: {e:#}"));
-            None
+            (None, None)
         }
     };
     let results = Results {
@@ -1130,6 +1194,7 @@ pub async fn main(args: &[String]) -> Result<()> {
         rows: suite.rows.clone(),
         notes: suite.notes.clone(),
         channel,
+        channel_before,
     };
     let md = report::markdown(&results);
     if let Some(out) = &suite.opts.out {
@@ -1149,7 +1214,9 @@ pub async fn main(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn run_all(suite: &mut Suite) -> Result<Option<String>> {
+/// Every session of the suite; returns `pushbench channel`'s output for the current build and
+/// for the baseline (with `--baseline`).
+async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> {
     let setups = suite.setups_main();
     for s in setups.clone() {
         if !suite.usable(s) || suite.over_budget(&format!("{} ({})", s.system(), s.mode())) {
@@ -1185,14 +1252,18 @@ async fn run_all(suite: &mut Suite) -> Result<Option<String>> {
         }
     }
     if suite.want("nodes") || suite.want("broadcast") {
-        let sys = |x: &str| suite.opts.systems.iter().any(|s| s == x);
-        let mode = |x: &str| suite.opts.modes.iter().any(|s| s == x);
+        let sys = |x: &str| suite.sys(x);
+        let mode = |x: &str| suite.mode(x);
         let mut four = Vec::new();
-        if sys("werkmann") && mode("cluster") {
-            four.push((Setup::WerkmannCluster { ws: 4 }, true));
+        if mode("cluster") {
+            for build in suite.builds() {
+                four.push((Setup::WerkmannCluster { ws: 4, build }, true));
+            }
         }
-        if sys("werkmann") && mode("redis") {
-            four.push((Setup::WerkmannRedis { ws: 4 }, false));
+        if mode("redis") {
+            for build in suite.builds() {
+                four.push((Setup::WerkmannRedis { ws: 4, build }, false));
+            }
         }
         if sys("nchan") {
             four.push((Setup::Nchan { workers: 4 }, true));
@@ -1212,8 +1283,110 @@ async fn run_all(suite: &mut Suite) -> Result<Option<String>> {
                 .await;
         }
     }
-    if suite.want("channel") && suite.opts.systems.iter().any(|s| s == "werkmann") {
-        return Ok(suite.channel().await);
+    let (mut channel, mut channel_before) = (None, None);
+    if suite.want("channel") {
+        for build in suite.builds() {
+            let out = suite.channel(build).await;
+            match build {
+                Build::Current => channel = out,
+                Build::Baseline => channel_before = out,
+            }
+        }
     }
-    Ok(None)
+    Ok((channel, channel_before))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    fn suite(opts: Options) -> Suite {
+        Suite {
+            env: Env {
+                bin_dir: opts.bin_dir.clone(),
+                baseline_dir: opts.baseline.clone(),
+                peers_dir: opts.peers_dir.clone(),
+                run_dir: std::env::temp_dir(),
+            },
+            rows: Vec::new(),
+            notes: Vec::new(),
+            started: Instant::now(),
+            exe: PathBuf::new(),
+            gen_log: PathBuf::new(),
+            opts,
+        }
+    }
+
+    #[test]
+    fn systems_without_a_baseline_are_as_before() {
+        let o = parse(&args("--quick")).unwrap();
+        assert_eq!(o.systems, ["werkmann", "nchan", "socketio"]);
+        assert!(o.baseline.is_none());
+        let s = suite(o).setups_main();
+        assert_eq!(
+            s,
+            [
+                Setup::WerkmannAll {
+                    build: Build::Current
+                },
+                Setup::WerkmannCluster {
+                    ws: 2,
+                    build: Build::Current
+                },
+                Setup::WerkmannRedis {
+                    ws: 2,
+                    build: Build::Current
+                },
+                Setup::Nchan { workers: 2 },
+                Setup::SocketIoAll,
+                Setup::SocketIoCluster { ws: 2 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_baseline_runs_each_werkmann_mode_twice_before_first() {
+        let o = parse(&args("--baseline /old --modes all,cluster")).unwrap();
+        assert_eq!(
+            o.systems,
+            ["werkmann", "werkmann-before", "nchan", "socketio"]
+        );
+        let o = parse(&args("--systems werkmann,nchan --baseline /old")).unwrap();
+        assert_eq!(o.systems, ["werkmann", "werkmann-before", "nchan"]);
+        let o = parse(&args(
+            "--baseline /old --systems werkmann --modes all,cluster",
+        ))
+        .unwrap();
+        assert_eq!(o.baseline, Some(PathBuf::from("/old")));
+        let s = suite(o).setups_main();
+        let (before, after) = (Build::Baseline, Build::Current);
+        assert_eq!(
+            s,
+            [
+                Setup::WerkmannAll { build: before },
+                Setup::WerkmannAll { build: after },
+                Setup::WerkmannCluster {
+                    ws: 2,
+                    build: before
+                },
+                Setup::WerkmannCluster {
+                    ws: 2,
+                    build: after
+                },
+            ]
+        );
+        assert_eq!(s[0].system(), "werkmann-before");
+        assert!(!s[0].is_peer());
+    }
+
+    #[test]
+    fn werkmann_before_needs_a_baseline_and_systems_are_checked() {
+        assert!(parse(&args("--systems werkmann-before")).is_err());
+        assert!(parse(&args("--systems werkman")).is_err());
+        assert!(parse(&args("--systems werkmann,nchan")).is_ok());
+    }
 }

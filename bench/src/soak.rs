@@ -25,7 +25,7 @@ use crate::procfs;
 use crate::proto::{payload, Address, Kind};
 use crate::report;
 use crate::run::{self, k};
-use crate::systems::{Env, Running, Setup};
+use crate::systems::{Build, Env, Running, Setup};
 
 /// Usage text.
 pub const USAGE: &str = "\
@@ -72,7 +72,9 @@ fn parse(args: &[String]) -> Result<Options> {
         clients: 10_000,
         broadcast_rate: 10,
         targeted_rate: 50,
-        setup: Setup::WerkmannAll,
+        setup: Setup::WerkmannAll {
+            build: Build::Current,
+        },
         warmup: 2,
         tolerance: 5.0,
         out: None,
@@ -106,9 +108,17 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--mode" => {
                 o.setup = match value()?.as_str() {
-                    "all" | "all-in-one" => Setup::WerkmannAll,
-                    "cluster" => Setup::WerkmannCluster { ws: 2 },
-                    "redis" => Setup::WerkmannRedis { ws: 2 },
+                    "all" | "all-in-one" => Setup::WerkmannAll {
+                        build: Build::Current,
+                    },
+                    "cluster" => Setup::WerkmannCluster {
+                        ws: 2,
+                        build: Build::Current,
+                    },
+                    "redis" => Setup::WerkmannRedis {
+                        ws: 2,
+                        build: Build::Current,
+                    },
                     m => bail!("--mode: unknown mode {m}\n{USAGE}"),
                 }
             }
@@ -652,6 +662,7 @@ pub async fn main(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&run_dir)?;
     let env = Env {
         bin_dir: opts.bin_dir.clone(),
+        baseline_dir: None,
         peers_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/peers")),
         run_dir: run_dir.clone(),
     };
@@ -727,7 +738,13 @@ mod tests {
         assert_eq!(o.warmup, 1);
         let o = parse(&args("--rate 5,100 --mode cluster")).unwrap();
         assert_eq!((o.broadcast_rate, o.targeted_rate), (5, 100));
-        assert_eq!(o.setup, Setup::WerkmannCluster { ws: 2 });
+        assert_eq!(
+            o.setup,
+            Setup::WerkmannCluster {
+                ws: 2,
+                build: Build::Current
+            }
+        );
         assert_eq!(o.warmup, 2);
         assert!(parse(&args("--mode nginx")).is_err());
     }

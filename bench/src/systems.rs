@@ -1,7 +1,8 @@
-//! The systems under test: werkmann in its three modes, Nchan and Socket.IO. Each is started
-//! as child processes on 127.0.0.1 with free ports, in a directory of its own (logs, pid
-//! files, configuration), and stopped — SIGTERM, then SIGKILL after 5 s — when dropped
-//! (`child.rs`).
+//! The systems under test: werkmann in its three modes, Nchan and Socket.IO, and with
+//! `--baseline DIR` werkmann a second time from an older build's binaries (`werkmann-before`).
+//! Each is started as child processes on 127.0.0.1 with free ports, in a directory of its own
+//! (logs, pid files, configuration), and stopped — SIGTERM, then SIGKILL after 5 s — when
+//! dropped (`child.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,20 +16,37 @@ use crate::http::Api;
 use crate::procfs;
 use crate::proto::Flavor;
 
+/// Which werkmann binaries a werkmann setup runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// The code under test: the binaries next to `pushbench` (or in `--bin-dir`).
+    Current,
+    /// An older build's binaries (`--baseline DIR`), run next to the current ones for a
+    /// before/after comparison in one run; its rows are labelled `werkmann-before`.
+    Baseline,
+}
+
 /// A configuration of a system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setup {
     /// `start_all` (embedded channel, 2 WebSocket instances, 2 publisher instances).
-    WerkmannAll,
+    WerkmannAll {
+        /// Which binaries.
+        build: Build,
+    },
     /// `start_channel` + `ws` × `start_ws --count 2` + one `start_http`.
     WerkmannCluster {
         /// WebSocket nodes.
         ws: usize,
+        /// Which binaries.
+        build: Build,
     },
     /// `redis-server` + `ws` × `start_ws --channel redis://…` + one `start_http`.
     WerkmannRedis {
         /// WebSocket nodes.
         ws: usize,
+        /// Which binaries.
+        build: Build,
     },
     /// nginx + Nchan with `workers` worker processes.
     Nchan {
@@ -45,28 +63,38 @@ pub enum Setup {
 }
 
 impl Setup {
-    /// The product: werkmann, Nchan or Socket.IO.
+    /// The product: werkmann (`werkmann-before` for the baseline's binaries), Nchan or
+    /// Socket.IO.
     pub fn system(self) -> &'static str {
-        match self {
-            Setup::WerkmannAll | Setup::WerkmannCluster { .. } | Setup::WerkmannRedis { .. } => {
-                "werkmann"
-            }
-            Setup::Nchan { .. } => "Nchan",
-            Setup::SocketIoAll | Setup::SocketIoCluster { .. } => "Socket.IO",
+        match self.build() {
+            Some(Build::Current) => "werkmann",
+            Some(Build::Baseline) => "werkmann-before",
+            None if matches!(self, Setup::Nchan { .. }) => "Nchan",
+            None => "Socket.IO",
         }
     }
 
-    /// Whether this is a peer (not werkmann).
+    /// Which werkmann binaries it runs; `None` for a peer.
+    pub fn build(self) -> Option<Build> {
+        match self {
+            Setup::WerkmannAll { build }
+            | Setup::WerkmannCluster { build, .. }
+            | Setup::WerkmannRedis { build, .. } => Some(build),
+            Setup::Nchan { .. } | Setup::SocketIoAll | Setup::SocketIoCluster { .. } => None,
+        }
+    }
+
+    /// Whether this is a peer (not werkmann, of either build).
     pub fn is_peer(self) -> bool {
-        self.system() != "werkmann"
+        self.build().is_none()
     }
 
     /// Nodes that hold clients (nginx workers for Nchan).
     pub fn nodes(self) -> usize {
         match self {
-            Setup::WerkmannAll | Setup::SocketIoAll => 1,
-            Setup::WerkmannCluster { ws }
-            | Setup::WerkmannRedis { ws }
+            Setup::WerkmannAll { .. } | Setup::SocketIoAll => 1,
+            Setup::WerkmannCluster { ws, .. }
+            | Setup::WerkmannRedis { ws, .. }
             | Setup::SocketIoCluster { ws } => ws,
             Setup::Nchan { workers } => workers,
         }
@@ -75,9 +103,9 @@ impl Setup {
     /// The mode, as the tables name it.
     pub fn mode(self) -> String {
         match self {
-            Setup::WerkmannAll => "all-in-one".into(),
-            Setup::WerkmannCluster { ws } => format!("cluster, {ws} ws nodes"),
-            Setup::WerkmannRedis { ws } => format!("redis, {ws} ws nodes"),
+            Setup::WerkmannAll { .. } => "all-in-one".into(),
+            Setup::WerkmannCluster { ws, .. } => format!("cluster, {ws} ws nodes"),
+            Setup::WerkmannRedis { ws, .. } => format!("redis, {ws} ws nodes"),
             Setup::Nchan { workers } => format!("nginx, {workers} workers"),
             Setup::SocketIoAll => "1 process".into(),
             Setup::SocketIoCluster { ws } => format!("redis adapter, {ws} nodes"),
@@ -87,11 +115,11 @@ impl Setup {
     /// What runs, in one line.
     pub fn describe(self) -> String {
         match self {
-            Setup::WerkmannAll => "start_all --count 2".into(),
-            Setup::WerkmannCluster { ws } => {
+            Setup::WerkmannAll { .. } => "start_all --count 2".into(),
+            Setup::WerkmannCluster { ws, .. } => {
                 format!("start_channel + {ws} × start_ws --count 2 + start_http")
             }
-            Setup::WerkmannRedis { ws } => {
+            Setup::WerkmannRedis { ws, .. } => {
                 format!("redis-server + {ws} × start_ws --count 2 --channel redis:// + start_http")
             }
             Setup::Nchan { workers } => format!("nginx -g worker_processes {workers}, nchan"),
@@ -117,6 +145,8 @@ impl Setup {
 pub struct Env {
     /// The werkmann binaries (`start_all`, …): next to `pushbench`.
     pub bin_dir: PathBuf,
+    /// An older build's werkmann binaries (`--baseline DIR`), for `Build::Baseline`.
+    pub baseline_dir: Option<PathBuf>,
     /// `bench/peers`.
     pub peers_dir: PathBuf,
     /// A scratch directory for this run.
@@ -124,6 +154,17 @@ pub struct Env {
 }
 
 impl Env {
+    /// The directory of a build's werkmann binaries.
+    pub fn werkmann_dir(&self, build: Build) -> Result<&Path> {
+        match build {
+            Build::Current => Ok(&self.bin_dir),
+            Build::Baseline => self
+                .baseline_dir
+                .as_deref()
+                .context("werkmann-before needs --baseline DIR"),
+        }
+    }
+
     /// Whether a setup can run here; `Err` says what is missing.
     pub fn check(&self, s: Setup) -> Result<()> {
         let needs_redis = matches!(
@@ -133,17 +174,19 @@ impl Env {
         if needs_redis {
             which("redis-server")?;
         }
-        match s.system() {
-            "werkmann" => {
-                for b in ["start_all", "start_ws", "start_http", "start_channel"] {
-                    let p = self.bin_dir.join(b);
-                    ensure!(
-                        p.exists(),
-                        "{} missing (cargo build --release)",
-                        p.display()
-                    );
-                }
+        if let Some(build) = s.build() {
+            let dir = self.werkmann_dir(build)?;
+            for b in ["start_all", "start_ws", "start_http", "start_channel"] {
+                let p = dir.join(b);
+                ensure!(
+                    p.exists(),
+                    "{} missing (cargo build --release)",
+                    p.display()
+                );
             }
+            return Ok(());
+        }
+        match s.system() {
             "Nchan" => {
                 which("nginx")?;
                 ensure!(
@@ -213,10 +256,14 @@ impl Running {
             procs: Vec::new(),
             dir,
         };
-        let bin = |name: &str| env.bin_dir.join(name);
+        let bin_dir = match setup.build() {
+            Some(build) => env.werkmann_dir(build)?.to_path_buf(),
+            None => env.bin_dir.clone(),
+        };
+        let bin = |name: &str| bin_dir.join(name);
         let a = |s: SocketAddr| s.to_string();
         match setup {
-            Setup::WerkmannAll => {
+            Setup::WerkmannAll { .. } => {
                 let ws = free_addr()?;
                 let mut c = Command::new(bin("start_all"));
                 c.args([
@@ -230,7 +277,7 @@ impl Running {
                 r.spawn("start_all", c, &[ws, api_addr]).await?;
                 r.ws.push(ws);
             }
-            Setup::WerkmannCluster { ws: k } | Setup::WerkmannRedis { ws: k } => {
+            Setup::WerkmannCluster { ws: k, .. } | Setup::WerkmannRedis { ws: k, .. } => {
                 let channel = if matches!(setup, Setup::WerkmannRedis { .. }) {
                     format!("redis://{}", r.start_redis().await?)
                 } else {
