@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let ids = WorkerIds::fixed(0, count);
     let server = channel::Server::embedded();
     let tls = werkmann_apps::tls::server_tls_option()?;
-    let mut ws = push::ws_worker(&ws_listen, count, channel::server::EMBEDDED, Arc::new(ids))?;
+    let mut ws = push::ws_worker(&ws_listen, count, channel::EMBEDDED, Arc::new(ids))?;
     let secret = option("--secret", "WERKMANN_SECRET", "");
     werkmann::master::init_logging();
     let secret = (!secret.is_empty()).then_some(secret);
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let mut http = push::http_worker(
         &http_listen,
         count,
-        channel::server::EMBEDDED,
+        channel::EMBEDDED,
         ws_port,
         secret,
     )?;
