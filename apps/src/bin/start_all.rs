@@ -29,13 +29,7 @@ fn main() -> anyhow::Result<()> {
     let secret = (!secret.is_empty()).then_some(secret);
     // As many publisher instances as WebSocket instances: one thread parsing and answering
     // every push request was the bottleneck of the publish rate.
-    let mut http = push::http_worker(
-        &http_listen,
-        count,
-        channel::EMBEDDED,
-        ws_port,
-        secret,
-    )?;
+    let mut http = push::http_worker(&http_listen, count, channel::EMBEDDED, ws_port, secret)?;
     ws.tls = tls.clone();
     http.tls = tls;
     Worker::run_all(vec![server.into_worker(), ws, http])

@@ -61,9 +61,9 @@ struct HolderThread {
 }
 
 impl HolderThread {
-    fn start() -> HolderThread {
+    fn start() -> std::io::Result<HolderThread> {
         let (tx, rx) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("worker-ids".into())
             .spawn(move || {
                 let sys = actix_rt::System::new();
@@ -73,11 +73,9 @@ impl HolderThread {
                     system: current,
                 });
                 let _ = sys.run();
-            });
-        if let Err(e) = spawned {
-            panic!("cannot start the worker-ids thread: {e}");
-        }
-        rx.recv().expect("the worker-ids thread starts")
+            })?;
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the worker-ids thread did not start"))
     }
 
     fn spawn(&self, f: impl FnOnce() + Send + 'static) {
@@ -119,7 +117,10 @@ impl WorkerIds {
         }
         let (addr, options, node, ids) =
             (h.addr.clone(), h.options.clone(), h.node, self.ids.clone());
-        let thread = HolderThread::start();
+        let thread = match HolderThread::start() {
+            Ok(t) => t,
+            Err(e) => return log::error!("worker ids: {e}; ids {ids:?} not held in this process"),
+        };
         thread.spawn(move || {
             let client = match Client::connect_with(&addr, &options) {
                 Ok(c) => c,
@@ -219,7 +220,10 @@ pub fn claim(
 ) -> Result<WorkerIds, ClaimError> {
     let node: u64 = rand::random::<u64>() >> 1;
     let (tx, rx) = mpsc::channel::<Result<Vec<u32>, ClaimError>>();
-    let thread = HolderThread::start();
+    let thread = HolderThread::start().map_err(|e| ClaimError::Unreachable {
+        addr: addr.to_string(),
+        why: e.to_string(),
+    })?;
     let (a, o) = (addr.to_string(), options.clone());
     thread.spawn(move || start_claim(a, o, node, count, pinned, timeout, tx));
     let answer = rx.recv_timeout(timeout + CLAIM_LIMIT);
