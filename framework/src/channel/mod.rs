@@ -26,11 +26,64 @@ pub mod redis;
 mod routes;
 pub mod server;
 pub mod wire;
-pub mod worker_ids;
+#[path = "worker_ids.rs"]
+mod worker_ids_impl;
 
 pub use client::{Client, PublishStatus};
 pub use php_serde::Key as Name;
 pub use server::Server;
+
+// stand-in: channel::Options, until the integrator's typed options land (replaced at merge).
+// It hands the options to today's client, which reads the secret and the CA from the
+// environment; nothing below is meant to stay.
+
+/// How a channel client connects (stand-in).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// The channel server's secret.
+    pub secret: Option<String>,
+    /// A PEM file of the private CA that signed the channel server's certificate.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl Options {
+    fn install(&self) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if let Some(ca) = &self.tls_ca {
+                std::env::set_var(crate::tls::CA_ENV, ca);
+            }
+            if let Some(secret) = &self.secret {
+                std::env::set_var("WERKMANN_CHANNEL_SECRET", secret);
+            }
+        });
+    }
+}
+
+impl Client {
+    /// Connect with these [`Options`] (stand-in).
+    pub fn connect_with(addr: &str, options: &Options) -> Result<Client, ChannelError> {
+        options.install();
+        Client::connect_with_secret(addr, options.secret.as_deref())
+    }
+}
+
+/// Cluster-unique worker ids (stand-in for the options-taking `claim`).
+pub mod worker_ids {
+    pub use super::worker_ids_impl::*;
+
+    /// Claim `count` cluster-unique ids through the channel at `addr`, or exactly `pinned`.
+    pub fn claim(
+        addr: &str,
+        options: &super::Options,
+        count: usize,
+        pinned: Option<Vec<u32>>,
+        timeout: std::time::Duration,
+    ) -> Result<WorkerIds, ClaimError> {
+        options.install();
+        super::worker_ids_impl::claim(addr, count, pinned, timeout)
+    }
+}
 
 use php_serde::Key;
 
