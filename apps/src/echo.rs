@@ -1,24 +1,42 @@
 //! The echo examples: one worker that sends every message back, for any protocol.
 
-use werkmann::cli::option;
+use werkmann::cli::{self, Command};
 use werkmann::Worker;
 
-/// Run `{scheme}://{--listen}` (default `default_listen`) with `--count` instances, echoing
-/// every message, over TLS with `--cert PEM --key PEM`; the process's command line decides
-/// `start`, `stop`, ….
-pub fn run(scheme: &str, name: &str, default_listen: &str) -> anyhow::Result<()> {
-    let worker = echo_worker(scheme, name, default_listen)?;
-    Worker::run_all(vec![worker])
+/// An echo server: every message goes back to its sender.
+#[derive(Debug, clap::Parser)]
+#[command(after_help = cli::ENVIRONMENT)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Where and how many.
+    #[command(flatten)]
+    pub listen: cli::Listen,
+    /// The limits.
+    #[command(flatten)]
+    pub limits: cli::Limits,
+    /// Serve TLS.
+    #[command(flatten)]
+    pub tls: cli::Tls,
+}
+
+/// Run `{scheme}://{--listen}` (default `default_listen`) as the command line says, echoing
+/// every message.
+pub fn run(scheme: &str, name: &str, default_listen: &'static str) -> anyhow::Result<()> {
+    let cli: Cli = cli::parse(&[("listen", default_listen)]);
+    crate::init_logging();
+    let worker = echo_worker(scheme, name, &cli)?;
+    cli.command.run([worker])
 }
 
 /// The echo worker, for callers that change more settings first.
-pub fn echo_worker(scheme: &str, name: &str, default_listen: &str) -> anyhow::Result<Worker> {
-    let listen = option("--listen", "WERKMANN_LISTEN", default_listen);
-    let mut worker = Worker::new(&format!("{scheme}://{listen}"))?;
+pub fn echo_worker(scheme: &str, name: &str, cli: &Cli) -> anyhow::Result<Worker> {
+    let mut worker = Worker::new(&format!("{scheme}://{}", cli.listen.listen))?;
     worker.name = name.into();
-    worker.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
-    werkmann::cli::apply_limits(&mut worker)?;
-    worker.tls = crate::tls::server_tls_option()?;
+    worker.count = cli.listen.count;
+    cli.limits.apply(&mut worker);
+    worker.tls = cli.tls.load()?;
     worker.on_message(|conn, msg| {
         conn.send(msg);
     });

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use werkmann::channel::{self, Client, Name};
-use werkmann::cli::option;
+use werkmann::cli::{self, Command};
 use werkmann::{Connection, Worker};
 
 fn reply(conn: &Connection, r: Result<channel::PublishStatus, channel::ChannelError>) {
@@ -185,24 +185,35 @@ fn command(conn: &Connection, client: &Client, line: &str) {
     }
 }
 
+/// A channel client per console connection.
+#[derive(Debug, clap::Parser)]
+#[command(after_help = cli::ENVIRONMENT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    listen: cli::Listen,
+    #[command(flatten)]
+    channel: cli::Channel,
+    /// Also run a channel server in this process: `embedded`, or IP:PORT for a TCP one
+    #[arg(long, env = "WERKMANN_SERVE", global = true)]
+    serve: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
-    werkmann_apps::push::channel_secret_option();
-    let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9020");
-    let channel_addr = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");
-    let serve = option("--serve", "WERKMANN_SERVE", "");
+    let cli: Cli = cli::parse(&[("listen", "127.0.0.1:9020")]);
+    werkmann_apps::init_logging();
     let mut workers = Vec::new();
-    if !serve.is_empty() {
-        workers.push(if serve == "embedded" {
-            channel::Server::embedded().into_worker()
-        } else {
-            channel::Server::new(&serve)?.into_worker()
-        });
+    match cli.serve.as_deref() {
+        None | Some("") => {}
+        Some("embedded") => workers.push(channel::Server::embedded().into_worker()),
+        Some(addr) => workers.push(channel::Server::new(addr)?.into_worker()),
     }
-    let mut console = Worker::new(&format!("text://{listen}"))?;
+    let mut console = Worker::new(&format!("text://{}", cli.listen.listen))?;
     console.name = "channel_console".into();
-    console.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
-    let addr = channel_addr.clone();
-    console.on_connect(move |conn| match Client::connect(&addr) {
+    console.count = cli.listen.count;
+    let channel = cli.channel;
+    console.on_connect(move |conn| match channel.connect() {
         Ok(client) => {
             let back = conn.clone();
             client.on_connect(move || {
@@ -230,5 +241,5 @@ fn main() -> anyhow::Result<()> {
         }
     });
     workers.push(console);
-    Worker::run_all(workers)
+    cli.command.run(workers)
 }
