@@ -3,6 +3,37 @@
 //!
 //! Signals sent to the running process: `SIGINT`/`SIGTERM` stop, `SIGQUIT` stops gracefully,
 //! `SIGUSR1` reloads, `SIGUSR2` writes the status file, `SIGIO` the connections file.
+//!
+//! An app declares its command line once, with clap: Workerman's [`Command`] as the
+//! subcommand, the shared option groups ([`Listen`], [`Limits`], [`Tls`], [`Channel`])
+//! flattened, its own options next to them. Every option has its `WERKMANN_…` variable, and
+//! `--help` lists them.
+//!
+//! ```no_run
+//! use werkmann::cli::{self, Command};
+//! use werkmann::Worker;
+//!
+//! /// A WebSocket echo.
+//! #[derive(clap::Parser)]
+//! struct Cli {
+//!     #[command(subcommand)]
+//!     command: Command,
+//!     #[command(flatten)]
+//!     listen: cli::Listen,
+//!     #[command(flatten)]
+//!     limits: cli::Limits,
+//! }
+//!
+//! let cli: Cli = cli::parse(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
+//! let mut worker = Worker::new(&format!("websocket://{}", cli.listen.listen))?;
+//! worker.count = cli.listen.count;
+//! cli.limits.apply(&mut worker);
+//! worker.on_message(|conn, msg| {
+//!     conn.send(msg);
+//! });
+//! cli.command.run([worker])
+//! # ; Ok::<(), werkmann::Error>(())
+//! ```
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
