@@ -98,13 +98,28 @@ pub struct Workerman {
     pub command: Command,
 }
 
+/// An app's command line: Workerman's [`Command`] and the app's own options `O` (a
+/// `#[derive(clap::Args)]` struct that flattens the shared groups it needs):
+/// `let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[…]);`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = None, long_about = None, after_help = ENVIRONMENT)]
+pub struct App<O: clap::Args> {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// The app's options.
+    #[command(flatten)]
+    pub options: O,
+}
+
 /// Parse the app's command line `P` from `argv`, with `defaults` as `(argument id, value)`
 /// for the shared options whose default is the app's (`("listen", "0.0.0.0:4236")`,
-/// `("count", "2")`). A bad command line — an unknown option, a bad value, no command —
+/// `("count", "2")`). Every option may stand before or after the command. A bad command line — an unknown option, a bad value, no command —
 /// prints what is wrong and exits with status 2; `--help` prints the options with their
 /// environment variables and defaults.
 pub fn parse<P: clap::Parser>(defaults: &[(&'static str, &'static str)]) -> P {
-    let mut command = P::command();
+    // Options may follow the command, as Workerman's do: `app start -d --listen …`.
+    let mut command = P::command().mut_args(|a| a.global(true));
     for &(id, value) in defaults {
         command = command.mut_arg(id, |a| a.default_value(value));
     }
@@ -123,15 +138,10 @@ WERKMANN_PID_FILE (the pid file's path)";
 #[derive(Debug, Clone, clap::Args)]
 pub struct Listen {
     /// Where to listen, IP:PORT
-    #[arg(
-        long,
-        env = "WERKMANN_LISTEN",
-        global = true,
-        default_value = "127.0.0.1:0"
-    )]
+    #[arg(long, env = "WERKMANN_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: String,
     /// How many instances (threads) serve it
-    #[arg(long, env = "WERKMANN_COUNT", global = true, default_value_t = 1)]
+    #[arg(long, env = "WERKMANN_COUNT", default_value_t = 1)]
     pub count: usize,
 }
 
@@ -139,21 +149,16 @@ pub struct Listen {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Limits {
     /// Connections open at once, at most
-    #[arg(long, env = "WERKMANN_MAX_CONNECTIONS", global = true)]
+    #[arg(long, env = "WERKMANN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Connections open at once from one IP address, at most
-    #[arg(long, env = "WERKMANN_MAX_CONNS_PER_IP", global = true)]
+    #[arg(long, env = "WERKMANN_MAX_CONNS_PER_IP")]
     pub max_conns_per_ip: Option<usize>,
     /// The WebSocket Origins accepted, comma-separated (others are refused with 403)
-    #[arg(long, env = "WERKMANN_ORIGINS", global = true, value_delimiter = ',')]
+    #[arg(long, env = "WERKMANN_ORIGINS", value_delimiter = ',')]
     pub origins: Vec<String>,
     /// Close connections idle this many seconds (0: never)
-    #[arg(
-        long,
-        env = "WERKMANN_IDLE_TIMEOUT",
-        global = true,
-        value_name = "SECS"
-    )]
+    #[arg(long, env = "WERKMANN_IDLE_TIMEOUT", value_name = "SECS")]
     pub idle_timeout: Option<u64>,
 }
 
@@ -186,22 +191,10 @@ impl Limits {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Tls {
     /// Serve TLS with this certificate chain (PEM; needs --key)
-    #[arg(
-        long,
-        env = "WERKMANN_TLS_CERT",
-        global = true,
-        value_name = "PEM",
-        requires = "key"
-    )]
+    #[arg(long, env = "WERKMANN_TLS_CERT", value_name = "PEM", requires = "key")]
     pub cert: Option<PathBuf>,
     /// The certificate's private key (PEM; needs --cert)
-    #[arg(
-        long,
-        env = "WERKMANN_TLS_KEY",
-        global = true,
-        value_name = "PEM",
-        requires = "cert"
-    )]
+    #[arg(long, env = "WERKMANN_TLS_KEY", value_name = "PEM", requires = "cert")]
     pub key: Option<PathBuf>,
 }
 
@@ -222,26 +215,16 @@ impl Tls {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Channel {
     /// The channel: IP:PORT, tls://HOST:PORT, redis://… or rediss://…
-    #[arg(
-        long,
-        env = "WERKMANN_CHANNEL",
-        global = true,
-        default_value = "127.0.0.1:2206"
-    )]
+    #[arg(long, env = "WERKMANN_CHANNEL", default_value = "127.0.0.1:2206")]
     pub channel: String,
     /// The channel server's secret (its --secret)
-    #[arg(
-        long,
-        env = "WERKMANN_CHANNEL_SECRET",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "WERKMANN_CHANNEL_SECRET", hide_env_values = true)]
     pub channel_secret: Option<String>,
     /// A private CA (PEM) that signed a tls:// channel server's certificate
-    #[arg(long, env = "WERKMANN_TLS_CA", global = true, value_name = "PEM")]
+    #[arg(long, env = "WERKMANN_TLS_CA", value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
     /// A private CA (PEM) that signed a rediss:// server's certificate
-    #[arg(long, env = "WERKMANN_REDIS_CA", global = true, value_name = "PEM")]
+    #[arg(long, env = "WERKMANN_REDIS_CA", value_name = "PEM")]
     pub redis_ca: Option<PathBuf>,
 }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use werkmann::channel::{self, Client, Name};
-use werkmann::cli::{self, Command};
+use werkmann::cli;
 use werkmann::{Connection, Worker};
 
 fn reply(conn: &Connection, r: Result<channel::PublishStatus, channel::ChannelError>) {
@@ -36,7 +36,7 @@ fn name(s: &str) -> Name {
     Name::from(s)
 }
 
-fn command(conn: &Connection, client: &Client, line: &str) {
+fn console_command(conn: &Connection, client: &Client, line: &str) {
     let mut parts = line.splitn(3, ' ');
     let cmd = parts.next().unwrap_or("");
     let n = parts.next().unwrap_or("");
@@ -186,33 +186,31 @@ fn command(conn: &Connection, client: &Client, line: &str) {
 }
 
 /// A channel client per console connection.
-#[derive(Debug, clap::Parser)]
-#[command(after_help = cli::ENVIRONMENT)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+#[derive(Debug, clap::Args)]
+struct Options {
     #[command(flatten)]
     listen: cli::Listen,
     #[command(flatten)]
     channel: cli::Channel,
     /// Also run a channel server in this process: `embedded`, or IP:PORT for a TCP one
-    #[arg(long, env = "WERKMANN_SERVE", global = true)]
+    #[arg(long, env = "WERKMANN_SERVE")]
     serve: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli: Cli = cli::parse(&[("listen", "127.0.0.1:9020")]);
+    let cli::App { command, options } =
+        cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9020")]);
     werkmann_apps::init_logging();
     let mut workers = Vec::new();
-    match cli.serve.as_deref() {
+    match options.serve.as_deref() {
         None | Some("") => {}
         Some("embedded") => workers.push(channel::Server::embedded().into_worker()),
         Some(addr) => workers.push(channel::Server::new(addr)?.into_worker()),
     }
-    let mut console = Worker::new(&format!("text://{}", cli.listen.listen))?;
+    let mut console = Worker::new(&format!("text://{}", options.listen.listen))?;
     console.name = "channel_console".into();
-    console.count = cli.listen.count;
-    let channel = cli.channel;
+    console.count = options.listen.count;
+    let channel = options.channel;
     console.on_connect(move |conn| match channel.connect() {
         Ok(client) => {
             let back = conn.clone();
@@ -232,7 +230,7 @@ fn main() -> anyhow::Result<()> {
     console.on_message(|conn, msg| {
         let client = conn.with_data(|c: &mut RefCell<Client>| c.borrow().clone());
         if let Some(client) = client {
-            command(conn, &client, msg.as_text().unwrap_or(""));
+            console_command(conn, &client, msg.as_text().unwrap_or(""));
         }
     });
     console.on_close(|conn| {
@@ -241,5 +239,5 @@ fn main() -> anyhow::Result<()> {
         }
     });
     workers.push(console);
-    cli.command.run(workers)
+    command.run(workers)
 }

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
-use werkmann::cli::{self, Command};
+use werkmann::cli;
 use werkmann::protocol::{register_protocol, Protocol, ProtocolError};
 use werkmann::{AsyncTcpConnection, Connection, Message, Response, SendStatus, Timer, Worker};
 
@@ -206,38 +206,26 @@ fn console(conn: &Connection, line: &str) {
 }
 
 /// The tour's command line.
-#[derive(Debug, clap::Parser)]
-#[command(after_help = cli::ENVIRONMENT)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+#[derive(Debug, clap::Args)]
+struct Options {
     #[command(flatten)]
     listen: cli::Listen,
     /// Where the semicolon:// worker listens, IP:PORT
-    #[arg(
-        long,
-        env = "WERKMANN_CUSTOM_LISTEN",
-        global = true,
-        default_value = "127.0.0.1:9011"
-    )]
+    #[arg(long, env = "WERKMANN_CUSTOM_LISTEN", default_value = "127.0.0.1:9011")]
     custom_listen: String,
     /// Where the WebSocket worker listens, IP:PORT
-    #[arg(
-        long,
-        env = "WERKMANN_WS_LISTEN",
-        global = true,
-        default_value = "127.0.0.1:9012"
-    )]
+    #[arg(long, env = "WERKMANN_WS_LISTEN", default_value = "127.0.0.1:9012")]
     ws_listen: String,
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli: Cli = cli::parse(&[("listen", "127.0.0.1:9010"), ("count", "2")]);
+    let cli::App { command, options } =
+        cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9010"), ("count", "2")]);
     werkmann_apps::init_logging();
     register_protocol("semicolon", Semicolon);
-    let (listen, count) = (&cli.listen.listen, cli.listen.count);
-    let custom = &cli.custom_listen;
-    let ws_listen = &cli.ws_listen;
+    let (listen, count) = (&options.listen.listen, options.listen.count);
+    let custom = &options.custom_listen;
+    let ws_listen = &options.ws_listen;
 
     let mut text = Worker::new(&format!("text://{listen}"))?;
     text.name = "console".into();
@@ -288,5 +276,5 @@ fn main() -> anyhow::Result<()> {
         conn.send(format!("{info} msg={}", msg.to_text_lossy()));
     });
 
-    cli.command.run([text, semi, ws])
+    command.run([text, semi, ws])
 }

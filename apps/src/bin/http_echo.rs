@@ -2,12 +2,12 @@
 //! JSON description of it: method, path, query, body fields, headers.
 
 use werkmann::{cli, Message, Response};
-use werkmann_apps::echo::{echo_worker, Cli};
+use werkmann_apps::echo::{echo_worker, Options};
 
 fn main() -> anyhow::Result<()> {
-    let cli: Cli = cli::parse(&[("listen", "127.0.0.1:9005")]);
+    let app: cli::App<Options> = cli::parse(&[("listen", "127.0.0.1:9005")]);
     werkmann_apps::init_logging();
-    let mut worker = echo_worker("http", "http_echo", &cli)?;
+    let mut worker = echo_worker("http", "http_echo", &app.options)?;
     worker.on_message(|conn, msg| {
         let Message::Request(req) = msg else { return };
         let body = serde_json::json!({
@@ -21,5 +21,5 @@ fn main() -> anyhow::Result<()> {
         });
         conn.send(Response::json(200, &body));
     });
-    cli.command.run([worker])
+    app.command.run([worker])
 }

@@ -8,34 +8,21 @@
 use std::sync::Arc;
 
 use werkmann::channel::{self, worker_ids::WorkerIds};
-use werkmann::cli::{self, Command};
+use werkmann::cli;
 use werkmann_apps::push;
 use werkmann_apps::push::http::Publisher;
 
 /// The whole push system.
-#[derive(Debug, clap::Parser)]
-#[command(after_help = cli::ENVIRONMENT)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+#[derive(Debug, clap::Args)]
+struct Options {
     /// Where the WebSocket worker listens, IP:PORT
-    #[arg(
-        long,
-        env = "WERKMANN_WS_LISTEN",
-        global = true,
-        default_value = "0.0.0.0:4236"
-    )]
+    #[arg(long, env = "WERKMANN_WS_LISTEN", default_value = "0.0.0.0:4236")]
     ws_listen: String,
     /// Where the HTTP publisher listens, IP:PORT
-    #[arg(
-        long,
-        env = "WERKMANN_HTTP_LISTEN",
-        global = true,
-        default_value = "0.0.0.0:4237"
-    )]
+    #[arg(long, env = "WERKMANN_HTTP_LISTEN", default_value = "0.0.0.0:4237")]
     http_listen: String,
     /// How many instances (threads) each of the two workers runs
-    #[arg(long, env = "WERKMANN_COUNT", global = true, default_value_t = 2)]
+    #[arg(long, env = "WERKMANN_COUNT", default_value_t = 2)]
     count: usize,
     #[command(flatten)]
     publisher: Publisher,
@@ -46,29 +33,34 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli: Cli = cli::parse(&[]);
+    let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[]);
     werkmann_apps::init_logging();
-    let ws_port: u16 = cli
+    let ws_port: u16 = options
         .ws_listen
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("--ws-listen {:?} has no port", cli.ws_listen))?;
+        .ok_or_else(|| anyhow::anyhow!("--ws-listen {:?} has no port", options.ws_listen))?;
     let server = channel::Server::embedded();
-    let ids = Arc::new(WorkerIds::fixed(0, cli.count));
-    let mut ws = push::ws::ws_worker(&cli.ws_listen, cli.count, cli::Channel::embedded(), ids)?;
-    cli.limits.apply(&mut ws);
+    let ids = Arc::new(WorkerIds::fixed(0, options.count));
+    let mut ws = push::ws::ws_worker(
+        &options.ws_listen,
+        options.count,
+        cli::Channel::embedded(),
+        ids,
+    )?;
+    options.limits.apply(&mut ws);
     // As many publisher instances as WebSocket instances: one thread parsing and answering
     // every push request was the bottleneck of the publish rate.
     let channel = cli::Channel::embedded();
     let mut http = push::http::http_worker(
-        &cli.http_listen,
-        cli.count,
+        &options.http_listen,
+        options.count,
         channel,
         ws_port,
-        &cli.publisher,
+        &options.publisher,
     )?;
-    let tls = cli.tls.load()?;
+    let tls = options.tls.load()?;
     ws.tls = tls.clone();
     http.tls = tls;
-    cli.command.run([server.into_worker(), ws, http])
+    command.run([server.into_worker(), ws, http])
 }

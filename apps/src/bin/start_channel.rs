@@ -4,41 +4,27 @@
 //! (a werkmann extension: PHP clients then cannot connect). `--cert PEM --key PEM` serve it
 //! over TLS (clients connect with `--channel tls://HOST:2206`).
 
-use clap::Parser;
 use werkmann::channel;
-use werkmann::cli::{self, Command};
+use werkmann::cli;
 
 /// The channel server.
-#[derive(Debug, Parser)]
-#[command(after_help = cli::ENVIRONMENT)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+#[derive(Debug, clap::Args)]
+struct Options {
     /// Where to listen, IP:PORT
-    #[arg(
-        long,
-        env = "WERKMANN_LISTEN",
-        global = true,
-        default_value = "0.0.0.0:2206"
-    )]
+    #[arg(long, env = "WERKMANN_LISTEN", default_value = "0.0.0.0:2206")]
     listen: String,
     /// Clients must authenticate with this secret (their --channel-secret)
-    #[arg(
-        long,
-        env = "WERKMANN_CHANNEL_SECRET",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "WERKMANN_CHANNEL_SECRET", hide_env_values = true)]
     secret: Option<String>,
     #[command(flatten)]
     tls: cli::Tls,
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[]);
     werkmann_apps::init_logging();
-    let secret = cli.secret.filter(|s| !s.is_empty());
-    let mut worker = channel::Server::with_secret(&cli.listen, secret)?.into_worker();
-    worker.tls = cli.tls.load()?;
-    cli.command.run([worker])
+    let secret = options.secret.filter(|s| !s.is_empty());
+    let mut worker = channel::Server::with_secret(&options.listen, secret)?.into_worker();
+    worker.tls = options.tls.load()?;
+    command.run([worker])
 }

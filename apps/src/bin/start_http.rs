@@ -9,21 +9,18 @@
 //! `werkmann_apps::auth`); a 401 otherwise. `--cert PEM --key PEM` serve `https://`;
 //! `--channel tls://…` reaches a TLS channel server (`--tls-ca PEM` for a private CA).
 
-use werkmann::cli::{self, Command};
+use werkmann::cli;
 use werkmann_apps::push::http::{http_worker, Publisher};
 
 /// An HTTP publisher node.
-#[derive(Debug, clap::Parser)]
-#[command(after_help = cli::ENVIRONMENT)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+#[derive(Debug, clap::Args)]
+struct Options {
     #[command(flatten)]
     listen: cli::Listen,
     #[command(flatten)]
     channel: cli::Channel,
     /// The WebSocket port the demo page connects to
-    #[arg(long, env = "WERKMANN_WS_PORT", global = true, default_value_t = 4236)]
+    #[arg(long, env = "WERKMANN_WS_PORT", default_value_t = 4236)]
     ws_port: u16,
     #[command(flatten)]
     publisher: Publisher,
@@ -32,10 +29,17 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli: Cli = cli::parse(&[("listen", "0.0.0.0:4237")]);
+    let cli::App { command, options } =
+        cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4237")]);
     werkmann_apps::init_logging();
-    let (listen, count) = (&cli.listen.listen, cli.listen.count);
-    let mut worker = http_worker(listen, count, cli.channel, cli.ws_port, &cli.publisher)?;
-    worker.tls = cli.tls.load()?;
-    cli.command.run([worker])
+    let (listen, count) = (&options.listen.listen, options.listen.count);
+    let mut worker = http_worker(
+        listen,
+        count,
+        options.channel,
+        options.ws_port,
+        &options.publisher,
+    )?;
+    worker.tls = options.tls.load()?;
+    command.run([worker])
 }

@@ -7,26 +7,18 @@
 use std::sync::Arc;
 
 use werkmann::channel::worker_ids::WorkerIds;
-use werkmann::cli::{self, Command};
+use werkmann::cli;
 use werkmann_apps::push;
 
 /// A WebSocket node.
-#[derive(Debug, clap::Parser)]
-#[command(after_help = cli::ENVIRONMENT)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+#[derive(Debug, clap::Args)]
+struct Options {
     #[command(flatten)]
     listen: cli::Listen,
     #[command(flatten)]
     channel: cli::Channel,
     /// Use these worker ids (one per instance, comma-separated) instead of claiming them
-    #[arg(
-        long,
-        env = "WERKMANN_WORKER_IDS",
-        global = true,
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "WERKMANN_WORKER_IDS", value_delimiter = ',')]
     worker_ids: Vec<u32>,
     #[command(flatten)]
     limits: cli::Limits,
@@ -35,16 +27,22 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli: Cli = cli::parse(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
+    let cli::App { command, options } =
+        cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
     werkmann_apps::init_logging();
-    let count = cli.listen.count;
-    let ids = if cli.command.starts() {
-        push::claim_ids(&cli.channel, count, &cli.worker_ids)?
+    let count = options.listen.count;
+    let ids = if command.starts() {
+        push::claim_ids(&options.channel, count, &options.worker_ids)?
     } else {
         WorkerIds::fixed(0, count)
     };
-    let mut worker = push::ws::ws_worker(&cli.listen.listen, count, cli.channel, Arc::new(ids))?;
-    cli.limits.apply(&mut worker);
-    worker.tls = cli.tls.load()?;
-    cli.command.run([worker])
+    let mut worker = push::ws::ws_worker(
+        &options.listen.listen,
+        count,
+        options.channel,
+        Arc::new(ids),
+    )?;
+    options.limits.apply(&mut worker);
+    worker.tls = options.tls.load()?;
+    command.run([worker])
 }

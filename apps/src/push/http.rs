@@ -16,11 +16,11 @@ use crate::auth::Auth;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Publisher {
     /// Pushes must authenticate with this secret (Authorization: Bearer, or an HMAC signature)
-    #[arg(long, env = "WERKMANN_SECRET", global = true, hide_env_values = true)]
+    #[arg(long, env = "WERKMANN_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
     /// The WebSocket nodes the demo page reconnects among: HOST:PORT or ws(s):// URLs,
     /// comma-separated
-    #[arg(long, env = "WERKMANN_WS_NODES", global = true, value_delimiter = ',')]
+    #[arg(long, env = "WERKMANN_WS_NODES", value_delimiter = ',')]
     pub ws_nodes: Vec<String>,
 }
 
