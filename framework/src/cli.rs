@@ -4,34 +4,31 @@
 //! Signals sent to the running process: `SIGINT`/`SIGTERM` stop, `SIGQUIT` stops gracefully,
 //! `SIGUSR1` reloads, `SIGUSR2` writes the status file, `SIGIO` the connections file.
 //!
-//! An app declares its command line once, with clap: Workerman's [`Command`] as the
-//! subcommand, the shared option groups ([`Listen`], [`Limits`], [`Tls`], [`Channel`])
-//! flattened, its own options next to them. Every option has its `WERKMANN_…` variable, and
-//! `--help` lists them.
+//! An app declares its command line once, with clap: its options as a `clap::Args` struct —
+//! the shared groups ([`Listen`], [`Limits`], [`Tls`], [`Channel`]) flattened, its own options
+//! next to them — parsed as an [`App`] with Workerman's [`Command`]. Every option has its
+//! `WERKMANN_…` variable, and `--help` lists them.
 //!
 //! ```no_run
-//! use werkmann::cli::{self, Command};
-//! use werkmann::Worker;
+//! use werkmann::{cli, Worker};
 //!
-//! /// A WebSocket echo.
-//! #[derive(clap::Parser)]
-//! struct Cli {
-//!     #[command(subcommand)]
-//!     command: Command,
+//! #[derive(clap::Args)]
+//! struct Options {
 //!     #[command(flatten)]
 //!     listen: cli::Listen,
 //!     #[command(flatten)]
 //!     limits: cli::Limits,
 //! }
 //!
-//! let cli: Cli = cli::parse(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
-//! let mut worker = Worker::new(&format!("websocket://{}", cli.listen.listen))?;
-//! worker.count = cli.listen.count;
-//! cli.limits.apply(&mut worker);
+//! let cli::App { command, options } =
+//!     cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
+//! let mut worker = Worker::new(&format!("websocket://{}", options.listen.listen))?;
+//! worker.count = options.listen.count;
+//! options.limits.apply(&mut worker);
 //! worker.on_message(|conn, msg| {
 //!     conn.send(msg);
 //! });
-//! cli.command.run([worker])
+//! command.run([worker])
 //! # ; Ok::<(), werkmann::Error>(())
 //! ```
 
@@ -127,14 +124,14 @@ pub fn parse<P: clap::Parser>(defaults: &[(&'static str, &'static str)]) -> P {
     P::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
-/// The environment every app reads, for `--help` (`#[command(after_help = ENVIRONMENT)]`).
+/// The environment every app reads, shown at the end of `--help` (see [`App`]).
 pub const ENVIRONMENT: &str = "Environment: RUST_LOG (log filter, default info), \
 WERKMANN_RUN_DIR (pid, status and daemon log files, default /tmp/werkmann), \
 WERKMANN_PID_FILE (the pid file's path)";
 
 /// Where a worker listens and how many instances it runs: `--listen IP:PORT`
 /// (`WERKMANN_LISTEN`), `--count N` (`WERKMANN_COUNT`). An app sets its own defaults with
-/// `#[command(mut_arg("listen", |a| a.default_value("0.0.0.0:4236")))]` (and `"count"`).
+/// [`parse`]'s defaults: `cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236")])`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Listen {
     /// Where to listen, IP:PORT
