@@ -11,7 +11,7 @@
 
 // What a user names: the modules below that stay `pub` hold user-facing types (`connection`:
 // `Status`, the defaults; `protocol`: the `Protocol` trait and the codecs the fuzz targets
-// drive; `tls`: `CA_ENV`), the rest is re-exported at the root. `cli`, `master` and `channel`
+// drive; `tls`: `ServerTls`, `ClientTls`), the rest is re-exported at the root. `cli`, `master` and `channel`
 // are public as the apps use them today.
 pub(crate) mod callbacks;
 pub mod channel;
