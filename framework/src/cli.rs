@@ -252,7 +252,7 @@ impl Channel {
 }
 
 /// Where pid, status and log files live: `$WERKMANN_RUN_DIR`, or `/tmp/werkmann`.
-pub fn run_dir() -> PathBuf {
+pub(crate) fn run_dir() -> PathBuf {
     std::env::var_os("WERKMANN_RUN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("werkmann"))
@@ -260,7 +260,7 @@ pub fn run_dir() -> PathBuf {
 
 /// The files of one running app.
 #[derive(Debug, Clone)]
-pub struct Paths {
+pub(crate) struct Paths {
     /// The pid file.
     pub pid: PathBuf,
     /// Written on `status`.
@@ -304,14 +304,15 @@ impl Paths {
 }
 
 /// The pid in the pid file, if the file exists and that process is alive.
-pub fn running_pid(pid_file: &Path) -> Option<i32> {
+pub(crate) fn running_pid(pid_file: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(pid_file).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
     alive(pid).then_some(pid)
 }
 
 /// Whether a process exists and has not exited (a zombie waiting for its parent has).
-pub fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists; no memory is passed.
     if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
         return false;
     }
@@ -323,7 +324,8 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Send a signal.
-pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+pub(crate) fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
     if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())
     } else {
@@ -332,7 +334,7 @@ pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
 }
 
 /// Write the pid file atomically.
-pub fn write_pid(pid_file: &Path) -> std::io::Result<()> {
+pub(crate) fn write_pid(pid_file: &Path) -> std::io::Result<()> {
     if let Some(dir) = pid_file.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -342,7 +344,7 @@ pub fn write_pid(pid_file: &Path) -> std::io::Result<()> {
 }
 
 /// Remove the pid file if it still names this process.
-pub fn remove_pid_if_ours(pid_file: &Path) {
+pub(crate) fn remove_pid_if_ours(pid_file: &Path) {
     let ours = std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|t| t.trim().parse::<u32>().ok())
@@ -353,7 +355,12 @@ pub fn remove_pid_if_ours(pid_file: &Path) {
 }
 
 /// Ask the running process to stop and wait until it is gone.
-pub fn stop(paths: &Paths, program: &str, graceful: bool, wait: Duration) -> Result<(), Error> {
+pub(crate) fn stop(
+    paths: &Paths,
+    program: &str,
+    graceful: bool,
+    wait: Duration,
+) -> Result<(), Error> {
     let Some(pid) = running_pid(&paths.pid) else {
         return Err(Error::Cli(format!("{program} is not running")));
     };
@@ -383,7 +390,7 @@ pub fn stop(paths: &Paths, program: &str, graceful: bool, wait: Duration) -> Res
 }
 
 /// Signal the running process to write a report file, wait for it, and return its text.
-pub fn request_report(
+pub(crate) fn request_report(
     paths: &Paths,
     program: &str,
     sig: i32,
@@ -409,16 +416,22 @@ pub fn request_report(
 
 /// Detach into the background. The parent waits for the child's word on a pipe: `ok` once it
 /// listens, or an error, prints it and exits. Returns, in the child, the pipe to report on.
-pub fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
+pub(crate) fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
     let mut fds = [0i32; 2];
+    // SAFETY: `fds` is an array of two c_ints that pipe(2) fills.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
+    // SAFETY: pipe(2) succeeded, so both descriptors are open and owned by nobody else.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: called before the actix system and its threads start (worker-id claims join
+    // their thread before returning), so the child copies a process with this one thread and
+    // no lock held by another; the child goes on in ordinary Rust.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error().into()),
         0 => {
             drop(rd);
+            // SAFETY: setsid(2) takes no arguments; in a fresh child it cannot fail.
             unsafe { libc::setsid() };
             if let Some(dir) = log_file.parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -429,6 +442,8 @@ pub fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
                 .open(log_file)?;
             let null = std::fs::File::open("/dev/null")?;
             use std::os::fd::AsRawFd;
+            // SAFETY: both descriptors are open files owned by this function; dup2(2) only
+            // replaces the standard descriptors, which nothing else holds as an owned fd.
             unsafe {
                 libc::dup2(null.as_raw_fd(), 0);
                 libc::dup2(log.as_raw_fd(), 1);
@@ -456,7 +471,7 @@ pub fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
 }
 
 /// Tell a waiting daemon parent how the start went.
-pub fn report_start(pipe: Option<OwnedFd>, text: &str) {
+pub(crate) fn report_start(pipe: Option<OwnedFd>, text: &str) {
     if let Some(fd) = pipe {
         let mut f = std::fs::File::from(fd);
         let _ = f.write_all(text.as_bytes());

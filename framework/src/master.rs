@@ -141,6 +141,9 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
             None => None,
             Some(addr) => Some(match inherit.remove(addr) {
                 Some(fd) => {
+                    // SAFETY: the parent of a reload passed this listening socket by number in
+                    // WERKMANN_INHERIT_FDS; it is open here and nothing else owns it (each
+                    // name is taken from the map once).
                     let l = unsafe { TcpListener::from_raw_fd(fd) };
                     set_cloexec(fd, true);
                     l.set_nonblocking(true)?;
@@ -153,6 +156,7 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
     }
     for (_, fd) in inherit {
         // Sockets of workers the new binary no longer has.
+        // SAFETY: an inherited descriptor no worker took: open, and owned by nobody else.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     let pipe = if daemon {
@@ -198,6 +202,8 @@ fn describe(workers: &[Worker], listeners: &[Option<TcpListener>]) -> String {
 }
 
 fn set_cloexec(fd: RawFd, on: bool) {
+    // SAFETY: fcntl(2) with F_GETFD/F_SETFD reads and sets flags of a descriptor number; an
+    // invalid one fails with EBADF and nothing else.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFD);
         if flags >= 0 {

@@ -187,6 +187,7 @@ impl Drop for App {
 
 /// Whether a process runs (a zombie, exited but not yet reaped by its parent, does not).
 pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
     if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
         return false;
     }

@@ -80,6 +80,7 @@ impl Drop for Daemon {
             .find(|p| p.extension().is_some_and(|x| x == "pid"))
             .map(|p| read_pid(&p))
         {
+            // SAFETY: kill(2) takes two integers and touches no memory of ours.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
@@ -222,6 +223,7 @@ fn graceful_stop_delivers_what_is_queued() {
 fn sigterm_stops_cleanly() {
     let d = Daemon::start();
     let pid = d.pid();
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(wait_gone(pid));
     assert!(TcpStream::connect(("127.0.0.1", d.port)).is_err());

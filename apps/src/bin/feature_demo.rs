@@ -62,7 +62,7 @@ impl Protocol for Semicolon {
 }
 
 fn rss_kib() -> u64 {
-    werkmann::master::rss_bytes() / 1024
+    werkmann::rss_bytes() / 1024
 }
 
 fn console(conn: &Connection, line: &str) {
