@@ -77,12 +77,6 @@ impl Command {
     pub fn starts(&self) -> bool {
         matches!(self, Command::Start { .. } | Command::Restart { .. })
     }
-
-    /// Run `workers` under this command and exit the process with its status.
-    pub fn run(self, workers: impl IntoIterator<Item = crate::Worker>) -> ! {
-        let code = crate::master::run(self, workers.into_iter().collect());
-        std::process::exit(code)
-    }
 }
 
 /// Workerman's command line alone, for an app without options of its own:
