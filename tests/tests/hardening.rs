@@ -301,9 +301,9 @@ async fn a_channel_server_with_a_secret_admits_only_clients_that_know_it() {
     let mut sub = werkmann_tests::Console::connect(&good).await;
     assert_eq!(sub.line().await, "channel connected");
     assert_eq!(sub.ask("on news").await, "ok");
+    sub.sync().await;
     let mut p = werkmann_tests::Console::connect(&good).await;
     assert_eq!(p.line().await, "channel connected");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(p.ask("pub news 1").await, "ok Sent");
     assert_eq!(sub.line().await, "event news 1");
 

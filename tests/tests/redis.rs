@@ -36,8 +36,8 @@ async fn redis_restarted_mid_stream() {
     let (_a, a_addr) = channel_console(&redis.url(), &[]);
     let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on news").await, "ok");
+    sub.sync().await;
     let mut p = open(&a_addr).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.ask("pub news 1").await, "ok Sent");
     assert_eq!(sub.line().await, "event news 1");
 
@@ -59,8 +59,8 @@ async fn a_password_in_the_url_authenticates_and_a_wrong_one_is_reported() {
     let (_a, a_addr) = channel_console(&redis.url(), &[]);
     let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on news").await, "ok");
+    sub.sync().await;
     let mut p = open(&a_addr).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.ask("pub news 1").await, "ok Sent");
     assert_eq!(sub.line().await, "event news 1");
 
@@ -83,8 +83,8 @@ async fn rediss_speaks_tls_and_checks_the_certificate() {
     let (_a, a_addr) = channel_console(&redis.url(), &[]);
     let mut sub = open(&a_addr).await;
     assert_eq!(sub.ask("on secure").await, "ok");
+    sub.sync().await;
     let mut p = open(&a_addr).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.ask(r#"pub secure "über TLS""#).await, "ok Sent");
     assert_eq!(sub.line().await, r#"event secure "über TLS""#);
 }
