@@ -227,6 +227,18 @@ impl App {
             .unwrap()
     }
 
+    /// The `status` row of `worker`'s instance `id`, split at whitespace: `worker listen id
+    /// conns accepted msgs_in msgs_out fails buffered refused idle_cl uptime_s`.
+    pub fn status_row(&self, worker: &str, id: u32) -> Vec<String> {
+        let out = self.command(&["status"]);
+        let status = String::from_utf8_lossy(&out.stdout);
+        status
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|r| r.len() > 3 && r[0] == worker && r[2] == id.to_string())
+            .unwrap_or_else(|| panic!("no status row for {worker} {id}: {status}"))
+    }
+
     /// What the app logged so far (a daemon: what `start -d` printed, then the daemon's log).
     pub fn log(&self) -> String {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.run_dir)
