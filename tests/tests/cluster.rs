@@ -11,7 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use werkmann_tests::{free_addr, split_response, start_all_at, App, RedisServer};
+use werkmann_tests::{
+    free_addr, greeting_ids, split_response, start_all_at, wait_until_async, App, RedisServer,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -27,17 +29,8 @@ async fn connect(addr: SocketAddr) -> Client {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
         .await
         .unwrap();
-    let hello = next_text(&mut ws).await;
-    let rest = hello
-        .strip_prefix("Worker-ID:")
-        .and_then(|r| r.strip_suffix(" verbunden\n"))
-        .unwrap_or_else(|| panic!("greeting {hello:?}"));
-    let (w, c) = rest.split_once(" Verbindungs-ID:").unwrap();
-    Client {
-        ws,
-        worker: w.parse().unwrap(),
-        conn: c.parse().unwrap(),
-    }
+    let (worker, conn) = greeting_ids(&next_text(&mut ws).await);
+    Client { ws, worker, conn }
 }
 
 async fn next_text(ws: &mut Ws) -> String {
@@ -53,11 +46,28 @@ async fn next_text(ws: &mut Ws) -> String {
     }
 }
 
-async fn quiet(ws: &mut Ws, ms: u64) {
-    if let Ok(Some(Ok(WsMessage::Text(t)))) =
-        tokio::time::timeout(Duration::from_millis(ms), ws.next()).await
-    {
-        panic!("unexpected push {t:?}");
+/// Read `ws` up to `content`, which must come; before it only lines starting with `{tag}-` may
+/// (attempts answered 503, or made before every instance subscribed: delivered or not).
+async fn receive_after_attempts(ws: &mut Ws, content: &str, tag: &str) {
+    loop {
+        let t = next_text(ws).await;
+        if t == content {
+            return;
+        }
+        assert!(
+            t.starts_with(&format!("{tag}-")),
+            "unexpected {t:?} before {content:?}"
+        );
+    }
+}
+
+/// Nothing but what each client was asserted to receive reached it: a broadcast `ok` now is
+/// the next message of every client (what a node delivers comes in the order the channel
+/// sent it, so anything stray would come first).
+async fn nothing_else(addr: SocketAddr, clients: &mut [&mut Ws], mark: &str) {
+    push_ok(addr, &format!("/?content={mark}")).await;
+    for c in clients.iter_mut() {
+        assert_eq!(next_text(c).await, mark, "nothing else came before");
     }
 }
 
@@ -94,18 +104,62 @@ async fn http(addr: SocketAddr, head: &str, body: &str) -> (u16, String) {
     split_response(&out)
 }
 
-/// Push until the publisher accepts (it answers 503 while its channel reconnects).
+/// One push, which must be answered `ok`.
 async fn push_ok(addr: SocketAddr, q: &str) {
-    for _ in 0..100 {
-        let (status, body) = get(addr, q).await;
-        if status == 200 {
-            assert_eq!(body, "ok");
-            return;
-        }
-        assert_eq!(status, 503, "{body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = get(addr, q).await;
+    assert_eq!((status, body.as_str()), (200, "ok"), "{q}");
+}
+
+/// Broadcast `{tag}-0`, `{tag}-1`, … until one is answered `ok` (the publisher answers 503
+/// while its channel reconnects, or while fewer instances than lately are subscribed);
+/// returns that content. Those answered 503 may or may not have been delivered.
+async fn broadcast_until_ok(addr: SocketAddr, tag: &str) -> String {
+    let (mut n, mut ok) = (0, String::new());
+    wait_until_async(T, format!("{addr} answers a broadcast ok"), async || {
+        let content = format!("{tag}-{n}");
+        n += 1;
+        let (status, body) = get(addr, &format!("/?content={content}")).await;
+        assert!(status == 200 || status == 503, "{status} {body}");
+        ok = content;
+        status == 200
+    })
+    .await;
+    ok
+}
+
+/// Broadcast `{tag}-N` until every client has received one (its node's instance has
+/// subscribed: a broadcast answered `ok` is only known to reach as many instances as
+/// broadcasts did lately, and at the start that is none), then once more until one is
+/// answered `ok`, and read every client up to that one.
+async fn until_every_client_is_reached(addr: SocketAddr, clients: &mut [&mut Ws], tag: &str) {
+    let mut reached = vec![false; clients.len()];
+    let mut n = 0;
+    wait_until_async(
+        T,
+        format!("a broadcast reaches all {}", clients.len()),
+        async || {
+            let (status, body) = get(addr, &format!("/?content={tag}-{n}")).await;
+            assert!(status == 200 || status == 503, "{status} {body}");
+            n += 1;
+            for (c, r) in clients.iter_mut().zip(reached.iter_mut()) {
+                // A short look at each client; one that got nothing yet is asked again.
+                while let Ok(Some(Ok(m))) =
+                    tokio::time::timeout(Duration::from_millis(50), c.next()).await
+                {
+                    if let WsMessage::Text(t) = m {
+                        assert!(t.starts_with(&format!("{tag}-")), "unexpected {t:?}");
+                        *r = true;
+                    }
+                }
+            }
+            reached.iter().all(|r| *r)
+        },
+    )
+    .await;
+    let last = broadcast_until_ok(addr, &format!("{tag}-done")).await;
+    for c in clients.iter_mut() {
+        receive_after_attempts(c, &last, tag).await;
     }
-    panic!("publisher {addr} never accepted {q}");
 }
 
 fn enc(s: &str) -> String {
@@ -223,6 +277,10 @@ async fn seed_topology(mut bus: Bus) {
         *per_worker.entry(c.worker).or_default() += 1;
     }
     assert!(per_worker.values().all(|&n| n == 2), "{per_worker:?}");
+    let mut all: Vec<&mut Ws> = clients.iter_mut().map(|c| &mut c.ws).collect();
+    for p in http {
+        until_every_client_is_reached(p, &mut all, "warm").await;
+    }
 
     // Broadcast through either publisher: everyone, exactly once.
     for (i, p) in http.iter().enumerate() {
@@ -230,9 +288,6 @@ async fn seed_topology(mut bus: Bus) {
         for c in &mut clients {
             assert_eq!(next_text(&mut c.ws).await, format!("hallo-{i}"));
         }
-    }
-    for c in &mut clients {
-        quiet(&mut c.ws, 200).await;
     }
 
     // Target each client through alternating publishers: only that one receives.
@@ -248,12 +303,9 @@ async fn seed_topology(mut bus: Bus) {
         )
         .await;
         assert_eq!(next_text(&mut clients[i].ws).await, content);
-        for (j, other) in clients.iter_mut().enumerate() {
-            if j != i {
-                quiet(&mut other.ws, 30).await;
-            }
-        }
     }
+    let mut all: Vec<&mut Ws> = clients.iter_mut().map(|c| &mut c.ws).collect();
+    nothing_else(http[0], &mut all, "ende").await;
 
     // Bad pushes get a 400, and the seed's parameters in a POST form work too.
     let (status, _) = get(http[0], "/?content=").await;
@@ -263,46 +315,15 @@ async fn seed_topology(mut bus: Bus) {
 
     // The channel restarts: the nodes reconnect and delivery resumes.
     bus.kill();
-    // The publisher notices at once (channel server) or with its next command (Redis).
-    let mut refused = false;
-    for _ in 0..50 {
-        let (status, _) = get(http[1], "/?content=lost").await;
-        if status == 503 {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        refused,
-        "the publisher says a push is not accepted while the channel is down"
-    );
+    // The publisher refuses a push while the channel is down (it notices at once with a
+    // channel server, with its next command on Redis): never `ok`, which would be a lie.
+    let (status, body) = get(http[1], "/?content=lost").await;
+    assert_eq!(status, 503, "{body}");
     bus.restart();
-    // Publishers and nodes reconnect independently; wait for a broadcast to reach everyone.
-    let mut delivered = false;
-    for attempt in 0..50 {
-        push_ok(http[0], &format!("/?content=back-{attempt}")).await;
-        let mut all = true;
-        for c in &mut clients {
-            match tokio::time::timeout(Duration::from_millis(300), c.ws.next()).await {
-                Ok(Some(Ok(WsMessage::Text(t)))) if t.starts_with("back-") => {}
-                _ => all = false,
-            }
-        }
-        if all {
-            delivered = true;
-            break;
-        }
-    }
-    assert!(
-        delivered,
-        "delivery resumed after the channel server restarted"
-    );
-    // Drain whatever earlier attempts delivered late.
-    for c in &mut clients {
-        while let Ok(Some(Ok(_))) =
-            tokio::time::timeout(Duration::from_millis(200), c.ws.next()).await
-        {}
+    // Publishers and nodes reconnect independently; delivery resumes to everyone.
+    let mut all: Vec<&mut Ws> = clients.iter_mut().map(|c| &mut c.ws).collect();
+    for p in http {
+        until_every_client_is_reached(p, &mut all, "back").await;
     }
 
     // Stop one WebSocket node: its clients are closed, the others go on.
@@ -312,7 +333,13 @@ async fn seed_topology(mut bus: Bus) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    push_ok(http[1], "/?content=after-stop").await;
+    // The channel confirms the broadcast reached the 2 instances left; the publisher answers
+    // 503 for it while it remembers 4 (15 s), `ok` after.
+    let (status, body) = get(http[1], "/?content=after-stop").await;
+    assert!(
+        status == 200 || body.starts_with("push reached 2 of the 4 "),
+        "the other node's instances are reached: {status} {body}"
+    );
     for (i, c) in clients.iter_mut().enumerate() {
         if i % 2 == 0 {
             assert_eq!(next_text(&mut c.ws).await, "after-stop");
@@ -377,6 +404,7 @@ async fn all_in_one_takes_pushes_as_query_form_or_json() {
     let mut a = connect(ws).await;
     let mut b = connect(ws).await;
     assert_ne!(a.worker, b.worker, "two instances");
+    until_every_client_is_reached(web, &mut [&mut a.ws, &mut b.ws], "warm").await;
 
     let (status, body) = post(
         web,
@@ -395,7 +423,6 @@ async fn all_in_one_takes_pushes_as_query_form_or_json() {
     let (status, body) = post(web, "application/json", &json).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     assert_eq!(next_text(&mut b.ws).await, "per JSON");
-    quiet(&mut a.ws, 200).await;
 
     // Only one of the two target ids: a clear 400, nothing published.
     let (status, body) = post(
@@ -405,13 +432,11 @@ async fn all_in_one_takes_pushes_as_query_form_or_json() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    quiet(&mut a.ws, 100).await;
-    quiet(&mut b.ws, 100).await;
 
     // The in-process channel confirms too: a worker id no instance holds is a 404, not `ok`.
     let (status, body) = get(web, "/?to_worker_id=77&to_connection_id=1&content=x").await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("worker 77"), "{body}");
-    quiet(&mut a.ws, 100).await;
-    quiet(&mut b.ws, 100).await;
+    // Neither the targeted push reached `a`, nor the refused ones anyone.
+    nothing_else(web, &mut [&mut a.ws, &mut b.ws], "ende").await;
 }
