@@ -4,12 +4,12 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use werkmann_tests::{free_port, temp_dir, wait_listening, App};
+use werkmann_tests::{free_port, greeting_ids, temp_dir, wait_listening, wait_until_async, App};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -159,21 +159,18 @@ impl Browser {
 
     /// Evaluate `script` until it returns something truthy (a non-empty string, true).
     async fn wait_for(&self, script: &str, what: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let v = self.js(script).await;
-            let ok = match &v {
+        let mut v = Value::Null;
+        wait_until_async(Duration::from_secs(15), what, async || {
+            v = self.js(script).await;
+            match &v {
                 Value::Bool(b) => *b,
                 Value::String(s) => !s.is_empty(),
                 Value::Null => false,
                 _ => true,
-            };
-            if ok {
-                return v;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
+        v
     }
 
     async fn element(&self, css: &str) -> String {
@@ -297,11 +294,7 @@ async fn the_seed_snippet_in_a_real_browser_receives_greeting_and_pushes() {
         .wait_for("return window.msgs[0] || ''", "the greeting")
         .await;
     let greeting = greeting.as_str().unwrap().to_string();
-    let (w, c) = greeting
-        .strip_prefix("Worker-ID:")
-        .and_then(|r| r.strip_suffix(" verbunden\n"))
-        .and_then(|r| r.split_once(" Verbindungs-ID:"))
-        .unwrap_or_else(|| panic!("greeting {greeting:?}"));
+    let (w, c) = greeting_ids(&greeting);
 
     let (status, body) = http(publisher, "GET", "/?content=Hallo%20Browser", None).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
