@@ -437,10 +437,9 @@ async fn websocket_node_killed_while_pushes_flow() {
     drop(node_a.take()); // SIGKILL
                          // Its clients see their connections end.
     for (n, c) in on_a.iter().enumerate() {
-        poll_until_async(Duration::from_secs(2), async || c.reader.is_finished())
-            .await
-            .then_some(())
-            .unwrap_or_else(|| panic!("client {n} of the killed node is disconnected"));
+        let gone = async || c.reader.is_finished();
+        let msg = format!("client {n} of the killed node is disconnected");
+        wait_until_async(Duration::from_secs(2), msg, gone).await;
     }
     // The channel noticed: pushes to A are answered 404, broadcasts reaching B's instances
     // only 503. Then pushes to the dead node's connection stop, before a replacement may claim
