@@ -9,9 +9,22 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::{split_response, wait_until_async, WAIT as T};
+use crate::{greeting_ids, split_response, wait_until_async, WAIT as T};
+
+/// A WebSocket client of a push node.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connect a WebSocket client to the push node on `addr` and read its greeting: the client,
+/// and the worker id and connection id it was greeted with.
+pub async fn connect(addr: SocketAddr) -> (Ws, u32, u64) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+        .await
+        .unwrap();
+    let (worker, conn) = greeting_ids(&next_text(&mut ws).await);
+    (ws, worker, conn)
+}
 
 /// The next text message on `ws` (other messages are skipped; panics after [`crate::WAIT`]).
 pub async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {

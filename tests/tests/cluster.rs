@@ -7,17 +7,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use werkmann_tests::push::{
-    get, http, next_text, nothing_else, push_ok, until_every_client_is_reached,
+    get, http, next_text, nothing_else, push_ok, until_every_client_is_reached, Ws,
 };
-use werkmann_tests::{free_addr, greeting_ids, start_all_at, App, RedisServer};
+use werkmann_tests::{free_addr, push, start_all_at, App, RedisServer};
 
 const T: Duration = Duration::from_secs(10);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Client {
     ws: Ws,
@@ -26,10 +22,7 @@ struct Client {
 }
 
 async fn connect(addr: SocketAddr) -> Client {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
-        .await
-        .unwrap();
-    let (worker, conn) = greeting_ids(&next_text(&mut ws).await);
+    let (ws, worker, conn) = push::connect(addr).await;
     Client { ws, worker, conn }
 }
 

@@ -20,9 +20,7 @@ use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use werkmann_tests::push::{broadcast_until_ok, get};
-use werkmann_tests::{
-    free_addr, greeting_ids, poll_until_async, wait_until_async, App, RedisServer, WAIT,
-};
+use werkmann_tests::{free_addr, poll_until_async, wait_until_async, App, RedisServer, WAIT};
 
 /// One WebSocket client that counts every text message it receives, until the connection
 /// closes (or [`finish`] stops it).
@@ -36,15 +34,7 @@ struct Counted {
 
 impl Counted {
     async fn connect(ws: SocketAddr) -> Counted {
-        let (mut c, _) = tokio_tungstenite::connect_async(format!("ws://{ws}"))
-            .await
-            .unwrap();
-        let greeting = tokio::time::timeout(WAIT, c.next())
-            .await
-            .expect("a greeting in time")
-            .expect("connection open")
-            .unwrap();
-        let (worker, conn) = greeting_ids(&greeting.into_text().unwrap());
+        let (mut c, worker, conn) = werkmann_tests::push::connect(ws).await;
         let got = Arc::new(Mutex::new(HashMap::new()));
         let g = got.clone();
         let reader = tokio::spawn(async move {

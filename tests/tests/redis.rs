@@ -3,11 +3,12 @@
 //! nodes and two publishers and no channel server at all.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use werkmann_tests::{
-    channel_console, free_addr, free_port, greeting_ids, open_console as open, poll_every,
-    process_alive, scenarios, App, Console, RedisCluster, RedisServer, WAIT,
+    channel_console, free_addr, open_console as open, poll_every, process_alive, push, scenarios,
+    App, Console, RedisCluster, RedisServer,
 };
 
 #[tokio::test]
@@ -91,19 +92,10 @@ async fn rediss_speaks_tls_and_checks_the_certificate() {
 
 /// The worker ids the push node listening on `listen` greets two clients with (its two
 /// instances', as connections go round-robin).
-async fn greeted_worker_ids(listen: &str) -> HashSet<u32> {
-    use futures_util::StreamExt;
+async fn greeted_worker_ids(listen: SocketAddr) -> HashSet<u32> {
     let mut ids = HashSet::new();
     for _ in 0..2 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{listen}"))
-            .await
-            .unwrap();
-        let hello = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a greeting in time")
-            .expect("connection open")
-            .unwrap();
-        ids.insert(greeting_ids(&hello.into_text().unwrap()).0);
+        ids.insert(push::connect(listen).await.1);
     }
     ids
 }
@@ -116,14 +108,13 @@ async fn nodes_claim_distinct_worker_ids_on_a_redis_cluster() {
     let mut seen = HashSet::new();
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        nodes.push(App::start(
+        let listen = free_addr("127.0.0.1");
+        nodes.push(App::start_at(
             "start_ws",
-            &["--listen", &listen, "--channel", &url],
-            &[port],
+            &["--listen", &listen.to_string(), "--channel", &url],
+            &[listen],
         ));
-        seen.extend(greeted_worker_ids(&listen).await);
+        seen.extend(greeted_worker_ids(listen).await);
     }
     assert_eq!(seen, HashSet::from([0, 1, 2, 3]));
 }
@@ -136,14 +127,21 @@ async fn nodes_claim_distinct_worker_ids_on_a_redis_cluster() {
 async fn a_daemon_node_keeps_renewing_its_worker_id_leases() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let a = free_addr("127.0.0.1");
-    let a_s = a.to_string();
-    let node_a = App::start_daemon(
-        "start_ws",
-        &["--listen", &a_s, "--count", "2", "--channel", &url],
-        &[a],
-    );
-    let ids_a = greeted_worker_ids(&a_s).await;
+    // A node with two instances, started by `start` (`App::start_at`, `App::start_daemon`).
+    let node = |start: fn(&str, &[&str], &[SocketAddr]) -> App| {
+        let listen = free_addr("127.0.0.1");
+        let args = [
+            "--listen",
+            &listen.to_string(),
+            "--count",
+            "2",
+            "--channel",
+            &url,
+        ];
+        (start("start_ws", &args, &[listen]), listen)
+    };
+    let (node_a, a) = node(App::start_daemon);
+    let ids_a = greeted_worker_ids(a).await;
     assert_eq!(ids_a.len(), 2, "two instances: {ids_a:?}");
     let pttl = |id: u32| -> i64 {
         let out = redis.cli(&["PTTL", &format!("werkmann:worker_id:{id}")]);
@@ -185,14 +183,8 @@ async fn a_daemon_node_keeps_renewing_its_worker_id_leases() {
     // claims ids.
     let past = first_expiry + Duration::from_secs(1);
     std::thread::sleep(past.saturating_duration_since(Instant::now()));
-    let b = free_addr("127.0.0.1");
-    let b_s = b.to_string();
-    let _node_b = App::start_at(
-        "start_ws",
-        &["--listen", &b_s, "--count", "2", "--channel", &url],
-        &[b],
-    );
-    let ids_b = greeted_worker_ids(&b_s).await;
+    let (_node_b, b) = node(App::start_at);
+    let ids_b = greeted_worker_ids(b).await;
     let leases: Vec<(u32, i64)> = ids_a.iter().map(|&id| (id, pttl(id))).collect();
     assert!(
         renewed.len() == ids_a.len(),
