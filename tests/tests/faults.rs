@@ -266,9 +266,9 @@ async fn finish(web: SocketAddr, groups: &[&[Counted]]) {
 }
 
 /// The bus (channel server or Redis) killed (SIGKILL) while `pushers` broadcast at once, so
-/// pushes are in flight when it dies and when it is back: pushes flow until 100 are answered
+/// pushes are in flight when it dies and when it is back: pushes flow until 300 are answered
 /// `ok`; `kill`; the outage lasts 0.5 s and until 20 pushes sent during it were refused;
-/// `restart`; pushes flow until 100 sent after the restart are answered `ok`. Returns every
+/// `restart`; pushes flow until 300 sent after the restart are answered `ok`. Returns every
 /// answer, once every client has what was delivered.
 async fn bus_killed_while_pushes_flow(
     web: SocketAddr,
@@ -286,7 +286,7 @@ async fn bus_killed_while_pushes_flow(
             pusher(web, stop.clone(), log.clone(), broadcasts(tag))
         })
         .collect();
-    log.wait_for(100, "answered ok before the kill", Answer::ok)
+    log.wait_for(300, "answered ok before the kill", Answer::ok)
         .await;
     let killed = Instant::now();
     kill();
@@ -300,7 +300,7 @@ async fn bus_killed_while_pushes_flow(
     let restarting = Instant::now();
     restart();
     let restarted = Instant::now();
-    log.wait_for(100, "sent after the restart answered ok", |a| {
+    log.wait_for(300, "sent after the restart answered ok", |a| {
         a.sent > restarted && a.ok()
     })
     .await;
