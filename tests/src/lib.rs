@@ -65,8 +65,37 @@ pub fn free_port() -> u16 {
 }
 
 /// A free address on a loopback IP, e.g. `127.0.1.2`, as if it were another machine.
+///
+/// The port is below the kernel's ephemeral range (`ip_local_port_range`), where every
+/// outgoing connection on the machine takes its local port: a port found free there (as
+/// `bind(0)` finds one) can be taken by some connection before the app binds it, and the app
+/// fails with "address in use". Each call in a process tries the next port from a start that
+/// differs between processes, so parallel tests get distinct ports.
 pub fn free_addr(ip: &str) -> SocketAddr {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&h| h > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = high - LOW;
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = (std::process::id().wrapping_mul(7919) ^ nanos) % span + 1;
+        let _ = NEXT.compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(l) = TcpListener::bind((ip, port as u16)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port on {ip} below {high}");
 }
 
 /// How often the `poll_until` helpers look at their condition.
