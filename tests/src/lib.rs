@@ -64,6 +64,18 @@ pub fn free_port() -> u16 {
     free_addr("127.0.0.1").port()
 }
 
+/// The lowest port [`free_addr`] hands out.
+const LOW: u32 = 10_000;
+
+/// The start of the kernel's ephemeral port range.
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&h| h > 2 * LOW)
+        .unwrap_or(32_768)
+}
+
 /// A free address on a loopback IP, e.g. `127.0.1.2`, as if it were another machine.
 ///
 /// The port is below the kernel's ephemeral range (`ip_local_port_range`), where every
@@ -73,13 +85,8 @@ pub fn free_port() -> u16 {
 /// differs between processes, so parallel tests get distinct ports.
 pub fn free_addr(ip: &str) -> SocketAddr {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|&h| h > LOW + 1_000)
-        .unwrap_or(32_768);
+    let high = ephemeral_low();
     let span = high - LOW;
     if NEXT.load(Ordering::Relaxed) == 0 {
         let nanos = std::time::SystemTime::now()
@@ -531,6 +538,8 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -540,7 +549,9 @@ impl RedisServer {
         self.child = Some(child);
         assert!(
             wait_listening(([127, 0, 0, 1], self.port).into(), Duration::from_secs(10)),
-            "redis-server listens"
+            "redis-server listens on {}; log:\n{}",
+            self.port,
+            std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
         );
     }
 
@@ -594,11 +605,22 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Start `n` cluster-enabled `redis-server`s and join them with `redis-cli --cluster create`.
     pub fn start(n: usize) -> RedisCluster {
+        // Each node's cluster bus listens on its port + 10000: free, and below the ephemeral
+        // range, too.
+        const BUS: u16 = 10_000;
+        let port = || loop {
+            let p = free_port();
+            if u32::from(p + BUS) < ephemeral_low()
+                && TcpListener::bind(("127.0.0.1", p + BUS)).is_ok()
+            {
+                break p;
+            }
+        };
         let mut nodes = Vec::new();
         for _ in 0..n {
             let mut r = RedisServer {
                 child: None,
-                port: free_port(),
+                port: port(),
                 dir: temp_dir("redis-cluster"),
                 password: None,
                 tls: false,
