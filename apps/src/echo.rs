@@ -1,24 +1,38 @@
 //! The echo examples: one worker that sends every message back, for any protocol.
 
-use werkmann::cli::option;
+use werkmann::cli;
 use werkmann::Worker;
 
-/// Run `{scheme}://{--listen}` (default `default_listen`) with `--count` instances, echoing
-/// every message, over TLS with `--cert PEM --key PEM`; the process's command line decides
-/// `start`, `stop`, ….
-pub fn run(scheme: &str, name: &str, default_listen: &str) -> anyhow::Result<()> {
-    let worker = echo_worker(scheme, name, default_listen)?;
-    Worker::run_all(vec![worker])
+/// An echo server's options: where to listen, the limits, TLS.
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Where and how many.
+    #[command(flatten)]
+    pub listen: cli::Listen,
+    /// The limits.
+    #[command(flatten)]
+    pub limits: cli::Limits,
+    /// Serve TLS.
+    #[command(flatten)]
+    pub tls: cli::Tls,
+}
+
+/// Run `{scheme}://{--listen}` (default `default_listen`) as the command line says, echoing
+/// every message.
+pub fn run(scheme: &str, name: &str, default_listen: &'static str) -> anyhow::Result<()> {
+    let app: cli::App<Options> = cli::parse(&[("listen", default_listen)]);
+    crate::init_logging();
+    let worker = echo_worker(scheme, name, &app.options)?;
+    app.command.run([worker])
 }
 
 /// The echo worker, for callers that change more settings first.
-pub fn echo_worker(scheme: &str, name: &str, default_listen: &str) -> anyhow::Result<Worker> {
-    let listen = option("--listen", "WERKMANN_LISTEN", default_listen);
-    let mut worker = Worker::new(&format!("{scheme}://{listen}"))?;
+pub fn echo_worker(scheme: &str, name: &str, options: &Options) -> anyhow::Result<Worker> {
+    let mut worker = Worker::new(&format!("{scheme}://{}", options.listen.listen))?;
     worker.name = name.into();
-    worker.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
-    werkmann::cli::apply_limits(&mut worker)?;
-    worker.tls = crate::tls::server_tls_option()?;
+    worker.count = options.listen.count;
+    options.limits.apply(&mut worker);
+    worker.tls = options.tls.load()?;
     worker.on_message(|conn, msg| {
         conn.send(msg);
     });

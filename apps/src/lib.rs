@@ -6,10 +6,18 @@
 pub mod auth;
 pub mod echo;
 pub mod push;
-pub mod tls;
 
 /// The apps' allocator: jemalloc returns the pages of freed send queues to the system after
 /// its decay time, where glibc's malloc keeps them (docs/reliability.md, "Soak").
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Log to stderr through env_logger (`RUST_LOG`, default `info`), with millisecond
+/// timestamps; a daemon's stderr is its log file. The library never sets up a logger: this is
+/// the apps' choice.
+pub fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .try_init();
+}

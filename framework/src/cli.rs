@@ -3,6 +3,34 @@
 //!
 //! Signals sent to the running process: `SIGINT`/`SIGTERM` stop, `SIGQUIT` stops gracefully,
 //! `SIGUSR1` reloads, `SIGUSR2` writes the status file, `SIGIO` the connections file.
+//!
+//! An app declares its command line once, with clap: its options as a `clap::Args` struct —
+//! the shared groups ([`Listen`], [`Limits`], [`Tls`], [`Channel`]) flattened, its own options
+//! next to them — parsed as an [`App`] with Workerman's [`Command`]. Every option has its
+//! `WERKMANN_…` variable, and `--help` lists them.
+//!
+//! ```no_run
+//! use werkmann::{cli, Worker};
+//!
+//! #[derive(clap::Args)]
+//! struct Options {
+//!     #[command(flatten)]
+//!     listen: cli::Listen,
+//!     #[command(flatten)]
+//!     limits: cli::Limits,
+//! }
+//!
+//! let cli::App { command, options } =
+//!     cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
+//! let mut worker = Worker::new(&format!("websocket://{}", options.listen.listen))?;
+//! worker.count = options.listen.count;
+//! options.limits.apply(&mut worker);
+//! worker.on_message(|conn, msg| {
+//!     conn.send(msg);
+//! });
+//! command.run([worker])
+//! # ; Ok::<(), werkmann::Error>(())
+//! ```
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -11,70 +39,214 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
-/// A command given on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Workerman's commands, as an app's parser takes them (`#[command(subcommand)]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
-    /// Start; `daemon` detaches (`-d`).
+    /// Start in the foreground (logs to stderr), or as a daemon with -d
     Start {
-        /// Run in the background.
+        /// Run as a daemon (logs to the log file next to the pid file)
+        #[arg(short = 'd')]
         daemon: bool,
     },
-    /// Stop; `graceful` lets connections finish (`-g`).
+    /// Stop the running process, or gracefully with -g
     Stop {
-        /// Graceful stop.
+        /// Stop gracefully: let connections finish what is queued
+        #[arg(short = 'g')]
         graceful: bool,
     },
-    /// Stop, then start.
+    /// Stop, then start
     Restart {
-        /// Run in the background.
+        /// Run as a daemon
+        #[arg(short = 'd')]
         daemon: bool,
-        /// Graceful stop.
+        /// Stop gracefully
+        #[arg(short = 'g')]
         graceful: bool,
     },
-    /// Swap in the binary now on disk without refusing a connection.
+    /// Swap in the binary now on disk without refusing a connection
     Reload,
-    /// Print per-instance figures.
+    /// Show per-instance figures of the running process
     Status,
-    /// Print every connection.
+    /// List the running process's connections
     Connections,
 }
 
-/// The usage text.
-pub fn usage(program: &str) -> String {
-    format!(
-        "Usage: {program} <command> [mode] [options]\n\
-         Commands:\n  start        start in the foreground (logs to stderr)\n  \
-         start -d     start as a daemon\n  stop         stop\n  stop -g      stop gracefully\n  \
-         restart      stop and start\n  reload       swap in the binary on disk without refusing connections\n  \
-         status       show per-instance figures\n  connections  list connections\n\
-         Environment: RUST_LOG (log filter), WERKMANN_RUN_DIR (pid and status files, default /tmp/werkmann),\n  \
-         WERKMANN_PID_FILE (pid file path)\n"
-    )
+impl Command {
+    /// Whether this command starts the workers (`start`, `restart`): only then do they need
+    /// what serving takes (worker ids, certificates, …).
+    pub fn starts(&self) -> bool {
+        matches!(self, Command::Start { .. } | Command::Restart { .. })
+    }
 }
 
-/// Find the command among the arguments (options the app parses itself are skipped).
-pub fn parse(args: &[String]) -> Result<Command, Error> {
-    let daemon = args.iter().any(|a| a == "-d");
-    let graceful = args.iter().any(|a| a == "-g");
-    for a in args.iter().skip(1) {
-        let cmd = match a.as_str() {
-            "start" => Command::Start { daemon },
-            "stop" => Command::Stop { graceful },
-            "restart" => Command::Restart { daemon, graceful },
-            "reload" => Command::Reload,
-            "status" => Command::Status,
-            "connections" => Command::Connections,
-            _ => continue,
-        };
-        return Ok(cmd);
+/// Workerman's command line alone, for an app without options of its own:
+/// `app start -d`, `app stop -g`, …. [`crate::Worker::run_all`] parses it from `argv`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(after_help = ENVIRONMENT)]
+pub struct Workerman {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// An app's command line: Workerman's [`Command`] and the app's own options `O` (a
+/// `#[derive(clap::Args)]` struct that flattens the shared groups it needs):
+/// `let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[…]);`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(about = None, long_about = None, after_help = ENVIRONMENT)]
+pub struct App<O: clap::Args> {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// The app's options.
+    #[command(flatten)]
+    pub options: O,
+}
+
+/// Parse the app's command line `P` from `argv`, with `defaults` as `(argument id, value)`
+/// for the shared options whose default is the app's (`("listen", "0.0.0.0:4236")`,
+/// `("count", "2")`). Every option may stand before or after the command. A bad command line — an unknown option, a bad value, no command —
+/// prints what is wrong and exits with status 2; `--help` prints the options with their
+/// environment variables and defaults.
+pub fn parse<P: clap::Parser>(defaults: &[(&'static str, &'static str)]) -> P {
+    // Options may follow the command, as Workerman's do: `app start -d --listen …`.
+    let mut command = P::command().mut_args(|a| a.global(true));
+    for &(id, value) in defaults {
+        command = command.mut_arg(id, |a| a.default_value(value));
     }
-    Err(Error::Cli(usage(
-        args.first().map(String::as_str).unwrap_or("app"),
-    )))
+    let matches = command.get_matches();
+    P::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The environment every app reads, shown at the end of `--help` (see [`App`]).
+pub const ENVIRONMENT: &str = "Environment: RUST_LOG (log filter, default info), \
+WERKMANN_RUN_DIR (pid, status and daemon log files, default /tmp/werkmann), \
+WERKMANN_PID_FILE (the pid file's path)";
+
+/// Where a worker listens and how many instances it runs: `--listen IP:PORT`
+/// (`WERKMANN_LISTEN`), `--count N` (`WERKMANN_COUNT`). An app sets its own defaults with
+/// [`parse`]'s defaults: `cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236")])`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Listen {
+    /// Where to listen, IP:PORT
+    #[arg(long, env = "WERKMANN_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// How many instances (threads) serve it
+    #[arg(long, env = "WERKMANN_COUNT", default_value_t = 1)]
+    pub count: usize,
+}
+
+/// The limits of a worker (docs/reliability.md); unset ones keep the worker's defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Limits {
+    /// Connections open at once, at most
+    #[arg(long, env = "WERKMANN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one IP address, at most
+    #[arg(long, env = "WERKMANN_MAX_CONNS_PER_IP")]
+    pub max_conns_per_ip: Option<usize>,
+    /// The WebSocket Origins accepted, comma-separated (others are refused with 403)
+    #[arg(long, env = "WERKMANN_ORIGINS", value_delimiter = ',')]
+    pub origins: Vec<String>,
+    /// Close connections idle this many seconds (0: never)
+    #[arg(long, env = "WERKMANN_IDLE_TIMEOUT", value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+}
+
+impl Limits {
+    /// Set the given limits on `worker`.
+    pub fn apply(&self, worker: &mut crate::Worker) {
+        if let Some(n) = self.max_connections {
+            worker.max_connections = n;
+        }
+        if let Some(n) = self.max_conns_per_ip {
+            worker.max_connections_per_ip = n;
+        }
+        if let Some(secs) = self.idle_timeout {
+            worker.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        let origins: Vec<String> = self
+            .origins
+            .iter()
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if !origins.is_empty() {
+            worker.allowed_origins = origins;
+        }
+    }
+}
+
+/// A certificate and key to serve TLS with (`wss://`, `https://`, a TLS channel): `--cert PEM
+/// --key PEM` (`WERKMANN_TLS_CERT`, `WERKMANN_TLS_KEY`), both or neither.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Tls {
+    /// Serve TLS with this certificate chain (PEM; needs --key)
+    #[arg(long, env = "WERKMANN_TLS_CERT", value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; needs --cert)
+    #[arg(long, env = "WERKMANN_TLS_KEY", value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl Tls {
+    /// The server's TLS settings, `None` without a certificate.
+    pub fn load(&self) -> Result<Option<crate::ServerTls>, Error> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => crate::ServerTls::from_pem_files(cert, key).map(Some),
+            (None, None) => Ok(None),
+            _ => Err(Error::Cli("--cert and --key go together".into())),
+        }
+    }
+}
+
+/// How a node reaches its channel: `--channel ADDR` (`WERKMANN_CHANNEL`: `IP:PORT`,
+/// `tls://HOST:PORT`, `redis://…`), `--channel-secret S` (`WERKMANN_CHANNEL_SECRET`),
+/// `--tls-ca PEM` (`WERKMANN_TLS_CA`) and `--redis-ca PEM` (`WERKMANN_REDIS_CA`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Channel {
+    /// The channel: IP:PORT, tls://HOST:PORT, redis://… or rediss://…
+    #[arg(long, env = "WERKMANN_CHANNEL", default_value = "127.0.0.1:2206")]
+    pub channel: String,
+    /// The channel server's secret (its --secret)
+    #[arg(long, env = "WERKMANN_CHANNEL_SECRET", hide_env_values = true)]
+    pub channel_secret: Option<String>,
+    /// A private CA (PEM) that signed a tls:// channel server's certificate
+    #[arg(long, env = "WERKMANN_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// A private CA (PEM) that signed a rediss:// server's certificate
+    #[arg(long, env = "WERKMANN_REDIS_CA", value_name = "PEM")]
+    pub redis_ca: Option<PathBuf>,
+}
+
+impl Channel {
+    /// This process's embedded channel (`channel::Server::embedded()`), no secret, no CA.
+    pub fn embedded() -> Channel {
+        Channel {
+            channel: crate::channel::EMBEDDED.into(),
+            channel_secret: None,
+            tls_ca: None,
+            redis_ca: None,
+        }
+    }
+
+    /// A channel client connected (in the background) as these options say; call it on a
+    /// worker instance's thread, e.g. in `on_worker_start`.
+    pub fn connect(&self) -> Result<crate::channel::Client, crate::channel::ChannelError> {
+        crate::channel::Client::connect_with(&self.channel, &self.options())
+    }
+
+    /// The options of this node's channel clients.
+    pub fn options(&self) -> crate::channel::Options {
+        crate::channel::Options {
+            secret: self.channel_secret.clone().filter(|s| !s.is_empty()),
+            tls_ca: self.redis_ca.clone().or_else(|| self.tls_ca.clone()),
+        }
+    }
 }
 
 /// Where pid, status and log files live: `$WERKMANN_RUN_DIR`, or `/tmp/werkmann`.
-pub fn run_dir() -> PathBuf {
+pub(crate) fn run_dir() -> PathBuf {
     std::env::var_os("WERKMANN_RUN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("werkmann"))
@@ -82,7 +254,7 @@ pub fn run_dir() -> PathBuf {
 
 /// The files of one running app.
 #[derive(Debug, Clone)]
-pub struct Paths {
+pub(crate) struct Paths {
     /// The pid file.
     pub pid: PathBuf,
     /// Written on `status`.
@@ -126,14 +298,15 @@ impl Paths {
 }
 
 /// The pid in the pid file, if the file exists and that process is alive.
-pub fn running_pid(pid_file: &Path) -> Option<i32> {
+pub(crate) fn running_pid(pid_file: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(pid_file).ok()?;
     let pid: i32 = text.trim().parse().ok()?;
     alive(pid).then_some(pid)
 }
 
 /// Whether a process exists and has not exited (a zombie waiting for its parent has).
-pub fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists; no memory is passed.
     if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
         return false;
     }
@@ -145,7 +318,8 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Send a signal.
-pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+pub(crate) fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
     if unsafe { libc::kill(pid, sig) } == 0 {
         Ok(())
     } else {
@@ -154,7 +328,7 @@ pub fn signal(pid: i32, sig: i32) -> std::io::Result<()> {
 }
 
 /// Write the pid file atomically.
-pub fn write_pid(pid_file: &Path) -> std::io::Result<()> {
+pub(crate) fn write_pid(pid_file: &Path) -> std::io::Result<()> {
     if let Some(dir) = pid_file.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -164,7 +338,7 @@ pub fn write_pid(pid_file: &Path) -> std::io::Result<()> {
 }
 
 /// Remove the pid file if it still names this process.
-pub fn remove_pid_if_ours(pid_file: &Path) {
+pub(crate) fn remove_pid_if_ours(pid_file: &Path) {
     let ours = std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|t| t.trim().parse::<u32>().ok())
@@ -175,7 +349,12 @@ pub fn remove_pid_if_ours(pid_file: &Path) {
 }
 
 /// Ask the running process to stop and wait until it is gone.
-pub fn stop(paths: &Paths, program: &str, graceful: bool, wait: Duration) -> Result<(), Error> {
+pub(crate) fn stop(
+    paths: &Paths,
+    program: &str,
+    graceful: bool,
+    wait: Duration,
+) -> Result<(), Error> {
     let Some(pid) = running_pid(&paths.pid) else {
         return Err(Error::Cli(format!("{program} is not running")));
     };
@@ -205,7 +384,7 @@ pub fn stop(paths: &Paths, program: &str, graceful: bool, wait: Duration) -> Res
 }
 
 /// Signal the running process to write a report file, wait for it, and return its text.
-pub fn request_report(
+pub(crate) fn request_report(
     paths: &Paths,
     program: &str,
     sig: i32,
@@ -231,16 +410,22 @@ pub fn request_report(
 
 /// Detach into the background. The parent waits for the child's word on a pipe: `ok` once it
 /// listens, or an error, prints it and exits. Returns, in the child, the pipe to report on.
-pub fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
+pub(crate) fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
     let mut fds = [0i32; 2];
+    // SAFETY: `fds` is an array of two c_ints that pipe(2) fills.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error().into());
     }
+    // SAFETY: pipe(2) succeeded, so both descriptors are open and owned by nobody else.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: called before the actix system and its threads start (worker-id claims join
+    // their thread before returning), so the child copies a process with this one thread and
+    // no lock held by another; the child goes on in ordinary Rust.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error().into()),
         0 => {
             drop(rd);
+            // SAFETY: setsid(2) takes no arguments; in a fresh child it cannot fail.
             unsafe { libc::setsid() };
             if let Some(dir) = log_file.parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -251,6 +436,8 @@ pub fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
                 .open(log_file)?;
             let null = std::fs::File::open("/dev/null")?;
             use std::os::fd::AsRawFd;
+            // SAFETY: both descriptors are open files owned by this function; dup2(2) only
+            // replaces the standard descriptors, which nothing else holds as an owned fd.
             unsafe {
                 libc::dup2(null.as_raw_fd(), 0);
                 libc::dup2(log.as_raw_fd(), 1);
@@ -278,56 +465,9 @@ pub fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
 }
 
 /// Tell a waiting daemon parent how the start went.
-pub fn report_start(pipe: Option<OwnedFd>, text: &str) {
+pub(crate) fn report_start(pipe: Option<OwnedFd>, text: &str) {
     if let Some(fd) = pipe {
         let mut f = std::fs::File::from(fd);
         let _ = f.write_all(text.as_bytes());
     }
-}
-
-/// An app option: `--name VALUE` or `--name=VALUE` on the command line, else the environment
-/// variable `env`, else `default`.
-pub fn option(name: &str, env: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    let prefix = format!("{name}=");
-    for (i, a) in args.iter().enumerate() {
-        if a == name {
-            if let Some(v) = args.get(i + 1) {
-                return v.clone();
-            }
-        } else if let Some(v) = a.strip_prefix(&prefix) {
-            return v.to_string();
-        }
-    }
-    std::env::var(env).unwrap_or_else(|_| default.to_string())
-}
-
-/// Apply the limit options to a worker: `--max-connections N`, `--max-conns-per-ip N`,
-/// `--origins URL,URL`, `--idle-timeout SECS` (`0` turns it off); environment
-/// `WERKMANN_MAX_CONNECTIONS`, `WERKMANN_MAX_CONNS_PER_IP`, `WERKMANN_ORIGINS`,
-/// `WERKMANN_IDLE_TIMEOUT`. Unset options keep the worker's defaults.
-pub fn apply_limits(worker: &mut crate::Worker) -> Result<(), Error> {
-    let num = |name: &str, env: &str| -> Result<Option<u64>, Error> {
-        let v = option(name, env, "");
-        if v.is_empty() {
-            return Ok(None);
-        }
-        v.parse()
-            .map(Some)
-            .map_err(|_| Error::Cli(format!("{name} takes a number, not {v:?}")))
-    };
-    if let Some(n) = num("--max-connections", "WERKMANN_MAX_CONNECTIONS")? {
-        worker.max_connections = n as usize;
-    }
-    if let Some(n) = num("--max-conns-per-ip", "WERKMANN_MAX_CONNS_PER_IP")? {
-        worker.max_connections_per_ip = n as usize;
-    }
-    if let Some(n) = num("--idle-timeout", "WERKMANN_IDLE_TIMEOUT")? {
-        worker.idle_timeout = (n > 0).then(|| Duration::from_secs(n));
-    }
-    let origins = option("--origins", "WERKMANN_ORIGINS", "");
-    if !origins.is_empty() {
-        worker.allowed_origins = origins.split(',').map(|o| o.trim().to_string()).collect();
-    }
-    Ok(())
 }

@@ -11,15 +11,15 @@
 
 // What a user names: the modules below that stay `pub` hold user-facing types (`connection`:
 // `Status`, the defaults; `protocol`: the `Protocol` trait and the codecs the fuzz targets
-// drive; `tls`: `CA_ENV`), the rest is re-exported at the root. `cli`, `master` and `channel`
-// are public as the apps use them today.
+// drive; `tls`: `ServerTls`, `ClientTls`; `cli`: the command line an app declares with clap;
+// `channel`: the channel service), the rest is re-exported at the root.
 pub(crate) mod callbacks;
 pub mod channel;
 pub mod cli;
 mod client;
 pub mod connection;
 mod error;
-pub mod master;
+mod master;
 mod message;
 pub mod protocol;
 mod run;
@@ -32,6 +32,7 @@ mod worker;
 pub use client::AsyncTcpConnection;
 pub use connection::{Connection, ConnectionError, ConnectionStats, SendStatus};
 pub use error::Error;
+pub use master::rss_bytes;
 pub use message::{Message, Request, Response};
 pub use protocol::{register_protocol, Protocol, ProtocolError};
 pub use timer::{Timer, TimerId};

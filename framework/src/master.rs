@@ -24,32 +24,24 @@ use crate::worker::{InstanceStatus, Worker};
 const INHERIT_ENV: &str = "WERKMANN_INHERIT_FDS";
 const RELOAD_PARENT_ENV: &str = "WERKMANN_RELOAD_PARENT";
 
-/// Initialise env_logger once (`RUST_LOG`, default `info`).
-pub fn init_logging() {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .try_init();
+/// Run Workerman's command line from `argv` (see [`cli::Workerman`]) for these workers;
+/// returns the process exit code. A bad command line exits with status 2 at once.
+pub fn main(workers: Vec<Worker>) -> i32 {
+    use clap::Parser;
+    run(cli::Workerman::parse().command, workers)
 }
 
-/// Run the command line for these workers; returns the process exit code.
-pub fn main(workers: Vec<Worker>) -> i32 {
-    init_logging();
-    let args: Vec<String> = std::env::args().collect();
-    let program = args
-        .first()
+/// Run `cmd` for these workers; returns the process exit code.
+pub fn run(cmd: Command, workers: Vec<Worker>) -> i32 {
+    let program = std::env::args()
+        .next()
+        .as_deref()
         .and_then(|p| std::path::Path::new(p).file_name())
         .and_then(|s| s.to_str())
         .unwrap_or("werkmann")
         .to_string();
     let tag: Vec<&str> = workers.iter().map(|w| w.socket_name()).collect();
     let paths = Paths::new(&program, &tag.join(","));
-    let cmd = match cli::parse(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return 64;
-        }
-    };
     let stop_wait = workers
         .iter()
         .map(|w| w.stop_timeout)
@@ -149,6 +141,9 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
             None => None,
             Some(addr) => Some(match inherit.remove(addr) {
                 Some(fd) => {
+                    // SAFETY: the parent of a reload passed this listening socket by number in
+                    // WERKMANN_INHERIT_FDS; it is open here and nothing else owns it (each
+                    // name is taken from the map once).
                     let l = unsafe { TcpListener::from_raw_fd(fd) };
                     set_cloexec(fd, true);
                     l.set_nonblocking(true)?;
@@ -161,6 +156,7 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
     }
     for (_, fd) in inherit {
         // Sockets of workers the new binary no longer has.
+        // SAFETY: an inherited descriptor no worker took: open, and owned by nobody else.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     let pipe = if daemon {
@@ -206,6 +202,8 @@ fn describe(workers: &[Worker], listeners: &[Option<TcpListener>]) -> String {
 }
 
 fn set_cloexec(fd: RawFd, on: bool) {
+    // SAFETY: fcntl(2) with F_GETFD/F_SETFD reads and sets flags of a descriptor number; an
+    // invalid one fails with EBADF and nothing else.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFD);
         if flags >= 0 {

@@ -1,9 +1,19 @@
-//! Starting the workers: [`Worker::run_all`] hands them to the process lifecycle (`master`).
+//! Starting the workers: [`Worker::run_all`] and [`Command::run`] hand them to the process
+//! lifecycle (`master`).
 //!
-//! Apart from `worker.rs` so that a worker's configuration does not depend on the lifecycle
-//! that runs it (`master` reads `Worker`; `Worker` does not call into `master`).
+//! Apart from `worker.rs` and `cli.rs` so that neither a worker's configuration nor the command
+//! line depends on the lifecycle that reads them (`master` reads both; neither calls into it).
 
+use crate::cli::Command;
 use crate::worker::Worker;
+
+impl Command {
+    /// Run `workers` under this command and exit the process with its status.
+    pub fn run(self, workers: impl IntoIterator<Item = Worker>) -> ! {
+        let code = crate::master::run(self, workers.into_iter().collect());
+        std::process::exit(code)
+    }
+}
 
 impl Worker {
     /// Run these workers under the command line (`start [-d]`, `stop [-g]`, `restart`,

@@ -12,10 +12,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::error::Error;
 
-/// Environment variable naming a PEM file of extra CA certificates that outgoing TLS
-/// connections trust (a private CA), on top of the system's roots.
-pub const CA_ENV: &str = "WERKMANN_TLS_CA";
-
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -84,22 +80,15 @@ impl std::fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
-    /// The system's roots (`/etc/ssl/certs`) plus the PEM file named by `$WERKMANN_TLS_CA`.
+    /// The system's roots (`/etc/ssl/certs`).
     pub fn system() -> Result<Self, Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            // A system certificate rustls cannot parse is skipped, as browsers do.
-            let _ = roots.add(cert);
-        }
-        if let Some(ca) = std::env::var_os(CA_ENV).filter(|v| !v.is_empty()) {
-            add_pem_file(&mut roots, Path::new(&ca))?;
-        }
-        if roots.is_empty() {
-            return Err(Error::Tls(format!(
-                "no trusted CA certificates: none in the system store, and {CA_ENV} is not set"
-            )));
-        }
+        Self::with_roots(system_roots()?)
+    }
+
+    /// The system's roots and the CA certificates in this PEM file (a private CA).
+    pub fn system_and_ca_file(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let mut roots = native_roots();
+        add_pem_file(&mut roots, path.as_ref())?;
         Self::with_roots(roots)
     }
 
@@ -132,6 +121,27 @@ impl ClientTls {
             .map_err(|e| tls_error(&format!("bad server name {host:?}"), e))?;
         rustls::ClientConnection::new(self.0.clone(), name).map_err(|e| tls_error("TLS session", e))
     }
+}
+
+/// The system's trusted roots, as many as rustls can read.
+fn native_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot parse is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+/// The system's trusted roots; an error when there is none.
+fn system_roots() -> Result<rustls::RootCertStore, Error> {
+    let roots = native_roots();
+    if roots.is_empty() {
+        return Err(Error::Tls(
+            "no trusted CA certificates in the system store: name a private CA".into(),
+        ));
+    }
+    Ok(roots)
 }
 
 fn add_pem_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Error> {

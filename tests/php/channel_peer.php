@@ -5,6 +5,8 @@
 //   php channel_peer.php HOST:PORT pub NAME JSON        publishes json_decode(JSON, true)
 //   php channel_peer.php HOST:PORT pubobj NAME          publishes a stdClass object {x: 1}
 //   php channel_peer.php HOST:PORT subobj NAME          prints "object <class> <x>" for each event
+// A subscriber says "subscribed" once the server has the subscription: it sends werkmann's
+// `hello` after it (a PHP server ignores it; a werkmann server answers it in order).
 [$self, $addr, $mode] = array_slice($argv, 0, 3);
 $args = array_slice($argv, 3);
 $sock = stream_socket_client("tcp://$addr", $errno, $errstr, 5);
@@ -37,9 +39,13 @@ switch ($mode) {
     case 'subobj':
         $names = array_map(fn($n) => ctype_digit($n) ? (int)$n : $n, $args);
         send_cmd($sock, ['type' => 'subscribe', 'channels' => $names]);
-        echo "subscribed\n";
+        send_cmd($sock, ['type' => 'hello']);
         while (($frame = read_frame($sock)) !== null) {
             $msg = unserialize($frame);
+            if ($msg['type'] === 'hello') {
+                echo "subscribed\n";
+                continue;
+            }
             if ($mode === 'subobj') {
                 $d = $msg['data'];
                 echo "object " . get_class($d) . " " . $d->x . "\n";

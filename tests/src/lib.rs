@@ -2,6 +2,7 @@
 //! free loopback ports, wait for them to listen, and stop them afterwards.
 
 pub mod conformance;
+pub mod push;
 pub mod scenarios;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -64,21 +65,108 @@ pub fn free_port() -> u16 {
     free_addr("127.0.0.1").port()
 }
 
+/// The lowest port [`free_addr`] hands out.
+const LOW: u32 = 10_000;
+
+/// The start of the kernel's ephemeral port range.
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&h| h > 2 * LOW)
+        .unwrap_or(32_768)
+}
+
 /// A free address on a loopback IP, e.g. `127.0.1.2`, as if it were another machine.
+///
+/// The port is below the kernel's ephemeral range (`ip_local_port_range`), where every
+/// outgoing connection on the machine takes its local port: a port found free there (as
+/// `bind(0)` finds one) can be taken by some connection before the app binds it, and the app
+/// fails with "address in use". Each call in a process tries the next port from a start that
+/// differs between processes, so parallel tests get distinct ports.
 pub fn free_addr(ip: &str) -> SocketAddr {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_low();
+    let span = high - LOW;
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = (std::process::id().wrapping_mul(7919) ^ nanos) % span + 1;
+        let _ = NEXT.compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        if let Ok(l) = TcpListener::bind((ip, port as u16)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port on {ip} below {high}");
+}
+
+/// How often the `poll_until` helpers look at their condition.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Look at `cond` every 20 ms until it holds (`true`) or `timeout` has passed (`false`). For
+/// code off any async runtime; in a `#[tokio::test]` use [`poll_until_async`], which lets the
+/// runtime's other tasks run meanwhile.
+pub fn poll_until(timeout: Duration, cond: impl FnMut() -> bool) -> bool {
+    poll_every(POLL, timeout, cond)
+}
+
+/// [`poll_until`], looking every `every` (for a condition costly to evaluate).
+pub fn poll_every(every: Duration, timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// [`poll_until`], failing the test with `what` (and how long it waited) when `cond` does not
+/// hold within `timeout`.
+pub fn wait_until(timeout: Duration, what: impl std::fmt::Display, cond: impl FnMut() -> bool) {
+    assert!(poll_until(timeout, cond), "not within {timeout:?}: {what}");
+}
+
+/// [`poll_until`] for an async condition.
+pub async fn poll_until_async(timeout: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] for an async condition.
+pub async fn wait_until_async(
+    timeout: Duration,
+    what: impl std::fmt::Display,
+    cond: impl AsyncFnMut() -> bool,
+) {
+    assert!(
+        poll_until_async(timeout, cond).await,
+        "not within {timeout:?}: {what}"
+    );
 }
 
 /// Wait until something accepts connections on `addr`.
 pub fn wait_listening(addr: SocketAddr, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
+    poll_until(timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
 }
 
 /// A fresh directory for one app's pid, status and log files.
@@ -91,9 +179,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A running app process, killed when dropped.
+/// A running app process, killed when dropped (a daemon: stopped, and killed if it is still
+/// there).
 pub struct App {
-    /// The process.
+    /// The process (for a daemon, the `start -d` that forked it, which has exited).
     pub child: Child,
     /// Its run directory (`WERKMANN_RUN_DIR`).
     pub run_dir: PathBuf,
@@ -101,6 +190,7 @@ pub struct App {
     pub bin: PathBuf,
     /// Its arguments after the command.
     pub args: Vec<String>,
+    daemon: bool,
 }
 
 impl App {
@@ -113,11 +203,22 @@ impl App {
 
     /// Start `name start <args>` and wait until every address in `addrs` accepts connections.
     pub fn start_at(name: &str, args: &[&str], addrs: &[SocketAddr]) -> App {
+        App::launch(name, false, args, addrs)
+    }
+
+    /// Start `name start -d <args>` (a daemon: `start -d` forks and returns once the daemon
+    /// listens), and wait until every address in `addrs` accepts connections.
+    pub fn start_daemon(name: &str, args: &[&str], addrs: &[SocketAddr]) -> App {
+        App::launch(name, true, args, addrs)
+    }
+
+    fn launch(name: &str, daemon: bool, args: &[&str], addrs: &[SocketAddr]) -> App {
         let run_dir = temp_dir(name);
         let bin = bin(name);
         let log = std::fs::File::create(run_dir.join("stderr.log")).unwrap();
         let child = Command::new(&bin)
             .arg("start")
+            .args(daemon.then_some("-d"))
             .args(args)
             .env("WERKMANN_RUN_DIR", &run_dir)
             .env(
@@ -129,12 +230,21 @@ impl App {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let app = App {
+        let mut app = App {
             child,
             run_dir,
             bin,
             args: args.iter().map(|s| s.to_string()).collect(),
+            daemon,
         };
+        if daemon {
+            let st = app.wait_exit(Duration::from_secs(20));
+            assert!(
+                st.is_some_and(|s| s.success()),
+                "{name} start -d: {st:?}; log:\n{}",
+                app.log()
+            );
+        }
         for &addr in addrs {
             assert!(
                 wait_listening(addr, Duration::from_secs(20)),
@@ -155,9 +265,43 @@ impl App {
             .unwrap()
     }
 
-    /// What the app logged so far.
+    /// The `status` row of `worker`'s instance `id`, split at whitespace: `worker listen id
+    /// conns accepted msgs_in msgs_out fails buffered refused idle_cl uptime_s`.
+    pub fn status_row(&self, worker: &str, id: u32) -> Vec<String> {
+        let out = self.command(&["status"]);
+        let status = String::from_utf8_lossy(&out.stdout);
+        status
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|r| r.len() > 3 && r[0] == worker && r[2] == id.to_string())
+            .unwrap_or_else(|| panic!("no status row for {worker} {id}: {status}"))
+    }
+
+    /// What the app logged so far (a daemon: what `start -d` printed, then the daemon's log).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.run_dir.join("stderr.log")).unwrap_or_default()
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.run_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort_by_key(|p| !p.ends_with("stderr.log"));
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// The daemon's pid, from its pid file (`None` before it wrote one, or for a foreground
+    /// app: see `child`).
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_dir(&self.run_dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "pid"))
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| s.trim().parse().ok())
     }
 
     /// Whether the process is still running.
@@ -167,14 +311,12 @@ impl App {
 
     /// Wait up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        let mut st = None;
+        poll_until(timeout, || {
+            st = self.child.try_wait().ok().flatten();
+            st.is_some()
+        });
+        st
     }
 }
 
@@ -182,11 +324,19 @@ impl Drop for App {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.daemon {
+            let pid = self.daemon_pid();
+            let _ = self.command(&["stop"]);
+            if let Some(pid) = pid.filter(|&p| process_alive(p)) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 }
 
 /// Whether a process runs (a zombie, exited but not yet reaped by its parent, does not).
 pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
     if pid <= 0 || unsafe { libc::kill(pid, 0) } != 0 {
         return false;
     }
@@ -242,11 +392,35 @@ impl Console {
         self.line().await
     }
 
+    /// On a `channel_console`: wait until the channel (server, Redis or embedded) has handled
+    /// every command this console's client sent before — a confirmed publish sent after them
+    /// (to an event nobody subscribes to) is confirmed. Subscriptions and unsubscriptions made
+    /// before are then in force for any publish made after. Any other line fails the test.
+    pub async fn sync(&mut self) {
+        wait_until_async(WAIT, "the channel confirms a publish", async || {
+            let answer = self.ask("pubct werkmann-test-sync 1").await;
+            assert!(answer.starts_with("confirmed 1 "), "unexpected {answer:?}");
+            answer.ends_with(" failed 0")
+        })
+        .await;
+    }
+
     /// Assert that no line arrives for `ms` milliseconds.
     pub async fn nothing_for(&mut self, ms: u64) {
         let r = tokio::time::timeout(Duration::from_millis(ms), self.lines.next_line()).await;
         assert!(r.is_err(), "unexpected line: {r:?}");
     }
+}
+
+/// The worker id and connection id a push node's greeting
+/// `Worker-ID:{W} Verbindungs-ID:{C} verbunden\n` names (panics on anything else).
+pub fn greeting_ids(greeting: &str) -> (u32, u64) {
+    greeting
+        .strip_prefix("Worker-ID:")
+        .and_then(|r| r.strip_suffix(" verbunden\n"))
+        .and_then(|r| r.split_once(" Verbindungs-ID:"))
+        .and_then(|(w, c)| Some((w.parse().ok()?, c.parse().ok()?)))
+        .unwrap_or_else(|| panic!("greeting {greeting:?}"))
 }
 
 /// Read an HTTP response head (up to the blank line) byte by byte, leaving the body unread.
@@ -366,6 +540,8 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -375,7 +551,9 @@ impl RedisServer {
         self.child = Some(child);
         assert!(
             wait_listening(([127, 0, 0, 1], self.port).into(), Duration::from_secs(10)),
-            "redis-server listens"
+            "redis-server listens on {}; log:\n{}",
+            self.port,
+            std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
         );
     }
 
@@ -386,6 +564,17 @@ impl RedisServer {
             Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
             None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// Run `redis-cli` against it (a plain one, without a password) with `args` (a command and
+    /// its arguments); its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian's redis-tools)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Kill it (SIGKILL): everything it held is gone.
@@ -418,11 +607,22 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Start `n` cluster-enabled `redis-server`s and join them with `redis-cli --cluster create`.
     pub fn start(n: usize) -> RedisCluster {
+        // Each node's cluster bus listens on its port + 10000: free, and below the ephemeral
+        // range, too.
+        const BUS: u16 = 10_000;
+        let port = || loop {
+            let p = free_port();
+            if u32::from(p + BUS) < ephemeral_low()
+                && TcpListener::bind(("127.0.0.1", p + BUS)).is_ok()
+            {
+                break p;
+            }
+        };
         let mut nodes = Vec::new();
         for _ in 0..n {
             let mut r = RedisServer {
                 child: None,
-                port: free_port(),
+                port: port(),
                 dir: temp_dir("redis-cluster"),
                 password: None,
                 tls: false,
@@ -445,19 +645,12 @@ impl RedisCluster {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
         for r in &nodes {
-            loop {
-                let info = Command::new("redis-cli")
-                    .args(["-p", &r.port.to_string(), "cluster", "info"])
-                    .output()
-                    .unwrap();
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "cluster state ok");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_until(
+                Duration::from_secs(20),
+                format!("cluster state ok at node {}", r.port),
+                || r.cli(&["cluster", "info"]).contains("cluster_state:ok"),
+            );
         }
         RedisCluster { nodes }
     }

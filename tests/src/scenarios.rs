@@ -7,9 +7,6 @@ use std::time::Duration;
 use crate::conformance::Backend;
 use crate::{open_console as open, Console};
 
-/// How long subscriptions get to reach the server (or Redis) before the first publish.
-const SETTLE: Duration = Duration::from_millis(300);
-
 /// Fan-out to `subscribers` clients in two processes, `"1"` and `1` as one name but `"01"` as
 /// another, per-publisher ordering of `seq` events, and no events after an unsubscribe.
 pub async fn fan_out_names_and_ordering(b: &Backend, subscribers: usize, seq: usize) {
@@ -20,11 +17,11 @@ pub async fn fan_out_names_and_ordering(b: &Backend, subscribers: usize, seq: us
         let mut c = open(if n % 2 == 0 { &a_addr } else { &b_addr }).await;
         assert_eq!(c.ask("on Broadcast").await, "ok");
         assert_eq!(c.ask("on 1").await, "ok");
+        // The subscriptions are in force before anything is published.
+        c.sync().await;
         subs.push(c);
     }
     let mut publisher = open(&b_addr).await;
-    // Let the subscriptions reach the server.
-    tokio::time::sleep(SETTLE).await;
 
     assert_eq!(
         publisher.ask(r#"pub Broadcast {"content":"hi"}"#).await,
@@ -51,7 +48,7 @@ pub async fn fan_out_names_and_ordering(b: &Backend, subscribers: usize, seq: us
     }
     // Unsubscribed: no more events for that one.
     assert_eq!(subs[0].ask("unsub Broadcast").await, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    subs[0].sync().await;
     assert_eq!(publisher.ask(r#"pub Broadcast 2"#).await, "ok Sent");
     for s in &mut subs[1..] {
         assert_eq!(s.line().await, "event Broadcast 2");
@@ -68,10 +65,10 @@ pub async fn publish_loop_round_robin(b: &Backend) {
     for addr in [&a_addr, &b_addr, &a_addr] {
         let mut c = open(addr).await;
         assert_eq!(c.ask("on work").await, "ok");
+        c.sync().await;
         subs.push(c);
     }
     let mut p = open(&b_addr).await;
-    tokio::time::sleep(SETTLE).await;
     for i in 0..30 {
         assert_eq!(p.ask(&format!("publoop work {i}")).await, "ok Sent");
     }
@@ -104,7 +101,7 @@ pub async fn queues_deliver_exactly_once(b: &Backend) {
     let mut w2 = open(&b_addr).await;
     assert_eq!(w1.ask("watch jobs").await, "ok");
     assert_eq!(w2.ask("watch jobs").await, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Items wait in the queue until a watcher takes them: nothing to wait for here.
     for i in 20..40 {
         assert_eq!(p.ask(&format!("enq jobs {i}")).await, "ok Sent");
     }
@@ -128,7 +125,7 @@ pub async fn queues_deliver_exactly_once(b: &Backend) {
     // A manual watcher gets one item per reserve; items wait for it.
     let mut m: Console = open(&a_addr).await;
     assert_eq!(m.ask("watchm slow").await, "ok");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    m.sync().await;
     assert_eq!(p.ask("enq slow 1").await, "ok Sent");
     assert_eq!(p.ask("enq slow 2").await, "ok Sent");
     m.nothing_for(200).await;

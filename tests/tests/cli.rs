@@ -80,6 +80,7 @@ impl Drop for Daemon {
             .find(|p| p.extension().is_some_and(|x| x == "pid"))
             .map(|p| read_pid(&p))
         {
+            // SAFETY: kill(2) takes two integers and touches no memory of ours.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
@@ -222,6 +223,7 @@ fn graceful_stop_delivers_what_is_queued() {
 fn sigterm_stops_cleanly() {
     let d = Daemon::start();
     let pid = d.pid();
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(wait_gone(pid));
     assert!(TcpStream::connect(("127.0.0.1", d.port)).is_err());
@@ -270,4 +272,148 @@ fn reload_swaps_the_process_without_refusing_connections() {
     assert!(ok > 10, "{ok}");
     let stop = d.cmd(&["stop"]);
     assert!(stop.status.success(), "{}", text(&stop));
+}
+
+/// Run `app args…` with its own run directory, and nothing else from the environment that
+/// an app reads.
+fn run_app(app: &str, args: &[&str], run_dir: &Path) -> Output {
+    let mut cmd = Command::new(bin(app));
+    cmd.args(args)
+        .env("WERKMANN_RUN_DIR", run_dir)
+        .env("RUST_BACKTRACE", "1");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WERKMANN_") && key != "WERKMANN_BIN_DIR" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.output().unwrap()
+}
+
+/// Whether `dir` holds a pid file.
+fn has_pid_file(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .any(|e| e.path().extension().is_some_and(|x| x == "pid"))
+}
+
+#[test]
+fn a_bad_command_line_is_refused_before_anything_binds() {
+    let run_dir = temp_dir("cli-bad");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // A misspelt option: refused and named, instead of listening on the default address.
+    let out = run_app("start_ws", &["start", "--lisen", &listen], &run_dir);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--lisen"), "{}", text(&out));
+    // A bad value: named, with no panic and no backtrace.
+    let out = run_app(
+        "start_ws",
+        &["start", "--listen", &listen, "--count", "abc"],
+        &run_dir,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("--count") && said.contains("abc"), "{said}");
+    assert!(
+        !said.contains("panicked") && !said.contains("backtrace"),
+        "{said}"
+    );
+    // No command at all, and an unknown one.
+    for args in [&["--listen", listen.as_str()][..], &["begin"]] {
+        let out = run_app("tcp_echo", args, &run_dir);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+    // A certificate without its key.
+    let out = run_app(
+        "ws_echo",
+        &["start", "--listen", &listen, "--cert", "c.pem"],
+        &run_dir,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--key"), "{}", text(&out));
+    // Nothing was started.
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(!has_pid_file(&run_dir));
+}
+
+#[test]
+fn help_lists_the_commands_options_and_environment() {
+    let run_dir = temp_dir("cli-help");
+    let out = run_app("start_http", &["--help"], &run_dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let help = text(&out);
+    for word in [
+        "start",
+        "stop",
+        "reload",
+        "status",
+        "connections",
+        "--listen",
+        "WERKMANN_LISTEN",
+        "--channel",
+        "WERKMANN_CHANNEL",
+        "--secret",
+        "WERKMANN_SECRET",
+        "--cert",
+        "WERKMANN_TLS_CERT",
+        "0.0.0.0:4237",
+        "WERKMANN_RUN_DIR",
+    ] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+    let out = run_app("start_ws", &["start", "--help"], &run_dir);
+    assert!(text(&out).contains("-d"), "{}", text(&out));
+    assert!(!has_pid_file(&run_dir));
+}
+
+#[test]
+fn stop_and_status_find_an_app_without_its_options_repeated() {
+    let run_dir = temp_dir("cli-defaults");
+    // A node started with several options is found by where it listens alone.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let channel = format!("127.0.0.1:{}", free_port());
+    let start = [
+        "start",
+        "-d",
+        "--listen",
+        &listen,
+        "--channel",
+        &channel,
+        "--ws-port",
+        "1",
+        "--count",
+        "2",
+    ];
+    let out = run_app("start_http", &start, &run_dir);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = run_app("start_http", &["status", "--listen", &listen], &run_dir);
+    assert!(status.status.success(), "{}", text(&status));
+    assert_eq!(
+        text(&status)
+            .lines()
+            .filter(|l| l.starts_with("publisher"))
+            .count(),
+        2
+    );
+    let stop = run_app("start_http", &["stop", "--listen", &listen], &run_dir);
+    assert!(text(&stop).contains("stop success"), "{}", text(&stop));
+    assert!(!has_pid_file(&run_dir));
+
+    // An app started with no option at all is stopped with none (text_echo's default port).
+    let default: std::net::SocketAddr = ([127, 0, 0, 1], 9002).into();
+    if TcpStream::connect(default).is_ok() {
+        eprintln!("127.0.0.1:9002 is taken: skipping the all-defaults half");
+        return;
+    }
+    let out = run_app("text_echo", &["start", "-d"], &run_dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(wait_listening(default, Duration::from_secs(5)));
+    let status = run_app("text_echo", &["status"], &run_dir);
+    assert!(status.status.success(), "{}", text(&status));
+    let stop = run_app("text_echo", &["stop"], &run_dir);
+    assert!(text(&stop).contains("stop success"), "{}", text(&stop));
+    assert!(TcpStream::connect(default).is_err());
 }

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use werkmann_tests::{free_addr, read_head, start_all_at, App};
+use werkmann_tests::{free_addr, read_head, start_all_at, wait_until_async, App, WAIT};
 
 const SECRET: &str = "correct horse battery staple";
 
@@ -170,7 +170,14 @@ async fn connection_limits_per_ip_and_per_instance_refuse_and_count() {
         ],
         &[port],
     );
-    tokio::time::sleep(Duration::from_millis(200)).await; // the readiness probe has closed
+    // The readiness probe counts towards max_connections until the server saw it close.
+    let conns = async |n: &str| {
+        wait_until_async(WAIT, format!("{n} connections in status"), async || {
+            app.status_row("ws_echo", 0)[3] == n
+        })
+        .await
+    };
+    conns("0").await;
     let (_a, h) = ws_upgrade(&addr, Some("127.0.0.2"), None).await;
     assert!(h.starts_with("HTTP/1.1 101"), "{h}");
     let (_b, h) = ws_upgrade(&addr, Some("127.0.0.2"), None).await;
@@ -185,18 +192,12 @@ async fn connection_limits_per_ip_and_per_instance_refuse_and_count() {
     assert_eq!(h, "", "max_connections refuses");
     // Closing one frees its IP's place.
     drop(_a);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    conns("2").await;
     let (_f, h) = ws_upgrade(&addr, Some("127.0.0.2"), None).await;
     assert!(h.starts_with("HTTP/1.1 101"), "{h}");
     // Refusals are logged and counted.
-    let status = String::from_utf8_lossy(&app.command(&["status"]).stdout).to_string();
-    let row: Vec<&str> = status
-        .lines()
-        .find(|l| l.starts_with("ws_echo"))
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    assert_eq!(row[9], "2", "refused column: {status}");
+    let row = app.status_row("ws_echo", 0);
+    assert_eq!(row[9], "2", "refused column: {row:?}");
     assert!(app.log().contains("max_connections_per_ip reached"));
 }
 
@@ -301,9 +302,9 @@ async fn a_channel_server_with_a_secret_admits_only_clients_that_know_it() {
     let mut sub = werkmann_tests::Console::connect(&good).await;
     assert_eq!(sub.line().await, "channel connected");
     assert_eq!(sub.ask("on news").await, "ok");
+    sub.sync().await;
     let mut p = werkmann_tests::Console::connect(&good).await;
     assert_eq!(p.line().await, "channel connected");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(p.ask("pub news 1").await, "ok Sent");
     assert_eq!(sub.line().await, "event news 1");
 

@@ -7,13 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use werkmann_tests::certs::TestCerts;
+use werkmann_tests::push::{next_text, until_every_client_is_reached};
 use werkmann_tests::{free_addr, split_response, start_all_at, App};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -61,16 +60,6 @@ async fn wss_client(
         .expect("WebSocket upgrade over TLS");
     let greeting = next_text(&mut ws).await;
     (ws, greeting)
-}
-
-async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {
-    loop {
-        match tokio::time::timeout(WAIT, ws.next()).await {
-            Ok(Some(Ok(WsMessage::Text(t)))) => return t.to_string(),
-            Ok(Some(Ok(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
 }
 
 /// One HTTPS request with `Connection: close`; returns (status, body).
@@ -253,27 +242,12 @@ async fn channel_over_tls() {
         clients.push((c, greeting));
     }
 
-    // The nodes' channel clients connect over TLS in the background; retry until it holds.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let status = plain_get(web, "?content=warm").await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "publisher never reached the TLS channel"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The nodes' and the publisher's channel clients connect over TLS in the background.
+    let mut all: Vec<_> = clients.iter_mut().map(|(c, _)| c).collect();
+    until_every_client_is_reached(web, &mut all, "warm").await;
     assert_eq!(plain_get(web, "?content=durch-tls").await, 200);
     for (c, _) in &mut clients {
-        // Warm-ups (one per attempt that reached the channel) come first.
-        let mut got = next_text(c).await;
-        while got == "warm" {
-            got = next_text(c).await;
-        }
-        assert_eq!(got, "durch-tls");
+        assert_eq!(next_text(c).await, "durch-tls");
     }
 
     // Targeted: to one connection named by worker id and connection id, over TLS.

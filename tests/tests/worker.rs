@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use werkmann_tests::{free_port, App, Console};
+use werkmann_tests::{free_port, poll_until_async, wait_until_async, App, Console, WAIT};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -80,13 +80,16 @@ async fn send_buffer_limit_fires_buffer_full_drops_and_stays_bounded() {
     // A client that asks for 64 MiB and does not read.
     let mut slow = TcpStream::connect(&listen).await.unwrap();
     slow.write_all(b"flood 8192 8192\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let s = stats(&control.ask("stats").await);
-    assert!(s["full"] >= 1, "on_buffer_full fired: {s:?}");
+    // The flood has run into the limit: on_buffer_full fired and sends failed.
+    let mut s = HashMap::new();
+    let full = poll_until_async(WAIT, async || {
+        s = stats(&control.ask("stats").await);
+        s["full"] >= 1 && s["failures"] > 0
+    })
+    .await;
     assert!(
-        s["failures"] > 0,
-        "messages beyond the limit are dropped: {s:?}"
+        full,
+        "on_buffer_full fired and messages beyond the limit are dropped: {s:?}"
     );
     let accepted = (s["sent"] + s["queued"]) as usize;
     assert!(accepted < 8192, "not everything was accepted: {s:?}");
@@ -110,9 +113,10 @@ async fn send_buffer_limit_fires_buffer_full_drops_and_stays_bounded() {
     }
     assert_eq!(total, want);
     assert_eq!(got, accepted);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let s = stats(&control.ask("stats").await);
-    assert!(s["drain"] >= 1, "on_buffer_drain fired: {s:?}");
+    wait_until_async(WAIT, "on_buffer_drain fired", async || {
+        stats(&control.ask("stats").await)["drain"] >= 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -252,8 +256,12 @@ async fn outgoing_connection_reconnects_after_its_server_returns() {
 
     drop(server); // killed
     assert_eq!(c.line().await, "persist closed");
-    // Reconnect attempts fail (code 1) until the server is back.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Reconnect attempts fail (code 1) until the server is back: one has failed.
+    assert_eq!(
+        c.line().await,
+        "persist closed",
+        "a failed reconnect attempt"
+    );
     let _server = App::start("text_echo", &["--listen", &addr], &[port]);
     loop {
         let l = c.line().await;

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use werkmann::channel::{self, Client, Name};
-use werkmann::cli::option;
+use werkmann::cli;
 use werkmann::{Connection, Worker};
 
 fn reply(conn: &Connection, r: Result<channel::PublishStatus, channel::ChannelError>) {
@@ -30,8 +30,8 @@ fn reply(conn: &Connection, r: Result<channel::PublishStatus, channel::ChannelEr
     };
 }
 
-/// The channel address (for `claim`).
-static CHANNEL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The channel and its options (for `claim`).
+static CHANNEL: std::sync::OnceLock<cli::Channel> = std::sync::OnceLock::new();
 /// Worker ids claimed by `claim`, held until the process exits.
 static HELD: std::sync::Mutex<Vec<channel::worker_ids::WorkerIds>> =
     std::sync::Mutex::new(Vec::new());
@@ -43,7 +43,7 @@ fn name(s: &str) -> Name {
     Name::from(s)
 }
 
-fn command(conn: &Connection, client: &Client, line: &str) {
+fn console_command(conn: &Connection, client: &Client, line: &str) {
     let mut parts = line.splitn(3, ' ');
     let cmd = parts.next().unwrap_or("");
     let n = parts.next().unwrap_or("");
@@ -176,16 +176,20 @@ fn command(conn: &Connection, client: &Client, line: &str) {
                     .collect()
             });
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let addr = CHANNEL.get().cloned().unwrap_or_default();
+            let ch = CHANNEL
+                .get()
+                .cloned()
+                .unwrap_or_else(cli::Channel::embedded);
             std::thread::spawn(move || {
                 let r = channel::worker_ids::claim(
-                    &addr,
-                    &werkmann_apps::push::channel_options(),
+                    &ch.channel,
+                    &ch.options(),
                     count,
                     pinned,
                     Duration::from_secs(10),
                 );
                 let _ = tx.send(r.map(|ids| {
+                    ids.answer();
                     let shown: Vec<String> = ids.ids().iter().map(u32::to_string).collect();
                     HELD.lock().unwrap_or_else(|e| e.into_inner()).push(ids);
                     shown.join(",")
@@ -243,46 +247,53 @@ fn command(conn: &Connection, client: &Client, line: &str) {
     }
 }
 
+/// A channel client per console connection.
+#[derive(Debug, clap::Args)]
+struct Options {
+    #[command(flatten)]
+    listen: cli::Listen,
+    #[command(flatten)]
+    channel: cli::Channel,
+    /// Also run a channel server in this process: `embedded`, or IP:PORT for a TCP one
+    #[arg(long, env = "WERKMANN_SERVE")]
+    serve: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
-    werkmann_apps::push::channel_secret_option();
-    let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9020");
-    let channel_addr = option("--channel", "WERKMANN_CHANNEL", "127.0.0.1:2206");
-    let serve = option("--serve", "WERKMANN_SERVE", "");
-    let _ = CHANNEL.set(channel_addr.clone());
+    let cli::App { command, options } =
+        cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9020")]);
+    werkmann_apps::init_logging();
+    let _ = CHANNEL.set(options.channel.clone());
     let mut workers = Vec::new();
-    if !serve.is_empty() {
-        workers.push(if serve == "embedded" {
-            channel::Server::embedded().into_worker()
-        } else {
-            channel::Server::new(&serve)?.into_worker()
-        });
+    match options.serve.as_deref() {
+        None | Some("") => {}
+        Some("embedded") => workers.push(channel::Server::embedded().into_worker()),
+        Some(addr) => workers.push(channel::Server::new(addr)?.into_worker()),
     }
-    let mut console = Worker::new(&format!("text://{listen}"))?;
+    let mut console = Worker::new(&format!("text://{}", options.listen.listen))?;
     console.name = "channel_console".into();
-    console.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
-    let addr = channel_addr.clone();
-    console.on_connect(move |conn| {
-        match Client::connect_with(&addr, &werkmann_apps::push::channel_options()) {
-            Ok(client) => {
-                let back = conn.clone();
-                client.on_connect(move || {
-                    back.send("channel connected");
-                });
-                let back = conn.clone();
-                client.on_close(move || {
-                    back.send("channel closed");
-                });
-                conn.set_data(RefCell::new(client));
-            }
-            Err(e) => {
-                conn.close_with(format!("err {e}"));
-            }
+    console.count = options.listen.count;
+    let channel = options.channel;
+    console.on_connect(move |conn| match channel.connect() {
+        Ok(client) => {
+            let back = conn.clone();
+            client.on_connect(move || {
+                back.send("channel connected");
+            });
+            let back = conn.clone();
+            client.on_close(move || {
+                back.send("channel closed");
+            });
+            conn.set_data(RefCell::new(client));
+        }
+        Err(e) => {
+            conn.close_with(format!("err {e}"));
         }
     });
     console.on_message(|conn, msg| {
         let client = conn.with_data(|c: &mut RefCell<Client>| c.borrow().clone());
         if let Some(client) = client {
-            command(conn, &client, msg.as_text().unwrap_or(""));
+            console_command(conn, &client, msg.as_text().unwrap_or(""));
         }
     });
     console.on_close(|conn| {
@@ -291,5 +302,5 @@ fn main() -> anyhow::Result<()> {
         }
     });
     workers.push(console);
-    Worker::run_all(workers)
+    command.run(workers)
 }

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
-use werkmann::cli::option;
+use werkmann::cli;
 use werkmann::protocol::{register_protocol, Protocol, ProtocolError};
 use werkmann::{AsyncTcpConnection, Connection, Message, Response, SendStatus, Timer, Worker};
 
@@ -62,7 +62,7 @@ impl Protocol for Semicolon {
 }
 
 fn rss_kib() -> u64 {
-    werkmann::master::rss_bytes() / 1024
+    werkmann::rss_bytes() / 1024
 }
 
 fn console(conn: &Connection, line: &str) {
@@ -205,16 +205,27 @@ fn console(conn: &Connection, line: &str) {
     }
 }
 
+/// The tour's command line.
+#[derive(Debug, clap::Args)]
+struct Options {
+    #[command(flatten)]
+    listen: cli::Listen,
+    /// Where the semicolon:// worker listens, IP:PORT
+    #[arg(long, env = "WERKMANN_CUSTOM_LISTEN", default_value = "127.0.0.1:9011")]
+    custom_listen: String,
+    /// Where the WebSocket worker listens, IP:PORT
+    #[arg(long, env = "WERKMANN_WS_LISTEN", default_value = "127.0.0.1:9012")]
+    ws_listen: String,
+}
+
 fn main() -> anyhow::Result<()> {
+    let cli::App { command, options } =
+        cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9010"), ("count", "2")]);
+    werkmann_apps::init_logging();
     register_protocol("semicolon", Semicolon);
-    let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9010");
-    let custom = option(
-        "--custom-listen",
-        "WERKMANN_CUSTOM_LISTEN",
-        "127.0.0.1:9011",
-    );
-    let ws_listen = option("--ws-listen", "WERKMANN_WS_LISTEN", "127.0.0.1:9012");
-    let count: usize = option("--count", "WERKMANN_COUNT", "2").parse()?;
+    let (listen, count) = (&options.listen.listen, options.listen.count);
+    let custom = &options.custom_listen;
+    let ws_listen = &options.ws_listen;
 
     let mut text = Worker::new(&format!("text://{listen}"))?;
     text.name = "console".into();
@@ -265,5 +276,5 @@ fn main() -> anyhow::Result<()> {
         conn.send(format!("{info} msg={}", msg.to_text_lossy()));
     });
 
-    Worker::run_all(vec![text, semi, ws])
+    command.run([text, semi, ws])
 }

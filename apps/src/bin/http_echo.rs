@@ -1,14 +1,13 @@
 //! HTTP echo server: `http_echo start --listen 127.0.0.1:9005`. Answers every request with a
 //! JSON description of it: method, path, query, body fields, headers.
 
-use werkmann::cli::option;
-use werkmann::{Message, Response, Worker};
+use werkmann::{cli, Message, Response};
+use werkmann_apps::echo::{echo_worker, Options};
 
 fn main() -> anyhow::Result<()> {
-    let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9005");
-    let mut worker = Worker::new(&format!("http://{listen}"))?;
-    worker.name = "http_echo".into();
-    worker.count = option("--count", "WERKMANN_COUNT", "1").parse()?;
+    let app: cli::App<Options> = cli::parse(&[("listen", "127.0.0.1:9005")]);
+    werkmann_apps::init_logging();
+    let mut worker = echo_worker("http", "http_echo", &app.options)?;
     worker.on_message(|conn, msg| {
         let Message::Request(req) = msg else { return };
         let body = serde_json::json!({
@@ -22,5 +21,5 @@ fn main() -> anyhow::Result<()> {
         });
         conn.send(Response::json(200, &body));
     });
-    Worker::run_all(vec![worker])
+    app.command.run([worker])
 }

@@ -8,35 +8,59 @@
 use std::sync::Arc;
 
 use werkmann::channel::{self, worker_ids::WorkerIds};
-use werkmann::cli::option;
-use werkmann::Worker;
+use werkmann::cli;
 use werkmann_apps::push;
+use werkmann_apps::push::http::Publisher;
+
+/// The whole push system.
+#[derive(Debug, clap::Args)]
+struct Options {
+    /// Where the WebSocket worker listens, IP:PORT
+    #[arg(long, env = "WERKMANN_WS_LISTEN", default_value = "0.0.0.0:4236")]
+    ws_listen: String,
+    /// Where the HTTP publisher listens, IP:PORT
+    #[arg(long, env = "WERKMANN_HTTP_LISTEN", default_value = "0.0.0.0:4237")]
+    http_listen: String,
+    /// How many instances (threads) each of the two workers runs
+    #[arg(long, env = "WERKMANN_COUNT", default_value_t = 2)]
+    count: usize,
+    #[command(flatten)]
+    publisher: Publisher,
+    #[command(flatten)]
+    limits: cli::Limits,
+    #[command(flatten)]
+    tls: cli::Tls,
+}
 
 fn main() -> anyhow::Result<()> {
-    let ws_listen = option("--ws-listen", "WERKMANN_WS_LISTEN", "0.0.0.0:4236");
-    let http_listen = option("--http-listen", "WERKMANN_HTTP_LISTEN", "0.0.0.0:4237");
-    let count: usize = option("--count", "WERKMANN_COUNT", "2").parse()?;
-    let ws_port: u16 = ws_listen
+    let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[]);
+    werkmann_apps::init_logging();
+    let ws_port: u16 = options
+        .ws_listen
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("--ws-listen {ws_listen:?} has no port"))?;
-    let ids = WorkerIds::fixed(0, count);
+        .ok_or_else(|| anyhow::anyhow!("--ws-listen {:?} has no port", options.ws_listen))?;
     let server = channel::Server::embedded();
-    let tls = werkmann_apps::tls::server_tls_option()?;
-    let mut ws = push::ws_worker(&ws_listen, count, channel::server::EMBEDDED, Arc::new(ids))?;
-    let secret = option("--secret", "WERKMANN_SECRET", "");
-    werkmann::master::init_logging();
-    let secret = (!secret.is_empty()).then_some(secret);
+    let ids = Arc::new(WorkerIds::fixed(0, options.count));
+    let mut ws = push::ws::ws_worker(
+        &options.ws_listen,
+        options.count,
+        cli::Channel::embedded(),
+        ids,
+    )?;
+    options.limits.apply(&mut ws);
     // As many publisher instances as WebSocket instances: one thread parsing and answering
     // every push request was the bottleneck of the publish rate.
-    let mut http = push::http_worker(
-        &http_listen,
-        count,
-        channel::server::EMBEDDED,
+    let channel = cli::Channel::embedded();
+    let mut http = push::http::http_worker(
+        &options.http_listen,
+        options.count,
+        channel,
         ws_port,
-        secret,
+        &options.publisher,
     )?;
+    let tls = options.tls.load()?;
     ws.tls = tls.clone();
     http.tls = tls;
-    Worker::run_all(vec![server.into_worker(), ws, http])
+    command.run([server.into_worker(), ws, http])
 }

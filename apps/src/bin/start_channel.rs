@@ -1,19 +1,30 @@
-//! The channel server of the push cluster: `start_channel start [-d] --listen 0.0.0.0:2206`
-//! (or `WERKMANN_LISTEN`). Wire-compatible with Workerman's Channel server, so PHP Workerman
-//! processes can share it. `--secret S` (`WERKMANN_CHANNEL_SECRET`) makes clients authenticate
+//! The channel server of the push cluster, Workerman's `start_channel.php`:
+//! `start_channel start [-d] --listen 0.0.0.0:2206`. Wire-compatible with Workerman's Channel
+//! server, so PHP Workerman processes can share it. `--secret S` makes clients authenticate
 //! (a werkmann extension: PHP clients then cannot connect). `--cert PEM --key PEM` serve it
 //! over TLS (clients connect with `--channel tls://HOST:2206`).
 
-use werkmann::cli::option;
-use werkmann::{channel, Worker};
+use werkmann::channel;
+use werkmann::cli;
+
+/// The channel server.
+#[derive(Debug, clap::Args)]
+struct Options {
+    /// Where to listen, IP:PORT
+    #[arg(long, env = "WERKMANN_LISTEN", default_value = "0.0.0.0:2206")]
+    listen: String,
+    /// Clients must authenticate with this secret (their --channel-secret)
+    #[arg(long, env = "WERKMANN_CHANNEL_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[command(flatten)]
+    tls: cli::Tls,
+}
 
 fn main() -> anyhow::Result<()> {
-    let listen = option("--listen", "WERKMANN_LISTEN", "0.0.0.0:2206");
-    let secret = option("--secret", "WERKMANN_CHANNEL_SECRET", "");
-    werkmann::master::init_logging();
-    let tls = werkmann_apps::tls::server_tls_option()?;
-    let server = channel::Server::with_secret(&listen, (!secret.is_empty()).then_some(secret))?;
-    let mut worker = server.into_worker();
-    worker.tls = tls;
-    Worker::run_all(vec![worker])
+    let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[]);
+    werkmann_apps::init_logging();
+    let secret = options.secret.filter(|s| !s.is_empty());
+    let mut worker = channel::Server::with_secret(&options.listen, secret)?.into_worker();
+    worker.tls = options.tls.load()?;
+    command.run([worker])
 }

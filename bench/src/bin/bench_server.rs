@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use werkmann::cli::option;
+use werkmann::cli;
 use werkmann::{InstanceAddr, Message, Response, Worker};
 
 /// Largest `n` one `/broadcast` request may ask for.
@@ -110,10 +110,27 @@ fn stats(shared: &Shared) -> serde_json::Value {
     })
 }
 
+/// The benchmark server.
+#[derive(Debug, clap::Args)]
+struct Options {
+    #[command(flatten)]
+    listen: cli::Listen,
+    /// Where the control worker listens, IP:PORT
+    #[arg(long, env = "BENCH_CONTROL", default_value = "127.0.0.1:9101")]
+    control: String,
+}
+
 fn main() -> anyhow::Result<()> {
-    let listen = option("--listen", "WERKMANN_LISTEN", "127.0.0.1:9100");
-    let control = option("--control", "BENCH_CONTROL", "127.0.0.1:9101");
-    let count: usize = option("--count", "WERKMANN_COUNT", "2").parse()?;
+    let cli::App { command, options } =
+        cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9100"), ("count", "2")]);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let (listen, control, count) = (
+        &options.listen.listen,
+        &options.control,
+        options.listen.count,
+    );
     anyhow::ensure!(count > 0, "--count must be at least 1");
 
     let shared = Arc::new(Shared {
@@ -165,5 +182,5 @@ fn main() -> anyhow::Result<()> {
         conn.send(resp);
     });
 
-    Worker::run_all(vec![ws, http])
+    command.run([ws, http])
 }

@@ -159,6 +159,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(redact("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact("redis://u:pw@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
     fn addresses_name_their_backend() {
         assert_eq!(
             Endpoint::parse("redis://:pw@127.0.0.1:6379/0").unwrap(),

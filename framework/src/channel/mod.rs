@@ -18,25 +18,26 @@
 //! Worker::run_all(vec![server.into_worker(), worker]);
 //! ```
 
-pub mod auth;
+mod auth;
 mod backends;
 mod broker;
-pub mod client;
-pub mod hub;
+mod client;
+mod hub;
 mod local;
 pub mod php_serde;
-pub mod redis;
+mod redis;
 mod routes;
-pub mod server;
+mod server;
 mod subscriber;
 mod tcp;
 pub mod wire;
 pub mod worker_ids;
 
 pub use broker::{Endpoint, Options};
-pub use client::{Client, PublishStatus};
+pub use client::{Client, PublishStatus, DEFAULT_MAX_PENDING};
+pub use hub::HubStats;
 pub use php_serde::Key as Name;
-pub use server::Server;
+pub use server::{Server, EMBEDDED};
 
 use php_serde::Key;
 

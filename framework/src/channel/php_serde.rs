@@ -482,6 +482,101 @@ pub fn from_slice(buf: &[u8]) -> Result<Value, PhpError> {
     Ok(v)
 }
 
+/// One field of serialized data, `data[name]`, found without decoding the rest: a push event's
+/// `content` read from `a:2:{s:7:"content";s:…;s:16:"to_connection_id";i:…;}` is a slice of
+/// the event's bytes. Reads what decoding the whole value with [`from_slice`] and indexing it
+/// would: a missing field (or data that is not an array) reads as `null`, a repeated key's
+/// last value wins, and anything but a flat array with string keys is decoded whole.
+///
+/// ```
+/// use werkmann::channel::php_serde;
+///
+/// let event = br#"a:2:{s:7:"content";s:5:"hello";s:16:"to_connection_id";i:7;}"#;
+/// assert_eq!(php_serde::field(event, "content")?.text().as_deref(), Some("hello"));
+/// assert_eq!(php_serde::field(event, "to_connection_id")?.to_u64(), Some(7));
+/// assert_eq!(php_serde::field(event, "missing")?.text(), None);
+/// # Ok::<(), php_serde::PhpError>(())
+/// ```
+pub fn field<'a>(data: &'a [u8], name: &str) -> Result<Field<'a>, PhpError> {
+    if let Some(raw) = scan_field(data, name.as_bytes()) {
+        return Ok(Field::Raw(raw.unwrap_or(b"N;")));
+    }
+    let mut value = from_slice(data)?;
+    Ok(Field::Decoded(
+        value.get_mut(name).map(Value::take).unwrap_or(Value::Null),
+    ))
+}
+
+/// The fast path of [`field`]: `a:N:{s:…;VALUE…}` with string keys only and nothing after it;
+/// `Some(None)` when the key is not there, `None` for any other shape.
+fn scan_field<'a>(data: &'a [u8], name: &[u8]) -> Option<Option<&'a [u8]>> {
+    let mut r = Reader::new(data);
+    let n = r.array_start().ok()?;
+    let mut found = None;
+    for _ in 0..n {
+        // An integer-like string key is an integer key to PHP: never equal to a name asked for
+        // by a caller who wants a string key, and taken as any other key here.
+        let key = r.key_raw().ok()??;
+        let range = r.skip().ok()?;
+        if key == name {
+            found = Some(&data[range]);
+        }
+    }
+    r.array_end().ok()?;
+    r.at_end().then_some(found)
+}
+
+/// A field read by [`field`]: its serialized bytes, or its value when the data had to be
+/// decoded whole.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field<'a> {
+    /// The field's value as serialized (`s:5:"hello";`, `i:7;`, …).
+    Raw(&'a [u8]),
+    /// The field's value, decoded.
+    Decoded(Value),
+}
+
+impl<'a> Field<'a> {
+    /// The bytes of a string field, without decoding (`None` for other types or decoded data).
+    pub fn raw_str(&self) -> Option<&'a [u8]> {
+        match self {
+            Field::Raw(raw) if raw.first() == Some(&b's') => Reader::new(raw).key_raw().ok()?,
+            _ => None,
+        }
+    }
+
+    /// The field as a JSON value (`null` when it cannot be decoded).
+    pub fn value(&self) -> Value {
+        match self {
+            Field::Raw(raw) => from_slice(raw).unwrap_or(Value::Null),
+            Field::Decoded(v) => v.clone(),
+        }
+    }
+
+    /// The field as text: a string as it is (invalid UTF-8 replaced), `None` for `null`, any
+    /// other value as JSON.
+    pub fn text(&self) -> Option<String> {
+        if let Some(s) = self.raw_str() {
+            return Some(String::from_utf8_lossy(s).into_owned());
+        }
+        match self.value() {
+            Value::String(s) => Some(s),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// The field as an unsigned integer: an integer, or a string of one.
+    pub fn to_u64(&self) -> Option<u64> {
+        if let Some(s) = self.raw_str() {
+            return std::str::from_utf8(s).ok()?.parse().ok();
+        }
+        let v = self.value();
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,5 +722,50 @@ mod tests {
         }
         let deep = "a:1:{i:0;".repeat(1000);
         assert!(from_slice(deep.as_bytes()).is_err());
+    }
+
+    /// `data[name]` as decoding the whole value gives it, read the way `field` reads it.
+    fn by_value(data: &[u8], name: &str) -> (Option<String>, Option<u64>) {
+        let Ok(v) = from_slice(data) else {
+            return (None, None);
+        };
+        let f = Field::Decoded(v[name].clone());
+        (f.text(), f.to_u64())
+    }
+
+    #[test]
+    fn fields_read_as_decoded() {
+        let cases: Vec<&[u8]> = vec![
+            br#"a:1:{s:7:"content";s:2:"hi";}"#,
+            br#"a:2:{s:7:"content";s:2:"hi";s:16:"to_connection_id";i:42;}"#,
+            br#"a:2:{s:16:"to_connection_id";s:2:"17";s:7:"content";i:5;}"#,
+            br#"a:2:{s:7:"content";s:1:"a";s:7:"content";s:1:"b";}"#,
+            br#"a:1:{s:7:"content";a:1:{i:0;b:1;}}"#,
+            br#"a:1:{s:7:"content";N;}"#,
+            br#"a:1:{i:0;s:7:"content";}"#,
+            br#"a:1:{s:16:"to_connection_id";i:-3;}"#,
+            br#"a:1:{s:16:"to_connection_id";d:1.5;}"#,
+            br#"O:3:"Foo":1:{s:7:"content";s:1:"o";}"#,
+            b"a:1:{s:7:\"content\";s:2:\"\xff\xfe\";}",
+            b"s:7:\"content\";",
+            b"i:3;",
+        ];
+        for data in cases {
+            for name in ["content", "to_connection_id"] {
+                let fast = field(data, name).map(|f| (f.text(), f.to_u64()));
+                assert_eq!(
+                    fast.unwrap_or((None, None)),
+                    by_value(data, name),
+                    "{name} of {}",
+                    String::from_utf8_lossy(data)
+                );
+            }
+        }
+        let event = br#"a:1:{s:7:"content";s:3:"abc";}"#;
+        assert_eq!(
+            field(event, "content").unwrap(),
+            Field::Raw(br#"s:3:"abc";"#)
+        );
+        assert!(field(b"a:1:{", "content").is_err());
     }
 }

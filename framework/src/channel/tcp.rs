@@ -67,7 +67,7 @@ impl TcpBroker {
         let url = format!("{}://{addr}", if tls { "tls" } else { "frame" });
         let conn = AsyncTcpConnection::new(&url).map_err(bad)?;
         if let (true, Some(ca)) = (tls, &options.tls_ca) {
-            conn.set_tls(ClientTls::with_ca_file(ca).map_err(bad)?);
+            conn.set_tls(ClientTls::system_and_ca_file(ca).map_err(bad)?);
         }
         conn.set_max_send_buffer_size(SEND_BUFFER);
         let broker = Rc::new_cyclic(|me| TcpBroker {

@@ -14,9 +14,11 @@
 //!   3. a holder answers a claim that overlaps its ids with `held`; of two simultaneous claims
 //!      the smaller node id wins; the loser picks again (a pinned node stops with an error).
 //!
-//! The claiming client runs on a thread of its own and keeps answering (or renewing) for as
-//! long as the [`WorkerIds`] live. A daemon forks after the claim: [`WorkerIds::answer`],
-//! called once the node serves, starts the holder again in the serving process.
+//! The claim runs on a thread of its own, which ends before [`claim`] returns (a daemon forks
+//! next: no thread of ours may hold a lock across the fork). Once the node serves,
+//! [`WorkerIds::answer`] starts a thread with a client that holds the ids — answering other
+//! nodes and announcing the ids, or renewing their leases — for as long as the [`WorkerIds`]
+//! live. Between the two, a node that claims sees the announcement within its first round.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -45,47 +47,51 @@ pub struct WorkerIds {
     holder: Mutex<Option<Holder>>,
 }
 
-/// The thread whose channel client holds the ids, and the process it runs in.
+/// How the ids were claimed, and the thread that holds them in this process (`pid`).
 struct Holder {
     addr: String,
     options: Options,
     node: u64,
-    pid: u32,
-    thread: HolderThread,
+    running: Option<(u32, HolderThread)>,
 }
 
-/// A thread of its own running an actix system, where the holding client lives.
+/// A thread of its own running an actix system, where a claiming or holding client lives.
 struct HolderThread {
     arbiter: actix_rt::ArbiterHandle,
     system: actix_rt::System,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl HolderThread {
-    fn start() -> HolderThread {
+    fn start() -> std::io::Result<HolderThread> {
         let (tx, rx) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("worker-ids".into())
             .spawn(move || {
                 let sys = actix_rt::System::new();
                 let current = actix_rt::System::current();
-                let _ = tx.send(HolderThread {
-                    arbiter: current.arbiter().clone(),
-                    system: current,
-                });
+                let _ = tx.send((current.arbiter().clone(), current));
                 let _ = sys.run();
-            });
-        if let Err(e) = spawned {
-            panic!("cannot start the worker-ids thread: {e}");
-        }
-        rx.recv().expect("the worker-ids thread starts")
+            })?;
+        let (arbiter, system) = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the worker-ids thread did not start"))?;
+        Ok(HolderThread {
+            arbiter,
+            system,
+            thread,
+        })
     }
 
     fn spawn(&self, f: impl FnOnce() + Send + 'static) {
         self.arbiter.spawn_fn(f);
     }
 
-    fn stop(&self) {
+    /// Drop the thread's client on its own thread, stop, and wait until the thread is gone.
+    fn end(self) {
+        self.spawn(|| drop(HOLDING.with(|h| h.borrow_mut().take())));
         self.system.stop();
+        let _ = self.thread.join();
     }
 }
 
@@ -108,18 +114,24 @@ impl WorkerIds {
         }
     }
 
-    /// Keep holding the ids in this process: after a daemon's fork the holder thread stayed in
-    /// the parent, so it starts again here (announcing the ids, or renewing their leases).
-    /// Does nothing where the holder already runs in this process.
+    /// Hold the ids from now on, in this process: answer other nodes and announce the ids
+    /// (or renew their leases) on a thread of its own, until dropped. Call it once the node
+    /// serves — after a daemon's fork (each instance may call it; it starts once per process).
     pub fn answer(&self) {
         let mut holder = self.holder.lock().unwrap_or_else(|e| e.into_inner());
         let Some(h) = holder.as_mut() else { return };
-        if h.pid == std::process::id() {
+        if h.running
+            .as_ref()
+            .is_some_and(|(pid, _)| *pid == std::process::id())
+        {
             return;
         }
         let (addr, options, node, ids) =
             (h.addr.clone(), h.options.clone(), h.node, self.ids.clone());
-        let thread = HolderThread::start();
+        let thread = match HolderThread::start() {
+            Ok(t) => t,
+            Err(e) => return log::error!("worker ids: {e}; ids {ids:?} not held in this process"),
+        };
         thread.spawn(move || {
             let client = match Client::connect_with(&addr, &options) {
                 Ok(c) => c,
@@ -134,39 +146,42 @@ impl WorkerIds {
             });
             HOLDING.with(|h| *h.borrow_mut() = Some(client));
         });
-        h.pid = std::process::id();
-        h.thread = thread;
+        // A thread inherited across a fork does not run here: forget it, do not join it.
+        if let Some((_, old)) = h.running.replace((std::process::id(), thread)) {
+            std::mem::forget(old.thread);
+        }
     }
 }
 
 impl Drop for WorkerIds {
     fn drop(&mut self) {
         let holder = self.holder.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(h) = holder else { return };
-        if h.pid != std::process::id() {
+        let Some(Holder {
+            node,
+            running: Some((pid, thread)),
+            ..
+        }) = holder
+        else {
+            return;
+        };
+        if pid != std::process::id() {
             return;
         }
         // Give the ids up (a lease is deleted at once rather than left to expire), briefly.
         let (tx, rx) = mpsc::channel();
-        let (node, ids) = (node_name(h.node), self.ids.clone());
-        h.thread.spawn(move || {
-            let client = HOLDING.with(|c| c.borrow_mut().take());
+        let (node, ids) = (node_name(node), self.ids.clone());
+        thread.spawn(move || {
+            let client = HOLDING.with(|c| c.borrow().clone());
+            let done: Box<dyn FnOnce()> = Box::new(move || {
+                let _ = tx.send(());
+            });
             match client {
-                Some(c) => release(
-                    &c,
-                    &node,
-                    ids,
-                    Box::new(move || {
-                        let _ = tx.send(());
-                    }),
-                ),
-                None => {
-                    let _ = tx.send(());
-                }
+                Some(c) => release(&c, &node, ids, done),
+                None => done(),
             }
         });
         let _ = rx.recv_timeout(Duration::from_secs(2));
-        h.thread.stop();
+        thread.end();
     }
 }
 
@@ -219,24 +234,21 @@ pub fn claim(
 ) -> Result<WorkerIds, ClaimError> {
     let node: u64 = rand::random::<u64>() >> 1;
     let (tx, rx) = mpsc::channel::<Result<Vec<u32>, ClaimError>>();
-    let thread = HolderThread::start();
+    let thread = HolderThread::start().map_err(|e| ClaimError::Unreachable {
+        addr: addr.to_string(),
+        why: e.to_string(),
+    })?;
     let (a, o) = (addr.to_string(), options.clone());
     thread.spawn(move || start_claim(a, o, node, count, pinned, timeout, tx));
     let answer = rx.recv_timeout(timeout + CLAIM_LIMIT);
-    let ids = match answer {
-        Ok(Ok(ids)) => ids,
-        Ok(Err(e)) => {
-            thread.stop();
-            return Err(e);
-        }
-        Err(_) => {
-            thread.stop();
-            return Err(ClaimError::Unreachable {
-                addr: addr.to_string(),
-                why: format!("no agreement within {:?}", timeout + CLAIM_LIMIT),
-            });
-        }
-    };
+    // The claiming thread ends here, whatever the answer: the ids are held by `answer`.
+    thread.end();
+    let ids = answer.unwrap_or_else(|_| {
+        Err(ClaimError::Unreachable {
+            addr: addr.to_string(),
+            why: format!("no agreement within {:?}", timeout + CLAIM_LIMIT),
+        })
+    })?;
     log::info!("claimed worker ids {ids:?} through channel {addr}");
     Ok(WorkerIds {
         ids,
@@ -244,8 +256,7 @@ pub fn claim(
             addr: addr.to_string(),
             options: options.clone(),
             node,
-            pid: std::process::id(),
-            thread,
+            running: None,
         })),
     })
 }

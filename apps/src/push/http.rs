@@ -1,0 +1,172 @@
+//! The HTTP publisher, Workerman's `start_http.php`: a push request becomes one channel
+//! publish, answered once the channel confirms that the push reached the WebSocket nodes.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use werkmann::channel::{ChannelError, Client};
+use werkmann::{cli, Connection, Message, Request, Response, Worker};
+
+use super::page::demo_page_with_nodes;
+use super::params::Push;
+use crate::auth::Auth;
+
+/// The publisher's own options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Publisher {
+    /// Pushes must authenticate with this secret (Authorization: Bearer, or an HMAC signature)
+    #[arg(long, env = "WERKMANN_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// The WebSocket nodes the demo page reconnects among: HOST:PORT or ws(s):// URLs,
+    /// comma-separated
+    #[arg(long, env = "WERKMANN_WS_NODES", value_delimiter = ',')]
+    pub ws_nodes: Vec<String>,
+}
+
+/// The HTTP publisher (`publisher`). `ws_port` is what the demo page connects to; with a
+/// secret, pushes must authenticate (see [`crate::auth`]).
+pub fn http_worker(
+    listen: &str,
+    count: usize,
+    channel: cli::Channel,
+    ws_port: u16,
+    options: &Publisher,
+) -> anyhow::Result<Worker> {
+    let mut worker = Worker::new(&format!("http://{listen}"))?;
+    worker.name = "publisher".into();
+    worker.count = count;
+    let secret = options.secret.as_deref().filter(|s| !s.is_empty());
+    if secret.is_none() && !super::is_loopback(listen) {
+        log::warn!(
+            "the push API on {listen} accepts pushes from anyone who reaches it: \
+             set --secret (WERKMANN_SECRET) or listen on loopback"
+        );
+    }
+    // One replay memory for all instances.
+    let auth = secret.map(Auth::new);
+    worker.on_worker_start(move |w| {
+        if let Some(a) = &auth {
+            w.set_data(a.clone());
+        }
+        w.set_data(Reach::default());
+        match channel.connect() {
+            Ok(c) => w.set_data(c),
+            Err(e) => log::error!("publisher: no channel: {e}"),
+        }
+    });
+    let nodes: Vec<String> = options
+        .ws_nodes
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let page = Arc::new(demo_page_with_nodes(ws_port, &nodes));
+    worker.on_message(move |conn, msg| {
+        if let Message::Request(req) = msg {
+            handle(conn, &req, &page);
+        }
+    });
+    Ok(worker)
+}
+
+fn handle(conn: &Connection, req: &Request, page: &str) {
+    let push = Push::from_request(req);
+    if push.is_empty() && req.method() == "GET" && req.path() == "/" {
+        conn.send(Response::html(page.to_string()));
+        return;
+    }
+    if let Some(auth) = conn.worker().and_then(|w| w.data::<Auth>()) {
+        if let Err(denied) = auth.check(req) {
+            log::info!("push from {} refused: {denied}", conn.remote_ip());
+            conn.send(
+                Response::text(401, format!("{denied}\n"))
+                    .with_header("WWW-Authenticate", "Bearer realm=\"werkmann\""),
+            );
+            return;
+        }
+    }
+    let Some(client) = conn.worker().and_then(|w| w.data::<Client>()) else {
+        conn.send(Response::text(503, "channel client not started\n"));
+        return;
+    };
+    if !client.is_connected() {
+        conn.send(Response::text(
+            503,
+            format!(
+                "channel server {} unreachable: push not accepted\n",
+                client.addr()
+            ),
+        ));
+        return;
+    }
+    let (event, data) = match push.event() {
+        Ok(e) => e,
+        Err(resp) => {
+            conn.send(resp);
+            return;
+        }
+    };
+    // Answer once the channel confirms delivery: `ok` means the push reached the nodes.
+    let reply_to = conn.clone();
+    let targeted = push.to_worker_id;
+    let reach = conn.worker().and_then(|w| w.data::<Reach>());
+    client.publish_raw_confirmed(event, data, move |result| {
+        reply_to.send(answer(result, targeted, reach.as_deref()));
+    });
+}
+
+/// The answer to a confirmed push: `ok`, or why it did not reach whom it should have.
+fn answer(
+    result: Result<Option<usize>, ChannelError>,
+    targeted: Option<String>,
+    reach: Option<&Reach>,
+) -> Message {
+    let short = match (&result, &targeted, reach) {
+        (Ok(Some(n)), None, Some(reach)) => reach.observe(*n),
+        _ => None,
+    };
+    let response = match (result, targeted, short) {
+        (Ok(Some(0)), Some(w), _) => Response::text(
+            404,
+            format!("worker {w} is not connected to the channel: push reached no one\n"),
+        ),
+        (Ok(Some(n)), None, Some(want)) => Response::text(
+            503,
+            format!("push reached {n} of the {want} WebSocket instances subscribed lately\n"),
+        ),
+        (Ok(Some(0)), None, None) => Response::text(
+            503,
+            "no WebSocket node is subscribed: push reached no one\n",
+        ),
+        (Ok(_), _, _) => return Message::from("ok"),
+        (Err(e), _, _) => Response::text(503, format!("push not delivered: {e}\n")),
+    };
+    response.into()
+}
+
+/// How many WebSocket instances broadcasts reached lately: a broadcast that reaches fewer
+/// (instances still re-subscribing after a channel restart) is reported, not answered `ok`.
+/// The mark is forgotten after [`Reach::MEMORY`] without a confirmation at that level, so a
+/// node that left for good stops counting.
+#[derive(Default)]
+pub struct Reach {
+    mark: Cell<(usize, Option<Instant>)>,
+}
+
+impl Reach {
+    /// How long the high-water mark is remembered.
+    pub const MEMORY: Duration = Duration::from_secs(15);
+
+    /// Record a broadcast that reached `n` subscribers; `Some(expected)` if that is short.
+    pub fn observe(&self, n: usize) -> Option<usize> {
+        let now = Instant::now();
+        let (mark, seen) = self.mark.get();
+        let fresh = seen.is_some_and(|t| now.duration_since(t) < Reach::MEMORY);
+        if n >= mark || !fresh {
+            self.mark.set((n, Some(now)));
+            return None;
+        }
+        Some(mark)
+    }
+}

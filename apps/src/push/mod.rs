@@ -1,0 +1,69 @@
+//! The push system of Workerman's manual, as werkmann workers. The manual's three scripts are
+//! three binaries here, each a few lines over these pieces:
+//!
+//! | Workerman            | werkmann                         | what                               |
+//! |----------------------|----------------------------------|------------------------------------|
+//! | `start_channel.php`  | `start_channel`                  | the channel server                 |
+//! | `start_ws.php`       | `start_ws`, [`ws::ws_worker`]    | WebSocket nodes holding the clients |
+//! | `start_http.php`     | `start_http`, [`http::http_worker`] | HTTP publishers taking pushes    |
+//!
+//! - WebSocket instance `i` of a node holds cluster-unique worker id `ids[i]`; it subscribes to
+//!   that id and to [`BROADCAST`], greets each client with [`greeting`], delivers
+//!   `{to_connection_id, content}` events to one of its connections and `Broadcast` events to
+//!   all.
+//! - The HTTP publisher takes `content`, `to_worker_id`, `to_connection_id` from the query, a
+//!   form or a JSON body ([`params`]) and publishes them, answering once the channel confirms;
+//!   `GET /` without parameters serves the demo page ([`page`]).
+
+pub mod http;
+pub mod page;
+pub mod params;
+pub mod ws;
+
+use werkmann::channel::worker_ids::{self, WorkerIds};
+use werkmann::cli;
+
+/// The event every WebSocket instance subscribes to for broadcasts.
+pub const BROADCAST: &str = "Broadcast";
+
+/// The greeting a client receives on connect.
+pub fn greeting(worker_id: u32, connection_id: u64) -> String {
+    format!("Worker-ID:{worker_id} Verbindungs-ID:{connection_id} verbunden\n")
+}
+
+/// Claim `count` cluster-unique worker ids through the channel (see
+/// `werkmann::channel::worker_ids`), or use the `pinned` ones (`--worker-ids`).
+pub fn claim_ids(
+    channel: &cli::Channel,
+    count: usize,
+    pinned: &[u32],
+) -> anyhow::Result<WorkerIds> {
+    let pinned = if pinned.is_empty() {
+        None
+    } else if pinned.len() != count {
+        anyhow::bail!(
+            "--worker-ids names {} ids for --count {count}",
+            pinned.len()
+        );
+    } else {
+        Some(pinned.to_vec())
+    };
+    let timeout = std::time::Duration::from_secs(30);
+    Ok(worker_ids::claim(
+        &channel.channel,
+        &channel.options(),
+        count,
+        pinned,
+        timeout,
+    )?)
+}
+
+/// Whether `IP:PORT` names a loopback address.
+pub fn is_loopback(listen: &str) -> bool {
+    let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

@@ -1,0 +1,93 @@
+//! The WebSocket node, Workerman's `start_ws.php`: each instance subscribes to its worker id
+//! and to `Broadcast`, and hands what arrives to its connections.
+
+use std::sync::Arc;
+
+use werkmann::channel::php_serde;
+use werkmann::channel::worker_ids::WorkerIds;
+use werkmann::{cli, Worker};
+
+use super::{greeting, BROADCAST};
+
+/// The WebSocket worker (`pusher`): `count` instances, instance `i` known as `ids[i]`.
+pub fn ws_worker(
+    listen: &str,
+    count: usize,
+    channel: cli::Channel,
+    worker_ids: Arc<WorkerIds>,
+) -> anyhow::Result<Worker> {
+    let mut worker = Worker::new(&format!("websocket://{listen}"))?;
+    worker.name = "pusher".into();
+    worker.count = count;
+    // A client is addressed by (worker id, connection id), and a replacement node may claim a
+    // dead node's worker ids: its connection ids must not repeat the dead node's.
+    worker.time_based_connection_ids = true;
+    let ids = worker_ids.clone();
+    worker.on_worker_start(move |w| {
+        if w.id() == 0 {
+            ids.answer();
+        }
+        let my_id = ids.ids()[w.id()];
+        let client = match channel.connect() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("pusher {my_id}: no channel: {e}");
+                return;
+            }
+        };
+        // $channel->on($worker->id, …): {to_connection_id, content} for one connection.
+        let me = w.clone();
+        client.on_raw(my_id, move |data| {
+            let (Some(content), Some(to)) =
+                (field(data, "content"), field(data, "to_connection_id"))
+            else {
+                return;
+            };
+            match to.to_u64().and_then(|id| me.connection(id)) {
+                Some(conn) => {
+                    conn.send(content.text().unwrap_or_default());
+                }
+                None => log::info!(
+                    "worker {my_id}: Verbindung existiert nicht ({})",
+                    to.value()
+                ),
+            }
+        });
+        // $channel->on('Broadcast', …): {content} for every connection.
+        let me = w.clone();
+        client.on_raw(BROADCAST, move |data| {
+            if me.connection_count() == 0 {
+                return;
+            }
+            if let Some(content) = field(data, "content").and_then(|f| f.text()) {
+                me.broadcast(content);
+            }
+        });
+        w.set_data(client);
+        log::info!("pusher instance {} is worker id {my_id}", w.id());
+    });
+    worker.on_connect(move |conn| {
+        conn.send(greeting(worker_ids.ids()[conn.worker_id()], conn.id()));
+    });
+    // A client that does not keep up is dropped (it reconnects and is greeted anew), so it
+    // neither holds memory nor delays the others.
+    worker.on_buffer_full(|conn| {
+        log::warn!(
+            "client {} ({}) does not read its pushes ({} bytes waiting): dropped",
+            conn.id(),
+            conn.remote_ip(),
+            conn.send_buffer_len()
+        );
+        conn.destroy();
+    });
+    worker.on_message(|_conn, _msg| {});
+    Ok(worker)
+}
+
+/// A field of a push event, read without decoding the rest; `None` (logged) when the event
+/// cannot be decoded.
+fn field<'a>(data: &'a [u8], name: &str) -> Option<php_serde::Field<'a>> {
+    php_serde::field(data, name)
+        .inspect_err(|e| log::warn!("push event not decodable: {e}"))
+        .ok()
+}
