@@ -19,6 +19,8 @@
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use bytes::Bytes;
+
 use super::wire::{Command, Delivery};
 use super::ChannelError;
 use super::ClaimError;
@@ -26,6 +28,9 @@ use super::ClaimError;
 /// How a confirmed publish went: `Ok(Some(n))` reached `n` subscribers, `Ok(None)` handed over
 /// to a server that does not confirm (a PHP channel server), or why it is not known.
 pub(crate) type Confirm = Box<dyn FnOnce(Result<Option<usize>, ChannelError>)>;
+
+/// Told the answer to a directory operation (its JSON), or why there is none.
+pub(crate) type Reply = Box<dyn FnOnce(Result<Bytes, ChannelError>)>;
 
 /// Told the worker ids a claim got, or why it failed.
 pub(crate) type ClaimDone = Box<dyn FnOnce(Result<Vec<u32>, ClaimError>)>;
@@ -133,6 +138,16 @@ pub(crate) trait Broker {
     /// Publish (`cmd` is a publish) and tell `done` how many subscribers it reached. Answered
     /// `Disconnected` at once when it cannot be sent now; never sent twice.
     fn publish_confirmed(&self, cmd: Command, done: Confirm);
+    /// Apply a directory operation (`cmd` is a [`Command::Dir`], see `channel::dir`) and tell
+    /// `done` the directory's answer (JSON; `{"error": …}` when it refused the operation).
+    /// Answered `Disconnected` at once when it cannot be sent now, `NoDirectory` by a
+    /// backend without one (Workerman's PHP channel server); never sent twice.
+    /// A directory operation that needs no answer (a node registering its connections) goes
+    /// through [`Broker::send`] in order with the rest.
+    fn request(&self, cmd: Command, done: Reply) {
+        let _ = cmd;
+        done(Err(ChannelError::NoDirectory))
+    }
     /// Worker ids, when this backend keeps them itself; `None`: they are agreed on over
     /// pub/sub (`channel::worker_ids`).
     fn leases(&self) -> Option<Rc<dyn Leases>> {

@@ -59,6 +59,9 @@ struct ClientInner {
     on_message: RefCell<Option<FallbackFn>>,
     on_connect: RefCell<Option<HookFn>>,
     on_close: RefCell<Option<HookFn>>,
+    /// The library's own hooks on (re)connect, run after re-subscribing and before what was
+    /// held is sent (a gateway node registers its connections again).
+    on_up: RefCell<Vec<HookFn>>,
     connected: Cell<bool>,
     closed: Cell<bool>,
     /// Commands made while disconnected, sent on reconnect (at most `max_pending` bytes).
@@ -127,6 +130,7 @@ impl Client {
             on_message: RefCell::new(None),
             on_connect: RefCell::new(None),
             on_close: RefCell::new(None),
+            on_up: RefCell::new(Vec::new()),
             connected: Cell::new(false),
             closed: Cell::new(false),
             pending: RefCell::new(VecDeque::new()),
@@ -366,6 +370,48 @@ impl Client {
     pub fn close(&self) {
         self.0.shutdown();
     }
+
+    /// Send a directory operation that needs no answer (`channel::dir`), in order with the
+    /// rest; held while disconnected, as publishes are.
+    pub(crate) fn dir_send(&self, json: &[u8]) -> Result<PublishStatus, ChannelError> {
+        self.0.send(Command::dir(json))
+    }
+
+    /// Apply a directory operation and get the directory's answer (JSON); `Refused` when the
+    /// directory refused it, `Disconnected` at once when not connected.
+    pub(crate) fn dir_request(
+        &self,
+        json: &[u8],
+        on_done: impl FnOnce(Result<Value, ChannelError>) + 'static,
+    ) {
+        let inner = &self.0;
+        let broker = inner.broker.borrow().clone();
+        let Some(b) = broker.filter(|_| inner.connected.get()) else {
+            return on_done(Err(ChannelError::Disconnected));
+        };
+        b.request(
+            Command::dir(json),
+            Box::new(move |answer| {
+                on_done(answer.and_then(|json| {
+                    let v: Value = serde_json::from_slice(&json).map_err(|e| {
+                        ChannelError::Refused(format!("directory answer is not JSON: {e}"))
+                    })?;
+                    match v.get("error").and_then(Value::as_str) {
+                        Some(why) if v.as_object().is_some_and(|o| o.len() == 1) => {
+                            Err(ChannelError::Refused(why.to_string()))
+                        }
+                        _ => Ok(v),
+                    }
+                }))
+            }),
+        );
+    }
+
+    /// Run `f` each time the client (re)connects, after it re-subscribed and before what it
+    /// held is sent.
+    pub(crate) fn on_up_internal(&self, f: impl Fn() + 'static) {
+        self.0.on_up.borrow_mut().push(Rc::new(f));
+    }
 }
 
 fn wire(names: Vec<Key>) -> Vec<WireName> {
@@ -398,6 +444,10 @@ impl BrokerEvents for ClientInner {
             if reserve {
                 let _ = self.send(Command::Reserve);
             }
+        }
+        let hooks: Vec<HookFn> = self.on_up.borrow().clone();
+        for hook in hooks {
+            guard("channel reconnect hook", || hook());
         }
         let pending: Vec<Command> = self.pending.borrow_mut().drain(..).collect();
         self.pending_bytes.set(0);

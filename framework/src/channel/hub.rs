@@ -316,6 +316,8 @@ impl HubState {
         let mut reached = 0;
         match cmd {
             Command::Ping | Command::Auth(_) | Command::Hello => {}
+            // Directory operations: `HubState::directory` (to come).
+            Command::Dir(_) => {}
             Command::Subscribe(names) => {
                 for n in names {
                     let subs = self.channels.entry(n.key.clone()).or_default();

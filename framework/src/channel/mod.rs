@@ -22,6 +22,8 @@ mod auth;
 mod backends;
 mod broker;
 mod client;
+pub mod dir;
+mod directory;
 mod hub;
 mod local;
 pub mod php_serde;
@@ -85,6 +87,12 @@ pub enum ChannelError {
     /// The server address is not usable.
     #[error("bad channel address: {0}")]
     BadAddress(String),
+    /// The backend keeps no directory (uids, groups): Workerman's PHP channel server.
+    #[error("this channel server keeps no directory (uids, groups); use a werkmann channel server or Redis")]
+    NoDirectory,
+    /// The directory refused the operation (a bad name, a size past a limit).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<&str> for Key {

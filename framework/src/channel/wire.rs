@@ -59,6 +59,9 @@ pub enum Command {
     /// A werkmann extension: a client that understands acknowledgements says so; a werkmann
     /// server answers `{type: hello}`, a PHP server ignores it.
     Hello,
+    /// A werkmann extension: a directory operation (`channel::dir`), its JSON as a PHP string
+    /// (`s:N:"{…}";`); with an `id`, answered by an `ack` whose data is the answer's JSON.
+    Dir(Bytes),
 }
 
 impl Command {
@@ -76,6 +79,7 @@ impl Command {
             Command::Reserve => "reserve",
             Command::Auth(_) => "auth",
             Command::Hello => "hello",
+            Command::Dir(_) => "dir",
         }
     }
 
@@ -168,6 +172,7 @@ impl Command {
             b"unwatch" => Command::Unwatch(names),
             b"reserve" => Command::Reserve,
             b"auth" => Command::Auth(data),
+            b"dir" => Command::Dir(data),
             other => {
                 return Err(PhpError {
                     msg: format!("unknown type {:?}", String::from_utf8_lossy(other)),
@@ -195,9 +200,9 @@ impl Command {
                 out.push(b'}');
                 return out;
             }
-            Command::Auth(data) => {
+            Command::Auth(data) | Command::Dir(data) => {
                 php_serde::write_array_start(&mut out, 2);
-                write_type(&mut out, "auth");
+                write_type(&mut out, self.type_name());
                 php_serde::write_str(&mut out, b"data");
                 out.extend_from_slice(data);
                 out.push(b'}');
@@ -226,6 +231,34 @@ impl Command {
         }
         out.push(b'}');
         out
+    }
+
+    /// A directory operation's command: `json` as a PHP string.
+    pub fn dir(json: &[u8]) -> Command {
+        let mut data = Vec::with_capacity(json.len() + 16);
+        php_serde::write_str(&mut data, json);
+        Command::Dir(Bytes::from(data))
+    }
+
+    /// The JSON of a directory command (its PHP string's bytes).
+    pub fn dir_json(data: &Bytes) -> Result<Bytes, PhpError> {
+        let mut r = Reader::new(data);
+        let json = match r.key_raw()? {
+            Some(json) => data.slice_ref(json),
+            None => {
+                return Err(PhpError {
+                    msg: "a directory operation is a string".into(),
+                    pos: 0,
+                })
+            }
+        };
+        if !r.at_end() {
+            return Err(PhpError {
+                msg: "trailing bytes after the directory operation".into(),
+                pos: r.pos(),
+            });
+        }
+        Ok(json)
     }
 
     /// Serialize with an `id` asking for an acknowledgement (publishes only).

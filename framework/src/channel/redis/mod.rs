@@ -513,6 +513,8 @@ async fn execute(
             }
             Command::Ping => cmds.push((String::new(), redis::cmd("PING"), false)),
             Command::Unwatch(_) | Command::Reserve | Command::Auth(_) | Command::Hello => {}
+            // The directory on Redis: `redis::directory` (to come).
+            Command::Dir(_) => {}
         }
     }
     if !subscribe.is_empty() {

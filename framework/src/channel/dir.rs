@@ -1,0 +1,497 @@
+//! The directory's vocabulary: who is connected where (client ids), which uids and groups they
+//! belong to, their sessions — GatewayWorker's addressing — as operations every backend
+//! carries the same way. Pure data and its JSON form; the state lives in the hub
+//! (`channel::directory`) or in Redis (`channel::redis::directory`), the node side in
+//! `crate::gateway`.
+//!
+//! An operation travels as JSON (`{"op": "bind_uid", "client_id": "3-17", "uid": "alice"}`),
+//! encoded once by whoever makes it: on the channel wire it is the `data` of a werkmann
+//! extension command `{type: dir, data: "<json>"}` (answered, when it carries an `id`, by an
+//! `ack` whose data is the answer's JSON), and the directory forwards the same bytes to the
+//! worker instances that hold its targets, as an event on [`node_event`] (or [`ALL_NODES`]).
+//!
+//! | operation | from | answer (JSON) | forwarded to |
+//! |---|---|---|---|
+//! | `register {clients}` | the node holding them | count registered | — |
+//! | `unregister {client_ids}` | the node holding them | count removed | — |
+//! | `bind_uid`, `unbind_uid`, `join_group`, `leave_group`, `set_session`, `update_session` | anyone | 1 applied, 0 client unknown | the client's worker |
+//! | `ungroup {group}` | anyone | members removed | workers holding members |
+//! | `send {target, data}` | anyone | connections reached | workers holding targets (`all`: [`ALL_NODES`]) |
+//! | `close_client {client_id, data?}` | anyone | 1 closed, 0 unknown | the client's worker |
+//! | queries (`is_online` … `get_session`) | anyone | see [`DirOp`] | — |
+//!
+//! A count only includes clients whose worker has a subscriber to its [`node_event`] (so a
+//! node that vanished without unregistering is not counted as reached).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest uid or group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Largest session (its JSON), in bytes.
+pub const MAX_SESSION_BYTES: usize = 64 * 1024;
+/// Most client ids, uids or groups one operation may name.
+pub const MAX_TARGETS: usize = 10_000;
+
+/// The event every gateway node subscribes to: `send` to everyone.
+pub const ALL_NODES: &str = "werkmann.gw";
+
+/// The event worker `worker` (a cluster worker id) subscribes to for what concerns its
+/// connections.
+pub fn node_event(worker: u32) -> String {
+    format!("werkmann.gw.{worker}")
+}
+
+/// A connection, cluster-wide: `{worker id}-{connection id}` (`"3-1701234567000001"`), the two
+/// numbers the seed's greeting shows. Routes without a look-up: the worker id names the
+/// instance that holds the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId {
+    /// The cluster worker id of the instance holding the connection.
+    pub worker: u32,
+    /// The connection's id within that instance.
+    pub conn: u64,
+}
+
+impl ClientId {
+    /// The client id of connection `conn` of worker `worker`.
+    pub fn new(worker: u32, conn: u64) -> ClientId {
+        ClientId { worker, conn }
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.worker, self.conn)
+    }
+}
+
+/// Why a client id, uid, group or session is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadName(pub String);
+
+impl FromStr for ClientId {
+    type Err = BadName;
+    /// Strictly `DIGITS-DIGITS` (no sign, no spaces), each part in range.
+    fn from_str(s: &str) -> Result<ClientId, BadName> {
+        let bad = || BadName(format!("client_id {s:?} is not WORKER-CONNECTION (e.g. 3-17)"));
+        let (w, c) = s.split_once('-').ok_or_else(bad)?;
+        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(w) || !digits(c) {
+            return Err(bad());
+        }
+        Ok(ClientId {
+            worker: w.parse().map_err(|_| bad())?,
+            conn: c.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ClientId, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A uid or group name: 1 to [`MAX_NAME_BYTES`] bytes, no control characters.
+pub fn check_name(what: &str, name: &str) -> Result<(), BadName> {
+    if name.is_empty() {
+        return Err(BadName(format!("{what} is empty")));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(BadName(format!(
+            "{what} is {} bytes long, more than {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(BadName(format!("{what} {name:?} has a control character")));
+    }
+    Ok(())
+}
+
+/// Whom a `send` is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Target {
+    /// Every connection of every gateway node, but those excluded.
+    All {
+        /// Client ids left out.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<ClientId>,
+    },
+    /// These connections.
+    Clients {
+        /// The client ids.
+        client_ids: Vec<ClientId>,
+    },
+    /// Every connection bound to one of these uids.
+    Uids {
+        /// The uids.
+        uids: Vec<String>,
+    },
+    /// Every member of one of these groups (once, if in several), but those excluded.
+    Groups {
+        /// The groups.
+        groups: Vec<String>,
+        /// Client ids left out.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<ClientId>,
+    },
+}
+
+/// A connection as its node registers it (again, with what it holds, after a reconnect).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// The connection.
+    pub client_id: ClientId,
+    /// Its uid, if bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The groups it joined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Its session, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<Map<String, Value>>,
+}
+
+/// A directory operation, GatewayWorker's methods in snake_case with its parameter names.
+/// The answer of each is JSON: counts are numbers, `is_*` booleans, lists arrays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DirOp {
+    /// These connections exist at the sender's worker (answer: how many).
+    Register {
+        /// The connections and what they hold.
+        clients: Vec<Registration>,
+    },
+    /// These connections closed (answer: how many were known).
+    Unregister {
+        /// The connections.
+        client_ids: Vec<ClientId>,
+    },
+    /// Bind a connection to a uid; a connection has at most one uid, binding replaces it
+    /// (answer: 1, or 0 for an unknown client).
+    BindUid {
+        /// The connection.
+        client_id: ClientId,
+        /// The uid.
+        uid: String,
+    },
+    /// Unbind a connection from its uid (answer: 1 if it was bound to it, else 0).
+    UnbindUid {
+        /// The connection.
+        client_id: ClientId,
+        /// The uid.
+        uid: String,
+    },
+    /// Add a connection to a group (answer: 1, or 0 for an unknown client).
+    JoinGroup {
+        /// The connection.
+        client_id: ClientId,
+        /// The group.
+        group: String,
+    },
+    /// Remove a connection from a group (answer: 1 if it was a member, else 0).
+    LeaveGroup {
+        /// The connection.
+        client_id: ClientId,
+        /// The group.
+        group: String,
+    },
+    /// Dissolve a group: its members stay connected (answer: members removed).
+    Ungroup {
+        /// The group.
+        group: String,
+    },
+    /// Replace a connection's session (answer: 1, or 0 for an unknown client).
+    SetSession {
+        /// The connection.
+        client_id: ClientId,
+        /// The session: a JSON object.
+        session: Map<String, Value>,
+    },
+    /// Merge keys into a connection's session (answer: 1, or 0 for an unknown client).
+    UpdateSession {
+        /// The connection.
+        client_id: ClientId,
+        /// The keys to set.
+        session: Map<String, Value>,
+    },
+    /// Write `data` to the target's connections (answer: connections reached).
+    Send {
+        /// Whom to.
+        #[serde(flatten)]
+        target: Target,
+        /// The message (a WebSocket text message, a line, …, as the worker's protocol frames it).
+        data: String,
+    },
+    /// Close a connection, after sending `data` if given (answer: 1, or 0 for an unknown client).
+    CloseClient {
+        /// The connection.
+        client_id: ClientId,
+        /// A last message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+    },
+    /// Answer: whether the connection is online.
+    IsOnline {
+        /// The connection.
+        client_id: ClientId,
+    },
+    /// Answer: whether any connection is bound to the uid.
+    IsUidOnline {
+        /// The uid.
+        uid: String,
+    },
+    /// Answer: the client ids bound to the uid.
+    GetClientIdByUid {
+        /// The uid.
+        uid: String,
+    },
+    /// Answer: the connection's uid, or null.
+    GetUidByClientId {
+        /// The connection.
+        client_id: ClientId,
+    },
+    /// Answer: how many connections are in the group.
+    GetClientIdCountByGroup {
+        /// The group.
+        group: String,
+    },
+    /// Answer: the client ids in the group.
+    GetClientIdListByGroup {
+        /// The group.
+        group: String,
+    },
+    /// Answer: the uids bound to the group's connections (each once).
+    GetUidListByGroup {
+        /// The group.
+        group: String,
+    },
+    /// Answer: how many distinct uids the group's connections are bound to.
+    GetUidCountByGroup {
+        /// The group.
+        group: String,
+    },
+    /// Answer: how many connections the cluster holds.
+    GetAllClientIdCount,
+    /// Answer: how many distinct uids are bound.
+    GetAllUidCount,
+    /// Answer: the groups with at least one member.
+    GetAllGroupIdList,
+    /// Answer: the connection's session (an object), or null for an unknown client.
+    GetSession {
+        /// The connection.
+        client_id: ClientId,
+    },
+}
+
+impl DirOp {
+    /// Check the names, sizes and counts an operation carries (every backend does, on input
+    /// from the network).
+    pub fn check(&self) -> Result<(), BadName> {
+        let many = |what: &str, n: usize| {
+            if n > MAX_TARGETS {
+                Err(BadName(format!("{n} {what}, more than {MAX_TARGETS}")))
+            } else {
+                Ok(())
+            }
+        };
+        let session = |s: &Map<String, Value>| {
+            let n = serde_json::to_vec(s).map_or(usize::MAX, |v| v.len());
+            if n > MAX_SESSION_BYTES {
+                Err(BadName(format!(
+                    "session is {n} bytes, more than {MAX_SESSION_BYTES}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            DirOp::Register { clients } => {
+                many("clients", clients.len())?;
+                for c in clients {
+                    if let Some(u) = &c.uid {
+                        check_name("uid", u)?;
+                    }
+                    many("groups", c.groups.len())?;
+                    for g in &c.groups {
+                        check_name("group", g)?;
+                    }
+                    if let Some(s) = &c.session {
+                        session(s)?;
+                    }
+                }
+                Ok(())
+            }
+            DirOp::Unregister { client_ids } => many("client ids", client_ids.len()),
+            DirOp::BindUid { uid, .. }
+            | DirOp::UnbindUid { uid, .. }
+            | DirOp::IsUidOnline { uid }
+            | DirOp::GetClientIdByUid { uid } => check_name("uid", uid),
+            DirOp::JoinGroup { group, .. }
+            | DirOp::LeaveGroup { group, .. }
+            | DirOp::Ungroup { group }
+            | DirOp::GetClientIdCountByGroup { group }
+            | DirOp::GetClientIdListByGroup { group }
+            | DirOp::GetUidListByGroup { group }
+            | DirOp::GetUidCountByGroup { group } => check_name("group", group),
+            DirOp::SetSession { session: s, .. } | DirOp::UpdateSession { session: s, .. } => {
+                session(s)
+            }
+            DirOp::Send { target, .. } => match target {
+                Target::All { exclude } => many("excluded client ids", exclude.len()),
+                Target::Clients { client_ids } => many("client ids", client_ids.len()),
+                Target::Uids { uids } => {
+                    many("uids", uids.len())?;
+                    uids.iter().try_for_each(|u| check_name("uid", u))
+                }
+                Target::Groups { groups, exclude } => {
+                    many("groups", groups.len())?;
+                    many("excluded client ids", exclude.len())?;
+                    groups.iter().try_for_each(|g| check_name("group", g))
+                }
+            },
+            DirOp::CloseClient { .. }
+            | DirOp::IsOnline { .. }
+            | DirOp::GetUidByClientId { .. }
+            | DirOp::GetAllClientIdCount
+            | DirOp::GetAllUidCount
+            | DirOp::GetAllGroupIdList
+            | DirOp::GetSession { .. } => Ok(()),
+        }
+    }
+
+    /// The JSON form, as it travels.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a DirOp always serializes")
+    }
+
+    /// Read an operation from its JSON form, checked ([`DirOp::check`]).
+    pub fn from_json(json: &[u8]) -> Result<DirOp, BadName> {
+        let op: DirOp = serde_json::from_slice(json)
+            .map_err(|e| BadName(format!("bad directory operation: {e}")))?;
+        op.check()?;
+        Ok(op)
+    }
+
+    /// Whether the directory forwards this operation to the nodes holding its targets.
+    pub fn is_forwarded(&self) -> bool {
+        matches!(
+            self,
+            DirOp::BindUid { .. }
+                | DirOp::UnbindUid { .. }
+                | DirOp::JoinGroup { .. }
+                | DirOp::LeaveGroup { .. }
+                | DirOp::Ungroup { .. }
+                | DirOp::SetSession { .. }
+                | DirOp::UpdateSession { .. }
+                | DirOp::Send { .. }
+                | DirOp::CloseClient { .. }
+        )
+    }
+}
+
+/// The answer to a refused operation: `{"error": "why"}`.
+pub fn error_answer(why: &str) -> Value {
+    serde_json::json!({ "error": why })
+}
+
+/// Merge `update` into `session` (`update_session`): each key set, `null` values kept as null
+/// (as PHP's array assignment does).
+pub fn merge_session(session: &mut Map<String, Value>, update: &Map<String, Value>) {
+    for (k, v) in update {
+        session.insert(k.clone(), v.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn client_ids_read_strictly() {
+        let id: ClientId = "3-1701234567000001".parse().unwrap();
+        assert_eq!(id, ClientId::new(3, 1_701_234_567_000_001));
+        assert_eq!(id.to_string(), "3-1701234567000001");
+        for bad in [
+            "", "3", "3-", "-3", "a-1", "3-1-2", "+3-1", "3- 1", "3-1 ", "4294967296-1",
+            "1-18446744073709551616", "1--1",
+        ] {
+            assert!(bad.parse::<ClientId>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn operations_round_trip_as_json() {
+        let ops = [
+            DirOp::BindUid {
+                client_id: ClientId::new(1, 2),
+                uid: "alice".into(),
+            },
+            DirOp::Send {
+                target: Target::Groups {
+                    groups: vec!["room".into()],
+                    exclude: vec![ClientId::new(1, 2)],
+                },
+                data: "hi".into(),
+            },
+            DirOp::Send {
+                target: Target::All { exclude: vec![] },
+                data: "x".into(),
+            },
+            DirOp::GetAllClientIdCount,
+            DirOp::Register {
+                clients: vec![Registration {
+                    client_id: ClientId::new(0, 9),
+                    uid: Some("u".into()),
+                    groups: vec!["g".into()],
+                    session: Some(Map::new()),
+                }],
+            },
+        ];
+        for op in ops {
+            let json = op.to_json();
+            assert_eq!(DirOp::from_json(&json).unwrap(), op);
+        }
+        let v: Value = serde_json::from_slice(
+            &DirOp::Send {
+                target: Target::Uids {
+                    uids: vec!["a".into()],
+                },
+                data: "m".into(),
+            }
+            .to_json(),
+        )
+        .unwrap();
+        assert_eq!(v, json!({"op": "send", "to": "uids", "uids": ["a"], "data": "m"}));
+    }
+
+    #[test]
+    fn bad_operations_are_refused_with_a_reason() {
+        let refuse = |j: Value| DirOp::from_json(j.to_string().as_bytes()).unwrap_err().0;
+        assert!(refuse(json!({"op": "nope"})).contains("unknown variant"));
+        assert!(refuse(json!({"op": "bind_uid", "client_id": "1-2"})).contains("uid"));
+        assert!(refuse(json!({"op": "bind_uid", "client_id": "x", "uid": "a"})).contains("client_id"));
+        assert!(refuse(json!({"op": "bind_uid", "client_id": "1-2", "uid": ""})).contains("empty"));
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(refuse(json!({"op": "join_group", "client_id": "1-2", "group": long})).contains("bytes"));
+        assert!(refuse(json!({"op": "bind_uid", "client_id": "1-2", "uid": "a", "x": 1})).contains("unknown field"));
+        assert!(refuse(json!({"op": "set_session", "client_id": "1-2", "session": [1]})).contains("map"));
+    }
+}
