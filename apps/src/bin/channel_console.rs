@@ -10,7 +10,9 @@
 //! comma-separated NAMES in turn), `seqt NAMES N` (the same, one publish per turn),
 //! `onslow NAME MS` (a subscriber taking MS ms per event), `onstuck NAME MS` (blocked MS ms by
 //! its first event), `pubct NAME N` (N confirmed publishes, one per turn), `pubc NAME JSON` (one confirmed
-//! publish: `ok reached N`), `claim COUNT [IDS]` (worker ids: `ids A,B`), `whoami`.
+//! publish: `ok reached N`), `claim COUNT [IDS]` (worker ids: `ids A,B`), `whoami`,
+//! `dir JSON` (a directory operation, `werkmann::channel::dir`: `dir ANSWER-JSON`),
+//! `dirsend JSON` (one without waiting for its answer: `ok Sent`).
 //! Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
 //! command results as `ok Sent`, `ok Buffered` or `err <why>`.
 
@@ -149,6 +151,23 @@ fn console_command(conn: &Connection, client: &Client, line: &str) {
             });
             conn.send("ok");
         }
+        "dir" | "dirsend" => match channel::dir::DirOp::from_json(
+            line.split_once(' ').map_or("", |(_, op)| op).as_bytes(),
+        ) {
+            Err(e) => {
+                conn.send(format!("err {e}"));
+            }
+            Ok(op) if cmd == "dirsend" => reply(conn, client.dir_send(&op)),
+            Ok(op) => {
+                let to = conn.clone();
+                client.dir_request(&op, move |answer| {
+                    to.send(match answer {
+                        Ok(v) => format!("dir {v}"),
+                        Err(e) => format!("err {e}"),
+                    });
+                });
+            }
+        },
         "pubc" => match json() {
             // One confirmed publish: `ok reached N` (N subscribers), `ok unconfirmed` (a server
             // that does not confirm), or `err <why>`.

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::broker::{Broker, BrokerEvents, Endpoint, Leases, Options};
+use super::dir::DirOp;
 use super::php_serde::{self, Key};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
 use super::{ChannelError, IntoNames};
@@ -371,15 +372,30 @@ impl Client {
         self.0.shutdown();
     }
 
-    /// Send a directory operation that needs no answer (`channel::dir`), in order with the
-    /// rest; held while disconnected, as publishes are.
-    pub(crate) fn dir_send(&self, json: &[u8]) -> Result<PublishStatus, ChannelError> {
-        self.0.send(Command::dir(json))
+    /// Send a directory operation (`channel::dir`) without waiting for its answer, in order
+    /// with the rest; held while disconnected, as publishes are. A gateway node registers its
+    /// connections this way; `crate::gateway` is the API for the rest.
+    pub fn dir_send(&self, op: &DirOp) -> Result<PublishStatus, ChannelError> {
+        op.check().map_err(|e| ChannelError::Refused(e.0))?;
+        self.0.send(Command::dir(&op.to_json()))
     }
 
-    /// Apply a directory operation and get the directory's answer (JSON); `Refused` when the
-    /// directory refused it, `Disconnected` at once when not connected.
-    pub(crate) fn dir_request(
+    /// Apply a directory operation and get the directory's answer (JSON, see
+    /// `channel::dir`); `Refused` when the directory refused it, `Disconnected` at once when
+    /// not connected, `NoDirectory` from a PHP channel server.
+    pub fn dir_request(
+        &self,
+        op: &DirOp,
+        on_done: impl FnOnce(Result<Value, ChannelError>) + 'static,
+    ) {
+        if let Err(e) = op.check() {
+            return on_done(Err(ChannelError::Refused(e.0)));
+        }
+        self.dir_request_json(&op.to_json(), on_done)
+    }
+
+    /// [`Client::dir_request`] for an operation already encoded (and checked).
+    pub(crate) fn dir_request_json(
         &self,
         json: &[u8],
         on_done: impl FnOnce(Result<Value, ChannelError>) + 'static,
