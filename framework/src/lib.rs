@@ -19,6 +19,7 @@ pub mod cli;
 mod client;
 pub mod connection;
 mod error;
+pub mod gateway;
 mod master;
 mod message;
 pub mod protocol;

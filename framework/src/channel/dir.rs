@@ -78,9 +78,14 @@ impl FromStr for ClientId {
     type Err = BadName;
     /// Strictly `DIGITS-DIGITS` (no sign, no spaces), each part in range.
     fn from_str(s: &str) -> Result<ClientId, BadName> {
-        let bad = || BadName(format!("client_id {s:?} is not WORKER-CONNECTION (e.g. 3-17)"));
+        let bad = || {
+            BadName(format!(
+                "client_id {s:?} is not WORKER-CONNECTION (e.g. 3-17)"
+            ))
+        };
         let (w, c) = s.split_once('-').ok_or_else(bad)?;
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(w) || !digits(c) {
             return Err(bad());
         }
@@ -234,7 +239,6 @@ pub enum DirOp {
     /// Write `data` to the target's connections (answer: connections reached).
     Send {
         /// Whom to.
-        #[serde(flatten)]
         target: Target,
         /// The message (a WebSocket text message, a line, …, as the worker's protocol frames it).
         data: String,
@@ -430,8 +434,18 @@ mod tests {
         assert_eq!(id, ClientId::new(3, 1_701_234_567_000_001));
         assert_eq!(id.to_string(), "3-1701234567000001");
         for bad in [
-            "", "3", "3-", "-3", "a-1", "3-1-2", "+3-1", "3- 1", "3-1 ", "4294967296-1",
-            "1-18446744073709551616", "1--1",
+            "",
+            "3",
+            "3-",
+            "-3",
+            "a-1",
+            "3-1-2",
+            "+3-1",
+            "3- 1",
+            "3-1 ",
+            "4294967296-1",
+            "1-18446744073709551616",
+            "1--1",
         ] {
             assert!(bad.parse::<ClientId>().is_err(), "{bad:?}");
         }
@@ -479,7 +493,10 @@ mod tests {
             .to_json(),
         )
         .unwrap();
-        assert_eq!(v, json!({"op": "send", "to": "uids", "uids": ["a"], "data": "m"}));
+        assert_eq!(
+            v,
+            json!({"op": "send", "to": "uids", "uids": ["a"], "data": "m"})
+        );
     }
 
     #[test]
@@ -487,11 +504,22 @@ mod tests {
         let refuse = |j: Value| DirOp::from_json(j.to_string().as_bytes()).unwrap_err().0;
         assert!(refuse(json!({"op": "nope"})).contains("unknown variant"));
         assert!(refuse(json!({"op": "bind_uid", "client_id": "1-2"})).contains("uid"));
-        assert!(refuse(json!({"op": "bind_uid", "client_id": "x", "uid": "a"})).contains("client_id"));
+        assert!(
+            refuse(json!({"op": "bind_uid", "client_id": "x", "uid": "a"})).contains("client_id")
+        );
         assert!(refuse(json!({"op": "bind_uid", "client_id": "1-2", "uid": ""})).contains("empty"));
         let long = "x".repeat(MAX_NAME_BYTES + 1);
-        assert!(refuse(json!({"op": "join_group", "client_id": "1-2", "group": long})).contains("bytes"));
-        assert!(refuse(json!({"op": "bind_uid", "client_id": "1-2", "uid": "a", "x": 1})).contains("unknown field"));
-        assert!(refuse(json!({"op": "set_session", "client_id": "1-2", "session": [1]})).contains("map"));
+        assert!(
+            refuse(json!({"op": "join_group", "client_id": "1-2", "group": long}))
+                .contains("bytes")
+        );
+        assert!(
+            refuse(json!({"op": "bind_uid", "client_id": "1-2", "uid": "a", "x": 1}))
+                .contains("unknown field")
+        );
+        assert!(
+            refuse(json!({"op": "set_session", "client_id": "1-2", "session": [1]}))
+                .contains("map")
+        );
     }
 }

@@ -50,6 +50,17 @@ pub(crate) struct InstanceInner {
     extensions: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     addr: RefCell<Option<Addr<InstanceActor>>>,
     started: Instant,
+    /// What the library attached to hear of connections (a gateway node); none by default.
+    hooks: RefCell<Option<Rc<dyn ConnectionHooks>>>,
+}
+
+/// What the library attaches to an instance to hear of its connections opening and closing
+/// (a gateway node registering them in the directory). Called on the instance's thread.
+pub(crate) trait ConnectionHooks {
+    /// A connection was accepted (before `on_connect` runs).
+    fn opened(&self, conn: &Connection);
+    /// Connection `id` closed (before `on_close` runs).
+    fn closed(&self, id: u64);
 }
 
 /// The instance's side of its connections: counters, the map, the Origin policy.
@@ -68,6 +79,10 @@ impl ConnectionOwner for InstanceInner {
 
     fn connection_closed(&self, id: u64) {
         let gone = self.connections.borrow_mut().remove(&id);
+        let hooks = self.hooks.borrow().clone();
+        if let (Some(h), true) = (hooks, gone.is_some()) {
+            h.closed(id);
+        }
         if let (Some(c), true) = (gone, self.config.max_connections_per_ip > 0) {
             if let Some(ip) = c.remote_addr().map(|a| a.ip()) {
                 let mut per_ip = self.config.per_ip.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,6 +264,35 @@ impl WorkerInstance {
             .and_then(|rc| rc.downcast::<T>().ok())
     }
 
+    /// Hear of this instance's connections opening and closing (one listener; a second
+    /// replaces the first).
+    pub(crate) fn set_hooks(&self, hooks: Rc<dyn ConnectionHooks>) {
+        *self.0.hooks.borrow_mut() = Some(hooks);
+    }
+
+    /// Send `msg` to each of `conns`, encoded once where the protocol allows (as
+    /// [`WorkerInstance::broadcast`] does); how many took it.
+    pub(crate) fn send_to<'a>(
+        &self,
+        conns: impl IntoIterator<Item = &'a Connection>,
+        msg: Message,
+    ) -> usize {
+        let shared = self.0.config.protocol().and_then(|p| p.encode_shared(&msg));
+        let mut sent = 0;
+        for c in conns {
+            let ok = match &shared {
+                Some(Ok(bytes)) => !matches!(c.send_deferred(bytes.clone()), SendStatus::Failed),
+                Some(Err(_)) => false,
+                None => !matches!(c.send(msg.clone()), SendStatus::Failed),
+            };
+            sent += usize::from(ok);
+        }
+        if let Some(Err(e)) = shared {
+            log::warn!("message not sent: {e}");
+        }
+        sent
+    }
+
     /// A `Send` handle to this instance's actor, for other threads.
     pub fn addr(&self) -> Option<InstanceAddr> {
         self.0.addr.borrow().clone().map(InstanceAddr)
@@ -345,6 +389,10 @@ impl WorkerInstance {
         );
         conn.attach(stream, peer);
         self.0.connections.borrow_mut().insert(id, conn.clone());
+        let hooks = self.0.hooks.borrow().clone();
+        if let Some(h) = hooks {
+            h.opened(&conn);
+        }
         let cb = self.0.callbacks.borrow().on_connect.clone();
         if let Some(cb) = cb {
             guard("on_connect", || cb(&conn));
@@ -449,6 +497,7 @@ impl InstanceActor {
                 extensions: RefCell::new(HashMap::new()),
                 addr: RefCell::new(None),
                 started: Instant::now(),
+                hooks: RefCell::new(None),
             })),
         }
     }

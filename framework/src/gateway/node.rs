@@ -1,0 +1,450 @@
+//! A gateway node: the worker instance that holds connections. It registers each connection in
+//! the directory when it opens and removes it when it closes, registers them all again after
+//! the channel reconnects, keeps its connections' uids, groups and sessions as the directory
+//! forwards them, and writes sends to the connections they name.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::channel::dir::{self, ClientId, DirOp, Registration, Target};
+use crate::channel::wire::Command;
+use crate::channel::Client;
+use crate::connection::Connection;
+use crate::message::Message;
+use crate::worker::instance::ConnectionHooks;
+use crate::WorkerInstance;
+
+/// What a node knows of one of its connections.
+#[derive(Default)]
+struct Meta {
+    uid: Option<Rc<str>>,
+    groups: Vec<Rc<str>>,
+    session: Option<Map<String, Value>>,
+}
+
+/// The node's view of its own connections, as the directory told it.
+#[derive(Default)]
+pub(crate) struct Local {
+    clients: HashMap<u64, Meta>,
+    uids: HashMap<Rc<str>, Vec<u64>>,
+    groups: HashMap<Rc<str>, HashSet<u64>>,
+}
+
+impl Local {
+    fn unbind(&mut self, conn: u64) {
+        let Some(uid) = self.clients.get_mut(&conn).and_then(|m| m.uid.take()) else {
+            return;
+        };
+        if let Some(list) = self.uids.get_mut(&uid) {
+            list.retain(|c| *c != conn);
+            if list.is_empty() {
+                self.uids.remove(&uid);
+            }
+        }
+    }
+
+    fn leave(&mut self, conn: u64, group: &str) {
+        if let Some(m) = self.clients.get_mut(&conn) {
+            m.groups.retain(|g| &**g != group);
+        }
+        if let Some(set) = self.groups.get_mut(group) {
+            set.remove(&conn);
+            if set.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    fn bind(&mut self, conn: u64, uid: &str) {
+        if !self.clients.contains_key(&conn) {
+            return;
+        }
+        self.unbind(conn);
+        let key: Rc<str> = match self.uids.get_key_value(uid) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(uid),
+        };
+        self.uids.entry(key.clone()).or_default().push(conn);
+        if let Some(m) = self.clients.get_mut(&conn) {
+            m.uid = Some(key);
+        }
+    }
+
+    fn join(&mut self, conn: u64, group: &str) {
+        let Some(m) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        if m.groups.iter().any(|g| &**g == group) {
+            return;
+        }
+        let key: Rc<str> = match self.groups.get_key_value(group) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(group),
+        };
+        m.groups.push(key.clone());
+        self.groups.entry(key).or_default().insert(conn);
+    }
+
+    fn remove(&mut self, conn: u64) {
+        self.unbind(conn);
+        let groups = self
+            .clients
+            .get(&conn)
+            .map(|m| m.groups.clone())
+            .unwrap_or_default();
+        for g in groups {
+            self.leave(conn, &g);
+        }
+        self.clients.remove(&conn);
+    }
+
+    /// The connections a send names at this node (each once).
+    fn targets(&self, worker: u32, target: &Target) -> Vec<u64> {
+        let excluded = |ex: &[ClientId]| -> HashSet<u64> {
+            ex.iter()
+                .filter(|c| c.worker == worker)
+                .map(|c| c.conn)
+                .collect()
+        };
+        match target {
+            Target::All { exclude } => {
+                let ex = excluded(exclude);
+                self.clients
+                    .keys()
+                    .filter(|c| !ex.contains(c))
+                    .copied()
+                    .collect()
+            }
+            Target::Clients { client_ids } => {
+                let mut seen = HashSet::new();
+                client_ids
+                    .iter()
+                    .filter(|c| c.worker == worker && self.clients.contains_key(&c.conn))
+                    .filter(|c| seen.insert(c.conn))
+                    .map(|c| c.conn)
+                    .collect()
+            }
+            Target::Uids { uids } => {
+                let mut seen = HashSet::new();
+                uids.iter()
+                    .filter_map(|u| self.uids.get(u.as_str()))
+                    .flatten()
+                    .filter(|c| seen.insert(**c))
+                    .copied()
+                    .collect()
+            }
+            Target::Groups { groups, exclude } => {
+                let ex = excluded(exclude);
+                let mut seen = HashSet::new();
+                groups
+                    .iter()
+                    .filter_map(|g| self.groups.get(g.as_str()))
+                    .flatten()
+                    .filter(|c| !ex.contains(c) && seen.insert(**c))
+                    .copied()
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A node: instance `instance` known in the cluster as worker `worker`.
+pub(crate) struct Node {
+    pub(crate) worker: u32,
+    pub(crate) instance: WorkerInstance,
+    pub(crate) client: Client,
+    pub(crate) local: RefCell<Local>,
+}
+
+impl Node {
+    /// Start serving: subscribe to this worker's event and to every node's, register the
+    /// connections the instance holds, and hear of the next ones.
+    pub(crate) fn start(client: &Client, instance: &WorkerInstance, worker: u32) -> Rc<Node> {
+        let node = Rc::new(Node {
+            worker,
+            instance: instance.clone(),
+            client: client.clone(),
+            local: RefCell::new(Local::default()),
+        });
+        for conn in instance.connections().keys() {
+            node.local
+                .borrow_mut()
+                .clients
+                .insert(*conn, Meta::default());
+        }
+        let weak = Rc::downgrade(&node);
+        let on_forward = move |data: &Bytes| {
+            if let Some(node) = weak.upgrade() {
+                node.forwarded(data);
+            }
+        };
+        let on_forward = Rc::new(on_forward);
+        let f = on_forward.clone();
+        client.on_raw(dir::node_event(worker), move |d| f(d));
+        client.on_raw(dir::ALL_NODES, move |d| on_forward(d));
+        let weak = Rc::downgrade(&node);
+        client.on_up_internal(move || {
+            if let Some(node) = weak.upgrade() {
+                node.register_all();
+            }
+        });
+        if client.is_connected() {
+            node.register_all();
+        }
+        instance.set_hooks(node.clone());
+        node
+    }
+
+    /// Register every connection again, with what it holds (after a reconnect the directory
+    /// may have lost it: a restarted channel server, a connection it took for a dead node's).
+    fn register_all(&self) {
+        let clients: Vec<Registration> = self
+            .local
+            .borrow()
+            .clients
+            .iter()
+            .map(|(conn, m)| Registration {
+                client_id: ClientId::new(self.worker, *conn),
+                uid: m.uid.as_deref().map(str::to_string),
+                groups: m.groups.iter().map(|g| g.to_string()).collect(),
+                session: m.session.clone(),
+            })
+            .collect();
+        for chunk in clients.chunks(dir::MAX_TARGETS) {
+            self.send(&DirOp::Register {
+                clients: chunk.to_vec(),
+            });
+        }
+    }
+
+    fn send(&self, op: &DirOp) {
+        if let Err(e) = self.client.dir_send(op) {
+            log::warn!(
+                "gateway worker {}: directory not told ({e}): {:?}",
+                self.worker,
+                op
+            );
+        }
+    }
+
+    /// An operation the directory forwarded to this node.
+    fn forwarded(&self, data: &Bytes) {
+        let op = match Command::dir_json(data)
+            .map_err(|e| e.to_string())
+            .and_then(|json| DirOp::from_json(&json).map_err(|e| e.0))
+        {
+            Ok(op) => op,
+            Err(e) => {
+                log::warn!(
+                    "gateway worker {}: bad forwarded operation: {e}",
+                    self.worker
+                );
+                return;
+            }
+        };
+        let mine = |c: &ClientId| (c.worker == self.worker).then_some(c.conn);
+        match op {
+            DirOp::BindUid { client_id, uid } => {
+                if let Some(c) = mine(&client_id) {
+                    self.local.borrow_mut().bind(c, &uid);
+                }
+            }
+            DirOp::UnbindUid { client_id, uid } => {
+                if let Some(c) = mine(&client_id) {
+                    let mut local = self.local.borrow_mut();
+                    let bound = local
+                        .clients
+                        .get(&c)
+                        .and_then(|m| m.uid.as_deref())
+                        .is_some_and(|u| u == uid);
+                    if bound {
+                        local.unbind(c);
+                    }
+                }
+            }
+            DirOp::JoinGroup { client_id, group } => {
+                if let Some(c) = mine(&client_id) {
+                    self.local.borrow_mut().join(c, &group);
+                }
+            }
+            DirOp::LeaveGroup { client_id, group } => {
+                if let Some(c) = mine(&client_id) {
+                    self.local.borrow_mut().leave(c, &group);
+                }
+            }
+            DirOp::Ungroup { group } => {
+                let mut local = self.local.borrow_mut();
+                let members: Vec<u64> = local
+                    .groups
+                    .get(group.as_str())
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                for c in members {
+                    local.leave(c, &group);
+                }
+            }
+            DirOp::SetSession { client_id, session } => {
+                if let Some(c) = mine(&client_id) {
+                    if let Some(meta) = self.local.borrow_mut().clients.get_mut(&c) {
+                        meta.session = Some(session);
+                    }
+                }
+            }
+            DirOp::UpdateSession { client_id, session } => {
+                if let Some(c) = mine(&client_id) {
+                    if let Some(meta) = self.local.borrow_mut().clients.get_mut(&c) {
+                        dir::merge_session(meta.session.get_or_insert_with(Map::new), &session);
+                    }
+                }
+            }
+            DirOp::Send { target, data } => {
+                let conns: Vec<Connection> = {
+                    let local = self.local.borrow();
+                    let all = self.instance.connections();
+                    local
+                        .targets(self.worker, &target)
+                        .into_iter()
+                        .filter_map(|c| all.get(&c).cloned())
+                        .collect()
+                };
+                if !conns.is_empty() {
+                    self.instance.send_to(&conns, Message::Text(data));
+                }
+            }
+            DirOp::CloseClient { client_id, data } => {
+                if let Some(conn) = mine(&client_id).and_then(|c| self.instance.connection(c)) {
+                    if let Some(d) = data {
+                        conn.send(d);
+                    }
+                    conn.close();
+                }
+            }
+            // Not forwarded to nodes.
+            _ => {}
+        }
+    }
+
+    /// A connection's uid, groups and session, as this node knows them.
+    pub(crate) fn uid(&self, conn: u64) -> Option<String> {
+        let local = self.local.borrow();
+        local.clients.get(&conn)?.uid.as_deref().map(str::to_string)
+    }
+
+    pub(crate) fn groups(&self, conn: u64) -> Vec<String> {
+        let local = self.local.borrow();
+        local
+            .clients
+            .get(&conn)
+            .map(|m| m.groups.iter().map(|g| g.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn session(&self, conn: u64) -> Option<Map<String, Value>> {
+        let local = self.local.borrow();
+        local.clients.get(&conn)?.session.clone()
+    }
+}
+
+impl ConnectionHooks for Node {
+    fn opened(&self, conn: &Connection) {
+        self.local
+            .borrow_mut()
+            .clients
+            .insert(conn.id(), Meta::default());
+        self.send(&DirOp::Register {
+            clients: vec![Registration {
+                client_id: ClientId::new(self.worker, conn.id()),
+                uid: None,
+                groups: Vec::new(),
+                session: None,
+            }],
+        });
+    }
+
+    fn closed(&self, id: u64) {
+        self.local.borrow_mut().remove(id);
+        self.send(&DirOp::Unregister {
+            client_ids: vec![ClientId::new(self.worker, id)],
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(conns: &[u64]) -> Local {
+        let mut l = Local::default();
+        for c in conns {
+            l.clients.insert(*c, Meta::default());
+        }
+        l
+    }
+
+    #[test]
+    fn targets_resolve_locally_once_each() {
+        let mut l = local(&[1, 2, 3, 4]);
+        l.bind(1, "alice");
+        l.bind(2, "alice");
+        l.bind(3, "bob");
+        l.bind(9, "ghost"); // not a connection here: ignored
+        l.join(1, "room");
+        l.join(3, "room");
+        l.join(3, "lobby");
+        let mut t = |target: Target| {
+            let mut v = l.targets(7, &target);
+            v.sort();
+            v
+        };
+        let id = |c| ClientId::new(7, c);
+        assert_eq!(
+            t(Target::Uids {
+                uids: vec!["alice".into(), "bob".into()]
+            }),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            t(Target::Uids {
+                uids: vec!["ghost".into()]
+            }),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            t(Target::Groups {
+                groups: vec!["room".into(), "lobby".into()],
+                exclude: vec![id(1)]
+            }),
+            [3]
+        );
+        assert_eq!(
+            t(Target::All {
+                exclude: vec![id(4), ClientId::new(8, 1)]
+            }),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            t(Target::Clients {
+                client_ids: vec![id(2), id(2), ClientId::new(8, 3), id(5)]
+            }),
+            [2]
+        );
+    }
+
+    #[test]
+    fn rebinding_and_closing_leave_nothing_behind() {
+        let mut l = local(&[1, 2]);
+        l.bind(1, "alice");
+        l.bind(1, "bob");
+        assert!(!l.uids.contains_key("alice"));
+        l.join(1, "room");
+        l.join(1, "room");
+        assert_eq!(l.clients[&1].groups.len(), 1);
+        l.remove(1);
+        assert!(l.uids.is_empty() && l.groups.is_empty());
+        assert_eq!(l.clients.len(), 1);
+    }
+}
