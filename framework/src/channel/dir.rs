@@ -495,7 +495,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             v,
-            json!({"op": "send", "to": "uids", "uids": ["a"], "data": "m"})
+            json!({"op": "send", "target": {"to": "uids", "uids": ["a"]}, "data": "m"})
         );
     }
 
