@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         options.count,
         cli::Channel::embedded(),
         ids,
+        push::tokens(options.publisher.secret.as_deref()),
     )?;
     options.limits.apply(&mut ws);
     // As many publisher instances as WebSocket instances: one thread parsing and answering

@@ -20,6 +20,10 @@ struct Options {
     /// Use these worker ids (one per instance, comma-separated) instead of claiming them
     #[arg(long, env = "WERKMANN_WORKER_IDS", value_delimiter = ',')]
     worker_ids: Vec<u32>,
+    /// Verify client tokens (`?token=JWT`, HS256) with this secret and bind the uid and groups
+    /// they name
+    #[arg(long, env = "WERKMANN_SECRET", hide_env_values = true)]
+    secret: Option<String>,
     #[command(flatten)]
     limits: cli::Limits,
     #[command(flatten)]
@@ -41,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         count,
         options.channel,
         Arc::new(ids),
+        push::tokens(options.secret.as_deref()),
     )?;
     options.limits.apply(&mut worker);
     worker.tls = options.tls.load()?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use werkmann::channel::{ChannelError, Client};
+use werkmann::gateway::Gateway;
 use werkmann::{cli, Connection, Message, Request, Response, Worker};
 
 use super::page::demo_page_with_nodes;
@@ -51,7 +52,10 @@ pub fn http_worker(
         }
         w.set_data(Reach::default());
         match channel.connect() {
-            Ok(c) => w.set_data(c),
+            Ok(c) => {
+                w.set_data(Gateway::api(&c));
+                w.set_data(c);
+            }
             Err(e) => log::error!("publisher: no channel: {e}"),
         }
     });
@@ -71,8 +75,12 @@ pub fn http_worker(
 }
 
 fn handle(conn: &Connection, req: &Request, page: &str) {
-    let push = Push::from_request(req);
-    if push.is_empty() && req.method() == "GET" && req.path() == "/" {
+    let api = req.path().strip_prefix("/api/");
+    let push = match api {
+        Some(_) => Push::default(),
+        None => Push::from_request(req),
+    };
+    if api.is_none() && push.is_empty() && req.method() == "GET" && req.path() == "/" {
         conn.send(Response::html(page.to_string()));
         return;
     }
@@ -85,6 +93,11 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
             );
             return;
         }
+    }
+    if let Some(method) = api {
+        let gateway = conn.worker().and_then(|w| Gateway::of(&w));
+        super::api::handle(conn, req, method, gateway);
+        return;
     }
     let Some(client) = conn.worker().and_then(|w| w.data::<Client>()) else {
         conn.send(Response::text(503, "channel client not started\n"));

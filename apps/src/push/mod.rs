@@ -15,6 +15,7 @@
 //!   form or a JSON body ([`params`]) and publishes them, answering once the channel confirms;
 //!   `GET /` without parameters serves the demo page ([`page`]).
 
+pub mod api;
 pub mod http;
 pub mod page;
 pub mod params;
@@ -56,6 +57,13 @@ pub fn claim_ids(
         pinned,
         timeout,
     )?)
+}
+
+/// The verifier of client tokens for a secret (none without one, or with an empty one).
+pub fn tokens(secret: Option<&str>) -> Option<werkmann::gateway::Tokens> {
+    secret
+        .filter(|s| !s.is_empty())
+        .map(|s| werkmann::gateway::Tokens::hs256(s.as_bytes()))
 }
 
 /// Whether `IP:PORT` names a loopback address.

@@ -5,16 +5,21 @@ use std::sync::Arc;
 
 use werkmann::channel::php_serde;
 use werkmann::channel::worker_ids::WorkerIds;
-use werkmann::{cli, Worker};
+use werkmann::gateway::{Gateway, Tokens};
+use werkmann::{cli, Response, Worker};
 
 use super::{greeting, BROADCAST};
 
-/// The WebSocket worker (`pusher`): `count` instances, instance `i` known as `ids[i]`.
+/// The WebSocket worker (`pusher`): `count` instances, instance `i` known as `ids[i]`, each a
+/// gateway node (client ids `{worker id}-{connection id}`, uids, groups: `werkmann::gateway`).
+/// With `tokens`, a client connecting with `?token=JWT` is bound to the uid and groups the
+/// token names; a bad token is refused with 401.
 pub fn ws_worker(
     listen: &str,
     count: usize,
     channel: cli::Channel,
     worker_ids: Arc<WorkerIds>,
+    tokens: Option<Tokens>,
 ) -> anyhow::Result<Worker> {
     let mut worker = Worker::new(&format!("websocket://{listen}"))?;
     worker.name = "pusher".into();
@@ -63,8 +68,30 @@ pub fn ws_worker(
                 me.broadcast(content);
             }
         });
+        Gateway::node(&client, w, my_id);
         w.set_data(client);
         log::info!("pusher instance {} is worker id {my_id}", w.id());
+    });
+    worker.on_websocket_connect(move |conn, req| {
+        let Some(token) = req.get("token") else {
+            return Ok(());
+        };
+        let refused = |why: String| {
+            log::warn!("client {} refused: {why}", conn.remote_ip());
+            Err(Response::text(401, format!("{why}\n")))
+        };
+        let Some(tokens) = &tokens else {
+            return refused("token given but this node verifies none (no --secret)".into());
+        };
+        match tokens.verify(&token) {
+            Ok(claims) => {
+                if let Some(gw) = Gateway::of_connection(conn) {
+                    gw.bind_claims(conn, claims);
+                }
+                Ok(())
+            }
+            Err(e) => refused(e.to_string()),
+        }
     });
     worker.on_connect(move |conn| {
         conn.send(greeting(worker_ids.ids()[conn.worker_id()], conn.id()));

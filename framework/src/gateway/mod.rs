@@ -38,6 +38,7 @@
 //! connection, ahead of any later send.
 
 mod node;
+mod token;
 
 use std::rc::Rc;
 
@@ -48,6 +49,7 @@ use crate::channel::{ChannelError, Client};
 use crate::connection::Connection;
 use crate::WorkerInstance;
 use node::Node;
+pub use token::{Claims, TokenError, Tokens, LEEWAY_SECS};
 
 /// Why a gateway call has no answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -141,6 +143,27 @@ impl Gateway {
             client: client.clone(),
             node: None,
         }))
+    }
+
+    /// Bind one of this node's connections to what a verified token names (its uid, its
+    /// groups), in the background; failures are logged.
+    pub fn bind_claims(&self, conn: &Connection, claims: Claims) {
+        let Some(me) = self.client_id(conn) else {
+            return;
+        };
+        let gw = self.clone();
+        actix_rt::spawn(async move {
+            if let Some(uid) = &claims.uid {
+                if let Err(e) = gw.bind_uid(me, uid).await {
+                    log::warn!("client {me}: token's uid {uid:?} not bound: {e}");
+                }
+            }
+            for g in &claims.groups {
+                if let Err(e) = gw.join_group(me, g).await {
+                    log::warn!("client {me}: token's group {g:?} not joined: {e}");
+                }
+            }
+        });
     }
 
     /// The gateway stored in an instance (by [`Gateway::node`], or `set_data` by the app).

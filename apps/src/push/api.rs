@@ -1,0 +1,440 @@
+//! GatewayWorker's API over HTTP: `POST /api/<method>` on the publisher, GatewayWorker's
+//! method names in snake_case with its parameter names, a JSON body or a form, a JSON answer
+//! (see docs/addressing.md).
+
+use serde_json::{json, Map, Value};
+use werkmann::channel::ChannelError;
+use werkmann::gateway::{ClientId, DirOp, Gateway, GatewayError, Target};
+use werkmann::protocol::http::parse_urlencoded;
+use werkmann::{Connection, Request, Response};
+
+/// Largest API request body, in bytes (a larger one is answered 413).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What a method answers, by the shape of the directory's answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// A send: `{"reached": N}` (404 for a client id that is not online).
+    Reached,
+    /// A change to one client: `{"ok": true}`, or 404 when the client is not online.
+    Applied,
+    /// A change that may find nothing to undo: `{"ok": bool}`.
+    Undone,
+    /// A query: `{"result": …}`.
+    Result,
+}
+
+/// A method's parameters: each with whether it is required.
+type Spec = &'static [(&'static str, bool)];
+
+fn method(name: &str) -> Option<(Spec, Shape)> {
+    use Shape::*;
+    const CID: Spec = &[("client_id", true)];
+    const UID: Spec = &[("uid", true)];
+    const GROUP: Spec = &[("group", true)];
+    const NONE: Spec = &[];
+    Some(match name {
+        "send_to_all" => (
+            &[
+                ("message", true),
+                ("client_id_array", false),
+                ("exclude_client_id", false),
+            ],
+            Reached,
+        ),
+        "send_to_client" => (&[("client_id", true), ("message", true)], Reached),
+        "close_client" => (&[("client_id", true), ("message", false)], Applied),
+        "is_online" => (CID, Result),
+        "bind_uid" => (&[("client_id", true), ("uid", true)], Applied),
+        "unbind_uid" => (&[("client_id", true), ("uid", true)], Undone),
+        "is_uid_online" => (UID, Result),
+        "get_client_id_by_uid" => (UID, Result),
+        "get_uid_by_client_id" => (CID, Result),
+        "send_to_uid" => (&[("uid", true), ("message", true)], Reached),
+        "join_group" => (&[("client_id", true), ("group", true)], Applied),
+        "leave_group" => (&[("client_id", true), ("group", true)], Undone),
+        "ungroup" => (GROUP, Result),
+        "send_to_group" => (
+            &[
+                ("group", true),
+                ("message", true),
+                ("exclude_client_id", false),
+            ],
+            Reached,
+        ),
+        "get_client_id_count_by_group" => (GROUP, Result),
+        "get_client_id_list_by_group" => (GROUP, Result),
+        "get_uid_list_by_group" => (GROUP, Result),
+        "get_uid_count_by_group" => (GROUP, Result),
+        "get_all_client_id_count" | "get_all_uid_count" | "get_all_group_id_list" => (NONE, Result),
+        "set_session" | "update_session" => (&[("client_id", true), ("session", true)], Applied),
+        "get_session" => (CID, Result),
+        _ => return None,
+    })
+}
+
+/// A 4xx with `{"error": why}`.
+fn refuse(status: u16, why: impl std::fmt::Display) -> Response {
+    Response::json(status, &json!({ "error": why.to_string() }))
+}
+
+/// Read the parameters: a JSON object, or a form (`name[]=…` repeated for a list, `session`
+/// as a JSON object in a string).
+fn params(req: &Request) -> Result<Map<String, Value>, Response> {
+    let body = req.body();
+    if body.len() > MAX_BODY {
+        return Err(refuse(
+            413,
+            format!("body is {} bytes, more than {MAX_BODY}", body.len()),
+        ));
+    }
+    let content_type = req
+        .header("content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/json") || body.first() == Some(&b'{') {
+        return match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(refuse(400, "the JSON body must be an object")),
+            Err(e) => Err(refuse(400, format!("malformed JSON body: {e}"))),
+        };
+    }
+    let text = std::str::from_utf8(body).map_err(|_| refuse(400, "the form is not UTF-8"))?;
+    let mut m = Map::new();
+    for (k, v) in parse_urlencoded(text) {
+        if let Some(list) = k.strip_suffix("[]") {
+            let slot = m
+                .entry(list.to_string())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            match slot {
+                Value::Array(a) => a.push(Value::String(v)),
+                _ => {
+                    return Err(refuse(
+                        400,
+                        format!("{list} given both as a list and a value"),
+                    ))
+                }
+            }
+        } else if k == "session" {
+            let s: Value = serde_json::from_str(&v)
+                .map_err(|e| refuse(400, format!("session is not a JSON object: {e}")))?;
+            m.insert(k, s);
+        } else if m.insert(k.clone(), Value::String(v)).is_some() {
+            return Err(refuse(
+                400,
+                format!("{k} given twice (use {k}[] for a list)"),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+/// A string parameter (a number is taken as its decimal form, as PHP takes an int uid).
+fn string(p: &Map<String, Value>, key: &str) -> Result<String, Response> {
+    match p.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(_) => Err(refuse(400, format!("{key} must be a string"))),
+        None => Err(refuse(400, format!("missing parameter {key}"))),
+    }
+}
+
+/// One name or a list of them.
+fn strings(p: &Map<String, Value>, key: &str) -> Result<Vec<String>, Response> {
+    match p.get(key) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                _ => Err(refuse(400, format!("{key} must list strings"))),
+            })
+            .collect(),
+        Some(_) => Ok(vec![string(p, key)?]),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn client_id(p: &Map<String, Value>, key: &str) -> Result<ClientId, Response> {
+    string(p, key)?.parse().map_err(|e| refuse(400, e))
+}
+
+fn client_ids(p: &Map<String, Value>, key: &str) -> Result<Vec<ClientId>, Response> {
+    strings(p, key)?
+        .iter()
+        .map(|s| s.parse().map_err(|e| refuse(400, e)))
+        .collect()
+}
+
+fn session(p: &Map<String, Value>) -> Result<Map<String, Value>, Response> {
+    match p.get("session") {
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(_) => Err(refuse(400, "session must be a JSON object")),
+        None => Err(refuse(400, "missing parameter session")),
+    }
+}
+
+/// The directory operation a request asks for, or the 4xx that says what is wrong with it.
+fn operation(name: &str, p: &Map<String, Value>) -> Result<(DirOp, Shape), Response> {
+    let (spec, shape) = method(name).ok_or_else(|| refuse(404, format!("no method {name:?}")))?;
+    for key in p.keys() {
+        if !spec.iter().any(|(k, _)| k == key) {
+            let known: Vec<&str> = spec.iter().map(|(k, _)| *k).collect();
+            return Err(refuse(
+                400,
+                format!("unknown parameter {key:?} for {name} (it takes {known:?})"),
+            ));
+        }
+    }
+    for (key, required) in spec {
+        if *required && !p.contains_key(*key) {
+            return Err(refuse(400, format!("missing parameter {key}")));
+        }
+    }
+    let op = match name {
+        "send_to_all" => {
+            let data = string(p, "message")?;
+            let exclude = client_ids(p, "exclude_client_id")?;
+            match p.get("client_id_array") {
+                Some(_) => {
+                    let mut ids = client_ids(p, "client_id_array")?;
+                    ids.retain(|c| !exclude.contains(c));
+                    DirOp::Send {
+                        target: Target::Clients { client_ids: ids },
+                        data,
+                    }
+                }
+                None => DirOp::Send {
+                    target: Target::All { exclude },
+                    data,
+                },
+            }
+        }
+        "send_to_client" => DirOp::Send {
+            target: Target::Clients {
+                client_ids: vec![client_id(p, "client_id")?],
+            },
+            data: string(p, "message")?,
+        },
+        "close_client" => DirOp::CloseClient {
+            client_id: client_id(p, "client_id")?,
+            data: p.get("message").map(|_| string(p, "message")).transpose()?,
+        },
+        "is_online" => DirOp::IsOnline {
+            client_id: client_id(p, "client_id")?,
+        },
+        "bind_uid" => DirOp::BindUid {
+            client_id: client_id(p, "client_id")?,
+            uid: string(p, "uid")?,
+        },
+        "unbind_uid" => DirOp::UnbindUid {
+            client_id: client_id(p, "client_id")?,
+            uid: string(p, "uid")?,
+        },
+        "is_uid_online" => DirOp::IsUidOnline {
+            uid: string(p, "uid")?,
+        },
+        "get_client_id_by_uid" => DirOp::GetClientIdByUid {
+            uid: string(p, "uid")?,
+        },
+        "get_uid_by_client_id" => DirOp::GetUidByClientId {
+            client_id: client_id(p, "client_id")?,
+        },
+        "send_to_uid" => DirOp::Send {
+            target: Target::Uids {
+                uids: strings(p, "uid")?,
+            },
+            data: string(p, "message")?,
+        },
+        "join_group" => DirOp::JoinGroup {
+            client_id: client_id(p, "client_id")?,
+            group: string(p, "group")?,
+        },
+        "leave_group" => DirOp::LeaveGroup {
+            client_id: client_id(p, "client_id")?,
+            group: string(p, "group")?,
+        },
+        "ungroup" => DirOp::Ungroup {
+            group: string(p, "group")?,
+        },
+        "send_to_group" => DirOp::Send {
+            target: Target::Groups {
+                groups: strings(p, "group")?,
+                exclude: client_ids(p, "exclude_client_id")?,
+            },
+            data: string(p, "message")?,
+        },
+        "get_client_id_count_by_group" => DirOp::GetClientIdCountByGroup {
+            group: string(p, "group")?,
+        },
+        "get_client_id_list_by_group" => DirOp::GetClientIdListByGroup {
+            group: string(p, "group")?,
+        },
+        "get_uid_list_by_group" => DirOp::GetUidListByGroup {
+            group: string(p, "group")?,
+        },
+        "get_uid_count_by_group" => DirOp::GetUidCountByGroup {
+            group: string(p, "group")?,
+        },
+        "get_all_client_id_count" => DirOp::GetAllClientIdCount,
+        "get_all_uid_count" => DirOp::GetAllUidCount,
+        "get_all_group_id_list" => DirOp::GetAllGroupIdList,
+        "set_session" => DirOp::SetSession {
+            client_id: client_id(p, "client_id")?,
+            session: session(p)?,
+        },
+        "update_session" => DirOp::UpdateSession {
+            client_id: client_id(p, "client_id")?,
+            session: session(p)?,
+        },
+        "get_session" => DirOp::GetSession {
+            client_id: client_id(p, "client_id")?,
+        },
+        _ => unreachable!("every method of `method` is handled"),
+    };
+    op.check().map_err(|e| refuse(400, e))?;
+    Ok((op, shape))
+}
+
+/// The answer to a request the directory answered.
+fn answer(op: &DirOp, shape: Shape, result: Result<Value, GatewayError>) -> Response {
+    let v = match result {
+        Ok(v) => v,
+        Err(GatewayError::Channel(ChannelError::Refused(why))) => return refuse(400, why),
+        Err(GatewayError::Channel(e @ ChannelError::NoDirectory)) => return refuse(501, e),
+        Err(e) => return refuse(503, format!("not done: {e}")),
+    };
+    let n = v.as_u64();
+    match shape {
+        Shape::Reached => {
+            let Some(n) = n else {
+                return refuse(502, format!("unexpected directory answer {v}"));
+            };
+            let one_client = matches!(
+                op,
+                DirOp::Send {
+                    target: Target::Clients { client_ids },
+                    ..
+                } if client_ids.len() == 1
+            );
+            if n == 0 && one_client {
+                let error = "the client is not online: reached no one";
+                return Response::json(404, &json!({ "reached": 0, "error": error }));
+            }
+            Response::json(200, &json!({ "reached": n }))
+        }
+        Shape::Applied if n == Some(0) => Response::json(
+            404,
+            &json!({ "ok": false, "error": "the client is not online" }),
+        ),
+        Shape::Applied | Shape::Undone => Response::json(200, &json!({ "ok": n == Some(1) })),
+        Shape::Result => Response::json(200, &json!({ "result": v })),
+    }
+}
+
+/// Serve `POST /api/<method>` (the push API's auth already checked).
+pub fn handle(conn: &Connection, req: &Request, name: &str, gateway: Option<Gateway>) {
+    if req.method() != "POST" {
+        conn.send(refuse(405, "use POST").with_header("Allow", "POST"));
+        return;
+    }
+    let request = params(req).and_then(|p| operation(name, &p));
+    let (op, shape) = match request {
+        Ok(r) => r,
+        Err(resp) => {
+            conn.send(resp);
+            return;
+        }
+    };
+    let Some(gw) = gateway else {
+        conn.send(refuse(503, "channel client not started"));
+        return;
+    };
+    let reply_to = conn.clone();
+    actix_rt::spawn(async move {
+        let result = gw.request(&op).await;
+        reply_to.send(answer(&op, shape, result));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(name: &str, p: Value) -> Result<DirOp, u16> {
+        let Value::Object(m) = p else { panic!() };
+        operation(name, &m).map(|(o, _)| o).map_err(|r| r.status())
+    }
+
+    #[test]
+    fn methods_take_gatewayworkers_parameters() {
+        assert_eq!(
+            op("send_to_uid", json!({"uid": ["a", 7], "message": "hi"})),
+            Ok(DirOp::Send {
+                target: Target::Uids {
+                    uids: vec!["a".into(), "7".into()]
+                },
+                data: "hi".into()
+            })
+        );
+        assert_eq!(
+            op("bind_uid", json!({"client_id": "1-2", "uid": 42})),
+            Ok(DirOp::BindUid {
+                client_id: ClientId::new(1, 2),
+                uid: "42".into()
+            })
+        );
+        assert_eq!(
+            op(
+                "send_to_all",
+                json!({"message": "m", "client_id_array": ["1-2", "1-3"], "exclude_client_id": "1-3"})
+            ),
+            Ok(DirOp::Send {
+                target: Target::Clients {
+                    client_ids: vec![ClientId::new(1, 2)]
+                },
+                data: "m".into()
+            })
+        );
+        assert_eq!(
+            op("get_all_uid_count", json!({})),
+            Ok(DirOp::GetAllUidCount)
+        );
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        assert_eq!(op("nope", json!({})), Err(404));
+        assert_eq!(op("bind_uid", json!({"client_id": "1-2"})), Err(400));
+        assert_eq!(
+            op(
+                "bind_uid",
+                json!({"client_id": "1-2", "uid": "a", "uuid": "b"})
+            ),
+            Err(400)
+        );
+        assert_eq!(
+            op("bind_uid", json!({"client_id": "12", "uid": "a"})),
+            Err(400)
+        );
+        assert_eq!(
+            op("bind_uid", json!({"client_id": "1-2", "uid": ""})),
+            Err(400)
+        );
+        assert_eq!(
+            op(
+                "bind_uid",
+                json!({"client_id": "1-2", "uid": "x".repeat(129)})
+            ),
+            Err(400)
+        );
+        assert_eq!(
+            op("set_session", json!({"client_id": "1-2", "session": "x"})),
+            Err(400)
+        );
+        assert_eq!(
+            op("send_to_uid", json!({"uid": {"a": 1}, "message": "m"})),
+            Err(400)
+        );
+    }
+}
