@@ -1,6 +1,7 @@
 //! Test harness for werkmann's black-box tests: start the app binaries as real processes on
 //! free loopback ports, wait for them to listen, and stop them afterwards.
 
+pub mod addressing;
 pub mod conformance;
 pub mod push;
 pub mod scenarios;
