@@ -464,6 +464,28 @@ impl Cluster {
         drop(app);
     }
 
+    /// Freeze node `node` (SIGSTOP): its sockets stay open, it answers nothing — a node on a
+    /// machine that vanished without closing anything.
+    pub fn freeze_node(&self, node: usize) {
+        self.signal_node(node, libc::SIGSTOP);
+    }
+
+    /// Let a frozen node run again (SIGCONT).
+    pub fn thaw_node(&self, node: usize) {
+        self.signal_node(node, libc::SIGCONT);
+    }
+
+    fn signal_node(&self, node: usize, sig: i32) {
+        let app = self.nodes[node].app.as_ref().expect("a running node");
+        let pid = app.child.id() as i32;
+        // SAFETY: kill(2) takes two integers and touches no memory of ours.
+        assert_eq!(
+            unsafe { libc::kill(pid, sig) },
+            0,
+            "signal {sig} to node {node}"
+        );
+    }
+
     /// Start node `node` again on its address, with its options.
     pub fn restart_node(&mut self, node: usize) {
         let n = &mut self.nodes[node];

@@ -3,6 +3,7 @@
 
 pub mod addressing;
 pub mod conformance;
+pub mod directory;
 pub mod push;
 pub mod scenarios;
 
@@ -22,8 +23,8 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where the app binaries are: `$WERKMANN_BIN_DIR`, or `debug` in `$CARGO_TARGET_DIR` or the
-/// workspace's `target` (built on first use).
+/// Where the app binaries are: `$WERKMANN_BIN_DIR`, or `debug` in `$CARGO_TARGET_DIR` or
+/// the workspace's `target` (built on first use).
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     let dir = std::env::var_os("WERKMANN_BIN_DIR")
