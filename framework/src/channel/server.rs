@@ -23,6 +23,10 @@ pub const EMBEDDED: &str = "embedded";
 /// Marks a connection that authenticated.
 struct Authenticated;
 
+/// How long the channel server waits for a word from a client (a command or a ping, every 55
+/// s) before it takes the client for gone and closes it: two pings and some slack.
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A channel server, to be run with `Worker::run_all(vec![server.into_worker(), …])`.
 pub struct Server {
     worker: Worker,
@@ -66,6 +70,9 @@ impl Server {
         worker.count = 1;
         // Subscribers are servers themselves: give them room for bursts.
         worker.max_send_buffer_size = 64 * 1024 * 1024;
+        // A client pings every 55 s (Workerman's and ours): one silent past two pings is gone
+        // (its machine vanished without closing), and what it registered leaves the directory.
+        worker.idle_timeout = Some(IDLE_TIMEOUT);
         let reg_name = name.to_string();
         worker.on_worker_start(move |w| {
             w.set_data(RefCell::new(HubState::default()));
