@@ -129,7 +129,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), BadName> {
 /// Whom a `send` is for (nested in the operation: `{"op": "send", "target": {"to": "uids",
 /// "uids": […]}, "data": …}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "to", rename_all = "snake_case")]
+#[serde(tag = "to", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
     /// Every connection of every gateway node, but those excluded.
     All {
@@ -176,11 +176,9 @@ pub struct Registration {
 
 /// A directory operation, GatewayWorker's methods in snake_case with its parameter names.
 /// The answer of each is JSON: counts are numbers, `is_*` booleans, lists arrays.
-///
-/// Read it with [`DirOp::from_json`], which refuses unknown fields (at every level: what
-/// the operation, written back, does not have).
+/// A field an operation does not have is refused, at every level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DirOp {
     /// These connections exist at the sender's worker (answer: how many).
     Register {
@@ -392,15 +390,8 @@ impl DirOp {
     /// Read an operation from its JSON form, checked ([`DirOp::check`]); a field the
     /// operation does not have is refused.
     pub fn from_json(json: &[u8]) -> Result<DirOp, BadName> {
-        let bad = |e: &dyn fmt::Display| BadName(format!("bad directory operation: {e}"));
-        let input: Value = serde_json::from_slice(json).map_err(|e| bad(&e))?;
-        let op = DirOp::deserialize(&input).map_err(|e| bad(&e))?;
-        // serde's `deny_unknown_fields` does not work beside a flattened field (`send`'s
-        // target): a field is unknown when the operation, written back, does not have it.
-        let known = serde_json::to_value(&op).map_err(|e| bad(&e))?;
-        if let Some(field) = unknown_field(&input, &known) {
-            return Err(bad(&format_args!("unknown field `{field}`")));
-        }
+        let op: DirOp = serde_json::from_slice(json)
+            .map_err(|e| BadName(format!("bad directory operation: {e}")))?;
         op.check()?;
         Ok(op)
     }
@@ -419,23 +410,6 @@ impl DirOp {
                 | DirOp::Send { .. }
                 | DirOp::CloseClient { .. }
         )
-    }
-}
-
-/// The first field of `input` that `known` (the same operation, read and written back) does
-/// not have, at any depth; fields written back only when not empty (`exclude: []`,
-/// `uid: null`, …) are not counted.
-fn unknown_field(input: &Value, known: &Value) -> Option<String> {
-    match (input, known) {
-        (Value::Object(i), Value::Object(k)) => i.iter().find_map(|(name, v)| match k.get(name) {
-            Some(kv) => unknown_field(v, kv),
-            None if v.is_null() || v.as_array().is_some_and(Vec::is_empty) => None,
-            None => Some(name.clone()),
-        }),
-        (Value::Array(i), Value::Array(k)) => {
-            i.iter().zip(k).find_map(|(iv, kv)| unknown_field(iv, kv))
-        }
-        _ => None,
     }
 }
 

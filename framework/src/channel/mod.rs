@@ -39,7 +39,7 @@ pub use broker::{Endpoint, Options};
 pub use client::{Client, PublishStatus, DEFAULT_MAX_PENDING};
 pub use hub::HubStats;
 pub use php_serde::Key as Name;
-pub use server::{Server, EMBEDDED};
+pub use server::{Server, EMBEDDED, IDLE_TIMEOUT};
 
 use php_serde::Key;
 

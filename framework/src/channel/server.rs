@@ -26,7 +26,7 @@ pub const EMBEDDED: &str = "embedded";
 /// missed and a margin — and with it go its subscriptions and the connections it registered
 /// in the directory: the bound on how long a node that vanished without closing (a machine
 /// lost, a network cut) stays in the directory.
-pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Marks a connection that authenticated.
 struct Authenticated;

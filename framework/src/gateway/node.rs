@@ -26,7 +26,15 @@ struct Meta {
     session: Option<Map<String, Value>>,
 }
 
-/// The node's view of its own connections, as the directory told it.
+impl Meta {
+    fn is_empty(&self) -> bool {
+        self.uid.is_none() && self.groups.is_empty() && self.session.is_none()
+    }
+}
+
+/// The node's view of its own connections, as the directory told it. Only connections with a
+/// uid, a group or a session have an entry: an instance whose clients bind nothing keeps
+/// nothing here.
 #[derive(Default)]
 pub(crate) struct Local {
     clients: HashMap<u64, Meta>,
@@ -35,6 +43,13 @@ pub(crate) struct Local {
 }
 
 impl Local {
+    /// Drop `conn`'s entry once it holds nothing.
+    fn tidy(&mut self, conn: u64) {
+        if self.clients.get(&conn).is_some_and(Meta::is_empty) {
+            self.clients.remove(&conn);
+        }
+    }
+
     fn unbind(&mut self, conn: u64) {
         let Some(uid) = self.clients.get_mut(&conn).and_then(|m| m.uid.take()) else {
             return;
@@ -45,6 +60,7 @@ impl Local {
                 self.uids.remove(&uid);
             }
         }
+        self.tidy(conn);
     }
 
     fn leave(&mut self, conn: u64, group: &str) {
@@ -57,27 +73,23 @@ impl Local {
                 self.groups.remove(group);
             }
         }
+        self.tidy(conn);
     }
 
+    /// Bind `conn` (one of this instance's connections) to `uid`.
     fn bind(&mut self, conn: u64, uid: &str) {
-        if !self.clients.contains_key(&conn) {
-            return;
-        }
         self.unbind(conn);
         let key: Rc<str> = match self.uids.get_key_value(uid) {
             Some((k, _)) => k.clone(),
             None => Rc::from(uid),
         };
         self.uids.entry(key.clone()).or_default().push(conn);
-        if let Some(m) = self.clients.get_mut(&conn) {
-            m.uid = Some(key);
-        }
+        self.clients.entry(conn).or_default().uid = Some(key);
     }
 
+    /// Add `conn` (one of this instance's connections) to `group`.
     fn join(&mut self, conn: u64, group: &str) {
-        let Some(m) = self.clients.get_mut(&conn) else {
-            return;
-        };
+        let m = self.clients.entry(conn).or_default();
         if m.groups.iter().any(|g| &**g == group) {
             return;
         }
@@ -102,8 +114,9 @@ impl Local {
         self.clients.remove(&conn);
     }
 
-    /// The connections a send names at this node (each once).
-    fn targets(&self, worker: u32, target: &Target) -> Vec<u64> {
+    /// The connections a send names at this node (each once); `all` are the instance's
+    /// connections.
+    fn targets<C>(&self, worker: u32, target: &Target, all: &HashMap<u64, C>) -> Vec<u64> {
         let excluded = |ex: &[ClientId]| -> HashSet<u64> {
             ex.iter()
                 .filter(|c| c.worker == worker)
@@ -113,17 +126,13 @@ impl Local {
         match target {
             Target::All { exclude } => {
                 let ex = excluded(exclude);
-                self.clients
-                    .keys()
-                    .filter(|c| !ex.contains(c))
-                    .copied()
-                    .collect()
+                all.keys().filter(|c| !ex.contains(c)).copied().collect()
             }
             Target::Clients { client_ids } => {
                 let mut seen = HashSet::new();
                 client_ids
                     .iter()
-                    .filter(|c| c.worker == worker && self.clients.contains_key(&c.conn))
+                    .filter(|c| c.worker == worker && all.contains_key(&c.conn))
                     .filter(|c| seen.insert(c.conn))
                     .map(|c| c.conn)
                     .collect()
@@ -202,18 +211,23 @@ impl Node {
     /// Register every connection again, with what it holds (after a reconnect the directory
     /// may have lost it: a restarted channel server, a connection it took for a dead node's).
     fn register_all(&self) {
+        let local = self.local.borrow();
+        let none = Meta::default();
         let clients: Vec<Registration> = self
-            .local
-            .borrow()
-            .clients
-            .iter()
-            .map(|(conn, m)| Registration {
-                client_id: ClientId::new(self.worker, *conn),
-                uid: m.uid.as_deref().map(str::to_string),
-                groups: m.groups.iter().map(|g| g.to_string()).collect(),
-                session: m.session.clone(),
+            .instance
+            .connections()
+            .keys()
+            .map(|conn| {
+                let m = local.clients.get(conn).unwrap_or(&none);
+                Registration {
+                    client_id: ClientId::new(self.worker, *conn),
+                    uid: m.uid.as_deref().map(str::to_string),
+                    groups: m.groups.iter().map(|g| g.to_string()).collect(),
+                    session: m.session.clone(),
+                }
             })
             .collect();
+        drop(local);
         for chunk in clients.chunks(dir::MAX_TARGETS) {
             self.send(&DirOp::Register {
                 clients: chunk.to_vec(),
@@ -246,7 +260,11 @@ impl Node {
                 return;
             }
         };
-        let mine = |c: &ClientId| (c.worker == self.worker).then_some(c.conn);
+        // One of this instance's open connections.
+        let mine = |c: &ClientId| {
+            (c.worker == self.worker && self.instance.connection(c.conn).is_some())
+                .then_some(c.conn)
+        };
         match op {
             DirOp::BindUid { client_id, uid } => {
                 if let Some(c) = mine(&client_id) {
@@ -289,16 +307,19 @@ impl Node {
             }
             DirOp::SetSession { client_id, session } => {
                 if let Some(c) = mine(&client_id) {
-                    if let Some(meta) = self.local.borrow_mut().clients.get_mut(&c) {
-                        meta.session = Some(session);
-                    }
+                    self.local
+                        .borrow_mut()
+                        .clients
+                        .entry(c)
+                        .or_default()
+                        .session = Some(session);
                 }
             }
             DirOp::UpdateSession { client_id, session } => {
                 if let Some(c) = mine(&client_id) {
-                    if let Some(meta) = self.local.borrow_mut().clients.get_mut(&c) {
-                        dir::merge_session(meta.session.get_or_insert_with(Map::new), &session);
-                    }
+                    let mut local = self.local.borrow_mut();
+                    let meta = local.clients.entry(c).or_default();
+                    dir::merge_session(meta.session.get_or_insert_with(Map::new), &session);
                 }
             }
             DirOp::Send { target, data } => {
@@ -306,7 +327,7 @@ impl Node {
                     let local = self.local.borrow();
                     let all = self.instance.connections();
                     local
-                        .targets(self.worker, &target)
+                        .targets(self.worker, &target, &all)
                         .into_iter()
                         .filter_map(|c| all.get(&c).cloned())
                         .collect()
@@ -351,10 +372,6 @@ impl Node {
 
 impl ConnectionHooks for Node {
     fn opened(&self, conn: &Connection) {
-        self.local
-            .borrow_mut()
-            .clients
-            .insert(conn.id(), Meta::default());
         self.send(&DirOp::Register {
             clients: vec![Registration {
                 client_id: ClientId::new(self.worker, conn.id()),
@@ -377,26 +394,22 @@ impl ConnectionHooks for Node {
 mod tests {
     use super::*;
 
-    fn local(conns: &[u64]) -> Local {
-        let mut l = Local::default();
-        for c in conns {
-            l.clients.insert(*c, Meta::default());
-        }
-        l
+    fn conns(ids: &[u64]) -> HashMap<u64, ()> {
+        ids.iter().map(|c| (*c, ())).collect()
     }
 
     #[test]
     fn targets_resolve_locally_once_each() {
-        let mut l = local(&[1, 2, 3, 4]);
+        let all = conns(&[1, 2, 3, 4]);
+        let mut l = Local::default();
         l.bind(1, "alice");
         l.bind(2, "alice");
         l.bind(3, "bob");
-        l.bind(9, "ghost"); // not a connection here: ignored
         l.join(1, "room");
         l.join(3, "room");
         l.join(3, "lobby");
         let t = |target: Target| {
-            let mut v = l.targets(7, &target);
+            let mut v = l.targets(7, &target, &all);
             v.sort();
             v
         };
@@ -436,7 +449,8 @@ mod tests {
 
     #[test]
     fn rebinding_and_closing_leave_nothing_behind() {
-        let mut l = local(&[1, 2]);
+        let mut l = Local::default();
+        l.bind(2, "carol");
         l.bind(1, "alice");
         l.bind(1, "bob");
         assert!(!l.uids.contains_key("alice"));
@@ -444,7 +458,10 @@ mod tests {
         l.join(1, "room");
         assert_eq!(l.clients[&1].groups.len(), 1);
         l.remove(1);
-        assert!(l.uids.is_empty() && l.groups.is_empty());
+        assert!(!l.uids.contains_key("bob") && l.groups.is_empty());
         assert_eq!(l.clients.len(), 1);
+        // An entry that holds nothing any more is dropped.
+        l.unbind(2);
+        assert!(l.clients.is_empty() && l.uids.is_empty());
     }
 }
