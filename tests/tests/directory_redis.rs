@@ -2,7 +2,8 @@
 //! `werkmann_tests::directory`, run on every backend by `conformance.rs`): a node that vanishes
 //! without closing its connection is swept within the alive key's bound, a closing link takes
 //! its registrations at once, operations keep their order with the link's other commands,
-//! requests fail at once while disconnected, and nothing is left in Redis once the clients go.
+//! requests fail at once while disconnected, nothing is left in Redis once the clients go, and
+//! a sequence of operations with their corner cases is answered exactly as the embedded hub does.
 
 use std::time::{Duration, Instant};
 
@@ -320,4 +321,99 @@ async fn nothing_is_left_behind() {
         .filter(|k| k != "{werkmann:dir}:swept")
         .collect();
     assert_eq!(left, ["{werkmann:dir}:alive:4"]);
+}
+
+/// The same operations answered the same on Redis (and a Cluster) as by the embedded hub: a
+/// sequence with the corner cases (registrations replaced, names and ids repeated, sessions
+/// with nulls, overlapping groups with exclusions, unknown clients).
+async fn answers_as_the_hub_does(kind: Kind) {
+    let ops: Vec<Value> = vec![
+        json!({"op": "register", "clients": [
+            {"client_id": "1-1", "uid": "a", "groups": ["g", "h", "g"], "session": {"k": 1, "n": null}},
+            {"client_id": "1-2", "uid": "a", "groups": ["g"]},
+            {"client_id": "2-1", "uid": "b", "groups": ["h"], "session": {}},
+            {"client_id": "2-2"},
+            {"client_id": "2-2", "groups": ["x"]},
+        ]}),
+        json!({"op": "get_all_client_id_count"}),
+        json!({"op": "get_all_uid_count"}),
+        json!({"op": "get_all_group_id_list"}),
+        json!({"op": "get_client_id_list_by_group", "group": "g"}),
+        json!({"op": "get_client_id_list_by_group", "group": "x"}),
+        json!({"op": "get_uid_list_by_group", "group": "h"}),
+        json!({"op": "get_uid_count_by_group", "group": "g"}),
+        json!({"op": "get_session", "client_id": "1-1"}),
+        json!({"op": "get_session", "client_id": "2-1"}),
+        json!({"op": "get_session", "client_id": "2-9"}),
+        json!({"op": "bind_uid", "client_id": "2-2", "uid": "a"}),
+        json!({"op": "bind_uid", "client_id": "2-2", "uid": "a"}),
+        json!({"op": "get_client_id_by_uid", "uid": "a"}),
+        json!({"op": "unbind_uid", "client_id": "2-2", "uid": "b"}),
+        json!({"op": "bind_uid", "client_id": "1-1", "uid": "c"}),
+        json!({"op": "get_uid_by_client_id", "client_id": "1-1"}),
+        json!({"op": "get_all_uid_count"}),
+        json!({"op": "send", "to": "uids", "uids": ["a", "c", "a", "zz"], "data": "m"}),
+        json!({"op": "send", "to": "groups", "groups": ["g", "h", "x"], "exclude": ["2-1", "9-9"], "data": "m"}),
+        json!({"op": "send", "to": "groups", "groups": ["g"], "exclude": ["1-2", "1-2"], "data": "m"}),
+        json!({"op": "send", "to": "clients", "client_ids": ["1-1", "1-1", "2-2", "3-3"], "data": "m"}),
+        json!({"op": "send", "to": "all", "exclude": ["1-1", "1-1", "4-4"], "data": "m"}),
+        json!({"op": "send", "to": "all", "data": "m"}),
+        json!({"op": "join_group", "client_id": "2-2", "group": "g"}),
+        json!({"op": "join_group", "client_id": "2-2", "group": "g"}),
+        json!({"op": "leave_group", "client_id": "2-2", "group": "h"}),
+        json!({"op": "get_client_id_count_by_group", "group": "g"}),
+        json!({"op": "set_session", "client_id": "1-2", "session": {"z": [1, {"y": 2.5}]}}),
+        json!({"op": "update_session", "client_id": "1-2", "session": {"z": null, "w": "é"}}),
+        json!({"op": "get_session", "client_id": "1-2"}),
+        json!({"op": "set_session", "client_id": "1-2", "session": {}}),
+        json!({"op": "get_session", "client_id": "1-2"}),
+        json!({"op": "update_session", "client_id": "7-7", "session": {"a": 1}}),
+        json!({"op": "register", "clients": [{"client_id": "1-1", "groups": ["h"]}]}),
+        json!({"op": "get_uid_by_client_id", "client_id": "1-1"}),
+        json!({"op": "is_uid_online", "uid": "c"}),
+        json!({"op": "get_all_group_id_list"}),
+        json!({"op": "ungroup", "group": "g"}),
+        json!({"op": "ungroup", "group": "g"}),
+        json!({"op": "get_all_group_id_list"}),
+        json!({"op": "close_client", "client_id": "2-1", "data": "bye"}),
+        json!({"op": "close_client", "client_id": "2-8"}),
+        json!({"op": "is_online", "client_id": "2-1"}),
+        json!({"op": "unregister", "client_ids": ["2-1", "2-1", "5-5", "1-2"]}),
+        json!({"op": "get_all_client_id_count"}),
+        json!({"op": "get_client_id_by_uid", "uid": "a"}),
+        json!({"op": "get_uid_list_by_group", "group": "h"}),
+        json!({"op": "unregister", "client_ids": ["1-1", "2-2"]}),
+        json!({"op": "get_all_client_id_count"}),
+        json!({"op": "get_all_uid_count"}),
+        json!({"op": "get_all_group_id_list"}),
+    ];
+    let mut answers = Vec::new();
+    for b in [Backend::start(Kind::Embedded), Backend::start(kind)] {
+        let (_n_app, n_addr) = b.console();
+        let (_api_app, api_addr) = b.console();
+        let mut n = open(&n_addr).await;
+        for e in ["werkmann.gw.1", "werkmann.gw.2", "werkmann.gw"] {
+            assert_eq!(n.ask(&format!("on {e}")).await, "ok");
+        }
+        n.sync().await;
+        let mut api = open(&api_addr).await;
+        let mut got = Vec::new();
+        for op in &ops {
+            got.push((op.clone(), dir(&mut api, op).await));
+        }
+        answers.push(got);
+    }
+    for (hub, redis) in answers[0].iter().zip(&answers[1]) {
+        assert_eq!(hub, redis, "the hub's answer, then {kind:?}'s");
+    }
+}
+
+#[tokio::test]
+async fn answers_as_the_hub_does_redis() {
+    answers_as_the_hub_does(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn answers_as_the_hub_does_redis_cluster() {
+    answers_as_the_hub_does(Kind::RedisCluster).await;
 }
