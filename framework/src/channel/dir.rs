@@ -126,9 +126,10 @@ pub fn check_name(what: &str, name: &str) -> Result<(), BadName> {
     Ok(())
 }
 
-/// Whom a `send` is for.
+/// Whom a `send` is for (nested in the operation: `{"op": "send", "target": {"to": "uids",
+/// "uids": […]}, "data": …}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "to", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "to", rename_all = "snake_case")]
 pub enum Target {
     /// Every connection of every gateway node, but those excluded.
     All {
@@ -175,8 +176,10 @@ pub struct Registration {
 
 /// A directory operation, GatewayWorker's methods in snake_case with its parameter names.
 /// The answer of each is JSON: counts are numbers, `is_*` booleans, lists arrays.
+///
+/// Read it with [`DirOp::from_json`], which refuses unknown fields at any depth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum DirOp {
     /// These connections exist at the sender's worker (answer: how many).
     Register {
@@ -385,10 +388,18 @@ impl DirOp {
         serde_json::to_vec(self).expect("a DirOp always serializes")
     }
 
-    /// Read an operation from its JSON form, checked ([`DirOp::check`]).
+    /// Read an operation from its JSON form, checked ([`DirOp::check`]); a field the
+    /// operation does not have is refused.
     pub fn from_json(json: &[u8]) -> Result<DirOp, BadName> {
-        let op: DirOp = serde_json::from_slice(json)
-            .map_err(|e| BadName(format!("bad directory operation: {e}")))?;
+        let bad = |e: &dyn fmt::Display| BadName(format!("bad directory operation: {e}"));
+        let input: Value = serde_json::from_slice(json).map_err(|e| bad(&e))?;
+        let op = DirOp::deserialize(&input).map_err(|e| bad(&e))?;
+        // One check for every operation and depth: a field is unknown when the operation,
+        // written back, does not have it.
+        let known = serde_json::to_value(&op).map_err(|e| bad(&e))?;
+        if let Some(field) = unknown_field(&input, &known) {
+            return Err(bad(&format_args!("unknown field `{field}`")));
+        }
         op.check()?;
         Ok(op)
     }
@@ -407,6 +418,23 @@ impl DirOp {
                 | DirOp::Send { .. }
                 | DirOp::CloseClient { .. }
         )
+    }
+}
+
+/// The first field of `input` that `known` (the same operation, read and written back) does
+/// not have, at any depth; fields written back only when not empty (`exclude: []`,
+/// `uid: null`, …) are not counted.
+fn unknown_field(input: &Value, known: &Value) -> Option<String> {
+    match (input, known) {
+        (Value::Object(i), Value::Object(k)) => i.iter().find_map(|(name, v)| match k.get(name) {
+            Some(kv) => unknown_field(v, kv),
+            None if v.is_null() || v.as_array().is_some_and(Vec::is_empty) => None,
+            None => Some(name.clone()),
+        }),
+        (Value::Array(i), Value::Array(k)) => {
+            i.iter().zip(k).find_map(|(iv, kv)| unknown_field(iv, kv))
+        }
+        _ => None,
     }
 }
 
@@ -517,6 +545,29 @@ mod tests {
             refuse(json!({"op": "bind_uid", "client_id": "1-2", "uid": "a", "x": 1}))
                 .contains("unknown field")
         );
+        let send = |extra: Value| {
+            let mut j = json!({"op": "send", "target": {"to": "uids", "uids": ["a"]}, "data": "m"});
+            j.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            j
+        };
+        assert!(refuse(send(json!({"x": 1}))).contains("unknown field `x`"));
+        let target = |t: Value| send(json!({ "target": t }));
+        assert!(refuse(target(
+            json!({"to": "uids", "uids": ["a"], "groups": ["g"]})
+        ))
+        .contains("unknown field `groups`"));
+        assert!(refuse(target(json!({"to": "nobody"}))).contains("unknown variant"));
+        assert!(refuse(target(json!({"to": "uids"}))).contains("uids"));
+        let reg = json!({"op": "register", "clients": [{"client_id": "1-2", "x": 1}]});
+        assert!(refuse(reg).contains("unknown field"));
+        // Fields given empty that are written back only when not: accepted.
+        let ok = target(json!({"to": "all", "exclude": []}));
+        assert!(DirOp::from_json(ok.to_string().as_bytes()).is_ok());
+        let ok =
+            json!({"op": "register", "clients": [{"client_id": "1-2", "uid": null, "groups": []}]});
+        assert!(DirOp::from_json(ok.to_string().as_bytes()).is_ok());
         assert!(
             refuse(json!({"op": "set_session", "client_id": "1-2", "session": [1]}))
                 .contains("map")

@@ -292,6 +292,13 @@ fn write_type(out: &mut Vec<u8>, t: &str) {
     php_serde::write_str(out, t.as_bytes());
 }
 
+/// The data of a werkmann server's `hello` (an integer): it acknowledges commands that carry
+/// an `id` (publishes: with the subscribers reached).
+pub const HELLO_ACKS: i64 = 1;
+/// The data of a werkmann server's `hello` when it also keeps a directory (`dir` commands);
+/// a server that answers [`HELLO_ACKS`] would close the connection on one.
+pub const HELLO_DIRECTORY: i64 = 2;
+
 /// Whether a server message is a pub/sub event or a queue item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryKind {
