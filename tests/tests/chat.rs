@@ -93,21 +93,29 @@ async fn refused(ws: &mut Ws, msg: WsMessage, why: &str) {
     assert!(reason.contains(why), "reason {reason:?} lacks {why:?}");
 }
 
-/// Log in; the login's own copy: (client id, online list `{id: name}`).
+/// Log in: the client id, and whom the client knows to be in the room — its login's online
+/// list `{id: name}`, and the others' logins that arrived before it (someone who entered just
+/// after the list was made, whose login overtook the list's look-ups), as the page counts them.
 async fn login(ws: &mut Ws, name: &str, room: &str) -> (String, BTreeMap<String, String>) {
     send(
         ws,
         json!({"type": "login", "client_name": name, "room_id": room}),
     )
     .await;
+    let mut before = BTreeMap::new();
     loop {
         let v = next(ws).await;
-        assert_ne!(v["type"], "error", "login as {name}: {v}");
-        if v["type"] == "login" && v.get("client_list").is_some() {
-            assert_eq!(v["client_name"], name);
-            let list = serde_json::from_value(v["client_list"].clone()).unwrap();
-            return (v["client_id"].as_str().unwrap().to_string(), list);
+        assert_eq!(v["type"], "login", "login as {name}: {v}");
+        let (id, who) = (v["client_id"].as_str().unwrap(), v["client_name"].as_str());
+        if v.get("client_list").is_none() {
+            before.insert(id.to_string(), who.unwrap().to_string());
+            continue;
         }
+        assert_eq!(who, Some(name));
+        let mut list: BTreeMap<String, String> =
+            serde_json::from_value(v["client_list"].clone()).unwrap();
+        list.append(&mut before);
+        return (id.to_string(), list);
     }
 }
 

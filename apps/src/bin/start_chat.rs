@@ -20,7 +20,8 @@ struct Options {
     #[arg(long, env = "WERKMANN_WEB", default_value = "0.0.0.0:55151")]
     web: String,
     /// What the page connects to: ws(s)://HOST:PORT or HOST:PORT, comma-separated (the page
-    /// tries the next one when its node goes away) [default: --listen's port on the page's host]
+    /// tries the next one when its node goes away) [default: --listen; its port on the page's
+    /// host when --listen is 0.0.0.0 or [::]]
     #[arg(long, env = "WERKMANN_WS_URL", value_delimiter = ',')]
     ws_url: Vec<String>,
     #[command(flatten)]
