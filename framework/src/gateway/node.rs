@@ -395,7 +395,7 @@ mod tests {
         l.join(1, "room");
         l.join(3, "room");
         l.join(3, "lobby");
-        let mut t = |target: Target| {
+        let t = |target: Target| {
             let mut v = l.targets(7, &target);
             v.sort();
             v
