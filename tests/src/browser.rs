@@ -128,7 +128,7 @@ impl Browser {
                 "args": [
                     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--disable-quic", "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
+                    "--disable-component-update", "--disable-sync", "--window-size=1000,800",
                     format!("--user-data-dir={}", profile.display()),
                 ]
             }

@@ -412,3 +412,73 @@ async fn simultaneous_logins_on_two_nodes_all_see_each_other() {
         assert_eq!(known, everyone);
     }
 }
+
+/// The page knows both nodes (`?ws=A,B`): when the node it is on dies (SIGKILL), it connects
+/// to the other one with back-off, logs in again with the same name and room, and the room
+/// sees it enter anew; the directory forgot the dead node's connections, so the new online
+/// list has no ghost of the old one.
+#[tokio::test]
+async fn the_page_reconnects_to_the_other_node_and_logs_in_again() {
+    let (_channel, a, b) = two_nodes();
+    let mut nodes = [a, b].map(Some);
+    let urls = nodes
+        .each_ref()
+        .map(|n| format!("ws://127.0.0.1:{}", n.as_ref().unwrap().ws));
+    let web = nodes[0].as_ref().unwrap().web;
+    let alice = Browser::start().await;
+    let page = format!(
+        "http://127.0.0.1:{web}/?ws=127.0.0.1:{},{}",
+        nodes[0].as_ref().unwrap().ws,
+        urls[1]
+    );
+    alice.goto(&page).await;
+    alice
+        .wait_for(
+            "return document.getElementById('status').textContent === 'connected'",
+            "the page connects",
+        )
+        .await;
+    alice.type_into("#name", "alice").await;
+    alice.click("#login").await;
+    let first = alice
+        .wait_for(
+            "return document.getElementById('me').dataset.clientId || ''",
+            "alice logged in",
+        )
+        .await;
+    let first = first.as_str().unwrap().to_string();
+    let node_text = alice
+        .js("return document.getElementById('node').textContent")
+        .await;
+    let on = urls.iter().position(|u| node_text == u.as_str()).unwrap();
+    let other = 1 - on;
+    let mut carol = connect(nodes[other].as_ref().unwrap().ws).await;
+    let (_, known) = login(&mut carol, "carol", "1").await;
+    assert!(known.contains_key(&first), "carol sees alice: {known:?}");
+    wait_online(&alice, "alice,carol", "alice").await;
+
+    drop(nodes[on].take()); // SIGKILL
+    let second = alice
+        .wait_for(
+            &format!(
+                "var id = document.getElementById('me').dataset.clientId || ''; \
+                 return document.getElementById('node').textContent === '{}' \
+                 && id !== '{first}' ? id : ''",
+                urls[other]
+            ),
+            "alice logged in again on the other node",
+        )
+        .await;
+    let second = second.as_str().unwrap().to_string();
+    let v = next(&mut carol).await;
+    assert_eq!(
+        (&v["type"], &v["client_id"], &v["client_name"]),
+        (&json!("login"), &json!(second), &json!("alice")),
+        "{v}"
+    );
+    wait_online(&alice, "alice,carol", "alice").await;
+    alice
+        .screenshot(&output_dir("chat").join("alice-reconnected.png"))
+        .await;
+    alice.quit().await;
+}
