@@ -3,7 +3,8 @@
 //! `--channel embedded` the channel and its directory run in this process (one node); with
 //! `--channel HOST:PORT` (a `start_channel` server) or `redis://…` several nodes share rooms,
 //! each claiming cluster-unique worker ids. The page on `--web` connects to `--ws-url` (default:
-//! `--listen`'s port on the page's own host).
+//! `--listen`'s port on the page's own host). `stop`, `status` and `reload` take the same
+//! `--listen` and `--web`, and `--channel` when it is not embedded.
 
 use std::sync::Arc;
 

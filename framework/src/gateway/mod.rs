@@ -19,7 +19,7 @@
 //! ws.on_message(|conn, msg| {
 //!     let Some(gw) = Gateway::of_connection(conn) else { return };
 //!     let me = gw.client_id(conn).expect("a node's connection");
-//!     let text = msg.text().unwrap_or_default().to_string();
+//!     let text = msg.to_text_lossy().into_owned();
 //!     actix_rt::spawn(async move {
 //!         if let Some(uid) = text.strip_prefix("login ") {
 //!             gw.bind_uid(me, uid).await.ok();
