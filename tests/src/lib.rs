@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod conformance;
+pub mod directory;
 pub mod push;
 pub mod scenarios;
 
