@@ -97,6 +97,8 @@ pub struct Browser {
     driver: Child,
     addr: SocketAddr,
     session: String,
+    /// The session was ended (`quit`).
+    ended: bool,
 }
 
 impl Browser {
@@ -141,6 +143,7 @@ impl Browser {
             driver,
             addr,
             session,
+            ended: false,
         }
     }
 
@@ -244,7 +247,7 @@ impl Browser {
     }
 
     /// End the session: the browser closes its pages (their WebSockets close) and exits.
-    pub async fn quit(self) {
+    pub async fn quit(mut self) {
         let _ = http(
             self.addr,
             "DELETE",
@@ -252,14 +255,45 @@ impl Browser {
             None,
         )
         .await;
+        self.ended = true;
     }
 }
 
 impl Drop for Browser {
-    /// Also when a test fails: chromedriver, and the browser with it, must not outlive it.
+    /// Also when a test fails: chromedriver, and the browser with it, must not outlive it. A
+    /// test that failed before `quit` ends the session here (killing chromedriver alone leaves
+    /// the browser running).
     fn drop(&mut self) {
+        if !self.ended {
+            end_session(self.addr, &self.session);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// `DELETE /session/ID`, blocking (from `Drop`, maybe while a test panics): chromedriver
+/// answers once the browser has exited. Errors are ignored.
+fn end_session(addr: SocketAddr, session: &str) {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let req = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return;
+    }
+    // Up to the answer's head (chromedriver keeps the connection open).
+    let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+            _ => return,
+        }
     }
 }
 
