@@ -1,9 +1,11 @@
-//! The apps' shared parts: the echo examples (`echo`), and the push cluster of Workerman's
+//! The apps' shared parts: the echo examples (`echo`), the push cluster of Workerman's
 //! manual as werkmann workers (`push`): WebSocket nodes that hold the clients, HTTP publishers
-//! that take pushes, a channel between them. The binaries `start_channel`, `start_ws`,
-//! `start_http` and `start_all` assemble these pieces.
+//! that take pushes, a channel between them; and workerman-chat on the cluster directory
+//! (`chat`). The binaries `start_channel`, `start_ws`, `start_http`, `start_all` and
+//! `start_chat` assemble these pieces.
 
 pub mod auth;
+pub mod chat;
 pub mod echo;
 pub mod push;
 

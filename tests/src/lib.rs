@@ -2,6 +2,7 @@
 //! free loopback ports, wait for them to listen, and stop them afterwards.
 
 pub mod addressing;
+pub mod browser;
 pub mod conformance;
 pub mod directory;
 pub mod push;
@@ -23,18 +24,33 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where the app binaries are: `$WERKMANN_BIN_DIR`, or `debug` in `$CARGO_TARGET_DIR` or
-/// the workspace's `target` (built on first use).
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace), or the
+/// workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => workspace().join(d),
+        _ => workspace().join("target"),
+    }
+}
+
+/// Where a test writes what it leaves for people to look at (screenshots):
+/// `$WERKMANN_TEST_OUTPUT/<test>`, or `<target dir>/test-output/<test>`; created if missing.
+pub fn output_dir(test: &str) -> PathBuf {
+    let root = std::env::var_os("WERKMANN_TEST_OUTPUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("test-output"));
+    let dir = root.join(test);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+/// Where the app binaries are: `$WERKMANN_BIN_DIR`, or `debug` in the [`target_dir`] (built
+/// on first use).
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     let dir = std::env::var_os("WERKMANN_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace().join("target"))
-                .join("debug")
-        });
+        .unwrap_or_else(|| target_dir().join("debug"));
     if std::env::var_os("WERKMANN_BIN_DIR").is_none() {
         BUILD.call_once(|| {
             let mut cargo = Command::new(env!("CARGO"));
