@@ -146,6 +146,7 @@ impl Cluster {
                 let mut args = vec!["--count", "2"];
                 args.extend_from_slice(&secret);
                 let app = crate::start_all_at(ws, publisher, &args);
+                wait_api(publisher, &app);
                 let nodes = (0..2)
                     .map(|w| Node {
                         addr: ws,
@@ -180,11 +181,13 @@ impl Cluster {
             }
         };
         let nodes = vec![ws_node(&channel), ws_node(&channel)];
+        let http = start_http(&channel);
+        wait_api(publisher, &http);
         Cluster {
             backend,
             publisher,
             nodes,
-            _publisher: start_http(&channel),
+            _publisher: http,
             _bus: bus,
             marks: Default::default(),
         }
@@ -493,6 +496,33 @@ impl Cluster {
         let args: Vec<&str> = n.args.iter().map(String::as_str).collect();
         n.app = Some(App::start_at("start_ws", &args, &[n.addr]));
     }
+}
+
+/// Wait until the publisher on `addr` answers the API (it listens before its channel client
+/// has connected, and answers 503 until then).
+fn wait_api(addr: SocketAddr, app: &App) {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    let answers = crate::poll_until(WAIT, || {
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let req = format!(
+            "POST /api/get_all_client_id_count HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let mut out = Vec::new();
+        if s.write_all(req.as_bytes()).is_err() || s.read_to_end(&mut out).is_err() {
+            return false;
+        }
+        let (status, body) = crate::split_response(&out);
+        last = format!("{status} {body}");
+        status == 200
+    });
+    assert!(
+        answers,
+        "the publisher on {addr} answers the API: last {last}; log:\n{}",
+        app.log()
+    );
 }
 
 impl Client {
