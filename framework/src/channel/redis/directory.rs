@@ -517,7 +517,7 @@ pub(super) async fn run_directory(link: Weak<RedisLink>) {
             continue;
         };
         tick += 1;
-        let workers: Vec<u32> = if tick % every == 0 {
+        let workers: Vec<u32> = if tick.is_multiple_of(every) {
             l.dir_workers.borrow().iter().copied().collect()
         } else {
             Vec::new()
