@@ -40,8 +40,9 @@ pub enum Backend {
 /// What carries the channel.
 enum Bus {
     Embedded,
-    Server(#[allow(dead_code)] App),
-    Redis(#[allow(dead_code)] RedisServer),
+    /// A channel server (none while killed) and its address.
+    Server(Option<App>, SocketAddr),
+    Redis(RedisServer),
     RedisCluster(#[allow(dead_code)] RedisCluster),
 }
 
@@ -67,7 +68,7 @@ pub struct Cluster {
     /// The publisher's process (`start_all` for the embedded backend).
     _publisher: App,
     /// The channel (last: dropped after the nodes and the publisher).
-    _bus: Bus,
+    bus: Bus,
     marks: std::cell::Cell<u32>,
 }
 
@@ -160,14 +161,14 @@ impl Cluster {
                     publisher,
                     nodes,
                     _publisher: app,
-                    _bus: Bus::Embedded,
+                    bus: Bus::Embedded,
                     marks: Default::default(),
                 };
             }
             Backend::Server => {
                 let ch = free_addr("127.0.0.1");
                 let app = App::start_at("start_channel", &["--listen", &ch.to_string()], &[ch]);
-                (Bus::Server(app), ch.to_string())
+                (Bus::Server(Some(app), ch), ch.to_string())
             }
             Backend::Redis => {
                 let r = RedisServer::start();
@@ -188,7 +189,7 @@ impl Cluster {
             publisher,
             nodes,
             _publisher: http,
-            _bus: bus,
+            bus,
             marks: Default::default(),
         }
     }
@@ -465,6 +466,27 @@ impl Cluster {
         app.child.kill().unwrap();
         app.child.wait().unwrap();
         drop(app);
+    }
+
+    /// Kill the channel server or Redis (SIGKILL): everything Redis held is gone.
+    pub fn kill_bus(&mut self) {
+        match &mut self.bus {
+            Bus::Server(app, _) => drop(app.take()),
+            Bus::Redis(r) => r.kill(),
+            Bus::Embedded | Bus::RedisCluster(_) => panic!("{:?}: no bus to kill", self.backend),
+        }
+    }
+
+    /// Start the channel server or Redis again on its address (empty).
+    pub fn restart_bus(&mut self) {
+        match &mut self.bus {
+            Bus::Server(app, addr) => {
+                let a = addr.to_string();
+                *app = Some(App::start_at("start_channel", &["--listen", &a], &[*addr]));
+            }
+            Bus::Redis(r) => r.restart(),
+            Bus::Embedded | Bus::RedisCluster(_) => panic!("{:?}: no bus to restart", self.backend),
+        }
     }
 
     /// Freeze node `node` (SIGSTOP): its sockets stay open, it answers nothing — a node on a
