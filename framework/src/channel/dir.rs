@@ -17,11 +17,16 @@
 //! | `bind_uid`, `unbind_uid`, `join_group`, `leave_group`, `set_session`, `update_session` | anyone | 1 applied, 0 client unknown | the client's worker |
 //! | `ungroup {group}` | anyone | members removed | workers holding members |
 //! | `send {target, data}` | anyone | connections reached | workers holding targets (`all`: [`ALL_NODES`]) |
-//! | `close_client {client_id, data?}` | anyone | 1 closed, 0 unknown | the client's worker |
+//! | `close_client {client_id, data?}` | anyone | 1 closed (its node is there), 0 unknown | the client's worker |
 //! | queries (`is_online` … `get_session`) | anyone | see [`DirOp`] | — |
 //!
-//! A count only includes clients whose worker has a subscriber to its [`node_event`] (so a
-//! node that vanished without unregistering is not counted as reached).
+//! A count of connections reached (`send`, `ungroup`, `close_client`) only includes clients
+//! whose worker has a subscriber to its [`node_event`] (so a node that vanished without
+//! unregistering is not counted as reached); queries answer from every registered client, and
+//! list client ids, uids and groups in ascending order. An operation naming an unknown client,
+//! or changing nothing (`unbind_uid` of another uid, `leave_group` of a group not joined),
+//! answers 0 (`false`, `null`) and is not forwarded. A refused operation is answered
+//! [`error_answer`].
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,5 +1,7 @@
-//! The channel hub: subscriptions (event name → subscribers) and queues (name → watchers,
-//! consumers ready for one item, pending items), held by an actix actor.
+//! The channel hub: subscriptions (event name → subscribers), queues (name → watchers,
+//! consumers ready for one item, pending items) and the directory (`channel::directory`:
+//! connections, uids, groups, sessions; its operations answered in the acknowledgement and
+//! forwarded as events to the workers they concern), held by an actix actor.
 //!
 //! The hub lives on the channel server worker's thread. TCP subscribers are connections of that
 //! worker, so the hub writes to them directly (a frame encoded once per event and shared by all

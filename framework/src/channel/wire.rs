@@ -261,7 +261,8 @@ impl Command {
         Ok(json)
     }
 
-    /// Serialize with an `id` asking for an acknowledgement (publishes only).
+    /// Serialize with an `id` asking for an acknowledgement (a publish) or an answer (a
+    /// directory command).
     pub fn encode_payload_with_id(&self, id: i64) -> Vec<u8> {
         let mut out = self.encode_payload();
         // `a:N:{…}` becomes `a:N+1:{… s:2:"id";i:ID;}`.

@@ -137,13 +137,13 @@ end
 -- worker whose node is gone: its node event has no subscriber (the node's connection closed),
 -- or the link that registered it stopped renewing its alive key (the node vanished).
 local function sweep()
+  if redis.call('EXISTS', D .. 'workers') == 0 then
+    return 0
+  end
   if not redis.call('SET', D .. 'swept', '1', 'PX', @SWEEP_MS@, 'NX') then
     return 0
   end
   local workers = redis.call('SMEMBERS', D .. 'workers')
-  if #workers == 0 then
-    return 0
-  end
   local subs = subscribed(workers)
   local n = 0
   for _, w in ipairs(workers) do
