@@ -282,20 +282,22 @@ impl Cluster {
         }
     }
 
-    /// A query answering a list, as a set (GatewayWorker promises no order).
+    /// A query answering a list (ascending, each item once: `channel::dir`), as a set.
     pub async fn set(&self, method: &str, params: Value) -> BTreeSet<String> {
         let v = self.query(method, params.clone()).await;
         let list = v.as_array().unwrap_or_else(|| {
             panic!("{:?}: /api/{method} {params}: {v} is no list", self.backend)
         });
-        let set: BTreeSet<String> = list
+        let items: Vec<String> = list
             .iter()
             .map(|s| s.as_str().expect("a list of strings").to_string())
             .collect();
+        let set: BTreeSet<String> = items.iter().cloned().collect();
         assert_eq!(
-            set.len(),
-            list.len(),
-            "{method} {params}: no repeats in {v}"
+            items,
+            set.iter().cloned().collect::<Vec<_>>(),
+            "{:?}: /api/{method} {params}: ascending, no repeats",
+            self.backend
         );
         set
     }
