@@ -96,6 +96,16 @@ pub enum Body<'a> {
     Form(&'a str),
 }
 
+impl Body<'_> {
+    /// The body as sent, for messages.
+    pub fn shown(&self) -> String {
+        match self {
+            Body::Json(v) => v.to_string(),
+            Body::Form(f) => f.to_string(),
+        }
+    }
+}
+
 /// Percent-encode a form value.
 pub fn enc(s: &str) -> String {
     s.bytes()
@@ -320,10 +330,7 @@ impl Cluster {
 
     /// A send; what it answered as `reached` (200 required).
     pub async fn reached(&self, method: &str, body: Body<'_>) -> u64 {
-        let shown = match &body {
-            Body::Json(v) => v.to_string(),
-            Body::Form(f) => f.to_string(),
-        };
+        let shown = body.shown();
         let (status, v) = self.api(method, body).await;
         assert_eq!(
             status, 200,
@@ -418,10 +425,7 @@ impl Cluster {
         reached: u64,
         targets: &[&str],
     ) {
-        let shown = match &body {
-            Body::Json(v) => v.to_string(),
-            Body::Form(f) => f.to_string(),
-        };
+        let shown = body.shown();
         let n = self.reached(method, body).await;
         assert_eq!(
             n, reached,

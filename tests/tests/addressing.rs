@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::FutureExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use werkmann_tests::addressing::{within, Backend, Body, Client, Cluster, AT_ONCE, SECRET};
+use werkmann_tests::addressing::{enc, within, Backend, Body, Client, Cluster, AT_ONCE, SECRET};
 use werkmann_tests::push::http;
 use werkmann_tests::WAIT;
 
@@ -114,10 +114,7 @@ async fn applied(c: &Cluster, method: &str, params: Value) {
 
 /// A request that must be answered `status`; the JSON answer.
 async fn answered(c: &Cluster, status: u16, method: &str, body: Body<'_>) -> Value {
-    let shown = match &body {
-        Body::Json(v) => v.to_string(),
-        Body::Form(f) => f.to_string(),
-    };
+    let shown = body.shown();
     let (got, v) = c.api(method, body).await;
     assert_eq!(
         got, status,
@@ -129,10 +126,7 @@ async fn answered(c: &Cluster, status: u16, method: &str, body: Body<'_>) -> Val
 
 /// A request that must be refused 400 with an error naming `names`.
 async fn bad_request(c: &Cluster, method: &str, body: Body<'_>, names: &str) {
-    let shown = match &body {
-        Body::Json(v) => v.to_string(),
-        Body::Form(f) => f.to_string(),
-    };
+    let shown = body.shown();
     let v = answered(c, 400, method, body).await;
     let error = v["error"].as_str().unwrap_or_else(|| {
         panic!(
@@ -187,10 +181,7 @@ async fn sends_reach_exactly_their_targets(c: &Cluster) {
     let body = j(json!({"uid": "s-alice", "message": m}));
     c.sends(&mut cs, "send_to_uid", body, m, 2, &[a1, b1]).await;
     let m = "an bob und carol ✓";
-    let form = format!(
-        "uid[]=s-bob&uid[]=s-carol&message={}",
-        werkmann_tests::addressing::enc(m)
-    );
+    let form = format!("uid[]=s-bob&uid[]=s-carol&message={}", enc(m));
     c.sends(&mut cs, "send_to_uid", Body::Form(&form), m, 2, &[a2, b2])
         .await;
     let m = "alice, bob, alice";
@@ -426,10 +417,7 @@ async fn queries_sessions_and_changes(c: &Cluster) {
         session(b1).await,
         json!({"name": "Ann", "n": 2, "lang": "de"})
     );
-    let form = format!(
-        "client_id={a1}&session={}",
-        werkmann_tests::addressing::enc(r#"{"x":[1,2],"ü":"ß"}"#)
-    );
+    let form = format!("client_id={a1}&session={}", enc(r#"{"x":[1,2],"ü":"ß"}"#));
     let v = answered(c, 200, "set_session", Body::Form(&form)).await;
     assert_eq!(v, json!({"ok": true}), "set_session as a form");
     assert_eq!(session(a1).await, json!({"x": [1, 2], "ü": "ß"}));
