@@ -40,8 +40,9 @@ pub enum Backend {
 /// What carries the channel.
 enum Bus {
     Embedded,
-    Server(#[allow(dead_code)] App),
-    Redis(#[allow(dead_code)] RedisServer),
+    /// A channel server (none while killed) and its address.
+    Server(Option<App>, SocketAddr),
+    Redis(RedisServer),
     RedisCluster(#[allow(dead_code)] RedisCluster),
 }
 
@@ -67,7 +68,7 @@ pub struct Cluster {
     /// The publisher's process (`start_all` for the embedded backend).
     _publisher: App,
     /// The channel (last: dropped after the nodes and the publisher).
-    _bus: Bus,
+    bus: Bus,
     marks: std::cell::Cell<u32>,
 }
 
@@ -93,6 +94,16 @@ pub enum Body<'a> {
     Json(Value),
     /// A form (`application/x-www-form-urlencoded`), already encoded.
     Form(&'a str),
+}
+
+impl Body<'_> {
+    /// The body as sent, for messages.
+    pub fn shown(&self) -> String {
+        match self {
+            Body::Json(v) => v.to_string(),
+            Body::Form(f) => f.to_string(),
+        }
+    }
 }
 
 /// Percent-encode a form value.
@@ -146,6 +157,7 @@ impl Cluster {
                 let mut args = vec!["--count", "2"];
                 args.extend_from_slice(&secret);
                 let app = crate::start_all_at(ws, publisher, &args);
+                wait_api(publisher, &app);
                 let nodes = (0..2)
                     .map(|w| Node {
                         addr: ws,
@@ -159,14 +171,14 @@ impl Cluster {
                     publisher,
                     nodes,
                     _publisher: app,
-                    _bus: Bus::Embedded,
+                    bus: Bus::Embedded,
                     marks: Default::default(),
                 };
             }
             Backend::Server => {
                 let ch = free_addr("127.0.0.1");
                 let app = App::start_at("start_channel", &["--listen", &ch.to_string()], &[ch]);
-                (Bus::Server(app), ch.to_string())
+                (Bus::Server(Some(app), ch), ch.to_string())
             }
             Backend::Redis => {
                 let r = RedisServer::start();
@@ -180,12 +192,14 @@ impl Cluster {
             }
         };
         let nodes = vec![ws_node(&channel), ws_node(&channel)];
+        let http = start_http(&channel);
+        wait_api(publisher, &http);
         Cluster {
             backend,
             publisher,
             nodes,
-            _publisher: start_http(&channel),
-            _bus: bus,
+            _publisher: http,
+            bus,
             marks: Default::default(),
         }
     }
@@ -278,20 +292,22 @@ impl Cluster {
         }
     }
 
-    /// A query answering a list, as a set (GatewayWorker promises no order).
+    /// A query answering a list (ascending, each item once: `channel::dir`), as a set.
     pub async fn set(&self, method: &str, params: Value) -> BTreeSet<String> {
         let v = self.query(method, params.clone()).await;
         let list = v.as_array().unwrap_or_else(|| {
             panic!("{:?}: /api/{method} {params}: {v} is no list", self.backend)
         });
-        let set: BTreeSet<String> = list
+        let items: Vec<String> = list
             .iter()
             .map(|s| s.as_str().expect("a list of strings").to_string())
             .collect();
+        let set: BTreeSet<String> = items.iter().cloned().collect();
         assert_eq!(
-            set.len(),
-            list.len(),
-            "{method} {params}: no repeats in {v}"
+            items,
+            set.iter().cloned().collect::<Vec<_>>(),
+            "{:?}: /api/{method} {params}: ascending, no repeats",
+            self.backend
         );
         set
     }
@@ -314,10 +330,7 @@ impl Cluster {
 
     /// A send; what it answered as `reached` (200 required).
     pub async fn reached(&self, method: &str, body: Body<'_>) -> u64 {
-        let shown = match &body {
-            Body::Json(v) => v.to_string(),
-            Body::Form(f) => f.to_string(),
-        };
+        let shown = body.shown();
         let (status, v) = self.api(method, body).await;
         assert_eq!(
             status, 200,
@@ -412,10 +425,7 @@ impl Cluster {
         reached: u64,
         targets: &[&str],
     ) {
-        let shown = match &body {
-            Body::Json(v) => v.to_string(),
-            Body::Form(f) => f.to_string(),
-        };
+        let shown = body.shown();
         let n = self.reached(method, body).await;
         assert_eq!(
             n, reached,
@@ -464,6 +474,27 @@ impl Cluster {
         drop(app);
     }
 
+    /// Kill the channel server or Redis (SIGKILL): everything Redis held is gone.
+    pub fn kill_bus(&mut self) {
+        match &mut self.bus {
+            Bus::Server(app, _) => drop(app.take()),
+            Bus::Redis(r) => r.kill(),
+            Bus::Embedded | Bus::RedisCluster(_) => panic!("{:?}: no bus to kill", self.backend),
+        }
+    }
+
+    /// Start the channel server or Redis again on its address (empty).
+    pub fn restart_bus(&mut self) {
+        match &mut self.bus {
+            Bus::Server(app, addr) => {
+                let a = addr.to_string();
+                *app = Some(App::start_at("start_channel", &["--listen", &a], &[*addr]));
+            }
+            Bus::Redis(r) => r.restart(),
+            Bus::Embedded | Bus::RedisCluster(_) => panic!("{:?}: no bus to restart", self.backend),
+        }
+    }
+
     /// Freeze node `node` (SIGSTOP): its sockets stay open, it answers nothing — a node on a
     /// machine that vanished without closing anything.
     pub fn freeze_node(&self, node: usize) {
@@ -493,6 +524,33 @@ impl Cluster {
         let args: Vec<&str> = n.args.iter().map(String::as_str).collect();
         n.app = Some(App::start_at("start_ws", &args, &[n.addr]));
     }
+}
+
+/// Wait until the publisher on `addr` answers the API (it listens before its channel client
+/// has connected, and answers 503 until then).
+fn wait_api(addr: SocketAddr, app: &App) {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    let answers = crate::poll_until(WAIT, || {
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
+        let req = format!(
+            "POST /api/get_all_client_id_count HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        let mut out = Vec::new();
+        if s.write_all(req.as_bytes()).is_err() || s.read_to_end(&mut out).is_err() {
+            return false;
+        }
+        let (status, body) = crate::split_response(&out);
+        last = format!("{status} {body}");
+        status == 200
+    });
+    assert!(
+        answers,
+        "the publisher on {addr} answers the API: last {last}; log:\n{}",
+        app.log()
+    );
 }
 
 impl Client {
