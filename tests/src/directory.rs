@@ -52,7 +52,7 @@ async fn dir_until(api: &mut Console, op: Value, want: Value) {
 }
 
 /// The next line of `node` is `op`, forwarded on `event` as the API sent it.
-async fn forwarded(node: &mut Console, event: &str, op: &Value) {
+pub async fn forwarded(node: &mut Console, event: &str, op: &Value) {
     let line = node.line().await;
     let data = line
         .strip_prefix(&format!("event {event} "))

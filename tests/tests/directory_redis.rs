@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use werkmann_tests::conformance::{Backend, Kind};
+use werkmann_tests::directory::forwarded;
 use werkmann_tests::{
     channel_console, open_console as open, poll_until_async, wait_until_async, Console,
     RedisServer, WAIT,
@@ -56,16 +57,6 @@ async fn count_is(api: &mut Console, n: u64, within: Duration) {
         async || count(api).await == json!(n),
     )
     .await;
-}
-
-/// The next line of `c` is `op`, forwarded on `event`.
-async fn forwarded(c: &mut Console, event: &str, op: &Value) {
-    let line = c.line().await;
-    let data = line
-        .strip_prefix(&format!("event {event} "))
-        .unwrap_or_else(|| panic!("{op} forwarded on {event}; got {line:?}"));
-    let json: String = serde_json::from_str(data).unwrap();
-    assert_eq!(&serde_json::from_str::<Value>(&json).unwrap(), op);
 }
 
 fn signal(pid: u32, sig: libc::c_int) {

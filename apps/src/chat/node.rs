@@ -55,18 +55,11 @@ pub fn ws_worker(
     // its predecessor's connections had (pages may still address them).
     worker.time_based_connection_ids = true;
     worker.on_worker_start(move |w| {
-        if w.id() == 0 {
-            worker_ids.answer();
-        }
-        let my_id = worker_ids.ids()[w.id()];
-        let client = match channel.connect() {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("chat worker {my_id}: no channel: {e}");
-                return;
-            }
+        let Some((_client, my_id)) =
+            crate::push::start_node(w, &channel, &worker_ids, "chat worker")
+        else {
+            return;
         };
-        Gateway::node(&client, w, my_id);
         let me = w.clone();
         Timer::add(
             PING_INTERVAL,

@@ -66,6 +66,31 @@ pub fn tokens(secret: Option<&str>) -> Option<werkmann::gateway::Tokens> {
         .map(|s| werkmann::gateway::Tokens::hs256(s.as_bytes()))
 }
 
+/// Start instance `w` of a WebSocket worker as a gateway node: instance 0 starts holding the
+/// node's worker ids, the instance connects to the channel and registers its connections as
+/// worker `ids[w.id()]` (`werkmann::gateway`). `None` (logged) without a channel.
+pub fn start_node(
+    w: &werkmann::WorkerInstance,
+    channel: &cli::Channel,
+    ids: &WorkerIds,
+    what: &str,
+) -> Option<(werkmann::channel::Client, u32)> {
+    if w.id() == 0 {
+        ids.answer();
+    }
+    let my_id = ids.ids()[w.id()];
+    match channel.connect() {
+        Ok(client) => {
+            werkmann::gateway::Gateway::node(&client, w, my_id);
+            Some((client, my_id))
+        }
+        Err(e) => {
+            log::error!("{what} {my_id}: no channel: {e}");
+            None
+        }
+    }
+}
+
 /// Whether `IP:PORT` names a loopback address.
 pub fn is_loopback(listen: &str) -> bool {
     let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);

@@ -29,16 +29,8 @@ pub fn ws_worker(
     worker.time_based_connection_ids = true;
     let ids = worker_ids.clone();
     worker.on_worker_start(move |w| {
-        if w.id() == 0 {
-            ids.answer();
-        }
-        let my_id = ids.ids()[w.id()];
-        let client = match channel.connect() {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("pusher {my_id}: no channel: {e}");
-                return;
-            }
+        let Some((client, my_id)) = super::start_node(w, &channel, &ids, "pusher") else {
+            return;
         };
         // $channel->on($worker->id, …): {to_connection_id, content} for one connection.
         let me = w.clone();
@@ -68,7 +60,6 @@ pub fn ws_worker(
                 me.broadcast(content);
             }
         });
-        Gateway::node(&client, w, my_id);
         w.set_data(client);
         log::info!("pusher instance {} is worker id {my_id}", w.id());
     });
