@@ -2,6 +2,7 @@
 //! free loopback ports, wait for them to listen, and stop them afterwards.
 
 pub mod conformance;
+pub mod directory;
 pub mod push;
 pub mod scenarios;
 
@@ -21,13 +22,18 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where the app binaries are: `$WERKMANN_BIN_DIR`, or the workspace's `target/debug`
-/// (built on first use).
+/// Where the app binaries are: `$WERKMANN_BIN_DIR`, or `debug` in `$CARGO_TARGET_DIR` or
+/// the workspace's `target` (built on first use).
 pub fn bin(name: &str) -> PathBuf {
     static BUILD: Once = Once::new();
     let dir = std::env::var_os("WERKMANN_BIN_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target").join("debug"));
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace().join("target"))
+                .join("debug")
+        });
     if std::env::var_os("WERKMANN_BIN_DIR").is_none() {
         BUILD.call_once(|| {
             let mut cargo = Command::new(env!("CARGO"));

@@ -141,6 +141,130 @@ async fn php_wire_format_byte_for_byte_and_bad_input() {
     );
 }
 
+/// A directory command (`data`: the operation's JSON as a PHP string, or anything) with an id.
+fn dir_frame(id: i64, data: &[u8]) -> Vec<u8> {
+    let mut p = br#"a:3:{s:4:"type";s:3:"dir";s:4:"data";"#.to_vec();
+    p.extend_from_slice(data);
+    p.extend_from_slice(format!(r#"s:2:"id";i:{id};}}"#).as_bytes());
+    frame(&p)
+}
+
+fn php_str(s: &str) -> Vec<u8> {
+    format!(r#"s:{}:"{s}";"#, s.len()).into_bytes()
+}
+
+/// The id and JSON answer of an `ack` frame that answers a directory command.
+fn dir_ack(payload: &[u8]) -> (i64, serde_json::Value) {
+    let text = String::from_utf8_lossy(payload);
+    let rest = text
+        .strip_prefix(r#"a:3:{s:4:"type";s:3:"ack";s:7:"channel";i:"#)
+        .unwrap_or_else(|| panic!("an ack: {text}"));
+    let (id, rest) = rest.split_once(';').unwrap();
+    let (_, json) = rest
+        .strip_prefix(r#"s:4:"data";s:"#)
+        .and_then(|r| r.split_once(":\""))
+        .unwrap_or_else(|| panic!("a string answer: {text}"));
+    let json = json.strip_suffix("\";}").unwrap();
+    (id.parse().unwrap(), serde_json::from_str(json).unwrap())
+}
+
+/// The channel server answers a directory operation it refuses with `{"error": why}` in the
+/// ack, and the connection stays: the next operation on it is answered.
+#[tokio::test]
+async fn refused_directory_operations_keep_the_connection() {
+    let (_server, ch) = channel_server();
+    let mut c = TcpStream::connect(&ch).await.unwrap();
+    c.write_all(&frame(br#"a:1:{s:4:"type";s:5:"hello";}"#))
+        .await
+        .unwrap();
+    // The hello says this server keeps a directory (2; 1: acknowledgements only).
+    assert_eq!(
+        read_frame(&mut c).await,
+        br#"a:3:{s:4:"type";s:5:"hello";s:7:"channel";s:8:"werkmann";s:4:"data";i:2;}"#
+    );
+    for (id, data, why) in [
+        (1, php_str(r#"{"op":"nope"}"#), "unknown variant"),
+        (2, php_str("not json"), "bad directory operation"),
+        (3, b"i:5;".to_vec(), "string"),
+        (
+            4,
+            php_str(r#"{"op":"bind_uid","client_id":"1-1","uid":""}"#),
+            "empty",
+        ),
+        (
+            5,
+            php_str(r#"{"op":"is_online","client_id":"1-1","x":0}"#),
+            "unknown field",
+        ),
+    ] {
+        c.write_all(&dir_frame(id, &data)).await.unwrap();
+        let (got, answer) = dir_ack(&read_frame(&mut c).await);
+        assert_eq!(got, id);
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(why), "{answer}");
+    }
+    let count = php_str(r#"{"op":"get_all_client_id_count"}"#);
+    c.write_all(&dir_frame(6, &count)).await.unwrap();
+    assert_eq!(
+        dir_ack(&read_frame(&mut c).await),
+        (6, serde_json::json!(0))
+    );
+}
+
+/// Against a server that answers no hello (Workerman's PHP server, here a silent stand-in),
+/// directory requests are answered "no directory", and no directory command is ever written
+/// to it (a PHP server would close the connection on an unknown type); the rest goes on.
+#[tokio::test]
+async fn a_server_without_a_directory_is_sent_no_directory_commands() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ch = listener.local_addr().unwrap().to_string();
+    let types = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = types.clone();
+    // Every console connection (the harness's probe too) has a channel client of its own.
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut h = [0u8; 4];
+                    let mut body = vec![];
+                    if s.read_exact(&mut h).await.is_ok() {
+                        body.resize((u32::from_be_bytes(h) as usize).saturating_sub(4), 0);
+                    }
+                    if s.read_exact(&mut body).await.is_err() || h == [0; 4] {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    let t = text
+                        .split_once(r#"s:4:"type";s:"#)
+                        .and_then(|(_, r)| r.split_once(":\""))
+                        .and_then(|(_, r)| r.split_once('"'))
+                        .map_or("ping", |(t, _)| t);
+                    seen.lock().unwrap().push(t.to_string());
+                }
+            });
+        }
+    });
+    let (_console, addr) = channel_console(&ch, &[]);
+    let mut c = open(&addr).await;
+    let register = r#"dirsend {"op":"register","clients":[{"client_id":"1-1"}]}"#;
+    // Held while the hello may still be answered, then dropped.
+    assert_eq!(c.ask(register).await, "ok Sent");
+    let no_directory = "err this channel server keeps no directory (uids, groups); use a \
+                        werkmann channel server or Redis";
+    let count = r#"dir {"op":"get_all_client_id_count"}"#;
+    assert_eq!(c.ask(count).await, no_directory);
+    assert_eq!(c.ask(register).await, no_directory);
+    assert_eq!(c.ask("pub news 1").await, "ok Sent");
+    let published = || types.lock().unwrap().iter().any(|t| t == "publish");
+    werkmann_tests::wait_until_async(T, "the publish reaches the server", async || published())
+        .await;
+    let types = types.lock().unwrap().clone();
+    assert!(!types.iter().any(|t| t == "dir"), "{types:?}");
+    assert!(types.iter().any(|t| t == "hello"), "{types:?}");
+}
+
 /// A `channel_console` with an embedded channel and two instances, and a console connection
 /// on each instance's thread.
 async fn embedded_on_two_threads() -> (App, Console, Console) {

@@ -1,8 +1,10 @@
 //! One behaviour, tested once: every case of the conformance set (`werkmann_tests::conformance`
 //! and `scenarios`) on every backend behind the channel's broker seam — embedded, channel
-//! server, Redis, Redis Cluster.
+//! server, Redis, Redis Cluster — and the directory's cases (`werkmann_tests::directory`) on
+//! every backend that keeps a directory.
 
 use werkmann_tests::conformance::{self, Backend, Kind};
+use werkmann_tests::directory;
 use werkmann_tests::scenarios;
 
 macro_rules! on_every_backend {
@@ -20,6 +22,23 @@ on_every_backend! {
     queues_deliver_exactly_once => |b| scenarios::queues_deliver_exactly_once(&b).await;
     confirmations_count_subscribers => |b| conformance::confirmations_count_subscribers(&b).await;
     worker_id_claims_are_disjoint => |b| conformance::worker_id_claims_are_disjoint(&b).await;
+}
+
+/// The directory (GatewayWorker's client ids, uids, groups, sessions) on the backends that keep
+/// one.
+macro_rules! on_every_directory {
+    ($($case:ident => |$b:ident| $body:expr;)*) => {
+        mod directory_embedded { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::Embedded); $body; })* }
+        mod directory_channel_server { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::Server); $body; })* }
+    };
+}
+
+on_every_directory! {
+    registrations_answer_queries => |b| directory::registrations_answer_queries(&b).await;
+    changes_reach_only_the_holding_node => |b| directory::changes_reach_only_the_holding_node(&b).await;
+    sends_reach_exactly_their_targets => |b| directory::sends_reach_exactly_their_targets(&b).await;
+    a_node_that_goes_leaves_the_directory => |b| directory::a_node_that_goes_leaves_the_directory(&b).await;
+    bad_operations_are_refused => |b| directory::bad_operations_are_refused(&b).await;
 }
 
 /// A backend lost and back. Not for the embedded hub (it lives and dies with its clients'

@@ -425,6 +425,7 @@ impl Client {
 
     /// Run `f` each time the client (re)connects, after it re-subscribed and before what it
     /// held is sent.
+    #[allow(dead_code)] // for `crate::gateway` (a node registers its connections again)
     pub(crate) fn on_up_internal(&self, f: impl Fn() + 'static) {
         self.0.on_up.borrow_mut().push(Rc::new(f));
     }

@@ -17,11 +17,16 @@
 //! | `bind_uid`, `unbind_uid`, `join_group`, `leave_group`, `set_session`, `update_session` | anyone | 1 applied, 0 client unknown | the client's worker |
 //! | `ungroup {group}` | anyone | members removed | workers holding members |
 //! | `send {target, data}` | anyone | connections reached | workers holding targets (`all`: [`ALL_NODES`]) |
-//! | `close_client {client_id, data?}` | anyone | 1 closed, 0 unknown | the client's worker |
+//! | `close_client {client_id, data?}` | anyone | 1 closed (its node is there), 0 unknown | the client's worker |
 //! | queries (`is_online` … `get_session`) | anyone | see [`DirOp`] | — |
 //!
-//! A count only includes clients whose worker has a subscriber to its [`node_event`] (so a
-//! node that vanished without unregistering is not counted as reached).
+//! A count of connections reached (`send`, `ungroup`, `close_client`) only includes clients
+//! whose worker has a subscriber to its [`node_event`] (so a node that vanished without
+//! unregistering is not counted as reached); queries answer from every registered client, and
+//! list client ids, uids and groups in ascending order. An operation naming an unknown client,
+//! or changing nothing (`unbind_uid` of another uid, `leave_group` of a group not joined),
+//! answers 0 (`false`, `null`) and is not forwarded. A refused operation is answered
+//! [`error_answer`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -126,7 +131,8 @@ pub fn check_name(what: &str, name: &str) -> Result<(), BadName> {
     Ok(())
 }
 
-/// Whom a `send` is for.
+/// Whom a `send` is for (nested in the operation: `{"op": "send", "target": {"to": "uids",
+/// "uids": […]}, "data": …}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "to", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
@@ -175,6 +181,7 @@ pub struct Registration {
 
 /// A directory operation, GatewayWorker's methods in snake_case with its parameter names.
 /// The answer of each is JSON: counts are numbers, `is_*` booleans, lists arrays.
+/// A field an operation does not have is refused, at every level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DirOp {
@@ -385,7 +392,8 @@ impl DirOp {
         serde_json::to_vec(self).expect("a DirOp always serializes")
     }
 
-    /// Read an operation from its JSON form, checked ([`DirOp::check`]).
+    /// Read an operation from its JSON form, checked ([`DirOp::check`]); a field the
+    /// operation does not have is refused.
     pub fn from_json(json: &[u8]) -> Result<DirOp, BadName> {
         let op: DirOp = serde_json::from_slice(json)
             .map_err(|e| BadName(format!("bad directory operation: {e}")))?;
@@ -517,6 +525,29 @@ mod tests {
             refuse(json!({"op": "bind_uid", "client_id": "1-2", "uid": "a", "x": 1}))
                 .contains("unknown field")
         );
+        let send = |extra: Value| {
+            let mut j = json!({"op": "send", "target": {"to": "uids", "uids": ["a"]}, "data": "m"});
+            j.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            j
+        };
+        assert!(refuse(send(json!({"x": 1}))).contains("unknown field `x`"));
+        let target = |t: Value| json!({"op": "send", "target": t, "data": "m"});
+        assert!(refuse(target(
+            json!({"to": "uids", "uids": ["a"], "groups": ["g"]})
+        ))
+        .contains("unknown field `groups`"));
+        assert!(refuse(target(json!({"to": "nobody"}))).contains("unknown variant"));
+        assert!(refuse(target(json!({"to": "uids"}))).contains("uids"));
+        let reg = json!({"op": "register", "clients": [{"client_id": "1-2", "x": 1}]});
+        assert!(refuse(reg).contains("unknown field"));
+        // Fields given empty that are written back only when not: accepted.
+        let ok = json!({"op": "send", "target": {"to": "all", "exclude": []}, "data": "m"});
+        assert!(DirOp::from_json(ok.to_string().as_bytes()).is_ok());
+        let ok =
+            json!({"op": "register", "clients": [{"client_id": "1-2", "uid": null, "groups": []}]});
+        assert!(DirOp::from_json(ok.to_string().as_bytes()).is_ok());
         assert!(
             refuse(json!({"op": "set_session", "client_id": "1-2", "session": [1]}))
                 .contains("map")

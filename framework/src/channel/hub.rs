@@ -1,5 +1,7 @@
-//! The channel hub: subscriptions (event name → subscribers) and queues (name → watchers,
-//! consumers ready for one item, pending items), held by an actix actor.
+//! The channel hub: subscriptions (event name → subscribers), queues (name → watchers,
+//! consumers ready for one item, pending items) and the directory (`channel::directory`:
+//! connections, uids, groups, sessions; its operations answered in the acknowledgement and
+//! forwarded as events to the workers they concern), held by an actix actor.
 //!
 //! The hub lives on the channel server worker's thread. TCP subscribers are connections of that
 //! worker, so the hub writes to them directly (a frame encoded once per event and shared by all
@@ -21,7 +23,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use actix::prelude::*;
 use bytes::Bytes;
 
-use super::php_serde::Key;
+use super::dir::{self, error_answer, DirOp};
+use super::directory::{DirectoryState, Forward};
+use super::php_serde::{self, Key};
 use super::routes::Routes;
 use super::subscriber::{LocalDelivery, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING};
 use super::wire::{encode_delivery, Command, Delivery, DeliveryKind, WireName};
@@ -106,20 +110,19 @@ impl LocalOut {
         }
     }
 
-    /// Confirm publish `ack` to an in-process client: never refused, however many wait.
+    /// Answer command `ack` of an in-process client with `data` (a confirmed publish's count,
+    /// a directory operation's answer): never refused, however many wait.
     fn ack_local(
         this: &Rc<RefCell<LocalOut>>,
         id: SubscriberId,
         sink: &LocalSink,
         ack: i64,
-        reached: u64,
+        data: Bytes,
     ) {
-        let mut count = Vec::new();
-        Key::Int(reached as i64).write(&mut count);
         let d = Delivery {
             kind: DeliveryKind::Ack,
             channel: Key::Int(ack),
-            data: Bytes::from(count),
+            data,
         };
         let mut out = this.borrow_mut();
         out.batch(id, sink).push(d);
@@ -269,12 +272,44 @@ pub struct HubStats {
     pub dropped: u64,
 }
 
-/// The subscription and queue state.
+/// What a command gives back for its acknowledgement.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Answer {
+    /// The subscribers a publish reached (0 for commands that reach none).
+    Reached(usize),
+    /// A directory operation's answer (JSON, see `channel::dir`).
+    Dir(Vec<u8>),
+}
+
+impl Answer {
+    /// The acknowledgement's data: the count (`i:N;`), or the answer's JSON as a PHP string.
+    pub fn ack_data(&self) -> Bytes {
+        let mut out = Vec::new();
+        match self {
+            Answer::Reached(n) => Key::Int(*n as i64).write(&mut out),
+            Answer::Dir(json) => php_serde::write_str(&mut out, json),
+        }
+        Bytes::from(out)
+    }
+
+    /// The subscribers a publish reached (0 for a directory operation).
+    #[cfg(test)]
+    pub fn reached(&self) -> usize {
+        match self {
+            Answer::Reached(n) => *n,
+            Answer::Dir(_) => 0,
+        }
+    }
+}
+
+/// The subscription, queue and directory state.
 pub(crate) struct HubState {
     channels: HashMap<Key, Subscribers>,
     queues: HashMap<Key, Queue>,
     subscribed: HashMap<SubscriberId, HashSet<Key>>,
     watching: HashMap<SubscriberId, HashSet<Key>>,
+    /// Who is connected where, with uids, groups and sessions (`channel::dir`).
+    directory: DirectoryState,
     pub stats: HubStats,
     /// Deliveries to in-process clients not yet sent.
     local_out: Rc<RefCell<LocalOut>>,
@@ -294,6 +329,7 @@ impl Default for HubState {
             queues: HashMap::new(),
             subscribed: HashMap::new(),
             watching: HashMap::new(),
+            directory: DirectoryState::default(),
             stats: HubStats::default(),
             local_out: Rc::new(RefCell::new(local_out)),
             routes,
@@ -307,17 +343,26 @@ impl HubState {
         self.routes.clone()
     }
 
-    /// Apply one command from subscriber `id`; returns the subscribers a publish reached (0
-    /// for other commands). The deliveries of a `confirmed` publish are written to the
-    /// sockets when the turn ends, before the acknowledgements ([`HubState::ack_later`]), not
-    /// whenever each connection's task runs.
-    pub fn apply(&mut self, id: SubscriberId, sink: &Sink, cmd: Command, confirmed: bool) -> usize {
+    /// Apply one command from subscriber `id`; returns what its acknowledgement says: the
+    /// subscribers a publish reached (0 for other commands), or a directory operation's
+    /// answer. The deliveries of a `confirmed` command are written to the sockets when the
+    /// turn ends, before the acknowledgements ([`HubState::ack_later`]), not whenever each
+    /// connection's task runs.
+    pub fn apply(
+        &mut self,
+        id: SubscriberId,
+        sink: &Sink,
+        cmd: Command,
+        confirmed: bool,
+    ) -> Answer {
         self.stats.commands += 1;
         let mut reached = 0;
         match cmd {
             Command::Ping | Command::Auth(_) | Command::Hello => {}
-            // Directory operations: `HubState::directory` (to come).
-            Command::Dir(_) => {}
+            Command::Dir(data) => {
+                let answer = self.directory(id, &data, confirmed);
+                return Answer::Dir(serde_json::to_vec(&answer).expect("JSON values serialize"));
+            }
             Command::Subscribe(names) => {
                 for n in names {
                     let subs = self.channels.entry(n.key.clone()).or_default();
@@ -420,7 +465,61 @@ impl HubState {
                 }
             }
         }
-        reached
+        Answer::Reached(reached)
+    }
+
+    /// A directory operation from `id` (`data`: its JSON as a PHP string): applied, forwarded
+    /// unchanged as an event to the node events of the workers holding its targets (or to
+    /// every node), answered. A refused operation is answered `{"error": why}`; the
+    /// connection stays.
+    fn directory(&mut self, id: SubscriberId, data: &Bytes, confirmed: bool) -> serde_json::Value {
+        let op = Command::dir_json(data)
+            .map_err(|e| e.to_string())
+            .and_then(|json| DirOp::from_json(&json).map_err(|e| e.0));
+        let op = match op {
+            Ok(op) => op,
+            Err(why) => {
+                if !confirmed {
+                    log::warn!("channel: directory operation from {id:?} refused: {why}");
+                }
+                return error_answer(&why);
+            }
+        };
+        let channels = &self.channels;
+        let subscribed = |w: u32| {
+            channels
+                .get(&Key::from(dir::node_event(w)))
+                .is_some_and(|s| !s.list.is_empty())
+        };
+        let applied = self.directory.apply(id, &op, subscribed);
+        match applied.forward {
+            Forward::Nowhere => {}
+            Forward::Workers(workers) => {
+                for w in workers {
+                    self.forward(&dir::node_event(w), data, confirmed);
+                }
+            }
+            Forward::AllNodes => self.forward(dir::ALL_NODES, data, confirmed),
+        }
+        applied.answer
+    }
+
+    /// Deliver `data` as an event `name` to its subscribers, as a publish does.
+    fn forward(&mut self, name: &str, data: &Bytes, confirmed: bool) {
+        let key = Key::from(name);
+        let Some(subs) = self.channels.get(&key) else {
+            return;
+        };
+        let wire = WireName::from_key(key);
+        let mut frame = None;
+        for (sid, s) in &subs.list {
+            let event = (DeliveryKind::Event, &wire, data);
+            if s.deliver(*sid, event, &mut frame, confirmed, &self.local_out) {
+                self.stats.deliveries += 1;
+            } else {
+                self.stats.failed += 1;
+            }
+        }
     }
 
     /// Acknowledge a publish to `conn` with `frame` once this turn's deliveries are written.
@@ -450,8 +549,13 @@ impl HubState {
         }
     }
 
-    /// Forget everything of a subscriber that went away.
+    /// Forget everything of a subscriber that went away: its subscriptions, its watches,
+    /// and the connections it registered in the directory.
     pub fn remove(&mut self, id: SubscriberId) {
+        let gone = self.directory.remove_owner(id);
+        if gone > 0 {
+            log::info!("channel: {id:?} went away: {gone} directory clients removed");
+        }
         for key in self.subscribed.remove(&id).unwrap_or_default() {
             self.unsubscribe(id, &key);
         }
@@ -501,10 +605,10 @@ impl Handler<LocalCommand> for Hub {
         let sink = Sink::Local(msg.sink.clone());
         let mut state = self.state.borrow_mut();
         for (cmd, ack) in msg.cmds {
-            let reached = state.apply(id, &sink, cmd, ack.is_some());
+            let answer = state.apply(id, &sink, cmd, ack.is_some());
             if let Some(ack) = ack {
                 // After this turn's deliveries, in the client's next batch.
-                LocalOut::ack_local(&state.local_out, id, &msg.sink, ack, reached as u64);
+                LocalOut::ack_local(&state.local_out, id, &msg.sink, ack, answer.ack_data());
             }
         }
         LocalOut::release(&state.local_out, msg.busy);
@@ -592,14 +696,25 @@ mod tests {
             let (a, b) = (SubscriberId::Local(1), SubscriberId::Local(2));
             let (ka, kb) = (Sink::Local(sa), Sink::Local(sb));
             let sub = |ns: &[&str]| Command::Subscribe(names(ns));
-            assert_eq!(hub.apply(a, &ka, sub(&["news", "1"]), false), 0);
-            assert_eq!(hub.apply(b, &kb, sub(&["news"]), false), 0);
+            assert_eq!(hub.apply(a, &ka, sub(&["news", "1"]), false).reached(), 0);
+            assert_eq!(hub.apply(b, &kb, sub(&["news"]), false).reached(), 0);
             // Subscribing twice changes nothing.
-            assert_eq!(hub.apply(b, &kb, sub(&["news"]), false), 0);
+            assert_eq!(hub.apply(b, &kb, sub(&["news"]), false).reached(), 0);
 
-            assert_eq!(hub.apply(b, &kb, publish(&["news"], "x"), false), 2);
-            assert_eq!(hub.apply(b, &kb, publish(&["news", "1"], "y"), true), 3);
-            assert_eq!(hub.apply(b, &kb, publish(&["nobody"], "z"), false), 0);
+            assert_eq!(
+                hub.apply(b, &kb, publish(&["news"], "x"), false).reached(),
+                2
+            );
+            assert_eq!(
+                hub.apply(b, &kb, publish(&["news", "1"], "y"), true)
+                    .reached(),
+                3
+            );
+            assert_eq!(
+                hub.apply(b, &kb, publish(&["nobody"], "z"), false)
+                    .reached(),
+                0
+            );
             until(|| seen(&la).len() == 3 && seen(&lb).len() == 2).await;
             assert_eq!(
                 seen(&la),
@@ -609,7 +724,7 @@ mod tests {
             // publish_loop: one subscriber each time, in turn.
             for i in 0..4 {
                 let cmd = Command::PublishLoop(names(&["news"]), data(&i.to_string()));
-                assert_eq!(hub.apply(a, &ka, cmd, false), 1);
+                assert_eq!(hub.apply(a, &ka, cmd, false).reached(), 1);
             }
             until(|| seen(&la).len() + seen(&lb).len() == 9).await;
             let loop_a: Vec<String> = seen(&la)[3..].iter().map(|(_, d)| d.clone()).collect();
@@ -621,10 +736,17 @@ mod tests {
             );
 
             let unsub = Command::Unsubscribe(names(&["news"]));
-            assert_eq!(hub.apply(b, &kb, unsub, false), 0);
-            assert_eq!(hub.apply(a, &ka, publish(&["news"], "w"), false), 1);
+            assert_eq!(hub.apply(b, &kb, unsub, false).reached(), 0);
+            assert_eq!(
+                hub.apply(a, &ka, publish(&["news"], "w"), false).reached(),
+                1
+            );
             hub.remove(a);
-            assert_eq!(hub.apply(b, &kb, publish(&["news", "1"], "v"), false), 0);
+            assert_eq!(
+                hub.apply(b, &kb, publish(&["news", "1"], "v"), false)
+                    .reached(),
+                0
+            );
             assert!(hub.channels.is_empty());
             assert!(hub.subscribed.values().all(|names| names.is_empty()));
             assert_eq!(hub.stats.deliveries, 10);
@@ -641,7 +763,9 @@ mod tests {
             let sub = Command::Subscribe(names(&["news"]));
             hub.apply(SubscriberId::Local(1), &ka, sub.clone(), false);
             hub.apply(SubscriberId::Local(2), &kb, sub, false);
-            let reached = hub.apply(SubscriberId::Local(2), &kb, publish(&["news"], "x"), true);
+            let reached = hub
+                .apply(SubscriberId::Local(2), &kb, publish(&["news"], "x"), true)
+                .reached();
             assert_eq!(reached, 1);
             assert_eq!((hub.stats.deliveries, hub.stats.failed), (1, 1));
             until(|| seen(&lb).len() == 1).await;
@@ -657,7 +781,7 @@ mod tests {
             let (ka, kb) = (Sink::Local(sa), Sink::Local(sb));
             for i in 0..3 {
                 let cmd = Command::Enqueue(names(&["jobs"]), data(&i.to_string()));
-                assert_eq!(hub.apply(b, &kb, cmd, false), 0);
+                assert_eq!(hub.apply(b, &kb, cmd, false).reached(), 0);
             }
             hub.apply(a, &ka, Command::Watch(names(&["jobs"])), false);
             hub.apply(b, &kb, Command::Watch(names(&["jobs"])), false);
@@ -672,6 +796,142 @@ mod tests {
             until(|| seen(&la).len() == 2).await;
             assert_eq!(seen(&la)[1], ("jobs".into(), "2".into()));
             assert!(hub.queues[&Key::from("jobs")].items.is_empty());
+        });
+    }
+
+    /// A directory command with `op`'s JSON, and the PHP string its forwards carry.
+    fn dir_cmd(op: serde_json::Value) -> (Command, String) {
+        let cmd = Command::dir(op.to_string().as_bytes());
+        let Command::Dir(data) = &cmd else {
+            unreachable!()
+        };
+        let forwarded = String::from_utf8(data.to_vec()).unwrap();
+        (cmd, forwarded)
+    }
+
+    /// The answer's JSON.
+    fn answer(a: Answer) -> serde_json::Value {
+        match a {
+            Answer::Dir(json) => serde_json::from_slice(&json).unwrap(),
+            other => panic!("not a directory answer: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn directory_operations_go_only_to_the_workers_holding_their_targets() {
+        use serde_json::json;
+        actix_rt::System::new().block_on(async {
+            let mut hub = HubState::default();
+            // Two gateway nodes (workers 1 and 2) and an API client.
+            let ((s1, l1), (s2, l2), (s3, l3)) = (recorder(), recorder(), recorder());
+            let (n1, n2, api) = (
+                SubscriberId::Local(1),
+                SubscriberId::Local(2),
+                SubscriberId::Local(3),
+            );
+            let (k1, k2, k3) = (Sink::Local(s1), Sink::Local(s2), Sink::Local(s3));
+            let sub = |ns: &[&str]| Command::Subscribe(names(ns));
+            hub.apply(n1, &k1, sub(&["werkmann.gw.1", "werkmann.gw"]), false);
+            hub.apply(n2, &k2, sub(&["werkmann.gw.2", "werkmann.gw"]), false);
+            let register = |ids: &[&str]| {
+                let clients: Vec<_> = ids.iter().map(|c| json!({ "client_id": c })).collect();
+                dir_cmd(json!({"op": "register", "clients": clients})).0
+            };
+            assert_eq!(
+                answer(hub.apply(n1, &k1, register(&["1-1", "1-2"]), false)),
+                json!(2)
+            );
+            assert_eq!(
+                answer(hub.apply(n2, &k2, register(&["2-1"]), false)),
+                json!(1)
+            );
+            let mut ask = |op: serde_json::Value| {
+                let (cmd, fwd) = dir_cmd(op);
+                (answer(hub.apply(api, &k3, cmd, true)), fwd)
+            };
+
+            // A bind goes to the client's worker only, as the command's bytes.
+            let bind = |c: &str, u: &str| json!({"op": "bind_uid", "client_id": c, "uid": u});
+            let (a, b1) = ask(bind("1-1", "alice"));
+            assert_eq!(a, json!(1));
+            let (_, b2) = ask(bind("2-1", "alice"));
+            let (_, b3) = ask(bind("1-2", "bob"));
+            // A uid's send: one copy per worker holding it.
+            let send = |u: &str| json!({"op": "send", "to": "uids", "uids": [u], "data": "hi"});
+            let (a, alice) = ask(send("alice"));
+            assert_eq!(a, json!(2));
+            let (a, bob) = ask(send("bob"));
+            assert_eq!(a, json!(1));
+            let (a, _) = ask(send("nobody"));
+            assert_eq!(a, json!(0));
+            // To all: once to every node, on the event all nodes share.
+            let (a, all) = ask(json!({"op": "send", "to": "all", "data": "x"}));
+            assert_eq!(a, json!(3));
+            // Queries and refusals are answered, not forwarded.
+            let (a, _) = ask(json!({"op": "get_all_client_id_count"}));
+            assert_eq!(a, json!(3));
+            let (a, _) = ask(json!({"op": "bind_uid", "client_id": "1-1"}));
+            assert!(a["error"].as_str().unwrap().contains("uid"), "{a}");
+            let bad = Command::Dir(Bytes::from_static(b"i:1;"));
+            let a = answer(hub.apply(api, &k3, bad, true));
+            assert!(a["error"].as_str().unwrap().contains("string"), "{a}");
+
+            let w1 = |d: &str| ("werkmann.gw.1".to_string(), d.to_string());
+            let w2 = |d: &str| ("werkmann.gw.2".to_string(), d.to_string());
+            let every = |d: &str| ("werkmann.gw".to_string(), d.to_string());
+            until(|| seen(&l1).len() == 5 && seen(&l2).len() == 3).await;
+            assert_eq!(
+                seen(&l1),
+                [w1(&b1), w1(&b3), w1(&alice), w1(&bob), every(&all)]
+            );
+            assert_eq!(seen(&l2), [w2(&b2), w2(&alice), every(&all)]);
+            // The API client subscribed to nothing: no event (its answers are the acks that
+            // the hub's actor and the channel server send).
+            assert!(seen(&l3).is_empty());
+
+            // Counts include only workers whose node event has a subscriber.
+            hub.apply(
+                n2,
+                &k2,
+                Command::Unsubscribe(names(&["werkmann.gw.2"])),
+                false,
+            );
+            let (cmd, _) = dir_cmd(send("alice"));
+            assert_eq!(answer(hub.apply(api, &k3, cmd, true)), json!(1));
+            // A node that goes away takes its clients with it.
+            hub.remove(n1);
+            let (cmd, _) = dir_cmd(json!({"op": "get_all_client_id_count"}));
+            assert_eq!(answer(hub.apply(api, &k3, cmd, true)), json!(1));
+            let (cmd, _) = dir_cmd(json!({"op": "get_client_id_by_uid", "uid": "alice"}));
+            assert_eq!(answer(hub.apply(api, &k3, cmd, true)), json!(["2-1"]));
+            assert_eq!(hub.stats.deliveries, 8 + 1);
+        });
+    }
+
+    #[test]
+    fn the_hub_actor_answers_each_command_by_its_id() {
+        actix_rt::System::new().block_on(async {
+            let state = Rc::new(RefCell::new(HubState::default()));
+            let hub = Hub::new(state).start();
+            let (sink, log) = recorder();
+            let (count, _) = dir_cmd(serde_json::json!({"op": "get_all_client_id_count"}));
+            hub.do_send(LocalCommand {
+                id: 5,
+                sink,
+                cmds: vec![(count, Some(7)), (publish(&["x"], "i:1;"), Some(8))],
+                busy: Arc::new(AtomicUsize::new(1)),
+            });
+            until(|| seen(&log).len() == 2).await;
+            let got: Vec<Delivery> = log.lock().unwrap().concat();
+            assert!(got.iter().all(|d| d.kind == DeliveryKind::Ack));
+            assert_eq!(
+                (&got[0].channel, &got[0].data[..]),
+                (&Key::Int(7), &b"s:1:\"0\";"[..])
+            );
+            assert_eq!(
+                (&got[1].channel, &got[1].data[..]),
+                (&Key::Int(8), &b"i:0;"[..])
+            );
         });
     }
 }

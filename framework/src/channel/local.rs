@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::broker::{Broker, BrokerEvents, Confirm};
+use super::broker::{Broker, BrokerEvents, Confirm, Reply};
 use super::hub::{self, HubHandle, LocalCommand, LocalGone};
 use super::php_serde::Key;
 use super::subscriber::{LocalDelivery, LocalHandled, LocalSink};
@@ -49,6 +49,8 @@ pub(crate) struct LocalBroker {
     outbox: RefCell<Vec<(Command, Option<i64>)>>,
     next_ack: Cell<i64>,
     confirms: RefCell<BTreeMap<i64, Confirm>>,
+    /// Directory requests waiting for the hub's answer, by the same ids as confirmations.
+    replies: RefCell<HashMap<i64, Reply>>,
     /// Confirmations of publishes this thread delivered itself that wait for lagging
     /// subscribers: notice token → confirmation ids; confirmation id → (notices still to
     /// come, subscribers reached).
@@ -88,6 +90,7 @@ impl LocalBroker {
                 outbox: RefCell::new(Vec::new()),
                 next_ack: Cell::new(1),
                 confirms: RefCell::new(BTreeMap::new()),
+                replies: RefCell::new(HashMap::new()),
                 handled_wait: RefCell::new(HashMap::new()),
                 ack_wait: RefCell::new(HashMap::new()),
                 next_token: Cell::new(0),
@@ -179,6 +182,13 @@ impl LocalBroker {
     }
 
     fn confirm(&self, ack: i64, result: Result<Option<usize>, ChannelError>) {
+        let reply = self.replies.borrow_mut().remove(&ack);
+        if let Some(reply) = reply {
+            // A directory request the hub did not take: only failures come this way.
+            let answer = result.and_then(|_| Err(ChannelError::Unconfirmed));
+            guard("channel directory answer", || reply(answer));
+            return;
+        }
         let cb = self.confirms.borrow_mut().remove(&ack);
         if let Some(cb) = cb {
             guard("channel publish confirmation", || cb(result));
@@ -271,6 +281,13 @@ impl LocalBroker {
     fn deliver(&self, d: Delivery) {
         if d.kind == DeliveryKind::Ack {
             if let Key::Int(ack) = d.channel {
+                let reply = self.replies.borrow_mut().remove(&ack);
+                if let Some(reply) = reply {
+                    let answer = Command::dir_json(&d.data)
+                        .map_err(|e| ChannelError::Refused(format!("bad directory answer: {e}")));
+                    guard("channel directory answer", || reply(answer));
+                    return;
+                }
                 let reached = super::php_serde::from_slice(&d.data)
                     .ok()
                     .and_then(|v| v.as_u64())
@@ -302,6 +319,17 @@ impl Broker for LocalBroker {
         let id = self.next_ack.get();
         self.next_ack.set(id + 1);
         self.confirms.borrow_mut().insert(id, done);
+        self.push_outbox(cmd, Some(id));
+    }
+
+    fn request(&self, cmd: Command, done: Reply) {
+        if self.hub.borrow().is_none() || self.closed.get() {
+            return done(Err(ChannelError::Disconnected));
+        }
+        // The hub answers in this client's next batch, after the forwards it made.
+        let id = self.next_ack.get();
+        self.next_ack.set(id + 1);
+        self.replies.borrow_mut().insert(id, done);
         self.push_outbox(cmd, Some(id));
     }
 

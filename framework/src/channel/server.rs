@@ -5,6 +5,7 @@
 //! In-process [`Client`](super::Client)s that connect to the same address use the hub directly.
 
 use std::cell::RefCell;
+use std::time::Duration;
 
 use actix::Actor;
 
@@ -12,13 +13,20 @@ use super::auth::Verifier;
 use super::hub::{self, Hub, HubState};
 use super::php_serde;
 use super::subscriber::{Sink, SubscriberId};
-use super::wire::{encode_delivery, Command, DeliveryKind};
+use super::wire::{encode_delivery, Command, DeliveryKind, HELLO_DIRECTORY};
 use crate::error::Error;
 use crate::message::Message;
 use crate::worker::Worker;
 
 /// The name under which an in-process-only channel registers.
 pub const EMBEDDED: &str = "embedded";
+
+/// A client connection that sent nothing for this long is closed — a client pings every
+/// 55 s (werkmann's `channel::tcp` and Workerman's PHP client alike), so this is two pings
+/// missed and a margin — and with it go its subscriptions and the connections it registered
+/// in the directory: the bound on how long a node that vanished without closing (a machine
+/// lost, a network cut) stays in the directory.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Marks a connection that authenticated.
 struct Authenticated;
@@ -66,6 +74,7 @@ impl Server {
         worker.count = 1;
         // Subscribers are servers themselves: give them room for bursts.
         worker.max_send_buffer_size = 64 * 1024 * 1024;
+        worker.idle_timeout = Some(IDLE_TIMEOUT);
         let reg_name = name.to_string();
         worker.on_worker_start(move |w| {
             w.set_data(RefCell::new(HubState::default()));
@@ -121,25 +130,29 @@ impl Server {
             }
             match decoded {
                 Ok((Command::Hello, _)) => {
-                    // This server acknowledges publishes that carry an id.
+                    // This server acknowledges commands that carry an id, and keeps a
+                    // directory (`HELLO_DIRECTORY`).
+                    let mut level = Vec::new();
+                    php_serde::Key::Int(HELLO_DIRECTORY).write(&mut level);
                     conn.send_raw(encode_delivery(
                         DeliveryKind::Hello,
                         b"s:8:\"werkmann\";",
-                        b"i:1;",
+                        &level,
                     ));
                 }
                 Ok((cmd, ack)) => {
                     let mut hub = state.borrow_mut();
                     let me = (SubscriberId::Tcp(conn.id()), Sink::Tcp(conn.clone()));
-                    let reached = hub.apply(me.0, &me.1, cmd, ack.is_some());
+                    let answer = hub.apply(me.0, &me.1, cmd, ack.is_some());
                     if let Some(id) = ack {
-                        // The acknowledgement says how many subscribers the event reached; it
-                        // leaves when this turn ends, after the deliveries (TCP subscribers
-                        // written, in-process ones sent).
-                        let (mut raw, mut count) = (Vec::new(), Vec::new());
+                        // The acknowledgement says how many subscribers the event reached (or
+                        // carries a directory operation's answer); it leaves when this turn
+                        // ends, after the deliveries (TCP subscribers written, in-process ones
+                        // sent).
+                        let mut raw = Vec::new();
                         php_serde::Key::Int(id).write(&mut raw);
-                        php_serde::Key::Int(reached as i64).write(&mut count);
-                        hub.ack_later(conn, encode_delivery(DeliveryKind::Ack, &raw, &count));
+                        let frame = encode_delivery(DeliveryKind::Ack, &raw, &answer.ack_data());
+                        hub.ack_later(conn, frame);
                     }
                 }
                 Err(e) => {

@@ -1,8 +1,12 @@
 //! [`TcpBroker`]: a client's connection to a channel server — werkmann's or Workerman's PHP
 //! one — over the Channel wire protocol (`frame://`, or `tls://` for the frame protocol over
 //! TLS), with werkmann's extensions when the server speaks them: authentication with a secret,
-//! and publishes confirmed with the number of subscribers reached (the client says `hello`; a
-//! werkmann server answers it, a PHP server stays silent and publishes go unconfirmed).
+//! publishes confirmed with the number of subscribers reached, and the directory (`dir`
+//! commands, answered by id like confirmations). The client says `hello`; a werkmann server
+//! answers it (saying whether it keeps a directory), a PHP server stays silent: publishes go
+//! unconfirmed, directory requests are answered `NoDirectory` and directory commands are
+//! dropped with one warning (a PHP server would close the connection on one). What is made
+//! before the hello is settled waits for it, in order.
 //!
 //! It reconnects with a back-off (100 ms doubling to 5 s) and pings every 55 s, as
 //! Workerman's client does.
@@ -14,9 +18,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::broker::{Broker, BrokerEvents, Confirm, Options};
+use super::broker::{Broker, BrokerEvents, Confirm, Options, Reply};
 use super::php_serde::{self, Key};
-use super::wire::{Command, Delivery, DeliveryKind};
+use super::wire::{Command, Delivery, DeliveryKind, HELLO_DIRECTORY};
 use super::ChannelError;
 use crate::callbacks::guard;
 use crate::client::AsyncTcpConnection;
@@ -31,6 +35,13 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Send buffer towards the server (what a burst of publishes may queue).
 const SEND_BUFFER: usize = 16 * 1024 * 1024;
 
+/// Who waits for a held command: nobody, a confirmed publish, a directory request.
+enum Waiter {
+    Nobody,
+    Confirm(Confirm),
+    Reply(Reply),
+}
+
 /// A client's connection to a channel server.
 pub(crate) struct TcpBroker {
     shown: String,
@@ -44,15 +55,22 @@ pub(crate) struct TcpBroker {
     ping: Cell<Option<TimerId>>,
     /// The server confirms publishes that carry an id (it answered our hello).
     acks: Cell<bool>,
+    /// The server keeps a directory (its hello said [`HELLO_DIRECTORY`]).
+    directory: Cell<bool>,
+    /// Directory commands were dropped for a server without a directory (warned once).
+    warned_no_directory: Cell<bool>,
     /// This server answered a hello before: after a reconnect, wait for it again.
     acks_known: Cell<bool>,
     /// Waiting for the answer to this connection's hello (a PHP server never answers).
     hello_pending: Cell<bool>,
     next_ack: Cell<i64>,
     confirms: RefCell<BTreeMap<i64, Confirm>>,
-    /// Commands held, in order, from a confirmed publish made before the hello was answered
-    /// until it is (or until a server that stays silent is taken not to confirm).
-    held: RefCell<Vec<(Command, Option<Confirm>)>>,
+    /// Directory requests waiting for their answer, by the same ids as confirmations.
+    replies: RefCell<BTreeMap<i64, Reply>>,
+    /// Commands held, in order, from a confirmed publish, a directory request or a directory
+    /// command made before the hello was answered until it is (or until a server that stays
+    /// silent is taken not to confirm, nor to keep a directory).
+    held: RefCell<Vec<(Command, Waiter)>>,
 }
 
 impl TcpBroker {
@@ -81,10 +99,13 @@ impl TcpBroker {
             backoff: Cell::new(FIRST_BACKOFF),
             ping: Cell::new(None),
             acks: Cell::new(false),
+            directory: Cell::new(false),
+            warned_no_directory: Cell::new(false),
             acks_known: Cell::new(false),
             hello_pending: Cell::new(false),
             next_ack: Cell::new(1),
             confirms: RefCell::new(BTreeMap::new()),
+            replies: RefCell::new(BTreeMap::new()),
             held: RefCell::new(Vec::new()),
         });
         let weak = Rc::downgrade(&broker);
@@ -177,28 +198,55 @@ impl TcpBroker {
     /// The hello is settled: send what was held, in order.
     fn release_held(&self) {
         let held = std::mem::take(&mut *self.held.borrow_mut());
-        for (cmd, confirm) in held {
-            match confirm {
-                Some(done) => self.publish_confirmed(cmd, done),
-                None => {
-                    let _ = self.write(&cmd);
+        for (cmd, waiter) in held {
+            match waiter {
+                Waiter::Confirm(done) => self.publish_confirmed(cmd, done),
+                Waiter::Reply(done) => self.request(cmd, done),
+                Waiter::Nobody => {
+                    let _ = self.write_settled(&cmd);
                 }
             }
         }
     }
 
+    /// Write a command once the hello is settled: a directory command only to a server that
+    /// keeps a directory (a PHP server would close the connection on one), else dropped,
+    /// with one warning.
+    fn write_settled(&self, cmd: &Command) -> Result<(), ChannelError> {
+        if matches!(cmd, Command::Dir(_)) && !self.directory.get() {
+            if !self.warned_no_directory.replace(true) {
+                log::warn!(
+                    "channel server {} keeps no directory: directory operations (gateway \
+                     registrations, uids, groups) are dropped",
+                    self.shown
+                );
+            }
+            return Err(ChannelError::NoDirectory);
+        }
+        self.write(cmd)
+    }
+
     fn lost(&self) {
         let was = self.up.replace(false);
         self.acks.set(false);
+        self.directory.set(false);
         self.hello_pending.set(false);
         let held = std::mem::take(&mut *self.held.borrow_mut());
-        let unconfirmed = std::mem::take(&mut *self.confirms.borrow_mut())
-            .into_values()
-            .chain(held.into_iter().filter_map(|(_, c)| c));
-        for cb in unconfirmed {
-            guard("channel publish confirmation", || {
-                cb(Err(ChannelError::Unconfirmed))
-            });
+        let confirms = std::mem::take(&mut *self.confirms.borrow_mut());
+        let replies = std::mem::take(&mut *self.replies.borrow_mut());
+        let mut waiters: Vec<Waiter> = confirms.into_values().map(Waiter::Confirm).collect();
+        waiters.extend(replies.into_values().map(Waiter::Reply));
+        waiters.extend(held.into_iter().map(|(_, w)| w));
+        for w in waiters {
+            match w {
+                Waiter::Confirm(cb) => guard("channel publish confirmation", || {
+                    cb(Err(ChannelError::Unconfirmed))
+                }),
+                Waiter::Reply(cb) => guard("channel directory answer", || {
+                    cb(Err(ChannelError::Unconfirmed))
+                }),
+                Waiter::Nobody => {}
+            }
         }
         if self.closed.get() {
             return;
@@ -216,6 +264,11 @@ impl TcpBroker {
     fn delivered(&self, d: Delivery) {
         match d.kind {
             DeliveryKind::Hello => {
+                let level = php_serde::from_slice(&d.data)
+                    .ok()
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(0);
+                self.directory.set(level >= HELLO_DIRECTORY);
                 self.acks.set(true);
                 self.acks_known.set(true);
                 self.hello_pending.set(false);
@@ -223,6 +276,14 @@ impl TcpBroker {
             }
             DeliveryKind::Ack => {
                 if let Key::Int(id) = d.channel {
+                    let reply = self.replies.borrow_mut().remove(&id);
+                    if let Some(reply) = reply {
+                        let answer = Command::dir_json(&d.data).map_err(|e| {
+                            ChannelError::Refused(format!("bad directory answer: {e}"))
+                        });
+                        guard("channel directory answer", || reply(answer));
+                        return;
+                    }
                     let cb = self.confirms.borrow_mut().remove(&id);
                     let reached = php_serde::from_slice(&d.data)
                         .ok()
@@ -245,11 +306,17 @@ impl TcpBroker {
 impl Broker for TcpBroker {
     fn send(&self, cmd: Command) -> Result<(), ChannelError> {
         let mut held = self.held.borrow_mut();
-        if held.is_empty() {
+        if held.is_empty() && !(self.hello_pending.get() && matches!(cmd, Command::Dir(_))) {
             drop(held);
-            self.write(&cmd)
+            if self.hello_pending.get() {
+                self.write(&cmd)
+            } else {
+                self.write_settled(&cmd)
+            }
         } else {
-            held.push((cmd, None));
+            // Behind what is held; a directory command waits to know whether the server
+            // keeps a directory.
+            held.push((cmd, Waiter::Nobody));
             Ok(())
         }
     }
@@ -260,7 +327,7 @@ impl Broker for TcpBroker {
         }
         if self.hello_pending.get() || !self.held.borrow().is_empty() {
             // Whether this server confirms is not known yet: wait for its hello.
-            self.held.borrow_mut().push((cmd, Some(done)));
+            self.held.borrow_mut().push((cmd, Waiter::Confirm(done)));
             return;
         }
         if !self.acks.get() {
@@ -272,6 +339,29 @@ impl Broker for TcpBroker {
         match self.write_payload(Bytes::from(cmd.encode_payload_with_id(id))) {
             Ok(()) => {
                 self.confirms.borrow_mut().insert(id, done);
+            }
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    fn request(&self, cmd: Command, done: Reply) {
+        if !self.up.get() {
+            return done(Err(ChannelError::Disconnected));
+        }
+        if self.hello_pending.get() || !self.held.borrow().is_empty() {
+            // Whether this server keeps a directory is not known yet: wait for its hello.
+            self.held.borrow_mut().push((cmd, Waiter::Reply(done)));
+            return;
+        }
+        if !self.directory.get() {
+            // Workerman's PHP server (no hello), or a werkmann server from before the directory.
+            return done(Err(ChannelError::NoDirectory));
+        }
+        let id = self.next_ack.get();
+        self.next_ack.set(id + 1);
+        match self.write_payload(Bytes::from(cmd.encode_payload_with_id(id))) {
+            Ok(()) => {
+                self.replies.borrow_mut().insert(id, done);
             }
             Err(e) => done(Err(e)),
         }

@@ -261,7 +261,8 @@ impl Command {
         Ok(json)
     }
 
-    /// Serialize with an `id` asking for an acknowledgement (publishes only).
+    /// Serialize with an `id` asking for an acknowledgement (a publish) or an answer (a
+    /// directory command).
     pub fn encode_payload_with_id(&self, id: i64) -> Vec<u8> {
         let mut out = self.encode_payload();
         // `a:N:{…}` becomes `a:N+1:{… s:2:"id";i:ID;}`.
@@ -291,6 +292,13 @@ fn write_type(out: &mut Vec<u8>, t: &str) {
     php_serde::write_str(out, b"type");
     php_serde::write_str(out, t.as_bytes());
 }
+
+/// The data of a werkmann server's `hello` (an integer): it acknowledges commands that carry
+/// an `id` (publishes: with the subscribers reached).
+pub const HELLO_ACKS: i64 = 1;
+/// The data of a werkmann server's `hello` when it also keeps a directory (`dir` commands);
+/// a server that answers [`HELLO_ACKS`] would close the connection on one.
+pub const HELLO_DIRECTORY: i64 = 2;
 
 /// Whether a server message is a pub/sub event or a queue item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
