@@ -30,6 +30,8 @@ macro_rules! on_every_directory {
     ($($case:ident => |$b:ident| $body:expr;)*) => {
         mod directory_embedded { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::Embedded); $body; })* }
         mod directory_channel_server { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::Server); $body; })* }
+        mod directory_redis { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::Redis); $body; })* }
+        mod directory_redis_cluster { use super::*; $(#[tokio::test] async fn $case() { let $b = Backend::start(Kind::RedisCluster); $body; })* }
     };
 }
 

@@ -129,6 +129,10 @@ pub(crate) trait BrokerEvents {
     fn down(&self);
     /// An event or a queue item for this client.
     fn delivery(&self, d: Delivery);
+    /// The backend forgot what this client registered in the directory while it stayed
+    /// connected (Redis swept a worker whose alive key had expired): the client runs its
+    /// reconnect hooks again, so a gateway node registers its connections again.
+    fn registrations_lost(&self) {}
 }
 
 /// A backend as its client uses it. Lives on the client's thread.

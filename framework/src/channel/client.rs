@@ -483,6 +483,16 @@ impl BrokerEvents for ClientInner {
         }
     }
 
+    fn registrations_lost(&self) {
+        if !self.connected.get() || self.closed.get() {
+            return; // `up` runs the hooks when the client is back.
+        }
+        let hooks: Vec<HookFn> = self.on_up.borrow().clone();
+        for hook in hooks {
+            guard("channel reconnect hook", || hook());
+        }
+    }
+
     fn down(&self) {
         let was = self.connected.replace(false);
         if was && !self.closed.get() {

@@ -151,6 +151,34 @@ impl Bus {
         }
     }
 
+    /// Run commands that share one cluster slot as one pipeline; every reply, a command's
+    /// error as a [`RValue::ServerError`] among them.
+    pub(super) async fn run_each(
+        &mut self,
+        cmds: &[redis::Cmd],
+    ) -> redis::RedisResult<Vec<RValue>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for c in cmds {
+            pipe.add_command(c.clone());
+        }
+        pipe.ignore_errors();
+        match self {
+            Bus::Single(m) => pipe.query_async(m).await,
+            Bus::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
+    /// Load a script (on a cluster, into every primary).
+    pub(super) async fn load_script(&mut self, script: &redis::Script) -> redis::RedisResult<()> {
+        match self {
+            Bus::Single(m) => script.load_async(m).await.map(|_| ()),
+            Bus::Cluster(c) => script.load_async(c).await.map(|_| ()),
+        }
+    }
+
     pub(super) fn publish_command(&self) -> &'static str {
         match self {
             Bus::Single(_) => "PUBLISH",

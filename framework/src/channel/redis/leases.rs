@@ -1,5 +1,6 @@
 //! Worker ids as leases: `SET werkmann:worker_id:{id} {node} NX PX 30000`, renewed every 10 s
-//! while the link lives, deleted when the node gives them up (see `channel::worker_ids`).
+//! while the link lives, deleted when the node gives them up (see `channel::worker_ids`) — and
+//! with them what those workers registered in the directory (`directory.rs`).
 
 use std::rc::Weak;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use redis::Value as RValue;
 
 use super::bus::Bus;
+use super::directory::release_workers;
 use super::RedisLink;
 use crate::channel::broker::{ClaimDone, Leases};
 use crate::channel::ClaimError;
@@ -142,6 +144,8 @@ async fn renew_leases(link: Weak<RedisLink>, node: String, ids: Vec<u32>) {
 
 impl Leases for RedisLink {
     fn claim(&self, node: &str, count: usize, pinned: Option<Vec<u32>>, done: ClaimDone) {
+        // A link that holds worker ids sweeps the directory of nodes that are gone.
+        self.sweeps.set(true);
         let (link, node) = (self.me.clone(), node.to_string());
         actix_rt::spawn(async move {
             let result = claim_leases(&link, &node, count, pinned).await;
@@ -153,6 +157,7 @@ impl Leases for RedisLink {
     }
 
     fn hold(&self, node: &str, ids: Vec<u32>) {
+        self.sweeps.set(true);
         actix_rt::spawn(renew_leases(self.me.clone(), node.to_string(), ids));
     }
 
@@ -161,8 +166,14 @@ impl Leases for RedisLink {
         actix_rt::spawn(async move {
             let up = tokio::time::timeout(Duration::from_secs(1), bus_when_up(&link)).await;
             if let Ok(Some(mut bus)) = up {
-                for id in ids {
+                for &id in &ids {
                     let _ = lease_script(&mut bus, RELEASE_SCRIPT, &node, id).await;
+                }
+                // What the node's workers registered in the directory goes with their ids.
+                if let Err(e) = release_workers(&mut bus, &ids).await {
+                    log::warn!(
+                        "worker ids {ids:?}: directory clients not removed ({e}); a sweep will"
+                    );
                 }
             }
             done();

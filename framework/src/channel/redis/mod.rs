@@ -17,10 +17,15 @@
 //!   Items survive restarts of every worker; an item whose watcher died before acknowledging
 //!   is claimed by another watcher after 30 s (`XAUTOCLAIM`).
 //!
+//! - **The directory** (`channel::dir`: client ids, uids, groups, sessions): keys in one hash
+//!   slot, one Lua script per operation, forwarded to the nodes from the script; see
+//!   `directory.rs`.
+//!
 //! Data is PHP `serialize()` bytes, as on the channel server, so the two modes carry the same
 //! values.
 
 mod bus;
+mod directory;
 mod leases;
 mod queues;
 
@@ -35,7 +40,8 @@ use redis::aio::ConnectionManagerConfig;
 use redis::{PushKind, Value as RValue};
 use tokio::sync::Notify;
 
-use super::broker::{redact, Broker, BrokerEvents, Confirm, Leases, Options};
+use super::broker::{redact, Broker, BrokerEvents, Confirm, Leases, Options, Reply};
+use super::dir::error_answer;
 use super::php_serde::{self, Key, Reader};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
 use super::ChannelError;
@@ -69,11 +75,25 @@ fn name_str(k: &Key) -> String {
 }
 
 fn event_channel(k: &Key) -> String {
-    format!("{PREFIX_EVENT}{}", name_str(k))
+    directory::event_channel(&name_str(k))
 }
 
 fn queue_key(k: &Key) -> String {
     format!("werkmann:q:{}", name_str(k))
+}
+
+/// Who waits for the outcome of a queued command.
+enum Waiter {
+    /// A confirmed publish: the subscriptions reached.
+    Publish(Confirm),
+    /// A directory request: its answer.
+    Dir(Reply),
+}
+
+/// The outcome of a queued command, for its [`Waiter`]; `None`: not certain.
+enum Outcome {
+    Reached(Option<usize>),
+    Answer(Option<Bytes>),
 }
 
 /// One client's link to Redis.
@@ -87,9 +107,10 @@ pub(crate) struct RedisLink {
     owner: RefCell<Option<Weak<dyn BrokerEvents>>>,
     me: Weak<RedisLink>,
     manager: RefCell<Option<Bus>>,
-    /// Commands in order; a confirmed publish carries the key of its callback in `confirms`.
+    /// Commands in order; a confirmed publish or a directory request carries the key of its
+    /// callback in `confirms`.
     outbound: RefCell<VecDeque<(Command, Option<u64>)>>,
-    confirms: RefCell<HashMap<u64, Confirm>>,
+    confirms: RefCell<HashMap<u64, Waiter>>,
     next_confirm: Cell<u64>,
     wake_out: Notify,
     events: RefCell<BTreeSet<Key>>,
@@ -98,6 +119,11 @@ pub(crate) struct RedisLink {
     wake_queue: Notify,
     up: Cell<bool>,
     closed: Cell<bool>,
+    /// Whether this link sweeps the directory (it used the directory or holds worker ids).
+    sweeps: Cell<bool>,
+    /// The workers whose clients this link registered in the directory (it renews their alive
+    /// keys, and removes their clients when it closes).
+    dir_workers: RefCell<BTreeSet<u32>>,
 }
 
 impl RedisLink {
@@ -128,10 +154,13 @@ impl RedisLink {
             wake_queue: Notify::new(),
             up: Cell::new(false),
             closed: Cell::new(false),
+            sweeps: Cell::new(false),
+            dir_workers: RefCell::new(BTreeSet::new()),
         });
         actix_rt::spawn(run_outbound(Rc::downgrade(&link)));
         actix_rt::spawn(run_queues(Rc::downgrade(&link)));
         actix_rt::spawn(run_membership(Rc::downgrade(&link)));
+        actix_rt::spawn(directory::run_directory(Rc::downgrade(&link)));
         Ok(link)
     }
 
@@ -171,6 +200,7 @@ impl RedisLink {
                 return;
             }
             Command::Ping => return,
+            Command::Dir(_) => self.sweeps.set(true),
             _ => {}
         }
         self.outbound.borrow_mut().push_back((cmd, None));
@@ -184,11 +214,48 @@ impl RedisLink {
         if !self.up.get() || self.closed.get() {
             return on_done(Err(ChannelError::Disconnected));
         }
+        self.queue_waiting(cmd, Waiter::Publish(on_done));
+    }
+
+    /// Queue a command whose outcome `waiter` is told.
+    fn queue_waiting(&self, cmd: Command, waiter: Waiter) {
         let id = self.next_confirm.get();
         self.next_confirm.set(id + 1);
-        self.confirms.borrow_mut().insert(id, on_done);
+        self.confirms.borrow_mut().insert(id, waiter);
         self.outbound.borrow_mut().push_back((cmd, Some(id)));
         self.wake_out.notify_one();
+    }
+
+    /// Apply a directory operation in order with the other commands and tell `done` its
+    /// answer; one the directory refuses is answered at once.
+    fn queue_request(&self, cmd: Command, done: Reply) {
+        if !self.up.get() || self.closed.get() {
+            return done(Err(ChannelError::Disconnected));
+        }
+        let Command::Dir(data) = &cmd else {
+            return done(Err(ChannelError::Refused(
+                "not a directory operation".into(),
+            )));
+        };
+        if let Err(why) = directory::parse(data) {
+            let json = serde_json::to_vec(&error_answer(&why)).expect("JSON values serialize");
+            return done(Ok(Bytes::from(json)));
+        }
+        self.sweeps.set(true);
+        self.queue_waiting(cmd, Waiter::Dir(done));
+    }
+
+    /// Tell the waiter of queued command `id` its outcome.
+    fn settle(&self, id: u64, outcome: Outcome) {
+        let waiter = self.confirms.borrow_mut().remove(&id);
+        match (waiter, outcome) {
+            (Some(Waiter::Publish(cb)), Outcome::Reached(n)) => {
+                cb(n.map(Some).ok_or(ChannelError::Unconfirmed))
+            }
+            (Some(Waiter::Dir(cb)), Outcome::Answer(a)) => cb(a.ok_or(ChannelError::Unconfirmed)),
+            (Some(w), _) => w.fail(),
+            (None, _) => {}
+        }
     }
 
     /// Answer the confirmed publishes among the first `n` outbound commands with `Unconfirmed`
@@ -213,22 +280,36 @@ impl RedisLink {
             *out = kept;
         }
         for id in failed {
-            let cb = self.confirms.borrow_mut().remove(&id);
-            if let Some(cb) = cb {
-                cb(Err(ChannelError::Unconfirmed));
+            let waiter = self.confirms.borrow_mut().remove(&id);
+            if let Some(w) = waiter {
+                w.fail();
             }
         }
     }
 
-    /// Stop for good.
+    /// Stop for good: leave the `publish_loop` memberships, and remove the clients this link
+    /// registered in the directory.
     fn shut(&self) {
         self.closed.set(true);
         self.wake_out.notify_one();
         self.wake_queue.notify_one();
         let members: Vec<Key> = self.events.borrow().iter().cloned().collect();
+        let workers: Vec<u32> = self.dir_workers.borrow().iter().copied().collect();
         if let Some(mut bus) = self.manager.borrow().clone() {
             let id = self.id.clone();
+            let shown = self.shown.clone();
             actix_rt::spawn(async move {
+                if !workers.is_empty() {
+                    match directory::drop_workers(&mut bus, &id, &workers).await {
+                        Ok(n) => log::debug!(
+                            "redis {shown}: directory: {n} clients of workers {workers:?} removed"
+                        ),
+                        Err(e) => log::warn!(
+                            "redis {shown}: directory: clients of workers {workers:?} not \
+                             removed ({e}); a sweep will"
+                        ),
+                    }
+                }
                 let cmds = members
                     .iter()
                     .map(|k| {
@@ -257,6 +338,16 @@ impl RedisLink {
     }
 }
 
+impl Waiter {
+    /// Tell the waiter that the outcome is not known.
+    fn fail(self) {
+        match self {
+            Waiter::Publish(cb) => cb(Err(ChannelError::Unconfirmed)),
+            Waiter::Dir(cb) => cb(Err(ChannelError::Unconfirmed)),
+        }
+    }
+}
+
 impl Broker for RedisLink {
     fn send(&self, cmd: Command) -> Result<(), ChannelError> {
         self.queue(cmd);
@@ -265,6 +356,10 @@ impl Broker for RedisLink {
 
     fn publish_confirmed(&self, cmd: Command, done: Confirm) {
         self.queue_confirmed(cmd, done);
+    }
+
+    fn request(&self, cmd: Command, done: Reply) {
+        self.queue_request(cmd, done);
     }
 
     fn leases(&self) -> Option<Rc<dyn Leases>> {
@@ -357,25 +452,53 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 continue;
             }
         };
-        let batch: Vec<(Command, Option<u64>)> =
-            l.outbound.borrow().iter().take(512).cloned().collect();
+        // A batch is directory commands only (one pipeline of script calls), or none.
+        let batch: Vec<(Command, Option<u64>)> = {
+            let out = l.outbound.borrow();
+            let dir = out
+                .front()
+                .is_some_and(|(c, _)| matches!(c, Command::Dir(_)));
+            out.iter()
+                .take(512)
+                .take_while(|(c, _)| matches!(c, Command::Dir(_)) == dir)
+                .cloned()
+                .collect()
+        };
         if batch.is_empty() {
             l.wake_out.notified().await;
             continue;
         }
         let id = l.id.clone();
         drop(l);
-        match execute(&mut manager, &id, &batch).await {
-            Ok(confirmed) => {
+        let result = if matches!(batch[0].0, Command::Dir(_)) {
+            directory::execute(&mut manager, &id, &batch)
+                .await
+                .map(|done| {
+                    let outcomes = done
+                        .answers
+                        .into_iter()
+                        .map(|(id, a)| (id, Outcome::Answer(a)))
+                        .collect();
+                    (outcomes, done.registered)
+                })
+        } else {
+            execute(&mut manager, &id, &batch).await.map(|confirmed| {
+                let outcomes = confirmed
+                    .into_iter()
+                    .map(|(id, n)| (id, Outcome::Reached(n)))
+                    .collect::<Vec<_>>();
+                (outcomes, Vec::new())
+            })
+        };
+        match result {
+            Ok((outcomes, registered)) => {
                 backoff = Duration::from_millis(100);
                 let Some(l) = link.upgrade() else { return };
                 l.outbound.borrow_mut().drain(..batch.len());
+                l.dir_workers.borrow_mut().extend(registered);
                 l.set_up(true);
-                for (id, reached) in confirmed {
-                    let cb = l.confirms.borrow_mut().remove(&id);
-                    if let Some(cb) = cb {
-                        cb(reached.map(Some).ok_or(ChannelError::Unconfirmed));
-                    }
+                for (id, outcome) in outcomes {
+                    l.settle(id, outcome);
                 }
             }
             Err(e) if !retry(&e) => {
@@ -513,7 +636,7 @@ async fn execute(
             }
             Command::Ping => cmds.push((String::new(), redis::cmd("PING"), false)),
             Command::Unwatch(_) | Command::Reserve | Command::Auth(_) | Command::Hello => {}
-            // The directory on Redis: `redis::directory` (to come).
+            // In batches of their own: `directory::execute`.
             Command::Dir(_) => {}
         }
     }
@@ -629,7 +752,7 @@ async fn run_pushes(
                 let delivery = if let Some(name) = ch.strip_prefix(PREFIX_EVENT) {
                     Some(Delivery {
                         kind: DeliveryKind::Event,
-                        channel: Key::from_str_normalized(name),
+                        channel: Key::from_str_normalized(directory::event_name(name)),
                         data,
                     })
                 } else if ch.starts_with(PREFIX_INBOX) {

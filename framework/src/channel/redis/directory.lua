@@ -1,0 +1,464 @@
+-- The directory on Redis (see directory.rs, and docs/channel.md "Directory on Redis"): one
+-- script, one call per operation, atomic. Every key and every node event's channel carries the
+-- hash tag {werkmann:dir}, so on a Redis Cluster all of them sit in one slot and this script
+-- may touch and publish to them all.
+--
+-- KEYS[1]: the set of workers with entries (routes the call to the directory's slot).
+-- ARGV[1]: the operation; ARGV[2]: 'P' (one Redis: PUBLISH, PUBSUB NUMSUB) or 'S' (a Cluster:
+-- SPUBLISH, PUBSUB SHARDNUMSUB); ARGV[3]: the bytes forwarded to the nodes (the operation as
+-- it came, a PHP string); then the operation's arguments (directory.rs, `script_args`).
+--
+-- Keys (D = the prefix):
+--   D c:ID     hash: w = worker, u = uid            D cg:ID  set: its groups
+--   D cs:ID    hash: session key -> JSON value      D w:W    set: worker W's client ids
+--   D u:UID    set: client ids bound to UID         D uw:UID hash: worker -> how many of them
+--   D g:G      set: client ids in group G           D gw:G   hash: worker -> how many of them
+--   D us       set: uids bound                      D gs     set: groups with members
+--   D workers  set: workers with entries            D alive:W  the link registering for W
+--   D swept    exists for @SWEEP_MS@ ms after a sweep
+
+local D = '@PREFIX@'
+local NODE = '@NODE@'
+local ALL = '@ALL@'
+
+local op, mode, data = ARGV[1], ARGV[2], ARGV[3]
+local PUB, NUMSUB = 'PUBLISH', 'NUMSUB'
+if mode == 'S' then
+  PUB, NUMSUB = 'SPUBLISH', 'SHARDNUMSUB'
+end
+local at = 4
+local function nextarg()
+  local v = ARGV[at]
+  at = at + 1
+  return v
+end
+local function nextint()
+  return tonumber(nextarg())
+end
+
+local function worker_of(id)
+  return string.match(id, '^(%d+)%-')
+end
+
+-- The worker of a registered client, or false.
+local function client_worker(id)
+  return redis.call('HGET', D .. 'c:' .. id, 'w')
+end
+
+-- Forward the operation to worker w's node: how many subscribers it reached.
+local function forward(w)
+  return redis.call(PUB, NODE .. w, data)
+end
+
+-- Which of `workers` have a subscriber to their node event: a set.
+local function subscribed(workers)
+  local out = {}
+  for i = 1, #workers, 200 do
+    local last = math.min(i + 199, #workers)
+    local chans = {}
+    for j = i, last do
+      chans[#chans + 1] = NODE .. workers[j]
+    end
+    local r = redis.call('PUBSUB', NUMSUB, unpack(chans))
+    for j = i, last do
+      if tonumber(r[2 * (j - i) + 2]) > 0 then
+        out[workers[j]] = true
+      end
+    end
+  end
+  return out
+end
+
+-- Add client id (of worker w) to uid or group `name` (kind 'u' or 'g').
+local function link(kind, name, id, w)
+  if redis.call('SADD', D .. kind .. ':' .. name, id) == 1 then
+    redis.call('HINCRBY', D .. kind .. 'w:' .. name, w, 1)
+    redis.call('SADD', D .. kind .. 's', name)
+  end
+end
+
+-- Take client id (of worker w) out of uid or group `name`.
+local function unlink(kind, name, id, w)
+  if redis.call('SREM', D .. kind .. ':' .. name, id) == 1 then
+    if redis.call('HINCRBY', D .. kind .. 'w:' .. name, w, -1) <= 0 then
+      redis.call('HDEL', D .. kind .. 'w:' .. name, w)
+    end
+    if redis.call('EXISTS', D .. kind .. ':' .. name) == 0 then
+      redis.call('SREM', D .. kind .. 's', name)
+    end
+  end
+end
+
+-- Forget client id: 1 if it was registered.
+local function remove_client(id)
+  local c = D .. 'c:' .. id
+  local rec = redis.call('HMGET', c, 'w', 'u')
+  local w = rec[1]
+  if not w then
+    return 0
+  end
+  if rec[2] then
+    unlink('u', rec[2], id, w)
+  end
+  local cg = D .. 'cg:' .. id
+  for _, g in ipairs(redis.call('SMEMBERS', cg)) do
+    unlink('g', g, id, w)
+  end
+  redis.call('DEL', c, cg, D .. 'cs:' .. id)
+  redis.call('SREM', D .. 'w:' .. w, id)
+  if redis.call('EXISTS', D .. 'w:' .. w) == 0 then
+    redis.call('SREM', D .. 'workers', w)
+  end
+  return 1
+end
+
+-- Forget every client of worker w, and who registered them: how many.
+local function drop_worker(w)
+  local ids = redis.call('SMEMBERS', D .. 'w:' .. w)
+  for _, id in ipairs(ids) do
+    remove_client(id)
+  end
+  redis.call('SREM', D .. 'workers', w)
+  redis.call('DEL', D .. 'alive:' .. w)
+  return #ids
+end
+
+-- Set `n` session keys (next arguments: key, JSON value) of client id.
+local function set_pairs(id, n)
+  local s = D .. 'cs:' .. id
+  for _ = 1, n do
+    local k = nextarg()
+    local v = nextarg()
+    redis.call('HSET', s, k, v)
+  end
+end
+
+-- At most once per @SWEEP_MS@ ms, by whichever call comes first: forget the clients of every
+-- worker whose node is gone: its node event has no subscriber (the node's connection closed),
+-- or the link that registered it stopped renewing its alive key (the node vanished).
+local function sweep()
+  if redis.call('EXISTS', D .. 'workers') == 0 then
+    return 0
+  end
+  if not redis.call('SET', D .. 'swept', '1', 'PX', @SWEEP_MS@, 'NX') then
+    return 0
+  end
+  local workers = redis.call('SMEMBERS', D .. 'workers')
+  local subs = subscribed(workers)
+  local n = 0
+  for _, w in ipairs(workers) do
+    if not subs[w] or redis.call('EXISTS', D .. 'alive:' .. w) == 0 then
+      n = n + drop_worker(w)
+    end
+  end
+  return n
+end
+
+if op == 'drop' then
+  -- A link closes: the workers it registered, where it still is the one (ARGV: link, workers).
+  local me = nextarg()
+  local n = 0
+  for i = at, #ARGV do
+    if redis.call('GET', D .. 'alive:' .. ARGV[i]) == me then
+      n = n + drop_worker(ARGV[i])
+    end
+  end
+  return n
+elseif op == 'release' then
+  -- Worker ids given up (ARGV: workers).
+  local n = 0
+  for i = at, #ARGV do
+    n = n + drop_worker(ARGV[i])
+  end
+  return n
+end
+
+local swept = sweep()
+
+if op == 'sweep' then
+  return swept
+elseif op == 'refresh' then
+  -- The link renews the alive keys of the workers it registered (ARGV: link, TTL ms,
+  -- workers). Per worker: 0 renewed (or nothing to do), 1 it had expired or been swept and
+  -- the node is subscribed (register again), 2 another link registered it since.
+  local me, ttl = nextarg(), nextarg()
+  local out = {}
+  local workers = {}
+  for i = at, #ARGV do
+    workers[#workers + 1] = ARGV[i]
+  end
+  local subs = subscribed(workers)
+  for i, w in ipairs(workers) do
+    local key = D .. 'alive:' .. w
+    local holder = redis.call('GET', key)
+    if holder == me then
+      redis.call('PEXPIRE', key, ttl)
+      out[i] = 0
+    elseif holder then
+      out[i] = 2
+    elseif subs[w] then
+      redis.call('SET', key, me, 'PX', ttl)
+      out[i] = 1
+    else
+      out[i] = 0
+    end
+  end
+  return out
+elseif op == 'register' then
+  -- ARGV: link, TTL ms, count, then per client: id, uid or '', #groups, groups,
+  -- #session keys, (key, JSON value)s. A client registered again is replaced.
+  local me, ttl = nextarg(), nextarg()
+  local count = nextint()
+  local seen = {}
+  for _ = 1, count do
+    local id = nextarg()
+    local uid = nextarg()
+    local w = worker_of(id)
+    remove_client(id)
+    local c = D .. 'c:' .. id
+    redis.call('HSET', c, 'w', w)
+    if uid ~= '' then
+      redis.call('HSET', c, 'u', uid)
+      link('u', uid, id, w)
+    end
+    for _ = 1, nextint() do
+      local g = nextarg()
+      if redis.call('SADD', D .. 'cg:' .. id, g) == 1 then
+        link('g', g, id, w)
+      end
+    end
+    set_pairs(id, nextint())
+    redis.call('SADD', D .. 'w:' .. w, id)
+    if not seen[w] then
+      seen[w] = true
+      redis.call('SADD', D .. 'workers', w)
+      redis.call('SET', D .. 'alive:' .. w, me, 'PX', ttl)
+    end
+  end
+  return count
+elseif op == 'unregister' then
+  local n = 0
+  for i = at, #ARGV do
+    n = n + remove_client(ARGV[i])
+  end
+  return n
+elseif op == 'bind_uid' then
+  local id, uid = nextarg(), nextarg()
+  local c = D .. 'c:' .. id
+  local rec = redis.call('HMGET', c, 'w', 'u')
+  local w = rec[1]
+  if not w then
+    return 0
+  end
+  if rec[2] ~= uid then
+    if rec[2] then
+      unlink('u', rec[2], id, w)
+    end
+    redis.call('HSET', c, 'u', uid)
+    link('u', uid, id, w)
+  end
+  forward(w)
+  return 1
+elseif op == 'unbind_uid' then
+  local id, uid = nextarg(), nextarg()
+  local c = D .. 'c:' .. id
+  local rec = redis.call('HMGET', c, 'w', 'u')
+  local w = rec[1]
+  if not w or rec[2] ~= uid then
+    return 0
+  end
+  unlink('u', uid, id, w)
+  redis.call('HDEL', c, 'u')
+  forward(w)
+  return 1
+elseif op == 'join_group' then
+  local id, g = nextarg(), nextarg()
+  local w = client_worker(id)
+  if not w then
+    return 0
+  end
+  if redis.call('SADD', D .. 'cg:' .. id, g) == 1 then
+    link('g', g, id, w)
+  end
+  forward(w)
+  return 1
+elseif op == 'leave_group' then
+  local id, g = nextarg(), nextarg()
+  local w = client_worker(id)
+  if not w or redis.call('SREM', D .. 'cg:' .. id, g) == 0 then
+    return 0
+  end
+  unlink('g', g, id, w)
+  forward(w)
+  return 1
+elseif op == 'ungroup' then
+  -- Members removed, counted where their node is subscribed.
+  local g = nextarg()
+  local members = redis.call('SMEMBERS', D .. 'g:' .. g)
+  if #members == 0 then
+    return 0
+  end
+  for _, id in ipairs(members) do
+    redis.call('SREM', D .. 'cg:' .. id, g)
+  end
+  local per = redis.call('HGETALL', D .. 'gw:' .. g)
+  redis.call('DEL', D .. 'g:' .. g, D .. 'gw:' .. g)
+  redis.call('SREM', D .. 'gs', g)
+  local n = 0
+  for i = 1, #per, 2 do
+    if forward(per[i]) > 0 then
+      n = n + tonumber(per[i + 1])
+    end
+  end
+  return n
+elseif op == 'set_session' or op == 'update_session' then
+  -- ARGV: id, #keys, (key, JSON value)s.
+  local id = nextarg()
+  local w = client_worker(id)
+  if not w then
+    return 0
+  end
+  if op == 'set_session' then
+    redis.call('DEL', D .. 'cs:' .. id)
+  end
+  set_pairs(id, nextint())
+  forward(w)
+  return 1
+elseif op == 'close_client' then
+  local w = client_worker(nextarg())
+  if not w then
+    return 0
+  end
+  if forward(w) > 0 then
+    return 1
+  end
+  return 0
+elseif op == 'send' then
+  -- ARGV: 'all', excluded ids | 'clients', ids | 'uids', uids | 'groups', #groups, groups,
+  -- excluded ids. Names and ids each once. Connections reached, at subscribed nodes.
+  local to = nextarg()
+  if to == 'all' then
+    redis.call(PUB, ALL, data)
+    local workers = redis.call('SMEMBERS', D .. 'workers')
+    local subs = subscribed(workers)
+    local n = 0
+    for _, w in ipairs(workers) do
+      if subs[w] then
+        n = n + redis.call('SCARD', D .. 'w:' .. w)
+      end
+    end
+    for i = at, #ARGV do
+      local w = client_worker(ARGV[i])
+      if w and subs[w] then
+        n = n - 1
+      end
+    end
+    return n
+  end
+  -- Targets per worker, the workers in the order first met.
+  local per, order = {}, {}
+  local function add(w, k)
+    if not per[w] then
+      per[w] = 0
+      order[#order + 1] = w
+    end
+    per[w] = per[w] + k
+  end
+  if to == 'clients' then
+    for i = at, #ARGV do
+      local w = client_worker(ARGV[i])
+      if w then
+        add(w, 1)
+      end
+    end
+  elseif to == 'uids' then
+    for i = at, #ARGV do
+      local r = redis.call('HGETALL', D .. 'uw:' .. ARGV[i])
+      for j = 1, #r, 2 do
+        add(r[j], tonumber(r[j + 1]))
+      end
+    end
+  elseif to == 'groups' then
+    local ng = nextint()
+    local groups = {}
+    for _ = 1, ng do
+      groups[#groups + 1] = nextarg()
+    end
+    if ng == 1 then
+      local g = groups[1]
+      local r = redis.call('HGETALL', D .. 'gw:' .. g)
+      for j = 1, #r, 2 do
+        add(r[j], tonumber(r[j + 1]))
+      end
+      for i = at, #ARGV do
+        if redis.call('SISMEMBER', D .. 'g:' .. g, ARGV[i]) == 1 then
+          add(worker_of(ARGV[i]), -1)
+        end
+      end
+    else
+      local skip, seen = {}, {}
+      for i = at, #ARGV do
+        skip[ARGV[i]] = true
+      end
+      for _, g in ipairs(groups) do
+        for _, id in ipairs(redis.call('SMEMBERS', D .. 'g:' .. g)) do
+          if not skip[id] and not seen[id] then
+            seen[id] = true
+            add(worker_of(id), 1)
+          end
+        end
+      end
+    end
+  end
+  local n = 0
+  for _, w in ipairs(order) do
+    if per[w] > 0 and forward(w) > 0 then
+      n = n + per[w]
+    end
+  end
+  return n
+elseif op == 'is_online' then
+  return redis.call('EXISTS', D .. 'c:' .. nextarg())
+elseif op == 'is_uid_online' then
+  return redis.call('EXISTS', D .. 'u:' .. nextarg())
+elseif op == 'get_client_id_by_uid' then
+  return redis.call('SMEMBERS', D .. 'u:' .. nextarg())
+elseif op == 'get_uid_by_client_id' then
+  return redis.call('HGET', D .. 'c:' .. nextarg(), 'u')
+elseif op == 'get_client_id_count_by_group' then
+  return redis.call('SCARD', D .. 'g:' .. nextarg())
+elseif op == 'get_client_id_list_by_group' then
+  return redis.call('SMEMBERS', D .. 'g:' .. nextarg())
+elseif op == 'get_uid_list_by_group' or op == 'get_uid_count_by_group' then
+  -- The members' uids, as found (the link sorts and counts them once each).
+  local uids = {}
+  for _, id in ipairs(redis.call('SMEMBERS', D .. 'g:' .. nextarg())) do
+    local u = redis.call('HGET', D .. 'c:' .. id, 'u')
+    if u then
+      uids[#uids + 1] = u
+    end
+  end
+  return uids
+elseif op == 'get_all_client_id_count' then
+  local n = 0
+  for _, w in ipairs(redis.call('SMEMBERS', D .. 'workers')) do
+    n = n + redis.call('SCARD', D .. 'w:' .. w)
+  end
+  return n
+elseif op == 'get_all_uid_count' then
+  return redis.call('SCARD', D .. 'us')
+elseif op == 'get_all_group_id_list' then
+  return redis.call('SMEMBERS', D .. 'gs')
+elseif op == 'get_session' then
+  -- {1, key, JSON value, …}, or nothing for an unknown client.
+  local id = nextarg()
+  if redis.call('EXISTS', D .. 'c:' .. id) == 0 then
+    return false
+  end
+  local out = { 1 }
+  for _, v in ipairs(redis.call('HGETALL', D .. 'cs:' .. id)) do
+    out[#out + 1] = v
+  end
+  return out
+end
+return redis.error_reply('unknown directory operation ' .. tostring(op))

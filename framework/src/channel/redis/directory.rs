@@ -1,0 +1,731 @@
+//! The directory on Redis (`channel::dir`: client ids, uids, groups, sessions), shared by
+//! every node and kept across their reconnects.
+//!
+//! - **State**: keys with the hash tag `{werkmann:dir}` (one Redis Cluster slot), laid out in
+//!   `directory.lua`: per client its worker, uid, groups and session; per uid and group its
+//!   client ids and how many of them each worker holds (a send goes only to the workers holding
+//!   targets); per worker its client ids; the sets of workers, uids and groups.
+//! - **Operations**: one Lua script (`EVALSHA`, loaded again on `NOSCRIPT`), one call per
+//!   operation, atomic: it applies the operation, forwards it — the command's bytes, as the hub
+//!   does — to the node events of the workers holding its targets (`PUBLISH`, on a Cluster
+//!   `SPUBLISH`: the nodes' event channels carry the same hash tag, so the script can), and
+//!   counts the connections at workers whose event had a subscriber. Forwarding is thus atomic
+//!   with the update and ordered with every later operation's. Operations run in order with the
+//!   link's other commands (a batch of directory commands is one pipeline).
+//! - **Nodes that go**: a worker's clients are swept when its node event has no subscriber (the
+//!   node's Redis connection closed: killed, stopped) or when its alive key
+//!   (`{werkmann:dir}:alive:W`, set by the link that registered W, renewed every 10 s, expiring
+//!   after 30 s) is gone (the node vanished without closing). The sweep runs inside the
+//!   script, at most once a second, first thing in whichever operation comes — so no answer
+//!   counts a node gone for longer — and every second from each link that registered clients
+//!   or holds worker-id leases. A link that closes, and a node that releases its worker ids,
+//!   remove their workers' clients at once.
+
+use std::collections::HashSet;
+use std::rc::Weak;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Value as RValue;
+use serde_json::{Map, Value};
+
+use super::bus::Bus;
+use super::{RedisLink, MEMBERSHIP_REFRESH, PREFIX_EVENT};
+use crate::channel::dir::{self, error_answer, ClientId, DirOp, Target};
+use crate::channel::wire::Command;
+
+/// The hash tag of every directory key and of the gateway nodes' event channels.
+const TAG: &str = "{werkmann:dir}";
+/// The prefix of every directory key.
+const PREFIX: &str = "{werkmann:dir}:";
+/// The set of workers with clients; the key every call names (it routes to the slot).
+const WORKERS: &str = "{werkmann:dir}:workers";
+/// How long a worker's alive key lives without being renewed.
+pub(super) const ALIVE_TTL_MS: u64 = 30_000;
+/// How often a link sweeps (and, every tenth time, renews its workers' alive keys).
+pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&script_text()));
+
+/// The script with its constants filled in.
+fn script_text() -> String {
+    let node = event_channel(&dir::node_event(0));
+    let node = node
+        .strip_suffix('0')
+        .expect("node_event ends with the worker id");
+    include_str!("directory.lua")
+        .replace("@PREFIX@", PREFIX)
+        .replace("@NODE@", node)
+        .replace("@ALL@", &event_channel(dir::ALL_NODES))
+        .replace("@SWEEP_MS@", &SWEEP_EVERY.as_millis().to_string())
+}
+
+/// Whether event `name` is a gateway node's (`werkmann.gw`, `werkmann.gw.W`).
+fn is_node_event(name: &str) -> bool {
+    name.strip_prefix(dir::ALL_NODES)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// The Redis channel of event `name`: `werkmann:e:{name}`, and for the gateway nodes' events
+/// `werkmann:e:{werkmann:dir}{name}`, in the directory's cluster slot so that its script can
+/// publish to them.
+pub(super) fn event_channel(name: &str) -> String {
+    if is_node_event(name) {
+        format!("{PREFIX_EVENT}{TAG}{name}")
+    } else {
+        format!("{PREFIX_EVENT}{name}")
+    }
+}
+
+/// The event name of a channel's part after `werkmann:e:` ([`event_channel`] undone).
+pub(super) fn event_name(rest: &str) -> &str {
+    match rest.strip_prefix(TAG) {
+        Some(name) if is_node_event(name) => name,
+        _ => rest,
+    }
+}
+
+/// The script's mode argument: one Redis, or a Cluster (sharded pub/sub).
+fn mode(bus: &Bus) -> &'static str {
+    match bus {
+        Bus::Single(_) => "P",
+        Bus::Cluster(_) => "S",
+    }
+}
+
+/// `EVALSHA` of the script for `op` with its `data` (forwarded, or empty).
+fn call(bus: &Bus, op: &str, data: &[u8]) -> redis::Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(SCRIPT.get_hash())
+        .arg(1)
+        .arg(WORKERS)
+        .arg(op)
+        .arg(mode(bus))
+        .arg(data);
+    c
+}
+
+/// The operation's name, as in its JSON.
+fn op_name(op: &DirOp) -> &'static str {
+    match op {
+        DirOp::Register { .. } => "register",
+        DirOp::Unregister { .. } => "unregister",
+        DirOp::BindUid { .. } => "bind_uid",
+        DirOp::UnbindUid { .. } => "unbind_uid",
+        DirOp::JoinGroup { .. } => "join_group",
+        DirOp::LeaveGroup { .. } => "leave_group",
+        DirOp::Ungroup { .. } => "ungroup",
+        DirOp::SetSession { .. } => "set_session",
+        DirOp::UpdateSession { .. } => "update_session",
+        DirOp::Send { .. } => "send",
+        DirOp::CloseClient { .. } => "close_client",
+        DirOp::IsOnline { .. } => "is_online",
+        DirOp::IsUidOnline { .. } => "is_uid_online",
+        DirOp::GetClientIdByUid { .. } => "get_client_id_by_uid",
+        DirOp::GetUidByClientId { .. } => "get_uid_by_client_id",
+        DirOp::GetClientIdCountByGroup { .. } => "get_client_id_count_by_group",
+        DirOp::GetClientIdListByGroup { .. } => "get_client_id_list_by_group",
+        DirOp::GetUidListByGroup { .. } => "get_uid_list_by_group",
+        DirOp::GetUidCountByGroup { .. } => "get_uid_count_by_group",
+        DirOp::GetAllClientIdCount => "get_all_client_id_count",
+        DirOp::GetAllUidCount => "get_all_uid_count",
+        DirOp::GetAllGroupIdList => "get_all_group_id_list",
+        DirOp::GetSession { .. } => "get_session",
+    }
+}
+
+/// Each item once, in the order first met.
+fn once<T: Eq + std::hash::Hash + Clone>(items: &[T]) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items
+        .iter()
+        .filter(|i| seen.insert((*i).clone()))
+        .cloned()
+        .collect()
+}
+
+fn arg_ids(c: &mut redis::Cmd, ids: &[ClientId]) {
+    for id in once(ids) {
+        c.arg(id.to_string());
+    }
+}
+
+/// `#keys`, then each key and its value's JSON.
+fn arg_session(c: &mut redis::Cmd, session: Option<&Map<String, Value>>) {
+    let Some(s) = session else {
+        c.arg(0);
+        return;
+    };
+    c.arg(s.len());
+    for (k, v) in s {
+        c.arg(k.as_str())
+            .arg(serde_json::to_vec(v).expect("JSON values serialize"));
+    }
+}
+
+/// The script's arguments for `op` after the common ones (see `directory.lua`). `link`: who
+/// registers (the alive keys name it).
+fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
+    match op {
+        DirOp::Register { clients } => {
+            c.arg(link).arg(ALIVE_TTL_MS).arg(clients.len());
+            for r in clients {
+                c.arg(r.client_id.to_string())
+                    .arg(r.uid.as_deref().unwrap_or(""))
+                    .arg(r.groups.len());
+                for g in &r.groups {
+                    c.arg(g.as_str());
+                }
+                arg_session(c, r.session.as_ref());
+            }
+        }
+        DirOp::Unregister { client_ids } => arg_ids(c, client_ids),
+        DirOp::BindUid { client_id, uid } | DirOp::UnbindUid { client_id, uid } => {
+            c.arg(client_id.to_string()).arg(uid.as_str());
+        }
+        DirOp::JoinGroup { client_id, group } | DirOp::LeaveGroup { client_id, group } => {
+            c.arg(client_id.to_string()).arg(group.as_str());
+        }
+        DirOp::SetSession { client_id, session } | DirOp::UpdateSession { client_id, session } => {
+            c.arg(client_id.to_string());
+            arg_session(c, Some(session));
+        }
+        DirOp::Send { target, .. } => match target {
+            Target::All { exclude } => {
+                c.arg("all");
+                arg_ids(c, exclude);
+            }
+            Target::Clients { client_ids } => {
+                c.arg("clients");
+                arg_ids(c, client_ids);
+            }
+            Target::Uids { uids } => {
+                c.arg("uids").arg(once(uids));
+            }
+            Target::Groups { groups, exclude } => {
+                let groups = once(groups);
+                c.arg("groups").arg(groups.len()).arg(groups);
+                arg_ids(c, exclude);
+            }
+        },
+        DirOp::CloseClient { client_id, .. }
+        | DirOp::IsOnline { client_id }
+        | DirOp::GetUidByClientId { client_id }
+        | DirOp::GetSession { client_id } => {
+            c.arg(client_id.to_string());
+        }
+        DirOp::Ungroup { group }
+        | DirOp::GetClientIdCountByGroup { group }
+        | DirOp::GetClientIdListByGroup { group }
+        | DirOp::GetUidListByGroup { group }
+        | DirOp::GetUidCountByGroup { group } => {
+            c.arg(group.as_str());
+        }
+        DirOp::IsUidOnline { uid } | DirOp::GetClientIdByUid { uid } => {
+            c.arg(uid.as_str());
+        }
+        DirOp::GetAllClientIdCount | DirOp::GetAllUidCount | DirOp::GetAllGroupIdList => {}
+    }
+}
+
+/// The script call for `op`; `data` is the command's bytes, forwarded as they came.
+fn op_call(bus: &Bus, op: &DirOp, data: &[u8], link: &str) -> redis::Cmd {
+    let data = if op.is_forwarded() { data } else { b"" };
+    let mut c = call(bus, op_name(op), data);
+    op_args(&mut c, op, link);
+    c
+}
+
+fn text(v: &RValue) -> Option<String> {
+    match v {
+        RValue::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        RValue::SimpleString(s) | RValue::VerbatimString { text: s, .. } => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn texts(v: &RValue) -> Vec<String> {
+    match v {
+        RValue::Array(items) | RValue::Set(items) => items.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Names ascending, each once.
+fn sorted_names(v: &RValue) -> Vec<String> {
+    let mut names = texts(v);
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Client ids ascending (by worker, then connection).
+fn sorted_ids(v: &RValue) -> Value {
+    let mut ids: Vec<ClientId> = texts(v).iter().filter_map(|s| s.parse().ok()).collect();
+    ids.sort_unstable();
+    Value::Array(ids.iter().map(|id| Value::String(id.to_string())).collect())
+}
+
+fn strings(names: Vec<String>) -> Value {
+    Value::Array(names.into_iter().map(Value::String).collect())
+}
+
+/// The answer to `op` (JSON, as `channel::dir` says) from the script's reply.
+fn answer(op: &DirOp, reply: &RValue) -> Result<Value, String> {
+    let int = || match reply {
+        RValue::Int(n) => Ok(*n),
+        other => Err(format!("directory script answered {other:?}")),
+    };
+    Ok(match op {
+        DirOp::IsOnline { .. } | DirOp::IsUidOnline { .. } => Value::Bool(int()? == 1),
+        DirOp::GetClientIdByUid { .. } | DirOp::GetClientIdListByGroup { .. } => sorted_ids(reply),
+        DirOp::GetUidByClientId { .. } => text(reply).map_or(Value::Null, Value::String),
+        DirOp::GetUidListByGroup { .. } | DirOp::GetAllGroupIdList => strings(sorted_names(reply)),
+        DirOp::GetUidCountByGroup { .. } => Value::from(sorted_names(reply).len()),
+        DirOp::GetSession { .. } => match reply {
+            RValue::Array(items) => {
+                let mut session = Map::new();
+                for kv in items.get(1..).unwrap_or_default().chunks(2) {
+                    if let [k, RValue::BulkString(v)] = kv {
+                        if let (Some(k), Ok(v)) = (text(k), serde_json::from_slice(v)) {
+                            session.insert(k, v);
+                        }
+                    }
+                }
+                Value::Object(session)
+            }
+            _ => Value::Null,
+        },
+        _ => Value::from(int()?.max(0)),
+    })
+}
+
+/// Run script calls as one pipeline (every call in the directory's slot); each reply, errors
+/// included. Calls refused with `NOSCRIPT` (a Redis that had not seen the script, or flushed
+/// it) did not run: the script is loaded and they run again, in order — they are the last of
+/// the pipeline, as nothing after a flush finds the script.
+async fn run_calls(bus: &mut Bus, cmds: Vec<redis::Cmd>) -> redis::RedisResult<Vec<RValue>> {
+    let mut replies = bus.run_each(&cmds).await?;
+    let again: Vec<usize> = replies
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, RValue::ServerError(e) if e.code() == "NOSCRIPT"))
+        .map(|(i, _)| i)
+        .collect();
+    if !again.is_empty() {
+        bus.load_script(&SCRIPT).await?;
+        let retry: Vec<redis::Cmd> = again.iter().map(|&i| cmds[i].clone()).collect();
+        for (i, r) in again.into_iter().zip(bus.run_each(&retry).await?) {
+            replies[i] = r;
+        }
+    }
+    Ok(replies)
+}
+
+/// One script call's integer reply.
+async fn run_one(bus: &mut Bus, cmd: redis::Cmd) -> redis::RedisResult<RValue> {
+    let reply = run_calls(bus, vec![cmd])
+        .await?
+        .pop()
+        .unwrap_or(RValue::Nil);
+    match reply {
+        RValue::ServerError(e) => Err(e.into()),
+        r => Ok(r),
+    }
+}
+
+/// What a batch of directory commands did.
+pub(super) struct Executed {
+    /// Each request's answer (JSON), `None` where it is not certain that it reached the nodes
+    /// it counted (the connection failed right after).
+    pub answers: Vec<(u64, Option<Bytes>)>,
+    /// The workers whose clients this link registered.
+    pub registered: Vec<u32>,
+}
+
+/// Run a batch of directory commands (each with the key of its request's callback, if it is a
+/// request) in order, as one pipeline. `link` is this link's id.
+pub(super) async fn execute(
+    bus: &mut Bus,
+    link: &str,
+    batch: &[(Command, Option<u64>)],
+) -> redis::RedisResult<Executed> {
+    let mut done = Executed {
+        answers: Vec::new(),
+        registered: Vec::new(),
+    };
+    // Per command: its request's key, its operation (or why it was refused), and where its
+    // reply is among the calls.
+    let mut items: Vec<(Option<u64>, Result<DirOp, String>)> = Vec::with_capacity(batch.len());
+    let mut cmds = Vec::with_capacity(batch.len());
+    for (cmd, request) in batch {
+        let Command::Dir(data) = cmd else { continue };
+        let op = parse(data);
+        match &op {
+            Ok(op) => cmds.push(op_call(bus, op, data, link)),
+            Err(why) if request.is_none() => {
+                log::warn!("redis: directory operation refused: {why}");
+            }
+            Err(_) => {}
+        }
+        items.push((*request, op));
+    }
+    let replies = run_calls(bus, cmds).await?;
+    let mut replies = replies.iter();
+    let mut counted = false;
+    for (request, op) in &items {
+        let answer = match op {
+            Err(why) => error_answer(why),
+            Ok(op) => {
+                let reply = replies.next().unwrap_or(&RValue::Nil);
+                let a = match reply {
+                    RValue::ServerError(e) => Err(format!("redis: {e:?}")),
+                    r => answer(op, r),
+                };
+                match (&a, op) {
+                    (Ok(_), DirOp::Register { clients }) => {
+                        done.registered
+                            .extend(clients.iter().map(|c| c.client_id.worker));
+                    }
+                    (Err(why), _) if request.is_none() => {
+                        log::warn!("redis: directory operation failed: {why}");
+                    }
+                    _ => {}
+                }
+                counted |= op.is_forwarded();
+                a.unwrap_or_else(|why| error_answer(&why))
+            }
+        };
+        if let Some(id) = request {
+            let json = serde_json::to_vec(&answer).expect("JSON values serialize");
+            done.answers.push((*id, Some(Bytes::from(json))));
+        }
+    }
+    // Redis answers a script before it writes what the script published to the subscribers'
+    // sockets: once a later command is answered, those writes are done (see `execute` in
+    // mod.rs).
+    if counted && !done.answers.is_empty() {
+        let mut probe = redis::cmd("EXISTS");
+        probe.arg(WORKERS);
+        if bus.run(vec![(WORKERS.to_string(), probe)]).await.is_err() {
+            for (_, a) in &mut done.answers {
+                *a = None;
+            }
+        }
+    }
+    done.registered.sort_unstable();
+    done.registered.dedup();
+    Ok(done)
+}
+
+/// A directory command's operation, or why it is refused.
+pub(super) fn parse(data: &Bytes) -> Result<DirOp, String> {
+    let json = Command::dir_json(data).map_err(|e| e.to_string())?;
+    DirOp::from_json(&json).map_err(|e| e.0)
+}
+
+/// Workers as the script's arguments.
+fn arg_workers(c: &mut redis::Cmd, workers: &[u32]) {
+    for w in workers {
+        c.arg(w);
+    }
+}
+
+/// Remove the clients of `workers` that link `link` registered and still is the registrar of
+/// (the link closes); how many.
+pub(super) async fn drop_workers(
+    bus: &mut Bus,
+    link: &str,
+    workers: &[u32],
+) -> redis::RedisResult<i64> {
+    let mut c = call(bus, "drop", b"");
+    c.arg(link);
+    arg_workers(&mut c, workers);
+    int(run_one(bus, c).await?)
+}
+
+/// Remove every client of `workers` (their ids are given up); how many.
+pub(super) async fn release_workers(bus: &mut Bus, workers: &[u32]) -> redis::RedisResult<i64> {
+    let mut c = call(bus, "release", b"");
+    arg_workers(&mut c, workers);
+    int(run_one(bus, c).await?)
+}
+
+fn int(v: RValue) -> redis::RedisResult<i64> {
+    match v {
+        RValue::Int(n) => Ok(n),
+        other => Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "directory script",
+            format!("{other:?}"),
+        ))),
+    }
+}
+
+/// What renewing a worker's alive key found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewed {
+    /// Renewed (or nothing to do).
+    Kept,
+    /// It had expired or been swept while the node is subscribed: register again.
+    Lost,
+    /// Another link registered the worker since.
+    Taken,
+}
+
+/// Sweep if no one did this past second; clients removed.
+async fn sweep(bus: &mut Bus) -> redis::RedisResult<i64> {
+    let c = call(bus, "sweep", b"");
+    int(run_one(bus, c).await?)
+}
+
+/// Renew link `link`'s alive keys of `workers`.
+async fn renew(bus: &mut Bus, link: &str, workers: &[u32]) -> redis::RedisResult<Vec<Renewed>> {
+    let mut c = call(bus, "refresh", b"");
+    c.arg(link).arg(ALIVE_TTL_MS);
+    arg_workers(&mut c, workers);
+    let RValue::Array(codes) = run_one(bus, c).await? else {
+        return Ok(vec![Renewed::Kept; workers.len()]);
+    };
+    Ok(codes
+        .iter()
+        .map(|c| match c {
+            RValue::Int(1) => Renewed::Lost,
+            RValue::Int(2) => Renewed::Taken,
+            _ => Renewed::Kept,
+        })
+        .collect())
+}
+
+/// Every second, while the link registered clients or holds worker-id leases: sweep; every
+/// tenth second renew the alive keys of the workers it registered, and when one was lost (the
+/// link was out of touch for longer than the key lives) have the client register again.
+pub(super) async fn run_directory(link: Weak<RedisLink>) {
+    let every = (MEMBERSHIP_REFRESH.as_millis() / SWEEP_EVERY.as_millis()).max(1) as u64;
+    let mut tick = 0u64;
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        let Some(l) = link.upgrade() else { return };
+        if l.closed.get() {
+            return;
+        }
+        if !l.sweeps.get() || !l.up.get() {
+            continue;
+        }
+        let Some(mut bus) = l.manager.borrow().clone() else {
+            continue;
+        };
+        tick += 1;
+        let workers: Vec<u32> = if tick.is_multiple_of(every) {
+            l.dir_workers.borrow().iter().copied().collect()
+        } else {
+            Vec::new()
+        };
+        let (id, shown) = (l.id.clone(), l.shown.clone());
+        drop(l);
+        match sweep(&mut bus).await {
+            Ok(0) => {}
+            Ok(n) => log::info!("redis {shown}: directory: {n} clients of gone nodes removed"),
+            Err(e) => log::debug!("redis {shown}: directory sweep: {e}"),
+        }
+        if workers.is_empty() {
+            continue;
+        }
+        let renewed = match renew(&mut bus, &id, &workers).await {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("redis {shown}: directory: alive keys not renewed: {e}");
+                continue;
+            }
+        };
+        let Some(l) = link.upgrade() else { return };
+        let mut lost = Vec::new();
+        for (w, r) in workers.iter().zip(renewed) {
+            match r {
+                Renewed::Kept => {}
+                Renewed::Lost => lost.push(*w),
+                Renewed::Taken => {
+                    l.dir_workers.borrow_mut().remove(w);
+                }
+            }
+        }
+        if !lost.is_empty() {
+            log::warn!(
+                "redis {shown}: directory: the clients of workers {lost:?} were swept while \
+                 this link was out of touch; registering them again"
+            );
+            if let Some(o) = l.owner() {
+                drop(l);
+                o.registrations_lost();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::dir::Registration;
+    use serde_json::json;
+
+    fn args(op: &DirOp) -> Vec<String> {
+        let mut c = redis::Cmd::new();
+        op_args(&mut c, op, "L");
+        c.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<not an argument>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_and_node_channels_share_one_slot() {
+        assert!(WORKERS.starts_with(PREFIX) && PREFIX.starts_with(TAG));
+        let w3 = event_channel(&dir::node_event(3));
+        assert_eq!(w3, "werkmann:e:{werkmann:dir}werkmann.gw.3");
+        assert_eq!(
+            event_channel(dir::ALL_NODES),
+            "werkmann:e:{werkmann:dir}werkmann.gw"
+        );
+        // Redis Cluster hashes the part between the first `{` and the next `}`.
+        let tag = |key: &str| {
+            let open = key.find('{').unwrap();
+            let close = open + key[open..].find('}').unwrap();
+            key[open + 1..close].to_string()
+        };
+        for key in [&w3, WORKERS, &format!("{PREFIX}u:{{x}}")] {
+            assert_eq!(tag(key), "werkmann:dir", "{key}");
+        }
+        // Other events keep their plain channel.
+        assert_eq!(event_channel("werkmann.gwx"), "werkmann:e:werkmann.gwx");
+        assert_eq!(event_channel("news"), "werkmann:e:news");
+        for name in [
+            "werkmann.gw",
+            "werkmann.gw.3",
+            "werkmann.gwx",
+            "news",
+            "{werkmann:dir}x",
+        ] {
+            let ch = event_channel(name);
+            assert_eq!(event_name(ch.strip_prefix(PREFIX_EVENT).unwrap()), name);
+        }
+        let text = script_text();
+        assert!(!text.contains('@'), "every constant filled in");
+        assert!(text.contains("local NODE = 'werkmann:e:{werkmann:dir}werkmann.gw.'"));
+    }
+
+    #[test]
+    fn operations_become_script_arguments() {
+        let id = |s: &str| s.parse::<ClientId>().unwrap();
+        let reg = DirOp::Register {
+            clients: vec![
+                Registration {
+                    client_id: id("01-2"),
+                    uid: Some("alice".into()),
+                    groups: vec!["a".into(), "b".into()],
+                    session: Some(serde_json::from_value(json!({"k": [1], "n": null})).unwrap()),
+                },
+                Registration {
+                    client_id: id("1-3"),
+                    uid: None,
+                    groups: vec![],
+                    session: None,
+                },
+            ],
+        };
+        assert_eq!(
+            args(&reg),
+            [
+                "L", "30000", "2", "1-2", "alice", "2", "a", "b", "2", "k", "[1]", "n", "null",
+                "1-3", "", "0", "0"
+            ]
+        );
+        let send = |target| DirOp::Send {
+            target,
+            data: "x".into(),
+        };
+        let groups = send(Target::Groups {
+            groups: vec!["g".into(), "h".into(), "g".into()],
+            exclude: vec![id("1-1"), id("1-1"), id("2-1")],
+        });
+        assert_eq!(args(&groups), ["groups", "2", "g", "h", "1-1", "2-1"]);
+        let uids = send(Target::Uids {
+            uids: vec!["u".into(), "u".into()],
+        });
+        assert_eq!(args(&uids), ["uids", "u"]);
+        let all = send(Target::All { exclude: vec![] });
+        assert_eq!(args(&all), ["all"]);
+        assert_eq!(args(&DirOp::GetAllUidCount), Vec::<String>::new());
+        let unreg = DirOp::Unregister {
+            client_ids: vec![id("3-4"), id("3-4")],
+        };
+        assert_eq!(args(&unreg), ["3-4"]);
+    }
+
+    #[test]
+    fn replies_become_answers() {
+        let bulk = |s: &str| RValue::BulkString(s.as_bytes().to_vec());
+        let arr = |v: &[&str]| RValue::Array(v.iter().map(|s| bulk(s)).collect());
+        let id = "1-1".parse::<ClientId>().unwrap();
+        let ok = |op: DirOp, r: RValue| answer(&op, &r).unwrap();
+        assert_eq!(
+            ok(DirOp::IsOnline { client_id: id }, RValue::Int(1)),
+            json!(true)
+        );
+        assert_eq!(
+            ok(
+                DirOp::GetClientIdByUid { uid: "u".into() },
+                arr(&["10-1", "2-30", "2-4"])
+            ),
+            json!(["2-4", "2-30", "10-1"])
+        );
+        assert_eq!(
+            ok(DirOp::GetUidByClientId { client_id: id }, RValue::Nil),
+            json!(null)
+        );
+        assert_eq!(
+            ok(
+                DirOp::GetUidByClientId { client_id: id },
+                RValue::Boolean(false)
+            ),
+            json!(null)
+        );
+        let group = || "g".to_string();
+        assert_eq!(
+            ok(
+                DirOp::GetUidListByGroup { group: group() },
+                arr(&["b", "a", "b"])
+            ),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            ok(
+                DirOp::GetUidCountByGroup { group: group() },
+                arr(&["b", "a", "b"])
+            ),
+            json!(2)
+        );
+        assert_eq!(
+            ok(
+                DirOp::GetSession { client_id: id },
+                RValue::Array(vec![RValue::Int(1), bulk("k"), bulk("[1,{\"a\":2}]")])
+            ),
+            json!({"k": [1, {"a": 2}]})
+        );
+        assert_eq!(
+            ok(
+                DirOp::GetSession { client_id: id },
+                RValue::Array(vec![RValue::Int(1)])
+            ),
+            json!({})
+        );
+        assert_eq!(
+            ok(DirOp::GetSession { client_id: id }, RValue::Nil),
+            json!(null)
+        );
+        assert_eq!(ok(DirOp::GetAllClientIdCount, RValue::Int(7)), json!(7));
+        assert!(answer(&DirOp::GetAllClientIdCount, &RValue::Nil).is_err());
+    }
+}

@@ -1,0 +1,419 @@
+//! The directory on Redis and Redis Cluster, what is Redis's own (the shared cases are in
+//! `werkmann_tests::directory`, run on every backend by `conformance.rs`): a node that vanishes
+//! without closing its connection is swept within the alive key's bound, a closing link takes
+//! its registrations at once, operations keep their order with the link's other commands,
+//! requests fail at once while disconnected, nothing is left in Redis once the clients go, and
+//! a sequence of operations with their corner cases is answered exactly as the embedded hub does.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use werkmann_tests::conformance::{Backend, Kind};
+use werkmann_tests::{
+    channel_console, open_console as open, poll_until_async, wait_until_async, Console,
+    RedisServer, WAIT,
+};
+
+/// How long a worker's alive key lives unrenewed (`redis/directory.rs`, `ALIVE_TTL_MS`).
+const ALIVE_TTL: Duration = Duration::from_secs(30);
+/// How often the directory is swept (`SWEEP_EVERY`): a sweep runs at most this long after the
+/// key expired, plus as long again when another link swept just before.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// A gateway node's console for worker `worker`: subscribed to its node event and to every
+/// node's.
+async fn node(addr: &str, worker: u32) -> Console {
+    let mut c = open(addr).await;
+    assert_eq!(c.ask(&format!("on werkmann.gw.{worker}")).await, "ok");
+    assert_eq!(c.ask("on werkmann.gw").await, "ok");
+    c.sync().await;
+    c
+}
+
+/// `c` sends `op` without waiting for its answer.
+async fn dirsend(c: &mut Console, op: Value) {
+    assert_eq!(c.ask(&format!("dirsend {op}")).await, "ok Sent", "{op}");
+}
+
+/// The directory's answer to `op`.
+async fn dir(c: &mut Console, op: &Value) -> Value {
+    let line = c.ask(&format!("dir {op}")).await;
+    let answer = line
+        .strip_prefix("dir ")
+        .unwrap_or_else(|| panic!("{op}: {line:?}"));
+    serde_json::from_str(answer).unwrap()
+}
+
+async fn count(api: &mut Console) -> Value {
+    dir(api, &json!({"op": "get_all_client_id_count"})).await
+}
+
+/// Wait until the directory holds `n` clients.
+async fn count_is(api: &mut Console, n: u64, within: Duration) {
+    wait_until_async(
+        within,
+        format!("{n} clients in the directory"),
+        async || count(api).await == json!(n),
+    )
+    .await;
+}
+
+/// The next line of `c` is `op`, forwarded on `event`.
+async fn forwarded(c: &mut Console, event: &str, op: &Value) {
+    let line = c.line().await;
+    let data = line
+        .strip_prefix(&format!("event {event} "))
+        .unwrap_or_else(|| panic!("{op} forwarded on {event}; got {line:?}"));
+    let json: String = serde_json::from_str(data).unwrap();
+    assert_eq!(&serde_json::from_str::<Value>(&json).unwrap(), op);
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on the pid of a child process this test started and still holds.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+/// A node that vanishes without closing its connection (stopped with SIGSTOP: Redis keeps its
+/// connection and its subscriptions) stops renewing its alive key: its clients are swept
+/// within the key's life and a sweep, not before; woken up, its link sees that they were
+/// swept and has its client register again.
+async fn a_vanished_node_is_swept_within_the_bound(kind: Kind) {
+    let b = Backend::start(kind);
+    let (app, n_addr) = b.console();
+    let app = app.expect("a console process of its own");
+    let (_api_app, api_addr) = b.console();
+    let mut n = node(&n_addr, 7).await;
+    let mut api = open(&api_addr).await;
+    let reg = json!({"op": "register", "clients": [
+        {"client_id": "7-1", "uid": "frozen", "groups": ["g"]},
+        {"client_id": "7-2"},
+    ]});
+    dirsend(&mut n, reg).await;
+    count_is(&mut api, 2, WAIT).await;
+
+    let pid = app.child.id();
+    signal(pid, libc::SIGSTOP);
+    let stopped = Instant::now();
+    // Still subscribed: counted as reached while its alive key lives.
+    let send = json!({"op": "send", "to": "uids", "uids": ["frozen"], "data": "x"});
+    assert_eq!(dir(&mut api, &send).await, json!(1));
+    let bound = ALIVE_TTL + 2 * SWEEP;
+    let slack = Duration::from_secs(3);
+    count_is(&mut api, 0, bound + slack + Duration::from_secs(5)).await;
+    let took = stopped.elapsed();
+    signal(pid, libc::SIGCONT);
+    assert!(
+        took <= bound + slack,
+        "swept after {took:?}, bound {bound:?}"
+    );
+    // Its alive key was renewed up to 10 s before it stopped.
+    assert!(
+        took >= ALIVE_TTL - Duration::from_secs(11),
+        "swept after {took:?}, while its alive key lived"
+    );
+    assert_eq!(
+        dir(&mut api, &json!({"op": "get_all_uid_count"})).await,
+        json!(0)
+    );
+    assert_eq!(
+        dir(&mut api, &json!({"op": "get_all_group_id_list"})).await,
+        json!([])
+    );
+    assert_eq!(dir(&mut api, &send).await, json!(0));
+
+    // Awake, the node's link renews its alive key, finds it gone and has the client register
+    // again (a gateway node's reconnect hook; the console has none).
+    let noticed = async || {
+        app.log()
+            .contains("were swept while this link was out of touch")
+    };
+    assert!(
+        poll_until_async(Duration::from_secs(15), noticed).await,
+        "the woken node's link notices; log:\n{}",
+        app.log()
+    );
+}
+
+#[tokio::test]
+async fn a_vanished_node_is_swept_within_the_bound_redis() {
+    a_vanished_node_is_swept_within_the_bound(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn a_vanished_node_is_swept_within_the_bound_redis_cluster() {
+    a_vanished_node_is_swept_within_the_bound(Kind::RedisCluster).await;
+}
+
+/// The clients a link registered leave with it when it closes, though the node's event still
+/// has a subscriber (another connection of the same process), so no sweep would take them.
+async fn a_closing_link_takes_its_registrations_at_once(kind: Kind) {
+    let b = Backend::start(kind);
+    let (_app, addr) = b.console();
+    let (_api_app, api_addr) = b.console();
+    let mut listener = node(&addr, 5).await;
+    let mut registrar = open(&addr).await;
+    let mut api = open(&api_addr).await;
+    let reg = json!({"op": "register", "clients": [
+        {"client_id": "5-1", "uid": "u", "session": {"k": 1}},
+        {"client_id": "5-2", "groups": ["g"]},
+    ]});
+    dirsend(&mut registrar, reg).await;
+    count_is(&mut api, 2, WAIT).await;
+    // Sweeps run every second: they leave a subscribed worker alone.
+    listener.nothing_for(2500).await;
+    assert_eq!(count(&mut api).await, json!(2));
+
+    drop(registrar);
+    count_is(&mut api, 0, Duration::from_secs(2)).await;
+    assert_eq!(
+        dir(&mut api, &json!({"op": "is_uid_online", "uid": "u"})).await,
+        json!(false)
+    );
+    listener.nothing_for(100).await;
+}
+
+#[tokio::test]
+async fn a_closing_link_takes_its_registrations_at_once_redis() {
+    a_closing_link_takes_its_registrations_at_once(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn a_closing_link_takes_its_registrations_at_once_redis_cluster() {
+    a_closing_link_takes_its_registrations_at_once(Kind::RedisCluster).await;
+}
+
+/// Directory commands run in order with the link's other commands: a registration sent
+/// without waiting is in place for the next request, and what the directory forwards reaches
+/// the node between the events published before and after it.
+async fn operations_keep_their_order(kind: Kind) {
+    let b = Backend::start(kind);
+    let (_app, addr) = b.console();
+    let mut n = node(&addr, 3).await;
+    let mut api = open(&addr).await;
+    for i in 0..20 {
+        let id = format!("3-{i}");
+        dirsend(
+            &mut n,
+            json!({"op": "register", "clients": [{"client_id": id}]}),
+        )
+        .await;
+        let online = json!({"op": "is_online", "client_id": id});
+        assert_eq!(dir(&mut n, &online).await, json!(true), "{id}");
+    }
+    for i in 0..20 {
+        let data = format!("m{i}");
+        let send = json!({"op": "send", "to": "clients", "client_ids": ["3-1"], "data": data});
+        assert_eq!(api.ask(&format!("pub werkmann.gw.3 {i}")).await, "ok Sent");
+        dirsend(&mut api, send.clone()).await;
+        assert_eq!(n.line().await, format!("event werkmann.gw.3 {i}"));
+        forwarded(&mut n, "werkmann.gw.3", &send).await;
+    }
+    let bind = json!({"op": "bind_uid", "client_id": "3-2", "uid": "a"});
+    let send = json!({"op": "send", "to": "uids", "uids": ["a"], "data": "after bind"});
+    dirsend(&mut api, bind.clone()).await;
+    assert_eq!(dir(&mut api, &send).await, json!(1));
+    forwarded(&mut n, "werkmann.gw.3", &bind).await;
+    forwarded(&mut n, "werkmann.gw.3", &send).await;
+    n.nothing_for(100).await;
+}
+
+#[tokio::test]
+async fn operations_keep_their_order_redis() {
+    operations_keep_their_order(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn operations_keep_their_order_redis_cluster() {
+    operations_keep_their_order(Kind::RedisCluster).await;
+}
+
+/// Requests are refused at once while Redis is away; the directory lives in Redis, so a Redis
+/// restarted without persistence starts empty (the nodes register again on reconnect).
+#[tokio::test]
+async fn requests_fail_at_once_while_redis_is_away() {
+    let mut redis = RedisServer::start();
+    let (_app, addr) = channel_console(&redis.url(), &[]);
+    let mut n = node(&addr, 1).await;
+    let mut api = open(&addr).await;
+    dirsend(
+        &mut n,
+        json!({"op": "register", "clients": [{"client_id": "1-1"}]}),
+    )
+    .await;
+    count_is(&mut api, 1, WAIT).await;
+
+    redis.kill();
+    assert_eq!(api.line().await, "channel closed");
+    assert_eq!(n.line().await, "channel closed");
+    let op = json!({"op": "get_all_client_id_count"});
+    assert_eq!(
+        api.ask(&format!("dir {op}")).await,
+        "err channel not connected"
+    );
+    redis.restart();
+    assert_eq!(api.line().await, "channel connected");
+    assert_eq!(n.line().await, "channel connected");
+    assert_eq!(count(&mut api).await, json!(0));
+    dirsend(
+        &mut n,
+        json!({"op": "register", "clients": [{"client_id": "1-1"}]}),
+    )
+    .await;
+    count_is(&mut api, 1, WAIT).await;
+}
+
+/// Every directory key carries the `{werkmann:dir}` hash tag, and once the clients are gone
+/// only the registrar's alive key (and the sweep's marker) is left.
+#[tokio::test]
+async fn nothing_is_left_behind() {
+    let redis = RedisServer::start();
+    let (_app, addr) = channel_console(&redis.url(), &[]);
+    let mut n = node(&addr, 4).await;
+    let mut api = open(&addr).await;
+    dirsend(
+        &mut n,
+        json!({"op": "register", "clients": [
+            {"client_id": "4-1", "uid": "a", "groups": ["g", "h"], "session": {"s": 1}},
+            {"client_id": "4-2", "uid": "a", "groups": ["g"]},
+        ]}),
+    )
+    .await;
+    count_is(&mut api, 2, WAIT).await;
+    for op in [
+        json!({"op": "bind_uid", "client_id": "4-2", "uid": "b"}),
+        json!({"op": "join_group", "client_id": "4-1", "group": "k"}),
+        json!({"op": "update_session", "client_id": "4-2", "session": {"t": [2]}}),
+    ] {
+        assert_eq!(dir(&mut api, &op).await, json!(1), "{op}");
+        forwarded(&mut n, "werkmann.gw.4", &op).await;
+    }
+    let keys = || -> Vec<String> {
+        let mut k: Vec<String> = redis
+            .cli(&["--raw", "keys", "*dir*"])
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect();
+        k.sort();
+        k
+    };
+    let all = keys();
+    assert!(
+        all.iter().all(|k| k.starts_with("{werkmann:dir}:")),
+        "{all:?}"
+    );
+    for want in [
+        "c:4-1", "cg:4-1", "cs:4-2", "u:b", "uw:a", "g:k", "gw:g", "w:4", "workers",
+    ] {
+        assert!(
+            all.contains(&format!("{{werkmann:dir}}:{want}")),
+            "{want} in {all:?}"
+        );
+    }
+    dirsend(
+        &mut n,
+        json!({"op": "unregister", "client_ids": ["4-1", "4-2"]}),
+    )
+    .await;
+    count_is(&mut api, 0, WAIT).await;
+    let left: Vec<String> = keys()
+        .into_iter()
+        .filter(|k| k != "{werkmann:dir}:swept")
+        .collect();
+    assert_eq!(left, ["{werkmann:dir}:alive:4"]);
+}
+
+/// The same operations answered the same on Redis (and a Cluster) as by the embedded hub: a
+/// sequence with the corner cases (registrations replaced, names and ids repeated, sessions
+/// with nulls, overlapping groups with exclusions, unknown clients).
+async fn answers_as_the_hub_does(kind: Kind) {
+    let ops: Vec<Value> = vec![
+        json!({"op": "register", "clients": [
+            {"client_id": "1-1", "uid": "a", "groups": ["g", "h", "g"], "session": {"k": 1, "n": null}},
+            {"client_id": "1-2", "uid": "a", "groups": ["g"]},
+            {"client_id": "2-1", "uid": "b", "groups": ["h"], "session": {}},
+            {"client_id": "2-2"},
+            {"client_id": "2-2", "groups": ["x"]},
+        ]}),
+        json!({"op": "get_all_client_id_count"}),
+        json!({"op": "get_all_uid_count"}),
+        json!({"op": "get_all_group_id_list"}),
+        json!({"op": "get_client_id_list_by_group", "group": "g"}),
+        json!({"op": "get_client_id_list_by_group", "group": "x"}),
+        json!({"op": "get_uid_list_by_group", "group": "h"}),
+        json!({"op": "get_uid_count_by_group", "group": "g"}),
+        json!({"op": "get_session", "client_id": "1-1"}),
+        json!({"op": "get_session", "client_id": "2-1"}),
+        json!({"op": "get_session", "client_id": "2-9"}),
+        json!({"op": "bind_uid", "client_id": "2-2", "uid": "a"}),
+        json!({"op": "bind_uid", "client_id": "2-2", "uid": "a"}),
+        json!({"op": "get_client_id_by_uid", "uid": "a"}),
+        json!({"op": "unbind_uid", "client_id": "2-2", "uid": "b"}),
+        json!({"op": "bind_uid", "client_id": "1-1", "uid": "c"}),
+        json!({"op": "get_uid_by_client_id", "client_id": "1-1"}),
+        json!({"op": "get_all_uid_count"}),
+        json!({"op": "send", "to": "uids", "uids": ["a", "c", "a", "zz"], "data": "m"}),
+        json!({"op": "send", "to": "groups", "groups": ["g", "h", "x"], "exclude": ["2-1", "9-9"], "data": "m"}),
+        json!({"op": "send", "to": "groups", "groups": ["g"], "exclude": ["1-2", "1-2"], "data": "m"}),
+        json!({"op": "send", "to": "clients", "client_ids": ["1-1", "1-1", "2-2", "3-3"], "data": "m"}),
+        json!({"op": "send", "to": "all", "exclude": ["1-1", "1-1", "4-4"], "data": "m"}),
+        json!({"op": "send", "to": "all", "data": "m"}),
+        json!({"op": "join_group", "client_id": "2-2", "group": "g"}),
+        json!({"op": "join_group", "client_id": "2-2", "group": "g"}),
+        json!({"op": "leave_group", "client_id": "2-2", "group": "h"}),
+        json!({"op": "get_client_id_count_by_group", "group": "g"}),
+        json!({"op": "set_session", "client_id": "1-2", "session": {"z": [1, {"y": 2.5}]}}),
+        json!({"op": "update_session", "client_id": "1-2", "session": {"z": null, "w": "é"}}),
+        json!({"op": "get_session", "client_id": "1-2"}),
+        json!({"op": "set_session", "client_id": "1-2", "session": {}}),
+        json!({"op": "get_session", "client_id": "1-2"}),
+        json!({"op": "update_session", "client_id": "7-7", "session": {"a": 1}}),
+        json!({"op": "register", "clients": [{"client_id": "1-1", "groups": ["h"]}]}),
+        json!({"op": "get_uid_by_client_id", "client_id": "1-1"}),
+        json!({"op": "is_uid_online", "uid": "c"}),
+        json!({"op": "get_all_group_id_list"}),
+        json!({"op": "ungroup", "group": "g"}),
+        json!({"op": "ungroup", "group": "g"}),
+        json!({"op": "get_all_group_id_list"}),
+        json!({"op": "close_client", "client_id": "2-1", "data": "bye"}),
+        json!({"op": "close_client", "client_id": "2-8"}),
+        json!({"op": "is_online", "client_id": "2-1"}),
+        json!({"op": "unregister", "client_ids": ["2-1", "2-1", "5-5", "1-2"]}),
+        json!({"op": "get_all_client_id_count"}),
+        json!({"op": "get_client_id_by_uid", "uid": "a"}),
+        json!({"op": "get_uid_list_by_group", "group": "h"}),
+        json!({"op": "unregister", "client_ids": ["1-1", "2-2"]}),
+        json!({"op": "get_all_client_id_count"}),
+        json!({"op": "get_all_uid_count"}),
+        json!({"op": "get_all_group_id_list"}),
+    ];
+    let mut answers = Vec::new();
+    for b in [Backend::start(Kind::Embedded), Backend::start(kind)] {
+        let (_n_app, n_addr) = b.console();
+        let (_api_app, api_addr) = b.console();
+        let mut n = open(&n_addr).await;
+        for e in ["werkmann.gw.1", "werkmann.gw.2", "werkmann.gw"] {
+            assert_eq!(n.ask(&format!("on {e}")).await, "ok");
+        }
+        n.sync().await;
+        let mut api = open(&api_addr).await;
+        let mut got = Vec::new();
+        for op in &ops {
+            got.push((op.clone(), dir(&mut api, op).await));
+        }
+        answers.push(got);
+    }
+    for (hub, redis) in answers[0].iter().zip(&answers[1]) {
+        assert_eq!(hub, redis, "the hub's answer, then {kind:?}'s");
+    }
+}
+
+#[tokio::test]
+async fn answers_as_the_hub_does_redis() {
+    answers_as_the_hub_does(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn answers_as_the_hub_does_redis_cluster() {
+    answers_as_the_hub_does(Kind::RedisCluster).await;
+}
