@@ -226,12 +226,7 @@ pub async fn sends_reach_exactly_their_targets(b: &Backend) {
     )
     .await;
     dir_until(&mut api, json!({"op": "get_all_client_id_count"}), json!(4)).await;
-    let send = |target: Value| {
-        let mut op = target;
-        op["op"] = json!("send");
-        op["data"] = json!("hello");
-        op
-    };
+    let send = |target: Value| json!({"op": "send", "target": target, "data": "hello"});
     let (w1, w2) = ("werkmann.gw.1", "werkmann.gw.2");
     // (target, answer, forwarded to node 1, to node 2)
     let cases = [
@@ -343,7 +338,7 @@ pub async fn bad_operations_are_refused(b: &Backend) {
             "client_id",
         ),
         (
-            r#"{"op":"send","to":"uids","uids":["a"],"data":"x","more":1}"#,
+            r#"{"op":"send","target":{"to":"uids","uids":["a"]},"data":"x","more":1}"#,
             "unknown field",
         ),
         (r#"not json"#, "bad directory operation"),

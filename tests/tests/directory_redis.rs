@@ -95,7 +95,7 @@ async fn a_vanished_node_is_swept_within_the_bound(kind: Kind) {
     signal(pid, libc::SIGSTOP);
     let stopped = Instant::now();
     // Still subscribed: counted as reached while its alive key lives.
-    let send = json!({"op": "send", "to": "uids", "uids": ["frozen"], "data": "x"});
+    let send = json!({"op": "send", "target": {"to": "uids", "uids": ["frozen"]}, "data": "x"});
     assert_eq!(dir(&mut api, &send).await, json!(1));
     let bound = ALIVE_TTL + 2 * SWEEP;
     let slack = Duration::from_secs(3);
@@ -202,14 +202,15 @@ async fn operations_keep_their_order(kind: Kind) {
     }
     for i in 0..20 {
         let data = format!("m{i}");
-        let send = json!({"op": "send", "to": "clients", "client_ids": ["3-1"], "data": data});
+        let send =
+            json!({"op": "send", "target": {"to": "clients", "client_ids": ["3-1"]}, "data": data});
         assert_eq!(api.ask(&format!("pub werkmann.gw.3 {i}")).await, "ok Sent");
         dirsend(&mut api, send.clone()).await;
         assert_eq!(n.line().await, format!("event werkmann.gw.3 {i}"));
         forwarded(&mut n, "werkmann.gw.3", &send).await;
     }
     let bind = json!({"op": "bind_uid", "client_id": "3-2", "uid": "a"});
-    let send = json!({"op": "send", "to": "uids", "uids": ["a"], "data": "after bind"});
+    let send = json!({"op": "send", "target": {"to": "uids", "uids": ["a"]}, "data": "after bind"});
     dirsend(&mut api, bind.clone()).await;
     assert_eq!(dir(&mut api, &send).await, json!(1));
     forwarded(&mut n, "werkmann.gw.3", &bind).await;
@@ -352,12 +353,12 @@ async fn answers_as_the_hub_does(kind: Kind) {
         json!({"op": "bind_uid", "client_id": "1-1", "uid": "c"}),
         json!({"op": "get_uid_by_client_id", "client_id": "1-1"}),
         json!({"op": "get_all_uid_count"}),
-        json!({"op": "send", "to": "uids", "uids": ["a", "c", "a", "zz"], "data": "m"}),
-        json!({"op": "send", "to": "groups", "groups": ["g", "h", "x"], "exclude": ["2-1", "9-9"], "data": "m"}),
-        json!({"op": "send", "to": "groups", "groups": ["g"], "exclude": ["1-2", "1-2"], "data": "m"}),
-        json!({"op": "send", "to": "clients", "client_ids": ["1-1", "1-1", "2-2", "3-3"], "data": "m"}),
-        json!({"op": "send", "to": "all", "exclude": ["1-1", "1-1", "4-4"], "data": "m"}),
-        json!({"op": "send", "to": "all", "data": "m"}),
+        json!({"op": "send", "target": {"to": "uids", "uids": ["a", "c", "a", "zz"]}, "data": "m"}),
+        json!({"op": "send", "target": {"to": "groups", "groups": ["g", "h", "x"], "exclude": ["2-1", "9-9"]}, "data": "m"}),
+        json!({"op": "send", "target": {"to": "groups", "groups": ["g"], "exclude": ["1-2", "1-2"]}, "data": "m"}),
+        json!({"op": "send", "target": {"to": "clients", "client_ids": ["1-1", "1-1", "2-2", "3-3"]}, "data": "m"}),
+        json!({"op": "send", "target": {"to": "all", "exclude": ["1-1", "1-1", "4-4"]}, "data": "m"}),
+        json!({"op": "send", "target": {"to": "all"}, "data": "m"}),
         json!({"op": "join_group", "client_id": "2-2", "group": "g"}),
         json!({"op": "join_group", "client_id": "2-2", "group": "g"}),
         json!({"op": "leave_group", "client_id": "2-2", "group": "h"}),

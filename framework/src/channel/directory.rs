@@ -976,12 +976,7 @@ mod tests {
         ] {
             d.by(API, json!({"op": "join_group", "client_id": c, "group": g}));
         }
-        let send = |target: Value| {
-            let mut j = target;
-            j["op"] = json!("send");
-            j["data"] = json!("hi");
-            j
-        };
+        let send = |target: Value| json!({"op": "send", "target": target, "data": "hi"});
         // Uids: the workers holding them, each connection counted (duplicates once).
         let uids = send(json!({"to": "uids", "uids": ["alice", "nobody", "alice"]}));
         assert_eq!(d.by(API, uids.clone()), to(2, &[1, 2]));
@@ -1042,9 +1037,9 @@ mod tests {
                 json!({"op": "bind_uid", "client_id": id, "uid": "same"}),
             );
         }
-        let send = json!({"op": "send", "to": "groups", "groups": ["big"], "exclude": ["1-1"], "data": "x"});
+        let send = json!({"op": "send", "target": {"to": "groups", "groups": ["big"], "exclude": ["1-1"]}, "data": "x"});
         assert_eq!(d.by(API, send), to(99, &[0, 1, 2, 3]));
-        let uid = json!({"op": "send", "to": "uids", "uids": ["same"], "data": "x"});
+        let uid = json!({"op": "send", "target": {"to": "uids", "uids": ["same"]}, "data": "x"});
         assert_eq!(d.with(API, uid, |w| w < 2), to(50, &[0, 1, 2, 3]));
         assert_eq!(
             d.ask(json!({"op": "get_uid_count_by_group", "group": "big"})),

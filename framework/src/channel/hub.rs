@@ -857,7 +857,7 @@ mod tests {
             let (_, b2) = ask(bind("2-1", "alice"));
             let (_, b3) = ask(bind("1-2", "bob"));
             // A uid's send: one copy per worker holding it.
-            let send = |u: &str| json!({"op": "send", "to": "uids", "uids": [u], "data": "hi"});
+            let send = |u: &str| json!({"op": "send", "target": {"to": "uids", "uids": [u]}, "data": "hi"});
             let (a, alice) = ask(send("alice"));
             assert_eq!(a, json!(2));
             let (a, bob) = ask(send("bob"));
@@ -865,7 +865,7 @@ mod tests {
             let (a, _) = ask(send("nobody"));
             assert_eq!(a, json!(0));
             // To all: once to every node, on the event all nodes share.
-            let (a, all) = ask(json!({"op": "send", "to": "all", "data": "x"}));
+            let (a, all) = ask(json!({"op": "send", "target": {"to": "all"}, "data": "x"}));
             assert_eq!(a, json!(3));
             // Queries and refusals are answered, not forwarded.
             let (a, _) = ask(json!({"op": "get_all_client_id_count"}));
