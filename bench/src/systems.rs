@@ -15,6 +15,7 @@ use crate::child::{free_addr, Child};
 use crate::http::Api;
 use crate::procfs;
 use crate::proto::Flavor;
+use crate::redis;
 
 /// Which werkmann binaries a werkmann setup runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +236,10 @@ pub struct Running {
     pub ws: Vec<SocketAddr>,
     /// The push API.
     pub api: Api,
+    /// The channel server (`start_channel` and where it listens), in cluster mode.
+    channel: Option<(PathBuf, SocketAddr)>,
+    /// The Redis server, in Redis mode and for Socket.IO's redis adapter.
+    pub redis: Option<SocketAddr>,
     procs: Vec<Child>,
     dir: PathBuf,
 }
@@ -253,6 +258,8 @@ impl Running {
                 flavor: setup.flavor(),
                 addr: api_addr,
             },
+            channel: None,
+            redis: None,
             procs: Vec::new(),
             dir,
         };
@@ -285,6 +292,7 @@ impl Running {
                     let mut c = Command::new(bin("start_channel"));
                     c.args(["start", "--listen", &a(ch)]);
                     r.spawn("start_channel", c, &[ch]).await?;
+                    r.channel = Some((bin("start_channel"), ch));
                     a(ch)
                 };
                 for i in 0..k {
@@ -361,7 +369,62 @@ impl Running {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--maxclients", "10000"]);
         self.spawn("redis-server", c, &[addr]).await?;
+        self.redis = Some(addr);
         Ok(addr)
+    }
+
+    /// A counter of the copies of pushes the cluster sent towards its nodes so far, where one
+    /// can be read (the difference over a phase is what counts):
+    ///
+    /// - werkmann with a channel server: the server's messages written less messages read
+    ///   (`start_channel status`: `msgs_out − msgs_in`). Every command a client sends is
+    ///   answered once (a publish or directory operation by its acknowledgement, a ping by a
+    ///   pong), so what is left are the deliveries to subscribers: the nodes.
+    /// - werkmann on Redis: `PUBLISH` and `SPUBLISH` calls (`INFO commandstats`, which counts
+    ///   those the directory's script makes): one per node event a push is sent to.
+    /// - Socket.IO's redis adapter: its `PUBLISH` calls times the nodes each reaches (every
+    ///   node pattern-subscribes to every room's channel: `PUBSUB NUMPAT` less the publisher's
+    ///   own subscription).
+    pub async fn copies_counter(&self) -> Option<i64> {
+        match self.setup {
+            Setup::WerkmannCluster { .. } => {
+                let (exe, listen) = self.channel.as_ref()?;
+                let out = tokio::process::Command::new(exe)
+                    .args(["status", "--listen", &listen.to_string()])
+                    .env("WERKMANN_RUN_DIR", &self.dir)
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .await
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                // worker listen id conns accepted msgs_in msgs_out fails …
+                let line = text.lines().find(|l| l.starts_with("ChannelServer"))?;
+                let cols: Vec<i64> = line
+                    .split_whitespace()
+                    .skip(5)
+                    .take(2)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                (cols.len() == 2).then(|| cols[1] - cols[0])
+            }
+            Setup::WerkmannRedis { .. } | Setup::SocketIoCluster { .. } => {
+                let addr = self.redis?;
+                let stats = redis::command(addr, &["INFO", "commandstats"]).await.ok()?;
+                let calls = (redis::command_calls(&stats, "publish")
+                    + redis::command_calls(&stats, "spublish")) as i64;
+                if matches!(self.setup, Setup::SocketIoCluster { .. }) {
+                    let numpat: i64 = redis::command(addr, &["PUBSUB", "NUMPAT"])
+                        .await
+                        .ok()?
+                        .parse()
+                        .ok()?;
+                    return Some(calls * (numpat - 1).max(0));
+                }
+                Some(calls)
+            }
+            _ => None,
+        }
     }
 
     /// Spawn one process (logging into the system's directory) and wait for its ports.
