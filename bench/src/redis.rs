@@ -1,4 +1,4 @@
-//! Just enough of Redis's protocol (RESP) to read a server's counters: `INFO`, `PUBSUB NUMPAT`.
+//! Just enough of Redis's protocol (RESP) to read a server's counters: `INFO`, `CLIENT LIST`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -65,6 +65,19 @@ pub fn command_calls(commandstats: &str, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Clients with a pattern subscription, from `CLIENT LIST` (`… psub=1 …`).
+pub fn pattern_subscribers(client_list: &str) -> usize {
+    client_list
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("psub="))
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +92,9 @@ mod tests {
         assert_eq!(command_calls(stats, "publish"), 6);
         assert_eq!(command_calls(stats, "evalsha"), 9);
         assert_eq!(command_calls(stats, "spublish"), 0);
+        let list = "id=3 addr=127.0.0.1:1 sub=3 psub=1 cmd=psubscribe\n\
+                    id=4 addr=127.0.0.1:2 sub=0 psub=0 cmd=publish\n\
+                    id=5 addr=127.0.0.1:3 sub=3 psub=1 cmd=psubscribe\n";
+        assert_eq!(pattern_subscribers(list), 2);
     }
 }

@@ -32,8 +32,8 @@ Copies to nodes/push: the copies of a push the cluster sent towards its nodes, c
 cluster's own counters over the run (channel server: messages written less messages read, as \
 `start_channel status` shows them — every command is answered once, what is left are the \
 deliveries to nodes; Redis: `PUBLISH` calls, those of the directory's script included; \
-Socket.IO: the adapter's `PUBLISH` calls times the nodes each reaches, `PUBSUB NUMPAT` less the \
-publisher's own), divided by the pushes. A uid push is due once at each worker instance holding \
+Socket.IO: the adapter's `PUBLISH` calls times the nodes each reaches, the clients with a \
+pattern subscription less the publisher's own), divided by the pushes. A uid push is due once at each worker instance holding \
 the uid (`--count 2`: two per node): 1 for a single-device user, 2 for a user with a device on \
 each of two nodes. A group push goes once to each instance holding members (up to 8 here). \
 Server bytes per bind_uid: the PSS of every server process after binding every client and one \
@@ -682,7 +682,7 @@ fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
         "req/s",
     );
     let tl = format!("targeted {} clients", k(plan.bcast_n));
-    let wt = find(rows, Scenario::Targeted, "werkmann", "cluster", &tl);
+    let wt = find(rows, Scenario::Targeted, "werkmann", "cluster, 2 ws", &tl);
     check(
         &format!(
             "{tl}, {} in flight, cluster (publisher → channel server → node): ≥ 20,000 pushes/s",
@@ -1257,6 +1257,72 @@ mod tests {
             out.contains("| 50,000 | — | — | — | 3 / — | 0 / — |"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn gateway_targets_read_copies_exactly_and_memory_against_256_bytes() {
+        let plan = Plan::quick_set();
+        let setup = Setup::WerkmannCluster {
+            ws: 4,
+            build: Build::Current,
+        };
+        let row = |sc, label: String, figures: &[(&str, f64)]| {
+            let mut r = Row::new(sc, &label, setup);
+            for (k, v) in figures {
+                r.set(k, *v);
+            }
+            r
+        };
+        let (n, f) = (plan.bcast_n, plan.inflight);
+        let mut rows = vec![
+            row(
+                Scenario::Targeted,
+                gateway::targeted_label(n, f),
+                &[("pushes_per_s", 20_000.0)],
+            ),
+            row(
+                Scenario::Uid,
+                gateway::uid_label(n, f),
+                &[
+                    ("pushes_per_s", 21_000.0),
+                    ("copies", 1.0),
+                    ("holders", 1.0),
+                ],
+            ),
+            // One copy too many over the run: not exact.
+            row(
+                Scenario::Uid,
+                gateway::uid2_label(n, f),
+                &[
+                    ("pushes_per_s", 19_000.0),
+                    ("copies", 2.0 + 1.0 / f64::from(plan.targeted_p)),
+                    ("holders", 2.0),
+                ],
+            ),
+            row(
+                Scenario::DirMemory,
+                gateway::dir_memory_label(plan.dir_bindings),
+                &[("bytes_per_binding", 200.0)],
+            ),
+        ];
+        rows[3].mode = "channel server (PSS)".into();
+        rows[1].errors.answer = 1;
+        let mut lines = Vec::new();
+        gateway_targets(&mut lines, &rows, &plan);
+        let verdicts: Vec<&str> = lines.iter().map(|l| l[2].as_str()).collect();
+        assert_eq!(
+            verdicts,
+            [
+                "met (1.05× the goal)",
+                "met",
+                "**missed**",
+                "**missed**",
+                "met",
+                "met (1.28× the goal)"
+            ],
+            "{lines:?}"
+        );
+        assert_eq!(lines[3][1], "1 answers not as due");
     }
 
     #[test]

@@ -1548,6 +1548,33 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_rows_run_on_four_nodes_alone() {
+        let o = parse(&args(
+            "--only gateway,dir-memory --systems werkmann,socketio",
+        ))
+        .unwrap();
+        assert_eq!(o.only, ["gateway", "dir-memory"]);
+        let s = suite(o);
+        let current = Build::Current;
+        assert_eq!(
+            s.setups_gateway(),
+            [
+                Setup::WerkmannCluster {
+                    ws: 4,
+                    build: current
+                },
+                Setup::WerkmannRedis {
+                    ws: 4,
+                    build: current
+                },
+                Setup::SocketIoCluster { ws: 4 },
+            ]
+        );
+        assert_eq!(s.setups_dir_memory().len(), 2);
+        assert!(parse(&args("--only gateways")).is_err());
+    }
+
+    #[test]
     fn werkmann_before_needs_a_baseline_and_systems_are_checked() {
         assert!(parse(&args("--systems werkmann-before")).is_err());
         assert!(parse(&args("--systems werkman")).is_err());

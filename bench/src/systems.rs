@@ -383,8 +383,8 @@ impl Running {
     /// - werkmann on Redis: `PUBLISH` and `SPUBLISH` calls (`INFO commandstats`, which counts
     ///   those the directory's script makes): one per node event a push is sent to.
     /// - Socket.IO's redis adapter: its `PUBLISH` calls times the nodes each reaches (every
-    ///   node pattern-subscribes to every room's channel: `PUBSUB NUMPAT` less the publisher's
-    ///   own subscription).
+    ///   node pattern-subscribes to every room's channel: the clients with a pattern
+    ///   subscription in `CLIENT LIST`, less the publisher's own).
     pub async fn copies_counter(&self) -> Option<i64> {
         match self.setup {
             Setup::WerkmannCluster { .. } => {
@@ -414,12 +414,9 @@ impl Running {
                 let calls = (redis::command_calls(&stats, "publish")
                     + redis::command_calls(&stats, "spublish")) as i64;
                 if matches!(self.setup, Setup::SocketIoCluster { .. }) {
-                    let numpat: i64 = redis::command(addr, &["PUBSUB", "NUMPAT"])
-                        .await
-                        .ok()?
-                        .parse()
-                        .ok()?;
-                    return Some(calls * (numpat - 1).max(0));
+                    let clients = redis::command(addr, &["CLIENT", "LIST"]).await.ok()?;
+                    let psub = redis::pattern_subscribers(&clients) as i64;
+                    return Some(calls * (psub - 1).max(0));
                 }
                 Some(calls)
             }
