@@ -78,7 +78,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The default set (about 15 minutes here).
+    /// The default set (about 18 minutes here, 2–3 of them the gateway rows).
     pub fn default_set() -> Plan {
         Plan {
             idle_small: 10_000,
@@ -106,11 +106,11 @@ impl Plan {
             gw_group_m: 400,
             dir_bindings: 100_000,
             channel_args: vec!["--quick".into()],
-            budget: Duration::from_secs(18 * 60),
+            budget: Duration::from_secs(20 * 60),
         }
     }
 
-    /// The quick set (under 3 minutes): smaller sizes, one run each.
+    /// The quick set (under 4 minutes): smaller sizes, one run each.
     pub fn quick_set() -> Plan {
         Plan {
             idle_small: 2_000,
@@ -138,7 +138,7 @@ impl Plan {
             gw_group_m: 40,
             dir_bindings: 10_000,
             channel_args: vec!["--quick".into(), "--events".into(), "30000".into()],
-            budget: Duration::from_secs(150),
+            budget: Duration::from_secs(210),
         }
     }
 }
@@ -193,7 +193,7 @@ const GROUPS: [&str; 11] = [
 pub const USAGE: &str = "\
 Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--modes LIST]
                  [--repeats N] [--budget SECS] [--baseline DIR]
-  --quick          the small set (under 3 minutes), one run per row
+  --quick          the small set (under 4 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
   --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
                    gateway,dir-memory,channel (gateway: uid, targeted and group pushes through
@@ -202,7 +202,7 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
                    --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
   --repeats N      runs of the rows reported as medians (default 3, --quick 1)
-  --budget SECS    start no new session after this long (default 1080, --quick 150)
+  --budget SECS    start no new session after this long (default 1200, --quick 210)
   --bin-dir DIR    werkmann binaries (default: next to pushbench)
   --baseline DIR   an older build's werkmann binaries (start_all, start_channel, start_ws,
                    start_http): werkmann runs a second time from there, as werkmann-before,
