@@ -222,12 +222,15 @@ impl Suite {
                 to: Arc::new(to),
             };
             let c0 = sys.copies_counter().await;
+            let cpu0 = sys.cpu_ns_by_role();
             let d = self
                 .deliver_to(&sys, &mut gen, &mut conns, Kind::Targeted, m, 1, None, how)
                 .await?;
+            let cpu1 = sys.cpu_ns_by_role();
             let c1 = sys.copies_counter().await;
             let mut r = self.delivery_row(Scenario::Targeted, &tl, setup, &d);
             set_copies(&mut r, c0, c1, m, Some(1));
+            set_cpu_by_role(&mut r, cpu0, cpu1, m);
             targeted.push(r);
             tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -370,11 +373,14 @@ impl Suite {
             reached: werkmann.then(|| Arc::new(vec![u64::from(per); m as usize])),
         };
         let c0 = sys.copies_counter().await;
+        let cpu0 = sys.cpu_ns_by_role();
         let d = self
             .deliver_to(sys, gen, conns, Kind::Uid, m, per, None, how)
             .await?;
+        let cpu1 = sys.cpu_ns_by_role();
         let c1 = sys.copies_counter().await;
         let mut r = self.delivery_row(Scenario::Uid, label, sys.setup, &d);
+        set_cpu_by_role(&mut r, cpu0, cpu1, m);
         // Pushes, not deliveries: each uid push is due at `per` clients.
         if d.secs > 0.0 {
             r.set("pushes_per_s", d.received as f64 / per as f64 / d.secs);
@@ -528,6 +534,20 @@ async fn answer(rx: &mut mpsc::UnboundedReceiver<String>, what: &str) -> Result<
         .context("channel_console closed")?;
     ensure!(!l.starts_with("err"), "channel_console: {what}: {l}");
     Ok(l)
+}
+
+/// Server CPU per push, µs, by role (publisher, channel, nodes), from readings before and
+/// after a phase of `m` pushes.
+fn set_cpu_by_role(r: &mut Row, a: [u64; 3], b: [u64; 3], m: u32) {
+    for (i, key) in ["cpu_us_publisher", "cpu_us_channel", "cpu_us_nodes"]
+        .iter()
+        .enumerate()
+    {
+        r.set(
+            key,
+            b[i].saturating_sub(a[i]) as f64 / 1e3 / f64::from(m.max(1)),
+        );
+    }
 }
 
 /// The directory-memory figures: memory (bytes) before, after registering, after binding;

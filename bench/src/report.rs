@@ -787,6 +787,9 @@ fn uid_next_to_targeted(out: &mut String, rows: &[Row], plan: &Plan) {
             both("p50_ms"),
             both("p99_ms"),
             both("cpu_us"),
+            both("cpu_us_publisher"),
+            both("cpu_us_channel"),
+            both("cpu_us_nodes"),
             both("copies"),
             format!(
                 "{} / {}",
@@ -804,7 +807,9 @@ fn uid_next_to_targeted(out: &mut String, rows: &[Row], plan: &Plan) {
         out,
         "The same {} clients over 4 nodes, each bound to a uid of its own; runs of {} targeted \
          pushes (`GET /?to_worker_id=…&to_connection_id=…`) and of {} `send_to_uid` pushes to \
-         random uids alternate, {} in flight. Cells with two figures: targeted / uid.\n",
+         random uids alternate, {} in flight. Cells with two figures: targeted / uid. Server \
+         CPU per push is split by process: the publisher (`start_http`, Socket.IO's publisher \
+         node), the channel (`start_channel` or `redis-server`), the WebSocket nodes.\n",
         k(plan.bcast_n),
         k(plan.targeted_p),
         k(plan.targeted_p),
@@ -821,6 +826,9 @@ fn uid_next_to_targeted(out: &mut String, rows: &[Row], plan: &Plan) {
             "p50 ms",
             "p99 ms",
             "server µs CPU/push",
+            "of it: publisher",
+            "of it: channel",
+            "of it: nodes",
             "copies to nodes/push",
             "errors",
             "runs",

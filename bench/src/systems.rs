@@ -452,6 +452,27 @@ impl Running {
         self.pids().into_iter().map(procfs::cpu_ns).sum()
     }
 
+    /// CPU time so far, ns, by role: the publisher (`start_http`, Socket.IO's publisher node),
+    /// the channel (`start_channel`, `redis-server`), the WebSocket nodes (everything else).
+    pub fn cpu_ns_by_role(&self) -> [u64; 3] {
+        let mut out = [0; 3];
+        for p in &self.procs {
+            let role = match p.name.as_str() {
+                "start_http" | "socketio-publisher" => 0,
+                "start_channel" | "redis-server" => 1,
+                _ => 2,
+            };
+            out[role] += procfs::cpu_ns(p.pid());
+            if p.name == "nginx" {
+                out[role] += procfs::children(p.pid())
+                    .into_iter()
+                    .map(procfs::cpu_ns)
+                    .sum::<u64>();
+            }
+        }
+        out
+    }
+
     /// Memory of every server process, KiB (proportional set size: shared pages once).
     pub fn mem_kib(&self) -> u64 {
         self.pids().into_iter().map(procfs::pss_kib).sum()
