@@ -872,6 +872,19 @@ fn gateway_targets(lines: &mut Vec<Vec<String>>, rows: &[Row], plan: &Plan) {
                 _ => "not measured".into(),
             },
         ]);
+        if mode == "cluster" {
+            lines.push(vec![
+                format!(
+                    "{ul}, {}: ≥ 20,000 pushes/s (the targeted row's goal)",
+                    u.mode
+                ),
+                uv.map_or("—".into(), |v| format!("{} pushes/s", num(v))),
+                match uv {
+                    Some(v) => verdict(v >= 20_000.0, Some(v / 20_000.0)),
+                    None => "not measured".into(),
+                },
+            ]);
+        }
         for (label, r) in [
             (&ul, Some(u)),
             (&ul2, find(rows, Scenario::Uid, "werkmann", mode, &ul2)),
@@ -1322,6 +1335,7 @@ mod tests {
             verdicts,
             [
                 "met (1.05× the goal)",
+                "met (1.05× the goal)",
                 "met",
                 "**missed**",
                 "**missed**",
@@ -1330,7 +1344,7 @@ mod tests {
             ],
             "{lines:?}"
         );
-        assert_eq!(lines[3][1], "1 answers not as due");
+        assert_eq!(lines[4][1], "1 answers not as due");
     }
 
     #[test]
