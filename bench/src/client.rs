@@ -51,6 +51,8 @@ pub struct Shared {
     phase: AtomicU32,
     kind: AtomicU8,
     m: AtomicU32,
+    /// Uid and group phases: clients per uid or group (client `i` is in number `i / per`).
+    per: AtomicU32,
     received: AtomicU64,
     warm: AtomicU64,
     stray: AtomicU64,
@@ -72,6 +74,8 @@ fn kind_code(k: Kind) -> u8 {
         Kind::Warm => 0,
         Kind::Broadcast => 1,
         Kind::Targeted => 2,
+        Kind::Uid => 3,
+        Kind::Group => 4,
     }
 }
 
@@ -91,10 +95,13 @@ struct Batch {
 }
 
 impl Shared {
-    /// Start a phase: forget every counter, then publish the phase id.
-    pub fn start_phase(&self, id: u32, kind: Kind, m: u32) {
+    /// Start a phase: forget every counter, then publish the phase id. `per`: clients per uid
+    /// or group in uid and group phases (1 otherwise).
+    pub fn start_phase(&self, id: u32, kind: Kind, m: u32, per: u32) {
+        let per = per.max(1);
         self.kind.store(kind_code(kind), Ordering::Relaxed);
         self.m.store(m, Ordering::Relaxed);
+        self.per.store(per, Ordering::Relaxed);
         for c in [
             &self.received,
             &self.warm,
@@ -108,11 +115,14 @@ impl Shared {
         }
         *self.hist.lock().expect("hist") = Hist::default();
         {
-            // Broadcast phases may carry targeted pushes too (the soak mixes both).
+            // Broadcast phases may carry targeted pushes too (the soak mixes both). A uid
+            // phase's push is due once at each of the uid's `per` clients: bit seq × per +
+            // (client index mod per).
             let mut seen = self.targeted_seen.lock().expect("seen");
             seen.clear();
+            let bits = if kind == Kind::Uid { m * per } else { m };
             if kind != Kind::Warm {
-                seen.resize(m.div_ceil(64) as usize, 0);
+                seen.resize(bits.div_ceil(64) as usize, 0);
             }
         }
         self.phase.store(id, Ordering::Release);
@@ -204,8 +214,17 @@ impl Shared {
             return;
         }
         let lat = now.saturating_sub(p.sent_ns);
+        let per = self.per.load(Ordering::Relaxed).max(1);
         match p.kind {
-            Kind::Broadcast => {
+            Kind::Uid => {
+                if p.target != st.idx / per {
+                    b.wrong += 1;
+                } else {
+                    b.targeted.push((p.seq * per + st.idx % per, lat));
+                }
+            }
+            Kind::Group if p.target != st.idx / per => b.wrong += 1,
+            Kind::Broadcast | Kind::Group => {
                 if st.phase != cur {
                     st.reset(cur, m);
                 }
@@ -694,7 +713,7 @@ mod tests {
     #[test]
     fn checks_broadcasts_and_targets() {
         let sh = Shared::default();
-        sh.start_phase(5, Kind::Broadcast, 3);
+        sh.start_phase(5, Kind::Broadcast, 3, 1);
         let mut st = ClientState {
             idx: 9,
             ..ClientState::default()
@@ -710,7 +729,7 @@ mod tests {
         let pr = sh.progress();
         assert_eq!((pr.received, pr.dup, pr.stray), (3, 1, 1));
 
-        sh.start_phase(6, Kind::Targeted, 2);
+        sh.start_phase(6, Kind::Targeted, 2, 1);
         for (seq, target) in [(0, 9), (0, 9), (1, 8)] {
             let p = crate::proto::payload(6, Kind::Targeted, seq, target, 1, 32);
             sh.on_content(&mut st, p.as_bytes(), 2, &mut b);
@@ -718,5 +737,40 @@ mod tests {
         sh.flush(&mut b, 2);
         let pr = sh.progress();
         assert_eq!((pr.received, pr.dup, pr.wrong), (1, 1, 1));
+    }
+
+    #[test]
+    fn checks_uid_and_group_pushes() {
+        let sh = Shared::default();
+        let push = |sh: &Shared, st: &mut ClientState, kind, seq, target| {
+            let mut b = Batch::default();
+            let p = crate::proto::payload(7, kind, seq, target, 1, 32);
+            sh.on_content(st, p.as_bytes(), 2, &mut b);
+            sh.flush(&mut b, 2);
+        };
+        // Two devices per uid: clients 8 and 9 are uid 4's; each push is due at both, once.
+        sh.start_phase(7, Kind::Uid, 3, 2);
+        let mut c8 = ClientState {
+            idx: 8,
+            ..ClientState::default()
+        };
+        let mut c9 = ClientState {
+            idx: 9,
+            ..ClientState::default()
+        };
+        push(&sh, &mut c8, Kind::Uid, 0, 4);
+        push(&sh, &mut c9, Kind::Uid, 0, 4);
+        push(&sh, &mut c9, Kind::Uid, 0, 4);
+        push(&sh, &mut c9, Kind::Uid, 1, 3);
+        let pr = sh.progress();
+        assert_eq!((pr.received, pr.dup, pr.wrong), (2, 1, 1));
+        // Groups of 10: client 8 is in group 0.
+        sh.start_phase(7, Kind::Group, 4, 10);
+        push(&sh, &mut c8, Kind::Group, 0, 0);
+        push(&sh, &mut c8, Kind::Group, 0, 0);
+        push(&sh, &mut c8, Kind::Group, 1, 1);
+        push(&sh, &mut c9, Kind::Group, 2, 0);
+        let pr = sh.progress();
+        assert_eq!((pr.received, pr.dup, pr.wrong), (2, 1, 1));
     }
 }

@@ -239,9 +239,14 @@ impl Gen {
 
     /// Start a phase in every worker; returns its id.
     pub async fn phase(&mut self, kind: Kind, m: u32) -> Result<u32> {
+        self.phase_per(kind, m, 1).await
+    }
+
+    /// Start a uid or group phase: client `i` belongs to uid or group `i / per`.
+    pub async fn phase_per(&mut self, kind: Kind, m: u32, per: u32) -> Result<u32> {
         let id = self.next_phase;
         self.next_phase += 1;
-        self.call_all(|| Cmd::Phase { id, kind, m }).await?;
+        self.call_all(|| Cmd::Phase { id, kind, m, per }).await?;
         Ok(id)
     }
 

@@ -71,6 +71,20 @@ impl Api {
         }
     }
 
+    /// GatewayWorker's API (`POST /api/<method>` with a JSON object body; docs/addressing.md):
+    /// werkmann's publisher, and the Socket.IO peer's, which mirrors the methods the benchmark
+    /// calls.
+    pub fn call(&self, method: &str, body: &serde_json::Value) -> Vec<u8> {
+        let body = body.to_string();
+        format!(
+            "POST /api/{method} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        )
+        .into_bytes()
+    }
+
     /// The largest content [`Api::targeted_large`] can carry here.
     pub fn max_large(&self) -> usize {
         match self.flavor {

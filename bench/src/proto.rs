@@ -29,6 +29,12 @@ pub enum Kind {
     Broadcast,
     /// Targeted pushes 0..m: each to the one client it names.
     Targeted,
+    /// Pushes 0..m to a uid (`send_to_uid`): each to the `per` clients bound to the uid it
+    /// names (client `i` is bound to uid `i / per`).
+    Uid,
+    /// Pushes 0..m to a group (`send_to_group`): each to every member of the group it names
+    /// (client `i` is a member of group `i / per`).
+    Group,
 }
 
 impl Kind {
@@ -37,6 +43,8 @@ impl Kind {
             Kind::Warm => 'w',
             Kind::Broadcast => 'b',
             Kind::Targeted => 't',
+            Kind::Uid => 'u',
+            Kind::Group => 'g',
         }
     }
 }
@@ -73,6 +81,10 @@ pub enum Cmd {
         kind: Kind,
         /// Number of sequence numbers in the phase.
         m: u32,
+        /// Uid and group phases: clients per uid (devices) or per group; client `i` belongs
+        /// to uid or group `i / per`.
+        #[serde(default = "one")]
+        per: u32,
     },
     /// Counters so far.
     Progress,
@@ -87,6 +99,10 @@ pub enum Cmd {
     Drops,
     /// Exit.
     Quit,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// How a client is addressed by targeted pushes: the greeting's worker and connection ids
@@ -180,7 +196,8 @@ pub struct Push {
     pub kind: Kind,
     /// Its sequence number in the phase.
     pub seq: u32,
-    /// For targeted pushes, the global index of the client it is for.
+    /// For targeted pushes, the global index of the client it is for; for uid and group
+    /// pushes, the uid's or group's number.
     pub target: u32,
     /// When the publisher sent it, `CLOCK_MONOTONIC` ns.
     pub sent_ns: u64,
@@ -218,6 +235,8 @@ pub fn parse_push(b: &[u8]) -> Option<Push> {
         b'w' => (Kind::Warm, &b[1..]),
         b'b' => (Kind::Broadcast, &b[1..]),
         b't' => (Kind::Targeted, &b[1..]),
+        b'u' => (Kind::Uid, &b[1..]),
+        b'g' => (Kind::Group, &b[1..]),
         _ => return None,
     };
     let (seq, b) = number(b)?;
@@ -258,5 +277,12 @@ mod tests {
             None
         );
         assert_eq!(parse_push(b"P1.b2.3"), None);
+        for kind in [Kind::Uid, Kind::Group] {
+            let p = payload(2, kind, 5, 17, 99, 64);
+            assert_eq!(
+                parse_push(p.as_bytes()).map(|p| (p.kind, p.target)),
+                Some((kind, 17))
+            );
+        }
     }
 }

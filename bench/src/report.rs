@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
+use crate::gateway;
 use crate::row::{Row, Scenario};
 use crate::run::{k, Plan};
 
@@ -24,6 +25,23 @@ processes) before run 2, its peak (sampled every 200 ms) and 1 s after it; the d
 count from the start of run 2, seen by the client within ~200 ms (a ping it sends is \
 answered with a reset once the server closed it); drops logged: the push node's \
 `on_buffer_full` warnings.\n\n";
+
+/// What the gateway tables' figures mean.
+const GATEWAY_NOTE: &str = "\
+Copies to nodes/push: the copies of a push the cluster sent towards its nodes, counted on the \
+cluster's own counters over the run (channel server: messages written less messages read, as \
+`start_channel status` shows them — every command is answered once, what is left are the \
+deliveries to nodes; Redis: `PUBLISH` calls, those of the directory's script included; \
+Socket.IO: the adapter's `PUBLISH` calls times the nodes each reaches, the clients with a \
+pattern subscription less the publisher's own), divided by the pushes. A uid push is due once at each worker instance holding \
+the uid (`--count 2`: two per node): 1 for a single-device user, 2 for a user with a device on \
+each of two nodes. A group push goes once to each instance holding members (up to 8 here). \
+Server bytes per bind_uid: the PSS of every server process after binding every client and one \
+warm-up push to each uid, less before, per client (the directory and the nodes' copies of their \
+clients' uids). Directory memory per binding: a directory alone, one client registered \
+(`9000-1764000000000001`, …) and bound to a uid (`user-1`, …) per binding, through one \
+`channel_console`: the channel server's PSS (RSS beside it) or Redis's `used_memory`, after \
+registering and after binding, less before, per client.\n\n";
 
 /// Everything one run produced.
 pub struct Results {
@@ -187,7 +205,15 @@ pub fn num(v: f64) -> String {
 }
 
 /// Figures that are counts, shown without decimals.
-const COUNTS: [&str; 5] = ["clients", "others", "slow", "dropped", "logged_drops"];
+const COUNTS: [&str; 7] = [
+    "clients",
+    "others",
+    "slow",
+    "dropped",
+    "logged_drops",
+    "bindings",
+    "holders",
+];
 
 fn cell(r: &Row, key: &str) -> String {
     match r.get(key) {
@@ -219,6 +245,20 @@ pub fn brief(r: &Row) -> String {
             ("mem_peak_mib", "peak MiB"),
             ("dropped", "dropped"),
             ("drop_last_s", "last drop s"),
+        ],
+        Scenario::Uid => &[
+            ("pushes_per_s", "pushes/s"),
+            ("p99_ms", "p99 ms"),
+            ("copies", "copies/push"),
+        ],
+        Scenario::Group => &[
+            ("deliveries_per_s", "deliveries/s"),
+            ("p99_ms", "p99 ms"),
+            ("copies", "copies/push"),
+        ],
+        Scenario::DirMemory => &[
+            ("bytes_per_binding", "bytes/binding"),
+            ("rss_bytes_per_binding", "RSS bytes/binding"),
         ],
     };
     let mut s: Vec<String> = keys
@@ -310,6 +350,17 @@ fn compared(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
             "others' p99 with ÷ without clients that never read",
             false,
         )],
+        Scenario::Uid => &[
+            ("pushes_per_s", "pushes/s", true),
+            ("p50_ms", "p50 latency, ms", false),
+            ("p99_ms", "p99 latency, ms", false),
+            ("copies", "copies sent to nodes per push", false),
+        ],
+        Scenario::Group => &[
+            ("deliveries_per_s", "deliveries/s", true),
+            ("p99_ms", "p99 latency, ms", false),
+        ],
+        Scenario::DirMemory => &[],
     }
 }
 
@@ -415,6 +466,18 @@ fn before_after_figures(sc: Scenario) -> &'static [(&'static str, &'static str, 
             ("p99_ratio", "p99 ratio", false),
             ("mem_peak_mib", "server MiB peak", false),
         ],
+        Scenario::Uid => &[
+            ("pushes_per_s", "pushes/s", true),
+            ("copies", "copies per push", false),
+            ("p50_ms", "p50 ms", false),
+            ("p99_ms", "p99 ms", false),
+        ],
+        Scenario::Group => &[
+            ("deliveries_per_s", "deliveries/s", true),
+            ("p50_ms", "p50 ms", false),
+            ("p99_ms", "p99 ms", false),
+        ],
+        Scenario::DirMemory => &[("bytes_per_binding", "bytes per binding", false)],
     }
 }
 
@@ -619,7 +682,7 @@ fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
         "req/s",
     );
     let tl = format!("targeted {} clients", k(plan.bcast_n));
-    let wt = find(rows, Scenario::Targeted, "werkmann", "cluster", &tl);
+    let wt = find(rows, Scenario::Targeted, "werkmann", "cluster, 2 ws", &tl);
     check(
         &format!(
             "{tl}, {} in flight, cluster (publisher → channel server → node): ≥ 20,000 pushes/s",
@@ -671,6 +734,7 @@ fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
         }
     }
     lines.extend(drop_lines);
+    gateway_targets(&mut lines, rows, plan);
     let mis: Option<f64> = wt.map(|r| (r.errors.missing + r.errors.dup + r.errors.wrong) as f64);
     let verdict = match mis {
         Some(0.0) => "met".to_string(),
@@ -684,6 +748,209 @@ fn targets(out: &mut String, rows: &[Row], plan: &Plan) {
         verdict,
     ]);
     table(out, &["target", "measured", "verdict"], lines);
+}
+
+/// Each setup's uid row next to its targeted row of the same session (same clients, runs
+/// alternating), with the ratio uid ÷ targeted.
+fn uid_next_to_targeted(out: &mut String, rows: &[Row], plan: &Plan) {
+    let ul = gateway::uid_label(plan.bcast_n, plan.inflight);
+    let tl = gateway::targeted_label(plan.bcast_n, plan.inflight);
+    let mut lines = Vec::new();
+    for u in rows
+        .iter()
+        .filter(|r| r.scenario == Scenario::Uid && r.label == ul)
+    {
+        let t = rows.iter().find(|r| {
+            r.scenario == Scenario::Targeted
+                && r.label == tl
+                && r.system == u.system
+                && r.mode == u.mode
+        });
+        let tv = |key: &str| t.and_then(|t| t.get(key));
+        let both = |key: &str| {
+            format!(
+                "{} / {}",
+                tv(key).map_or("—".into(), num),
+                u.get(key).map_or("—".into(), num)
+            )
+        };
+        let ratio = match (tv("pushes_per_s"), u.get("pushes_per_s")) {
+            (Some(t), Some(u)) if t > 0.0 => format!("{}×", num(u / t)),
+            _ => "—".into(),
+        };
+        lines.push(vec![
+            u.system.clone(),
+            u.mode.clone(),
+            tv("pushes_per_s").map_or("—".into(), num),
+            u.get("pushes_per_s").map_or("—".into(), num),
+            ratio,
+            both("p50_ms"),
+            both("p99_ms"),
+            both("cpu_us"),
+            both("cpu_us_publisher"),
+            both("cpu_us_channel"),
+            both("cpu_us_nodes"),
+            both("copies"),
+            format!(
+                "{} / {}",
+                t.map_or("—".into(), |t| t.errors.text()),
+                u.errors.text()
+            ),
+            u.runs.to_string(),
+        ]);
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "### Pushes to uids next to targeted pushes\n");
+    let _ = writeln!(
+        out,
+        "The same {} clients over 4 nodes, each bound to a uid of its own; runs of {} targeted \
+         pushes (`GET /?to_worker_id=…&to_connection_id=…`) and of {} `send_to_uid` pushes to \
+         random uids alternate, {} in flight. Cells with two figures: targeted / uid. Server \
+         CPU per push is split by process: the publisher (`start_http`, Socket.IO's publisher \
+         node), the channel (`start_channel` or `redis-server`), the WebSocket nodes.\n",
+        k(plan.bcast_n),
+        k(plan.targeted_p),
+        k(plan.targeted_p),
+        plan.inflight
+    );
+    table(
+        out,
+        &[
+            "system",
+            "mode",
+            "targeted pushes/s",
+            "uid pushes/s",
+            "uid ÷ targeted",
+            "p50 ms",
+            "p99 ms",
+            "server µs CPU/push",
+            "of it: publisher",
+            "of it: channel",
+            "of it: nodes",
+            "copies to nodes/push",
+            "errors",
+            "runs",
+        ],
+        lines,
+    );
+}
+
+/// Issue 15's targets: uid pushes/s ≥ the targeted row's, copies per push = the instances
+/// holding the uid exactly, ≤ 256 bytes of directory memory per binding; and every directory
+/// send answered as due and delivered exactly once.
+fn gateway_targets(lines: &mut Vec<Vec<String>>, rows: &[Row], plan: &Plan) {
+    let (n, f) = (plan.bcast_n, plan.inflight);
+    let (ul, ul2, tl) = (
+        gateway::uid_label(n, f),
+        gateway::uid2_label(n, f),
+        gateway::targeted_label(n, f),
+    );
+    let verdict = |met: bool, by: Option<f64>| match (met, by) {
+        (true, Some(by)) => format!("met ({}× the goal)", num(by)),
+        (true, None) => "met".to_string(),
+        (false, Some(by)) => format!("**missed** (at {}% of the goal)", num(by * 100.0)),
+        (false, None) => "**missed**".to_string(),
+    };
+    for mode in ["cluster", "redis"] {
+        let u = find(rows, Scenario::Uid, "werkmann", mode, &ul);
+        let Some(u) = u else { continue };
+        let t = find(rows, Scenario::Targeted, "werkmann", mode, &tl);
+        let (uv, tv) = (u.get("pushes_per_s"), t.and_then(|t| t.get("pushes_per_s")));
+        lines.push(vec![
+            format!(
+                "{ul}, {}: pushes/s ≥ the targeted row's of the same session",
+                u.mode
+            ),
+            match (uv, tv) {
+                (Some(uv), Some(tv)) => format!("{} against {} pushes/s", num(uv), num(tv)),
+                _ => "—".into(),
+            },
+            match (uv, tv) {
+                (Some(uv), Some(tv)) if tv > 0.0 => verdict(uv >= tv, Some(uv / tv)),
+                _ => "not measured".into(),
+            },
+        ]);
+        if mode == "cluster" {
+            lines.push(vec![
+                format!(
+                    "{ul}, {}: ≥ 20,000 pushes/s (the targeted row's goal)",
+                    u.mode
+                ),
+                uv.map_or("—".into(), |v| format!("{} pushes/s", num(v))),
+                match uv {
+                    Some(v) => verdict(v >= 20_000.0, Some(v / 20_000.0)),
+                    None => "not measured".into(),
+                },
+            ]);
+        }
+        for (label, r) in [
+            (&ul, Some(u)),
+            (&ul2, find(rows, Scenario::Uid, "werkmann", mode, &ul2)),
+        ] {
+            let Some(r) = r else { continue };
+            let (c, h) = (r.get("copies"), r.get("holders"));
+            let m = f64::from(plan.targeted_p);
+            lines.push(vec![
+                format!(
+                    "{label}, {}: copies sent to nodes per push = the instances holding the uid, \
+                     exactly",
+                    r.mode
+                ),
+                match (c, h) {
+                    (Some(c), Some(h)) => format!("{c:.4} per push (holders: {h:.0})"),
+                    _ => "—".into(),
+                },
+                match (c, h) {
+                    // Exactly: the counts differ by less than one copy over the run.
+                    (Some(c), Some(h)) => verdict((c - h).abs() * m < 0.5, None),
+                    _ => "not measured".into(),
+                },
+            ]);
+        }
+    }
+    for r in rows
+        .iter()
+        .filter(|r| r.system == "werkmann" && matches!(r.scenario, Scenario::Uid | Scenario::Group))
+    {
+        let e = &r.errors;
+        let bad = e.missing + e.dup + e.wrong + e.http + e.answer + e.bad + e.stray;
+        lines.push(vec![
+            format!(
+                "{}, {}: every push answered `{{\"reached\": N}}` as due and delivered exactly once",
+                r.label, r.mode
+            ),
+            if bad == 0 {
+                "0 errors".to_string()
+            } else {
+                e.text()
+            },
+            verdict(bad == 0, None),
+        ]);
+    }
+    let dl = gateway::dir_memory_label(plan.dir_bindings);
+    if let Some(r) = find(rows, Scenario::DirMemory, "werkmann", "channel server", &dl) {
+        let v = r.get("bytes_per_binding");
+        lines.push(vec![
+            format!(
+                "{dl}, {}: ≤ 256 bytes of directory memory per binding",
+                r.mode
+            ),
+            v.map_or("—".into(), |v| {
+                format!(
+                    "{} bytes (RSS: {})",
+                    num(v),
+                    r.get("rss_bytes_per_binding").map_or("—".into(), num)
+                )
+            }),
+            match v {
+                Some(v) if v > 0.0 => verdict(v <= 256.0, Some(256.0 / v)),
+                Some(_) => verdict(true, None),
+                None => "not measured".into(),
+            },
+        ]);
+    }
 }
 
 fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
@@ -766,6 +1033,47 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
                 ("large_mib_per_s", "MiB/s to each of K"),
             ],
         ),
+        Scenario::Uid => (
+            "Pushes to uids (`POST /api/send_to_uid`)",
+            &[
+                ("pushes_per_s", "pushes/s"),
+                ("cpu_us", "server µs CPU/push"),
+                ("p50_ms", "p50 ms"),
+                ("p90_ms", "p90 ms"),
+                ("p99_ms", "p99 ms"),
+                ("max_ms", "max ms"),
+                ("copies", "copies to nodes/push"),
+                ("holders", "instances holding the uid"),
+                ("binds_per_s", "bind_uid calls/s"),
+                ("bind_bytes", "server bytes per bind_uid"),
+            ],
+        ),
+        Scenario::Group => (
+            "Pushes to groups (`POST /api/send_to_group`)",
+            &[
+                ("deliveries_per_s", "deliveries/s"),
+                ("pushes_per_s", "group pushes/s"),
+                ("cpu_us", "server µs CPU/delivery"),
+                ("p50_ms", "p50 ms"),
+                ("p90_ms", "p90 ms"),
+                ("p99_ms", "p99 ms"),
+                ("max_ms", "max ms"),
+                ("copies", "copies to nodes/push"),
+                ("joins_per_s", "join_group calls/s"),
+            ],
+        ),
+        Scenario::DirMemory => (
+            "Directory memory per binding",
+            &[
+                ("bindings", "clients bound"),
+                ("bytes_per_binding", "bytes per binding"),
+                ("bytes_per_client", "of it: registering"),
+                ("bytes_per_uid", "of it: bind_uid"),
+                ("rss_bytes_per_binding", "RSS bytes per binding"),
+                ("mem_mib", "server MiB after"),
+                ("binds_per_s", "bind_uid ops/s (console)"),
+            ],
+        ),
     };
     let _ = writeln!(out, "### {title}\n");
     let mut header = vec!["row", "system", "mode"];
@@ -808,7 +1116,9 @@ pub fn markdown(res: &Results) -> String {
         out,
         "- Sizes: idle {} and {} on one node, {} across 4 nodes; broadcast {} × {}, {} × {}, {} × {} \
          across 4 nodes; targeted {} pushes at {} clients, {} in flight; paced {} × {}/s for {} s; \
-         publish {} s on {} connections; payload {} bytes; rows marked runs = {} are medians of {}.",
+         publish {} s on {} connections; gateway: {} clients over 4 nodes, {} uid pushes, groups of \
+         {} with {} group pushes, {} bindings for the directory's memory; payload {} bytes; rows \
+         marked runs = {} are medians of {}.",
         k(p.idle_small),
         k(p.idle_one),
         k(p.nodes_total),
@@ -826,6 +1136,11 @@ pub fn markdown(res: &Results) -> String {
         p.paced_secs,
         p.rate_secs,
         p.rate_conns,
+        k(p.bcast_n),
+        k(p.targeted_p),
+        k(p.gw_group_size),
+        p.gw_group_m,
+        k(p.dir_bindings),
         p.size,
         p.repeats,
         p.repeats
@@ -865,6 +1180,13 @@ pub fn markdown(res: &Results) -> String {
         if sc == Scenario::Slow && res.rows.iter().any(|r| r.scenario == sc) {
             out.push_str(SLOW_NOTE);
         }
+    }
+    uid_next_to_targeted(&mut out, &res.rows, p);
+    for sc in [Scenario::Uid, Scenario::Group, Scenario::DirMemory] {
+        detail(&mut out, &res.rows, sc);
+    }
+    if res.rows.iter().any(|r| r.scenario == Scenario::Uid) {
+        out.push_str(GATEWAY_NOTE);
     }
     if let Some(ch) = &res.channel {
         out.push_str("### Channel server events/s (`pushbench channel`)\n\n");
@@ -956,6 +1278,73 @@ mod tests {
             out.contains("| 50,000 | — | — | — | 3 / — | 0 / — |"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn gateway_targets_read_copies_exactly_and_memory_against_256_bytes() {
+        let plan = Plan::quick_set();
+        let setup = Setup::WerkmannCluster {
+            ws: 4,
+            build: Build::Current,
+        };
+        let row = |sc, label: String, figures: &[(&str, f64)]| {
+            let mut r = Row::new(sc, &label, setup);
+            for (k, v) in figures {
+                r.set(k, *v);
+            }
+            r
+        };
+        let (n, f) = (plan.bcast_n, plan.inflight);
+        let mut rows = vec![
+            row(
+                Scenario::Targeted,
+                gateway::targeted_label(n, f),
+                &[("pushes_per_s", 20_000.0)],
+            ),
+            row(
+                Scenario::Uid,
+                gateway::uid_label(n, f),
+                &[
+                    ("pushes_per_s", 21_000.0),
+                    ("copies", 1.0),
+                    ("holders", 1.0),
+                ],
+            ),
+            // One copy too many over the run: not exact.
+            row(
+                Scenario::Uid,
+                gateway::uid2_label(n, f),
+                &[
+                    ("pushes_per_s", 19_000.0),
+                    ("copies", 2.0 + 1.0 / f64::from(plan.targeted_p)),
+                    ("holders", 2.0),
+                ],
+            ),
+            row(
+                Scenario::DirMemory,
+                gateway::dir_memory_label(plan.dir_bindings),
+                &[("bytes_per_binding", 200.0)],
+            ),
+        ];
+        rows[3].mode = "channel server (PSS)".into();
+        rows[1].errors.answer = 1;
+        let mut lines = Vec::new();
+        gateway_targets(&mut lines, &rows, &plan);
+        let verdicts: Vec<&str> = lines.iter().map(|l| l[2].as_str()).collect();
+        assert_eq!(
+            verdicts,
+            [
+                "met (1.05× the goal)",
+                "met (1.05× the goal)",
+                "met",
+                "**missed**",
+                "**missed**",
+                "met",
+                "met (1.28× the goal)"
+            ],
+            "{lines:?}"
+        );
+        assert_eq!(lines[4][1], "1 answers not as due");
     }
 
     #[test]

@@ -21,6 +21,13 @@ pub enum Scenario {
     Publish,
     /// Paced broadcasts next to clients that never read, against clients that do.
     Slow,
+    /// Pushes to uids through GatewayWorker's API (`send_to_uid`), one client per uid (or
+    /// two, on two nodes): pushes/s, latency, copies sent to nodes per push.
+    Uid,
+    /// Pushes to groups through the API (`send_to_group`): deliveries/s, latency.
+    Group,
+    /// The directory's memory per client registered and bound to a uid.
+    DirMemory,
 }
 
 /// Delivery errors (summed over runs).
@@ -38,6 +45,8 @@ pub struct Errors {
     pub bad: u64,
     /// Publish requests not answered 2xx.
     pub http: u64,
+    /// Publish requests answered 2xx, but not as due (a directory send's `{"reached": N}`).
+    pub answer: u64,
     /// Clients that failed to open.
     pub open_failed: u64,
 }
@@ -51,6 +60,7 @@ impl Errors {
         self.stray += o.stray;
         self.bad += o.bad;
         self.http += o.http;
+        self.answer += o.answer;
         self.open_failed += o.open_failed;
     }
 
@@ -62,6 +72,7 @@ impl Errors {
             ("wrong", self.wrong),
             ("bad", self.bad),
             ("http", self.http),
+            ("answers not as due", self.answer),
             ("open failed", self.open_failed),
         ]
         .iter()

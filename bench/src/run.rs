@@ -65,6 +65,12 @@ pub struct Plan {
     pub slow_secs: u32,
     /// Slow-client row: bytes of large targeted pushes sent to each of the K clients a second.
     pub slow_bytes_per_s: usize,
+    /// Gateway session: members of each group (clients `i` with the same `i / size`).
+    pub gw_group_size: u32,
+    /// Gateway session: group pushes per run (to the groups in turn).
+    pub gw_group_m: u32,
+    /// Directory-memory row: clients registered and bound to a uid each.
+    pub dir_bindings: u32,
     /// Arguments for `pushbench channel`.
     pub channel_args: Vec<String>,
     /// Stop starting new sessions after this long.
@@ -72,7 +78,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The default set (about 15 minutes here).
+    /// The default set (about 18 minutes here, 2–3 of them the gateway rows).
     pub fn default_set() -> Plan {
         Plan {
             idle_small: 10_000,
@@ -96,12 +102,15 @@ impl Plan {
             slow_rate: 5,
             slow_secs: 6,
             slow_bytes_per_s: 2 << 20,
+            gw_group_size: 1_000,
+            gw_group_m: 400,
+            dir_bindings: 100_000,
             channel_args: vec!["--quick".into()],
-            budget: Duration::from_secs(18 * 60),
+            budget: Duration::from_secs(20 * 60),
         }
     }
 
-    /// The quick set (under 3 minutes): smaller sizes, one run each.
+    /// The quick set (under 4 minutes): smaller sizes, one run each.
     pub fn quick_set() -> Plan {
         Plan {
             idle_small: 2_000,
@@ -125,8 +134,11 @@ impl Plan {
             slow_rate: 20,
             slow_secs: 5,
             slow_bytes_per_s: 2 << 20,
+            gw_group_size: 1_000,
+            gw_group_m: 40,
+            dir_bindings: 10_000,
             channel_args: vec!["--quick".into(), "--events".into(), "30000".into()],
-            budget: Duration::from_secs(150),
+            budget: Duration::from_secs(210),
         }
     }
 }
@@ -163,7 +175,7 @@ pub struct Options {
 /// The names `--systems` takes.
 const SYSTEMS: [&str; 4] = ["werkmann", "werkmann-before", "nchan", "socketio"];
 
-const GROUPS: [&str; 9] = [
+const GROUPS: [&str; 11] = [
     "idle",
     "one-node",
     "nodes",
@@ -172,6 +184,8 @@ const GROUPS: [&str; 9] = [
     "paced",
     "publish",
     "slow",
+    "gateway",
+    "dir-memory",
     "channel",
 ];
 
@@ -179,15 +193,16 @@ const GROUPS: [&str; 9] = [
 pub const USAGE: &str = "\
 Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--modes LIST]
                  [--repeats N] [--budget SECS] [--baseline DIR]
-  --quick          the small set (under 3 minutes), one run per row
+  --quick          the small set (under 4 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
   --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
-                   channel
+                   gateway,dir-memory,channel (gateway: uid, targeted and group pushes through
+                   the directory on 4 nodes; dir-memory: the directory's memory per binding)
   --systems LIST   werkmann,werkmann-before,nchan,socketio (default: werkmann,nchan,socketio;
                    --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
   --repeats N      runs of the rows reported as medians (default 3, --quick 1)
-  --budget SECS    start no new session after this long (default 1080, --quick 150)
+  --budget SECS    start no new session after this long (default 1200, --quick 210)
   --bin-dir DIR    werkmann binaries (default: next to pushbench)
   --baseline DIR   an older build's werkmann binaries (start_all, start_channel, start_ws,
                    start_http): werkmann runs a second time from there, as werkmann-before,
@@ -295,50 +310,62 @@ pub enum Publish {
         inflight: usize,
         to: Arc<Vec<Address>>,
     },
+    /// `m` directory sends through GatewayWorker's API, `inflight` at a time: push `i` is
+    /// `POST /api/{method}` with `{param: "{names}{to[i]}", "message": …}` (a uid or group
+    /// named by its number), and with `reached` its answer must be
+    /// `{"reached": reached[i]}` (werkmann; the peer's API does not count).
+    Directory {
+        inflight: usize,
+        method: &'static str,
+        param: &'static str,
+        names: &'static str,
+        to: Arc<Vec<u32>>,
+        reached: Option<Arc<Vec<u64>>>,
+    },
 }
 
 /// One delivery phase's result.
-struct Delivery {
+pub(crate) struct Delivery {
     /// The first failed publish request, with how many failed.
-    publish_error: Option<String>,
-    expected: u64,
-    received: u64,
-    errors: Errors,
-    secs: f64,
-    server_cpu_ns: u64,
-    gen_cpu_ns: u64,
-    p: [Option<u64>; 3],
-    max_ns: u64,
+    pub(crate) publish_error: Option<String>,
+    pub(crate) expected: u64,
+    pub(crate) received: u64,
+    pub(crate) errors: Errors,
+    pub(crate) secs: f64,
+    pub(crate) server_cpu_ns: u64,
+    pub(crate) gen_cpu_ns: u64,
+    pub(crate) p: [Option<u64>; 3],
+    pub(crate) max_ns: u64,
 }
 
 /// The running suite.
 pub struct Suite {
-    opts: Options,
-    env: Env,
-    rows: Vec<Row>,
-    notes: Vec<String>,
-    started: Instant,
-    exe: PathBuf,
-    gen_log: PathBuf,
+    pub(crate) opts: Options,
+    pub(crate) env: Env,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) notes: Vec<String>,
+    pub(crate) started: Instant,
+    pub(crate) exe: PathBuf,
+    pub(crate) gen_log: PathBuf,
 }
 
 impl Suite {
-    fn want(&self, group: &str) -> bool {
+    pub(crate) fn want(&self, group: &str) -> bool {
         self.opts.only.iter().any(|g| g == group)
     }
 
-    fn sys(&self, s: &str) -> bool {
+    pub(crate) fn sys(&self, s: &str) -> bool {
         self.opts.systems.iter().any(|x| x == s)
     }
 
-    fn mode(&self, m: &str) -> bool {
+    pub(crate) fn mode(&self, m: &str) -> bool {
         self.opts.modes.iter().any(|x| x == m)
     }
 
     /// The werkmann builds to run, in the order each mode runs them: the baseline's
     /// (`werkmann-before`) right before the current one, so the two sessions of a mode are
     /// next to each other in time.
-    fn builds(&self) -> Vec<Build> {
+    pub(crate) fn builds(&self) -> Vec<Build> {
         let mut v = Vec::new();
         if self.sys("werkmann-before") {
             v.push(Build::Baseline);
@@ -377,7 +404,7 @@ impl Suite {
         v
     }
 
-    fn over_budget(&mut self, what: &str) -> bool {
+    pub(crate) fn over_budget(&mut self, what: &str) -> bool {
         if self.started.elapsed() > self.opts.plan.budget {
             self.notes.push(format!(
                 "skipped {what}: the time budget ({} s) was used up",
@@ -389,7 +416,7 @@ impl Suite {
         }
     }
 
-    fn usable(&mut self, s: Setup) -> bool {
+    pub(crate) fn usable(&mut self, s: Setup) -> bool {
         match self.env.check(s) {
             Ok(()) => true,
             Err(e) => {
@@ -403,7 +430,7 @@ impl Suite {
         }
     }
 
-    async fn start(&self, s: Setup, label: &str) -> Result<Running> {
+    pub(crate) async fn start(&self, s: Setup, label: &str) -> Result<Running> {
         eprintln!(
             "pushbench: [{:>4.0} s] starting {} ({})",
             self.started.elapsed().as_secs_f64(),
@@ -413,7 +440,7 @@ impl Suite {
         Running::start(&self.env, s, label).await
     }
 
-    async fn gen(&self, clients: u32) -> Result<Gen> {
+    pub(crate) async fn gen(&self, clients: u32) -> Result<Gen> {
         let k = clients.div_ceil(MAX_PER_WORKER - 4_000).max(1) as usize;
         Gen::spawn(k, &self.exe, &self.gen_log).await
     }
@@ -476,12 +503,32 @@ impl Suite {
         m: u32,
         how: Publish,
     ) -> Result<Delivery> {
+        self.deliver_to(sys, gen, conns, kind, m, 1, None, how)
+            .await
+    }
+
+    /// [`Suite::deliver`] for any kind: `per` clients per uid or group (uid and group
+    /// phases), and the deliveries due when the kind does not say (uid and group phases).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn deliver_to(
+        &mut self,
+        sys: &Running,
+        gen: &mut Gen,
+        conns: &mut Vec<Conn>,
+        kind: Kind,
+        m: u32,
+        per: u32,
+        due: Option<u64>,
+        how: Publish,
+    ) -> Result<Delivery> {
         let clients = gen.live.len() as u64;
-        let expected = match kind {
-            Kind::Targeted => m as u64,
+        let expected = match (kind, due) {
+            (_, Some(due)) => due,
+            (Kind::Targeted, None) => m as u64,
+            (Kind::Uid, None) => m as u64 * per as u64,
             _ => clients * m as u64,
         };
-        let phase = gen.phase(kind, m).await?;
+        let phase = gen.phase_per(kind, m, per).await?;
         let gen_pids = gen.pids();
         let gen_cpu = || -> u64 {
             gen_pids.iter().map(|p| procfs::cpu_ns(*p)).sum::<u64>()
@@ -491,8 +538,7 @@ impl Suite {
         let g0 = gen_cpu();
         let t0 = mono_ns();
         let size = self.opts.plan.size;
-        let (ok, http_errors, first_error) =
-            publish(sys.api, conns, phase, kind, m, size, how).await?;
+        let sent = publish_checked(sys.api, conns, phase, kind, m, size, how).await?;
         let cap = Duration::from_secs(if self.opts.quick { 30 } else { 120 });
         gen.wait_received(expected, Duration::from_secs(10), cap)
             .await?;
@@ -501,7 +547,8 @@ impl Suite {
         let rep = gen.report().await?;
         let received = rep.progress.received;
         let missing = match kind {
-            Kind::Targeted => ok.saturating_sub(received) + (m as u64 - ok),
+            Kind::Targeted => sent.ok.saturating_sub(received) + (m as u64 - sent.ok),
+            Kind::Uid | Kind::Group => expected.saturating_sub(received),
             _ => rep.missing,
         };
         let last = if rep.progress.last_ns > 0 {
@@ -510,8 +557,12 @@ impl Suite {
             mono_ns()
         };
         Ok(Delivery {
-            publish_error: first_error
-                .map(|e| format!("{http_errors} publish requests failed: {e}")),
+            publish_error: sent.first.map(|e| {
+                format!(
+                    "{} publish requests failed, {} answered otherwise than due: {e}",
+                    sent.failed, sent.unexpected
+                )
+            }),
             expected,
             received,
             errors: Errors {
@@ -520,7 +571,8 @@ impl Suite {
                 wrong: rep.progress.wrong,
                 stray: rep.progress.stray,
                 bad: rep.progress.bad,
-                http: http_errors,
+                http: sent.failed,
+                answer: sent.unexpected,
                 open_failed: 0,
             },
             secs: last.saturating_sub(t0) as f64 / 1e9,
@@ -535,12 +587,18 @@ impl Suite {
         })
     }
 
-    fn delivery_row(&self, sc: Scenario, label: &str, setup: Setup, d: &Delivery) -> Row {
+    pub(crate) fn delivery_row(
+        &self,
+        sc: Scenario,
+        label: &str,
+        setup: Setup,
+        d: &Delivery,
+    ) -> Row {
         let mut r = Row::new(sc, label, setup);
         r.set("expected", d.expected as f64);
         r.set("received", d.received as f64);
         r.set("secs", d.secs);
-        let rate_key = if sc == Scenario::Targeted {
+        let rate_key = if matches!(sc, Scenario::Targeted | Scenario::Uid) {
             "pushes_per_s"
         } else {
             "deliveries_per_s"
@@ -620,7 +678,7 @@ impl Suite {
         Ok(())
     }
 
-    fn push(&mut self, r: Row) {
+    pub(crate) fn push(&mut self, r: Row) {
         eprintln!(
             "pushbench: [{:>4.0} s] {} | {} ({}) | {}",
             self.started.elapsed().as_secs_f64(),
@@ -992,7 +1050,7 @@ impl Suite {
     }
 
     /// Run a session, recording a failure as a note (the suite goes on).
-    async fn guarded(&mut self, what: String, r: Result<()>) {
+    pub(crate) async fn guarded(&mut self, what: String, r: Result<()>) {
         if let Err(e) = r {
             eprintln!("pushbench: {what} failed: {e:#}");
             let first = format!("{e:#}");
@@ -1002,7 +1060,9 @@ impl Suite {
     }
 }
 
-/// Publish a phase's pushes; returns (answered 2xx, failed, first failure).
+/// Publish a phase's pushes; returns (answered 2xx, failed, first failure). An answer that
+/// is 2xx but not what the API must answer (directory sends: `{"reached": N}`) counts as
+/// failed; [`publish_checked`] counts those apart.
 pub async fn publish(
     api: Api,
     conns: &mut Vec<Conn>,
@@ -1012,35 +1072,91 @@ pub async fn publish(
     size: usize,
     how: Publish,
 ) -> Result<(u64, u64, Option<String>)> {
+    let s = publish_checked(api, conns, phase, kind, m, size, how).await?;
+    Ok((s.ok, s.failed + s.unexpected, s.first))
+}
+
+/// Publish requests' outcome.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Answered 2xx (as expected, where an answer is checked).
+    pub ok: u64,
+    /// Not answered 2xx.
+    pub failed: u64,
+    /// Answered 2xx, but not as the API must answer.
+    pub unexpected: u64,
+    /// The first failure or unexpected answer.
+    pub first: Option<String>,
+}
+
+/// [`publish`], with answers that are 2xx but not as expected counted apart.
+pub async fn publish_checked(
+    api: Api,
+    conns: &mut Vec<Conn>,
+    phase: u32,
+    kind: Kind,
+    m: u32,
+    size: usize,
+    how: Publish,
+) -> Result<Sent> {
     let (n, pace) = match &how {
         Publish::Paced { rate } => (1, Some((tokio::time::Instant::now(), *rate))),
-        Publish::Burst { inflight } | Publish::Targeted { inflight, .. } => (
+        Publish::Burst { inflight }
+        | Publish::Targeted { inflight, .. }
+        | Publish::Directory { inflight, .. } => (
             (*inflight).clamp(1, conns.len().max(1)).min(m as usize),
             None,
         ),
     };
-    let to = match how {
-        Publish::Targeted { to, .. } => Some(to),
-        _ => None,
-    };
-    let make: Request = Arc::new(move |seq| match &to {
-        Some(to) => {
-            let a = &to[seq as usize];
-            api.targeted(a, &payload(phase, kind, seq, a.idx, mono_ns(), size))
+    let (make, check): (Request, Option<Check>) = match how {
+        Publish::Targeted { to, .. } => (
+            Arc::new(move |seq| {
+                let a = &to[seq as usize];
+                api.targeted(a, &payload(phase, kind, seq, a.idx, mono_ns(), size))
+            }),
+            None,
+        ),
+        Publish::Directory {
+            method,
+            param,
+            names,
+            to,
+            reached,
+            ..
+        } => {
+            let check: Option<Check> = reached.map(|r| -> Check {
+                Arc::new(move |seq, body| {
+                    serde_json::from_str::<serde_json::Value>(body).ok()
+                        == Some(serde_json::json!({ "reached": r[seq as usize] }))
+                })
+            });
+            let make: Request = Arc::new(move |seq| {
+                let t = to[seq as usize];
+                let content = payload(phase, kind, seq, t, mono_ns(), size);
+                let body = serde_json::json!({ param: format!("{names}{t}"), "message": content });
+                api.call(method, &body)
+            });
+            (make, check)
         }
-        None => api.broadcast(&payload(phase, kind, seq, 0, mono_ns(), size)),
-    });
+        _ => (
+            Arc::new(move |seq| api.broadcast(&payload(phase, kind, seq, 0, mono_ns(), size))),
+            None,
+        ),
+    };
     if conns.is_empty() {
         bail!("no publisher connection");
     }
     let mut used: Vec<Conn> = conns.drain(..n.min(conns.len())).collect();
-    let r = send_requests(&mut used, m, pace, make).await;
+    let r = send_checked(&mut used, m, pace, make, check).await;
     conns.extend(used);
     r
 }
 
 /// Builds request `i` of a run of publish requests.
 pub type Request = Arc<dyn Fn(u32) -> Vec<u8> + Send + Sync>;
+
+/// Whether request `i`'s 2xx answer (its body's first 200 bytes) is as expected.
+pub type Check = Arc<dyn Fn(u32, &str) -> bool + Send + Sync>;
 
 /// Send requests `0..count` (built by `make` as each leaves) over `conns`, each keep-alive
 /// connection one request at a time, so `conns.len()` are in flight. With a `pace` (start,
@@ -1053,18 +1169,33 @@ pub async fn send_requests(
     pace: Option<(tokio::time::Instant, u32)>,
     make: Request,
 ) -> Result<(u64, u64, Option<String>)> {
+    let s = send_checked(conns, count, pace, make, None).await?;
+    Ok((s.ok, s.failed, s.first))
+}
+
+/// [`send_requests`], each 2xx answer checked with `check`.
+pub async fn send_checked(
+    conns: &mut Vec<Conn>,
+    count: u32,
+    pace: Option<(tokio::time::Instant, u32)>,
+    make: Request,
+    check: Option<Check>,
+) -> Result<Sent> {
     let next = Arc::new(AtomicU32::new(0));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let unexpected = Arc::new(AtomicU64::new(0));
     let first = Arc::new(Mutex::new(None::<String>));
     let mut tasks = Vec::new();
     for mut c in conns.drain(..) {
-        let (next, ok, failed, first, make) = (
+        let (next, ok, failed, unexpected, first, make, check) = (
             next.clone(),
             ok.clone(),
             failed.clone(),
+            unexpected.clone(),
             first.clone(),
             make.clone(),
+            check.clone(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -1076,7 +1207,16 @@ pub async fn send_requests(
                     let at = base + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
                     tokio::time::sleep_until(at).await;
                 }
-                record_answer(c.roundtrip(&make(i)).await, &ok, &failed, &first);
+                match (c.roundtrip(&make(i)).await, &check) {
+                    (Ok((s, body)), Some(check)) if (200..300).contains(&s) && !check(i, &body) => {
+                        unexpected.fetch_add(1, Ordering::Relaxed);
+                        first
+                            .lock()
+                            .expect("error")
+                            .get_or_insert(format!("answered {s} {}", body.trim()));
+                    }
+                    (r, _) => record_answer(r, &ok, &failed, &first),
+                }
             }
             c
         }));
@@ -1085,11 +1225,12 @@ pub async fn send_requests(
         conns.push(t.await?);
     }
     let e = first.lock().expect("error").take();
-    Ok((
-        ok.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-        e,
-    ))
+    Ok(Sent {
+        ok: ok.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        unexpected: unexpected.load(Ordering::Relaxed),
+        first: e,
+    })
 }
 
 /// Count one publish answer: 2xx is ok; anything else is a failure, the first one kept.
@@ -1283,6 +1424,29 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
                 .await;
         }
     }
+    if suite.want("gateway") {
+        for s in suite.setups_gateway() {
+            if !suite.usable(s)
+                || suite.over_budget(&format!("gateway, {} ({})", s.system(), s.mode()))
+            {
+                continue;
+            }
+            let r = suite.session_gateway(s).await;
+            suite
+                .guarded(format!("{} ({}) gateway session", s.system(), s.mode()), r)
+                .await;
+        }
+    }
+    if suite.want("dir-memory") {
+        for s in suite.setups_dir_memory() {
+            let what = format!("directory memory, {} ({})", s.system(), s.mode());
+            if !suite.usable(s) || suite.over_budget(&what) {
+                continue;
+            }
+            let r = suite.session_dir_memory(s).await;
+            suite.guarded(what, r).await;
+        }
+    }
     let (mut channel, mut channel_before) = (None, None);
     if suite.want("channel") {
         for build in suite.builds() {
@@ -1381,6 +1545,33 @@ mod tests {
         );
         assert_eq!(s[0].system(), "werkmann-before");
         assert!(!s[0].is_peer());
+    }
+
+    #[test]
+    fn the_gateway_rows_run_on_four_nodes_alone() {
+        let o = parse(&args(
+            "--only gateway,dir-memory --systems werkmann,socketio",
+        ))
+        .unwrap();
+        assert_eq!(o.only, ["gateway", "dir-memory"]);
+        let s = suite(o);
+        let current = Build::Current;
+        assert_eq!(
+            s.setups_gateway(),
+            [
+                Setup::WerkmannCluster {
+                    ws: 4,
+                    build: current
+                },
+                Setup::WerkmannRedis {
+                    ws: 4,
+                    build: current
+                },
+                Setup::SocketIoCluster { ws: 4 },
+            ]
+        );
+        assert_eq!(s.setups_dir_memory().len(), 2);
+        assert!(parse(&args("--only gateways")).is_err());
     }
 
     #[test]

@@ -253,6 +253,7 @@ async fn phase(
             stray: rep.progress.stray,
             bad: rep.progress.bad,
             http: http_failed,
+            answer: 0,
             open_failed: 0,
         },
         first_error: first_error.map(|e| format!("{http_failed} broadcasts failed: {e}")),

@@ -15,6 +15,7 @@ use crate::child::{free_addr, Child};
 use crate::http::Api;
 use crate::procfs;
 use crate::proto::Flavor;
+use crate::redis;
 
 /// Which werkmann binaries a werkmann setup runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +236,10 @@ pub struct Running {
     pub ws: Vec<SocketAddr>,
     /// The push API.
     pub api: Api,
+    /// The channel server (`start_channel` and where it listens), in cluster mode.
+    channel: Option<(PathBuf, SocketAddr)>,
+    /// The Redis server, in Redis mode and for Socket.IO's redis adapter.
+    pub redis: Option<SocketAddr>,
     procs: Vec<Child>,
     dir: PathBuf,
 }
@@ -253,6 +258,8 @@ impl Running {
                 flavor: setup.flavor(),
                 addr: api_addr,
             },
+            channel: None,
+            redis: None,
             procs: Vec::new(),
             dir,
         };
@@ -285,6 +292,7 @@ impl Running {
                     let mut c = Command::new(bin("start_channel"));
                     c.args(["start", "--listen", &a(ch)]);
                     r.spawn("start_channel", c, &[ch]).await?;
+                    r.channel = Some((bin("start_channel"), ch));
                     a(ch)
                 };
                 for i in 0..k {
@@ -361,7 +369,59 @@ impl Running {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--maxclients", "10000"]);
         self.spawn("redis-server", c, &[addr]).await?;
+        self.redis = Some(addr);
         Ok(addr)
+    }
+
+    /// A counter of the copies of pushes the cluster sent towards its nodes so far, where one
+    /// can be read (the difference over a phase is what counts):
+    ///
+    /// - werkmann with a channel server: the server's messages written less messages read
+    ///   (`start_channel status`: `msgs_out − msgs_in`). Every command a client sends is
+    ///   answered once (a publish or directory operation by its acknowledgement, a ping by a
+    ///   pong), so what is left are the deliveries to subscribers: the nodes.
+    /// - werkmann on Redis: `PUBLISH` and `SPUBLISH` calls (`INFO commandstats`, which counts
+    ///   those the directory's script makes): one per node event a push is sent to.
+    /// - Socket.IO's redis adapter: its `PUBLISH` calls times the nodes each reaches (every
+    ///   node pattern-subscribes to every room's channel: the clients with a pattern
+    ///   subscription in `CLIENT LIST`, less the publisher's own).
+    pub async fn copies_counter(&self) -> Option<i64> {
+        match self.setup {
+            Setup::WerkmannCluster { .. } => {
+                let (exe, listen) = self.channel.as_ref()?;
+                let out = tokio::process::Command::new(exe)
+                    .args(["status", "--listen", &listen.to_string()])
+                    .env("WERKMANN_RUN_DIR", &self.dir)
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .await
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                // worker listen id conns accepted msgs_in msgs_out fails …
+                let line = text.lines().find(|l| l.starts_with("ChannelServer"))?;
+                let cols: Vec<i64> = line
+                    .split_whitespace()
+                    .skip(5)
+                    .take(2)
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                (cols.len() == 2).then(|| cols[1] - cols[0])
+            }
+            Setup::WerkmannRedis { .. } | Setup::SocketIoCluster { .. } => {
+                let addr = self.redis?;
+                let stats = redis::command(addr, &["INFO", "commandstats"]).await.ok()?;
+                let calls = (redis::command_calls(&stats, "publish")
+                    + redis::command_calls(&stats, "spublish")) as i64;
+                if matches!(self.setup, Setup::SocketIoCluster { .. }) {
+                    let clients = redis::command(addr, &["CLIENT", "LIST"]).await.ok()?;
+                    let psub = redis::pattern_subscribers(&clients) as i64;
+                    return Some(calls * (psub - 1).max(0));
+                }
+                Some(calls)
+            }
+            _ => None,
+        }
     }
 
     /// Spawn one process (logging into the system's directory) and wait for its ports.
@@ -390,6 +450,27 @@ impl Running {
     /// CPU time of every server process, ns.
     pub fn cpu_ns(&self) -> u64 {
         self.pids().into_iter().map(procfs::cpu_ns).sum()
+    }
+
+    /// CPU time so far, ns, by role: the publisher (`start_http`, Socket.IO's publisher node),
+    /// the channel (`start_channel`, `redis-server`), the WebSocket nodes (everything else).
+    pub fn cpu_ns_by_role(&self) -> [u64; 3] {
+        let mut out = [0; 3];
+        for p in &self.procs {
+            let role = match p.name.as_str() {
+                "start_http" | "socketio-publisher" => 0,
+                "start_channel" | "redis-server" => 1,
+                _ => 2,
+            };
+            out[role] += procfs::cpu_ns(p.pid());
+            if p.name == "nginx" {
+                out[role] += procfs::children(p.pid())
+                    .into_iter()
+                    .map(procfs::cpu_ns)
+                    .sum::<u64>();
+            }
+        }
+        out
     }
 
     /// Memory of every server process, KiB (proportional set size: shared pages once).

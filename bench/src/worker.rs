@@ -53,8 +53,8 @@ async fn serve() -> Result<()> {
                 groups.entry(group).or_default().extend(tasks);
                 reply
             }
-            Cmd::Phase { id, kind, m } => {
-                shared.start_phase(id, kind, m);
+            Cmd::Phase { id, kind, m, per } => {
+                shared.start_phase(id, kind, m, per);
                 Reply::Ack
             }
             Cmd::Progress => Reply::Progress(shared.progress()),

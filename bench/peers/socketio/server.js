@@ -6,7 +6,17 @@
 //   - `GET /?content=X` broadcasts X to every client of every node (`io.emit`);
 //   - `GET /?to_worker_id=W&to_connection_id=C&content=X` delivers X to that one client
 //     (`io.to(C).emit`: every socket is in the room named by its id);
-//   - answers `ok`, or 400 with a reason.
+//   - answers `ok`, or 400 with a reason;
+//   - `POST /api/<method>` with a JSON body, the part of werkmann's GatewayWorker API
+//     (docs/addressing.md) the benchmark's gateway rows call, done as Socket.IO users do it:
+//     a uid is a room `uid:{uid}` and a group a room `group:{group}`, which the sockets join
+//     (`io.in(socketId).socketsJoin(room)`: through the redis adapter, the node holding the
+//     socket joins it) and pushes go to (`io.to(room).emit`):
+//       bind_uid {client_id, uid}, join_group {client_id, group} → {"ok":true}
+//       send_to_uid {uid, message}, send_to_group {group, message} → {"ok":true}
+//     A client id is `{W}-{socket id}` as the greeting shows them. Unlike werkmann's, these
+//     answers cannot say how many connections a push reached (Socket.IO's emit does not
+//     know), and binding a socket to a uid does not leave its earlier uid's room.
 //
 // Usage:
 //   node server.js [--ws 127.0.0.1:PORT] [--http 127.0.0.1:PORT] [--worker-id W]
@@ -71,8 +81,56 @@ async function main() {
     socket.send(`Worker-ID:${o.workerId} Verbindungs-ID:${socket.id} verbunden\n`);
   });
 
+  // The gateway methods: a room per uid and per group.
+  const gateway = {
+    bind_uid: (p) => join(p.client_id, `uid:${p.uid}`),
+    join_group: (p) => join(p.client_id, `group:${p.group}`),
+    send_to_uid: (p) => io.to(`uid:${p.uid}`).emit("message", p.message),
+    send_to_group: (p) => io.to(`group:${p.group}`).emit("message", p.message),
+  };
+  const need = {
+    bind_uid: ["client_id", "uid"],
+    join_group: ["client_id", "group"],
+    send_to_uid: ["uid", "message"],
+    send_to_group: ["group", "message"],
+  };
+  function join(clientId, room) {
+    const dash = String(clientId).indexOf("-");
+    if (dash < 0) throw new Error(`client_id ${clientId} is not WORKER-SOCKETID`);
+    io.in(String(clientId).slice(dash + 1)).socketsJoin(room);
+  }
+  function api_call(req, res, method) {
+    const answer = (code, obj) => {
+      const text = JSON.stringify(obj);
+      res.writeHead(code, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) });
+      res.end(text);
+    };
+    if (!gateway[method]) return answer(404, { error: `no method ${method}` });
+    if (req.method !== "POST") return answer(405, { error: "POST only" });
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      let p;
+      try {
+        p = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+      } catch (e) {
+        return answer(400, { error: `malformed JSON body: ${e.message}` });
+      }
+      for (const k of need[method]) {
+        if (p[k] === undefined) return answer(400, { error: `missing parameter ${k}` });
+      }
+      try {
+        gateway[method](p);
+      } catch (e) {
+        return answer(400, { error: e.message });
+      }
+      answer(200, { ok: true });
+    });
+  }
+
   if (o.http) {
     const api = http.createServer((req, res) => {
+      if (req.url.startsWith("/api/")) return api_call(req, res, req.url.slice(5).split("?")[0]);
       const url = new URL(req.url, "http://x");
       const q = url.searchParams;
       const content = q.get("content");
