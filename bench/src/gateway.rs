@@ -86,9 +86,9 @@ pub fn dir_memory_label(bindings: u32) -> String {
 }
 
 impl Suite {
-    /// The gateway session's setups: werkmann's channel-server and Redis clusters with 4 nodes
-    /// (each build), Socket.IO's redis adapter with 4 nodes.
-    pub(crate) fn setups_gateway(&self) -> Vec<Setup> {
+    /// werkmann's channel-server and Redis clusters with 4 nodes, each build, as the modes
+    /// asked for.
+    fn werkmann_4_nodes(&self) -> Vec<Setup> {
         let mut v = Vec::new();
         for (mode, redis) in [("cluster", false), ("redis", true)] {
             if !self.mode(mode) {
@@ -102,6 +102,13 @@ impl Suite {
                 });
             }
         }
+        v
+    }
+
+    /// The gateway session's setups: werkmann's channel-server and Redis clusters with 4 nodes
+    /// (each build), Socket.IO's redis adapter with 4 nodes.
+    pub(crate) fn setups_gateway(&self) -> Vec<Setup> {
+        let mut v = self.werkmann_4_nodes();
         if self.sys("socketio") && (self.mode("cluster") || self.mode("redis")) {
             v.push(Setup::SocketIoCluster { ws: NODES });
         }
@@ -110,20 +117,7 @@ impl Suite {
 
     /// The directory-memory row's setups: the channel server and Redis (each build).
     pub(crate) fn setups_dir_memory(&self) -> Vec<Setup> {
-        let mut v = Vec::new();
-        for (mode, redis) in [("cluster", false), ("redis", true)] {
-            if !self.mode(mode) {
-                continue;
-            }
-            for build in self.builds() {
-                v.push(if redis {
-                    Setup::WerkmannRedis { ws: NODES, build }
-                } else {
-                    Setup::WerkmannCluster { ws: NODES, build }
-                });
-            }
-        }
-        v
+        self.werkmann_4_nodes()
     }
 
     /// Bind (or join) every client through the API: request `i` is `POST /api/{method}` with

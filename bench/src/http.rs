@@ -58,14 +58,7 @@ impl Api {
                     "to_worker_id={}&to_connection_id={}&content={content}",
                     to.worker, to.conn
                 );
-                format!(
-                    "POST / HTTP/1.1\r\nHost: {}\r\n\
-                     Content-Type: application/x-www-form-urlencoded\r\n\
-                     Content-Length: {}\r\n\r\n{body}",
-                    self.addr,
-                    body.len()
-                )
-                .into_bytes()
+                self.post("/", "application/x-www-form-urlencoded", &body)
             }
             Flavor::SocketIo | Flavor::Nchan => self.targeted(to, content),
         }
@@ -75,14 +68,11 @@ impl Api {
     /// werkmann's publisher, and the Socket.IO peer's, which mirrors the methods the benchmark
     /// calls.
     pub fn call(&self, method: &str, body: &serde_json::Value) -> Vec<u8> {
-        let body = body.to_string();
-        format!(
-            "POST /api/{method} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
+        self.post(
+            &format!("/api/{method}"),
+            "application/json",
+            &body.to_string(),
         )
-        .into_bytes()
     }
 
     /// The largest content [`Api::targeted_large`] can carry here.
@@ -94,11 +84,16 @@ impl Api {
     }
 
     fn nchan_post(&self, channel: &str, content: &str) -> Vec<u8> {
+        self.post(&format!("/pub/{channel}"), "text/plain", content)
+    }
+
+    /// A `POST` of `body` to `path`, as `content_type`.
+    fn post(&self, path: &str, content_type: &str, body: &str) -> Vec<u8> {
         format!(
-            "POST /pub/{channel} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/plain\r\n\
-             Content-Length: {}\r\n\r\n{content}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
             self.addr,
-            content.len()
+            body.len()
         )
         .into_bytes()
     }
