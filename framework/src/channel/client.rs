@@ -284,12 +284,17 @@ impl Client {
         cmd: Command,
         on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
     ) {
+        match self.live_broker() {
+            Some(b) => b.publish_confirmed(cmd, Box::new(on_done)),
+            None => on_done(Err(ChannelError::Disconnected)),
+        }
+    }
+
+    /// The broker, while connected (what is answered must not wait in the pending buffer).
+    fn live_broker(&self) -> Option<Rc<dyn Broker>> {
         let inner = &self.0;
         let broker = inner.broker.borrow().clone();
-        match broker {
-            Some(b) if inner.connected.get() => b.publish_confirmed(cmd, Box::new(on_done)),
-            _ => on_done(Err(ChannelError::Disconnected)),
-        }
+        broker.filter(|_| inner.connected.get())
     }
 
     /// Send bytes already in PHP `serialize()` format.
@@ -391,22 +396,11 @@ impl Client {
         if let Err(e) = op.check() {
             return on_done(Err(ChannelError::Refused(e.0)));
         }
-        self.dir_request_json(&op.to_json(), on_done)
-    }
-
-    /// [`Client::dir_request`] for an operation already encoded (and checked).
-    pub(crate) fn dir_request_json(
-        &self,
-        json: &[u8],
-        on_done: impl FnOnce(Result<Value, ChannelError>) + 'static,
-    ) {
-        let inner = &self.0;
-        let broker = inner.broker.borrow().clone();
-        let Some(b) = broker.filter(|_| inner.connected.get()) else {
+        let Some(b) = self.live_broker() else {
             return on_done(Err(ChannelError::Disconnected));
         };
         b.request(
-            Command::dir(json),
+            Command::dir(&op.to_json()),
             Box::new(move |answer| {
                 on_done(answer.and_then(|json| {
                     let v: Value = serde_json::from_slice(&json).map_err(|e| {
@@ -425,7 +419,6 @@ impl Client {
 
     /// Run `f` each time the client (re)connects, after it re-subscribed and before what it
     /// held is sent.
-    #[allow(dead_code)] // for `crate::gateway` (a node registers its connections again)
     pub(crate) fn on_up_internal(&self, f: impl Fn() + 'static) {
         self.0.on_up.borrow_mut().push(Rc::new(f));
     }

@@ -215,35 +215,17 @@ impl WorkerInstance {
     /// Send `msg` to every connection of this instance, encoded once where the protocol
     /// allows. Writes are queued and coalesced by each connection's task.
     pub fn broadcast(&self, msg: impl Into<Message>) -> BroadcastReport {
-        if self.0.connections.borrow().is_empty() {
+        let conns = self.0.connections.borrow();
+        if conns.is_empty() {
             // Nothing to encode for: an instance without clients pays nothing per broadcast.
             return BroadcastReport::default();
         }
-        let msg = msg.into();
-        let shared = self.0.config.protocol().and_then(|p| p.encode_shared(&msg));
-        match shared {
-            Some(Ok(bytes)) => self.broadcast_encoded(&bytes),
-            Some(Err(e)) => {
-                log::warn!("broadcast not sent: {e}");
-                BroadcastReport::default()
-            }
-            None => {
-                let mut report = BroadcastReport::default();
-                for c in self.0.connections.borrow().values() {
-                    count(&mut report, c.send(msg.clone()));
-                }
-                report
-            }
-        }
+        self.send_to(conns.values(), msg.into())
     }
 
     /// Send bytes already encoded for this worker's protocol to every connection.
     pub fn broadcast_encoded(&self, bytes: &Bytes) -> BroadcastReport {
-        let mut report = BroadcastReport::default();
-        for c in self.0.connections.borrow().values() {
-            count(&mut report, c.send_deferred(bytes.clone()));
-        }
-        report
+        send_encoded(self.0.connections.borrow().values(), bytes)
     }
 
     /// Store per-instance data (a channel client, a cache…), one value per type.
@@ -270,27 +252,27 @@ impl WorkerInstance {
         *self.0.hooks.borrow_mut() = Some(hooks);
     }
 
-    /// Send `msg` to each of `conns`, encoded once where the protocol allows (as
-    /// [`WorkerInstance::broadcast`] does); how many took it.
+    /// Send `msg` to each of `conns`, encoded once where the protocol allows (a WebSocket
+    /// server frame does not depend on the connection), else encoded for each.
     pub(crate) fn send_to<'a>(
         &self,
         conns: impl IntoIterator<Item = &'a Connection>,
         msg: Message,
-    ) -> usize {
-        let shared = self.0.config.protocol().and_then(|p| p.encode_shared(&msg));
-        let mut sent = 0;
-        for c in conns {
-            let ok = match &shared {
-                Some(Ok(bytes)) => !matches!(c.send_deferred(bytes.clone()), SendStatus::Failed),
-                Some(Err(_)) => false,
-                None => !matches!(c.send(msg.clone()), SendStatus::Failed),
-            };
-            sent += usize::from(ok);
+    ) -> BroadcastReport {
+        match self.0.config.protocol().and_then(|p| p.encode_shared(&msg)) {
+            Some(Ok(bytes)) => send_encoded(conns, &bytes),
+            Some(Err(e)) => {
+                log::warn!("message not sent: {e}");
+                BroadcastReport::default()
+            }
+            None => {
+                let mut report = BroadcastReport::default();
+                for c in conns {
+                    count(&mut report, c.send(msg.clone()));
+                }
+                report
+            }
         }
-        if let Some(Err(e)) = shared {
-            log::warn!("message not sent: {e}");
-        }
-        sent
     }
 
     /// A `Send` handle to this instance's actor, for other threads.
@@ -406,6 +388,18 @@ impl WorkerInstance {
             c.close();
         }
     }
+}
+
+/// Queue `bytes` on each of `conns`.
+fn send_encoded<'a>(
+    conns: impl IntoIterator<Item = &'a Connection>,
+    bytes: &Bytes,
+) -> BroadcastReport {
+    let mut report = BroadcastReport::default();
+    for c in conns {
+        count(&mut report, c.send_deferred(bytes.clone()));
+    }
+    report
 }
 
 fn count(report: &mut BroadcastReport, status: SendStatus) {
