@@ -204,7 +204,16 @@ impl Suite {
         let (mut targeted, mut uid) = (Vec::new(), Vec::new());
         let tl = targeted_label(n, p.inflight);
         let ul = uid_label(n, p.inflight);
-        for _ in 0..p.repeats {
+        let prof = std::env::var("GW_PROFILE").unwrap_or_default();
+        let reps = if prof.is_empty() { p.repeats } else { 40 };
+        for _ in 0..reps {
+            if prof == "uid" {
+                let r = self
+                    .uid_run(&sys, &mut gen, &mut conns, &ul, "u", n, 1, werkmann)
+                    .await?;
+                uid.push(r);
+                continue;
+            }
             let to: Vec<Address> = {
                 let mut rng = rand::rng();
                 (0..m)
@@ -226,6 +235,9 @@ impl Suite {
             set_copies(&mut r, c0, c1, m, Some(1));
             set_cpu_by_role(&mut r, cpu0, cpu1, m);
             targeted.push(r);
+            if prof == "targeted" {
+                continue;
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
 
             let r = self

@@ -296,8 +296,9 @@ fn operation(name: &str, p: &Map<String, Value>) -> Result<(DirOp, Shape), Respo
     Ok((op, shape))
 }
 
-/// The answer to a request the directory answered.
-fn answer(op: &DirOp, shape: Shape, result: Result<Value, GatewayError>) -> Response {
+/// The answer to a request the directory answered (`one_client`: a send to one client id,
+/// answered 404 when it reached no one).
+fn answer(one_client: bool, shape: Shape, result: Result<Value, GatewayError>) -> Response {
     let v = match result {
         Ok(v) => v,
         Err(GatewayError::Channel(ChannelError::Refused(why))) => return refuse(400, why),
@@ -310,13 +311,6 @@ fn answer(op: &DirOp, shape: Shape, result: Result<Value, GatewayError>) -> Resp
             let Some(n) = n else {
                 return refuse(502, format!("unexpected directory answer {v}"));
             };
-            let one_client = matches!(
-                op,
-                DirOp::Send {
-                    target: Target::Clients { client_ids },
-                    ..
-                } if client_ids.len() == 1
-            );
             if n == 0 && one_client {
                 let error = "the client is not online: reached no one";
                 return Response::json(404, &json!({ "reached": 0, "error": error }));
@@ -351,9 +345,15 @@ pub fn handle(conn: &Connection, req: &Request, name: &str, gateway: Option<Gate
         return;
     };
     let reply_to = conn.clone();
-    actix_rt::spawn(async move {
-        let result = gw.request(&op).await;
-        reply_to.send(answer(&op, shape, result));
+    let one_client = matches!(
+        &op,
+        DirOp::Send {
+            target: Target::Clients { client_ids },
+            ..
+        } if client_ids.len() == 1
+    );
+    gw.request_then(&op, move |result| {
+        reply_to.send(answer(one_client, shape, result));
     });
 }
 

@@ -302,6 +302,23 @@ impl Answer {
     }
 }
 
+/// Worker `w`'s node event as a key, made once per worker (at most [`NODE_KEYS`] kept).
+fn node_key(keys: &RefCell<HashMap<u32, Key>>, w: u32) -> Key {
+    let mut keys = keys.borrow_mut();
+    if let Some(k) = keys.get(&w) {
+        return k.clone();
+    }
+    if keys.len() >= NODE_KEYS {
+        keys.clear();
+    }
+    let k = Key::from(dir::node_event(w));
+    keys.insert(w, k.clone());
+    k
+}
+
+/// Node event keys a hub keeps made (worker ids seen; a bound, not a limit).
+const NODE_KEYS: usize = 65_536;
+
 /// The subscription, queue and directory state.
 pub(crate) struct HubState {
     channels: HashMap<Key, Subscribers>,
@@ -310,6 +327,8 @@ pub(crate) struct HubState {
     watching: HashMap<SubscriberId, HashSet<Key>>,
     /// Who is connected where, with uids, groups and sessions (`channel::dir`).
     directory: DirectoryState,
+    /// Each worker's node event (`dir::node_event`), made once.
+    node_keys: RefCell<HashMap<u32, Key>>,
     pub stats: HubStats,
     /// Deliveries to in-process clients not yet sent.
     local_out: Rc<RefCell<LocalOut>>,
@@ -330,6 +349,7 @@ impl Default for HubState {
             subscribed: HashMap::new(),
             watching: HashMap::new(),
             directory: DirectoryState::default(),
+            node_keys: RefCell::default(),
             stats: HubStats::default(),
             local_out: Rc::new(RefCell::new(local_out)),
             routes,
@@ -486,9 +506,10 @@ impl HubState {
             }
         };
         let channels = &self.channels;
+        let node_keys = &self.node_keys;
         let subscribed = |w: u32| {
             channels
-                .get(&Key::from(dir::node_event(w)))
+                .get(&node_key(node_keys, w))
                 .is_some_and(|s| !s.list.is_empty())
         };
         let applied = self.directory.apply(id, &op, subscribed);
@@ -496,17 +517,16 @@ impl HubState {
             Forward::Nowhere => {}
             Forward::Workers(workers) => {
                 for w in workers {
-                    self.forward(&dir::node_event(w), data, confirmed);
+                    self.forward(node_key(&self.node_keys, w), data, confirmed);
                 }
             }
-            Forward::AllNodes => self.forward(dir::ALL_NODES, data, confirmed),
+            Forward::AllNodes => self.forward(Key::from(dir::ALL_NODES), data, confirmed),
         }
         applied.answer
     }
 
-    /// Deliver `data` as an event `name` to its subscribers, as a publish does.
-    fn forward(&mut self, name: &str, data: &Bytes, confirmed: bool) {
-        let key = Key::from(name);
+    /// Deliver `data` as event `key` to its subscribers, as a publish does.
+    fn forward(&mut self, key: Key, data: &Bytes, confirmed: bool) {
         let Some(subs) = self.channels.get(&key) else {
             return;
         };

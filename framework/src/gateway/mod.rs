@@ -210,10 +210,22 @@ impl Gateway {
     /// Apply any directory operation and get its answer as JSON (what the HTTP API serves).
     pub async fn request(&self, op: &DirOp) -> Result<Value, GatewayError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.0.client.dir_request(op, move |answer| {
+        self.request_then(op, move |answer| {
             let _ = tx.send(answer);
         });
-        Ok(rx.await.map_err(|_| ChannelError::Closed)??)
+        rx.await.map_err(|_| ChannelError::Closed)?
+    }
+
+    /// Apply any directory operation; `done` is called with its answer as JSON, on this
+    /// thread (no task spawned: what a server answering each request from a callback uses).
+    pub fn request_then(
+        &self,
+        op: &DirOp,
+        done: impl FnOnce(Result<Value, GatewayError>) + 'static,
+    ) {
+        self.0
+            .client
+            .dir_request(op, move |answer| done(answer.map_err(GatewayError::from)));
     }
 
     async fn count(&self, op: DirOp) -> Result<usize, GatewayError> {

@@ -254,11 +254,11 @@ impl WorkerInstance {
 
     /// Send `msg` to each of `conns`, encoded once where the protocol allows (a WebSocket
     /// server frame does not depend on the connection), else encoded for each.
-    pub(crate) fn send_to<'a>(
-        &self,
-        conns: impl IntoIterator<Item = &'a Connection>,
-        msg: Message,
-    ) -> BroadcastReport {
+    pub(crate) fn send_to<'a, I>(&self, conns: I, msg: Message) -> BroadcastReport
+    where
+        I: IntoIterator<Item = &'a Connection>,
+        I::IntoIter: ExactSizeIterator,
+    {
         match self.0.config.protocol().and_then(|p| p.encode_shared(&msg)) {
             Some(Ok(bytes)) => send_encoded(conns, &bytes),
             Some(Err(e)) => {
@@ -390,14 +390,27 @@ impl WorkerInstance {
     }
 }
 
-/// Queue `bytes` on each of `conns`.
-fn send_encoded<'a>(
-    conns: impl IntoIterator<Item = &'a Connection>,
-    bytes: &Bytes,
-) -> BroadcastReport {
+/// Up to this many connections, a send to several writes to each socket at once (as a send
+/// to one does); past it, the bytes are queued and each connection's task writes them, so
+/// that the sending turn stays short and writes coalesce.
+const WRITE_NOW_MAX: usize = 8;
+
+/// Send `bytes` to each of `conns`: written at once to a few, queued for many.
+fn send_encoded<'a, I>(conns: I, bytes: &Bytes) -> BroadcastReport
+where
+    I: IntoIterator<Item = &'a Connection>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let conns = conns.into_iter();
+    let now = conns.len() <= WRITE_NOW_MAX;
     let mut report = BroadcastReport::default();
     for c in conns {
-        count(&mut report, c.send_deferred(bytes.clone()));
+        let status = if now {
+            c.send_raw(bytes.clone())
+        } else {
+            c.send_deferred(bytes.clone())
+        };
+        count(&mut report, status);
     }
     report
 }

@@ -5,7 +5,8 @@
 //!   `directory.lua`: per client its worker, uid, groups and session; per uid and group its
 //!   client ids and how many of them each worker holds (a send goes only to the workers holding
 //!   targets); per worker its client ids; the sets of workers, uids and groups.
-//! - **Operations**: one Lua script (`EVALSHA`, loaded again on `NOSCRIPT`), one call per
+//! - **Operations**: a Lua script (`EVALSHA`, loaded again on `NOSCRIPT`; the sends have a
+//!   small one of their own, `send.lua`, without helper closures or the sweep), one call per
 //!   operation, atomic: it applies the operation, forwards it — the command's bytes, as the hub
 //!   does — to the node events of the workers holding its targets (`PUBLISH`, on a Cluster
 //!   `SPUBLISH`: the nodes' event channels carry the same hash tag, so the script can), and
@@ -16,8 +17,9 @@
 //!   node's Redis connection closed: killed, stopped) or when its alive key
 //!   (`{werkmann:dir}:alive:W`, set by the link that registered W, renewed every 10 s, expiring
 //!   after 30 s) is gone (the node vanished without closing). The sweep runs inside the
-//!   script, at most once a second, first thing in whichever operation comes — so no answer
-//!   counts a node gone for longer — and every second from each link that registered clients
+//!   script, at most once a second, first thing in whichever operation but a send comes (a
+//!   send counts only workers whose node event has a subscriber) — and every second from each
+//!   link that registered clients
 //!   or holds worker-id leases. A link that closes, and a node that releases its worker ids,
 //!   remove their workers' clients at once.
 
@@ -46,16 +48,19 @@ pub(super) const ALIVE_TTL_MS: u64 = 30_000;
 /// How often a link sweeps (and, every tenth time, renews its workers' alive keys).
 pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&script_text()));
+static SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&script_text(include_str!("directory.lua"))));
+/// The script of the sends, the hot path: small, without the sweep.
+static SEND_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&script_text(include_str!("send.lua"))));
 
-/// The script with its constants filled in.
-fn script_text() -> String {
+/// A script with its constants filled in.
+fn script_text(lua: &str) -> String {
     let node = event_channel(&dir::node_event(0));
     let node = node
         .strip_suffix('0')
         .expect("node_event ends with the worker id");
-    include_str!("directory.lua")
-        .replace("@PREFIX@", PREFIX)
+    lua.replace("@PREFIX@", PREFIX)
         .replace("@NODE@", node)
         .replace("@ALL@", &event_channel(dir::ALL_NODES))
         .replace("@SWEEP_MS@", &SWEEP_EVERY.as_millis().to_string())
@@ -94,10 +99,11 @@ fn mode(bus: &Bus) -> &'static str {
     }
 }
 
-/// `EVALSHA` of the script for `op` with its `data` (forwarded, or empty).
+/// `EVALSHA` of the script for `op` (sends have theirs) with its `data` (forwarded, or empty).
 fn call(bus: &Bus, op: &str, data: &[u8]) -> redis::Cmd {
+    let script = if op == "send" { &SEND_SCRIPT } else { &SCRIPT };
     let mut c = redis::cmd("EVALSHA");
-    c.arg(SCRIPT.get_hash())
+    c.arg(script.get_hash())
         .arg(1)
         .arg(WORKERS)
         .arg(op)
@@ -315,6 +321,7 @@ async fn run_calls(bus: &mut Bus, cmds: Vec<redis::Cmd>) -> redis::RedisResult<V
         .collect();
     if !again.is_empty() {
         bus.load_script(&SCRIPT).await?;
+        bus.load_script(&SEND_SCRIPT).await?;
         let retry: Vec<redis::Cmd> = again.iter().map(|&i| cmds[i].clone()).collect();
         for (i, r) in again.into_iter().zip(bus.run_each(&retry).await?) {
             replies[i] = r;
@@ -611,9 +618,11 @@ mod tests {
             let ch = event_channel(name);
             assert_eq!(event_name(ch.strip_prefix(PREFIX_EVENT).unwrap()), name);
         }
-        let text = script_text();
-        assert!(!text.contains('@'), "every constant filled in");
-        assert!(text.contains("local NODE = 'werkmann:e:{werkmann:dir}werkmann.gw.'"));
+        for lua in [include_str!("directory.lua"), include_str!("send.lua")] {
+            let text = script_text(lua);
+            assert!(!text.contains('@'), "every constant filled in");
+            assert!(text.contains("local NODE = 'werkmann:e:{werkmann:dir}werkmann.gw.'"));
+        }
     }
 
     #[test]
