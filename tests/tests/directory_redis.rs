@@ -315,6 +315,31 @@ async fn nothing_is_left_behind() {
     assert_eq!(left, ["{werkmann:dir}:alive:4"]);
 }
 
+/// A node with 100k connections registers them again at once (after a reconnect: ten
+/// `register` operations of 10,000 clients, queued together): each pipeline is answered well
+/// within the link's response timeout, and every client is in the directory.
+#[tokio::test]
+async fn a_hundred_thousand_registrations_at_once_go_through() {
+    let redis = RedisServer::start();
+    let (_app, addr) = channel_console(&redis.url(), &[]);
+    let mut n = node(&addr, 6).await;
+    let mut api = open(&addr).await;
+    for chunk in 0..10u64 {
+        let clients: Vec<Value> = (0..10_000u64)
+            .map(|i| {
+                json!({
+                    "client_id": format!("6-{}", 1_764_000_000_000_000 + chunk * 10_000 + i),
+                    "uid": format!("user-{chunk}-{i}"),
+                    "groups": [format!("room-{}", i % 100), "lobby"],
+                    "session": {"name": format!("user {i}"), "since": i},
+                })
+            })
+            .collect();
+        dirsend(&mut n, json!({"op": "register", "clients": clients})).await;
+    }
+    count_is(&mut api, 100_000, Duration::from_secs(60)).await;
+}
+
 /// The same operations answered the same on Redis (and a Cluster) as by the embedded hub: a
 /// sequence with the corner cases (registrations replaced, names and ids repeated, sessions
 /// with nulls, overlapping groups with exclusions, unknown clients).

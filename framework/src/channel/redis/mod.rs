@@ -49,6 +49,11 @@ use bus::{cluster_builder, is_cluster, open_client, with_resp3, Bus};
 use queues::run_queues;
 
 const PREFIX_EVENT: &str = "werkmann:e:";
+/// Most commands in one pipeline.
+const MAX_BATCH: usize = 512;
+/// Most bytes of directory operations in one pipeline (a 10,000-client `register` is about
+/// 300 KiB and goes alone).
+const MAX_DIR_BATCH_BYTES: usize = 64 * 1024;
 const PREFIX_INBOX: &str = "werkmann:c:";
 const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(10);
 const MEMBERSHIP_TTL_MS: u64 = 30_000;
@@ -452,15 +457,26 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 continue;
             }
         };
-        // A batch is directory commands only (one pipeline of script calls), or none.
+        // A batch is directory commands only (one pipeline of script calls), or none; at
+        // most `MAX_BATCH` commands, and directory commands up to `MAX_DIR_BATCH_BYTES` (a
+        // script's work grows with its operation: a pipeline must be answered well within
+        // the response timeout).
         let batch: Vec<(Command, Option<u64>)> = {
             let out = l.outbound.borrow();
             let dir = out
                 .front()
                 .is_some_and(|(c, _)| matches!(c, Command::Dir(_)));
+            let mut bytes = 0;
             out.iter()
-                .take(512)
+                .take(MAX_BATCH)
                 .take_while(|(c, _)| matches!(c, Command::Dir(_)) == dir)
+                .take_while(|(c, _)| {
+                    let first = bytes == 0;
+                    if let Command::Dir(data) = c {
+                        bytes += data.len().max(1);
+                    }
+                    first || bytes <= MAX_DIR_BATCH_BYTES
+                })
                 .cloned()
                 .collect()
         };
