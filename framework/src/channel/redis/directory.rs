@@ -235,6 +235,26 @@ fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
     }
 }
 
+/// Clients per script call of a `register`: Redis runs nothing else while a script runs, and
+/// a call's work grows with its clients (a node's 10,000 at once go as 20 calls).
+const REGISTER_PER_CALL: usize = 500;
+
+/// The script calls for `op`: one, or a `register` of many clients in several.
+fn op_calls(bus: &Bus, op: &DirOp, data: &[u8], link: &str) -> Vec<redis::Cmd> {
+    match op {
+        DirOp::Register { clients } if clients.len() > REGISTER_PER_CALL => clients
+            .chunks(REGISTER_PER_CALL)
+            .map(|chunk| {
+                let part = DirOp::Register {
+                    clients: chunk.to_vec(),
+                };
+                op_call(bus, &part, data, link)
+            })
+            .collect(),
+        _ => vec![op_call(bus, op, data, link)],
+    }
+}
+
 /// The script call for `op`; `data` is the command's bytes, forwarded as they came.
 fn op_call(bus: &Bus, op: &DirOp, data: &[u8], link: &str) -> redis::Cmd {
     let data = if op.is_forwarded() { data } else { b"" };
@@ -362,34 +382,50 @@ pub(super) async fn execute(
         answers: Vec::new(),
         registered: Vec::new(),
     };
-    // Per command: its request's key, its operation (or why it was refused), and where its
-    // reply is among the calls.
-    let mut items: Vec<(Option<u64>, Result<DirOp, String>)> = Vec::with_capacity(batch.len());
+    // Per command: its request's key, its operation (or why it was refused), and how many
+    // script calls it took (their replies are next among the calls').
+    let mut items: Vec<(Option<u64>, Result<DirOp, String>, usize)> =
+        Vec::with_capacity(batch.len());
     let mut cmds = Vec::with_capacity(batch.len());
     for (cmd, request) in batch {
         let Command::Dir(data) = cmd else { continue };
         let op = parse(data);
+        let mut calls = 0;
         match &op {
-            Ok(op) => cmds.push(op_call(bus, op, data, link)),
+            Ok(op) => {
+                let c = op_calls(bus, op, data, link);
+                calls = c.len();
+                cmds.extend(c);
+            }
             Err(why) if request.is_none() => {
                 log::warn!("redis: directory operation refused: {why}");
             }
             Err(_) => {}
         }
-        items.push((*request, op));
+        items.push((*request, op, calls));
     }
     let replies = run_calls(bus, cmds).await?;
     let mut replies = replies.iter();
     let mut counted = false;
-    for (request, op) in &items {
+    for (request, op, calls) in &items {
         let answer = match op {
             Err(why) => error_answer(why),
             Ok(op) => {
-                let reply = replies.next().unwrap_or(&RValue::Nil);
-                let a = match reply {
-                    RValue::ServerError(e) => Err(format!("redis: {e:?}")),
-                    r => answer(op, r),
-                };
+                // One answer from the call's replies (a `register` in parts: their sum).
+                let mut a = Ok(Value::from(0));
+                for _ in 0..*calls {
+                    let part = match replies.next().unwrap_or(&RValue::Nil) {
+                        RValue::ServerError(e) => Err(format!("redis: {e:?}")),
+                        r => answer(op, r),
+                    };
+                    a = match (a, part) {
+                        (Ok(sum), Ok(v)) if *calls > 1 => Ok(Value::from(
+                            sum.as_u64().unwrap_or(0) + v.as_u64().unwrap_or(0),
+                        )),
+                        (Ok(_), part) => part,
+                        (Err(e), _) => Err(e),
+                    };
+                }
                 match (&a, op) {
                     (Ok(_), DirOp::Register { clients }) => {
                         done.registered

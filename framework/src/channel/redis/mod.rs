@@ -49,6 +49,10 @@ use bus::{cluster_builder, is_cluster, open_client, with_resp3, Bus};
 use queues::run_queues;
 
 const PREFIX_EVENT: &str = "werkmann:e:";
+/// How long a pipeline may take to be answered before the connection counts as failed (the
+/// library's default, 0.5 s, dropped a busy link and made its node register everything
+/// again; Redis's own limit for a busy script is 5 s).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most commands in one pipeline.
 const MAX_BATCH: usize = 512;
 /// Most bytes of directory operations in one pipeline (a 10,000-client `register` is about
@@ -403,6 +407,7 @@ async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
                     .set_push_sender(tx)
                     .set_automatic_resubscription()
                     .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_number_of_retries(1);
                 let client = open_client(url.as_str(), ca.as_deref())?;
                 Bus::Single(client.get_connection_manager_with_config(config).await?)
