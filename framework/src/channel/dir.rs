@@ -395,8 +395,11 @@ impl DirOp {
     /// Read an operation from its JSON form, checked ([`DirOp::check`]); a field the
     /// operation does not have is refused.
     pub fn from_json(json: &[u8]) -> Result<DirOp, BadName> {
-        let op: DirOp = serde_json::from_slice(json)
-            .map_err(|e| BadName(format!("bad directory operation: {e}")))?;
+        let op = match super::dir_send::parse(json) {
+            Some(op) => op,
+            None => serde_json::from_slice(json)
+                .map_err(|e| BadName(format!("bad directory operation: {e}")))?,
+        };
         op.check()?;
         Ok(op)
     }

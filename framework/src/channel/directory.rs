@@ -562,15 +562,25 @@ impl DirectoryState {
                 Applied::to_workers(n, known.iter().map(|id| id.worker).collect())
             }
             Target::Uids { uids } => {
-                let names: HashSet<&str> = uids.iter().map(String::as_str).collect();
                 let (mut n, mut workers) = (0, Vec::new());
-                for m in names.into_iter().filter_map(|u| self.uids.get(u)) {
+                let mut add = |m: &Members| {
                     m.per_worker(|w, count| {
                         workers.push(w);
                         if subscribed(w) {
                             n += count;
                         }
-                    });
+                    })
+                };
+                match &uids[..] {
+                    // One uid (the usual send): no set to make.
+                    [one] => self.uids.get(one.as_str()).into_iter().for_each(&mut add),
+                    _ => {
+                        let names: HashSet<&str> = uids.iter().map(String::as_str).collect();
+                        names
+                            .into_iter()
+                            .filter_map(|u| self.uids.get(u))
+                            .for_each(&mut add);
+                    }
                 }
                 Applied::to_workers(n, workers)
             }

@@ -137,6 +137,10 @@ impl Local {
                     .map(|c| c.conn)
                     .collect()
             }
+            // One uid (the usual send): its connections here, each listed once already.
+            Target::Uids { uids } if uids.len() == 1 => {
+                self.uids.get(uids[0].as_str()).cloned().unwrap_or_default()
+            }
             Target::Uids { uids } => {
                 let mut seen = HashSet::new();
                 uids.iter()
