@@ -1126,8 +1126,11 @@ pub async fn publish_checked(
         } => {
             let check: Option<Check> = reached.map(|r| -> Check {
                 Arc::new(move |seq, body| {
-                    serde_json::from_str::<serde_json::Value>(body).ok()
-                        == Some(serde_json::json!({ "reached": r[seq as usize] }))
+                    let want = r[seq as usize];
+                    // The compact form werkmann writes, else any JSON spelling of it.
+                    body == format!("{{\"reached\":{want}}}")
+                        || serde_json::from_str::<serde_json::Value>(body).ok()
+                            == Some(serde_json::json!({ "reached": want }))
                 })
             });
             let make: Request = Arc::new(move |seq| {

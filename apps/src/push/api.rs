@@ -315,7 +315,10 @@ fn answer(one_client: bool, shape: Shape, result: Result<Value, GatewayError>) -
                 let error = "the client is not online: reached no one";
                 return Response::json(404, &json!({ "reached": 0, "error": error }));
             }
-            Response::json(200, &json!({ "reached": n }))
+            // `{"reached":N}`, written without a JSON value to serialize.
+            Response::new(200)
+                .with_header("Content-Type", "application/json")
+                .with_body(format!("{{\"reached\":{n}}}"))
         }
         Shape::Applied if n == Some(0) => Response::json(
             404,

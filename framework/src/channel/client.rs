@@ -403,6 +403,14 @@ impl Client {
             Command::dir(&op.to_json()),
             Box::new(move |answer| {
                 on_done(answer.and_then(|json| {
+                    // A count (a send's answer) needs no JSON value read.
+                    if let Some(n) = std::str::from_utf8(&json)
+                        .ok()
+                        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
+                        return Ok(Value::from(n));
+                    }
                     let v: Value = serde_json::from_slice(&json).map_err(|e| {
                         ChannelError::Refused(format!("directory answer is not JSON: {e}"))
                     })?;
