@@ -23,7 +23,6 @@ mod backends;
 mod broker;
 mod client;
 pub mod dir;
-mod dir_send;
 mod directory;
 mod hub;
 mod local;

@@ -1,5 +1,5 @@
 -- The directory on Redis (see directory.rs, and docs/channel.md "Directory on Redis"): one
--- script, one call per operation, atomic (the sends have their own, send.lua). Every key and every node event's channel carries the
+-- script, one call per operation, atomic (the sends but those to everyone have their own, send.lua). Every key and every node event's channel carries the
 -- hash tag {werkmann:dir}, so on a Redis Cluster all of them sit in one slot and this script
 -- may touch and publish to them all.
 --
@@ -333,6 +333,29 @@ elseif op == 'close_client' then
     return 1
   end
   return 0
+elseif op == 'send' then
+  -- To everyone (the other sends are send.lua's). ARGV: 'all', excluded ids. Connections
+  -- reached, at subscribed nodes.
+  local to = nextarg()
+  if to == 'all' then
+    redis.call(PUB, ALL, data)
+    local workers = redis.call('SMEMBERS', D .. 'workers')
+    local subs = subscribed(workers)
+    local n = 0
+    for _, w in ipairs(workers) do
+      if subs[w] then
+        n = n + redis.call('SCARD', D .. 'w:' .. w)
+      end
+    end
+    for i = at, #ARGV do
+      local w = client_worker(ARGV[i])
+      if w and subs[w] then
+        n = n - 1
+      end
+    end
+    return n
+  end
+  return redis.error_reply('send: target ' .. tostring(to) .. ' is send.lua\'s')
 elseif op == 'is_online' then
   return redis.call('EXISTS', D .. 'c:' .. nextarg())
 elseif op == 'is_uid_online' then

@@ -5,8 +5,9 @@
 //!   `directory.lua`: per client its worker, uid, groups and session; per uid and group its
 //!   client ids and how many of them each worker holds (a send goes only to the workers holding
 //!   targets); per worker its client ids; the sets of workers, uids and groups.
-//! - **Operations**: a Lua script (`EVALSHA`, loaded again on `NOSCRIPT`; the sends have a
-//!   small one of their own, `send.lua`, without helper closures or the sweep), one call per
+//! - **Operations**: a Lua script (`EVALSHA`, loaded again on `NOSCRIPT`; the sends to
+//!   clients, uids and groups have a small one of their own, `send.lua`, without the sweep,
+//!   whose one-uid send makes no closure), one call per
 //!   operation, atomic: it applies the operation, forwards it — the command's bytes, as the hub
 //!   does — to the node events of the workers holding its targets (`PUBLISH`, on a Cluster
 //!   `SPUBLISH`: the nodes' event channels carry the same hash tag, so the script can), and
@@ -50,7 +51,7 @@ pub(super) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 static SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&script_text(include_str!("directory.lua"))));
-/// The script of the sends, the hot path: small, without the sweep.
+/// The script of the sends (but to everyone), the hot path: small, without the sweep.
 static SEND_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&script_text(include_str!("send.lua"))));
 
@@ -99,9 +100,13 @@ fn mode(bus: &Bus) -> &'static str {
     }
 }
 
-/// `EVALSHA` of the script for `op` (sends have theirs) with its `data` (forwarded, or empty).
+/// `EVALSHA` of the main script for `op` with its `data` (forwarded, or empty).
 fn call(bus: &Bus, op: &str, data: &[u8]) -> redis::Cmd {
-    let script = if op == "send" { &SEND_SCRIPT } else { &SCRIPT };
+    script_call(&SCRIPT, bus, op, data)
+}
+
+/// `EVALSHA` of `script` for `op` with its `data`.
+fn script_call(script: &redis::Script, bus: &Bus, op: &str, data: &[u8]) -> redis::Cmd {
     let mut c = redis::cmd("EVALSHA");
     c.arg(script.get_hash())
         .arg(1)
@@ -258,7 +263,10 @@ fn op_calls(bus: &Bus, op: &DirOp, data: &[u8], link: &str) -> Vec<redis::Cmd> {
 /// The script call for `op`; `data` is the command's bytes, forwarded as they came.
 fn op_call(bus: &Bus, op: &DirOp, data: &[u8], link: &str) -> redis::Cmd {
     let data = if op.is_forwarded() { data } else { b"" };
-    let mut c = call(bus, op_name(op), data);
+    // The sends have a script of their own, but a send to everyone.
+    let own = matches!(op, DirOp::Send { target, .. } if !matches!(target, Target::All { .. }));
+    let script = if own { &SEND_SCRIPT } else { &SCRIPT };
+    let mut c = script_call(script, bus, op_name(op), data);
     op_args(&mut c, op, link);
     c
 }
