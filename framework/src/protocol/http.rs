@@ -8,6 +8,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::http_framing::{body_length, check_head_bytes, BodyLength, ChunkedDecoder};
 use super::{put_decimal, Codec, Decoded, ProtocolError};
 pub use crate::message::http::{
     parse_urlencoded, percent_decode, reason_phrase, Request, Response,
@@ -24,7 +25,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError>
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => Err(ProtocolError::HeadTooLarge {
+            size: len,
+            limit: MAX_HEAD,
+        }),
         Ok(httparse::Status::Complete(len)) => {
+            check_head_bytes(&buf[..len])?;
             let headers = req
                 .headers
                 .iter()
@@ -45,11 +51,15 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError>
                 len,
             )))
         }
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(ProtocolError::TooLarge {
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(ProtocolError::HeadTooLarge {
             size: buf.len(),
             limit: MAX_HEAD,
         }),
         Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(ProtocolError::HeadTooLarge {
+            size: buf.len(),
+            limit: MAX_HEAD,
+        }),
         Err(e) => Err(ProtocolError::invalid(format!("bad HTTP request: {e}"))),
     }
 }
@@ -131,7 +141,7 @@ enum BodyState {
     /// Reading `remaining` bytes of a sized body.
     Sized { remaining: usize },
     /// Reading a chunked body.
-    Chunked,
+    Chunked(ChunkedDecoder),
 }
 
 /// The server-side HTTP/1.1 codec: one request in flight at a time, keep-alive by default.
@@ -183,52 +193,6 @@ impl HttpCodec {
             Ok(())
         }
     }
-
-    fn decode_chunked(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
-        loop {
-            let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
-                if buf.len() > 1024 {
-                    return Err(ProtocolError::invalid("chunk size line too long"));
-                }
-                return Ok(None);
-            };
-            let line = std::str::from_utf8(&buf[..line_end])
-                .map_err(|_| ProtocolError::invalid("bad chunk size"))?;
-            let size_str = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size_str, 16)
-                .map_err(|_| ProtocolError::invalid(format!("bad chunk size {size_str:?}")))?;
-            if size == 0 {
-                // Trailers end with an empty line.
-                let Some(end) = buf[line_end + 2..]
-                    .windows(2)
-                    .position(|w| w == b"\r\n")
-                    .map(|p| line_end + 2 + p)
-                else {
-                    return Ok(None);
-                };
-                if end == line_end + 2 {
-                    buf.advance(end + 2);
-                    return Ok(Some(self.finish()));
-                }
-                // Skip one trailer line and look again.
-                buf.advance(end + 2);
-                let rest = buf.split_off(0);
-                buf.extend_from_slice(b"0\r\n");
-                buf.extend_from_slice(&rest);
-                continue;
-            }
-            self.check_size(self.body.len().saturating_add(size))?;
-            if buf.len() < line_end + 2 + size + 2 {
-                return Ok(None);
-            }
-            if &buf[line_end + 2 + size..line_end + 4 + size] != b"\r\n" {
-                return Err(ProtocolError::invalid("chunk not followed by CRLF"));
-            }
-            self.body
-                .extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
-            buf.advance(line_end + 4 + size);
-        }
-    }
 }
 
 impl Codec for HttpCodec {
@@ -250,28 +214,24 @@ impl Codec for HttpCodec {
                     if req.version_minor > 1 {
                         return Err(ProtocolError::invalid("unsupported HTTP version"));
                     }
-                    let chunked = req.header_has_token("transfer-encoding", "chunked");
-                    let length = match req.header("content-length") {
-                        Some(v) => Some(v.parse::<usize>().map_err(|_| {
-                            ProtocolError::invalid(format!("bad Content-Length {v:?}"))
-                        })?),
-                        None => None,
-                    };
+                    let length = body_length(&req)?;
                     let expect = req
                         .header("expect")
                         .map(|e| e.eq_ignore_ascii_case("100-continue"));
                     self.pending = Some(req);
-                    if chunked {
-                        self.state = BodyState::Chunked;
-                    } else {
-                        let n = length.unwrap_or(0);
-                        self.check_size(n)?;
-                        self.state = BodyState::Sized { remaining: n };
-                    }
-                    if expect == Some(true)
-                        && (chunked || length.unwrap_or(0) > 0)
-                        && buf.is_empty()
-                    {
+                    let has_body = match length {
+                        BodyLength::Chunked => {
+                            self.state =
+                                BodyState::Chunked(ChunkedDecoder::new(self.max_package, MAX_HEAD));
+                            true
+                        }
+                        BodyLength::Sized(n) => {
+                            self.check_size(n)?;
+                            self.state = BodyState::Sized { remaining: n };
+                            n > 0
+                        }
+                    };
+                    if expect == Some(true) && has_body && buf.is_empty() {
                         return Ok(Some(Decoded::Reply(Bytes::from_static(
                             b"HTTP/1.1 100 Continue\r\n\r\n",
                         ))));
@@ -291,7 +251,13 @@ impl Codec for HttpCodec {
                         remaining: remaining - take,
                     };
                 }
-                BodyState::Chunked => return self.decode_chunked(buf),
+                BodyState::Chunked(ref mut chunks) => {
+                    return if chunks.decode(buf, &mut self.body)? {
+                        Ok(Some(self.finish()))
+                    } else {
+                        Ok(None)
+                    };
+                }
             }
         }
     }
@@ -338,8 +304,9 @@ impl Codec for HttpCodec {
             return None;
         }
         let status = match err {
-            ProtocolError::TooLarge { limit, .. } if *limit == MAX_HEAD => 431,
+            ProtocolError::HeadTooLarge { .. } => 431,
             ProtocolError::TooLarge { .. } => 413,
+            ProtocolError::Unsupported(_) => 501,
             _ => 400,
         };
         Some(Response::text(status, format!("{err}\n")).encode(false, false))

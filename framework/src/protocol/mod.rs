@@ -7,6 +7,7 @@
 mod custom;
 pub mod frame;
 pub mod http;
+mod http_framing;
 mod tcp;
 mod text;
 pub mod websocket;
@@ -46,9 +47,20 @@ pub enum ProtocolError {
         /// The limit in force.
         limit: usize,
     },
+    /// A request head (or a trailer section) larger than the limit (HTTP answers 431).
+    #[error("request head of {size} bytes exceeds the limit of {limit} bytes")]
+    HeadTooLarge {
+        /// Bytes buffered.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
     /// The peer broke the protocol; the text says how.
     #[error("protocol violation: {0}")]
     Invalid(String),
+    /// Well-formed, but asks for what this server does not do (HTTP answers 501).
+    #[error("not implemented: {0}")]
+    Unsupported(String),
     /// Text data that is not valid UTF-8.
     #[error("invalid UTF-8 in text data")]
     InvalidUtf8,

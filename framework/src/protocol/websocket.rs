@@ -526,7 +526,9 @@ impl Codec for WsCodec {
                     other => format!("{other}\n"),
                 };
                 let resp = match err {
-                    ProtocolError::TooLarge { .. } => Response::text(431, body),
+                    ProtocolError::TooLarge { .. } | ProtocolError::HeadTooLarge { .. } => {
+                        Response::text(431, body)
+                    }
                     _ if self.bad_version => {
                         Response::text(426, body).with_header("Sec-WebSocket-Version", "13")
                     }
@@ -784,7 +786,7 @@ mod tests {
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nX: "[..]);
         buf.extend_from_slice(&vec![b'a'; MAX_HEAD + 1]);
         let err = c.decode(&mut buf).unwrap_err();
-        assert!(matches!(err, ProtocolError::TooLarge { .. }));
+        assert!(matches!(err, ProtocolError::HeadTooLarge { .. }));
         assert!(c.error_reply(&err).unwrap().starts_with(b"HTTP/1.1 431"));
     }
 
