@@ -151,6 +151,10 @@ pub struct Limits {
     /// Close connections idle this many seconds (0: never)
     #[arg(long, env = "WERKMANN_IDLE_TIMEOUT", value_name = "SECS")]
     pub idle_timeout: Option<u64>,
+    /// Answer 408 and close a request head not complete this many seconds after its first byte
+    /// (HTTP, WebSocket upgrades; default 10; 0: never)
+    #[arg(long, env = "WERKMANN_HEAD_TIMEOUT", value_name = "SECS")]
+    pub head_timeout: Option<u64>,
 }
 
 impl Limits {
@@ -164,6 +168,9 @@ impl Limits {
         }
         if let Some(secs) = self.idle_timeout {
             worker.idle_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.head_timeout {
+            worker.head_timeout = (secs > 0).then(|| Duration::from_secs(secs));
         }
         let origins: Vec<String> = self
             .origins

@@ -134,7 +134,12 @@ pub(crate) struct ConnInner {
     opened_at: Cell<u32>,
     /// The instance clock when closing began (a peer that never reads cannot hold it open).
     closing_since: Cell<u32>,
+    /// The instance clock when the request head now buffered began ([`NO_HEAD`]: none).
+    head_since: Cell<u32>,
 }
+
+/// `head_since` when no request head is partly buffered.
+const NO_HEAD: u32 = u32::MAX;
 
 /// A coarse per-thread clock in seconds, advanced by the instance's sweeper: reading it on
 /// every read costs no system call.
@@ -202,6 +207,7 @@ impl Connection {
             pinged: Cell::new(false),
             opened_at: Cell::new(0),
             closing_since: Cell::new(0),
+            head_since: Cell::new(NO_HEAD),
         }))
     }
 
@@ -469,6 +475,24 @@ impl Connection {
         false
     }
 
+    /// A request head begun more than `limit` seconds before instance clock `now` (a clock of
+    /// whole seconds: between `limit` and `limit + 1` s) and still not complete — a client that
+    /// sends it a byte at a time, which the idle timeout does not see — is answered 408 and
+    /// closed; returns whether it was.
+    pub(crate) fn check_head(&self, now: u32, limit: u32) -> bool {
+        let since = self.0.head_since.get();
+        if since == NO_HEAD
+            || now.saturating_sub(since) <= limit
+            || self.status() != Status::Established
+            || !self.0.codec.borrow().awaits_head()
+        {
+            return false;
+        }
+        self.0.head_since.set(NO_HEAD);
+        self.protocol_error(ProtocolError::HeadTimeout { secs: limit });
+        true
+    }
+
     /// Keep-alive at instance clock `now`: past `timeout` seconds without input the connection
     /// is closed (returns `true`); past half of it a protocol ping is sent once.
     pub(crate) fn check_idle(&self, now: u32, timeout: u32) -> bool {
@@ -720,11 +744,18 @@ impl Connection {
             };
             match decoded {
                 Ok(None) => {
+                    if self.0.head_since.get() == NO_HEAD
+                        && self.0.codec.borrow().awaits_head()
+                        && !self.0.read_buf.borrow().is_empty()
+                    {
+                        self.0.head_since.set(clock::now());
+                    }
                     self.check_buffered_size();
                     break;
                 }
                 Ok(Some(d)) => {
                     progress = true;
+                    self.0.head_since.set(NO_HEAD);
                     self.dispatch(d);
                 }
                 Err(e) => {

@@ -66,6 +66,9 @@ impl WorkerCallbacks {
     }
 }
 
+/// How long a request head may take from its first byte, by default ([`Worker::head_timeout`]).
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A worker: what it listens on, how many instances serve it, and what they do.
 ///
 /// ```no_run
@@ -98,6 +101,11 @@ pub struct Worker {
     /// have one (WebSocket) send a ping first, so live peers answer and stay. Defaults:
     /// 120 s for WebSocket, 60 s for HTTP keep-alive, none for the others.
     pub idle_timeout: Option<Duration>,
+    /// Answer 408 and close a connection whose request head (HTTP, a WebSocket upgrade) is not
+    /// complete this long after its first byte (up to a second more: the instance's clock
+    /// counts whole seconds): a client that trickles its head a byte at a time is never idle.
+    /// Default 10 s for HTTP and WebSocket, none for the others.
+    pub head_timeout: Option<Duration>,
     /// Most connections one instance holds; more are refused (closed at once, logged, counted).
     pub max_connections: usize,
     /// Most connections from one client IP across the worker's instances; `0` is no limit.
@@ -194,6 +202,10 @@ impl Worker {
             idle_timeout: match protocol {
                 Some(ProtocolKind::WebSocket) => Some(Duration::from_secs(120)),
                 Some(ProtocolKind::Http) => Some(Duration::from_secs(60)),
+                _ => None,
+            },
+            head_timeout: match protocol {
+                Some(ProtocolKind::WebSocket | ProtocolKind::Http) => Some(DEFAULT_HEAD_TIMEOUT),
                 _ => None,
             },
             max_connections: 100_000,

@@ -254,3 +254,61 @@ async fn ambiguous_framing_is_refused_once_and_closed() {
         assert!(got.contains("\"path\":\"/last\""), "{got}");
     }
 }
+
+/// A client that sends its request head a byte at a time (never idle) is answered 408 and
+/// closed once `--head-timeout` has passed since the head's first byte; one that waits before
+/// sending a whole request is served.
+#[tokio::test]
+async fn a_head_sent_too_slowly_is_answered_408_and_closed() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _app = App::start(
+        "http_echo",
+        &["--listen", &addr, "--head-timeout", "1"],
+        &[port],
+    );
+
+    // Quiet for longer than the limit, then a whole request: the clock starts at the head.
+    let mut patient = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    patient
+        .write_all(b"GET /patient HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(T, patient.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let got = String::from_utf8_lossy(&out);
+    assert_eq!(statuses(&got), vec![200], "{got}");
+
+    // A byte every 100 ms: still writing when the answer comes.
+    let slow = TcpStream::connect(&addr).await.unwrap();
+    let (mut r, mut w) = slow.into_split();
+    let started = std::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        let head = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for b in head {
+            if w.write_all(&[*b]).await.is_err() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(T, r.read_to_end(&mut out))
+        .await
+        .expect("closed within the test's bound")
+        .ok();
+    let took = started.elapsed();
+    let got = String::from_utf8_lossy(&out);
+    assert_eq!(statuses(&got), vec![408], "{got}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "closed after {took:?}, the limit being 1 s (on a clock of whole seconds: 1 to 2 s)"
+    );
+    let finished = writer.await.unwrap();
+    assert!(!finished, "the head was still being sent when the 408 came");
+}

@@ -307,9 +307,14 @@ impl Codec for HttpCodec {
             ProtocolError::HeadTooLarge { .. } => 431,
             ProtocolError::TooLarge { .. } => 413,
             ProtocolError::Unsupported(_) => 501,
+            ProtocolError::HeadTimeout { .. } => 408,
             _ => 400,
         };
         Some(Response::text(status, format!("{err}\n")).encode(false, false))
+    }
+
+    fn awaits_head(&self) -> bool {
+        matches!(self.state, BodyState::Head) && !self.awaiting_response && !self.close_after
     }
 
     fn wants_close(&self) -> bool {

@@ -58,6 +58,13 @@ pub enum ProtocolError {
     /// The peer broke the protocol; the text says how.
     #[error("protocol violation: {0}")]
     Invalid(String),
+    /// A request head (HTTP, a WebSocket upgrade) begun and not finished in time (HTTP
+    /// answers 408).
+    #[error("request head not complete within {secs} s")]
+    HeadTimeout {
+        /// The limit in force.
+        secs: u32,
+    },
     /// Well-formed, but asks for what this server does not do (HTTP answers 501).
     #[error("not implemented: {0}")]
     Unsupported(String),
@@ -141,6 +148,11 @@ pub trait Codec {
     /// Whether queued sends may be written yet (false while a handshake is pending).
     fn is_open(&self) -> bool {
         true
+    }
+    /// Whether the codec is reading a request head (HTTP, a WebSocket upgrade): bytes of one
+    /// waiting in the buffer are held to `Worker::head_timeout`.
+    fn awaits_head(&self) -> bool {
+        false
     }
     /// Whether the connection must close once its output is flushed (HTTP `Connection: close`).
     fn wants_close(&self) -> bool {

@@ -529,6 +529,7 @@ impl Codec for WsCodec {
                     ProtocolError::TooLarge { .. } | ProtocolError::HeadTooLarge { .. } => {
                         Response::text(431, body)
                     }
+                    ProtocolError::HeadTimeout { .. } => Response::text(408, body),
                     _ if self.bad_version => {
                         Response::text(426, body).with_header("Sec-WebSocket-Version", "13")
                     }
@@ -603,6 +604,10 @@ impl Codec for WsCodec {
 
     fn is_open(&self) -> bool {
         self.state == State::Open
+    }
+
+    fn awaits_head(&self) -> bool {
+        self.state == State::Handshake && self.role == Role::Server
     }
 
     fn wants_close(&self) -> bool {

@@ -135,8 +135,13 @@ impl InstanceInner {
         crate::connection::clock::set(now);
         let conns: Vec<Connection> = self.connections.borrow().values().cloned().collect();
         let timeout = self.config.idle_timeout.map(|t| t.as_secs().max(2) as u32);
+        let head = self.config.head_timeout.map(|t| t.as_secs().max(1) as u32);
         for c in conns {
             if c.check_closing(now, CLOSE_LIMIT_SECS) || c.check_handshake(now, HANDSHAKE_SECS) {
+                continue;
+            }
+            if head.is_some_and(|h| c.check_head(now, h)) {
+                bump(&self.stats.idle_closed);
                 continue;
             }
             if let Some(t) = timeout {
