@@ -233,17 +233,8 @@ async fn ambiguous_framing_is_refused_once_and_closed() {
         ),
     ];
     for raw in &good {
-        let mut s = TcpStream::connect(&addr).await.unwrap();
-        s.write_all(raw.as_bytes()).await.unwrap();
-        s.write_all(b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        tokio::time::timeout(T, s.read_to_end(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        let got = String::from_utf8_lossy(&out);
+        let last = "GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let got = exchange(&addr, format!("{raw}{last}").as_bytes()).await;
         assert_eq!(
             statuses(&got),
             vec![200, 200, 200],
