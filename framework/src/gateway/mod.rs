@@ -223,10 +223,6 @@ impl Gateway {
         op: &DirOp,
         done: impl FnOnce(Result<Value, GatewayError>) + 'static,
     ) {
-        if let Some(node) = &self.0.node {
-            // The directory hears of this node's new connections first.
-            node.flush();
-        }
         self.0
             .client
             .dir_request(op, move |answer| done(answer.map_err(GatewayError::from)));

@@ -165,38 +165,23 @@ impl Local {
     }
 }
 
-/// Connections opened and closed that the directory has not been told of yet.
-#[derive(Default)]
-struct Pending {
-    opened: Vec<u64>,
-    closed: Vec<u64>,
-    /// A flush is scheduled for the end of this turn.
-    scheduled: bool,
-}
-
 /// A node: instance `instance` known in the cluster as worker `worker`.
 pub(crate) struct Node {
     pub(crate) worker: u32,
     pub(crate) instance: WorkerInstance,
     pub(crate) client: Client,
     pub(crate) local: RefCell<Local>,
-    /// Registrations and removals batched per turn (one operation for a burst of accepts):
-    /// sent when the turn's tasks have run, and before any other operation of this node.
-    pending: RefCell<Pending>,
-    me: std::rc::Weak<Node>,
 }
 
 impl Node {
     /// Start serving: subscribe to this worker's event and to every node's, register the
     /// connections the instance holds, and hear of the next ones.
     pub(crate) fn start(client: &Client, instance: &WorkerInstance, worker: u32) -> Rc<Node> {
-        let node = Rc::new_cyclic(|me| Node {
+        let node = Rc::new(Node {
             worker,
             instance: instance.clone(),
             client: client.clone(),
             local: RefCell::new(Local::default()),
-            pending: RefCell::default(),
-            me: me.clone(),
         });
         for conn in instance.connections().keys() {
             node.local
@@ -230,7 +215,6 @@ impl Node {
     /// Register every connection again, with what it holds (after a reconnect the directory
     /// may have lost it: a restarted channel server, a connection it took for a dead node's).
     fn register_all(&self) {
-        self.flush();
         let local = self.local.borrow();
         let none = Meta::default();
         let clients: Vec<Registration> = self
@@ -255,50 +239,7 @@ impl Node {
         }
     }
 
-    /// Tell the directory of the connections opened and closed since the last flush.
-    pub(crate) fn flush(&self) {
-        let Pending { opened, closed, .. } = std::mem::take(&mut *self.pending.borrow_mut());
-        let id = |conn: &u64| ClientId::new(self.worker, *conn);
-        for chunk in closed.chunks(dir::MAX_TARGETS) {
-            self.send_now(&DirOp::Unregister {
-                client_ids: chunk.iter().map(id).collect(),
-            });
-        }
-        for chunk in opened.chunks(dir::MAX_TARGETS) {
-            let clients = chunk
-                .iter()
-                .map(|c| Registration {
-                    client_id: id(c),
-                    uid: None,
-                    groups: Vec::new(),
-                    session: None,
-                })
-                .collect();
-            self.send_now(&DirOp::Register { clients });
-        }
-    }
-
-    /// Flush at the end of this turn (once, however many connections come and go in it).
-    fn schedule_flush(&self) {
-        let mut p = self.pending.borrow_mut();
-        if p.scheduled {
-            return;
-        }
-        p.scheduled = true;
-        let me = self.me.clone();
-        actix_rt::spawn(async move {
-            if let Some(node) = me.upgrade() {
-                node.flush();
-            }
-        });
-    }
-
     fn send(&self, op: &DirOp) {
-        self.flush();
-        self.send_now(op);
-    }
-
-    fn send_now(&self, op: &DirOp) {
         if let Err(e) = self.client.dir_send(op) {
             log::warn!(
                 "gateway worker {}: directory not told ({e}): {:?}",
@@ -435,23 +376,21 @@ impl Node {
 
 impl ConnectionHooks for Node {
     fn opened(&self, conn: &Connection) {
-        self.pending.borrow_mut().opened.push(conn.id());
-        self.schedule_flush();
+        self.send(&DirOp::Register {
+            clients: vec![Registration {
+                client_id: ClientId::new(self.worker, conn.id()),
+                uid: None,
+                groups: Vec::new(),
+                session: None,
+            }],
+        });
     }
 
     fn closed(&self, id: u64) {
         self.local.borrow_mut().remove(id);
-        {
-            let mut p = self.pending.borrow_mut();
-            match p.opened.iter().rposition(|c| *c == id) {
-                // Opened and closed before the directory heard of it: nothing to tell.
-                Some(i) => {
-                    p.opened.swap_remove(i);
-                }
-                None => p.closed.push(id),
-            }
-        }
-        self.schedule_flush();
+        self.send(&DirOp::Unregister {
+            client_ids: vec![ClientId::new(self.worker, id)],
+        });
     }
 }
 
