@@ -34,7 +34,7 @@ use crate::gen::Gen;
 use crate::http::Conn;
 use crate::proto::{payload, Address, Kind};
 use crate::row::{self, Row, Scenario};
-use crate::run::{k, send_checked, warm, Check, Publish, Request, Sent, Suite};
+use crate::run::{k, send_checked, warm, warm_until, Check, Publish, Request, Sent, Suite};
 use crate::systems::{Build, Running, Setup};
 use crate::{procfs, redis};
 
@@ -411,9 +411,7 @@ impl Suite {
         let clients = gen.live.len() as u64;
         let phase = gen.phase(Kind::Warm, 1).await?;
         let api = sys.api;
-        let start = Instant::now();
-        let mut seen = 0;
-        while start.elapsed() < Duration::from_secs(30) {
+        let send = async || {
             let make: Request = Arc::new(move |t| {
                 let content = payload(phase, Kind::Warm, 0, t, mono_ns(), 32);
                 api.call(
@@ -421,24 +419,11 @@ impl Suite {
                     &json!({ param: format!("{names}{t}"), "message": content }),
                 )
             });
-            send_checked(conns, targets, None, make, None).await?;
-            let mut last_change = Instant::now();
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let now = gen.warm_count().await?;
-                if now >= clients {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    return Ok(());
-                }
-                if now != seen {
-                    seen = now;
-                    last_change = Instant::now();
-                } else if last_change.elapsed() > Duration::from_secs(1) {
-                    break;
-                }
-            }
-        }
-        bail!("only {seen} of {clients} clients got a warm-up {method} within 30 s")
+            send_checked(conns, targets, None, make, None)
+                .await
+                .map(|_| ())
+        };
+        warm_until(gen, clients, method, Duration::from_secs(1), send).await
     }
 
     /// The directory-memory row on a channel server (`WerkmannCluster`) or Redis

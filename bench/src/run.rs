@@ -1265,13 +1265,30 @@ pub fn record_answer(
 /// subscriptions are in place), at most 30 s.
 pub async fn warm(gen: &mut Gen, api: &Api, conn: &mut Conn, expected: u64) -> Result<()> {
     let phase = gen.phase(Kind::Warm, 1).await?;
+    let send = async || {
+        let req = api.broadcast(&payload(phase, Kind::Warm, 0, 0, mono_ns(), 32));
+        let _ = conn.roundtrip(&req).await;
+        Ok(())
+    };
+    warm_until(gen, expected, "broadcast", Duration::ZERO, send).await
+}
+
+/// Run `send` (a round of warm-up pushes of this phase) until `expected` clients have seen one,
+/// at most 30 s. Another round only when the last one stopped making progress — the count
+/// did not move for longer than `stall` (a broadcast to 60k slow clients may take a while;
+/// piling rounds up would only slow it down). `what` names the pushes in the error.
+pub async fn warm_until(
+    gen: &mut Gen,
+    expected: u64,
+    what: &str,
+    stall: Duration,
+    mut send: impl AsyncFnMut() -> Result<()>,
+) -> Result<()> {
     let start = Instant::now();
     let mut seen = 0;
     while start.elapsed() < Duration::from_secs(30) {
-        // Another warm-up only when the last one stopped making progress (a broadcast to
-        // 60k slow clients may take a while; piling them up would only slow it down).
-        let req = api.broadcast(&payload(phase, Kind::Warm, 0, 0, mono_ns(), 32));
-        let _ = conn.roundtrip(&req).await;
+        send().await?;
+        let mut last_change = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let now = gen.warm_count().await?;
@@ -1279,13 +1296,15 @@ pub async fn warm(gen: &mut Gen, api: &Api, conn: &mut Conn, expected: u64) -> R
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 return Ok(());
             }
-            if now == seen || start.elapsed() > Duration::from_secs(30) {
+            if now != seen {
+                seen = now;
+                last_change = Instant::now();
+            } else if last_change.elapsed() > stall || start.elapsed() > Duration::from_secs(30) {
                 break;
             }
-            seen = now;
         }
     }
-    bail!("only {seen} of {expected} clients got a warm-up broadcast within 30 s")
+    bail!("only {seen} of {expected} clients got a warm-up {what} within 30 s")
 }
 
 /// `10000` → `10k`.
