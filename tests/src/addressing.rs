@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::push::{http, Ws};
-use crate::{free_addr, greeting_ids, wait_until_async, App, RedisCluster, RedisServer, WAIT};
+use crate::{
+    free_addr, greeting_ids, poll_until_async, wait_until_async, App, RedisCluster, RedisServer,
+    WAIT,
+};
 
 /// The secret every cluster here runs with: the publisher's (`Authorization: Bearer`) and the
 /// WebSocket nodes' (client tokens, HS256).
@@ -366,30 +369,27 @@ impl Cluster {
             let online = self.query("is_online", json!({ "client_id": id })).await;
             assert_eq!(online, json!(true), "{:?}: {c:?} is online", self.backend);
         }
-        let mut k = 0;
-        let deadline = std::time::Instant::now() + WAIT;
-        let mark = loop {
-            let mark = format!("settle-{k}");
+        let (mut k, mut mark, mut reached) = (0, String::new(), 0);
+        let all = poll_until_async(WAIT, async || {
+            mark = format!("settle-{k}");
             k += 1;
-            let reached = self
+            reached = self
                 .reached("send_to_all", Body::Json(json!({ "message": mark })))
                 .await;
-            if reached == n {
-                break mark;
-            }
-            if std::time::Instant::now() > deadline {
-                // Say what the directory holds, to tell a node that has not subscribed from
-                // a client that is not registered.
-                let ids: Vec<&str> = clients.iter().map(|c| c.id.as_str()).collect();
-                let online = self.online().await;
-                panic!(
-                    "{:?}: a send_to_all reaches all {n} within {WAIT:?}: it reached {reached}; \
-                     the directory holds {online} clients; the clients: {ids:?}",
-                    self.backend
-                );
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
+            reached == n
+        })
+        .await;
+        if !all {
+            // Say what the directory holds, to tell a node that has not subscribed from a
+            // client that is not registered.
+            let ids: Vec<&str> = clients.iter().map(|c| c.id.as_str()).collect();
+            let online = self.online().await;
+            panic!(
+                "{:?}: a send_to_all reaches all {n} within {WAIT:?}: it reached {reached}; \
+                 the directory holds {online} clients; the clients: {ids:?}",
+                self.backend
+            );
+        }
         for c in clients.iter_mut() {
             for t in c.until(&mark).await {
                 // A settle mark, or an earlier case's `send_to_all` mark still on its way to
