@@ -289,6 +289,8 @@ impl Connection {
             self.wake();
         }
         match encoded {
+            // Nothing to write (a streamed piece of the answer to a HEAD request).
+            Ok(bytes) if bytes.is_empty() => SendStatus::Sent,
             Ok(bytes) => self.send_raw(bytes),
             Err(e) => {
                 log::warn!("connection {}: {e}", self.0.id);
@@ -494,9 +496,10 @@ impl Connection {
     }
 
     /// Keep-alive at instance clock `now`: past `timeout` seconds without input the connection
-    /// is closed (returns `true`); past half of it a protocol ping is sent once.
+    /// is closed (returns `true`); past half of it a protocol ping is sent once. A connection
+    /// owed a response, or streaming one, is not idle.
     pub(crate) fn check_idle(&self, now: u32, timeout: u32) -> bool {
-        if self.status() != Status::Established {
+        if self.status() != Status::Established || self.0.codec.borrow().responding() {
             return false;
         }
         let idle = now.saturating_sub(self.0.last_input.get());

@@ -34,7 +34,7 @@ pub use client::AsyncTcpConnection;
 pub use connection::{Connection, ConnectionError, ConnectionStats, SendStatus};
 pub use error::Error;
 pub use master::rss_bytes;
-pub use message::{Message, Request, Response};
+pub use message::{Chunk, Message, Request, Response, ServerSentEvent};
 pub use protocol::{register_protocol, Protocol, ProtocolError};
 pub use timer::{Timer, TimerId};
 pub use tls::{ClientTls, ServerTls};

@@ -1,13 +1,15 @@
 //! [`Message`]: what `on_message` receives and what `send` takes, and the HTTP values it
-//! carries ([`http`]).
+//! carries ([`http`], and the pieces of a streamed response: [`stream`]).
 
 pub mod http;
+pub mod stream;
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
 pub use self::http::{Request, Response};
+pub use self::stream::{Chunk, ServerSentEvent};
 
 /// A message on a connection, in either direction.
 ///
@@ -24,6 +26,8 @@ pub enum Message {
     Request(Box<Request>),
     /// An HTTP response (sent by HTTP workers).
     Response(Box<Response>),
+    /// A piece of a streaming HTTP response, sent after its head (an empty one ends it).
+    Chunk(Chunk),
 }
 
 impl Message {
@@ -34,6 +38,7 @@ impl Message {
             Message::Binary(b) => b,
             Message::Request(r) => r.body(),
             Message::Response(r) => r.body_bytes(),
+            Message::Chunk(c) => c.data(),
         }
     }
 
@@ -111,6 +116,18 @@ impl From<&[u8]> for Message {
 impl From<Response> for Message {
     fn from(r: Response) -> Self {
         Message::Response(Box::new(r))
+    }
+}
+
+impl From<Chunk> for Message {
+    fn from(c: Chunk) -> Self {
+        Message::Chunk(c)
+    }
+}
+
+impl From<ServerSentEvent> for Message {
+    fn from(e: ServerSentEvent) -> Self {
+        Message::Chunk(e.into())
     }
 }
 

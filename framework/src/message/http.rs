@@ -61,6 +61,12 @@ impl Request {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
+    /// The `Last-Event-ID` a reconnecting `EventSource` sends: the id of the last
+    /// [`ServerSentEvent`](super::ServerSentEvent) it received.
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.header("last-event-id")
+    }
+
     /// The body bytes.
     pub fn body(&self) -> &Bytes {
         &self.body
@@ -225,6 +231,8 @@ pub struct Response {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Bytes,
+    /// The body follows in [`Chunk`](super::Chunk)s (see [`Response::streaming`]).
+    pub(crate) streaming: bool,
 }
 
 impl Default for Response {
@@ -240,7 +248,44 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Bytes::new(),
+            streaming: false,
         }
+    }
+
+    /// A streaming response (Workerman's `Transfer-Encoding: chunked` response): this head
+    /// (and its body, if any, as the first piece) is sent at once, then each
+    /// [`Chunk`](super::Chunk) the worker sends — from any callback or timer — until
+    /// [`Chunk::end`](super::Chunk::end). Chunked on HTTP/1.1; to an HTTP/1.0 client the body
+    /// runs until the connection closes. Setting a `Transfer-Encoding: chunked` header does the
+    /// same.
+    pub fn streaming(mut self) -> Self {
+        self.streaming = true;
+        self
+    }
+
+    /// A Server-Sent Events stream (`text/event-stream`, not cached, not buffered by nginx):
+    /// send [`ServerSentEvent`](super::ServerSentEvent)s on it.
+    pub fn event_stream() -> Self {
+        Response::new(200)
+            .with_header("Content-Type", "text/event-stream")
+            .with_header("Cache-Control", "no-cache")
+            .with_header("X-Accel-Buffering", "no")
+            .streaming()
+    }
+
+    /// Whether the body follows in chunks ([`Response::streaming`], or a
+    /// `Transfer-Encoding: chunked` header).
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
+            || self
+                .header("transfer-encoding")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+    }
+
+    /// Remove every header of that name (case-insensitive; builder style).
+    pub fn without_header(mut self, name: &str) -> Self {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self
     }
 
     /// A `text/plain` response.

@@ -64,10 +64,27 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError>
     }
 }
 
+/// How a response's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `Content-Length`: the whole body is in the response.
+    Length,
+    /// `Transfer-Encoding: chunked`: chunks follow the head (a streaming response, HTTP/1.1).
+    Chunked,
+    /// The body runs until the connection closes (a streaming response to HTTP/1.0).
+    UntilClose,
+}
+
 impl Response {
     /// Serialize for the wire. `head_only` leaves out the body (a `HEAD` request);
     /// `keep_alive` chooses the `Connection` header.
     pub fn encode(&self, head_only: bool, keep_alive: bool) -> Bytes {
+        self.encode_framed(head_only, keep_alive, Framing::Length)
+            .freeze()
+    }
+
+    /// The head, then the body: whole after `Content-Length`, or as the first chunk.
+    fn encode_framed(&self, head_only: bool, keep_alive: bool, framing: Framing) -> BytesMut {
         let headers: usize = self
             .headers
             .iter()
@@ -82,7 +99,10 @@ impl Response {
         out.extend_from_slice(b"\r\n");
         let mut has_ctype = false;
         for (k, v) in &self.headers {
-            if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("connection") {
+            if k.eq_ignore_ascii_case("content-length")
+                || k.eq_ignore_ascii_case("connection")
+                || k.eq_ignore_ascii_case("transfer-encoding")
+            {
                 continue;
             }
             has_ctype |= k.eq_ignore_ascii_case("content-type");
@@ -95,13 +115,17 @@ impl Response {
             }
             out.extend_from_slice(b"\r\n");
         }
-        if !has_ctype && !self.body.is_empty() {
+        if !has_ctype && (!self.body.is_empty() || framing != Framing::Length) {
             out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
         }
-        if self.status != 101 && self.status != 204 && self.status >= 200 {
-            out.extend_from_slice(b"Content-Length: ");
-            put_decimal(&mut out, self.body.len() as u64);
-            out.extend_from_slice(b"\r\n");
+        match framing {
+            Framing::Length if self.status != 101 && self.status != 204 && self.status >= 200 => {
+                out.extend_from_slice(b"Content-Length: ");
+                put_decimal(&mut out, self.body.len() as u64);
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::Length | Framing::UntilClose => {}
+            Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         }
         if self.status != 101 {
             out.extend_from_slice(if keep_alive {
@@ -112,10 +136,42 @@ impl Response {
         }
         out.extend_from_slice(b"Server: werkmann\r\n\r\n");
         if !head_only {
-            out.extend_from_slice(&self.body);
+            match framing {
+                Framing::Chunked => put_chunk(&mut out, &self.body),
+                Framing::Length | Framing::UntilClose => out.extend_from_slice(&self.body),
+            }
         }
-        out.freeze()
+        out
     }
+}
+
+/// One chunk of chunked transfer coding: size in hex, CRLF, data, CRLF (nothing for no data:
+/// an empty chunk is the last one).
+fn put_chunk(out: &mut BytesMut, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut hex = [0u8; 16];
+    let mut n = data.len();
+    let mut i = hex.len();
+    while {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        n > 0
+    } {}
+    out.reserve(data.len() + 20);
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunk of a streaming response in its wire form.
+fn chunk_bytes(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    put_chunk(&mut out, data);
+    out.freeze()
 }
 
 /// A `200` `text/html` response, byte for byte as [`Response::html`] encodes.
@@ -144,6 +200,17 @@ enum BodyState {
     Chunked(ChunkedDecoder),
 }
 
+/// A streaming response's body being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// In chunks.
+    Chunked,
+    /// As it is, until the connection closes.
+    UntilClose,
+    /// Not at all (the answer to a `HEAD` request): chunks are dropped until the end.
+    Discard,
+}
+
 /// The server-side HTTP/1.1 codec: one request in flight at a time, keep-alive by default.
 pub struct HttpCodec {
     max_package: usize,
@@ -155,6 +222,10 @@ pub struct HttpCodec {
     /// Method and keep-alive of the request being answered.
     head_only: bool,
     keep_alive: bool,
+    /// The request being answered is HTTP/1.1 (chunked responses allowed).
+    chunked_ok: bool,
+    /// A streaming response's head was sent; its chunks follow.
+    stream: Option<Stream>,
     close_after: bool,
 }
 
@@ -169,6 +240,8 @@ impl HttpCodec {
             awaiting_response: false,
             head_only: false,
             keep_alive: true,
+            chunked_ok: true,
+            stream: None,
             close_after: false,
         }
     }
@@ -180,7 +253,57 @@ impl HttpCodec {
         self.awaiting_response = true;
         self.head_only = req.method == "HEAD";
         self.keep_alive = req.keep_alive();
+        self.chunked_ok = req.version_minor >= 1;
         Decoded::Message(Message::Request(Box::new(req)))
+    }
+
+    /// Send a streaming response's head (and its body as the first piece).
+    fn open_stream(&mut self, resp: Response) -> Result<Bytes, ProtocolError> {
+        if resp.status < 200 || resp.status == 204 || resp.status == 304 {
+            return Err(ProtocolError::Encode(format!(
+                "a {} response has no body to stream",
+                resp.status
+            )));
+        }
+        let asked_close = resp
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        let (framing, stream) = if !self.chunked_ok {
+            (Framing::UntilClose, Stream::UntilClose)
+        } else {
+            (Framing::Chunked, Stream::Chunked)
+        };
+        self.keep_alive &= !asked_close && framing == Framing::Chunked;
+        self.stream = Some(if self.head_only {
+            Stream::Discard
+        } else {
+            stream
+        });
+        Ok(resp
+            .encode_framed(self.head_only, self.keep_alive, framing)
+            .freeze())
+    }
+
+    /// A piece of the open streaming response, or its end.
+    fn encode_piece(&mut self, stream: Stream, msg: Message) -> Result<Bytes, ProtocolError> {
+        let Message::Chunk(chunk) = msg else {
+            return Err(ProtocolError::Encode(
+                "a streaming response is open: send Chunks and end it with Chunk::end()".into(),
+            ));
+        };
+        if !chunk.is_end() {
+            return Ok(match stream {
+                Stream::Chunked => chunk_bytes(chunk.data()),
+                Stream::UntilClose => chunk.0,
+                Stream::Discard => Bytes::new(),
+            });
+        }
+        self.stream = None;
+        self.close_after = !self.keep_alive;
+        Ok(match stream {
+            Stream::Chunked => Bytes::from_static(b"0\r\n\r\n"),
+            Stream::UntilClose | Stream::Discard => Bytes::new(),
+        })
     }
 
     fn check_size(&self, size: usize) -> Result<(), ProtocolError> {
@@ -197,7 +320,7 @@ impl HttpCodec {
 
 impl Codec for HttpCodec {
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
-        if self.awaiting_response || self.close_after {
+        if self.awaiting_response || self.stream.is_some() || self.close_after {
             return Ok(None);
         }
         loop {
@@ -263,8 +386,16 @@ impl Codec for HttpCodec {
     }
 
     fn encode(&mut self, msg: Message) -> Result<Bytes, ProtocolError> {
+        if let Some(stream) = self.stream {
+            return self.encode_piece(stream, msg);
+        }
         let resp = match msg {
             Message::Response(r) => *r,
+            Message::Chunk(_) => {
+                return Err(ProtocolError::Encode(
+                    "no streaming response is open: a Chunk follows a Response::streaming()".into(),
+                ))
+            }
             Message::Text(s) if self.awaiting_response => {
                 // The common answer (`conn.send("ok")`): what `Response::html(s)` encodes to,
                 // without building one.
@@ -288,6 +419,9 @@ impl Codec for HttpCodec {
             ));
         }
         self.awaiting_response = false;
+        if resp.is_streaming() {
+            return self.open_stream(resp);
+        }
         let keep_alive = self.keep_alive
             && resp
                 .header("connection")
@@ -299,7 +433,7 @@ impl Codec for HttpCodec {
     }
 
     fn error_reply(&mut self, err: &ProtocolError) -> Option<Bytes> {
-        if self.awaiting_response {
+        if self.awaiting_response || self.stream.is_some() {
             // A response is owed for the current request; don't interleave another one.
             return None;
         }
@@ -314,7 +448,14 @@ impl Codec for HttpCodec {
     }
 
     fn awaits_head(&self) -> bool {
-        matches!(self.state, BodyState::Head) && !self.awaiting_response && !self.close_after
+        matches!(self.state, BodyState::Head)
+            && !self.awaiting_response
+            && self.stream.is_none()
+            && !self.close_after
+    }
+
+    fn responding(&self) -> bool {
+        self.awaiting_response || self.stream.is_some()
     }
 
     fn wants_close(&self) -> bool {
@@ -325,6 +466,7 @@ impl Codec for HttpCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{Chunk, ServerSentEvent};
 
     fn decode_all(codec: &mut HttpCodec, input: &[u8]) -> Vec<Decoded> {
         let mut buf = BytesMut::from(input);
@@ -437,6 +579,99 @@ mod tests {
         assert_eq!(bytes, Response::html("ok").encode(false, false));
         assert!(codec.wants_close());
         assert!(codec.encode(Message::Text("again".into())).is_err());
+    }
+
+    /// A codec that has just handed out the request `head` (and whatever follows it).
+    fn answering(head: &[u8]) -> (HttpCodec, BytesMut) {
+        let mut codec = HttpCodec::new(1024);
+        let mut buf = BytesMut::from(head);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Ok(Some(Decoded::Message(_)))
+        ));
+        (codec, buf)
+    }
+
+    fn text(b: Result<Bytes, ProtocolError>) -> String {
+        String::from_utf8(b.expect("encodes").to_vec()).unwrap()
+    }
+
+    #[test]
+    fn streaming_responses_send_chunks_then_the_next_request_is_read() {
+        let (mut codec, mut buf) = answering(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+        let head = text(codec.encode(Response::new(200).streaming().with_body("hi").into()));
+        assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+        assert!(!head.contains("Content-Length"), "{head}");
+        assert!(head.contains("Connection: keep-alive\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n2\r\nhi\r\n"), "{head}");
+        // The pipelined request waits, and the connection is not idle, while the body runs.
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(codec.responding() && !codec.awaits_head());
+        assert_eq!(
+            text(codec.encode(Chunk::new(vec![b'x'; 26]).into())),
+            format!("1a\r\n{}\r\n", "x".repeat(26))
+        );
+        assert!(codec.encode(Message::Text("not a chunk".into())).is_err());
+        assert!(codec.encode(Response::new(200).into()).is_err());
+        assert_eq!(text(codec.encode(Chunk::end().into())), "0\r\n\r\n");
+        assert!(!codec.wants_close() && !codec.responding());
+        assert!(codec.encode(Chunk::new("late").into()).is_err());
+        let Ok(Some(Decoded::Message(Message::Request(r)))) = codec.decode(&mut buf) else {
+            panic!("the second request is read once the stream ended");
+        };
+        assert_eq!(r.path(), "/b");
+    }
+
+    #[test]
+    fn event_streams_and_the_workerman_header() {
+        let (mut codec, _) = answering(b"GET /sse HTTP/1.1\r\nLast-Event-ID: 41\r\n\r\n");
+        let head = text(codec.encode(Response::event_stream().into()));
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.contains("Content-Type: text/event-stream\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("Cache-Control: no-cache\r\n"), "{head}");
+        assert!(head.ends_with("Server: werkmann\r\n\r\n"), "{head}");
+        let e = ServerSentEvent::data("tick").id("42");
+        assert_eq!(
+            text(codec.encode(e.into())),
+            "13\r\nid: 42\ndata: tick\n\n\r\n"
+        );
+        // Workerman's way: the header on an ordinary response.
+        let (mut codec, _) = answering(b"GET / HTTP/1.1\r\n\r\n");
+        let head = text(
+            codec.encode(
+                Response::new(200)
+                    .with_header("Transfer-Encoding", "chunked")
+                    .into(),
+            ),
+        );
+        assert_eq!(head.matches("Transfer-Encoding").count(), 1, "{head}");
+        assert!(codec.responding());
+    }
+
+    #[test]
+    fn http_1_0_streams_until_close_and_head_sends_no_body() {
+        let (mut codec, _) = answering(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let head = text(codec.encode(Response::new(200).streaming().with_body("a").into()));
+        assert!(!head.contains("Transfer-Encoding"), "{head}");
+        assert!(head.contains("Connection: close\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\na"), "{head}");
+        assert_eq!(text(codec.encode(Chunk::new("b").into())), "b");
+        assert_eq!(text(codec.encode(Chunk::end().into())), "");
+        assert!(codec.wants_close());
+
+        let (mut codec, _) = answering(b"HEAD / HTTP/1.1\r\n\r\n");
+        let head = text(codec.encode(Response::new(200).streaming().with_body("a").into()));
+        assert!(head.ends_with("Server: werkmann\r\n\r\n"), "{head}");
+        assert_eq!(text(codec.encode(Chunk::new("b").into())), "");
+        assert_eq!(text(codec.encode(Chunk::end().into())), "");
+        assert!(!codec.wants_close() && !codec.responding());
+
+        let (mut codec, _) = answering(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(codec.encode(Chunk::new("x").into()).is_err());
+        assert!(codec.encode(Response::new(204).streaming().into()).is_err());
     }
 
     #[test]

@@ -158,6 +158,11 @@ pub trait Codec {
     fn wants_close(&self) -> bool {
         false
     }
+    /// Whether a response is owed or being streamed (HTTP): the connection is not idle then,
+    /// however long the worker takes or the stream runs.
+    fn responding(&self) -> bool {
+        false
+    }
 }
 
 /// A protocol a worker or client speaks; makes one [`Codec`] per connection.

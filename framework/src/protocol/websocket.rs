@@ -467,7 +467,7 @@ fn encode_frame(msg: &Message, mask: bool) -> Result<Bytes, ProtocolError> {
     let (payload, op) = match msg {
         Message::Text(s) => (s.as_bytes(), OpCode::Text),
         Message::Binary(b) => (&b[..], OpCode::Binary),
-        Message::Request(_) | Message::Response(_) => {
+        Message::Request(_) | Message::Response(_) | Message::Chunk(_) => {
             return Err(ProtocolError::Encode(
                 "a WebSocket connection sends text or binary messages, not HTTP".into(),
             ))
@@ -568,7 +568,7 @@ impl Codec for WsCodec {
                 Message::Binary(b) => Response::new(403)
                     .with_header("Content-Type", "application/octet-stream")
                     .with_body(b),
-                Message::Request(_) => Response::text(403, "Forbidden\n"),
+                Message::Request(_) | Message::Chunk(_) => Response::text(403, "Forbidden\n"),
             };
             return Err(resp.encode(false, false));
         }
