@@ -136,7 +136,16 @@ pub(crate) struct ConnInner {
     closing_since: Cell<u32>,
     /// The instance clock when the request head now buffered began ([`NO_HEAD`]: none).
     head_since: Cell<u32>,
+    /// The codec has a body of its own to send (a file response): the task pulls it.
+    pulling: Cell<bool>,
 }
+
+/// A codec-sourced body (a file response) is read this far ahead of the socket.
+const BODY_AHEAD: usize = 128 * 1024;
+/// The pieces it is read in.
+const BODY_PIECE: usize = 64 * 1024;
+/// Fills per poll of one connection before it yields to the others.
+const FILLS_PER_POLL: usize = 16;
 
 /// `head_since` when no request head is partly buffered.
 const NO_HEAD: u32 = u32::MAX;
@@ -208,6 +217,7 @@ impl Connection {
             opened_at: Cell::new(0),
             closing_since: Cell::new(0),
             head_since: Cell::new(NO_HEAD),
+            pulling: Cell::new(false),
         }))
     }
 
@@ -282,10 +292,18 @@ impl Connection {
             return self.fail_closed();
         }
         let encoded = self.0.codec.borrow_mut().encode(msg.into());
-        if !self.0.read_buf.borrow().is_empty() || self.0.codec.borrow().wants_close() {
+        let (wants_close, body) = {
+            let codec = self.0.codec.borrow();
+            (codec.wants_close(), codec.body_pending())
+        };
+        if body {
+            // A file response: the task reads its body as the socket takes it.
+            self.0.pulling.set(true);
+        }
+        if body || wants_close || !self.0.read_buf.borrow().is_empty() {
             // The codec may accept the next buffered package now (an HTTP response was sent),
             // or the connection must close once this is out (a response sent later, from
-            // another callback): the task has to look.
+            // another callback), or a body is to be read: the task has to look.
             self.wake();
         }
         match encoded {
@@ -593,10 +611,13 @@ impl Connection {
             }
         }
         let mut reads = 0;
+        let mut fills = 0;
         loop {
             if self.0.status.get() == Status::Closed {
                 return Poll::Ready(());
             }
+            // 0. Queue more of a body the codec reads itself (a file), a little ahead.
+            let pulling = self.0.pulling.get() && self.fill_body();
             // 1. Write out what is queued.
             match self.poll_flush(cx) {
                 Poll::Ready(Err(e)) => {
@@ -609,6 +630,15 @@ impl Connection {
                         || self.0.codec.borrow().wants_close();
                     if closing {
                         return Poll::Ready(());
+                    }
+                    if pulling {
+                        // The socket took it all: read on, within this poll's share.
+                        fills += 1;
+                        if fills < FILLS_PER_POLL {
+                            continue;
+                        }
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
                 }
                 Poll::Pending => {
@@ -651,6 +681,36 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Queue the codec's own body up to [`BODY_AHEAD`] bytes ahead of the socket; whether
+    /// more of it remains. A source that fails (a file cut short) closes the connection after
+    /// what is queued: the response cannot be completed.
+    fn fill_body(&self) -> bool {
+        if self.0.status.get() != Status::Established {
+            self.0.pulling.set(false);
+            return false;
+        }
+        while self.0.out.borrow().len() < BODY_AHEAD {
+            let piece = self.0.codec.borrow_mut().next_body_piece(BODY_PIECE);
+            match piece {
+                Some(Ok(b)) if !b.is_empty() => self.0.out.borrow_mut().push_back(b),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    log::warn!("connection {}: {e}; closing", self.0.id);
+                    self.0.pulling.set(false);
+                    self.close();
+                    return false;
+                }
+                None => break,
+            }
+            if !self.0.codec.borrow().body_pending() {
+                break;
+            }
+        }
+        let more = self.0.codec.borrow().body_pending();
+        self.0.pulling.set(more);
+        more
     }
 
     /// Read once; append to the connection's buffer.

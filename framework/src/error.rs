@@ -26,4 +26,7 @@ pub enum Error {
     /// A command-line problem.
     #[error("{0}")]
     Cli(String),
+    /// A setting the worker's protocol does not have (e.g. static files on a WebSocket worker).
+    #[error("{0}")]
+    Setting(String),
 }

@@ -1,6 +1,7 @@
 //! [`Message`]: what `on_message` receives and what `send` takes, and the HTTP values it
 //! carries ([`http`], and the pieces of a streamed response: [`stream`]).
 
+mod file;
 pub mod http;
 pub mod stream;
 
@@ -8,6 +9,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
+pub(crate) use self::file::FileBody;
 pub use self::http::{Request, Response};
 pub use self::stream::{Chunk, ServerSentEvent};
 

@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::message::Message;
 use crate::protocol::http::{Request, Response};
 use crate::protocol::ProtocolKind;
+use crate::static_files::StaticFiles;
 
 pub use instance::{InstanceStatus, WorkerInstance};
 
@@ -37,6 +38,8 @@ pub(crate) struct WorkerCallbacks {
     pub on_buffer_full: Option<SyncConnFn>,
     pub on_buffer_drain: Option<SyncConnFn>,
     pub on_websocket_connect: Option<SyncHandshakeFn>,
+    /// Answered before `on_message` (HTTP workers).
+    pub static_files: Option<Arc<StaticFiles>>,
 }
 
 impl WorkerCallbacks {
@@ -47,10 +50,25 @@ impl WorkerCallbacks {
         }
         Callbacks {
             on_connect: conn(&self.on_connect),
-            on_message: self
-                .on_message
-                .clone()
-                .map(|f| Rc::new(move |c: &Connection, m: Message| f(c, m)) as MessageFn),
+            on_message: match (self.static_files.clone(), self.on_message.clone()) {
+                (None, f) => {
+                    f.map(|f| Rc::new(move |c: &Connection, m: Message| f(c, m)) as MessageFn)
+                }
+                (Some(files), f) => Some(Rc::new(move |c: &Connection, m: Message| {
+                    if let Message::Request(req) = &m {
+                        if let Some(resp) = files.serve(req) {
+                            c.send(resp);
+                            return;
+                        }
+                    }
+                    match &f {
+                        Some(f) => f(c, m),
+                        None => {
+                            c.send(Response::text(404, "Not Found\n"));
+                        }
+                    }
+                }) as MessageFn),
+            },
             on_close: conn(&self.on_close),
             on_error: self
                 .on_error
@@ -286,6 +304,20 @@ impl Worker {
     /// Called when a connection's send buffer has been written out.
     pub fn on_buffer_drain(&mut self, f: impl Fn(&Connection) + Send + Sync + 'static) {
         self.callbacks.on_buffer_drain = Some(Arc::new(f));
+    }
+
+    /// Serve the files of a folder (an `http://` worker): a `GET` or `HEAD` request for a file
+    /// under its root is answered with it (conditional requests and ranges honoured) before
+    /// `on_message` sees it; other requests go to `on_message` (404 without one).
+    pub fn serve_files(&mut self, files: StaticFiles) -> Result<(), Error> {
+        if !matches!(self.protocol, Some(ProtocolKind::Http)) {
+            return Err(Error::Setting(format!(
+                "{}: static files are served by http:// workers",
+                self.socket_name
+            )));
+        }
+        self.callbacks.static_files = Some(Arc::new(files));
+        Ok(())
     }
 
     /// Called with the upgrade request of a WebSocket connection; return `Err(response)` to

@@ -201,6 +201,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         201 => "Created",
         202 => "Accepted",
         204 => "No Content",
+        206 => "Partial Content",
         301 => "Moved Permanently",
         302 => "Found",
         304 => "Not Modified",
@@ -213,6 +214,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -233,6 +235,8 @@ pub struct Response {
     pub(crate) body: Bytes,
     /// The body follows in [`Chunk`](super::Chunk)s (see [`Response::streaming`]).
     pub(crate) streaming: bool,
+    /// The body is read from a file ([`Response::with_file`], [`Response::file`]).
+    pub(crate) file: Option<super::FileBody>,
 }
 
 impl Default for Response {
@@ -249,6 +253,7 @@ impl Response {
             headers: Vec::new(),
             body: Bytes::new(),
             streaming: false,
+            file: None,
         }
     }
 

@@ -13,7 +13,7 @@ use super::{put_decimal, Codec, Decoded, ProtocolError};
 pub use crate::message::http::{
     parse_urlencoded, percent_decode, reason_phrase, Request, Response,
 };
-use crate::message::Message;
+use crate::message::{FileBody, Message};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -91,6 +91,10 @@ impl Response {
             .map(|(k, v)| k.len() + v.len() + 4)
             .sum();
         let body = if head_only { 0 } else { self.body.len() };
+        let length = self
+            .file
+            .as_ref()
+            .map_or(self.body.len() as u64, FileBody::len);
         let mut out = BytesMut::with_capacity(128 + headers + body);
         out.extend_from_slice(b"HTTP/1.1 ");
         put_decimal(&mut out, u64::from(self.status));
@@ -119,9 +123,9 @@ impl Response {
             out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
         }
         match framing {
-            Framing::Length if self.status != 101 && self.status != 204 && self.status >= 200 => {
+            Framing::Length if self.status >= 200 && self.status != 204 && self.status != 304 => {
                 out.extend_from_slice(b"Content-Length: ");
-                put_decimal(&mut out, self.body.len() as u64);
+                put_decimal(&mut out, length);
                 out.extend_from_slice(b"\r\n");
             }
             Framing::Length | Framing::UntilClose => {}
@@ -226,6 +230,8 @@ pub struct HttpCodec {
     chunked_ok: bool,
     /// A streaming response's head was sent; its chunks follow.
     stream: Option<Stream>,
+    /// A file response's head was sent; the connection pulls its body from here.
+    file: Option<FileBody>,
     close_after: bool,
 }
 
@@ -242,6 +248,7 @@ impl HttpCodec {
             keep_alive: true,
             chunked_ok: true,
             stream: None,
+            file: None,
             close_after: false,
         }
     }
@@ -320,7 +327,11 @@ impl HttpCodec {
 
 impl Codec for HttpCodec {
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
-        if self.awaiting_response || self.stream.is_some() || self.close_after {
+        if self.awaiting_response
+            || self.stream.is_some()
+            || self.file.is_some()
+            || self.close_after
+        {
             return Ok(None);
         }
         loop {
@@ -429,11 +440,15 @@ impl Codec for HttpCodec {
         if !keep_alive {
             self.close_after = true;
         }
-        Ok(resp.encode(self.head_only, keep_alive))
+        let head = resp.encode_framed(self.head_only, keep_alive, Framing::Length);
+        if !self.head_only {
+            self.file = resp.file.filter(|f| f.len() > 0);
+        }
+        Ok(head.freeze())
     }
 
     fn error_reply(&mut self, err: &ProtocolError) -> Option<Bytes> {
-        if self.awaiting_response || self.stream.is_some() {
+        if self.awaiting_response || self.stream.is_some() || self.file.is_some() {
             // A response is owed for the current request; don't interleave another one.
             return None;
         }
@@ -451,15 +466,31 @@ impl Codec for HttpCodec {
         matches!(self.state, BodyState::Head)
             && !self.awaiting_response
             && self.stream.is_none()
+            && self.file.is_none()
             && !self.close_after
     }
 
     fn responding(&self) -> bool {
-        self.awaiting_response || self.stream.is_some()
+        self.awaiting_response || self.stream.is_some() || self.file.is_some()
+    }
+
+    fn body_pending(&self) -> bool {
+        self.file.is_some()
+    }
+
+    fn next_body_piece(&mut self, max: usize) -> Option<Result<Bytes, ProtocolError>> {
+        let file = self.file.as_mut()?;
+        let piece = file
+            .read(max)
+            .map_err(|e| ProtocolError::Encode(format!("file response: {e}")));
+        if piece.is_err() || file.len() == 0 {
+            self.file = None;
+        }
+        Some(piece)
     }
 
     fn wants_close(&self) -> bool {
-        self.close_after
+        self.close_after && self.file.is_none()
     }
 }
 

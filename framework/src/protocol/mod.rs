@@ -163,6 +163,17 @@ pub trait Codec {
     fn responding(&self) -> bool {
         false
     }
+    /// Whether a body the codec reads from a source of its own (a file response) is still
+    /// to be sent: the connection then pulls it with [`Codec::next_body_piece`] as its send
+    /// buffer drains.
+    fn body_pending(&self) -> bool {
+        false
+    }
+    /// The next piece (at most `max` bytes) of that body; `None` when there is none, an error
+    /// when the source failed (the connection closes: the response cannot be completed).
+    fn next_body_piece(&mut self, _max: usize) -> Option<Result<Bytes, ProtocolError>> {
+        None
+    }
 }
 
 /// A protocol a worker or client speaks; makes one [`Codec`] per connection.
