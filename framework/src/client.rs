@@ -276,7 +276,8 @@ fn connect_failed(conn: &Connection, host_port: &str, why: String) {
     let err = ConnectionError::ConnectFail(format!("{host_port}: {why}"));
     conn.destroy();
     let (on_error, on_close) = {
-        let cbs = conn.callbacks().borrow();
+        let cbs = conn.callbacks();
+        let cbs = cbs.borrow();
         (cbs.on_error.clone(), cbs.on_close.clone())
     };
     if let Some(cb) = on_error {

@@ -122,7 +122,11 @@ pub(crate) struct ConnInner {
     waker: RefCell<Option<Waker>>,
     pub(crate) max_send_buffer_size: Cell<usize>,
     pub(crate) max_package_size: usize,
-    callbacks: Rc<RefCell<Callbacks>>,
+    /// The instance's callbacks, or this connection's own copy once one was set on it
+    /// ([`Connection::on_message`], …): taken and put back to read (no borrow flag to pay).
+    callbacks: Cell<Option<Rc<RefCell<Callbacks>>>>,
+    /// `callbacks` is this connection's own copy.
+    own_callbacks: Cell<bool>,
     owner: Option<Rc<dyn ConnectionOwner>>,
     stats: Cell<ConnectionStats>,
     data: RefCell<Option<Box<dyn Any>>>,
@@ -208,7 +212,8 @@ impl Connection {
             waker: RefCell::new(None),
             max_send_buffer_size: Cell::new(max_send_buffer_size),
             max_package_size,
-            callbacks,
+            callbacks: Cell::new(Some(callbacks)),
+            own_callbacks: Cell::new(false),
             owner,
             stats: Cell::new(ConnectionStats::default()),
             data: RefCell::new(None),
@@ -239,6 +244,12 @@ impl Connection {
     /// The peer's address.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.0.remote.get()
+    }
+
+    /// This side's address (Workerman's `getLocalAddress`): the listening address the client
+    /// reached, or an outgoing connection's own; `None` once closed.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.0.stream.borrow().as_ref().and_then(Stream::local_addr)
     }
 
     /// The peer's IP as text (Workerman's `getRemoteIp`).
@@ -356,7 +367,7 @@ impl Connection {
                     self.wake();
                 }
                 if full {
-                    let cb = inner.callbacks.borrow().on_buffer_full.clone();
+                    let cb = self.callbacks().borrow().on_buffer_full.clone();
                     if let Some(cb) = cb {
                         guard("on_buffer_full", || cb(self));
                     }
@@ -404,7 +415,7 @@ impl Connection {
     }
 
     fn call_error(&self, err: ConnectionError) {
-        let cb = self.0.callbacks.borrow().on_error.clone();
+        let cb = self.callbacks().borrow().on_error.clone();
         match cb {
             Some(cb) => guard("on_error", || cb(self, &err)),
             None => log::debug!("connection {}: {err}", self.0.id),
@@ -563,8 +574,89 @@ impl Connection {
         }
     }
 
-    pub(crate) fn callbacks(&self) -> &Rc<RefCell<Callbacks>> {
-        &self.0.callbacks
+    /// The callbacks in effect: the instance's, or this connection's own.
+    pub(crate) fn callbacks(&self) -> Rc<RefCell<Callbacks>> {
+        let c = self
+            .0
+            .callbacks
+            .take()
+            .expect("a connection always has callbacks");
+        let out = c.clone();
+        self.0.callbacks.set(Some(c));
+        out
+    }
+
+    /// Change this connection's own callbacks (a copy of the instance's, made the first time).
+    fn set_own(&self, f: impl FnOnce(&mut Callbacks)) {
+        let cbs = self.callbacks();
+        let own = if self.0.own_callbacks.get() {
+            cbs
+        } else {
+            let copy = Rc::new(RefCell::new(cbs.borrow().clone()));
+            self.0.callbacks.set(Some(copy.clone()));
+            self.0.own_callbacks.set(true);
+            copy
+        };
+        f(&mut own.borrow_mut());
+    }
+
+    /// This connection's own `on_message`, in place of the worker's (Workerman's
+    /// `$connection->onMessage`).
+    pub fn on_message(&self, f: impl Fn(&Connection, Message) + 'static) {
+        self.set_own(|c| c.on_message = Some(Rc::new(f)));
+    }
+
+    /// This connection's own `on_close`, in place of the worker's.
+    pub fn on_close(&self, f: impl Fn(&Connection) + 'static) {
+        self.set_own(|c| c.on_close = Some(Rc::new(f)));
+    }
+
+    /// This connection's own `on_error`, in place of the worker's.
+    pub fn on_error(&self, f: impl Fn(&Connection, &ConnectionError) + 'static) {
+        self.set_own(|c| c.on_error = Some(Rc::new(f)));
+    }
+
+    /// This connection's own `on_buffer_full`, in place of the worker's.
+    pub fn on_buffer_full(&self, f: impl Fn(&Connection) + 'static) {
+        self.set_own(|c| c.on_buffer_full = Some(Rc::new(f)));
+    }
+
+    /// This connection's own `on_buffer_drain`, in place of the worker's.
+    pub fn on_buffer_drain(&self, f: impl Fn(&Connection) + 'static) {
+        self.set_own(|c| c.on_buffer_drain = Some(Rc::new(f)));
+    }
+
+    /// Forward everything this connection receives to `dest`, as Workerman's `pipe()`: each
+    /// message is sent on `dest` (encoded by its protocol), reading pauses while `dest`'s
+    /// send buffer is full and resumes once it drained, and `dest` closes when this
+    /// connection does. `a.pipe(&b); b.pipe(&a)` makes a proxy with back-pressure both ways.
+    /// This sets this connection's `on_message` and `on_close` and `dest`'s `on_buffer_full`
+    /// and `on_buffer_drain`; neither keeps the other alive.
+    pub fn pipe(&self, dest: &Connection) {
+        let to = Rc::downgrade(&dest.0);
+        self.on_message(move |_, msg| {
+            if let Some(d) = to.upgrade() {
+                Connection(d).send(msg);
+            }
+        });
+        let to = Rc::downgrade(&dest.0);
+        self.on_close(move |_| {
+            if let Some(d) = to.upgrade() {
+                Connection(d).close();
+            }
+        });
+        let from = Rc::downgrade(&self.0);
+        dest.on_buffer_full(move |_| {
+            if let Some(s) = from.upgrade() {
+                Connection(s).pause_recv();
+            }
+        });
+        let from = Rc::downgrade(&self.0);
+        dest.on_buffer_drain(move |_| {
+            if let Some(s) = from.upgrade() {
+                Connection(s).resume_recv();
+            }
+        });
     }
 
     /// Attach an established socket; the connection becomes `Established`.
@@ -593,7 +685,7 @@ impl Connection {
         if let Some(o) = &self.0.owner {
             o.connection_closed(self.0.id);
         }
-        let cb = self.0.callbacks.borrow().on_close.clone();
+        let cb = self.callbacks().borrow().on_close.clone();
         if let Some(cb) = cb {
             guard("on_close", || cb(self));
         }
@@ -777,7 +869,7 @@ impl Connection {
         let max = self.0.max_send_buffer_size.get();
         let drained = self.0.out.borrow_mut().settle(wrote, max);
         if drained && self.0.status.get() == Status::Established {
-            let cb = self.0.callbacks.borrow().on_buffer_drain.clone();
+            let cb = self.callbacks().borrow().on_buffer_drain.clone();
             if let Some(cb) = cb {
                 guard("on_buffer_drain", || cb(self));
             }
@@ -874,7 +966,7 @@ impl Connection {
                 if let Some(o) = &self.0.owner {
                     o.message_in();
                 }
-                let cb = self.0.callbacks.borrow().on_message.clone();
+                let cb = self.callbacks().borrow().on_message.clone();
                 if let Some(cb) = cb {
                     guard("on_message", || cb(self, msg));
                 }
@@ -884,7 +976,7 @@ impl Connection {
             }
             Decoded::Handshake(req) => self.handshake(&req),
             Decoded::Opened => {
-                let cb = self.0.callbacks.borrow().on_connect.clone();
+                let cb = self.callbacks().borrow().on_connect.clone();
                 if let Some(cb) = cb {
                     guard("on_connect", || cb(self));
                 }

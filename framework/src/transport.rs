@@ -66,6 +66,14 @@ impl Write for TryIo<'_> {
 }
 
 impl Stream {
+    /// This side's address of the socket.
+    pub(crate) fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(t) => t.local_addr().ok(),
+            Stream::Tls(t) => t.tcp.local_addr().ok(),
+        }
+    }
+
     /// A TLS session over `tcp`, bounded to [`TLS_BUFFER`].
     pub(crate) fn tls(tcp: TcpStream, mut tls: rustls::Connection) -> Stream {
         tls.set_buffer_limit(Some(TLS_BUFFER));

@@ -18,6 +18,8 @@ fn main() -> anyhow::Result<()> {
             "headers": req.headers().iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>(),
             "worker_id": conn.worker_id(),
             "connection_id": conn.id(),
+            "local": conn.local_addr().map(|a| a.to_string()),
+            "remote": conn.remote_addr().map(|a| a.to_string()),
         });
         conn.send(Response::json(200, &body));
     });

@@ -51,7 +51,7 @@ impl Connection {
             );
             return Some(Response::text(403, "Origin not allowed\n"));
         }
-        let cb = self.0.callbacks.borrow().on_websocket_connect.clone()?;
+        let cb = self.callbacks().borrow().on_websocket_connect.clone()?;
         let mut verdict = Ok(());
         guard("on_websocket_connect", || verdict = cb(self, req));
         verdict.err()
