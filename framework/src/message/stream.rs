@@ -6,36 +6,80 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// A piece of a streaming response's body; an empty one ends the response (as Workerman's
 /// `new Chunk('')`). Send with `conn.send(Chunk::new(…))` after a response built with
 /// [`Response::streaming`](super::Response::streaming) or
 /// [`Response::event_stream`](super::Response::event_stream).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk(pub(crate) Bytes);
+pub struct Chunk {
+    data: Bytes,
+    /// The piece in chunked transfer coding, made once ([`Chunk::shared`]).
+    framed: Option<Bytes>,
+}
 
 impl Chunk {
     /// A piece of the body (an empty one ends the response: prefer [`Chunk::end`]).
     pub fn new(data: impl Into<Bytes>) -> Chunk {
-        Chunk(data.into())
+        Chunk {
+            data: data.into(),
+            framed: None,
+        }
     }
 
     /// The end of the response: the connection then reads the next request (keep-alive), or
     /// closes.
     pub fn end() -> Chunk {
-        Chunk(Bytes::new())
+        Chunk::new(Bytes::new())
+    }
+
+    /// The same piece framed for the wire once, for sending to many connections: each send of
+    /// a clone then shares those bytes (an event fanned out to every open event stream costs
+    /// one encoding, not one per connection).
+    pub fn shared(mut self) -> Chunk {
+        if self.framed.is_none() && !self.data.is_empty() {
+            self.framed = Some(frame(&self.data));
+        }
+        self
     }
 
     /// Whether this ends the response.
     pub fn is_end(&self) -> bool {
-        self.0.is_empty()
+        self.data.is_empty()
     }
 
     /// The bytes of the piece.
     pub fn data(&self) -> &Bytes {
-        &self.0
+        &self.data
     }
+
+    /// The piece in chunked transfer coding (shared when [`Chunk::shared`] made it).
+    pub(crate) fn framed(&self) -> Bytes {
+        match &self.framed {
+            Some(f) => f.clone(),
+            None => frame(&self.data),
+        }
+    }
+
+    /// The bytes of the piece, as they are.
+    pub(crate) fn into_data(self) -> Bytes {
+        self.data
+    }
+}
+
+/// One chunk of chunked transfer coding: size in hex, CRLF, data, CRLF (nothing for no data:
+/// the last chunk is written apart).
+fn frame(data: &[u8]) -> Bytes {
+    if data.is_empty() {
+        return Bytes::new();
+    }
+    let hex = format!("{:x}\r\n", data.len());
+    let mut out = BytesMut::with_capacity(hex.len() + data.len() + 2);
+    out.extend_from_slice(hex.as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
 }
 
 /// One Server-Sent Event (`text/event-stream`, WHATWG HTML §9.2): `id:`, `event:`, `retry:`
@@ -155,7 +199,7 @@ fn lines(s: &str) -> impl Iterator<Item = &str> {
 
 impl From<ServerSentEvent> for Chunk {
     fn from(e: ServerSentEvent) -> Chunk {
-        Chunk(e.encode())
+        Chunk::new(e.encode())
     }
 }
 
@@ -187,6 +231,15 @@ mod tests {
             .id("1\ndata: evil\0")
             .event("a\r\nb");
         assert_eq!(wire(e), "id: 1 data: evil\nevent: a  b\ndata: x\n\n");
+    }
+
+    #[test]
+    fn a_shared_chunk_is_framed_once() {
+        let c = Chunk::new("hello").shared();
+        let (a, b) = (c.clone().framed(), c.framed());
+        assert_eq!(&a[..], b"5\r\nhello\r\n");
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(&Chunk::new(vec![b'x'; 300]).framed()[..5], b"12c\r\n");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::{put_decimal, Codec, Decoded, ProtocolError};
 pub use crate::message::http::{
     parse_urlencoded, percent_decode, reason_phrase, Request, Response,
 };
-use crate::message::{FileBody, Message};
+use crate::message::{Chunk, FileBody, Message};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -141,41 +141,12 @@ impl Response {
         out.extend_from_slice(b"Server: werkmann\r\n\r\n");
         if !head_only {
             match framing {
-                Framing::Chunked => put_chunk(&mut out, &self.body),
+                Framing::Chunked => out.extend_from_slice(&Chunk::new(self.body.clone()).framed()),
                 Framing::Length | Framing::UntilClose => out.extend_from_slice(&self.body),
             }
         }
         out
     }
-}
-
-/// One chunk of chunked transfer coding: size in hex, CRLF, data, CRLF (nothing for no data:
-/// an empty chunk is the last one).
-fn put_chunk(out: &mut BytesMut, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    let mut hex = [0u8; 16];
-    let mut n = data.len();
-    let mut i = hex.len();
-    while {
-        i -= 1;
-        hex[i] = b"0123456789abcdef"[n % 16];
-        n /= 16;
-        n > 0
-    } {}
-    out.reserve(data.len() + 20);
-    out.extend_from_slice(&hex[i..]);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// A chunk of a streaming response in its wire form.
-fn chunk_bytes(data: &[u8]) -> Bytes {
-    let mut out = BytesMut::new();
-    put_chunk(&mut out, data);
-    out.freeze()
 }
 
 /// A `200` `text/html` response, byte for byte as [`Response::html`] encodes.
@@ -300,8 +271,8 @@ impl HttpCodec {
         };
         if !chunk.is_end() {
             return Ok(match stream {
-                Stream::Chunked => chunk_bytes(chunk.data()),
-                Stream::UntilClose => chunk.0,
+                Stream::Chunked => chunk.framed(),
+                Stream::UntilClose => chunk.into_data(),
                 Stream::Discard => Bytes::new(),
             });
         }
@@ -497,7 +468,7 @@ impl Codec for HttpCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Chunk, ServerSentEvent};
+    use crate::message::ServerSentEvent;
 
     fn decode_all(codec: &mut HttpCodec, input: &[u8]) -> Vec<Decoded> {
         let mut buf = BytesMut::from(input);
