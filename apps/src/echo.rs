@@ -4,18 +4,7 @@ use werkmann::cli;
 use werkmann::Worker;
 
 /// An echo server's options: where to listen, the limits, TLS.
-#[derive(Debug, clap::Args)]
-pub struct Options {
-    /// Where and how many.
-    #[command(flatten)]
-    pub listen: cli::Listen,
-    /// The limits.
-    #[command(flatten)]
-    pub limits: cli::Limits,
-    /// Serve TLS.
-    #[command(flatten)]
-    pub tls: cli::Tls,
-}
+pub type Options = crate::serve::Serve;
 
 /// Run `{scheme}://{--listen}` (default `default_listen`) as the command line says, echoing
 /// every message.
@@ -28,11 +17,7 @@ pub fn run(scheme: &str, name: &str, default_listen: &'static str) -> anyhow::Re
 
 /// The echo worker, for callers that change more settings first.
 pub fn echo_worker(scheme: &str, name: &str, options: &Options) -> anyhow::Result<Worker> {
-    let mut worker = Worker::new(&format!("{scheme}://{}", options.listen.listen))?;
-    worker.name = name.into();
-    worker.count = options.listen.count;
-    options.limits.apply(&mut worker);
-    worker.tls = options.tls.load()?;
+    let mut worker = options.worker(scheme, name)?;
     worker.on_message(|conn, msg| {
         conn.send(msg);
     });

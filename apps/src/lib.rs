@@ -1,4 +1,4 @@
-//! The apps' shared parts: the echo examples (`echo`), the push cluster of Workerman's
+//! The apps' shared parts: the example servers' common options (`serve`), the echo examples (`echo`), the push cluster of Workerman's
 //! manual as werkmann workers (`push`): WebSocket nodes that hold the clients, HTTP publishers
 //! that take pushes, a channel between them; and workerman-chat on the cluster directory
 //! (`chat`). The binaries `start_channel`, `start_ws`, `start_http`, `start_all` and
@@ -8,6 +8,7 @@ pub mod auth;
 pub mod chat;
 pub mod echo;
 pub mod push;
+pub mod serve;
 
 /// The apps' allocator: jemalloc returns the pages of freed send queues to the system after
 /// its decay time, where glibc's malloc keeps them (docs/reliability.md, "Soak").

@@ -481,6 +481,27 @@ pub fn split_response(raw: &[u8]) -> (u16, String) {
     (status, body)
 }
 
+/// Run curl (`scripts/test` installs it) quietly but with errors shown, with at most 60 s per
+/// transfer, and `args`.
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl runs (scripts/test installs it)")
+}
+
+/// [`curl`] that must succeed: its standard output.
+pub fn curl_ok(args: &[&str]) -> Vec<u8> {
+    let out = curl(args);
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A real `redis-server` on a free loopback port, without persistence, killed when dropped.
 pub struct RedisServer {
     child: Option<Child>,

@@ -3,17 +3,7 @@
 //! that the proxy's send buffer fills and reading from the server must pause, and the file
 //! still arrives intact), either side closing the other, and the local address.
 
-use std::process::Command;
-
-use werkmann_tests::{free_port, temp_dir, wait_listening, App, WAIT};
-
-fn curl(args: &[&str]) -> std::process::Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "60"])
-        .args(args)
-        .output()
-        .expect("curl runs (scripts/test installs it)")
-}
+use werkmann_tests::{curl, free_port, temp_dir, wait_listening, App, WAIT};
 
 #[test]
 fn a_proxy_of_pipes_passes_a_large_file_to_a_slow_client_intact() {

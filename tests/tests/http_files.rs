@@ -4,11 +4,10 @@
 //! out of the root refused, and a large file sent without being read into memory.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use werkmann_tests::{free_port, temp_dir, App, WAIT};
+use werkmann_tests::{curl_ok, free_port, temp_dir, App, WAIT};
 
 /// A folder to serve: `www/` with an index, a binary file of `big` bytes, a stylesheet, a
 /// sub-folder, a link inside and a link out; `secret.txt` next to `www/`.
@@ -45,19 +44,10 @@ fn serve(root: &Path) -> (App, u16) {
 fn curl(args: &[&str]) -> (String, Vec<u8>) {
     let dir = temp_dir("http_files_curl");
     let (heads, body) = (dir.join("heads"), dir.join("body"));
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-D"])
-        .arg(&heads)
-        .arg("-o")
-        .arg(&body)
-        .args(args)
-        .output()
-        .expect("curl runs (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (h, b) = (heads.to_str().unwrap(), body.to_str().unwrap());
+    let mut all = vec!["-D", h, "-o", b];
+    all.extend_from_slice(args);
+    curl_ok(&all);
     let heads = std::fs::read_to_string(&heads).unwrap();
     // After redirects, the last response's head.
     let last = heads.rfind("HTTP/1.1 ").expect("a response head");

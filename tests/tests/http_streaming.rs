@@ -4,12 +4,10 @@
 //! ends, a stream outliving the idle timeout, and Server-Sent Events in headless Chromium: the
 //! browser's own `EventSource` reconnecting with `Last-Event-ID` and going on where it stopped.
 
-use std::process::Command;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use werkmann_tests::browser::Browser;
-use werkmann_tests::{free_port, output_dir, App, WAIT};
+use werkmann_tests::{curl_ok, free_port, output_dir, App, WAIT};
 
 /// `sse_clock` on a free port, ticking every `every_ms`, with `extra` options.
 fn clock(every_ms: u64, extra: &[&str]) -> (App, u16) {
@@ -21,19 +19,9 @@ fn clock(every_ms: u64, extra: &[&str]) -> (App, u16) {
     (App::start("sse_clock", &args, &[port]), port)
 }
 
-/// Run curl with `args`; its standard output.
+/// curl with `args`: its standard output, as text.
 fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .expect("curl runs (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8")
+    String::from_utf8(curl_ok(args)).expect("UTF-8")
 }
 
 #[test]

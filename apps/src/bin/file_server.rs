@@ -5,20 +5,15 @@
 //! them; never anything outside the folder. Other requests get a 404.
 
 use anyhow::Context as _;
-use werkmann::{cli, StaticFiles, Worker};
+use werkmann::{cli, StaticFiles};
+use werkmann_apps::serve::Serve;
 
 /// The file server's options.
 #[derive(Debug, clap::Args)]
 struct Options {
-    /// Where and how many.
+    /// Where, how many, limits, TLS.
     #[command(flatten)]
-    listen: cli::Listen,
-    /// The limits.
-    #[command(flatten)]
-    limits: cli::Limits,
-    /// Serve TLS.
-    #[command(flatten)]
-    tls: cli::Tls,
+    serve: Serve,
     /// The folder to serve
     #[arg(long, env = "WERKMANN_ROOT", default_value = ".")]
     root: std::path::PathBuf,
@@ -36,16 +31,7 @@ fn main() -> anyhow::Result<()> {
     let app: cli::App<Options> = cli::parse(&[("listen", "127.0.0.1:9030")]);
     werkmann_apps::init_logging();
     let o = &app.options;
-    let scheme = if o.tls.cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut worker = Worker::new(&format!("{scheme}://{}", o.listen.listen))?;
-    worker.name = "file_server".into();
-    worker.count = o.listen.count;
-    o.limits.apply(&mut worker);
-    worker.tls = o.tls.load()?;
+    let mut worker = o.serve.worker("http", "file_server")?;
     let index: Vec<&str> = o
         .index
         .iter()

@@ -1,4 +1,4 @@
-//! Streaming HTTP: `sse_clock start --listen 127.0.0.1:9020`, then open http://127.0.0.1:9020/.
+//! Streaming HTTP: `sse_clock start --listen 127.0.0.1:9025`, then open http://127.0.0.1:9025/.
 //!
 //! - `GET /clock`: Server-Sent Events, one `tick` a second (`--every-ms`) with the UTC time;
 //!   event ids count up, and a browser that reconnects sends the last one back
@@ -9,18 +9,15 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use werkmann::{cli, Chunk, Connection, Message, Response, ServerSentEvent, Timer, TimerId};
+use werkmann_apps::serve::Serve;
 
 /// The clock's options.
 #[derive(Debug, clap::Args)]
 struct Options {
-    /// Where and how many.
+    /// Where, how many, limits, TLS.
     #[command(flatten)]
-    listen: cli::Listen,
-    /// The limits.
-    #[command(flatten)]
-    limits: cli::Limits,
+    serve: Serve,
     /// Milliseconds between two ticks (events, or chunks)
     #[arg(long, env = "WERKMANN_EVERY_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
@@ -51,14 +48,10 @@ es.onerror = () => document.getElementById('state').textContent = 'reconnecting'
 "#;
 
 fn main() -> anyhow::Result<()> {
-    let app: cli::App<Options> = cli::parse(&[("listen", "127.0.0.1:9020")]);
+    let app: cli::App<Options> = cli::parse(&[("listen", "127.0.0.1:9025")]);
     werkmann_apps::init_logging();
     let o = &app.options;
-    let mut worker = werkmann::Worker::new(&format!("http://{}", o.listen.listen))
-        .context("the --listen address")?;
-    worker.name = "sse_clock".into();
-    worker.count = o.listen.count;
-    o.limits.apply(&mut worker);
+    let mut worker = o.serve.worker("http", "sse_clock")?;
     let every = Duration::from_millis(o.every_ms);
     worker.on_message(move |conn, msg| {
         let Message::Request(req) = msg else { return };

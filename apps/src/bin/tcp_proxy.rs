@@ -5,17 +5,15 @@
 //! does not read makes the other side pause (each connection's send buffer stays bounded), and
 //! either side closing closes the other.
 
-use werkmann::{cli, AsyncTcpConnection, Worker};
+use werkmann::{cli, AsyncTcpConnection};
+use werkmann_apps::serve::Serve;
 
 /// The proxy's options.
 #[derive(Debug, clap::Args)]
 struct Options {
-    /// Where and how many.
+    /// Where, how many, limits, TLS.
     #[command(flatten)]
-    listen: cli::Listen,
-    /// The limits.
-    #[command(flatten)]
-    limits: cli::Limits,
+    serve: Serve,
     /// The server to forward to, HOST:PORT (required)
     #[arg(long, env = "WERKMANN_TO")]
     to: Option<String>,
@@ -31,10 +29,7 @@ fn main() -> anyhow::Result<()> {
     // Refuse a mistyped target now rather than at the first client.
     let to = format!("tcp://{to}");
     AsyncTcpConnection::new(&to)?;
-    let mut worker = Worker::new(&format!("tcp://{}", o.listen.listen))?;
-    worker.name = "tcp_proxy".into();
-    worker.count = o.listen.count;
-    o.limits.apply(&mut worker);
+    let mut worker = o.serve.worker("tcp", "tcp_proxy")?;
     worker.on_connect(move |client| {
         let Ok(remote) = AsyncTcpConnection::new(&to) else {
             client.close();
