@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use werkmann_tests::certs::TestCerts;
 use werkmann_tests::{curl_ok, free_port, temp_dir, App, WAIT};
 
 /// A folder to serve: `www/` with an index, a binary file of `big` bytes, a stylesheet, a
@@ -247,4 +248,33 @@ async fn a_large_file_is_read_as_the_client_takes_it_and_keep_alive_holds() {
     assert!(body == data.as_slice(), "the file arrived intact");
     let second = String::from_utf8_lossy(&got[head_end + BIG..]);
     assert!(second.starts_with("HTTP/1.1 200 OK\r\n"), "{second}");
+}
+
+#[test]
+fn files_over_tls() {
+    let (dir, data) = site("http_files_tls", 3 << 20);
+    let certs = TestCerts::make("http_files_tls");
+    let port = free_port();
+    let _app = App::start(
+        "file_server",
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--root",
+            dir.join("www").to_str().unwrap(),
+            "--cert",
+            certs.cert().to_str().unwrap(),
+            "--key",
+            certs.key().to_str().unwrap(),
+        ],
+        &[port],
+    );
+    let ca = certs.ca();
+    let url = format!("https://127.0.0.1:{port}/big.bin");
+    let (head, body) = curl(&["--cacert", ca.to_str().unwrap(), &url]);
+    assert_eq!(status(&head), 200, "{head}");
+    assert!(body == data, "the file arrived intact over TLS");
+    let (head, body) = curl(&["--cacert", ca.to_str().unwrap(), "-r", "1000-1999", &url]);
+    assert_eq!(status(&head), 206);
+    assert_eq!(body, &data[1000..2000]);
 }
