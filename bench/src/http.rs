@@ -68,11 +68,12 @@ impl Api {
     /// werkmann's publisher, and the Socket.IO peer's, which mirrors the methods the benchmark
     /// calls.
     pub fn call(&self, method: &str, body: &serde_json::Value) -> Vec<u8> {
-        self.post(
-            &format!("/api/{method}"),
-            "application/json",
-            &body.to_string(),
-        )
+        self.call_json(method, &body.to_string())
+    }
+
+    /// [`Api::call`] with the JSON body already written.
+    pub fn call_json(&self, method: &str, body: &str) -> Vec<u8> {
+        self.post(&format!("/api/{method}"), "application/json", body)
     }
 
     /// The largest content [`Api::targeted_large`] can carry here.

@@ -329,13 +329,42 @@ fn answer(one_client: bool, shape: Shape, result: Result<Value, GatewayError>) -
     }
 }
 
+/// The usual push, `send_to_uid` to one uid as a JSON object of strings, read without
+/// building a JSON map; `None` for anything else (the general reading then answers it, errors
+/// included).
+fn quick_send_to_uid(name: &str, body: &[u8]) -> Option<(DirOp, Shape)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct One<'a> {
+        #[serde(borrow)]
+        uid: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        message: std::borrow::Cow<'a, str>,
+    }
+    if name != "send_to_uid" || body.len() > MAX_BODY || body.first() != Some(&b'{') {
+        return None;
+    }
+    let one: One = serde_json::from_slice(body).ok()?;
+    let op = DirOp::Send {
+        target: Target::Uids {
+            uids: vec![one.uid.into_owned()],
+        },
+        data: one.message.into_owned(),
+    };
+    op.check().ok()?;
+    Some((op, Shape::Reached))
+}
+
 /// Serve `POST /api/<method>` (the push API's auth already checked).
 pub fn handle(conn: &Connection, req: &Request, name: &str, gateway: Option<Gateway>) {
     if req.method() != "POST" {
         conn.send(refuse(405, "use POST").with_header("Allow", "POST"));
         return;
     }
-    let request = params(req).and_then(|p| operation(name, &p));
+    let request = match quick_send_to_uid(name, req.body()) {
+        Some(quick) => Ok(quick),
+        None => params(req).and_then(|p| operation(name, &p)),
+    };
     let (op, shape) = match request {
         Ok(r) => r,
         Err(resp) => {
@@ -403,6 +432,29 @@ mod tests {
             op("get_all_uid_count", json!({})),
             Ok(DirOp::GetAllUidCount)
         );
+    }
+
+    #[test]
+    fn the_quick_send_to_uid_reads_as_the_general_reading_does() {
+        let quick = |j: Value| quick_send_to_uid("send_to_uid", j.to_string().as_bytes());
+        for j in [
+            json!({"uid": "alice", "message": "hi"}),
+            json!({"message": "a \"quoted\"\né text", "uid": "böb"}),
+        ] {
+            let (op, _) = quick(j.clone()).expect("the quick reading");
+            assert_eq!(Ok(op), self::op("send_to_uid", j));
+        }
+        // Anything else is the general reading's (which answers errors).
+        for j in [
+            json!({"uid": 7, "message": "hi"}),
+            json!({"uid": ["a", "b"], "message": "hi"}),
+            json!({"uid": "a"}),
+            json!({"uid": "a", "message": "m", "extra": 1}),
+            json!({"uid": "", "message": "m"}),
+        ] {
+            assert!(quick(j.clone()).is_none(), "{j}");
+        }
+        assert!(quick_send_to_uid("send_to_group", br#"{"uid":"a","message":"m"}"#).is_none());
     }
 
     #[test]
