@@ -23,6 +23,7 @@ pub mod gateway;
 mod master;
 mod message;
 pub mod protocol;
+pub mod pusher;
 mod run;
 mod send_queue;
 mod static_files;

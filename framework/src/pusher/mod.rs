@@ -1,0 +1,17 @@
+//! The Pusher Channels protocol (version 7), the parts that do not depend on where connections
+//! live: apps and their credentials ([`App`], [`Apps`]), the signatures that authorize private
+//! and presence subscriptions and sign HTTP API requests ([`sign`]), channel and event names
+//! ([`ChannelKind`]), socket ids ([`SocketId`]) and the JSON envelope of every WebSocket
+//! message ([`Frame`]). The nodes and the publisher speak it with these
+//! (docs/pusher.md).
+
+mod app;
+mod channel;
+mod frame;
+pub mod sign;
+mod socket_id;
+
+pub use app::{App, AppError, Apps};
+pub use channel::{check_channel_name, check_event_name, ChannelKind, NameError};
+pub use frame::{connection_established, encode, error, pong, Frame, FrameError};
+pub use socket_id::SocketId;
