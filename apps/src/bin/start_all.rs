@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         cli::Channel::embedded(),
         ids,
         push::tokens(options.publisher.secret.as_deref()),
+        options.publisher.pusher.load()?,
     )?;
     options.limits.apply(&mut ws);
     // As many publisher instances as WebSocket instances: one thread parsing and answering

@@ -28,6 +28,8 @@ struct Options {
     limits: cli::Limits,
     #[command(flatten)]
     tls: cli::Tls,
+    #[command(flatten)]
+    pusher: push::apps::PusherApps,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         options.channel,
         Arc::new(ids),
         push::tokens(options.secret.as_deref()),
+        options.pusher.load()?,
     )?;
     options.limits.apply(&mut worker);
     worker.tls = options.tls.load()?;

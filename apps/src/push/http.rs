@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use werkmann::channel::{ChannelError, Client};
 use werkmann::gateway::Gateway;
+use werkmann::pusher;
 use werkmann::{cli, Connection, Message, Request, Response, Worker};
 
 use super::page::demo_page_with_nodes;
@@ -23,6 +24,9 @@ pub struct Publisher {
     /// comma-separated
     #[arg(long, env = "WERKMANN_WS_NODES", value_delimiter = ',')]
     pub ws_nodes: Vec<String>,
+    /// The Pusher apps.
+    #[command(flatten)]
+    pub pusher: super::apps::PusherApps,
 }
 
 /// The HTTP publisher (`publisher`). `ws_port` is what the demo page connects to; with a
@@ -46,6 +50,7 @@ pub fn http_worker(
     }
     // One replay memory for all instances.
     let auth = secret.map(Auth::new);
+    let apps = options.pusher.load()?;
     worker.on_worker_start(move |w| {
         if let Some(a) = &auth {
             w.set_data(a.clone());
@@ -68,6 +73,12 @@ pub fn http_worker(
     let page = Arc::new(demo_page_with_nodes(ws_port, &nodes));
     worker.on_message(move |conn, msg| {
         if let Message::Request(req) = msg {
+            if req.path().starts_with(pusher::API_PREFIX) {
+                // The Pusher HTTP API: signed with the app's secret, not the push API's.
+                let client = conn.worker().and_then(|w| w.data::<Client>());
+                pusher::handle_api(conn, &req, &apps, client.as_deref());
+                return;
+            }
             handle(conn, &req, &page);
         }
     });

@@ -16,6 +16,7 @@
 //!   `GET /` without parameters serves the demo page ([`page`]).
 
 pub mod api;
+pub mod apps;
 pub mod http;
 pub mod page;
 pub mod params;

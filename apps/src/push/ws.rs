@@ -6,6 +6,7 @@ use std::sync::Arc;
 use werkmann::channel::php_serde;
 use werkmann::channel::worker_ids::WorkerIds;
 use werkmann::gateway::{Gateway, Tokens};
+use werkmann::pusher::{Apps, PusherNode};
 use werkmann::{cli, Response, Worker};
 
 use super::{greeting, BROADCAST};
@@ -13,13 +14,15 @@ use super::{greeting, BROADCAST};
 /// The WebSocket worker (`pusher`): `count` instances, instance `i` known as `ids[i]`, each a
 /// gateway node (client ids `{worker id}-{connection id}`, uids, groups: `werkmann::gateway`).
 /// With `tokens`, a client connecting with `?token=JWT` is bound to the uid and groups the
-/// token names; a bad token is refused with 401.
+/// token names; a bad token is refused with 401. With `apps`, `/app/{key}` speaks the Pusher
+/// protocol (`werkmann::pusher::PusherNode`); every other path is the seed's.
 pub fn ws_worker(
     listen: &str,
     count: usize,
     channel: cli::Channel,
     worker_ids: Arc<WorkerIds>,
     tokens: Option<Tokens>,
+    apps: Arc<Apps>,
 ) -> anyhow::Result<Worker> {
     let mut worker = Worker::new(&format!("websocket://{listen}"))?;
     worker.name = "pusher".into();
@@ -28,10 +31,14 @@ pub fn ws_worker(
     // dead node's worker ids: its connection ids must not repeat the dead node's.
     worker.time_based_connection_ids = true;
     let ids = worker_ids.clone();
+    let pusher_apps = apps.clone();
     worker.on_worker_start(move |w| {
         let Some((client, my_id)) = super::start_node(w, &channel, &ids, "pusher") else {
             return;
         };
+        if !pusher_apps.is_empty() {
+            PusherNode::start(w, &client, pusher_apps.clone(), my_id);
+        }
         // $channel->on($worker->id, …): {to_connection_id, content} for one connection.
         let me = w.clone();
         client.on_raw(my_id, move |data| {
@@ -63,7 +70,19 @@ pub fn ws_worker(
         w.set_data(client);
         log::info!("pusher instance {} is worker id {my_id}", w.id());
     });
+    let greet_ids = worker_ids.clone();
     worker.on_websocket_connect(move |conn, req| {
+        if PusherNode::app_key(req.path()).is_some() {
+            return match conn.worker().and_then(|w| PusherNode::of(&w)) {
+                Some(node) => {
+                    node.accept(conn, req);
+                    Ok(())
+                }
+                None => Err(Response::text(404, "no Pusher app is served here\n")),
+            };
+        }
+        // The seed's greeting, written once the handshake is.
+        conn.send(greeting(greet_ids.ids()[conn.worker_id()], conn.id()));
         let Some(token) = req.get("token") else {
             return Ok(());
         };
@@ -83,9 +102,6 @@ pub fn ws_worker(
             }
             Err(e) => refused(e.to_string()),
         }
-    });
-    worker.on_connect(move |conn| {
-        conn.send(greeting(worker_ids.ids()[conn.worker_id()], conn.id()));
     });
     // A client that does not keep up is dropped (it reconnects and is greeted anew), so it
     // neither holds memory nor delays the others.

@@ -86,6 +86,17 @@ pub fn encode(event: &str, channel: Option<&str>, data: &str) -> String {
     }
 }
 
+/// A message from the server whose `data` is an object (`pusher:subscription_error`).
+pub fn encode_object(event: &str, channel: Option<&str>, data: &Value) -> String {
+    let mut m = Map::new();
+    m.insert("event".into(), Value::from(event));
+    if let Some(c) = channel {
+        m.insert("channel".into(), Value::from(c));
+    }
+    m.insert("data".into(), data.clone());
+    Value::Object(m).to_string()
+}
+
 /// `pusher:connection_established`, the first message of a connection.
 pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> String {
     let data = serde_json::json!({

@@ -5,13 +5,17 @@
 //! message ([`Frame`]). The nodes and the publisher speak it with these
 //! (docs/pusher.md).
 
+mod api;
 mod app;
 mod channel;
 mod frame;
+mod node;
 pub mod sign;
 mod socket_id;
 
+pub use api::{handle_api, API_PREFIX};
 pub use app::{App, AppError, Apps};
 pub use channel::{check_channel_name, check_event_name, ChannelKind, NameError};
-pub use frame::{connection_established, encode, error, pong, Frame, FrameError};
+pub use frame::{connection_established, encode, encode_object, error, pong, Frame, FrameError};
+pub use node::{channel_event, event_payload, PusherNode, ACTIVITY_TIMEOUT_SECS};
 pub use socket_id::SocketId;

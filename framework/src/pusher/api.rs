@@ -1,0 +1,191 @@
+//! The Pusher HTTP API on a publisher (`/apps/{id}/…`): every request signed
+//! ([`sign::check_api_request`]: 401 with the reason), then `POST events` (one event to up to
+//! [`MAX_CHANNELS`] channels, `socket_id` left out) and `POST batch_events` (up to
+//! [`MAX_BATCH`] events), each channel one channel event ([`channel_event`]) carrying the frame
+//! encoded once. The answer (`{}`, Pusher's) comes once the channel confirmed every publish; a
+//! channel that cannot take them is a 503, so a publisher is never told `{}` for events that
+//! went nowhere.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::channel::{check_channel_name, check_event_name};
+use super::node::{channel_event, event_payload};
+use super::{frame, sign, Apps, SocketId};
+use crate::channel::Client;
+use crate::message::http::parse_urlencoded;
+use crate::{Connection, Request, Response};
+
+/// Where the API's paths begin.
+pub const API_PREFIX: &str = "/apps/";
+/// Channels one event may name.
+pub const MAX_CHANNELS: usize = 100;
+/// Events one batch may hold.
+pub const MAX_BATCH: usize = 10;
+/// Largest `data` of one event, in bytes (Pusher's 10 KB).
+pub const MAX_DATA: usize = 10 * 1024;
+
+/// One event as `events` and `batch_events` take it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Event {
+    name: String,
+    data: String,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket_id: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    info: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    batch: Vec<Event>,
+}
+
+fn answer(status: u16, message: impl std::fmt::Display) -> Response {
+    Response::json(status, &json!({ "error": message.to_string() }))
+}
+
+/// An event made ready to publish: its channel events and its payload.
+fn prepare(app_id: &str, e: &Event) -> Result<Vec<(String, bytes::Bytes)>, Response> {
+    check_event_name(&e.name).map_err(|err| answer(400, err))?;
+    if e.data.len() > MAX_DATA {
+        return Err(answer(
+            413,
+            format!("event data is {} bytes, more than {MAX_DATA}", e.data.len()),
+        ));
+    }
+    let channels: Vec<&str> = match (&e.channels, &e.channel) {
+        (Some(list), None) => list.iter().map(String::as_str).collect(),
+        (None, Some(one)) => vec![one.as_str()],
+        (Some(_), Some(_)) => return Err(answer(400, "give channels or channel, not both")),
+        (None, None) => return Err(answer(400, "missing channels")),
+    };
+    if channels.is_empty() || channels.len() > MAX_CHANNELS {
+        return Err(answer(
+            400,
+            format!(
+                "an event goes to 1 to {MAX_CHANNELS} channels, not {}",
+                channels.len()
+            ),
+        ));
+    }
+    let skip = match &e.socket_id {
+        Some(s) => Some(s.parse::<SocketId>().map_err(|err| answer(400, err))?),
+        None => None,
+    };
+    channels
+        .into_iter()
+        .map(|ch| {
+            check_channel_name(ch).map_err(|err| answer(400, err))?;
+            let f = frame::encode(&e.name, Some(ch), &e.data);
+            Ok((channel_event(app_id, ch), event_payload(skip, &f)))
+        })
+        .collect()
+}
+
+/// Serve a request whose path begins with [`API_PREFIX`]; `client` publishes.
+pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<&Client>) {
+    let path = req.path();
+    let rest = &path[API_PREFIX.len().min(path.len())..];
+    let (app_id, what) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some(app) = apps.by_id(app_id) else {
+        conn.send(answer(404, format!("no app {app_id:?}")));
+        return;
+    };
+    let params = parse_urlencoded(req.query_string());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if let Err(e) = sign::check_api_request(app, req.method(), path, &params, req.body(), now) {
+        conn.send(answer(401, e));
+        return;
+    }
+    let events: Vec<Event> = match (req.method(), what) {
+        ("POST", "events") => match serde_json::from_slice::<Event>(req.body()) {
+            Ok(e) => vec![e],
+            Err(e) => {
+                conn.send(answer(400, format!("bad event: {e}")));
+                return;
+            }
+        },
+        ("POST", "batch_events") => match serde_json::from_slice::<Batch>(req.body()) {
+            Ok(b) if b.batch.len() <= MAX_BATCH => b.batch,
+            Ok(b) => {
+                conn.send(answer(
+                    400,
+                    format!("{} events, more than {MAX_BATCH}", b.batch.len()),
+                ));
+                return;
+            }
+            Err(e) => {
+                conn.send(answer(400, format!("bad batch: {e}")));
+                return;
+            }
+        },
+        ("GET", w) if w == "channels" || w.starts_with("channels/") || w.starts_with("users/") => {
+            conn.send(answer(
+                501,
+                "channel and user queries are not supported by this server yet",
+            ));
+            return;
+        }
+        ("POST", w) if w.starts_with("users/") => {
+            conn.send(answer(
+                501,
+                "user operations are not supported by this server yet",
+            ));
+            return;
+        }
+        (_, "events" | "batch_events") => {
+            conn.send(answer(405, "use POST").with_header("Allow", "POST"));
+            return;
+        }
+        _ => {
+            conn.send(answer(404, format!("no API {what:?}")));
+            return;
+        }
+    };
+    let mut publishes = Vec::new();
+    for e in &events {
+        match prepare(&app.id, e) {
+            Ok(p) => publishes.extend(p),
+            Err(resp) => {
+                conn.send(resp);
+                return;
+            }
+        }
+    }
+    let Some(client) = client.filter(|c| c.is_connected()) else {
+        conn.send(answer(503, "the channel is unreachable: nothing published"));
+        return;
+    };
+    // Answer once every publish is confirmed (or the first failure).
+    let left = Rc::new(Cell::new(publishes.len()));
+    let failed: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+    for (event, payload) in publishes {
+        let (left, failed, reply) = (left.clone(), failed.clone(), conn.clone());
+        client.publish_raw_confirmed(event.as_str(), payload, move |r| {
+            if let Err(e) = r {
+                failed.borrow_mut().get_or_insert(e.to_string());
+            }
+            left.set(left.get() - 1);
+            if left.get() == 0 {
+                match failed.borrow().as_deref() {
+                    None => reply.send(Response::json(200, &json!({}))),
+                    Some(e) => reply.send(answer(503, format!("not all published: {e}"))),
+                };
+            }
+        });
+    }
+}

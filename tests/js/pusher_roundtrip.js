@@ -1,0 +1,146 @@
+// The Pusher protocol against a running werkmann, with the real libraries: pusher-js (the
+// browser library's Node build) as clients and the `pusher` server SDK as the publisher.
+// Usage: node pusher_roundtrip.js WS_PORT_A[,WS_PORT_B] HTTP_PORT APP_ID KEY SECRET
+// (client a on the first node, b on the second: every check crosses nodes)
+// Prints one line per check ("ok NAME"); exits non-zero with the reason on the first failure.
+const Pusher = require('pusher-js');
+const PusherServer = require('pusher');
+
+const [wsPorts, httpPort, appId, key, secret] = process.argv.slice(2);
+const [portA, portB = portA] = wsPorts.split(',');
+const server = new PusherServer({ appId, key, secret, host: '127.0.0.1', port: httpPort, useTLS: false });
+
+function fail(why) {
+  console.log('FAIL ' + why);
+  process.exit(1);
+}
+setTimeout(() => fail('timed out'), 20000).unref();
+
+function client(k = key, wsPort = portA) {
+  return new Pusher(k, {
+    cluster: 'local',
+    wsHost: '127.0.0.1',
+    wsPort: Number(wsPort),
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+    channelAuthorization: {
+      customHandler: ({ socketId, channelName }, cb) => {
+        if (channelName.includes('forged')) {
+          cb(null, { auth: key + ':' + '0'.repeat(64) });
+        } else {
+          cb(null, server.authorizeChannel(socketId, channelName));
+        }
+      },
+    },
+  });
+}
+
+const once = (emitter, event) => new Promise((res) => emitter.bind(event, res));
+const connected = (c) =>
+  new Promise((res, rej) => {
+    c.connection.bind('connected', () => res(c.connection.socket_id));
+    c.connection.bind('failed', () => rej(new Error('failed')));
+  });
+
+(async () => {
+  const a = client(key, portA);
+  const b = client(key, portB);
+  const [idA, idB] = await Promise.all([connected(a), connected(b)]);
+  if (!/^\d+\.\d+$/.test(idA) || idA === idB) fail('socket ids ' + idA + ' ' + idB);
+  console.log('ok connected ' + idA + ' ' + idB);
+
+  const newsA = a.subscribe('news');
+  const newsB = b.subscribe('news');
+  const roomA = a.subscribe('private-room');
+  const roomB = b.subscribe('private-room');
+  await Promise.all([newsA, newsB, roomA, roomB].map((ch) => once(ch, 'pusher:subscription_succeeded')));
+  console.log('ok subscribed');
+
+  // A publish through the server SDK reaches both; `data` arrives as it was sent.
+  const got = Promise.all([once(newsA, 'hello'), once(newsB, 'hello')]);
+  await server.trigger('news', 'hello', { text: 'hi "all"', n: 1 });
+  const [ga, gb] = await got;
+  if (ga.text !== 'hi "all"' || gb.n !== 1) fail('hello: ' + JSON.stringify([ga, gb]));
+  console.log('ok trigger');
+
+  // Excluding a socket id: only b gets it.
+  let aGot = false;
+  newsA.bind('only-b', () => (aGot = true));
+  const bGot = once(newsB, 'only-b');
+  await server.trigger('news', 'only-b', 'x', { socket_id: idA });
+  await bGot;
+  // A later event to both proves a's would have come first.
+  const marker = Promise.all([once(newsA, 'marker'), once(newsB, 'marker')]);
+  await server.trigger('news', 'marker', {});
+  await marker;
+  if (aGot) fail('the excluded socket got the event');
+  console.log('ok socket_id excluded');
+
+  // Several channels, and a batch.
+  const both = Promise.all([once(newsA, 'multi'), once(roomB, 'multi')]);
+  await server.trigger(['news', 'private-room'], 'multi', { m: true });
+  await both;
+  const batch = Promise.all([once(newsB, 'b1'), once(roomA, 'b2')]);
+  await server.triggerBatch([
+    { channel: 'news', name: 'b1', data: { i: 1 } },
+    { channel: 'private-room', name: 'b2', data: { i: 2 } },
+  ]);
+  await batch;
+  console.log('ok channels and batch');
+
+  // A client event on the private channel reaches the others, not its sender.
+  let selfGot = false;
+  roomA.bind('client-typing', () => (selfGot = true));
+  const typing = once(roomB, 'client-typing');
+  roomA.trigger('client-typing', { who: 'a' });
+  const t = await typing;
+  if (t.who !== 'a') fail('client event: ' + JSON.stringify(t));
+  const m2 = Promise.all([once(roomA, 'marker2'), once(roomB, 'marker2')]);
+  await server.trigger('private-room', 'marker2', {});
+  await m2;
+  if (selfGot) fail('the sender got its own client event');
+  console.log('ok client event');
+
+  // A forged signature is refused on the channel.
+  const forged = a.subscribe('private-forged');
+  const err = await once(forged, 'pusher:subscription_error');
+  if (err.status !== 401) fail('forged: ' + JSON.stringify(err));
+  console.log('ok forged signature refused');
+
+  // After unsubscribing, nothing more arrives.
+  b.unsubscribe('news');
+  let late = false;
+  newsB.bind('after', () => (late = true));
+  const m3 = once(newsA, 'after');
+  await server.trigger('news', 'after', {});
+  await m3;
+  const m4 = once(roomB, 'marker3');
+  await server.trigger('private-room', 'marker3', {});
+  await m4;
+  if (late) fail('an unsubscribed client got an event');
+  console.log('ok unsubscribed');
+
+  // A bad secret is refused by the API with 401.
+  const wrong = new PusherServer({ appId, key, secret: 'wrong', host: '127.0.0.1', port: httpPort, useTLS: false });
+  try {
+    await wrong.trigger('news', 'x', {});
+    fail('a wrongly signed trigger was accepted');
+  } catch (e) {
+    if (e.status !== 401) fail('wrong secret: ' + e.status + ' ' + e.body);
+  }
+  console.log('ok bad signature 401');
+
+  // An unknown key: error 4001, no reconnection.
+  const stranger = client('nokey');
+  const e4001 = await new Promise((res) => stranger.connection.bind('error', res));
+  const code = e4001 && e4001.error && e4001.error.data && e4001.error.data.code;
+  if (code !== 4001) fail('unknown key: ' + JSON.stringify(e4001));
+  stranger.disconnect();
+  console.log('ok unknown key 4001');
+
+  a.disconnect();
+  b.disconnect();
+  console.log('done');
+  process.exit(0);
+})().catch((e) => fail(e && e.stack ? e.stack : String(e)));
