@@ -26,4 +26,7 @@ pub enum Error {
     /// A command-line problem.
     #[error("{0}")]
     Cli(String),
+    /// A worker option that cannot work as set.
+    #[error("{0}")]
+    Config(String),
 }

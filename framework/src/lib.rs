@@ -32,9 +32,15 @@ mod worker;
 
 pub use client::AsyncTcpConnection;
 pub use connection::{Connection, ConnectionError, ConnectionStats, SendStatus};
+/// The `cookie` crate, for [`Response::with_cookie`]: `cookie::time::Duration` for
+/// `max_age`, `cookie::Expiration` for `expires`.
+pub use cookie;
+pub use cookie::{Cookie, SameSite};
 pub use error::Error;
 pub use master::rss_bytes;
-pub use message::{Chunk, Message, Request, Response, ServerSentEvent};
+pub use message::{
+    Chunk, Message, Param, Request, Response, ServerSentEvent, UploadedFile, Uploads,
+};
 pub use protocol::{register_protocol, Protocol, ProtocolError};
 pub use timer::{Timer, TimerId};
 pub use tls::{ClientTls, ServerTls};

@@ -2,14 +2,18 @@
 //! carries ([`http`], and the pieces of a streamed response: [`stream`]).
 
 pub mod http;
+pub(crate) mod params;
 pub mod stream;
+pub(crate) mod upload;
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
 pub use self::http::{Request, Response};
+pub use self::params::Param;
 pub use self::stream::{Chunk, ServerSentEvent};
+pub use self::upload::{UploadedFile, Uploads};
 
 /// A message on a connection, in either direction.
 ///

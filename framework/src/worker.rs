@@ -117,6 +117,9 @@ pub struct Worker {
     /// for `wss://`, `https://` and TLS channel servers. `wss://` and `https://` socket names
     /// require it.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Where an `http://` worker streams uploaded files (`multipart/form-data` file parts) and
+    /// how large they may be; the directory must exist when the worker starts.
+    pub uploads: crate::message::Uploads,
     /// Number each instance's connections from the time it started (milliseconds since the
     /// Unix epoch × 1024, then counting up) instead of from 1 as Workerman does, so a
     /// restarted, reloaded or replacement process never hands out the ids its predecessor's
@@ -212,6 +215,7 @@ impl Worker {
             max_connections_per_ip: 0,
             allowed_origins: Vec::new(),
             tls: None,
+            uploads: Default::default(),
             time_based_connection_ids: false,
             per_ip: Default::default(),
             socket_name: socket_name.to_string(),
@@ -233,6 +237,13 @@ impl Worker {
             return Err(Error::Tls(format!(
                 "{} needs a certificate and key: set the worker's `tls`",
                 self.socket_name
+            )));
+        }
+        if matches!(self.protocol, Some(ProtocolKind::Http)) && !self.uploads.dir.is_dir() {
+            return Err(Error::Config(format!(
+                "{}: the upload directory {} is not a directory",
+                self.socket_name,
+                self.uploads.dir.display()
             )));
         }
         Ok(())

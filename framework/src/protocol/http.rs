@@ -6,13 +6,17 @@
 //! chunked. One request is handed to the worker at a time: the next is decoded only once the
 //! previous one has been answered, so responses keep the order of requests.
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::http_framing::{body_length, check_head_bytes, BodyLength, ChunkedDecoder};
+use super::multipart::{self, Multipart};
 use super::{put_decimal, Codec, Decoded, ProtocolError};
 pub use crate::message::http::{
     parse_urlencoded, percent_decode, reason_phrase, Request, Response,
 };
+pub use crate::message::upload::{UploadedFile, Uploads};
 use crate::message::Message;
 
 /// Largest request head (request line and headers) accepted.
@@ -46,7 +50,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError>
                     uri: req.path.unwrap_or("/").to_string(),
                     version_minor: req.version.unwrap_or(1),
                     headers,
-                    body: Bytes::new(),
+                    ..Request::default()
                 },
                 len,
             )))
@@ -95,7 +99,7 @@ impl Response {
         out.extend_from_slice(b"HTTP/1.1 ");
         put_decimal(&mut out, u64::from(self.status));
         out.extend_from_slice(b" ");
-        out.extend_from_slice(reason_phrase(self.status).as_bytes());
+        out.extend_from_slice(self.reason().as_bytes());
         out.extend_from_slice(b"\r\n");
         let mut has_ctype = false;
         for (k, v) in &self.headers {
@@ -214,6 +218,9 @@ enum Stream {
 /// The server-side HTTP/1.1 codec: one request in flight at a time, keep-alive by default.
 pub struct HttpCodec {
     max_package: usize,
+    uploads: Arc<Uploads>,
+    /// The `multipart/form-data` body being read, parsed as it arrives.
+    multipart: Option<Box<Multipart>>,
     state: BodyState,
     pending: Option<Request>,
     body: BytesMut,
@@ -230,10 +237,20 @@ pub struct HttpCodec {
 }
 
 impl HttpCodec {
-    /// A codec that refuses bodies over `max_package` bytes.
+    /// A codec that refuses bodies over `max_package` bytes, with the default [`Uploads`].
     pub fn new(max_package: usize) -> Self {
+        static DEFAULT: OnceLock<Arc<Uploads>> = OnceLock::new();
+        Self::with_uploads(max_package, DEFAULT.get_or_init(Arc::default).clone())
+    }
+
+    /// A codec that refuses bodies over `max_package` bytes, and streams the files of
+    /// `multipart/form-data` bodies to temporary files within `uploads`' limits (the other
+    /// fields count against `max_package`).
+    pub fn with_uploads(max_package: usize, uploads: Arc<Uploads>) -> Self {
         HttpCodec {
             max_package,
+            uploads,
+            multipart: None,
             state: BodyState::Head,
             pending: None,
             body: BytesMut::new(),
@@ -246,15 +263,29 @@ impl HttpCodec {
         }
     }
 
-    fn finish(&mut self) -> Decoded {
+    fn finish(&mut self) -> Result<Decoded, ProtocolError> {
         let mut req = self.pending.take().unwrap_or_default();
+        if let Some(parser) = self.multipart.take() {
+            let form = parser.finish()?;
+            req.form = form.fields;
+            req.files = form.files;
+        }
         req.body = std::mem::take(&mut self.body).freeze();
         self.state = BodyState::Head;
         self.awaiting_response = true;
         self.head_only = req.method == "HEAD";
         self.keep_alive = req.keep_alive();
         self.chunked_ok = req.version_minor >= 1;
-        Decoded::Message(Message::Request(Box::new(req)))
+        Ok(Decoded::Message(Message::Request(Box::new(req))))
+    }
+
+    /// Hand the body bytes decoded so far to the multipart parser, if one reads this body.
+    fn feed_multipart(&mut self) -> Result<(), ProtocolError> {
+        if let Some(parser) = &mut self.multipart {
+            parser.feed(&self.body)?;
+            self.body.clear();
+        }
+        Ok(())
     }
 
     /// Send a streaming response's head (and its body as the first piece).
@@ -305,21 +336,11 @@ impl HttpCodec {
             Stream::UntilClose | Stream::Discard => Bytes::new(),
         })
     }
-
-    fn check_size(&self, size: usize) -> Result<(), ProtocolError> {
-        if size > self.max_package {
-            Err(ProtocolError::TooLarge {
-                size,
-                limit: self.max_package,
-            })
-        } else {
-            Ok(())
-        }
-    }
 }
 
-impl Codec for HttpCodec {
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
+impl HttpCodec {
+    /// [`Codec::decode`], before an error drops the upload being read.
+    fn decode_request(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
         if self.awaiting_response || self.stream.is_some() || self.close_after {
             return Ok(None);
         }
@@ -338,18 +359,29 @@ impl Codec for HttpCodec {
                         return Err(ProtocolError::invalid("unsupported HTTP version"));
                     }
                     let length = body_length(&req)?;
+                    let boundary = multipart::boundary(req.header("content-type").unwrap_or(""))?;
+                    let limit = match boundary {
+                        Some(b) if length != BodyLength::Sized(0) => {
+                            let parser = Multipart::new(&b, self.max_package, self.uploads.clone());
+                            let limit = usize::try_from(parser.max_body()).unwrap_or(usize::MAX);
+                            self.multipart = Some(Box::new(parser));
+                            limit
+                        }
+                        _ => self.max_package,
+                    };
                     let expect = req
                         .header("expect")
                         .map(|e| e.eq_ignore_ascii_case("100-continue"));
                     self.pending = Some(req);
                     let has_body = match length {
                         BodyLength::Chunked => {
-                            self.state =
-                                BodyState::Chunked(ChunkedDecoder::new(self.max_package, MAX_HEAD));
+                            self.state = BodyState::Chunked(ChunkedDecoder::new(limit, MAX_HEAD));
                             true
                         }
                         BodyLength::Sized(n) => {
-                            self.check_size(n)?;
+                            if n > limit {
+                                return Err(ProtocolError::TooLarge { size: n, limit });
+                            }
                             self.state = BodyState::Sized { remaining: n };
                             n > 0
                         }
@@ -362,27 +394,43 @@ impl Codec for HttpCodec {
                 }
                 BodyState::Sized { remaining } => {
                     if remaining == 0 {
-                        return Ok(Some(self.finish()));
+                        return self.finish().map(Some);
                     }
                     if buf.is_empty() {
                         return Ok(None);
                     }
                     let take = remaining.min(buf.len());
-                    self.body.extend_from_slice(&buf[..take]);
+                    match &mut self.multipart {
+                        Some(parser) => parser.feed(&buf[..take])?,
+                        None => self.body.extend_from_slice(&buf[..take]),
+                    }
                     buf.advance(take);
                     self.state = BodyState::Sized {
                         remaining: remaining - take,
                     };
                 }
                 BodyState::Chunked(ref mut chunks) => {
-                    return if chunks.decode(buf, &mut self.body)? {
-                        Ok(Some(self.finish()))
+                    let done = chunks.decode(buf, &mut self.body)?;
+                    self.feed_multipart()?;
+                    return if done {
+                        self.finish().map(Some)
                     } else {
                         Ok(None)
                     };
                 }
             }
         }
+    }
+}
+
+impl Codec for HttpCodec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
+        let result = self.decode_request(buf);
+        if result.is_err() {
+            // Delete the upload's temporary files now, not when the connection goes.
+            self.multipart = None;
+        }
+        result
     }
 
     fn encode(&mut self, msg: Message) -> Result<Bytes, ProtocolError> {
@@ -442,6 +490,7 @@ impl Codec for HttpCodec {
             ProtocolError::TooLarge { .. } => 413,
             ProtocolError::Unsupported(_) => 501,
             ProtocolError::HeadTimeout { .. } => 408,
+            ProtocolError::Server(_) => 500,
             _ => 400,
         };
         Some(Response::text(status, format!("{err}\n")).encode(false, false))
