@@ -25,6 +25,7 @@ mod message;
 pub mod protocol;
 mod run;
 mod send_queue;
+mod session;
 mod timer;
 pub mod tls;
 pub(crate) mod transport;
@@ -39,9 +40,11 @@ pub use cookie::{Cookie, SameSite};
 pub use error::Error;
 pub use master::rss_bytes;
 pub use message::{
-    Chunk, Message, Param, Request, Response, ServerSentEvent, UploadedFile, Uploads,
+    new_session_id, valid_session_id, Chunk, Message, Param, Request, Response, ServerSentEvent,
+    Session, SessionFuture, SessionHandler, Sessions, UploadedFile, Uploads,
 };
 pub use protocol::{register_protocol, Protocol, ProtocolError};
+pub use session::{FileSessionHandler, RedisSessionHandler};
 pub use timer::{Timer, TimerId};
 pub use tls::{ClientTls, ServerTls};
 pub use worker::instance::{BroadcastReport, InstanceAddr, InstanceStatus};

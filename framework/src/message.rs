@@ -3,6 +3,7 @@
 
 pub mod http;
 pub(crate) mod params;
+pub(crate) mod session;
 pub mod stream;
 pub(crate) mod upload;
 
@@ -12,6 +13,9 @@ use bytes::Bytes;
 
 pub use self::http::{Request, Response};
 pub use self::params::Param;
+pub use self::session::{
+    new_session_id, valid_session_id, Session, SessionFuture, SessionHandler, Sessions,
+};
 pub use self::stream::{Chunk, ServerSentEvent};
 pub use self::upload::{UploadedFile, Uploads};
 

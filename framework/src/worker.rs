@@ -120,6 +120,9 @@ pub struct Worker {
     /// Where an `http://` worker streams uploaded files (`multipart/form-data` file parts) and
     /// how large they may be; the directory must exist when the worker starts.
     pub uploads: crate::message::Uploads,
+    /// Sessions for an `http://` worker (Workerman's `$request->session()`): `None` (the
+    /// default) leaves `req.session()` empty and costs nothing.
+    pub sessions: Option<crate::message::Sessions>,
     /// Number each instance's connections from the time it started (milliseconds since the
     /// Unix epoch × 1024, then counting up) instead of from 1 as Workerman does, so a
     /// restarted, reloaded or replacement process never hands out the ids its predecessor's
@@ -216,6 +219,7 @@ impl Worker {
             allowed_origins: Vec::new(),
             tls: None,
             uploads: Default::default(),
+            sessions: None,
             time_based_connection_ids: false,
             per_ip: Default::default(),
             socket_name: socket_name.to_string(),
@@ -245,6 +249,17 @@ impl Worker {
                 self.socket_name,
                 self.uploads.dir.display()
             )));
+        }
+        if let Some(sessions) = &self.sessions {
+            if !matches!(self.protocol, Some(ProtocolKind::Http)) {
+                return Err(Error::Config(format!(
+                    "{}: sessions need an http:// worker",
+                    self.socket_name
+                )));
+            }
+            sessions
+                .check()
+                .map_err(|e| Error::Config(format!("{}: {e}", self.socket_name)))?;
         }
         Ok(())
     }

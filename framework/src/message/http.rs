@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::params::{self, Param};
+use super::session::{CookieSlot, Session};
 use super::upload::UploadedFile;
 
 /// An HTTP request as received by an `http://` worker (or a WebSocket handshake).
@@ -21,6 +22,10 @@ pub struct Request {
     pub(crate) form: Vec<(String, String)>,
     /// The files of a `multipart/form-data` body, in order.
     pub(crate) files: Vec<UploadedFile>,
+    /// The session, on a worker with [`Worker::sessions`](crate::Worker::sessions).
+    pub(crate) session: Option<Session>,
+    /// Where the session's `Set-Cookie` goes, for this request's response.
+    pub(crate) cookie_slot: Option<CookieSlot>,
 }
 
 impl Request {
@@ -189,6 +194,24 @@ impl Request {
                 .or_insert_with(|| percent_decode(v));
         }
         out
+    }
+
+    /// The session (Workerman's `$request->session()`); `None` unless the worker has
+    /// [`Worker::sessions`](crate::Worker::sessions). It was loaded before `on_message` ran.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// The session id (Workerman's `$request->sessionId()`), made now (and its cookie sent
+    /// with the response) if the client had none.
+    pub fn session_id(&self) -> Option<String> {
+        self.session.as_ref().map(Session::id)
+    }
+
+    /// A new session id for this session (Workerman's `sessionRegenerateId`), see
+    /// [`Session::regenerate_id`].
+    pub fn session_regenerate_id(&self, delete_old: bool) -> Option<String> {
+        self.session.as_ref().map(|s| s.regenerate_id(delete_old))
     }
 
     /// The raw `name=value` pairs of the `Cookie` headers.

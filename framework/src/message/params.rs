@@ -77,6 +77,36 @@ impl Param {
     }
 }
 
+/// JSON as PHP's `json_encode` writes an array: a list when its keys are `0, 1, …` in order,
+/// an object otherwise; a plain value is a string.
+impl serde::Serialize for Param {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self {
+            Param::Value(v) => s.serialize_str(v),
+            Param::Array(items)
+                if items
+                    .iter()
+                    .enumerate()
+                    .all(|(i, (k, _))| *k == i.to_string()) =>
+            {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for (_, v) in items {
+                    seq.serialize_element(v)?;
+                }
+                seq.end()
+            }
+            Param::Array(items) => {
+                let mut map = s.serialize_map(Some(items.len()))?;
+                for (k, v) in items {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
 /// PHP's next free integer key of an array: one more than the largest integer key, or 0.
 fn next_index(items: &[(String, Param)]) -> u64 {
     items
@@ -170,6 +200,11 @@ mod tests {
         assert_eq!(get("e_f"), Some(v("1")));
         assert_eq!(get("g_"), Some(v("2")));
         assert_eq!(get("h_a"), Some(v("3")));
+        let json = serde_json::to_string(&Param::Array(p)).unwrap();
+        assert!(
+            json.starts_with(r#"{"a":["1","2"],"b":"y","c":{"k":"v","0":"w"},"#),
+            "{json}"
+        );
     }
 
     #[test]

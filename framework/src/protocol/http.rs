@@ -16,6 +16,7 @@ use super::{put_decimal, Codec, Decoded, ProtocolError};
 pub use crate::message::http::{
     parse_urlencoded, percent_decode, reason_phrase, Request, Response,
 };
+use crate::message::session::CookieSlot;
 pub use crate::message::upload::{UploadedFile, Uploads};
 use crate::message::Message;
 
@@ -221,6 +222,10 @@ pub struct HttpCodec {
     uploads: Arc<Uploads>,
     /// The `multipart/form-data` body being read, parsed as it arrives.
     multipart: Option<Box<Multipart>>,
+    /// Requests carry a slot for their session's `Set-Cookie` (the worker has sessions).
+    sessions: bool,
+    /// The slot of the request being answered.
+    cookie_slot: Option<CookieSlot>,
     state: BodyState,
     pending: Option<Request>,
     body: BytesMut,
@@ -251,6 +256,8 @@ impl HttpCodec {
             max_package,
             uploads,
             multipart: None,
+            sessions: false,
+            cookie_slot: None,
             state: BodyState::Head,
             pending: None,
             body: BytesMut::new(),
@@ -263,6 +270,19 @@ impl HttpCodec {
         }
     }
 
+    /// Give each request a slot for its session's `Set-Cookie`, added to its response.
+    pub(crate) fn with_session_cookies(mut self) -> Self {
+        self.sessions = true;
+        self
+    }
+
+    /// The `Set-Cookie` the answered request's session asks for.
+    fn session_cookie(&mut self) -> Option<String> {
+        let slot = self.cookie_slot.take()?;
+        let cookie = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        cookie
+    }
+
     fn finish(&mut self) -> Result<Decoded, ProtocolError> {
         let mut req = self.pending.take().unwrap_or_default();
         if let Some(parser) = self.multipart.take() {
@@ -271,6 +291,11 @@ impl HttpCodec {
             req.files = form.files;
         }
         req.body = std::mem::take(&mut self.body).freeze();
+        if self.sessions {
+            let slot = CookieSlot::default();
+            self.cookie_slot = Some(slot.clone());
+            req.cookie_slot = Some(slot);
+        }
         self.state = BodyState::Head;
         self.awaiting_response = true;
         self.head_only = req.method == "HEAD";
@@ -444,7 +469,7 @@ impl Codec for HttpCodec {
                     "no streaming response is open: a Chunk follows a Response::streaming()".into(),
                 ))
             }
-            Message::Text(s) if self.awaiting_response => {
+            Message::Text(s) if self.awaiting_response && self.cookie_slot.is_none() => {
                 // The common answer (`conn.send("ok")`): what `Response::html(s)` encodes to,
                 // without building one.
                 self.awaiting_response = false;
@@ -467,6 +492,10 @@ impl Codec for HttpCodec {
             ));
         }
         self.awaiting_response = false;
+        let resp = match self.session_cookie() {
+            Some(cookie) => resp.with_header("Set-Cookie", cookie),
+            None => resp,
+        };
         if resp.is_streaming() {
             return self.open_stream(resp);
         }

@@ -373,10 +373,17 @@ impl WorkerInstance {
             id,
             self.0.id,
             match proto {
-                ProtocolKind::Http => Box::new(HttpCodec::with_uploads(
-                    self.0.config.max_package_size,
-                    self.0.uploads.clone(),
-                )),
+                ProtocolKind::Http => {
+                    let codec = HttpCodec::with_uploads(
+                        self.0.config.max_package_size,
+                        self.0.uploads.clone(),
+                    );
+                    Box::new(if self.0.config.sessions.is_some() {
+                        codec.with_session_cookies()
+                    } else {
+                        codec
+                    })
+                }
                 _ => proto.server_codec(self.0.config.max_package_size),
             },
             self.0.callbacks.clone(),
@@ -506,7 +513,15 @@ pub struct InstanceActor {
 
 impl InstanceActor {
     pub(crate) fn new(config: Arc<Worker>, id: usize) -> Self {
-        let callbacks = Rc::new(RefCell::new(config.callbacks.connection_callbacks()));
+        let mut callbacks = config.callbacks.connection_callbacks();
+        if let (Some(sessions), Some(on_message)) = (&config.sessions, callbacks.on_message.take())
+        {
+            callbacks.on_message = Some(crate::session::load_then(
+                Arc::new(sessions.clone()),
+                on_message,
+            ));
+        }
+        let callbacks = Rc::new(RefCell::new(callbacks));
         let first_id = first_connection_id(&config);
         let uploads = Arc::new(config.uploads.clone());
         InstanceActor {
