@@ -753,6 +753,66 @@ mod tests {
     }
 
     #[test]
+    fn a_session_cookie_goes_with_the_response_to_its_request() {
+        let mut codec = HttpCodec::new(1024).with_session_cookies();
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"[..]);
+        let Ok(Some(Decoded::Message(Message::Request(req)))) = codec.decode(&mut buf) else {
+            panic!("a request");
+        };
+        let slot = req.cookie_slot.clone().expect("a slot");
+        *slot.lock().unwrap() = Some("S=1; Path=/".into());
+        let out = text(codec.encode(Message::Text("ok".into())));
+        assert!(out.contains("\r\nSet-Cookie: S=1; Path=/\r\n"), "{out}");
+        // The next request's response carries none.
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Ok(Some(Decoded::Message(_)))
+        ));
+        let out = text(codec.encode(Response::text(200, "x").into()));
+        assert!(!out.contains("Set-Cookie"), "{out}");
+    }
+
+    #[test]
+    fn multipart_bodies_sized_and_chunked_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Arc::new(Uploads {
+            dir: dir.path().to_path_buf(),
+            max_file_size: 10,
+            max_total_size: 10,
+            max_files: 1,
+        });
+        let body = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n0123456789\r\n--b\r\nContent-Disposition: form-data; name=\"x[]\"\r\n\r\n1\r\n--b--\r\n";
+        let sized = format!("POST / HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let chunked = format!("POST / HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+        for input in [&sized, &chunked] {
+            let mut codec = HttpCodec::with_uploads(1024, uploads.clone());
+            let mut buf = BytesMut::new();
+            let mut got = None;
+            for b in input.as_bytes() {
+                buf.extend_from_slice(&[*b]);
+                if let Some(Decoded::Message(Message::Request(r))) = codec.decode(&mut buf).unwrap()
+                {
+                    got = Some(r);
+                }
+            }
+            let req = got.expect("the request");
+            assert_eq!(req.files()[0].size(), 10);
+            assert_eq!(req.post_param("x").unwrap().values(), ["1"]);
+            drop(req);
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+        // One byte too many: 413, and the file is gone at once.
+        let mut codec = HttpCodec::with_uploads(1024, uploads);
+        let mut buf = BytesMut::from(sized.replace("0123456789", "0123456789A").as_bytes());
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(codec
+            .error_reply(&err)
+            .unwrap()
+            .starts_with(b"HTTP/1.1 413"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn percent() {
         assert_eq!(percent_decode("a%2Fb%zz%"), "a/b%zz%");
         assert_eq!(percent_decode("%E2%9C%93"), "✓");

@@ -514,12 +514,13 @@ pub struct InstanceActor {
 impl InstanceActor {
     pub(crate) fn new(config: Arc<Worker>, id: usize) -> Self {
         let mut callbacks = config.callbacks.connection_callbacks();
-        if let (Some(sessions), Some(on_message)) = (&config.sessions, callbacks.on_message.take())
-        {
-            callbacks.on_message = Some(crate::session::load_then(
-                Arc::new(sessions.clone()),
-                on_message,
-            ));
+        if let Some(sessions) = &config.sessions {
+            if let Some(on_message) = callbacks.on_message.take() {
+                callbacks.on_message = Some(crate::session::load_then(
+                    Arc::new(sessions.clone()),
+                    on_message,
+                ));
+            }
         }
         let callbacks = Rc::new(RefCell::new(callbacks));
         let first_id = first_connection_id(&config);
