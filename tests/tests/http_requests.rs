@@ -468,6 +468,20 @@ fn redis_sessions_across_requests() {
         .unwrap();
     assert!((1..=1440).contains(&ttl), "{ttl}");
     assert_eq!(visit(&s.url, &jar)["visits"], 2);
+    // Redis gone: a request with a session answers 500 (not a hang), one without is served.
+    let mut redis = redis;
+    redis.kill();
+    let session = ["-b", jar.as_str(), &format!("{}/session", s.url)].map(String::from);
+    let session: Vec<&str> = session.iter().map(String::as_str).collect();
+    assert_eq!(status_of(&session), "500");
+    assert_eq!(status_of(&[&format!("{}/status?code=204", s.url)]), "204");
+    // Back (empty: no persistence): the old id is unknown, so a new session starts.
+    redis.restart();
+    wait_until(Duration::from_secs(15), "sessions served again", || {
+        status_of(&session) == "200"
+    });
+    assert_eq!(visit(&s.url, &jar)["visits"], 1);
+    assert_eq!(visit(&s.url, &jar)["visits"], 2);
 }
 
 #[test]
