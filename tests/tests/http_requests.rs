@@ -508,3 +508,35 @@ fn a_body_split_across_many_writes_is_read_once() {
     assert!(out.contains(r#""fields":{"a":["1"]}"#), "{out}");
     assert!(out.contains(r#""size":5"#), "{out}");
 }
+
+#[test]
+fn mistyped_upload_and_session_options_are_errors() {
+    let bin = werkmann_tests::bin("upload_site");
+    let run_dir = temp_dir("upload_site-bad");
+    let listen = format!("127.0.0.1:{}", free_port());
+    for (args, said) in [
+        (
+            vec!["--upload-dir", "/nonexistent/uploads"],
+            "upload directory",
+        ),
+        (
+            vec!["--session-store", "/nonexistent/sessions"],
+            "session directory",
+        ),
+        (
+            vec!["--session-store", "redis://:x:y@"],
+            "session Redis URL",
+        ),
+        (vec!["--session-gc", "2/1"], "not a probability"),
+    ] {
+        let out = Command::new(&bin)
+            .args(["start", "--listen", &listen])
+            .args(&args)
+            .env("WERKMANN_RUN_DIR", &run_dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(said), "{args:?}: {err}");
+    }
+}
