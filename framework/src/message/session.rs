@@ -56,6 +56,10 @@ pub struct Sessions {
     pub http_only: bool,
     /// The cookie's `SameSite` (default `Lax`; Workerman sends none).
     pub same_site: Option<cookie::SameSite>,
+    /// Write a session back after every request that read it, so that it lives `lifetime`
+    /// after its last use rather than its last change (Workerman's `autoUpdateTimestamp`;
+    /// default false).
+    pub auto_update_timestamp: bool,
     /// Garbage collection runs after `numerator` in `denominator` saves (Workerman's
     /// `gcProbability`, default 1 in 20,000); `(0, _)` never.
     pub gc_probability: (u32, u32),
@@ -74,6 +78,7 @@ impl Sessions {
             secure: false,
             http_only: true,
             same_site: Some(cookie::SameSite::Lax),
+            auto_update_timestamp: false,
             gc_probability: (1, 20_000),
         }
     }
@@ -182,12 +187,13 @@ impl Session {
                 }
             })
             .unwrap_or_default();
+        let dirty = config.auto_update_timestamp && id.is_some() && !data.is_empty();
         Session(Arc::new(Mutex::new(State {
             config,
             cookie,
             id,
             data,
-            dirty: false,
+            dirty,
             stale: Vec::new(),
         })))
     }
@@ -432,9 +438,23 @@ mod tests {
         drop(s);
         assert!(!store.0.lock().unwrap().contains_key(&id));
         let stored = store.0.lock().unwrap().get(&new).cloned().expect("moved");
-        let s = Session::open(config, slot, Some(new.clone()), Some(stored));
+        let s = Session::open(config, slot.clone(), Some(new.clone()), Some(stored));
         s.flush();
         drop(s);
         assert!(store.0.lock().unwrap().is_empty());
+        // Read only: written back only with auto_update_timestamp.
+        for auto in [false, true] {
+            let mut c = Sessions::new(store.clone());
+            c.auto_update_timestamp = auto;
+            let s = Session::open(
+                Arc::new(c),
+                slot.clone(),
+                Some(new.clone()),
+                Some(b"{\"a\":1}".to_vec()),
+            );
+            assert!(s.has("a"));
+            drop(s);
+            assert_eq!(store.0.lock().unwrap().contains_key(&new), auto);
+        }
     }
 }
