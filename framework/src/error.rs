@@ -26,7 +26,7 @@ pub enum Error {
     /// A command-line problem.
     #[error("{0}")]
     Cli(String),
-    /// A setting the worker's protocol does not have (e.g. static files on a WebSocket worker).
+    /// A worker option that cannot work as set.
     #[error("{0}")]
-    Setting(String),
+    Config(String),
 }

@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod pusher;
 mod run;
 mod send_queue;
+mod session;
 mod static_files;
 mod timer;
 pub mod tls;
@@ -34,10 +35,18 @@ mod worker;
 
 pub use client::AsyncTcpConnection;
 pub use connection::{Connection, ConnectionError, ConnectionStats, SendStatus};
+/// The `cookie` crate, for [`Response::with_cookie`]: `cookie::time::Duration` for
+/// `max_age`, `cookie::Expiration` for `expires`.
+pub use cookie;
+pub use cookie::{Cookie, SameSite};
 pub use error::Error;
 pub use master::rss_bytes;
-pub use message::{Chunk, Message, Request, Response, ServerSentEvent};
+pub use message::{
+    new_session_id, valid_session_id, Chunk, Message, Param, Request, Response, ServerSentEvent,
+    Session, SessionFuture, SessionHandler, Sessions, UploadedFile, Uploads,
+};
 pub use protocol::{register_protocol, Protocol, ProtocolError};
+pub use session::{FileSessionHandler, RedisSessionHandler};
 pub use static_files::StaticFiles;
 pub use timer::{Timer, TimerId};
 pub use tls::{ClientTls, ServerTls};

@@ -3,7 +3,10 @@
 
 mod file;
 pub mod http;
+pub(crate) mod params;
+pub(crate) mod session;
 pub mod stream;
+pub(crate) mod upload;
 
 use std::borrow::Cow;
 
@@ -11,7 +14,12 @@ use bytes::Bytes;
 
 pub(crate) use self::file::FileBody;
 pub use self::http::{Request, Response};
+pub use self::params::Param;
+pub use self::session::{
+    new_session_id, valid_session_id, Session, SessionFuture, SessionHandler, Sessions,
+};
 pub use self::stream::{Chunk, ServerSentEvent};
+pub use self::upload::{UploadedFile, Uploads};
 
 /// A message on a connection, in either direction.
 ///

@@ -135,6 +135,12 @@ pub struct Worker {
     /// for `wss://`, `https://` and TLS channel servers. `wss://` and `https://` socket names
     /// require it.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Where an `http://` worker streams uploaded files (`multipart/form-data` file parts) and
+    /// how large they may be; the directory must exist when the worker starts.
+    pub uploads: crate::message::Uploads,
+    /// Sessions for an `http://` worker (Workerman's `$request->session()`): `None` (the
+    /// default) leaves `req.session()` empty and costs nothing.
+    pub sessions: Option<crate::message::Sessions>,
     /// Number each instance's connections from the time it started (milliseconds since the
     /// Unix epoch × 1024, then counting up) instead of from 1 as Workerman does, so a
     /// restarted, reloaded or replacement process never hands out the ids its predecessor's
@@ -230,6 +236,8 @@ impl Worker {
             max_connections_per_ip: 0,
             allowed_origins: Vec::new(),
             tls: None,
+            uploads: Default::default(),
+            sessions: None,
             time_based_connection_ids: false,
             per_ip: Default::default(),
             socket_name: socket_name.to_string(),
@@ -252,6 +260,24 @@ impl Worker {
                 "{} needs a certificate and key: set the worker's `tls`",
                 self.socket_name
             )));
+        }
+        if matches!(self.protocol, Some(ProtocolKind::Http)) && !self.uploads.dir.is_dir() {
+            return Err(Error::Config(format!(
+                "{}: the upload directory {} is not a directory",
+                self.socket_name,
+                self.uploads.dir.display()
+            )));
+        }
+        if let Some(sessions) = &self.sessions {
+            if !matches!(self.protocol, Some(ProtocolKind::Http)) {
+                return Err(Error::Config(format!(
+                    "{}: sessions need an http:// worker",
+                    self.socket_name
+                )));
+            }
+            sessions
+                .check()
+                .map_err(|e| Error::Config(format!("{}: {e}", self.socket_name)))?;
         }
         Ok(())
     }
@@ -311,7 +337,7 @@ impl Worker {
     /// `on_message` sees it; other requests go to `on_message` (404 without one).
     pub fn serve_files(&mut self, files: StaticFiles) -> Result<(), Error> {
         if !matches!(self.protocol, Some(ProtocolKind::Http)) {
-            return Err(Error::Setting(format!(
+            return Err(Error::Config(format!(
                 "{}: static files are served by http:// workers",
                 self.socket_name
             )));

@@ -6,6 +6,10 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::params::{self, Param};
+use super::session::{CookieSlot, Session};
+use super::upload::UploadedFile;
+
 /// An HTTP request as received by an `http://` worker (or a WebSocket handshake).
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -14,6 +18,14 @@ pub struct Request {
     pub(crate) version_minor: u8,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Bytes,
+    /// The non-file fields of a `multipart/form-data` body, in order.
+    pub(crate) form: Vec<(String, String)>,
+    /// The files of a `multipart/form-data` body, in order.
+    pub(crate) files: Vec<UploadedFile>,
+    /// The session, on a worker with [`Worker::sessions`](crate::Worker::sessions).
+    pub(crate) session: Option<Session>,
+    /// Where the session's `Set-Cookie` goes, for this request's response.
+    pub(crate) cookie_slot: Option<CookieSlot>,
 }
 
 impl Request {
@@ -72,10 +84,13 @@ impl Request {
         &self.body
     }
 
-    /// A query parameter, percent-decoded (Workerman's `$request->get('key')`).
+    /// A query parameter, percent-decoded (Workerman's `$request->get('key')` for a plain
+    /// value): the raw key as sent (`a[]` too), its last value. See [`Request::query_param`]
+    /// for PHP's arrays.
     pub fn get(&self, key: &str) -> Option<String> {
         parse_urlencoded(self.query_string())
             .into_iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v)
     }
@@ -85,14 +100,42 @@ impl Request {
         parse_urlencoded(self.query_string()).into_iter().collect()
     }
 
-    /// A body field (Workerman's `$request->post('key')`): from a form-urlencoded body, or the
-    /// top-level member of a JSON object body (strings as they are, other values as JSON text).
+    /// A query parameter as PHP's `$_GET` holds it: `a[]=1&a[]=2` gives a list
+    /// ([`Param::values`]), `a[k]=1` a map ([`Param::get`]), a repeated plain key its last value.
+    pub fn query_param(&self, key: &str) -> Option<Param> {
+        take(self.query_params(), key)
+    }
+
+    /// All query parameters as PHP's `$_GET` holds them, in order.
+    pub fn query_params(&self) -> Vec<(String, Param)> {
+        params::collect(parse_urlencoded(self.query_string()))
+    }
+
+    /// A body field (Workerman's `$request->post('key')`): from a form-urlencoded or
+    /// `multipart/form-data` body, or the top-level member of a JSON object body (strings as
+    /// they are, other values as JSON text). A repeated field's last value.
     pub fn post(&self, key: &str) -> Option<String> {
         self.post_all().remove(key)
     }
 
     /// All body fields, as [`Request::post`] reads them.
     pub fn post_all(&self) -> HashMap<String, String> {
+        self.post_pairs().into_iter().collect()
+    }
+
+    /// A body field as PHP's `$_POST` holds it (see [`Request::query_param`]); a JSON body's
+    /// members are plain values.
+    pub fn post_param(&self, key: &str) -> Option<Param> {
+        take(self.post_params(), key)
+    }
+
+    /// All body fields as PHP's `$_POST` holds them, in order.
+    pub fn post_params(&self) -> Vec<(String, Param)> {
+        params::collect(self.post_pairs())
+    }
+
+    /// The body's fields as decoded pairs, in order.
+    fn post_pairs(&self) -> Vec<(String, String)> {
         let ctype = self
             .header("content-type")
             .unwrap_or("")
@@ -106,15 +149,28 @@ impl Request {
                         other => (k, other.to_string()),
                     })
                     .collect(),
-                _ => HashMap::new(),
+                _ => Vec::new(),
             }
+        } else if ctype.starts_with("multipart/form-data") {
+            self.form.clone()
         } else if ctype.starts_with("application/x-www-form-urlencoded") || ctype.is_empty() {
             std::str::from_utf8(&self.body)
-                .map(|s| parse_urlencoded(s).into_iter().collect())
+                .map(parse_urlencoded)
                 .unwrap_or_default()
         } else {
-            HashMap::new()
+            Vec::new()
         }
+    }
+
+    /// The first uploaded file of that form field (Workerman's `$request->file('name')`;
+    /// `-F name=@path` with curl). Its temporary file goes with the request.
+    pub fn file(&self, field: &str) -> Option<&UploadedFile> {
+        self.files.iter().find(|f| f.field == field)
+    }
+
+    /// Every uploaded file, in the order sent (fields named `f[]` repeat).
+    pub fn files(&self) -> &[UploadedFile] {
+        &self.files
     }
 
     /// The body parsed as JSON.
@@ -122,15 +178,50 @@ impl Request {
         serde_json::from_slice(&self.body)
     }
 
-    /// A cookie's value.
+    /// A cookie's value, percent-decoded (`+` a space) as PHP decodes `$_COOKIE`; of cookies
+    /// sent twice under one name, the first (the most specific path).
     pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookie_pairs()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| percent_decode(v))
+    }
+
+    /// All cookies, values decoded as [`Request::cookie`] decodes them.
+    pub fn cookies(&self) -> HashMap<String, String> {
+        let mut out = HashMap::new();
+        for (k, v) in self.cookie_pairs() {
+            out.entry(k.to_string())
+                .or_insert_with(|| percent_decode(v));
+        }
+        out
+    }
+
+    /// The session (Workerman's `$request->session()`); `None` unless the worker has
+    /// [`Worker::sessions`](crate::Worker::sessions). It was loaded before `on_message` ran.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_ref()
+    }
+
+    /// The session id (Workerman's `$request->sessionId()`), made now (and its cookie sent
+    /// with the response) if the client had none.
+    pub fn session_id(&self) -> Option<String> {
+        self.session.as_ref().map(Session::id)
+    }
+
+    /// A new session id for this session (Workerman's `sessionRegenerateId`), see
+    /// [`Session::regenerate_id`].
+    pub fn session_regenerate_id(&self, delete_old: bool) -> Option<String> {
+        self.session.as_ref().map(|s| s.regenerate_id(delete_old))
+    }
+
+    /// The raw `name=value` pairs of the `Cookie` headers.
+    fn cookie_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers
             .iter()
             .filter(|(k, _)| k == "cookie")
             .flat_map(|(_, v)| v.split(';'))
             .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
     }
 
     /// Whether the client wants the connection kept open after the response.
@@ -141,6 +232,11 @@ impl Request {
             self.header_has_token("connection", "keep-alive")
         }
     }
+}
+
+/// The member `key` of PHP-style variables.
+fn take(params: Vec<(String, Param)>, key: &str) -> Option<Param> {
+    params.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
 fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -192,37 +288,72 @@ fn hex(c: u8) -> Option<u8> {
     }
 }
 
-/// The standard reason phrase of a status code.
+/// The reason phrase of a status code as IANA's HTTP Status Code Registry names it (RFC 9110
+/// and the RFCs it lists), `Unknown` for an unregistered code.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         101 => "Switching Protocols",
+        102 => "Processing",
+        103 => "Early Hints",
+        104 => "Upload Resumption Supported",
         200 => "OK",
         201 => "Created",
         202 => "Accepted",
+        203 => "Non-Authoritative Information",
         204 => "No Content",
+        205 => "Reset Content",
         206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
         301 => "Moved Permanently",
         302 => "Found",
+        303 => "See Other",
         304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
+        402 => "Payment Required",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
         411 => "Length Required",
-        413 => "Payload Too Large",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
         414 => "URI Too Long",
+        415 => "Unsupported Media Type",
         416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        425 => "Too Early",
         426 => "Upgrade Required",
+        428 => "Precondition Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
         _ => "Unknown",
     }
 }
@@ -235,6 +366,8 @@ pub struct Response {
     pub(crate) body: Bytes,
     /// The body follows in [`Chunk`](super::Chunk)s (see [`Response::streaming`]).
     pub(crate) streaming: bool,
+    /// A reason phrase of the worker's own ([`Response::with_reason`]).
+    pub(crate) reason: Option<Box<str>>,
     /// The body is read from a file ([`Response::with_file`], [`Response::file`]).
     pub(crate) file: Option<super::FileBody>,
 }
@@ -253,6 +386,7 @@ impl Response {
             headers: Vec::new(),
             body: Bytes::new(),
             streaming: false,
+            reason: None,
             file: None,
         }
     }
@@ -285,6 +419,36 @@ impl Response {
             || self
                 .header("transfer-encoding")
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+    }
+
+    /// Send this reason phrase instead of the standard one (Workerman's
+    /// `withStatus($code, $reason)`); line breaks and other control bytes become spaces.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        let reason: String = reason
+            .into()
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+            .collect();
+        self.reason = Some(reason.into_boxed_str());
+        self
+    }
+
+    /// The reason phrase sent: the worker's own, or the standard one.
+    pub fn reason(&self) -> &str {
+        self.reason
+            .as_deref()
+            .unwrap_or_else(|| reason_phrase(self.status))
+    }
+
+    /// Add a `Set-Cookie` header (Workerman's `$response->cookie(…)`); several may be set.
+    /// Build one with [`Cookie::build`](cookie::Cookie::build): `.max_age(…)`, `.expires(…)`,
+    /// `.path(…)`, `.domain(…)`, `.secure(true)`, `.http_only(true)`,
+    /// `.same_site(SameSite::Lax)`. The name and value are percent-encoded, which
+    /// [`Request::cookie`] decodes.
+    pub fn with_cookie(self, cookie: impl Into<cookie::Cookie<'static>>) -> Self {
+        let cookie = cookie.into();
+        let value = cookie.encoded().to_string();
+        self.with_header("Set-Cookie", value)
     }
 
     /// Remove every header of that name (case-insensitive; builder style).

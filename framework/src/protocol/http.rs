@@ -6,13 +6,18 @@
 //! chunked. One request is handed to the worker at a time: the next is decoded only once the
 //! previous one has been answered, so responses keep the order of requests.
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::http_framing::{body_length, check_head_bytes, BodyLength, ChunkedDecoder};
+use super::multipart::{self, Multipart};
 use super::{put_decimal, Codec, Decoded, ProtocolError};
 pub use crate::message::http::{
     parse_urlencoded, percent_decode, reason_phrase, Request, Response,
 };
+use crate::message::session::CookieSlot;
+pub use crate::message::upload::{UploadedFile, Uploads};
 use crate::message::{Chunk, FileBody, Message};
 
 /// Largest request head (request line and headers) accepted.
@@ -46,7 +51,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError>
                     uri: req.path.unwrap_or("/").to_string(),
                     version_minor: req.version.unwrap_or(1),
                     headers,
-                    body: Bytes::new(),
+                    ..Request::default()
                 },
                 len,
             )))
@@ -99,7 +104,7 @@ impl Response {
         out.extend_from_slice(b"HTTP/1.1 ");
         put_decimal(&mut out, u64::from(self.status));
         out.extend_from_slice(b" ");
-        out.extend_from_slice(reason_phrase(self.status).as_bytes());
+        out.extend_from_slice(self.reason().as_bytes());
         out.extend_from_slice(b"\r\n");
         let mut has_ctype = false;
         for (k, v) in &self.headers {
@@ -189,6 +194,13 @@ enum Stream {
 /// The server-side HTTP/1.1 codec: one request in flight at a time, keep-alive by default.
 pub struct HttpCodec {
     max_package: usize,
+    uploads: Arc<Uploads>,
+    /// The `multipart/form-data` body being read, parsed as it arrives.
+    multipart: Option<Box<Multipart>>,
+    /// Requests carry a slot for their session's `Set-Cookie` (the worker has sessions).
+    sessions: bool,
+    /// The slot of the request being answered.
+    cookie_slot: Option<CookieSlot>,
     state: BodyState,
     pending: Option<Request>,
     body: BytesMut,
@@ -207,10 +219,22 @@ pub struct HttpCodec {
 }
 
 impl HttpCodec {
-    /// A codec that refuses bodies over `max_package` bytes.
+    /// A codec that refuses bodies over `max_package` bytes, with the default [`Uploads`].
     pub fn new(max_package: usize) -> Self {
+        static DEFAULT: OnceLock<Arc<Uploads>> = OnceLock::new();
+        Self::with_uploads(max_package, DEFAULT.get_or_init(Arc::default).clone())
+    }
+
+    /// A codec that refuses bodies over `max_package` bytes, and streams the files of
+    /// `multipart/form-data` bodies to temporary files within `uploads`' limits (the other
+    /// fields count against `max_package`).
+    pub fn with_uploads(max_package: usize, uploads: Arc<Uploads>) -> Self {
         HttpCodec {
             max_package,
+            uploads,
+            multipart: None,
+            sessions: false,
+            cookie_slot: None,
             state: BodyState::Head,
             pending: None,
             body: BytesMut::new(),
@@ -224,15 +248,47 @@ impl HttpCodec {
         }
     }
 
-    fn finish(&mut self) -> Decoded {
+    /// Give each request a slot for its session's `Set-Cookie`, added to its response.
+    pub(crate) fn with_session_cookies(mut self) -> Self {
+        self.sessions = true;
+        self
+    }
+
+    /// The `Set-Cookie` the answered request's session asks for.
+    fn session_cookie(&mut self) -> Option<String> {
+        let slot = self.cookie_slot.take()?;
+        let cookie = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        cookie
+    }
+
+    fn finish(&mut self) -> Result<Decoded, ProtocolError> {
         let mut req = self.pending.take().unwrap_or_default();
+        if let Some(parser) = self.multipart.take() {
+            let form = parser.finish()?;
+            req.form = form.fields;
+            req.files = form.files;
+        }
         req.body = std::mem::take(&mut self.body).freeze();
+        if self.sessions {
+            let slot = CookieSlot::default();
+            self.cookie_slot = Some(slot.clone());
+            req.cookie_slot = Some(slot);
+        }
         self.state = BodyState::Head;
         self.awaiting_response = true;
         self.head_only = req.method == "HEAD";
         self.keep_alive = req.keep_alive();
         self.chunked_ok = req.version_minor >= 1;
-        Decoded::Message(Message::Request(Box::new(req)))
+        Ok(Decoded::Message(Message::Request(Box::new(req))))
+    }
+
+    /// Hand the body bytes decoded so far to the multipart parser, if one reads this body.
+    fn feed_multipart(&mut self) -> Result<(), ProtocolError> {
+        if let Some(parser) = &mut self.multipart {
+            parser.feed(&self.body)?;
+            self.body.clear();
+        }
+        Ok(())
     }
 
     /// Send a streaming response's head (and its body as the first piece).
@@ -283,21 +339,11 @@ impl HttpCodec {
             Stream::UntilClose | Stream::Discard => Bytes::new(),
         })
     }
-
-    fn check_size(&self, size: usize) -> Result<(), ProtocolError> {
-        if size > self.max_package {
-            Err(ProtocolError::TooLarge {
-                size,
-                limit: self.max_package,
-            })
-        } else {
-            Ok(())
-        }
-    }
 }
 
-impl Codec for HttpCodec {
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
+impl HttpCodec {
+    /// [`Codec::decode`], before an error drops the upload being read.
+    fn decode_request(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
         if self.awaiting_response
             || self.stream.is_some()
             || self.file.is_some()
@@ -320,18 +366,29 @@ impl Codec for HttpCodec {
                         return Err(ProtocolError::invalid("unsupported HTTP version"));
                     }
                     let length = body_length(&req)?;
+                    let boundary = multipart::boundary(req.header("content-type").unwrap_or(""))?;
+                    let limit = match boundary {
+                        Some(b) if length != BodyLength::Sized(0) => {
+                            let parser = Multipart::new(&b, self.max_package, self.uploads.clone());
+                            let limit = usize::try_from(parser.max_body()).unwrap_or(usize::MAX);
+                            self.multipart = Some(Box::new(parser));
+                            limit
+                        }
+                        _ => self.max_package,
+                    };
                     let expect = req
                         .header("expect")
                         .map(|e| e.eq_ignore_ascii_case("100-continue"));
                     self.pending = Some(req);
                     let has_body = match length {
                         BodyLength::Chunked => {
-                            self.state =
-                                BodyState::Chunked(ChunkedDecoder::new(self.max_package, MAX_HEAD));
+                            self.state = BodyState::Chunked(ChunkedDecoder::new(limit, MAX_HEAD));
                             true
                         }
                         BodyLength::Sized(n) => {
-                            self.check_size(n)?;
+                            if n > limit {
+                                return Err(ProtocolError::TooLarge { size: n, limit });
+                            }
                             self.state = BodyState::Sized { remaining: n };
                             n > 0
                         }
@@ -344,27 +401,43 @@ impl Codec for HttpCodec {
                 }
                 BodyState::Sized { remaining } => {
                     if remaining == 0 {
-                        return Ok(Some(self.finish()));
+                        return self.finish().map(Some);
                     }
                     if buf.is_empty() {
                         return Ok(None);
                     }
                     let take = remaining.min(buf.len());
-                    self.body.extend_from_slice(&buf[..take]);
+                    match &mut self.multipart {
+                        Some(parser) => parser.feed(&buf[..take])?,
+                        None => self.body.extend_from_slice(&buf[..take]),
+                    }
                     buf.advance(take);
                     self.state = BodyState::Sized {
                         remaining: remaining - take,
                     };
                 }
                 BodyState::Chunked(ref mut chunks) => {
-                    return if chunks.decode(buf, &mut self.body)? {
-                        Ok(Some(self.finish()))
+                    let done = chunks.decode(buf, &mut self.body)?;
+                    self.feed_multipart()?;
+                    return if done {
+                        self.finish().map(Some)
                     } else {
                         Ok(None)
                     };
                 }
             }
         }
+    }
+}
+
+impl Codec for HttpCodec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
+        let result = self.decode_request(buf);
+        if result.is_err() {
+            // Delete the upload's temporary files now, not when the connection goes.
+            self.multipart = None;
+        }
+        result
     }
 
     fn encode(&mut self, msg: Message) -> Result<Bytes, ProtocolError> {
@@ -378,7 +451,7 @@ impl Codec for HttpCodec {
                     "no streaming response is open: a Chunk follows a Response::streaming()".into(),
                 ))
             }
-            Message::Text(s) if self.awaiting_response => {
+            Message::Text(s) if self.awaiting_response && self.cookie_slot.is_none() => {
                 // The common answer (`conn.send("ok")`): what `Response::html(s)` encodes to,
                 // without building one.
                 self.awaiting_response = false;
@@ -401,6 +474,10 @@ impl Codec for HttpCodec {
             ));
         }
         self.awaiting_response = false;
+        let resp = match self.session_cookie() {
+            Some(cookie) => resp.with_header("Set-Cookie", cookie),
+            None => resp,
+        };
         if resp.is_streaming() {
             return self.open_stream(resp);
         }
@@ -428,6 +505,7 @@ impl Codec for HttpCodec {
             ProtocolError::TooLarge { .. } => 413,
             ProtocolError::Unsupported(_) => 501,
             ProtocolError::HeadTimeout { .. } => 408,
+            ProtocolError::Server(_) => 500,
             _ => 400,
         };
         Some(Response::text(status, format!("{err}\n")).encode(false, false))
@@ -674,6 +752,66 @@ mod tests {
         let (mut codec, _) = answering(b"GET / HTTP/1.1\r\n\r\n");
         assert!(codec.encode(Chunk::new("x").into()).is_err());
         assert!(codec.encode(Response::new(204).streaming().into()).is_err());
+    }
+
+    #[test]
+    fn a_session_cookie_goes_with_the_response_to_its_request() {
+        let mut codec = HttpCodec::new(1024).with_session_cookies();
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"[..]);
+        let Ok(Some(Decoded::Message(Message::Request(req)))) = codec.decode(&mut buf) else {
+            panic!("a request");
+        };
+        let slot = req.cookie_slot.clone().expect("a slot");
+        *slot.lock().unwrap() = Some("S=1; Path=/".into());
+        let out = text(codec.encode(Message::Text("ok".into())));
+        assert!(out.contains("\r\nSet-Cookie: S=1; Path=/\r\n"), "{out}");
+        // The next request's response carries none.
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Ok(Some(Decoded::Message(_)))
+        ));
+        let out = text(codec.encode(Response::text(200, "x").into()));
+        assert!(!out.contains("Set-Cookie"), "{out}");
+    }
+
+    #[test]
+    fn multipart_bodies_sized_and_chunked_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Arc::new(Uploads {
+            dir: dir.path().to_path_buf(),
+            max_file_size: 10,
+            max_total_size: 10,
+            max_files: 1,
+        });
+        let body = "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\n\r\n0123456789\r\n--b\r\nContent-Disposition: form-data; name=\"x[]\"\r\n\r\n1\r\n--b--\r\n";
+        let sized = format!("POST / HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let chunked = format!("POST / HTTP/1.1\r\nContent-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+        for input in [&sized, &chunked] {
+            let mut codec = HttpCodec::with_uploads(1024, uploads.clone());
+            let mut buf = BytesMut::new();
+            let mut got = None;
+            for b in input.as_bytes() {
+                buf.extend_from_slice(&[*b]);
+                if let Some(Decoded::Message(Message::Request(r))) = codec.decode(&mut buf).unwrap()
+                {
+                    got = Some(r);
+                }
+            }
+            let req = got.expect("the request");
+            assert_eq!(req.files()[0].size(), 10);
+            assert_eq!(req.post_param("x").unwrap().values(), ["1"]);
+            drop(req);
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+        // One byte too many: 413, and the file is gone at once.
+        let mut codec = HttpCodec::with_uploads(1024, uploads);
+        let mut buf = BytesMut::from(sized.replace("0123456789", "0123456789A").as_bytes());
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(codec
+            .error_reply(&err)
+            .unwrap()
+            .starts_with(b"HTTP/1.1 413"));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod custom;
 pub mod frame;
 pub mod http;
 mod http_framing;
+mod multipart;
 mod tcp;
 mod text;
 pub mod websocket;
@@ -74,6 +75,10 @@ pub enum ProtocolError {
     /// The message cannot be encoded by this protocol.
     #[error("cannot encode: {0}")]
     Encode(String),
+    /// This side failed while reading the input (an upload's temporary file could not be
+    /// written; HTTP answers 500).
+    #[error("server error: {0}")]
+    Server(String),
 }
 
 impl ProtocolError {

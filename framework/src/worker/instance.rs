@@ -16,7 +16,9 @@ use bytes::Bytes;
 use super::Worker;
 use crate::callbacks::guard;
 use crate::connection::{Callbacks, Connection, ConnectionOwner, SendStatus};
-use crate::message::Message;
+use crate::message::{Message, Uploads};
+use crate::protocol::http::HttpCodec;
+use crate::protocol::ProtocolKind;
 use crate::transport::Stream;
 
 #[derive(Default)]
@@ -52,6 +54,8 @@ pub(crate) struct InstanceInner {
     started: Instant,
     /// What the library attached to hear of connections (a gateway node); none by default.
     hooks: RefCell<Option<Rc<dyn ConnectionHooks>>>,
+    /// The worker's upload limits, shared by its HTTP codecs.
+    uploads: Arc<Uploads>,
 }
 
 /// What the library attaches to an instance to hear of its connections opening and closing
@@ -368,7 +372,20 @@ impl WorkerInstance {
         let conn = Connection::new(
             id,
             self.0.id,
-            proto.server_codec(self.0.config.max_package_size),
+            match proto {
+                ProtocolKind::Http => {
+                    let codec = HttpCodec::with_uploads(
+                        self.0.config.max_package_size,
+                        self.0.uploads.clone(),
+                    );
+                    Box::new(if self.0.config.sessions.is_some() {
+                        codec.with_session_cookies()
+                    } else {
+                        codec
+                    })
+                }
+                _ => proto.server_codec(self.0.config.max_package_size),
+            },
             self.0.callbacks.clone(),
             Some(self.0.clone() as Rc<dyn ConnectionOwner>),
             self.0.config.max_send_buffer_size,
@@ -496,8 +513,18 @@ pub struct InstanceActor {
 
 impl InstanceActor {
     pub(crate) fn new(config: Arc<Worker>, id: usize) -> Self {
-        let callbacks = Rc::new(RefCell::new(config.callbacks.connection_callbacks()));
+        let mut callbacks = config.callbacks.connection_callbacks();
+        if let Some(sessions) = &config.sessions {
+            if let Some(on_message) = callbacks.on_message.take() {
+                callbacks.on_message = Some(crate::session::load_then(
+                    Arc::new(sessions.clone()),
+                    on_message,
+                ));
+            }
+        }
+        let callbacks = Rc::new(RefCell::new(callbacks));
         let first_id = first_connection_id(&config);
+        let uploads = Arc::new(config.uploads.clone());
         InstanceActor {
             inst: WorkerInstance(Rc::new(InstanceInner {
                 id,
@@ -510,6 +537,7 @@ impl InstanceActor {
                 addr: RefCell::new(None),
                 started: Instant::now(),
                 hooks: RefCell::new(None),
+                uploads,
             })),
         }
     }
