@@ -10,7 +10,9 @@
 //! - `POST /upload` (`multipart/form-data`): every file is moved into `--store-dir`; the answer
 //!   is JSON (`files`: field, name, type, size, stored as; `fields`: the other fields, PHP
 //!   arrays and all), or a redirect to `/uploads` for a browser.
-//! - `GET /uploads`: the stored files (JSON).
+//! - `GET /uploads`: the stored files (JSON); `GET /uploads/{stored name}` one of them (as a
+//!   static file server sends it: type from the extension, 304s, ranges).
+//! - `--public DIR`: the folder's files at their paths (`/style.css`, …), ahead of the routes.
 //! - `GET /session`: counts the visit and answers the session as JSON (`id`, `visits`, `user`).
 //! - `GET|POST /params`: the query and body fields as PHP reads them (JSON).
 //! - `GET /cookies`: the request's cookies, decoded (JSON); `/cookies/set?name=N&value=V` sets
@@ -40,6 +42,9 @@ struct Options {
     /// The limits.
     #[command(flatten)]
     limits: cli::Limits,
+    /// A folder of static files served at their paths ahead of the site's routes
+    #[arg(long, env = "WERKMANN_PUBLIC")]
+    public: Option<PathBuf>,
     /// Where uploaded files are kept (default: werkmann-uploads in the system's temporary
     /// directory, made if missing)
     #[arg(long, env = "WERKMANN_STORE_DIR")]
@@ -92,7 +97,7 @@ const PAGE: &str = r#"<!doctype html>
 <form method="post" action="/upload" enctype="multipart/form-data">
 <input type="file" name="files[]" multiple> <input name="note" placeholder="note">
 <button>Upload</button></form>
-<p><a href="/uploads">Uploaded files</a></p>
+<p><a href="/uploads" id="uploads">Uploaded files</a></p>
 "#;
 
 fn main() -> anyhow::Result<()> {
@@ -139,6 +144,11 @@ fn main() -> anyhow::Result<()> {
     sessions.cookie_lifetime = sessions.lifetime;
     sessions.gc_probability = o.session_gc;
     worker.sessions = Some(sessions);
+    if let Some(public) = &o.public {
+        let files = werkmann::StaticFiles::new(public)
+            .with_context(|| format!("--public {}", public.display()))?;
+        worker.serve_files(files)?;
+    }
     worker.on_message(move |conn, msg| {
         let Message::Request(req) = msg else { return };
         route(conn, &req, &store);
@@ -166,6 +176,15 @@ fn route(conn: &Connection, req: &Request, store: &Path) {
         }
         ("POST", "/upload") => upload(req, store),
         ("GET", "/uploads") => Response::json(200, &list(store)),
+        ("GET" | "HEAD", p) if p.starts_with("/uploads/") => {
+            // Only a name this site gave (never a path).
+            let name = &p["/uploads/".len()..];
+            if name.is_empty() || safe_name(name) != name {
+                Response::text(404, "no such upload\n")
+            } else {
+                Response::file(req, store.join(name))
+            }
+        }
         ("GET", "/session") => match req.session() {
             None => Response::text(500, "no sessions\n"),
             Some(s) => {
