@@ -171,3 +171,111 @@ fn without_an_app_the_pusher_endpoints_answer_404() {
     ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
 }
+
+/// Publish `data` as `event` on `channel` with the `pusher` SDK.
+fn trigger(http: u16, channel: &str, event: &str, data: &str) {
+    let (id, key, secret) = APP;
+    let out = Command::new("node")
+        .arg(workspace().join("tests/js/trigger.js"))
+        .args([&http.to_string(), id, key, secret, channel, event, data])
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// pusher-js and Laravel Echo as a browser runs them (headless Chromium, their browser
+/// builds loaded into a page of the publisher's origin): a public channel through pusher-js,
+/// Echo's `channel().listen()` with its event namespace, and two Echo clients whispering on a
+/// private channel (Echo's client events; the signature made in the page with the app's
+/// secret, as an auth endpoint would).
+#[tokio::test]
+async fn pusher_js_and_laravel_echo_in_chromium() {
+    let (ws, http) = (free_port(), free_port());
+    let apps = apps_file();
+    let _app = App::start(
+        "start_all",
+        &[
+            "--ws-listen",
+            &format!("127.0.0.1:{ws}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--apps-file",
+            apps.to_str().unwrap(),
+        ],
+        &[ws, http],
+    );
+    let js = workspace().join("tests/js/node_modules");
+    let pusher_js = std::fs::read_to_string(js.join("pusher-js/dist/web/pusher.min.js")).unwrap();
+    let echo_js = std::fs::read_to_string(js.join("laravel-echo/dist/echo.iife.js")).unwrap();
+    let (_, key, secret) = APP;
+    let b = werkmann_tests::browser::Browser::start().await;
+    b.goto(&format!("http://127.0.0.1:{http}/")).await;
+    b.js(&format!("{pusher_js}\nreturn typeof window.Pusher;"))
+        .await;
+    b.js(&format!(
+        "{echo_js}\nwindow.EchoClass = Echo.default || Echo; return true;"
+    ))
+    .await;
+    let options = format!(
+        "{{broadcaster: 'pusher', key: '{key}', cluster: 'local', wsHost: '127.0.0.1', \
+         wsPort: {ws}, forceTLS: false, enabledTransports: ['ws'], disableStats: true}}"
+    );
+    b.js(&format!(
+        r#"
+        window.got = {{ news: [], orders: [], whisper: [] }};
+        const p = new Pusher('{key}', {options});
+        p.subscribe('news').bind('hello', d => got.news.push(d));
+        // An authorizer as an app's auth endpoint answers: HMAC-SHA256 in the page.
+        const sign = async (text) => {{
+          const k = await crypto.subtle.importKey('raw', new TextEncoder().encode('{secret}'),
+            {{ name: 'HMAC', hash: 'SHA-256' }}, false, ['sign']);
+          const s = await crypto.subtle.sign('HMAC', k, new TextEncoder().encode(text));
+          return [...new Uint8Array(s)].map(b => b.toString(16).padStart(2, '0')).join('');
+        }};
+        const authorizer = (channel) => ({{
+          authorize: (socketId, cb) => sign(socketId + ':' + channel.name)
+            .then(sig => cb(null, {{ auth: '{key}:' + sig }}), e => cb(e, null)),
+        }});
+        const echo = (o) => new EchoClass(Object.assign({options}, {{ authorizer }}, o));
+        window.e1 = echo({{}});
+        window.e2 = echo({{}});
+        e1.channel('orders').listen('OrderShipped', e => got.orders.push(e));
+        e2.private('chat').listenForWhisper('typing', e => got.whisper.push(e));
+        window.e1chat = e1.private('chat');
+        window.ready = () => p.channel('news').subscribed
+          && e1.connector.pusher.channel('orders').subscribed
+          && e1.connector.pusher.channel('private-chat').subscribed
+          && e2.connector.pusher.channel('private-chat').subscribed;
+        return true;
+        "#
+    ))
+    .await;
+    b.wait_for("return window.ready()", "every subscription")
+        .await;
+    trigger(http, "news", "hello", r#"{"from":"the SDK"}"#);
+    trigger(
+        http,
+        "orders",
+        "App\\Events\\OrderShipped",
+        r#"{"order":{"id":42}}"#,
+    );
+    b.js("e1chat.whisper('typing', { name: 'Alice' }); return true;")
+        .await;
+    let got = b
+        .wait_for(
+            "return got.news.length && got.orders.length && got.whisper.length ? got : null",
+            "the event, Echo's event and the whisper",
+        )
+        .await;
+    assert_eq!(got["news"][0]["from"], "the SDK");
+    assert_eq!(got["orders"][0]["order"]["id"], 42);
+    assert_eq!(got["whisper"][0]["name"], "Alice");
+    b.screenshot(&werkmann_tests::output_dir("pusher").join("echo.png"))
+        .await;
+    b.quit().await;
+}
