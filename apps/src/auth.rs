@@ -76,20 +76,7 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub use werkmann::pusher::sign::{hex, unhex};
 
 /// Constant-time equality of two byte strings (the length is not secret).
 fn equal(a: &[u8], b: &[u8]) -> bool {

@@ -491,6 +491,16 @@ pub fn curl(args: &[&str]) -> Output {
         .expect("curl runs (scripts/test installs it)")
 }
 
+/// The status code curl got for `args` (its body dropped).
+pub fn curl_status(args: &[&str]) -> u16 {
+    let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend_from_slice(args);
+    let out = curl(&all);
+    String::from_utf8_lossy(&out.stdout)
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {args:?}: no status: {out:?}"))
+}
+
 /// [`curl`] that must succeed: its standard output.
 pub fn curl_ok(args: &[&str]) -> Vec<u8> {
     let out = curl(args);

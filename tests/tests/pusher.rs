@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use werkmann_tests::{curl, free_port, temp_dir, workspace, App, RedisServer};
+use werkmann_tests::{curl_status, free_port, start_all_at, temp_dir, workspace, App, RedisServer};
 
 const APP: (&str, &str, &str) = ("app1", "key1", "secret1");
 
@@ -58,22 +58,21 @@ fn round_trip(ws: &[u16], http: u16) {
     }
 }
 
-#[test]
-fn pusher_clients_embedded() {
+/// `start_all` with the test app: (the process, WebSocket port, HTTP port).
+fn start_all_with_apps() -> (App, u16, u16) {
     let (ws, http) = (free_port(), free_port());
     let apps = apps_file();
-    let _app = App::start(
-        "start_all",
-        &[
-            "--ws-listen",
-            &format!("127.0.0.1:{ws}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-            "--apps-file",
-            apps.to_str().unwrap(),
-        ],
-        &[ws, http],
+    let app = start_all_at(
+        ([127, 0, 0, 1], ws).into(),
+        ([127, 0, 0, 1], http).into(),
+        &["--apps-file", apps.to_str().unwrap()],
     );
+    (app, ws, http)
+}
+
+#[test]
+fn pusher_clients_embedded() {
+    let (_app, ws, http) = start_all_with_apps();
     round_trip(&[ws], http);
 }
 
@@ -130,22 +129,12 @@ fn pusher_clients_across_nodes_on_redis() {
 #[test]
 fn without_an_app_the_pusher_endpoints_answer_404() {
     let (ws, http) = (free_port(), free_port());
-    let _app = App::start(
-        "start_all",
-        &[
-            "--ws-listen",
-            &format!("127.0.0.1:{ws}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-        ],
-        &[ws, http],
+    let _app = start_all_at(
+        ([127, 0, 0, 1], ws).into(),
+        ([127, 0, 0, 1], http).into(),
+        &[],
     );
-    let out = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+    let upgrade = curl_status(&[
         "-H",
         "Connection: Upgrade",
         "-H",
@@ -156,20 +145,15 @@ fn without_an_app_the_pusher_endpoints_answer_404() {
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
         &format!("http://127.0.0.1:{ws}/app/key1"),
     ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
-    let out = curl(&[
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
+    assert_eq!(upgrade, 404);
+    let api = curl_status(&[
         "-X",
         "POST",
         "-d",
         "{}",
         &format!("http://127.0.0.1:{http}/apps/app1/events"),
     ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+    assert_eq!(api, 404);
 }
 
 /// Publish `data` as `event` on `channel` with the `pusher` SDK.
@@ -195,20 +179,7 @@ fn trigger(http: u16, channel: &str, event: &str, data: &str) {
 /// secret, as an auth endpoint would).
 #[tokio::test]
 async fn pusher_js_and_laravel_echo_in_chromium() {
-    let (ws, http) = (free_port(), free_port());
-    let apps = apps_file();
-    let _app = App::start(
-        "start_all",
-        &[
-            "--ws-listen",
-            &format!("127.0.0.1:{ws}"),
-            "--http-listen",
-            &format!("127.0.0.1:{http}"),
-            "--apps-file",
-            apps.to_str().unwrap(),
-        ],
-        &[ws, http],
-    );
+    let (_app, ws, http) = start_all_with_apps();
     let js = workspace().join("tests/js/node_modules");
     let pusher_js = std::fs::read_to_string(js.join("pusher-js/dist/web/pusher.min.js")).unwrap();
     let echo_js = std::fs::read_to_string(js.join("laravel-echo/dist/echo.iife.js")).unwrap();

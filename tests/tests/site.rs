@@ -5,7 +5,7 @@
 //! served as a static file. A screenshot goes to `output_dir("site")`.
 
 use werkmann_tests::browser::Browser;
-use werkmann_tests::{curl_ok, free_port, output_dir, temp_dir, App};
+use werkmann_tests::{curl_ok, curl_status, free_port, output_dir, temp_dir, App};
 
 #[tokio::test]
 async fn a_browser_logs_in_and_uploads_through_the_form() {
@@ -81,22 +81,8 @@ async fn a_browser_logs_in_and_uploads_through_the_form() {
     assert_eq!(part, b"line 0\nlin");
     let css = curl_ok(&[&format!("{base}/style.css")]);
     assert_eq!(css, b"body { font-family: sans-serif }\n");
-    let traversal = curl_ok(&[
-        "--path-as-is",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("{base}/uploads/..%2fsessions"),
-    ]);
+    let traversal = curl_status(&["--path-as-is", &format!("{base}/uploads/..%2fsessions")]);
     // The static layer, first in line, refuses any `..` (403) before a route sees it.
-    assert_eq!(traversal, b"403");
-    let unknown = curl_ok(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("{base}/uploads/nope.txt"),
-    ]);
-    assert_eq!(unknown, b"404");
+    assert_eq!(traversal, 403);
+    assert_eq!(curl_status(&[&format!("{base}/uploads/nope.txt")]), 404);
 }
