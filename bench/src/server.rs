@@ -4,7 +4,7 @@
 //! clients and for Server-Sent Events clients side by side, and prints a Markdown table.
 //!
 //! `pushbench server [--clients N] [--messages M] [--count C] [--size S] [--paced-secs T]
-//! [--protocols websocket,sse] [--repeats R] [--quick] [--listen IP:PORT] [--control IP:PORT]`
+//! [--protocols websocket,sse,sse-queued] [--repeats R] [--quick] [--listen IP:PORT] [--control IP:PORT]`
 //! (`scripts/bench server`)
 //!
 //! It builds nothing: it starts `bench_server` (next to its own executable) as a child process
@@ -22,7 +22,9 @@
 //! The clients are WebSocket clients (`websocket`), or Server-Sent Events clients (`sse`): plain
 //! TCP, `GET /sse` with `Accept: text/event-stream`, then the chunked body parsed into events and
 //! their `data:` lines, as a browser's `EventSource` reads it (`bench_server --sse-listen`, and
-//! `/broadcast?proto=sse`). Rounds (`--repeats`, default 3) run each protocol once, the order
+//! `/broadcast?proto=sse`); `sse-queued` is the same with the server fanning each event out
+//! through `WorkerInstance::send_to` (writes queued and coalesced, as `broadcast` does) instead
+//! of one `conn.send` per stream. Rounds (`--repeats`, default 3) run each protocol once, the order
 //! alternating from round to round; the table shows each figure's median over the rounds.
 //!
 //! The server is stopped at the end, also on error (and killed if the generator dies).
@@ -67,8 +69,11 @@ const PACED_RATE: u64 = 20;
 enum Proto {
     /// WebSocket text frames.
     Ws,
-    /// Server-Sent Events on a chunked HTTP/1.1 response.
+    /// Server-Sent Events on a chunked HTTP/1.1 response, the server sending each event with
+    /// `conn.send` to each stream.
     Sse,
+    /// The same, the server sending each event with `WorkerInstance::send_to(streams, …)`.
+    SseQueued,
 }
 
 impl Proto {
@@ -76,6 +81,7 @@ impl Proto {
         match self {
             Proto::Ws => "WebSocket",
             Proto::Sse => "SSE",
+            Proto::SseQueued => "SSE, send_to",
         }
     }
 
@@ -83,7 +89,7 @@ impl Proto {
     fn stats_prefix(self) -> &'static str {
         match self {
             Proto::Ws => "",
-            Proto::Sse => "sse_",
+            Proto::Sse | Proto::SseQueued => "sse_",
         }
     }
 
@@ -92,6 +98,7 @@ impl Proto {
         match self {
             Proto::Ws => "ws",
             Proto::Sse => "sse",
+            Proto::SseQueued => "sse&via=send_to",
         }
     }
 }
@@ -105,7 +112,9 @@ Usage: pushbench server [--clients N] [--messages M] [--count C] [--size S] [--p
   --count C       WebSocket (and SSE) instances of the server (default 2)
   --size S        message size in bytes (SSE: of the event's data; default 64)
   --paced-secs T  length of the paced scenario (default 5)
-  --protocols LIST  websocket, sse or both, comma-separated (default websocket,sse)
+  --protocols LIST  websocket, sse, sse-queued, comma-separated (default: all three;
+                  sse: the server sends each event with conn.send to each stream,
+                  sse-queued: with WorkerInstance::send_to, writes queued and coalesced)
   --repeats R     rounds, each running every protocol once, medians shown (default 3)
   --quick         N=2000, M=50, T=2, R=1 (options given after it still apply)
   --listen/--control/--sse-listen  server addresses on 127.0.0.0/8 (default: free ports on
@@ -134,7 +143,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         count: 2,
         size: 64,
         paced_secs: 5,
-        protocols: vec![Proto::Ws, Proto::Sse],
+        protocols: vec![Proto::Ws, Proto::Sse, Proto::SseQueued],
         repeats: 3,
         listen: None,
         control: None,
@@ -159,7 +168,10 @@ fn parse_options(args: &[String]) -> Result<Options> {
                     let p = match p {
                         "websocket" | "ws" => Proto::Ws,
                         "sse" => Proto::Sse,
-                        other => bail!("--protocols: unknown protocol {other} (websocket, sse)"),
+                        "sse-queued" => Proto::SseQueued,
+                        other => bail!(
+                            "--protocols: unknown protocol {other} (websocket, sse, sse-queued)"
+                        ),
                     };
                     if !o.protocols.contains(&p) {
                         o.protocols.push(p);
@@ -602,7 +614,7 @@ async fn open_clients(n: usize, target: SocketAddr, proto: Proto, rec: &Arc<Reco
             let r = tokio::time::timeout(Duration::from_secs(15), async {
                 match proto {
                     Proto::Ws => client::connect_ws(i as u32, target, "/", None).await,
-                    Proto::Sse => connect_sse(i as u32, target).await,
+                    Proto::Sse | Proto::SseQueued => connect_sse(i as u32, target).await,
                 }
             })
             .await;
@@ -612,7 +624,7 @@ async fn open_clients(n: usize, target: SocketAddr, proto: Proto, rec: &Arc<Reco
                     let _ = tx.send(Ok(()));
                     match proto {
                         Proto::Ws => receive(stream, rest, rec).await,
-                        Proto::Sse => receive_sse(stream, rest, rec).await,
+                        Proto::Sse | Proto::SseQueued => receive_sse(stream, rest, rec).await,
                     }
                 }
                 Ok(Err(e)) => {
@@ -970,7 +982,7 @@ async fn session(
     let mut server = Child::spawn("bench_server", cmd, &dir, true)?;
     let target = match proto {
         Proto::Ws => listen,
-        Proto::Sse => sse_listen,
+        Proto::Sse | Proto::SseQueued => sse_listen,
     };
     let result = tokio::select! {
         r = run(o, proto, &mut server, target, control) => r,

@@ -14,7 +14,9 @@
 //!   - `GET /broadcast?proto=sse&n=M&size=S` does the same over the SSE instances: each message
 //!     becomes one `ServerSentEvent::data(…)`, framed once per instance
 //!     (`Chunk::from(event).shared()`) and sent with `conn.send(chunk.clone())` to each open
-//!     stream of that instance (every send shares the framed bytes);
+//!     stream of that instance (every send shares the framed bytes); with `&via=send_to`, the
+//!     instance's `send_to(streams, chunk)` instead, which queues the writes to many streams
+//!     (as `broadcast` does) so that each stream's task writes a burst at once;
 //!   - `GET /stats` answers JSON: the WebSocket instances started (`ready`), connections per
 //!     instance and their total, and the deliveries the broadcasts reported (accepted, dropped);
 //!     the same for SSE as `sse_ready`, `sse_connections`, `sse_total`, `sse_delivered`,
@@ -155,11 +157,12 @@ fn broadcast(shared: &Arc<Shared>, n: usize, size: usize) {
 }
 
 /// Ask every SSE instance to send `n` events of `size` bytes of data to each of its open
-/// streams, each event stamped and framed once per instance.
-fn broadcast_sse(shared: &Arc<Shared>, n: usize, size: usize) {
+/// streams, each event stamped and framed once per instance; with `queued`, through
+/// `WorkerInstance::send_to` rather than one `conn.send` each.
+fn broadcast_sse(shared: &Arc<Shared>, n: usize, size: usize, queued: bool) {
     for addr in shared.sse.addrs() {
         let shared = shared.clone();
-        addr.exec(move |_| {
+        addr.exec(move |w| {
             let (mut delivered, mut failed) = (0, 0);
             STREAMS.with(|streams| {
                 let streams = streams.borrow();
@@ -168,6 +171,12 @@ fn broadcast_sse(shared: &Arc<Shared>, n: usize, size: usize) {
                 }
                 for _ in 0..n {
                     let chunk = Chunk::from(ServerSentEvent::data(stamped(size))).shared();
+                    if queued {
+                        let report = w.send_to(streams.values(), chunk.into());
+                        delivered += report.delivered as u64;
+                        failed += report.failed as u64;
+                        continue;
+                    }
                     for conn in streams.values() {
                         if conn.send(chunk.clone()).is_ok() {
                             delivered += 1;
@@ -290,7 +299,8 @@ fn main() -> anyhow::Result<()> {
                         Response::text(200, "ok")
                     }
                     (Ok(n), Ok(size), Some("sse")) => {
-                        broadcast_sse(&s, n, size);
+                        let queued = req.get("via").as_deref() == Some("send_to");
+                        broadcast_sse(&s, n, size, queued);
                         Response::text(200, "ok")
                     }
                     (Err(e), _, _) | (_, Err(e), _) => Response::text(400, e),
