@@ -392,15 +392,9 @@ fn greeting(text: &[u8]) -> Option<(String, String)> {
     Some((field("Worker-ID:")?, field("Verbindungs-ID:")?))
 }
 
-/// Connect client `idx` from [`source_ip`] to `target` and complete the WebSocket handshake
-/// for `path`; with `rcvbuf`, the socket's receive buffer is set to that many bytes first.
-/// Returns the stream and the bytes read past the handshake response.
-pub async fn connect_ws(
-    idx: u32,
-    target: SocketAddr,
-    path: &str,
-    rcvbuf: Option<u32>,
-) -> Result<(TcpStream, Vec<u8>)> {
+/// Connect client `idx` from [`source_ip`] to `target` (TCP only, `TCP_NODELAY` set); with
+/// `rcvbuf`, the socket's receive buffer is set to that many bytes first.
+pub async fn connect_from(idx: u32, target: SocketAddr, rcvbuf: Option<u32>) -> Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     if let Some(bytes) = rcvbuf {
         sock.set_recv_buffer_size(bytes).context("SO_RCVBUF")?;
@@ -422,8 +416,21 @@ pub async fn connect_ws(
     }
     sock.bind(SocketAddr::new(source_ip(idx).into(), 0))
         .context("bind")?;
-    let mut stream = sock.connect(target).await.context("connect")?;
+    let stream = sock.connect(target).await.context("connect")?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Connect client `idx` from [`source_ip`] to `target` and complete the WebSocket handshake
+/// for `path`; with `rcvbuf`, the socket's receive buffer is set to that many bytes first.
+/// Returns the stream and the bytes read past the handshake response.
+pub async fn connect_ws(
+    idx: u32,
+    target: SocketAddr,
+    path: &str,
+    rcvbuf: Option<u32>,
+) -> Result<(TcpStream, Vec<u8>)> {
+    let mut stream = connect_from(idx, target, rcvbuf).await?;
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {target}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"

@@ -4,12 +4,13 @@
 //! process the coordinator starts itself; `pushbench soak` holds clients under steady pushes
 //! for a long time (see `soak.rs`); `pushbench server` measures the framework alone against
 //! `bench_server` (see `server.rs`), `pushbench channel` the channel server alone (see
-//! `channel.rs`).
+//! `channel.rs`), `pushbench http` static file requests against nginx (see `files.rs`).
 
 mod channel;
 mod child;
 mod client;
 mod clock;
+mod files;
 mod gateway;
 mod gen;
 mod hist;
@@ -41,6 +42,7 @@ fn main() {
                         Some("soak") => soak::main(&args[1..]).await,
                         Some("server") => server::main(&args[1..]).await,
                         Some("channel") => channel::main(&args[1..]).await,
+                        Some("http") => files::main(&args[1..]).await,
                         _ => run::main(&args).await,
                     }
                 })

@@ -1,13 +1,15 @@
 //! `pushbench server`: the framework alone. A load generator for `bench_server` (a werkmann
 //! server that stamps its own broadcasts, `src/bin/bench_server.rs`): measures server RSS per
-//! idle WebSocket connection and server CPU per broadcast delivery, with delivery latency, and
-//! prints a Markdown table.
+//! idle connection and server CPU per broadcast delivery, with delivery latency, for WebSocket
+//! clients and for Server-Sent Events clients side by side, and prints a Markdown table.
 //!
 //! `pushbench server [--clients N] [--messages M] [--count C] [--size S] [--paced-secs T]
-//! [--quick] [--listen IP:PORT] [--control IP:PORT]` (`scripts/bench server`)
+//! [--protocols websocket,sse,sse-queued] [--repeats R] [--quick] [--listen IP:PORT] [--control IP:PORT]`
+//! (`scripts/bench server`)
 //!
 //! It builds nothing: it starts `bench_server` (next to its own executable) as a child process
-//! with `WERKMANN_RUN_DIR` in a fresh temporary directory, then runs three scenarios over
+//! with `WERKMANN_RUN_DIR` in a fresh temporary directory — a fresh one for each protocol of
+//! each round, so that no run reuses memory another freed — then runs three scenarios over
 //! loopback, spreading client source addresses over 127.0.0.2–127.0.0.254:
 //!
 //! 1. **idle** — server RSS (`VmRSS`) before and ~2 s after `N` clients finished their
@@ -16,6 +18,14 @@
 //!    (its threads' run time) per delivery = ΔCPU / deliveries, and latency per delivery = receive time −
 //!    the send time the server stamped into the message.
 //! 3. **paced** — 1000 fresh clients, one broadcast every 50 ms for `T` s (default 5).
+//!
+//! The clients are WebSocket clients (`websocket`), or Server-Sent Events clients (`sse`): plain
+//! TCP, `GET /sse` with `Accept: text/event-stream`, then the chunked body parsed into events and
+//! their `data:` lines, as a browser's `EventSource` reads it (`bench_server --sse-listen`, and
+//! `/broadcast?proto=sse`); `sse-queued` is the same with the server fanning each event out
+//! through `WorkerInstance::send_to` (writes queued and coalesced, as `broadcast` does) instead
+//! of one `conn.send` per stream. Rounds (`--repeats`, default 3) run each protocol once, the order
+//! alternating from round to round; the table shows each figure's median over the rounds.
 //!
 //! The server is stopped at the end, also on error (and killed if the generator dies).
 //! `PUSHBENCH_WRAP="valgrind --tool=dhat"` runs the server under a profiler that keeps
@@ -54,16 +64,61 @@ const PACED_CLIENTS: usize = 1000;
 /// Broadcasts per second of the paced scenario.
 const PACED_RATE: u64 = 20;
 
+/// How the clients receive pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    /// WebSocket text frames.
+    Ws,
+    /// Server-Sent Events on a chunked HTTP/1.1 response, the server sending each event with
+    /// `conn.send` to each stream.
+    Sse,
+    /// The same, the server sending each event with `WorkerInstance::send_to(streams, …)`.
+    SseQueued,
+}
+
+impl Proto {
+    fn label(self) -> &'static str {
+        match self {
+            Proto::Ws => "WebSocket",
+            Proto::Sse => "SSE",
+            Proto::SseQueued => "SSE, send_to",
+        }
+    }
+
+    /// The prefix of its fields in the server's `/stats`.
+    fn stats_prefix(self) -> &'static str {
+        match self {
+            Proto::Ws => "",
+            Proto::Sse | Proto::SseQueued => "sse_",
+        }
+    }
+
+    /// The `proto` parameter of `/broadcast`.
+    fn param(self) -> &'static str {
+        match self {
+            Proto::Ws => "ws",
+            Proto::Sse => "sse",
+            Proto::SseQueued => "sse&via=send_to",
+        }
+    }
+}
+
 const USAGE: &str = "\
 Usage: pushbench server [--clients N] [--messages M] [--count C] [--size S] [--paced-secs T]
-                        [--quick] [--listen IP:PORT] [--control IP:PORT]
+                        [--protocols LIST] [--repeats R] [--quick]
+                        [--listen IP:PORT] [--control IP:PORT] [--sse-listen IP:PORT]
   --clients N     idle and broadcast clients (default 10000, at most 19000)
   --messages M    messages per broadcast burst (default 200)
-  --count C       WebSocket instances of the server (default 2)
-  --size S        message size in bytes (default 64)
+  --count C       WebSocket (and SSE) instances of the server (default 2)
+  --size S        message size in bytes (SSE: of the event's data; default 64)
   --paced-secs T  length of the paced scenario (default 5)
-  --quick         N=2000, M=50, T=2 (options given after it still apply)
-  --listen/--control  server addresses on 127.0.0.0/8 (default: free ports on 127.0.0.1)
+  --protocols LIST  websocket, sse, sse-queued, comma-separated (default: all three;
+                  sse: the server sends each event with conn.send to each stream,
+                  sse-queued: with WorkerInstance::send_to, writes queued and coalesced)
+  --repeats R     rounds, each running every protocol once, medians shown (default 3)
+  --quick         N=2000, M=50, T=2, R=1 (options given after it still apply)
+  --listen/--control/--sse-listen  server addresses on 127.0.0.0/8 (default: free ports on
+                  127.0.0.1)
 ";
 
 /// Command-line options.
@@ -74,8 +129,11 @@ struct Options {
     count: usize,
     size: usize,
     paced_secs: u64,
+    protocols: Vec<Proto>,
+    repeats: usize,
     listen: Option<SocketAddr>,
     control: Option<SocketAddr>,
+    sse_listen: Option<SocketAddr>,
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -85,8 +143,11 @@ fn parse_options(args: &[String]) -> Result<Options> {
         count: 2,
         size: 64,
         paced_secs: 5,
+        protocols: vec![Proto::Ws, Proto::Sse, Proto::SseQueued],
+        repeats: 3,
         listen: None,
         control: None,
+        sse_listen: None,
     };
     let mut args = Args::new(args, USAGE);
     while let Some((name, inline)) = args.next_option() {
@@ -99,10 +160,29 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--paced-secs" => o.paced_secs = value()?.parse().context("--paced-secs")?,
             "--listen" => o.listen = Some(value()?.parse().context("--listen")?),
             "--control" => o.control = Some(value()?.parse().context("--control")?),
+            "--sse-listen" => o.sse_listen = Some(value()?.parse().context("--sse-listen")?),
+            "--repeats" => o.repeats = value()?.parse().context("--repeats")?,
+            "--protocols" => {
+                o.protocols = Vec::new();
+                for p in value()?.split(',').filter(|p| !p.is_empty()) {
+                    let p = match p {
+                        "websocket" | "ws" => Proto::Ws,
+                        "sse" => Proto::Sse,
+                        "sse-queued" => Proto::SseQueued,
+                        other => bail!(
+                            "--protocols: unknown protocol {other} (websocket, sse, sse-queued)"
+                        ),
+                    };
+                    if !o.protocols.contains(&p) {
+                        o.protocols.push(p);
+                    }
+                }
+            }
             "--quick" => {
                 o.clients = 2000;
                 o.messages = 50;
                 o.paced_secs = 2;
+                o.repeats = 1;
             }
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -121,7 +201,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
     ensure!(o.clients > 0, "--clients must be at least 1");
     ensure!(o.messages > 0, "--messages must be at least 1");
     ensure!(o.count > 0, "--count must be at least 1");
-    for addr in [o.listen, o.control].into_iter().flatten() {
+    ensure!(o.repeats > 0, "--repeats must be at least 1");
+    ensure!(!o.protocols.is_empty(), "--protocols must name one");
+    for addr in [o.listen, o.control, o.sse_listen].into_iter().flatten() {
         ensure!(
             addr.ip().is_loopback() && addr.is_ipv4(),
             "{addr}: the benchmark only uses 127.0.0.0/8"
@@ -211,24 +293,26 @@ impl Control {
         Ok(serde_json::from_str(&self.get("/stats").await?)?)
     }
 
-    /// Open WebSocket connections on the server.
-    async fn connections(&mut self) -> Result<u64> {
-        self.stats().await?["total"]
+    /// Open connections (event streams for SSE) on the server.
+    async fn connections(&mut self, proto: Proto) -> Result<u64> {
+        let key = format!("{}total", proto.stats_prefix());
+        self.stats().await?[key.as_str()]
             .as_u64()
-            .ok_or_else(|| anyhow!("/stats without total"))
+            .ok_or_else(|| anyhow!("/stats without {key}"))
     }
 
-    /// Wait until the server counts `want` WebSocket connections.
-    async fn wait_connections(&mut self, want: u64, timeout: Duration) -> Result<()> {
+    /// Wait until the server counts `want` connections of `proto`.
+    async fn wait_connections(&mut self, proto: Proto, want: u64, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let have = self.connections().await?;
+            let have = self.connections(proto).await?;
             if have == want {
                 return Ok(());
             }
             ensure!(
                 Instant::now() < deadline,
-                "the server counts {have} WebSocket connections, expected {want}"
+                "the server counts {have} {} connections, expected {want}",
+                proto.label()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -373,6 +457,132 @@ async fn receive(mut stream: TcpStream, mut buf: Vec<u8>, rec: Arc<Recorder>) {
     }
 }
 
+/// Where a Server-Sent Events client is in its chunked response body.
+#[derive(Default)]
+struct SseReader {
+    /// The decoded body not yet read as whole events.
+    body: Vec<u8>,
+    /// The response ended (the last chunk).
+    ended: bool,
+}
+
+impl SseReader {
+    /// Decode the complete chunks at the start of `raw` into the body, then read its complete
+    /// events: each event with a `data:` field counts, and a stamp at the start of its data
+    /// gives a latency (`now` − stamp). Returns the bytes of `raw` consumed and the events.
+    fn feed(&mut self, raw: &[u8], now: u64, latencies: &mut Vec<u64>) -> Result<(usize, u64)> {
+        let mut pos = 0;
+        while !self.ended {
+            let Some(eol) = find(&raw[pos..], b"\r\n") else {
+                ensure!(raw.len() - pos < 1024, "chunk-size line too long");
+                break;
+            };
+            let line = std::str::from_utf8(&raw[pos..pos + eol]).context("chunk-size line")?;
+            let hex = line.split(';').next().unwrap_or("").trim();
+            let size =
+                usize::from_str_radix(hex, 16).with_context(|| format!("chunk size {hex:?}"))?;
+            let start = pos + eol + 2;
+            if size == 0 {
+                self.ended = true;
+                pos = start;
+                break;
+            }
+            if raw.len() < start + size + 2 {
+                break;
+            }
+            ensure!(
+                &raw[start + size..start + size + 2] == b"\r\n",
+                "chunk data not followed by CRLF"
+            );
+            self.body.extend_from_slice(&raw[start..start + size]);
+            pos = start + size + 2;
+        }
+        let mut events = 0;
+        let mut at = 0;
+        while let Some(end) = find(&self.body[at..], b"\n\n") {
+            let event = &self.body[at..at + end];
+            at += end + 2;
+            let mut data = None;
+            for line in event.split(|&c| c == b'\n') {
+                if let Some(v) = line.strip_prefix(b"data:") {
+                    data.get_or_insert(v.strip_prefix(b" ").unwrap_or(v));
+                }
+            }
+            let Some(data) = data else { continue };
+            events += 1;
+            let digits = data.iter().take_while(|c| c.is_ascii_digit()).count();
+            if let Some(sent) = std::str::from_utf8(&data[..digits])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                latencies.push(now.saturating_sub(sent));
+            }
+        }
+        self.body.drain(..at);
+        Ok((pos, events))
+    }
+}
+
+/// Read events until the stream ends or the connection closes, recording what arrives.
+async fn receive_sse(mut stream: TcpStream, mut buf: Vec<u8>, rec: Arc<Recorder>) {
+    let mut reader = SseReader::default();
+    let mut latencies = Vec::new();
+    loop {
+        let now = unix_nanos();
+        latencies.clear();
+        let (used, events) = match reader.feed(&buf, now, &mut latencies) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("SSE client: {e:#}");
+                return;
+            }
+        };
+        rec.record(now, events, &latencies);
+        buf.drain(..used);
+        if reader.ended {
+            return;
+        }
+        if buf.capacity() - buf.len() < 2048 {
+            buf.reserve(8192);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Connect SSE client `idx` from its loopback source address and read the response head of
+/// `GET /sse`; returns the stream and the bytes read past the head (the body's start).
+async fn connect_sse(idx: u32, target: SocketAddr) -> Result<(TcpStream, Vec<u8>)> {
+    let mut stream = client::connect_from(idx, target, None).await?;
+    let req = format!(
+        "GET /sse HTTP/1.1\r\nHost: {target}\r\nAccept: text/event-stream\r\n\
+         Cache-Control: no-cache\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Some(p) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..p]).to_ascii_lowercase();
+            ensure!(
+                head.starts_with("http/1.1 200")
+                    && head.contains("text/event-stream")
+                    && head.contains("transfer-encoding: chunked"),
+                "not a chunked event stream: {}",
+                head.lines().next().unwrap_or("")
+            );
+            buf.drain(..p + 4);
+            return Ok((stream, buf));
+        }
+        ensure!(buf.len() < 16384, "response head too long");
+        ensure!(
+            stream.read_buf(&mut buf).await? > 0,
+            "closed before the response head"
+        );
+    }
+}
+
 /// A set of open clients; dropping it closes them.
 struct Clients {
     tasks: Vec<JoinHandle<()>>,
@@ -392,7 +602,7 @@ impl Drop for Clients {
 
 /// Open `n` clients (at most [`OPEN_CONCURRENCY`] handshakes at once) and wait for every
 /// handshake to finish or fail.
-async fn open_clients(n: usize, target: SocketAddr, rec: &Arc<Recorder>) -> Clients {
+async fn open_clients(n: usize, target: SocketAddr, proto: Proto, rec: &Arc<Recorder>) -> Clients {
     let start = Instant::now();
     let sem = Arc::new(Semaphore::new(OPEN_CONCURRENCY));
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<(), String>>();
@@ -401,16 +611,21 @@ async fn open_clients(n: usize, target: SocketAddr, rec: &Arc<Recorder>) -> Clie
         let (sem, tx, rec) = (sem.clone(), tx.clone(), rec.clone());
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
-            let r = tokio::time::timeout(
-                Duration::from_secs(15),
-                client::connect_ws(i as u32, target, "/", None),
-            )
+            let r = tokio::time::timeout(Duration::from_secs(15), async {
+                match proto {
+                    Proto::Ws => client::connect_ws(i as u32, target, "/", None).await,
+                    Proto::Sse | Proto::SseQueued => connect_sse(i as u32, target).await,
+                }
+            })
             .await;
             drop(permit);
             match r {
                 Ok(Ok((stream, rest))) => {
                     let _ = tx.send(Ok(()));
-                    receive(stream, rest, rec).await;
+                    match proto {
+                        Proto::Ws => receive(stream, rest, rec).await,
+                        Proto::Sse | Proto::SseQueued => receive_sse(stream, rest, rec).await,
+                    }
                 }
                 Ok(Err(e)) => {
                     let _ = tx.send(Err(format!("{e:#}")));
@@ -446,9 +661,10 @@ async fn open_clients(n: usize, target: SocketAddr, rec: &Arc<Recorder>) -> Clie
 }
 
 /// One row of the results table.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Row {
     scenario: String,
+    proto: String,
     clients: usize,
     messages: Option<u64>,
     kib_per_conn: Option<f64>,
@@ -463,15 +679,52 @@ fn ms(ns: u64) -> String {
     format!("{:.2} ms", ns as f64 / 1e6)
 }
 
+/// The median of `values` (the upper one of an even count); `None` when empty.
+fn median<T: PartialOrd + Copy>(mut values: Vec<T>) -> Option<T> {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values.get(values.len() / 2).copied()
+}
+
+/// One row of each figure's median over `rows` (the runs of one scenario and protocol).
+fn median_row(rows: &[Row]) -> Row {
+    let f = |get: fn(&Row) -> Option<f64>| median(rows.iter().filter_map(get).collect());
+    let lat = |get: fn(&Latency) -> u64| {
+        median(
+            rows.iter()
+                .filter_map(|r| r.latency.as_ref().map(get))
+                .collect(),
+        )
+    };
+    Row {
+        scenario: rows[0].scenario.clone(),
+        proto: rows[0].proto.clone(),
+        clients: median(rows.iter().map(|r| r.clients).collect()).unwrap_or(0),
+        messages: rows[0].messages,
+        kib_per_conn: f(|r| r.kib_per_conn),
+        conns_per_s: f(|r| r.conns_per_s),
+        deliveries_per_s: f(|r| r.deliveries_per_s),
+        cpu_us: f(|r| r.cpu_us),
+        latency: lat(|l| l.p50).map(|p50| Latency {
+            p50,
+            p90: lat(|l| l.p90).unwrap_or(0),
+            p99: lat(|l| l.p99).unwrap_or(0),
+            max: lat(|l| l.max).unwrap_or(0),
+        }),
+        missing: median(rows.iter().filter_map(|r| r.missing).collect()),
+    }
+}
+
 fn print_table(rows: &[Row]) {
     let header = [
         "scenario",
+        "protocol",
         "N",
         "M",
         "KiB/conn",
         "conns/s",
         "deliveries/s",
         "µs CPU/delivery",
+        "deliveries/CPU-s",
         "p50",
         "p90",
         "p99",
@@ -485,6 +738,7 @@ fn print_table(rows: &[Row]) {
             let lat = |f: fn(&Latency) -> u64| r.latency.as_ref().map(|l| ms(f(l)));
             vec![
                 r.scenario.clone(),
+                r.proto.clone(),
                 r.clients.to_string(),
                 r.messages.map(|m| m.to_string()).unwrap_or_else(dash),
                 r.kib_per_conn
@@ -497,6 +751,10 @@ fn print_table(rows: &[Row]) {
                     .map(|v| format!("{v:.0}"))
                     .unwrap_or_else(dash),
                 r.cpu_us.map(|v| format!("{v:.3}")).unwrap_or_else(dash),
+                r.cpu_us
+                    .filter(|v| *v > 0.0)
+                    .map(|v| format!("{:.0}", 1e6 / v))
+                    .unwrap_or_else(dash),
                 lat(|l| l.p50).unwrap_or_else(dash),
                 lat(|l| l.p90).unwrap_or_else(dash),
                 lat(|l| l.p99).unwrap_or_else(dash),
@@ -511,6 +769,7 @@ fn print_table(rows: &[Row]) {
 /// Run the scenarios against a started server; returns the table rows and notes.
 async fn run(
     o: &Options,
+    proto: Proto,
     server: &mut Child,
     listen: SocketAddr,
     control_addr: SocketAddr,
@@ -521,15 +780,19 @@ async fn run(
         .await?;
     let mut control = Control::new(control_addr);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let ready_key = format!("{}ready", proto.stats_prefix());
     loop {
-        let ready = control.stats().await?["ready"].as_u64().unwrap_or(0);
+        let ready = control.stats().await?[ready_key.as_str()]
+            .as_u64()
+            .unwrap_or(0);
         if ready == o.count as u64 {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "only {ready} of {} WebSocket instances started",
-            o.count
+            "only {ready} of {} {} instances started",
+            o.count,
+            proto.label()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -541,7 +804,7 @@ async fn run(
     // 1. Idle connections.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = procfs::rss_kib(pid);
-    let clients = open_clients(n, listen, &rec).await;
+    let clients = open_clients(n, listen, proto, &rec).await;
     ensure!(
         clients.opened > 0,
         "no client connected: {}",
@@ -556,18 +819,20 @@ async fn run(
     }
     let opened = clients.opened;
     control
-        .wait_connections(opened as u64, Duration::from_secs(15))
+        .wait_connections(proto, opened as u64, Duration::from_secs(15))
         .await?;
     tokio::time::sleep(SETTLE).await;
     let rss1 = procfs::rss_kib(pid);
     notes.push(format!(
-        "server pid {pid}, {} threads, {} WebSocket instances; RSS {rss0} KiB before, {rss1} KiB \
-         with {opened} idle clients",
+        "{}: server pid {pid}, {} threads, {} instances; RSS {rss0} KiB before, {rss1} KiB with \
+         {opened} idle clients",
+        proto.label(),
         procfs::status_number(pid, "Threads:").unwrap_or(0),
         o.count
     ));
     rows.push(Row {
         scenario: "idle".into(),
+        proto: proto.label().into(),
         clients: opened,
         kib_per_conn: Some(rss1.saturating_sub(rss0) as f64 / opened as f64),
         conns_per_s: Some(opened as f64 / clients.elapsed.as_secs_f64()),
@@ -576,9 +841,13 @@ async fn run(
 
     // 2. A burst of M broadcasts to every idle client.
     let m = o.messages as u64;
-    let (row, note) = deliveries("broadcast", opened, m, pid, &rec, async {
+    let (row, note) = deliveries("broadcast", proto, opened, m, pid, &rec, async {
         control
-            .get(&format!("/broadcast?n={m}&size={}", o.size))
+            .get(&format!(
+                "/broadcast?n={m}&size={}&proto={}",
+                o.size,
+                proto.param()
+            ))
             .await
             .map(|_| ())
     })
@@ -588,18 +857,19 @@ async fn run(
     tokio::time::sleep(SETTLE).await;
     let rss2 = procfs::rss_kib(pid);
     notes.push(format!(
-        "RSS {rss2} KiB with the same clients idle again after the burst: {:.2} KiB per \
+        "{}: RSS {rss2} KiB with the same clients idle again after the burst: {:.2} KiB per \
          connection over the first reading (what a burst leaves behind)",
+        proto.label(),
         rss2.saturating_sub(rss0) as f64 / opened as f64
     ));
 
     // 3. Paced broadcasts to fresh clients.
     drop(clients);
     control
-        .wait_connections(0, Duration::from_secs(20))
+        .wait_connections(proto, 0, Duration::from_secs(20))
         .await
         .context("closing the idle clients")?;
-    let paced_clients = open_clients(PACED_CLIENTS, listen, &rec).await;
+    let paced_clients = open_clients(PACED_CLIENTS, listen, proto, &rec).await;
     ensure!(
         paced_clients.failed == 0,
         "paced: {} clients failed to open (first error: {})",
@@ -607,13 +877,14 @@ async fn run(
         paced_clients.first_error.clone().unwrap_or_default()
     );
     control
-        .wait_connections(PACED_CLIENTS as u64, Duration::from_secs(15))
+        .wait_connections(proto, PACED_CLIENTS as u64, Duration::from_secs(15))
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pushes = PACED_RATE * o.paced_secs;
     let size = o.size;
     let (row, note) = deliveries(
         &format!("paced {PACED_RATE}/s × {} s", o.paced_secs),
+        proto,
         PACED_CLIENTS,
         pushes,
         pid,
@@ -623,7 +894,12 @@ async fn run(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for _ in 0..pushes {
                 tick.tick().await;
-                control.get(&format!("/broadcast?n=1&size={size}")).await?;
+                control
+                    .get(&format!(
+                        "/broadcast?n=1&size={size}&proto={}",
+                        proto.param()
+                    ))
+                    .await?;
             }
             Ok(())
         },
@@ -634,9 +910,12 @@ async fn run(
     drop(paced_clients);
 
     let stats = control.stats().await?;
+    let p = proto.stats_prefix();
     notes.push(format!(
-        "server broadcast reports: {} accepted, {} dropped",
-        stats["delivered"], stats["failed"]
+        "{}: server broadcast reports: {} accepted, {} dropped",
+        proto.label(),
+        stats[format!("{p}delivered").as_str()],
+        stats[format!("{p}failed").as_str()]
     ));
     Ok((rows, notes))
 }
@@ -645,6 +924,7 @@ async fn run(
 /// runs and until `clients × messages` deliveries arrived (or stalled).
 async fn deliveries(
     name: &str,
+    proto: Proto,
     clients: usize,
     messages: u64,
     pid: u32,
@@ -665,6 +945,7 @@ async fn deliveries(
     let server_us = cpu1.saturating_sub(cpu0) as f64 / 1e3;
     let row = Row {
         scenario: name.to_string(),
+        proto: proto.label().into(),
         clients,
         messages: Some(messages),
         deliveries_per_s: (secs > 0.0).then(|| got as f64 / secs),
@@ -674,46 +955,37 @@ async fn deliveries(
         ..Row::default()
     };
     let note = format!(
-        "{name}: {got} of {expected} deliveries in {secs:.2} s; server CPU {:.0} ms, generator \
-         CPU {:.0} ms",
+        "{name} ({}): {got} of {expected} deliveries in {secs:.2} s; server CPU {:.0} ms, \
+         generator CPU {:.0} ms",
+        proto.label(),
         server_us / 1e3,
         gen1.saturating_sub(gen0) as f64 / 1e6
     );
     Ok((row, note))
 }
 
-/// `pushbench server [options]`.
-pub async fn main(args: &[String]) -> Result<()> {
-    let o = parse_options(args)?;
-    raise_nofile(o.clients.max(PACED_CLIENTS) as u64 + 200)?;
-    let listen = match o.listen {
-        Some(a) => a,
-        None => free_addr()?,
-    };
-    let control = match o.control {
-        Some(a) => a,
-        None => free_addr()?,
-    };
-    ensure!(listen != control, "--listen and --control must differ");
-    println!(
-        "bench: {} clients, {} messages of {} bytes, {} server instances, paced {} s \
-         (server on {listen}, control on {control})",
-        o.clients, o.messages, o.size, o.count, o.paced_secs
-    );
-    let exe = std::env::current_exe()?.with_file_name("bench_server");
-    ensure!(
-        exe.exists(),
-        "{} not found; build it with `cargo build --release -p bench` (scripts/bench server does)",
-        exe.display()
-    );
+/// Start a fresh `bench_server` and run the scenarios for `proto` against it.
+async fn session(
+    o: &Options,
+    proto: Proto,
+    exe: &std::path::Path,
+    listen: SocketAddr,
+    control: SocketAddr,
+    sse_listen: SocketAddr,
+) -> Result<(Vec<Row>, Vec<String>)> {
     let dir = std::env::temp_dir().join(format!("werkmann-bench-{}", std::process::id()));
-    let mut cmd = Command::new(&exe);
+    let mut cmd = Command::new(exe);
     cmd.args(["start", "--listen", &listen.to_string()])
         .args(["--control", &control.to_string()])
+        .args(["--sse-listen", &sse_listen.to_string()])
         .args(["--count", &o.count.to_string()]);
     let mut server = Child::spawn("bench_server", cmd, &dir, true)?;
+    let target = match proto {
+        Proto::Ws => listen,
+        Proto::Sse | Proto::SseQueued => sse_listen,
+    };
     let result = tokio::select! {
-        r = run(&o, &mut server, listen, control) => r,
+        r = run(o, proto, &mut server, target, control) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     let result = result.map_err(|e| {
@@ -727,12 +999,123 @@ pub async fn main(args: &[String]) -> Result<()> {
     server.stop();
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    let (rows, notes) = result?;
+    result
+}
+
+/// `pushbench server [options]`.
+pub async fn main(args: &[String]) -> Result<()> {
+    let o = parse_options(args)?;
+    raise_nofile(o.clients.max(PACED_CLIENTS) as u64 + 200)?;
+    let pick = |a: Option<SocketAddr>| match a {
+        Some(a) => Ok(a),
+        None => free_addr(),
+    };
+    let (listen, control, sse_listen) = (pick(o.listen)?, pick(o.control)?, pick(o.sse_listen)?);
+    ensure!(
+        listen != control && listen != sse_listen && control != sse_listen,
+        "--listen, --control and --sse-listen must differ"
+    );
+    let names: Vec<&str> = o.protocols.iter().map(|p| p.label()).collect();
+    println!(
+        "bench: {} clients, {} messages of {} bytes, {} server instances, paced {} s, {} × {} \
+         (WebSocket on {listen}, SSE on {sse_listen}, control on {control}; load average {})",
+        o.clients,
+        o.messages,
+        o.size,
+        o.count,
+        o.paced_secs,
+        o.repeats,
+        names.join(" and "),
+        loadavg()
+    );
+    let exe = std::env::current_exe()?.with_file_name("bench_server");
+    ensure!(
+        exe.exists(),
+        "{} not found; build it with `cargo build --release -p bench` (scripts/bench server does)",
+        exe.display()
+    );
+    let mut runs: Vec<Row> = Vec::new();
+    let mut notes = Vec::new();
+    for round in 0..o.repeats {
+        let mut order = o.protocols.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for proto in order {
+            let (rows, n) = session(&o, proto, &exe, listen, control, sse_listen).await?;
+            runs.extend(rows);
+            if o.repeats > 1 {
+                notes.extend(n.into_iter().map(|n| format!("round {}: {n}", round + 1)));
+            } else {
+                notes.extend(n);
+            }
+        }
+    }
+    notes.push(format!("load average at the end: {}", loadavg()));
+    // One row per scenario and protocol, the protocols of a scenario next to each other.
+    let mut rows = Vec::new();
+    let mut scenarios: Vec<String> = Vec::new();
+    for r in &runs {
+        if !scenarios.contains(&r.scenario) {
+            scenarios.push(r.scenario.clone());
+        }
+    }
+    for sc in &scenarios {
+        for p in &o.protocols {
+            let same: Vec<Row> = runs
+                .iter()
+                .filter(|r| &r.scenario == sc && r.proto == p.label())
+                .cloned()
+                .collect();
+            if !same.is_empty() {
+                rows.push(median_row(&same));
+            }
+        }
+    }
     println!();
+    if o.repeats > 1 {
+        println!("Medians of {} rounds:", o.repeats);
+        println!();
+    }
     print_table(&rows);
     println!();
     for n in notes {
         println!("- {n}");
     }
     Ok(())
+}
+
+/// The machine's load averages (1, 5, 15 minutes), as `/proc/loadavg` has them.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_chunked_events_in_pieces() {
+        let ev = |d: &str| {
+            let e = format!("data: {d}\n\n");
+            format!("{:x}\r\n{e}\r\n", e.len())
+        };
+        let wire = format!("{}{}{}0\r\n\r\n", ev("100 xx"), ev("200 y"), ev("abc"));
+        let wire = wire.as_bytes();
+        let mut r = SseReader::default();
+        let mut lat = Vec::new();
+        let mut buf = Vec::new();
+        let mut events = 0;
+        for b in wire {
+            buf.push(*b);
+            let (used, n) = r.feed(&buf, 1000, &mut lat).unwrap();
+            buf.drain(..used);
+            events += n;
+        }
+        assert_eq!(events, 3);
+        assert_eq!(lat, vec![900, 800]);
+        assert!(r.ended);
+    }
 }

@@ -299,10 +299,20 @@ impl Connection {
 
     /// Encode `msg` with the connection's protocol and send it.
     pub fn send(&self, msg: impl Into<Message>) -> SendStatus {
+        self.send_message(msg.into(), true)
+    }
+
+    /// Encode `msg` and queue it without trying the socket now: the connection's task writes it
+    /// with whatever else is queued (fan-out to many connections, where writes coalesce).
+    pub(crate) fn send_queued(&self, msg: Message) -> SendStatus {
+        self.send_message(msg, false)
+    }
+
+    fn send_message(&self, msg: Message, try_now: bool) -> SendStatus {
         if matches!(self.status(), Status::Closing | Status::Closed) {
             return self.fail_closed();
         }
-        let encoded = self.0.codec.borrow_mut().encode(msg.into());
+        let encoded = self.0.codec.borrow_mut().encode(msg);
         let (wants_close, body) = {
             let codec = self.0.codec.borrow();
             (codec.wants_close(), codec.body_pending())
@@ -320,6 +330,9 @@ impl Connection {
         match encoded {
             // Nothing to write (a streamed piece of the answer to a HEAD request).
             Ok(bytes) if bytes.is_empty() => SendStatus::Sent,
+            // A head whose body the task reads next: queued, so that head and first piece go
+            // out in one write (a small file: one segment, one wake-up of the client).
+            Ok(bytes) if body || !try_now => self.send_deferred(bytes),
             Ok(bytes) => self.send_raw(bytes),
             Err(e) => {
                 log::warn!("connection {}: {e}", self.0.id);

@@ -5,7 +5,14 @@
 //! segment; a `..` segment (however it was encoded), a NUL or a backslash is refused with 403,
 //! and the file found is resolved (symbolic links followed) and must still lie inside the
 //! root (403 otherwise), so a link pointing out of the root serves nothing.
+//!
+//! Resolving costs one `lstat` per segment below the root (the root itself was resolved once):
+//! a path of plain folders and a plain file is its own resolved form, and the last `lstat` says
+//! what it is. Only a path with a symbolic link in it is resolved in full (`realpath`, which
+//! reads every component of the whole path, the root's included). Nothing is cached: every
+//! request sees the folder as it is now.
 
+use std::fs::{self, Metadata};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
@@ -106,33 +113,66 @@ impl StaticFiles {
                 }
             }
         }
-        let resolved = match candidate.canonicalize() {
-            Ok(p) => p,
+        let (resolved, meta) = match self.resolve(candidate) {
+            Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Found::Refused(403),
             Err(_) => return Found::Nothing,
         };
         if !resolved.starts_with(&self.root) {
             return Found::Refused(403);
         }
-        if resolved.is_file() {
+        if meta.is_file() {
             return Found::File(resolved);
         }
-        if !resolved.is_dir() {
+        if !meta.is_dir() {
             return Found::Nothing;
         }
         if !path.ends_with('/') {
             return Found::Folder;
         }
         for name in &self.index {
-            let index = resolved.join(name);
-            match index.canonicalize() {
-                Ok(p) if p.starts_with(&self.root) && p.is_file() => return Found::File(p),
-                Ok(p) if !p.starts_with(&self.root) => return Found::Refused(403),
+            match self.resolve(resolved.join(name)) {
+                Ok((p, m)) if p.starts_with(&self.root) && m.is_file() => return Found::File(p),
+                Ok((p, _)) if !p.starts_with(&self.root) => return Found::Refused(403),
                 _ => {}
             }
         }
         Found::Nothing
     }
+
+    /// `path` (the root, then anything) with symbolic links resolved, and what it is (links
+    /// followed). Below the root, one `lstat` per component; a symbolic link or an unusual
+    /// component (`..`) hands the whole path to `canonicalize`.
+    fn resolve(&self, path: PathBuf) -> io::Result<(PathBuf, Metadata)> {
+        let Ok(rel) = path.strip_prefix(&self.root) else {
+            return full(&path);
+        };
+        let mut at = self.root.clone();
+        let mut meta = None;
+        for c in rel.components() {
+            let Component::Normal(name) = c else {
+                return full(&path);
+            };
+            at.push(name);
+            let m = fs::symlink_metadata(&at)?;
+            if m.file_type().is_symlink() {
+                return full(&path);
+            }
+            meta = Some(m);
+        }
+        let meta = match meta {
+            Some(m) => m,
+            None => fs::metadata(&at)?,
+        };
+        Ok((at, meta))
+    }
+}
+
+/// `path` resolved in full (every component, links followed), and what it is.
+fn full(path: &Path) -> io::Result<(PathBuf, Metadata)> {
+    let p = path.canonicalize()?;
+    let m = fs::metadata(&p)?;
+    Ok((p, m))
 }
 
 /// A path percent-decoded once (UTF-8; `None` for a malformed escape or bytes that are not
@@ -174,6 +214,16 @@ mod tests {
         assert_eq!(s.find("/a.txt"), Found::File(root.join("a.txt")));
         assert_eq!(s.find("/%61.txt"), Found::File(root.join("a.txt")));
         assert_eq!(s.find("/in.txt"), Found::File(root.join("a.txt")));
+        // A link to a folder: followed inside the root, refused out of it.
+        std::os::unix::fs::symlink(dir.join("www/sub"), dir.join("www/insub")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("www/up")).unwrap();
+        assert_eq!(
+            s.find("/insub/index.html"),
+            Found::File(root.join("sub/index.html"))
+        );
+        assert_eq!(s.find("/insub/"), Found::File(root.join("sub/index.html")));
+        assert_eq!(s.find("/up/secret.txt"), Found::Refused(403));
+        assert_eq!(s.find("/a.txt/x"), Found::Nothing);
         assert_eq!(s.find("/sub/"), Found::File(root.join("sub/index.html")));
         assert_eq!(s.find("/sub"), Found::Folder);
         assert_eq!(s.find("/nope"), Found::Nothing);

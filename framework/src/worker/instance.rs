@@ -261,9 +261,14 @@ impl WorkerInstance {
         *self.0.hooks.borrow_mut() = Some(hooks);
     }
 
-    /// Send `msg` to each of `conns`, encoded once where the protocol allows (a WebSocket
-    /// server frame does not depend on the connection), else encoded for each.
-    pub(crate) fn send_to<'a, I>(&self, conns: I, msg: Message) -> BroadcastReport
+    /// Send `msg` to each of `conns` (some of this instance's connections: a list of open event
+    /// streams, a room), encoded once where the protocol allows (a WebSocket server frame does
+    /// not depend on the connection), else encoded for each (a [`Chunk::shared`](crate::Chunk::shared)
+    /// shares its framing). To more than a few connections the writes are queued, as
+    /// [`broadcast`](Self::broadcast)'s are, and each connection's task writes them together
+    /// with what else is queued: a burst of messages costs a write per connection and wake-up,
+    /// not one per message.
+    pub fn send_to<'a, I>(&self, conns: I, msg: Message) -> BroadcastReport
     where
         I: IntoIterator<Item = &'a Connection>,
         I::IntoIter: ExactSizeIterator,
@@ -275,9 +280,16 @@ impl WorkerInstance {
                 BroadcastReport::default()
             }
             None => {
+                let conns = conns.into_iter();
+                let now = conns.len() <= WRITE_NOW_MAX;
                 let mut report = BroadcastReport::default();
                 for c in conns {
-                    count(&mut report, c.send(msg.clone()));
+                    let status = if now {
+                        c.send(msg.clone())
+                    } else {
+                        c.send_queued(msg.clone())
+                    };
+                    count(&mut report, status);
                 }
                 report
             }
