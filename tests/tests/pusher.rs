@@ -172,18 +172,52 @@ fn trigger(http: u16, channel: &str, event: &str, data: &str) {
     );
 }
 
+/// The test's auth endpoint (`tests/js/auth_server.js`): a node process signing private
+/// subscriptions with the `pusher` SDK, killed when dropped.
+struct AuthServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl AuthServer {
+    fn start() -> AuthServer {
+        use std::io::BufRead;
+        let port = free_port();
+        let (id, key, secret) = APP;
+        let mut child = Command::new("node")
+            .arg(workspace().join("tests/js/auth_server.js"))
+            .args([&port.to_string(), id, key, secret])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "listening");
+        AuthServer { child, port }
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// pusher-js and Laravel Echo as a browser runs them (headless Chromium, their browser
-/// builds loaded into a page of the publisher's origin): a public channel through pusher-js,
-/// Echo's `channel().listen()` with its event namespace, and two Echo clients whispering on a
-/// private channel (Echo's client events; the signature made in the page with the app's
-/// secret, as an auth endpoint would).
+/// builds loaded into a page of the publisher's origin), with an auth endpoint the test serves
+/// (`AuthServer`): pusher-js on a public and a private channel, a channel the endpoint
+/// refuses (`pusher:subscription_error`), Echo's `channel().listen()` with its event
+/// namespace, and two Echo clients whispering on a private channel (client events).
 #[tokio::test]
 async fn pusher_js_and_laravel_echo_in_chromium() {
     let (_app, ws, http) = start_all_with_apps();
+    let auth = AuthServer::start();
     let js = workspace().join("tests/js/node_modules");
     let pusher_js = std::fs::read_to_string(js.join("pusher-js/dist/web/pusher.min.js")).unwrap();
     let echo_js = std::fs::read_to_string(js.join("laravel-echo/dist/echo.iife.js")).unwrap();
-    let (_, key, secret) = APP;
+    let (_, key, _) = APP;
     let b = werkmann_tests::browser::Browser::start().await;
     b.goto(&format!("http://127.0.0.1:{http}/")).await;
     b.js(&format!("{pusher_js}\nreturn typeof window.Pusher;"))
@@ -192,33 +226,28 @@ async fn pusher_js_and_laravel_echo_in_chromium() {
         "{echo_js}\nwindow.EchoClass = Echo.default || Echo; return true;"
     ))
     .await;
+    let endpoint = format!("http://127.0.0.1:{}/pusher/auth", auth.port);
     let options = format!(
         "{{broadcaster: 'pusher', key: '{key}', cluster: 'local', wsHost: '127.0.0.1', \
-         wsPort: {ws}, forceTLS: false, enabledTransports: ['ws'], disableStats: true}}"
+         wsPort: {ws}, forceTLS: false, enabledTransports: ['ws'], disableStats: true, \
+         authEndpoint: '{endpoint}', channelAuthorization: {{ endpoint: '{endpoint}' }}}}"
     );
     b.js(&format!(
         r#"
-        window.got = {{ news: [], orders: [], whisper: [] }};
+        window.got = {{ news: [], secret: [], refused: [], orders: [], whisper: [] }};
         const p = new Pusher('{key}', {options});
         p.subscribe('news').bind('hello', d => got.news.push(d));
-        // An authorizer as an app's auth endpoint answers: HMAC-SHA256 in the page.
-        const sign = async (text) => {{
-          const k = await crypto.subtle.importKey('raw', new TextEncoder().encode('{secret}'),
-            {{ name: 'HMAC', hash: 'SHA-256' }}, false, ['sign']);
-          const s = await crypto.subtle.sign('HMAC', k, new TextEncoder().encode(text));
-          return [...new Uint8Array(s)].map(b => b.toString(16).padStart(2, '0')).join('');
-        }};
-        const authorizer = (channel) => ({{
-          authorize: (socketId, cb) => sign(socketId + ':' + channel.name)
-            .then(sig => cb(null, {{ auth: '{key}:' + sig }}), e => cb(e, null)),
-        }});
-        const echo = (o) => new EchoClass(Object.assign({options}, {{ authorizer }}, o));
-        window.e1 = echo({{}});
-        window.e2 = echo({{}});
+        p.subscribe('private-secret').bind('note', d => got.secret.push(d));
+        p.subscribe('private-forbidden').bind('pusher:subscription_error', e => got.refused.push(e));
+        const echo = () => new EchoClass({options});
+        window.e1 = echo();
+        window.e2 = echo();
         e1.channel('orders').listen('OrderShipped', e => got.orders.push(e));
         e2.private('chat').listenForWhisper('typing', e => got.whisper.push(e));
         window.e1chat = e1.private('chat');
         window.ready = () => p.channel('news').subscribed
+          && p.channel('private-secret').subscribed
+          && got.refused.length > 0
           && e1.connector.pusher.channel('orders').subscribed
           && e1.connector.pusher.channel('private-chat').subscribed
           && e2.connector.pusher.channel('private-chat').subscribed;
@@ -229,6 +258,7 @@ async fn pusher_js_and_laravel_echo_in_chromium() {
     b.wait_for("return window.ready()", "every subscription")
         .await;
     trigger(http, "news", "hello", r#"{"from":"the SDK"}"#);
+    trigger(http, "private-secret", "note", r#"{"n":7}"#);
     trigger(
         http,
         "orders",
@@ -239,11 +269,14 @@ async fn pusher_js_and_laravel_echo_in_chromium() {
         .await;
     let got = b
         .wait_for(
-            "return got.news.length && got.orders.length && got.whisper.length ? got : null",
-            "the event, Echo's event and the whisper",
+            "return got.news.length && got.secret.length && got.orders.length \
+             && got.whisper.length ? got : null",
+            "the events, Echo's event and the whisper",
         )
         .await;
     assert_eq!(got["news"][0]["from"], "the SDK");
+    assert_eq!(got["secret"][0]["n"], 7);
+    assert_eq!(got["refused"][0]["status"], 403, "{got}");
     assert_eq!(got["orders"][0]["order"]["id"], 42);
     assert_eq!(got["whisper"][0]["name"], "Alice");
     b.screenshot(&werkmann_tests::output_dir("pusher").join("echo.png"))
