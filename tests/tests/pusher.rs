@@ -283,3 +283,93 @@ async fn pusher_js_and_laravel_echo_in_chromium() {
         .await;
     b.quit().await;
 }
+
+/// Bad input, each refused with the protocol's answer, and the node goes on: HTTP API requests
+/// signed wrongly or carrying bad events (`tests/js/api_bad.js`, signing by hand), and
+/// WebSocket frames a client should not send (malformed JSON, a client event on a public
+/// channel or with client events off, an unknown event, a bad channel name).
+#[tokio::test]
+async fn bad_input_is_refused_and_the_node_goes_on() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let (_app, ws, http) = start_all_with_apps();
+    let (id, key, secret) = APP;
+    let out = Command::new("node")
+        .arg(workspace().join("tests/js/api_bad.js"))
+        .args([&http.to_string(), id, key, secret])
+        .output()
+        .expect("node runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status = |case: &str| -> (u16, String) {
+        let line = text
+            .lines()
+            .find(|l| l.split(' ').next() == Some(case))
+            .unwrap_or_else(|| panic!("no {case} in {text}"));
+        let mut parts = line.splitn(3, ' ');
+        parts.next();
+        let code = parts.next().unwrap().parse().unwrap();
+        (code, parts.next().unwrap_or("").to_string())
+    };
+    for (case, code, says) in [
+        ("stale", 401, "timestamp"),
+        ("md5", 401, "body_md5"),
+        ("signature", 401, "signature"),
+        ("unknown-app", 404, "no app"),
+        ("oversize", 413, "more than"),
+        ("malformed", 400, "bad event"),
+        ("bad-channel", 400, "channel name"),
+        ("too-many", 400, "channels"),
+        ("good", 200, "{}"),
+    ] {
+        let (got, body) = status(case);
+        assert_eq!(got, code, "{case}: {body}");
+        assert!(body.contains(says), "{case}: {body}");
+    }
+
+    let url = format!("ws://127.0.0.1:{ws}/app/{key}?protocol=7");
+    let (mut c, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let next = async |c: &mut tokio_tungstenite::WebSocketStream<_>| -> serde_json::Value {
+        loop {
+            match tokio::time::timeout(werkmann_tests::WAIT, c.next()).await {
+                Ok(Some(Ok(WsMessage::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    };
+    let hello = next(&mut c).await;
+    assert_eq!(hello["event"], "pusher:connection_established");
+    for (frame, says) in [
+        ("{\"event\":", "not a Pusher message"),
+        ("[1,2]", "not a JSON object"),
+        (
+            r#"{"event":"client-x","channel":"news","data":{}}"#,
+            "private or presence",
+        ),
+        (r#"{"event":"pusher:nonsense","data":{}}"#, "Unknown event"),
+    ] {
+        c.send(WsMessage::Text(frame.into())).await.unwrap();
+        let e = next(&mut c).await;
+        assert_eq!(e["event"], "pusher:error", "{frame}: {e}");
+        assert!(
+            e["data"]["message"].as_str().unwrap().contains(says),
+            "{frame}: {e}"
+        );
+    }
+    c.send(WsMessage::Text(
+        r#"{"event":"pusher:subscribe","data":{"channel":"a b"}}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let e = next(&mut c).await;
+    assert_eq!(e["event"], "pusher:subscription_error", "{e}");
+    // And the connection and the node go on.
+    c.send(WsMessage::Text(
+        r#"{"event":"pusher:ping","data":{}}"#.into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut c).await["event"], "pusher:pong");
+    round_trip(&[ws], http);
+}
