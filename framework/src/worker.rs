@@ -123,6 +123,11 @@ pub struct Worker {
     /// connections had. For ids kept elsewhere as addresses (the push app's targeted pushes
     /// name a worker id and a connection id). Ids stay below 2^53, exact in JavaScript.
     pub time_based_connection_ids: bool,
+    /// WebSocket: negotiate permessage-deflate (RFC 7692) when a client offers it; messages
+    /// sent to that client are then compressed (broadcasts excepted: they are encoded once and
+    /// go uncompressed, which the extension allows). Off by default: each connection that
+    /// negotiates it holds up to ~300 KiB of zlib state once messages flow.
+    pub websocket_compression: bool,
     /// Connections per client IP, shared by the instances (for `max_connections_per_ip`).
     pub(crate) per_ip:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
@@ -213,6 +218,7 @@ impl Worker {
             allowed_origins: Vec::new(),
             tls: None,
             time_based_connection_ids: false,
+            websocket_compression: false,
             per_ip: Default::default(),
             socket_name: socket_name.to_string(),
             tls_required,

@@ -5,6 +5,7 @@
 //! their own with [`Protocol`] and [`register_protocol`].
 
 mod custom;
+mod deflate;
 pub mod frame;
 pub mod http;
 mod http_framing;
@@ -216,6 +217,21 @@ impl ProtocolKind {
     /// A fresh codec for one accepted connection.
     pub fn server_codec(&self, max_package: usize) -> Box<dyn Codec> {
         self.codec(Role::Server, "", "/", max_package)
+    }
+
+    /// A fresh codec for one accepted connection; a WebSocket one negotiates
+    /// permessage-deflate if `websocket_compression`.
+    pub fn server_codec_with(
+        &self,
+        max_package: usize,
+        websocket_compression: bool,
+    ) -> Box<dyn Codec> {
+        match self {
+            ProtocolKind::WebSocket => Box::new(
+                websocket::WsCodec::new_server(max_package).with_compression(websocket_compression),
+            ),
+            _ => self.server_codec(max_package),
+        }
     }
 
     /// A fresh codec for one connection; `host` and `path` serve client handshakes.

@@ -3,13 +3,14 @@
 //!
 //! Frames are parsed and written with `actix_http::ws::Parser`; this module adds the handshake,
 //! the size limit (checked from a frame's header, before its payload is buffered), message
-//! reassembly, incremental UTF-8 validation of text and the close handshake. No subprotocol or
-//! extension is ever negotiated.
+//! reassembly, incremental UTF-8 validation of text and the close handshake. A server codec
+//! with compression enabled negotiates permessage-deflate (RFC 7692, `deflate.rs`).
 
 use actix_http::ws::{hash_key, CloseCode, OpCode, Parser, ProtocolError as WsError};
 use base64::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::deflate::{self, Deflate};
 use super::http::{parse_head, Request, Response, MAX_HEAD};
 use super::{Codec, Decoded, ProtocolError, Role};
 use crate::message::Message;
@@ -36,6 +37,8 @@ enum State {
 #[derive(Debug)]
 struct Partial {
     text: bool,
+    /// The message is compressed (RSV1 on its first frame): `data` holds it inflated.
+    compressed: bool,
     data: BytesMut,
     /// How many leading bytes of `data` are known to be valid UTF-8 (text only).
     validated: usize,
@@ -58,6 +61,10 @@ pub struct WsCodec {
     close_received: bool,
     close_sent: bool,
     error_replied: bool,
+    /// Server: answer a permessage-deflate offer.
+    compression: bool,
+    /// permessage-deflate, once negotiated.
+    deflate: Option<Box<Deflate>>,
 }
 
 impl WsCodec {
@@ -101,7 +108,21 @@ impl WsCodec {
             close_received: false,
             close_sent: false,
             error_replied: false,
+            compression: false,
+            deflate: None,
         }
+    }
+
+    /// Server: negotiate permessage-deflate (RFC 7692) when the client offers it; messages
+    /// are then sent compressed, and compressed messages are read.
+    pub fn with_compression(mut self, enabled: bool) -> Self {
+        self.compression = enabled;
+        self
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub fn compressed(&self) -> bool {
+        self.deflate.is_some()
     }
 
     /// Which side of the connection this codec serves.
@@ -122,6 +143,9 @@ impl WsCodec {
 
     fn close_with(&mut self, code: Option<u16>, reason: &str) -> Bytes {
         self.close_sent = true;
+        if let Some(d) = self.deflate.as_mut() {
+            d.release();
+        }
         let mut payload = Vec::with_capacity(2 + reason.len());
         if let Some(code) = code {
             payload.extend_from_slice(&code.to_be_bytes());
@@ -233,9 +257,14 @@ impl WsCodec {
             if !self.check_header(buf)? {
                 return Ok(None);
             }
-            let parsed =
-                Parser::parse(buf, server, self.max_package.max(MAX_CONTROL)).map_err(ws_error)?;
-            let Some((fin, op, payload)) = parsed else {
+            // The parser refuses reserved bits: RSV1 (checked above) is taken off for it.
+            let rsv1 = buf[0] & RSV1 != 0;
+            buf[0] &= !RSV1;
+            let parsed = Parser::parse(buf, server, self.max_package.max(MAX_CONTROL));
+            let Some((fin, op, payload)) = parsed.map_err(ws_error)? else {
+                if rsv1 {
+                    buf[0] |= RSV1;
+                }
                 return Ok(None);
             };
             let payload = payload.unwrap_or_default();
@@ -252,12 +281,18 @@ impl WsCodec {
                         ));
                     }
                     let text = op == OpCode::Text;
+                    let data = if rsv1 {
+                        self.inflate(&payload, fin, BytesMut::new())?
+                    } else {
+                        payload
+                    };
                     if fin {
-                        return single_message(text, payload).map(|m| Some(Decoded::Message(m)));
+                        return single_message(text, data).map(|m| Some(Decoded::Message(m)));
                     }
                     let mut partial = Partial {
                         text,
-                        data: payload,
+                        compressed: rsv1,
+                        data,
                         validated: 0,
                     };
                     if text {
@@ -266,12 +301,17 @@ impl WsCodec {
                     self.partial = Some(partial);
                 }
                 OpCode::Continue => {
-                    let Some(partial) = self.partial.as_mut() else {
+                    let Some(mut partial) = self.partial.take() else {
                         return Err(ProtocolError::invalid(
                             "continuation frame without a fragmented message in progress",
                         ));
                     };
-                    partial.data.extend_from_slice(&payload);
+                    if partial.compressed {
+                        partial.data = self.inflate(&payload, fin, partial.data)?;
+                    } else {
+                        partial.data.extend_from_slice(&payload);
+                    }
+                    let partial = self.partial.insert(partial);
                     if partial.text {
                         validate_utf8(&partial.data, &mut partial.validated, fin)?;
                     }
@@ -293,6 +333,22 @@ impl WsCodec {
         }
     }
 
+    /// Inflate a compressed frame's payload onto `data` (the message so far), within the
+    /// package limit.
+    fn inflate(
+        &mut self,
+        payload: &[u8],
+        fin: bool,
+        mut data: BytesMut,
+    ) -> Result<BytesMut, ProtocolError> {
+        let deflate = self
+            .deflate
+            .as_mut()
+            .ok_or_else(|| ProtocolError::invalid("compressed frame without permessage-deflate"))?;
+        deflate.decompress(payload, fin, &mut data, self.max_package)?;
+        Ok(data)
+    }
+
     /// Look at the next frame's header before `Parser::parse` buffers its payload: refuse
     /// oversize messages, fragmented or long control frames and reserved bits at once.
     /// `Ok(false)` means the header is not complete yet.
@@ -301,10 +357,21 @@ impl WsCodec {
             return Ok(false);
         }
         let (b0, b1) = (buf[0], buf[1]);
-        if b0 & 0x70 != 0 {
-            return Err(ProtocolError::invalid(
-                "frame with reserved bits set (no extension was negotiated)",
-            ));
+        if b0 & 0x30 != 0 {
+            return Err(ProtocolError::invalid("frame with RSV2 or RSV3 set"));
+        }
+        if b0 & RSV1 != 0 {
+            let first_data = matches!(OpCode::from(b0 & 0x0F), OpCode::Text | OpCode::Binary);
+            if self.deflate.is_none() {
+                return Err(ProtocolError::invalid(
+                    "frame with reserved bits set (no extension was negotiated)",
+                ));
+            }
+            if !first_data {
+                return Err(ProtocolError::invalid(
+                    "RSV1 set on a frame other than a message's first",
+                ));
+            }
         }
         let len = match b1 & 0x7F {
             126 => match buf.get(2..4) {
@@ -380,6 +447,9 @@ impl WsCodec {
         Ok(Decoded::Close { reply, reason })
     }
 }
+
+/// The first header byte's RSV1: a compressed message (permessage-deflate).
+const RSV1: u8 = 0x40;
 
 /// Prefix of the handshake error for an unsupported version (answered with `426`).
 const BAD_VERSION: &str = "unsupported Sec-WebSocket-Version";
@@ -462,17 +532,22 @@ fn ws_error(e: WsError) -> ProtocolError {
     })
 }
 
-/// Encode a data message as one frame; `mask` for client-to-server frames.
-fn encode_frame(msg: &Message, mask: bool) -> Result<Bytes, ProtocolError> {
-    let (payload, op) = match msg {
-        Message::Text(s) => (s.as_bytes(), OpCode::Text),
-        Message::Binary(b) => (&b[..], OpCode::Binary),
+/// A data message's payload and opcode.
+fn data_payload(msg: &Message) -> Result<(&[u8], OpCode), ProtocolError> {
+    match msg {
+        Message::Text(s) => Ok((s.as_bytes(), OpCode::Text)),
+        Message::Binary(b) => Ok((&b[..], OpCode::Binary)),
         Message::Request(_) | Message::Response(_) | Message::Chunk(_) => {
-            return Err(ProtocolError::Encode(
+            Err(ProtocolError::Encode(
                 "a WebSocket connection sends text or binary messages, not HTTP".into(),
             ))
         }
-    };
+    }
+}
+
+/// Encode a data message as one frame; `mask` for client-to-server frames.
+fn encode_frame(msg: &Message, mask: bool) -> Result<Bytes, ProtocolError> {
+    let (payload, op) = data_payload(msg)?;
     let mut dst = BytesMut::new();
     Parser::write_message(&mut dst, payload, op, true, mask);
     Ok(dst.freeze())
@@ -500,7 +575,18 @@ impl Codec for WsCodec {
                 "the WebSocket session is closing".into(),
             ));
         }
-        encode_frame(&msg, self.masked())
+        match self.deflate.as_mut() {
+            None => encode_frame(&msg, self.masked()),
+            Some(deflate) => {
+                let (payload, op) = data_payload(&msg)?;
+                let mut compressed = Vec::new();
+                deflate.compress(payload, &mut compressed);
+                let mut dst = BytesMut::with_capacity(compressed.len() + 14);
+                Parser::write_message(&mut dst, compressed, op, true, self.role == Role::Client);
+                dst[0] |= RSV1;
+                Ok(dst.freeze())
+            }
+        }
     }
 
     fn error_reply(&mut self, err: &ProtocolError) -> Option<Bytes> {
@@ -583,6 +669,18 @@ impl Codec for WsCodec {
               Sec-WebSocket-Accept: ",
         );
         out.extend_from_slice(&accept);
+        if self.compression {
+            let offers = req
+                .headers()
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|(_, v)| v.as_str());
+            if let Some((agreed, answer)) = deflate::negotiate(offers) {
+                out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+                out.extend_from_slice(answer.as_bytes());
+                self.deflate = Some(Box::new(Deflate::new(agreed)));
+            }
+        }
         out.extend_from_slice(b"\r\nServer: werkmann\r\n\r\n");
         self.state = State::Open;
         Ok(out.freeze())
@@ -1321,6 +1419,154 @@ mod tests {
         assert!(client_against(|k| ok(k).replace("Upgrade: websocket\r\n", "") + "\r\n").is_err());
         // An incomplete head waits.
         assert!(matches!(client_against(|k| ok(k)), Ok(None)));
+    }
+
+    /// A server codec with compression, past a handshake that offered `offer`.
+    fn open_deflate(max: usize, offer: &str) -> (WsCodec, String) {
+        let mut c = WsCodec::new_server(max).with_compression(true);
+        let req = upgrade_request(&format!(
+            "Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: {offer}\r\n"
+        ));
+        let mut buf = BytesMut::from(req.as_bytes());
+        let Some(Decoded::Handshake(req)) = c.decode(&mut buf).unwrap() else {
+            panic!("no handshake")
+        };
+        let resp = c.accept(&req, None).unwrap();
+        (c, String::from_utf8(resp.to_vec()).unwrap())
+    }
+
+    fn peer_deflate() -> Deflate {
+        Deflate::new(deflate::Agreed {
+            send_no_context_takeover: false,
+            send_window_bits: 15,
+            recv_no_context_takeover: false,
+        })
+    }
+
+    /// A masked client frame with RSV1 set.
+    fn compressed_cf(payload: &[u8], op: OpCode, fin: bool) -> Vec<u8> {
+        let mut f = cf(payload, op, fin);
+        f[0] |= RSV1;
+        f
+    }
+
+    #[test]
+    fn deflate_negotiated_only_when_enabled_and_offered() {
+        let (c, resp) = open_deflate(1024, "permessage-deflate; client_max_window_bits");
+        assert!(c.compressed());
+        assert!(
+            resp.contains("\r\nSec-WebSocket-Extensions: permessage-deflate\r\n"),
+            "{resp}"
+        );
+        let (c, resp) = open_deflate(1024, "permessage-deflate; bogus, x-other");
+        assert!(!c.compressed());
+        assert!(!resp.contains("Extensions"), "{resp}");
+        // Not enabled: the offer is ignored, RSV1 stays refused.
+        let mut c = open_server(1024);
+        assert!(!c.compressed());
+        let mut buf = BytesMut::from(&compressed_cf(b"x", OpCode::Text, true)[..]);
+        assert!(c.decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn deflate_messages_both_ways() {
+        let (mut c, _) = open_deflate(1 << 20, "permessage-deflate");
+        let mut peer = peer_deflate();
+        // One compressed text frame, then one fragmented over three frames with a ping inside.
+        let mut wire = Vec::new();
+        peer.compress("hello hello hello".as_bytes(), &mut wire);
+        let mut buf = BytesMut::from(&compressed_cf(&wire, OpCode::Text, true)[..]);
+        assert_eq!(text(c.decode(&mut buf).unwrap()), "hello hello hello");
+        let big = "werkmann ".repeat(1000);
+        let mut wire = Vec::new();
+        peer.compress(big.as_bytes(), &mut wire);
+        let (a, b) = wire.split_at(wire.len() / 3);
+        let (b, d) = b.split_at(b.len() / 2);
+        buf.extend_from_slice(&compressed_cf(a, OpCode::Text, false));
+        buf.extend_from_slice(&cf(b, OpCode::Continue, false));
+        buf.extend_from_slice(&cf(b"hb", OpCode::Ping, true));
+        buf.extend_from_slice(&cf(d, OpCode::Continue, true));
+        assert!(matches!(
+            c.decode(&mut buf).unwrap(),
+            Some(Decoded::Reply(_))
+        ));
+        assert_eq!(text(c.decode(&mut buf).unwrap()), big);
+        // An uncompressed message still reads.
+        buf.extend_from_slice(&cf(b"plain", OpCode::Binary, true));
+        assert!(matches!(
+            c.decode(&mut buf).unwrap(),
+            Some(Decoded::Message(Message::Binary(b))) if &b[..] == b"plain"
+        ));
+        // What the server sends is compressed, RSV1 on the frame, and inflates.
+        let frame = c.encode(Message::from(big.clone())).unwrap();
+        assert_eq!(frame[0], 0x80 | RSV1 | 0x1);
+        let mut fb = BytesMut::from(&frame[..]);
+        fb[0] &= !RSV1;
+        let (_, _, payload) = parse(&fb, false);
+        assert!(payload.len() < big.len() / 10);
+        let mut out = BytesMut::new();
+        peer.decompress(&payload, true, &mut out, 1 << 20).unwrap();
+        assert_eq!(&out[..], big.as_bytes());
+        // Split headers wait without losing RSV1.
+        let mut wire = Vec::new();
+        peer.compress(b"again", &mut wire);
+        let f = compressed_cf(&wire, OpCode::Text, true);
+        let mut buf = BytesMut::from(&f[..3]);
+        assert!(c.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(&f[3..]);
+        assert_eq!(text(c.decode(&mut buf).unwrap()), "again");
+    }
+
+    #[test]
+    fn deflate_rsv1_rules_and_bombs() {
+        // RSV1 on a continuation or a control frame is a protocol error.
+        for frames in [
+            [
+                cf(b"a", OpCode::Text, false),
+                compressed_cf(b"b", OpCode::Continue, true),
+            ],
+            [compressed_cf(b"", OpCode::Ping, true), vec![]],
+        ] {
+            let (mut c, _) = open_deflate(1024, "permessage-deflate");
+            let mut buf = BytesMut::from(&frames.concat()[..]);
+            let err = c.decode(&mut buf).unwrap_err();
+            assert!(
+                matches!(err, ProtocolError::Invalid(ref m) if m.contains("RSV1")),
+                "{err}"
+            );
+            assert_eq!(
+                &parse(&c.error_reply(&err).unwrap(), false).2[..2],
+                &1002u16.to_be_bytes()
+            );
+        }
+        // A message that inflates past the limit is refused with 1009.
+        let (mut c, _) = open_deflate(64 * 1024, "permessage-deflate");
+        let mut wire = Vec::new();
+        peer_deflate().compress(&vec![b'a'; 1 << 20], &mut wire);
+        assert!(wire.len() < 4096);
+        let mut buf = BytesMut::from(&compressed_cf(&wire, OpCode::Binary, true)[..]);
+        let err = c.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::TooLarge { limit: 65536, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            &parse(&c.error_reply(&err).unwrap(), false).2[..2],
+            &1009u16.to_be_bytes()
+        );
+        // Invalid compressed data, and invalid UTF-8 once inflated.
+        let (mut c, _) = open_deflate(1024, "permessage-deflate");
+        let mut buf = BytesMut::from(&compressed_cf(&[0xff; 8], OpCode::Binary, true)[..]);
+        assert!(matches!(c.decode(&mut buf), Err(ProtocolError::Invalid(_))));
+        let (mut c, _) = open_deflate(1024, "permessage-deflate");
+        let mut wire = Vec::new();
+        peer_deflate().compress(b"\xc3(", &mut wire);
+        let mut buf = BytesMut::from(&compressed_cf(&wire, OpCode::Text, true)[..]);
+        assert!(matches!(
+            c.decode(&mut buf),
+            Err(ProtocolError::InvalidUtf8)
+        ));
     }
 
     #[test]

@@ -368,7 +368,10 @@ impl WorkerInstance {
         let conn = Connection::new(
             id,
             self.0.id,
-            proto.server_codec(self.0.config.max_package_size),
+            proto.server_codec_with(
+                self.0.config.max_package_size,
+                self.0.config.websocket_compression,
+            ),
             self.0.callbacks.clone(),
             Some(self.0.clone() as Rc<dyn ConnectionOwner>),
             self.0.config.max_send_buffer_size,
