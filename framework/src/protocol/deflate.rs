@@ -44,9 +44,12 @@ struct Offer {
 /// Server side: pick the first acceptable permessage-deflate offer among the values of the
 /// request's `Sec-WebSocket-Extensions` headers. Returns what was agreed and the value of the
 /// response's `Sec-WebSocket-Extensions`, or `None` (no offer, or none acceptable: the
-/// extension is declined and the session runs uncompressed, RFC 7692 §5).
+/// extension is declined and the session runs uncompressed, RFC 7692 §5). Without
+/// `context_takeover` the server compresses each message afresh and says so
+/// (`server_no_context_takeover`, which a response may carry unasked, RFC 7692 §7.1.1.1).
 pub(crate) fn negotiate<'a>(
     headers: impl IntoIterator<Item = &'a str>,
+    context_takeover: bool,
 ) -> Option<(Agreed, String)> {
     for header in headers {
         for ext in split_outside_quotes(header, ',') {
@@ -56,7 +59,8 @@ pub(crate) fn negotiate<'a>(
                 continue;
             }
             match parse_offer(parts) {
-                Ok(offer) => {
+                Ok(mut offer) => {
+                    offer.server_no_context_takeover |= !context_takeover;
                     if let Some(accepted) = accept(&offer) {
                         return Some(accepted);
                     }
@@ -334,7 +338,7 @@ mod tests {
     use super::*;
 
     fn agreed(text: &str) -> Option<(Agreed, String)> {
-        negotiate([text])
+        negotiate([text], true)
     }
 
     #[test]
@@ -378,14 +382,22 @@ mod tests {
             "x-webkit-deflate-frame",
         ] {
             assert_eq!(agreed(bad), None, "{bad}");
-            let (a, _) = negotiate([bad, "foo, permessage-deflate; client_max_window_bits=9"])
-                .unwrap_or_else(|| panic!("{bad}: the second offer"));
+            let (a, _) = negotiate(
+                [bad, "foo, permessage-deflate; client_max_window_bits=9"],
+                true,
+            )
+            .unwrap_or_else(|| panic!("{bad}: the second offer"));
             assert_eq!(a.send_window_bits, 15);
         }
-        assert!(
-            negotiate(["permessage-deflate; server_max_window_bits=8, permessage-deflate"])
-                .is_some()
-        );
+        assert!(negotiate(
+            ["permessage-deflate; server_max_window_bits=8, permessage-deflate"],
+            true
+        )
+        .is_some());
+        // Without context takeover the server says so, asked or not.
+        let (a, answer) = negotiate(["permessage-deflate; client_max_window_bits"], false).unwrap();
+        assert!(a.send_no_context_takeover && !a.recv_no_context_takeover);
+        assert_eq!(answer, "permessage-deflate; server_no_context_takeover");
     }
 
     fn round_trip(a: Agreed, b: Agreed, messages: &[&[u8]]) {

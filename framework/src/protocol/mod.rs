@@ -220,15 +220,18 @@ impl ProtocolKind {
     }
 
     /// A fresh codec for one accepted connection; a WebSocket one negotiates
-    /// permessage-deflate if `websocket_compression`.
+    /// permessage-deflate if `websocket_compression` is `Some(context_takeover)`.
     pub fn server_codec_with(
         &self,
         max_package: usize,
-        websocket_compression: bool,
+        websocket_compression: Option<bool>,
     ) -> Box<dyn Codec> {
         match self {
             ProtocolKind::WebSocket => Box::new(
-                websocket::WsCodec::new_server(max_package).with_compression(websocket_compression),
+                websocket::WsCodec::new_server(max_package).with_compression(
+                    websocket_compression.is_some(),
+                    websocket_compression.unwrap_or(false),
+                ),
             ),
             _ => self.server_codec(max_package),
         }
