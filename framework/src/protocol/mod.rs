@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 pub use custom::{register_protocol, Protocol};
 
 use crate::message::Message;
-use http::Request;
+use http::{Request, Response};
 
 /// Append `n` in decimal without `core::fmt` (HTTP heads, PHP-serialize lengths: per message).
 pub(crate) fn put_decimal(out: &mut impl bytes::BufMut, mut n: u64) {
@@ -89,12 +89,22 @@ impl ProtocolError {
 pub enum Decoded {
     /// A complete message for `on_message`.
     Message(Message),
-    /// Bytes to write to the peer ahead of anything queued (a pong, `100 Continue`).
+    /// Bytes to write to the peer ahead of anything queued (`100 Continue`).
     Reply(Bytes),
+    /// A WebSocket ping arrived: `pong` answers it.
+    Ping {
+        /// The ping's application data.
+        payload: Bytes,
+        /// The pong frame to write.
+        pong: Bytes,
+    },
+    /// A WebSocket pong arrived, with its application data.
+    Pong(Bytes),
     /// A WebSocket upgrade request waiting for the worker's answer ([`Codec::accept`]).
     Handshake(Box<Request>),
-    /// A client-side handshake finished; sends may flow now.
-    Opened,
+    /// A client-side handshake finished (with the server's answer, for a WebSocket); sends
+    /// may flow now.
+    Opened(Option<Box<Response>>),
     /// The peer closed the session (WebSocket close frame): write `reply`, then close.
     Close {
         /// What to write before closing (the answering close frame).
@@ -155,6 +165,16 @@ pub trait Codec {
     fn awaits_head(&self) -> bool {
         false
     }
+    /// The code and reason of a WebSocket closing handshake once it began: the peer's close
+    /// frame, or the one this side sent first (reported once).
+    fn take_close_status(&mut self) -> Option<(u16, String)> {
+        None
+    }
+    /// Add a header to the answer of a pending upgrade (WebSocket, while
+    /// `on_websocket_connect` runs); `false` when there is no such answer or it is invalid.
+    fn add_handshake_header(&mut self, _name: &str, _value: &str) -> bool {
+        false
+    }
     /// Whether the connection must close once its output is flushed (HTTP `Connection: close`).
     fn wants_close(&self) -> bool {
         false
@@ -200,6 +220,11 @@ impl ProtocolKind {
             "http" => ProtocolKind::Http,
             other => ProtocolKind::Custom(custom::lookup(other)?),
         })
+    }
+
+    /// Whether this is the WebSocket protocol.
+    pub(crate) fn is_websocket(&self) -> bool {
+        matches!(self, ProtocolKind::WebSocket)
     }
 
     /// The protocol's name.

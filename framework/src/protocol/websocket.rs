@@ -67,6 +67,11 @@ pub struct WsCodec {
     context_takeover: bool,
     /// permessage-deflate, once negotiated.
     deflate: Option<Box<Deflate>>,
+    /// The closing handshake's code and reason (the peer's, or ours if we closed first),
+    /// until [`Codec::take_close_status`] takes it.
+    close_status: Option<(u16, String)>,
+    /// Server: headers `on_websocket_connect` added to the `101`.
+    extra_headers: Vec<(String, String)>,
 }
 
 impl WsCodec {
@@ -113,6 +118,8 @@ impl WsCodec {
             compression: false,
             context_takeover: false,
             deflate: None,
+            close_status: None,
+            extra_headers: Vec::new(),
         }
     }
 
@@ -150,6 +157,9 @@ impl WsCodec {
 
     fn close_with(&mut self, code: Option<u16>, reason: &str) -> Bytes {
         self.close_sent = true;
+        if !self.close_received {
+            self.close_status = Some((code.unwrap_or(NO_STATUS), reason.to_owned()));
+        }
         if let Some(d) = self.deflate.as_mut() {
             d.release();
         }
@@ -247,11 +257,22 @@ impl WsCodec {
             return fail(&format!("unrequested extension {ext:?}"));
         }
         if let Some(proto) = header("sec-websocket-protocol").filter(|v| !v.is_empty()) {
-            return fail(&format!("unrequested subprotocol {proto:?}"));
+            let requested = self.extra_headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("sec-websocket-protocol")
+                    && v.split(',').any(|p| p.trim() == proto)
+            });
+            if !requested {
+                return fail(&format!("unrequested subprotocol {proto:?}"));
+            }
+        }
+        let mut response = Response::new(code);
+        for h in resp.headers.iter() {
+            response = response.with_header(h.name, String::from_utf8_lossy(h.value).trim());
         }
         buf.advance(len);
         self.state = State::Open;
-        Ok(Some(Decoded::Opened))
+        self.extra_headers = Vec::new();
+        Ok(Some(Decoded::Opened(Some(Box::new(response)))))
     }
 
     /// Both sides, once open: decode frames until a message, a reply or a close comes out.
@@ -277,9 +298,13 @@ impl WsCodec {
             let payload = payload.unwrap_or_default();
             match op {
                 OpCode::Ping => {
-                    return Ok(Some(Decoded::Reply(self.frame(&payload, OpCode::Pong))))
+                    let pong = self.frame(&payload, OpCode::Pong);
+                    return Ok(Some(Decoded::Ping {
+                        payload: payload.freeze(),
+                        pong,
+                    }));
                 }
-                OpCode::Pong => continue,
+                OpCode::Pong => return Ok(Some(Decoded::Pong(payload.freeze()))),
                 OpCode::Close => return self.on_close(&payload).map(Some),
                 OpCode::Text | OpCode::Binary => {
                     if self.partial.is_some() {
@@ -448,6 +473,9 @@ impl WsCodec {
             Some(code) => format!("peer closed the session with code {code}: {text}"),
             None => "peer closed the session without a status code".to_owned(),
         };
+        if !self.close_sent {
+            self.close_status = Some((code.unwrap_or(NO_STATUS), text.to_owned()));
+        }
         self.close_received = true;
         self.partial = None;
         let reply = (!self.close_sent).then(|| self.close_with(code, ""));
@@ -457,6 +485,8 @@ impl WsCodec {
 
 /// The first header byte's RSV1: a compressed message (permessage-deflate).
 const RSV1: u8 = 0x40;
+/// The close code reported for a close frame without one (RFC 6455 §7.1.5).
+const NO_STATUS: u16 = 1005;
 
 /// Prefix of the handshake error for an unsupported version (answered with `426`).
 const BAD_VERSION: &str = "unsupported Sec-WebSocket-Version";
@@ -688,6 +718,20 @@ impl Codec for WsCodec {
                 self.deflate = Some(Box::new(Deflate::new(agreed)));
             }
         }
+        for (name, value) in std::mem::take(&mut self.extra_headers) {
+            if name.eq_ignore_ascii_case("sec-websocket-protocol")
+                && !req
+                    .header("sec-websocket-protocol")
+                    .is_some_and(|offered| offered.split(',').any(|p| p.trim() == value))
+            {
+                log::warn!("subprotocol {value:?} was not offered by the client; not sent");
+                continue;
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
         out.extend_from_slice(b"\r\nServer: werkmann\r\n\r\n");
         self.state = State::Open;
         Ok(out.freeze())
@@ -698,17 +742,54 @@ impl Codec for WsCodec {
             return None;
         }
         let key = BASE64_STANDARD.encode(rand::random::<[u8; 16]>());
-        let head = format!(
+        let mut head = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: werkmann\r\n\r\n",
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
             self.path, self.host
         );
+        let extra = self.extra_headers.iter();
+        let mut agent = false;
+        for (name, value) in extra {
+            agent |= name.eq_ignore_ascii_case("user-agent");
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !agent {
+            head.push_str("User-Agent: werkmann\r\n");
+        }
+        head.push_str("\r\n");
         self.key = Some(key);
         Some(Bytes::from(head))
     }
 
     fn is_open(&self) -> bool {
         self.state == State::Open
+    }
+
+    fn take_close_status(&mut self) -> Option<(u16, String)> {
+        self.close_status.take()
+    }
+
+    fn add_handshake_header(&mut self, name: &str, value: &str) -> bool {
+        let handshake_pending = match self.role {
+            Role::Server => self.state == State::AwaitingAccept,
+            Role::Client => self.state == State::Handshake && self.key.is_none(),
+        };
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b":()<>@,;\\\"/[]?={}".contains(&b))
+        };
+        let field_value = |s: &str| s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        if !handshake_pending {
+            return false;
+        }
+        if !token(name) || !field_value(value) {
+            log::warn!("handshake header {name:?}: {value:?} is not a valid header; not sent");
+            return false;
+        }
+        self.extra_headers
+            .push((name.to_owned(), value.trim().to_owned()));
+        true
     }
 
     fn awaits_head(&self) -> bool {
@@ -1013,13 +1094,17 @@ mod tests {
         buf.extend_from_slice(&cf(b"are you there?", OpCode::Ping, true));
         buf.extend_from_slice(&cf(b"ignored", OpCode::Pong, true));
         buf.extend_from_slice(&cf(b"world", OpCode::Continue, true));
-        let Some(Decoded::Reply(pong)) = c.decode(&mut buf).unwrap() else {
+        let Some(Decoded::Ping { pong, .. }) = c.decode(&mut buf).unwrap() else {
             panic!()
         };
         assert_eq!(
             parse(&pong, false),
             (true, OpCode::Pong, b"are you there?".to_vec())
         );
+        assert!(matches!(
+            c.decode(&mut buf).unwrap(),
+            Some(Decoded::Pong(p)) if &p[..] == b"ignored"
+        ));
         assert_eq!(text(c.decode(&mut buf).unwrap()), "Hello, world");
         assert!(buf.is_empty());
     }
@@ -1149,7 +1234,7 @@ mod tests {
 
         let mut c = open_server(1024);
         let mut buf = BytesMut::from(&cf(b"", OpCode::Ping, true)[..]);
-        let Some(Decoded::Reply(pong)) = c.decode(&mut buf).unwrap() else {
+        let Some(Decoded::Ping { pong, .. }) = c.decode(&mut buf).unwrap() else {
             panic!()
         };
         assert_eq!(parse(&pong, false), (true, OpCode::Pong, vec![]));
@@ -1229,6 +1314,78 @@ mod tests {
         );
         assert!(c.close_frame().is_none(), "close already sent");
         assert!(c.error_reply(&ProtocolError::invalid("x")).is_none());
+    }
+
+    #[test]
+    fn close_status_reported_once() {
+        // The peer's code and reason.
+        let mut c = open_server(1024);
+        let mut payload = 4001u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let mut buf = BytesMut::from(&cf(&payload, OpCode::Close, true)[..]);
+        c.decode(&mut buf).unwrap();
+        assert_eq!(c.take_close_status(), Some((4001, "bye".to_owned())));
+        assert_eq!(c.take_close_status(), None);
+        // None in the frame: 1005.
+        let mut c = open_server(1024);
+        let mut buf = BytesMut::from(&cf(b"", OpCode::Close, true)[..]);
+        c.decode(&mut buf).unwrap();
+        assert_eq!(c.take_close_status(), Some((1005, String::new())));
+        // Ours first: the peer's answer is not reported again.
+        let mut c = open_server(1024);
+        c.close_frame().unwrap();
+        assert_eq!(c.take_close_status(), Some((1000, String::new())));
+        let mut buf = BytesMut::from(&cf(&1000u16.to_be_bytes(), OpCode::Close, true)[..]);
+        let _ = c.decode(&mut buf);
+        assert_eq!(c.take_close_status(), None);
+        // A protocol error's code.
+        let mut c = open_server(1024);
+        c.error_reply(&ProtocolError::InvalidUtf8).unwrap();
+        assert_eq!(
+            c.take_close_status(),
+            Some((1007, "invalid UTF-8".to_owned()))
+        );
+    }
+
+    #[test]
+    fn handshake_headers_and_subprotocol() {
+        let mut c = WsCodec::new_server(1024);
+        let req = upgrade_request(&format!(
+            "Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: chat, superchat\r\n"
+        ));
+        let mut buf = BytesMut::from(req.as_bytes());
+        let Some(Decoded::Handshake(req)) = c.decode(&mut buf).unwrap() else {
+            panic!()
+        };
+        assert!(c.add_handshake_header("Sec-WebSocket-Protocol", "superchat"));
+        assert!(c.add_handshake_header("X-Served-By", "werkmann 1"));
+        assert!(!c.add_handshake_header("X-Bad", "a\r\nSet-Cookie: x"));
+        assert!(!c.add_handshake_header("Bad Name", "v"));
+        let resp = String::from_utf8(c.accept(&req, None).unwrap().to_vec()).unwrap();
+        assert!(
+            resp.contains("\r\nSec-WebSocket-Protocol: superchat\r\n"),
+            "{resp}"
+        );
+        assert!(resp.contains("\r\nX-Served-By: werkmann 1\r\n"), "{resp}");
+        assert!(
+            !resp.contains("X-Bad") && !resp.contains("Set-Cookie"),
+            "{resp}"
+        );
+        assert!(
+            !c.add_handshake_header("X-Late", "v"),
+            "only before the answer"
+        );
+
+        // A protocol the client did not offer is not sent.
+        let mut c = WsCodec::new_server(1024);
+        let mut buf = BytesMut::from(good_request().as_bytes());
+        let Some(Decoded::Handshake(req)) = c.decode(&mut buf).unwrap() else {
+            panic!()
+        };
+        assert!(c.add_handshake_header("Sec-WebSocket-Protocol", "chat"));
+        let resp = String::from_utf8(c.accept(&req, None).unwrap().to_vec()).unwrap();
+        assert!(!resp.contains("Sec-WebSocket-Protocol"), "{resp}");
     }
 
     #[test]
@@ -1315,7 +1472,7 @@ mod tests {
         cbuf.extend_from_slice(&server.encode(Message::from("welcome")).unwrap());
         assert!(matches!(
             client.decode(&mut cbuf).unwrap(),
-            Some(Decoded::Opened)
+            Some(Decoded::Opened(_))
         ));
         assert!(client.is_open());
         assert_eq!(text(client.decode(&mut cbuf).unwrap()), "welcome");
@@ -1333,13 +1490,17 @@ mod tests {
         cbuf.extend_from_slice(&sf(b"frag", OpCode::Text, false));
         cbuf.extend_from_slice(&sf(b"hb", OpCode::Ping, true));
         cbuf.extend_from_slice(&sf(b"ment", OpCode::Continue, true));
-        let Some(Decoded::Reply(pong)) = client.decode(&mut cbuf).unwrap() else {
+        let Some(Decoded::Ping { pong, payload }) = client.decode(&mut cbuf).unwrap() else {
             panic!()
         };
         assert_eq!(parse(&pong, true), (true, OpCode::Pong, b"hb".to_vec()));
         assert_eq!(text(client.decode(&mut cbuf).unwrap()), "fragment");
         sbuf.extend_from_slice(&pong);
-        assert!(server.decode(&mut sbuf).unwrap().is_none(), "pong ignored");
+        assert_eq!(&payload[..], b"hb");
+        assert!(
+            matches!(server.decode(&mut sbuf).unwrap(), Some(Decoded::Pong(p)) if &p[..] == b"hb"),
+            "pong reported"
+        );
 
         // A masked frame from the server is refused by the client.
         let mut bad = BytesMut::from(&cf(b"x", OpCode::Text, true)[..]);
@@ -1417,7 +1578,7 @@ mod tests {
         };
         assert!(matches!(
             client_against(|k| ok(k) + "\r\n"),
-            Ok(Some(Decoded::Opened))
+            Ok(Some(Decoded::Opened(_)))
         ));
         assert!(
             client_against(|k| ok(k) + "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
@@ -1496,7 +1657,7 @@ mod tests {
         buf.extend_from_slice(&cf(d, OpCode::Continue, true));
         assert!(matches!(
             c.decode(&mut buf).unwrap(),
-            Some(Decoded::Reply(_))
+            Some(Decoded::Ping { .. })
         ));
         assert_eq!(text(c.decode(&mut buf).unwrap()), big);
         // An uncompressed message still reads.
