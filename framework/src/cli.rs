@@ -155,6 +155,11 @@ pub struct Limits {
     /// (HTTP, WebSocket upgrades; default 10; 0: never)
     #[arg(long, env = "WERKMANN_HEAD_TIMEOUT", value_name = "SECS")]
     pub head_timeout: Option<u64>,
+    /// WebSocket: negotiate permessage-deflate compression when a client offers it (on/off;
+    /// the default is the app's: off, ws_echo on)
+    #[arg(long, env = "WERKMANN_WS_COMPRESSION", value_name = "on|off",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub ws_compression: Option<bool>,
 }
 
 impl Limits {
@@ -171,6 +176,9 @@ impl Limits {
         }
         if let Some(secs) = self.head_timeout {
             worker.head_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        if let Some(on) = self.ws_compression {
+            worker.websocket_compression = on;
         }
         let origins: Vec<String> = self
             .origins

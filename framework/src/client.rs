@@ -17,7 +17,7 @@ use crate::connection::{
     DEFAULT_MAX_SEND_BUFFER,
 };
 use crate::error::Error;
-use crate::message::Message;
+use crate::message::{Message, Response};
 use crate::protocol::{ProtocolKind, Role};
 use crate::tls::ClientTls;
 use crate::transport::Stream;
@@ -41,6 +41,10 @@ struct ClientInner {
     /// Connect over TLS, trusting these roots (`None` with `wants_tls`: the system's).
     tls: RefCell<Option<ClientTls>>,
     wants_tls: Cell<bool>,
+    /// `ws://`: headers added to the upgrade request (the subprotocol among them).
+    headers: RefCell<Vec<(String, String)>>,
+    /// `ws://`: send a ping this often once open.
+    ping_interval: Cell<Option<Duration>>,
 }
 
 /// An outgoing connection, Workerman's `AsyncTcpConnection`.
@@ -92,6 +96,8 @@ impl AsyncTcpConnection {
             max_package_size: Cell::new(DEFAULT_MAX_PACKAGE),
             tls: RefCell::new(None),
             wants_tls: Cell::new(wants_tls),
+            headers: RefCell::new(Vec::new()),
+            ping_interval: Cell::new(None),
         })))
     }
 
@@ -100,6 +106,57 @@ impl AsyncTcpConnection {
     pub fn set_tls(&self, tls: ClientTls) {
         *self.0.tls.borrow_mut() = Some(tls);
         self.0.wants_tls.set(true);
+    }
+
+    /// `ws://`: add a header to the upgrade request (Workerman's `$con->headers`), from the
+    /// next connection attempt on. A name or value that is not a valid header is dropped
+    /// (logged) when the request is written.
+    pub fn add_header(&self, name: &str, value: &str) {
+        self.0
+            .headers
+            .borrow_mut()
+            .push((name.to_owned(), value.to_owned()));
+    }
+
+    /// `ws://`: ask for these subprotocols, in order of preference (`Sec-WebSocket-Protocol`,
+    /// Workerman's `websocketClientProtocol`); the server's choice is in the response's
+    /// `Sec-WebSocket-Protocol` ([`AsyncTcpConnection::on_websocket_connect`]), and a choice
+    /// not asked for fails the handshake.
+    pub fn set_websocket_protocols(&self, protocols: &[&str]) {
+        let mut headers = self.0.headers.borrow_mut();
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("sec-websocket-protocol"));
+        if !protocols.is_empty() {
+            headers.push(("Sec-WebSocket-Protocol".into(), protocols.join(", ")));
+        }
+    }
+
+    /// `ws://`: send a ping every `interval` while open (Workerman's
+    /// `websocketPingInterval`); `None` (the default) sends none.
+    pub fn set_websocket_ping_interval(&self, interval: Option<Duration>) {
+        self.0.ping_interval.set(interval.filter(|d| !d.is_zero()));
+    }
+
+    /// `ws://`: called with the server's `101` answer (status and headers) once the handshake
+    /// succeeds, before `on_connect` (Workerman's client `onWebSocketConnect`).
+    pub fn on_websocket_connect(&self, f: impl Fn(&Connection, &Response) + 'static) {
+        self.0.callbacks.borrow_mut().on_websocket_response = Some(Rc::new(f));
+    }
+
+    /// `ws://`: called with each ping's data from the server (the pong is sent anyway).
+    pub fn on_websocket_ping(&self, f: impl Fn(&Connection, &[u8]) + 'static) {
+        self.0.callbacks.borrow_mut().on_websocket_ping = Some(Rc::new(f));
+    }
+
+    /// `ws://`: called with each pong's data from the server (answers to the ping interval's
+    /// pings).
+    pub fn on_websocket_pong(&self, f: impl Fn(&Connection, &[u8]) + 'static) {
+        self.0.callbacks.borrow_mut().on_websocket_pong = Some(Rc::new(f));
+    }
+
+    /// `ws://`: called when the closing handshake begins, with the code and reason of the
+    /// server's close frame, or of ours.
+    pub fn on_websocket_close(&self, f: impl Fn(&Connection, u16, &str) + 'static) {
+        self.0.callbacks.borrow_mut().on_websocket_close = Some(Rc::new(f));
     }
 
     /// The URL given to `new`.
@@ -203,6 +260,14 @@ impl AsyncTcpConnection {
             &inner.path,
             inner.max_package_size.get(),
         );
+        let mut codec = codec;
+        for (name, value) in inner.headers.borrow().iter() {
+            codec.add_handshake_header(name, value);
+        }
+        let ping_interval = inner
+            .ping_interval
+            .get()
+            .filter(|_| inner.proto.is_websocket());
         let conn = Connection::new(
             id,
             usize::MAX,
@@ -259,6 +324,25 @@ impl AsyncTcpConnection {
                 }
             };
             conn.attach(stream, peer);
+            if let Some(every) = ping_interval {
+                let conn = conn.clone();
+                actix_rt::spawn(async move {
+                    let mut tick =
+                        tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    loop {
+                        tick.tick().await;
+                        if matches!(
+                            conn.status(),
+                            crate::connection::Status::Closing | crate::connection::Status::Closed
+                        ) {
+                            break;
+                        }
+                        if conn.is_open() {
+                            conn.send_ping();
+                        }
+                    }
+                });
+            }
             if fires_connect {
                 let cb = conn.callbacks().borrow().on_connect.clone();
                 if let Some(cb) = cb {

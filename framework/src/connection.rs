@@ -451,6 +451,7 @@ impl Connection {
                 }
                 self.set_closing();
                 self.wake();
+                self.report_ws_close();
             }
         }
     }
@@ -968,6 +969,47 @@ impl Connection {
         }
         *self.0.read_buf.borrow_mut() = BytesMut::new();
         self.set_closing();
+        self.report_ws_close();
+    }
+
+    /// Queue a keep-alive ping (WebSocket); false when the protocol has none or the
+    /// connection is not open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.codec.borrow().is_open()
+    }
+
+    pub(crate) fn send_ping(&self) -> bool {
+        if self.status() != Status::Established {
+            return false;
+        }
+        let ping = self.0.codec.borrow_mut().ping_frame();
+        ping.is_some_and(|p| self.send_deferred(p).is_ok())
+    }
+
+    /// Call `on_websocket_close` if the codec's closing handshake just began.
+    fn report_ws_close(&self) {
+        let status = self.0.codec.borrow_mut().take_close_status();
+        let Some((code, reason)) = status else {
+            return;
+        };
+        let cb = self.callbacks().borrow().on_websocket_close.clone();
+        if let Some(cb) = cb {
+            guard("on_websocket_close", || cb(self, code, &reason));
+        }
+    }
+
+    /// Add a header to the `101` answering this connection's WebSocket upgrade (Workerman's
+    /// `$connection->headers` in `onWebSocketConnect`). Only while `on_websocket_connect`
+    /// runs; returns whether the header was taken (a name or value with line breaks is not).
+    pub fn add_websocket_header(&self, name: &str, value: &str) -> bool {
+        self.0.codec.borrow_mut().add_handshake_header(name, value)
+    }
+
+    /// Choose the subprotocol of this WebSocket upgrade (`Sec-WebSocket-Protocol`), one of
+    /// those the client offered (`req.header("sec-websocket-protocol")`, comma-separated); a
+    /// protocol the client did not offer is not sent. Only while `on_websocket_connect` runs.
+    pub fn set_websocket_protocol(&self, protocol: &str) -> bool {
+        self.add_websocket_header("Sec-WebSocket-Protocol", protocol)
     }
 
     fn dispatch(&self, d: Decoded) {
@@ -987,8 +1029,25 @@ impl Connection {
             Decoded::Reply(bytes) => {
                 self.0.out.borrow_mut().push_back(bytes);
             }
+            Decoded::Ping { payload, pong } => {
+                self.0.out.borrow_mut().push_back(pong);
+                let cb = self.callbacks().borrow().on_websocket_ping.clone();
+                if let Some(cb) = cb {
+                    guard("on_websocket_ping", || cb(self, &payload));
+                }
+            }
+            Decoded::Pong(payload) => {
+                let cb = self.callbacks().borrow().on_websocket_pong.clone();
+                if let Some(cb) = cb {
+                    guard("on_websocket_pong", || cb(self, &payload));
+                }
+            }
             Decoded::Handshake(req) => self.handshake(&req),
-            Decoded::Opened => {
+            Decoded::Opened(response) => {
+                let cb = self.callbacks().borrow().on_websocket_response.clone();
+                if let (Some(cb), Some(resp)) = (cb, response) {
+                    guard("on_websocket_connect", || cb(self, &resp));
+                }
                 let cb = self.callbacks().borrow().on_connect.clone();
                 if let Some(cb) = cb {
                     guard("on_connect", || cb(self));
@@ -1000,6 +1059,7 @@ impl Connection {
                     self.0.out.borrow_mut().push_back(r);
                 }
                 self.set_closing();
+                self.report_ws_close();
             }
         }
     }

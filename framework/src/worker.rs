@@ -7,7 +7,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::callbacks::{ConnFn, ErrorFn, HandshakeFn, MessageFn};
+use crate::connection::callbacks::{
+    ConnFn, ErrorFn, HandshakeFn, MessageFn, WsCloseFn, WsControlFn,
+};
 use crate::connection::{
     Callbacks, Connection, ConnectionError, DEFAULT_MAX_PACKAGE, DEFAULT_MAX_SEND_BUFFER,
 };
@@ -24,6 +26,8 @@ type SyncInstanceFn = Arc<dyn Fn(&WorkerInstance) + Send + Sync>;
 type SyncMessageFn = Arc<dyn Fn(&Connection, Message) + Send + Sync>;
 type SyncErrorFn = Arc<dyn Fn(&Connection, &ConnectionError) + Send + Sync>;
 type SyncHandshakeFn = Arc<dyn Fn(&Connection, &Request) -> Result<(), Response> + Send + Sync>;
+type SyncWsCloseFn = Arc<dyn Fn(&Connection, u16, &str) + Send + Sync>;
+type SyncWsControlFn = Arc<dyn Fn(&Connection, &[u8]) + Send + Sync>;
 
 /// The callbacks as configured: shared by all instances, turned into per-instance
 /// [`Callbacks`] on each instance's thread.
@@ -40,6 +44,10 @@ pub(crate) struct WorkerCallbacks {
     pub on_websocket_connect: Option<SyncHandshakeFn>,
     /// Answered before `on_message` (HTTP workers).
     pub static_files: Option<Arc<StaticFiles>>,
+    pub on_websocket_connected: Option<SyncConnFn>,
+    pub on_websocket_close: Option<SyncWsCloseFn>,
+    pub on_websocket_ping: Option<SyncWsControlFn>,
+    pub on_websocket_pong: Option<SyncWsControlFn>,
 }
 
 impl WorkerCallbacks {
@@ -47,6 +55,10 @@ impl WorkerCallbacks {
         fn conn(f: &Option<SyncConnFn>) -> Option<ConnFn> {
             f.clone()
                 .map(|f| Rc::new(move |c: &Connection| f(c)) as Rc<dyn Fn(&Connection)>)
+        }
+        fn control(f: &Option<SyncWsControlFn>) -> Option<WsControlFn> {
+            f.clone()
+                .map(|f| Rc::new(move |c: &Connection, d: &[u8]| f(c, d)) as WsControlFn)
         }
         Callbacks {
             on_connect: conn(&self.on_connect),
@@ -80,6 +92,14 @@ impl WorkerCallbacks {
                 .on_websocket_connect
                 .clone()
                 .map(|f| Rc::new(move |c: &Connection, r: &Request| f(c, r)) as HandshakeFn),
+            on_websocket_connected: conn(&self.on_websocket_connected),
+            on_websocket_close: self.on_websocket_close.clone().map(|f| {
+                Rc::new(move |c: &Connection, code: u16, reason: &str| f(c, code, reason))
+                    as WsCloseFn
+            }),
+            on_websocket_ping: control(&self.on_websocket_ping),
+            on_websocket_pong: control(&self.on_websocket_pong),
+            on_websocket_response: None,
         }
     }
 }
@@ -147,6 +167,17 @@ pub struct Worker {
     /// connections had. For ids kept elsewhere as addresses (the push app's targeted pushes
     /// name a worker id and a connection id). Ids stay below 2^53, exact in JavaScript.
     pub time_based_connection_ids: bool,
+    /// WebSocket: negotiate permessage-deflate (RFC 7692) when a client offers it; messages
+    /// sent to that client are then compressed (broadcasts excepted: they are encoded once and
+    /// go uncompressed, which the extension allows). Off by default: a new feature costs
+    /// nothing unless asked for, and compressing costs CPU per message.
+    pub websocket_compression: bool,
+    /// With [`Worker::websocket_compression`]: keep each connection's compressor from message
+    /// to message (context takeover: better ratios for small, similar messages, but ~310 KiB
+    /// of zlib state per connection once it has sent a message). Off by default: each message
+    /// is compressed afresh (`server_no_context_takeover`), and an idle connection keeps
+    /// ~2 KiB as without compression.
+    pub websocket_compression_takeover: bool,
     /// Connections per client IP, shared by the instances (for `max_connections_per_ip`).
     pub(crate) per_ip:
         std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
@@ -239,6 +270,8 @@ impl Worker {
             uploads: Default::default(),
             sessions: None,
             time_based_connection_ids: false,
+            websocket_compression: false,
+            websocket_compression_takeover: false,
             per_ip: Default::default(),
             socket_name: socket_name.to_string(),
             tls_required,
@@ -346,12 +379,43 @@ impl Worker {
         Ok(())
     }
 
-    /// Called with the upgrade request of a WebSocket connection; return `Err(response)` to
-    /// refuse it with that response.
+    /// Called with the upgrade request of a WebSocket connection (Workerman's
+    /// `onWebSocketConnect`); return `Err(response)` to refuse it with that response. To
+    /// accept with a subprotocol or extra headers, call [`Connection::set_websocket_protocol`]
+    /// or [`Connection::add_websocket_header`] from it.
     pub fn on_websocket_connect(
         &mut self,
         f: impl Fn(&Connection, &Request) -> Result<(), Response> + Send + Sync + 'static,
     ) {
         self.callbacks.on_websocket_connect = Some(Arc::new(f));
+    }
+
+    /// Called once a WebSocket upgrade is accepted (`onWebSocketConnected`): the `101` is
+    /// queued, and what the callback sends follows it.
+    pub fn on_websocket_connected(&mut self, f: impl Fn(&Connection) + Send + Sync + 'static) {
+        self.callbacks.on_websocket_connected = Some(Arc::new(f));
+    }
+
+    /// Called when a WebSocket's closing handshake begins (`onWebSocketClose`), with the code
+    /// and reason of the peer's close frame (1005 when it had none), or of the close frame
+    /// this side sent first (1000 for `close()`, 1002/1007/1009 for a protocol error).
+    /// `on_close` still follows when the socket closes.
+    pub fn on_websocket_close(
+        &mut self,
+        f: impl Fn(&Connection, u16, &str) + Send + Sync + 'static,
+    ) {
+        self.callbacks.on_websocket_close = Some(Arc::new(f));
+    }
+
+    /// Called with each ping's data (`onWebSocketPing`). Unlike Workerman, the pong is sent
+    /// whether or not this is set, as RFC 6455 requires.
+    pub fn on_websocket_ping(&mut self, f: impl Fn(&Connection, &[u8]) + Send + Sync + 'static) {
+        self.callbacks.on_websocket_ping = Some(Arc::new(f));
+    }
+
+    /// Called with each pong's data (`onWebSocketPong`), e.g. the answers to the keep-alive
+    /// pings sent past half of `idle_timeout`.
+    pub fn on_websocket_pong(&mut self, f: impl Fn(&Connection, &[u8]) + Send + Sync + 'static) {
+        self.callbacks.on_websocket_pong = Some(Arc::new(f));
     }
 }

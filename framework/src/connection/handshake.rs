@@ -20,7 +20,13 @@ impl Connection {
             .borrow_mut()
             .accept(req, refusal.map(Message::from));
         match answer {
-            Ok(bytes) => self.0.out.borrow_mut().push_front(bytes),
+            Ok(bytes) => {
+                self.0.out.borrow_mut().push_front(bytes);
+                let cb = self.callbacks().borrow().on_websocket_connected.clone();
+                if let Some(cb) = cb {
+                    guard("on_websocket_connected", || cb(self));
+                }
+            }
             Err(bytes) => {
                 log::info!(
                     "connection {}: WebSocket handshake refused by on_websocket_connect",

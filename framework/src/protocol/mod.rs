@@ -5,6 +5,7 @@
 //! their own with [`Protocol`] and [`register_protocol`].
 
 mod custom;
+mod deflate;
 pub mod frame;
 pub mod http;
 mod http_framing;
@@ -20,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 pub use custom::{register_protocol, Protocol};
 
 use crate::message::Message;
-use http::Request;
+use http::{Request, Response};
 
 /// Append `n` in decimal without `core::fmt` (HTTP heads, PHP-serialize lengths: per message).
 pub(crate) fn put_decimal(out: &mut impl bytes::BufMut, mut n: u64) {
@@ -93,12 +94,22 @@ impl ProtocolError {
 pub enum Decoded {
     /// A complete message for `on_message`.
     Message(Message),
-    /// Bytes to write to the peer ahead of anything queued (a pong, `100 Continue`).
+    /// Bytes to write to the peer ahead of anything queued (`100 Continue`).
     Reply(Bytes),
+    /// A WebSocket ping arrived: `pong` answers it.
+    Ping {
+        /// The ping's application data.
+        payload: Bytes,
+        /// The pong frame to write.
+        pong: Bytes,
+    },
+    /// A WebSocket pong arrived, with its application data.
+    Pong(Bytes),
     /// A WebSocket upgrade request waiting for the worker's answer ([`Codec::accept`]).
     Handshake(Box<Request>),
-    /// A client-side handshake finished; sends may flow now.
-    Opened,
+    /// A client-side handshake finished (with the server's answer, for a WebSocket); sends
+    /// may flow now.
+    Opened(Option<Box<Response>>),
     /// The peer closed the session (WebSocket close frame): write `reply`, then close.
     Close {
         /// What to write before closing (the answering close frame).
@@ -159,6 +170,16 @@ pub trait Codec {
     fn awaits_head(&self) -> bool {
         false
     }
+    /// The code and reason of a WebSocket closing handshake once it began: the peer's close
+    /// frame, or the one this side sent first (reported once).
+    fn take_close_status(&mut self) -> Option<(u16, String)> {
+        None
+    }
+    /// Add a header to the answer of a pending upgrade (WebSocket, while
+    /// `on_websocket_connect` runs); `false` when there is no such answer or it is invalid.
+    fn add_handshake_header(&mut self, _name: &str, _value: &str) -> bool {
+        false
+    }
     /// Whether the connection must close once its output is flushed (HTTP `Connection: close`).
     fn wants_close(&self) -> bool {
         false
@@ -217,6 +238,11 @@ impl ProtocolKind {
         })
     }
 
+    /// Whether this is the WebSocket protocol.
+    pub(crate) fn is_websocket(&self) -> bool {
+        matches!(self, ProtocolKind::WebSocket)
+    }
+
     /// The protocol's name.
     pub fn name(&self) -> &'static str {
         match self {
@@ -232,6 +258,24 @@ impl ProtocolKind {
     /// A fresh codec for one accepted connection.
     pub fn server_codec(&self, max_package: usize) -> Box<dyn Codec> {
         self.codec(Role::Server, "", "/", max_package)
+    }
+
+    /// A fresh codec for one accepted connection; a WebSocket one negotiates
+    /// permessage-deflate if `websocket_compression` is `Some(context_takeover)`.
+    pub fn server_codec_with(
+        &self,
+        max_package: usize,
+        websocket_compression: Option<bool>,
+    ) -> Box<dyn Codec> {
+        match self {
+            ProtocolKind::WebSocket => Box::new(
+                websocket::WsCodec::new_server(max_package).with_compression(
+                    websocket_compression.is_some(),
+                    websocket_compression.unwrap_or(false),
+                ),
+            ),
+            _ => self.server_codec(max_package),
+        }
     }
 
     /// A fresh codec for one connection; `host` and `path` serve client handshakes.

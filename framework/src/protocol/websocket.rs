@@ -3,13 +3,14 @@
 //!
 //! Frames are parsed and written with `actix_http::ws::Parser`; this module adds the handshake,
 //! the size limit (checked from a frame's header, before its payload is buffered), message
-//! reassembly, incremental UTF-8 validation of text and the close handshake. No subprotocol or
-//! extension is ever negotiated.
+//! reassembly, incremental UTF-8 validation of text and the close handshake. A server codec
+//! with compression enabled negotiates permessage-deflate (RFC 7692, `deflate.rs`).
 
 use actix_http::ws::{hash_key, CloseCode, OpCode, Parser, ProtocolError as WsError};
 use base64::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::deflate::{self, Deflate};
 use super::http::{parse_head, Request, Response, MAX_HEAD};
 use super::{Codec, Decoded, ProtocolError, Role};
 use crate::message::Message;
@@ -36,6 +37,8 @@ enum State {
 #[derive(Debug)]
 struct Partial {
     text: bool,
+    /// The message is compressed (RSV1 on its first frame): `data` holds it inflated.
+    compressed: bool,
     data: BytesMut,
     /// How many leading bytes of `data` are known to be valid UTF-8 (text only).
     validated: usize,
@@ -58,6 +61,17 @@ pub struct WsCodec {
     close_received: bool,
     close_sent: bool,
     error_replied: bool,
+    /// Server: answer a permessage-deflate offer.
+    compression: bool,
+    /// Server: keep the compressor's context from message to message.
+    context_takeover: bool,
+    /// permessage-deflate, once negotiated.
+    deflate: Option<Box<Deflate>>,
+    /// The closing handshake's code and reason (the peer's, or ours if we closed first),
+    /// until [`Codec::take_close_status`] takes it.
+    close_status: Option<(u16, String)>,
+    /// Server: headers `on_websocket_connect` added to the `101`.
+    extra_headers: Vec<(String, String)>,
 }
 
 impl WsCodec {
@@ -101,7 +115,28 @@ impl WsCodec {
             close_received: false,
             close_sent: false,
             error_replied: false,
+            compression: false,
+            context_takeover: false,
+            deflate: None,
+            close_status: None,
+            extra_headers: Vec::new(),
         }
+    }
+
+    /// Server: negotiate permessage-deflate (RFC 7692) when the client offers it; messages
+    /// are then sent compressed, and compressed messages are read. With `context_takeover`
+    /// the compressor is kept from message to message (better ratios for small, similar
+    /// messages; its ~300 KiB stay with the connection), without it each message is
+    /// compressed afresh and nothing is kept.
+    pub fn with_compression(mut self, enabled: bool, context_takeover: bool) -> Self {
+        self.compression = enabled;
+        self.context_takeover = context_takeover;
+        self
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub fn compressed(&self) -> bool {
+        self.deflate.is_some()
     }
 
     /// Which side of the connection this codec serves.
@@ -122,6 +157,12 @@ impl WsCodec {
 
     fn close_with(&mut self, code: Option<u16>, reason: &str) -> Bytes {
         self.close_sent = true;
+        if !self.close_received {
+            self.close_status = Some((code.unwrap_or(NO_STATUS), reason.to_owned()));
+        }
+        if let Some(d) = self.deflate.as_mut() {
+            d.release();
+        }
         let mut payload = Vec::with_capacity(2 + reason.len());
         if let Some(code) = code {
             payload.extend_from_slice(&code.to_be_bytes());
@@ -216,11 +257,22 @@ impl WsCodec {
             return fail(&format!("unrequested extension {ext:?}"));
         }
         if let Some(proto) = header("sec-websocket-protocol").filter(|v| !v.is_empty()) {
-            return fail(&format!("unrequested subprotocol {proto:?}"));
+            let requested = self.extra_headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("sec-websocket-protocol")
+                    && v.split(',').any(|p| p.trim() == proto)
+            });
+            if !requested {
+                return fail(&format!("unrequested subprotocol {proto:?}"));
+            }
+        }
+        let mut response = Response::new(code);
+        for h in resp.headers.iter() {
+            response = response.with_header(h.name, String::from_utf8_lossy(h.value).trim());
         }
         buf.advance(len);
         self.state = State::Open;
-        Ok(Some(Decoded::Opened))
+        self.extra_headers = Vec::new();
+        Ok(Some(Decoded::Opened(Some(Box::new(response)))))
     }
 
     /// Both sides, once open: decode frames until a message, a reply or a close comes out.
@@ -233,17 +285,26 @@ impl WsCodec {
             if !self.check_header(buf)? {
                 return Ok(None);
             }
-            let parsed =
-                Parser::parse(buf, server, self.max_package.max(MAX_CONTROL)).map_err(ws_error)?;
-            let Some((fin, op, payload)) = parsed else {
+            // The parser refuses reserved bits: RSV1 (checked above) is taken off for it.
+            let rsv1 = buf[0] & RSV1 != 0;
+            buf[0] &= !RSV1;
+            let parsed = Parser::parse(buf, server, self.max_package.max(MAX_CONTROL));
+            let Some((fin, op, payload)) = parsed.map_err(ws_error)? else {
+                if rsv1 {
+                    buf[0] |= RSV1;
+                }
                 return Ok(None);
             };
             let payload = payload.unwrap_or_default();
             match op {
                 OpCode::Ping => {
-                    return Ok(Some(Decoded::Reply(self.frame(&payload, OpCode::Pong))))
+                    let pong = self.frame(&payload, OpCode::Pong);
+                    return Ok(Some(Decoded::Ping {
+                        payload: payload.freeze(),
+                        pong,
+                    }));
                 }
-                OpCode::Pong => continue,
+                OpCode::Pong => return Ok(Some(Decoded::Pong(payload.freeze()))),
                 OpCode::Close => return self.on_close(&payload).map(Some),
                 OpCode::Text | OpCode::Binary => {
                     if self.partial.is_some() {
@@ -252,12 +313,18 @@ impl WsCodec {
                         ));
                     }
                     let text = op == OpCode::Text;
+                    let data = if rsv1 {
+                        self.inflate(&payload, fin, BytesMut::new())?
+                    } else {
+                        payload
+                    };
                     if fin {
-                        return single_message(text, payload).map(|m| Some(Decoded::Message(m)));
+                        return single_message(text, data).map(|m| Some(Decoded::Message(m)));
                     }
                     let mut partial = Partial {
                         text,
-                        data: payload,
+                        compressed: rsv1,
+                        data,
                         validated: 0,
                     };
                     if text {
@@ -266,12 +333,17 @@ impl WsCodec {
                     self.partial = Some(partial);
                 }
                 OpCode::Continue => {
-                    let Some(partial) = self.partial.as_mut() else {
+                    let Some(mut partial) = self.partial.take() else {
                         return Err(ProtocolError::invalid(
                             "continuation frame without a fragmented message in progress",
                         ));
                     };
-                    partial.data.extend_from_slice(&payload);
+                    if partial.compressed {
+                        partial.data = self.inflate(&payload, fin, partial.data)?;
+                    } else {
+                        partial.data.extend_from_slice(&payload);
+                    }
+                    let partial = self.partial.insert(partial);
                     if partial.text {
                         validate_utf8(&partial.data, &mut partial.validated, fin)?;
                     }
@@ -293,6 +365,22 @@ impl WsCodec {
         }
     }
 
+    /// Inflate a compressed frame's payload onto `data` (the message so far), within the
+    /// package limit.
+    fn inflate(
+        &mut self,
+        payload: &[u8],
+        fin: bool,
+        mut data: BytesMut,
+    ) -> Result<BytesMut, ProtocolError> {
+        let deflate = self
+            .deflate
+            .as_mut()
+            .ok_or_else(|| ProtocolError::invalid("compressed frame without permessage-deflate"))?;
+        deflate.decompress(payload, fin, &mut data, self.max_package)?;
+        Ok(data)
+    }
+
     /// Look at the next frame's header before `Parser::parse` buffers its payload: refuse
     /// oversize messages, fragmented or long control frames and reserved bits at once.
     /// `Ok(false)` means the header is not complete yet.
@@ -301,10 +389,21 @@ impl WsCodec {
             return Ok(false);
         }
         let (b0, b1) = (buf[0], buf[1]);
-        if b0 & 0x70 != 0 {
-            return Err(ProtocolError::invalid(
-                "frame with reserved bits set (no extension was negotiated)",
-            ));
+        if b0 & 0x30 != 0 {
+            return Err(ProtocolError::invalid("frame with RSV2 or RSV3 set"));
+        }
+        if b0 & RSV1 != 0 {
+            let first_data = matches!(OpCode::from(b0 & 0x0F), OpCode::Text | OpCode::Binary);
+            if self.deflate.is_none() {
+                return Err(ProtocolError::invalid(
+                    "frame with reserved bits set (no extension was negotiated)",
+                ));
+            }
+            if !first_data {
+                return Err(ProtocolError::invalid(
+                    "RSV1 set on a frame other than a message's first",
+                ));
+            }
         }
         let len = match b1 & 0x7F {
             126 => match buf.get(2..4) {
@@ -374,12 +473,20 @@ impl WsCodec {
             Some(code) => format!("peer closed the session with code {code}: {text}"),
             None => "peer closed the session without a status code".to_owned(),
         };
+        if !self.close_sent {
+            self.close_status = Some((code.unwrap_or(NO_STATUS), text.to_owned()));
+        }
         self.close_received = true;
         self.partial = None;
         let reply = (!self.close_sent).then(|| self.close_with(code, ""));
         Ok(Decoded::Close { reply, reason })
     }
 }
+
+/// The first header byte's RSV1: a compressed message (permessage-deflate).
+const RSV1: u8 = 0x40;
+/// The close code reported for a close frame without one (RFC 6455 §7.1.5).
+const NO_STATUS: u16 = 1005;
 
 /// Prefix of the handshake error for an unsupported version (answered with `426`).
 const BAD_VERSION: &str = "unsupported Sec-WebSocket-Version";
@@ -462,17 +569,22 @@ fn ws_error(e: WsError) -> ProtocolError {
     })
 }
 
-/// Encode a data message as one frame; `mask` for client-to-server frames.
-fn encode_frame(msg: &Message, mask: bool) -> Result<Bytes, ProtocolError> {
-    let (payload, op) = match msg {
-        Message::Text(s) => (s.as_bytes(), OpCode::Text),
-        Message::Binary(b) => (&b[..], OpCode::Binary),
+/// A data message's payload and opcode.
+fn data_payload(msg: &Message) -> Result<(&[u8], OpCode), ProtocolError> {
+    match msg {
+        Message::Text(s) => Ok((s.as_bytes(), OpCode::Text)),
+        Message::Binary(b) => Ok((&b[..], OpCode::Binary)),
         Message::Request(_) | Message::Response(_) | Message::Chunk(_) => {
-            return Err(ProtocolError::Encode(
+            Err(ProtocolError::Encode(
                 "a WebSocket connection sends text or binary messages, not HTTP".into(),
             ))
         }
-    };
+    }
+}
+
+/// Encode a data message as one frame; `mask` for client-to-server frames.
+fn encode_frame(msg: &Message, mask: bool) -> Result<Bytes, ProtocolError> {
+    let (payload, op) = data_payload(msg)?;
     let mut dst = BytesMut::new();
     Parser::write_message(&mut dst, payload, op, true, mask);
     Ok(dst.freeze())
@@ -500,7 +612,18 @@ impl Codec for WsCodec {
                 "the WebSocket session is closing".into(),
             ));
         }
-        encode_frame(&msg, self.masked())
+        match self.deflate.as_mut() {
+            None => encode_frame(&msg, self.masked()),
+            Some(deflate) => {
+                let (payload, op) = data_payload(&msg)?;
+                let mut compressed = Vec::new();
+                deflate.compress(payload, &mut compressed);
+                let mut dst = BytesMut::with_capacity(compressed.len() + 14);
+                Parser::write_message(&mut dst, compressed, op, true, self.role == Role::Client);
+                dst[0] |= RSV1;
+                Ok(dst.freeze())
+            }
+        }
     }
 
     fn error_reply(&mut self, err: &ProtocolError) -> Option<Bytes> {
@@ -583,6 +706,32 @@ impl Codec for WsCodec {
               Sec-WebSocket-Accept: ",
         );
         out.extend_from_slice(&accept);
+        if self.compression {
+            let offers = req
+                .headers()
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|(_, v)| v.as_str());
+            if let Some((agreed, answer)) = deflate::negotiate(offers, self.context_takeover) {
+                out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+                out.extend_from_slice(answer.as_bytes());
+                self.deflate = Some(Box::new(Deflate::new(agreed)));
+            }
+        }
+        for (name, value) in std::mem::take(&mut self.extra_headers) {
+            if name.eq_ignore_ascii_case("sec-websocket-protocol")
+                && !req
+                    .header("sec-websocket-protocol")
+                    .is_some_and(|offered| offered.split(',').any(|p| p.trim() == value))
+            {
+                log::warn!("subprotocol {value:?} was not offered by the client; not sent");
+                continue;
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
         out.extend_from_slice(b"\r\nServer: werkmann\r\n\r\n");
         self.state = State::Open;
         Ok(out.freeze())
@@ -593,17 +742,54 @@ impl Codec for WsCodec {
             return None;
         }
         let key = BASE64_STANDARD.encode(rand::random::<[u8; 16]>());
-        let head = format!(
+        let mut head = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: werkmann\r\n\r\n",
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
             self.path, self.host
         );
+        let extra = self.extra_headers.iter();
+        let mut agent = false;
+        for (name, value) in extra {
+            agent |= name.eq_ignore_ascii_case("user-agent");
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !agent {
+            head.push_str("User-Agent: werkmann\r\n");
+        }
+        head.push_str("\r\n");
         self.key = Some(key);
         Some(Bytes::from(head))
     }
 
     fn is_open(&self) -> bool {
         self.state == State::Open
+    }
+
+    fn take_close_status(&mut self) -> Option<(u16, String)> {
+        self.close_status.take()
+    }
+
+    fn add_handshake_header(&mut self, name: &str, value: &str) -> bool {
+        let handshake_pending = match self.role {
+            Role::Server => self.state == State::AwaitingAccept,
+            Role::Client => self.state == State::Handshake && self.key.is_none(),
+        };
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b":()<>@,;\\\"/[]?={}".contains(&b))
+        };
+        let field_value = |s: &str| s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        if !handshake_pending {
+            return false;
+        }
+        if !token(name) || !field_value(value) {
+            log::warn!("handshake header {name:?}: {value:?} is not a valid header; not sent");
+            return false;
+        }
+        self.extra_headers
+            .push((name.to_owned(), value.trim().to_owned()));
+        true
     }
 
     fn awaits_head(&self) -> bool {
@@ -908,13 +1094,17 @@ mod tests {
         buf.extend_from_slice(&cf(b"are you there?", OpCode::Ping, true));
         buf.extend_from_slice(&cf(b"ignored", OpCode::Pong, true));
         buf.extend_from_slice(&cf(b"world", OpCode::Continue, true));
-        let Some(Decoded::Reply(pong)) = c.decode(&mut buf).unwrap() else {
+        let Some(Decoded::Ping { pong, .. }) = c.decode(&mut buf).unwrap() else {
             panic!()
         };
         assert_eq!(
             parse(&pong, false),
             (true, OpCode::Pong, b"are you there?".to_vec())
         );
+        assert!(matches!(
+            c.decode(&mut buf).unwrap(),
+            Some(Decoded::Pong(p)) if &p[..] == b"ignored"
+        ));
         assert_eq!(text(c.decode(&mut buf).unwrap()), "Hello, world");
         assert!(buf.is_empty());
     }
@@ -1044,7 +1234,7 @@ mod tests {
 
         let mut c = open_server(1024);
         let mut buf = BytesMut::from(&cf(b"", OpCode::Ping, true)[..]);
-        let Some(Decoded::Reply(pong)) = c.decode(&mut buf).unwrap() else {
+        let Some(Decoded::Ping { pong, .. }) = c.decode(&mut buf).unwrap() else {
             panic!()
         };
         assert_eq!(parse(&pong, false), (true, OpCode::Pong, vec![]));
@@ -1124,6 +1314,78 @@ mod tests {
         );
         assert!(c.close_frame().is_none(), "close already sent");
         assert!(c.error_reply(&ProtocolError::invalid("x")).is_none());
+    }
+
+    #[test]
+    fn close_status_reported_once() {
+        // The peer's code and reason.
+        let mut c = open_server(1024);
+        let mut payload = 4001u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        let mut buf = BytesMut::from(&cf(&payload, OpCode::Close, true)[..]);
+        c.decode(&mut buf).unwrap();
+        assert_eq!(c.take_close_status(), Some((4001, "bye".to_owned())));
+        assert_eq!(c.take_close_status(), None);
+        // None in the frame: 1005.
+        let mut c = open_server(1024);
+        let mut buf = BytesMut::from(&cf(b"", OpCode::Close, true)[..]);
+        c.decode(&mut buf).unwrap();
+        assert_eq!(c.take_close_status(), Some((1005, String::new())));
+        // Ours first: the peer's answer is not reported again.
+        let mut c = open_server(1024);
+        c.close_frame().unwrap();
+        assert_eq!(c.take_close_status(), Some((1000, String::new())));
+        let mut buf = BytesMut::from(&cf(&1000u16.to_be_bytes(), OpCode::Close, true)[..]);
+        let _ = c.decode(&mut buf);
+        assert_eq!(c.take_close_status(), None);
+        // A protocol error's code.
+        let mut c = open_server(1024);
+        c.error_reply(&ProtocolError::InvalidUtf8).unwrap();
+        assert_eq!(
+            c.take_close_status(),
+            Some((1007, "invalid UTF-8".to_owned()))
+        );
+    }
+
+    #[test]
+    fn handshake_headers_and_subprotocol() {
+        let mut c = WsCodec::new_server(1024);
+        let req = upgrade_request(&format!(
+            "Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: chat, superchat\r\n"
+        ));
+        let mut buf = BytesMut::from(req.as_bytes());
+        let Some(Decoded::Handshake(req)) = c.decode(&mut buf).unwrap() else {
+            panic!()
+        };
+        assert!(c.add_handshake_header("Sec-WebSocket-Protocol", "superchat"));
+        assert!(c.add_handshake_header("X-Served-By", "werkmann 1"));
+        assert!(!c.add_handshake_header("X-Bad", "a\r\nSet-Cookie: x"));
+        assert!(!c.add_handshake_header("Bad Name", "v"));
+        let resp = String::from_utf8(c.accept(&req, None).unwrap().to_vec()).unwrap();
+        assert!(
+            resp.contains("\r\nSec-WebSocket-Protocol: superchat\r\n"),
+            "{resp}"
+        );
+        assert!(resp.contains("\r\nX-Served-By: werkmann 1\r\n"), "{resp}");
+        assert!(
+            !resp.contains("X-Bad") && !resp.contains("Set-Cookie"),
+            "{resp}"
+        );
+        assert!(
+            !c.add_handshake_header("X-Late", "v"),
+            "only before the answer"
+        );
+
+        // A protocol the client did not offer is not sent.
+        let mut c = WsCodec::new_server(1024);
+        let mut buf = BytesMut::from(good_request().as_bytes());
+        let Some(Decoded::Handshake(req)) = c.decode(&mut buf).unwrap() else {
+            panic!()
+        };
+        assert!(c.add_handshake_header("Sec-WebSocket-Protocol", "chat"));
+        let resp = String::from_utf8(c.accept(&req, None).unwrap().to_vec()).unwrap();
+        assert!(!resp.contains("Sec-WebSocket-Protocol"), "{resp}");
     }
 
     #[test]
@@ -1210,7 +1472,7 @@ mod tests {
         cbuf.extend_from_slice(&server.encode(Message::from("welcome")).unwrap());
         assert!(matches!(
             client.decode(&mut cbuf).unwrap(),
-            Some(Decoded::Opened)
+            Some(Decoded::Opened(_))
         ));
         assert!(client.is_open());
         assert_eq!(text(client.decode(&mut cbuf).unwrap()), "welcome");
@@ -1228,13 +1490,17 @@ mod tests {
         cbuf.extend_from_slice(&sf(b"frag", OpCode::Text, false));
         cbuf.extend_from_slice(&sf(b"hb", OpCode::Ping, true));
         cbuf.extend_from_slice(&sf(b"ment", OpCode::Continue, true));
-        let Some(Decoded::Reply(pong)) = client.decode(&mut cbuf).unwrap() else {
+        let Some(Decoded::Ping { pong, payload }) = client.decode(&mut cbuf).unwrap() else {
             panic!()
         };
         assert_eq!(parse(&pong, true), (true, OpCode::Pong, b"hb".to_vec()));
         assert_eq!(text(client.decode(&mut cbuf).unwrap()), "fragment");
         sbuf.extend_from_slice(&pong);
-        assert!(server.decode(&mut sbuf).unwrap().is_none(), "pong ignored");
+        assert_eq!(&payload[..], b"hb");
+        assert!(
+            matches!(server.decode(&mut sbuf).unwrap(), Some(Decoded::Pong(p)) if &p[..] == b"hb"),
+            "pong reported"
+        );
 
         // A masked frame from the server is refused by the client.
         let mut bad = BytesMut::from(&cf(b"x", OpCode::Text, true)[..]);
@@ -1312,7 +1578,7 @@ mod tests {
         };
         assert!(matches!(
             client_against(|k| ok(k) + "\r\n"),
-            Ok(Some(Decoded::Opened))
+            Ok(Some(Decoded::Opened(_)))
         ));
         assert!(
             client_against(|k| ok(k) + "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
@@ -1321,6 +1587,154 @@ mod tests {
         assert!(client_against(|k| ok(k).replace("Upgrade: websocket\r\n", "") + "\r\n").is_err());
         // An incomplete head waits.
         assert!(matches!(client_against(|k| ok(k)), Ok(None)));
+    }
+
+    /// A server codec with compression, past a handshake that offered `offer`.
+    fn open_deflate(max: usize, offer: &str) -> (WsCodec, String) {
+        let mut c = WsCodec::new_server(max).with_compression(true, true);
+        let req = upgrade_request(&format!(
+            "Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Extensions: {offer}\r\n"
+        ));
+        let mut buf = BytesMut::from(req.as_bytes());
+        let Some(Decoded::Handshake(req)) = c.decode(&mut buf).unwrap() else {
+            panic!("no handshake")
+        };
+        let resp = c.accept(&req, None).unwrap();
+        (c, String::from_utf8(resp.to_vec()).unwrap())
+    }
+
+    fn peer_deflate() -> Deflate {
+        Deflate::new(deflate::Agreed {
+            send_no_context_takeover: false,
+            send_window_bits: 15,
+            recv_no_context_takeover: false,
+        })
+    }
+
+    /// A masked client frame with RSV1 set.
+    fn compressed_cf(payload: &[u8], op: OpCode, fin: bool) -> Vec<u8> {
+        let mut f = cf(payload, op, fin);
+        f[0] |= RSV1;
+        f
+    }
+
+    #[test]
+    fn deflate_negotiated_only_when_enabled_and_offered() {
+        let (c, resp) = open_deflate(1024, "permessage-deflate; client_max_window_bits");
+        assert!(c.compressed());
+        assert!(
+            resp.contains("\r\nSec-WebSocket-Extensions: permessage-deflate\r\n"),
+            "{resp}"
+        );
+        let (c, resp) = open_deflate(1024, "permessage-deflate; bogus, x-other");
+        assert!(!c.compressed());
+        assert!(!resp.contains("Extensions"), "{resp}");
+        // Not enabled: the offer is ignored, RSV1 stays refused.
+        let mut c = open_server(1024);
+        assert!(!c.compressed());
+        let mut buf = BytesMut::from(&compressed_cf(b"x", OpCode::Text, true)[..]);
+        assert!(c.decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn deflate_messages_both_ways() {
+        let (mut c, _) = open_deflate(1 << 20, "permessage-deflate");
+        let mut peer = peer_deflate();
+        // One compressed text frame, then one fragmented over three frames with a ping inside.
+        let mut wire = Vec::new();
+        peer.compress("hello hello hello".as_bytes(), &mut wire);
+        let mut buf = BytesMut::from(&compressed_cf(&wire, OpCode::Text, true)[..]);
+        assert_eq!(text(c.decode(&mut buf).unwrap()), "hello hello hello");
+        let big = "werkmann ".repeat(1000);
+        let mut wire = Vec::new();
+        peer.compress(big.as_bytes(), &mut wire);
+        let (a, b) = wire.split_at(wire.len() / 3);
+        let (b, d) = b.split_at(b.len() / 2);
+        buf.extend_from_slice(&compressed_cf(a, OpCode::Text, false));
+        buf.extend_from_slice(&cf(b, OpCode::Continue, false));
+        buf.extend_from_slice(&cf(b"hb", OpCode::Ping, true));
+        buf.extend_from_slice(&cf(d, OpCode::Continue, true));
+        assert!(matches!(
+            c.decode(&mut buf).unwrap(),
+            Some(Decoded::Ping { .. })
+        ));
+        assert_eq!(text(c.decode(&mut buf).unwrap()), big);
+        // An uncompressed message still reads.
+        buf.extend_from_slice(&cf(b"plain", OpCode::Binary, true));
+        assert!(matches!(
+            c.decode(&mut buf).unwrap(),
+            Some(Decoded::Message(Message::Binary(b))) if &b[..] == b"plain"
+        ));
+        // What the server sends is compressed, RSV1 on the frame, and inflates.
+        let frame = c.encode(Message::from(big.clone())).unwrap();
+        assert_eq!(frame[0], 0x80 | RSV1 | 0x1);
+        let mut fb = BytesMut::from(&frame[..]);
+        fb[0] &= !RSV1;
+        let (_, _, payload) = parse(&fb, false);
+        assert!(payload.len() < big.len() / 10);
+        let mut out = BytesMut::new();
+        peer.decompress(&payload, true, &mut out, 1 << 20).unwrap();
+        assert_eq!(&out[..], big.as_bytes());
+        // Split headers wait without losing RSV1.
+        let mut wire = Vec::new();
+        peer.compress(b"again", &mut wire);
+        let f = compressed_cf(&wire, OpCode::Text, true);
+        let mut buf = BytesMut::from(&f[..3]);
+        assert!(c.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(&f[3..]);
+        assert_eq!(text(c.decode(&mut buf).unwrap()), "again");
+    }
+
+    #[test]
+    fn deflate_rsv1_rules_and_bombs() {
+        // RSV1 on a continuation or a control frame is a protocol error.
+        for frames in [
+            [
+                cf(b"a", OpCode::Text, false),
+                compressed_cf(b"b", OpCode::Continue, true),
+            ],
+            [compressed_cf(b"", OpCode::Ping, true), vec![]],
+        ] {
+            let (mut c, _) = open_deflate(1024, "permessage-deflate");
+            let mut buf = BytesMut::from(&frames.concat()[..]);
+            let err = c.decode(&mut buf).unwrap_err();
+            assert!(
+                matches!(err, ProtocolError::Invalid(ref m) if m.contains("RSV1")),
+                "{err}"
+            );
+            assert_eq!(
+                &parse(&c.error_reply(&err).unwrap(), false).2[..2],
+                &1002u16.to_be_bytes()
+            );
+        }
+        // A message that inflates past the limit is refused with 1009.
+        let (mut c, _) = open_deflate(64 * 1024, "permessage-deflate");
+        let mut wire = Vec::new();
+        peer_deflate().compress(&vec![b'a'; 1 << 20], &mut wire);
+        assert!(wire.len() < 4096);
+        let mut buf = BytesMut::from(&compressed_cf(&wire, OpCode::Binary, true)[..]);
+        let err = c.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::TooLarge { limit: 65536, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            &parse(&c.error_reply(&err).unwrap(), false).2[..2],
+            &1009u16.to_be_bytes()
+        );
+        // Invalid compressed data, and invalid UTF-8 once inflated.
+        let (mut c, _) = open_deflate(1024, "permessage-deflate");
+        let mut buf = BytesMut::from(&compressed_cf(&[0xff; 8], OpCode::Binary, true)[..]);
+        assert!(matches!(c.decode(&mut buf), Err(ProtocolError::Invalid(_))));
+        let (mut c, _) = open_deflate(1024, "permessage-deflate");
+        let mut wire = Vec::new();
+        peer_deflate().compress(b"\xc3(", &mut wire);
+        let mut buf = BytesMut::from(&compressed_cf(&wire, OpCode::Text, true)[..]);
+        assert!(matches!(
+            c.decode(&mut buf),
+            Err(ProtocolError::InvalidUtf8)
+        ));
     }
 
     #[test]

@@ -396,7 +396,13 @@ impl WorkerInstance {
                         codec
                     })
                 }
-                _ => proto.server_codec(self.0.config.max_package_size),
+                _ => proto.server_codec_with(
+                    self.0.config.max_package_size,
+                    self.0
+                        .config
+                        .websocket_compression
+                        .then_some(self.0.config.websocket_compression_takeover),
+                ),
             },
             self.0.callbacks.clone(),
             Some(self.0.clone() as Rc<dyn ConnectionOwner>),
