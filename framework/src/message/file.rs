@@ -25,6 +25,14 @@ pub(crate) struct FileBody {
 }
 
 impl FileBody {
+    fn new(file: File, offset: u64, len: u64) -> FileBody {
+        FileBody {
+            file: Arc::new(file),
+            offset,
+            len,
+        }
+    }
+
     /// Bytes still to send.
     pub(crate) fn len(&self) -> u64 {
         self.len
@@ -190,11 +198,7 @@ impl Response {
             self = self.with_header("Last-Modified", httpdate::fmt_http_date(m));
         }
         self.body = Bytes::new();
-        self.file = Some(FileBody {
-            file: Arc::new(o.file),
-            offset,
-            len,
-        });
+        self.file = Some(FileBody::new(o.file, offset, len));
         Ok(self)
     }
 
@@ -252,35 +256,21 @@ impl Response {
             _ => req.header("range"),
         };
         let range = if req.method() == "GET" { range } else { None };
-        let resp = resp.with_header("Content-Type", content_type(path));
+        let mut resp = resp.with_header("Content-Type", content_type(path));
         let (start, len) = match wanted(range, o.size) {
             Wanted::Whole => (0, o.size),
             Wanted::Part { start, end } => {
-                let resp =
-                    resp.with_header("Content-Range", format!("bytes {start}-{end}/{}", o.size));
-                return Response {
-                    status: 206,
-                    file: Some(FileBody {
-                        file: Arc::new(o.file),
-                        offset: start,
-                        len: end - start + 1,
-                    }),
-                    ..resp
-                };
+                resp.status = 206;
+                resp = resp.with_header("Content-Range", format!("bytes {start}-{end}/{}", o.size));
+                (start, end - start + 1)
             }
             Wanted::Unsatisfiable => {
                 return Response::text(416, "Range Not Satisfiable\n")
                     .with_header("Content-Range", format!("bytes */{}", o.size));
             }
         };
-        Response {
-            file: Some(FileBody {
-                file: Arc::new(o.file),
-                offset: start,
-                len,
-            }),
-            ..resp
-        }
+        resp.file = Some(FileBody::new(o.file, start, len));
+        resp
     }
 }
 

@@ -12,7 +12,7 @@
 //! done yet).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +61,7 @@ fn read_payload(data: &Bytes) -> Option<(Option<SocketId>, &str)> {
 
 /// One channel's subscribers on this instance.
 struct Local {
-    conns: Vec<u64>,
+    conns: HashSet<u64>,
 }
 
 /// A Pusher connection's state.
@@ -250,10 +250,10 @@ impl PusherNode {
         if joined {
             let first = {
                 let mut channels = self.0.channels.borrow_mut();
-                let local = channels
-                    .entry(event.clone())
-                    .or_insert_with(|| Local { conns: Vec::new() });
-                local.conns.push(conn.id());
+                let local = channels.entry(event.clone()).or_insert_with(|| Local {
+                    conns: HashSet::new(),
+                });
+                local.conns.insert(conn.id());
                 local.conns.len() == 1
             };
             if first {
@@ -297,7 +297,7 @@ impl PusherNode {
             let Some(local) = channels.get_mut(event) else {
                 return;
             };
-            local.conns.retain(|c| *c != conn);
+            local.conns.remove(&conn);
             let empty = local.conns.is_empty();
             if empty {
                 channels.remove(event);
