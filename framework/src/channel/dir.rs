@@ -88,17 +88,20 @@ impl FromStr for ClientId {
                 "client_id {s:?} is not WORKER-CONNECTION (e.g. 3-17)"
             ))
         };
-        let (w, c) = s.split_once('-').ok_or_else(bad)?;
-        let digits =
-            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
-        if !digits(w) || !digits(c) {
-            return Err(bad());
-        }
-        Ok(ClientId {
-            worker: w.parse().map_err(|_| bad())?,
-            conn: c.parse().map_err(|_| bad())?,
-        })
+        let (worker, conn) = worker_and_conn(s, '-').ok_or_else(bad)?;
+        Ok(ClientId { worker, conn })
     }
+}
+
+/// A connection's two numbers from `DIGITS{sep}DIGITS`, strictly (no sign, no spaces, each in
+/// range): a client id (`3-17`), a Pusher socket id (`3.17`).
+pub(crate) fn worker_and_conn(s: &str, sep: char) -> Option<(u32, u64)> {
+    let (w, c) = s.split_once(sep)?;
+    let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+    if !digits(w) || !digits(c) {
+        return None;
+    }
+    Some((w.parse().ok()?, c.parse().ok()?))
 }
 
 impl Serialize for ClientId {

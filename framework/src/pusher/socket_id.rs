@@ -5,6 +5,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::channel::dir::worker_and_conn;
+
 /// A connection's socket id (`"1234.5678"` on the wire: Pusher's `\d+\.\d+`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SocketId {
@@ -25,17 +27,9 @@ impl FromStr for SocketId {
 
     /// Digits, a dot, digits (no sign, no blank, no leading `+`): anything else is refused.
     fn from_str(s: &str) -> Result<SocketId, String> {
-        let bad = || format!("invalid socket id {s:?} (expected digits.digits)");
-        let (w, c) = s.split_once('.').ok_or_else(bad)?;
-        let digits =
-            |t: &str| !t.is_empty() && t.len() <= 20 && t.bytes().all(|b| b.is_ascii_digit());
-        if !digits(w) || !digits(c) {
-            return Err(bad());
-        }
-        Ok(SocketId {
-            worker: w.parse().map_err(|_| bad())?,
-            conn: c.parse().map_err(|_| bad())?,
-        })
+        let (worker, conn) = worker_and_conn(s, '.')
+            .ok_or_else(|| format!("invalid socket id {s:?} (expected digits.digits)"))?;
+        Ok(SocketId { worker, conn })
     }
 }
 
