@@ -57,10 +57,27 @@ pub async fn forwarded(node: &mut Console, event: &str, op: &Value) {
     let data = line
         .strip_prefix(&format!("event {event} "))
         .unwrap_or_else(|| panic!("{op} forwarded on {event}; got {line:?}"));
-    // The node's callback gets the operation's JSON as a string.
-    let json: String = serde_json::from_str(data).unwrap_or_else(|e| panic!("{data}: {e}"));
-    let got: Value = serde_json::from_str(&json).unwrap();
+    // The node's callback gets the operation as it travels (JSON, or the compact form of a
+    // send to one uid: `~u{uid's length}:{uid}{data}`) as a string.
+    let wire: String = serde_json::from_str(data).unwrap_or_else(|e| panic!("{data}: {e}"));
+    let got = match compact_uid_send(&wire) {
+        Some((uid, data)) => {
+            json!({"op": "send", "target": {"to": "uids", "uids": [uid]}, "data": data})
+        }
+        None => serde_json::from_str(&wire).unwrap(),
+    };
     assert_eq!(&got, op, "forwarded on {event}");
+    let one_uid = op["target"]["uids"]
+        .as_array()
+        .is_some_and(|u| u.len() == 1);
+    assert_eq!(wire.starts_with("~u"), one_uid, "{wire}");
+}
+
+/// The uid and data of a send to one uid in the compact form.
+fn compact_uid_send(wire: &str) -> Option<(&str, &str)> {
+    let (len, rest) = wire.strip_prefix("~u")?.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    Some((rest.get(..len)?, rest.get(len..)?))
 }
 
 /// Neither node gets anything more.

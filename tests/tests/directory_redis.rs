@@ -207,6 +207,33 @@ async fn operations_keep_their_order(kind: Kind) {
     forwarded(&mut n, "werkmann.gw.3", &bind).await;
     forwarded(&mut n, "werkmann.gw.3", &send).await;
     n.nothing_for(100).await;
+
+    // Sends to one uid share a script call when consecutive in a pipeline (sent without
+    // waiting, these go as one); an operation between them splits the run and keeps its place.
+    let to = |uid: &str, data: &str| json!({"op": "send", "target": {"to": "uids", "uids": [uid]}, "data": data});
+    let ops = [
+        to("a", "1"),
+        to("a", "2"),
+        json!({"op": "bind_uid", "client_id": "3-3", "uid": "b"}),
+        to("b", "3"),
+        to("a", "4"),
+        json!({"op": "unbind_uid", "client_id": "3-2", "uid": "a"}),
+        to("a", "not forwarded: no one holds a"),
+        to("b", "5"),
+    ];
+    for op in &ops {
+        dirsend(&mut api, op.clone()).await;
+    }
+    for op in ops
+        .iter()
+        .filter(|op| op["data"] != "not forwarded: no one holds a")
+    {
+        forwarded(&mut n, "werkmann.gw.3", op).await;
+    }
+    assert_eq!(dir(&mut api, &to("b", "6")).await, json!(1));
+    assert_eq!(dir(&mut api, &to("a", "7")).await, json!(0));
+    forwarded(&mut n, "werkmann.gw.3", &to("b", "6")).await;
+    n.nothing_for(100).await;
 }
 
 #[tokio::test]

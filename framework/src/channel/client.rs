@@ -382,7 +382,7 @@ impl Client {
     /// connections this way; `crate::gateway` is the API for the rest.
     pub fn dir_send(&self, op: &DirOp) -> Result<PublishStatus, ChannelError> {
         op.check().map_err(|e| ChannelError::Refused(e.0))?;
-        self.0.send(Command::dir(&op.to_json()))
+        self.0.send(Command::dir(&op.to_wire()))
     }
 
     /// Apply a directory operation and get the directory's answer (JSON, see
@@ -400,7 +400,7 @@ impl Client {
             return on_done(Err(ChannelError::Disconnected));
         };
         b.request(
-            Command::dir(&op.to_json()),
+            Command::dir(&op.to_wire()),
             Box::new(move |answer| {
                 on_done(answer.and_then(|json| {
                     // A count (a send's answer) needs no JSON value read.

@@ -4,9 +4,10 @@
 //! (`channel::directory`) or in Redis (`channel::redis::directory`), the node side in
 //! `crate::gateway`.
 //!
-//! An operation travels as JSON (`{"op": "bind_uid", "client_id": "3-17", "uid": "alice"}`),
-//! encoded once by whoever makes it: on the channel wire it is the `data` of a werkmann
-//! extension command `{type: dir, data: "<json>"}` (answered, when it carries an `id`, by an
+//! An operation travels as JSON (`{"op": "bind_uid", "client_id": "3-17", "uid": "alice"}`) —
+//! but the usual push, a send to one uid, in a compact form read without a JSON parser
+//! (`~u5:alice{data}`, [`DirOp::to_wire`]) — encoded once by whoever makes it: on the channel
+//! wire it is the `data` of a werkmann extension command `{type: dir, data: "<op>"}` (answered, when it carries an `id`, by an
 //! `ack` whose data is the answer's JSON), and the directory forwards the same bytes to the
 //! worker instances that hold its targets, as an event on [`node_event`] (or [`ALL_NODES`]).
 //!
@@ -390,9 +391,46 @@ impl DirOp {
         }
     }
 
-    /// The JSON form, as it travels.
+    /// The JSON form.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a DirOp always serializes")
+    }
+
+    /// The form it travels in: the compact one for a send to one uid (the usual push, read at
+    /// the directory and again at each node it reaches), JSON for everything else.
+    pub fn to_wire(&self) -> Vec<u8> {
+        match self {
+            DirOp::Send {
+                target: Target::Uids { uids },
+                data,
+            } if uids.len() == 1 => {
+                let uid = &uids[0];
+                let mut out = Vec::with_capacity(uid.len() + data.len() + 8);
+                out.extend_from_slice(UID_SEND);
+                out.extend_from_slice(uid.len().to_string().as_bytes());
+                out.push(b':');
+                out.extend_from_slice(uid.as_bytes());
+                out.extend_from_slice(data.as_bytes());
+                out
+            }
+            _ => self.to_json(),
+        }
+    }
+
+    /// Read an operation in either form [`DirOp::to_wire`] writes, checked.
+    pub fn from_wire(wire: &[u8]) -> Result<DirOp, BadName> {
+        match UidSend::read(wire) {
+            Some(send) => {
+                let send = send?;
+                Ok(DirOp::Send {
+                    target: Target::Uids {
+                        uids: vec![send.uid.to_string()],
+                    },
+                    data: send.data.to_string(),
+                })
+            }
+            None => DirOp::from_json(wire),
+        }
     }
 
     /// Read an operation from its JSON form, checked ([`DirOp::check`]); a field the
@@ -421,6 +459,47 @@ impl DirOp {
                 | DirOp::Send { .. }
                 | DirOp::CloseClient { .. }
         )
+    }
+}
+
+/// The compact form's mark (JSON starts with `{`): `~u{uid's length}:{uid}{data}`.
+const UID_SEND: &[u8] = b"~u";
+
+/// A send to one uid in the compact form, read without copying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UidSend<'a> {
+    /// The uid (checked as [`check_name`] does).
+    pub uid: &'a str,
+    /// What is sent.
+    pub data: &'a str,
+}
+
+impl<'a> UidSend<'a> {
+    /// `None` when `wire` is not in the compact form; refused when it is, but malformed: the
+    /// length in decimal without leading zeros, at most [`MAX_NAME_BYTES`], the uid and the
+    /// data UTF-8.
+    pub(crate) fn read(wire: &'a [u8]) -> Option<Result<UidSend<'a>, BadName>> {
+        let rest = wire.strip_prefix(UID_SEND)?;
+        Some(Self::fields(rest).ok_or_else(|| BadName("malformed compact send".into())))
+            .map(|r| r.and_then(|s| check_name("uid", s.uid).map(|()| s)))
+    }
+
+    fn fields(rest: &'a [u8]) -> Option<UidSend<'a>> {
+        let colon = rest.iter().take(4).position(|&b| b == b':')?;
+        let digits = &rest[..colon];
+        if digits.is_empty() || digits[0] == b'0' || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let len: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        let rest = &rest[colon + 1..];
+        if len > MAX_NAME_BYTES || len > rest.len() {
+            return None;
+        }
+        let (uid, data) = rest.split_at(len);
+        Some(UidSend {
+            uid: std::str::from_utf8(uid).ok()?,
+            data: std::str::from_utf8(data).ok()?,
+        })
     }
 }
 
@@ -635,6 +714,52 @@ mod tests {
             v,
             json!({"op": "send", "target": {"to": "uids", "uids": ["a"]}, "data": "m"})
         );
+    }
+
+    #[test]
+    fn a_send_to_one_uid_travels_compact_and_reads_back() {
+        let send = |uids: &[&str], data: &str| DirOp::Send {
+            target: Target::Uids {
+                uids: uids.iter().map(|u| u.to_string()).collect(),
+            },
+            data: data.into(),
+        };
+        let op = send(&["alice"], "{\"hi\":1}");
+        assert_eq!(op.to_wire(), b"~u5:alice{\"hi\":1}".to_vec());
+        assert_eq!(DirOp::from_wire(&op.to_wire()).unwrap(), op);
+        // A uid may hold any printable byte, a colon or digits included; the data may be empty.
+        for op in [
+            send(&["7:x"], ""),
+            send(&["ü"], "~u1:a"),
+            send(&[&"u".repeat(128)], "d"),
+        ] {
+            assert_eq!(DirOp::from_wire(&op.to_wire()).unwrap(), op);
+        }
+        // Two uids, or any other operation: JSON.
+        let two = send(&["a", "b"], "m");
+        assert_eq!(two.to_wire(), two.to_json());
+        assert_eq!(DirOp::from_wire(&two.to_wire()).unwrap(), two);
+        // Malformed compact sends are refused, not read as something else.
+        let long = format!("~u129:{}", "u".repeat(129));
+        for bad in [
+            &b"~u"[..],
+            b"~u:a",
+            b"~u05:alice",
+            b"~u6:alice",
+            b"~ux:a",
+            b"~u0:",
+            b"~u1:\xff",
+            b"~u1:a\xff",
+            b"~u1:\n",
+            b"~u12345:a",
+            long.as_bytes(),
+        ] {
+            let why = DirOp::from_wire(bad).unwrap_err().0;
+            assert!(
+                why.contains("compact") || why.contains("control"),
+                "{bad:?}: {why}"
+            );
+        }
     }
 
     #[test]

@@ -495,7 +495,7 @@ impl HubState {
     fn directory(&mut self, id: SubscriberId, data: &Bytes, confirmed: bool) -> serde_json::Value {
         let op = Command::dir_json(data)
             .map_err(|e| e.to_string())
-            .and_then(|json| DirOp::from_json(&json).map_err(|e| e.0));
+            .and_then(|json| DirOp::from_wire(&json).map_err(|e| e.0));
         let op = match op {
             Ok(op) => op,
             Err(why) => {

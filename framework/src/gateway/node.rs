@@ -253,7 +253,7 @@ impl Node {
     fn forwarded(&self, data: &Bytes) {
         let op = match Command::dir_json(data)
             .map_err(|e| e.to_string())
-            .and_then(|json| DirOp::from_json(&json).map_err(|e| e.0))
+            .and_then(|json| DirOp::from_wire(&json).map_err(|e| e.0))
         {
             Ok(op) => op,
             Err(e) => {

@@ -6,9 +6,9 @@
 //!   client ids and how many of them each worker holds (a send goes only to the workers holding
 //!   targets); per worker its client ids; the sets of workers, uids and groups.
 //! - **Operations**: a Lua script (`EVALSHA`, loaded again on `NOSCRIPT`; the sends to
-//!   clients, uids and groups have a small one of their own, `send.lua`, without the sweep,
-//!   whose one-uid send makes no closure), one call per
-//!   operation, atomic: it applies the operation, forwards it — the command's bytes, as the hub
+//!   clients, uids and groups have a small one of their own, `send.lua`, without the sweep),
+//!   one call per operation — but a batch's consecutive sends to one uid (the usual push),
+//!   which share one call (the script's fixed cost paid once) — each atomic: it applies the operation, forwards it — the command's bytes, as the hub
 //!   does — to the node events of the workers holding its targets (`PUBLISH`, on a Cluster
 //!   `SPUBLISH`: the nodes' event channels carry the same hash tag, so the script can), and
 //!   counts the connections at workers whose event had a subscriber. Forwarding is thus atomic
@@ -395,14 +395,33 @@ pub(super) async fn execute(
     let mut items: Vec<(Option<u64>, Result<DirOp, String>, usize)> =
         Vec::with_capacity(batch.len());
     let mut cmds = Vec::with_capacity(batch.len());
+    // Per call, 0, or the sends to one uid it runs (answered with a list of their counts).
+    let mut runs: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut run: Option<(redis::Cmd, usize)> = None;
     for (cmd, request) in batch {
         let Command::Dir(data) = cmd else { continue };
         let op = parse(data);
         let mut calls = 0;
         match &op {
+            Ok(DirOp::Send {
+                target: Target::Uids { uids },
+                ..
+            }) if uids.len() == 1 => {
+                // Consecutive sends to one uid: one call (each atomic, in order).
+                let (c, n) = run
+                    .get_or_insert_with(|| (script_call(&SEND_SCRIPT, bus, "uid_sends", b""), 0));
+                c.arg(uids[0].as_str()).arg(data.as_ref());
+                *n += 1;
+                calls = 1;
+            }
             Ok(op) => {
+                if let Some((c, n)) = run.take() {
+                    cmds.push(c);
+                    runs.push(n);
+                }
                 let c = op_calls(bus, op, data, link);
                 calls = c.len();
+                runs.extend(c.iter().map(|_| 0));
                 cmds.extend(c);
             }
             Err(why) if request.is_none() => {
@@ -412,7 +431,25 @@ pub(super) async fn execute(
         }
         items.push((*request, op, calls));
     }
-    let replies = run_calls(bus, cmds).await?;
+    if let Some((c, n)) = run.take() {
+        cmds.push(c);
+        runs.push(n);
+    }
+    // A run's list of counts becomes one reply per send (its error, one per send).
+    let mut replies = Vec::with_capacity(items.len());
+    for (reply, n) in run_calls(bus, cmds).await?.into_iter().zip(runs) {
+        match (reply, n) {
+            (reply, 0) => replies.push(reply),
+            (RValue::Array(counts), n) if counts.len() == n => replies.extend(counts),
+            (RValue::ServerError(e), n) => {
+                replies.extend(std::iter::repeat_n(RValue::ServerError(e), n));
+            }
+            (other, n) => {
+                log::warn!("redis: sends to uids answered {other:?}");
+                replies.extend(std::iter::repeat_n(RValue::Nil, n));
+            }
+        }
+    }
     let mut replies = replies.iter();
     let mut counted = false;
     for (request, op, calls) in &items {
@@ -473,7 +510,7 @@ pub(super) async fn execute(
 /// A directory command's operation, or why it is refused.
 pub(super) fn parse(data: &Bytes) -> Result<DirOp, String> {
     let json = Command::dir_json(data).map_err(|e| e.to_string())?;
-    DirOp::from_json(&json).map_err(|e| e.0)
+    DirOp::from_wire(&json).map_err(|e| e.0)
 }
 
 /// Workers as the script's arguments.

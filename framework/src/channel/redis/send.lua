@@ -1,15 +1,15 @@
 -- The directory's sends to clients, uids and groups on Redis (see directory.lua for the keys
 -- and directory.rs for the calls): a script of its own, the hot path. A script's top level
--- runs on every call and each `local function` is a closure made anew, so the one-uid send
--- returns before any is made; there is no sweep (every other operation and each link's timer
+-- runs on every call and each `local function` is a closure made anew, so the sends to one
+-- uid (a batch's consecutive ones in one call) return before any is made; there is no sweep (every other operation and each link's timer
 -- sweep, and a send counts only workers whose node event has a subscriber). A send to
 -- everyone needs every worker's subscription count: the main script does it.
 --
 -- KEYS[1]: the set of workers with entries (routes the call to the directory's slot).
--- ARGV[1]: 'send'; ARGV[2]: 'P' (PUBLISH) or 'S' (a Cluster: SPUBLISH); ARGV[3]: the bytes
--- forwarded to the nodes; ARGV[4]: the target, then its arguments: 'clients', ids | 'uids',
--- uids | 'groups', #groups, groups, excluded ids (names and ids each once). Answer:
--- connections reached, at subscribed nodes.
+-- ARGV[1]: 'send' (or 'uid_sends', below); ARGV[2]: 'P' (PUBLISH) or 'S' (a Cluster:
+-- SPUBLISH); ARGV[3]: the bytes forwarded to the nodes; ARGV[4]: the target, then its
+-- arguments: 'clients', ids | 'uids', uids | 'groups', #groups, groups, excluded ids (names
+-- and ids each once). Answer: connections reached, at subscribed nodes.
 
 local D = '@PREFIX@'
 local NODE = '@NODE@'
@@ -20,17 +20,23 @@ if ARGV[2] == 'S' then
   PUB = 'SPUBLISH'
 end
 
-if to == 'uids' and #ARGV == 5 then
-  -- One uid (the usual send): its workers, each forwarded once.
-  local r = redis.call('HGETALL', D .. 'uw:' .. ARGV[5])
-  local n = 0
-  for j = 1, #r, 2 do
-    local k = tonumber(r[j + 1])
-    if k > 0 and redis.call(PUB, NODE .. r[j], data) > 0 then
-      n = n + k
+if ARGV[1] == 'uid_sends' then
+  -- Sends to one uid each (the usual push), the consecutive ones of a batch in one call, in
+  -- order: ARGV[3] is empty, ARGV[4], ARGV[5] are the first one's uid and the bytes
+  -- forwarded, and so on. Answer: each send's count.
+  local counts = {}
+  for i = 4, #ARGV - 1, 2 do
+    local r = redis.call('HGETALL', D .. 'uw:' .. ARGV[i])
+    local n = 0
+    for j = 1, #r, 2 do
+      local k = tonumber(r[j + 1])
+      if k > 0 and redis.call(PUB, NODE .. r[j], ARGV[i + 1]) > 0 then
+        n = n + k
+      end
     end
+    counts[#counts + 1] = n
   end
-  return n
+  return counts
 end
 
 -- Targets per worker, the workers in the order first met.
