@@ -437,6 +437,24 @@ impl Connection {
 
     /// Close after flushing what is queued (a WebSocket gets its close frame first).
     pub fn close(&self) {
+        self.close_as(None);
+    }
+
+    /// Close a WebSocket with a status `code` and `reason` in its close frame (RFC 6455 7.4:
+    /// 1000–1003, 1007–1011, or an application's 3000–4999; the reason at most 123 bytes),
+    /// after flushing what is queued; other connections close as [`Connection::close`] does.
+    /// Returns false, and does nothing, for a code that may not be sent or a longer reason.
+    #[must_use]
+    pub fn close_websocket(&self, code: u16, reason: &str) -> bool {
+        let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
+        if !sendable || reason.len() > 123 {
+            return false;
+        }
+        self.close_as(Some((code, reason)));
+        true
+    }
+
+    fn close_as(&self, status: Option<(u16, &str)>) {
         let inner = &self.0;
         match inner.status.get() {
             Status::Closing | Status::Closed => {}
@@ -445,7 +463,10 @@ impl Connection {
                 self.wake();
             }
             Status::Established => {
-                let frame = inner.codec.borrow_mut().close_frame();
+                let frame = match status {
+                    None => inner.codec.borrow_mut().close_frame(),
+                    Some((code, reason)) => inner.codec.borrow_mut().close_frame_with(code, reason),
+                };
                 if let Some(f) = frame {
                     inner.out.borrow_mut().push_back(f);
                 }

@@ -16,7 +16,7 @@ function fail(why) {
 }
 setTimeout(() => fail('timed out'), 20000).unref();
 
-function client(k = key, wsPort = portA) {
+function client(k = key, wsPort = portA, user = null) {
   return new Pusher(k, {
     cluster: 'local',
     wsHost: '127.0.0.1',
@@ -24,6 +24,13 @@ function client(k = key, wsPort = portA) {
     forceTLS: false,
     enabledTransports: ['ws'],
     disableStats: true,
+    userAuthentication: {
+      customHandler: ({ socketId }, cb) => {
+        const signed = server.authenticateUser(socketId, { id: user || 'nobody', user_info: { n: 1 } });
+        if (user === 'forged') signed.auth = key + ':' + '0'.repeat(64);
+        cb(null, signed);
+      },
+    },
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, cb) => {
         if (channelName.includes('forged')) {
@@ -36,6 +43,9 @@ function client(k = key, wsPort = portA) {
   });
 }
 
+// The code of a `pusher:error` as pusher-js reports it (on an open connection, or while
+// connecting).
+const codeOf = (e) => (e && e.data && e.data.code) || (e && e.error && e.error.data && e.error.data.code);
 const once = (emitter, event) => new Promise((res) => emitter.bind(event, res));
 const connected = (c) =>
   new Promise((res, rej) => {
@@ -138,6 +148,60 @@ const connected = (c) =>
   if (code !== 4001) fail('unknown key: ' + JSON.stringify(e4001));
   stranger.disconnect();
   console.log('ok unknown key 4001');
+
+  // User sign-in: alice on both nodes, bob on the second; send-to-user reaches alice's sockets
+  // wherever they are, and only hers.
+  const alice1 = client(key, portA, 'alice');
+  const alice2 = client(key, portB, 'alice');
+  const bob = client(key, portB, 'bob');
+  const users = [alice1, alice2, bob];
+  await Promise.all(users.map(connected));
+  users.forEach((u) => u.signin());
+  const userChannelUp = (u) =>
+    new Promise((res) => {
+      const poll = () => {
+        const ch = u.user.serverToUserChannel;
+        if (ch && ch.subscribed) res();
+        else setTimeout(poll, 20);
+      };
+      poll();
+    });
+  await Promise.all(users.map(userChannelUp));
+  if (alice1.user.user_data.id !== 'alice' || bob.user.user_data.id !== 'bob') fail('user data');
+  console.log('ok signed in');
+  let bobGot = false;
+  bob.user.bind('greet', () => (bobGot = true));
+  const greeted = Promise.all([once(alice1.user, 'greet'), once(alice2.user, 'greet')]);
+  await server.sendToUser('alice', 'greet', { to: 'alice' });
+  const [g1, g2] = await greeted;
+  if (g1.to !== 'alice' || g2.to !== 'alice') fail('send to user: ' + JSON.stringify([g1, g2]));
+  const bobMarker = once(bob.user, 'marker');
+  await server.sendToUser('bob', 'marker', {});
+  await bobMarker;
+  if (bobGot) fail("bob got alice's event");
+  console.log('ok send to user');
+
+  // A forged sign-in: error 4009, the socket closed.
+  const forger = client(key, portA, 'forged');
+  await connected(forger);
+  const e4009 = new Promise((res) => forger.connection.bind('error', res));
+  forger.signin();
+  const fe = await e4009;
+  if (codeOf(fe) !== 4009) fail('forged sign-in: ' + JSON.stringify(fe));
+  console.log('ok forged sign-in 4009');
+
+  // terminate_connections: alice's sockets on both nodes go (4009), bob's stays.
+  const gone = (c) =>
+    new Promise((res) => c.connection.bind('error', (e) => codeOf(e) === 4009 && res()));
+  const bothGone = Promise.all([gone(alice1), gone(alice2)]);
+  await server.terminateUserConnections('alice');
+  await bothGone;
+  const stillBob = once(bob.user, 'after-terminate');
+  await server.sendToUser('bob', 'after-terminate', {});
+  await stillBob;
+  if (bob.connection.state !== 'connected') fail('bob was disconnected: ' + bob.connection.state);
+  console.log('ok terminate connections');
+  users.concat([forger]).forEach((u) => u.disconnect());
 
   a.disconnect();
   b.disconnect();

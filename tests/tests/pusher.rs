@@ -53,6 +53,10 @@ fn round_trip(ws: &[u16], http: u16) {
         "ok unsubscribed",
         "ok bad signature 401",
         "ok unknown key 4001",
+        "ok signed in",
+        "ok send to user",
+        "ok forged sign-in 4009",
+        "ok terminate connections",
     ] {
         assert!(text.contains(check), "{check} missing:\n{text}");
     }
@@ -320,6 +324,9 @@ async fn bad_input_is_refused_and_the_node_goes_on() {
         ("malformed", 400, "bad event"),
         ("bad-channel", 400, "channel name"),
         ("too-many", 400, "channels"),
+        ("bad-user", 400, "user id"),
+        ("unknown-user-api", 404, "no API"),
+        ("terminate", 200, "{}"),
         ("good", 200, "{}"),
     ] {
         let (got, body) = status(case);
@@ -371,5 +378,38 @@ async fn bad_input_is_refused_and_the_node_goes_on() {
     .await
     .unwrap();
     assert_eq!(next(&mut c).await["event"], "pusher:pong");
+    // A user's own channel is for the sockets signed in as that user.
+    c.send(WsMessage::Text(
+        r##"{"event":"pusher:subscribe","data":{"channel":"#server-to-user-alice"}}"##.into(),
+    ))
+    .await
+    .unwrap();
+    let e = next(&mut c).await;
+    assert_eq!(e["event"], "pusher:subscription_error", "{e}");
+    assert_eq!(e["data"]["status"], 403, "{e}");
+    // The protocol's errors close with their code: a forged sign-in (4009), an unknown app
+    // key (4001).
+    let close_code = async |c: &mut tokio_tungstenite::WebSocketStream<_>| -> u16 {
+        loop {
+            match tokio::time::timeout(werkmann_tests::WAIT, c.next()).await {
+                Ok(Some(Ok(WsMessage::Close(Some(f))))) => return f.code.into(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    };
+    let forged = serde_json::json!({"event": "pusher:signin", "data": {
+        "auth": format!("{key}:{}", "0".repeat(64)), "user_data": r#"{"id":"alice"}"#}});
+    c.send(WsMessage::Text(forged.to_string().into()))
+        .await
+        .unwrap();
+    let e = next(&mut c).await;
+    assert_eq!(e["event"], "pusher:error", "{e}");
+    assert_eq!(e["data"]["code"], 4009, "{e}");
+    assert_eq!(close_code(&mut c).await, 4009);
+    let url = format!("ws://127.0.0.1:{ws}/app/nokey?protocol=7");
+    let (mut c, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next(&mut c).await["data"]["code"], 4001);
+    assert_eq!(close_code(&mut c).await, 4001);
     round_trip(&[ws], http);
 }

@@ -145,6 +145,11 @@ pub trait Codec {
     fn close_frame(&mut self) -> Option<Bytes> {
         None
     }
+    /// [`Codec::close_frame`] with a status code and reason (a WebSocket's; other protocols
+    /// have none and write what `close_frame` writes).
+    fn close_frame_with(&mut self, _code: u16, _reason: &str) -> Option<Bytes> {
+        self.close_frame()
+    }
     /// Answer a [`Decoded::Handshake`]: `Ok` with the bytes that open the session, or `Err` with
     /// the refusal to write before closing.
     fn accept(&mut self, _req: &Request, refusal: Option<Message>) -> Result<Bytes, Bytes> {

@@ -665,10 +665,14 @@ impl Codec for WsCodec {
     }
 
     fn close_frame(&mut self) -> Option<Bytes> {
+        self.close_frame_with(CloseCode::Normal.into(), "")
+    }
+
+    fn close_frame_with(&mut self, code: u16, reason: &str) -> Option<Bytes> {
         if self.state != State::Open || self.close_sent {
             return None;
         }
-        Some(self.close_with(Some(CloseCode::Normal.into()), ""))
+        Some(self.close_with(Some(code), reason))
     }
 
     fn ping_frame(&mut self) -> Option<Bytes> {

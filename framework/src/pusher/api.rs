@@ -10,11 +10,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::channel::{check_channel_name, check_event_name};
-use super::node::{channel_event, event_payload};
+use super::channel::{check_channel_name, check_event_name, check_user_id};
+use super::node::{channel_event, event_payload, user_event};
 use super::{frame, sign, Apps, SocketId};
 use crate::channel::Client;
 use crate::message::http::parse_urlencoded;
@@ -57,7 +58,7 @@ fn answer(status: u16, message: impl std::fmt::Display) -> Response {
 }
 
 /// An event made ready to publish: its channel events and its payload.
-fn prepare(app_id: &str, e: &Event) -> Result<Vec<(String, bytes::Bytes)>, Response> {
+fn prepare(app_id: &str, e: &Event) -> Result<Vec<(String, Bytes)>, Response> {
     check_event_name(&e.name).map_err(|err| answer(400, err))?;
     if e.data.len() > MAX_DATA {
         return Err(answer(
@@ -141,10 +142,20 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
             return;
         }
         ("POST", w) if w.starts_with("users/") => {
-            conn.send(answer(
-                501,
-                "user operations are not supported by this server yet",
-            ));
+            let user = w
+                .strip_prefix("users/")
+                .and_then(|w| w.strip_suffix("/terminate_connections"));
+            let Some(user) = user else {
+                conn.send(answer(404, format!("no API {what:?}")));
+                return;
+            };
+            if let Err(e) = check_user_id(user) {
+                conn.send(answer(400, e));
+                return;
+            }
+            // Every node with one of the user's sockets is subscribed to its user event.
+            let payload = event_payload(None, "terminate_connections");
+            publish_all(conn, client, vec![(user_event(&app.id, user), payload)]);
             return;
         }
         (_, "events" | "batch_events") => {
@@ -166,6 +177,12 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
             }
         }
     }
+    publish_all(conn, client, publishes);
+}
+
+/// Publish each `(channel event, payload)` and answer `{}` once the channel confirmed them all
+/// (503 when it cannot take them, or one failed).
+fn publish_all(conn: &Connection, client: Option<&Client>, publishes: Vec<(String, Bytes)>) {
     let Some(client) = client.filter(|c| c.is_connected()) else {
         conn.send(answer(503, "the channel is unreachable: nothing published"));
         return;

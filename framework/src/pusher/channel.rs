@@ -1,9 +1,12 @@
 //! Channel and event names: which kind of channel a name is (its prefix decides), and what a
 //! name may be (Pusher's rules: letters, digits and `_-=@,.;`, at most
-//! [`MAX_NAME_BYTES`] bytes).
+//! [`MAX_NAME_BYTES`] bytes; and a signed-in user's own channel, `#server-to-user-{user id}`).
 
 /// Longest channel or event name accepted.
 pub const MAX_NAME_BYTES: usize = 200;
+
+/// The prefix of a user's own channel (send-to-user: `#server-to-user-{user id}`).
+pub const SERVER_TO_USER: &str = "#server-to-user-";
 
 /// A name that may not be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,12 +25,16 @@ pub enum ChannelKind {
     PrivateEncrypted,
     /// `presence-…`: as private, with the members (user id and info) known to all of them.
     Presence,
+    /// `#server-to-user-{user id}`: only the sockets signed in as that user.
+    ServerToUser,
 }
 
 impl ChannelKind {
     /// The kind of the channel named `name`.
     pub fn of(name: &str) -> ChannelKind {
-        if name.starts_with("private-encrypted-") {
+        if name.starts_with(SERVER_TO_USER) {
+            ChannelKind::ServerToUser
+        } else if name.starts_with("private-encrypted-") {
             ChannelKind::PrivateEncrypted
         } else if name.starts_with("private-") {
             ChannelKind::Private
@@ -40,7 +47,10 @@ impl ChannelKind {
 
     /// Whether subscribing takes a signature.
     pub fn needs_auth(self) -> bool {
-        self != ChannelKind::Public
+        matches!(
+            self,
+            ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence
+        )
     }
 
     /// Whether clients may send `client-` events on it (with the app's permission).
@@ -51,18 +61,18 @@ impl ChannelKind {
 
 fn check_name(what: &str, name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err(NameError(format!("the {what} name is empty")));
+        return Err(NameError(format!("the {what} is empty")));
     }
     if name.len() > MAX_NAME_BYTES {
         return Err(NameError(format!(
-            "the {what} name is {} bytes long, more than {MAX_NAME_BYTES}",
+            "the {what} is {} bytes long, more than {MAX_NAME_BYTES}",
             name.len()
         )));
     }
     let ok = |b: u8| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b);
     if let Some(c) = name.bytes().find(|&b| !ok(b)) {
         return Err(NameError(format!(
-            "the {what} name {name:?} has {:?}: only letters, digits and _-=@,.; are allowed",
+            "the {what} {name:?} has {:?}: only letters, digits and _-=@,.; are allowed",
             c as char
         )));
     }
@@ -72,7 +82,24 @@ fn check_name(what: &str, name: &str) -> Result<(), NameError> {
 /// A channel name a client may subscribe to or a publisher publish on. `#`-names (the server's
 /// own, e.g. a user's `#server-to-user-…`) are refused here.
 pub fn check_channel_name(name: &str) -> Result<(), NameError> {
-    check_name("channel", name)
+    match name.strip_prefix(SERVER_TO_USER) {
+        Some(user) => check_user_id(user),
+        None => check_name("channel name", name),
+    }
+}
+
+/// Check a user id (`pusher:signin`'s `user_data.id`): as a channel name's characters, at most
+/// [`MAX_NAME_BYTES`] less [`SERVER_TO_USER`] bytes long (its channel must be a name).
+pub fn check_user_id(id: &str) -> Result<(), NameError> {
+    check_name("user id", id)?;
+    let most = MAX_NAME_BYTES - SERVER_TO_USER.len();
+    if id.len() > most {
+        return Err(NameError(format!(
+            "the user id is {} bytes long, more than {most}",
+            id.len()
+        )));
+    }
+    Ok(())
 }
 
 /// An event name: at most [`MAX_NAME_BYTES`] bytes and not empty. Events are not held to the
@@ -104,6 +131,10 @@ mod tests {
         );
         assert_eq!(ChannelKind::of("presence-room"), ChannelKind::Presence);
         assert_eq!(ChannelKind::of("privateer"), ChannelKind::Public);
+        assert_eq!(
+            ChannelKind::of("#server-to-user-7"),
+            ChannelKind::ServerToUser
+        );
         assert!(!ChannelKind::PrivateEncrypted.allows_client_events());
         assert!(ChannelKind::Presence.needs_auth() && !ChannelKind::Public.needs_auth());
     }
@@ -116,6 +147,8 @@ mod tests {
             "presence-room_7",
             "A-Z=@,.;",
             &"x".repeat(200),
+            "#server-to-user-1",
+            &format!("#server-to-user-{}", "x".repeat(184)),
         ] {
             assert!(check_channel_name(good).is_ok(), "{good}");
         }
@@ -123,7 +156,10 @@ mod tests {
             "",
             "a b",
             "ä",
-            "#server-to-user-1",
+            "#server-to-user-",
+            "#server-to-user-a b",
+            "#server-to-usr-1",
+            &format!("#server-to-user-{}", "x".repeat(185)),
             "a/b",
             "a:b",
             &"x".repeat(201),

@@ -7,9 +7,11 @@
 //! ([`event_payload`]); the instance writes it to its subscribers encoded once.
 //!
 //! Built so far: public, private and encrypted channels (signatures checked), `pusher:ping`,
-//! client events where the app allows them. Presence channels and user sign-in are refused with
-//! an error saying so (their members must be known across nodes: the directory's work, not
-//! done yet).
+//! client events where the app allows them, user sign-in (`pusher:signin`: the socket may then
+//! subscribe to its user's `#server-to-user-{id}` channel, which send-to-user publishes to, and
+//! is on its user's event [`user_event`], which `terminate_connections` publishes to). Presence
+//! channels are refused with an error saying so (their members must be known across nodes:
+//! the directory's work, not done yet).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::channel::{check_channel_name, ChannelKind};
+use super::channel::{check_channel_name, check_user_id, ChannelKind, SERVER_TO_USER};
 use super::frame::{self, Frame};
 use super::{sign, App, Apps, SocketId};
 use crate::channel::php_serde::{self, Reader};
@@ -33,6 +35,16 @@ pub const ACTIVITY_TIMEOUT_SECS: u64 = 120;
 pub fn channel_event(app_id: &str, channel: &str) -> String {
     format!("pusher:{app_id}:{channel}")
 }
+
+/// The channel event of a signed-in user's sockets (what `terminate_connections` publishes
+/// to).
+pub fn user_event(app_id: &str, user_id: &str) -> String {
+    format!("pusher-user:{app_id}:{user_id}")
+}
+
+/// The close code, and the error, of a socket whose sign-in is refused or whose user the app
+/// disconnects.
+const UNAUTHORIZED: u16 = 4009;
 
 /// What a channel event carries: `{socket id to skip, or nothing}\n{frame}`, as a PHP string.
 pub fn event_payload(skip: Option<SocketId>, frame: &str) -> Bytes {
@@ -68,8 +80,19 @@ struct Local {
 struct Client_ {
     app: Arc<App>,
     socket_id: SocketId,
-    /// The channels it is on.
+    /// The channel events it is on (and, signed in, its user's event).
     channels: Vec<String>,
+    /// The user it signed in as.
+    user: Option<String>,
+}
+
+/// What an instance does with an event it subscribed to for its clients.
+#[derive(Clone, Copy)]
+enum Handler {
+    /// A channel's: write the frame to the subscribers.
+    Deliver,
+    /// A user's: disconnect its sockets (`terminate_connections`).
+    Terminate,
 }
 
 struct Inner {
@@ -152,6 +175,7 @@ impl PusherNode {
                 app,
                 socket_id,
                 channels: Vec::new(),
+                user: None,
             },
         );
         let node = self.clone();
@@ -186,12 +210,7 @@ impl PusherNode {
                     self.unsubscribe(conn.id(), &ch);
                 }
             }
-            "pusher:signin" => {
-                conn.send(frame::error(
-                    None,
-                    "user sign-in is not supported by this server yet",
-                ));
-            }
+            "pusher:signin" => self.signin(conn, &f),
             e if e.starts_with("client-") => self.client_event(conn, &f),
             e => {
                 conn.send(frame::error(None, &format!("Unknown event {e:?}")));
@@ -216,11 +235,20 @@ impl PusherNode {
             refuse(400, &e.to_string());
             return;
         }
-        let (app, socket_id) = match self.0.clients.borrow().get(&conn.id()) {
-            Some(c) => (c.app.clone(), c.socket_id),
+        let (app, socket_id, user) = match self.0.clients.borrow().get(&conn.id()) {
+            Some(c) => (c.app.clone(), c.socket_id, c.user.clone()),
             None => return,
         };
         let kind = ChannelKind::of(&channel);
+        if kind == ChannelKind::ServerToUser
+            && user.as_deref() != channel.strip_prefix(SERVER_TO_USER)
+        {
+            refuse(
+                403,
+                &format!("{channel} is for a socket signed in as its user"),
+            );
+            return;
+        }
         if kind == ChannelKind::Presence {
             refuse(
                 501,
@@ -236,41 +264,111 @@ impl PusherNode {
                 return;
             }
         }
-        let event = channel_event(&app.id, &channel);
-        let joined = {
-            let mut clients = self.0.clients.borrow_mut();
-            let c = clients.get_mut(&conn.id()).expect("present above");
-            if c.channels.contains(&event) {
-                false
-            } else {
-                c.channels.push(event.clone());
-                true
-            }
-        };
-        if joined {
-            let first = {
-                let mut channels = self.0.channels.borrow_mut();
-                let local = channels.entry(event.clone()).or_insert_with(|| Local {
-                    conns: HashSet::new(),
-                });
-                local.conns.insert(conn.id());
-                local.conns.len() == 1
-            };
-            if first {
-                let node = Rc::downgrade(&self.0);
-                let ev = event.clone();
-                self.0.client.on_raw(event.as_str(), move |data| {
-                    if let Some(n) = node.upgrade() {
-                        PusherNode(n).deliver(&ev, data);
-                    }
-                });
-            }
-        }
+        self.join(
+            conn.id(),
+            channel_event(&app.id, &channel),
+            Handler::Deliver,
+        );
         conn.send(frame::encode(
             "pusher_internal:subscription_succeeded",
             Some(&channel),
             "{}",
         ));
+    }
+
+    /// `conn` joins `event`; the first one in subscribes the instance to it.
+    fn join(&self, conn: u64, event: String, handler: Handler) {
+        {
+            let mut clients = self.0.clients.borrow_mut();
+            let Some(c) = clients.get_mut(&conn) else {
+                return;
+            };
+            if c.channels.contains(&event) {
+                return;
+            }
+            c.channels.push(event.clone());
+        }
+        let first = {
+            let mut channels = self.0.channels.borrow_mut();
+            let local = channels.entry(event.clone()).or_insert_with(|| Local {
+                conns: HashSet::new(),
+            });
+            local.conns.insert(conn);
+            local.conns.len() == 1
+        };
+        if first {
+            let node = Rc::downgrade(&self.0);
+            let ev = event.clone();
+            self.0.client.on_raw(event.as_str(), move |data| {
+                if let Some(n) = node.upgrade() {
+                    match handler {
+                        Handler::Deliver => PusherNode(n).deliver(&ev, data),
+                        Handler::Terminate => PusherNode(n).terminate(&ev),
+                    }
+                }
+            });
+        }
+    }
+
+    /// `pusher:signin`: `user_data` (JSON with the user's `id`) signed by the app for this
+    /// socket. Answered `pusher:signin_success`; a bad signature or user data closes the
+    /// socket with 4009, as Pusher does.
+    fn signin(&self, conn: &Connection, f: &Frame) {
+        let (app, socket_id, user) = match self.0.clients.borrow().get(&conn.id()) {
+            Some(c) => (c.app.clone(), c.socket_id, c.user.clone()),
+            None => return,
+        };
+        let auth = f.data_field("auth").unwrap_or_default();
+        let user_data = f.data_field("user_data").unwrap_or_default();
+        if !sign::check_user_auth(&app, &socket_id.to_string(), &user_data, &auth) {
+            refuse_open(
+                conn,
+                UNAUTHORIZED,
+                "Invalid signature: user sign-in refused",
+            );
+            return;
+        }
+        let id = serde_json::from_str::<serde_json::Value>(&user_data)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|id| id.as_str().map(str::to_string)));
+        let id = match id.map(|id| check_user_id(&id).map(|()| id)) {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => return refuse_open(conn, UNAUTHORIZED, &e.to_string()),
+            None => {
+                let why = "user_data must be a JSON object with a string id";
+                return refuse_open(conn, UNAUTHORIZED, why);
+            }
+        };
+        match user {
+            Some(u) if u != id => {
+                conn.send(frame::error(None, &format!("already signed in as {u:?}")));
+                return;
+            }
+            Some(_) => {}
+            None => {
+                if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn.id()) {
+                    c.user = Some(id.clone());
+                }
+                self.join(conn.id(), user_event(&app.id, &id), Handler::Terminate);
+            }
+        }
+        let data = serde_json::json!({ "user_data": user_data }).to_string();
+        conn.send(frame::encode("pusher:signin_success", None, &data));
+    }
+
+    /// The app disconnects a user (`terminate_connections`): its sockets here are told and
+    /// closed with 4009.
+    fn terminate(&self, event: &str) {
+        let conns: Vec<u64> = match self.0.channels.borrow().get(event) {
+            Some(local) => local.conns.iter().copied().collect(),
+            None => return,
+        };
+        for c in conns
+            .into_iter()
+            .filter_map(|c| self.0.instance.connection(c))
+        {
+            refuse_open(&c, UNAUTHORIZED, "You got disconnected by the app");
+        }
     }
 
     fn unsubscribe(&self, conn: u64, channel: &str) {
@@ -387,11 +485,30 @@ impl PusherNode {
 }
 
 /// Send `pusher:error` with `code` to a connection whose handshake is being answered, and
-/// close it once the handshake's answer is out (the error must follow it, not replace it).
+/// close it with `code` once the handshake's answer is out (the error must follow it, not
+/// replace it).
 fn refuse(conn: &Connection, code: u16, message: &str) {
     conn.send(frame::error(Some(code), message));
-    let c = conn.clone();
-    Timer::once(Duration::ZERO, move || c.close());
+    let (c, message) = (conn.clone(), message.to_string());
+    Timer::once(Duration::ZERO, move || close_with_code(&c, code, &message));
+}
+
+/// Send `pusher:error` with `code` to an open connection and close it with `code`.
+fn refuse_open(conn: &Connection, code: u16, message: &str) {
+    conn.send(frame::error(Some(code), message));
+    close_with_code(conn, code, message);
+}
+
+/// Close with the protocol's close `code` (pusher-js decides from it whether to reconnect);
+/// the reason is cut to what a close frame holds.
+fn close_with_code(conn: &Connection, code: u16, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    if !conn.close_websocket(code, &reason[..end]) {
+        conn.close();
+    }
 }
 
 #[cfg(test)]
