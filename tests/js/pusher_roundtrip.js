@@ -36,7 +36,8 @@ function client(k = key, wsPort = portA, user = null) {
         if (channelName.includes('forged')) {
           cb(null, { auth: key + ':' + '0'.repeat(64) });
         } else {
-          cb(null, server.authorizeChannel(socketId, channelName));
+          const presence = channelName.startsWith('presence-') ? { user_id: user, user_info: { name: user } } : undefined;
+          cb(null, server.authorizeChannel(socketId, channelName, presence));
         }
       },
     },
@@ -148,6 +149,63 @@ const connected = (c) =>
   if (code !== 4001) fail('unknown key: ' + JSON.stringify(e4001));
   stranger.disconnect();
   console.log('ok unknown key 4001');
+
+  // Presence across nodes: u1 on the first node, u2 on the second, then u1 again (a second
+  // socket) on the second; the members and member_added/removed are exact.
+  const p1 = client(key, portA, 'u1');
+  const p2 = client(key, portB, 'u2');
+  const p3 = client(key, portB, 'u1');
+  await Promise.all([p1, p2, p3].map(connected));
+  const seen = { added: [], removed: [] };
+  const room1 = p1.subscribe('presence-room');
+  const first = await once(room1, 'pusher:subscription_succeeded');
+  if (first.count !== 1 || first.me.id !== 'u1' || first.me.info.name !== 'u1') fail('presence first: ' + JSON.stringify(first));
+  room1.bind('pusher:member_added', (m) => seen.added.push(m.id));
+  room1.bind('pusher:member_removed', (m) => seen.removed.push(m.id));
+  const u2Added = once(room1, 'pusher:member_added');
+  const room2 = p2.subscribe('presence-room');
+  const second = await once(room2, 'pusher:subscription_succeeded');
+  const ids = Object.keys(second.members).sort().join(',');
+  if (second.count !== 2 || ids !== 'u1,u2' || second.members.u1.name !== 'u1') fail('presence second: ' + JSON.stringify(second));
+  const added = await u2Added;
+  if (added.id !== 'u2' || added.info.name !== 'u2') fail('member_added: ' + JSON.stringify(added));
+  const room2Added = [];
+  room2.bind('pusher:member_added', (m) => room2Added.push(m.id));
+  room2.bind('pusher:member_removed', (m) => seen.removed.push('at2:' + m.id));
+  const room3 = p3.subscribe('presence-room');
+  const third = await once(room3, 'pusher:subscription_succeeded');
+  if (third.count !== 2) fail('presence third: ' + JSON.stringify(third));
+  // A client event on a presence channel names its sender's user id.
+  const hi = new Promise((res) => room2.bind('client-hi', (d, meta) => res([d, meta])));
+  room1.trigger('client-hi', { x: 1 });
+  const [hiData, hiMeta] = await hi;
+  if (hiData.x !== 1 || !hiMeta || hiMeta.user_id !== 'u1') fail('presence client event: ' + JSON.stringify([hiData, hiMeta]));
+  const pm = Promise.all([once(room1, 'pm'), once(room2, 'pm'), once(room3, 'pm')]);
+  await server.trigger('presence-room', 'pm', {});
+  await pm;
+  if (seen.added.length !== 1 || room2Added.length !== 0) fail('a second socket of u1 was announced: ' + JSON.stringify([seen, room2Added]));
+  console.log('ok presence members across nodes');
+  // u1's first socket goes: u1 is still there (its second socket); then the second goes too.
+  p1.disconnect();
+  const pm2 = once(room2, 'pm2');
+  await server.trigger('presence-room', 'pm2', {});
+  await pm2;
+  const usersNow = async () => (await (await server.get({ path: '/channels/presence-room/users' })).json()).users.map((u) => u.id).sort().join(',');
+  if (seen.removed.length !== 0 || room2.members.count !== 2) fail('u1 removed while a socket of it stays: ' + JSON.stringify(seen));
+  const u1Removed = new Promise((res) => room2.bind('pusher:member_removed', res));
+  p3.disconnect();
+  const removed = await u1Removed;
+  if (removed.id !== 'u1' || room2.members.count !== 1) fail('member_removed: ' + JSON.stringify(removed));
+  const pm3 = once(room2, 'pm3');
+  await server.trigger('presence-room', 'pm3', {});
+  await pm3;
+  if (seen.removed.join(',') !== 'at2:u1') fail('member_removed more than once: ' + JSON.stringify(seen));
+  const members = await usersNow();
+  if (members !== 'u2') fail('users of presence-room: ' + members);
+  const info = await (await server.get({ path: '/channels/presence-room', params: { info: 'user_count' } })).json();
+  if (info.occupied !== true || info.user_count !== 1) fail('channel info: ' + JSON.stringify(info));
+  console.log('ok presence member_removed and users');
+  p2.disconnect();
 
   // User sign-in: alice on both nodes, bob on the second; send-to-user reaches alice's sockets
   // wherever they are, and only hers.

@@ -53,6 +53,8 @@ fn round_trip(ws: &[u16], http: u16) {
         "ok unsubscribed",
         "ok bad signature 401",
         "ok unknown key 4001",
+        "ok presence members across nodes",
+        "ok presence member_removed and users",
         "ok signed in",
         "ok send to user",
         "ok forged sign-in 4009",

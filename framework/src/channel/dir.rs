@@ -135,6 +135,27 @@ pub fn check_name(what: &str, name: &str) -> Result<(), BadName> {
     Ok(())
 }
 
+/// Longest presence group, key or announcement event name, in bytes (a Pusher channel's
+/// event name with its app id, a user id).
+pub const MAX_LONG_NAME_BYTES: usize = 300;
+
+/// A presence group, key or event name: as [`check_name`], up to [`MAX_LONG_NAME_BYTES`].
+fn check_long_name(what: &str, name: &str) -> Result<(), BadName> {
+    if name.is_empty() {
+        return Err(BadName(format!("{what} is empty")));
+    }
+    if name.len() > MAX_LONG_NAME_BYTES {
+        return Err(BadName(format!(
+            "{what} is {} bytes long, more than {MAX_LONG_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(BadName(format!("{what} {name:?} has a control character")));
+    }
+    Ok(())
+}
+
 /// Whom a `send` is for (nested in the operation: `{"op": "send", "target": {"to": "uids",
 /// "uids": […]}, "data": …}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -313,7 +334,53 @@ pub enum DirOp {
         /// The connection.
         client_id: ClientId,
     },
+    /// Join presence group `group` as member `key` (a user: several connections may share a
+    /// key; a connection is in a group once). When `key`'s first connection joins, `added` is
+    /// published on `event`; when its last leaves (or goes: a disconnect, a node's stop or
+    /// death), the `removed` given by that first join. Answer: the members, `{key: info}`,
+    /// once in; `false` when the group already has `max` keys and `key` is not one; null for
+    /// an unknown client. Not forwarded: the announcements are the news.
+    PresenceJoin {
+        /// The connection.
+        client_id: ClientId,
+        /// The group.
+        group: String,
+        /// The member (a user id).
+        key: String,
+        /// What the other members learn of it (any JSON).
+        info: Value,
+        /// Where the announcements go (see [`announced_event`]).
+        event: String,
+        /// Published on `event` when `key` comes in (the payload as it travels).
+        added: String,
+        /// Published on `event` when `key` goes.
+        removed: String,
+        /// Most keys the group may hold.
+        max: usize,
+    },
+    /// Leave a presence group (answer: 1 if the connection was in it, else 0).
+    PresenceLeave {
+        /// The connection.
+        client_id: ClientId,
+        /// The group.
+        group: String,
+    },
+    /// Answer: a presence group's members, `{key: info}` (empty when it has none).
+    GetPresence {
+        /// The group.
+        group: String,
+    },
 }
+
+/// The name of an event the directory publishes a presence group's announcements to, made
+/// from the event name `name` its members' nodes use: on Redis it must live where the
+/// directory does (one Cluster slot), and every name under [`ALL_NODES`] does.
+pub fn announced_event(name: &str) -> String {
+    format!("{ALL_NODES}.presence:{name}")
+}
+
+/// Most bytes of a presence member's info (its JSON) and of each announcement.
+pub const MAX_PRESENCE_BYTES: usize = 64 * 1024;
 
 impl DirOp {
     /// Check the names, sizes and counts an operation carries (every backend does, on input
@@ -381,6 +448,39 @@ impl DirOp {
                     groups.iter().try_for_each(|g| check_name("group", g))
                 }
             },
+            DirOp::PresenceJoin {
+                group,
+                key,
+                info,
+                event,
+                added,
+                removed,
+                max,
+                ..
+            } => {
+                check_long_name("presence group", group)?;
+                check_long_name("presence key", key)?;
+                check_long_name("announcement event", event)?;
+                let info_len = serde_json::to_vec(info).map_or(usize::MAX, |v| v.len());
+                for (what, n) in [
+                    ("member info", info_len),
+                    ("added announcement", added.len()),
+                    ("removed announcement", removed.len()),
+                ] {
+                    if n > MAX_PRESENCE_BYTES {
+                        return Err(BadName(format!(
+                            "the {what} is {n} bytes, more than {MAX_PRESENCE_BYTES}"
+                        )));
+                    }
+                }
+                if *max == 0 {
+                    return Err(BadName("a presence group of at most 0 members".into()));
+                }
+                Ok(())
+            }
+            DirOp::PresenceLeave { group, .. } | DirOp::GetPresence { group } => {
+                check_long_name("presence group", group)
+            }
             DirOp::CloseClient { .. }
             | DirOp::IsOnline { .. }
             | DirOp::GetUidByClientId { .. }

@@ -15,7 +15,7 @@
 //! - owner → the workers it registered connections on, with how many, so an owner that goes
 //!   away is forgotten by looking at those workers' tables only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use serde_json::{Map, Value};
@@ -349,6 +349,38 @@ pub(crate) struct DirectoryState {
     free_owners: Vec<u32>,
     /// Registered connections (`get_all_client_id_count`).
     clients: usize,
+    /// Presence groups by name.
+    presence: HashMap<Name, PresenceGroup>,
+    /// The presence groups of each connection in one, with its key in each.
+    presence_of: HashMap<ClientId, Vec<(Name, Name)>>,
+    /// Announcements to publish (`(event, payload)`), in order, until taken.
+    announcements: Vec<(Rc<str>, String)>,
+}
+
+/// A presence group: its members by key, and where their comings and goings are announced.
+struct PresenceGroup {
+    event: Rc<str>,
+    members: BTreeMap<Name, Member>,
+}
+
+/// A presence group's member.
+struct Member {
+    /// Its connections in the group.
+    conns: usize,
+    info: Value,
+    /// Published when it goes.
+    removed: String,
+}
+
+impl PresenceGroup {
+    fn members_json(&self) -> Value {
+        Value::Object(
+            self.members
+                .iter()
+                .map(|(k, m)| (k.to_string(), m.info.clone()))
+                .collect(),
+        )
+    }
 }
 
 impl DirectoryState {
@@ -515,7 +547,116 @@ impl DirectoryState {
                 None => Value::Null,
                 Some(e) => Value::Object(e.session()),
             }),
+            DirOp::PresenceJoin {
+                client_id,
+                group,
+                key,
+                info,
+                event,
+                added,
+                removed,
+                max,
+            } => {
+                let id = *client_id;
+                if self.entry(id).is_none() {
+                    return Applied::query(Value::Null);
+                }
+                let joined = self
+                    .presence_of
+                    .get(&id)
+                    .is_some_and(|l| l.iter().any(|(g, _)| &**g == group));
+                if !joined {
+                    let full = self.presence.get(group.as_str()).is_some_and(|g| {
+                        g.members.len() >= *max && !g.members.contains_key(key.as_str())
+                    });
+                    if full {
+                        return Applied::query(Value::Bool(false));
+                    }
+                    let name: Name = match self.presence.get_key_value(group.as_str()) {
+                        Some((n, _)) => n.clone(),
+                        None => Rc::from(group.as_str()),
+                    };
+                    let g = self
+                        .presence
+                        .entry(name.clone())
+                        .or_insert_with(|| PresenceGroup {
+                            event: Rc::from(event.as_str()),
+                            members: BTreeMap::new(),
+                        });
+                    let key_name: Name = match g.members.get_key_value(key.as_str()) {
+                        Some((k, _)) => k.clone(),
+                        None => {
+                            self.announcements.push((g.event.clone(), added.clone()));
+                            let k: Name = Rc::from(key.as_str());
+                            g.members.insert(
+                                k.clone(),
+                                Member {
+                                    conns: 0,
+                                    info: info.clone(),
+                                    removed: removed.clone(),
+                                },
+                            );
+                            k
+                        }
+                    };
+                    if let Some(m) = g.members.get_mut(&key_name) {
+                        m.conns += 1;
+                    }
+                    self.presence_of
+                        .entry(id)
+                        .or_default()
+                        .push((name, key_name));
+                }
+                Applied::query(
+                    self.presence
+                        .get(group.as_str())
+                        .map_or(Value::Object(Map::new()), PresenceGroup::members_json),
+                )
+            }
+            DirOp::PresenceLeave { client_id, group } => Applied::query(Value::from(u8::from(
+                self.presence_leave(*client_id, group),
+            ))),
+            DirOp::GetPresence { group } => Applied::query(
+                self.presence
+                    .get(group.as_str())
+                    .map_or(Value::Object(Map::new()), PresenceGroup::members_json),
+            ),
         }
+    }
+
+    /// Connection `id` leaves presence group `group`: whether it was in it. Its key's last
+    /// connection out announces the key's going.
+    fn presence_leave(&mut self, id: ClientId, group: &str) -> bool {
+        let Some(list) = self.presence_of.get_mut(&id) else {
+            return false;
+        };
+        let Some(i) = list.iter().position(|(g, _)| &**g == group) else {
+            return false;
+        };
+        let (_, key) = list.swap_remove(i);
+        if list.is_empty() {
+            self.presence_of.remove(&id);
+        }
+        if let Some(g) = self.presence.get_mut(group) {
+            let last = g.members.get_mut(&key).is_some_and(|m| {
+                m.conns -= 1;
+                m.conns == 0
+            });
+            if last {
+                if let Some(m) = g.members.remove(&key) {
+                    self.announcements.push((g.event.clone(), m.removed));
+                }
+                if g.members.is_empty() {
+                    self.presence.remove(group);
+                }
+            }
+        }
+        true
+    }
+
+    /// The announcements made since last taken (`(event, payload)`, to publish in order).
+    pub fn take_announcements(&mut self) -> Vec<(Rc<str>, String)> {
+        std::mem::take(&mut self.announcements)
     }
 
     /// The distinct uids of a group's members, ascending.
@@ -686,6 +827,14 @@ impl DirectoryState {
         }
         for g in e.groups() {
             unlink(&mut self.groups, g, id);
+        }
+        let groups: Vec<Name> = self
+            .presence_of
+            .get(&id)
+            .map(|l| l.iter().map(|(g, _)| g.clone()).collect())
+            .unwrap_or_default();
+        for g in groups {
+            self.presence_leave(id, &g);
         }
         if let Some(Some(owner)) = self.owners.get_mut(e.owner as usize) {
             let held = &mut owner.held;

@@ -513,6 +513,7 @@ impl HubState {
                 .is_some_and(|s| !s.list.is_empty())
         };
         let applied = self.directory.apply(id, &op, subscribed);
+        self.announce();
         match applied.forward {
             Forward::Nowhere => {}
             Forward::Workers(workers) => {
@@ -572,15 +573,23 @@ impl HubState {
     /// Forget everything of a subscriber that went away: its subscriptions, its watches,
     /// and the connections it registered in the directory.
     pub fn remove(&mut self, id: SubscriberId) {
-        let gone = self.directory.remove_owner(id);
-        if gone > 0 {
-            log::info!("channel: {id:?} went away: {gone} directory clients removed");
-        }
         for key in self.subscribed.remove(&id).unwrap_or_default() {
             self.unsubscribe(id, &key);
         }
         for key in self.watching.remove(&id).unwrap_or_default() {
             self.unwatch(id, &key);
+        }
+        let gone = self.directory.remove_owner(id);
+        if gone > 0 {
+            log::info!("channel: {id:?} went away: {gone} directory clients removed");
+        }
+        self.announce();
+    }
+
+    /// Publish what the directory announced (presence groups' comings and goings), in order.
+    fn announce(&mut self) {
+        for (event, payload) in self.directory.take_announcements() {
+            self.forward(Key::from(&*event), &Bytes::from(payload), false);
         }
     }
 }

@@ -23,7 +23,18 @@ pub struct App {
     /// Most connections the app may hold on one node (`0`: no limit of its own).
     #[serde(default)]
     pub max_connections: usize,
+    /// Most members (users) of one presence channel, cluster-wide (Pusher's and Soketi's 100
+    /// by default).
+    #[serde(default = "default_presence_members")]
+    pub max_presence_members: usize,
 }
+
+fn default_presence_members() -> usize {
+    DEFAULT_PRESENCE_MEMBERS
+}
+
+/// Most members of a presence channel unless the app says otherwise.
+pub const DEFAULT_PRESENCE_MEMBERS: usize = 100;
 
 /// Why an app's definition is refused.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +92,12 @@ impl App {
                 "the secret must be given, without control characters",
             ));
         }
+        if self.max_presence_members == 0 {
+            return Err(AppError::Spec(
+                spec(),
+                "max_presence_members must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -100,6 +117,7 @@ impl FromStr for App {
             secret: secret.to_string(),
             client_events: false,
             max_connections: 0,
+            max_presence_members: DEFAULT_PRESENCE_MEMBERS,
         };
         app.check()?;
         Ok(app)
@@ -132,7 +150,8 @@ impl Apps {
     }
 
     /// The apps of a JSON file `{"apps": [{"id", "key", "secret", "client_events",
-    /// "max_connections"}, …]}` (an unknown field is an error), then `more`.
+    /// "max_connections", "max_presence_members"}, …]}` (an unknown field is an error), then
+    /// `more`.
     pub fn load(path: &Path, more: Vec<App>) -> Result<Apps, AppError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| AppError::Read {

@@ -86,6 +86,18 @@ pub fn encode(event: &str, channel: Option<&str>, data: &str) -> String {
     }
 }
 
+/// A client event on a presence channel as the others get it: with its sender's `user_id`.
+pub fn encode_from_user(event: &str, channel: &str, data: &str, user_id: &str) -> String {
+    let q = |s: &str| Value::from(s).to_string();
+    format!(
+        "{{\"event\":{},\"channel\":{},\"data\":{},\"user_id\":{}}}",
+        q(event),
+        q(channel),
+        q(data),
+        q(user_id)
+    )
+}
+
 /// A message from the server whose `data` is an object (`pusher:subscription_error`).
 pub fn encode_object(event: &str, channel: Option<&str>, data: &Value) -> String {
     let mut m = Map::new();

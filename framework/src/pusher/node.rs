@@ -24,17 +24,26 @@ use bytes::Bytes;
 use super::channel::{check_channel_name, check_user_id, ChannelKind, SERVER_TO_USER};
 use super::frame::{self, Frame};
 use super::{sign, App, Apps, SocketId};
+use crate::channel::dir::{self, ClientId, DirOp};
 use crate::channel::php_serde::{self, Reader};
-use crate::channel::Client;
+use crate::channel::{ChannelError, Client};
 use crate::{Connection, Message, Request, Timer, WorkerInstance};
 
 /// Seconds of silence after which a client pings (sent in `connection_established`).
 pub const ACTIVITY_TIMEOUT_SECS: u64 = 120;
 
-/// The channel event of an app's channel.
+/// The channel event of an app's channel (a presence channel's is also its group in the
+/// directory, which announces its members' comings and goings there).
 pub fn channel_event(app_id: &str, channel: &str) -> String {
-    format!("pusher:{app_id}:{channel}")
+    let name = format!("pusher:{app_id}:{channel}");
+    match ChannelKind::of(channel) {
+        ChannelKind::Presence => dir::announced_event(&name),
+        _ => name,
+    }
 }
+
+/// Frames held for one connection while its presence subscription waits for the directory.
+const MAX_HELD: usize = 1024;
 
 /// The channel event of a signed-in user's sockets (what `terminate_connections` publishes
 /// to).
@@ -84,6 +93,8 @@ struct Client_ {
     channels: Vec<String>,
     /// The user it signed in as.
     user: Option<String>,
+    /// Its presence channels' events, with the user id it is on each as.
+    presence: Vec<(String, String)>,
 }
 
 /// What an instance does with an event it subscribed to for its clients.
@@ -104,6 +115,10 @@ struct Inner {
     channels: RefCell<HashMap<String, Local>>,
     /// By connection id.
     clients: RefCell<HashMap<u64, Client_>>,
+    /// Presence subscriptions waiting for the directory's answer: by channel event, the
+    /// connections, with what arrived for them meanwhile (written after their
+    /// `subscription_succeeded`, so that no member event comes before the member list).
+    held: RefCell<HashMap<String, HashMap<u64, Vec<String>>>>,
 }
 
 /// One worker instance's Pusher side (see the module's text). Cheap to clone.
@@ -121,6 +136,7 @@ impl PusherNode {
             worker_id,
             channels: RefCell::new(HashMap::new()),
             clients: RefCell::new(HashMap::new()),
+            held: RefCell::new(HashMap::new()),
         }));
         instance.set_data(node);
     }
@@ -176,6 +192,7 @@ impl PusherNode {
                 socket_id,
                 channels: Vec::new(),
                 user: None,
+                presence: Vec::new(),
             },
         );
         let node = self.clone();
@@ -249,20 +266,27 @@ impl PusherNode {
             );
             return;
         }
-        if kind == ChannelKind::Presence {
-            refuse(
-                501,
-                "presence channels are not supported by this server yet",
-            );
-            return;
-        }
+        let channel_data = f.data_field("channel_data");
         if kind.needs_auth() {
             let auth = f.data_field("auth").unwrap_or_default();
-            let ok = sign::check_channel_auth(&app, &socket_id.to_string(), &channel, None, &auth);
-            if !ok {
+            let signed = match kind {
+                ChannelKind::Presence => channel_data.as_deref(),
+                _ => None,
+            };
+            let sid = socket_id.to_string();
+            if !sign::check_channel_auth(&app, &sid, &channel, signed, &auth) {
                 refuse(401, &format!("Invalid signature for {channel}"));
                 return;
             }
+        }
+        if kind == ChannelKind::Presence {
+            match member(channel_data.as_deref().unwrap_or_default()) {
+                Ok((user_id, info)) => {
+                    self.presence_subscribe(conn, &app, &channel, socket_id, user_id, info);
+                }
+                Err(why) => refuse(400, why),
+            }
+            return;
         }
         self.join(
             conn.id(),
@@ -308,6 +332,126 @@ impl PusherNode {
                 }
             });
         }
+    }
+
+    /// Subscribe `conn` to presence channel `channel` as `user_id`: on the channel here at
+    /// once (what arrives is held), in the directory's group next; its answer (the members)
+    /// makes `subscription_succeeded`, then what was held is written.
+    fn presence_subscribe(
+        &self,
+        conn: &Connection,
+        app: &App,
+        channel: &str,
+        socket_id: SocketId,
+        user_id: String,
+        info: serde_json::Value,
+    ) {
+        let event = channel_event(&app.id, channel);
+        {
+            let mut clients = self.0.clients.borrow_mut();
+            let Some(c) = clients.get_mut(&conn.id()) else {
+                return;
+            };
+            if c.presence.iter().any(|(e, _)| *e == event) {
+                return;
+            }
+            c.presence.push((event.clone(), user_id.clone()));
+        }
+        self.join(conn.id(), event.clone(), Handler::Deliver);
+        self.0
+            .held
+            .borrow_mut()
+            .entry(event.clone())
+            .or_default()
+            .insert(conn.id(), Vec::new());
+        let announce = |skip: Option<SocketId>, what: &str, data: serde_json::Value| {
+            let f = frame::encode(what, Some(channel), &data.to_string());
+            String::from_utf8(event_payload(skip, &f).to_vec()).expect("UTF-8 in, UTF-8 out")
+        };
+        let op = DirOp::PresenceJoin {
+            client_id: ClientId::new(self.0.worker_id, conn.id()),
+            group: event.clone(),
+            key: user_id.clone(),
+            added: announce(
+                Some(socket_id),
+                "pusher_internal:member_added",
+                serde_json::json!({ "user_id": user_id, "user_info": info }),
+            ),
+            removed: announce(
+                None,
+                "pusher_internal:member_removed",
+                serde_json::json!({ "user_id": user_id }),
+            ),
+            info,
+            event: event.clone(),
+            max: app.max_presence_members,
+        };
+        let (node, conn, channel) = (self.clone(), conn.clone(), channel.to_string());
+        self.0.client.dir_request(&op, move |answer| {
+            node.presence_answer(&conn, &channel, &event, answer);
+        });
+    }
+
+    /// The directory answered `conn`'s presence join.
+    fn presence_answer(
+        &self,
+        conn: &Connection,
+        channel: &str,
+        event: &str,
+        answer: Result<serde_json::Value, ChannelError>,
+    ) {
+        let held = {
+            let mut held = self.0.held.borrow_mut();
+            let frames = held.get_mut(event).and_then(|m| m.remove(&conn.id()));
+            if held.get(event).is_some_and(HashMap::is_empty) {
+                held.remove(event);
+            }
+            frames
+        };
+        // Gone meanwhile (closed, unsubscribed): the directory hears of it in turn.
+        let Some(frames) = held else {
+            return;
+        };
+        let (kind, status, why) = match answer {
+            Ok(serde_json::Value::Object(members)) => {
+                let ids: Vec<&String> = members.keys().collect();
+                let data = serde_json::json!({
+                    "presence": { "ids": ids, "hash": members, "count": members.len() }
+                });
+                conn.send(frame::encode(
+                    "pusher_internal:subscription_succeeded",
+                    Some(channel),
+                    &data.to_string(),
+                ));
+                for f in frames {
+                    conn.send(f);
+                }
+                return;
+            }
+            Ok(serde_json::Value::Bool(false)) => (
+                "LimitReached",
+                4100,
+                "The maximum members per presence channel limit was reached".to_string(),
+            ),
+            Ok(other) => (
+                "PresenceError",
+                500,
+                format!("the directory answered {other}"),
+            ),
+            Err(ChannelError::NoDirectory) => (
+                "PresenceError",
+                501,
+                "presence channels need a werkmann channel server or Redis".to_string(),
+            ),
+            Err(e) => ("PresenceError", 503, format!("presence not available: {e}")),
+        };
+        let data = serde_json::json!({ "type": kind, "error": why, "status": status });
+        conn.send(frame::encode_object(
+            "pusher:subscription_error",
+            Some(channel),
+            &data,
+        ));
+        self.unsubscribe(conn.id(), channel);
     }
 
     /// `pusher:signin`: `user_data` (JSON with the user's `id`) signed by the app for this
@@ -372,7 +516,7 @@ impl PusherNode {
     }
 
     fn unsubscribe(&self, conn: u64, channel: &str) {
-        let event = {
+        let (event, presence) = {
             let mut clients = self.0.clients.borrow_mut();
             let Some(c) = clients.get_mut(&conn) else {
                 return;
@@ -383,9 +527,32 @@ impl PusherNode {
             if c.channels.len() == before {
                 return;
             }
-            event
+            let before = c.presence.len();
+            c.presence.retain(|(e, _)| *e != event);
+            (event, c.presence.len() != before)
         };
+        if presence {
+            self.unhold(conn, &event);
+            let op = DirOp::PresenceLeave {
+                client_id: ClientId::new(self.0.worker_id, conn),
+                group: event.clone(),
+            };
+            if let Err(e) = self.0.client.dir_send(&op) {
+                log::warn!("pusher: presence leave not sent ({e}): {event}");
+            }
+        }
         self.leave(conn, &event);
+    }
+
+    /// `conn` waits no more for a presence answer on `event`.
+    fn unhold(&self, conn: u64, event: &str) {
+        let mut held = self.0.held.borrow_mut();
+        if let Some(m) = held.get_mut(event) {
+            m.remove(&conn);
+            if m.is_empty() {
+                held.remove(event);
+            }
+        }
     }
 
     /// `conn` leaves the channel of `event`; the last one out unsubscribes the instance.
@@ -411,6 +578,10 @@ impl PusherNode {
         let Some(c) = self.0.clients.borrow_mut().remove(&conn) else {
             return;
         };
+        // The directory takes the connection out of its presence groups as it goes.
+        for (event, _) in &c.presence {
+            self.unhold(conn, event);
+        }
         for event in &c.channels {
             self.leave(conn, event);
         }
@@ -421,12 +592,17 @@ impl PusherNode {
             conn.send(frame::error(None, "a client event needs a channel"));
             return;
         };
-        let (app, socket_id, on) = match self.0.clients.borrow().get(&conn.id()) {
-            Some(c) => (
-                c.app.clone(),
-                c.socket_id,
-                c.channels.contains(&channel_event(&c.app.id, channel)),
-            ),
+        let (app, socket_id, on, user_id) = match self.0.clients.borrow().get(&conn.id()) {
+            Some(c) => {
+                let event = channel_event(&c.app.id, channel);
+                let user = c.presence.iter().find(|(e, _)| *e == event);
+                (
+                    c.app.clone(),
+                    c.socket_id,
+                    c.channels.contains(&event),
+                    user.map(|(_, u)| u.clone()),
+                )
+            }
             None => return,
         };
         if !app.client_events {
@@ -443,7 +619,11 @@ impl PusherNode {
             ));
             return;
         }
-        let frame = frame::encode(&f.event, Some(channel), &f.data_text());
+        // On a presence channel the others learn who sent it.
+        let frame = match user_id {
+            Some(u) => frame::encode_from_user(&f.event, channel, &f.data_text(), &u),
+            None => frame::encode(&f.event, Some(channel), &f.data_text()),
+        };
         let payload = event_payload(Some(socket_id), &frame);
         if let Err(e) = self
             .0
@@ -469,10 +649,23 @@ impl PusherNode {
             let Some(local) = channels.get(event) else {
                 return;
             };
+            let mut held = self.0.held.borrow_mut();
+            let mut waiting = held.get_mut(event);
             local
                 .conns
                 .iter()
                 .filter(|&&c| Some(c) != skip)
+                .filter(|&&c| match waiting.as_mut().and_then(|w| w.get_mut(&c)) {
+                    Some(frames) if frames.len() < MAX_HELD => {
+                        frames.push(frame.to_string());
+                        false
+                    }
+                    Some(_) => {
+                        log::warn!("pusher: connection {c} held {MAX_HELD} frames on {event}");
+                        false
+                    }
+                    None => true,
+                })
                 .filter_map(|&c| self.0.instance.connection(c))
                 .collect()
         };
@@ -482,6 +675,24 @@ impl PusherNode {
                 .send_to(conns.iter(), Message::Text(frame.to_string()));
         }
     }
+}
+
+/// A presence subscription's `channel_data` (signed with it): `{"user_id": string or number,
+/// "user_info": any}` read as the user id (a string) and its info.
+fn member(channel_data: &str) -> Result<(String, serde_json::Value), &'static str> {
+    let why = "channel_data must be a JSON object with a user_id (a non-empty string or a number)";
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(channel_data) else {
+        return Err(why);
+    };
+    let id = match m.remove("user_id") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s,
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => return Err(why),
+    };
+    if id.len() > 200 || id.chars().any(char::is_control) {
+        return Err("a presence user_id is at most 200 bytes, without control characters");
+    }
+    Ok((id, m.remove("user_info").unwrap_or(serde_json::Value::Null)))
 }
 
 /// Send `pusher:error` with `code` to a connection whose handshake is being answered, and

@@ -16,6 +16,10 @@
 --   D us       set: uids bound                      D gs     set: groups with members
 --   D workers  set: workers with entries            D alive:W  the link registering for W
 --   D swept    exists for @SWEEP_MS@ ms after a sweep
+--   D p:G      hash: presence group G's keys -> their connections in it
+--   D pi:G     hash: key -> its info (JSON)   D pr:G  hash: key -> published when it goes
+--   D pe:G     the channel G's announcements are published to
+--   D cp:ID    hash: the presence groups of client ID -> its key in each
 
 local D = '@PREFIX@'
 local NODE = '@NODE@'
@@ -89,6 +93,32 @@ local function unlink(kind, name, id, w)
   end
 end
 
+-- Client id leaves presence group g: 1 if it was in it. Its key's last connection out
+-- publishes the key's `removed`.
+local function presence_leave(id, g)
+  local cp = D .. 'cp:' .. id
+  local key = redis.call('HGET', cp, g)
+  if not key then
+    return 0
+  end
+  redis.call('HDEL', cp, g)
+  local p = D .. 'p:' .. g
+  if redis.call('HINCRBY', p, key, -1) <= 0 then
+    redis.call('HDEL', p, key)
+    local removed = redis.call('HGET', D .. 'pr:' .. g, key)
+    redis.call('HDEL', D .. 'pr:' .. g, key)
+    redis.call('HDEL', D .. 'pi:' .. g, key)
+    local chan = redis.call('GET', D .. 'pe:' .. g)
+    if chan and removed then
+      redis.call(PUB, chan, removed)
+    end
+    if redis.call('EXISTS', p) == 0 then
+      redis.call('DEL', D .. 'pe:' .. g)
+    end
+  end
+  return 1
+end
+
 -- Forget client id: 1 if it was registered.
 local function remove_client(id)
   local c = D .. 'c:' .. id
@@ -103,6 +133,9 @@ local function remove_client(id)
   local cg = D .. 'cg:' .. id
   for _, g in ipairs(redis.call('SMEMBERS', cg)) do
     unlink('g', g, id, w)
+  end
+  for _, g in ipairs(redis.call('HKEYS', D .. 'cp:' .. id)) do
+    presence_leave(id, g)
   end
   redis.call('DEL', c, cg, D .. 'cs:' .. id)
   redis.call('SREM', D .. 'w:' .. w, id)
@@ -236,6 +269,35 @@ elseif op == 'register' then
     end
   end
   return count
+elseif op == 'presence_join' then
+  -- Answer: -1 for an unknown client, 0 when the group is full, else its members (key, info).
+  local id, g, key, info, chan, added, removed = nextarg(), nextarg(), nextarg(), nextarg(),
+    nextarg(), nextarg(), nextarg()
+  local max = nextint()
+  if not client_worker(id) then
+    return -1
+  end
+  local cp = D .. 'cp:' .. id
+  if redis.call('HEXISTS', cp, g) == 0 then
+    local p = D .. 'p:' .. g
+    if redis.call('HEXISTS', p, key) == 0 then
+      if redis.call('HLEN', p) >= max then
+        return 0
+      end
+      redis.call('HSET', D .. 'pi:' .. g, key, info)
+      redis.call('HSET', D .. 'pr:' .. g, key, removed)
+      redis.call('SET', D .. 'pe:' .. g, chan)
+      redis.call(PUB, chan, added)
+    end
+    redis.call('HINCRBY', p, key, 1)
+    redis.call('HSET', cp, g, key)
+  end
+  return redis.call('HGETALL', D .. 'pi:' .. g)
+elseif op == 'presence_leave' then
+  local id = nextarg()
+  return presence_leave(id, nextarg())
+elseif op == 'get_presence' then
+  return redis.call('HGETALL', D .. 'pi:' .. nextarg())
 elseif op == 'unregister' then
   local n = 0
   for i = at, #ARGV do

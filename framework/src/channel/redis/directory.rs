@@ -130,6 +130,9 @@ fn op_name(op: &DirOp) -> &'static str {
         DirOp::SetSession { .. } => "set_session",
         DirOp::UpdateSession { .. } => "update_session",
         DirOp::Send { .. } => "send",
+        DirOp::PresenceJoin { .. } => "presence_join",
+        DirOp::PresenceLeave { .. } => "presence_leave",
+        DirOp::GetPresence { .. } => "get_presence",
         DirOp::CloseClient { .. } => "close_client",
         DirOp::IsOnline { .. } => "is_online",
         DirOp::IsUidOnline { .. } => "is_uid_online",
@@ -237,7 +240,47 @@ fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
             c.arg(uid.as_str());
         }
         DirOp::GetAllClientIdCount | DirOp::GetAllUidCount | DirOp::GetAllGroupIdList => {}
+        DirOp::PresenceJoin {
+            client_id,
+            group,
+            key,
+            info,
+            event,
+            added,
+            removed,
+            max,
+        } => {
+            c.arg(client_id.to_string())
+                .arg(group.as_str())
+                .arg(key.as_str())
+                .arg(info.to_string())
+                .arg(event_channel(event))
+                .arg(added.as_str())
+                .arg(removed.as_str())
+                .arg(*max);
+        }
+        DirOp::PresenceLeave { client_id, group } => {
+            c.arg(client_id.to_string()).arg(group.as_str());
+        }
+        DirOp::GetPresence { group } => {
+            c.arg(group.as_str());
+        }
     }
+}
+
+/// A presence group's members from the script's `HGETALL` (key, info JSON, …): `{key: info}`.
+fn members(reply: &RValue) -> Value {
+    let mut m = Map::new();
+    if let RValue::Array(items) = reply {
+        for kv in items.chunks(2) {
+            if let [k, RValue::BulkString(v)] = kv {
+                if let (Some(k), Ok(v)) = (text(k), serde_json::from_slice(v)) {
+                    m.insert(k, v);
+                }
+            }
+        }
+    }
+    Value::Object(m)
 }
 
 /// Clients per script call of a `register`: Redis runs nothing else while a script runs, and
@@ -317,6 +360,13 @@ fn answer(op: &DirOp, reply: &RValue) -> Result<Value, String> {
         DirOp::GetUidByClientId { .. } => text(reply).map_or(Value::Null, Value::String),
         DirOp::GetUidListByGroup { .. } | DirOp::GetAllGroupIdList => strings(sorted_names(reply)),
         DirOp::GetUidCountByGroup { .. } => Value::from(sorted_names(reply).len()),
+        DirOp::PresenceJoin { .. } => match reply {
+            RValue::Int(-1) => Value::Null,
+            RValue::Int(0) => Value::Bool(false),
+            RValue::Array(_) => members(reply),
+            other => return Err(format!("directory script answered {other:?}")),
+        },
+        DirOp::GetPresence { .. } => members(reply),
         DirOp::GetSession { .. } => match reply {
             RValue::Array(items) => {
                 let mut session = Map::new();
