@@ -296,6 +296,73 @@ pub async fn sends_reach_exactly_their_targets(b: &Backend) {
     quiet(&mut n1, &mut n2).await;
 }
 
+/// A PHP string, as a channel event carries one.
+fn php(s: &str) -> String {
+    format!("s:{}:\"{s}\";", s.len())
+}
+
+/// Presence groups keep their members by key across nodes and announce a key's first
+/// connection in and last out, once each, on the group's event; a full group refuses a new
+/// key; a connection that goes (unregistered, or its node gone) leaves its groups.
+pub async fn presence_groups_announce_their_members(b: &Backend) {
+    let (_apps, mut n1, mut n2, mut api) = setup(b).await;
+    let ev = "werkmann.gw.presence:room";
+    for n in [&mut n1, &mut n2] {
+        assert_eq!(n.ask(&format!("on {ev}")).await, "ok");
+        n.sync().await;
+    }
+    register(&mut n1, json!([{"client_id": "1-1"}, {"client_id": "1-2"}])).await;
+    register(&mut n2, json!([{"client_id": "2-1"}, {"client_id": "2-2"}])).await;
+    dir_until(&mut api, json!({"op": "get_all_client_id_count"}), json!(4)).await;
+    let join = |id: &str, key: &str| {
+        json!({"op": "presence_join", "client_id": id, "group": "room", "key": key,
+               "info": {"name": key}, "event": ev, "added": php(&format!("+{key}")),
+               "removed": php(&format!("-{key}")), "max": 2})
+    };
+    let heard = async |n1: &mut Console, n2: &mut Console, what: &str| {
+        let line = format!("event {ev} \"{what}\"");
+        assert_eq!(n1.line().await, line);
+        assert_eq!(n2.line().await, line);
+    };
+    let alice = json!({"alice": {"name": "alice"}});
+    let both = json!({"alice": {"name": "alice"}, "bob": {"name": "bob"}});
+    assert_eq!(dir(&mut api, &join("1-1", "alice")).await, alice);
+    heard(&mut n1, &mut n2, "+alice").await;
+    // A second connection of alice's (on the other node): no news.
+    assert_eq!(dir(&mut api, &join("2-1", "alice")).await, alice);
+    assert_eq!(dir(&mut api, &join("1-2", "bob")).await, both);
+    heard(&mut n1, &mut n2, "+bob").await;
+    // Full (two keys at most): a third key is refused; joining again changes nothing.
+    assert_eq!(dir(&mut api, &join("2-2", "carol")).await, json!(false));
+    assert_eq!(dir(&mut api, &join("1-1", "alice")).await, both);
+    assert_eq!(dir(&mut api, &join("9-9", "dave")).await, json!(null));
+    let members = json!({"op": "get_presence", "group": "room"});
+    assert_eq!(dir(&mut api, &members).await, both);
+    quiet(&mut n1, &mut n2).await;
+    // Alice's first connection leaves: she stays (her second); her last one goes: she leaves.
+    let leave = json!({"op": "presence_leave", "client_id": "1-1", "group": "room"});
+    assert_eq!(dir(&mut api, &leave).await, json!(1));
+    assert_eq!(dir(&mut api, &leave).await, json!(0));
+    quiet(&mut n1, &mut n2).await;
+    dirsend(&mut n2, json!({"op": "unregister", "client_ids": ["2-1"]})).await;
+    heard(&mut n1, &mut n2, "-alice").await;
+    assert_eq!(
+        dir(&mut api, &members).await,
+        json!({"bob": {"name": "bob"}})
+    );
+    // Bob's node goes: he leaves with it, announced to the node that stays.
+    drop(n1);
+    let line = format!("event {ev} \"-bob\"");
+    assert_eq!(n2.line().await, line);
+    assert_eq!(dir(&mut api, &members).await, json!({}));
+    n2.nothing_for(150).await;
+}
+
+/// `node` sends `op` without waiting for the answer.
+async fn dirsend(node: &mut Console, op: Value) {
+    assert_eq!(node.ask(&format!("dirsend {op}")).await, "ok Sent", "{op}");
+}
+
 /// A node that goes away (its client closed, its process gone) takes its connections out of
 /// the directory with it, at once on a clean close.
 pub async fn a_node_that_goes_leaves_the_directory(b: &Backend) {

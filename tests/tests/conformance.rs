@@ -41,6 +41,7 @@ on_every_directory! {
     sends_reach_exactly_their_targets => |b| directory::sends_reach_exactly_their_targets(&b).await;
     a_node_that_goes_leaves_the_directory => |b| directory::a_node_that_goes_leaves_the_directory(&b).await;
     bad_operations_are_refused => |b| directory::bad_operations_are_refused(&b).await;
+    presence_groups_announce_their_members => |b| directory::presence_groups_announce_their_members(&b).await;
 }
 
 /// A backend lost and back. Not for the embedded hub (it lives and dies with its clients'

@@ -125,6 +125,40 @@ fn pusher_clients_across_nodes_of_a_channel_server() {
     round_trip(&ws, http);
 }
 
+/// Presence members stay through a channel server's restart (the nodes join them again to
+/// the new server's directory) and leave with a node that is killed (its channel connection
+/// closes: at once).
+#[test]
+fn presence_survives_a_channel_restart_and_forgets_a_killed_node() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let channel = App::start("start_channel", &["--listen", &addr], &[port]);
+    let (mut nodes, ws, http) = cluster(&addr);
+    let (id, key, secret) = APP;
+    let mut js = Command::new("node")
+        .arg(workspace().join("tests/js/presence_hold.js"))
+        .arg(format!("{},{}", ws[0], ws[1]))
+        .args([&http.to_string(), id, key, secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut input = js.stdin.take().unwrap();
+    let mut output = BufReader::new(js.stdout.take().unwrap()).lines();
+    let mut next = || output.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(next(), "ready");
+    drop(channel);
+    let _channel = App::start("start_channel", &["--listen", &addr], &[port]);
+    writeln!(input, "restarted").unwrap();
+    assert_eq!(next(), "ok rejoined");
+    drop(nodes.remove(1));
+    writeln!(input, "killed").unwrap();
+    assert_eq!(next(), "ok removed");
+    assert!(js.wait().unwrap().success());
+}
+
 #[test]
 fn pusher_clients_across_nodes_on_redis() {
     let redis = RedisServer::start();

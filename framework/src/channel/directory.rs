@@ -940,6 +940,31 @@ impl DirectoryState {
         assert_eq!(self.owner_numbers.len(), held.len(), "owner numbers");
         let free = self.owners.iter().filter(|o| o.is_none()).count();
         assert_eq!(self.free_owners.len(), free, "free owner numbers");
+        // Presence: each membership is a registered connection's, counted once by its key.
+        let mut conns: HashMap<(&str, &str), usize> = HashMap::new();
+        for (id, list) in &self.presence_of {
+            assert!(
+                self.entry(*id).is_some(),
+                "{id}: in a presence group, not registered"
+            );
+            assert!(!list.is_empty(), "{id}: an empty presence list is kept");
+            for (g, k) in list {
+                *conns.entry((&**g, &**k)).or_default() += 1;
+            }
+        }
+        let mut kept = 0;
+        for (g, group) in &self.presence {
+            assert!(!group.members.is_empty(), "presence group {g}: kept empty");
+            for (k, m) in &group.members {
+                assert_eq!(
+                    conns.get(&(&**g, &**k)),
+                    Some(&m.conns),
+                    "{g}/{k}: connections"
+                );
+                kept += 1;
+            }
+        }
+        assert_eq!(kept, conns.len(), "presence memberships");
     }
 }
 
@@ -1008,6 +1033,43 @@ mod tests {
                 Forward::Workers(workers.to_vec())
             },
         }
+    }
+
+    #[test]
+    fn presence_counts_connections_per_key_and_announces_once() {
+        let mut d = Dir::new();
+        d.register(NODE_A, &["1-1", "1-2"]);
+        d.register(NODE_B, &["2-1"]);
+        let join = |c: &str, g: &str, k: &str| {
+            json!({"op": "presence_join", "client_id": c, "group": g, "key": k, "info": k,
+                   "event": format!("e.{g}"), "added": format!("+{k}"),
+                   "removed": format!("-{k}"), "max": 10})
+        };
+        let news = |d: &mut Dir| -> Vec<String> {
+            d.0.take_announcements()
+                .into_iter()
+                .map(|(e, p)| format!("{e} {p}"))
+                .collect()
+        };
+        assert_eq!(d.ask(join("1-1", "g", "ann")), json!({"ann": "ann"}));
+        assert_eq!(d.ask(join("2-1", "g", "ann")), json!({"ann": "ann"}));
+        assert_eq!(d.ask(join("1-2", "h", "bo")), json!({"bo": "bo"}));
+        assert_eq!(news(&mut d), ["e.g +ann", "e.h +bo"]);
+        // Node A goes: ann stays in g (her connection on B), bo leaves h and h goes.
+        assert_eq!(d.0.remove_owner(NODE_A), 2);
+        d.0.check();
+        assert_eq!(news(&mut d), ["e.h -bo"]);
+        assert_eq!(
+            d.ask(json!({"op": "get_presence", "group": "h"})),
+            json!({})
+        );
+        // Registering a connection again starts it afresh: out of its groups.
+        d.register(NODE_B, &["2-1"]);
+        assert_eq!(news(&mut d), ["e.g -ann"]);
+        assert_eq!(
+            d.ask(json!({"op": "get_presence", "group": "g"})),
+            json!({})
+        );
     }
 
     #[test]

@@ -93,8 +93,16 @@ struct Client_ {
     channels: Vec<String>,
     /// The user it signed in as.
     user: Option<String>,
-    /// Its presence channels' events, with the user id it is on each as.
-    presence: Vec<(String, String)>,
+    /// Its presence channels.
+    presence: Vec<Membership>,
+}
+
+/// A connection's presence channel: its event, the user id it is on it as, and its join
+/// (sent again after the channel reconnects: a new channel server knows nothing of it).
+struct Membership {
+    event: String,
+    user_id: String,
+    join: DirOp,
 }
 
 /// What an instance does with an event it subscribed to for its clients.
@@ -138,6 +146,14 @@ impl PusherNode {
             clients: RefCell::new(HashMap::new()),
             held: RefCell::new(HashMap::new()),
         }));
+        // After a reconnect (the gateway registered its connections again first): every
+        // presence membership joins again.
+        let weak = Rc::downgrade(&node.0);
+        client.on_up_internal(move || {
+            if let Some(n) = weak.upgrade() {
+                PusherNode(n).rejoin();
+            }
+        });
         instance.set_data(node);
     }
 
@@ -347,23 +363,10 @@ impl PusherNode {
         info: serde_json::Value,
     ) {
         let event = channel_event(&app.id, channel);
-        {
-            let mut clients = self.0.clients.borrow_mut();
-            let Some(c) = clients.get_mut(&conn.id()) else {
-                return;
-            };
-            if c.presence.iter().any(|(e, _)| *e == event) {
-                return;
-            }
-            c.presence.push((event.clone(), user_id.clone()));
+        let on_it = |c: &Client_| c.presence.iter().any(|m| m.event == event);
+        if self.0.clients.borrow().get(&conn.id()).is_none_or(on_it) {
+            return;
         }
-        self.join(conn.id(), event.clone(), Handler::Deliver);
-        self.0
-            .held
-            .borrow_mut()
-            .entry(event.clone())
-            .or_default()
-            .insert(conn.id(), Vec::new());
         let announce = |skip: Option<SocketId>, what: &str, data: serde_json::Value| {
             let f = frame::encode(what, Some(channel), &data.to_string());
             String::from_utf8(event_payload(skip, &f).to_vec()).expect("UTF-8 in, UTF-8 out")
@@ -386,10 +389,40 @@ impl PusherNode {
             event: event.clone(),
             max: app.max_presence_members,
         };
+        if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn.id()) {
+            c.presence.push(Membership {
+                event: event.clone(),
+                user_id,
+                join: op.clone(),
+            });
+        }
+        self.join(conn.id(), event.clone(), Handler::Deliver);
+        self.0
+            .held
+            .borrow_mut()
+            .entry(event.clone())
+            .or_default()
+            .insert(conn.id(), Vec::new());
         let (node, conn, channel) = (self.clone(), conn.clone(), channel.to_string());
         self.0.client.dir_request(&op, move |answer| {
             node.presence_answer(&conn, &channel, &event, answer);
         });
+    }
+
+    /// Send every presence membership's join again.
+    fn rejoin(&self) {
+        let joins: Vec<DirOp> = self
+            .0
+            .clients
+            .borrow()
+            .values()
+            .flat_map(|c| c.presence.iter().map(|m| m.join.clone()))
+            .collect();
+        for op in joins {
+            if let Err(e) = self.0.client.dir_send(&op) {
+                log::warn!("pusher: presence join not sent again: {e}");
+            }
+        }
     }
 
     /// The directory answered `conn`'s presence join.
@@ -528,7 +561,7 @@ impl PusherNode {
                 return;
             }
             let before = c.presence.len();
-            c.presence.retain(|(e, _)| *e != event);
+            c.presence.retain(|m| m.event != event);
             (event, c.presence.len() != before)
         };
         if presence {
@@ -579,8 +612,8 @@ impl PusherNode {
             return;
         };
         // The directory takes the connection out of its presence groups as it goes.
-        for (event, _) in &c.presence {
-            self.unhold(conn, event);
+        for m in &c.presence {
+            self.unhold(conn, &m.event);
         }
         for event in &c.channels {
             self.leave(conn, event);
@@ -595,12 +628,12 @@ impl PusherNode {
         let (app, socket_id, on, user_id) = match self.0.clients.borrow().get(&conn.id()) {
             Some(c) => {
                 let event = channel_event(&c.app.id, channel);
-                let user = c.presence.iter().find(|(e, _)| *e == event);
+                let user = c.presence.iter().find(|m| m.event == event);
                 (
                     c.app.clone(),
                     c.socket_id,
                     c.channels.contains(&event),
-                    user.map(|(_, u)| u.clone()),
+                    user.map(|m| m.user_id.clone()),
                 )
             }
             None => return,
