@@ -20,6 +20,8 @@
 //! | `send {target, data}` | anyone | connections reached | workers holding targets (`all`: [`ALL_NODES`]) |
 //! | `close_client {client_id, data?}` | anyone | 1 closed (its node is there), 0 unknown | the client's worker |
 //! | queries (`is_online` … `get_session`) | anyone | see [`DirOp`] | — |
+//! | `presence_join {client_id, group, key, info, event, added, removed, max}` | the node holding it | the members `{key: info}`, `false` full, null unknown | — (`added` published on `event` for a new key) |
+//! | `presence_leave {client_id, group}`, `get_presence {group}` | the node / anyone | 1 or 0 / the members | — (`removed` on `event` for a key's last connection, also when it goes) |
 //!
 //! A count of connections reached (`send`, `ungroup`, `close_client`) only includes clients
 //! whose worker has a subscriber to its [`node_event`] (so a node that vanished without

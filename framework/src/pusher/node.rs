@@ -6,12 +6,12 @@
 //! frame the clients get, encoded once by the publisher, behind the socket id it must skip
 //! ([`event_payload`]); the instance writes it to its subscribers encoded once.
 //!
-//! Built so far: public, private and encrypted channels (signatures checked), `pusher:ping`,
-//! client events where the app allows them, user sign-in (`pusher:signin`: the socket may then
-//! subscribe to its user's `#server-to-user-{id}` channel, which send-to-user publishes to, and
-//! is on its user's event [`user_event`], which `terminate_connections` publishes to). Presence
-//! channels are refused with an error saying so (their members must be known across nodes:
-//! the directory's work, not done yet).
+//! Built so far: public, private, encrypted and presence channels (signatures checked; a
+//! presence channel's members kept by the directory, `channel::dir`'s presence groups, so
+//! they are exact across nodes), `pusher:ping`, client events where the app allows them, user
+//! sign-in (`pusher:signin`: the socket may then subscribe to its user's
+//! `#server-to-user-{id}` channel, which send-to-user publishes to, and is on its user's event
+//! [`user_event`], which `terminate_connections` publishes to).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
