@@ -11,7 +11,8 @@ use std::process::Command;
 
 use werkmann_tests::{curl_status, free_port, start_all_at, temp_dir, workspace, App, RedisServer};
 
-const APP: (&str, &str, &str) = ("app1", "key1", "secret1");
+/// The app (a numeric id, as Pusher's and as the PyPI SDK requires).
+const APP: (&str, &str, &str) = ("4201", "key1", "secret1");
 
 /// An apps file with client events on.
 fn apps_file() -> PathBuf {
@@ -27,8 +28,43 @@ fn apps_file() -> PathBuf {
     f
 }
 
-/// Run the round trip against nodes `ws` (one or two ports) and publisher `http`.
+/// Run the round trip against nodes `ws` (one or two ports) and publisher `http`: pusher-js
+/// and the npm SDK (`pusher_roundtrip.js`), then the PyPI SDK (`pusher_sdk.py`).
 fn round_trip(ws: &[u16], http: u16) {
+    js_round_trip(ws, http);
+    python_sdk(ws, http);
+}
+
+/// The PyPI `pusher` SDK with raw protocol clients on the two nodes (`tests/py/pusher_sdk.py`,
+/// in the venv `scripts/test` makes).
+fn python_sdk(ws: &[u16], http: u16) {
+    let (id, key, secret) = APP;
+    let ports = format!("{},{}", ws[0], ws.get(1).unwrap_or(&ws[0]));
+    let out = Command::new(workspace().join("tests/py/.venv/bin/python"))
+        .arg(workspace().join("tests/py/pusher_sdk.py"))
+        .args([&ports, &http.to_string(), id, key, secret])
+        .output()
+        .expect("the venv's python runs (scripts/test makes it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.lines().last() == Some("done"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in [
+        "ok presence auth",
+        "ok trigger and batch",
+        "ok socket_id excluded",
+        "ok channel info and users",
+        "ok terminate user connections",
+        "ok bad signature refused",
+    ] {
+        assert!(text.lines().any(|l| l == check), "{check} missing:\n{text}");
+    }
+}
+
+/// pusher-js and the npm SDK against nodes `ws` and publisher `http`.
+fn js_round_trip(ws: &[u16], http: u16) {
     let ports: Vec<String> = ws.iter().map(u16::to_string).collect();
     let (id, key, secret) = APP;
     let out = Command::new("node")
@@ -191,7 +227,7 @@ fn without_an_app_the_pusher_endpoints_answer_404() {
         "POST",
         "-d",
         "{}",
-        &format!("http://127.0.0.1:{http}/apps/app1/events"),
+        &format!("http://127.0.0.1:{http}/apps/4201/events"),
     ]);
     assert_eq!(api, 404);
 }

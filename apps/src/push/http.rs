@@ -73,7 +73,7 @@ pub fn http_worker(
     let page = Arc::new(demo_page_with_nodes(ws_port, &nodes));
     worker.on_message(move |conn, msg| {
         if let Message::Request(req) = msg {
-            if req.path().starts_with(pusher::API_PREFIX) {
+            if pusher::is_api_path(req.path()) {
                 // The Pusher HTTP API: signed with the app's secret, not the push API's.
                 let client = conn.worker().and_then(|w| w.data::<Client>());
                 pusher::handle_api(conn, &req, &apps, client.as_deref());

@@ -24,6 +24,13 @@ use crate::{Connection, Request, Response};
 
 /// Where the API's paths begin.
 pub const API_PREFIX: &str = "/apps/";
+
+/// Whether `path` is the Pusher HTTP API's: under [`API_PREFIX`], or
+/// `/users/{id}/terminate_connections` without it (as the PyPI SDK 3.3 sends it).
+pub fn is_api_path(path: &str) -> bool {
+    path.starts_with(API_PREFIX)
+        || (path.starts_with("/users/") && path.ends_with("/terminate_connections"))
+}
 /// Channels one event may name.
 pub const MAX_CHANNELS: usize = 100;
 /// Events one batch may hold.
@@ -99,13 +106,29 @@ fn prepare(app_id: &str, e: &Event) -> Result<Vec<(String, Bytes)>, Response> {
 /// Serve a request whose path begins with [`API_PREFIX`]; `client` publishes.
 pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<&Client>) {
     let path = req.path();
-    let rest = &path[API_PREFIX.len().min(path.len())..];
-    let (app_id, what) = rest.split_once('/').unwrap_or((rest, ""));
-    let Some(app) = apps.by_id(app_id) else {
-        conn.send(answer(404, format!("no app {app_id:?}")));
-        return;
-    };
     let params = parse_urlencoded(req.query_string());
+    let (app, what) = match path.strip_prefix(API_PREFIX) {
+        Some(rest) => {
+            let (app_id, what) = rest.split_once('/').unwrap_or((rest, ""));
+            (apps.by_id(app_id).ok_or(app_id), what)
+        }
+        // `/users/{id}/terminate_connections`, as the PyPI SDK (3.3) sends it: the app is the
+        // one whose key signs it.
+        None => {
+            let key = params
+                .iter()
+                .find(|(k, _)| k == "auth_key")
+                .map_or("", |(_, v)| v.as_str());
+            (apps.by_key(key).ok_or(key), path.trim_start_matches('/'))
+        }
+    };
+    let app = match app {
+        Ok(app) => app,
+        Err(which) => {
+            conn.send(answer(404, format!("no app {which:?}")));
+            return;
+        }
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);

@@ -13,7 +13,7 @@ mod node;
 pub mod sign;
 mod socket_id;
 
-pub use api::{handle_api, API_PREFIX};
+pub use api::{handle_api, is_api_path, API_PREFIX};
 pub use app::{App, AppError, Apps};
 pub use channel::{check_channel_name, check_event_name, ChannelKind, NameError};
 pub use frame::{connection_established, encode, encode_object, error, pong, Frame, FrameError};
