@@ -121,7 +121,11 @@ fn pusher_clients_embedded() {
 /// Two WebSocket nodes and a publisher on `channel`.
 fn cluster(channel: &str) -> (Vec<App>, [u16; 2], u16) {
     let apps = apps_file();
-    let apps = apps.to_str().unwrap();
+    cluster_with(channel, apps.to_str().unwrap())
+}
+
+/// Two WebSocket nodes and a publisher on `channel`, serving the apps of file `apps`.
+fn cluster_with(channel: &str, apps: &str) -> (Vec<App>, [u16; 2], u16) {
     let (a, b, http) = (free_port(), free_port(), free_port());
     let node = |port: u16| {
         App::start(
@@ -193,6 +197,95 @@ fn presence_survives_a_channel_restart_and_forgets_a_killed_node() {
     writeln!(input, "killed").unwrap();
     assert_eq!(next(), "ok removed");
     assert!(js.wait().unwrap().success());
+}
+
+/// Webhooks: every event once, signed (checked by the `pusher` SDK's `webhook()` at the
+/// receiver), with clients on two nodes and a first request that fails (retried).
+fn webhooks_once_each(channel: &str) {
+    use std::io::{BufRead, BufReader};
+    use std::sync::{Arc, Mutex};
+
+    let (id, key, secret) = APP;
+    let hook_port = free_port();
+    let apps = temp_dir("pusher_webhooks").join("apps.json");
+    let hooks = format!(
+        r#"[{{"url":"http://127.0.0.1:{hook_port}/hooks","event_types":["channel_occupied","channel_vacated","member_added","member_removed","client_event"]}}]"#
+    );
+    std::fs::write(
+        &apps,
+        format!(
+            r#"{{"apps":[{{"id":"{id}","key":"{key}","secret":"{secret}","client_events":true,"webhooks":{hooks}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let mut receiver = Command::new("node")
+        .arg(workspace().join("tests/js/webhook_receiver.js"))
+        .args([&hook_port.to_string(), id, key, secret, "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let lines = BufReader::new(receiver.stdout.take().unwrap()).lines();
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            seen.lock().unwrap().push(l);
+        }
+    });
+    let listening = || got.lock().unwrap().iter().any(|l| l == "listening");
+    assert!(werkmann_tests::poll_until(werkmann_tests::WAIT, listening));
+    let (_nodes, ws, http) = cluster_with(channel, apps.to_str().unwrap());
+    let mut clients = Command::new("node")
+        .arg(workspace().join("tests/js/webhook_clients.js"))
+        .arg(format!("{},{}", ws[0], ws[1]))
+        .args([&http.to_string(), id, key, secret])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let want = [
+        "event channel_occupied news",
+        "event channel_vacated news",
+        "event channel_occupied presence-room",
+        "event member_added presence-room u1",
+        "event channel_occupied private-chat",
+        r#"event client_event private-chat client-typing {"who":"a"} -"#,
+        "event member_removed presence-room u1",
+        "event channel_vacated presence-room",
+        "event channel_vacated private-chat",
+        "event channel_occupied marker",
+        "event channel_vacated marker",
+    ];
+    let all_in = || {
+        let got = got.lock().unwrap();
+        want.iter().all(|w| got.iter().any(|l| l == w))
+    };
+    let ok = werkmann_tests::poll_until(std::time::Duration::from_secs(20), all_in);
+    for p in [&mut clients, &mut receiver] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let got = got.lock().unwrap().clone();
+    assert!(ok, "webhook events missing: got {got:?}");
+    let events: Vec<&String> = got.iter().filter(|l| *l != "listening").collect();
+    assert_eq!(
+        events.len(),
+        want.len(),
+        "each event once, nothing else: {events:?}"
+    );
+}
+
+#[test]
+fn webhooks_through_a_channel_server() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _channel = App::start("start_channel", &["--listen", &addr], &[port]);
+    webhooks_once_each(&addr);
+}
+
+#[test]
+fn webhooks_on_redis() {
+    let redis = RedisServer::start();
+    webhooks_once_each(&redis.url());
 }
 
 #[test]

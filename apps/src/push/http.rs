@@ -51,6 +51,7 @@ pub fn http_worker(
     // One replay memory for all instances.
     let auth = secret.map(Auth::new);
     let apps = options.pusher.load()?;
+    let hook_apps = apps.clone();
     worker.on_worker_start(move |w| {
         if let Some(a) = &auth {
             w.set_data(a.clone());
@@ -59,6 +60,8 @@ pub fn http_worker(
         match channel.connect() {
             Ok(c) => {
                 w.set_data(Gateway::api(&c));
+                // The Pusher apps' webhooks are sent by the publishers.
+                pusher::webhook::Webhooks::start(&c, hook_apps.clone());
                 w.set_data(c);
             }
             Err(e) => log::error!("publisher: no channel: {e}"),

@@ -359,6 +359,10 @@ pub enum DirOp {
         removed: String,
         /// Most keys the group may hold.
         max: usize,
+        /// Items to enqueue as the key comes and goes, besides the announcements (a webhook's
+        /// events: each taken by one consumer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hooks: Option<Hooks>,
     },
     /// Leave a presence group (answer: 1 if the connection was in it, else 0).
     PresenceLeave {
@@ -374,9 +378,22 @@ pub enum DirOp {
     },
 }
 
-/// The name of an event the directory publishes a presence group's announcements to, made
-/// from the event name `name` its members' nodes use: on Redis it must live where the
-/// directory does (one Cluster slot), and every name under [`ALL_NODES`] does.
+/// What a presence join enqueues as its key comes and goes (see [`DirOp::PresenceJoin`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// The queue (see [`announced_event`]: its name lives where the directory does).
+    pub queue: String,
+    /// Enqueued when the key comes in (the item as it travels; empty: nothing).
+    pub added: String,
+    /// Enqueued when the key goes (empty: nothing).
+    pub removed: String,
+}
+
+/// The name of an event (or queue) the directory publishes a presence group's announcements
+/// to (or enqueues its hooks on), made from the name `name` its members' nodes use: on Redis
+/// it must live where the directory does (one Cluster slot), and every name under
+/// [`ALL_NODES`] does. An empty announcement or hook is not made.
 pub fn announced_event(name: &str) -> String {
     format!("{ALL_NODES}.presence:{name}")
 }
@@ -458,16 +475,26 @@ impl DirOp {
                 added,
                 removed,
                 max,
+                hooks,
                 ..
             } => {
                 check_long_name("presence group", group)?;
                 check_long_name("presence key", key)?;
                 check_long_name("announcement event", event)?;
                 let info_len = serde_json::to_vec(info).map_or(usize::MAX, |v| v.len());
+                let (hook_added, hook_removed) = match hooks {
+                    Some(h) => {
+                        check_long_name("hook queue", &h.queue)?;
+                        (h.added.len(), h.removed.len())
+                    }
+                    None => (0, 0),
+                };
                 for (what, n) in [
                     ("member info", info_len),
                     ("added announcement", added.len()),
                     ("removed announcement", removed.len()),
+                    ("added hook", hook_added),
+                    ("removed hook", hook_removed),
                 ] {
                     if n > MAX_PRESENCE_BYTES {
                         return Err(BadName(format!(

@@ -353,13 +353,40 @@ pub(crate) struct DirectoryState {
     presence: HashMap<Name, PresenceGroup>,
     /// The presence groups of each connection in one, with its key in each.
     presence_of: HashMap<ClientId, Vec<(Name, Name)>>,
-    /// Announcements to publish (`(event, payload)`), in order, until taken.
-    announcements: Vec<(Rc<str>, String)>,
+    /// Announcements to make, in order, until taken.
+    announcements: Vec<Announcement>,
 }
 
-/// A presence group: its members by key, and where their comings and goings are announced.
+/// What the directory has to say: a payload to publish on an event, or an item to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Announcement {
+    /// Publish `(event, payload)`.
+    Publish(Rc<str>, String),
+    /// Enqueue `(queue, item)`.
+    Enqueue(Rc<str>, String),
+}
+
+impl Announcement {
+    /// Publish `payload` on `event`, if it is not empty.
+    fn publish(out: &mut Vec<Announcement>, event: &Rc<str>, payload: &str) {
+        if !payload.is_empty() {
+            out.push(Announcement::Publish(event.clone(), payload.to_string()));
+        }
+    }
+
+    /// Enqueue `item` on `queue`, if there is one and `item` is not empty.
+    fn enqueue(out: &mut Vec<Announcement>, queue: Option<&Rc<str>>, item: &str) {
+        if let (Some(q), false) = (queue, item.is_empty()) {
+            out.push(Announcement::Enqueue(q.clone(), item.to_string()));
+        }
+    }
+}
+
+/// A presence group: its members by key, and where their comings and goings are announced
+/// (and hooked, if its first join said so).
 struct PresenceGroup {
     event: Rc<str>,
+    queue: Option<Rc<str>>,
     members: BTreeMap<Name, Member>,
 }
 
@@ -370,6 +397,8 @@ struct Member {
     info: Value,
     /// Published when it goes.
     removed: String,
+    /// Enqueued when it goes.
+    hook_removed: String,
 }
 
 impl PresenceGroup {
@@ -556,6 +585,7 @@ impl DirectoryState {
                 added,
                 removed,
                 max,
+                hooks,
             } => {
                 let id = *client_id;
                 if self.entry(id).is_none() {
@@ -581,12 +611,20 @@ impl DirectoryState {
                         .entry(name.clone())
                         .or_insert_with(|| PresenceGroup {
                             event: Rc::from(event.as_str()),
+                            queue: hooks.as_ref().map(|h| Rc::from(h.queue.as_str())),
                             members: BTreeMap::new(),
                         });
                     let key_name: Name = match g.members.get_key_value(key.as_str()) {
                         Some((k, _)) => k.clone(),
                         None => {
-                            self.announcements.push((g.event.clone(), added.clone()));
+                            let out = &mut self.announcements;
+                            Announcement::publish(out, &g.event, added);
+                            let hook = hooks.as_ref();
+                            Announcement::enqueue(
+                                out,
+                                g.queue.as_ref(),
+                                hook.map_or("", |h| &h.added),
+                            );
                             let k: Name = Rc::from(key.as_str());
                             g.members.insert(
                                 k.clone(),
@@ -594,6 +632,9 @@ impl DirectoryState {
                                     conns: 0,
                                     info: info.clone(),
                                     removed: removed.clone(),
+                                    hook_removed: hook
+                                        .map(|h| h.removed.clone())
+                                        .unwrap_or_default(),
                                 },
                             );
                             k
@@ -644,7 +685,9 @@ impl DirectoryState {
             });
             if last {
                 if let Some(m) = g.members.remove(&key) {
-                    self.announcements.push((g.event.clone(), m.removed));
+                    let out = &mut self.announcements;
+                    Announcement::publish(out, &g.event, &m.removed);
+                    Announcement::enqueue(out, g.queue.as_ref(), &m.hook_removed);
                 }
                 if g.members.is_empty() {
                     self.presence.remove(group);
@@ -654,8 +697,8 @@ impl DirectoryState {
         true
     }
 
-    /// The announcements made since last taken (`(event, payload)`, to publish in order).
-    pub fn take_announcements(&mut self) -> Vec<(Rc<str>, String)> {
+    /// The announcements made since last taken, to make in order.
+    pub fn take_announcements(&mut self) -> Vec<Announcement> {
         std::mem::take(&mut self.announcements)
     }
 
@@ -1048,7 +1091,10 @@ mod tests {
         let news = |d: &mut Dir| -> Vec<String> {
             d.0.take_announcements()
                 .into_iter()
-                .map(|(e, p)| format!("{e} {p}"))
+                .map(|a| match a {
+                    Announcement::Publish(e, p) => format!("{e} {p}"),
+                    Announcement::Enqueue(q, i) => format!("queue {q} {i}"),
+                })
                 .collect()
         };
         assert_eq!(d.ask(join("1-1", "g", "ann")), json!({"ann": "ann"}));

@@ -24,7 +24,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use super::dir::{self, error_answer, DirOp};
-use super::directory::{DirectoryState, Forward};
+use super::directory::{Announcement, DirectoryState, Forward};
 use super::php_serde::{self, Key};
 use super::routes::Routes;
 use super::subscriber::{LocalDelivery, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING};
@@ -440,15 +440,7 @@ impl HubState {
             }
             Command::Enqueue(names, data) => {
                 for n in names {
-                    let q = self.queues.entry(n.key.clone()).or_default();
-                    q.name.get_or_insert(n);
-                    if q.items.len() >= MAX_QUEUE_ITEMS {
-                        self.stats.dropped += 1;
-                        log::warn!("channel queue full ({MAX_QUEUE_ITEMS} items): item dropped");
-                        continue;
-                    }
-                    q.items.push_back(data.clone());
-                    q.dispatch(&mut self.stats, &self.local_out);
+                    self.enqueue(n, data.clone());
                 }
             }
             Command::Watch(names) => {
@@ -586,11 +578,32 @@ impl HubState {
         self.announce();
     }
 
-    /// Publish what the directory announced (presence groups' comings and goings), in order.
+    /// Make what the directory announced (presence groups' comings and goings), in order.
     fn announce(&mut self) {
-        for (event, payload) in self.directory.take_announcements() {
-            self.forward(Key::from(&*event), &Bytes::from(payload), false);
+        for a in self.directory.take_announcements() {
+            match a {
+                Announcement::Publish(event, payload) => {
+                    self.forward(Key::from(&*event), &Bytes::from(payload), false);
+                }
+                Announcement::Enqueue(queue, item) => {
+                    let name = WireName::from_key(Key::from(&*queue));
+                    self.enqueue(name, Bytes::from(item));
+                }
+            }
         }
+    }
+
+    /// Add `data` to queue `name` and hand out what its consumers can take.
+    fn enqueue(&mut self, name: WireName, data: Bytes) {
+        let q = self.queues.entry(name.key.clone()).or_default();
+        q.name.get_or_insert(name);
+        if q.items.len() >= MAX_QUEUE_ITEMS {
+            self.stats.dropped += 1;
+            log::warn!("channel queue full ({MAX_QUEUE_ITEMS} items): item dropped");
+            return;
+        }
+        q.items.push_back(data);
+        q.dispatch(&mut self.stats, &self.local_out);
     }
 }
 

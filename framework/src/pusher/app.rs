@@ -27,6 +27,38 @@ pub struct App {
     /// by default).
     #[serde(default = "default_presence_members")]
     pub max_presence_members: usize,
+    /// Where the app's webhooks go, each with the events it wants.
+    #[serde(default)]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// A webhook: Pusher's events of an app (`channel_occupied`, `channel_vacated`,
+/// `member_added`, `member_removed`, `client_event`) POSTed to `url`, signed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://HOST[:PORT][/PATH]`.
+    pub url: String,
+    /// The events it gets.
+    pub event_types: Vec<String>,
+}
+
+/// The events a webhook may ask for.
+pub const WEBHOOK_EVENTS: [&str; 5] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+];
+
+impl App {
+    /// Whether a webhook of the app wants `event` (one of [`WEBHOOK_EVENTS`]).
+    pub fn wants(&self, event: &str) -> bool {
+        self.webhooks
+            .iter()
+            .any(|w| w.event_types.iter().any(|e| e == event))
+    }
 }
 
 fn default_presence_members() -> usize {
@@ -42,6 +74,9 @@ pub enum AppError {
     /// `ID:KEY:SECRET` is malformed.
     #[error("app {0:?}: {1}")]
     Spec(String, &'static str),
+    /// A webhook is malformed.
+    #[error("webhook {0:?}: {1}")]
+    Webhook(String, String),
     /// Two apps share an id or a key.
     #[error("two apps have the {0} {1:?}")]
     Duplicate(&'static str, String),
@@ -98,6 +133,22 @@ impl App {
                 "max_presence_members must be at least 1",
             ));
         }
+        for w in &self.webhooks {
+            if let Err(why) = super::webhook::Target::parse(&w.url) {
+                return Err(AppError::Webhook(w.url.clone(), why));
+            }
+            if w.event_types.is_empty() {
+                return Err(AppError::Webhook(w.url.clone(), "no event_types".into()));
+            }
+            let known = |e: &&String| WEBHOOK_EVENTS.contains(&e.as_str());
+            if let Some(e) = w.event_types.iter().find(|e| !known(e)) {
+                let why = format!(
+                    "unknown event type {e:?} (known: {})",
+                    WEBHOOK_EVENTS.join(", ")
+                );
+                return Err(AppError::Webhook(w.url.clone(), why));
+            }
+        }
         Ok(())
     }
 }
@@ -118,6 +169,7 @@ impl FromStr for App {
             client_events: false,
             max_connections: 0,
             max_presence_members: DEFAULT_PRESENCE_MEMBERS,
+            webhooks: Vec::new(),
         };
         app.check()?;
         Ok(app)
@@ -246,6 +298,37 @@ mod tests {
         .unwrap();
         let err = Apps::load(&f, vec![]).unwrap_err().to_string();
         assert!(err.contains("clientevents"), "{err}");
+        // Webhooks: checked when loaded.
+        let hooks = |h: &str| {
+            std::fs::write(
+                &f,
+                format!(r#"{{"apps":[{{"id":"7","key":"k7","secret":"s","webhooks":[{h}]}}]}}"#),
+            )
+            .unwrap();
+            Apps::load(&f, vec![])
+        };
+        let ok = hooks(r#"{"url":"http://127.0.0.1:9/h","event_types":["member_added"]}"#);
+        let seven = ok.unwrap();
+        let seven = seven.by_id("7").unwrap();
+        assert!(seven.wants("member_added") && !seven.wants("client_event"));
+        for (bad, says) in [
+            (
+                r#"{"url":"https://x/h","event_types":["member_added"]}"#,
+                "http://",
+            ),
+            (
+                r#"{"url":"http://x/h","event_types":["member_joined"]}"#,
+                "unknown event type",
+            ),
+            (r#"{"url":"http://x/h","event_types":[]}"#, "no event_types"),
+            (
+                r#"{"url":"http://x/h","events":["client_event"]}"#,
+                "unknown field",
+            ),
+        ] {
+            let err = hooks(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,9 +12,10 @@ mod frame;
 mod node;
 pub mod sign;
 mod socket_id;
+pub mod webhook;
 
 pub use api::{handle_api, is_api_path, API_PREFIX};
-pub use app::{App, AppError, Apps};
+pub use app::{App, AppError, Apps, Webhook, WEBHOOK_EVENTS};
 pub use channel::{check_channel_name, check_event_name, ChannelKind, NameError};
 pub use frame::{connection_established, encode, encode_object, error, pong, Frame, FrameError};
 pub use node::{channel_event, event_payload, PusherNode, ACTIVITY_TIMEOUT_SECS};

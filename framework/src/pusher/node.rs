@@ -23,8 +23,8 @@ use bytes::Bytes;
 
 use super::channel::{check_channel_name, check_user_id, ChannelKind, SERVER_TO_USER};
 use super::frame::{self, Frame};
-use super::{sign, App, Apps, SocketId};
-use crate::channel::dir::{self, ClientId, DirOp};
+use super::{sign, webhook, App, Apps, SocketId};
+use crate::channel::dir::{self, ClientId, DirOp, Hooks};
 use crate::channel::php_serde::{self, Reader};
 use crate::channel::{ChannelError, Client};
 use crate::{Connection, Message, Request, Timer, WorkerInstance};
@@ -40,6 +40,11 @@ pub fn channel_event(app_id: &str, channel: &str) -> String {
         ChannelKind::Presence => dir::announced_event(&name),
         _ => name,
     }
+}
+
+/// The directory group counting a channel's subscribers for its occupancy webhooks.
+fn occupancy_group(app_id: &str, channel: &str) -> String {
+    dir::announced_event(&format!("pusher-occupancy:{app_id}:{channel}"))
 }
 
 /// Frames held for one connection while its presence subscription waits for the directory.
@@ -95,6 +100,9 @@ struct Client_ {
     user: Option<String>,
     /// Its presence channels.
     presence: Vec<Membership>,
+    /// Its channels counted for occupancy webhooks: the directory group, and the join (sent
+    /// again after a reconnect).
+    occupancy: Vec<(String, DirOp)>,
 }
 
 /// A connection's presence channel: its event, the user id it is on it as, and its join
@@ -209,6 +217,7 @@ impl PusherNode {
                 channels: Vec::new(),
                 user: None,
                 presence: Vec::new(),
+                occupancy: Vec::new(),
             },
         );
         let node = self.clone();
@@ -304,27 +313,81 @@ impl PusherNode {
             }
             return;
         }
-        self.join(
+        let joined = self.join(
             conn.id(),
             channel_event(&app.id, &channel),
             Handler::Deliver,
         );
-        conn.send(frame::encode(
+        let succeeded = frame::encode(
             "pusher_internal:subscription_succeeded",
             Some(&channel),
             "{}",
-        ));
+        );
+        match joined
+            .then(|| self.occupancy_join(conn.id(), &app, &channel))
+            .flatten()
+        {
+            // Subscribed once counted: the channel's occupancy webhooks follow what clients saw.
+            Some(op) => {
+                let c = conn.clone();
+                self.0.client.dir_request(&op, move |answer| {
+                    if let Err(e) = answer {
+                        log::warn!("pusher: a subscription not counted for occupancy ({e})");
+                    }
+                    c.send(succeeded);
+                });
+            }
+            None => {
+                conn.send(succeeded);
+            }
+        }
     }
 
-    /// `conn` joins `event`; the first one in subscribes the instance to it.
-    fn join(&self, conn: u64, event: String, handler: Handler) {
+    /// With webhooks of `channel_occupied` or `channel_vacated`: the join that counts `conn`
+    /// among the channel's subscribers in the directory, whose first one in and last one out
+    /// (once cluster-wide) are the webhook's events.
+    /// The join is kept (for a reconnect, and for leaving) and returned for its caller to
+    /// send; `None` when the app wants no such webhook.
+    fn occupancy_join(&self, conn: u64, app: &App, channel: &str) -> Option<DirOp> {
+        let (occupied, vacated) = (app.wants("channel_occupied"), app.wants("channel_vacated"));
+        if !occupied && !vacated {
+            return None;
+        }
+        let hook = |wanted: bool, name: &str| match wanted {
+            true => webhook::item(&serde_json::json!({ "name": name, "channel": channel })),
+            false => String::new(),
+        };
+        let group = occupancy_group(&app.id, channel);
+        let op = DirOp::PresenceJoin {
+            client_id: ClientId::new(self.0.worker_id, conn),
+            group: group.clone(),
+            key: "*".into(),
+            info: serde_json::Value::Null,
+            event: group.clone(),
+            added: String::new(),
+            removed: String::new(),
+            max: 1,
+            hooks: Some(Hooks {
+                queue: webhook::queue(&app.id),
+                added: hook(occupied, "channel_occupied"),
+                removed: hook(vacated, "channel_vacated"),
+            }),
+        };
+        if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn) {
+            c.occupancy.push((group, op.clone()));
+        }
+        Some(op)
+    }
+
+    /// `conn` joins `event` (false: it was on it); the first one in subscribes the instance.
+    fn join(&self, conn: u64, event: String, handler: Handler) -> bool {
         {
             let mut clients = self.0.clients.borrow_mut();
             let Some(c) = clients.get_mut(&conn) else {
-                return;
+                return false;
             };
             if c.channels.contains(&event) {
-                return;
+                return false;
             }
             c.channels.push(event.clone());
         }
@@ -348,6 +411,7 @@ impl PusherNode {
                 }
             });
         }
+        true
     }
 
     /// Subscribe `conn` to presence channel `channel` as `user_id`: on the channel here at
@@ -388,6 +452,7 @@ impl PusherNode {
             info,
             event: event.clone(),
             max: app.max_presence_members,
+            hooks: member_hooks(app, channel, &user_id),
         };
         if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn.id()) {
             c.presence.push(Membership {
@@ -403,6 +468,13 @@ impl PusherNode {
             .entry(event.clone())
             .or_default()
             .insert(conn.id(), Vec::new());
+        // Counted for occupancy first (on the same link: applied before the presence join
+        // is answered), so that `subscription_succeeded` means counted.
+        if let Some(occupancy) = self.occupancy_join(conn.id(), app, channel) {
+            if let Err(e) = self.0.client.dir_send(&occupancy) {
+                log::warn!("pusher: a subscription not counted for occupancy ({e})");
+            }
+        }
         let (node, conn, channel) = (self.clone(), conn.clone(), channel.to_string());
         self.0.client.dir_request(&op, move |answer| {
             node.presence_answer(&conn, &channel, &event, answer);
@@ -416,7 +488,10 @@ impl PusherNode {
             .clients
             .borrow()
             .values()
-            .flat_map(|c| c.presence.iter().map(|m| m.join.clone()))
+            .flat_map(|c| {
+                let presence = c.presence.iter().map(|m| m.join.clone());
+                presence.chain(c.occupancy.iter().map(|(_, op)| op.clone()))
+            })
             .collect();
         for op in joins {
             if let Err(e) = self.0.client.dir_send(&op) {
@@ -562,7 +637,20 @@ impl PusherNode {
             }
             let before = c.presence.len();
             c.presence.retain(|m| m.event != event);
-            (event, c.presence.len() != before)
+            let presence = c.presence.len() != before;
+            let group = occupancy_group(&c.app.id, channel);
+            let before = c.occupancy.len();
+            c.occupancy.retain(|(g, _)| *g != group);
+            if c.occupancy.len() != before {
+                let op = DirOp::PresenceLeave {
+                    client_id: ClientId::new(self.0.worker_id, conn),
+                    group,
+                };
+                if let Err(e) = self.0.client.dir_send(&op) {
+                    log::warn!("pusher: occupancy leave not sent ({e})");
+                }
+            }
+            (event, presence)
         };
         if presence {
             self.unhold(conn, &event);
@@ -653,11 +741,27 @@ impl PusherNode {
             return;
         }
         // On a presence channel the others learn who sent it.
-        let frame = match user_id {
-            Some(u) => frame::encode_from_user(&f.event, channel, &f.data_text(), &u),
+        let frame = match &user_id {
+            Some(u) => frame::encode_from_user(&f.event, channel, &f.data_text(), u),
             None => frame::encode(&f.event, Some(channel), &f.data_text()),
         };
         let payload = event_payload(Some(socket_id), &frame);
+        if app.wants("client_event") {
+            let mut e = serde_json::json!({
+                "name": "client_event", "channel": channel, "event": f.event,
+                "data": f.data_text(), "socket_id": socket_id.to_string(),
+            });
+            if let Some(u) = &user_id {
+                e["user_id"] = serde_json::Value::from(u.as_str());
+            }
+            if let Err(err) = self
+                .0
+                .client
+                .enqueue(webhook::queue(&app.id).as_str(), &e.to_string())
+            {
+                log::warn!("pusher: client_event webhook not queued: {err}");
+            }
+        }
         if let Err(e) = self
             .0
             .client
@@ -708,6 +812,25 @@ impl PusherNode {
                 .send_to(conns.iter(), Message::Text(frame.to_string()));
         }
     }
+}
+
+/// The webhook events of a presence member's coming and going, if the app wants them.
+fn member_hooks(app: &App, channel: &str, user_id: &str) -> Option<Hooks> {
+    let (added, removed) = (app.wants("member_added"), app.wants("member_removed"));
+    if !added && !removed {
+        return None;
+    }
+    let hook = |wanted: bool, name: &str| match wanted {
+        true => webhook::item(&serde_json::json!({
+            "name": name, "channel": channel, "user_id": user_id
+        })),
+        false => String::new(),
+    };
+    Some(Hooks {
+        queue: webhook::queue(&app.id),
+        added: hook(added, "member_added"),
+        removed: hook(removed, "member_removed"),
+    })
 }
 
 /// A presence subscription's `channel_data` (signed with it): `{"user_id": string or number,

@@ -19,6 +19,7 @@
 --   D p:G      hash: presence group G's keys -> their connections in it
 --   D pi:G     hash: key -> its info (JSON)   D pr:G  hash: key -> published when it goes
 --   D pe:G     the channel G's announcements are published to
+--   D pq:G     the stream its hooks are added to   D ph:G  hash: key -> hooked when it goes
 --   D cp:ID    hash: the presence groups of client ID -> its key in each
 
 local D = '@PREFIX@'
@@ -93,8 +94,22 @@ local function unlink(kind, name, id, w)
   end
 end
 
+-- Add `item` to the stream of queue `stream` (as the channel's queues do), unless empty.
+local function hook(stream, item)
+  if stream and stream ~= '' and item and item ~= '' then
+    redis.call('XADD', stream, 'MAXLEN', '~', 1000000, '*', 'd', item)
+  end
+end
+
+-- Publish `payload` on `chan`, unless empty.
+local function announce(chan, payload)
+  if chan and payload and payload ~= '' then
+    redis.call(PUB, chan, payload)
+  end
+end
+
 -- Client id leaves presence group g: 1 if it was in it. Its key's last connection out
--- publishes the key's `removed`.
+-- publishes the key's `removed` (and hooks its hook's).
 local function presence_leave(id, g)
   local cp = D .. 'cp:' .. id
   local key = redis.call('HGET', cp, g)
@@ -106,14 +121,14 @@ local function presence_leave(id, g)
   if redis.call('HINCRBY', p, key, -1) <= 0 then
     redis.call('HDEL', p, key)
     local removed = redis.call('HGET', D .. 'pr:' .. g, key)
+    local hooked = redis.call('HGET', D .. 'ph:' .. g, key)
     redis.call('HDEL', D .. 'pr:' .. g, key)
+    redis.call('HDEL', D .. 'ph:' .. g, key)
     redis.call('HDEL', D .. 'pi:' .. g, key)
-    local chan = redis.call('GET', D .. 'pe:' .. g)
-    if chan and removed then
-      redis.call(PUB, chan, removed)
-    end
+    announce(redis.call('GET', D .. 'pe:' .. g), removed)
+    hook(redis.call('GET', D .. 'pq:' .. g), hooked)
     if redis.call('EXISTS', p) == 0 then
-      redis.call('DEL', D .. 'pe:' .. g)
+      redis.call('DEL', D .. 'pe:' .. g, D .. 'pq:' .. g)
     end
   end
   return 1
@@ -274,6 +289,7 @@ elseif op == 'presence_join' then
   local id, g, key, info, chan, added, removed = nextarg(), nextarg(), nextarg(), nextarg(),
     nextarg(), nextarg(), nextarg()
   local max = nextint()
+  local stream, hook_added, hook_removed = nextarg(), nextarg(), nextarg()
   if not client_worker(id) then
     return -1
   end
@@ -287,7 +303,12 @@ elseif op == 'presence_join' then
       redis.call('HSET', D .. 'pi:' .. g, key, info)
       redis.call('HSET', D .. 'pr:' .. g, key, removed)
       redis.call('SET', D .. 'pe:' .. g, chan)
-      redis.call(PUB, chan, added)
+      if stream ~= '' then
+        redis.call('HSET', D .. 'ph:' .. g, key, hook_removed)
+        redis.call('SET', D .. 'pq:' .. g, stream)
+      end
+      announce(chan, added)
+      hook(stream, hook_added)
     end
     redis.call('HINCRBY', p, key, 1)
     redis.call('HSET', cp, g, key)

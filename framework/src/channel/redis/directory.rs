@@ -84,7 +84,18 @@ pub(super) fn event_channel(name: &str) -> String {
     }
 }
 
-/// The event name of a channel's part after `werkmann:e:` ([`event_channel`] undone).
+/// The stream of queue `name`: `werkmann:q:{name}`, and for those under `werkmann.gw` (the
+/// directory's hooks) `werkmann:q:{werkmann:dir}{name}`, in the directory's slot.
+pub(super) fn queue_stream(name: &str) -> String {
+    if is_node_event(name) {
+        format!("werkmann:q:{TAG}{name}")
+    } else {
+        format!("werkmann:q:{name}")
+    }
+}
+
+/// The event name of a channel's part after `werkmann:e:` ([`event_channel`] undone), or the
+/// queue name of a stream's part after `werkmann:q:` ([`queue_stream`] undone).
 pub(super) fn event_name(rest: &str) -> &str {
     match rest.strip_prefix(TAG) {
         Some(name) if is_node_event(name) => name,
@@ -249,6 +260,7 @@ fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
             added,
             removed,
             max,
+            hooks,
         } => {
             c.arg(client_id.to_string())
                 .arg(group.as_str())
@@ -258,6 +270,13 @@ fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
                 .arg(added.as_str())
                 .arg(removed.as_str())
                 .arg(*max);
+            match hooks {
+                Some(h) => c
+                    .arg(queue_stream(&h.queue))
+                    .arg(h.added.as_str())
+                    .arg(h.removed.as_str()),
+                None => c.arg("").arg("").arg(""),
+            };
         }
         DirOp::PresenceLeave { client_id, group } => {
             c.arg(client_id.to_string()).arg(group.as_str());

@@ -88,7 +88,7 @@ fn event_channel(k: &Key) -> String {
 }
 
 fn queue_key(k: &Key) -> String {
-    format!("werkmann:q:{}", name_str(k))
+    directory::queue_stream(&name_str(k))
 }
 
 /// Who waits for the outcome of a queued command.

@@ -164,7 +164,8 @@ pub(super) async fn run_queues(link: Weak<RedisLink>) {
         }
         for (key, entry_id, data) in items {
             let Some(l) = link.upgrade() else { return };
-            let name = key.strip_prefix("werkmann:q:").unwrap_or(&key).to_string();
+            let rest = key.strip_prefix("werkmann:q:").unwrap_or(&key);
+            let name = super::directory::event_name(rest).to_string();
             l.reserved.set(l.reserved.get().saturating_sub(1));
             if let Some(o) = l.owner() {
                 drop(l);
