@@ -17,6 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use crate::clock::mono_ns;
 use crate::hist::Hist;
 use crate::proto::{parse_push, Address, Flavor, Kind, Progress, Report};
+use crate::pusher;
 
 /// The example key of RFC 6455 §1.3 and its accept value.
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -376,6 +377,22 @@ fn inner(flavor: Flavor, msg: &[u8]) -> Inner<'_> {
                 Inner::Other
             }
         }
+        // The pushes are events named `e`; member events and the like are not pushes.
+        Flavor::Pusher | Flavor::PusherPresence => match pusher::field(msg, "event") {
+            Some(e) if e == pusher::EVENT.as_bytes() => {
+                pusher::field(msg, "data").map_or(Inner::Content(msg), Inner::Content)
+            }
+            Some(b"pusher:ping") => Inner::Ping,
+            _ => Inner::Other,
+        },
+    }
+}
+
+/// The answer to a protocol-level ping ([`Inner::Ping`]).
+fn pong(flavor: Flavor) -> &'static [u8] {
+    match flavor {
+        Flavor::Pusher | Flavor::PusherPresence => pusher::PONG,
+        _ => b"3",
     }
 }
 
@@ -471,8 +488,12 @@ pub async fn open(
         Flavor::Werkmann => "/".to_string(),
         Flavor::Nchan => format!("/sub/c{idx}"),
         Flavor::SocketIo => "/socket.io/?EIO=4&transport=websocket".to_string(),
+        Flavor::Pusher | Flavor::PusherPresence => pusher::ws_path(),
     };
     let (mut stream, mut buf) = connect_ws(idx, target, &path, rcvbuf).await?;
+    if matches!(flavor, Flavor::Pusher | Flavor::PusherPresence) {
+        return open_pusher(stream, buf, idx, flavor).await;
+    }
     if flavor == Flavor::Nchan {
         let addr = Address {
             idx,
@@ -509,7 +530,7 @@ pub async fn open(
                     }
                     return Ok((stream, Address { idx, worker, conn }, buf));
                 }
-                Inner::Ping => client_frame(0x1, b"3", &mut out),
+                Inner::Ping => client_frame(0x1, pong(flavor), &mut out),
                 Inner::Other => {}
             }
         }
@@ -520,6 +541,69 @@ pub async fn open(
         ensure!(
             stream.read_buf(&mut buf).await? > 0,
             "closed before the greeting"
+        );
+    }
+}
+
+/// The Pusher handshake after the WebSocket one: read `pusher:connection_established` (its
+/// socket id is the client's address), subscribe (see [`pusher::subscribe`]) and wait for
+/// `pusher_internal:subscription_succeeded`; a `pusher:error` or `pusher:subscription_error`
+/// fails the open.
+async fn open_pusher(
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    idx: u32,
+    flavor: Flavor,
+) -> Result<(TcpStream, Address, Vec<u8>)> {
+    let mut socket_id: Option<String> = None;
+    let mut out = Vec::new();
+    loop {
+        while let Some(f) = server_frame(&buf)? {
+            ensure!(f.fin, "fragmented message before the subscription");
+            let msg = buf[f.payload].to_vec();
+            buf.drain(..f.len);
+            match f.opcode {
+                0x1 | 0x2 => {}
+                0x8 => bail!("closed before the subscription"),
+                0x9 => {
+                    client_frame(0xA, &msg, &mut out);
+                    continue;
+                }
+                _ => continue,
+            }
+            let event = pusher::field(&msg, "event").unwrap_or_default();
+            match event {
+                b"pusher:connection_established" if socket_id.is_none() => {
+                    let id = pusher::socket_id(&msg).context("connection_established")?;
+                    client_frame(
+                        0x1,
+                        pusher::subscribe(flavor, idx, &id).as_bytes(),
+                        &mut out,
+                    );
+                    socket_id = Some(id);
+                }
+                b"pusher_internal:subscription_succeeded" => {
+                    if !out.is_empty() {
+                        stream.write_all(&out).await?;
+                    }
+                    let conn = socket_id.context("subscribed before connection_established")?;
+                    let worker = String::new();
+                    return Ok((stream, Address { idx, worker, conn }, buf));
+                }
+                b"pusher:ping" => client_frame(0x1, pusher::PONG, &mut out),
+                b"pusher:error" | b"pusher:subscription_error" => {
+                    bail!("{}", String::from_utf8_lossy(&msg))
+                }
+                _ => {}
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        ensure!(
+            stream.read_buf(&mut buf).await? > 0,
+            "closed before the subscription"
         );
     }
 }
@@ -680,7 +764,7 @@ fn process(
         };
         match inner(flavor, msg) {
             Inner::Content(c) => shared.on_content(st, c, now, batch),
-            Inner::Ping => client_frame(0x1, b"3", out),
+            Inner::Ping => client_frame(0x1, pong(flavor), out),
             Inner::Other => {}
         }
         if opcode == 0x0 {

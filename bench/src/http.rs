@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::proto::{Address, Flavor};
+use crate::pusher;
 
 /// Longest one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,9 +24,11 @@ pub struct Api {
 }
 
 impl Api {
-    /// The request that broadcasts `content` (URL-safe) to every client.
+    /// The request that broadcasts `content` (URL-safe) to every client (Pusher: a signed
+    /// publish to the public channel).
     pub fn broadcast(&self, content: &str) -> Vec<u8> {
         match self.flavor {
+            Flavor::Pusher | Flavor::PusherPresence => pusher::events(self.addr, content),
             Flavor::Werkmann | Flavor::SocketIo => format!(
                 "GET /?content={content} HTTP/1.1\r\nHost: {}\r\n\r\n",
                 self.addr
@@ -35,9 +38,11 @@ impl Api {
         }
     }
 
-    /// The request that delivers `content` (URL-safe) to the client at `to`.
+    /// The request that delivers `content` (URL-safe) to the client at `to`. The Pusher rows
+    /// send none: for a Pusher server it is a publish to the public channel.
     pub fn targeted(&self, to: &Address, content: &str) -> Vec<u8> {
         match self.flavor {
+            Flavor::Pusher | Flavor::PusherPresence => pusher::events(self.addr, content),
             Flavor::Werkmann | Flavor::SocketIo => format!(
                 "GET /?to_worker_id={}&to_connection_id={}&content={content} HTTP/1.1\r\n\
                  Host: {}\r\n\r\n",
@@ -60,7 +65,9 @@ impl Api {
                 );
                 self.post("/", "application/x-www-form-urlencoded", &body)
             }
-            Flavor::SocketIo | Flavor::Nchan => self.targeted(to, content),
+            Flavor::SocketIo | Flavor::Nchan | Flavor::Pusher | Flavor::PusherPresence => {
+                self.targeted(to, content)
+            }
         }
     }
 
@@ -80,6 +87,7 @@ impl Api {
     pub fn max_large(&self) -> usize {
         match self.flavor {
             Flavor::SocketIo => 12 * 1024,
+            Flavor::Pusher | Flavor::PusherPresence => 8 * 1024,
             Flavor::Werkmann | Flavor::Nchan => 256 * 1024,
         }
     }

@@ -17,6 +17,8 @@ mod hist;
 mod http;
 mod procfs;
 mod proto;
+mod pusher;
+mod pusher_rows;
 mod redis;
 mod report;
 mod row;

@@ -18,6 +18,12 @@ pub enum Flavor {
     Nchan,
     /// Socket.IO 4 (Engine.IO 4 over WebSocket): `message` events, greeted like werkmann.
     SocketIo,
+    /// The Pusher protocol (werkmann's `/app/{key}`, Soketi): `pusher:connection_established`,
+    /// then subscribed to the public channel `bench`; pushes are its events' data.
+    Pusher,
+    /// [`Flavor::Pusher`] subscribed to the presence channel `presence-bench` as user
+    /// `u{idx}` instead.
+    PusherPresence,
 }
 
 /// What a measurement phase sends.

@@ -153,6 +153,13 @@ fn versions() -> String {
     .ok()
     .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
     .and_then(|v| v["version"].as_str().map(String::from));
+    let soketi = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/peers/soketi/node_modules/@soketi/soketi/package.json"
+    ))
+    .ok()
+    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    .and_then(|v| v["version"].as_str().map(String::from));
     let parts = [
         ("werkmann", Some(env!("CARGO_PKG_VERSION").to_string())),
         (
@@ -169,6 +176,7 @@ fn versions() -> String {
         ),
         ("node", first_line("node", &["--version"])),
         ("socket.io", sio),
+        ("soketi", soketi),
         ("redis-server", first_line("redis-server", &["--version"])),
     ];
     parts
@@ -260,9 +268,11 @@ pub fn brief(r: &Row) -> String {
             ("bytes_per_binding", "bytes/binding"),
             ("rss_bytes_per_binding", "RSS bytes/binding"),
         ],
+        Scenario::Pusher => PUSHER_FIGURES,
     };
     let mut s: Vec<String> = keys
         .iter()
+        .filter(|(k, _)| r.scenario != Scenario::Pusher || r.get(k).is_some())
         .map(|(k, name)| format!("{} {name}", cell(r, k)))
         .collect();
     s.push(format!("errors {}", r.errors.text()));
@@ -360,7 +370,7 @@ fn compared(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
             ("deliveries_per_s", "deliveries/s", true),
             ("p99_ms", "p99 latency, ms", false),
         ],
-        Scenario::DirMemory => &[],
+        Scenario::DirMemory | Scenario::Pusher => &[],
     }
 }
 
@@ -478,6 +488,13 @@ fn before_after_figures(sc: Scenario) -> &'static [(&'static str, &'static str, 
             ("p99_ms", "p99 ms", false),
         ],
         Scenario::DirMemory => &[("bytes_per_binding", "bytes per binding", false)],
+        Scenario::Pusher => &[
+            ("kib_per_conn", "KiB per connection", false),
+            ("per_cpu_s", "deliveries per server CPU-s", true),
+            ("req_per_s", "publishes/s", true),
+            ("joins_per_s", "presence joins/s", true),
+            ("leaves_per_s", "presence leaves/s", true),
+        ],
     }
 }
 
@@ -1062,6 +1079,7 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
                 ("joins_per_s", "join_group calls/s"),
             ],
         ),
+        Scenario::Pusher => ("Pusher protocol, every figure", PUSHER_FIGURES),
         Scenario::DirMemory => (
             "Directory memory per binding",
             &[
@@ -1095,6 +1113,182 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
 /// Whether any row ran from `--baseline`'s binaries.
 fn rows_have_before(rows: &[Row]) -> bool {
     rows.iter().any(|r| r.system == BEFORE)
+}
+
+/// Every figure a Pusher row may have, for its progress line and detail table.
+const PUSHER_FIGURES: &[(&str, &str)] = &[
+    ("clients", "clients"),
+    ("kib_per_conn", "KiB/conn (PSS)"),
+    ("rss_per_conn", "KiB/conn (RSS)"),
+    ("conns_per_s", "new conns/s"),
+    ("deliveries_per_s", "deliveries/s"),
+    ("per_cpu_s", "deliveries/server CPU-s"),
+    ("req_per_s", "publishes/s"),
+    ("cpu_us", "server µs CPU each"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("delivery_p99_ms", "delivery p99 ms"),
+    ("joins_per_s", "joins/s"),
+    ("leaves_per_s", "leaves/s"),
+    ("join_cpu_s", "server CPU s, joins"),
+    ("leave_cpu_s", "server CPU s, leaves"),
+];
+
+/// What the Pusher section's rows are.
+const PUSHER_NOTE: &str = "\
+werkmann serves the Pusher protocol from `start_all --count 2 --apps-file` (one app, \
+`max_presence_members` 100,000); Soketi 1.6.1 (`bench/peers/soketi`, its uWebSockets.js \
+replaced by the npm package `uwebsockets` 3.0.6) runs in one Node.js process with the same \
+app, no rate limits and `SOKETI_PRESENCE_MAX_MEMBERS` 100,000. The clients are the same \
+generator processes speaking Pusher (`/app/{key}`, `pusher:subscribe`), the publishes the same \
+signed `POST /apps/{id}/events` (HMAC-SHA256, `body_md5`). Publish: on the fresh server, \
+signed publishes to a public channel with a few subscribers, each request's time from \
+sending to its 200 (p50/p99), every publish checked to reach every subscriber once. Idle: \
+clients subscribed to the public channel, the server's memory (PSS of every process) after a \
+warm-up publish reached them all, less before, per connection. Broadcast: publishes back to \
+back to those clients, server CPU (utime + stime of every server process) per delivery. \
+Presence: every client joins `presence-bench` as a user of its own (signed as an auth \
+endpoint would), joins/s from the first connect to the last `subscription_succeeded` \
+(connect, handshake and join; every join sends the member list to the joiner and \
+`member_added` to every member before it); the channel's `user_count` (HTTP API) must then be \
+all of them; then every client closes at once, leaves/s until `user_count` is 0 (polled every \
+20 ms). Soketi is one process on one core, werkmann's all-in-one uses both: the per-CPU-second \
+figures are the fair comparison.\n\n";
+
+/// werkmann's Pusher rows next to Soketi's, and issue 17's targets.
+fn pusher_section(out: &mut String, rows: &[Row], plan: &Plan) {
+    use crate::pusher_rows::{broadcast_label, idle_label, presence_label, publish_label};
+    if !rows.iter().any(|r| r.scenario == Scenario::Pusher) {
+        return;
+    }
+    out.push_str("### Pusher protocol: werkmann next to Soketi\n\n");
+    out.push_str(PUSHER_NOTE);
+    let pl = publish_label(plan.pusher_subs, plan.inflight);
+    let labels = [
+        (idle_label(plan.pusher_n), &PUSHER_FIGURES[1..4]),
+        (
+            broadcast_label(plan.pusher_n, plan.pusher_m),
+            &[
+                ("per_cpu_s", "deliveries/server CPU-s"),
+                ("deliveries_per_s", "deliveries/s"),
+                ("cpu_us", "server µs CPU/delivery"),
+                ("p50_ms", "p50 ms"),
+                ("p99_ms", "p99 ms"),
+            ][..],
+        ),
+        (
+            pl.clone(),
+            &[
+                ("req_per_s", "publishes/s"),
+                ("p50_ms", "p50 ms"),
+                ("p99_ms", "p99 ms"),
+                ("cpu_us", "server µs CPU/publish"),
+                ("delivery_p99_ms", "delivery p99 ms"),
+            ][..],
+        ),
+        (presence_label(plan.pusher_presence), &PUSHER_FIGURES[11..]),
+    ];
+    let of = |system: &str, label: &str| {
+        rows.iter().find(|r| {
+            r.scenario == Scenario::Pusher && r.system == system && r.label.starts_with(label)
+        })
+    };
+    let mut lines = Vec::new();
+    for (label, figures) in &labels {
+        let (w, s) = (of("werkmann", label), of("Soketi", label));
+        if w.is_none() && s.is_none() {
+            continue;
+        }
+        let errors = |r: Option<&Row>| r.map_or("—".into(), |r| r.errors.text());
+        let runs = |r: Option<&Row>| r.map_or("—".into(), |r| r.runs.to_string());
+        for (key, name) in figures.iter() {
+            let (wv, sv) = (w.and_then(|r| r.get(key)), s.and_then(|r| r.get(key)));
+            if wv.is_none() && sv.is_none() {
+                continue;
+            }
+            let ratio = match (wv, sv) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{}×", num(a / b)),
+                _ => "—".into(),
+            };
+            lines.push(vec![
+                w.or(s).map_or(label.clone(), |r| r.label.clone()),
+                name.to_string(),
+                wv.map_or("—".into(), num),
+                sv.map_or("—".into(), num),
+                ratio,
+                format!("{} / {}", errors(w), errors(s)),
+                format!("{} / {}", runs(w), runs(s)),
+            ]);
+        }
+    }
+    table(
+        out,
+        &[
+            "row",
+            "figure",
+            "werkmann",
+            "Soketi",
+            "werkmann ÷ Soketi",
+            "errors werkmann / Soketi",
+            "runs",
+        ],
+        lines,
+    );
+    let mut lines = Vec::new();
+    // `factor`: werkmann's figure ÷ Soketi's that the target asks (None: no target).
+    let mut check = |target: &str, label: &str, key: &str, factor: Option<f64>, higher: bool| {
+        let (w, s) = (
+            of("werkmann", label).and_then(|r| r.get(key)),
+            of("Soketi", label).and_then(|r| r.get(key)),
+        );
+        let verdict = match (w, s) {
+            (Some(w), Some(s)) if s > 0.0 => {
+                let ratio = w / s;
+                let word = match factor {
+                    None => "no target",
+                    Some(f) if (higher && ratio >= f) || (!higher && ratio <= f) => "met",
+                    Some(_) => "**missed**",
+                };
+                format!("{word} ({}× Soketi's)", num(ratio))
+            }
+            _ => "not measured".into(),
+        };
+        let cell = |v: Option<f64>| v.map_or("—".into(), num);
+        lines.push(vec![target.to_string(), cell(w), cell(s), verdict]);
+    };
+    let bl = broadcast_label(plan.pusher_n, plan.pusher_m);
+    check(
+        &format!("{bl}: deliveries per server CPU-s ≥ 10× Soketi's"),
+        &bl,
+        "per_cpu_s",
+        Some(10.0),
+        true,
+    );
+    let il = idle_label(plan.pusher_n);
+    check(
+        &format!("{il}: KiB per connection (PSS) ≤ ¼ of Soketi's"),
+        &il,
+        "kib_per_conn",
+        Some(0.25),
+        false,
+    );
+    check(
+        &format!("{pl}: publishes/s ≥ 2× Soketi's"),
+        &pl,
+        "req_per_s",
+        Some(2.0),
+        true,
+    );
+    let prl = presence_label(plan.pusher_presence);
+    check(&format!("{prl}: joins/s"), &prl, "joins_per_s", None, true);
+    check(
+        &format!("{prl}: leaves/s"),
+        &prl,
+        "leaves_per_s",
+        None,
+        true,
+    );
+    table(out, &["target", "werkmann", "Soketi", "verdict"], lines);
 }
 
 /// The whole report.
@@ -1182,6 +1376,7 @@ pub fn markdown(res: &Results) -> String {
         }
     }
     uid_next_to_targeted(&mut out, &res.rows, p);
+    pusher_section(&mut out, &res.rows, p);
     for sc in [Scenario::Uid, Scenario::Group, Scenario::DirMemory] {
         detail(&mut out, &res.rows, sc);
     }

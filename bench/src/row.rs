@@ -28,6 +28,9 @@ pub enum Scenario {
     Group,
     /// The directory's memory per client registered and bound to a uid.
     DirMemory,
+    /// The Pusher protocol next to Soketi (`pusher_rows.rs`): idle memory, broadcast,
+    /// signed publishes, presence join/leave; the label tells which.
+    Pusher,
 }
 
 /// Delivery errors (summed over runs).

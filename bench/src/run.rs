@@ -71,6 +71,16 @@ pub struct Plan {
     pub gw_group_m: u32,
     /// Directory-memory row: clients registered and bound to a uid each.
     pub dir_bindings: u32,
+    /// Pusher rows: clients of the idle and broadcast rows.
+    pub pusher_n: u32,
+    /// Pusher rows: publishes of the broadcast row.
+    pub pusher_m: u32,
+    /// Pusher rows: subscribers of the publish row.
+    pub pusher_subs: u32,
+    /// Pusher rows: publishes per run of the publish row.
+    pub pusher_publishes: u32,
+    /// Pusher rows: members joining (and leaving) the presence channel.
+    pub pusher_presence: u32,
     /// Arguments for `pushbench channel`.
     pub channel_args: Vec<String>,
     /// Stop starting new sessions after this long.
@@ -105,6 +115,11 @@ impl Plan {
             gw_group_size: 1_000,
             gw_group_m: 400,
             dir_bindings: 100_000,
+            pusher_n: 10_000,
+            pusher_m: 200,
+            pusher_subs: 10,
+            pusher_publishes: 20_000,
+            pusher_presence: 2_000,
             channel_args: vec!["--quick".into()],
             budget: Duration::from_secs(20 * 60),
         }
@@ -137,6 +152,11 @@ impl Plan {
             gw_group_size: 1_000,
             gw_group_m: 40,
             dir_bindings: 10_000,
+            pusher_n: 2_000,
+            pusher_m: 50,
+            pusher_subs: 10,
+            pusher_publishes: 5_000,
+            pusher_presence: 1_000,
             channel_args: vec!["--quick".into(), "--events".into(), "30000".into()],
             budget: Duration::from_secs(210),
         }
@@ -151,9 +171,9 @@ pub struct Options {
     /// Whether `--quick` was given.
     pub quick: bool,
     /// Scenario groups to run: idle, one-node, nodes, broadcast, targeted, paced, publish,
-    /// channel.
+    /// slow, gateway, dir-memory, channel, pusher.
     pub only: Vec<String>,
-    /// Systems to run: werkmann, werkmann-before (needs `baseline`), nchan, socketio.
+    /// Systems to run: werkmann, werkmann-before (needs `baseline`), nchan, socketio, soketi.
     pub systems: Vec<String>,
     /// werkmann modes to run: all, cluster, redis.
     pub modes: Vec<String>,
@@ -173,9 +193,12 @@ pub struct Options {
 }
 
 /// The names `--systems` takes.
-const SYSTEMS: [&str; 4] = ["werkmann", "werkmann-before", "nchan", "socketio"];
+const SYSTEMS: [&str; 5] = ["werkmann", "werkmann-before", "nchan", "socketio", "soketi"];
 
-const GROUPS: [&str; 11] = [
+/// Groups the default run leaves out (`--only` names them).
+const NOT_BY_DEFAULT: [&str; 1] = ["pusher"];
+
+const GROUPS: [&str; 12] = [
     "idle",
     "one-node",
     "nodes",
@@ -187,22 +210,26 @@ const GROUPS: [&str; 11] = [
     "gateway",
     "dir-memory",
     "channel",
+    "pusher",
 ];
 
 /// Usage text.
 pub const USAGE: &str = "\
 Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--modes LIST]
-                 [--repeats N] [--budget SECS] [--baseline DIR]
+                 [--repeats N] [--budget SECS] [--baseline DIR] [--presence N]
   --quick          the small set (under 4 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
   --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
-                   gateway,dir-memory,channel (gateway: uid, targeted and group pushes through
-                   the directory on 4 nodes; dir-memory: the directory's memory per binding)
-  --systems LIST   werkmann,werkmann-before,nchan,socketio (default: werkmann,nchan,socketio;
-                   --baseline adds werkmann-before to werkmann)
+                   gateway,dir-memory,channel,pusher (gateway: uid, targeted and group pushes
+                   through the directory on 4 nodes; dir-memory: the directory's memory per
+                   binding; pusher: werkmann's Pusher protocol next to Soketi — not in the
+                   default run, only when named)
+  --systems LIST   werkmann,werkmann-before,nchan,socketio,soketi (default: all but
+                   werkmann-before; --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
   --repeats N      runs of the rows reported as medians (default 3, --quick 1)
   --budget SECS    start no new session after this long (default 1200, --quick 210)
+  --presence N     members of the Pusher presence row (default 2000, --quick 1000)
   --bin-dir DIR    werkmann binaries (default: next to pushbench)
   --baseline DIR   an older build's werkmann binaries (start_all, start_channel, start_ws,
                    start_http): werkmann runs a second time from there, as werkmann-before,
@@ -218,8 +245,14 @@ pub fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
         plan: Plan::default_set(),
         quick: false,
-        only: GROUPS.iter().map(|s| s.to_string()).collect(),
-        systems: vec!["werkmann".into(), "nchan".into(), "socketio".into()],
+        only: GROUPS
+            .iter()
+            .filter(|g| !NOT_BY_DEFAULT.contains(g))
+            .map(|s| s.to_string())
+            .collect(),
+        systems: ["werkmann", "nchan", "socketio", "soketi"]
+            .map(String::from)
+            .to_vec(),
         modes: vec!["all".into(), "cluster".into(), "redis".into()],
         out: None,
         bin_dir: exe.parent().map(PathBuf::from).unwrap_or_default(),
@@ -231,7 +264,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             .join(" "),
         keep: false,
     };
-    let (mut repeats, mut budget, mut systems) = (None, None, None);
+    let (mut repeats, mut budget, mut systems, mut presence) = (None, None, None, None);
     let mut args = Args::new(args, USAGE);
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
     while let Some((name, inline)) = args.next_option() {
@@ -244,6 +277,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
             "--systems" => systems = Some(list(&value()?)),
             "--modes" => o.modes = list(&value()?),
             "--repeats" => repeats = Some(value()?.parse::<usize>().context("--repeats")?),
+            "--presence" => presence = Some(value()?.parse::<u32>().context("--presence")?),
             "--budget" => budget = Some(value()?.parse::<u64>().context("--budget")?),
             "--bin-dir" => o.bin_dir = PathBuf::from(value()?),
             "--baseline" => o.baseline = Some(PathBuf::from(value()?)),
@@ -264,6 +298,9 @@ pub fn parse(args: &[String]) -> Result<Options> {
     }
     if let Some(b) = budget {
         o.plan.budget = Duration::from_secs(b);
+    }
+    if let Some(n) = presence {
+        o.plan.pusher_presence = n.max(1);
     }
     for g in &o.only {
         if !GROUPS.contains(&g.as_str()) {
@@ -290,7 +327,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
 }
 
 /// Idle-row figures: clients, KiB per connection, connections per second.
-struct Idle {
+pub(crate) struct Idle {
     opened: u32,
     failed: u32,
     kib_per_conn: f64,
@@ -447,7 +484,7 @@ impl Suite {
 
     /// Open `n` clients, wait until each has a warm-up push, let the server settle, and read
     /// its memory before and after.
-    async fn idle(
+    pub(crate) async fn idle(
         &mut self,
         sys: &mut Running,
         gen: &mut Gen,
@@ -481,7 +518,7 @@ impl Suite {
         })
     }
 
-    fn idle_row(&self, label: &str, setup: Setup, i: &Idle) -> Row {
+    pub(crate) fn idle_row(&self, label: &str, setup: Setup, i: &Idle) -> Row {
         let mut r = Row::new(Scenario::Idle, label, setup);
         r.set("clients", i.opened as f64);
         r.set("kib_per_conn", i.kib_per_conn);
@@ -494,7 +531,7 @@ impl Suite {
 
     /// One delivery phase: start it in the workers, publish, wait for the deliveries,
     /// collect counters, CPU and latencies.
-    async fn deliver(
+    pub(crate) async fn deliver(
         &mut self,
         sys: &Running,
         gen: &mut Gen,
@@ -1384,19 +1421,18 @@ pub async fn main(args: &[String]) -> Result<()> {
 /// for the baseline (with `--baseline`).
 async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> {
     let setups = suite.setups_main();
+    let any = ["idle", "broadcast", "targeted", "paced", "publish", "slow"]
+        .iter()
+        .any(|g| suite.want(g));
     for s in setups.clone() {
-        if !suite.usable(s) || suite.over_budget(&format!("{} ({})", s.system(), s.mode())) {
+        if !any || !suite.usable(s) || suite.over_budget(&format!("{} ({})", s.system(), s.mode()))
+        {
             continue;
         }
-        let any = ["idle", "broadcast", "targeted", "paced", "publish", "slow"]
-            .iter()
-            .any(|g| suite.want(g));
-        if any {
-            let r = suite.session_main(s).await;
-            suite
-                .guarded(format!("{} ({}) main session", s.system(), s.mode()), r)
-                .await;
-        }
+        let r = suite.session_main(s).await;
+        suite
+            .guarded(format!("{} ({}) main session", s.system(), s.mode()), r)
+            .await;
     }
     if suite.want("one-node") {
         for s in setups.iter().copied().filter(|s| {
@@ -1472,6 +1508,16 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
             suite.guarded(what, r).await;
         }
     }
+    if suite.want("pusher") {
+        for s in suite.setups_pusher() {
+            let what = format!("Pusher, {} ({})", s.system(), s.mode());
+            if !suite.usable(s) || suite.over_budget(&what) {
+                continue;
+            }
+            let r = suite.session_pusher(s).await;
+            suite.guarded(what, r).await;
+        }
+    }
     let (mut channel, mut channel_before) = (None, None);
     if suite.want("channel") {
         for build in suite.builds() {
@@ -1513,7 +1559,8 @@ mod tests {
     #[test]
     fn systems_without_a_baseline_are_as_before() {
         let o = parse(&args("--quick")).unwrap();
-        assert_eq!(o.systems, ["werkmann", "nchan", "socketio"]);
+        assert_eq!(o.systems, ["werkmann", "nchan", "socketio", "soketi"]);
+        assert!(!o.only.iter().any(|g| g == "pusher"));
         assert!(o.baseline.is_none());
         let s = suite(o).setups_main();
         assert_eq!(
@@ -1542,7 +1589,7 @@ mod tests {
         let o = parse(&args("--baseline /old --modes all,cluster")).unwrap();
         assert_eq!(
             o.systems,
-            ["werkmann", "werkmann-before", "nchan", "socketio"]
+            ["werkmann", "werkmann-before", "nchan", "socketio", "soketi"]
         );
         let o = parse(&args("--systems werkmann,nchan --baseline /old")).unwrap();
         assert_eq!(o.systems, ["werkmann", "werkmann-before", "nchan"]);

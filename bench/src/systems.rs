@@ -15,6 +15,7 @@ use crate::child::{free_addr, Child};
 use crate::http::Api;
 use crate::procfs;
 use crate::proto::Flavor;
+use crate::pusher;
 use crate::redis;
 
 /// Which werkmann binaries a werkmann setup runs.
@@ -61,6 +62,13 @@ pub enum Setup {
         /// Socket.IO nodes holding clients.
         ws: usize,
     },
+    /// `start_all --count 2` serving the Pusher protocol for one app (`--apps-file`).
+    WerkmannPusher {
+        /// Which binaries.
+        build: Build,
+    },
+    /// Soketi (a Node.js Pusher server) in one process, serving the same app.
+    Soketi,
 }
 
 impl Setup {
@@ -71,6 +79,7 @@ impl Setup {
             Some(Build::Current) => "werkmann",
             Some(Build::Baseline) => "werkmann-before",
             None if matches!(self, Setup::Nchan { .. }) => "Nchan",
+            None if self == Setup::Soketi => "Soketi",
             None => "Socket.IO",
         }
     }
@@ -80,8 +89,12 @@ impl Setup {
         match self {
             Setup::WerkmannAll { build }
             | Setup::WerkmannCluster { build, .. }
-            | Setup::WerkmannRedis { build, .. } => Some(build),
-            Setup::Nchan { .. } | Setup::SocketIoAll | Setup::SocketIoCluster { .. } => None,
+            | Setup::WerkmannRedis { build, .. }
+            | Setup::WerkmannPusher { build } => Some(build),
+            Setup::Nchan { .. }
+            | Setup::SocketIoAll
+            | Setup::SocketIoCluster { .. }
+            | Setup::Soketi => None,
         }
     }
 
@@ -93,7 +106,10 @@ impl Setup {
     /// Nodes that hold clients (nginx workers for Nchan).
     pub fn nodes(self) -> usize {
         match self {
-            Setup::WerkmannAll { .. } | Setup::SocketIoAll => 1,
+            Setup::WerkmannAll { .. }
+            | Setup::SocketIoAll
+            | Setup::WerkmannPusher { .. }
+            | Setup::Soketi => 1,
             Setup::WerkmannCluster { ws, .. }
             | Setup::WerkmannRedis { ws, .. }
             | Setup::SocketIoCluster { ws } => ws,
@@ -110,6 +126,8 @@ impl Setup {
             Setup::Nchan { workers } => format!("nginx, {workers} workers"),
             Setup::SocketIoAll => "1 process".into(),
             Setup::SocketIoCluster { ws } => format!("redis adapter, {ws} nodes"),
+            Setup::WerkmannPusher { .. } => "Pusher, all-in-one".into(),
+            Setup::Soketi => "1 process".into(),
         }
     }
 
@@ -128,6 +146,8 @@ impl Setup {
             Setup::SocketIoCluster { ws } => {
                 format!("redis-server + {ws} × node server.js --ws + node server.js --http")
             }
+            Setup::WerkmannPusher { .. } => "start_all --count 2 --apps-file apps.json".into(),
+            Setup::Soketi => "node soketi/bin/server.js start (SOKETI_* env)".into(),
         }
     }
 
@@ -136,6 +156,7 @@ impl Setup {
         match self {
             Setup::Nchan { .. } => Flavor::Nchan,
             Setup::SocketIoAll | Setup::SocketIoCluster { .. } => Flavor::SocketIo,
+            Setup::WerkmannPusher { .. } | Setup::Soketi => Flavor::Pusher,
             _ => Flavor::Werkmann,
         }
     }
@@ -195,6 +216,15 @@ impl Env {
                     "{NCHAN_MODULE} missing (apt-get install libnginx-mod-nchan)"
                 );
             }
+            "Soketi" => {
+                which("node")?;
+                let m = self.peers_dir.join(SOKETI_BIN);
+                ensure!(
+                    m.exists(),
+                    "{} missing (npm ci in bench/peers/soketi)",
+                    m.display()
+                );
+            }
             _ => {
                 which("node")?;
                 let m = self.peers_dir.join("socketio/node_modules/socket.io");
@@ -208,6 +238,9 @@ impl Env {
         Ok(())
     }
 }
+
+/// Soketi's server, under `bench/peers`.
+const SOKETI_BIN: &str = "soketi/node_modules/@soketi/soketi/bin/server.js";
 
 /// Debian's Nchan module.
 const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
@@ -306,6 +339,45 @@ impl Running {
                 let mut c = Command::new(bin("start_http"));
                 c.args(["start", "--listen", &a(api_addr), "--channel", &channel]);
                 r.spawn("start_http", c, &[api_addr]).await?;
+            }
+            Setup::WerkmannPusher { .. } => {
+                let ws = free_addr()?;
+                let apps = r.dir.join("apps.json");
+                std::fs::write(&apps, pusher::apps_file())?;
+                let mut c = Command::new(bin("start_all"));
+                c.args([
+                    "start",
+                    "--ws-listen",
+                    &a(ws),
+                    "--http-listen",
+                    &a(api_addr),
+                ])
+                .args(["--count", "2", "--apps-file"])
+                .arg(&apps);
+                r.spawn("start_all", c, &[ws, api_addr]).await?;
+                r.ws.push(ws);
+            }
+            Setup::Soketi => {
+                // One port for the WebSocket server and the HTTP API; no rate limits (Soketi's
+                // default app has none), metrics off, its /usage server on a free port too.
+                let port = api_addr.port().to_string();
+                let usage = free_addr()?.port().to_string();
+                let max = pusher::MAX_PRESENCE_MEMBERS.to_string();
+                let mut c = Command::new(which("node")?);
+                c.arg(env.peers_dir.join(SOKETI_BIN))
+                    .arg("start")
+                    .env("SOKETI_HOST", "127.0.0.1")
+                    .env("SOKETI_PORT", &port)
+                    .env("SOKETI_DEFAULT_APP_ID", pusher::APP_ID)
+                    .env("SOKETI_DEFAULT_APP_KEY", pusher::KEY)
+                    .env("SOKETI_DEFAULT_APP_SECRET", pusher::SECRET)
+                    .env("SOKETI_PRESENCE_MAX_MEMBERS", &max)
+                    .env("SOKETI_METRICS_ENABLED", "false")
+                    .env("SOKETI_METRICS_HOST", "127.0.0.1")
+                    .env("SOKETI_METRICS_SERVER_PORT", &usage)
+                    .env("SOKETI_SHUTDOWN_GRACE_PERIOD", "0");
+                r.spawn("soketi", c, &[api_addr]).await?;
+                r.ws.push(api_addr);
             }
             Setup::Nchan { workers } => {
                 let conf = std::fs::read_to_string(env.peers_dir.join("nchan/nginx.conf.in"))
