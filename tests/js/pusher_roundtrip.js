@@ -68,6 +68,25 @@ const connected = (c) =>
   await Promise.all([newsA, newsB, roomA, roomB].map((ch) => once(ch, 'pusher:subscription_succeeded')));
   console.log('ok subscribed');
 
+  // Channel queries, counted cluster-wide: news has a subscriber on each node.
+  const newsInfo = await (await server.get({ path: '/channels/news', params: { info: 'subscription_count' } })).json();
+  if (newsInfo.occupied !== true || newsInfo.subscription_count !== 2) fail('channel info: ' + JSON.stringify(newsInfo));
+  const listed = await (await server.get({ path: '/channels' })).json();
+  if (Object.keys(listed.channels).sort().join(',') !== 'news,private-room') fail('channels: ' + JSON.stringify(listed));
+  const privates = await (await server.get({ path: '/channels', params: { filter_by_prefix: 'private-' } })).json();
+  if (Object.keys(privates.channels).join(',') !== 'private-room') fail('private channels: ' + JSON.stringify(privates));
+  const none = await (await server.get({ path: '/channels', params: { filter_by_prefix: 'presence-', info: 'user_count' } })).json();
+  if (JSON.stringify(none.channels) !== '{}') fail('no presence channels yet: ' + JSON.stringify(none));
+  const empty = await (await server.get({ path: '/channels/nobody-here', params: { info: 'subscription_count' } })).json();
+  if (empty.occupied !== false || empty.subscription_count !== 0) fail('empty channel: ' + JSON.stringify(empty));
+  try {
+    await server.get({ path: '/channels', params: { info: 'user_count' } });
+    fail('user_count without the presence- prefix was answered');
+  } catch (e) {
+    if (e.status !== 400) fail('user_count without prefix: ' + e.status);
+  }
+  console.log('ok channel queries');
+
   // A publish through the server SDK reaches both; `data` arrives as it was sent.
   const got = Promise.all([once(newsA, 'hello'), once(newsB, 'hello')]);
   await server.trigger('news', 'hello', { text: 'hi "all"', n: 1 });
@@ -202,6 +221,8 @@ const connected = (c) =>
   if (seen.removed.join(',') !== 'at2:u1') fail('member_removed more than once: ' + JSON.stringify(seen));
   const members = await usersNow();
   if (members !== 'u2') fail('users of presence-room: ' + members);
+  const presences = await (await server.get({ path: '/channels', params: { filter_by_prefix: 'presence-', info: 'user_count' } })).json();
+  if (JSON.stringify(presences.channels) !== '{"presence-room":{"user_count":1}}') fail('presence channels: ' + JSON.stringify(presences));
   const info = await (await server.get({ path: '/channels/presence-room', params: { info: 'user_count' } })).json();
   if (info.occupied !== true || info.user_count !== 1) fail('channel info: ' + JSON.stringify(info));
   console.log('ok presence member_removed and users');

@@ -81,6 +81,7 @@ fn js_round_trip(ws: &[u16], http: u16) {
     for check in [
         "ok connected",
         "ok subscribed",
+        "ok channel queries",
         "ok trigger",
         "ok socket_id excluded",
         "ok channels and batch",

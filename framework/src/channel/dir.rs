@@ -22,6 +22,7 @@
 //! | queries (`is_online` … `get_session`) | anyone | see [`DirOp`] | — |
 //! | `presence_join {client_id, group, key, info, event, added, removed, max}` | the node holding it | the members `{key: info}`, `false` full, null unknown | — (`added` published on `event` for a new key) |
 //! | `presence_leave {client_id, group}`, `get_presence {group}` | the node / anyone | 1 or 0 / the members | — (`removed` on `event` for a key's last connection, also when it goes) |
+//! | `get_presence_counts {group}`, `list_presence_groups {prefix}` | anyone | `{"keys", "connections"}` / group names | — |
 //!
 //! A count of connections reached (`send`, `ungroup`, `close_client`) only includes clients
 //! whose worker has a subscriber to its [`node_event`] (so a node that vanished without
@@ -376,6 +377,17 @@ pub enum DirOp {
         /// The group.
         group: String,
     },
+    /// Answer: how many keys and connections a presence group holds, `{"keys": K,
+    /// "connections": C}` (zeros when it has none).
+    GetPresenceCounts {
+        /// The group.
+        group: String,
+    },
+    /// Answer: the presence groups with members whose names begin with `prefix`, ascending.
+    ListPresenceGroups {
+        /// The prefix.
+        prefix: String,
+    },
 }
 
 /// What a presence join enqueues as its key comes and goes (see [`DirOp::PresenceJoin`]).
@@ -507,9 +519,16 @@ impl DirOp {
                 }
                 Ok(())
             }
-            DirOp::PresenceLeave { group, .. } | DirOp::GetPresence { group } => {
-                check_long_name("presence group", group)
-            }
+            DirOp::PresenceLeave { group, .. }
+            | DirOp::GetPresence { group }
+            | DirOp::GetPresenceCounts { group } => check_long_name("presence group", group),
+            DirOp::ListPresenceGroups { prefix } => match prefix.len() > MAX_LONG_NAME_BYTES {
+                true => Err(BadName(format!(
+                    "a prefix of {} bytes, more than {MAX_LONG_NAME_BYTES}",
+                    prefix.len()
+                ))),
+                false => Ok(()),
+            },
             DirOp::CloseClient { .. }
             | DirOp::IsOnline { .. }
             | DirOp::GetUidByClientId { .. }

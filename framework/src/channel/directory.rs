@@ -662,6 +662,22 @@ impl DirectoryState {
                     .get(group.as_str())
                     .map_or(Value::Object(Map::new()), PresenceGroup::members_json),
             ),
+            DirOp::GetPresenceCounts { group } => {
+                let (keys, conns) = self.presence.get(group.as_str()).map_or((0, 0), |g| {
+                    (g.members.len(), g.members.values().map(|m| m.conns).sum())
+                });
+                Applied::query(serde_json::json!({ "keys": keys, "connections": conns }))
+            }
+            DirOp::ListPresenceGroups { prefix } => {
+                let mut names: Vec<&str> = self
+                    .presence
+                    .keys()
+                    .map(|g| &**g)
+                    .filter(|g| g.starts_with(prefix.as_str()))
+                    .collect();
+                names.sort_unstable();
+                Applied::query(Value::Array(names.into_iter().map(Value::from).collect()))
+            }
         }
     }
 

@@ -14,11 +14,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::channel::{check_channel_name, check_event_name, check_user_id, ChannelKind};
+use super::channel::{check_channel_name, check_event_name, check_user_id};
 use super::node::{channel_event, event_payload, user_event};
-use super::{frame, sign, App, Apps, SocketId};
-use crate::channel::dir::DirOp;
-use crate::channel::{ChannelError, Client};
+use super::query::{self, Query};
+use super::{frame, sign, Apps, SocketId};
+use crate::channel::Client;
 use crate::message::http::parse_urlencoded;
 use crate::{Connection, Request, Response};
 
@@ -61,7 +61,7 @@ struct Batch {
     batch: Vec<Event>,
 }
 
-fn answer(status: u16, message: impl std::fmt::Display) -> Response {
+pub(super) fn answer(status: u16, message: impl std::fmt::Display) -> Response {
     Response::json(status, &json!({ "error": message.to_string() }))
 }
 
@@ -158,25 +158,26 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
                 return;
             }
         },
-        ("GET", w) if w.starts_with("channels/") => {
-            let rest = &w["channels/".len()..];
-            match rest.strip_suffix("/users") {
-                Some(channel) => presence_query(conn, app, client, channel, None),
-                None => {
-                    let info = params
-                        .iter()
-                        .find(|(k, _)| k == "info")
-                        .map_or("", |(_, v)| v.as_str());
-                    presence_query(conn, app, client, rest, Some(info));
-                }
-            }
-            return;
-        }
-        ("GET", w) if w == "channels" || w.starts_with("users/") => {
-            conn.send(answer(
-                501,
-                "channel and user queries are not supported by this server yet",
-            ));
+        ("GET", w) if w == "channels" || w.starts_with("channels/") => {
+            let param = |name: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let rest = w.strip_prefix("channels/");
+            let q = match rest.map(|r| (r, r.strip_suffix("/users"))) {
+                None => Query::Channels {
+                    prefix: param("filter_by_prefix").unwrap_or(""),
+                    info: param("info").unwrap_or(""),
+                },
+                Some((_, Some(channel))) => Query::Users { channel },
+                Some((channel, None)) => Query::Channel {
+                    channel,
+                    info: param("info").unwrap_or(""),
+                },
+            };
+            query::reply(conn, app, client, q);
             return;
         }
         ("POST", w) if w.starts_with("users/") => {
@@ -216,81 +217,6 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
         }
     }
     publish_all(conn, client, publishes);
-}
-
-/// `GET channels/{name}/users` (`info` None) or `GET channels/{name}?info=…` of a presence
-/// channel, answered from the directory's group: `{"users": [{"id": …}]}`, or `{"occupied",
-/// "user_count" (when asked)}`. Other channels' counts are not kept yet (501).
-fn presence_query(
-    conn: &Connection,
-    app: &App,
-    client: Option<&Client>,
-    channel: &str,
-    info: Option<&str>,
-) {
-    if let Err(e) = check_channel_name(channel) {
-        conn.send(answer(400, e));
-        return;
-    }
-    let presence = ChannelKind::of(channel) == ChannelKind::Presence;
-    let mut user_count = false;
-    for attr in info.unwrap_or("").split(',').filter(|a| !a.is_empty()) {
-        match attr {
-            "user_count" if presence => user_count = true,
-            "user_count" => {
-                conn.send(answer(400, "user_count is for presence channels"));
-                return;
-            }
-            "subscription_count" => {
-                conn.send(answer(
-                    501,
-                    "subscription_count is not kept by this server yet",
-                ));
-                return;
-            }
-            other => {
-                conn.send(answer(400, format!("unknown info attribute {other:?}")));
-                return;
-            }
-        }
-    }
-    if !presence {
-        let why = match info {
-            None => "only presence channels have users".to_string(),
-            Some(_) => "channel info is kept for presence channels only, for now".to_string(),
-        };
-        conn.send(answer(if info.is_none() { 400 } else { 501 }, why));
-        return;
-    }
-    let Some(client) = client.filter(|c| c.is_connected()) else {
-        conn.send(answer(503, "the channel is unreachable"));
-        return;
-    };
-    let op = DirOp::GetPresence {
-        group: channel_event(&app.id, channel),
-    };
-    let reply = conn.clone();
-    let users = info.is_none();
-    client.dir_request(&op, move |a| {
-        reply.send(match a {
-            Ok(serde_json::Value::Object(members)) if users => {
-                let list: Vec<_> = members.keys().map(|id| json!({ "id": id })).collect();
-                Response::json(200, &json!({ "users": list }))
-            }
-            Ok(serde_json::Value::Object(members)) => {
-                let mut out = json!({ "occupied": !members.is_empty() });
-                if user_count {
-                    out["user_count"] = json!(members.len());
-                }
-                Response::json(200, &out)
-            }
-            Ok(other) => answer(502, format!("the directory answered {other}")),
-            Err(ChannelError::NoDirectory) => {
-                answer(501, "presence needs a werkmann channel server or Redis")
-            }
-            Err(e) => answer(503, format!("not answered: {e}")),
-        });
-    });
 }
 
 /// Publish each `(channel event, payload)` and answer `{}` once the channel confirmed them all

@@ -144,6 +144,8 @@ fn op_name(op: &DirOp) -> &'static str {
         DirOp::PresenceJoin { .. } => "presence_join",
         DirOp::PresenceLeave { .. } => "presence_leave",
         DirOp::GetPresence { .. } => "get_presence",
+        DirOp::GetPresenceCounts { .. } => "get_presence_counts",
+        DirOp::ListPresenceGroups { .. } => "list_presence_groups",
         DirOp::CloseClient { .. } => "close_client",
         DirOp::IsOnline { .. } => "is_online",
         DirOp::IsUidOnline { .. } => "is_uid_online",
@@ -281,8 +283,11 @@ fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
         DirOp::PresenceLeave { client_id, group } => {
             c.arg(client_id.to_string()).arg(group.as_str());
         }
-        DirOp::GetPresence { group } => {
+        DirOp::GetPresence { group } | DirOp::GetPresenceCounts { group } => {
             c.arg(group.as_str());
+        }
+        DirOp::ListPresenceGroups { prefix } => {
+            c.arg(prefix.as_str());
         }
     }
 }
@@ -386,6 +391,17 @@ fn answer(op: &DirOp, reply: &RValue) -> Result<Value, String> {
             other => return Err(format!("directory script answered {other:?}")),
         },
         DirOp::GetPresence { .. } => members(reply),
+        DirOp::GetPresenceCounts { .. } => match reply {
+            RValue::Array(kc) if kc.len() == 2 => {
+                let n = |v: &RValue| match v {
+                    RValue::Int(n) => *n,
+                    _ => 0,
+                };
+                serde_json::json!({ "keys": n(&kc[0]), "connections": n(&kc[1]) })
+            }
+            other => return Err(format!("directory script answered {other:?}")),
+        },
+        DirOp::ListPresenceGroups { .. } => strings(sorted_names(reply)),
         DirOp::GetSession { .. } => match reply {
             RValue::Array(items) => {
                 let mut session = Map::new();
