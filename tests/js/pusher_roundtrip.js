@@ -85,6 +85,20 @@ const connected = (c) =>
   } catch (e) {
     if (e.status !== 400) fail('user_count without prefix: ' + e.status);
   }
+  // `info` on events: the counts once published.
+  const infoNews = Promise.all([once(newsA, 'counted'), once(newsB, 'counted')]);
+  const counted = await (await server.trigger('news', 'counted', {}, { info: 'subscription_count,user_count' })).json();
+  await infoNews;
+  if (JSON.stringify(counted) !== '{"channels":{"news":{"subscription_count":2}}}') fail('events info: ' + JSON.stringify(counted));
+  const infoBatch = Promise.all([once(newsA, 'counted2'), once(roomB, 'counted3')]);
+  const batchCounted = await (
+    await server.triggerBatch([
+      { channel: 'news', name: 'counted2', data: '{}', info: 'subscription_count' },
+      { channel: 'private-room', name: 'counted3', data: '{}' },
+    ])
+  ).json();
+  await infoBatch;
+  if (JSON.stringify(batchCounted) !== '{"batch":[{"subscription_count":2},{}]}') fail('batch info: ' + JSON.stringify(batchCounted));
   console.log('ok channel queries');
 
   // A publish through the server SDK reaches both; `data` arrives as it was sent.

@@ -51,7 +51,6 @@ struct Event {
     #[serde(default)]
     socket_id: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     info: Option<String>,
 }
 
@@ -194,7 +193,10 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
             }
             // Every node with one of the user's sockets is subscribed to its user event.
             let payload = event_payload(None, "terminate_connections");
-            publish_all(conn, client, vec![(user_event(&app.id, user), payload)]);
+            let publishes = vec![(user_event(&app.id, user), payload)];
+            publish_all(conn, client, publishes, |reply| {
+                reply.send(Response::json(200, &json!({})));
+            });
             return;
         }
         (_, "events" | "batch_events") => {
@@ -216,12 +218,44 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
             }
         }
     }
-    publish_all(conn, client, publishes);
+    // The `info` asked of each event: its channels' counts, read once all is published.
+    let asked: Vec<(Vec<String>, &str)> = events
+        .iter()
+        .map(|e| {
+            let channels = e
+                .channels
+                .clone()
+                .or_else(|| e.channel.clone().map(|c| vec![c]));
+            (
+                channels.unwrap_or_default(),
+                e.info.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    let info = match query::EventInfo::parse(app, &asked, what == "batch_events") {
+        Ok(info) => info,
+        Err(resp) => {
+            conn.send(resp);
+            return;
+        }
+    };
+    let (app, counts) = (app.clone(), client.cloned());
+    publish_all(conn, client, publishes, move |reply| match (info, counts) {
+        (Some(info), Some(client)) => info.reply(&reply, &app, &client),
+        _ => {
+            reply.send(Response::json(200, &json!({})));
+        }
+    });
 }
 
-/// Publish each `(channel event, payload)` and answer `{}` once the channel confirmed them all
-/// (503 when it cannot take them, or one failed).
-fn publish_all(conn: &Connection, client: Option<&Client>, publishes: Vec<(String, Bytes)>) {
+/// Publish each `(channel event, payload)`; once the channel confirmed them all, `done` answers
+/// (503 when the channel cannot take them, or one failed).
+fn publish_all(
+    conn: &Connection,
+    client: Option<&Client>,
+    publishes: Vec<(String, Bytes)>,
+    done: impl FnOnce(Connection) + 'static,
+) {
     let Some(client) = client.filter(|c| c.is_connected()) else {
         conn.send(answer(503, "the channel is unreachable: nothing published"));
         return;
@@ -229,8 +263,11 @@ fn publish_all(conn: &Connection, client: Option<&Client>, publishes: Vec<(Strin
     // Answer once every publish is confirmed (or the first failure).
     let left = Rc::new(Cell::new(publishes.len()));
     let failed: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+    type Done = Box<dyn FnOnce(Connection)>;
+    let done: Rc<RefCell<Option<Done>>> = Rc::new(RefCell::new(Some(Box::new(done))));
     for (event, payload) in publishes {
         let (left, failed, reply) = (left.clone(), failed.clone(), conn.clone());
+        let done = done.clone();
         client.publish_raw_confirmed(event.as_str(), payload, move |r| {
             if let Err(e) = r {
                 failed.borrow_mut().get_or_insert(e.to_string());
@@ -238,8 +275,14 @@ fn publish_all(conn: &Connection, client: Option<&Client>, publishes: Vec<(Strin
             left.set(left.get() - 1);
             if left.get() == 0 {
                 match failed.borrow().as_deref() {
-                    None => reply.send(Response::json(200, &json!({}))),
-                    Some(e) => reply.send(answer(503, format!("not all published: {e}"))),
+                    None => {
+                        if let Some(f) = done.borrow_mut().take() {
+                            f(reply);
+                        }
+                    }
+                    Some(e) => {
+                        reply.send(answer(503, format!("not all published: {e}")));
+                    }
                 };
             }
         });

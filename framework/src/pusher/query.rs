@@ -1,6 +1,7 @@
 //! The HTTP API's channel queries, answered from the directory: `GET channels` (the occupied
 //! channels, by prefix, with `user_count` for presence ones), `GET channels/{name}`
-//! (`occupied`, `subscription_count`, `user_count`) and `GET channels/{name}/users`. A
+//! (`occupied`, `subscription_count`, `user_count`), `GET channels/{name}/users`, and the
+//! `info` of `POST events` and `batch_events` (the counts after publishing). A
 //! channel's subscribers are counted cluster-wide when its app counts channels
 //! (`App::channel_counts`, on by default); a presence channel's users always are.
 
@@ -289,4 +290,103 @@ fn list(
         }
         reply.send(Response::json(200, &json!({ "channels": channels })));
     });
+}
+
+/// The counts `POST events` (or `batch_events`) asked for with `info`, answered once published:
+/// `{"channels": {name: {…}}}` (or `{"batch": [{…}, …]}`, one per event).
+pub(super) struct EventInfo {
+    batch: bool,
+    /// Per event: its channels and what is asked of them.
+    events: Vec<(Vec<String>, Info)>,
+}
+
+impl EventInfo {
+    /// Read each event's `info` (`None`: none asked, the answer is `{}`). `user_count` is
+    /// given for presence channels only; `subscription_count` needs channel counts (501).
+    pub(super) fn parse(
+        app: &App,
+        events: &[(Vec<String>, &str)],
+        batch: bool,
+    ) -> Result<Option<EventInfo>, Response> {
+        let mut out = Vec::new();
+        let mut any = false;
+        for (channels, info) in events {
+            let mut i = Info::default();
+            for attr in info.split(',').filter(|a| !a.is_empty()) {
+                match attr {
+                    "user_count" => i.user_count = true,
+                    "subscription_count" if app.counts_channels() => i.subscription_count = true,
+                    "subscription_count" => {
+                        return Err(answer(
+                            501,
+                            "subscription_count: this app does not count its channels \
+                             (channel_counts is off)",
+                        ))
+                    }
+                    other => return Err(answer(400, format!("unknown info attribute {other:?}"))),
+                }
+            }
+            any |= i.user_count || i.subscription_count;
+            out.push((channels.clone(), i));
+        }
+        Ok(any.then_some(EventInfo { batch, events: out }))
+    }
+
+    /// Read the counts and answer.
+    pub(super) fn reply(self, conn: &Connection, app: &App, client: &Client) {
+        // Per event and channel, two counts: subscriptions, then members.
+        let mut ops = Vec::new();
+        for (channels, _) in &self.events {
+            for c in channels {
+                ops.push(DirOp::GetPresenceCounts {
+                    group: occupancy_group(&app.id, c),
+                });
+                ops.push(DirOp::GetPresenceCounts {
+                    group: channel_event(&app.id, c),
+                });
+            }
+        }
+        let reply = conn.clone();
+        ask_all(client, ops, move |answers| {
+            let values = match values(answers) {
+                Ok(v) => v,
+                Err(resp) => {
+                    reply.send(resp);
+                    return;
+                }
+            };
+            let count = |v: &Value, what: &str| v.get(what).and_then(Value::as_u64).unwrap_or(0);
+            let mut at = values.chunks(2);
+            let mut channels = Map::new();
+            let mut batch = Vec::new();
+            for (names, info) in self.events {
+                for name in names {
+                    let Some([subs, members]) = at.next() else {
+                        break;
+                    };
+                    let mut attrs = Map::new();
+                    if info.subscription_count {
+                        attrs.insert(
+                            "subscription_count".into(),
+                            json!(count(subs, "connections")),
+                        );
+                    }
+                    if info.user_count && ChannelKind::of(&name) == ChannelKind::Presence {
+                        attrs.insert("user_count".into(), json!(count(members, "keys")));
+                    }
+                    match self.batch {
+                        true => batch.push(Value::Object(attrs)),
+                        false => {
+                            channels.insert(name, Value::Object(attrs));
+                        }
+                    }
+                }
+            }
+            let body = match self.batch {
+                true => json!({ "batch": batch }),
+                false => json!({ "channels": channels }),
+            };
+            reply.send(Response::json(200, &body));
+        });
+    }
 }
