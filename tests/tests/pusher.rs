@@ -449,6 +449,47 @@ async fn pusher_js_and_laravel_echo_in_chromium() {
     assert_eq!(got["refused"][0]["status"], 403, "{got}");
     assert_eq!(got["orders"][0]["order"]["id"], 42);
     assert_eq!(got["whisper"][0]["name"], "Alice");
+
+    // Echo's presence channels: here, joining, leaving.
+    b.js(r#"
+        window.pres = { here1: null, here2: null, joining: [], leaving: [] };
+        e1.join('room').here(u => pres.here1 = u).joining(u => pres.joining.push(u))
+          .leaving(u => pres.leaving.push(u));
+        return true;
+        "#)
+        .await;
+    b.wait_for(
+        "return pres.here1 && pres.here1.length === 1",
+        "e1 here alone",
+    )
+    .await;
+    b.js("e2.join('room').here(u => pres.here2 = u); return true;")
+        .await;
+    let pres = b
+        .wait_for(
+            "return pres.here2 && pres.joining.length ? pres : null",
+            "e2 here with e1, e1 told of e2",
+        )
+        .await;
+    let id2 = format!("u{}", b.js("return e2.socketId();").await.as_str().unwrap());
+    assert_eq!(pres["here2"].as_array().unwrap().len(), 2, "{pres}");
+    assert_eq!(
+        pres["joining"][0]["name"],
+        format!("n{}", &id2[1..]),
+        "{pres}"
+    );
+    b.js("e2.leave('room'); return true;").await;
+    let pres = b
+        .wait_for(
+            "return pres.leaving.length ? pres : null",
+            "e1 told e2 left",
+        )
+        .await;
+    assert_eq!(
+        pres["leaving"][0]["name"],
+        format!("n{}", &id2[1..]),
+        "{pres}"
+    );
     b.screenshot(&werkmann_tests::output_dir("pusher").join("echo.png"))
         .await;
     b.quit().await;

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::channel::{check_channel_name, check_event_name, check_user_id};
 use super::node::{channel_event, event_payload, user_event};
-use super::query::{self, Query};
+use super::query::{self, error as answer, Query};
 use super::{frame, sign, Apps, SocketId};
 use crate::channel::Client;
 use crate::message::http::parse_urlencoded;
@@ -58,10 +58,6 @@ struct Event {
 #[serde(deny_unknown_fields)]
 struct Batch {
     batch: Vec<Event>,
-}
-
-pub(super) fn answer(status: u16, message: impl std::fmt::Display) -> Response {
-    Response::json(status, &json!({ "error": message.to_string() }))
 }
 
 /// An event made ready to publish: its channel events and its payload.

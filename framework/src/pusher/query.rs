@@ -10,13 +10,17 @@ use std::rc::Rc;
 
 use serde_json::{json, Map, Value};
 
-use super::api::answer;
 use super::channel::{check_channel_name, ChannelKind};
 use super::node::{channel_event, occupancy_group};
 use super::App;
 use crate::channel::dir::DirOp;
 use crate::channel::{ChannelError, Client};
 use crate::{Connection, Response};
+
+/// An HTTP API error: `status` with `{"error": message}`.
+pub(super) fn error(status: u16, message: impl std::fmt::Display) -> Response {
+    Response::json(status, &json!({ "error": message.to_string() }))
+}
 
 /// Most channels `GET channels` lists.
 pub const MAX_CHANNELS_LISTED: usize = 1000;
@@ -44,11 +48,11 @@ impl Info {
         let mut out = Info::default();
         for attr in info.split(',').filter(|a| !a.is_empty()) {
             if !allowed.contains(&attr) {
-                return Err(answer(400, format!("unknown info attribute {attr:?}")));
+                return Err(error(400, format!("unknown info attribute {attr:?}")));
             }
             match attr {
                 "user_count" if !presence => {
-                    return Err(answer(400, "user_count is for presence channels"));
+                    return Err(error(400, "user_count is for presence channels"));
                 }
                 "user_count" => out.user_count = true,
                 _ => out.subscription_count = true,
@@ -63,7 +67,7 @@ pub(super) fn reply(conn: &Connection, app: &App, client: Option<&Client>, q: Qu
     match prepare(app, q) {
         Ok((ops, shape)) => {
             let Some(client) = client.filter(|c| c.is_connected()) else {
-                conn.send(answer(503, "the channel is unreachable"));
+                conn.send(error(503, "the channel is unreachable"));
                 return;
             };
             let (reply, c) = (conn.clone(), client.clone());
@@ -122,22 +126,22 @@ enum Shape {
 fn prepare(app: &App, q: Query) -> Result<(Vec<DirOp>, Shape), Response> {
     let counted = |what: &str| match app.counts_channels() {
         true => Ok(()),
-        false => Err(answer(
+        false => Err(error(
             501,
             format!("{what}: this app does not count its channels (channel_counts is off)"),
         )),
     };
     match q {
         Query::Users { channel } => {
-            check_channel_name(channel).map_err(|e| answer(400, e))?;
+            check_channel_name(channel).map_err(|e| error(400, e))?;
             if ChannelKind::of(channel) != ChannelKind::Presence {
-                return Err(answer(400, "only presence channels have users"));
+                return Err(error(400, "only presence channels have users"));
             }
             let group = channel_event(&app.id, channel);
             Ok((vec![DirOp::GetPresence { group }], Shape::Users))
         }
         Query::Channel { channel, info } => {
-            check_channel_name(channel).map_err(|e| answer(400, e))?;
+            check_channel_name(channel).map_err(|e| error(400, e))?;
             let presence = ChannelKind::of(channel) == ChannelKind::Presence;
             let info = Info::parse(info, &["user_count", "subscription_count"], presence)?;
             let members = DirOp::GetPresenceCounts {
@@ -157,7 +161,7 @@ fn prepare(app: &App, q: Query) -> Result<(Vec<DirOp>, Shape), Response> {
         Query::Channels { prefix, info } => {
             let presence = prefix.starts_with("presence-");
             let info = Info::parse(info, &["user_count"], presence)
-                .map_err(|_| answer(400, "info=user_count needs filter_by_prefix=presence-"))?;
+                .map_err(|_| error(400, "info=user_count needs filter_by_prefix=presence-"))?;
             counted("the channel list")?;
             let group_prefix = occupancy_group(&app.id, prefix);
             let ops = vec![DirOp::ListPresenceGroups {
@@ -182,11 +186,11 @@ fn values(answers: Vec<Answer>) -> Result<Vec<Value>, Response> {
         .into_iter()
         .map(|a| {
             a.map_err(|e| match e {
-                ChannelError::NoDirectory => answer(
+                ChannelError::NoDirectory => error(
                     501,
                     "channel queries need a werkmann channel server or Redis",
                 ),
-                e => answer(503, format!("not answered: {e}")),
+                e => error(503, format!("not answered: {e}")),
             })
         })
         .collect()
@@ -198,7 +202,7 @@ impl Shape {
         match self {
             Shape::Users => {
                 let Some(members) = values.first().and_then(Value::as_object) else {
-                    return answer(502, "the directory answered no members");
+                    return error(502, "the directory answered no members");
                 };
                 let list: Vec<Value> = members.keys().map(|id| json!({ "id": id })).collect();
                 Response::json(200, &json!({ "users": list }))
@@ -215,7 +219,7 @@ impl Shape {
                 }
                 Response::json(200, &out)
             }
-            Shape::Listed { .. } => answer(500, "a channel list is answered by `list`"),
+            Shape::Listed { .. } => error(500, "a channel list is answered by `list`"),
         }
     }
 }
@@ -283,7 +287,7 @@ fn list(
                     channels.insert(n, json!({ "user_count": users }));
                 }
                 Err(e) => {
-                    reply.send(answer(503, format!("not answered: {e}")));
+                    reply.send(error(503, format!("not answered: {e}")));
                     return;
                 }
             }
@@ -317,13 +321,13 @@ impl EventInfo {
                     "user_count" => i.user_count = true,
                     "subscription_count" if app.counts_channels() => i.subscription_count = true,
                     "subscription_count" => {
-                        return Err(answer(
+                        return Err(error(
                             501,
                             "subscription_count: this app does not count its channels \
                              (channel_counts is off)",
                         ))
                     }
-                    other => return Err(answer(400, format!("unknown info attribute {other:?}"))),
+                    other => return Err(error(400, format!("unknown info attribute {other:?}"))),
                 }
             }
             any |= i.user_count || i.subscription_count;
