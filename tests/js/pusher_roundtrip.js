@@ -3,7 +3,7 @@
 // Usage: node pusher_roundtrip.js WS_PORT_A[,WS_PORT_B] HTTP_PORT APP_ID KEY SECRET
 // (client a on the first node, b on the second: every check crosses nodes)
 // Prints one line per check ("ok NAME"); exits non-zero with the reason on the first failure.
-const Pusher = require('pusher-js');
+const { client: testClient } = require('./clients');
 const PusherServer = require('pusher');
 
 const [wsPorts, httpPort, appId, key, secret] = process.argv.slice(2);
@@ -17,28 +17,17 @@ function fail(why) {
 setTimeout(() => fail('timed out'), 20000).unref();
 
 function client(k = key, wsPort = portA, user = null) {
-  return new Pusher(k, {
-    cluster: 'local',
-    wsHost: '127.0.0.1',
-    wsPort: Number(wsPort),
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
+  const authorize = (socketId, channelName) => {
+    if (channelName.includes('forged')) return { auth: key + ':' + '0'.repeat(64) };
+    const presence = channelName.startsWith('presence-') ? { user_id: user, user_info: { name: user } } : undefined;
+    return server.authorizeChannel(socketId, channelName, presence);
+  };
+  return testClient(k, wsPort, authorize, {
     userAuthentication: {
       customHandler: ({ socketId }, cb) => {
         const signed = server.authenticateUser(socketId, { id: user || 'nobody', user_info: { n: 1 } });
         if (user === 'forged') signed.auth = key + ':' + '0'.repeat(64);
         cb(null, signed);
-      },
-    },
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, cb) => {
-        if (channelName.includes('forged')) {
-          cb(null, { auth: key + ':' + '0'.repeat(64) });
-        } else {
-          const presence = channelName.startsWith('presence-') ? { user_id: user, user_info: { name: user } } : undefined;
-          cb(null, server.authorizeChannel(socketId, channelName, presence));
-        }
       },
     },
   });
