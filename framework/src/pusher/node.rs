@@ -24,7 +24,7 @@ use bytes::Bytes;
 use super::channel::{check_channel_name, check_user_id, ChannelKind, SERVER_TO_USER};
 use super::frame::{self, Frame};
 use super::{sign, webhook, App, Apps, SocketId};
-use crate::channel::dir::{self, ClientId, DirOp, Hooks};
+use crate::channel::dir::{self, ClientId, DirOp, Hooks, Join};
 use crate::channel::php_serde::{self, Reader};
 use crate::channel::{ChannelError, Client};
 use crate::{Connection, Message, Request, Timer, WorkerInstance};
@@ -360,7 +360,7 @@ impl PusherNode {
             false => String::new(),
         };
         let group = occupancy_group(&app.id, channel);
-        let op = DirOp::PresenceJoin {
+        let op = DirOp::PresenceJoin(Join {
             client_id: ClientId::new(self.0.worker_id, conn),
             group: group.clone(),
             key: "*".into(),
@@ -374,7 +374,7 @@ impl PusherNode {
                 added: hook(occupied, "channel_occupied"),
                 removed: hook(vacated, "channel_vacated"),
             }),
-        };
+        });
         if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn) {
             c.occupancy.push((group, op.clone()));
         }
@@ -437,7 +437,7 @@ impl PusherNode {
             let f = frame::encode(what, Some(channel), &data.to_string());
             String::from_utf8(event_payload(skip, &f).to_vec()).expect("UTF-8 in, UTF-8 out")
         };
-        let op = DirOp::PresenceJoin {
+        let op = DirOp::PresenceJoin(Join {
             client_id: ClientId::new(self.0.worker_id, conn.id()),
             group: event.clone(),
             key: user_id.clone(),
@@ -455,7 +455,7 @@ impl PusherNode {
             event: event.clone(),
             max: app.max_presence_members,
             hooks: member_hooks(app, channel, &user_id),
-        };
+        });
         if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn.id()) {
             c.presence.push(Membership {
                 event: event.clone(),
