@@ -1,6 +1,7 @@
 // An app's auth endpoint, as a Pusher app serves one: POST /pusher/auth with the form fields
 // socket_id and channel_name (what pusher-js and Laravel Echo send) → the `pusher` SDK's
-// signature, as JSON, with CORS for a page of another origin. Private channels only here.
+// signature, as JSON, with CORS for a page of another origin. On a presence channel the user is
+// `u{socket_id}`, named `n{socket_id}`.
 // Usage: node auth_server.js PORT APP_ID KEY SECRET   (prints "listening" when ready)
 const http = require('http');
 const PusherServer = require('pusher');
@@ -28,7 +29,10 @@ http
         return res.end('forbidden');
       }
       res.writeHead(200, Object.assign({ 'Content-Type': 'application/json' }, cors));
-      res.end(JSON.stringify(server.authorizeChannel(socketId, channel)));
+      const presence = channel.startsWith('presence-')
+        ? { user_id: 'u' + socketId, user_info: { name: 'n' + socketId } }
+        : undefined;
+      res.end(JSON.stringify(server.authorizeChannel(socketId, channel, presence)));
     });
   })
   .listen(Number(port), '127.0.0.1', () => console.log('listening'));

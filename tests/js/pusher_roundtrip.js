@@ -3,7 +3,7 @@
 // Usage: node pusher_roundtrip.js WS_PORT_A[,WS_PORT_B] HTTP_PORT APP_ID KEY SECRET
 // (client a on the first node, b on the second: every check crosses nodes)
 // Prints one line per check ("ok NAME"); exits non-zero with the reason on the first failure.
-const Pusher = require('pusher-js');
+const { client: testClient } = require('./clients');
 const PusherServer = require('pusher');
 
 const [wsPorts, httpPort, appId, key, secret] = process.argv.slice(2);
@@ -17,28 +17,17 @@ function fail(why) {
 setTimeout(() => fail('timed out'), 20000).unref();
 
 function client(k = key, wsPort = portA, user = null) {
-  return new Pusher(k, {
-    cluster: 'local',
-    wsHost: '127.0.0.1',
-    wsPort: Number(wsPort),
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
+  const authorize = (socketId, channelName) => {
+    if (channelName.includes('forged')) return { auth: key + ':' + '0'.repeat(64) };
+    const presence = channelName.startsWith('presence-') ? { user_id: user, user_info: { name: user } } : undefined;
+    return server.authorizeChannel(socketId, channelName, presence);
+  };
+  return testClient(k, wsPort, authorize, {
     userAuthentication: {
       customHandler: ({ socketId }, cb) => {
         const signed = server.authenticateUser(socketId, { id: user || 'nobody', user_info: { n: 1 } });
         if (user === 'forged') signed.auth = key + ':' + '0'.repeat(64);
         cb(null, signed);
-      },
-    },
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, cb) => {
-        if (channelName.includes('forged')) {
-          cb(null, { auth: key + ':' + '0'.repeat(64) });
-        } else {
-          const presence = channelName.startsWith('presence-') ? { user_id: user, user_info: { name: user } } : undefined;
-          cb(null, server.authorizeChannel(socketId, channelName, presence));
-        }
       },
     },
   });
@@ -67,6 +56,39 @@ const connected = (c) =>
   const roomB = b.subscribe('private-room');
   await Promise.all([newsA, newsB, roomA, roomB].map((ch) => once(ch, 'pusher:subscription_succeeded')));
   console.log('ok subscribed');
+
+  // Channel queries, counted cluster-wide: news has a subscriber on each node.
+  const newsInfo = await (await server.get({ path: '/channels/news', params: { info: 'subscription_count' } })).json();
+  if (newsInfo.occupied !== true || newsInfo.subscription_count !== 2) fail('channel info: ' + JSON.stringify(newsInfo));
+  const listed = await (await server.get({ path: '/channels' })).json();
+  if (Object.keys(listed.channels).sort().join(',') !== 'news,private-room') fail('channels: ' + JSON.stringify(listed));
+  const privates = await (await server.get({ path: '/channels', params: { filter_by_prefix: 'private-' } })).json();
+  if (Object.keys(privates.channels).join(',') !== 'private-room') fail('private channels: ' + JSON.stringify(privates));
+  const none = await (await server.get({ path: '/channels', params: { filter_by_prefix: 'presence-', info: 'user_count' } })).json();
+  if (JSON.stringify(none.channels) !== '{}') fail('no presence channels yet: ' + JSON.stringify(none));
+  const empty = await (await server.get({ path: '/channels/nobody-here', params: { info: 'subscription_count' } })).json();
+  if (empty.occupied !== false || empty.subscription_count !== 0) fail('empty channel: ' + JSON.stringify(empty));
+  try {
+    await server.get({ path: '/channels', params: { info: 'user_count' } });
+    fail('user_count without the presence- prefix was answered');
+  } catch (e) {
+    if (e.status !== 400) fail('user_count without prefix: ' + e.status);
+  }
+  // `info` on events: the counts once published.
+  const infoNews = Promise.all([once(newsA, 'counted'), once(newsB, 'counted')]);
+  const counted = await (await server.trigger('news', 'counted', {}, { info: 'subscription_count,user_count' })).json();
+  await infoNews;
+  if (JSON.stringify(counted) !== '{"channels":{"news":{"subscription_count":2}}}') fail('events info: ' + JSON.stringify(counted));
+  const infoBatch = Promise.all([once(newsA, 'counted2'), once(roomB, 'counted3')]);
+  const batchCounted = await (
+    await server.triggerBatch([
+      { channel: 'news', name: 'counted2', data: '{}', info: 'subscription_count' },
+      { channel: 'private-room', name: 'counted3', data: '{}' },
+    ])
+  ).json();
+  await infoBatch;
+  if (JSON.stringify(batchCounted) !== '{"batch":[{"subscription_count":2},{}]}') fail('batch info: ' + JSON.stringify(batchCounted));
+  console.log('ok channel queries');
 
   // A publish through the server SDK reaches both; `data` arrives as it was sent.
   const got = Promise.all([once(newsA, 'hello'), once(newsB, 'hello')]);
@@ -202,6 +224,8 @@ const connected = (c) =>
   if (seen.removed.join(',') !== 'at2:u1') fail('member_removed more than once: ' + JSON.stringify(seen));
   const members = await usersNow();
   if (members !== 'u2') fail('users of presence-room: ' + members);
+  const presences = await (await server.get({ path: '/channels', params: { filter_by_prefix: 'presence-', info: 'user_count' } })).json();
+  if (JSON.stringify(presences.channels) !== '{"presence-room":{"user_count":1}}') fail('presence channels: ' + JSON.stringify(presences));
   const info = await (await server.get({ path: '/channels/presence-room', params: { info: 'user_count' } })).json();
   if (info.occupied !== true || info.user_count !== 1) fail('channel info: ' + JSON.stringify(info));
   console.log('ok presence member_removed and users');

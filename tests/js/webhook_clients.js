@@ -3,7 +3,7 @@
 // private channel, and last a channel "marker" subscribed and left. Prints "done" when all is
 // sent; the test reads what the webhook receiver got.
 // Usage: node webhook_clients.js WS_A,WS_B HTTP_PORT APP_ID KEY SECRET
-const Pusher = require('pusher-js');
+const { client: testClient } = require('./clients');
 const PusherServer = require('pusher');
 
 const [wsPorts, httpPort, appId, key, secret] = process.argv.slice(2);
@@ -15,20 +15,11 @@ setTimeout(() => {
 }, 20000).unref();
 
 function client(port) {
-  return new Pusher(key, {
-    cluster: 'local',
-    wsHost: '127.0.0.1',
-    wsPort: Number(port),
-    forceTLS: false,
-    enabledTransports: ['ws'],
-    disableStats: true,
-    channelAuthorization: {
-      customHandler: ({ socketId, channelName }, cb) => {
-        const presence = channelName.startsWith('presence-') ? { user_id: 'u1' } : undefined;
-        cb(null, server.authorizeChannel(socketId, channelName, presence));
-      },
-    },
-  });
+  const authorize = (socketId, channelName) => {
+    const presence = channelName.startsWith('presence-') ? { user_id: 'u1' } : undefined;
+    return server.authorizeChannel(socketId, channelName, presence);
+  };
+  return testClient(key, port, authorize);
 }
 const subscribed = (c, name) =>
   new Promise((res) => c.subscribe(name).bind('pusher:subscription_succeeded', res));

@@ -108,9 +108,15 @@ async def main(ws_ports, http_port, app_id, key, secret):
     print("ok socket_id excluded", flush=True)
 
     # Reading the presence channel.
-    info = await call(sdk.channel_info, "presence-room", ["user_count"])
-    if info != {"occupied": True, "user_count": 2}:
+    info = await call(sdk.channel_info, "presence-room", ["user_count", "subscription_count"])
+    if info != {"occupied": True, "user_count": 2, "subscription_count": 2}:
         fail("channel_info: %r" % info)
+    listed = await call(sdk.channels_info, "presence-", ["user_count"])
+    if listed != {"channels": {"presence-room": {"user_count": 2}}}:
+        fail("channels_info: %r" % listed)
+    listed = await call(sdk.channels_info)
+    if sorted(listed["channels"]) != ["news", "presence-room"]:
+        fail("channels_info: %r" % listed)
     users = await call(sdk.users_info, "presence-room")
     if sorted(u["id"] for u in users["users"]) != ["alice", "bob"]:
         fail("users_info: %r" % users)

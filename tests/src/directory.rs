@@ -338,6 +338,14 @@ pub async fn presence_groups_announce_their_members(b: &Backend) {
     assert_eq!(dir(&mut api, &join("9-9", "dave")).await, json!(null));
     let members = json!({"op": "get_presence", "group": "room"});
     assert_eq!(dir(&mut api, &members).await, both);
+    let counts = json!({"op": "get_presence_counts", "group": "room"});
+    assert_eq!(
+        dir(&mut api, &counts).await,
+        json!({"keys": 2, "connections": 3})
+    );
+    let list = |prefix: &str| json!({"op": "list_presence_groups", "prefix": prefix});
+    assert_eq!(dir(&mut api, &list("ro")).await, json!(["room"]));
+    assert_eq!(dir(&mut api, &list("x")).await, json!([]));
     quiet(&mut n1, &mut n2).await;
     // Alice's first connection leaves: she stays (her second); her last one goes: she leaves.
     let leave = json!({"op": "presence_leave", "client_id": "1-1", "group": "room"});
@@ -355,6 +363,11 @@ pub async fn presence_groups_announce_their_members(b: &Backend) {
     let line = format!("event {ev} \"-bob\"");
     assert_eq!(n2.line().await, line);
     assert_eq!(dir(&mut api, &members).await, json!({}));
+    assert_eq!(
+        dir(&mut api, &counts).await,
+        json!({"keys": 0, "connections": 0})
+    );
+    assert_eq!(dir(&mut api, &list("")).await, json!([]));
     n2.nothing_for(150).await;
 }
 

@@ -35,52 +35,55 @@ fn round_trip(ws: &[u16], http: u16) {
     python_sdk(ws, http);
 }
 
-/// The PyPI `pusher` SDK with raw protocol clients on the two nodes (`tests/py/pusher_sdk.py`,
-/// in the venv `scripts/test` makes).
-fn python_sdk(ws: &[u16], http: u16) {
+/// Run a client script (its arguments: the nodes' ports, comma-separated, the publisher's
+/// port, the app): it must end with "done" and print each of `checks` as a line of its own
+/// (or its beginning, before a space).
+fn run_client(mut cmd: Command, ws: &[u16], http: u16, checks: &[&str]) {
     let (id, key, secret) = APP;
     let ports = format!("{},{}", ws[0], ws.get(1).unwrap_or(&ws[0]));
-    let out = Command::new(workspace().join("tests/py/.venv/bin/python"))
-        .arg(workspace().join("tests/py/pusher_sdk.py"))
+    let out = cmd
         .args([&ports, &http.to_string(), id, key, secret])
         .output()
-        .expect("the venv's python runs (scripts/test makes it)");
+        .expect("the client runs (scripts/test installs node, the venv and the libraries)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.lines().last() == Some("done"),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for check in [
+    for check in checks {
+        let said = |l: &str| {
+            l.strip_prefix(check)
+                .is_some_and(|r| r.is_empty() || r.starts_with(' '))
+        };
+        assert!(text.lines().any(said), "{check} missing:\n{text}");
+    }
+}
+
+/// The PyPI `pusher` SDK with raw protocol clients on the two nodes (`tests/py/pusher_sdk.py`,
+/// in the venv `scripts/test` makes).
+fn python_sdk(ws: &[u16], http: u16) {
+    let mut cmd = Command::new(workspace().join("tests/py/.venv/bin/python"));
+    cmd.arg(workspace().join("tests/py/pusher_sdk.py"));
+    let checks = [
         "ok presence auth",
         "ok trigger and batch",
         "ok socket_id excluded",
         "ok channel info and users",
         "ok terminate user connections",
         "ok bad signature refused",
-    ] {
-        assert!(text.lines().any(|l| l == check), "{check} missing:\n{text}");
-    }
+    ];
+    run_client(cmd, ws, http, &checks);
 }
 
 /// pusher-js and the npm SDK against nodes `ws` and publisher `http`.
 fn js_round_trip(ws: &[u16], http: u16) {
-    let ports: Vec<String> = ws.iter().map(u16::to_string).collect();
-    let (id, key, secret) = APP;
-    let out = Command::new("node")
-        .arg(workspace().join("tests/js/pusher_roundtrip.js"))
-        .args([&ports.join(","), &http.to_string(), id, key, secret])
-        .output()
-        .expect("node runs (scripts/test installs it and the libraries)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.lines().last() == Some("done"),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for check in [
+    let mut cmd = Command::new("node");
+    cmd.arg(workspace().join("tests/js/pusher_roundtrip.js"));
+    let checks = [
         "ok connected",
         "ok subscribed",
+        "ok channel queries",
         "ok trigger",
         "ok socket_id excluded",
         "ok channels and batch",
@@ -95,9 +98,8 @@ fn js_round_trip(ws: &[u16], http: u16) {
         "ok send to user",
         "ok forged sign-in 4009",
         "ok terminate connections",
-    ] {
-        assert!(text.contains(check), "{check} missing:\n{text}");
-    }
+    ];
+    run_client(cmd, ws, http, &checks);
 }
 
 /// `start_all` with the test app: (the process, WebSocket port, HTTP port).
@@ -448,6 +450,47 @@ async fn pusher_js_and_laravel_echo_in_chromium() {
     assert_eq!(got["refused"][0]["status"], 403, "{got}");
     assert_eq!(got["orders"][0]["order"]["id"], 42);
     assert_eq!(got["whisper"][0]["name"], "Alice");
+
+    // Echo's presence channels: here, joining, leaving.
+    b.js(r#"
+        window.pres = { here1: null, here2: null, joining: [], leaving: [] };
+        e1.join('room').here(u => pres.here1 = u).joining(u => pres.joining.push(u))
+          .leaving(u => pres.leaving.push(u));
+        return true;
+        "#)
+        .await;
+    b.wait_for(
+        "return pres.here1 && pres.here1.length === 1",
+        "e1 here alone",
+    )
+    .await;
+    b.js("e2.join('room').here(u => pres.here2 = u); return true;")
+        .await;
+    let pres = b
+        .wait_for(
+            "return pres.here2 && pres.joining.length ? pres : null",
+            "e2 here with e1, e1 told of e2",
+        )
+        .await;
+    let id2 = format!("u{}", b.js("return e2.socketId();").await.as_str().unwrap());
+    assert_eq!(pres["here2"].as_array().unwrap().len(), 2, "{pres}");
+    assert_eq!(
+        pres["joining"][0]["name"],
+        format!("n{}", &id2[1..]),
+        "{pres}"
+    );
+    b.js("e2.leave('room'); return true;").await;
+    let pres = b
+        .wait_for(
+            "return pres.leaving.length ? pres : null",
+            "e1 told e2 left",
+        )
+        .await;
+    assert_eq!(
+        pres["leaving"][0]["name"],
+        format!("n{}", &id2[1..]),
+        "{pres}"
+    );
     b.screenshot(&werkmann_tests::output_dir("pusher").join("echo.png"))
         .await;
     b.quit().await;

@@ -22,6 +22,7 @@
 //! | queries (`is_online` … `get_session`) | anyone | see [`DirOp`] | — |
 //! | `presence_join {client_id, group, key, info, event, added, removed, max}` | the node holding it | the members `{key: info}`, `false` full, null unknown | — (`added` published on `event` for a new key) |
 //! | `presence_leave {client_id, group}`, `get_presence {group}` | the node / anyone | 1 or 0 / the members | — (`removed` on `event` for a key's last connection, also when it goes) |
+//! | `get_presence_counts {group}`, `list_presence_groups {prefix}` | anyone | `{"keys", "connections"}` / group names | — |
 //!
 //! A count of connections reached (`send`, `ungroup`, `close_client`) only includes clients
 //! whose worker has a subscriber to its [`node_event`] (so a node that vanished without
@@ -122,19 +123,7 @@ impl<'de> Deserialize<'de> for ClientId {
 
 /// A uid or group name: 1 to [`MAX_NAME_BYTES`] bytes, no control characters.
 pub fn check_name(what: &str, name: &str) -> Result<(), BadName> {
-    if name.is_empty() {
-        return Err(BadName(format!("{what} is empty")));
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(BadName(format!(
-            "{what} is {} bytes long, more than {MAX_NAME_BYTES}",
-            name.len()
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(BadName(format!("{what} {name:?} has a control character")));
-    }
-    Ok(())
+    check_text(what, name, MAX_NAME_BYTES)
 }
 
 /// Longest presence group, key or announcement event name, in bytes (a Pusher channel's
@@ -143,12 +132,17 @@ pub const MAX_LONG_NAME_BYTES: usize = 300;
 
 /// A presence group, key or event name: as [`check_name`], up to [`MAX_LONG_NAME_BYTES`].
 fn check_long_name(what: &str, name: &str) -> Result<(), BadName> {
+    check_text(what, name, MAX_LONG_NAME_BYTES)
+}
+
+/// 1 to `max` bytes, no control characters.
+fn check_text(what: &str, name: &str, max: usize) -> Result<(), BadName> {
     if name.is_empty() {
         return Err(BadName(format!("{what} is empty")));
     }
-    if name.len() > MAX_LONG_NAME_BYTES {
+    if name.len() > max {
         return Err(BadName(format!(
-            "{what} is {} bytes long, more than {MAX_LONG_NAME_BYTES}",
+            "{what} is {} bytes long, more than {max}",
             name.len()
         )));
     }
@@ -342,28 +336,7 @@ pub enum DirOp {
     /// death), the `removed` given by that first join. Answer: the members, `{key: info}`,
     /// once in; `false` when the group already has `max` keys and `key` is not one; null for
     /// an unknown client. Not forwarded: the announcements are the news.
-    PresenceJoin {
-        /// The connection.
-        client_id: ClientId,
-        /// The group.
-        group: String,
-        /// The member (a user id).
-        key: String,
-        /// What the other members learn of it (any JSON).
-        info: Value,
-        /// Where the announcements go (see [`announced_event`]).
-        event: String,
-        /// Published on `event` when `key` comes in (the payload as it travels).
-        added: String,
-        /// Published on `event` when `key` goes.
-        removed: String,
-        /// Most keys the group may hold.
-        max: usize,
-        /// Items to enqueue as the key comes and goes, besides the announcements (a webhook's
-        /// events: each taken by one consumer).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        hooks: Option<Hooks>,
-    },
+    PresenceJoin(Join),
     /// Leave a presence group (answer: 1 if the connection was in it, else 0).
     PresenceLeave {
         /// The connection.
@@ -376,6 +349,76 @@ pub enum DirOp {
         /// The group.
         group: String,
     },
+    /// Answer: how many keys and connections a presence group holds, `{"keys": K,
+    /// "connections": C}` (zeros when it has none).
+    GetPresenceCounts {
+        /// The group.
+        group: String,
+    },
+    /// Answer: the presence groups with members whose names begin with `prefix`, ascending.
+    ListPresenceGroups {
+        /// The prefix.
+        prefix: String,
+    },
+}
+
+/// A presence join's fields (see [`DirOp::PresenceJoin`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    /// The connection.
+    pub client_id: ClientId,
+    /// The group.
+    pub group: String,
+    /// The member (a user id).
+    pub key: String,
+    /// What the other members learn of it (any JSON).
+    pub info: Value,
+    /// Where the announcements go (see [`announced_event`]).
+    pub event: String,
+    /// Published on `event` when `key` comes in (the payload as it travels).
+    pub added: String,
+    /// Published on `event` when `key` goes.
+    pub removed: String,
+    /// Most keys the group may hold.
+    pub max: usize,
+    /// Items to enqueue as the key comes and goes, besides the announcements (a webhook's
+    /// events: each taken by one consumer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
+}
+
+impl Join {
+    fn check(&self) -> Result<(), BadName> {
+        check_long_name("presence group", &self.group)?;
+        check_long_name("presence key", &self.key)?;
+        check_long_name("announcement event", &self.event)?;
+        let info_len = serde_json::to_vec(&self.info).map_or(usize::MAX, |v| v.len());
+        let (hook_added, hook_removed) = match &self.hooks {
+            Some(h) => {
+                check_long_name("hook queue", &h.queue)?;
+                (h.added.len(), h.removed.len())
+            }
+            None => (0, 0),
+        };
+        for (what, n) in [
+            ("member info", info_len),
+            ("added announcement", self.added.len()),
+            ("removed announcement", self.removed.len()),
+            ("added hook", hook_added),
+            ("removed hook", hook_removed),
+        ] {
+            if n > MAX_PRESENCE_BYTES {
+                return Err(BadName(format!(
+                    "the {what} is {n} bytes, more than {MAX_PRESENCE_BYTES}"
+                )));
+            }
+        }
+        if self.max == 0 {
+            return Err(BadName("a presence group of at most 0 members".into()));
+        }
+        Ok(())
+    }
 }
 
 /// What a presence join enqueues as its key comes and goes (see [`DirOp::PresenceJoin`]).
@@ -467,49 +510,17 @@ impl DirOp {
                     groups.iter().try_for_each(|g| check_name("group", g))
                 }
             },
-            DirOp::PresenceJoin {
-                group,
-                key,
-                info,
-                event,
-                added,
-                removed,
-                max,
-                hooks,
-                ..
-            } => {
-                check_long_name("presence group", group)?;
-                check_long_name("presence key", key)?;
-                check_long_name("announcement event", event)?;
-                let info_len = serde_json::to_vec(info).map_or(usize::MAX, |v| v.len());
-                let (hook_added, hook_removed) = match hooks {
-                    Some(h) => {
-                        check_long_name("hook queue", &h.queue)?;
-                        (h.added.len(), h.removed.len())
-                    }
-                    None => (0, 0),
-                };
-                for (what, n) in [
-                    ("member info", info_len),
-                    ("added announcement", added.len()),
-                    ("removed announcement", removed.len()),
-                    ("added hook", hook_added),
-                    ("removed hook", hook_removed),
-                ] {
-                    if n > MAX_PRESENCE_BYTES {
-                        return Err(BadName(format!(
-                            "the {what} is {n} bytes, more than {MAX_PRESENCE_BYTES}"
-                        )));
-                    }
-                }
-                if *max == 0 {
-                    return Err(BadName("a presence group of at most 0 members".into()));
-                }
-                Ok(())
-            }
-            DirOp::PresenceLeave { group, .. } | DirOp::GetPresence { group } => {
-                check_long_name("presence group", group)
-            }
+            DirOp::PresenceJoin(j) => j.check(),
+            DirOp::PresenceLeave { group, .. }
+            | DirOp::GetPresence { group }
+            | DirOp::GetPresenceCounts { group } => check_long_name("presence group", group),
+            DirOp::ListPresenceGroups { prefix } => match prefix.len() > MAX_LONG_NAME_BYTES {
+                true => Err(BadName(format!(
+                    "a prefix of {} bytes, more than {MAX_LONG_NAME_BYTES}",
+                    prefix.len()
+                ))),
+                false => Ok(()),
+            },
             DirOp::CloseClient { .. }
             | DirOp::IsOnline { .. }
             | DirOp::GetUidByClientId { .. }

@@ -576,62 +576,52 @@ impl DirectoryState {
                 None => Value::Null,
                 Some(e) => Value::Object(e.session()),
             }),
-            DirOp::PresenceJoin {
-                client_id,
-                group,
-                key,
-                info,
-                event,
-                added,
-                removed,
-                max,
-                hooks,
-            } => {
-                let id = *client_id;
+            DirOp::PresenceJoin(j) => {
+                let id = j.client_id;
                 if self.entry(id).is_none() {
                     return Applied::query(Value::Null);
                 }
                 let joined = self
                     .presence_of
                     .get(&id)
-                    .is_some_and(|l| l.iter().any(|(g, _)| &**g == group));
+                    .is_some_and(|l| l.iter().any(|(g, _)| **g == *j.group));
                 if !joined {
-                    let full = self.presence.get(group.as_str()).is_some_and(|g| {
-                        g.members.len() >= *max && !g.members.contains_key(key.as_str())
+                    let full = self.presence.get(j.group.as_str()).is_some_and(|g| {
+                        g.members.len() >= j.max && !g.members.contains_key(j.key.as_str())
                     });
                     if full {
                         return Applied::query(Value::Bool(false));
                     }
-                    let name: Name = match self.presence.get_key_value(group.as_str()) {
+                    let name: Name = match self.presence.get_key_value(j.group.as_str()) {
                         Some((n, _)) => n.clone(),
-                        None => Rc::from(group.as_str()),
+                        None => Rc::from(j.group.as_str()),
                     };
                     let g = self
                         .presence
                         .entry(name.clone())
                         .or_insert_with(|| PresenceGroup {
-                            event: Rc::from(event.as_str()),
-                            queue: hooks.as_ref().map(|h| Rc::from(h.queue.as_str())),
+                            event: Rc::from(j.event.as_str()),
+                            queue: j.hooks.as_ref().map(|h| Rc::from(h.queue.as_str())),
                             members: BTreeMap::new(),
                         });
-                    let key_name: Name = match g.members.get_key_value(key.as_str()) {
+                    let key_name: Name = match g.members.get_key_value(j.key.as_str()) {
                         Some((k, _)) => k.clone(),
                         None => {
                             let out = &mut self.announcements;
-                            Announcement::publish(out, &g.event, added);
-                            let hook = hooks.as_ref();
+                            Announcement::publish(out, &g.event, &j.added);
+                            let hook = j.hooks.as_ref();
                             Announcement::enqueue(
                                 out,
                                 g.queue.as_ref(),
                                 hook.map_or("", |h| &h.added),
                             );
-                            let k: Name = Rc::from(key.as_str());
+                            let k: Name = Rc::from(j.key.as_str());
                             g.members.insert(
                                 k.clone(),
                                 Member {
                                     conns: 0,
-                                    info: info.clone(),
-                                    removed: removed.clone(),
+                                    info: j.info.clone(),
+                                    removed: j.removed.clone(),
                                     hook_removed: hook
                                         .map(|h| h.removed.clone())
                                         .unwrap_or_default(),
@@ -650,7 +640,7 @@ impl DirectoryState {
                 }
                 Applied::query(
                     self.presence
-                        .get(group.as_str())
+                        .get(j.group.as_str())
                         .map_or(Value::Object(Map::new()), PresenceGroup::members_json),
                 )
             }
@@ -662,6 +652,22 @@ impl DirectoryState {
                     .get(group.as_str())
                     .map_or(Value::Object(Map::new()), PresenceGroup::members_json),
             ),
+            DirOp::GetPresenceCounts { group } => {
+                let (keys, conns) = self.presence.get(group.as_str()).map_or((0, 0), |g| {
+                    (g.members.len(), g.members.values().map(|m| m.conns).sum())
+                });
+                Applied::query(serde_json::json!({ "keys": keys, "connections": conns }))
+            }
+            DirOp::ListPresenceGroups { prefix } => {
+                let mut names: Vec<&str> = self
+                    .presence
+                    .keys()
+                    .map(|g| &**g)
+                    .filter(|g| g.starts_with(prefix.as_str()))
+                    .collect();
+                names.sort_unstable();
+                Applied::query(Value::Array(names.into_iter().map(Value::from).collect()))
+            }
         }
     }
 

@@ -14,11 +14,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::channel::{check_channel_name, check_event_name, check_user_id, ChannelKind};
+use super::channel::{check_channel_name, check_event_name, check_user_id};
 use super::node::{channel_event, event_payload, user_event};
-use super::{frame, sign, App, Apps, SocketId};
-use crate::channel::dir::DirOp;
-use crate::channel::{ChannelError, Client};
+use super::query::{self, error as answer, Query};
+use super::{frame, sign, Apps, SocketId};
+use crate::channel::Client;
 use crate::message::http::parse_urlencoded;
 use crate::{Connection, Request, Response};
 
@@ -51,7 +51,6 @@ struct Event {
     #[serde(default)]
     socket_id: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     info: Option<String>,
 }
 
@@ -59,10 +58,6 @@ struct Event {
 #[serde(deny_unknown_fields)]
 struct Batch {
     batch: Vec<Event>,
-}
-
-fn answer(status: u16, message: impl std::fmt::Display) -> Response {
-    Response::json(status, &json!({ "error": message.to_string() }))
 }
 
 /// An event made ready to publish: its channel events and its payload.
@@ -158,25 +153,26 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
                 return;
             }
         },
-        ("GET", w) if w.starts_with("channels/") => {
-            let rest = &w["channels/".len()..];
-            match rest.strip_suffix("/users") {
-                Some(channel) => presence_query(conn, app, client, channel, None),
-                None => {
-                    let info = params
-                        .iter()
-                        .find(|(k, _)| k == "info")
-                        .map_or("", |(_, v)| v.as_str());
-                    presence_query(conn, app, client, rest, Some(info));
-                }
-            }
-            return;
-        }
-        ("GET", w) if w == "channels" || w.starts_with("users/") => {
-            conn.send(answer(
-                501,
-                "channel and user queries are not supported by this server yet",
-            ));
+        ("GET", w) if w == "channels" || w.starts_with("channels/") => {
+            let param = |name: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            };
+            let rest = w.strip_prefix("channels/");
+            let q = match rest.map(|r| (r, r.strip_suffix("/users"))) {
+                None => Query::Channels {
+                    prefix: param("filter_by_prefix").unwrap_or(""),
+                    info: param("info").unwrap_or(""),
+                },
+                Some((_, Some(channel))) => Query::Users { channel },
+                Some((channel, None)) => Query::Channel {
+                    channel,
+                    info: param("info").unwrap_or(""),
+                },
+            };
+            query::reply(conn, app, client, q);
             return;
         }
         ("POST", w) if w.starts_with("users/") => {
@@ -193,7 +189,10 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
             }
             // Every node with one of the user's sockets is subscribed to its user event.
             let payload = event_payload(None, "terminate_connections");
-            publish_all(conn, client, vec![(user_event(&app.id, user), payload)]);
+            let publishes = vec![(user_event(&app.id, user), payload)];
+            publish_all(conn, client, publishes, |reply| {
+                reply.send(Response::json(200, &json!({})));
+            });
             return;
         }
         (_, "events" | "batch_events") => {
@@ -215,87 +214,44 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
             }
         }
     }
-    publish_all(conn, client, publishes);
-}
-
-/// `GET channels/{name}/users` (`info` None) or `GET channels/{name}?info=…` of a presence
-/// channel, answered from the directory's group: `{"users": [{"id": …}]}`, or `{"occupied",
-/// "user_count" (when asked)}`. Other channels' counts are not kept yet (501).
-fn presence_query(
-    conn: &Connection,
-    app: &App,
-    client: Option<&Client>,
-    channel: &str,
-    info: Option<&str>,
-) {
-    if let Err(e) = check_channel_name(channel) {
-        conn.send(answer(400, e));
-        return;
-    }
-    let presence = ChannelKind::of(channel) == ChannelKind::Presence;
-    let mut user_count = false;
-    for attr in info.unwrap_or("").split(',').filter(|a| !a.is_empty()) {
-        match attr {
-            "user_count" if presence => user_count = true,
-            "user_count" => {
-                conn.send(answer(400, "user_count is for presence channels"));
-                return;
-            }
-            "subscription_count" => {
-                conn.send(answer(
-                    501,
-                    "subscription_count is not kept by this server yet",
-                ));
-                return;
-            }
-            other => {
-                conn.send(answer(400, format!("unknown info attribute {other:?}")));
-                return;
-            }
+    // The `info` asked of each event: its channels' counts, read once all is published.
+    let asked: Vec<(Vec<String>, &str)> = events
+        .iter()
+        .map(|e| {
+            let channels = e
+                .channels
+                .clone()
+                .or_else(|| e.channel.clone().map(|c| vec![c]));
+            (
+                channels.unwrap_or_default(),
+                e.info.as_deref().unwrap_or(""),
+            )
+        })
+        .collect();
+    let info = match query::EventInfo::parse(app, &asked, what == "batch_events") {
+        Ok(info) => info,
+        Err(resp) => {
+            conn.send(resp);
+            return;
         }
-    }
-    if !presence {
-        let why = match info {
-            None => "only presence channels have users".to_string(),
-            Some(_) => "channel info is kept for presence channels only, for now".to_string(),
-        };
-        conn.send(answer(if info.is_none() { 400 } else { 501 }, why));
-        return;
-    }
-    let Some(client) = client.filter(|c| c.is_connected()) else {
-        conn.send(answer(503, "the channel is unreachable"));
-        return;
     };
-    let op = DirOp::GetPresence {
-        group: channel_event(&app.id, channel),
-    };
-    let reply = conn.clone();
-    let users = info.is_none();
-    client.dir_request(&op, move |a| {
-        reply.send(match a {
-            Ok(serde_json::Value::Object(members)) if users => {
-                let list: Vec<_> = members.keys().map(|id| json!({ "id": id })).collect();
-                Response::json(200, &json!({ "users": list }))
-            }
-            Ok(serde_json::Value::Object(members)) => {
-                let mut out = json!({ "occupied": !members.is_empty() });
-                if user_count {
-                    out["user_count"] = json!(members.len());
-                }
-                Response::json(200, &out)
-            }
-            Ok(other) => answer(502, format!("the directory answered {other}")),
-            Err(ChannelError::NoDirectory) => {
-                answer(501, "presence needs a werkmann channel server or Redis")
-            }
-            Err(e) => answer(503, format!("not answered: {e}")),
-        });
+    let (app, counts) = (app.clone(), client.cloned());
+    publish_all(conn, client, publishes, move |reply| match (info, counts) {
+        (Some(info), Some(client)) => info.reply(&reply, &app, &client),
+        _ => {
+            reply.send(Response::json(200, &json!({})));
+        }
     });
 }
 
-/// Publish each `(channel event, payload)` and answer `{}` once the channel confirmed them all
-/// (503 when it cannot take them, or one failed).
-fn publish_all(conn: &Connection, client: Option<&Client>, publishes: Vec<(String, Bytes)>) {
+/// Publish each `(channel event, payload)`; once the channel confirmed them all, `done` answers
+/// (503 when the channel cannot take them, or one failed).
+fn publish_all(
+    conn: &Connection,
+    client: Option<&Client>,
+    publishes: Vec<(String, Bytes)>,
+    done: impl FnOnce(Connection) + 'static,
+) {
     let Some(client) = client.filter(|c| c.is_connected()) else {
         conn.send(answer(503, "the channel is unreachable: nothing published"));
         return;
@@ -303,8 +259,11 @@ fn publish_all(conn: &Connection, client: Option<&Client>, publishes: Vec<(Strin
     // Answer once every publish is confirmed (or the first failure).
     let left = Rc::new(Cell::new(publishes.len()));
     let failed: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+    type Done = Box<dyn FnOnce(Connection)>;
+    let done: Rc<RefCell<Option<Done>>> = Rc::new(RefCell::new(Some(Box::new(done))));
     for (event, payload) in publishes {
         let (left, failed, reply) = (left.clone(), failed.clone(), conn.clone());
+        let done = done.clone();
         client.publish_raw_confirmed(event.as_str(), payload, move |r| {
             if let Err(e) = r {
                 failed.borrow_mut().get_or_insert(e.to_string());
@@ -312,8 +271,14 @@ fn publish_all(conn: &Connection, client: Option<&Client>, publishes: Vec<(Strin
             left.set(left.get() - 1);
             if left.get() == 0 {
                 match failed.borrow().as_deref() {
-                    None => reply.send(Response::json(200, &json!({}))),
-                    Some(e) => reply.send(answer(503, format!("not all published: {e}"))),
+                    None => {
+                        if let Some(f) = done.borrow_mut().take() {
+                            f(reply);
+                        }
+                    }
+                    Some(e) => {
+                        reply.send(answer(503, format!("not all published: {e}")));
+                    }
                 };
             }
         });

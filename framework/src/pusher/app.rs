@@ -30,6 +30,16 @@ pub struct App {
     /// Where the app's webhooks go, each with the events it wants.
     #[serde(default)]
     pub webhooks: Vec<Webhook>,
+    /// Whether the cluster counts each channel's subscribers (in the directory: one operation
+    /// per subscription, answered before `subscription_succeeded`), which `GET channels`,
+    /// `subscription_count` and the occupancy webhooks read (on by default; the occupancy
+    /// webhooks turn it on).
+    #[serde(default = "yes")]
+    pub channel_counts: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A webhook: Pusher's events of an app (`channel_occupied`, `channel_vacated`,
@@ -53,6 +63,11 @@ pub const WEBHOOK_EVENTS: [&str; 5] = [
 ];
 
 impl App {
+    /// Whether the cluster counts the app's channels' subscribers.
+    pub fn counts_channels(&self) -> bool {
+        self.channel_counts || self.wants("channel_occupied") || self.wants("channel_vacated")
+    }
+
     /// Whether a webhook of the app wants `event` (one of [`WEBHOOK_EVENTS`]).
     pub fn wants(&self, event: &str) -> bool {
         self.webhooks
@@ -170,6 +185,7 @@ impl FromStr for App {
             max_connections: 0,
             max_presence_members: DEFAULT_PRESENCE_MEMBERS,
             webhooks: Vec::new(),
+            channel_counts: true,
         };
         app.check()?;
         Ok(app)

@@ -10,6 +10,7 @@ mod app;
 mod channel;
 mod frame;
 mod node;
+mod query;
 pub mod sign;
 mod socket_id;
 pub mod webhook;

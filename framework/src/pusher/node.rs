@@ -24,7 +24,7 @@ use bytes::Bytes;
 use super::channel::{check_channel_name, check_user_id, ChannelKind, SERVER_TO_USER};
 use super::frame::{self, Frame};
 use super::{sign, webhook, App, Apps, SocketId};
-use crate::channel::dir::{self, ClientId, DirOp, Hooks};
+use crate::channel::dir::{self, ClientId, DirOp, Hooks, Join};
 use crate::channel::php_serde::{self, Reader};
 use crate::channel::{ChannelError, Client};
 use crate::{Connection, Message, Request, Timer, WorkerInstance};
@@ -42,8 +42,8 @@ pub fn channel_event(app_id: &str, channel: &str) -> String {
     }
 }
 
-/// The directory group counting a channel's subscribers for its occupancy webhooks.
-fn occupancy_group(app_id: &str, channel: &str) -> String {
+/// The directory group counting a channel's subscribers (`GET channels`, occupancy webhooks).
+pub(crate) fn occupancy_group(app_id: &str, channel: &str) -> String {
     dir::announced_event(&format!("pusher-occupancy:{app_id}:{channel}"))
 }
 
@@ -331,8 +331,10 @@ impl PusherNode {
             Some(op) => {
                 let c = conn.clone();
                 self.0.client.dir_request(&op, move |answer| {
-                    if let Err(e) = answer {
-                        log::warn!("pusher: a subscription not counted for occupancy ({e})");
+                    match answer {
+                        // A channel server without a directory (Workerman's): nothing counts.
+                        Err(ChannelError::NoDirectory) | Ok(_) => {}
+                        Err(e) => log::warn!("pusher: a subscription not counted ({e})"),
                     }
                     c.send(succeeded);
                 });
@@ -343,22 +345,22 @@ impl PusherNode {
         }
     }
 
-    /// With webhooks of `channel_occupied` or `channel_vacated`: the join that counts `conn`
-    /// among the channel's subscribers in the directory, whose first one in and last one out
-    /// (once cluster-wide) are the webhook's events.
+    /// When the app counts its channels: the join that counts `conn` among the channel's
+    /// subscribers in the directory, whose first one in and last one out (once cluster-wide)
+    /// are the occupancy webhooks' events.
     /// The join is kept (for a reconnect, and for leaving) and returned for its caller to
     /// send; `None` when the app wants no such webhook.
     fn occupancy_join(&self, conn: u64, app: &App, channel: &str) -> Option<DirOp> {
-        let (occupied, vacated) = (app.wants("channel_occupied"), app.wants("channel_vacated"));
-        if !occupied && !vacated {
+        if !app.counts_channels() {
             return None;
         }
+        let (occupied, vacated) = (app.wants("channel_occupied"), app.wants("channel_vacated"));
         let hook = |wanted: bool, name: &str| match wanted {
             true => webhook::item(&serde_json::json!({ "name": name, "channel": channel })),
             false => String::new(),
         };
         let group = occupancy_group(&app.id, channel);
-        let op = DirOp::PresenceJoin {
+        let op = DirOp::PresenceJoin(Join {
             client_id: ClientId::new(self.0.worker_id, conn),
             group: group.clone(),
             key: "*".into(),
@@ -367,12 +369,12 @@ impl PusherNode {
             added: String::new(),
             removed: String::new(),
             max: 1,
-            hooks: Some(Hooks {
+            hooks: (occupied || vacated).then(|| Hooks {
                 queue: webhook::queue(&app.id),
                 added: hook(occupied, "channel_occupied"),
                 removed: hook(vacated, "channel_vacated"),
             }),
-        };
+        });
         if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn) {
             c.occupancy.push((group, op.clone()));
         }
@@ -435,7 +437,7 @@ impl PusherNode {
             let f = frame::encode(what, Some(channel), &data.to_string());
             String::from_utf8(event_payload(skip, &f).to_vec()).expect("UTF-8 in, UTF-8 out")
         };
-        let op = DirOp::PresenceJoin {
+        let op = DirOp::PresenceJoin(Join {
             client_id: ClientId::new(self.0.worker_id, conn.id()),
             group: event.clone(),
             key: user_id.clone(),
@@ -453,7 +455,7 @@ impl PusherNode {
             event: event.clone(),
             max: app.max_presence_members,
             hooks: member_hooks(app, channel, &user_id),
-        };
+        });
         if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn.id()) {
             c.presence.push(Membership {
                 event: event.clone(),

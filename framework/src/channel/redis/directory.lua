@@ -21,6 +21,7 @@
 --   D pe:G     the channel G's announcements are published to
 --   D pq:G     the stream its hooks are added to   D ph:G  hash: key -> hooked when it goes
 --   D cp:ID    hash: the presence groups of client ID -> its key in each
+--   D pgs      set: the presence groups with members
 
 local D = '@PREFIX@'
 local NODE = '@NODE@'
@@ -129,6 +130,7 @@ local function presence_leave(id, g)
     hook(redis.call('GET', D .. 'pq:' .. g), hooked)
     if redis.call('EXISTS', p) == 0 then
       redis.call('DEL', D .. 'pe:' .. g, D .. 'pq:' .. g)
+      redis.call('SREM', D .. 'pgs', g)
     end
   end
   return 1
@@ -311,6 +313,7 @@ elseif op == 'presence_join' then
       hook(stream, hook_added)
     end
     redis.call('HINCRBY', p, key, 1)
+    redis.call('SADD', D .. 'pgs', g)
     redis.call('HSET', cp, g, key)
   end
   return redis.call('HGETALL', D .. 'pi:' .. g)
@@ -319,6 +322,22 @@ elseif op == 'presence_leave' then
   return presence_leave(id, nextarg())
 elseif op == 'get_presence' then
   return redis.call('HGETALL', D .. 'pi:' .. nextarg())
+elseif op == 'get_presence_counts' then
+  local counts = redis.call('HVALS', D .. 'p:' .. nextarg())
+  local conns = 0
+  for _, c in ipairs(counts) do
+    conns = conns + tonumber(c)
+  end
+  return { #counts, conns }
+elseif op == 'list_presence_groups' then
+  local prefix = nextarg()
+  local out = {}
+  for _, g in ipairs(redis.call('SMEMBERS', D .. 'pgs')) do
+    if string.sub(g, 1, #prefix) == prefix then
+      out[#out + 1] = g
+    end
+  end
+  return out
 elseif op == 'unregister' then
   local n = 0
   for i = at, #ARGV do

@@ -141,9 +141,11 @@ fn op_name(op: &DirOp) -> &'static str {
         DirOp::SetSession { .. } => "set_session",
         DirOp::UpdateSession { .. } => "update_session",
         DirOp::Send { .. } => "send",
-        DirOp::PresenceJoin { .. } => "presence_join",
+        DirOp::PresenceJoin(_) => "presence_join",
         DirOp::PresenceLeave { .. } => "presence_leave",
         DirOp::GetPresence { .. } => "get_presence",
+        DirOp::GetPresenceCounts { .. } => "get_presence_counts",
+        DirOp::ListPresenceGroups { .. } => "list_presence_groups",
         DirOp::CloseClient { .. } => "close_client",
         DirOp::IsOnline { .. } => "is_online",
         DirOp::IsUidOnline { .. } => "is_uid_online",
@@ -251,26 +253,16 @@ fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
             c.arg(uid.as_str());
         }
         DirOp::GetAllClientIdCount | DirOp::GetAllUidCount | DirOp::GetAllGroupIdList => {}
-        DirOp::PresenceJoin {
-            client_id,
-            group,
-            key,
-            info,
-            event,
-            added,
-            removed,
-            max,
-            hooks,
-        } => {
-            c.arg(client_id.to_string())
-                .arg(group.as_str())
-                .arg(key.as_str())
-                .arg(info.to_string())
-                .arg(event_channel(event))
-                .arg(added.as_str())
-                .arg(removed.as_str())
-                .arg(*max);
-            match hooks {
+        DirOp::PresenceJoin(j) => {
+            c.arg(j.client_id.to_string())
+                .arg(j.group.as_str())
+                .arg(j.key.as_str())
+                .arg(j.info.to_string())
+                .arg(event_channel(&j.event))
+                .arg(j.added.as_str())
+                .arg(j.removed.as_str())
+                .arg(j.max);
+            match &j.hooks {
                 Some(h) => c
                     .arg(queue_stream(&h.queue))
                     .arg(h.added.as_str())
@@ -281,8 +273,11 @@ fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
         DirOp::PresenceLeave { client_id, group } => {
             c.arg(client_id.to_string()).arg(group.as_str());
         }
-        DirOp::GetPresence { group } => {
+        DirOp::GetPresence { group } | DirOp::GetPresenceCounts { group } => {
             c.arg(group.as_str());
+        }
+        DirOp::ListPresenceGroups { prefix } => {
+            c.arg(prefix.as_str());
         }
     }
 }
@@ -379,13 +374,24 @@ fn answer(op: &DirOp, reply: &RValue) -> Result<Value, String> {
         DirOp::GetUidByClientId { .. } => text(reply).map_or(Value::Null, Value::String),
         DirOp::GetUidListByGroup { .. } | DirOp::GetAllGroupIdList => strings(sorted_names(reply)),
         DirOp::GetUidCountByGroup { .. } => Value::from(sorted_names(reply).len()),
-        DirOp::PresenceJoin { .. } => match reply {
+        DirOp::PresenceJoin(_) => match reply {
             RValue::Int(-1) => Value::Null,
             RValue::Int(0) => Value::Bool(false),
             RValue::Array(_) => members(reply),
             other => return Err(format!("directory script answered {other:?}")),
         },
         DirOp::GetPresence { .. } => members(reply),
+        DirOp::GetPresenceCounts { .. } => match reply {
+            RValue::Array(kc) if kc.len() == 2 => {
+                let n = |v: &RValue| match v {
+                    RValue::Int(n) => *n,
+                    _ => 0,
+                };
+                serde_json::json!({ "keys": n(&kc[0]), "connections": n(&kc[1]) })
+            }
+            other => return Err(format!("directory script answered {other:?}")),
+        },
+        DirOp::ListPresenceGroups { .. } => strings(sorted_names(reply)),
         DirOp::GetSession { .. } => match reply {
             RValue::Array(items) => {
                 let mut session = Map::new();
