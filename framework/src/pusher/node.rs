@@ -100,9 +100,8 @@ struct Client_ {
     user: Option<String>,
     /// Its presence channels.
     presence: Vec<Membership>,
-    /// Its channels counted for occupancy webhooks: the directory group, and the join (sent
-    /// again after a reconnect).
-    occupancy: Vec<(String, DirOp)>,
+    /// Its channels counted in the directory (their joins made again after a reconnect).
+    occupancy: Vec<Box<str>>,
 }
 
 /// A connection's presence channel: its event, the user id it is on it as, and its join
@@ -348,35 +347,12 @@ impl PusherNode {
     /// When the app counts its channels: the join that counts `conn` among the channel's
     /// subscribers in the directory, whose first one in and last one out (once cluster-wide)
     /// are the occupancy webhooks' events.
-    /// The join is kept (for a reconnect, and for leaving) and returned for its caller to
-    /// send; `None` when the app wants no such webhook.
+    /// The channel is kept (for a reconnect, and for leaving) and the join returned for its
+    /// caller to send; `None` when the app does not count its channels.
     fn occupancy_join(&self, conn: u64, app: &App, channel: &str) -> Option<DirOp> {
-        if !app.counts_channels() {
-            return None;
-        }
-        let (occupied, vacated) = (app.wants("channel_occupied"), app.wants("channel_vacated"));
-        let hook = |wanted: bool, name: &str| match wanted {
-            true => webhook::item(&serde_json::json!({ "name": name, "channel": channel })),
-            false => String::new(),
-        };
-        let group = occupancy_group(&app.id, channel);
-        let op = DirOp::PresenceJoin(Join {
-            client_id: ClientId::new(self.0.worker_id, conn),
-            group: group.clone(),
-            key: "*".into(),
-            info: serde_json::Value::Null,
-            event: group.clone(),
-            added: String::new(),
-            removed: String::new(),
-            max: 1,
-            hooks: (occupied || vacated).then(|| Hooks {
-                queue: webhook::queue(&app.id),
-                added: hook(occupied, "channel_occupied"),
-                removed: hook(vacated, "channel_vacated"),
-            }),
-        });
+        let op = occupancy_op(self.0.worker_id, conn, app, channel)?;
         if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn) {
-            c.occupancy.push((group, op.clone()));
+            c.occupancy.push(channel.into());
         }
         Some(op)
     }
@@ -492,7 +468,12 @@ impl PusherNode {
             .values()
             .flat_map(|c| {
                 let presence = c.presence.iter().map(|m| m.join.clone());
-                presence.chain(c.occupancy.iter().map(|(_, op)| op.clone()))
+                let conn = c.socket_id.conn;
+                let counted = c
+                    .occupancy
+                    .iter()
+                    .filter_map(move |ch| occupancy_op(self.0.worker_id, conn, &c.app, ch));
+                presence.chain(counted)
             })
             .collect();
         for op in joins {
@@ -642,7 +623,7 @@ impl PusherNode {
             let presence = c.presence.len() != before;
             let group = occupancy_group(&c.app.id, channel);
             let before = c.occupancy.len();
-            c.occupancy.retain(|(g, _)| *g != group);
+            c.occupancy.retain(|ch| &**ch != channel);
             if c.occupancy.len() != before {
                 let op = DirOp::PresenceLeave {
                     client_id: ClientId::new(self.0.worker_id, conn),
@@ -814,6 +795,37 @@ impl PusherNode {
                 .send_to(conns.iter(), Message::Text(frame.to_string()));
         }
     }
+}
+
+/// The directory join that counts connection `conn` of worker `worker` among `channel`'s
+/// subscribers (with the occupancy webhooks' hooks the app wants); `None` when the app does
+/// not count its channels.
+fn occupancy_op(worker: u32, conn: u64, app: &App, channel: &str) -> Option<DirOp> {
+    if !app.counts_channels() {
+        return None;
+    }
+    let (occupied, vacated) = (app.wants("channel_occupied"), app.wants("channel_vacated"));
+    let hook = |wanted: bool, name: &str| match wanted {
+        true => webhook::item(&serde_json::json!({ "name": name, "channel": channel })),
+        false => String::new(),
+    };
+    let group = occupancy_group(&app.id, channel);
+    let op = DirOp::PresenceJoin(Join {
+        client_id: ClientId::new(worker, conn),
+        group: group.clone(),
+        key: "*".into(),
+        info: serde_json::Value::Null,
+        event: group.clone(),
+        added: String::new(),
+        removed: String::new(),
+        max: 1,
+        hooks: (occupied || vacated).then(|| Hooks {
+            queue: webhook::queue(&app.id),
+            added: hook(occupied, "channel_occupied"),
+            removed: hook(vacated, "channel_vacated"),
+        }),
+    });
+    Some(op)
 }
 
 /// The webhook events of a presence member's coming and going, if the app wants them.
