@@ -633,10 +633,10 @@ impl DirectoryState {
                     if let Some(m) = g.members.get_mut(&key_name) {
                         m.conns += 1;
                     }
-                    self.presence_of
-                        .entry(id)
-                        .or_default()
-                        .push((name, key_name));
+                    // Most connections are in a group or two: no room kept for more.
+                    let list = self.presence_of.entry(id).or_default();
+                    list.reserve_exact(1);
+                    list.push((name, key_name));
                 }
                 Applied::query(
                     self.presence

@@ -352,6 +352,7 @@ impl PusherNode {
     fn occupancy_join(&self, conn: u64, app: &App, channel: &str) -> Option<DirOp> {
         let op = occupancy_op(self.0.worker_id, conn, app, channel)?;
         if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn) {
+            c.occupancy.reserve_exact(1);
             c.occupancy.push(channel.into());
         }
         Some(op)
@@ -367,6 +368,8 @@ impl PusherNode {
             if c.channels.contains(&event) {
                 return false;
             }
+            // Most connections are on a channel or two: no room kept for more.
+            c.channels.reserve_exact(1);
             c.channels.push(event.clone());
         }
         let first = {
