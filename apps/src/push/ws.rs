@@ -114,7 +114,18 @@ pub fn ws_worker(
         );
         conn.destroy();
     });
-    worker.on_message(|_conn, _msg| {});
+    // The seed's clients say nothing the node reads; Pusher sockets go to the Pusher side.
+    let pusher_node = |conn: &werkmann::Connection| conn.worker().and_then(|w| PusherNode::of(&w));
+    worker.on_message(move |conn, msg| {
+        if let Some(node) = pusher_node(conn) {
+            node.on_message(conn, msg);
+        }
+    });
+    worker.on_close(move |conn| {
+        if let Some(node) = pusher_node(conn) {
+            node.on_close(conn);
+        }
+    });
     Ok(worker)
 }
 

@@ -175,7 +175,8 @@ impl PusherNode {
             .map(|k| k.split('?').next().unwrap_or(k))
     }
 
-    /// Take `conn`, whose upgrade `req` was for `/app/{key}`: greet it with its socket id, or
+    /// Take `conn`, whose upgrade `req` was for `/app/{key}` (its messages and close come through
+    /// [`PusherNode::on_message`] and [`PusherNode::on_close`]): greet it with its socket id, or
     /// tell it why not (an unknown app: 4001, a protocol version other than 5 to 7: 4007) and
     /// close.
     pub fn accept(&self, conn: &Connection, req: &Request) {
@@ -219,14 +220,26 @@ impl PusherNode {
                 occupancy: Vec::new(),
             },
         );
-        let node = self.clone();
-        conn.on_message(move |conn, msg| node.message(conn, msg));
-        let node = self.clone();
-        conn.on_close(move |conn| node.closed(conn.id()));
         conn.send(frame::connection_established(
             &socket_id.to_string(),
             ACTIVITY_TIMEOUT_SECS,
         ));
+    }
+
+    /// A message from `conn`, if it is one of this node's Pusher sockets (whether it was):
+    /// the worker's `on_message` hands every message here first. Routed from the worker's
+    /// callbacks rather than each socket's own, a socket takes no callback set of its own.
+    pub fn on_message(&self, conn: &Connection, msg: Message) -> bool {
+        if !self.0.clients.borrow().contains_key(&conn.id()) {
+            return false;
+        }
+        self.message(conn, msg);
+        true
+    }
+
+    /// `conn` closed: the worker's `on_close` tells the node (nothing for other sockets).
+    pub fn on_close(&self, conn: &Connection) {
+        self.closed(conn.id());
     }
 
     fn message(&self, conn: &Connection, msg: Message) {
