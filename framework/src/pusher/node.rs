@@ -1,6 +1,7 @@
 //! [`PusherNode`]: one WebSocket worker instance's side of the Pusher protocol. A client that
-//! connects to `/app/{key}` is greeted with its socket id and takes its own message and close
-//! callbacks (the worker's stay for every other path); each channel its clients are on is one
+//! connects to `/app/{key}` is greeted with its socket id; the worker's `on_message` and
+//! `on_close` hand its sockets' messages and close to [`PusherNode::on_message`] and
+//! [`PusherNode::on_close`] (no callback set per socket); each channel its clients are on is one
 //! channel event (`pusher:{app id}:{channel}`) this instance subscribes to while it has a
 //! subscriber, so a publish reaches only the nodes that have one. What an event carries is the
 //! frame the clients get, encoded once by the publisher, behind the socket id it must skip
