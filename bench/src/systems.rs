@@ -303,7 +303,7 @@ impl Running {
         let bin = |name: &str| bin_dir.join(name);
         let a = |s: SocketAddr| s.to_string();
         match setup {
-            Setup::WerkmannAll { .. } => {
+            Setup::WerkmannAll { .. } | Setup::WerkmannPusher { .. } => {
                 let ws = free_addr()?;
                 let mut c = Command::new(bin("start_all"));
                 c.args([
@@ -314,6 +314,12 @@ impl Running {
                     &a(api_addr),
                 ])
                 .args(["--count", "2"]);
+                // The Pusher rows' app.
+                if matches!(setup, Setup::WerkmannPusher { .. }) {
+                    let apps = r.dir.join("apps.json");
+                    std::fs::write(&apps, pusher::apps_file())?;
+                    c.arg("--apps-file").arg(&apps);
+                }
                 r.spawn("start_all", c, &[ws, api_addr]).await?;
                 r.ws.push(ws);
             }
@@ -339,23 +345,6 @@ impl Running {
                 let mut c = Command::new(bin("start_http"));
                 c.args(["start", "--listen", &a(api_addr), "--channel", &channel]);
                 r.spawn("start_http", c, &[api_addr]).await?;
-            }
-            Setup::WerkmannPusher { .. } => {
-                let ws = free_addr()?;
-                let apps = r.dir.join("apps.json");
-                std::fs::write(&apps, pusher::apps_file())?;
-                let mut c = Command::new(bin("start_all"));
-                c.args([
-                    "start",
-                    "--ws-listen",
-                    &a(ws),
-                    "--http-listen",
-                    &a(api_addr),
-                ])
-                .args(["--count", "2", "--apps-file"])
-                .arg(&apps);
-                r.spawn("start_all", c, &[ws, api_addr]).await?;
-                r.ws.push(ws);
             }
             Setup::Soketi => {
                 // One port for the WebSocket server and the HTTP API; no rate limits (Soketi's

@@ -60,14 +60,20 @@ async fn next_text(ws: &mut Ws) -> String {
     }
 }
 
-#[tokio::test]
-async fn server_hooks_are_called_with_their_values() {
+/// The `ws_hooks` example on a free port.
+fn start_hooks() -> (App, u16) {
     let port = free_port();
     let app = App::start(
         "ws_hooks",
         &["--listen", &format!("127.0.0.1:{port}")],
         &[port],
     );
+    (app, port)
+}
+
+#[tokio::test]
+async fn server_hooks_are_called_with_their_values() {
+    let (app, port) = start_hooks();
     let url = format!("ws://127.0.0.1:{port}/");
 
     // Subprotocol chosen from the offer, extra header, then on_websocket_connected.
@@ -148,12 +154,7 @@ async fn server_hooks_are_called_with_their_values() {
 
 #[tokio::test]
 async fn client_headers_subprotocol_ping_interval_and_response() {
-    let port = free_port();
-    let app = App::start(
-        "ws_hooks",
-        &["--listen", &format!("127.0.0.1:{port}")],
-        &[port],
-    );
+    let (app, port) = start_hooks();
     let url = format!("ws://127.0.0.1:{port}/");
     let (mut ws, _) = connect(&url, None).await;
     assert_eq!(next_text(&mut ws).await, "connected protocol=-");

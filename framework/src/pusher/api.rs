@@ -60,6 +60,18 @@ struct Batch {
     batch: Vec<Event>,
 }
 
+impl Event {
+    /// The channels it names: `channels` or `channel`, not both, not neither.
+    fn channel_names(&self) -> Result<Vec<&str>, Response> {
+        match (&self.channels, &self.channel) {
+            (Some(list), None) => Ok(list.iter().map(String::as_str).collect()),
+            (None, Some(one)) => Ok(vec![one.as_str()]),
+            (Some(_), Some(_)) => Err(answer(400, "give channels or channel, not both")),
+            (None, None) => Err(answer(400, "missing channels")),
+        }
+    }
+}
+
 /// An event made ready to publish: its channel events and its payload.
 fn prepare(app_id: &str, e: &Event) -> Result<Vec<(String, Bytes)>, Response> {
     check_event_name(&e.name).map_err(|err| answer(400, err))?;
@@ -69,12 +81,7 @@ fn prepare(app_id: &str, e: &Event) -> Result<Vec<(String, Bytes)>, Response> {
             format!("event data is {} bytes, more than {MAX_DATA}", e.data.len()),
         ));
     }
-    let channels: Vec<&str> = match (&e.channels, &e.channel) {
-        (Some(list), None) => list.iter().map(String::as_str).collect(),
-        (None, Some(one)) => vec![one.as_str()],
-        (Some(_), Some(_)) => return Err(answer(400, "give channels or channel, not both")),
-        (None, None) => return Err(answer(400, "missing channels")),
-    };
+    let channels = e.channel_names()?;
     if channels.is_empty() || channels.len() > MAX_CHANNELS {
         return Err(answer(
             400,
@@ -215,17 +222,13 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
         }
     }
     // The `info` asked of each event: its channels' counts, read once all is published.
+    // (Every event's channels were checked by `prepare`.)
     let asked: Vec<(Vec<String>, &str)> = events
         .iter()
         .map(|e| {
-            let channels = e
-                .channels
-                .clone()
-                .or_else(|| e.channel.clone().map(|c| vec![c]));
-            (
-                channels.unwrap_or_default(),
-                e.info.as_deref().unwrap_or(""),
-            )
+            let channels = e.channel_names().unwrap_or_default();
+            let names = channels.into_iter().map(str::to_string).collect();
+            (names, e.info.as_deref().unwrap_or(""))
         })
         .collect();
     let info = match query::EventInfo::parse(app, &asked, what == "batch_events") {
