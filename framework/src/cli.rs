@@ -232,7 +232,21 @@ pub struct Channel {
     /// A private CA (PEM) that signed a rediss:// server's certificate
     #[arg(long, env = "WERKMANN_REDIS_CA", value_name = "PEM")]
     pub redis_ca: Option<PathBuf>,
+    /// Which events keep history for resuming readers: PATTERN=SIZE/TTL or PATTERN=off,
+    /// comma-separated, the first match wins (`*=off` for none)
+    #[arg(
+        long,
+        env = "WERKMANN_HISTORY",
+        value_name = "RULES",
+        default_value = DEFAULT_HISTORY,
+        value_parser = crate::channel::History::parse
+    )]
+    pub history: crate::channel::History,
 }
+
+/// The history a node keeps unless told otherwise: the last 100 messages of every named
+/// event, each for 5 minutes (worker ids' events never keep any).
+pub const DEFAULT_HISTORY: &str = "*=100/5m";
 
 impl Channel {
     /// This process's embedded channel (`channel::Server::embedded()`), no secret, no CA.
@@ -242,6 +256,7 @@ impl Channel {
             channel_secret: None,
             tls_ca: None,
             redis_ca: None,
+            history: crate::channel::History::parse(DEFAULT_HISTORY).expect("a valid default"),
         }
     }
 
@@ -256,6 +271,7 @@ impl Channel {
         crate::channel::Options {
             secret: self.channel_secret.clone().filter(|s| !s.is_empty()),
             tls_ca: self.redis_ca.clone().or_else(|| self.tls_ca.clone()),
+            history: self.history.clone(),
         }
     }
 }

@@ -23,6 +23,11 @@ pub enum Kind {
     RedisCluster,
 }
 
+/// The history rules of every console on a conformance backend: names under `hist-` keep
+/// their last 3 messages for a minute, every other name none (so the other cases keep the
+/// embedded direct path, which kept publishes do not take).
+pub const HISTORY: &str = "hist-*=3/60s,*=off";
+
 /// A running backend and how consoles reach it.
 pub struct Backend {
     /// Which one.
@@ -52,7 +57,7 @@ impl Backend {
                 b.channel = "embedded".into();
                 b.embedded = Some(channel_console(
                     "embedded",
-                    &["--serve", "embedded", "--count", "2"],
+                    &["--serve", "embedded", "--count", "2", "--history", HISTORY],
                 ));
             }
             Kind::Server => {
@@ -81,9 +86,23 @@ impl Backend {
         match &self.embedded {
             Some((_, addr)) => (None, addr.clone()),
             None => {
-                let (app, addr) = channel_console(&self.channel, &[]);
+                let (app, addr) = channel_console(&self.channel, &["--history", HISTORY]);
                 (Some(app), addr)
             }
+        }
+    }
+
+    /// One Redis that persists every write (`appendonly`, fsync always), so a restart keeps
+    /// what it held.
+    pub fn start_persistent_redis() -> Backend {
+        let r = RedisServer::start_persistent();
+        Backend {
+            kind: Kind::Redis,
+            channel: r.url(),
+            server: None,
+            redis: Some(r),
+            _cluster: None,
+            embedded: None,
         }
     }
 
@@ -227,4 +246,131 @@ pub async fn worker_id_claims_are_disjoint(b: &Backend) {
             ix[0]
         )
     );
+}
+
+/// `event NAME JSON at EPOCH:OFFSET` (an `onk` subscriber's line): JSON, epoch, offset.
+fn kept_line(line: &str, name: &str) -> (String, u64, u64) {
+    let rest = line
+        .strip_prefix(&format!("event {name} "))
+        .unwrap_or_else(|| panic!("an event of {name}: {line:?}"));
+    let (json, at) = rest
+        .rsplit_once(" at ")
+        .unwrap_or_else(|| panic!("a position: {line:?}"));
+    let (e, o) = at
+        .split_once(':')
+        .unwrap_or_else(|| panic!("kept, with EPOCH:OFFSET: {line:?}"));
+    (json.to_string(), e.parse().unwrap(), o.parse().unwrap())
+}
+
+/// Publish `{"i": i}` to `name` confirmed for each `i`, each reaching `subs` subscribers.
+async fn publish_each(p: &mut Console, name: &str, is: std::ops::RangeInclusive<u32>, subs: usize) {
+    for i in is {
+        let got = p.ask(&format!("pubc {name} {{\"i\":{i}}}")).await;
+        assert_eq!(got, format!("ok reached {subs}"), "publish {i}");
+    }
+}
+
+/// A subscriber that stands before a name's history (it gets the position it stands at with
+/// each kept event) reads what came after any position it held, exactly, in order — or is told
+/// the history no longer covers it: trimmed past its size, another epoch, ahead of the top, a
+/// reader that saw no history while some was kept.
+pub async fn history_answers_exactly_what_was_missed(b: &Backend) {
+    let (_a, a_addr) = b.console();
+    let (_b, b_addr) = b.console();
+    let mut sub = open(&a_addr).await;
+    let mut p = open(&b_addr).await;
+    assert_eq!(p.ask("hist hist-a 0:0").await, "page 0 0 recovered");
+    assert_eq!(p.ask("hist hist-a 5:1").await, "page 0 0 lost");
+    assert_eq!(
+        p.ask("hist hist-a 1:x").await.split(' ').next(),
+        Some("err")
+    );
+    assert_eq!(sub.ask("onk hist-a").await, "ok");
+    assert_eq!(sub.ask("on sync-a").await, "ok");
+    confirmed_reaches(&mut p, "sync-a", 1).await;
+    assert_eq!(skip_probes(&mut sub, "sync-a").await, None);
+
+    publish_each(&mut p, "hist-a", 1..=2, 1).await;
+    let (j1, epoch, o1) = kept_line(&sub.line().await, "hist-a");
+    let (j2, e2, o2) = kept_line(&sub.line().await, "hist-a");
+    assert_eq!((j1.as_str(), j2.as_str()), (r#"{"i":1}"#, r#"{"i":2}"#));
+    assert_eq!((e2, o1, o2), (epoch, 1, 2), "one epoch, offsets from 1");
+    assert_eq!(
+        p.ask(&format!("hist hist-a {epoch}:1")).await,
+        format!(r#"page {epoch} 2 recovered 2={{"i":2}}"#)
+    );
+    assert_eq!(
+        p.ask(&format!("hist hist-a {epoch}:2")).await,
+        format!("page {epoch} 2 recovered")
+    );
+    for lost in [
+        format!("{}:2", epoch + 1),
+        format!("{epoch}:3"),
+        "0:0".into(),
+    ] {
+        assert_eq!(
+            p.ask(&format!("hist hist-a {lost}")).await,
+            format!("page {epoch} 2 lost"),
+            "from {lost}"
+        );
+    }
+    assert_eq!(p.ask("hist hist-a -").await, format!("page {epoch} 2 lost"));
+
+    // Three kept: 3, 4, 5. From 2 nothing is missing; from 1 the second was trimmed.
+    publish_each(&mut p, "hist-a", 3..=5, 1).await;
+    for i in 3..=5 {
+        let (json, e, o) = kept_line(&sub.line().await, "hist-a");
+        assert_eq!((json, e, o), (format!("{{\"i\":{i}}}"), epoch, i as u64));
+    }
+    assert_eq!(
+        p.ask(&format!("hist hist-a {epoch}:2")).await,
+        format!(r#"page {epoch} 5 recovered 3={{"i":3}} 4={{"i":4}} 5={{"i":5}}"#)
+    );
+    assert_eq!(
+        p.ask(&format!("hist hist-a {epoch}:1")).await,
+        format!("page {epoch} 5 lost")
+    );
+    // A name without a rule keeps nothing, and its events carry no position.
+    assert_eq!(sub.ask("onk plain-a").await, "ok");
+    confirmed_reaches(&mut p, "plain-a", 1).await;
+    let line = sub.line().await;
+    assert!(line.ends_with(" at -"), "{line}");
+    assert_eq!(p.ask("hist plain-a 0:0").await, "page 0 0 recovered");
+}
+
+/// What a backend that comes back remembers of a name's history: a channel server (or a Redis
+/// without persistence) nothing — a reader at an old position is told it is lost, and the
+/// name starts a new epoch; a Redis that persists everything — the same epoch, recovered.
+pub async fn history_after_a_restart(b: &mut Backend, persists: bool) {
+    let (_a, a_addr) = b.console();
+    let mut sub = open(&a_addr).await;
+    let mut p = open(&a_addr).await;
+    assert_eq!(sub.ask("onk hist-r").await, "ok");
+    assert_eq!(sub.ask("on sync-r").await, "ok");
+    confirmed_reaches(&mut p, "sync-r", 1).await;
+    skip_probes(&mut sub, "sync-r").await;
+    publish_each(&mut p, "hist-r", 1..=2, 1).await;
+    let (_, epoch, _) = kept_line(&sub.line().await, "hist-r");
+    kept_line(&sub.line().await, "hist-r");
+
+    b.kill();
+    assert_eq!(sub.line().await, "channel closed");
+    assert_eq!(p.line().await, "channel closed");
+    b.restart();
+    crate::scenarios::both_reconnect(&mut sub, &mut p).await;
+    let page = p.ask(&format!("hist hist-r {epoch}:1")).await;
+    if persists {
+        assert_eq!(page, format!(r#"page {epoch} 2 recovered 2={{"i":2}}"#));
+    } else {
+        assert_eq!(page, "page 0 0 lost");
+    }
+    confirmed_reaches(&mut p, "sync-r", 1).await;
+    skip_probes(&mut sub, "sync-r").await;
+    publish_each(&mut p, "hist-r", 3..=3, 1).await;
+    let (_, e, o) = kept_line(&sub.line().await, "hist-r");
+    if persists {
+        assert_eq!((e, o), (epoch, 3));
+    } else {
+        assert!(e != epoch && o == 1, "a new epoch: {e}:{o} after {epoch}");
+    }
 }

@@ -520,9 +520,25 @@ pub struct RedisServer {
     dir: PathBuf,
     password: Option<String>,
     tls: bool,
+    /// Writes go to an append-only file, synced at once: a restart keeps them.
+    persistent: bool,
 }
 
 impl RedisServer {
+    /// Start one that persists every write (`appendonly yes`, `appendfsync always`).
+    pub fn start_persistent() -> RedisServer {
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: temp_dir("redis"),
+            password: None,
+            tls: false,
+            persistent: true,
+        };
+        r.spawn();
+        r
+    }
+
     /// Start one (Debian's `redis-server`; `scripts/test` installs it).
     pub fn start() -> RedisServer {
         RedisServer::start_with_password(None)
@@ -536,6 +552,7 @@ impl RedisServer {
             dir: temp_dir("redis"),
             password: password.map(str::to_string),
             tls: false,
+            persistent: false,
         };
         r.spawn();
         r
@@ -551,6 +568,7 @@ impl RedisServer {
             dir,
             password: None,
             tls: true,
+            persistent: false,
         };
         r.spawn();
         r
@@ -591,7 +609,12 @@ impl RedisServer {
         }
         let child = cmd
             .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--protected-mode", "no"])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "everysec"]
+            })
             .arg("--dir")
             .arg(&self.dir)
             .arg("--logfile")
@@ -680,6 +703,7 @@ impl RedisCluster {
                 dir: temp_dir("redis-cluster"),
                 password: None,
                 tls: false,
+                persistent: false,
             };
             r.spawn_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
             nodes.push(r);
@@ -722,6 +746,11 @@ pub fn channel_console(channel: &str, extra: &[&str]) -> (App, String) {
     let addr = format!("127.0.0.1:{port}");
     let mut args = vec!["--listen", addr.as_str(), "--channel", channel];
     args.extend_from_slice(extra);
+    // History only where a test asks for it: the default keeps every named event, which
+    // would take in-process publishes off the embedded direct path the channel tests cover.
+    if !extra.contains(&"--history") {
+        args.extend_from_slice(&["--history", "*=off"]);
+    }
     let app = App::start("channel_console", &args, &[port]);
     (app, addr)
 }

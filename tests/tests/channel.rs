@@ -177,10 +177,11 @@ async fn refused_directory_operations_keep_the_connection() {
     c.write_all(&frame(br#"a:1:{s:4:"type";s:5:"hello";}"#))
         .await
         .unwrap();
-    // The hello says this server keeps a directory (2; 1: acknowledgements only).
+    // The hello says this server keeps a directory and history (3; 2: a directory, 1:
+    // acknowledgements only).
     assert_eq!(
         read_frame(&mut c).await,
-        br#"a:3:{s:4:"type";s:5:"hello";s:7:"channel";s:8:"werkmann";s:4:"data";i:2;}"#
+        br#"a:3:{s:4:"type";s:5:"hello";s:7:"channel";s:8:"werkmann";s:4:"data";i:3;}"#
     );
     for (id, data, why) in [
         (1, php_str(r#"{"op":"nope"}"#), "unknown variant"),
@@ -475,4 +476,72 @@ async fn php_peers_and_werkmann_clients_share_one_channel_server() {
         .unwrap();
     assert!(st.success());
     assert_eq!(next(&mut obj_lines).await, "object stdClass 1");
+}
+
+/// History on the wire, byte for byte: a publish with `keep` reaches a subscriber as an event
+/// with its `pos`, a `history` read is answered with the page; a bad `keep`, a bad position
+/// or a read of two names closes that connection, and the server goes on.
+#[tokio::test]
+async fn history_on_the_wire_and_bad_history_frames() {
+    let (_server, ch) = channel_server();
+    let mut sub = TcpStream::connect(&ch).await.unwrap();
+    sub.write_all(&frame(
+        br#"a:2:{s:4:"type";s:9:"subscribe";s:8:"channels";a:1:{i:0;s:1:"k";}}"#,
+    ))
+    .await
+    .unwrap();
+    sub.write_all(&frame(br#"a:1:{s:4:"type";s:5:"hello";}"#))
+        .await
+        .unwrap();
+    read_frame(&mut sub).await; // the hello: the subscription is in force
+    let mut p = TcpStream::connect(&ch).await.unwrap();
+    p.write_all(&frame(
+        br#"a:4:{s:4:"type";s:7:"publish";s:8:"channels";a:1:{i:0;s:1:"k";}s:4:"data";i:7;s:4:"keep";s:4:"5/60";}"#,
+    ))
+    .await
+    .unwrap();
+    let event = String::from_utf8(read_frame(&mut sub).await).unwrap();
+    let head = r#"a:4:{s:4:"type";s:5:"event";s:7:"channel";s:1:"k";s:4:"data";i:7;s:3:"pos";s:"#;
+    let pos = event
+        .strip_prefix(head)
+        .and_then(|r| r.split_once(":\"").map(|(_, p)| p))
+        .and_then(|p| p.strip_suffix("\";}"))
+        .unwrap_or_else(|| panic!("an event with its position: {event}"));
+    let (epoch, offset) = pos.split_once(':').unwrap();
+    assert_eq!(offset, "1");
+    let since = format!("{epoch}:0");
+    let read = format!(
+        r#"a:4:{{s:4:"type";s:7:"history";s:8:"channels";a:1:{{i:0;s:1:"k";}}s:4:"data";s:{}:"{since}";s:2:"id";i:9;}}"#,
+        since.len()
+    );
+    p.write_all(&frame(read.as_bytes())).await.unwrap();
+    let ack = String::from_utf8(read_frame(&mut p).await).unwrap();
+    let page = format!(
+        r#"a:4:{{s:5:"epoch";i:{epoch};s:3:"top";i:1;s:9:"recovered";b:1;s:5:"items";a:1:{{i:1;i:7;}}}}"#
+    );
+    assert_eq!(
+        ack,
+        format!(
+            r#"a:3:{{s:4:"type";s:3:"ack";s:7:"channel";i:9;s:4:"data";s:{}:"{page}";}}"#,
+            page.len()
+        )
+    );
+    for bad in [
+        &br#"a:4:{s:4:"type";s:7:"publish";s:8:"channels";a:1:{i:0;s:1:"k";}s:4:"data";i:7;s:4:"keep";s:4:"0/60";}"#[..],
+        br#"a:4:{s:4:"type";s:7:"publish";s:8:"channels";a:1:{i:0;s:1:"k";}s:4:"data";i:7;s:4:"keep";i:5;}"#,
+        br#"a:3:{s:4:"type";s:7:"history";s:8:"channels";a:2:{i:0;s:1:"k";i:1;s:1:"j";}s:4:"data";N;}"#,
+        br#"a:3:{s:4:"type";s:7:"history";s:8:"channels";a:1:{i:0;s:1:"k";}s:4:"data";s:3:"1:x";}"#,
+    ] {
+        let mut c = TcpStream::connect(&ch).await.unwrap();
+        c.write_all(&frame(bad)).await.unwrap();
+        assert!(closed(&mut c).await, "{}", String::from_utf8_lossy(bad));
+    }
+    // The server went on: the subscriber still gets kept events, the next offset.
+    p.write_all(&frame(
+        br#"a:4:{s:4:"type";s:7:"publish";s:8:"channels";a:1:{i:0;s:1:"k";}s:4:"data";i:8;s:4:"keep";s:4:"5/60";}"#,
+    ))
+    .await
+    .unwrap();
+    let event = String::from_utf8(read_frame(&mut sub).await).unwrap();
+    assert!(event.ends_with(&format!(":\"{epoch}:2\";}}")), "{event}");
 }

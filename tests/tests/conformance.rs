@@ -22,6 +22,7 @@ on_every_backend! {
     queues_deliver_exactly_once => |b| scenarios::queues_deliver_exactly_once(&b).await;
     confirmations_count_subscribers => |b| conformance::confirmations_count_subscribers(&b).await;
     worker_id_claims_are_disjoint => |b| conformance::worker_id_claims_are_disjoint(&b).await;
+    history_answers_exactly_what_was_missed => |b| conformance::history_answers_exactly_what_was_missed(&b).await;
 }
 
 /// The directory (GatewayWorker's client ids, uids, groups, sessions) on the backends that keep
@@ -59,5 +60,29 @@ mod reconnect_resubscribes_and_flushes {
     async fn redis() {
         let mut b = Backend::start(Kind::Redis);
         conformance::reconnect_resubscribes_and_flushes(&mut b).await;
+    }
+}
+
+/// What a backend that comes back remembers of history: nothing (a new epoch) or, for a Redis
+/// that persists, all of it.
+mod history_after_a_restart {
+    use super::*;
+
+    #[tokio::test]
+    async fn channel_server_forgets() {
+        let mut b = Backend::start(Kind::Server);
+        conformance::history_after_a_restart(&mut b, false).await;
+    }
+
+    #[tokio::test]
+    async fn redis_without_persistence_forgets() {
+        let mut b = Backend::start(Kind::Redis);
+        conformance::history_after_a_restart(&mut b, false).await;
+    }
+
+    #[tokio::test]
+    async fn redis_with_persistence_recovers() {
+        let mut b = Backend::start_persistent_redis();
+        conformance::history_after_a_restart(&mut b, true).await;
     }
 }

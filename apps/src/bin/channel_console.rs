@@ -12,7 +12,10 @@
 //! its first event), `pubct NAME N` (N confirmed publishes, one per turn), `pubc NAME JSON` (one confirmed
 //! publish: `ok reached N`), `claim COUNT [IDS]` (worker ids: `ids A,B`), `whoami`,
 //! `dir JSON` (a directory operation, `werkmann::channel::dir`: `dir ANSWER-JSON`),
-//! `dirsend JSON` (one without waiting for its answer: `ok Sent`).
+//! `dirsend JSON` (one without waiting for its answer: `ok Sent`), `onk NAME` (events with
+//! their history position: `event NAME JSON at EPOCH:OFFSET`, `at -` when not kept),
+//! `hist NAME SINCE` (`channel::history`: SINCE is `EPOCH:OFFSET` or `-`; answers
+//! `page EPOCH TOP recovered|lost OFFSET=JSON …`).
 //! Deliveries come back as `event NAME JSON` and `queue NAME JSON`;
 //! command results as `ok Sent`, `ok Buffered` or `err <why>`.
 
@@ -59,6 +62,48 @@ fn console_command(conn: &Connection, client: &Client, line: &str) {
                 back.send(format!("event {label} {data}"));
             });
             conn.send("ok");
+        }
+        "onk" => {
+            let back = conn.clone();
+            let label = n.to_string();
+            client.on_kept(name(n), move |pos, data| {
+                let at = pos.map_or("-".to_string(), |p| p.to_string());
+                let data = channel::php_serde::from_slice(data).unwrap_or_default();
+                back.send(format!("event {label} {data} at {at}"));
+            });
+            conn.send("ok");
+        }
+        "hist" => {
+            let since = match rest {
+                "-" => Ok(None),
+                p => p.parse::<channel::Position>().map(Some),
+            };
+            match since {
+                Err(e) => {
+                    conn.send(format!("err {e}"));
+                }
+                Ok(since) => {
+                    let back = conn.clone();
+                    client.history(name(n), since, move |page| {
+                        back.send(match page {
+                            Ok(p) => {
+                                let mut line = format!(
+                                    "page {} {} {}",
+                                    p.epoch,
+                                    p.top,
+                                    if p.recovered { "recovered" } else { "lost" }
+                                );
+                                for (o, d) in &p.items {
+                                    let v = channel::php_serde::from_slice(d).unwrap_or_default();
+                                    line.push_str(&format!(" {o}={v}"));
+                                }
+                                line
+                            }
+                            Err(e) => format!("err {e}"),
+                        });
+                    });
+                }
+            }
         }
         "unsub" => {
             client.unsubscribe(name(n));

@@ -44,6 +44,9 @@ pub struct Options {
     /// A PEM file of the private CA that signed the server's certificate, for `tls://` channel
     /// servers and `rediss://`; without it the system's roots are trusted.
     pub tls_ca: Option<PathBuf>,
+    /// Which names this client's publishes keep in history (`channel::history`); none by
+    /// default.
+    pub history: super::history::History,
 }
 
 /// Where a client's events go, as its address says; the one place that reads an address.

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::broker::{Broker, BrokerEvents, Endpoint, Leases, Options};
 use super::dir::DirOp;
+use super::history::{History, Keep, Page, Position};
 use super::php_serde::{self, Key};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
 use super::{ChannelError, IntoNames};
@@ -26,6 +27,7 @@ pub const DEFAULT_MAX_PENDING: usize = 16 * 1024 * 1024;
 
 type EventFn = Rc<dyn Fn(Value)>;
 type RawFn = Rc<dyn Fn(&Bytes)>;
+type KeptFn = Rc<dyn Fn(Option<Position>, &Bytes)>;
 type FallbackFn = Rc<dyn Fn(&Key, Value)>;
 type HookFn = Rc<dyn Fn()>;
 
@@ -48,6 +50,7 @@ struct Queue {
 enum OnEvent {
     Value(EventFn),
     Raw(RawFn),
+    Kept(KeptFn),
 }
 
 struct ClientInner {
@@ -70,6 +73,8 @@ struct ClientInner {
     pending_bytes: Cell<usize>,
     max_pending: Cell<usize>,
     decode_errors: Cell<u64>,
+    /// Which names this client's publishes keep in history.
+    history: History,
 }
 
 /// A [`Client`] that does not keep it alive.
@@ -138,6 +143,7 @@ impl Client {
             pending_bytes: Cell::new(0),
             max_pending: Cell::new(DEFAULT_MAX_PENDING),
             decode_errors: Cell::new(0),
+            history: options.history.clone(),
         });
         let events: Rc<dyn BrokerEvents> = inner.clone();
         let b = super::backends::open(&endpoint, options, Rc::downgrade(&events))?;
@@ -187,6 +193,13 @@ impl Client {
     /// could not decode reaches `f` too.
     pub fn on_raw(&self, event: impl Into<Key>, f: impl Fn(&Bytes) + 'static) {
         self.subscribe_with(event.into(), OnEvent::Raw(Rc::new(f)));
+    }
+
+    /// Subscribe to `event` and call `f` with each event's PHP-serialized data and its
+    /// position in the name's history (`None` when its publisher did not keep it; see
+    /// `channel::history`). What a resuming reader uses, with [`Client::history`].
+    pub fn on_kept(&self, event: impl Into<Key>, f: impl Fn(Option<Position>, &Bytes) + 'static) {
+        self.subscribe_with(event.into(), OnEvent::Kept(Rc::new(f)));
     }
 
     fn subscribe_with(&self, key: Key, f: OnEvent) {
@@ -241,8 +254,103 @@ impl Client {
         data: &T,
     ) -> Result<PublishStatus, ChannelError> {
         let data = encode(data)?;
-        self.0
-            .send(Command::Publish(wire(events.into_names()), data))
+        self.send_publishes(events.into_names(), data)
+    }
+
+    /// The commands of a publish: one, kept when its names keep history (`Options::history`);
+    /// one per name when their rules differ.
+    fn publish_commands(&self, names: Vec<Key>, data: Bytes) -> Vec<Command> {
+        let rules = &self.0.history;
+        if rules.is_none() {
+            return vec![Command::Publish(wire(names), data)];
+        }
+        let keeps: Vec<Option<Keep>> = names.iter().map(|n| rules.keep_for(n)).collect();
+        let one = |names: Vec<Key>, keep: Option<Keep>, data: Bytes| match keep {
+            Some(keep) => Command::PublishKept(wire(names), data, keep),
+            None => Command::Publish(wire(names), data),
+        };
+        if keeps.windows(2).all(|w| w[0] == w[1]) {
+            let keep = keeps.first().copied().flatten();
+            return vec![one(names, keep, data)];
+        }
+        names
+            .into_iter()
+            .zip(keeps)
+            .map(|(n, keep)| one(vec![n], keep, data.clone()))
+            .collect()
+    }
+
+    fn send_publishes(&self, names: Vec<Key>, data: Bytes) -> Result<PublishStatus, ChannelError> {
+        let mut status = PublishStatus::Sent;
+        for cmd in self.publish_commands(names, data) {
+            if self.0.send(cmd)? == PublishStatus::Buffered {
+                status = PublishStatus::Buffered;
+            }
+        }
+        Ok(status)
+    }
+
+    /// Publish confirmed, as one command or several (the counts summed, the first error or
+    /// an unconfirmed part wins).
+    fn publish_confirmed_names(
+        &self,
+        names: Vec<Key>,
+        data: Bytes,
+        on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
+    ) {
+        let mut cmds = self.publish_commands(names, data);
+        if cmds.len() == 1 {
+            return self.publish_command_confirmed(cmds.remove(0), on_done);
+        }
+        type Done = Box<dyn FnOnce(Result<Option<usize>, ChannelError>)>;
+        let left = Rc::new(RefCell::new((
+            cmds.len(),
+            Ok(Some(0)),
+            Some(Box::new(on_done) as Done),
+        )));
+        for cmd in cmds {
+            let left = left.clone();
+            self.publish_command_confirmed(cmd, move |r| {
+                let mut st = left.borrow_mut();
+                st.0 -= 1;
+                st.1 = match (std::mem::replace(&mut st.1, Ok(None)), r) {
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Ok(Some(a)), Ok(Some(b))) => Ok(Some(a + b)),
+                    _ => Ok(None),
+                };
+                if st.0 == 0 {
+                    let result = std::mem::replace(&mut st.1, Ok(None));
+                    if let Some(done) = st.2.take() {
+                        drop(st);
+                        done(result);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Read `event`'s history since `since` (`None`: only where it stands): what came after
+    /// it, in order, and whether that is all (`Page::recovered`); see `channel::history`.
+    /// `Disconnected` at once when not connected, `NoHistory` from a server that keeps none.
+    pub fn history(
+        &self,
+        event: impl Into<Key>,
+        since: Option<Position>,
+        on_done: impl FnOnce(Result<Page, ChannelError>) + 'static,
+    ) {
+        let Some(b) = self.live_broker() else {
+            return on_done(Err(ChannelError::Disconnected));
+        };
+        let cmd = Command::History(WireName::from_key(event.into()), since);
+        b.request(
+            cmd,
+            Box::new(move |answer| {
+                on_done(answer.and_then(|bytes| {
+                    Page::decode(&bytes)
+                        .map_err(|e| ChannelError::Refused(format!("bad history answer: {e}")))
+                }))
+            }),
+        );
     }
 
     /// Publish and learn whether it was delivered: `on_done(Ok(Some(n)))` once a werkmann
@@ -259,8 +367,7 @@ impl Client {
         on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
     ) {
         match encode(data) {
-            Ok(d) => self
-                .publish_command_confirmed(Command::Publish(wire(events.into_names()), d), on_done),
+            Ok(d) => self.publish_confirmed_names(events.into_names(), d, on_done),
             Err(e) => on_done(Err(e)),
         }
     }
@@ -275,8 +382,7 @@ impl Client {
         if let Err(e) = php_serde::Reader::new(&php_serialized).skip() {
             return on_done(Err(ChannelError::Encode(e.to_string())));
         }
-        let cmd = Command::Publish(wire(events.into_names()), php_serialized);
-        self.publish_command_confirmed(cmd, on_done);
+        self.publish_confirmed_names(events.into_names(), php_serialized, on_done);
     }
 
     fn publish_command_confirmed(
@@ -306,8 +412,7 @@ impl Client {
         php_serde::Reader::new(&php_serialized)
             .skip()
             .map_err(|e| ChannelError::Encode(e.to_string()))?;
-        self.0
-            .send(Command::Publish(wire(events.into_names()), php_serialized))
+        self.send_publishes(events.into_names(), php_serialized)
     }
 
     /// Send `data` to one subscriber of each event, in turn (Workerman's `publish($e, $d, true)`).
@@ -508,9 +613,16 @@ impl BrokerEvents for ClientInner {
     fn delivery(&self, d: Delivery) {
         if d.kind == DeliveryKind::Event {
             let cb = self.events.borrow().get(&d.channel).cloned().flatten();
-            if let Some(OnEvent::Raw(cb)) = cb {
-                guard("channel event", || cb(&d.data));
-                return;
+            match cb {
+                Some(OnEvent::Raw(cb)) => {
+                    guard("channel event", || cb(&d.data));
+                    return;
+                }
+                Some(OnEvent::Kept(cb)) => {
+                    guard("channel event", || cb(d.pos, &d.data));
+                    return;
+                }
+                _ => {}
             }
         }
         let value = match php_serde::from_slice(&d.data) {
@@ -547,6 +659,7 @@ impl BrokerEvents for ClientInner {
                 match cb {
                     Some(OnEvent::Value(cb)) => guard("channel event", || cb(value)),
                     Some(OnEvent::Raw(cb)) => guard("channel event", || cb(&d.data)),
+                    Some(OnEvent::Kept(cb)) => guard("channel event", || cb(d.pos, &d.data)),
                     None => {
                         let fallback = self.on_message.borrow().clone();
                         match fallback {

@@ -19,16 +19,18 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use actix::prelude::*;
 use bytes::Bytes;
 
 use super::dir::{self, error_answer, DirOp};
 use super::directory::{Announcement, DirectoryState, Forward};
+use super::history::{self, Position};
 use super::php_serde::{self, Key};
 use super::routes::Routes;
 use super::subscriber::{LocalDelivery, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING};
-use super::wire::{encode_delivery, Command, Delivery, DeliveryKind, WireName};
+use super::wire::{encode_delivery, encode_event_at, Command, Delivery, DeliveryKind, WireName};
 use crate::connection::Connection;
 
 /// Most items a queue holds while no consumer takes them; more are dropped with a warning.
@@ -38,15 +40,18 @@ impl Sink {
     fn deliver(
         &self,
         id: SubscriberId,
-        event: (DeliveryKind, &WireName, &Bytes),
+        event: (DeliveryKind, &WireName, &Bytes, Option<Position>),
         frame: &mut Option<Bytes>,
         now: bool,
         out: &Rc<RefCell<LocalOut>>,
     ) -> bool {
-        let (kind, name, data) = event;
+        let (kind, name, data, pos) = event;
         match self {
             Sink::Tcp(conn) => {
-                let f = frame.get_or_insert_with(|| encode_delivery(kind, &name.raw, data));
+                let f = frame.get_or_insert_with(|| match pos {
+                    Some(pos) => encode_event_at(&name.raw, data, pos),
+                    None => encode_delivery(kind, &name.raw, data),
+                });
                 let queued = conn.send_deferred(f.clone()).is_ok();
                 if now && queued {
                     // An acknowledged publish: written before the turn's acknowledgements.
@@ -62,6 +67,7 @@ impl Sink {
                     kind,
                     channel: name.key.clone(),
                     data: data.clone(),
+                    pos,
                 },
             ),
         }
@@ -123,6 +129,7 @@ impl LocalOut {
             kind: DeliveryKind::Ack,
             channel: Key::Int(ack),
             data,
+            pos: None,
         };
         let mut out = this.borrow_mut();
         out.batch(id, sink).push(d);
@@ -243,7 +250,7 @@ impl Queue {
             };
             let item = self.items.pop_front().expect("not empty");
             let mut frame = None;
-            let event = (DeliveryKind::Queue, &name, &item);
+            let event = (DeliveryKind::Queue, &name, &item, None);
             if sink.deliver(id, event, &mut frame, false, out) {
                 stats.deliveries += 1;
             } else {
@@ -327,6 +334,8 @@ pub(crate) struct HubState {
     watching: HashMap<SubscriberId, HashSet<Key>>,
     /// Who is connected where, with uids, groups and sessions (`channel::dir`).
     directory: DirectoryState,
+    /// What kept publishes left behind (`channel::history`).
+    history: history::Store,
     /// Each worker's node event (`dir::node_event`), made once.
     node_keys: RefCell<HashMap<u32, Key>>,
     pub stats: HubStats,
@@ -349,6 +358,7 @@ impl Default for HubState {
             subscribed: HashMap::new(),
             watching: HashMap::new(),
             directory: DirectoryState::default(),
+            history: history::Store::default(),
             node_keys: RefCell::default(),
             stats: HubStats::default(),
             local_out: Rc::new(RefCell::new(local_out)),
@@ -401,14 +411,30 @@ impl HubState {
                     }
                 }
             }
-            Command::Publish(names, data) => {
+            Command::History(name, since) => {
+                let page = self.history.read(&name.key, since, Instant::now());
+                return Answer::Dir(page.encode());
+            }
+            Command::Publish(..) | Command::PublishKept(..) => {
+                let (names, data, keep) = match cmd {
+                    Command::Publish(names, data) => (names, data, None),
+                    Command::PublishKept(names, data, keep) => (names, data, Some(keep)),
+                    _ => unreachable!("matched above"),
+                };
+                let now = keep.map(|_| Instant::now());
                 for n in names {
+                    let pos = match (keep, now) {
+                        (Some(keep), Some(now)) => {
+                            Some(self.history.append(&n.key, &data, keep, now))
+                        }
+                        _ => None,
+                    };
                     let Some(subs) = self.channels.get(&n.key) else {
                         continue;
                     };
                     let mut frame = None;
                     for (sid, s) in &subs.list {
-                        let event = (DeliveryKind::Event, &n, &data);
+                        let event = (DeliveryKind::Event, &n, &data, pos);
                         if s.deliver(*sid, event, &mut frame, confirmed, &self.local_out) {
                             self.stats.deliveries += 1;
                             reached += 1;
@@ -429,7 +455,7 @@ impl HubState {
                     subs.cursor = (subs.cursor + 1) % subs.list.len();
                     let mut frame = None;
                     let (sid, sink) = &subs.list[subs.cursor];
-                    let event = (DeliveryKind::Event, &n, &data);
+                    let event = (DeliveryKind::Event, &n, &data, None);
                     if sink.deliver(*sid, event, &mut frame, confirmed, &self.local_out) {
                         self.stats.deliveries += 1;
                         reached += 1;
@@ -526,7 +552,7 @@ impl HubState {
         let wire = WireName::from_key(key);
         let mut frame = None;
         for (sid, s) in &subs.list {
-            let event = (DeliveryKind::Event, &wire, data);
+            let event = (DeliveryKind::Event, &wire, data, None);
             if s.deliver(*sid, event, &mut frame, confirmed, &self.local_out) {
                 self.stats.deliveries += 1;
             } else {

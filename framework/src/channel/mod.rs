@@ -24,6 +24,7 @@ mod broker;
 mod client;
 pub mod dir;
 mod directory;
+pub mod history;
 mod hub;
 mod local;
 pub mod php_serde;
@@ -37,6 +38,7 @@ pub mod worker_ids;
 
 pub use broker::{Endpoint, Options};
 pub use client::{Client, PublishStatus, DEFAULT_MAX_PENDING};
+pub use history::{History, Keep, Page, Position};
 pub use hub::HubStats;
 pub use php_serde::Key as Name;
 pub use server::{Server, EMBEDDED, IDLE_TIMEOUT};
@@ -90,6 +92,11 @@ pub enum ChannelError {
     /// The backend keeps no directory (uids, groups): Workerman's PHP channel server.
     #[error("this channel server keeps no directory (uids, groups); use a werkmann channel server or Redis")]
     NoDirectory,
+    /// The backend keeps no history: Workerman's PHP channel server, or an older werkmann one.
+    #[error(
+        "this channel server keeps no history; use a current werkmann channel server or Redis"
+    )]
+    NoHistory,
     /// The directory refused the operation (a bad name, a size past a limit).
     #[error("{0}")]
     Refused(String),

@@ -132,6 +132,7 @@ impl Routes {
                         kind: DeliveryKind::Event,
                         channel: n.key.clone(),
                         data: data.clone(),
+                        pos: None,
                     });
                     of.push(i);
                 }

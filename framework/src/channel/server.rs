@@ -13,7 +13,7 @@ use super::auth::Verifier;
 use super::hub::{self, Hub, HubState};
 use super::php_serde;
 use super::subscriber::{Sink, SubscriberId};
-use super::wire::{encode_delivery, Command, DeliveryKind, HELLO_DIRECTORY};
+use super::wire::{encode_delivery, Command, DeliveryKind, HELLO_HISTORY};
 use crate::error::Error;
 use crate::message::Message;
 use crate::worker::Worker;
@@ -130,10 +130,10 @@ impl Server {
             }
             match decoded {
                 Ok((Command::Hello, _)) => {
-                    // This server acknowledges commands that carry an id, and keeps a
-                    // directory (`HELLO_DIRECTORY`).
+                    // This server acknowledges commands that carry an id, keeps a directory
+                    // and history (`HELLO_HISTORY`).
                     let mut level = Vec::new();
-                    php_serde::Key::Int(HELLO_DIRECTORY).write(&mut level);
+                    php_serde::Key::Int(HELLO_HISTORY).write(&mut level);
                     conn.send_raw(encode_delivery(
                         DeliveryKind::Hello,
                         b"s:8:\"werkmann\";",

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use super::broker::{Broker, BrokerEvents, Confirm, Options, Reply};
 use super::php_serde::{self, Key};
-use super::wire::{Command, Delivery, DeliveryKind, HELLO_DIRECTORY};
+use super::wire::{Command, Delivery, DeliveryKind, HELLO_DIRECTORY, HELLO_HISTORY};
 use super::ChannelError;
 use crate::callbacks::guard;
 use crate::client::AsyncTcpConnection;
@@ -57,6 +57,8 @@ pub(crate) struct TcpBroker {
     acks: Cell<bool>,
     /// The server keeps a directory (its hello said [`HELLO_DIRECTORY`]).
     directory: Cell<bool>,
+    /// The server keeps history (its hello said [`HELLO_HISTORY`]).
+    history: Cell<bool>,
     /// Directory commands were dropped for a server without a directory (warned once).
     warned_no_directory: Cell<bool>,
     /// This server answered a hello before: after a reconnect, wait for it again.
@@ -100,6 +102,7 @@ impl TcpBroker {
             ping: Cell::new(None),
             acks: Cell::new(false),
             directory: Cell::new(false),
+            history: Cell::new(false),
             warned_no_directory: Cell::new(false),
             acks_known: Cell::new(false),
             hello_pending: Cell::new(false),
@@ -230,6 +233,7 @@ impl TcpBroker {
         let was = self.up.replace(false);
         self.acks.set(false);
         self.directory.set(false);
+        self.history.set(false);
         self.hello_pending.set(false);
         let held = std::mem::take(&mut *self.held.borrow_mut());
         let confirms = std::mem::take(&mut *self.confirms.borrow_mut());
@@ -269,6 +273,7 @@ impl TcpBroker {
                     .and_then(|v| v.as_i64())
                     .unwrap_or(0);
                 self.directory.set(level >= HELLO_DIRECTORY);
+                self.history.set(level >= HELLO_HISTORY);
                 self.acks.set(true);
                 self.acks_known.set(true);
                 self.hello_pending.set(false);
@@ -352,6 +357,10 @@ impl Broker for TcpBroker {
             // Whether this server keeps a directory is not known yet: wait for its hello.
             self.held.borrow_mut().push((cmd, Waiter::Reply(done)));
             return;
+        }
+        if matches!(cmd, Command::History(..)) && !self.history.get() {
+            // Workerman's PHP server (no hello), or a werkmann server from before history.
+            return done(Err(ChannelError::NoHistory));
         }
         if !self.directory.get() {
             // Workerman's PHP server (no hello), or a werkmann server from before the directory.

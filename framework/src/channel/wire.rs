@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 
+use super::history::{Keep, Position};
 use super::php_serde::{self, Key, PhpError, Reader};
 use crate::protocol::frame;
 
@@ -44,6 +45,14 @@ pub enum Command {
     Unsubscribe(Vec<WireName>),
     /// Send `data` to every subscriber of each name.
     Publish(Vec<WireName>, Bytes),
+    /// A werkmann extension: publish and keep in each name's history (`channel::history`);
+    /// on the wire a publish with `keep: "SIZE/TTL"` (PHP servers ignore the key). Subscribers
+    /// get the event with its position.
+    PublishKept(Vec<WireName>, Bytes, Keep),
+    /// A werkmann extension: read a name's history since a position (`None`: where it
+    /// stands); on the wire `{type: history, channels: [name], data: "EPOCH:OFFSET"}`,
+    /// answered like a directory operation, with a `history::Page`.
+    History(WireName, Option<Position>),
     /// Send `data` to one subscriber of each name, round-robin.
     PublishLoop(Vec<WireName>, Bytes),
     /// Append `data` to each queue.
@@ -71,7 +80,8 @@ impl Command {
             Command::Ping => "ping",
             Command::Subscribe(_) => "subscribe",
             Command::Unsubscribe(_) => "unsubscribe",
-            Command::Publish(..) => "publish",
+            Command::Publish(..) | Command::PublishKept(..) => "publish",
+            Command::History(..) => "history",
             Command::PublishLoop(..) => "publishLoop",
             Command::Enqueue(..) => "enqueue",
             Command::Watch(_) => "watch",
@@ -101,6 +111,7 @@ impl Command {
         let mut kind: Option<&[u8]> = None;
         let mut channels: Option<Vec<WireName>> = None;
         let mut data: Option<Bytes> = None;
+        let mut keep: Option<Keep> = None;
         for _ in 0..n {
             match r.key_raw()? {
                 Some(b"type") => {
@@ -134,6 +145,21 @@ impl Command {
                     let range = r.skip()?;
                     data = Some(payload.slice(range));
                 }
+                Some(b"keep") => {
+                    let at = r.pos();
+                    keep = match r.key_raw()? {
+                        Some(k) => std::str::from_utf8(k)
+                            .ok()
+                            .and_then(|k| Keep::from_wire(k).ok()),
+                        None => None,
+                    };
+                    if keep.is_none() {
+                        return Err(PhpError {
+                            msg: "keep must be \"SIZE/SECONDS\" within bounds".into(),
+                            pos: at,
+                        });
+                    }
+                }
                 Some(b"id") => match r.key()? {
                     Key::Int(i) => id = Some(i),
                     Key::Str(_) => {
@@ -165,7 +191,33 @@ impl Command {
             b"hello" => Command::Hello,
             b"subscribe" => Command::Subscribe(names),
             b"unsubscribe" => Command::Unsubscribe(names),
-            b"publish" => Command::Publish(names, data),
+            b"publish" => match keep {
+                Some(keep) => Command::PublishKept(names, data, keep),
+                None => Command::Publish(names, data),
+            },
+            b"history" => {
+                let [name] = <[WireName; 1]>::try_from(names).map_err(|_| PhpError {
+                    msg: "history names one channel".into(),
+                    pos: 0,
+                })?;
+                let since = match &data[..] {
+                    b"N;" => None,
+                    _ => {
+                        let mut r = Reader::new(&data);
+                        let p = match r.key_raw() {
+                            Ok(Some(p)) if r.at_end() => std::str::from_utf8(p)
+                                .ok()
+                                .and_then(|p| p.parse::<Position>().ok()),
+                            _ => None,
+                        };
+                        Some(p.ok_or(PhpError {
+                            msg: "history data must be \"EPOCH:OFFSET\" or null".into(),
+                            pos: 0,
+                        })?)
+                    }
+                };
+                Command::History(name, since)
+            }
             b"publishLoop" => Command::PublishLoop(names, data),
             b"enqueue" => Command::Enqueue(names, data),
             b"watch" => Command::Watch(names),
@@ -212,11 +264,33 @@ impl Command {
             | Command::Unsubscribe(n)
             | Command::Watch(n)
             | Command::Unwatch(n) => (n, None),
-            Command::Publish(n, d) | Command::PublishLoop(n, d) | Command::Enqueue(n, d) => {
-                (n, Some(d))
+            Command::Publish(n, d)
+            | Command::PublishLoop(n, d)
+            | Command::Enqueue(n, d)
+            | Command::PublishKept(n, d, _) => (n, Some(d)),
+            Command::History(name, since) => {
+                php_serde::write_array_start(&mut out, 3);
+                write_type(&mut out, "history");
+                php_serde::write_str(&mut out, b"channels");
+                php_serde::write_array_start(&mut out, 1);
+                Key::Int(0).write(&mut out);
+                out.extend_from_slice(&name.raw);
+                out.push(b'}');
+                php_serde::write_str(&mut out, b"data");
+                match since {
+                    Some(p) => php_serde::write_str(&mut out, p.to_string().as_bytes()),
+                    None => out.extend_from_slice(b"N;"),
+                }
+                out.push(b'}');
+                return out;
             }
         };
-        php_serde::write_array_start(&mut out, if data.is_some() { 3 } else { 2 });
+        let keep = match self {
+            Command::PublishKept(_, _, keep) => Some(keep),
+            _ => None,
+        };
+        let fields = if data.is_some() { 3 } else { 2 } + usize::from(keep.is_some());
+        php_serde::write_array_start(&mut out, fields);
         write_type(&mut out, self.type_name());
         php_serde::write_str(&mut out, b"channels");
         php_serde::write_array_start(&mut out, names.len());
@@ -228,6 +302,10 @@ impl Command {
         if let Some(d) = data {
             php_serde::write_str(&mut out, b"data");
             out.extend_from_slice(d);
+        }
+        if let Some(keep) = keep {
+            php_serde::write_str(&mut out, b"keep");
+            php_serde::write_str(&mut out, keep.wire().as_bytes());
         }
         out.push(b'}');
         out
@@ -299,6 +377,9 @@ pub const HELLO_ACKS: i64 = 1;
 /// The data of a werkmann server's `hello` when it also keeps a directory (`dir` commands);
 /// a server that answers [`HELLO_ACKS`] would close the connection on one.
 pub const HELLO_DIRECTORY: i64 = 2;
+/// The data of a werkmann server's `hello` when it also keeps history (`keep` on publishes,
+/// `history` reads, events with their `pos`).
+pub const HELLO_HISTORY: i64 = 3;
 
 /// Whether a server message is a pub/sub event or a queue item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,6 +416,24 @@ pub fn encode_delivery(kind: DeliveryKind, channel_raw: &[u8], data: &[u8]) -> B
     out.into()
 }
 
+/// Frame an event kept in history: `{type: event, channel, data, pos: "EPOCH:OFFSET"}`
+/// (PHP clients read the first three and ignore `pos`).
+pub fn encode_event_at(channel_raw: &[u8], data: &[u8], pos: Position) -> Bytes {
+    const HEAD: &[u8] = b"a:4:{s:4:\"type\";s:5:\"event\";s:7:\"channel\";";
+    let mut out = Vec::with_capacity(4 + HEAD.len() + channel_raw.len() + data.len() + 64);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(channel_raw);
+    php_serde::write_str(&mut out, b"data");
+    out.extend_from_slice(data);
+    php_serde::write_str(&mut out, b"pos");
+    php_serde::write_str(&mut out, pos.to_string().as_bytes());
+    out.push(b'}');
+    let len = out.len() as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out.into()
+}
+
 /// A decoded server message.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -344,6 +443,8 @@ pub struct Delivery {
     pub channel: Key,
     /// The serialized data, as published.
     pub data: Bytes,
+    /// Where the event stands in its name's history, when the name keeps one.
+    pub pos: Option<Position>,
 }
 
 impl Delivery {
@@ -351,7 +452,7 @@ impl Delivery {
     pub fn decode(payload: &Bytes) -> Result<Delivery, PhpError> {
         let mut r = Reader::new(payload);
         let n = r.array_start()?;
-        let (mut kind, mut channel, mut data) = (None, None, None);
+        let (mut kind, mut channel, mut data, mut pos) = (None, None, None, None);
         for _ in 0..n {
             match r.key()? {
                 Key::Str(k) if k == "type" => {
@@ -370,6 +471,19 @@ impl Delivery {
                 }
                 Key::Str(k) if k == "channel" => channel = Some(r.key()?),
                 Key::Str(k) if k == "data" => data = Some(payload.slice(r.skip()?)),
+                Key::Str(k) if k == "pos" => {
+                    let at = r.pos();
+                    pos = match r.key()? {
+                        Key::Str(p) => p.parse::<Position>().ok(),
+                        Key::Int(_) => None,
+                    };
+                    if pos.is_none() {
+                        return Err(PhpError {
+                            msg: "pos must be \"EPOCH:OFFSET\"".into(),
+                            pos: at,
+                        });
+                    }
+                }
                 _ => {
                     r.skip()?;
                 }
@@ -381,6 +495,7 @@ impl Delivery {
                 kind,
                 channel,
                 data: data.unwrap_or_else(|| Bytes::from_static(b"N;")),
+                pos,
             }),
             _ => Err(PhpError {
                 msg: "message without type or channel".into(),

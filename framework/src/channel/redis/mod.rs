@@ -26,6 +26,7 @@
 
 mod bus;
 mod directory;
+mod history;
 mod leases;
 mod queues;
 
@@ -240,6 +241,9 @@ impl RedisLink {
     fn queue_request(&self, cmd: Command, done: Reply) {
         if !self.up.get() || self.closed.get() {
             return done(Err(ChannelError::Disconnected));
+        }
+        if matches!(cmd, Command::History(..)) {
+            return self.queue_waiting(cmd, Waiter::Dir(done));
         }
         let Command::Dir(data) = &cmd else {
             return done(Err(ChannelError::Refused(
@@ -503,13 +507,9 @@ async fn run_outbound(link: Weak<RedisLink>) {
                     (outcomes, done.registered)
                 })
         } else {
-            execute(&mut manager, &id, &batch).await.map(|confirmed| {
-                let outcomes = confirmed
-                    .into_iter()
-                    .map(|(id, n)| (id, Outcome::Reached(n)))
-                    .collect::<Vec<_>>();
-                (outcomes, Vec::new())
-            })
+            execute(&mut manager, &id, &batch)
+                .await
+                .map(|outcomes| (outcomes, Vec::new()))
         };
         match result {
             Ok((outcomes, registered)) => {
@@ -567,15 +567,16 @@ fn confirmed_in(batch: &[(Command, Option<u64>)]) -> usize {
 }
 
 /// Run a batch; returns each confirmed publish's key with the subscriptions it reached (`None`
-/// when the connection failed before that was certain).
+/// when the connection failed before that was certain), and each history read's key with its
+/// page.
 async fn execute(
     bus: &mut Bus,
     id: &str,
     batch: &[(Command, Option<u64>)],
-) -> redis::RedisResult<Vec<(u64, Option<usize>)>> {
+) -> redis::RedisResult<Vec<(u64, Outcome)>> {
     let mut cmds = Vec::new();
-    // For each wanted reply, the confirmed publish it belongs to.
-    let mut replies_of: Vec<u64> = Vec::new();
+    // For each wanted reply, the confirmed publish (false) or history read (true) it is for.
+    let mut replies_of: Vec<(u64, bool)> = Vec::new();
     let mut subscribe = Vec::new();
     let mut unsubscribe = Vec::new();
     let now_ms = std::time::SystemTime::now()
@@ -590,8 +591,22 @@ async fn execute(
                     let mut c = redis::cmd(bus.publish_command());
                     c.arg(&ch).arg(data.as_ref());
                     cmds.push((ch, c, confirm.is_some()));
-                    replies_of.extend(*confirm);
+                    replies_of.extend(confirm.map(|c| (c, false)));
                 }
+            }
+            Command::PublishKept(names, data, keep) => {
+                for n in names {
+                    let ch = event_channel(&n.key);
+                    let c = history::keep(bus, &ch, data, *keep);
+                    cmds.push((ch, c, confirm.is_some()));
+                    replies_of.extend(confirm.map(|c| (c, false)));
+                }
+            }
+            Command::History(name, since) => {
+                let ch = event_channel(&name.key);
+                let c = history::read(&ch, *since);
+                cmds.push((ch, c, confirm.is_some()));
+                replies_of.extend(confirm.map(|c| (c, true)));
             }
             Command::PublishLoop(names, data) => {
                 for n in names {
@@ -680,7 +695,16 @@ async fn execute(
     };
     let replies = bus.run_with_replies(cmds).await?;
     let mut reached: Vec<(u64, Option<usize>)> = Vec::new();
-    for (confirm, v) in replies_of.into_iter().zip(replies) {
+    let mut pages: Vec<(u64, Outcome)> = Vec::new();
+    for ((confirm, page), v) in replies_of.into_iter().zip(replies) {
+        if page {
+            let answer = match v {
+                RValue::BulkString(b) => Some(Bytes::from(b)),
+                _ => None,
+            };
+            pages.push((confirm, Outcome::Answer(answer)));
+            continue;
+        }
         let n = match v {
             RValue::Int(n) => n.max(0) as usize,
             _ => 0,
@@ -715,7 +739,12 @@ async fn execute(
             }
         }
     }
-    Ok(reached)
+    let mut outcomes: Vec<(u64, Outcome)> = reached
+        .into_iter()
+        .map(|(id, n)| (id, Outcome::Reached(n)))
+        .collect();
+    outcomes.extend(pages);
+    Ok(outcomes)
 }
 
 /// Whether a failed batch may be sent again: only when the connection failed. A command that
@@ -771,16 +800,19 @@ async fn run_pushes(
                 let ch = String::from_utf8_lossy(ch);
                 let data = Bytes::copy_from_slice(data);
                 let delivery = if let Some(name) = ch.strip_prefix(PREFIX_EVENT) {
+                    let (pos, data) = history::parse_event(data);
                     Some(Delivery {
                         kind: DeliveryKind::Event,
                         channel: Key::from_str_normalized(directory::event_name(name)),
                         data,
+                        pos,
                     })
                 } else if ch.starts_with(PREFIX_INBOX) {
                     parse_inbox(&data).map(|(channel, data)| Delivery {
                         kind: DeliveryKind::Event,
                         channel,
                         data,
+                        pos: None,
                     })
                 } else {
                     None

@@ -173,6 +173,7 @@ pub(super) async fn run_queues(link: Weak<RedisLink>) {
                     kind: DeliveryKind::Queue,
                     channel: Key::from_str_normalized(&name),
                     data,
+                    pos: None,
                 });
             }
             let c = conn.as_mut().expect("connected");

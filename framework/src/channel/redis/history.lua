@@ -1,0 +1,56 @@
+-- History on Redis (channel::history): KEYS = the name's meta hash (e: epoch, o: last offset,
+-- t: ttl in ms) and its stream (entries `OFFSET-0` with fields t: kept at, in ms; d: data).
+-- ARGV[1] = 'K' (keep a publish) or 'R' (read since a position).
+--   K: ARGV = K, publish command, channel, data, size, ttl ms, a new epoch (used if none is
+--      kept); publishes `~pEPOCH:OFFSET:` .. data and answers the publish's reply.
+--   R: ARGV = R, since epoch ('' for where it stands), since offset; answers the page, PHP
+--      serialized: {epoch, top, recovered, items: {offset: data, ...}}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if ARGV[1] == 'K' then
+  local ttl = tonumber(ARGV[6])
+  if not epoch then
+    epoch = ARGV[7]
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  end
+  local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
+  redis.call('HSET', KEYS[1], 't', ttl)
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], off .. '-0', 't', now, 'd', ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  -- The epoch outlives the messages by an hour: a reader that missed nothing still recovers.
+  redis.call('PEXPIRE', KEYS[1], ttl + 3600000)
+  return redis.call(ARGV[2], ARGV[3], '~p' .. epoch .. ':' .. off .. ':' .. ARGV[4])
+end
+local top = 0
+if epoch then
+  top = tonumber(redis.call('HGET', KEYS[1], 'o'))
+else
+  epoch = '0'
+end
+local items = {}
+local recovered = false
+if ARGV[2] ~= '' then
+  local since = tonumber(ARGV[3])
+  if ARGV[2] == epoch and since <= top then
+    if since == top then
+      recovered = true
+    else
+      local ttl = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+      local entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+')
+      local e = entries[1]
+      -- Recovered when the first message missed is still there, and young enough.
+      if e and e[1] == (since + 1) .. '-0' and tonumber(e[2][2]) > now - ttl then
+        recovered = true
+        for _, m in ipairs(entries) do
+          local o = string.sub(m[1], 1, -3)
+          items[#items + 1] = 'i:' .. o .. ';' .. m[2][4]
+        end
+      end
+    end
+  end
+end
+return 'a:4:{s:5:"epoch";i:' .. epoch .. ';s:3:"top";i:' .. top ..
+  ';s:9:"recovered";b:' .. (recovered and '1' or '0') .. ';s:5:"items";a:' .. #items ..
+  ':{' .. table.concat(items) .. '}}'
