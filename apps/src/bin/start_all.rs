@@ -1,8 +1,8 @@
 //! The whole push system in one process, as Workerman's `start.php` loads every `start_*.php`:
 //! an embedded channel, the WebSocket worker and the HTTP publisher.
 //! `start_all start [-d] [--ws-listen 0.0.0.0:4236] [--http-listen 0.0.0.0:4237] [--count 2]
-//! [--secret S] [--cert PEM --key PEM]`; `--count` instances of the WebSocket worker and as
-//! many of the publisher; with a certificate, `wss://` and `https://`.
+//! [--secret S] [--cert PEM --key PEM] [--history RULES]`; `--count` instances of the WebSocket
+//! worker and as many of the publisher; with a certificate, `wss://` and `https://`.
 //! Open `http://127.0.0.1:4237/` for the demo page.
 
 use std::sync::Arc;
@@ -24,6 +24,16 @@ struct Options {
     /// How many instances (threads) each of the two workers runs
     #[arg(long, env = "WERKMANN_COUNT", default_value_t = 2)]
     count: usize,
+    /// Which events keep history for resuming readers (`/sse`): PATTERN=SIZE/TTL or
+    /// PATTERN=off, comma-separated, the first match wins (`*=off` for none)
+    #[arg(
+        long,
+        env = "WERKMANN_HISTORY",
+        value_name = "RULES",
+        default_value = cli::DEFAULT_HISTORY,
+        value_parser = channel::History::parse
+    )]
+    history: channel::History,
     #[command(flatten)]
     publisher: Publisher,
     #[command(flatten)]
@@ -53,7 +63,10 @@ fn main() -> anyhow::Result<()> {
     options.limits.apply(&mut ws);
     // As many publisher instances as WebSocket instances: one thread parsing and answering
     // every push request was the bottleneck of the publish rate.
-    let channel = cli::Channel::embedded();
+    let channel = cli::Channel {
+        history: options.history.clone(),
+        ..cli::Channel::embedded()
+    };
     let mut http = push::http::http_worker(
         &options.http_listen,
         options.count,

@@ -60,6 +60,11 @@ pub fn http_worker(
         match channel.connect() {
             Ok(c) => {
                 w.set_data(Gateway::api(&c));
+                // `/sse` readers; `Broadcast` stays subscribed once followed, so the reach
+                // of broadcasts (see `Reach`) does not drop when the last reader goes.
+                let feeds = werkmann::channel::Feeds::new(&c);
+                feeds.keep_subscribed(super::BROADCAST);
+                w.set_data(feeds);
                 // The Pusher apps' webhooks are sent by the publishers.
                 pusher::webhook::Webhooks::start(&c, hook_apps.clone());
                 w.set_data(c);
@@ -76,6 +81,13 @@ pub fn http_worker(
     let page = Arc::new(demo_page_with_nodes(ws_port, &nodes));
     worker.on_message(move |conn, msg| {
         if let Message::Request(req) = msg {
+            if req.path() == "/sse" {
+                let feeds = conn
+                    .worker()
+                    .and_then(|w| w.data::<werkmann::channel::Feeds>());
+                super::sse::handle(conn, &req, feeds.as_deref());
+                return;
+            }
             if pusher::is_api_path(req.path()) {
                 // The Pusher HTTP API: signed with the app's secret, not the push API's.
                 let client = conn.worker().and_then(|w| w.data::<Client>());
@@ -85,6 +97,7 @@ pub fn http_worker(
             handle(conn, &req, &page);
         }
     });
+    worker.on_close(super::sse::closed);
     Ok(worker)
 }
 
@@ -136,6 +149,22 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
     };
     // Answer once the channel confirms delivery: `ok` means the push reached the nodes.
     let reply_to = conn.clone();
+    if let Some(channel) = push.channel {
+        // A named channel: its readers (`/sse`) may all be away; what it keeps waits for them.
+        let kept = client.history_rule(event.clone()).is_some();
+        client.publish_raw_confirmed(event, data, move |result| {
+            reply_to.send(match result {
+                Ok(Some(0)) if !kept => Response::text(
+                    404,
+                    format!("no reader of channel {channel} and it keeps no history: push reached no one\n"),
+                )
+                .into(),
+                Ok(_) => Message::from("ok"),
+                Err(e) => Response::text(503, format!("push not delivered: {e}\n")).into(),
+            });
+        });
+        return;
+    }
     let targeted = push.to_worker_id;
     let reach = conn.worker().and_then(|w| w.data::<Reach>());
     client.publish_raw_confirmed(event, data, move |result| {

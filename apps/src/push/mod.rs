@@ -20,6 +20,7 @@ pub mod apps;
 pub mod http;
 pub mod page;
 pub mod params;
+pub mod sse;
 pub mod ws;
 
 use werkmann::channel::worker_ids::{self, WorkerIds};

@@ -20,6 +20,8 @@ pub struct Push {
     pub to_worker_id: Option<String>,
     /// The target connection id (a targeted push).
     pub to_connection_id: Option<String>,
+    /// A named channel instead of `Broadcast` (read with `/sse?channel=NAME`).
+    pub channel: Option<String>,
 }
 
 impl Push {
@@ -54,6 +56,7 @@ impl Push {
             "content" => Some(&mut self.content),
             "to_worker_id" => Some(&mut self.to_worker_id),
             "to_connection_id" => Some(&mut self.to_connection_id),
+            "channel" => Some(&mut self.channel),
             _ => None,
         }
     }
@@ -63,13 +66,34 @@ impl Push {
         *self == Push::default()
     }
 
-    /// The event and data this push becomes — `Broadcast` with `{content}`, or the worker id
-    /// with `{content, to_connection_id}` — or the 400 that says what is wrong with it.
+    /// The event and data this push becomes — `Broadcast` (or the named `channel`) with
+    /// `{content}`, or the worker id with `{content, to_connection_id}` — or the 400 that says
+    /// what is wrong with it.
     pub fn event(&self) -> Result<(Name, Bytes), Response> {
         let content = match self.content.as_deref() {
             Some(c) if !c.is_empty() => c,
             _ => return Err(Response::text(400, "missing content: nothing published\n")),
         };
+        if let Some(ch) = &self.channel {
+            if self.to_worker_id.is_some() || self.to_connection_id.is_some() {
+                return Err(Response::text(
+                    400,
+                    "channel and to_worker_id/to_connection_id do not go together\n",
+                ));
+            }
+            if !super::sse::valid_name(ch) {
+                return Err(Response::text(
+                    400,
+                    format!(
+                        "channel {:?}: 1 to {} of A-Z a-z 0-9 _-.:@=, not a number, not \
+                         werkmann…\n",
+                        ch.chars().take(64).collect::<String>(),
+                        super::sse::MAX_NAME
+                    ),
+                ));
+            }
+            return Ok((Name::from(ch.as_str()), event_data(content, None)));
+        }
         match (&self.to_worker_id, &self.to_connection_id) {
             (None, None) => Ok((Name::from(BROADCAST), event_data(content, None))),
             (Some(w), Some(c)) => {

@@ -329,6 +329,11 @@ impl Client {
         }
     }
 
+    /// What `event`'s publishes keep in history, by this client's rules (`Options::history`).
+    pub fn history_rule(&self, event: impl Into<Key>) -> Option<Keep> {
+        self.0.history.keep_for(&event.into())
+    }
+
     /// Read `event`'s history since `since` (`None`: only where it stands): what came after
     /// it, in order, and whether that is all (`Page::recovered`); see `channel::history`.
     /// `Disconnected` at once when not connected, `NoHistory` from a server that keeps none.

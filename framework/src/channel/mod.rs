@@ -24,6 +24,7 @@ mod broker;
 mod client;
 pub mod dir;
 mod directory;
+mod feed;
 pub mod history;
 mod hub;
 mod local;
@@ -38,6 +39,7 @@ pub mod worker_ids;
 
 pub use broker::{Endpoint, Options};
 pub use client::{Client, PublishStatus, DEFAULT_MAX_PENDING};
+pub use feed::{FeedEvent, Feeds, Follow, MAX_HELD};
 pub use history::{History, Keep, Page, Position};
 pub use hub::HubStats;
 pub use php_serde::Key as Name;

@@ -1,0 +1,399 @@
+//! No silent loss across a reconnect (issue 18): Server-Sent Events on the publishers,
+//! read with curl (and the browser's own EventSource), resuming through the channel's history
+//! after a reader was away — on every backend: the embedded channel (`start_all`), a channel
+//! server and Redis, with a reader that comes back through the other publisher.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+use werkmann_tests::browser::Browser;
+use werkmann_tests::push::{get, http};
+use werkmann_tests::{free_addr, start_all_at, App, RedisServer};
+
+const T: Duration = Duration::from_secs(10);
+/// The publishers' history rules: `tiny` keeps 2, `nohist` nothing, every other name 100.
+const HISTORY: &str = "tiny=2/60s,nohist=off,*=100/5m";
+
+/// One Server-Sent Event as a reader gets it.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Event {
+    id: Option<String>,
+    event: Option<String>,
+    data: Option<String>,
+}
+
+/// `curl -N` reading an event stream.
+struct Sse {
+    child: Child,
+    out: BufReader<ChildStdout>,
+    /// The last id seen, as the browser keeps it.
+    last_id: Option<String>,
+}
+
+impl Sse {
+    async fn open(addr: SocketAddr, query: &str, last_id: Option<&str>) -> Sse {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sSN", "--max-time", "60"]);
+        if let Some(id) = last_id {
+            cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
+        }
+        let mut child = cmd
+            .arg(format!("http://{addr}/sse?{query}"))
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("curl (scripts/test installs it)");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let mut s = Sse {
+            child,
+            out,
+            last_id: last_id.map(str::to_string),
+        };
+        // A new stream stands once its first id is here (after a comment and the retry); a
+        // resumed one starts with its `recovery` event, which the caller reads.
+        if last_id.is_none() {
+            let first = s.next().await;
+            assert!(
+                first.id.is_some() && first.data.is_none(),
+                "a first id: {first:?}"
+            );
+        }
+        s
+    }
+
+    /// The next event (an id alone counts: it is what the browser would send back).
+    async fn next(&mut self) -> Event {
+        tokio::time::timeout(T, async {
+            let mut e = Event::default();
+            loop {
+                let mut line = String::new();
+                let n = self.out.read_line(&mut line).await.unwrap();
+                assert!(n > 0, "the stream ended");
+                let line = line.trim_end_matches('\n');
+                if line.is_empty() {
+                    if e.id.is_some() || e.data.is_some() {
+                        if e.id.is_some() {
+                            self.last_id = e.id.clone();
+                        }
+                        return e;
+                    }
+                    continue;
+                }
+                let (field, value) = line.split_once(": ").unwrap_or((line, ""));
+                match field {
+                    "id" => e.id = Some(value.to_string()),
+                    "event" => e.event = Some(value.to_string()),
+                    "data" => {
+                        e.data = Some(match e.data.take() {
+                            Some(d) => format!("{d}\n{value}"),
+                            None => value.to_string(),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("an event within 10 s")
+    }
+
+    /// The next event's data (and event name), which must be one.
+    async fn data(&mut self) -> (Option<String>, String) {
+        let e = self.next().await;
+        let data = e
+            .data
+            .unwrap_or_else(|| panic!("an event with data: {:?}", e.id));
+        (e.event, data)
+    }
+
+    /// The `recovery` event a resumed stream starts with.
+    async fn recovery(&mut self) -> Value {
+        let e = self.next().await;
+        assert_eq!(e.event.as_deref(), Some("recovery"), "{e:?}");
+        serde_json::from_str(e.data.as_deref().unwrap()).unwrap()
+    }
+
+    fn close(mut self) -> Option<String> {
+        let _ = self.child.start_kill();
+        self.last_id
+    }
+}
+
+/// The event bus of a topology and its publishers (two, or the one of `start_all`).
+struct Cluster {
+    publishers: Vec<SocketAddr>,
+    _apps: Vec<App>,
+    bus: Option<Bus>,
+}
+
+enum Bus {
+    Server(Option<App>, SocketAddr),
+    Redis(RedisServer),
+}
+
+impl Cluster {
+    fn embedded() -> Cluster {
+        let (ws, web) = (free_addr("127.0.2.1"), free_addr("127.0.2.2"));
+        let app = start_all_at(ws, web, &["--history", HISTORY]);
+        Cluster {
+            publishers: vec![web],
+            _apps: vec![app],
+            bus: None,
+        }
+    }
+
+    fn on(bus: Bus) -> Cluster {
+        let ch = match &bus {
+            Bus::Server(_, a) => a.to_string(),
+            Bus::Redis(r) => r.url(),
+        };
+        let ws = free_addr("127.0.2.3");
+        let mut apps = vec![App::start_at(
+            "start_ws",
+            &["--listen", &ws.to_string(), "--channel", &ch],
+            &[ws],
+        )];
+        let publishers = vec![free_addr("127.0.2.4"), free_addr("127.0.2.5")];
+        for p in &publishers {
+            apps.push(start_http(*p, &ch));
+        }
+        Cluster {
+            publishers,
+            _apps: apps,
+            bus: Some(bus),
+        }
+    }
+
+    fn server() -> Cluster {
+        let ch = free_addr("127.0.2.6");
+        let app = App::start_at("start_channel", &["--listen", &ch.to_string()], &[ch]);
+        Cluster::on(Bus::Server(Some(app), ch))
+    }
+
+    fn redis() -> Cluster {
+        Cluster::on(Bus::Redis(RedisServer::start()))
+    }
+
+    /// The publisher a reader comes back through (the other one, when there are two).
+    fn other(&self) -> SocketAddr {
+        *self.publishers.last().unwrap()
+    }
+
+    /// Kill the bus and start it again, empty; wait until the publishers take pushes again.
+    async fn restart_bus(&mut self) {
+        match self.bus.as_mut().expect("a bus of its own") {
+            Bus::Server(app, a) => {
+                drop(app.take());
+                *app = Some(App::start_at(
+                    "start_channel",
+                    &["--listen", &a.to_string()],
+                    &[*a],
+                ));
+            }
+            Bus::Redis(r) => r.restart(),
+        }
+        for p in self.publishers.clone() {
+            until_ok(p, "/?content=back").await;
+        }
+    }
+}
+
+fn start_http(addr: SocketAddr, channel: &str) -> App {
+    App::start_at(
+        "start_http",
+        &[
+            "--listen",
+            &addr.to_string(),
+            "--channel",
+            channel,
+            "--history",
+            HISTORY,
+        ],
+        &[addr],
+    )
+}
+
+/// Push until answered 200 (nodes and publishers still connecting answer 503).
+async fn until_ok(addr: SocketAddr, q: &str) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (status, body) = get(addr, q).await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{q} never answered 200: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn push(addr: SocketAddr, q: &str) {
+    let (status, body) = get(addr, q).await;
+    assert_eq!((status, body.as_str()), (200, "ok"), "{q}");
+}
+
+/// Every stream case on one topology.
+async fn streams_resume(mut c: Cluster) {
+    let first = c.publishers[0];
+    until_ok(first, "/?content=warm").await;
+
+    // Bad requests: 400 naming what is wrong, 405 for other methods.
+    for (q, want) in [
+        ("/sse", "missing channel"),
+        ("/sse?channel=3", "not a number"),
+        ("/sse?channel=werkmann.gw.x", "not a number"),
+        ("/sse?channel=a%20b", "channel"),
+        ("/sse?channel=a&last_event_id=x", "Last-Event-ID"),
+        ("/sse?channel=a,b&last_event_id=1:1", "2 EPOCH:OFFSET"),
+    ] {
+        let (status, body) = get(first, q).await;
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(body.contains(want), "{q}: {body}");
+    }
+    let many: Vec<String> = (0..17).map(|i| format!("c{i}")).collect();
+    let (status, _) = get(first, &format!("/sse?channel={}", many.join(","))).await;
+    assert_eq!(status, 400);
+    let (status, _) = http(
+        first,
+        "POST /sse?channel=a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n",
+        "",
+    )
+    .await;
+    assert_eq!(status, 405);
+    // A named channel without history and without a reader: the push reached no one.
+    let (status, body) = get(first, "/?channel=nohist&content=x").await;
+    assert_eq!(status, 404, "{body}");
+
+    // A seed push arrives as exactly its content.
+    let mut a = Sse::open(first, "channel=Broadcast", None).await;
+    push(first, "/?content=eins").await;
+    assert_eq!(a.data().await, (None, "eins".to_string()));
+    push(first, "/?content=zwei%0Azeilen%20%C3%BC").await;
+    assert_eq!(a.data().await, (None, "zwei\nzeilen ü".to_string()));
+    let left_at = a.close();
+
+    // Away: two pushes through the other publisher. Back (through it): both, once, in order,
+    // then live ones.
+    push(c.other(), "/?content=drei").await;
+    push(c.other(), "/?content=vier").await;
+    let mut b = Sse::open(c.other(), "channel=Broadcast", left_at.as_deref()).await;
+    assert_eq!(
+        b.recovery().await,
+        serde_json::json!({"recovered": true, "lost": []})
+    );
+    assert_eq!(b.data().await.1, "drei");
+    assert_eq!(b.data().await.1, "vier");
+    push(first, "/?content=f%C3%BCnf").await;
+    assert_eq!(b.data().await.1, "fünf");
+    let at_fuenf = b.close();
+
+    // Two channels in one stream, named; `tiny` keeps 2: after three away it is lost (and
+    // goes on from now), `Broadcast` is recovered.
+    let mut m = Sse::open(first, "channel=Broadcast,tiny", None).await;
+    push(first, "/?channel=tiny&content=t1").await;
+    assert_eq!(m.data().await, (Some("tiny".into()), "t1".into()));
+    let left_at = m.close();
+    for t in ["t2", "t3", "t4"] {
+        push(c.other(), &format!("/?channel=tiny&content={t}")).await;
+    }
+    push(c.other(), "/?content=sechs").await;
+    let mut m = Sse::open(first, "channel=Broadcast,tiny", left_at.as_deref()).await;
+    assert_eq!(
+        m.recovery().await,
+        serde_json::json!({"recovered": false, "lost": ["tiny"]})
+    );
+    assert_eq!(m.data().await, (Some("Broadcast".into()), "sechs".into()));
+    push(first, "/?channel=tiny&content=t5").await;
+    assert_eq!(m.data().await, (Some("tiny".into()), "t5".into()));
+    drop(m);
+
+    // The bus restarts empty (a channel server, a Redis without persistence): a reader from
+    // before is told it lost what came meanwhile, never given a silent gap.
+    if c.bus.is_some() {
+        c.restart_bus().await;
+        push(first, "/?content=sieben").await;
+        let mut r = Sse::open(first, "channel=Broadcast", at_fuenf.as_deref()).await;
+        assert_eq!(
+            r.recovery().await,
+            serde_json::json!({"recovered": false, "lost": ["Broadcast"]})
+        );
+        push(first, "/?content=acht").await;
+        assert_eq!(r.data().await.1, "acht");
+    }
+}
+
+#[tokio::test]
+async fn streams_resume_embedded() {
+    streams_resume(Cluster::embedded()).await;
+}
+
+#[tokio::test]
+async fn streams_resume_through_a_channel_server() {
+    streams_resume(Cluster::server()).await;
+}
+
+#[tokio::test]
+async fn streams_resume_on_redis() {
+    streams_resume(Cluster::redis()).await;
+}
+
+/// The browser's own EventSource resumes after the server dropped it: its publisher is killed,
+/// a push goes through the other one meanwhile, the publisher comes back on its address, and
+/// the browser reconnects by itself with `Last-Event-ID` — and gets what it missed, once.
+#[tokio::test]
+async fn event_source_in_chromium_resumes_after_the_server_drops_it() {
+    let mut c = Cluster::server();
+    let ch = match c.bus.as_ref() {
+        Some(Bus::Server(_, a)) => a.to_string(),
+        _ => unreachable!(),
+    };
+    let first = c.publishers[0];
+    until_ok(first, "/?content=warm").await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://{first}/")).await;
+    browser
+        .js("window.got = []; window.recoveries = []; \
+             const es = new EventSource('/sse?channel=Broadcast'); \
+             es.onmessage = e => window.got.push(e.data); \
+             es.addEventListener('recovery', e => window.recoveries.push(e.data)); \
+             es.onopen = () => { window.opens = (window.opens || 0) + 1; }; \
+             window.es = es; return true;")
+        .await;
+    browser
+        .wait_for("return window.opens === 1", "the stream opens")
+        .await;
+    push(first, "/?content=vorher").await;
+    browser
+        .wait_for("return window.got.join('|') === 'vorher'", "the first push")
+        .await;
+
+    // The publisher dies; a push goes through the other publisher; it comes back.
+    let app = c._apps.remove(1);
+    drop(app);
+    push(c.other(), "/?content=w%C3%A4hrenddessen").await;
+    c._apps.insert(1, start_http(first, &ch));
+    let got = browser
+        .wait_for(
+            "return window.got.length >= 2 && window.got.join('|')",
+            "the browser reconnects and resumes",
+        )
+        .await;
+    assert_eq!(got, "vorher|währenddessen");
+    let rec = browser.js("return window.recoveries").await;
+    assert_eq!(rec, serde_json::json!([r#"{"lost":[],"recovered":true}"#]));
+    push(first, "/?content=danach").await;
+    browser
+        .wait_for(
+            "return window.got.join('|') === 'vorher|währenddessen|danach'",
+            "live after the resume",
+        )
+        .await;
+    browser.quit().await;
+}
