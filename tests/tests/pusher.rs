@@ -586,6 +586,28 @@ async fn bad_input_is_refused_and_the_node_goes_on() {
     .await
     .unwrap();
     assert_eq!(next(&mut c).await["event"], "pusher:pong");
+    // The seed's broadcasts and GatewayWorker's send_to_all reach the seed's clients, never a
+    // Pusher socket on the same node (its next frame is the pong, not a raw text).
+    let (mut seed, _, _) = werkmann_tests::push::connect(([127, 0, 0, 1], ws).into()).await;
+    werkmann_tests::push::push_ok(([127, 0, 0, 1], http).into(), "/?content=seed-only").await;
+    assert_eq!(
+        werkmann_tests::push::next_text(&mut seed).await,
+        "seed-only"
+    );
+    let (status, body) = werkmann_tests::push::http(
+        ([127, 0, 0, 1], http).into(),
+        "POST /api/send_to_all HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 21\r\n",
+        r#"{"message":"all-too"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(werkmann_tests::push::next_text(&mut seed).await, "all-too");
+    c.send(WsMessage::Text(
+        r#"{"event":"pusher:ping","data":{}}"#.into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next(&mut c).await["event"], "pusher:pong");
     // A user's own channel is for the sockets signed in as that user.
     c.send(WsMessage::Text(
         r##"{"event":"pusher:subscribe","data":{"channel":"#server-to-user-alice"}}"##.into(),

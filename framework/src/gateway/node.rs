@@ -327,12 +327,15 @@ impl Node {
                 }
             }
             DirOp::Send { target, data } => {
+                let everyone = matches!(target, Target::All { .. });
                 let conns: Vec<Connection> = {
                     let local = self.local.borrow();
                     let all = self.instance.connections();
                     local
                         .targets(self.worker, &target, &all)
                         .into_iter()
+                        // A send to everyone skips the sockets of other protocols (Pusher).
+                        .filter(|c| !everyone || self.instance.takes_broadcasts(*c))
                         .filter_map(|c| all.get(&c).cloned())
                         .collect()
                 };

@@ -210,6 +210,10 @@ impl PusherNode {
             worker: self.0.worker_id,
             conn: conn.id(),
         };
+        // The seed's broadcasts and sends to everyone are not for a Pusher socket.
+        if let Some(w) = conn.worker() {
+            w.exclude_from_broadcasts(conn);
+        }
         self.0.clients.borrow_mut().insert(
             conn.id(),
             Client_ {

@@ -5,7 +5,7 @@
 
 use std::any::{Any, TypeId};
 use std::cell::{Cell, Ref, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,10 @@ pub(crate) struct InstanceInner {
     started: Instant,
     /// What the library attached to hear of connections (a gateway node); none by default.
     hooks: RefCell<Option<Rc<dyn ConnectionHooks>>>,
+    /// Connections that speak another protocol on this worker's socket (Pusher sockets, resuming
+    /// readers): not given the instance's broadcasts. Empty for most workers, which then pay
+    /// nothing for it.
+    no_broadcasts: RefCell<HashSet<u64>>,
     /// The worker's upload limits, shared by its HTTP codecs.
     uploads: Arc<Uploads>,
 }
@@ -83,6 +87,9 @@ impl ConnectionOwner for InstanceInner {
 
     fn connection_closed(&self, id: u64) {
         let gone = self.connections.borrow_mut().remove(&id);
+        if !self.no_broadcasts.borrow().is_empty() {
+            self.no_broadcasts.borrow_mut().remove(&id);
+        }
         let hooks = self.hooks.borrow().clone();
         if let (Some(h), true) = (hooks, gone.is_some()) {
             h.closed(id);
@@ -229,12 +236,37 @@ impl WorkerInstance {
             // Nothing to encode for: an instance without clients pays nothing per broadcast.
             return BroadcastReport::default();
         }
-        self.send_to(conns.values(), msg.into())
+        let skip = self.0.no_broadcasts.borrow();
+        if skip.is_empty() {
+            return self.send_to(conns.values(), msg.into());
+        }
+        let some: Vec<&Connection> = conns.values().filter(|c| !skip.contains(&c.id())).collect();
+        self.send_to(some, msg.into())
     }
 
-    /// Send bytes already encoded for this worker's protocol to every connection.
+    /// Send bytes already encoded for this worker's protocol to every connection (but those
+    /// [`WorkerInstance::exclude_from_broadcasts`] took out).
     pub fn broadcast_encoded(&self, bytes: &Bytes) -> BroadcastReport {
-        send_encoded(self.0.connections.borrow().values(), bytes)
+        let conns = self.0.connections.borrow();
+        let skip = self.0.no_broadcasts.borrow();
+        if skip.is_empty() {
+            return send_encoded(conns.values(), bytes);
+        }
+        let some: Vec<&Connection> = conns.values().filter(|c| !skip.contains(&c.id())).collect();
+        send_encoded(some, bytes)
+    }
+
+    /// Leave `conn` out of this instance's broadcasts (and of sends to every connection): a
+    /// connection that speaks another protocol on this worker's socket — a Pusher socket, a
+    /// resuming reader — until it closes.
+    pub fn exclude_from_broadcasts(&self, conn: &Connection) {
+        self.0.no_broadcasts.borrow_mut().insert(conn.id());
+    }
+
+    /// Whether connection `id` takes this instance's broadcasts.
+    pub fn takes_broadcasts(&self, id: u64) -> bool {
+        let skip = self.0.no_broadcasts.borrow();
+        skip.is_empty() || !skip.contains(&id)
     }
 
     /// Store per-instance data (a channel client, a cache…), one value per type.
@@ -555,6 +587,7 @@ impl InstanceActor {
                 addr: RefCell::new(None),
                 started: Instant::now(),
                 hooks: RefCell::new(None),
+                no_broadcasts: RefCell::new(HashSet::new()),
                 uploads,
             })),
         }
