@@ -151,6 +151,54 @@ impl Bus {
         }
     }
 
+    /// Run commands as a pipeline (on a cluster one per key, each command with the key of
+    /// its slot); every reply, a command's error as a [`RValue::ServerError`] among them.
+    pub(super) async fn run_keyed_each(
+        &mut self,
+        cmds: &[(String, redis::Cmd)],
+    ) -> redis::RedisResult<Vec<RValue>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Bus::Single(m) => {
+                let mut pipe = redis::pipe();
+                for (_, c) in cmds {
+                    pipe.add_command(c.clone());
+                }
+                pipe.ignore_errors();
+                pipe.query_async(m).await
+            }
+            Bus::Cluster(c) => {
+                let mut by_key: Vec<(&str, redis::Pipeline, Vec<usize>)> = Vec::new();
+                for (i, (key, cmd)) in cmds.iter().enumerate() {
+                    let at = match by_key.iter().position(|(k, _, _)| *k == key.as_str()) {
+                        Some(at) => at,
+                        None => {
+                            let mut p = redis::pipe();
+                            p.ignore_errors();
+                            by_key.push((key.as_str(), p, Vec::new()));
+                            by_key.len() - 1
+                        }
+                    };
+                    by_key[at].1.add_command(cmd.clone());
+                    by_key[at].2.push(i);
+                }
+                let sends = by_key.into_iter().map(|(_, pipe, at)| {
+                    let mut c = c.clone();
+                    async move { (pipe.query_async::<Vec<RValue>>(&mut c).await, at) }
+                });
+                let mut replies = vec![RValue::Nil; cmds.len()];
+                for (r, at) in futures_util::future::join_all(sends).await {
+                    for (v, i) in r?.into_iter().zip(at) {
+                        replies[i] = v;
+                    }
+                }
+                Ok(replies)
+            }
+        }
+    }
+
     /// Run commands that share one cluster slot as one pipeline; every reply, a command's
     /// error as a [`RValue::ServerError`] among them.
     pub(super) async fn run_each(

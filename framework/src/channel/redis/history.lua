@@ -2,27 +2,27 @@
 -- t: ttl in ms) and its stream (entries `OFFSET-0` with fields t: kept at, in ms; d: data).
 -- ARGV[1] = 'K' (keep a publish) or 'R' (read since a position).
 --   K: ARGV = K, publish command, channel, data, size, ttl ms, a new epoch (used if none is
---      kept); publishes `~pEPOCH:OFFSET:` .. data and answers the publish's reply.
+--      kept), the publisher's clock in ms; publishes `~pEPOCH:OFFSET:` .. data and answers
+--      the publish's reply.
 --   R: ARGV = R, since epoch ('' for where it stands), since offset; answers the page, PHP
 --      serialized: {epoch, top, recovered, items: {offset: data, ...}}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if ARGV[1] == 'K' then
   local ttl = tonumber(ARGV[6])
   if not epoch then
     epoch = ARGV[7]
     redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+    redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 't', ttl)
   end
   local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
-  redis.call('HSET', KEYS[1], 't', ttl)
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], off .. '-0', 't', now, 'd', ARGV[4])
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], off .. '-0', 't', ARGV[8], 'd', ARGV[4])
   redis.call('PEXPIRE', KEYS[2], ttl)
   -- The epoch outlives the messages by an hour: a reader that missed nothing still recovers.
   redis.call('PEXPIRE', KEYS[1], ttl + 3600000)
   return redis.call(ARGV[2], ARGV[3], '~p' .. epoch .. ':' .. off .. ':' .. ARGV[4])
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local top = 0
 if epoch then
   top = tonumber(redis.call('HGET', KEYS[1], 'o'))

@@ -9,14 +9,20 @@
 //! A kept event travels as `~pEPOCH:OFFSET:` followed by the data (no PHP value starts with
 //! `~`, so it is told apart from a plain publish).
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
+use redis::Value as RValue;
 
 use super::super::history::{new_epoch, Keep, Position};
+use super::super::wire::Command;
 use super::bus::Bus;
+use super::Outcome;
 
-/// The script (see `history.lua`), sent with `EVAL`: Redis caches it by its digest, and a
-/// restarted or flushed Redis needs nothing loaded first.
-const SCRIPT: &str = include_str!("history.lua");
+/// The script (see `history.lua`), called by its digest (`EVALSHA`) and loaded again when a
+/// Redis answers `NOSCRIPT` (restarted, flushed, a new cluster node).
+static SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("history.lua")));
 
 /// The meta hash and the stream of the name whose event channel is `channel`, in its slot:
 /// `{CHANNEL}:h` and `{CHANNEL}:s`, or `CHANNEL:h`/`CHANNEL:s` when the channel has a hash tag
@@ -37,8 +43,12 @@ fn keys(channel: &str) -> (String, String) {
 /// its reply is the publish's (subscriptions reached).
 pub(super) fn keep(bus: &Bus, channel: &str, data: &[u8], keep: Keep) -> redis::Cmd {
     let (meta, stream) = keys(channel);
-    let mut c = redis::cmd("EVAL");
-    c.arg(SCRIPT)
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(SCRIPT.get_hash())
         .arg(2)
         .arg(meta)
         .arg(stream)
@@ -48,7 +58,8 @@ pub(super) fn keep(bus: &Bus, channel: &str, data: &[u8], keep: Keep) -> redis::
         .arg(data)
         .arg(keep.size)
         .arg(keep.ttl.as_millis() as u64)
-        .arg(new_epoch());
+        .arg(new_epoch())
+        .arg(now_ms);
     c
 }
 
@@ -59,8 +70,8 @@ pub(super) fn read(channel: &str, since: Option<Position>) -> redis::Cmd {
         Some(p) => (p.epoch.to_string(), p.offset),
         None => (String::new(), 0),
     };
-    let mut c = redis::cmd("EVAL");
-    c.arg(SCRIPT)
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(SCRIPT.get_hash())
         .arg(2)
         .arg(meta)
         .arg(stream)
@@ -68,6 +79,95 @@ pub(super) fn read(channel: &str, since: Option<Position>) -> redis::Cmd {
         .arg(epoch)
         .arg(offset);
     c
+}
+
+/// Whether a command goes in a batch of history calls (kept publishes and reads).
+pub(super) fn is_history(cmd: &Command) -> bool {
+    matches!(cmd, Command::PublishKept(..) | Command::History(..))
+}
+
+/// Run a batch of history calls as one pipeline: each kept publish's outcome (the
+/// subscriptions reached, summed over its names; `None` when a call failed or the connection
+/// failed before the messages were surely written) and each read's page. Calls answered
+/// `NOSCRIPT` did not run: the script is loaded and they run again, in order.
+pub(super) async fn execute(
+    bus: &mut Bus,
+    batch: &[(Command, Option<u64>)],
+    event_channel: impl Fn(&super::Key) -> String,
+) -> redis::RedisResult<Vec<(u64, Outcome)>> {
+    // Each call with the command it belongs to.
+    let mut calls: Vec<(String, redis::Cmd)> = Vec::new();
+    let mut of: Vec<usize> = Vec::new();
+    for (i, (cmd, _)) in batch.iter().enumerate() {
+        match cmd {
+            Command::PublishKept(names, data, k) => {
+                for n in names {
+                    let ch = event_channel(&n.key);
+                    let c = keep(bus, &ch, data, *k);
+                    calls.push((ch, c));
+                    of.push(i);
+                }
+            }
+            Command::History(name, since) => {
+                let ch = event_channel(&name.key);
+                let c = read(&ch, *since);
+                calls.push((ch, c));
+                of.push(i);
+            }
+            _ => {}
+        }
+    }
+    let mut replies = bus.run_keyed_each(&calls).await?;
+    let again: Vec<usize> = replies
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, RValue::ServerError(e) if e.code() == "NOSCRIPT"))
+        .map(|(i, _)| i)
+        .collect();
+    if !again.is_empty() {
+        bus.load_script(&SCRIPT).await?;
+        let retry: Vec<(String, redis::Cmd)> = again.iter().map(|&i| calls[i].clone()).collect();
+        for (i, r) in again.into_iter().zip(bus.run_keyed_each(&retry).await?) {
+            replies[i] = r;
+        }
+    }
+    // Per command: the count so far (None once a call failed), or the page.
+    let mut reached: Vec<Option<usize>> = vec![Some(0); batch.len()];
+    let mut pages: Vec<Option<Bytes>> = vec![None; batch.len()];
+    let mut probes: Vec<String> = Vec::new();
+    for ((reply, i), (ch, _)) in replies.into_iter().zip(of).zip(&calls) {
+        match (&batch[i].0, reply) {
+            (Command::History(..), RValue::BulkString(b)) => pages[i] = Some(Bytes::from(b)),
+            (Command::PublishKept(..), RValue::Int(n)) => {
+                if let Some(total) = reached[i].as_mut() {
+                    *total += n.max(0) as usize;
+                }
+                if batch[i].1.is_some() {
+                    probes.push(ch.clone());
+                }
+            }
+            (_, other) => {
+                log::warn!("redis: history call on {ch} failed: {other:?}");
+                reached[i] = None;
+            }
+        }
+    }
+    // As for plain publishes: counted once a later command on the connection was answered.
+    if !probes.is_empty() && !super::written(bus, probes).await {
+        reached.iter_mut().for_each(|r| *r = None);
+    }
+    let mut outcomes = Vec::new();
+    for (i, (cmd, confirm)) in batch.iter().enumerate() {
+        let Some(id) = confirm else { continue };
+        outcomes.push((
+            *id,
+            match cmd {
+                Command::History(..) => Outcome::Answer(pages[i].take()),
+                _ => Outcome::Reached(reached[i]),
+            },
+        ));
+    }
+    Ok(outcomes)
 }
 
 /// A kept event's position and data (`~pEPOCH:OFFSET:DATA`); a plain event as it came.

@@ -472,13 +472,11 @@ async fn run_outbound(link: Weak<RedisLink>) {
         // the response timeout).
         let batch: Vec<(Command, Option<u64>)> = {
             let out = l.outbound.borrow();
-            let dir = out
-                .front()
-                .is_some_and(|(c, _)| matches!(c, Command::Dir(_)));
+            let kind = out.front().map(|(c, _)| batch_kind(c));
             let mut bytes = 0;
             out.iter()
                 .take(MAX_BATCH)
-                .take_while(|(c, _)| matches!(c, Command::Dir(_)) == dir)
+                .take_while(|(c, _)| Some(batch_kind(c)) == kind)
                 .take_while(|(c, _)| {
                     let first = bytes == 0;
                     if let Command::Dir(data) = c {
@@ -495,7 +493,11 @@ async fn run_outbound(link: Weak<RedisLink>) {
         }
         let id = l.id.clone();
         drop(l);
-        let result = if matches!(batch[0].0, Command::Dir(_)) {
+        let result = if history::is_history(&batch[0].0) {
+            history::execute(&mut manager, &batch, event_channel)
+                .await
+                .map(|outcomes| (outcomes, Vec::new()))
+        } else if matches!(batch[0].0, Command::Dir(_)) {
             directory::execute(&mut manager, &id, &batch)
                 .await
                 .map(|done| {
@@ -553,6 +555,15 @@ async fn run_outbound(link: Weak<RedisLink>) {
     }
 }
 
+/// Which batches a command goes in: directory operations (0), history calls (1), the rest (2).
+fn batch_kind(cmd: &Command) -> u8 {
+    match cmd {
+        Command::Dir(_) => 0,
+        c if history::is_history(c) => 1,
+        _ => 2,
+    }
+}
+
 /// The keys of a `publish_loop` name; the hash tag keeps both in one cluster slot.
 fn loop_keys(k: &Key) -> (String, String) {
     let n = name_str(k);
@@ -567,16 +578,15 @@ fn confirmed_in(batch: &[(Command, Option<u64>)]) -> usize {
 }
 
 /// Run a batch; returns each confirmed publish's key with the subscriptions it reached (`None`
-/// when the connection failed before that was certain), and each history read's key with its
-/// page.
+/// when the connection failed before that was certain).
 async fn execute(
     bus: &mut Bus,
     id: &str,
     batch: &[(Command, Option<u64>)],
 ) -> redis::RedisResult<Vec<(u64, Outcome)>> {
     let mut cmds = Vec::new();
-    // For each wanted reply, the confirmed publish (false) or history read (true) it is for.
-    let mut replies_of: Vec<(u64, bool)> = Vec::new();
+    // For each wanted reply, the confirmed publish it belongs to.
+    let mut replies_of: Vec<u64> = Vec::new();
     let mut subscribe = Vec::new();
     let mut unsubscribe = Vec::new();
     let now_ms = std::time::SystemTime::now()
@@ -591,23 +601,11 @@ async fn execute(
                     let mut c = redis::cmd(bus.publish_command());
                     c.arg(&ch).arg(data.as_ref());
                     cmds.push((ch, c, confirm.is_some()));
-                    replies_of.extend(confirm.map(|c| (c, false)));
+                    replies_of.extend(*confirm);
                 }
             }
-            Command::PublishKept(names, data, keep) => {
-                for n in names {
-                    let ch = event_channel(&n.key);
-                    let c = history::keep(bus, &ch, data, *keep);
-                    cmds.push((ch, c, confirm.is_some()));
-                    replies_of.extend(confirm.map(|c| (c, false)));
-                }
-            }
-            Command::History(name, since) => {
-                let ch = event_channel(&name.key);
-                let c = history::read(&ch, *since);
-                cmds.push((ch, c, confirm.is_some()));
-                replies_of.extend(confirm.map(|c| (c, true)));
-            }
+            // In batches of their own: `history::execute`.
+            Command::PublishKept(..) | Command::History(..) => {}
             Command::PublishLoop(names, data) => {
                 for n in names {
                     let (members, rr) = loop_keys(&n.key);
@@ -695,16 +693,7 @@ async fn execute(
     };
     let replies = bus.run_with_replies(cmds).await?;
     let mut reached: Vec<(u64, Option<usize>)> = Vec::new();
-    let mut pages: Vec<(u64, Outcome)> = Vec::new();
-    for ((confirm, page), v) in replies_of.into_iter().zip(replies) {
-        if page {
-            let answer = match v {
-                RValue::BulkString(b) => Some(Bytes::from(b)),
-                _ => None,
-            };
-            pages.push((confirm, Outcome::Answer(answer)));
-            continue;
-        }
+    for (confirm, v) in replies_of.into_iter().zip(replies) {
         let n = match v {
             RValue::Int(n) => n.max(0) as usize,
             _ => 0,
@@ -714,37 +703,38 @@ async fn execute(
             _ => reached.push((confirm, Some(n))),
         }
     }
-    // Redis answers PUBLISH before it writes the message to the subscribers' sockets (both
-    // happen when its event loop next sleeps, the publisher first): a Redis killed in between
-    // answered a count for messages nobody gets. Once a later command on the same connection
-    // is answered, that loop iteration — and every write of it — is done.
-    if !reached.is_empty() {
-        let after = match bus {
-            Bus::Single(_) => bus.run(vec![(String::new(), redis::cmd("PING"))]).await,
-            Bus::Cluster(_) => {
-                let probes = confirmed_channels
-                    .into_iter()
-                    .map(|ch| {
-                        let mut c = redis::cmd("EXISTS");
-                        c.arg(&ch);
-                        (ch, c)
-                    })
-                    .collect();
-                bus.run(probes).await
-            }
-        };
-        if after.is_err() {
-            for (_, n) in &mut reached {
-                *n = None;
-            }
+    if !reached.is_empty() && !written(bus, confirmed_channels).await {
+        for (_, n) in &mut reached {
+            *n = None;
         }
     }
-    let mut outcomes: Vec<(u64, Outcome)> = reached
+    Ok(reached
         .into_iter()
         .map(|(id, n)| (id, Outcome::Reached(n)))
-        .collect();
-    outcomes.extend(pages);
-    Ok(outcomes)
+        .collect())
+}
+
+/// Whether what was published on `channels` was surely written to the subscribers: Redis
+/// answers PUBLISH before it writes the message to the subscribers' sockets (both happen when
+/// its event loop next sleeps, the publisher first), so a Redis killed in between answered a
+/// count for messages nobody gets. Once a later command on the same connection (on a cluster,
+/// to the same nodes) is answered, that loop iteration — and every write of it — is done.
+async fn written(bus: &mut Bus, channels: Vec<String>) -> bool {
+    let after = match bus {
+        Bus::Single(_) => bus.run(vec![(String::new(), redis::cmd("PING"))]).await,
+        Bus::Cluster(_) => {
+            let probes = channels
+                .into_iter()
+                .map(|ch| {
+                    let mut c = redis::cmd("EXISTS");
+                    c.arg(&ch);
+                    (ch, c)
+                })
+                .collect();
+            bus.run(probes).await
+        }
+    };
+    after.is_ok()
 }
 
 /// Whether a failed batch may be sent again: only when the connection failed. A command that
