@@ -127,6 +127,8 @@ impl Sse {
 /// The event bus of a topology and its publishers (two, or the one of `start_all`).
 struct Cluster {
     publishers: Vec<SocketAddr>,
+    /// The WebSocket nodes.
+    ws: Vec<SocketAddr>,
     _apps: Vec<App>,
     bus: Option<Bus>,
 }
@@ -142,6 +144,7 @@ impl Cluster {
         let app = start_all_at(ws, web, &["--history", HISTORY]);
         Cluster {
             publishers: vec![web],
+            ws: vec![ws],
             _apps: vec![app],
             bus: None,
         }
@@ -164,6 +167,7 @@ impl Cluster {
         }
         Cluster {
             publishers,
+            ws: vec![ws],
             _apps: apps,
             bus: Some(bus),
         }
@@ -396,4 +400,131 @@ async fn event_source_in_chromium_resumes_after_the_server_drops_it() {
         )
         .await;
     browser.quit().await;
+}
+
+/// `/werkmann.js` in Chromium, on two WebSocket nodes: it follows a channel, its node is
+/// killed, two pushes go out while it is away, it reconnects to the other node by itself and
+/// gets both, once, in order (`recovery`: recovered), then live ones; a push to its client id
+/// arrives as a direct message, never as a channel event.
+#[tokio::test]
+async fn werkmann_js_resumes_on_another_node_after_its_node_dies() {
+    let ch = free_addr("127.0.2.7");
+    let _channel = App::start_at("start_channel", &["--listen", &ch.to_string()], &[ch]);
+    let ws = [free_addr("127.0.2.8"), free_addr("127.0.2.9")];
+    let mut nodes: Vec<Option<App>> = ws
+        .iter()
+        .map(|a| {
+            Some(App::start_at(
+                "start_ws",
+                &["--listen", &a.to_string(), "--channel", &ch.to_string()],
+                &[*a],
+            ))
+        })
+        .collect();
+    let web = free_addr("127.0.2.10");
+    let _publisher = start_http(web, &ch.to_string());
+    until_ok(web, "/?content=warm").await;
+    let (status, js) = get(web, "/werkmann.js").await;
+    assert_eq!(status, 200);
+    assert!(js.contains("class Werkmann"), "{js}");
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://{web}/")).await;
+    browser
+        .js(&format!(
+            "window.got = []; window.recoveries = []; window.direct = []; window.states = []; \
+             const s = document.createElement('script'); s.src = '/werkmann.js'; \
+             s.onload = () => {{ \
+               const w = new Werkmann(['ws://{}', 'ws://{}'], \
+                 {{ channels: ['news'], start: 0, minDelay: 1500 }}); \
+               w.on('message', (d, c) => window.got.push(c + ':' + d)); \
+               w.on('recovery', r => window.recoveries.push(JSON.stringify(r))); \
+               w.on('direct', t => window.direct.push(t)); \
+               w.on('welcome', id => {{ window.clientId = id; }}); \
+               w.on('status', st => window.states.push(st)); \
+               window.w = w; }}; \
+             document.head.appendChild(s); return true;",
+            ws[0], ws[1]
+        ))
+        .await;
+    browser
+        .wait_for(
+            "return window.states.includes('ready')",
+            "the stream stands",
+        )
+        .await;
+    push(web, "/?channel=news&content=eins").await;
+    browser
+        .wait_for(
+            "return window.got.join('|') === 'news:eins'",
+            "the first push",
+        )
+        .await;
+    // A push to its client id (the seed's targeted push) is a direct message.
+    let id = browser.js("return window.clientId").await;
+    let (w, c) = id.as_str().unwrap().split_once('-').unwrap();
+    push(
+        web,
+        &format!("/?to_worker_id={w}&to_connection_id={c}&content=nur-dir"),
+    )
+    .await;
+    browser
+        .wait_for(
+            "return window.direct.join('|') === 'nur-dir'",
+            "the direct push",
+        )
+        .await;
+
+    // Its node dies; while it waits to reconnect, two pushes.
+    nodes[0].take();
+    browser
+        .wait_for(
+            "return window.states.includes('closed')",
+            "the drop is seen",
+        )
+        .await;
+    push(web, "/?channel=news&content=zwei").await;
+    push(web, "/?channel=news&content=drei").await;
+    browser
+        .wait_for(
+            "return window.got.length >= 3 && window.got.join('|')",
+            "it resumes on the other node",
+        )
+        .await;
+    assert_eq!(
+        browser.js("return window.got.join('|')").await,
+        "news:eins|news:zwei|news:drei"
+    );
+    assert_eq!(
+        browser.js("return window.recoveries").await,
+        serde_json::json!([r#"{"recovered":true,"lost":[]}"#])
+    );
+    push(web, "/?channel=news&content=vier").await;
+    browser
+        .wait_for(
+            "return window.got.join('|') === 'news:eins|news:zwei|news:drei|news:vier'",
+            "live after the resume",
+        )
+        .await;
+    assert_eq!(browser.js("return window.direct.length").await, 1);
+    browser.quit().await;
+    drop(nodes);
+}
+
+/// The resuming WebSocket protocol refuses a bad request at the handshake: 400.
+#[tokio::test]
+async fn the_resuming_protocol_refuses_bad_requests() {
+    let c = Cluster::embedded();
+    let web = c.publishers[0];
+    until_ok(web, "/?content=warm").await;
+    let ws_addr = c.ws[0];
+    for q in ["", "?channel=3", "?channel=a&last_event_id=1:x"] {
+        let url = format!("ws://{ws_addr}/werkmann{q}");
+        match tokio_tungstenite::connect_async(&url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 400, "{q}")
+            }
+            other => panic!("{q}: refused with 400, not {other:?}"),
+        }
+    }
 }

@@ -14,6 +14,9 @@ use super::page::demo_page_with_nodes;
 use super::params::Push;
 use crate::auth::Auth;
 
+/// The resuming client of the WebSocket nodes (`GET /werkmann.js`; see `stream.rs`).
+pub const WERKMANN_JS: &str = include_str!("werkmann.js");
+
 /// The publisher's own options.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Publisher {
@@ -81,6 +84,15 @@ pub fn http_worker(
     let page = Arc::new(demo_page_with_nodes(ws_port, &nodes));
     worker.on_message(move |conn, msg| {
         if let Message::Request(req) = msg {
+            if req.path() == "/werkmann.js" {
+                conn.send(
+                    Response::new(200)
+                        .with_header("Content-Type", "text/javascript; charset=utf-8")
+                        .with_header("Cache-Control", "no-cache")
+                        .with_body(WERKMANN_JS),
+                );
+                return;
+            }
             if req.path() == "/sse" {
                 let feeds = conn
                     .worker()

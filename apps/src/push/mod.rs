@@ -20,7 +20,9 @@ pub mod apps;
 pub mod http;
 pub mod page;
 pub mod params;
+pub mod resume;
 pub mod sse;
+pub mod stream;
 pub mod ws;
 
 use werkmann::channel::worker_ids::{self, WorkerIds};

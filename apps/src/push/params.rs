@@ -81,16 +81,8 @@ impl Push {
                     "channel and to_worker_id/to_connection_id do not go together\n",
                 ));
             }
-            if !super::sse::valid_name(ch) {
-                return Err(Response::text(
-                    400,
-                    format!(
-                        "channel {:?}: 1 to {} of A-Z a-z 0-9 _-.:@=, not a number, not \
-                         werkmann…\n",
-                        ch.chars().take(64).collect::<String>(),
-                        super::sse::MAX_NAME
-                    ),
-                ));
+            if !super::resume::valid_name(ch) {
+                return Err(super::resume::bad_name(ch));
             }
             return Ok((Name::from(ch.as_str()), event_data(content, None)));
         }

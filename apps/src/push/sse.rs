@@ -1,7 +1,8 @@
 //! Server-Sent Events on the publisher's port: `GET /sse?channel=NAME` (repeated, or names
-//! comma-separated, at most [`MAX_CHANNELS`]) streams the named events to a browser's
-//! `EventSource`, resuming after a reconnect from the positions in `Last-Event-ID` (or
-//! `?last_event_id=`) through the channel's history (`werkmann::channel::Feeds`).
+//! comma-separated, at most [`MAX_CHANNELS`](super::resume::MAX_CHANNELS)) streams the named
+//! events to a browser's `EventSource`, resuming after a reconnect from the positions in
+//! `Last-Event-ID` (or `?last_event_id=`) through the channel's history
+//! (`werkmann::channel::Feeds`).
 //!
 //! - An event's `data` is the push's `content` (a seed push, `?content=X`, arrives as exactly
 //!   X), or the published value as JSON when it has no `content` text. With several names each
@@ -14,110 +15,15 @@
 //!   longer covers its position (trimmed, expired, a channel server restarted) is named in
 //!   `lost`. A name whose history starts again while followed sends `recovery` with it lost.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use werkmann::channel::{php_serde, FeedEvent, Feeds, Follow, Name, Position};
-use werkmann::protocol::http::percent_decode;
+use werkmann::channel::{FeedEvent, Feeds, Follow, Name};
 use werkmann::{Connection, Request, Response, ServerSentEvent};
 
-/// Most names one stream follows.
-pub const MAX_CHANNELS: usize = 16;
-/// Longest channel name a stream takes.
-pub const MAX_NAME: usize = 200;
+use super::resume::{channels, data_text, id_of, positions, recovery};
+
 /// How soon a browser reconnects after the stream drops.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// Whether `name` may be followed (or pushed to by name): 1 to [`MAX_NAME`] characters of
-/// letters, digits and `_-.:@=`, not an integer (worker ids' events) and not under `werkmann`
-/// (the cluster's own).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:@=".contains(&b))
-        && !matches!(Name::from(name), Name::Int(_))
-        && !name.starts_with("werkmann")
-}
-
-/// The names a request asks for, or the 400 that says what is wrong.
-fn channels(req: &Request) -> Result<Vec<String>, Response> {
-    let mut names: Vec<String> = Vec::new();
-    for pair in req.query_string().split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(k) != "channel" {
-            continue;
-        }
-        let v = percent_decode(v);
-        for n in v.split(',') {
-            if !valid_name(n) {
-                return Err(Response::text(
-                    400,
-                    format!(
-                        "channel {:?}: 1 to {MAX_NAME} of A-Z a-z 0-9 _-.:@=, not a number, \
-                         not werkmann…\n",
-                        n.chars().take(64).collect::<String>()
-                    ),
-                ));
-            }
-            if !names.iter().any(|x| x == n) {
-                names.push(n.to_string());
-            }
-        }
-    }
-    match names.len() {
-        0 => Err(Response::text(400, "missing channel: /sse?channel=NAME\n")),
-        n if n > MAX_CHANNELS => Err(Response::text(
-            400,
-            format!("{n} channels: at most {MAX_CHANNELS} per stream\n"),
-        )),
-        _ => Ok(names),
-    }
-}
-
-/// The positions to resume from: `Last-Event-ID` (or `?last_event_id=`), one per name.
-fn resume_from(req: &Request, count: usize) -> Result<Option<Vec<Position>>, Response> {
-    let id = req
-        .last_event_id()
-        .map(str::to_string)
-        .or_else(|| req.query().remove("last_event_id"))
-        .filter(|s| !s.is_empty());
-    let Some(id) = id else { return Ok(None) };
-    let positions: Result<Vec<Position>, _> = id.split(',').map(str::parse).collect();
-    match positions {
-        Ok(p) if p.len() == count => Ok(Some(p)),
-        _ => Err(Response::text(
-            400,
-            format!("Last-Event-ID must be {count} EPOCH:OFFSET position(s), comma-separated\n"),
-        )),
-    }
-}
-
-/// The id of an event: every name's position.
-fn id_of(positions: &[Position]) -> String {
-    let mut id = String::with_capacity(24 * positions.len());
-    for (i, p) in positions.iter().enumerate() {
-        if i > 0 {
-            id.push(',');
-        }
-        let _ = write!(id, "{p}");
-    }
-    id
-}
-
-/// An event's data as the browser gets it: the push's `content`, else the value as JSON.
-fn data_text(data: &bytes::Bytes) -> String {
-    if let Some(text) = php_serde::field(data, "content")
-        .ok()
-        .and_then(|f| f.text())
-    {
-        return text;
-    }
-    php_serde::from_slice(data)
-        .map(|v| v.to_string())
-        .unwrap_or_default()
-}
 
 /// What a stream keeps on its connection: its registration, dropped when it closes.
 pub struct Stream(pub Option<Follow>);
@@ -129,14 +35,18 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
         conn.send(Response::text(405, "GET /sse?channel=NAME\n").with_header("Allow", "GET"));
         return;
     }
-    let names = match channels(req) {
+    let names = match channels(req.query_string()) {
         Ok(n) => n,
         Err(resp) => {
             conn.send(resp);
             return;
         }
     };
-    let since = match resume_from(req, names.len()) {
+    let id = req
+        .last_event_id()
+        .map(str::to_string)
+        .or_else(|| req.query().remove("last_event_id"));
+    let since = match positions(id, names.len()) {
         Ok(s) => s,
         Err(resp) => {
             conn.send(resp);
@@ -169,8 +79,8 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
             FeedEvent::Ready {
                 lost: Some(lost),
                 positions,
-            } => recovery(&labels, &lost, positions),
-            FeedEvent::Lost { index, positions } => recovery(&labels, &[index], positions),
+            } => recovery_event(&labels, &lost, positions),
+            FeedEvent::Lost { index, positions } => recovery_event(&labels, &[index], positions),
             FeedEvent::Message {
                 index,
                 data,
@@ -196,10 +106,12 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
 }
 
 /// `event: recovery` with `{"recovered", "lost"}`.
-fn recovery(labels: &[String], lost: &[usize], positions: &[Position]) -> ServerSentEvent {
-    let names: Vec<&str> = lost.iter().map(|&i| labels[i].as_str()).collect();
-    let body = serde_json::json!({ "recovered": lost.is_empty(), "lost": names });
-    ServerSentEvent::data(body.to_string())
+fn recovery_event(
+    labels: &[String],
+    lost: &[usize],
+    positions: &[werkmann::channel::Position],
+) -> ServerSentEvent {
+    ServerSentEvent::data(recovery(labels, lost).to_string())
         .event("recovery")
         .id(id_of(positions))
 }
@@ -208,46 +120,4 @@ fn recovery(labels: &[String], lost: &[usize], positions: &[Position]) -> Server
 pub fn closed(conn: &Connection) {
     let follow = conn.with_data(|s: &mut Stream| s.0.take()).flatten();
     drop(follow);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_that_may_be_followed() {
-        for ok in ["Broadcast", "news", "chat-1", "a.b:c@d=e_f"] {
-            assert!(valid_name(ok), "{ok}");
-        }
-        let long = "x".repeat(MAX_NAME + 1);
-        for bad in [
-            "",
-            "3",
-            "-5",
-            "a b",
-            "a/b",
-            "werkmann.gw.x",
-            long.as_str(),
-            "ä",
-        ] {
-            assert!(!valid_name(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ids_carry_every_position() {
-        let p = |e, o| Position {
-            epoch: e,
-            offset: o,
-        };
-        assert_eq!(id_of(&[p(5, 2), Position::NONE]), "5:2,0:0");
-        assert_eq!(
-            data_text(&php_serde::to_vec(&serde_json::json!({"content": "hi\nyo"})).into()),
-            "hi\nyo"
-        );
-        assert_eq!(
-            data_text(&php_serde::to_vec(&serde_json::json!([1, 2])).into()),
-            "[1,2]"
-        );
-    }
 }

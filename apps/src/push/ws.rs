@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use werkmann::channel::php_serde;
 use werkmann::channel::worker_ids::WorkerIds;
+use werkmann::channel::{php_serde, Feeds, Name};
 use werkmann::gateway::{Gateway, Tokens};
 use werkmann::pusher::{Apps, PusherNode};
 use werkmann::{cli, Response, Worker};
@@ -57,21 +57,32 @@ pub fn ws_worker(
                 ),
             }
         });
+        // Resuming readers (`/werkmann`, `stream.rs`) get `Broadcast` from the callback below.
+        let feeds = Feeds::new(&client);
+        feeds.fed_by_owner(BROADCAST);
         // $channel->on('Broadcast', …): {content} for every connection.
         let me = w.clone();
-        client.on_raw(BROADCAST, move |data| {
+        let readers = feeds.clone();
+        let name = Name::from(BROADCAST);
+        client.on_kept(BROADCAST, move |pos, data| {
             if me.connection_count() == 0 {
                 return;
             }
+            readers.deliver(&name, pos, data);
             if let Some(content) = field(data, "content").and_then(|f| f.text()) {
                 me.broadcast(content);
             }
         });
+        w.set_data(feeds);
         w.set_data(client);
         log::info!("pusher instance {} is worker id {my_id}", w.id());
     });
     let greet_ids = worker_ids.clone();
+    let stream_ids = worker_ids.clone();
     worker.on_websocket_connect(move |conn, req| {
+        if req.path() == super::stream::PATH {
+            return super::stream::accept(conn, req, stream_ids.ids()[conn.worker_id()]);
+        }
         if PusherNode::app_key(req.path()).is_some() {
             return match conn.worker().and_then(|w| PusherNode::of(&w)) {
                 Some(node) => {
@@ -125,6 +136,7 @@ pub fn ws_worker(
         if let Some(node) = pusher_node(conn) {
             node.on_close(conn);
         }
+        super::stream::closed(conn);
     });
     Ok(worker)
 }

@@ -170,6 +170,8 @@ struct FeedsInner {
     readers: RefCell<ReadersOf>,
     /// Names that stay subscribed without readers (see [`Feeds::keep_subscribed`]).
     pinned: RefCell<Vec<Key>>,
+    /// Names whose events the owner of the client hands in (see [`Feeds::fed_by_owner`]).
+    external: RefCell<Vec<Key>>,
     next: Cell<u64>,
 }
 
@@ -192,8 +194,23 @@ impl Feeds {
             client: client.clone(),
             readers: RefCell::new(HashMap::new()),
             pinned: RefCell::new(Vec::new()),
+            external: RefCell::new(Vec::new()),
             next: Cell::new(1),
         }))
+    }
+
+    /// `name` is subscribed by the client's owner, who hands its events in with
+    /// [`Feeds::deliver`] (a client takes one callback per name: a WebSocket node's
+    /// `Broadcast` callback serves its plain connections and these readers).
+    pub fn fed_by_owner(&self, name: impl Into<Key>) {
+        self.0.external.borrow_mut().push(name.into());
+    }
+
+    /// An event of a name [`Feeds::fed_by_owner`], for its readers.
+    pub fn deliver(&self, name: &Key, pos: Option<Position>, data: &Bytes) {
+        if !self.0.readers.borrow().is_empty() {
+            self.0.dispatch(name, pos, data);
+        }
     }
 
     /// Once followed, `name` stays subscribed when its last reader goes: for a name whose
@@ -249,7 +266,7 @@ impl Feeds {
                 list.push((id, Rc::downgrade(&reader)));
                 list.len() == 1
             };
-            if first {
+            if first && !self.0.external.borrow().contains(name) {
                 let weak = Rc::downgrade(&self.0);
                 let key = name.clone();
                 self.0.client.on_kept(name.clone(), move |pos, data| {
@@ -344,7 +361,9 @@ impl Drop for Follow {
                     list.retain(|(id, _)| *id != self.id);
                     if list.is_empty() {
                         readers.remove(name);
-                        if !feeds.pinned.borrow().contains(name) {
+                        let keep = feeds.pinned.borrow().contains(name)
+                            || feeds.external.borrow().contains(name);
+                        if !keep {
                             gone.push(name.clone());
                         }
                     }

@@ -1,0 +1,156 @@
+//! What the two resuming readers of the push app share — Server-Sent Events (`sse.rs`) and the
+//! resuming WebSocket protocol (`stream.rs`): which channel names a reader may follow, the
+//! positions it resumes from, the id that carries them, an event's text.
+
+use std::fmt::Write as _;
+
+use werkmann::channel::{php_serde, Name, Position};
+use werkmann::protocol::http::percent_decode;
+use werkmann::Response;
+
+/// Most names one reader follows.
+pub const MAX_CHANNELS: usize = 16;
+/// Longest channel name a reader takes.
+pub const MAX_NAME: usize = 200;
+
+/// Whether `name` may be followed (or pushed to by name): 1 to [`MAX_NAME`] characters of
+/// letters, digits and `_-.:@=`, not an integer (worker ids' events) and not under `werkmann`
+/// (the cluster's own).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:@=".contains(&b))
+        && !matches!(Name::from(name), Name::Int(_))
+        && !name.starts_with("werkmann")
+}
+
+/// The 400 for a name [`valid_name`] refuses.
+pub fn bad_name(name: &str) -> Response {
+    Response::text(
+        400,
+        format!(
+            "channel {:?}: 1 to {MAX_NAME} of A-Z a-z 0-9 _-.:@=, not a number, not werkmann…\n",
+            name.chars().take(64).collect::<String>()
+        ),
+    )
+}
+
+/// The names a query asks for (`channel=A&channel=B` or `channel=A,B`), each once, or the
+/// 400 that says what is wrong.
+pub fn channels(query: &str) -> Result<Vec<String>, Response> {
+    let mut names: Vec<String> = Vec::new();
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(k) != "channel" {
+            continue;
+        }
+        for n in percent_decode(v).split(',') {
+            if !valid_name(n) {
+                return Err(bad_name(n));
+            }
+            if !names.iter().any(|x| x == n) {
+                names.push(n.to_string());
+            }
+        }
+    }
+    match names.len() {
+        0 => Err(Response::text(400, "missing channel: ?channel=NAME\n")),
+        n if n > MAX_CHANNELS => Err(Response::text(
+            400,
+            format!("{n} channels: at most {MAX_CHANNELS} per reader\n"),
+        )),
+        _ => Ok(names),
+    }
+}
+
+/// The positions to resume from (`EPOCH:OFFSET` per name, comma-separated), or the 400.
+pub fn positions(id: Option<String>, count: usize) -> Result<Option<Vec<Position>>, Response> {
+    let Some(id) = id.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let positions: Result<Vec<Position>, _> = id.split(',').map(str::parse).collect();
+    match positions {
+        Ok(p) if p.len() == count => Ok(Some(p)),
+        _ => Err(Response::text(
+            400,
+            format!("Last-Event-ID must be {count} EPOCH:OFFSET position(s), comma-separated\n"),
+        )),
+    }
+}
+
+/// The id of an event: every name's position.
+pub fn id_of(positions: &[Position]) -> String {
+    let mut id = String::with_capacity(24 * positions.len());
+    for (i, p) in positions.iter().enumerate() {
+        if i > 0 {
+            id.push(',');
+        }
+        let _ = write!(id, "{p}");
+    }
+    id
+}
+
+/// An event's data as a reader gets it: the push's `content`, else the value as JSON.
+pub fn data_text(data: &bytes::Bytes) -> String {
+    if let Some(text) = php_serde::field(data, "content")
+        .ok()
+        .and_then(|f| f.text())
+    {
+        return text;
+    }
+    php_serde::from_slice(data)
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+/// `{"recovered", "lost"}` for names `lost` (by index) of `labels`.
+pub fn recovery(labels: &[String], lost: &[usize]) -> serde_json::Value {
+    let names: Vec<&str> = lost.iter().map(|&i| labels[i].as_str()).collect();
+    serde_json::json!({ "recovered": lost.is_empty(), "lost": names })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_may_be_followed() {
+        for ok in ["Broadcast", "news", "chat-1", "a.b:c@d=e_f"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        let long = "x".repeat(MAX_NAME + 1);
+        for bad in [
+            "",
+            "3",
+            "-5",
+            "a b",
+            "a/b",
+            "werkmann.gw.x",
+            long.as_str(),
+            "ä",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        assert_eq!(channels("channel=a,b&x=1&channel=a").unwrap(), ["a", "b"]);
+        assert!(channels("x=1").is_err());
+    }
+
+    #[test]
+    fn ids_carry_every_position() {
+        let p = |e, o| Position {
+            epoch: e,
+            offset: o,
+        };
+        assert_eq!(id_of(&[p(5, 2), Position::NONE]), "5:2,0:0");
+        assert_eq!(
+            positions(Some("5:2,0:0".into()), 2).unwrap(),
+            Some(vec![p(5, 2), Position::NONE])
+        );
+        assert!(positions(Some("5:2".into()), 2).is_err());
+        let text = |v: serde_json::Value| data_text(&php_serde::to_vec(&v).into());
+        assert_eq!(text(serde_json::json!({"content": "hi\nyo"})), "hi\nyo");
+        assert_eq!(text(serde_json::json!([1, 2])), "[1,2]");
+    }
+}

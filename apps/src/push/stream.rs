@@ -1,0 +1,102 @@
+//! The resuming WebSocket protocol of the WebSocket nodes, what `/werkmann.js` speaks:
+//! `ws://NODE/werkmann?channel=NAME[,NAME…][&last_event_id=POSITIONS]` follows named events
+//! (`Broadcast` for the seed's broadcasts) and resumes them across reconnects — to any node —
+//! through the channel's history, as `/sse` does.
+//!
+//! What the node sends is JSON in **binary** frames, so that nothing an app pushes to the
+//! connection (a text frame: a targeted push, a uid or group send) is ever taken for it:
+//!
+//! | frame | when |
+//! |---|---|
+//! | `{"type":"welcome","client_id":"W-C"}` | first: the connection's client id (targeted pushes, `bind_uid`) |
+//! | `{"type":"ready","id":IDS}` | the stream stands (a new reader) |
+//! | `{"type":"recovery","recovered":B,"lost":[NAMES],"id":IDS}` | a resumed reader caught up; or a name whose history started again |
+//! | `{"type":"message","channel":NAME,"data":TEXT,"id":IDS}` | an event: the push's `content` |
+//!
+//! `IDS` are every followed name's position, as `/sse`'s ids; the client keeps the last and
+//! sends it back as `last_event_id` when it reconnects. A bad name or position refuses the
+//! handshake with 400. These connections take no seed broadcast (they get `Broadcast` as
+//! messages) and no greeting.
+
+use werkmann::channel::{FeedEvent, Feeds, Follow, Name, Position};
+use werkmann::{Connection, Message, Request, Response};
+
+use super::resume::{channels, data_text, id_of, positions, recovery};
+
+/// The path of the resuming protocol on a WebSocket node.
+pub const PATH: &str = "/werkmann";
+
+/// What a reader keeps on its connection: its registration, dropped when it closes.
+pub struct Reader(pub Option<Follow>);
+
+/// Accept a handshake on [`PATH`]: the 400 for a bad request, else the reader follows.
+pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Response> {
+    let names = channels(req.query_string())?;
+    let since = positions(req.query().remove("last_event_id"), names.len())?;
+    let Some((w, feeds)) = conn
+        .worker()
+        .and_then(|w| w.data::<Feeds>().map(|f| (w, f)))
+        .filter(|(_, f)| f.client().is_connected())
+    else {
+        return Err(Response::text(
+            503,
+            "channel not connected: no stream now\n",
+        ));
+    };
+    w.exclude_from_broadcasts(conn);
+    send(
+        conn,
+        serde_json::json!({"type": "welcome", "client_id": format!("{worker_id}-{}", conn.id())}),
+    );
+    let to = conn.clone();
+    let labels = names.clone();
+    let keys: Vec<Name> = names.iter().map(Name::from).collect();
+    let follow = feeds.follow(keys, since, move |ev| {
+        let frame = match ev {
+            FeedEvent::Ready {
+                lost: None,
+                positions,
+            } => serde_json::json!({"type": "ready", "id": id_of(positions)}),
+            FeedEvent::Ready {
+                lost: Some(lost),
+                positions,
+            } => recovered(&labels, &lost, positions),
+            FeedEvent::Lost { index, positions } => recovered(&labels, &[index], positions),
+            FeedEvent::Message {
+                index,
+                data,
+                positions,
+            } => serde_json::json!({
+                "type": "message",
+                "channel": labels[index],
+                "data": data_text(data),
+                "id": id_of(positions),
+            }),
+        };
+        send(&to, frame);
+    });
+    match follow {
+        Ok(f) => {
+            conn.set_data(Reader(Some(f)));
+            Ok(())
+        }
+        Err(e) => Err(Response::text(503, format!("{e}\n"))),
+    }
+}
+
+fn recovered(labels: &[String], lost: &[usize], positions: &[Position]) -> serde_json::Value {
+    let mut v = recovery(labels, lost);
+    v["type"] = "recovery".into();
+    v["id"] = id_of(positions).into();
+    v
+}
+
+fn send(conn: &Connection, v: serde_json::Value) {
+    conn.send(Message::Binary(v.to_string().into()));
+}
+
+/// A closed reader's registration goes.
+pub fn closed(conn: &Connection) {
+    let follow = conn.with_data(|r: &mut Reader| r.0.take()).flatten();
+    drop(follow);
+}
