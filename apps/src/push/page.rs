@@ -1,5 +1,6 @@
-//! The demo page the publisher serves on `GET /`: it connects to a WebSocket node, shows the
-//! greeting and the pushes, and has a form to broadcast or target a connection.
+//! The demo page the publisher serves on `GET /`: through `/werkmann.js` it follows the
+//! broadcasts on a WebSocket node, resuming across reconnects, shows its client id and the
+//! pushes, and has a form to broadcast or target a connection.
 
 /// The demo page connecting to its own host's `ws_port`.
 pub fn demo_page(ws_port: u16) -> String {
@@ -7,7 +8,7 @@ pub fn demo_page(ws_port: u16) -> String {
 }
 
 /// The demo page knowing several WebSocket nodes: it connects to one of them, chosen at
-/// random, and when that connection drops it tries the next one, with backoff. Each node is
+/// random, and when that connection drops it tries the next one, with backoff, and resumes. Each node is
 /// `HOST:PORT` (the page's scheme, `ws://` or `wss://`) or a full `ws://`/`wss://` URL. With
 /// no nodes the page uses its own host and `ws_port`. A `?ws=A,B` parameter on the page's
 /// address overrides the list in the browser.

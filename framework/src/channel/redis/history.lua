@@ -1,5 +1,7 @@
 -- History on Redis (channel::history): KEYS = the name's meta hash (e: epoch, o: last offset,
--- t: ttl in ms) and its stream (entries `OFFSET-0` with fields t: kept at, in ms; d: data).
+-- t: ttl in ms, n: size) and its stream (entries `OFFSET-0` with fields t: kept at, in ms;
+-- d: data). The stream is trimmed approximately (`MAXLEN ~`, whole nodes: cheap); a read
+-- counts only the last `n` as kept, so the bound is exact as readers see it.
 -- ARGV[1] = 'K' (keep a publish) or 'R' (read since a position).
 --   K: ARGV = K, publish command, channel, data, size, ttl ms, a new epoch (used if none is
 --      kept), the publisher's clock in ms; publishes `~pEPOCH:OFFSET:` .. data and answers
@@ -12,10 +14,10 @@ if ARGV[1] == 'K' then
   if not epoch then
     epoch = ARGV[7]
     redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 't', ttl)
+    redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 't', ttl, 'n', ARGV[5])
   end
   local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], off .. '-0', 't', ARGV[8], 'd', ARGV[4])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], off .. '-0', 't', ARGV[8], 'd', ARGV[4])
   redis.call('PEXPIRE', KEYS[2], ttl)
   -- The epoch outlives the messages by an hour: a reader that missed nothing still recovers.
   redis.call('PEXPIRE', KEYS[1], ttl + 3600000)
@@ -33,7 +35,8 @@ local items = {}
 local recovered = false
 if ARGV[2] ~= '' then
   local since = tonumber(ARGV[3])
-  if ARGV[2] == epoch and since <= top then
+  local size = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+  if ARGV[2] == epoch and since <= top and since + size >= top then
     if since == top then
       recovered = true
     else
