@@ -105,6 +105,41 @@ pub fn data_text(data: &bytes::Bytes) -> String {
         .unwrap_or_default()
 }
 
+/// One encoding of an event for every reader that would encode it alike: readers of one name
+/// at the same position (every single-name reader of an instance) share the bytes. Keyed by
+/// the event's data (the same `Bytes` handed to each reader, kept alive here, so its address
+/// names it) and a key of the reader's own (its name and id).
+pub struct Shared<T: Clone> {
+    last: std::cell::RefCell<Option<(bytes::Bytes, String, T)>>,
+}
+
+impl<T: Clone> Shared<T> {
+    /// An empty cache (one per thread: `thread_local!`).
+    pub const fn new() -> Self {
+        Shared {
+            last: std::cell::RefCell::new(None),
+        }
+    }
+
+    /// The encoding for `data` under `key`, made by `make` unless the last one fits.
+    pub fn get(&self, data: &bytes::Bytes, key: &str, make: impl FnOnce() -> T) -> T {
+        if let Some((d, k, v)) = &*self.last.borrow() {
+            if d.as_ptr() == data.as_ptr() && d.len() == data.len() && k == key {
+                return v.clone();
+            }
+        }
+        let v = make();
+        *self.last.borrow_mut() = Some((data.clone(), key.to_string(), v.clone()));
+        v
+    }
+}
+
+impl<T: Clone> Default for Shared<T> {
+    fn default() -> Self {
+        Shared::new()
+    }
+}
+
 /// `{"recovered", "lost"}` for names `lost` (by index) of `labels`.
 pub fn recovery(labels: &[String], lost: &[usize]) -> serde_json::Value {
     let names: Vec<&str> = lost.iter().map(|&i| labels[i].as_str()).collect();
@@ -135,6 +170,28 @@ mod tests {
         }
         assert_eq!(channels("channel=a,b&x=1&channel=a").unwrap(), ["a", "b"]);
         assert!(channels("x=1").is_err());
+    }
+
+    #[test]
+    fn one_encoding_per_event_and_place() {
+        let cache: Shared<String> = Shared::new();
+        let made = std::cell::Cell::new(0);
+        let make = |s: &str| {
+            made.set(made.get() + 1);
+            s.to_string()
+        };
+        let a = bytes::Bytes::from_static(b"i:1;");
+        let a2 = bytes::Bytes::copy_from_slice(b"i:1;"); // equal bytes, another event
+        assert_eq!(cache.get(&a, "1:1", || make("x")), "x");
+        assert_eq!(cache.get(&a.clone(), "1:1", || make("y")), "x");
+        assert_eq!(made.get(), 1, "the same event at the same place: shared");
+        assert_eq!(cache.get(&a, "1:2", || make("z")), "z");
+        assert_eq!(cache.get(&a2, "1:2", || make("w")), "w");
+        assert_eq!(
+            made.get(),
+            3,
+            "another place or another event: encoded anew"
+        );
     }
 
     #[test]

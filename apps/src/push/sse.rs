@@ -18,12 +18,17 @@
 use std::time::Duration;
 
 use werkmann::channel::{FeedEvent, Feeds, Follow, Name};
-use werkmann::{Connection, Request, Response, ServerSentEvent};
+use werkmann::{Chunk, Connection, Request, Response, ServerSentEvent};
 
-use super::resume::{channels, data_text, id_of, positions, recovery};
+use super::resume::{channels, data_text, id_of, positions, recovery, Shared};
 
 /// How soon a browser reconnects after the stream drops.
 const RETRY: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// The last event encoded on this thread, for the next stream at the same place.
+    static FRAMES: Shared<Chunk> = const { Shared::new() };
+}
 
 /// What a stream keeps on its connection: its registration, dropped when it closes.
 pub struct Stream(pub Option<Follow>);
@@ -86,12 +91,26 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
                 data,
                 positions,
             } => {
-                let e = ServerSentEvent::data(data_text(data)).id(id_of(positions));
-                if named {
-                    e.event(labels[index].clone())
+                // Encoded once for every stream at the same place (see `Shared`).
+                let id = id_of(positions);
+                let key = if named {
+                    format!("{}\n{id}", labels[index])
                 } else {
-                    e
-                }
+                    id.clone()
+                };
+                let chunk = FRAMES.with(|f| {
+                    f.get(data, &key, || {
+                        let e = ServerSentEvent::data(data_text(data)).id(id);
+                        let e = if named {
+                            e.event(labels[index].clone())
+                        } else {
+                            e
+                        };
+                        Chunk::from(e).shared()
+                    })
+                });
+                to.send(chunk);
+                return;
             }
         };
         to.send(event);

@@ -21,7 +21,12 @@
 use werkmann::channel::{FeedEvent, Feeds, Follow, Name, Position};
 use werkmann::{Connection, Message, Request, Response};
 
-use super::resume::{channels, data_text, id_of, positions, recovery};
+use super::resume::{channels, data_text, id_of, positions, recovery, Shared};
+
+thread_local! {
+    /// The last message encoded on this thread, for the next reader at the same place.
+    static FRAMES: Shared<bytes::Bytes> = const { Shared::new() };
+}
 
 /// The path of the resuming protocol on a WebSocket node.
 pub const PATH: &str = "/werkmann";
@@ -66,12 +71,24 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
                 index,
                 data,
                 positions,
-            } => serde_json::json!({
-                "type": "message",
-                "channel": labels[index],
-                "data": data_text(data),
-                "id": id_of(positions),
-            }),
+            } => {
+                // Encoded once for every reader at the same place (see `Shared`).
+                let id = id_of(positions);
+                let key = format!("{}\n{id}", labels[index]);
+                let bytes = FRAMES.with(|f| {
+                    f.get(data, &key, || {
+                        let v = serde_json::json!({
+                            "type": "message",
+                            "channel": labels[index],
+                            "data": data_text(data),
+                            "id": id,
+                        });
+                        bytes::Bytes::from(v.to_string())
+                    })
+                });
+                to.send(Message::Binary(bytes));
+                return;
+            }
         };
         send(&to, frame);
     });
