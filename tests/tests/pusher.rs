@@ -643,3 +643,154 @@ async fn bad_input_is_refused_and_the_node_goes_on() {
     assert_eq!(close_code(&mut c).await, 4001);
     round_trip(&[ws], http);
 }
+
+/// werkmann's opt-in resume extension (`?werkmann=1`, `werkmann_since` on `pusher:subscribe`)
+/// across two nodes: a socket on one node sees each event with its `werkmann_id`, goes away,
+/// events are triggered (with the `pusher` SDK), and a socket on the other node resumes from
+/// the last id: `subscription_succeeded`, `werkmann:recovery` (recovered), the missed events
+/// once and in order, then live ones. A position the history no longer covers says so; a
+/// socket without the extension sees plain Pusher frames; presence channels do not resume.
+async fn resume_extension(channel: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn open(port: u16, query: &str) -> Ws {
+        let (_, key, _) = APP;
+        let url = format!("ws://127.0.0.1:{port}/app/{key}?protocol=7{query}");
+        let (mut c, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let hello = next(&mut c).await;
+        assert_eq!(hello["event"], "pusher:connection_established");
+        c
+    }
+    async fn next(c: &mut Ws) -> serde_json::Value {
+        loop {
+            match tokio::time::timeout(werkmann_tests::WAIT, c.next()).await {
+                Ok(Some(Ok(WsMessage::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    }
+    async fn subscribe(c: &mut Ws, data: serde_json::Value) {
+        let f = serde_json::json!({"event": "pusher:subscribe", "data": data});
+        c.send(WsMessage::Text(f.to_string().into())).await.unwrap();
+    }
+
+    let (_apps, ws, http) = cluster(channel);
+    let mut a = open(ws[0], "&werkmann=1").await;
+    let mut plain = open(ws[1], "").await;
+    subscribe(&mut a, serde_json::json!({"channel": "ticker"})).await;
+    subscribe(&mut plain, serde_json::json!({"channel": "ticker"})).await;
+    for c in [&mut a, &mut plain] {
+        assert_eq!(
+            next(c).await["event"],
+            "pusher_internal:subscription_succeeded"
+        );
+    }
+    trigger(http, "ticker", "tick", "1");
+    let e = next(&mut a).await;
+    assert_eq!(
+        (e["event"].as_str(), e["data"].as_str()),
+        (Some("tick"), Some("1"))
+    );
+    let id = e["werkmann_id"]
+        .as_str()
+        .expect("a werkmann_id")
+        .to_string();
+    let p = next(&mut plain).await;
+    assert_eq!(p["data"], "1");
+    assert!(
+        p.get("werkmann_id").is_none(),
+        "plain Pusher for plain sockets: {p}"
+    );
+    drop(a);
+    for n in ["2", "3"] {
+        trigger(http, "ticker", "tick", n);
+    }
+    let mut b = open(ws[1], "&werkmann=1").await;
+    subscribe(
+        &mut b,
+        serde_json::json!({"channel": "ticker", "werkmann_since": id}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut b).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let r = next(&mut b).await;
+    assert_eq!(r["event"], "werkmann:recovery", "{r}");
+    let rd: serde_json::Value = serde_json::from_str(r["data"].as_str().unwrap()).unwrap();
+    assert_eq!(rd["recovered"], true, "{r}");
+    let mut last = String::new();
+    for n in ["2", "3"] {
+        let e = next(&mut b).await;
+        assert_eq!(
+            (e["event"].as_str(), e["data"].as_str()),
+            (Some("tick"), Some(n)),
+            "{e}"
+        );
+        last = e["werkmann_id"].as_str().unwrap().to_string();
+    }
+    trigger(http, "ticker", "tick", "4");
+    let e = next(&mut b).await;
+    assert_eq!(e["data"], "4", "{e}");
+    assert_ne!(e["werkmann_id"].as_str().unwrap(), last);
+
+    // Another epoch: lost, and it goes on live.
+    let (epoch, _) = id.split_once(':').unwrap();
+    let other = format!("{}:1", epoch.parse::<u64>().unwrap() + 1);
+    let mut c = open(ws[0], "&werkmann=1").await;
+    subscribe(
+        &mut c,
+        serde_json::json!({"channel": "ticker", "werkmann_since": other}),
+    )
+    .await;
+    assert_eq!(
+        next(&mut c).await["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    let r = next(&mut c).await;
+    let rd: serde_json::Value = serde_json::from_str(r["data"].as_str().unwrap()).unwrap();
+    assert_eq!(rd["recovered"], false, "{r}");
+    trigger(http, "ticker", "tick", "5");
+    assert_eq!(next(&mut c).await["data"], "5");
+    // Refused: a bad position, a socket without the extension, a presence channel.
+    subscribe(
+        &mut c,
+        serde_json::json!({"channel": "other", "werkmann_since": "x"}),
+    )
+    .await;
+    assert_eq!(next(&mut c).await["event"], "pusher:subscription_error");
+    subscribe(
+        &mut plain,
+        serde_json::json!({"channel": "other", "werkmann_since": id}),
+    )
+    .await;
+    // (after the ticks it got all along, each once)
+    for n in ["2", "3", "4", "5"] {
+        assert_eq!(next(&mut plain).await["data"], n);
+    }
+    assert_eq!(next(&mut plain).await["event"], "pusher:subscription_error");
+    subscribe(
+        &mut c,
+        serde_json::json!({"channel": "presence-x", "werkmann_since": id, "auth": "k:s"}),
+    )
+    .await;
+    assert_eq!(next(&mut c).await["event"], "pusher:subscription_error");
+}
+
+#[tokio::test]
+async fn the_resume_extension_across_nodes_of_a_channel_server() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _channel = App::start("start_channel", &["--listen", &addr], &[port]);
+    resume_extension(&addr).await;
+}
+
+#[tokio::test]
+async fn the_resume_extension_across_nodes_on_redis() {
+    let redis = werkmann_tests::RedisServer::start();
+    resume_extension(&redis.url()).await;
+}

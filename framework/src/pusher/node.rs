@@ -27,7 +27,7 @@ use super::frame::{self, Frame};
 use super::{sign, webhook, App, Apps, SocketId};
 use crate::channel::dir::{self, ClientId, DirOp, Hooks, Join};
 use crate::channel::php_serde::{self, Reader};
-use crate::channel::{ChannelError, Client};
+use crate::channel::{ChannelError, Client, Position};
 use crate::{Connection, Message, Request, Timer, WorkerInstance};
 
 /// Seconds of silence after which a client pings (sent in `connection_established`).
@@ -86,6 +86,9 @@ fn read_payload(data: &Bytes) -> Option<(Option<SocketId>, &str)> {
     Some((skip, frame))
 }
 
+/// A frame held for a connection, with its event's position in history (if kept).
+type Held = (Option<Position>, String);
+
 /// One channel's subscribers on this instance.
 struct Local {
     conns: HashSet<u64>,
@@ -103,6 +106,9 @@ struct Client_ {
     presence: Vec<Membership>,
     /// Its channels counted in the directory (their joins made again after a reconnect).
     occupancy: Vec<Box<str>>,
+    /// It asked for werkmann's resume extension (`?werkmann=1`): events carry their
+    /// position (`werkmann_id`) and a subscription may resume from one.
+    positions: bool,
 }
 
 /// A connection's presence channel: its event, the user id it is on it as, and its join
@@ -134,7 +140,7 @@ struct Inner {
     /// Presence subscriptions waiting for the directory's answer: by channel event, the
     /// connections, with what arrived for them meanwhile (written after their
     /// `subscription_succeeded`, so that no member event comes before the member list).
-    held: RefCell<HashMap<String, HashMap<u64, Vec<String>>>>,
+    held: RefCell<HashMap<String, HashMap<u64, Vec<Held>>>>,
 }
 
 /// One worker instance's Pusher side (see the module's text). Cheap to clone.
@@ -214,6 +220,14 @@ impl PusherNode {
         if let Some(w) = conn.worker() {
             w.exclude_from_broadcasts(conn);
         }
+        let positions = match req.get("werkmann").as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(_) => {
+                refuse(conn, 4000, "werkmann must be 1 or 0");
+                return;
+            }
+        };
         self.0.clients.borrow_mut().insert(
             conn.id(),
             Client_ {
@@ -223,6 +237,7 @@ impl PusherNode {
                 user: None,
                 presence: Vec::new(),
                 occupancy: Vec::new(),
+                positions,
             },
         );
         conn.send(frame::connection_established(
@@ -321,6 +336,27 @@ impl PusherNode {
                 return;
             }
         }
+        if let Some(since) = f.data_field("werkmann_since") {
+            let positions = self
+                .0
+                .clients
+                .borrow()
+                .get(&conn.id())
+                .is_some_and(|c| c.positions);
+            let since = match since.parse::<Position>() {
+                _ if !positions => Err("resuming needs a socket opened with ?werkmann=1".into()),
+                _ if kind == ChannelKind::Presence => {
+                    Err("presence channels do not resume: their member list is the state".into())
+                }
+                Ok(p) => Ok(p),
+                Err(e) => Err(e.to_string()),
+            };
+            match since {
+                Ok(since) => self.resume(conn, &app, &channel, since),
+                Err(why) => refuse(400, &why),
+            }
+            return;
+        }
         if kind == ChannelKind::Presence {
             match member(channel_data.as_deref().unwrap_or_default()) {
                 Ok((user_id, info)) => {
@@ -401,10 +437,10 @@ impl PusherNode {
         if first {
             let node = Rc::downgrade(&self.0);
             let ev = event.clone();
-            self.0.client.on_raw(event.as_str(), move |data| {
+            self.0.client.on_kept(event.as_str(), move |pos, data| {
                 if let Some(n) = node.upgrade() {
                     match handler {
-                        Handler::Deliver => PusherNode(n).deliver(&ev, data),
+                        Handler::Deliver => PusherNode(n).deliver(&ev, pos, data),
                         Handler::Terminate => PusherNode(n).terminate(&ev),
                     }
                 }
@@ -535,7 +571,7 @@ impl PusherNode {
                     Some(channel),
                     &data.to_string(),
                 ));
-                for f in frames {
+                for (_, f) in frames {
                     conn.send(f);
                 }
                 return;
@@ -777,7 +813,7 @@ impl PusherNode {
 
     /// A channel event arrived: write its frame to this instance's subscribers but the one to
     /// skip, encoded once.
-    fn deliver(&self, event: &str, data: &Bytes) {
+    fn deliver(&self, event: &str, pos: Option<Position>, data: &Bytes) {
         let Some((skip, frame)) = read_payload(data) else {
             log::warn!("pusher: undecodable event on {event}");
             return;
@@ -785,20 +821,21 @@ impl PusherNode {
         let skip = skip
             .filter(|s| s.worker == self.0.worker_id)
             .map(|s| s.conn);
-        let conns: Vec<Connection> = {
+        let (plain, positioned): (Vec<Connection>, Vec<Connection>) = {
             let channels = self.0.channels.borrow();
             let Some(local) = channels.get(event) else {
                 return;
             };
             let mut held = self.0.held.borrow_mut();
             let mut waiting = held.get_mut(event);
+            let clients = self.0.clients.borrow();
             local
                 .conns
                 .iter()
                 .filter(|&&c| Some(c) != skip)
                 .filter(|&&c| match waiting.as_mut().and_then(|w| w.get_mut(&c)) {
                     Some(frames) if frames.len() < MAX_HELD => {
-                        frames.push(frame.to_string());
+                        frames.push((pos, frame.to_string()));
                         false
                     }
                     Some(_) => {
@@ -808,13 +845,107 @@ impl PusherNode {
                     None => true,
                 })
                 .filter_map(|&c| self.0.instance.connection(c))
-                .collect()
+                .partition(|c| pos.is_none() || !clients.get(&c.id()).is_some_and(|x| x.positions))
         };
-        if !conns.is_empty() {
+        if !plain.is_empty() {
             self.0
                 .instance
-                .send_to(conns.iter(), Message::Text(frame.to_string()));
+                .send_to(plain.iter(), Message::Text(frame.to_string()));
         }
+        if let (false, Some(pos)) = (positioned.is_empty(), pos) {
+            self.0
+                .instance
+                .send_to(positioned.iter(), Message::Text(with_position(frame, pos)));
+        }
+    }
+
+    /// Subscribe `conn` to `channel`, resuming from `since` (werkmann's extension): on the
+    /// channel at once (what arrives is held), the channel's history read next; then
+    /// `subscription_succeeded`, `werkmann:recovery` (whether everything missed follows),
+    /// what was missed, what was held (each once), and live events.
+    fn resume(&self, conn: &Connection, app: &App, channel: &str, since: Position) {
+        let event = channel_event(&app.id, channel);
+        self.0
+            .held
+            .borrow_mut()
+            .entry(event.clone())
+            .or_default()
+            .insert(conn.id(), Vec::new());
+        if !self.join(conn.id(), event.clone(), Handler::Deliver) {
+            self.unhold(conn.id(), &event);
+            return;
+        }
+        if let Some(op) = self.occupancy_join(conn.id(), app, channel) {
+            if let Err(e) = self.0.client.dir_send(&op) {
+                log::warn!("pusher: a subscription not counted for occupancy ({e})");
+            }
+        }
+        let (node, conn, channel) = (self.clone(), conn.clone(), channel.to_string());
+        let me = self.0.clients.borrow().get(&conn.id()).map(|c| c.socket_id);
+        let name = event.clone();
+        self.0.client.history(name, Some(since), move |page| {
+            let held = {
+                let mut held = node.0.held.borrow_mut();
+                let frames = held.get_mut(&event).and_then(|m| m.remove(&conn.id()));
+                if held.get(&event).is_some_and(HashMap::is_empty) {
+                    held.remove(&event);
+                }
+                frames
+            };
+            // Gone meanwhile (closed, unsubscribed).
+            let Some(held) = held else { return };
+            conn.send(frame::encode(
+                "pusher_internal:subscription_succeeded",
+                Some(&channel),
+                "{}",
+            ));
+            let (recovered, mut at, items) = match page {
+                Ok(p) if p.recovered => (true, since, p.items),
+                Ok(p) => (false, p.last().unwrap_or(Position::NONE), Vec::new()),
+                Err(e) => {
+                    log::info!("pusher: history of {channel} not read: {e}");
+                    (false, Position::NONE, Vec::new())
+                }
+            };
+            let data = serde_json::json!({ "recovered": recovered, "werkmann_id": at.to_string() });
+            conn.send(frame::encode(
+                "werkmann:recovery",
+                Some(&channel),
+                &data.to_string(),
+            ));
+            for (offset, data) in items {
+                let Some((skip, f)) = read_payload(&data) else {
+                    continue;
+                };
+                at = Position {
+                    epoch: at.epoch,
+                    offset,
+                };
+                if skip.is_none() || skip != me {
+                    conn.send(with_position(f, at));
+                }
+            }
+            for (pos, f) in held {
+                match pos {
+                    Some(p) if p.epoch == at.epoch && p.offset <= at.offset => {}
+                    Some(p) => {
+                        at = p;
+                        conn.send(with_position(&f, p));
+                    }
+                    None => {
+                        conn.send(f);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A Pusher frame (a JSON object) with werkmann's `werkmann_id` (its position) added.
+fn with_position(frame: &str, pos: Position) -> String {
+    match frame.strip_suffix('}') {
+        Some(head) => format!("{head},\"werkmann_id\":\"{pos}\"}}"),
+        None => frame.to_string(),
     }
 }
 
