@@ -31,6 +31,7 @@ mod static_files;
 mod timer;
 pub mod tls;
 pub(crate) mod transport;
+pub mod webhook;
 mod worker;
 
 pub use client::AsyncTcpConnection;

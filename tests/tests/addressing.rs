@@ -260,6 +260,11 @@ async fn sends_reach_exactly_their_targets(c: &Cluster) {
     ] {
         c.sends(&mut cs, method, j(body), m, 0, &[]).await;
     }
+    // The answer names the uids that were offline (each once, in the order asked).
+    let body = json!({"uid": ["s-nobody", "s-alice", "s-none", "s-nobody"], "message": "x"});
+    let (status, v) = c.api("send_to_uid", j(body)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v, json!({"reached": 2, "offline": ["s-nobody", "s-none"]}));
 }
 
 /// Case 2: every query, across nodes; sessions; ungroup, unbind, leave; close_client.

@@ -528,3 +528,216 @@ async fn the_resuming_protocol_refuses_bad_requests() {
         }
     }
 }
+
+/// A webhook receiver on loopback: each POST's `X-Werkmann-Signature` and body, in order;
+/// it answers the first `fail_first` requests 500 (to see the retry), then 200.
+struct Receiver {
+    addr: SocketAddr,
+    got: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Receiver {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, got) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break (head.to_string(), body.to_string());
+                        }
+                    }
+                };
+                let sig = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("X-Werkmann-Signature: "))
+                    .unwrap_or("")
+                    .to_string();
+                seen += 1;
+                let status = if seen <= fail_first {
+                    "500 No"
+                } else {
+                    "200 OK"
+                };
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+                let _ = tx.send((sig, body));
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    async fn next(&mut self) -> (String, Value) {
+        let (sig, body) = tokio::time::timeout(Duration::from_secs(15), self.got.recv())
+            .await
+            .expect("a webhook within 15 s")
+            .unwrap();
+        assert_eq!(
+            sig,
+            hmac(&body),
+            "signed with the push API's secret: {body}"
+        );
+        (body.clone(), serde_json::from_str(&body).unwrap())
+    }
+}
+
+const API_SECRET: &str = "report-secret";
+
+/// HMAC-SHA256 of `body` with [`API_SECRET`], hex (openssl computes it).
+fn hmac(body: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", API_SECRET, "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// POST `/api/{method}` with the secret; status and JSON answer.
+async fn api(web: SocketAddr, method: &str, body: Value) -> (u16, Value) {
+    let text = body.to_string();
+    let head = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_SECRET}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        text.len()
+    );
+    let (status, body) = http(web, &head, &text).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+/// What a push reached, told: a `send_to_uid` names the uids that were offline; marked
+/// `fallback`, a signed webhook names them too (retried when the receiver fails); with a
+/// `callback_url` the answer is 202 and the report arrives there, signed. Bad requests: 400.
+#[tokio::test]
+async fn delivery_reports_offline_uids_fallback_and_callbacks() {
+    let mut fallback = Receiver::start(1).await;
+    let mut callback = Receiver::start(0).await;
+    let (ws, web) = (free_addr("127.0.2.11"), free_addr("127.0.2.12"));
+    let hook = format!("http://{}/fallback", fallback.addr);
+    let _app = start_all_at(
+        ws,
+        web,
+        &["--secret", API_SECRET, "--fallback-webhook", &hook],
+    );
+    // A client bound to uid alice (a token signed with the secret would do it too).
+    let (mut alice, w, c) = werkmann_tests::push::connect(ws).await;
+    let cid = format!("{w}-{c}");
+    let mut bound = false;
+    for _ in 0..100 {
+        let (status, v) = api(
+            web,
+            "bind_uid",
+            serde_json::json!({"client_id": cid, "uid": "alice"}),
+        )
+        .await;
+        if status == 200 && v["ok"] == true {
+            bound = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bound, "alice bound");
+
+    let body =
+        serde_json::json!({"uid": ["alice", "bob", "carol"], "message": "hallo", "fallback": true});
+    let (status, v) = api(web, "send_to_uid", body).await;
+    assert_eq!(
+        (status, v.clone()),
+        (
+            200,
+            serde_json::json!({"reached": 1, "offline": ["bob", "carol"]})
+        )
+    );
+    assert_eq!(werkmann_tests::push::next_text(&mut alice).await, "hallo");
+    // The receiver failed the first try: the same webhook again after a second.
+    let (first, v1) = fallback.next().await;
+    let (again, v2) = fallback.next().await;
+    assert_eq!(first, again);
+    assert_eq!(v1["event"], "undelivered");
+    assert_eq!(v2["uids"], serde_json::json!(["bob", "carol"]));
+    assert_eq!(v2["message"], "hallo");
+
+    // A callback: 202 at once, the report there (no fallback asked: none sent).
+    let url = format!("http://{}/report", callback.addr);
+    let body =
+        serde_json::json!({"uid": ["alice", "dora"], "message": "zwei", "callback_url": url});
+    let (status, v) = api(web, "send_to_uid", body).await;
+    assert_eq!((status, v), (202, serde_json::json!({"accepted": true})));
+    let (_, report) = callback.next().await;
+    assert_eq!(report["method"], "send_to_uid");
+    assert_eq!(report["reached"], 1);
+    assert_eq!(report["offline"], serde_json::json!(["dora"]));
+    assert_eq!(werkmann_tests::push::next_text(&mut alice).await, "zwei");
+    let body = serde_json::json!({"group": "nobody-here", "message": "x", "callback_url": url});
+    let (status, _) = api(web, "send_to_group", body).await;
+    assert_eq!(status, 202);
+    let (_, report) = callback.next().await;
+    assert_eq!(
+        (report["method"].as_str(), report["reached"].as_u64()),
+        (Some("send_to_group"), Some(0))
+    );
+
+    // Refused: fallback not a boolean, a callback that is not http://, fallback on a method
+    // without uids.
+    for (method, body) in [
+        (
+            "send_to_uid",
+            serde_json::json!({"uid": "x", "message": "m", "fallback": "maybe"}),
+        ),
+        (
+            "send_to_uid",
+            serde_json::json!({"uid": "x", "message": "m", "callback_url": "https://x/"}),
+        ),
+        (
+            "send_to_group",
+            serde_json::json!({"group": "g", "message": "m", "fallback": true}),
+        ),
+    ] {
+        let (status, v) = api(web, method, body).await;
+        assert_eq!(status, 400, "{method}: {v}");
+    }
+    // Nothing else was sent to the fallback webhook.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), fallback.got.recv())
+            .await
+            .is_err(),
+        "one fallback only"
+    );
+}

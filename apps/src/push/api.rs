@@ -6,7 +6,10 @@ use serde_json::{json, Map, Value};
 use werkmann::channel::ChannelError;
 use werkmann::gateway::{ClientId, DirOp, Gateway, GatewayError, Target};
 use werkmann::protocol::http::parse_urlencoded;
+use werkmann::webhook::Target as Url;
 use werkmann::{Connection, Request, Response};
+
+use super::report::{Asked, Reached, Reports};
 
 /// Largest API request body, in bytes (a larger one is answered 413).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -39,10 +42,18 @@ fn method(name: &str) -> Option<(Spec, Shape)> {
                 ("message", true),
                 ("client_id_array", false),
                 ("exclude_client_id", false),
+                ("callback_url", false),
             ],
             Reached,
         ),
-        "send_to_client" => (&[("client_id", true), ("message", true)], Reached),
+        "send_to_client" => (
+            &[
+                ("client_id", true),
+                ("message", true),
+                ("callback_url", false),
+            ],
+            Reached,
+        ),
         "close_client" => (&[("client_id", true), ("message", false)], Applied),
         "is_online" => (CID, Result),
         "bind_uid" => (&[("client_id", true), ("uid", true)], Applied),
@@ -50,7 +61,15 @@ fn method(name: &str) -> Option<(Spec, Shape)> {
         "is_uid_online" => (UID, Result),
         "get_client_id_by_uid" => (UID, Result),
         "get_uid_by_client_id" => (CID, Result),
-        "send_to_uid" => (&[("uid", true), ("message", true)], Reached),
+        "send_to_uid" => (
+            &[
+                ("uid", true),
+                ("message", true),
+                ("fallback", false),
+                ("callback_url", false),
+            ],
+            Reached,
+        ),
         "join_group" => (&[("client_id", true), ("group", true)], Applied),
         "leave_group" => (&[("client_id", true), ("group", true)], Undone),
         "ungroup" => (GROUP, Result),
@@ -59,6 +78,7 @@ fn method(name: &str) -> Option<(Spec, Shape)> {
                 ("group", true),
                 ("message", true),
                 ("exclude_client_id", false),
+                ("callback_url", false),
             ],
             Reached,
         ),
@@ -296,36 +316,20 @@ fn operation(name: &str, p: &Map<String, Value>) -> Result<(DirOp, Shape), Respo
     Ok((op, shape))
 }
 
-/// The answer to a request the directory answered (`one_client`: a send to one client id,
-/// answered 404 when it reached no one).
-fn answer(one_client: bool, shape: Shape, result: Result<Value, GatewayError>) -> Response {
+/// The answer to a request the directory answered (not a send: see [`reached_answer`]).
+fn answer(shape: Shape, result: Result<Value, GatewayError>) -> Response {
     let v = match result {
         Ok(v) => v,
-        Err(GatewayError::Channel(ChannelError::Refused(why))) => return refuse(400, why),
-        Err(GatewayError::Channel(e @ ChannelError::NoDirectory)) => return refuse(501, e),
-        Err(e) => return refuse(503, format!("not done: {e}")),
+        Err(e) => return failure(e),
     };
     let n = v.as_u64();
     match shape {
-        Shape::Reached => {
-            let Some(n) = n else {
-                return refuse(502, format!("unexpected directory answer {v}"));
-            };
-            if n == 0 && one_client {
-                let error = "the client is not online: reached no one";
-                return Response::json(404, &json!({ "reached": 0, "error": error }));
-            }
-            // `{"reached":N}`, written without a JSON value to serialize.
-            Response::new(200)
-                .with_header("Content-Type", "application/json")
-                .with_body(format!("{{\"reached\":{n}}}"))
-        }
         Shape::Applied if n == Some(0) => Response::json(
             404,
             &json!({ "ok": false, "error": "the client is not online" }),
         ),
         Shape::Applied | Shape::Undone => Response::json(200, &json!({ "ok": n == Some(1) })),
-        Shape::Result => Response::json(200, &json!({ "result": v })),
+        Shape::Result | Shape::Reached => Response::json(200, &json!({ "result": v })),
     }
 }
 
@@ -355,17 +359,53 @@ fn quick_send_to_uid(name: &str, body: &[u8]) -> Option<(DirOp, Shape)> {
     Some((op, Shape::Reached))
 }
 
+/// What a request asks to be told besides its answer: `callback_url` (a report POSTed there,
+/// 202 at once) and `fallback` (`send_to_uid`: a webhook naming the uids that were offline).
+fn asked(p: &Map<String, Value>, reports: &Reports) -> Result<Asked, Response> {
+    let callback = match p.get("callback_url") {
+        None => None,
+        Some(_) => Some(
+            Url::parse(&string(p, "callback_url")?)
+                .map_err(|why| refuse(400, format!("callback_url: {why}")))?,
+        ),
+    };
+    let fallback = match p.get("fallback") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(Value::String(s)) if s == "1" || s == "true" => true,
+        Some(Value::String(s)) if s == "0" || s == "false" => false,
+        Some(_) => return Err(refuse(400, "fallback must be true or false")),
+    };
+    if fallback && reports.fallback.is_none() {
+        return Err(refuse(
+            400,
+            "fallback needs a fallback webhook: start the publisher with --fallback-webhook",
+        ));
+    }
+    Ok(Asked { callback, fallback })
+}
+
 /// Serve `POST /api/<method>` (the push API's auth already checked).
-pub fn handle(conn: &Connection, req: &Request, name: &str, gateway: Option<Gateway>) {
+pub fn handle(
+    conn: &Connection,
+    req: &Request,
+    name: &str,
+    gateway: Option<Gateway>,
+    reports: Option<&Reports>,
+) {
     if req.method() != "POST" {
         conn.send(refuse(405, "use POST").with_header("Allow", "POST"));
         return;
     }
+    let reports = reports.cloned().unwrap_or_default();
     let request = match quick_send_to_uid(name, req.body()) {
-        Some(quick) => Ok(quick),
-        None => params(req).and_then(|p| operation(name, &p)),
+        Some((op, shape)) => Ok((op, shape, Asked::default())),
+        None => params(req).and_then(|p| {
+            let (op, shape) = operation(name, &p)?;
+            Ok((op, shape, asked(&p, &reports)?))
+        }),
     };
-    let (op, shape) = match request {
+    let (op, shape, asked) = match request {
         Ok(r) => r,
         Err(resp) => {
             conn.send(resp);
@@ -376,7 +416,19 @@ pub fn handle(conn: &Connection, req: &Request, name: &str, gateway: Option<Gate
         conn.send(refuse(503, "channel client not started"));
         return;
     };
+    if shape == Shape::Reached {
+        send(conn, &gw, name, op, asked, reports);
+        return;
+    }
     let reply_to = conn.clone();
+    gw.request_then(&op, move |result| {
+        reply_to.send(answer(shape, result));
+    });
+}
+
+/// A send: answered with what it reached (or 202, then reported to its `callback_url`); the
+/// uids of a `send_to_uid` go one send each, so that the answer names those offline.
+fn send(conn: &Connection, gw: &Gateway, method: &str, op: DirOp, asked: Asked, reports: Reports) {
     let one_client = matches!(
         &op,
         DirOp::Send {
@@ -384,9 +436,139 @@ pub fn handle(conn: &Connection, req: &Request, name: &str, gateway: Option<Gate
             ..
         } if client_ids.len() == 1
     );
-    gw.request_then(&op, move |result| {
-        reply_to.send(answer(one_client, shape, result));
-    });
+    let uids = match &op {
+        DirOp::Send {
+            target: Target::Uids { uids },
+            data,
+        } => Some((uids.clone(), data.clone())),
+        _ => None,
+    };
+    let reply_to = match &asked.callback {
+        Some(_) => {
+            conn.send(Response::json(202, &json!({ "accepted": true })));
+            None
+        }
+        None => Some(conn.clone()),
+    };
+    let method = method.to_string();
+    let message = uids.as_ref().map(|(_, d)| d.clone()).unwrap_or_default();
+    let done = move |outcome: Result<Reached, GatewayError>| {
+        if let (Ok(r), true) = (&outcome, asked.fallback) {
+            if !r.offline.is_empty() {
+                reports.fallback(&r.offline, &message);
+            }
+        }
+        if let Some(to) = asked.callback {
+            reports.callback(to, &method, outcome.as_ref().map_err(|e| e.to_string()));
+        }
+        if let Some(c) = reply_to {
+            c.send(reached_answer(one_client, outcome));
+        }
+    };
+    match uids {
+        Some((uids, data)) if uids.len() > 1 => send_each_uid(gw, uids, data, done),
+        Some((uids, _)) => gw.request_then(&op, move |r| {
+            done(count(r).map(|n| Reached {
+                reached: n,
+                offline: if n == 0 { uids } else { Vec::new() },
+            }))
+        }),
+        None => gw.request_then(&op, move |r| {
+            done(count(r).map(|n| Reached {
+                reached: n,
+                offline: Vec::new(),
+            }))
+        }),
+    }
+}
+
+/// A send to several uids as one send each (in one pipeline): the connections reached in
+/// all, and the uids without any. The first failure is the answer.
+fn send_each_uid(
+    gw: &Gateway,
+    uids: Vec<String>,
+    data: String,
+    done: impl FnOnce(Result<Reached, GatewayError>) + 'static,
+) {
+    type State = (usize, u64, Vec<Option<bool>>, Option<GatewayError>);
+    let mut unique = uids;
+    let mut seen = std::collections::HashSet::new();
+    unique.retain(|u| seen.insert(u.clone()));
+    let state: std::rc::Rc<std::cell::RefCell<State>> = std::rc::Rc::new(std::cell::RefCell::new(
+        (unique.len(), 0, vec![None; unique.len()], None),
+    ));
+    let done = std::rc::Rc::new(std::cell::RefCell::new(Some(done)));
+    let names = std::rc::Rc::new(unique.clone());
+    for (i, uid) in unique.into_iter().enumerate() {
+        let op = DirOp::Send {
+            target: Target::Uids { uids: vec![uid] },
+            data: data.clone(),
+        };
+        let (state, done, names) = (state.clone(), done.clone(), names.clone());
+        gw.request_then(&op, move |r| {
+            let mut st = state.borrow_mut();
+            st.0 -= 1;
+            match count(r) {
+                Ok(n) => {
+                    st.1 += n;
+                    st.2[i] = Some(n > 0);
+                }
+                Err(e) => {
+                    st.3.get_or_insert(e);
+                }
+            }
+            if st.0 > 0 {
+                return;
+            }
+            let outcome = match st.3.take() {
+                Some(e) => Err(e),
+                None => Ok(Reached {
+                    reached: st.1,
+                    offline: names
+                        .iter()
+                        .zip(&st.2)
+                        .filter(|(_, on)| **on == Some(false))
+                        .map(|(u, _)| u.clone())
+                        .collect(),
+                }),
+            };
+            drop(st);
+            if let Some(f) = done.borrow_mut().take() {
+                f(outcome);
+            }
+        });
+    }
+}
+
+/// A send's count from the directory's answer.
+fn count(r: Result<Value, GatewayError>) -> Result<u64, GatewayError> {
+    let v = r?;
+    v.as_u64().ok_or(GatewayError::Answer(v))
+}
+
+/// The answer to a send (`one_client`: to one client id, answered 404 when it reached no one).
+fn reached_answer(one_client: bool, outcome: Result<Reached, GatewayError>) -> Response {
+    match outcome {
+        Ok(r) if r.reached == 0 && one_client => {
+            let error = "the client is not online: reached no one";
+            Response::json(404, &json!({ "reached": 0, "error": error }))
+        }
+        // Written without a JSON value to serialize in the usual case.
+        Ok(r) => Response::new(200)
+            .with_header("Content-Type", "application/json")
+            .with_body(r.json()),
+        Err(e) => failure(e),
+    }
+}
+
+/// The 4xx/5xx of an operation the directory did not do.
+fn failure(e: GatewayError) -> Response {
+    match e {
+        GatewayError::Channel(ChannelError::Refused(why)) => refuse(400, why),
+        GatewayError::Channel(e @ ChannelError::NoDirectory) => refuse(501, e),
+        GatewayError::Answer(v) => refuse(502, format!("unexpected directory answer {v}")),
+        e => refuse(503, format!("not done: {e}")),
+    }
 }
 
 #[cfg(test)]

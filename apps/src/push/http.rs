@@ -12,6 +12,7 @@ use werkmann::{cli, Connection, Message, Request, Response, Worker};
 
 use super::page::demo_page_with_nodes;
 use super::params::Push;
+use super::report::Reports;
 use crate::auth::Auth;
 
 /// The resuming client of the WebSocket nodes (`GET /werkmann.js`; see `stream.rs`).
@@ -27,6 +28,10 @@ pub struct Publisher {
     /// comma-separated
     #[arg(long, env = "WERKMANN_WS_NODES", value_delimiter = ',')]
     pub ws_nodes: Vec<String>,
+    /// Where a send_to_uid marked fallback tells which uids were offline (a signed JSON
+    /// POST, http://HOST[:PORT][/PATH]; needs --secret)
+    #[arg(long, env = "WERKMANN_FALLBACK_WEBHOOK", value_name = "URL")]
+    pub fallback_webhook: Option<String>,
     /// The Pusher apps.
     #[command(flatten)]
     pub pusher: super::apps::PusherApps,
@@ -53,6 +58,7 @@ pub fn http_worker(
     }
     // One replay memory for all instances.
     let auth = secret.map(Auth::new);
+    let reports = Reports::new(options.fallback_webhook.as_deref(), secret)?;
     let apps = options.pusher.load()?;
     let hook_apps = apps.clone();
     worker.on_worker_start(move |w| {
@@ -60,6 +66,7 @@ pub fn http_worker(
             w.set_data(a.clone());
         }
         w.set_data(Reach::default());
+        w.set_data(reports.clone());
         match channel.connect() {
             Ok(c) => {
                 w.set_data(Gateway::api(&c));
@@ -135,7 +142,8 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
     }
     if let Some(method) = api {
         let gateway = conn.worker().and_then(|w| Gateway::of(&w));
-        super::api::handle(conn, req, method, gateway);
+        let reports = conn.worker().and_then(|w| w.data::<Reports>());
+        super::api::handle(conn, req, method, gateway, reports.as_deref());
         return;
     }
     let Some(client) = conn.worker().and_then(|w| w.data::<Client>()) else {

@@ -20,6 +20,7 @@ pub mod apps;
 pub mod http;
 pub mod page;
 pub mod params;
+pub mod report;
 pub mod resume;
 pub mod sse;
 pub mod stream;
