@@ -534,6 +534,8 @@ async fn the_resuming_protocol_refuses_bad_requests() {
 struct Receiver {
     addr: SocketAddr,
     got: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    /// The sender has no secret: nothing to check.
+    unsigned: bool,
 }
 
 impl Receiver {
@@ -585,7 +587,11 @@ impl Receiver {
                 let _ = tx.send((sig, body));
             }
         });
-        Receiver { addr, got }
+        Receiver {
+            addr,
+            got,
+            unsigned: false,
+        }
     }
 
     async fn next(&mut self) -> (String, Value) {
@@ -593,11 +599,15 @@ impl Receiver {
             .await
             .expect("a webhook within 15 s")
             .unwrap();
-        assert_eq!(
-            sig,
-            hmac(&body),
-            "signed with the push API's secret: {body}"
-        );
+        if self.unsigned {
+            assert_eq!(sig, "", "no secret, no signature");
+        } else {
+            assert_eq!(
+                sig,
+                hmac(&body),
+                "signed with the push API's secret: {body}"
+            );
+        }
         (body.clone(), serde_json::from_str(&body).unwrap())
     }
 }
@@ -740,4 +750,194 @@ async fn delivery_reports_offline_uids_fallback_and_callbacks() {
             .is_err(),
         "one fallback only"
     );
+}
+
+/// A raw client of the resuming protocol: its client id; it acknowledges when told to.
+struct Reader {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    client_id: String,
+}
+
+impl Reader {
+    async fn open(ws: SocketAddr) -> Reader {
+        let url = format!("ws://{ws}/werkmann?channel=Broadcast");
+        let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let mut r = Reader {
+            ws,
+            client_id: String::new(),
+        };
+        let welcome = r.frame().await;
+        r.client_id = welcome["client_id"].as_str().unwrap().to_string();
+        assert_eq!(r.frame().await["type"], "ready");
+        r
+    }
+
+    async fn frame(&mut self) -> Value {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message as M;
+        loop {
+            match tokio::time::timeout(T, self.ws.next()).await {
+                Ok(Some(Ok(M::Binary(b)))) => return serde_json::from_slice(&b).unwrap(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    }
+
+    /// The next message's data; acknowledged when `ack` and the message asks.
+    async fn message(&mut self, ack: bool) -> String {
+        use futures_util::SinkExt;
+        let m = self.frame().await;
+        assert_eq!(m["type"], "message", "{m}");
+        if let (true, Some(token)) = (ack, m["ack"].as_str()) {
+            let a = serde_json::json!({"type": "ack", "ack": token}).to_string();
+            self.ws
+                .send(tokio_tungstenite::tungstenite::Message::Text(a.into()))
+                .await
+                .unwrap();
+        }
+        m["data"].as_str().unwrap().to_string()
+    }
+}
+
+/// `get_all_client_id_count` until it is `n` (closes are seen at once, but asynchronously).
+async fn clients_become(web: SocketAddr, n: u64) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (status, body) = http(
+            web,
+            "POST /api/get_all_client_id_count HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n",
+            "{}",
+        )
+        .await;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == 200 && v["result"] == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} clients: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// A broadcast's report matches what clients received: plain seed clients, resuming readers
+/// and an SSE reader, on every backend; with clients cut (at random) before the next push,
+/// the report counts exactly those left; with `ack`, exactly the readers that acknowledged, by
+/// client id; with `callback_url`, 202 and the same report there.
+async fn reports_match(c: Cluster) {
+    let web = c.publishers[0];
+    let ws = c.ws[0];
+    until_ok(web, "/?content=warm").await;
+    let mut plain = Vec::new();
+    for _ in 0..6 {
+        plain.push(werkmann_tests::push::connect(ws).await.0);
+    }
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        readers.push(Reader::open(ws).await);
+    }
+    let mut sse = Sse::open(web, "channel=Broadcast", None).await;
+    clients_become(web, 10).await;
+    let report = |body: &str| -> Value { serde_json::from_str(body).unwrap() };
+
+    let (status, body) = get(web, "/?content=eins&report=1").await;
+    assert_eq!(status, 200, "{body}");
+    let r = report(&body);
+    assert_eq!(r["reached"], 11, "6 plain, 4 readers, 1 stream: {r}");
+    assert_eq!(r["instances"], r["reported"], "{r}");
+    for p in &mut plain {
+        assert_eq!(werkmann_tests::push::next_text(p).await, "eins");
+    }
+    for rd in &mut readers {
+        assert_eq!(rd.message(false).await, "eins");
+    }
+    assert_eq!(sse.data().await.1, "eins");
+
+    // Cut some at random (a plain client and a reader go), then push: exactly those left.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    drop(plain.remove(seed % plain.len()));
+    drop(readers.remove(seed % readers.len()));
+    clients_become(web, 8).await;
+    let (status, body) = get(web, "/?content=zwei&report=1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(report(&body)["reached"], 9, "{body}");
+    for p in &mut plain {
+        assert_eq!(werkmann_tests::push::next_text(p).await, "zwei");
+    }
+    for rd in &mut readers {
+        assert_eq!(rd.message(false).await, "zwei");
+    }
+    assert_eq!(sse.data().await.1, "zwei");
+
+    // Acknowledgements: two of the three readers acknowledge.
+    let push = tokio::spawn(async move { get(web, "/?content=drei&ack=800").await });
+    let mut acked = Vec::new();
+    for (i, rd) in readers.iter_mut().enumerate() {
+        let ack = i < 2;
+        assert_eq!(rd.message(ack).await, "drei");
+        if ack {
+            acked.push(rd.client_id.clone());
+        }
+    }
+    let (status, body) = push.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let r = report(&body);
+    assert_eq!(
+        (r["reached"].as_u64(), r["acked"].as_u64()),
+        (Some(9), Some(2)),
+        "{r}"
+    );
+    let mut got: Vec<String> = r["acked_clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    acked.sort();
+    assert_eq!(got, acked);
+    for p in &mut plain {
+        assert_eq!(werkmann_tests::push::next_text(p).await, "drei");
+    }
+    assert_eq!(sse.data().await.1, "drei");
+
+    // A callback: 202, the report there. Bad options: 400.
+    let mut receiver = Receiver::start(0).await;
+    receiver.unsigned = true;
+    let q = format!("/?content=vier&callback_url=http://{}/r", receiver.addr);
+    let (status, body) = get(web, &q).await;
+    assert_eq!((status, body.as_str()), (202, r#"{"accepted":true}"#));
+    let (_, r) = receiver.next().await;
+    assert_eq!(r["reached"], 9, "{r}");
+    for q in [
+        "/?content=x&report=2",
+        "/?content=x&ack=0",
+        "/?content=x&ack=99999",
+        "/?content=x&callback_url=https://x/",
+    ] {
+        let (status, body) = get(web, q).await;
+        assert_eq!(status, 400, "{q}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn reports_match_what_clients_received_embedded() {
+    reports_match(Cluster::embedded()).await;
+}
+
+#[tokio::test]
+async fn reports_match_what_clients_received_through_a_channel_server() {
+    reports_match(Cluster::server()).await;
+}
+
+#[tokio::test]
+async fn reports_match_what_clients_received_on_redis() {
+    reports_match(Cluster::redis()).await;
 }

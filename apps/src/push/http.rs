@@ -2,6 +2,7 @@
 //! publish, answered once the channel confirms that the push reached the WebSocket nodes.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +11,9 @@ use werkmann::gateway::Gateway;
 use werkmann::pusher;
 use werkmann::{cli, Connection, Message, Request, Response, Worker};
 
+use super::delivery::{self, Deliveries, NodeReports};
 use super::page::demo_page_with_nodes;
-use super::params::Push;
+use super::params::{Push, Reporting};
 use super::report::Reports;
 use crate::auth::Auth;
 
@@ -74,7 +76,16 @@ pub fn http_worker(
                 // of broadcasts (see `Reach`) does not drop when the last reader goes.
                 let feeds = werkmann::channel::Feeds::new(&c);
                 feeds.keep_subscribed(super::BROADCAST);
+                // A reported push that reaches this instance's readers reports them.
+                let (node, client) = (Rc::new(NodeReports::default()), c.clone());
+                feeds.after_delivery(move |_, data, readers| {
+                    if let Some(asked) = delivery::Asked::of(data) {
+                        node.begin(&client, &asked);
+                        node.wrote(&client, &asked, readers as u64);
+                    }
+                });
                 w.set_data(feeds);
+                w.set_data(Deliveries::start(&c));
                 // The Pusher apps' webhooks are sent by the publishers.
                 pusher::webhook::Webhooks::start(&c, hook_apps.clone());
                 w.set_data(c);
@@ -160,6 +171,17 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
         ));
         return;
     }
+    let reporting = match push.reporting() {
+        Ok(r) => r,
+        Err(resp) => {
+            conn.send(resp);
+            return;
+        }
+    };
+    if reporting.wanted {
+        reported(conn, &push, reporting);
+        return;
+    }
     let (event, data) = match push.event() {
         Ok(e) => e,
         Err(resp) => {
@@ -189,6 +211,51 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
     let reach = conn.worker().and_then(|w| w.data::<Reach>());
     client.publish_raw_confirmed(event, data, move |result| {
         reply_to.send(answer(result, targeted, reach.as_deref()));
+    });
+}
+
+/// A push that asked what it reached (`delivery.rs`): the report as the answer (JSON), or
+/// 202 and the report POSTed to its `callback_url`.
+fn reported(conn: &Connection, push: &Push, reporting: Reporting) {
+    let (event, content, to) = match push.target() {
+        Ok(t) => t,
+        Err(resp) => {
+            conn.send(resp);
+            return;
+        }
+    };
+    let Some(deliveries) = conn.worker().and_then(|w| w.data::<Rc<Deliveries>>()) else {
+        conn.send(Response::text(503, "channel client not started\n"));
+        return;
+    };
+    let reports = conn
+        .worker()
+        .and_then(|w| w.data::<Reports>())
+        .map(|r| (*r).clone())
+        .unwrap_or_default();
+    let reply_to = match reporting.callback {
+        Some(_) => {
+            conn.send(Response::json(
+                202,
+                &serde_json::json!({ "accepted": true }),
+            ));
+            None
+        }
+        None => Some(conn.clone()),
+    };
+    let callback = reporting.callback;
+    deliveries.push(event, content, to, reporting.ack, move |outcome| {
+        let report = match &outcome {
+            Ok(summary) => summary.json(),
+            Err(e) => serde_json::json!({ "error": format!("push not delivered: {e}") }),
+        };
+        if let Some(to) = callback {
+            reports.push_report(to, report.clone());
+        }
+        if let Some(c) = reply_to {
+            let status = if outcome.is_ok() { 200 } else { 503 };
+            c.send(Response::json(status, &report));
+        }
     });
 }
 

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod apps;
+pub mod delivery;
 pub mod http;
 pub mod page;
 pub mod params;

@@ -22,6 +22,23 @@ pub struct Push {
     pub to_connection_id: Option<String>,
     /// A named channel instead of `Broadcast` (read with `/sse?channel=NAME`).
     pub channel: Option<String>,
+    /// `1`: answer with what the push reached (`delivery.rs`).
+    pub report: Option<String>,
+    /// Milliseconds to wait for acknowledgements (a report with them).
+    pub ack: Option<String>,
+    /// Where to POST the report (answered 202 at once).
+    pub callback_url: Option<String>,
+}
+
+/// What a push asks to be told of what it reached (`report=1`, `ack=MS`, `callback_url=URL`).
+#[derive(Debug, Clone, Default)]
+pub struct Reporting {
+    /// A report is wanted (any of the three).
+    pub wanted: bool,
+    /// How long to wait for acknowledgements.
+    pub ack: Option<std::time::Duration>,
+    /// Where the report goes instead of the answer.
+    pub callback: Option<werkmann::webhook::Target>,
 }
 
 impl Push {
@@ -57,6 +74,9 @@ impl Push {
             "to_worker_id" => Some(&mut self.to_worker_id),
             "to_connection_id" => Some(&mut self.to_connection_id),
             "channel" => Some(&mut self.channel),
+            "report" => Some(&mut self.report),
+            "ack" => Some(&mut self.ack),
+            "callback_url" => Some(&mut self.callback_url),
             _ => None,
         }
     }
@@ -70,6 +90,48 @@ impl Push {
     /// `{content}`, or the worker id with `{content, to_connection_id}` — or the 400 that says
     /// what is wrong with it.
     pub fn event(&self) -> Result<(Name, Bytes), Response> {
+        let (name, content, to) = self.target()?;
+        Ok((name, event_data(content, to)))
+    }
+
+    /// What the push asks to be told, or the 400 that says what is wrong with it.
+    pub fn reporting(&self) -> Result<Reporting, Response> {
+        let report = match self.report.as_deref() {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(r) => return Err(Response::text(400, format!("report {r:?}: 1 (or 0)\n"))),
+        };
+        let max = super::delivery::MAX_ACK.as_millis();
+        let ack = match self.ack.as_deref() {
+            None => None,
+            Some(a) => match a.parse::<u64>() {
+                Ok(ms) if ms >= 1 && u128::from(ms) <= max => {
+                    Some(std::time::Duration::from_millis(ms))
+                }
+                _ => {
+                    return Err(Response::text(
+                        400,
+                        format!("ack {a:?}: milliseconds, 1 to {max}\n"),
+                    ))
+                }
+            },
+        };
+        let callback = match self.callback_url.as_deref() {
+            None => None,
+            Some(u) => Some(
+                werkmann::webhook::Target::parse(u)
+                    .map_err(|why| Response::text(400, format!("callback_url: {why}\n")))?,
+            ),
+        };
+        Ok(Reporting {
+            wanted: report || ack.is_some() || callback.is_some(),
+            ack,
+            callback,
+        })
+    }
+
+    /// The event, the content and the connection a push is for (or the 400).
+    pub fn target(&self) -> Result<(Name, &str, Option<u64>), Response> {
         let content = match self.content.as_deref() {
             Some(c) if !c.is_empty() => c,
             _ => return Err(Response::text(400, "missing content: nothing published\n")),
@@ -84,10 +146,10 @@ impl Push {
             if !super::resume::valid_name(ch) {
                 return Err(super::resume::bad_name(ch));
             }
-            return Ok((Name::from(ch.as_str()), event_data(content, None)));
+            return Ok((Name::from(ch.as_str()), content, None));
         }
         match (&self.to_worker_id, &self.to_connection_id) {
-            (None, None) => Ok((Name::from(BROADCAST), event_data(content, None))),
+            (None, None) => Ok((Name::from(BROADCAST), content, None)),
             (Some(w), Some(c)) => {
                 let worker: u32 = w.parse().map_err(|_| {
                     Response::text(400, format!("to_worker_id {w:?} is not a worker id\n"))
@@ -98,7 +160,7 @@ impl Push {
                         format!("to_connection_id {c:?} is not a connection id\n"),
                     )
                 })?;
-                Ok((Name::from(worker), event_data(content, Some(conn))))
+                Ok((Name::from(worker), content, Some(conn)))
             }
             _ => Err(Response::text(
                 400,

@@ -79,6 +79,12 @@ impl Reports {
         actix_rt::spawn(send_with_retries(to, headers, body, what.to_string()));
     }
 
+    /// A seed push's report (`delivery.rs`) to the `callback_url` it asked for.
+    pub fn push_report(&self, to: Target, mut report: Value) {
+        report["time_ms"] = now_ms().into();
+        self.post(to, report, "push report");
+    }
+
     /// The report of a send to the `callback_url` it asked for: what it reached, or why it
     /// was not done.
     pub fn callback(&self, to: Target, method: &str, outcome: Result<&Reached, String>) {

@@ -11,7 +11,10 @@
 //! | `{"type":"welcome","client_id":"W-C"}` | first: the connection's client id (targeted pushes, `bind_uid`) |
 //! | `{"type":"ready","id":IDS}` | the stream stands (a new reader) |
 //! | `{"type":"recovery","recovered":B,"lost":[NAMES],"id":IDS}` | a resumed reader caught up; or a name whose history started again |
-//! | `{"type":"message","channel":NAME,"data":TEXT,"id":IDS}` | an event: the push's `content` |
+//! | `{"type":"message","channel":NAME,"data":TEXT,"id":IDS}` | an event: the push's `content` (and `"ack":TOKEN` when its publisher wants acknowledgements) |
+//!
+//! A reader acknowledges a message that carries `ack` with `{"type":"ack","ack":TOKEN}` (text
+//! or binary); `/werkmann.js` does.
 //!
 //! `IDS` are every followed name's position, as `/sse`'s ids; the client keeps the last and
 //! sends it back as `last_event_id` when it reconnects. A bad name or position refuses the
@@ -21,11 +24,15 @@
 use werkmann::channel::{FeedEvent, Feeds, Follow, Name, Position};
 use werkmann::{Connection, Message, Request, Response};
 
+use std::rc::Rc;
+
+use super::delivery::{Asked, NodeReports};
 use super::resume::{channels, data_text, id_of, positions, recovery, Shared};
 
 thread_local! {
-    /// The last message encoded on this thread, for the next reader at the same place.
-    static FRAMES: Shared<bytes::Bytes> = const { Shared::new() };
+    /// The last message encoded on this thread (and the ack token it asks for), for the next
+    /// reader at the same place.
+    static FRAMES: Shared<(bytes::Bytes, Option<String>)> = const { Shared::new() };
 }
 
 /// The path of the resuming protocol on a WebSocket node.
@@ -54,6 +61,7 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
         serde_json::json!({"type": "welcome", "client_id": format!("{worker_id}-{}", conn.id())}),
     );
     let to = conn.clone();
+    let client_id = format!("{worker_id}-{}", conn.id());
     let labels = names.clone();
     let keys: Vec<Name> = names.iter().map(Name::from).collect();
     let follow = feeds.follow(keys, since, move |ev| {
@@ -75,17 +83,29 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
                 // Encoded once for every reader at the same place (see `Shared`).
                 let id = id_of(positions);
                 let key = format!("{}\n{id}", labels[index]);
-                let bytes = FRAMES.with(|f| {
+                let (bytes, ack) = FRAMES.with(|f| {
                     f.get(data, &key, || {
-                        let v = serde_json::json!({
+                        // A push that wants acknowledgements carries its token.
+                        let ack = Asked::of(data)
+                            .filter(|a| a.ack.is_some())
+                            .map(|a| a.token());
+                        let mut v = serde_json::json!({
                             "type": "message",
                             "channel": labels[index],
                             "data": data_text(data),
                             "id": id,
                         });
-                        bytes::Bytes::from(v.to_string())
+                        if let Some(t) = &ack {
+                            v["ack"] = t.as_str().into();
+                        }
+                        (bytes::Bytes::from(v.to_string()), ack)
                     })
                 });
+                if let Some(token) = ack {
+                    if let Some(r) = to.worker().and_then(|w| w.data::<Rc<NodeReports>>()) {
+                        r.expect(&token, to.id(), client_id.clone());
+                    }
+                }
                 to.send(Message::Binary(bytes));
                 return;
             }
@@ -110,6 +130,29 @@ fn recovered(labels: &[String], lost: &[usize], positions: &[Position]) -> serde
 
 fn send(conn: &Connection, v: serde_json::Value) {
     conn.send(Message::Binary(v.to_string().into()));
+}
+
+/// What a reader sends: `{"type":"ack","ack":TOKEN}` for a message that asked (anything else
+/// is ignored). Whether `conn` is a reader (its messages are this module's).
+pub fn on_message(conn: &Connection, msg: &Message) -> bool {
+    if conn.with_data(|_: &mut Reader| ()).is_none() {
+        return false;
+    }
+    let v: Option<serde_json::Value> = match msg {
+        Message::Text(t) => serde_json::from_str(t).ok(),
+        Message::Binary(b) => serde_json::from_slice(b).ok(),
+        _ => None,
+    };
+    if let Some(token) = v
+        .as_ref()
+        .filter(|v| v["type"] == "ack")
+        .and_then(|v| v["ack"].as_str())
+    {
+        if let Some(r) = conn.worker().and_then(|w| w.data::<Rc<NodeReports>>()) {
+            r.acked(token, conn.id());
+        }
+    }
+    true
 }
 
 /// A closed reader's registration goes.

@@ -80,6 +80,10 @@
           case 'message':
             this.lastEventId = m.id;
             this.emit('message', m.data, m.channel, m.id);
+            // Its publisher asked for a delivery report with acknowledgements.
+            if (m.ack && ws.readyState === WebSocket.OPEN) {
+              ws.send(JSON.stringify({ type: 'ack', ack: m.ack }));
+            }
             break;
         }
       };

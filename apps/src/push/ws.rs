@@ -1,6 +1,7 @@
 //! The WebSocket node, Workerman's `start_ws.php`: each instance subscribes to its worker id
 //! and to `Broadcast`, and hands what arrives to its connections.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use werkmann::channel::worker_ids::WorkerIds;
@@ -9,6 +10,7 @@ use werkmann::gateway::{Gateway, Tokens};
 use werkmann::pusher::{Apps, PusherNode};
 use werkmann::{cli, Response, Worker};
 
+use super::delivery::{Asked, NodeReports};
 use super::{greeting, BROADCAST};
 
 /// The WebSocket worker (`pusher`): `count` instances, instance `i` known as `ids[i]`, each a
@@ -41,20 +43,28 @@ pub fn ws_worker(
         }
         // $channel->on($worker->id, …): {to_connection_id, content} for one connection.
         let me = w.clone();
+        let node_reports = Rc::new(NodeReports::default());
+        w.set_data(node_reports.clone());
+        let (reports, reporter) = (node_reports.clone(), client.clone());
         client.on_raw(my_id, move |data| {
             let (Some(content), Some(to)) =
                 (field(data, "content"), field(data, "to_connection_id"))
             else {
                 return;
             };
-            match to.to_u64().and_then(|id| me.connection(id)) {
-                Some(conn) => {
-                    conn.send(content.text().unwrap_or_default());
+            let written = match to.to_u64().and_then(|id| me.connection(id)) {
+                Some(conn) => conn.send(content.text().unwrap_or_default()).is_ok(),
+                None => {
+                    log::info!(
+                        "worker {my_id}: Verbindung existiert nicht ({})",
+                        to.value()
+                    );
+                    false
                 }
-                None => log::info!(
-                    "worker {my_id}: Verbindung existiert nicht ({})",
-                    to.value()
-                ),
+            };
+            if let Some(asked) = Asked::of(data) {
+                reports.begin(&reporter, &asked);
+                reports.wrote(&reporter, &asked, u64::from(written));
             }
         });
         // Resuming readers (`/werkmann`, `stream.rs`) get `Broadcast` from the callback below.
@@ -64,13 +74,22 @@ pub fn ws_worker(
         let me = w.clone();
         let readers = feeds.clone();
         let name = Name::from(BROADCAST);
+        let (reports, reporter) = (node_reports, client.clone());
         client.on_kept(BROADCAST, move |pos, data| {
-            if me.connection_count() == 0 {
+            let asked = Asked::of(data);
+            if me.connection_count() == 0 && asked.is_none() {
                 return;
             }
-            readers.deliver(&name, pos, data);
+            if let Some(asked) = &asked {
+                reports.begin(&reporter, asked);
+            }
+            // Resuming readers asked to acknowledge are registered with `reports` as they go.
+            let mut written = readers.deliver(&name, pos, data) as u64;
             if let Some(content) = field(data, "content").and_then(|f| f.text()) {
-                me.broadcast(content);
+                written += me.broadcast(content).delivered as u64;
+            }
+            if let Some(asked) = asked {
+                reports.wrote(&reporter, &asked, written);
             }
         });
         w.set_data(feeds);
@@ -128,6 +147,9 @@ pub fn ws_worker(
     // The seed's clients say nothing the node reads; Pusher sockets go to the Pusher side.
     let pusher_node = |conn: &werkmann::Connection| conn.worker().and_then(|w| PusherNode::of(&w));
     worker.on_message(move |conn, msg| {
+        if super::stream::on_message(conn, &msg) {
+            return;
+        }
         if let Some(node) = pusher_node(conn) {
             node.on_message(conn, msg);
         }

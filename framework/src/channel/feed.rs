@@ -56,6 +56,8 @@ pub enum FeedEvent<'a> {
 }
 
 type Sink = Box<dyn Fn(FeedEvent<'_>)>;
+/// See [`Feeds::after_delivery`].
+type AfterFn = Rc<dyn Fn(&Key, &Bytes, usize)>;
 /// A live event held for a reader: its name's index, position and data.
 type Held = (usize, Option<Position>, Bytes);
 /// Each name's readers, by registration id.
@@ -172,6 +174,8 @@ struct FeedsInner {
     pinned: RefCell<Vec<Key>>,
     /// Names whose events the owner of the client hands in (see [`Feeds::fed_by_owner`]).
     external: RefCell<Vec<Key>>,
+    /// Told of each event these feeds took themselves, with the readers it reached.
+    after: RefCell<Option<AfterFn>>,
     next: Cell<u64>,
 }
 
@@ -195,6 +199,7 @@ impl Feeds {
             readers: RefCell::new(HashMap::new()),
             pinned: RefCell::new(Vec::new()),
             external: RefCell::new(Vec::new()),
+            after: RefCell::new(None),
             next: Cell::new(1),
         }))
     }
@@ -206,11 +211,18 @@ impl Feeds {
         self.0.external.borrow_mut().push(name.into());
     }
 
-    /// An event of a name [`Feeds::fed_by_owner`], for its readers.
-    pub fn deliver(&self, name: &Key, pos: Option<Position>, data: &Bytes) {
-        if !self.0.readers.borrow().is_empty() {
-            self.0.dispatch(name, pos, data);
+    /// An event of a name [`Feeds::fed_by_owner`], for its readers: how many it reached.
+    pub fn deliver(&self, name: &Key, pos: Option<Position>, data: &Bytes) -> usize {
+        if self.0.readers.borrow().is_empty() {
+            return 0;
         }
+        self.0.dispatch(name, pos, data)
+    }
+
+    /// Call `f` after each event of a name these feeds subscribed themselves, with the readers
+    /// it reached (a push app reports what a push reached from there).
+    pub fn after_delivery(&self, f: impl Fn(&Key, &Bytes, usize) + 'static) {
+        *self.0.after.borrow_mut() = Some(Rc::new(f));
     }
 
     /// Once followed, `name` stays subscribed when its last reader goes: for a name whose
@@ -271,7 +283,11 @@ impl Feeds {
                 let key = name.clone();
                 self.0.client.on_kept(name.clone(), move |pos, data| {
                     if let Some(f) = weak.upgrade() {
-                        f.dispatch(&key, pos, data);
+                        let n = f.dispatch(&key, pos, data);
+                        let after = f.after.borrow().clone();
+                        if let Some(after) = after {
+                            after(&key, data, n);
+                        }
                     }
                 });
             }
@@ -323,21 +339,22 @@ impl Feeds {
 }
 
 impl FeedsInner {
-    /// A live event of `name`: to each of its readers.
-    fn dispatch(&self, name: &Key, pos: Option<Position>, data: &Bytes) {
+    /// A live event of `name`: to each of its readers; how many.
+    fn dispatch(&self, name: &Key, pos: Option<Position>, data: &Bytes) -> usize {
         let readers: Vec<Rc<Reader>> = self
             .readers
             .borrow()
             .get(name)
             .map(|l| l.iter().filter_map(|(_, r)| r.upgrade()).collect())
             .unwrap_or_default();
-        for r in readers {
+        for r in &readers {
             for (i, n) in r.names.iter().enumerate() {
                 if n == name {
                     r.event(i, pos, data);
                 }
             }
         }
+        readers.len()
     }
 }
 

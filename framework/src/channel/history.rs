@@ -135,7 +135,8 @@ pub enum HistoryError {
 
 /// Which names keep history, and how much: rules `PATTERN=SIZE/TTL` (or `PATTERN=off`),
 /// the first that matches a name wins. A pattern is a name, `prefix*`, or `*`. Only string
-/// names are kept: integer names are worker ids (one node's own events), never kept.
+/// names are kept: integer names are worker ids (one node's own events), and names under
+/// `werkmann` are the cluster's own; neither is ever kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
     rules: Vec<(String, Option<Keep>)>,
@@ -184,9 +185,13 @@ impl History {
         self.rules.iter().all(|(_, k)| k.is_none())
     }
 
-    /// What `name` keeps, if anything.
+    /// What `name` keeps, if anything (never a worker id's events, nor the cluster's own
+    /// under `werkmann`: reports, the directory's announcements).
     pub fn keep_for(&self, name: &Key) -> Option<Keep> {
         let Key::Str(name) = name else { return None };
+        if name.starts_with("werkmann") {
+            return None;
+        }
         self.rules
             .iter()
             .find(|(p, _)| match p.strip_suffix('*') {
@@ -451,6 +456,7 @@ mod tests {
         assert_eq!(keep(&k("news")), None);
         assert_eq!(keep(&k("Broadcast")).unwrap().size, 100);
         assert_eq!(keep(&Key::Int(3)), None);
+        assert_eq!(keep(&k("werkmann.report:1")), None);
         assert!(History::none().is_none());
         for bad in [
             "x",
