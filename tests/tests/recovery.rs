@@ -941,3 +941,144 @@ async fn reports_match_what_clients_received_through_a_channel_server() {
 async fn reports_match_what_clients_received_on_redis() {
     reports_match(Cluster::redis()).await;
 }
+
+/// Presence events, once cluster-wide: a uid online on two nodes is announced `online` once
+/// and `offline` when its last connection goes; a group's `join`/`leave` per member — as
+/// events (`/sse?channel=presence:uids,presence:group:room`) and as signed webhooks.
+#[tokio::test]
+async fn presence_events_once_across_nodes_of_a_channel_server() {
+    let ch = free_addr("127.0.2.13");
+    let _channel = App::start_at("start_channel", &["--listen", &ch.to_string()], &[ch]);
+    presence_events(ch.to_string()).await;
+}
+
+#[tokio::test]
+async fn presence_events_once_across_nodes_on_redis() {
+    let redis = RedisServer::start();
+    presence_events(redis.url()).await;
+}
+
+async fn presence_events(ch: String) {
+    let mut hook = Receiver::start(0).await;
+    let ws = [free_addr("127.0.2.14"), free_addr("127.0.2.15")];
+    let _nodes: Vec<App> = ws
+        .iter()
+        .map(|a| {
+            App::start_at(
+                "start_ws",
+                &[
+                    "--listen",
+                    &a.to_string(),
+                    "--channel",
+                    &ch,
+                    "--presence-events",
+                    "hooks",
+                ],
+                &[*a],
+            )
+        })
+        .collect();
+    let web = free_addr("127.0.2.16");
+    let url = format!("http://{}/presence", hook.addr);
+    let _publisher = App::start_at(
+        "start_http",
+        &[
+            "--listen",
+            &web.to_string(),
+            "--channel",
+            &ch,
+            "--secret",
+            API_SECRET,
+            "--presence-webhook",
+            &url,
+        ],
+        &[web],
+    );
+    let (a, wa, ca) = werkmann_tests::push::connect(ws[0]).await;
+    let (b, wb, cb) = werkmann_tests::push::connect(ws[1]).await;
+    let mut sse = {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            // The publisher's channel is up once the directory answers it.
+            let (status, _) = api(web, "get_all_client_id_count", serde_json::json!({})).await;
+            if status == 200 || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Sse::open(web, "channel=presence:uids,presence:group:room", None).await
+    };
+    let call = |method: &'static str, body: Value| async move {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let (status, v) = api(web, method, body.clone()).await;
+            if status == 200 {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{method}: {status} {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let online = serde_json::json!({"event": "online", "uid": "alice"});
+    call(
+        "bind_uid",
+        serde_json::json!({"client_id": format!("{wa}-{ca}"), "uid": "alice"}),
+    )
+    .await;
+    let (name, data) = sse.data().await;
+    assert_eq!(name.as_deref(), Some("presence:uids"));
+    assert_eq!(serde_json::from_str::<Value>(&data).unwrap(), online);
+    let (_, h) = hook.next().await;
+    assert_eq!(h["events"], serde_json::json!([online]));
+    // The same uid on the other node: still one online.
+    call(
+        "bind_uid",
+        serde_json::json!({"client_id": format!("{wb}-{cb}"), "uid": "alice"}),
+    )
+    .await;
+    call(
+        "join_group",
+        serde_json::json!({"client_id": format!("{wa}-{ca}"), "group": "room"}),
+    )
+    .await;
+    let join = serde_json::json!({"event": "join", "group": "room", "member": "alice"});
+    let (name, data) = sse.data().await;
+    assert_eq!(
+        name.as_deref(),
+        Some("presence:group:room"),
+        "no second online: {data}"
+    );
+    assert_eq!(serde_json::from_str::<Value>(&data).unwrap(), join);
+    let (_, h) = hook.next().await;
+    assert_eq!(h["events"], serde_json::json!([join]));
+    // Its connection on the second node goes: nothing; the first goes: offline and leave.
+    drop(b);
+    let deadline = tokio::time::Instant::now() + T;
+    while call("get_all_client_id_count", serde_json::json!({})).await["result"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second connection leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    drop(a);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (_, data) = sse.data().await;
+        got.push(serde_json::from_str::<Value>(&data).unwrap());
+    }
+    got.sort_by_key(|v| v.to_string());
+    let leave = serde_json::json!({"event": "leave", "group": "room", "member": "alice"});
+    let offline = serde_json::json!({"event": "offline", "uid": "alice"});
+    assert_eq!(got, vec![leave.clone(), offline.clone()]);
+    let mut hooked = Vec::new();
+    for _ in 0..2 {
+        let (_, h) = hook.next().await;
+        hooked.push(h["events"][0].clone());
+    }
+    hooked.sort_by_key(|v| v.to_string());
+    assert_eq!(hooked, vec![leave, offline]);
+}

@@ -34,6 +34,10 @@ struct Options {
         value_parser = channel::History::parse
     )]
     history: channel::History,
+    /// Announce clients' presence: online/offline per uid, join/leave per group (on: as events;
+    /// hooks: also for --presence-webhook, which implies it)
+    #[arg(long, env = "WERKMANN_PRESENCE_EVENTS", value_enum, default_value_t)]
+    presence_events: push::PresenceEvents,
     #[command(flatten)]
     publisher: Publisher,
     #[command(flatten)]
@@ -59,6 +63,10 @@ fn main() -> anyhow::Result<()> {
         ids,
         push::tokens(options.publisher.secret.as_deref()),
         options.publisher.pusher.load()?,
+        match options.publisher.presence_webhook {
+            Some(_) => push::PresenceEvents::Hooks,
+            None => options.presence_events,
+        },
     )?;
     options.limits.apply(&mut ws);
     // As many publisher instances as WebSocket instances: one thread parsing and answering

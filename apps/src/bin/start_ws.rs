@@ -30,6 +30,10 @@ struct Options {
     tls: cli::Tls,
     #[command(flatten)]
     pusher: push::apps::PusherApps,
+    /// Announce clients' presence: online/offline per uid, join/leave per group (on: as events;
+    /// hooks: also for the publishers' --presence-webhook)
+    #[arg(long, env = "WERKMANN_PRESENCE_EVENTS", value_enum, default_value_t)]
+    presence_events: push::PresenceEvents,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Arc::new(ids),
         push::tokens(options.secret.as_deref()),
         options.pusher.load()?,
+        options.presence_events,
     )?;
     options.limits.apply(&mut worker);
     worker.tls = options.tls.load()?;

@@ -34,6 +34,10 @@ pub struct Publisher {
     /// POST, http://HOST[:PORT][/PATH]; needs --secret)
     #[arg(long, env = "WERKMANN_FALLBACK_WEBHOOK", value_name = "URL")]
     pub fallback_webhook: Option<String>,
+    /// Where the WebSocket nodes' presence events go (a signed JSON POST each; the nodes run
+    /// with --presence-events hooks; needs --secret)
+    #[arg(long, env = "WERKMANN_PRESENCE_WEBHOOK", value_name = "URL")]
+    pub presence_webhook: Option<String>,
     /// The Pusher apps.
     #[command(flatten)]
     pub pusher: super::apps::PusherApps,
@@ -60,7 +64,11 @@ pub fn http_worker(
     }
     // One replay memory for all instances.
     let auth = secret.map(Auth::new);
-    let reports = Reports::new(options.fallback_webhook.as_deref(), secret)?;
+    let reports = Reports::new(
+        options.fallback_webhook.as_deref(),
+        options.presence_webhook.as_deref(),
+        secret,
+    )?;
     let apps = options.pusher.load()?;
     let hook_apps = apps.clone();
     worker.on_worker_start(move |w| {
@@ -86,6 +94,7 @@ pub fn http_worker(
                 });
                 w.set_data(feeds);
                 w.set_data(Deliveries::start(&c));
+                reports.take_presence_hooks(&c);
                 // The Pusher apps' webhooks are sent by the publishers.
                 pusher::webhook::Webhooks::start(&c, hook_apps.clone());
                 w.set_data(c);

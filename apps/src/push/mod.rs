@@ -30,6 +30,19 @@ pub mod ws;
 use werkmann::channel::worker_ids::{self, WorkerIds};
 use werkmann::cli;
 
+/// Whether WebSocket nodes announce their clients' presence (`werkmann::gateway::presence`):
+/// `online`/`offline` per uid and `join`/`leave` per group, once cluster-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PresenceEvents {
+    /// Nothing announced (the default: it costs a directory operation per bind and join).
+    #[default]
+    Off,
+    /// Announced as events (`/sse?channel=presence:uids`, `presence:group:NAME`).
+    On,
+    /// Announced, and queued for the publishers' `--presence-webhook`.
+    Hooks,
+}
+
 /// The event every WebSocket instance subscribes to for broadcasts.
 pub const BROADCAST: &str = "Broadcast";
 

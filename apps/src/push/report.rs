@@ -16,6 +16,8 @@ use werkmann::webhook::{send_with_retries, Target};
 pub struct Reports {
     /// Where `fallback` sends go when uids were offline (`--fallback-webhook`).
     pub fallback: Option<Target>,
+    /// Where the nodes' presence events go (`--presence-webhook`).
+    pub presence: Option<Target>,
     /// What signs the webhooks (`--secret`).
     pub secret: Option<String>,
 }
@@ -49,21 +51,49 @@ impl Reached {
 }
 
 impl Reports {
-    /// The settings, checked: a fallback webhook must be signed (`--secret`).
-    pub fn new(fallback: Option<&str>, secret: Option<&str>) -> anyhow::Result<Reports> {
-        let fallback = match fallback.filter(|u| !u.is_empty()) {
-            None => None,
-            Some(url) => Some(
-                Target::parse(url).map_err(|why| anyhow::anyhow!("--fallback-webhook: {why}"))?,
-            ),
+    /// The settings, checked: the fallback and presence webhooks must be signed (`--secret`).
+    pub fn new(
+        fallback: Option<&str>,
+        presence: Option<&str>,
+        secret: Option<&str>,
+    ) -> anyhow::Result<Reports> {
+        let url = |opt: &str, u: Option<&str>| -> anyhow::Result<Option<Target>> {
+            let Some(u) = u.filter(|u| !u.is_empty()) else {
+                return Ok(None);
+            };
+            let t = Target::parse(u).map_err(|why| anyhow::anyhow!("--{opt}: {why}"))?;
+            if secret.is_none() {
+                anyhow::bail!("--{opt} is signed with the push API's secret: set --secret");
+            }
+            Ok(Some(t))
         };
-        if fallback.is_some() && secret.is_none() {
-            anyhow::bail!("--fallback-webhook is signed with the push API's secret: set --secret");
-        }
         Ok(Reports {
-            fallback,
+            fallback: url("fallback-webhook", fallback)?,
+            presence: url("presence-webhook", presence)?,
             secret: secret.map(str::to_string),
         })
+    }
+
+    /// With a presence webhook: take the nodes' presence events from their queue (each to
+    /// one publisher instance) and POST each, `{"time_ms", "events": [event]}`.
+    pub fn take_presence_hooks(&self, client: &werkmann::channel::Client) {
+        let Some(to) = self.presence.clone() else {
+            return;
+        };
+        let me = self.clone();
+        let queue = werkmann::gateway::presence::hooks_queue();
+        client.watch(
+            werkmann::channel::Name::from(queue.as_str()),
+            move |item| {
+                let event = match &item {
+                    Value::String(s) => serde_json::from_str(s).unwrap_or(item.clone()),
+                    other => other.clone(),
+                };
+                let body = json!({ "time_ms": now_ms(), "events": [event] });
+                me.post(to.clone(), body, "presence");
+            },
+            true,
+        );
     }
 
     /// POST `body` to `to`, signed when there is a secret.
@@ -132,9 +162,11 @@ mod tests {
             offline: vec!["bob".into()],
         };
         assert_eq!(r.json(), r#"{"offline":["bob"],"reached":0}"#);
-        assert!(Reports::new(Some("http://127.0.0.1:9/h"), None).is_err());
-        assert!(Reports::new(Some("https://x/"), Some("s")).is_err());
-        assert!(Reports::new(Some("http://127.0.0.1:9/h"), Some("s")).is_ok());
-        assert!(Reports::new(None, None).unwrap().fallback.is_none());
+        let h = Some("http://127.0.0.1:9/h");
+        assert!(Reports::new(h, None, None).is_err());
+        assert!(Reports::new(None, h, None).is_err());
+        assert!(Reports::new(Some("https://x/"), None, Some("s")).is_err());
+        assert!(Reports::new(h, h, Some("s")).is_ok());
+        assert!(Reports::new(None, None, None).unwrap().fallback.is_none());
     }
 }

@@ -26,6 +26,20 @@ pub fn valid_name(name: &str) -> bool {
         && !name.starts_with("werkmann")
 }
 
+/// The channel event a reader's name follows: a name as it is, but `presence:uids` and
+/// `presence:group:NAME`, which follow the nodes' presence announcements
+/// (`werkmann::gateway::presence`).
+pub fn event_of(name: &str) -> Name {
+    use werkmann::gateway::presence;
+    if name == "presence:uids" {
+        return Name::from(presence::uids_event());
+    }
+    match name.strip_prefix("presence:group:") {
+        Some(g) if !g.is_empty() => Name::from(presence::group_event(g)),
+        _ => Name::from(name),
+    }
+}
+
 /// The 400 for a name [`valid_name`] refuses.
 pub fn bad_name(name: &str) -> Response {
     Response::text(

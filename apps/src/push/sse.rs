@@ -74,7 +74,7 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
     let to = conn.clone();
     let labels = names.clone();
     let named = names.len() > 1;
-    let keys: Vec<Name> = names.iter().map(Name::from).collect();
+    let keys: Vec<Name> = names.iter().map(|n| super::resume::event_of(n)).collect();
     let follow = feeds.follow(keys, since, move |ev| {
         let event = match ev {
             FeedEvent::Ready {

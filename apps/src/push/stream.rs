@@ -63,7 +63,7 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
     let to = conn.clone();
     let client_id = format!("{worker_id}-{}", conn.id());
     let labels = names.clone();
-    let keys: Vec<Name> = names.iter().map(Name::from).collect();
+    let keys: Vec<Name> = names.iter().map(|n| super::resume::event_of(n)).collect();
     let follow = feeds.follow(keys, since, move |ev| {
         let frame = match ev {
             FeedEvent::Ready {

@@ -25,6 +25,7 @@ pub fn ws_worker(
     worker_ids: Arc<WorkerIds>,
     tokens: Option<Tokens>,
     apps: Arc<Apps>,
+    presence: super::PresenceEvents,
 ) -> anyhow::Result<Worker> {
     let mut worker = Worker::new(&format!("websocket://{listen}"))?;
     worker.name = "pusher".into();
@@ -38,6 +39,11 @@ pub fn ws_worker(
         let Some((client, my_id)) = super::start_node(w, &channel, &ids, "pusher") else {
             return;
         };
+        if presence != super::PresenceEvents::Off {
+            if let Some(gw) = Gateway::of(w) {
+                gw.announce_presence(presence == super::PresenceEvents::Hooks);
+            }
+        }
         if !pusher_apps.is_empty() {
             PusherNode::start(w, &client, pusher_apps.clone(), my_id);
         }

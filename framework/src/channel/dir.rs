@@ -386,6 +386,10 @@ pub struct Join {
     /// events: each taken by one consumer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<Hooks>,
+    /// Answer `true` rather than the members (a group too large to list to each joiner: every
+    /// uid online).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet: bool,
 }
 
 impl Join {

@@ -638,6 +638,9 @@ impl DirectoryState {
                     list.reserve_exact(1);
                     list.push((name, key_name));
                 }
+                if j.quiet {
+                    return Applied::query(Value::Bool(true));
+                }
                 Applied::query(
                     self.presence
                         .get(j.group.as_str())

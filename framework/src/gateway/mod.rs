@@ -38,6 +38,7 @@
 //! connection, ahead of any later send.
 
 mod node;
+pub mod presence;
 mod token;
 
 use std::rc::Rc;
@@ -135,6 +136,16 @@ impl Gateway {
         }));
         instance.set_data(gw.clone());
         gw
+    }
+
+    /// Announce this node's connections' presence (`gateway::presence`): a uid's `online` and
+    /// `offline`, a group's `join` and `leave`, once cluster-wide; with `hooks`, also queued
+    /// for a webhook sender. For binds and joins from now on (and all of them again after a
+    /// reconnect).
+    pub fn announce_presence(&self, hooks: bool) {
+        if let Some(node) = &self.0.node {
+            node.presence.set(Some(hooks));
+        }
     }
 
     /// Send and ask through `client` without holding connections (an HTTP publisher).

@@ -3,13 +3,14 @@
 //! the channel reconnects, keeps its connections' uids, groups and sessions as the directory
 //! forwards them, and writes sends to the connections they name.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use super::presence;
 use crate::channel::dir::{self, ClientId, DirOp, Registration, Target};
 use crate::channel::wire::Command;
 use crate::channel::Client;
@@ -171,6 +172,8 @@ pub(crate) struct Node {
     pub(crate) instance: WorkerInstance,
     pub(crate) client: Client,
     pub(crate) local: RefCell<Local>,
+    /// Announce presence (`presence.rs`): `None` off, `Some(hooks)` on (with webhook items).
+    pub(crate) presence: Cell<Option<bool>>,
 }
 
 impl Node {
@@ -182,6 +185,7 @@ impl Node {
             instance: instance.clone(),
             client: client.clone(),
             local: RefCell::new(Local::default()),
+            presence: Cell::new(None),
         });
         for conn in instance.connections().keys() {
             node.local
@@ -237,6 +241,28 @@ impl Node {
                 clients: chunk.to_vec(),
             });
         }
+        // The presence joins again (a new channel server knows none of them).
+        if let Some(hooks) = self.presence.get() {
+            for r in &clients {
+                if let Some(uid) = &r.uid {
+                    self.send(&presence::uid_join(r.client_id, uid, hooks));
+                }
+                let member = r.uid.clone().unwrap_or_else(|| r.client_id.to_string());
+                for g in &r.groups {
+                    self.send(&presence::group_join(r.client_id, g, &member, hooks));
+                }
+            }
+        }
+    }
+
+    /// A connection's member name in a group's presence: its uid, or its client id.
+    fn member(&self, conn: u64, client_id: ClientId) -> String {
+        self.local
+            .borrow()
+            .clients
+            .get(&conn)
+            .and_then(|m| m.uid.as_deref().map(str::to_string))
+            .unwrap_or_else(|| client_id.to_string())
     }
 
     fn send(&self, op: &DirOp) {
@@ -273,6 +299,9 @@ impl Node {
             DirOp::BindUid { client_id, uid } => {
                 if let Some(c) = mine(&client_id) {
                     self.local.borrow_mut().bind(c, &uid);
+                    if let Some(hooks) = self.presence.get() {
+                        self.send(&presence::uid_join(client_id, &uid, hooks));
+                    }
                 }
             }
             DirOp::UnbindUid { client_id, uid } => {
@@ -285,17 +314,28 @@ impl Node {
                         .is_some_and(|u| u == uid);
                     if bound {
                         local.unbind(c);
+                        drop(local);
+                        if self.presence.get().is_some() {
+                            self.send(&presence::uid_leave(client_id));
+                        }
                     }
                 }
             }
             DirOp::JoinGroup { client_id, group } => {
                 if let Some(c) = mine(&client_id) {
                     self.local.borrow_mut().join(c, &group);
+                    if let Some(hooks) = self.presence.get() {
+                        let member = self.member(c, client_id);
+                        self.send(&presence::group_join(client_id, &group, &member, hooks));
+                    }
                 }
             }
             DirOp::LeaveGroup { client_id, group } => {
                 if let Some(c) = mine(&client_id) {
                     self.local.borrow_mut().leave(c, &group);
+                    if self.presence.get().is_some() {
+                        self.send(&presence::group_leave(client_id, &group));
+                    }
                 }
             }
             DirOp::Ungroup { group } => {
@@ -305,8 +345,17 @@ impl Node {
                     .get(group.as_str())
                     .map(|s| s.iter().copied().collect())
                     .unwrap_or_default();
-                for c in members {
-                    local.leave(c, &group);
+                for c in &members {
+                    local.leave(*c, &group);
+                }
+                drop(local);
+                if self.presence.get().is_some() {
+                    for c in members {
+                        self.send(&presence::group_leave(
+                            ClientId::new(self.worker, c),
+                            &group,
+                        ));
+                    }
                 }
             }
             DirOp::SetSession { client_id, session } => {

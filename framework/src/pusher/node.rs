@@ -488,6 +488,7 @@ impl PusherNode {
             event: event.clone(),
             max: app.max_presence_members,
             hooks: member_hooks(app, channel, &user_id),
+            quiet: false,
         });
         if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn.id()) {
             c.presence.push(Membership {
@@ -976,6 +977,7 @@ fn occupancy_op(worker: u32, conn: u64, app: &App, channel: &str) -> Option<DirO
             added: hook(occupied, "channel_occupied"),
             removed: hook(vacated, "channel_vacated"),
         }),
+        quiet: true,
     });
     Some(op)
 }

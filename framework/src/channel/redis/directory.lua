@@ -292,6 +292,7 @@ elseif op == 'presence_join' then
     nextarg(), nextarg(), nextarg()
   local max = nextint()
   local stream, hook_added, hook_removed = nextarg(), nextarg(), nextarg()
+  local quiet = nextarg() == '1'
   if not client_worker(id) then
     return -1
   end
@@ -315,6 +316,9 @@ elseif op == 'presence_join' then
     redis.call('HINCRBY', p, key, 1)
     redis.call('SADD', D .. 'pgs', g)
     redis.call('HSET', cp, g, key)
+  end
+  if quiet then
+    return 1
   end
   return redis.call('HGETALL', D .. 'pi:' .. g)
 elseif op == 'presence_leave' then

@@ -269,6 +269,7 @@ fn op_args(c: &mut redis::Cmd, op: &DirOp, link: &str) {
                     .arg(h.removed.as_str()),
                 None => c.arg("").arg("").arg(""),
             };
+            c.arg(if j.quiet { "1" } else { "0" });
         }
         DirOp::PresenceLeave { client_id, group } => {
             c.arg(client_id.to_string()).arg(group.as_str());
