@@ -154,6 +154,51 @@ impl<T: Clone> Default for Shared<T> {
     }
 }
 
+/// A feed's event as both readers (`sse.rs`, `stream.rs`) frame it.
+pub enum Step<'a> {
+    /// The reader stands (a new one), at this id.
+    Stands(String),
+    /// `{"recovered", "lost"}` (a resumed reader caught up, or a name started again), and the
+    /// id.
+    Recovery(serde_json::Value, String),
+    /// An event of name `index`, and the id after it.
+    Message {
+        /// The name's index.
+        index: usize,
+        /// Its PHP data.
+        data: &'a bytes::Bytes,
+        /// The id.
+        id: String,
+    },
+}
+
+/// What a feed's event is for a reader of `labels`.
+pub fn step<'a>(labels: &[String], ev: werkmann::channel::FeedEvent<'a>) -> Step<'a> {
+    use werkmann::channel::FeedEvent;
+    match ev {
+        FeedEvent::Ready {
+            lost: None,
+            positions,
+        } => Step::Stands(id_of(positions)),
+        FeedEvent::Ready {
+            lost: Some(lost),
+            positions,
+        } => Step::Recovery(recovery(labels, &lost), id_of(positions)),
+        FeedEvent::Lost { index, positions } => {
+            Step::Recovery(recovery(labels, &[index]), id_of(positions))
+        }
+        FeedEvent::Message {
+            index,
+            data,
+            positions,
+        } => Step::Message {
+            index,
+            data,
+            id: id_of(positions),
+        },
+    }
+}
+
 /// `{"recovered", "lost"}` for names `lost` (by index) of `labels`.
 pub fn recovery(labels: &[String], lost: &[usize]) -> serde_json::Value {
     let names: Vec<&str> = lost.iter().map(|&i| labels[i].as_str()).collect();

@@ -17,10 +17,10 @@
 
 use std::time::Duration;
 
-use werkmann::channel::{FeedEvent, Feeds, Follow, Name};
+use werkmann::channel::{Feeds, Follow, Name};
 use werkmann::{Chunk, Connection, Request, Response, ServerSentEvent};
 
-use super::resume::{channels, data_text, id_of, positions, recovery, Shared};
+use super::resume::{channels, data_text, positions, step, Shared, Step};
 
 /// How soon a browser reconnects after the stream drops.
 const RETRY: Duration = Duration::from_secs(1);
@@ -76,23 +76,13 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
     let named = names.len() > 1;
     let keys: Vec<Name> = names.iter().map(|n| super::resume::event_of(n)).collect();
     let follow = feeds.follow(keys, since, move |ev| {
-        let event = match ev {
-            FeedEvent::Ready {
-                lost: None,
-                positions,
-            } => ServerSentEvent::default().id(id_of(positions)),
-            FeedEvent::Ready {
-                lost: Some(lost),
-                positions,
-            } => recovery_event(&labels, &lost, positions),
-            FeedEvent::Lost { index, positions } => recovery_event(&labels, &[index], positions),
-            FeedEvent::Message {
-                index,
-                data,
-                positions,
-            } => {
+        let event = match step(&labels, ev) {
+            Step::Stands(id) => ServerSentEvent::default().id(id),
+            Step::Recovery(v, id) => ServerSentEvent::data(v.to_string())
+                .event("recovery")
+                .id(id),
+            Step::Message { index, data, id } => {
                 // Encoded once for every stream at the same place (see `Shared`).
-                let id = id_of(positions);
                 let key = if named {
                     format!("{}\n{id}", labels[index])
                 } else {
@@ -122,17 +112,6 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
             conn.close();
         }
     }
-}
-
-/// `event: recovery` with `{"recovered", "lost"}`.
-fn recovery_event(
-    labels: &[String],
-    lost: &[usize],
-    positions: &[werkmann::channel::Position],
-) -> ServerSentEvent {
-    ServerSentEvent::data(recovery(labels, lost).to_string())
-        .event("recovery")
-        .id(id_of(positions))
 }
 
 /// A closed stream's registration goes (its names' subscriptions with the last reader).

@@ -21,13 +21,13 @@
 //! handshake with 400. These connections take no seed broadcast (they get `Broadcast` as
 //! messages) and no greeting.
 
-use werkmann::channel::{FeedEvent, Feeds, Follow, Name, Position};
+use werkmann::channel::{Feeds, Follow, Name};
 use werkmann::{Connection, Message, Request, Response};
 
 use std::rc::Rc;
 
 use super::delivery::{Asked, NodeReports};
-use super::resume::{channels, data_text, id_of, positions, recovery, Shared};
+use super::resume::{channels, data_text, positions, step, Shared, Step};
 
 thread_local! {
     /// The last message encoded on this thread (and the ack token it asks for), for the next
@@ -65,23 +65,15 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
     let labels = names.clone();
     let keys: Vec<Name> = names.iter().map(|n| super::resume::event_of(n)).collect();
     let follow = feeds.follow(keys, since, move |ev| {
-        let frame = match ev {
-            FeedEvent::Ready {
-                lost: None,
-                positions,
-            } => serde_json::json!({"type": "ready", "id": id_of(positions)}),
-            FeedEvent::Ready {
-                lost: Some(lost),
-                positions,
-            } => recovered(&labels, &lost, positions),
-            FeedEvent::Lost { index, positions } => recovered(&labels, &[index], positions),
-            FeedEvent::Message {
-                index,
-                data,
-                positions,
-            } => {
+        let frame = match step(&labels, ev) {
+            Step::Stands(id) => serde_json::json!({"type": "ready", "id": id}),
+            Step::Recovery(mut v, id) => {
+                v["type"] = "recovery".into();
+                v["id"] = id.into();
+                v
+            }
+            Step::Message { index, data, id } => {
                 // Encoded once for every reader at the same place (see `Shared`).
-                let id = id_of(positions);
                 let key = format!("{}\n{id}", labels[index]);
                 let (bytes, ack) = FRAMES.with(|f| {
                     f.get(data, &key, || {
@@ -119,13 +111,6 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
         }
         Err(e) => Err(Response::text(503, format!("{e}\n"))),
     }
-}
-
-fn recovered(labels: &[String], lost: &[usize], positions: &[Position]) -> serde_json::Value {
-    let mut v = recovery(labels, lost);
-    v["type"] = "recovery".into();
-    v["id"] = id_of(positions).into();
-    v
 }
 
 fn send(conn: &Connection, v: serde_json::Value) {

@@ -498,12 +498,7 @@ impl PusherNode {
             });
         }
         self.join(conn.id(), event.clone(), Handler::Deliver);
-        self.0
-            .held
-            .borrow_mut()
-            .entry(event.clone())
-            .or_default()
-            .insert(conn.id(), Vec::new());
+        self.hold(conn.id(), &event);
         // Counted for occupancy first (on the same link: applied before the presence join
         // is answered), so that `subscription_succeeded` means counted.
         if let Some(occupancy) = self.occupancy_join(conn.id(), app, channel) {
@@ -706,6 +701,17 @@ impl PusherNode {
         self.leave(conn, &event);
     }
 
+    /// What arrives on `event` for `conn` is held (until its answer: a presence join's, a
+    /// resume's history).
+    fn hold(&self, conn: u64, event: &str) {
+        self.0
+            .held
+            .borrow_mut()
+            .entry(event.to_string())
+            .or_default()
+            .insert(conn, Vec::new());
+    }
+
     /// `conn` waits no more for a presence answer on `event`.
     fn unhold(&self, conn: u64, event: &str) {
         let mut held = self.0.held.borrow_mut();
@@ -866,12 +872,7 @@ impl PusherNode {
     /// what was missed, what was held (each once), and live events.
     fn resume(&self, conn: &Connection, app: &App, channel: &str, since: Position) {
         let event = channel_event(&app.id, channel);
-        self.0
-            .held
-            .borrow_mut()
-            .entry(event.clone())
-            .or_default()
-            .insert(conn.id(), Vec::new());
+        self.hold(conn.id(), &event);
         if !self.join(conn.id(), event.clone(), Handler::Deliver) {
             self.unhold(conn.id(), &event);
             return;

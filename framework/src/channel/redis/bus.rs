@@ -100,9 +100,40 @@ impl Bus {
         &mut self,
         cmds: Vec<(String, redis::Cmd, bool)>,
     ) -> redis::RedisResult<Vec<RValue>> {
+        self.pipelines(cmds, false).await
+    }
+
+    /// Run commands as a pipeline (on a cluster one per key, each command with the key of
+    /// its slot); every reply, a command's error as a [`RValue::ServerError`] among them.
+    pub(super) async fn run_keyed_each(
+        &mut self,
+        cmds: &[(String, redis::Cmd)],
+    ) -> redis::RedisResult<Vec<RValue>> {
+        let cmds = cmds
+            .iter()
+            .map(|(k, c)| (k.clone(), c.clone(), true))
+            .collect();
+        self.pipelines(cmds, true).await
+    }
+
+    /// One pipeline (on a cluster, one per key): the replies of the commands marked `true`, in
+    /// their order; with `errors_as_replies` a command's error is its reply, else the first
+    /// one fails the call.
+    async fn pipelines(
+        &mut self,
+        cmds: Vec<(String, redis::Cmd, bool)>,
+        errors_as_replies: bool,
+    ) -> redis::RedisResult<Vec<RValue>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
+        let new_pipe = || {
+            let mut p = redis::pipe();
+            if errors_as_replies {
+                p.ignore_errors();
+            }
+            p
+        };
         let add = |pipe: &mut redis::Pipeline, cmd: redis::Cmd, want: bool| {
             pipe.add_command(cmd);
             if !want {
@@ -111,7 +142,7 @@ impl Bus {
         };
         match self {
             Bus::Single(m) => {
-                let mut pipe = redis::pipe();
+                let mut pipe = new_pipe();
                 for (_, c, want) in cmds {
                     add(&mut pipe, c, want);
                 }
@@ -125,7 +156,7 @@ impl Bus {
                     let i = match by_key.iter().position(|(k, _, _)| *k == key) {
                         Some(i) => i,
                         None => {
-                            by_key.push((key, redis::pipe(), Vec::new()));
+                            by_key.push((key, new_pipe(), Vec::new()));
                             by_key.len() - 1
                         }
                     };
@@ -151,72 +182,32 @@ impl Bus {
         }
     }
 
-    /// Run commands as a pipeline (on a cluster one per key, each command with the key of
-    /// its slot); every reply, a command's error as a [`RValue::ServerError`] among them.
-    pub(super) async fn run_keyed_each(
+    /// Run script calls ([`Bus::run_keyed_each`]); calls refused with `NOSCRIPT` (a Redis that
+    /// had not seen the script, or flushed it: a restart) did not run, so `scripts` are loaded
+    /// and those calls run again, in order.
+    pub(super) async fn run_scripts(
         &mut self,
-        cmds: &[(String, redis::Cmd)],
+        calls: &[(String, redis::Cmd)],
+        scripts: &[&redis::Script],
     ) -> redis::RedisResult<Vec<RValue>> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        match self {
-            Bus::Single(m) => {
-                let mut pipe = redis::pipe();
-                for (_, c) in cmds {
-                    pipe.add_command(c.clone());
-                }
-                pipe.ignore_errors();
-                pipe.query_async(m).await
+        let mut replies = self.run_keyed_each(calls).await?;
+        let again: Vec<usize> = replies
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, RValue::ServerError(e) if e.code() == "NOSCRIPT"))
+            .map(|(i, _)| i)
+            .collect();
+        if !again.is_empty() {
+            for script in scripts {
+                self.load_script(script).await?;
             }
-            Bus::Cluster(c) => {
-                let mut by_key: Vec<(&str, redis::Pipeline, Vec<usize>)> = Vec::new();
-                for (i, (key, cmd)) in cmds.iter().enumerate() {
-                    let at = match by_key.iter().position(|(k, _, _)| *k == key.as_str()) {
-                        Some(at) => at,
-                        None => {
-                            let mut p = redis::pipe();
-                            p.ignore_errors();
-                            by_key.push((key.as_str(), p, Vec::new()));
-                            by_key.len() - 1
-                        }
-                    };
-                    by_key[at].1.add_command(cmd.clone());
-                    by_key[at].2.push(i);
-                }
-                let sends = by_key.into_iter().map(|(_, pipe, at)| {
-                    let mut c = c.clone();
-                    async move { (pipe.query_async::<Vec<RValue>>(&mut c).await, at) }
-                });
-                let mut replies = vec![RValue::Nil; cmds.len()];
-                for (r, at) in futures_util::future::join_all(sends).await {
-                    for (v, i) in r?.into_iter().zip(at) {
-                        replies[i] = v;
-                    }
-                }
-                Ok(replies)
+            let retry: Vec<(String, redis::Cmd)> =
+                again.iter().map(|&i| calls[i].clone()).collect();
+            for (i, r) in again.into_iter().zip(self.run_keyed_each(&retry).await?) {
+                replies[i] = r;
             }
         }
-    }
-
-    /// Run commands that share one cluster slot as one pipeline; every reply, a command's
-    /// error as a [`RValue::ServerError`] among them.
-    pub(super) async fn run_each(
-        &mut self,
-        cmds: &[redis::Cmd],
-    ) -> redis::RedisResult<Vec<RValue>> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for c in cmds {
-            pipe.add_command(c.clone());
-        }
-        pipe.ignore_errors();
-        match self {
-            Bus::Single(m) => pipe.query_async(m).await,
-            Bus::Cluster(c) => pipe.query_async(c).await,
-        }
+        Ok(replies)
     }
 
     /// Load a script (on a cluster, into every primary).

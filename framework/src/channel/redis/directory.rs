@@ -416,22 +416,9 @@ fn answer(op: &DirOp, reply: &RValue) -> Result<Value, String> {
 /// it) did not run: the script is loaded and they run again, in order — they are the last of
 /// the pipeline, as nothing after a flush finds the script.
 async fn run_calls(bus: &mut Bus, cmds: Vec<redis::Cmd>) -> redis::RedisResult<Vec<RValue>> {
-    let mut replies = bus.run_each(&cmds).await?;
-    let again: Vec<usize> = replies
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| matches!(r, RValue::ServerError(e) if e.code() == "NOSCRIPT"))
-        .map(|(i, _)| i)
-        .collect();
-    if !again.is_empty() {
-        bus.load_script(&SCRIPT).await?;
-        bus.load_script(&SEND_SCRIPT).await?;
-        let retry: Vec<redis::Cmd> = again.iter().map(|&i| cmds[i].clone()).collect();
-        for (i, r) in again.into_iter().zip(bus.run_each(&retry).await?) {
-            replies[i] = r;
-        }
-    }
-    Ok(replies)
+    let calls: Vec<(String, redis::Cmd)> =
+        cmds.into_iter().map(|c| (WORKERS.to_string(), c)).collect();
+    bus.run_scripts(&calls, &[&SCRIPT, &SEND_SCRIPT]).await
 }
 
 /// One script call's integer reply.

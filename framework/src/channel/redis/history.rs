@@ -117,20 +117,7 @@ pub(super) async fn execute(
             _ => {}
         }
     }
-    let mut replies = bus.run_keyed_each(&calls).await?;
-    let again: Vec<usize> = replies
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| matches!(r, RValue::ServerError(e) if e.code() == "NOSCRIPT"))
-        .map(|(i, _)| i)
-        .collect();
-    if !again.is_empty() {
-        bus.load_script(&SCRIPT).await?;
-        let retry: Vec<(String, redis::Cmd)> = again.iter().map(|&i| calls[i].clone()).collect();
-        for (i, r) in again.into_iter().zip(bus.run_keyed_each(&retry).await?) {
-            replies[i] = r;
-        }
-    }
+    let replies = bus.run_scripts(&calls, &[&SCRIPT]).await?;
     // Per command: the count so far (None once a call failed), or the page.
     let mut reached: Vec<Option<usize>> = vec![Some(0); batch.len()];
     let mut pages: Vec<Option<Bytes>> = vec![None; batch.len()];
