@@ -37,8 +37,21 @@ struct Sse {
 
 impl Sse {
     async fn open(addr: SocketAddr, query: &str, last_id: Option<&str>) -> Sse {
+        Sse::open_as(addr, query, last_id, None).await
+    }
+
+    /// [`Sse::open`] with the push secret (`Authorization: Bearer`).
+    async fn open_as(
+        addr: SocketAddr,
+        query: &str,
+        last_id: Option<&str>,
+        secret: Option<&str>,
+    ) -> Sse {
         let mut cmd = Command::new("curl");
         cmd.args(["-sSN", "--max-time", "60"]);
+        if let Some(s) = secret {
+            cmd.args(["-H", &format!("Authorization: Bearer {s}")]);
+        }
         if let Some(id) = last_id {
             cmd.args(["-H", &format!("Last-Event-ID: {id}")]);
         }
@@ -1006,7 +1019,11 @@ async fn presence_events(ch: String) {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Sse::open(web, "channel=presence:uids,presence:group:room", None).await
+        // Without the push secret: refused.
+        let (status, _) = get(web, "/sse?channel=presence:uids").await;
+        assert_eq!(status, 401);
+        let q = "channel=presence:uids,presence:group:room";
+        Sse::open_as(web, q, None, Some(API_SECRET)).await
     };
     let call = |method: &'static str, body: Value| async move {
         let deadline = tokio::time::Instant::now() + T;

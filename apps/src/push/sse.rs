@@ -47,6 +47,15 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
             return;
         }
     };
+    // Who is online is the app's to show: with a push secret, presence streams need it.
+    if names.iter().any(|n| n.starts_with("presence:")) {
+        if let Some(auth) = conn.worker().and_then(|w| w.data::<crate::auth::Auth>()) {
+            if let Err(denied) = auth.check(req) {
+                conn.send(Response::text(401, format!("presence streams: {denied}\n")));
+                return;
+            }
+        }
+    }
     let id = req
         .last_event_id()
         .map(str::to_string)

@@ -44,6 +44,13 @@ pub struct Reader(pub Option<Follow>);
 /// Accept a handshake on [`PATH`]: the 400 for a bad request, else the reader follows.
 pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Response> {
     let names = channels(req.query_string())?;
+    if names.iter().any(|n| n.starts_with("presence:")) {
+        // Presence is for the app's servers (`/sse` with the push secret), not its clients.
+        return Err(Response::text(
+            403,
+            "presence streams are read on the publisher's /sse with the push secret\n",
+        ));
+    }
     let since = positions(req.query().remove("last_event_id"), names.len())?;
     let Some((w, feeds)) = conn
         .worker()
