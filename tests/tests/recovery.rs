@@ -844,7 +844,9 @@ async fn clients_become(web: SocketAddr, n: u64) {
 async fn reports_match(c: Cluster) {
     let web = c.publishers[0];
     let ws = c.ws[0];
-    until_ok(web, "/?content=warm").await;
+    // The publisher is up (a push to a channel nobody reads: a broadcast answered while the
+    // nodes still handle it could reach a client connecting next, ahead of its greeting).
+    until_ok(web, "/?channel=warm&content=x").await;
     let mut plain = Vec::new();
     for _ in 0..6 {
         plain.push(werkmann_tests::push::connect(ws).await.0);
