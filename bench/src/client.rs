@@ -297,7 +297,7 @@ pub fn source_ip(idx: u32) -> Ipv4Addr {
 }
 
 /// A client frame (masked, as RFC 6455 requires of clients).
-fn client_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
+pub fn client_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     let mask = [0x37u8, 0xfa, 0x21, 0x3d];
     out.push(0x80 | opcode);
     match payload.len() {

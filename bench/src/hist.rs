@@ -60,7 +60,6 @@ impl Hist {
     }
 
     /// Number of recorded values.
-    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.count
     }

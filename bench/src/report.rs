@@ -269,10 +269,12 @@ pub fn brief(r: &Row) -> String {
             ("rss_bytes_per_binding", "RSS bytes/binding"),
         ],
         Scenario::Pusher => PUSHER_FIGURES,
+        Scenario::Faults => FAULT_FIGURES,
     };
+    let sparse = matches!(r.scenario, Scenario::Pusher | Scenario::Faults);
     let mut s: Vec<String> = keys
         .iter()
-        .filter(|(k, _)| r.scenario != Scenario::Pusher || r.get(k).is_some())
+        .filter(|(k, _)| !sparse || r.get(k).is_some())
         .map(|(k, name)| format!("{} {name}", cell(r, k)))
         .collect();
     s.push(format!("errors {}", r.errors.text()));
@@ -370,7 +372,7 @@ fn compared(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
             ("deliveries_per_s", "deliveries/s", true),
             ("p99_ms", "p99 latency, ms", false),
         ],
-        Scenario::DirMemory | Scenario::Pusher => &[],
+        Scenario::DirMemory | Scenario::Pusher | Scenario::Faults => &[],
     }
 }
 
@@ -494,6 +496,13 @@ fn before_after_figures(sc: Scenario) -> &'static [(&'static str, &'static str, 
             ("req_per_s", "publishes/s", true),
             ("joins_per_s", "presence joins/s", true),
             ("leaves_per_s", "presence leaves/s", true),
+        ],
+        Scenario::Faults => &[
+            ("lost", "pushes lost", false),
+            ("dup", "pushes duplicated", false),
+            ("not_recovered", "not recovered", false),
+            ("resume_p99_ms", "resume p99 ms", false),
+            ("per_cpu_s", "deliveries per server CPU-s", true),
         ],
     }
 }
@@ -1080,6 +1089,7 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
             ],
         ),
         Scenario::Pusher => ("Pusher protocol, every figure", PUSHER_FIGURES),
+        Scenario::Faults => ("Fault rows, every figure", FAULT_FIGURES),
         Scenario::DirMemory => (
             "Directory memory per binding",
             &[
@@ -1154,6 +1164,199 @@ endpoint would), joins/s from the first connect to the last `subscription_succee
 all of them; then every client closes at once, leaves/s until `user_count` is 0 (polled every \
 20 ms). Soketi is one process on one core, werkmann's all-in-one uses both: the per-CPU-second \
 figures are the fair comparison.\n\n";
+
+/// Every figure a fault row may have, for its progress line and detail table.
+const FAULT_FIGURES: &[(&str, &str)] = &[
+    ("clients", "clients"),
+    ("pushes", "pushes"),
+    ("resets", "resets ordered"),
+    ("reconnects", "reconnects"),
+    ("lost", "lost"),
+    ("dup", "duplicated"),
+    ("not_recovered", "not recovered"),
+    ("not_recovered_covered", "of which history covered"),
+    ("announced_lost", "missed after not recovered"),
+    ("resume_p50_ms", "resume p50 ms"),
+    ("resume_p99_ms", "resume p99 ms"),
+    ("resume_max_ms", "resume max ms"),
+    ("refused", "refused handshakes"),
+    ("dropped", "closed by server"),
+    ("out_of_order", "out of order"),
+    ("bad_frames", "bad frames"),
+    ("text_frames", "text frames"),
+    ("deliveries", "deliveries"),
+    ("deliveries_per_s", "deliveries/s"),
+    ("per_cpu_s", "deliveries/server CPU-s"),
+    ("server_cpu_s", "server CPU s"),
+    ("p99_ms", "p99 ms"),
+];
+
+/// What the fault section's rows are.
+const FAULT_NOTE: &str = "\
+Resets: clients of the resuming WebSocket protocol (`/werkmann?channel=Broadcast`, binary \
+JSON frames, `docs/recovery.md`) in the coordinator, spread over the WebSocket nodes; once \
+every one stands (`ready`), one keep-alive connection pushes `GET /?content=SEQ` at the given \
+rate, and half a second in, then every second, the given share of the clients (drawn at \
+random, all at once) set `SO_LINGER` 0 and close — the server sees a RST — and reconnect at \
+once to the next node with `last_event_id` = the last id they got. Resume = from the \
+reconnect's start to its `recovery` frame. After the last push the clients get until every \
+one has every push (or 5 s without progress). Lost: pushes published (answered 200) that a \
+client never got, outside a gap a `recovered: false` announced (those are counted apart as \
+missed after not recovered); duplicated: got twice; not recovered: `recovery` frames with \
+`recovered: false`, and of those, the ones where the history (100 per name) still covered the \
+gap (the resumed id and the announced one in one epoch, at most 100 apart: never due). Every \
+message's id must be the push's own position (the first `ready`'s offset + SEQ + 1), a \
+recovered resume must stand where it asked, frames must come in the protocol's order (welcome, \
+ready or recovery, messages), and a refused handshake, a connection the server closed, a \
+push out of order are errors; so is a text frame (nothing pushes to these connections \
+directly here: a text frame is the seed's broadcast text, which a reader must not get). History on/off: the broadcast row (seed clients, pushes back to \
+back) on two `start_all --count 2` started side by side, the default history (`*=100/5m`) \
+and `--history '*=off'`, the runs alternating (on, off, off, on, …), medians.\n\n";
+
+/// The fault rows and their targets (issue 18's fault bench).
+fn faults_section(out: &mut String, rows: &[Row], plan: &Plan) {
+    use crate::faults::{history_label, reset_label};
+    if !rows.iter().any(|r| r.scenario == Scenario::Faults) {
+        return;
+    }
+    out.push_str(
+        "### Faults: resets under paced pushes, history on and off
+
+",
+    );
+    out.push_str(FAULT_NOTE);
+    let rl = reset_label(
+        plan.fault_n,
+        plan.fault_rate,
+        plan.fault_reset_pct,
+        plan.fault_secs,
+    );
+    let resets: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario == Scenario::Faults && r.label == rl)
+        .collect();
+    let figures = [
+        ("clients", "clients"),
+        ("pushes", "pushes"),
+        ("reconnects", "reconnects"),
+        ("lost", "lost"),
+        ("dup", "duplicated"),
+        ("not_recovered", "not recovered"),
+        ("not_recovered_covered", "of which history covered"),
+        ("resume_p50_ms", "resume p50 ms"),
+        ("resume_p99_ms", "resume p99 ms"),
+        ("resume_max_ms", "resume max ms"),
+        ("text_frames", "text frames"),
+    ];
+    if !resets.is_empty() {
+        let mut header = vec!["row", "mode"];
+        header.extend(figures.iter().map(|(_, n)| *n));
+        header.push("errors");
+        let lines = resets
+            .iter()
+            .map(|r| {
+                let mut l = vec![r.label.clone(), r.mode.clone()];
+                l.extend(figures.iter().map(|(key, _)| cell(r, key)));
+                l.push(r.errors.text());
+                l
+            })
+            .collect();
+        table(out, &header, lines);
+    }
+    let hl = history_label(plan.bcast_n, plan.bcast_m);
+    let side = |off: bool| {
+        rows.iter().find(|r| {
+            r.scenario == Scenario::Faults
+                && r.label == hl
+                && r.system == "werkmann"
+                && r.mode.contains("history off") == off
+        })
+    };
+    let (on, off) = (side(false), side(true));
+    if on.is_some() || off.is_some() {
+        let mut lines = Vec::new();
+        for (key, name) in [
+            ("per_cpu_s", "deliveries per server CPU-s"),
+            ("deliveries_per_s", "deliveries/s"),
+            ("cpu_us", "server µs CPU/delivery"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+        ] {
+            let (a, b) = (on.and_then(|r| r.get(key)), off.and_then(|r| r.get(key)));
+            let ratio = match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{}×", num(a / b)),
+                _ => "—".into(),
+            };
+            let c = |v: Option<f64>| v.map_or("—".into(), num);
+            lines.push(vec![hl.clone(), name.into(), c(a), c(b), ratio]);
+        }
+        let errs = |r: Option<&Row>| r.map_or("—".into(), |r| r.errors.text());
+        let runs = |r: Option<&Row>| r.map_or("—".into(), |r| r.runs.to_string());
+        lines.push(vec![
+            hl.clone(),
+            "errors (runs)".into(),
+            format!("{} ({})", errs(on), runs(on)),
+            format!("{} ({})", errs(off), runs(off)),
+            "".into(),
+        ]);
+        table(
+            out,
+            &["row", "figure", "history on", "history off", "on ÷ off"],
+            lines,
+        );
+    }
+    // The targets.
+    let mut lines = Vec::new();
+    for r in &resets {
+        let zero = |key: &str| match r.get(key) {
+            Some(0.0) => "met (0)".to_string(),
+            Some(v) => format!("**missed** ({})", num(v)),
+            None => "not measured".into(),
+        };
+        for (key, what) in [
+            ("lost", "pushes lost = 0"),
+            ("dup", "pushes duplicated = 0"),
+            (
+                "not_recovered",
+                "not recovered = 0 (the history covers every gap)",
+            ),
+            (
+                "not_recovered_covered",
+                "not recovered where the history covered the gap = 0",
+            ),
+        ] {
+            lines.push(vec![format!("{}, {}: {what}", r.label, r.mode), zero(key)]);
+        }
+        let errors = r.errors.text();
+        lines.push(vec![
+            format!("{}, {}: no errors", r.label, r.mode),
+            if errors == "0" {
+                "met".into()
+            } else {
+                format!("**missed** ({errors})")
+            },
+        ]);
+    }
+    let ratio = match (
+        on.and_then(|r| r.get("per_cpu_s")),
+        off.and_then(|r| r.get("per_cpu_s")),
+    ) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let x = a / b;
+            format!(
+                "{} ({}×)",
+                if x >= 0.8 { "met" } else { "**missed**" },
+                num(x)
+            )
+        }
+        _ => "not measured".into(),
+    };
+    lines.push(vec![
+        format!("{hl}: deliveries per server CPU-s with history ≥ 0.8× of off"),
+        ratio,
+    ]);
+    table(out, &["target", "verdict"], lines);
+}
 
 /// werkmann's Pusher rows next to Soketi's, and issue 17's targets.
 fn pusher_section(out: &mut String, rows: &[Row], plan: &Plan) {
@@ -1377,6 +1580,7 @@ pub fn markdown(res: &Results) -> String {
     }
     uid_next_to_targeted(&mut out, &res.rows, p);
     pusher_section(&mut out, &res.rows, p);
+    faults_section(&mut out, &res.rows, p);
     for sc in [Scenario::Uid, Scenario::Group, Scenario::DirMemory] {
         detail(&mut out, &res.rows, sc);
     }

@@ -31,6 +31,9 @@ pub enum Scenario {
     /// The Pusher protocol next to Soketi (`pusher_rows.rs`): idle memory, broadcast,
     /// signed publishes, presence join/leave; the label tells which.
     Pusher,
+    /// The fault group (`faults.rs`): resuming clients reset under paced pushes, and the
+    /// broadcast row with history on and off; the label tells which.
+    Faults,
 }
 
 /// Delivery errors (summed over runs).

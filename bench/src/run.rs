@@ -81,6 +81,14 @@ pub struct Plan {
     pub pusher_publishes: u32,
     /// Pusher rows: members joining (and leaving) the presence channel.
     pub pusher_presence: u32,
+    /// Fault rows: resuming clients of the reset row.
+    pub fault_n: u32,
+    /// Fault rows: paced broadcasts per second of the reset row.
+    pub fault_rate: u32,
+    /// Fault rows: length of the reset row, seconds (a round of resets each second).
+    pub fault_secs: u32,
+    /// Fault rows: share of the clients reset each second, percent.
+    pub fault_reset_pct: u32,
     /// Arguments for `pushbench channel`.
     pub channel_args: Vec<String>,
     /// Stop starting new sessions after this long.
@@ -120,6 +128,10 @@ impl Plan {
             pusher_subs: 10,
             pusher_publishes: 20_000,
             pusher_presence: 2_000,
+            fault_n: 10_000,
+            fault_rate: 20,
+            fault_secs: 30,
+            fault_reset_pct: 10,
             channel_args: vec!["--quick".into()],
             budget: Duration::from_secs(20 * 60),
         }
@@ -157,6 +169,10 @@ impl Plan {
             pusher_subs: 10,
             pusher_publishes: 5_000,
             pusher_presence: 1_000,
+            fault_n: 2_000,
+            fault_rate: 20,
+            fault_secs: 10,
+            fault_reset_pct: 10,
             channel_args: vec!["--quick".into(), "--events".into(), "30000".into()],
             budget: Duration::from_secs(210),
         }
@@ -171,7 +187,7 @@ pub struct Options {
     /// Whether `--quick` was given.
     pub quick: bool,
     /// Scenario groups to run: idle, one-node, nodes, broadcast, targeted, paced, publish,
-    /// slow, gateway, dir-memory, channel, pusher.
+    /// slow, gateway, dir-memory, channel, pusher, faults.
     pub only: Vec<String>,
     /// Systems to run: werkmann, werkmann-before (needs `baseline`), nchan, socketio, soketi.
     pub systems: Vec<String>,
@@ -196,9 +212,9 @@ pub struct Options {
 const SYSTEMS: [&str; 5] = ["werkmann", "werkmann-before", "nchan", "socketio", "soketi"];
 
 /// Groups the default run leaves out (`--only` names them).
-const NOT_BY_DEFAULT: [&str; 1] = ["pusher"];
+const NOT_BY_DEFAULT: [&str; 2] = ["pusher", "faults"];
 
-const GROUPS: [&str; 12] = [
+const GROUPS: [&str; 13] = [
     "idle",
     "one-node",
     "nodes",
@@ -211,6 +227,7 @@ const GROUPS: [&str; 12] = [
     "dir-memory",
     "channel",
     "pusher",
+    "faults",
 ];
 
 /// Usage text.
@@ -220,16 +237,22 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
   --quick          the small set (under 4 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
   --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
-                   gateway,dir-memory,channel,pusher (gateway: uid, targeted and group pushes
-                   through the directory on 4 nodes; dir-memory: the directory's memory per
-                   binding; pusher: werkmann's Pusher protocol next to Soketi — not in the
-                   default run, only when named)
+                   gateway,dir-memory,channel,pusher,faults (gateway: uid, targeted and group
+                   pushes through the directory on 4 nodes; dir-memory: the directory's memory
+                   per binding; pusher: werkmann's Pusher protocol next to Soketi; faults:
+                   10k resuming clients under 20 pushes/s, 10 % of them reset every second
+                   for 30 s — lost, duplicated, not recovered, resume p50/p99 — on each mode,
+                   and broadcast 10k × 200 with history on next to off; pusher and faults are
+                   not in the default run, only when named)
   --systems LIST   werkmann,werkmann-before,nchan,socketio,soketi (default: all but
                    werkmann-before; --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
   --repeats N      runs of the rows reported as medians (default 3, --quick 1)
   --budget SECS    start no new session after this long (default 1200, --quick 210)
   --presence N     members of the Pusher presence row (default 2000, --quick 1000)
+  --fault-clients N  resuming clients of the fault group's reset row (default 10000,
+                   --quick 2000)
+  --fault-secs S   length of the reset row, seconds (default 30, --quick 10)
   --bin-dir DIR    werkmann binaries (default: next to pushbench)
   --baseline DIR   an older build's werkmann binaries (start_all, start_channel, start_ws,
                    start_http): werkmann runs a second time from there, as werkmann-before,
@@ -265,6 +288,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
         keep: false,
     };
     let (mut repeats, mut budget, mut systems, mut presence) = (None, None, None, None);
+    let (mut fault_n, mut fault_secs) = (None, None);
     let mut args = Args::new(args, USAGE);
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
     while let Some((name, inline)) = args.next_option() {
@@ -278,6 +302,10 @@ pub fn parse(args: &[String]) -> Result<Options> {
             "--modes" => o.modes = list(&value()?),
             "--repeats" => repeats = Some(value()?.parse::<usize>().context("--repeats")?),
             "--presence" => presence = Some(value()?.parse::<u32>().context("--presence")?),
+            "--fault-clients" => {
+                fault_n = Some(value()?.parse::<u32>().context("--fault-clients")?)
+            }
+            "--fault-secs" => fault_secs = Some(value()?.parse::<u32>().context("--fault-secs")?),
             "--budget" => budget = Some(value()?.parse::<u64>().context("--budget")?),
             "--bin-dir" => o.bin_dir = PathBuf::from(value()?),
             "--baseline" => o.baseline = Some(PathBuf::from(value()?)),
@@ -301,6 +329,12 @@ pub fn parse(args: &[String]) -> Result<Options> {
     }
     if let Some(n) = presence {
         o.plan.pusher_presence = n.max(1);
+    }
+    if let Some(n) = fault_n {
+        o.plan.fault_n = n.max(1);
+    }
+    if let Some(s) = fault_secs {
+        o.plan.fault_secs = s.max(1);
     }
     for g in &o.only {
         if !GROUPS.contains(&g.as_str()) {
@@ -1518,6 +1552,25 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
             suite.guarded(what, r).await;
         }
     }
+    if suite.want("faults") {
+        for s in suite.setups_faults() {
+            let what = format!("faults, {} ({})", s.system(), s.mode());
+            if !suite.usable(s) || suite.over_budget(&what) {
+                continue;
+            }
+            let r = suite.session_faults(s).await;
+            suite.guarded(what, r).await;
+        }
+        for build in suite.builds() {
+            let s = Setup::WerkmannAll { build };
+            let what = format!("history on/off, {}", s.system());
+            if !suite.usable(s) || suite.over_budget(&what) {
+                continue;
+            }
+            let r = suite.session_history(build).await;
+            suite.guarded(what, r).await;
+        }
+    }
     let (mut channel, mut channel_before) = (None, None);
     if suite.want("channel") {
         for build in suite.builds() {
@@ -1644,6 +1697,23 @@ mod tests {
         );
         assert_eq!(s.setups_dir_memory().len(), 2);
         assert!(parse(&args("--only gateways")).is_err());
+    }
+
+    #[test]
+    fn the_fault_group_runs_only_when_named_on_every_mode() {
+        let o = parse(&args("--quick")).unwrap();
+        assert!(!o.only.iter().any(|g| g == "faults"));
+        let o = parse(&args("--only faults --fault-clients 500 --fault-secs 4")).unwrap();
+        assert_eq!(o.only, ["faults"]);
+        assert_eq!((o.plan.fault_n, o.plan.fault_secs), (500, 4));
+        let s = suite(o);
+        assert_eq!(s.setups_faults().len(), 3);
+        let off = Setup::WerkmannHistory {
+            build: Build::Current,
+            rules: crate::faults::HISTORY_OFF,
+        };
+        assert_eq!(off.mode(), "all-in-one, history off");
+        assert_eq!(off.system(), "werkmann");
     }
 
     #[test]

@@ -69,6 +69,14 @@ pub enum Setup {
     },
     /// Soketi (a Node.js Pusher server) in one process, serving the same app.
     Soketi,
+    /// `start_all --count 2 --history RULES`: all-in-one with other history rules than the
+    /// default `*=100/5m` (the fault group's history on/off rows: `*=off`).
+    WerkmannHistory {
+        /// Which binaries.
+        build: Build,
+        /// The `--history` rules.
+        rules: &'static str,
+    },
 }
 
 impl Setup {
@@ -90,7 +98,8 @@ impl Setup {
             Setup::WerkmannAll { build }
             | Setup::WerkmannCluster { build, .. }
             | Setup::WerkmannRedis { build, .. }
-            | Setup::WerkmannPusher { build } => Some(build),
+            | Setup::WerkmannPusher { build }
+            | Setup::WerkmannHistory { build, .. } => Some(build),
             Setup::Nchan { .. }
             | Setup::SocketIoAll
             | Setup::SocketIoCluster { .. }
@@ -109,6 +118,7 @@ impl Setup {
             Setup::WerkmannAll { .. }
             | Setup::SocketIoAll
             | Setup::WerkmannPusher { .. }
+            | Setup::WerkmannHistory { .. }
             | Setup::Soketi => 1,
             Setup::WerkmannCluster { ws, .. }
             | Setup::WerkmannRedis { ws, .. }
@@ -128,6 +138,8 @@ impl Setup {
             Setup::SocketIoCluster { ws } => format!("redis adapter, {ws} nodes"),
             Setup::WerkmannPusher { .. } => "Pusher, all-in-one".into(),
             Setup::Soketi => "1 process".into(),
+            Setup::WerkmannHistory { rules: "*=off", .. } => "all-in-one, history off".into(),
+            Setup::WerkmannHistory { rules, .. } => format!("all-in-one, history {rules}"),
         }
     }
 
@@ -148,6 +160,9 @@ impl Setup {
             }
             Setup::WerkmannPusher { .. } => "start_all --count 2 --apps-file apps.json".into(),
             Setup::Soketi => "node soketi/bin/server.js start (SOKETI_* env)".into(),
+            Setup::WerkmannHistory { rules, .. } => {
+                format!("start_all --count 2 --history '{rules}'")
+            }
         }
     }
 
@@ -303,7 +318,9 @@ impl Running {
         let bin = |name: &str| bin_dir.join(name);
         let a = |s: SocketAddr| s.to_string();
         match setup {
-            Setup::WerkmannAll { .. } | Setup::WerkmannPusher { .. } => {
+            Setup::WerkmannAll { .. }
+            | Setup::WerkmannPusher { .. }
+            | Setup::WerkmannHistory { .. } => {
                 let ws = free_addr()?;
                 let mut c = Command::new(bin("start_all"));
                 c.args([
@@ -319,6 +336,9 @@ impl Running {
                     let apps = r.dir.join("apps.json");
                     std::fs::write(&apps, pusher::apps_file())?;
                     c.arg("--apps-file").arg(&apps);
+                }
+                if let Setup::WerkmannHistory { rules, .. } = setup {
+                    c.args(["--history", rules]);
                 }
                 r.spawn("start_all", c, &[ws, api_addr]).await?;
                 r.ws.push(ws);
