@@ -1,11 +1,12 @@
 //! The fault rows (issue 18's fault bench; `--only faults`, not in the default run):
 //!
 //! 1. **resets**: `fault_n` clients of the resuming WebSocket protocol (`resumer.rs`) follow
-//!    `Broadcast` on every WebSocket node; once each stands (`ready`), a pacer pushes
-//!    `GET /?content=SEQ` (0, 1, 2, …) at `fault_rate` per second for `fault_secs` seconds,
-//!    and every second (half a second in, then each second) `fault_reset_pct` % of the
-//!    clients, drawn at random, abort their connection (a RST) and reconnect at once, to the
-//!    next node, with the last id they got. After the last push, until every client has every
+//!    `Broadcast` on every WebSocket node (after one push, so that they stand in the name's
+//!    epoch); once each stands (`ready`), a pacer pushes `GET /?content=SEQ` (0, 1, 2, …) at
+//!    `fault_rate` per second for `fault_secs` seconds, and every second `fault_reset_pct` %
+//!    of the clients, drawn at random and spread over the second, abort their connection (a
+//!    RST) and reconnect at once, to the next node, with the last id they got. After the last
+//!    push, until every client has every
 //!    push (or nothing moved for 5 s): pushes lost silently (target 0: the history, 100 per
 //!    name, covers what a reset client misses), duplicated (0), `recovered: false` signals
 //!    (0), and of those the ones where the history still covered the gap (never due); resume
@@ -38,6 +39,8 @@ use crate::systems::{Build, Setup};
 const DEFAULT_HISTORY: u64 = 100;
 /// Handshakes in flight while the clients first connect.
 const OPEN_CONCURRENCY: usize = 256;
+/// Slices of a second the resets of a round are spread over.
+const RESET_SLICES: usize = 20;
 /// Longest the clients may take to stand.
 const OPEN_CAP: Duration = Duration::from_secs(90);
 /// After the last push: give up waiting when nothing arrived for this long…
@@ -100,6 +103,13 @@ impl Suite {
             first_error: Mutex::new(None),
             opening: Semaphore::new(OPEN_CONCURRENCY),
         });
+        // One push first, so that the clients stand in the name's epoch: a reader at `0:0`
+        // (a name that kept nothing yet) is told "not recovered" once anything was kept (the
+        // hub cannot tell what it missed), which is not what this row measures.
+        match conn.roundtrip(&sys.api.broadcast("start")).await? {
+            (200..=299, _) => {}
+            (s, body) => bail!("the first push was answered {s} {}", body.trim()),
+        }
         let (wakes, tasks) = resumer::start(n, &shared);
         let opened = Instant::now();
         loop {
@@ -146,15 +156,20 @@ impl Suite {
             }
             (published, failed, first)
         });
-        // The resets: `pct` % of the clients at (r + ½) s, for every second of the pushes.
+        // The resets: each second of the pushes, `pct` % of the clients drawn at random, reset
+        // spread over the second (in slices of 50 ms).
         let per_round = (n as usize * p.fault_reset_pct as usize / 100).clamp(1, n as usize);
         let mut ordered = 0u64;
         for round in 0..secs {
-            let at = base + Duration::from_secs_f64(f64::from(round) + 0.5);
-            tokio::time::sleep_until(at).await;
             let picked = rand::seq::index::sample(&mut rand::rng(), n as usize, per_round);
-            for i in picked {
-                wakes[i].notify_one();
+            let picked: Vec<usize> = picked.into_iter().collect();
+            let per_slice = picked.len().div_ceil(RESET_SLICES);
+            for (j, slice) in picked.chunks(per_slice).enumerate() {
+                let at = f64::from(round) + j as f64 / RESET_SLICES as f64;
+                tokio::time::sleep_until(base + Duration::from_secs_f64(at)).await;
+                for &i in slice {
+                    wakes[i].notify_one();
+                }
             }
             ordered += per_round as u64;
         }

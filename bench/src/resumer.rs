@@ -116,7 +116,9 @@ impl Seen {
             if self.bits[(s / 64) as usize] & (1 << (s % 64)) != 0 {
                 continue;
             }
-            if self.ranges.iter().any(|&(a, b)| a <= s && s < b) {
+            // A gap announced last that no push followed runs to the end.
+            let open = self.gap_from.is_some_and(|a| a <= s);
+            if open || self.ranges.iter().any(|&(a, b)| a <= s && s < b) {
                 announced += 1;
             } else {
                 lost += 1;

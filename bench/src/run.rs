@@ -129,7 +129,7 @@ impl Plan {
             pusher_publishes: 20_000,
             pusher_presence: 2_000,
             fault_n: 10_000,
-            fault_rate: 20,
+            fault_rate: 10,
             fault_secs: 30,
             fault_reset_pct: 10,
             channel_args: vec!["--quick".into()],
@@ -170,7 +170,7 @@ impl Plan {
             pusher_publishes: 5_000,
             pusher_presence: 1_000,
             fault_n: 2_000,
-            fault_rate: 20,
+            fault_rate: 10,
             fault_secs: 10,
             fault_reset_pct: 10,
             channel_args: vec!["--quick".into(), "--events".into(), "30000".into()],
@@ -240,7 +240,7 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
                    gateway,dir-memory,channel,pusher,faults (gateway: uid, targeted and group
                    pushes through the directory on 4 nodes; dir-memory: the directory's memory
                    per binding; pusher: werkmann's Pusher protocol next to Soketi; faults:
-                   10k resuming clients under 20 pushes/s, 10 % of them reset every second
+                   10k resuming clients under 10 pushes/s, 10 % of them reset every second
                    for 30 s — lost, duplicated, not recovered, resume p50/p99 — on each mode,
                    and broadcast 10k × 200 with history on next to off; pusher and faults are
                    not in the default run, only when named)
@@ -253,6 +253,8 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
   --fault-clients N  resuming clients of the fault group's reset row (default 10000,
                    --quick 2000)
   --fault-secs S   length of the reset row, seconds (default 30, --quick 10)
+  --fault-rate R   pushes per second of the reset row (default 10: at 20 the 2 cores here
+                   no longer keep up, resumes take seconds and outrun the history)
   --bin-dir DIR    werkmann binaries (default: next to pushbench)
   --baseline DIR   an older build's werkmann binaries (start_all, start_channel, start_ws,
                    start_http): werkmann runs a second time from there, as werkmann-before,
@@ -288,7 +290,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
         keep: false,
     };
     let (mut repeats, mut budget, mut systems, mut presence) = (None, None, None, None);
-    let (mut fault_n, mut fault_secs) = (None, None);
+    let (mut fault_n, mut fault_secs, mut fault_rate) = (None, None, None);
     let mut args = Args::new(args, USAGE);
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
     while let Some((name, inline)) = args.next_option() {
@@ -306,6 +308,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
                 fault_n = Some(value()?.parse::<u32>().context("--fault-clients")?)
             }
             "--fault-secs" => fault_secs = Some(value()?.parse::<u32>().context("--fault-secs")?),
+            "--fault-rate" => fault_rate = Some(value()?.parse::<u32>().context("--fault-rate")?),
             "--budget" => budget = Some(value()?.parse::<u64>().context("--budget")?),
             "--bin-dir" => o.bin_dir = PathBuf::from(value()?),
             "--baseline" => o.baseline = Some(PathBuf::from(value()?)),
@@ -335,6 +338,9 @@ pub fn parse(args: &[String]) -> Result<Options> {
     }
     if let Some(s) = fault_secs {
         o.plan.fault_secs = s.max(1);
+    }
+    if let Some(r) = fault_rate {
+        o.plan.fault_rate = r.max(1);
     }
     for g in &o.only {
         if !GROUPS.contains(&g.as_str()) {
