@@ -213,7 +213,7 @@ pub fn num(v: f64) -> String {
 }
 
 /// Figures that are counts, shown without decimals.
-const COUNTS: [&str; 7] = [
+const COUNTS: [&str; 21] = [
     "clients",
     "others",
     "slow",
@@ -221,6 +221,20 @@ const COUNTS: [&str; 7] = [
     "logged_drops",
     "bindings",
     "holders",
+    "pushes",
+    "resets",
+    "reconnects",
+    "resumes",
+    "lost",
+    "dup",
+    "not_recovered",
+    "not_recovered_covered",
+    "announced_lost",
+    "refused",
+    "out_of_order",
+    "bad_frames",
+    "text_frames",
+    "deliveries",
 ];
 
 fn cell(r: &Row, key: &str) -> String {
@@ -1196,9 +1210,11 @@ const FAULT_NOTE: &str = "\
 Resets: clients of the resuming WebSocket protocol (`/werkmann?channel=Broadcast`, binary \
 JSON frames, `docs/recovery.md`) in the coordinator, spread over the WebSocket nodes; once \
 every one stands (`ready`), one keep-alive connection pushes `GET /?content=SEQ` at the given \
-rate, and half a second in, then every second, the given share of the clients (drawn at \
-random, all at once) set `SO_LINGER` 0 and close — the server sees a RST — and reconnect at \
-once to the next node with `last_event_id` = the last id they got. Resume = from the \
+rate, and every second the given share of the clients (drawn at random, spread over the \
+second in slices of 50 ms) set `SO_LINGER` 0 and close — the server sees a RST — and \
+reconnect at once to the next node with `last_event_id` = the last id they got. One push goes \
+out before the clients connect, so that they stand in the name's epoch (a reader at `0:0`, a \
+name that kept nothing yet, is told \"not recovered\" once anything was kept). Resume = from the \
 reconnect's start to its `recovery` frame. After the last push the clients get until every \
 one has every push (or 5 s without progress). Lost: pushes published (answered 200) that a \
 client never got, outside a gap a `recovered: false` announced (those are counted apart as \

@@ -601,6 +601,20 @@ mod tests {
         );
         assert_eq!(seen.bad, 1);
         assert_eq!(sh.distinct.load(Ordering::Relaxed), 3);
+        // Another resume, not recovered, and nothing after it: the rest was announced.
+        let asked = last.clone();
+        let mut st = Stage::Welcomed;
+        feed(
+            r#"{"type":"recovery","recovered":false,"lost":["Broadcast"],"id":"8:1"}"#,
+            &mut seen,
+            &mut last,
+            &asked,
+            &mut st,
+            true,
+            &sh,
+        );
+        assert_eq!((seen.not_recovered, seen.not_recovered_covered), (2, 1));
+        assert_eq!(seen.missing(&published), (0, 7));
     }
 
     #[test]
