@@ -342,6 +342,14 @@ impl Connection {
         }
     }
 
+    /// Whether the protocol's opening handshake is done (a WebSocket upgrade answered):
+    /// broadcasts skip a connection until then, so what it gets first is what was sent to it
+    /// in its handshake (a greeting), and a connection that turns out to speak another
+    /// protocol on the same port (a Pusher socket, a resuming reader) never gets them.
+    pub(crate) fn handshake_done(&self) -> bool {
+        self.0.codec.try_borrow().map_or(true, |c| c.is_open())
+    }
+
     /// Send bytes already encoded for this connection's protocol (Workerman's `$raw = true`).
     /// Tries the socket at once when nothing is queued.
     pub fn send_raw(&self, bytes: Bytes) -> SendStatus {

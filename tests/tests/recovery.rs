@@ -1101,3 +1101,39 @@ async fn presence_events(ch: String) {
     hooked.sort_by_key(|v| v.to_string());
     assert_eq!(hooked, vec![leave, offline]);
 }
+
+/// A connection still in its WebSocket handshake takes no broadcast: pushes sent while a client
+/// waits before its upgrade never reach it — its first frame is the seed's greeting, or a
+/// resuming reader's `welcome` (found by the fault bench: they came first as text).
+#[tokio::test]
+async fn broadcasts_skip_connections_in_their_handshake() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let c = Cluster::embedded();
+    let (web, ws) = (c.publishers[0], c.ws[0]);
+    until_ok(web, "/?channel=warm&content=x").await;
+    // A plain client that keeps the broadcasts flowing to this node's instances.
+    let _keep = werkmann_tests::push::connect(ws).await;
+    for path in ["/", "/werkmann?channel=Broadcast"] {
+        let tcp = tokio::net::TcpStream::connect(ws).await.unwrap();
+        for i in 0..5 {
+            let (status, body) = get(web, &format!("/?content=early-{i}")).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let url = format!("ws://{ws}{path}");
+        let (mut s, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        let first = tokio::time::timeout(T, s.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        match (path, first) {
+            ("/", M::Text(t)) => assert!(t.starts_with("Worker-ID:"), "{path}: {t}"),
+            (_, M::Binary(b)) => {
+                let v: Value = serde_json::from_slice(&b).unwrap();
+                assert_eq!(v["type"], "welcome", "{path}: {v}");
+            }
+            (_, other) => panic!("{path}: first frame {other:?}"),
+        }
+    }
+}

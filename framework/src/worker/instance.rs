@@ -229,7 +229,8 @@ impl WorkerInstance {
     }
 
     /// Send `msg` to every connection of this instance, encoded once where the protocol
-    /// allows. Writes are queued and coalesced by each connection's task.
+    /// allows (but those still in their protocol's handshake: a WebSocket before its upgrade
+    /// is answered). Writes are queued and coalesced by each connection's task.
     pub fn broadcast(&self, msg: impl Into<Message>) -> BroadcastReport {
         let conns = self.0.connections.borrow();
         if conns.is_empty() {
@@ -316,6 +317,9 @@ impl WorkerInstance {
                 let now = conns.len() <= WRITE_NOW_MAX;
                 let mut report = BroadcastReport::default();
                 for c in conns {
+                    if !c.handshake_done() {
+                        continue;
+                    }
                     let status = if now {
                         c.send(msg.clone())
                     } else {
@@ -477,6 +481,9 @@ where
     let now = conns.len() <= WRITE_NOW_MAX;
     let mut report = BroadcastReport::default();
     for c in conns {
+        if !c.handshake_done() {
+            continue;
+        }
         let status = if now {
             c.send_raw(bytes.clone())
         } else {
