@@ -20,14 +20,12 @@
 //!    …) and each reports the median: deliveries per server CPU-second, and on ÷ off (target
 //!    ≥ 0.8).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use tokio::sync::Semaphore;
 
-use crate::hist::Hist;
 use crate::http::Conn;
 use crate::proto::Kind;
 use crate::resumer::{self, Shared};
@@ -68,20 +66,7 @@ impl Suite {
     /// The reset row's setups: each werkmann mode selected (2 WebSocket nodes in cluster and
     /// Redis modes), each build.
     pub(crate) fn setups_faults(&self) -> Vec<Setup> {
-        let mut v = Vec::new();
-        for mode in ["all", "cluster", "redis"] {
-            if !self.mode(mode) {
-                continue;
-            }
-            for build in self.builds() {
-                v.push(match mode {
-                    "all" => Setup::WerkmannAll { build },
-                    "cluster" => Setup::WerkmannCluster { ws: 2, build },
-                    _ => Setup::WerkmannRedis { ws: 2, build },
-                });
-            }
-        }
-        v
+        self.setups_werkmann()
     }
 
     /// The reset row on one setup (see the module's text).
@@ -91,18 +76,12 @@ impl Suite {
         let pushes = rate * secs;
         let mut sys = self.start(setup, "faults").await?;
         let mut conn = Conn::connect(sys.api.addr).await?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             pushes,
-            history: DEFAULT_HISTORY,
-            nodes: sys.ws.clone(),
-            ready: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            distinct: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            resume: Mutex::new(Hist::default()),
-            first_error: Mutex::new(None),
-            opening: Semaphore::new(OPEN_CONCURRENCY),
-        });
+            DEFAULT_HISTORY,
+            sys.ws.clone(),
+            OPEN_CONCURRENCY,
+        ));
         // One push first, so that the clients stand in the name's epoch: a reader at `0:0`
         // (a name that kept nothing yet) is told "not recovered" once anything was kept (the
         // hub cannot tell what it missed), which is not what this row measures.

@@ -55,6 +55,23 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Nothing seen yet: `pushes` of a row on `nodes` with `history` kept per name, at most
+    /// `opening` handshakes at once while the clients first connect.
+    pub fn new(pushes: u32, history: u64, nodes: Vec<SocketAddr>, opening: usize) -> Shared {
+        Shared {
+            pushes,
+            history,
+            nodes,
+            ready: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            distinct: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            resume: Mutex::new(Hist::default()),
+            first_error: Mutex::new(None),
+            opening: Semaphore::new(opening),
+        }
+    }
+
     fn error(&self, e: String) {
         self.first_error.lock().expect("error").get_or_insert(e);
     }
@@ -508,18 +525,7 @@ mod tests {
     use super::*;
 
     fn shared(pushes: u32) -> Shared {
-        Shared {
-            pushes,
-            history: 100,
-            nodes: Vec::new(),
-            ready: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            distinct: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            resume: Mutex::new(Hist::default()),
-            first_error: Mutex::new(None),
-            opening: Semaphore::new(1),
-        }
+        Shared::new(pushes, 100, Vec::new(), 1)
     }
 
     /// Feed one frame's JSON as a client at `stage` would take it.

@@ -453,9 +453,9 @@ impl Suite {
         v
     }
 
-    /// The main sessions' setups in the order they run: each werkmann mode once per build
-    /// (the two builds of a mode one after the other), then the peers.
-    fn setups_main(&self) -> Vec<Setup> {
+    /// Each werkmann mode selected (2 WebSocket nodes in cluster and Redis modes) once per build,
+    /// the two builds of a mode one after the other.
+    pub(crate) fn setups_werkmann(&self) -> Vec<Setup> {
         let mut v = Vec::new();
         for mode in ["all", "cluster", "redis"] {
             if !self.mode(mode) {
@@ -469,6 +469,13 @@ impl Suite {
                 });
             }
         }
+        v
+    }
+
+    /// The main sessions' setups in the order they run: each werkmann mode once per build
+    /// (the two builds of a mode one after the other), then the peers.
+    fn setups_main(&self) -> Vec<Setup> {
+        let mut v = self.setups_werkmann();
         if self.sys("nchan") {
             v.push(Setup::Nchan { workers: 2 });
         }
