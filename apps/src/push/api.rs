@@ -2,6 +2,8 @@
 //! method names in snake_case with its parameter names, a JSON body or a form, a JSON answer
 //! (see docs/addressing.md).
 
+use std::rc::Rc;
+
 use serde_json::{json, Map, Value};
 use werkmann::channel::ChannelError;
 use werkmann::gateway::{ClientId, DirOp, Gateway, GatewayError, Target};
@@ -391,13 +393,14 @@ pub fn handle(
     req: &Request,
     name: &str,
     gateway: Option<Gateway>,
-    reports: Option<&Reports>,
+    reports: Option<Rc<Reports>>,
 ) {
     if req.method() != "POST" {
         conn.send(refuse(405, "use POST").with_header("Allow", "POST"));
         return;
     }
-    let reports = reports.cloned().unwrap_or_default();
+    // The instance's settings, shared (not copied per request).
+    let reports = reports.unwrap_or_default();
     let request = match quick_send_to_uid(name, req.body()) {
         Some((op, shape)) => Ok((op, shape, Asked::default())),
         None => params(req).and_then(|p| {
@@ -428,7 +431,14 @@ pub fn handle(
 
 /// A send: answered with what it reached (or 202, then reported to its `callback_url`); the
 /// uids of a `send_to_uid` go one send each, so that the answer names those offline.
-fn send(conn: &Connection, gw: &Gateway, method: &str, op: DirOp, asked: Asked, reports: Reports) {
+fn send(
+    conn: &Connection,
+    gw: &Gateway,
+    method: &str,
+    op: DirOp,
+    asked: Asked,
+    reports: Rc<Reports>,
+) {
     let one_client = matches!(
         &op,
         DirOp::Send {

@@ -163,7 +163,7 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
     if let Some(method) = api {
         let gateway = conn.worker().and_then(|w| Gateway::of(&w));
         let reports = conn.worker().and_then(|w| w.data::<Reports>());
-        super::api::handle(conn, req, method, gateway, reports.as_deref());
+        super::api::handle(conn, req, method, gateway, reports);
         return;
     }
     let Some(client) = conn.worker().and_then(|w| w.data::<Client>()) else {
@@ -240,7 +240,6 @@ fn reported(conn: &Connection, push: &Push, reporting: Reporting) {
     let reports = conn
         .worker()
         .and_then(|w| w.data::<Reports>())
-        .map(|r| (*r).clone())
         .unwrap_or_default();
     let reply_to = match reporting.callback {
         Some(_) => {
