@@ -90,6 +90,34 @@ const connected = (c) =>
   if (JSON.stringify(batchCounted) !== '{"batch":[{"subscription_count":2},{}]}') fail('batch info: ' + JSON.stringify(batchCounted));
   console.log('ok channel queries');
 
+  // werkmann's delivery reports (`info: 'werkmann_report'`): the sockets each channel's event
+  // was written to, across nodes, once every instance it reached reported.
+  const reportOf = (r, channel) => {
+    const rep = channel === undefined ? r : r.channels && r.channels[channel] && r.channels[channel].werkmann_report;
+    if (!rep || rep.instances !== rep.reported) fail('report incomplete: ' + JSON.stringify(r));
+    return rep.reached;
+  };
+  const gotReported = Promise.all([once(newsA, 'reported'), once(newsB, 'reported')]);
+  const reported = await (await server.trigger('news', 'reported', {}, { info: 'werkmann_report' })).json();
+  await gotReported;
+  if (reportOf(reported, 'news') !== 2) fail('report: ' + JSON.stringify(reported));
+  const onlyB = once(newsB, 'reported-b');
+  const skipped = await (
+    await server.trigger(['news', 'nobody-here'], 'reported-b', {}, { socket_id: idA, info: 'subscription_count,werkmann_report' })
+  ).json();
+  await onlyB;
+  if (reportOf(skipped, 'news') !== 1 || reportOf(skipped, 'nobody-here') !== 0 || skipped.channels.news.subscription_count !== 2)
+    fail('report without the excluded socket: ' + JSON.stringify(skipped));
+  const batchReported = await (
+    await server.triggerBatch([
+      { channel: 'private-room', name: 'reported3', data: '{}', info: 'werkmann_report' },
+      { channel: 'news', name: 'reported4', data: '{}' },
+    ])
+  ).json();
+  if (reportOf(batchReported.batch[0].werkmann_report) !== 2 || JSON.stringify(batchReported.batch[1]) !== '{}')
+    fail('batch report: ' + JSON.stringify(batchReported));
+  console.log('ok delivery reports');
+
   // A publish through the server SDK reaches both; `data` arrives as it was sent.
   const got = Promise.all([once(newsA, 'hello'), once(newsB, 'hello')]);
   await server.trigger('news', 'hello', { text: 'hi "all"', n: 1 });

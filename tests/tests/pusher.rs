@@ -84,6 +84,7 @@ fn js_round_trip(ws: &[u16], http: u16) {
         "ok connected",
         "ok subscribed",
         "ok channel queries",
+        "ok delivery reports",
         "ok trigger",
         "ok socket_id excluded",
         "ok channels and batch",

@@ -6,12 +6,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use werkmann::channel::report::{Deliveries, NodeReports};
 use werkmann::channel::{ChannelError, Client};
 use werkmann::gateway::Gateway;
 use werkmann::pusher;
 use werkmann::{cli, Connection, Message, Request, Response, Worker};
 
-use super::delivery::{self, Deliveries, NodeReports};
+use super::delivery;
 use super::page::demo_page_with_nodes;
 use super::params::{Push, Reporting};
 use super::report::Reports;
@@ -87,7 +88,7 @@ pub fn http_worker(
                 // A reported push that reaches this instance's readers reports them.
                 let (node, client) = (Rc::new(NodeReports::default()), c.clone());
                 feeds.after_delivery(move |_, data, readers| {
-                    if let Some(asked) = delivery::Asked::of(data) {
+                    if let Some(asked) = delivery::asked(data) {
                         node.begin(&client, &asked);
                         node.wrote(&client, &asked, readers as u64);
                     }
@@ -252,19 +253,26 @@ fn reported(conn: &Connection, push: &Push, reporting: Reporting) {
         None => Some(conn.clone()),
     };
     let callback = reporting.callback;
-    deliveries.push(event, content, to, reporting.ack, move |outcome| {
-        let report = match &outcome {
-            Ok(summary) => summary.json(),
-            Err(e) => serde_json::json!({ "error": format!("push not delivered: {e}") }),
-        };
-        if let Some(to) = callback {
-            reports.push_report(to, report.clone());
-        }
-        if let Some(c) = reply_to {
-            let status = if outcome.is_ok() { 200 } else { 503 };
-            c.send(Response::json(status, &report));
-        }
-    });
+    delivery::push(
+        &deliveries,
+        event,
+        content,
+        to,
+        reporting.ack,
+        move |outcome| {
+            let report = match &outcome {
+                Ok(summary) => summary.json(),
+                Err(e) => serde_json::json!({ "error": format!("push not delivered: {e}") }),
+            };
+            if let Some(to) = callback {
+                reports.push_report(to, report.clone());
+            }
+            if let Some(c) = reply_to {
+                let status = if outcome.is_ok() { 200 } else { 503 };
+                c.send(Response::json(status, &report));
+            }
+        },
+    );
 }
 
 /// The answer to a confirmed push: `ok`, or why it did not reach whom it should have.

@@ -101,7 +101,7 @@ impl Push {
             Some("1") => true,
             Some(r) => return Err(Response::text(400, format!("report {r:?}: 1 (or 0)\n"))),
         };
-        let max = super::delivery::MAX_ACK.as_millis();
+        let max = werkmann::channel::report::MAX_ACK.as_millis();
         let ack = match self.ack.as_deref() {
             None => None,
             Some(a) => match a.parse::<u64>() {

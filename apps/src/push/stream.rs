@@ -21,12 +21,13 @@
 //! handshake with 400. These connections take no seed broadcast (they get `Broadcast` as
 //! messages) and no greeting.
 
+use std::rc::Rc;
+
+use werkmann::channel::report::NodeReports;
 use werkmann::channel::{Feeds, Follow, Name};
 use werkmann::{Connection, Message, Request, Response};
 
-use std::rc::Rc;
-
-use super::delivery::{Asked, NodeReports};
+use super::delivery;
 use super::resume::{channels, data_text, positions, step, Shared, Step};
 
 thread_local! {
@@ -85,7 +86,7 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
                 let (bytes, ack) = FRAMES.with(|f| {
                     f.get(data, &key, || {
                         // A push that wants acknowledgements carries its token.
-                        let ack = Asked::of(data)
+                        let ack = delivery::asked(data)
                             .filter(|a| a.ack.is_some())
                             .map(|a| a.token());
                         let mut v = serde_json::json!({

@@ -4,13 +4,14 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use werkmann::channel::report::NodeReports;
 use werkmann::channel::worker_ids::WorkerIds;
 use werkmann::channel::{php_serde, Feeds, Name};
 use werkmann::gateway::{Gateway, Tokens};
 use werkmann::pusher::{Apps, PusherNode};
 use werkmann::{cli, Response, Worker};
 
-use super::delivery::{Asked, NodeReports};
+use super::delivery;
 use super::{greeting, BROADCAST};
 
 /// The WebSocket worker (`pusher`): `count` instances, instance `i` known as `ids[i]`, each a
@@ -68,7 +69,7 @@ pub fn ws_worker(
                     false
                 }
             };
-            if let Some(asked) = Asked::of(data) {
+            if let Some(asked) = delivery::asked(data) {
                 reports.begin(&reporter, &asked);
                 reports.wrote(&reporter, &asked, u64::from(written));
             }
@@ -82,7 +83,7 @@ pub fn ws_worker(
         let name = Name::from(BROADCAST);
         let (reports, reporter) = (node_reports, client.clone());
         client.on_kept(BROADCAST, move |pos, data| {
-            let asked = Asked::of(data);
+            let asked = delivery::asked(data);
             if me.connection_count() == 0 && asked.is_none() {
                 return;
             }

@@ -30,6 +30,7 @@ mod hub;
 mod local;
 pub mod php_serde;
 mod redis;
+pub mod report;
 mod routes;
 mod server;
 mod subscriber;

@@ -6,7 +6,7 @@
 //! channel that cannot take them is a 503, so a publisher is never told `{}` for events that
 //! went nowhere.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,10 +15,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::channel::{check_channel_name, check_event_name, check_user_id};
-use super::node::{channel_event, event_payload, user_event};
+use super::node::{channel_event, event_payload, reported_payload, user_event};
 use super::query::{self, error as answer, Query};
 use super::{frame, sign, Apps, SocketId};
-use crate::channel::Client;
+use crate::channel::report::{Asked, Deliveries, Summary};
+use crate::channel::{Client, Name};
 use crate::message::http::parse_urlencoded;
 use crate::{Connection, Request, Response};
 
@@ -72,8 +73,23 @@ impl Event {
     }
 }
 
-/// An event made ready to publish: its channel events and its payload.
-fn prepare(app_id: &str, e: &Event) -> Result<Vec<(String, Bytes)>, Response> {
+/// One channel's publish of an event: its channel event, and what the payload holds.
+struct Publish {
+    event: String,
+    skip: Option<SocketId>,
+    frame: String,
+    /// Whether its publisher asks what it reached (`info=werkmann_report`).
+    report: bool,
+}
+
+impl Publish {
+    fn payload(&self) -> Bytes {
+        event_payload(self.skip, &self.frame)
+    }
+}
+
+/// An event made ready to publish: one [`Publish`] per channel.
+fn prepare(app_id: &str, e: &Event) -> Result<Vec<Publish>, Response> {
     check_event_name(&e.name).map_err(|err| answer(400, err))?;
     if e.data.len() > MAX_DATA {
         return Err(answer(
@@ -99,8 +115,12 @@ fn prepare(app_id: &str, e: &Event) -> Result<Vec<(String, Bytes)>, Response> {
         .into_iter()
         .map(|ch| {
             check_channel_name(ch).map_err(|err| answer(400, err))?;
-            let f = frame::encode(&e.name, Some(ch), &e.data);
-            Ok((channel_event(app_id, ch), event_payload(skip, &f)))
+            Ok(Publish {
+                event: channel_event(app_id, ch),
+                skip,
+                frame: frame::encode(&e.name, Some(ch), &e.data),
+                report: query::EventInfo::asks_report(e.info.as_deref().unwrap_or("")),
+            })
         })
         .collect()
 }
@@ -147,6 +167,10 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
             }
         },
         ("POST", "batch_events") => match serde_json::from_slice::<Batch>(req.body()) {
+            Ok(b) if b.batch.is_empty() => {
+                conn.send(answer(400, "an empty batch"));
+                return;
+            }
             Ok(b) if b.batch.len() <= MAX_BATCH => b.batch,
             Ok(b) => {
                 conn.send(answer(
@@ -195,9 +219,13 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
                 return;
             }
             // Every node with one of the user's sockets is subscribed to its user event.
-            let payload = event_payload(None, "terminate_connections");
-            let publishes = vec![(user_event(&app.id, user), payload)];
-            publish_all(conn, client, publishes, |reply| {
+            let publishes = vec![Publish {
+                event: user_event(&app.id, user),
+                skip: None,
+                frame: "terminate_connections".into(),
+                report: false,
+            }];
+            publish_all(conn, client, publishes, |reply, _| {
                 reply.send(Response::json(200, &json!({})));
             });
             return;
@@ -239,51 +267,91 @@ pub fn handle_api(conn: &Connection, req: &Request, apps: &Apps, client: Option<
         }
     };
     let (app, counts) = (app.clone(), client.cloned());
-    publish_all(conn, client, publishes, move |reply| match (info, counts) {
-        (Some(info), Some(client)) => info.reply(&reply, &app, &client),
-        _ => {
-            reply.send(Response::json(200, &json!({})));
+    publish_all(conn, client, publishes, move |reply, reports| {
+        match (info, counts) {
+            (Some(info), Some(client)) => info.reply(&reply, &app, &client, reports),
+            _ => {
+                reply.send(Response::json(200, &json!({})));
+            }
         }
     });
 }
 
-/// Publish each `(channel event, payload)`; once the channel confirmed them all, `done` answers
-/// (503 when the channel cannot take them, or one failed).
+/// Publish each channel's event (those asking what they reached as reported publishes,
+/// `channel::report`); once the channel confirmed them all and the reports are in, `done`
+/// answers with the reports in order (503 when the channel cannot take them, or one failed).
 fn publish_all(
     conn: &Connection,
     client: Option<&Client>,
-    publishes: Vec<(String, Bytes)>,
-    done: impl FnOnce(Connection) + 'static,
+    publishes: Vec<Publish>,
+    done: impl FnOnce(Connection, Vec<Option<Summary>>) + 'static,
 ) {
     let Some(client) = client.filter(|c| c.is_connected()) else {
         conn.send(answer(503, "the channel is unreachable: nothing published"));
         return;
     };
-    // Answer once every publish is confirmed (or the first failure).
-    let left = Rc::new(Cell::new(publishes.len()));
-    let failed: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
-    type Done = Box<dyn FnOnce(Connection)>;
-    let done: Rc<RefCell<Option<Done>>> = Rc::new(RefCell::new(Some(Box::new(done))));
-    for (event, payload) in publishes {
-        let (left, failed, reply) = (left.clone(), failed.clone(), conn.clone());
-        let done = done.clone();
-        client.publish_raw_confirmed(event.as_str(), payload, move |r| {
-            if let Err(e) = r {
-                failed.borrow_mut().get_or_insert(e.to_string());
+    let deliveries = conn.worker().and_then(|w| w.data::<Rc<Deliveries>>());
+    if deliveries.is_none() && publishes.iter().any(|p| p.report) {
+        conn.send(answer(
+            503,
+            "werkmann_report: no reports on this publisher now",
+        ));
+        return;
+    }
+    // Answer once every publish is confirmed (and reported), or at the first failure.
+    type Done = Box<dyn FnOnce(Connection, Vec<Option<Summary>>)>;
+    struct State {
+        left: usize,
+        failed: Option<String>,
+        reports: Vec<Option<Summary>>,
+        done: Option<Done>,
+    }
+    let state = Rc::new(RefCell::new(State {
+        left: publishes.len(),
+        failed: None,
+        reports: vec![None; publishes.len()],
+        done: Some(Box::new(done)),
+    }));
+    let finished = move |state: &RefCell<State>, reply: Connection| {
+        let mut s = state.borrow_mut();
+        s.left -= 1;
+        if s.left > 0 {
+            return;
+        }
+        match s.failed.take() {
+            None => {
+                let reports = std::mem::take(&mut s.reports);
+                if let Some(f) = s.done.take() {
+                    drop(s);
+                    f(reply, reports);
+                }
             }
-            left.set(left.get() - 1);
-            if left.get() == 0 {
-                match failed.borrow().as_deref() {
-                    None => {
-                        if let Some(f) = done.borrow_mut().take() {
-                            f(reply);
+            Some(e) => {
+                reply.send(answer(503, format!("not all published: {e}")));
+            }
+        }
+    };
+    for (i, p) in publishes.into_iter().enumerate() {
+        let (state, reply) = (state.clone(), conn.clone());
+        match (&deliveries, p.report) {
+            (Some(d), true) => {
+                let data = |a: &Asked| reported_payload(p.skip, &a.token(), &p.frame);
+                d.publish(Name::from(p.event.as_str()), None, data, move |r| {
+                    match r {
+                        Ok(summary) => state.borrow_mut().reports[i] = Some(summary),
+                        Err(e) => {
+                            state.borrow_mut().failed.get_or_insert(e.to_string());
                         }
                     }
-                    Some(e) => {
-                        reply.send(answer(503, format!("not all published: {e}")));
-                    }
-                };
+                    finished(&state, reply);
+                })
             }
-        });
+            _ => client.publish_raw_confirmed(p.event.as_str(), p.payload(), move |r| {
+                if let Err(e) = r {
+                    state.borrow_mut().failed.get_or_insert(e.to_string());
+                }
+                finished(&state, reply);
+            }),
+        }
     }
 }

@@ -27,7 +27,7 @@ use super::frame::{self, Frame};
 use super::{sign, webhook, App, Apps, SocketId};
 use crate::channel::dir::{self, ClientId, DirOp, Hooks, Join};
 use crate::channel::php_serde::{self, Reader};
-use crate::channel::{ChannelError, Client, Position};
+use crate::channel::{report, ChannelError, Client, Position};
 use crate::{Connection, Message, Request, Timer, WorkerInstance};
 
 /// Seconds of silence after which a client pings (sent in `connection_established`).
@@ -63,9 +63,25 @@ const UNAUTHORIZED: u16 = 4009;
 
 /// What a channel event carries: `{socket id to skip, or nothing}\n{frame}`, as a PHP string.
 pub fn event_payload(skip: Option<SocketId>, frame: &str) -> Bytes {
+    payload(skip, None, frame)
+}
+
+/// A channel event whose publisher asks what it reached (`channel::report`): the first line
+/// also carries the report's token, `{skip} {token}`; each instance it reaches reports how
+/// many sockets it wrote the frame to.
+pub fn reported_payload(skip: Option<SocketId>, token: &str, frame: &str) -> Bytes {
+    payload(skip, Some(token), frame)
+}
+
+fn payload(skip: Option<SocketId>, token: Option<&str>, frame: &str) -> Bytes {
     let skip = skip.map(|s| s.to_string()).unwrap_or_default();
-    let mut inner = Vec::with_capacity(skip.len() + 1 + frame.len());
+    let token = token.unwrap_or_default();
+    let mut inner = Vec::with_capacity(skip.len() + token.len() + 2 + frame.len());
     inner.extend_from_slice(skip.as_bytes());
+    if !token.is_empty() {
+        inner.push(b' ');
+        inner.extend_from_slice(token.as_bytes());
+    }
     inner.push(b'\n');
     inner.extend_from_slice(frame.as_bytes());
     let mut out = Vec::with_capacity(inner.len() + 16);
@@ -73,17 +89,35 @@ pub fn event_payload(skip: Option<SocketId>, frame: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// An event's payload read back: the socket id to skip and the frame.
-fn read_payload(data: &Bytes) -> Option<(Option<SocketId>, &str)> {
+/// An event's payload read back.
+#[derive(Debug, PartialEq)]
+struct Payload<'a> {
+    /// The socket not to write it to (its sender's).
+    skip: Option<SocketId>,
+    /// The delivery report asked, if any.
+    report: Option<&'a str>,
+    /// The frame.
+    frame: &'a str,
+}
+
+fn read_payload(data: &Bytes) -> Option<Payload<'_>> {
     let inner = Reader::new(data).key_raw().ok()??;
     let text = std::str::from_utf8(inner).ok()?;
-    let (skip, frame) = text.split_once('\n')?;
+    let (head, frame) = text.split_once('\n')?;
+    let (skip, report) = match head.split_once(' ') {
+        Some((skip, token)) => (skip, Some(token)),
+        None => (head, None),
+    };
     let skip = if skip.is_empty() {
         None
     } else {
         Some(skip.parse().ok()?)
     };
-    Some((skip, frame))
+    Some(Payload {
+        skip,
+        report,
+        frame,
+    })
 }
 
 /// A frame held for a connection, with its event's position in history (if kept).
@@ -819,19 +853,35 @@ impl PusherNode {
     }
 
     /// A channel event arrived: write its frame to this instance's subscribers but the one to
-    /// skip, encoded once.
+    /// skip, encoded once; report what it reached when its publisher asks.
     fn deliver(&self, event: &str, pos: Option<Position>, data: &Bytes) {
-        let Some((skip, frame)) = read_payload(data) else {
+        let Some(p) = read_payload(data) else {
             log::warn!("pusher: undecodable event on {event}");
             return;
         };
+        let written = self.write(event, pos, p.skip, p.frame);
+        if let Some(asked) = p.report.and_then(|t| report::Asked::parse(t, None)) {
+            asked.report(&self.0.client, written as u64, &[]);
+        }
+    }
+
+    /// Write `frame` to this instance's subscribers of `event` but `skip` (held for those
+    /// still catching up); how many it was written (or held) for.
+    fn write(
+        &self,
+        event: &str,
+        pos: Option<Position>,
+        skip: Option<SocketId>,
+        frame: &str,
+    ) -> usize {
         let skip = skip
             .filter(|s| s.worker == self.0.worker_id)
             .map(|s| s.conn);
+        let mut held_for = 0;
         let (plain, positioned): (Vec<Connection>, Vec<Connection>) = {
             let channels = self.0.channels.borrow();
             let Some(local) = channels.get(event) else {
-                return;
+                return 0;
             };
             let mut held = self.0.held.borrow_mut();
             let mut waiting = held.get_mut(event);
@@ -843,6 +893,7 @@ impl PusherNode {
                 .filter(|&&c| match waiting.as_mut().and_then(|w| w.get_mut(&c)) {
                     Some(frames) if frames.len() < MAX_HELD => {
                         frames.push((pos, frame.to_string()));
+                        held_for += 1;
                         false
                     }
                     Some(_) => {
@@ -854,16 +905,22 @@ impl PusherNode {
                 .filter_map(|&c| self.0.instance.connection(c))
                 .partition(|c| pos.is_none() || !clients.get(&c.id()).is_some_and(|x| x.positions))
         };
+        let mut written = held_for;
         if !plain.is_empty() {
-            self.0
+            written += self
+                .0
                 .instance
-                .send_to(plain.iter(), Message::Text(frame.to_string()));
+                .send_to(plain.iter(), Message::Text(frame.to_string()))
+                .delivered;
         }
         if let (false, Some(pos)) = (positioned.is_empty(), pos) {
-            self.0
+            written += self
+                .0
                 .instance
-                .send_to(positioned.iter(), Message::Text(with_position(frame, pos)));
+                .send_to(positioned.iter(), Message::Text(with_position(frame, pos)))
+                .delivered;
         }
+        written
     }
 
     /// Subscribe `conn` to `channel`, resuming from `since` (werkmann's extension): on the
@@ -916,7 +973,7 @@ impl PusherNode {
                 &data.to_string(),
             ));
             for (offset, data) in items {
-                let Some((skip, f)) = read_payload(&data) else {
+                let Some(Payload { skip, frame: f, .. }) = read_payload(&data) else {
                     continue;
                 };
                 at = Position {
@@ -1058,12 +1115,29 @@ mod tests {
             conn: 99,
         };
         let p = event_payload(Some(id), r#"{"event":"e","data":"x\ny"}"#);
+        let read = |skip, report, frame| {
+            Some(Payload {
+                skip,
+                report,
+                frame,
+            })
+        };
         assert_eq!(
             read_payload(&p),
-            Some((Some(id), r#"{"event":"e","data":"x\ny"}"#))
+            read(Some(id), None, r#"{"event":"e","data":"x\ny"}"#)
         );
         let p = event_payload(None, "{}");
-        assert_eq!(read_payload(&p), Some((None, "{}")));
+        assert_eq!(read_payload(&p), read(None, None, "{}"));
+        let p = reported_payload(Some(id), "werkmann.report:ab#7", "{}");
+        assert_eq!(
+            read_payload(&p),
+            read(Some(id), Some("werkmann.report:ab#7"), "{}")
+        );
+        let p = reported_payload(None, "werkmann.report:ab#8", "{}");
+        assert_eq!(
+            read_payload(&p),
+            read(None, Some("werkmann.report:ab#8"), "{}")
+        );
         assert_eq!(read_payload(&Bytes::from_static(b"i:1;")), None);
         assert_eq!(PusherNode::app_key("/app/abc"), Some("abc"));
         assert_eq!(PusherNode::app_key("/apps/abc"), None);

@@ -14,6 +14,7 @@ use super::channel::{check_channel_name, ChannelKind};
 use super::node::{channel_event, occupancy_group};
 use super::App;
 use crate::channel::dir::DirOp;
+use crate::channel::report::Summary;
 use crate::channel::{ChannelError, Client};
 use crate::{Connection, Response};
 
@@ -40,6 +41,8 @@ pub(super) enum Query<'a> {
 struct Info {
     user_count: bool,
     subscription_count: bool,
+    /// werkmann's extension on `POST events`: what each channel's publish reached.
+    report: bool,
 }
 
 impl Info {
@@ -305,6 +308,11 @@ pub(super) struct EventInfo {
 }
 
 impl EventInfo {
+    /// Whether an event's `info` asks what it reached (werkmann's `werkmann_report`).
+    pub(super) fn asks_report(info: &str) -> bool {
+        info.split(',').any(|a| a == REPORT)
+    }
+
     /// Read each event's `info` (`None`: none asked, the answer is `{}`). `user_count` is
     /// given for presence channels only; `subscription_count` needs channel counts (501).
     pub(super) fn parse(
@@ -319,6 +327,7 @@ impl EventInfo {
             for attr in info.split(',').filter(|a| !a.is_empty()) {
                 match attr {
                     "user_count" => i.user_count = true,
+                    REPORT => i.report = true,
                     "subscription_count" if app.counts_channels() => i.subscription_count = true,
                     "subscription_count" => {
                         return Err(error(
@@ -330,17 +339,27 @@ impl EventInfo {
                     other => return Err(error(400, format!("unknown info attribute {other:?}"))),
                 }
             }
-            any |= i.user_count || i.subscription_count;
+            any |= i.user_count || i.subscription_count || i.report;
             out.push((channels.clone(), i));
         }
         Ok(any.then_some(EventInfo { batch, events: out }))
     }
 
-    /// Read the counts and answer.
-    pub(super) fn reply(self, conn: &Connection, app: &App, client: &Client) {
-        // Per event and channel, two counts: subscriptions, then members.
+    /// Read the counts and answer, with `reports` (per event and channel, in order) where
+    /// asked.
+    pub(super) fn reply(
+        self,
+        conn: &Connection,
+        app: &App,
+        client: &Client,
+        reports: Vec<Option<Summary>>,
+    ) {
+        // Per event and channel that asks counts, two of them: subscriptions, then members.
         let mut ops = Vec::new();
-        for (channels, _) in &self.events {
+        for (channels, info) in &self.events {
+            if !(info.user_count || info.subscription_count) {
+                continue;
+            }
             for c in channels {
                 ops.push(DirOp::GetPresenceCounts {
                     group: occupancy_group(&app.id, c),
@@ -361,14 +380,23 @@ impl EventInfo {
             };
             let count = |v: &Value, what: &str| v.get(what).and_then(Value::as_u64).unwrap_or(0);
             let mut at = values.chunks(2);
+            let mut reports = reports.into_iter();
             let mut channels = Map::new();
             let mut batch = Vec::new();
             for (names, info) in self.events {
                 for name in names {
+                    let report = reports.next().flatten();
+                    let mut attrs = Map::new();
+                    if let (true, Some(r)) = (info.report, report) {
+                        attrs.insert(REPORT.into(), r.json());
+                    }
+                    if !(info.user_count || info.subscription_count) {
+                        push(&mut channels, &mut batch, self.batch, name, attrs);
+                        continue;
+                    }
                     let Some([subs, members]) = at.next() else {
                         break;
                     };
-                    let mut attrs = Map::new();
                     if info.subscription_count {
                         attrs.insert(
                             "subscription_count".into(),
@@ -378,12 +406,7 @@ impl EventInfo {
                     if info.user_count && ChannelKind::of(&name) == ChannelKind::Presence {
                         attrs.insert("user_count".into(), json!(count(members, "keys")));
                     }
-                    match self.batch {
-                        true => batch.push(Value::Object(attrs)),
-                        false => {
-                            channels.insert(name, Value::Object(attrs));
-                        }
-                    }
+                    push(&mut channels, &mut batch, self.batch, name, attrs);
                 }
             }
             let body = match self.batch {
@@ -392,5 +415,25 @@ impl EventInfo {
             };
             reply.send(Response::json(200, &body));
         });
+    }
+}
+
+/// The `info` attribute of werkmann's delivery reports on `POST events`: per channel,
+/// `{"reached", "instances", "reported"}` (`channel::report::Summary`).
+const REPORT: &str = "werkmann_report";
+
+/// A channel's attributes into the answer: by channel name, or (a batch) in order.
+fn push(
+    channels: &mut Map<String, Value>,
+    batch: &mut Vec<Value>,
+    in_batch: bool,
+    name: String,
+    attrs: Map<String, Value>,
+) {
+    match in_batch {
+        true => batch.push(Value::Object(attrs)),
+        false => {
+            channels.insert(name, Value::Object(attrs));
+        }
     }
 }
