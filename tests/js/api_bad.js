@@ -40,6 +40,8 @@ const ev = (o) => JSON.stringify(Object.assign({ name: 'e', channel: 'news', dat
     ['malformed', request('/events', '{"name":')],
     ['bad-channel', request('/events', ev({ channel: 'a b' }))],
     ['too-many', request('/events', JSON.stringify({ name: 'e', data: '{}', channels: Array.from({ length: 101 }, (_, i) => 'c' + i) }))],
+    ['empty-batch', request('/batch_events', '{"batch":[]}')],
+    ['unknown-info', request('/events', ev({ info: 'werkmann_reprot' }))],
     ['bad-user', request('/users/a%20b/terminate_connections', '{}')],
     ['unknown-user-api', request('/users/alice/nonsense', '{}')],
     ['terminate', request('/users/alice/terminate_connections', '{}')],

@@ -533,6 +533,8 @@ async fn bad_input_is_refused_and_the_node_goes_on() {
         ("malformed", 400, "bad event"),
         ("bad-channel", 400, "channel name"),
         ("too-many", 400, "channels"),
+        ("empty-batch", 400, "empty batch"),
+        ("unknown-info", 400, "werkmann_reprot"),
         ("bad-user", 400, "user id"),
         ("unknown-user-api", 404, "no API"),
         ("terminate", 200, "{}"),
