@@ -21,6 +21,24 @@ use crate::{
 /// WebSocket nodes' (client tokens, HS256).
 pub const SECRET: &str = "gw-test-secret";
 
+/// A client token (a JWT signed with `secret` by `alg`) carrying `claims`.
+pub fn token(claims: &Value, secret: &str, alg: jsonwebtoken::Algorithm) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(alg),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("claims encode")
+}
+
+/// Seconds since the epoch (a token's `exp`).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
 /// How soon a change the directory hears of at once (a client's close, a node's stop, a killed
 /// node's channel connection closing) shows in every answer: "at once", with room for a debug
 /// build on two busy cores — far below any liveness TTL.

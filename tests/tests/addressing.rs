@@ -13,12 +13,14 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::FutureExt;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use werkmann_tests::addressing::{enc, within, Backend, Body, Client, Cluster, AT_ONCE, SECRET};
+use werkmann_tests::addressing::{
+    enc, now, token, within, Backend, Body, Client, Cluster, AT_ONCE, SECRET,
+};
 use werkmann_tests::push::http;
 use werkmann_tests::WAIT;
 
@@ -856,33 +858,17 @@ async fn bad_input_is_refused_and_the_node_goes_on(c: &Cluster) {
     c.delivered(&mut cs, &[a1, b1], "seed").await;
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn token(claims: Value, secret: &str, alg: Algorithm) -> String {
-    jsonwebtoken::encode(
-        &Header::new(alg),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
 /// Case 5: a client with a valid `?token=` is bound to its uid and groups; forged, expired
 /// and garbage tokens are refused 401 on the handshake, and the node goes on.
 async fn tokens_bind_and_bad_ones_are_refused(c: &Cluster) {
     let exp = now() + 600;
     let tom = token(
-        json!({"uid": "t-tom", "groups": ["t-g1", "t-g2"], "exp": exp}),
+        &json!({"uid": "t-tom", "groups": ["t-g1", "t-g2"], "exp": exp}),
         SECRET,
         Algorithm::HS256,
     );
     let sue = token(
-        json!({"sub": "t-sue", "groups": ["t-g2"], "exp": exp}),
+        &json!({"sub": "t-sue", "groups": ["t-g2"], "exp": exp}),
         SECRET,
         Algorithm::HS256,
     );
@@ -946,7 +932,7 @@ async fn tokens_bind_and_bad_ones_are_refused(c: &Cluster) {
         (
             "forged",
             token(
-                json!({"uid": "t-eve", "exp": exp}),
+                &json!({"uid": "t-eve", "exp": exp}),
                 "not-the-secret",
                 Algorithm::HS256,
             ),
@@ -954,7 +940,7 @@ async fn tokens_bind_and_bad_ones_are_refused(c: &Cluster) {
         (
             "expired",
             token(
-                json!({"uid": "t-old", "exp": now() - 120}),
+                &json!({"uid": "t-old", "exp": now() - 120}),
                 SECRET,
                 Algorithm::HS256,
             ),
@@ -962,12 +948,12 @@ async fn tokens_bind_and_bad_ones_are_refused(c: &Cluster) {
         ("garbage", "not.a.jwt".to_string()),
         (
             "without exp",
-            token(json!({"uid": "t-noexp"}), SECRET, Algorithm::HS256),
+            token(&json!({"uid": "t-noexp"}), SECRET, Algorithm::HS256),
         ),
         (
             "HS512",
             token(
-                json!({"uid": "t-alg", "exp": exp}),
+                &json!({"uid": "t-alg", "exp": exp}),
                 SECRET,
                 Algorithm::HS512,
             ),
@@ -975,7 +961,7 @@ async fn tokens_bind_and_bad_ones_are_refused(c: &Cluster) {
         (
             "uid too long",
             token(
-                json!({"uid": "u".repeat(129), "exp": exp}),
+                &json!({"uid": "u".repeat(129), "exp": exp}),
                 SECRET,
                 Algorithm::HS256,
             ),

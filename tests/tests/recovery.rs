@@ -47,6 +47,32 @@ impl Sse {
         last_id: Option<&str>,
         secret: Option<&str>,
     ) -> Sse {
+        let mut s = Sse::spawn(addr, query, last_id, secret);
+        // A new stream stands once its first id is here (after a comment and the retry); a
+        // resumed one starts with its `recovery` event, which the caller reads.
+        if last_id.is_none() {
+            let first = s.next().await;
+            assert!(
+                first.id.is_some() && first.data.is_none(),
+                "a first id: {first:?}"
+            );
+        }
+        s
+    }
+
+    /// A stream with a client token (`?token=`): its `welcome` (the client id) comes first,
+    /// then its first id.
+    async fn open_with_token(addr: SocketAddr, query: &str, token: &str) -> (Sse, String) {
+        let mut s = Sse::spawn(addr, &format!("{query}&token={token}"), None, None);
+        let (event, client_id) = s.data().await;
+        assert_eq!(event.as_deref(), Some("welcome"), "{client_id}");
+        let first = s.next().await;
+        assert!(first.id.is_some() && first.data.is_none(), "{first:?}");
+        (s, client_id)
+    }
+
+    /// curl reading `/sse?{query}`.
+    fn spawn(addr: SocketAddr, query: &str, last_id: Option<&str>, secret: Option<&str>) -> Sse {
         let mut cmd = Command::new("curl");
         cmd.args(["-sSN", "--max-time", "60"]);
         if let Some(s) = secret {
@@ -62,21 +88,11 @@ impl Sse {
             .spawn()
             .expect("curl (scripts/test installs it)");
         let out = BufReader::new(child.stdout.take().unwrap());
-        let mut s = Sse {
+        Sse {
             child,
             out,
             last_id: last_id.map(str::to_string),
-        };
-        // A new stream stands once its first id is here (after a comment and the retry); a
-        // resumed one starts with its `recovery` event, which the caller reads.
-        if last_id.is_none() {
-            let first = s.next().await;
-            assert!(
-                first.id.is_some() && first.data.is_none(),
-                "a first id: {first:?}"
-            );
         }
-        s
     }
 
     /// The next event (an id alone counts: it is what the browser would send back).
@@ -988,6 +1004,8 @@ async fn presence_events(ch: String) {
                     &ch,
                     "--presence-events",
                     "hooks",
+                    "--secret",
+                    API_SECRET,
                 ],
                 &[*a],
             )
@@ -1006,6 +1024,8 @@ async fn presence_events(ch: String) {
             API_SECRET,
             "--presence-webhook",
             &url,
+            "--presence-events",
+            "hooks",
         ],
         &[web],
     );
@@ -1100,6 +1120,116 @@ async fn presence_events(ch: String) {
     }
     hooked.sort_by_key(|v| v.to_string());
     assert_eq!(hooked, vec![leave, offline]);
+    every_protocol_binds_itself(web, ws[1], &mut sse, &call).await;
+}
+
+/// The next `n` presence events on `sse`, sorted.
+async fn presence_next(sse: &mut Sse, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let (_, data) = sse.data().await;
+        got.push(serde_json::from_str::<Value>(&data).unwrap());
+    }
+    got.sort_by_key(|v| v.to_string());
+    got
+}
+
+/// Presence for every protocol: a resuming reader (`/werkmann?token=`) on a WebSocket node and
+/// a Server-Sent Events stream (`/sse?token=`) on the publisher bind themselves with a token,
+/// are announced online and in their group, are sent to by uid and group (the stream as
+/// `event: direct`), and announced offline when they go. Bad tokens: 401 on both.
+async fn every_protocol_binds_itself<F, Fut>(
+    web: SocketAddr,
+    ws: SocketAddr,
+    presence: &mut Sse,
+    call: &F,
+) where
+    F: Fn(&'static str, Value) -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    use futures_util::StreamExt;
+    use jsonwebtoken::Algorithm;
+    use tokio_tungstenite::tungstenite::Message as M;
+    use werkmann_tests::addressing::{now, token};
+    let claims =
+        |uid: &str| serde_json::json!({"uid": uid, "groups": ["room"], "exp": now() + 600});
+    let event = |what: &str, uid: &str| match what {
+        "join" | "leave" => serde_json::json!({"event": what, "group": "room", "member": uid}),
+        _ => serde_json::json!({"event": what, "uid": uid}),
+    };
+    // Bad tokens refuse the stream and the reader.
+    let forged = token(&claims("eve"), "not-the-secret", Algorithm::HS256);
+    let (status, _) = get(web, &format!("/sse?channel=Broadcast&token={forged}")).await;
+    assert_eq!(status, 401, "a forged token on /sse");
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{ws}/werkmann?channel=Broadcast&token={forged}"
+    ))
+    .await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401),
+        "a forged token on /werkmann: {refused:?}"
+    );
+
+    // bob, a resuming reader on a WebSocket node.
+    let bob = token(&claims("bob"), API_SECRET, Algorithm::HS256);
+    let (mut reader, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{ws}/werkmann?channel=Broadcast&token={bob}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        presence_next(presence, 2).await,
+        vec![event("join", "bob"), event("online", "bob")]
+    );
+    // carol, a Server-Sent Events stream on the publisher.
+    let carol = token(&claims("carol"), API_SECRET, Algorithm::HS256);
+    let (mut stream, client_id) = Sse::open_with_token(web, "channel=Broadcast", &carol).await;
+    assert_eq!(
+        presence_next(presence, 2).await,
+        vec![event("join", "carol"), event("online", "carol")]
+    );
+    let got = call("get_client_id_by_uid", serde_json::json!({"uid": "carol"})).await;
+    assert_eq!(got["result"], serde_json::json!([client_id]));
+    // Sent to by uid and by group, each counted.
+    let sent = call(
+        "send_to_uid",
+        serde_json::json!({"uid": "carol", "message": "to carol"}),
+    )
+    .await;
+    assert_eq!(sent["reached"], 1, "{sent}");
+    assert_eq!(
+        stream.data().await,
+        (Some("direct".into()), "to carol".into())
+    );
+    let sent = call(
+        "send_to_group",
+        serde_json::json!({"group": "room", "message": "to the room"}),
+    )
+    .await;
+    assert_eq!(sent["reached"], 2, "{sent}");
+    assert_eq!(
+        stream.data().await,
+        (Some("direct".into()), "to the room".into())
+    );
+    let text = loop {
+        match tokio::time::timeout(T, reader.next()).await {
+            Ok(Some(Ok(M::Text(t)))) => break t.to_string(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("the room's send on the reader: {other:?}"),
+        }
+    };
+    assert_eq!(text, "to the room");
+    // Going: offline and leave, for each.
+    drop(stream.close());
+    assert_eq!(
+        presence_next(presence, 2).await,
+        vec![event("leave", "carol"), event("offline", "carol")]
+    );
+    drop(reader);
+    assert_eq!(
+        presence_next(presence, 2).await,
+        vec![event("leave", "bob"), event("offline", "bob")]
+    );
 }
 
 /// A connection still in its WebSocket handshake takes no broadcast: pushes sent while a client

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use werkmann::channel::{self, worker_ids::WorkerIds};
 use werkmann::cli;
 use werkmann_apps::push;
-use werkmann_apps::push::http::Publisher;
+use werkmann_apps::push::http::{Publisher, Streams};
 
 /// The whole push system.
 #[derive(Debug, clap::Args)]
@@ -56,6 +56,10 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--ws-listen {:?} has no port", options.ws_listen))?;
     let server = channel::Server::embedded();
     let ids = Arc::new(WorkerIds::fixed(0, options.count));
+    let presence = match options.publisher.presence_webhook {
+        Some(_) => push::PresenceEvents::Hooks,
+        None => options.presence_events,
+    };
     let mut ws = push::ws::ws_worker(
         &options.ws_listen,
         options.count,
@@ -63,10 +67,7 @@ fn main() -> anyhow::Result<()> {
         ids,
         push::tokens(options.publisher.secret.as_deref()),
         options.publisher.pusher.load()?,
-        match options.publisher.presence_webhook {
-            Some(_) => push::PresenceEvents::Hooks,
-            None => options.presence_events,
-        },
+        presence,
     )?;
     options.limits.apply(&mut ws);
     // As many publisher instances as WebSocket instances: one thread parsing and answering
@@ -81,6 +82,13 @@ fn main() -> anyhow::Result<()> {
         channel,
         ws_port,
         &options.publisher,
+        // The publishers' `/sse?token=` streams are clients too, as worker ids after the
+        // WebSocket instances'.
+        push::tokens(options.publisher.secret.as_deref()).map(|tokens| Streams {
+            ids: Arc::new(WorkerIds::fixed(options.count as u32, options.count)),
+            tokens,
+            presence,
+        }),
     )?;
     let tls = options.tls.load()?;
     ws.tls = tls.clone();

@@ -7,10 +7,17 @@
 //! nodes it reconnects among are `--ws-nodes HOST:PORT,…`).
 //! `--secret S` requires `Authorization: Bearer S` or an HMAC signature (see
 //! `werkmann_apps::auth`); a 401 otherwise. `--cert PEM --key PEM` serve `https://`;
-//! `--channel tls://…` reaches a TLS channel server (`--tls-ca PEM` for a private CA).
+//! `--channel tls://…` reaches a TLS channel server (`--tls-ca PEM` for a private CA). With a
+//! secret, `/sse?token=JWT` streams are the cluster's clients (the instances claim worker ids).
 
+use std::sync::Arc;
+
+use werkmann::channel::worker_ids::WorkerIds;
 use werkmann::cli;
-use werkmann_apps::push::http::{http_worker, Publisher};
+use werkmann_apps::push::{
+    self,
+    http::{http_worker, Publisher, Streams},
+};
 
 /// An HTTP publisher node.
 #[derive(Debug, clap::Args)]
@@ -24,6 +31,10 @@ struct Options {
     ws_port: u16,
     #[command(flatten)]
     publisher: Publisher,
+    /// Announce the presence of /sse?token= streams: online/offline per uid, join/leave per
+    /// group (on: as events; hooks: also for --presence-webhook)
+    #[arg(long, env = "WERKMANN_PRESENCE_EVENTS", value_enum, default_value_t)]
+    presence_events: push::PresenceEvents,
     #[command(flatten)]
     tls: cli::Tls,
 }
@@ -33,12 +44,27 @@ fn main() -> anyhow::Result<()> {
         cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4237")]);
     werkmann_apps::init_logging();
     let (listen, count) = (&options.listen.listen, options.listen.count);
+    // With a secret, `/sse?token=` streams are clients of the cluster: the instances claim
+    // worker ids of their own, as WebSocket nodes do.
+    let streams = match push::tokens(options.publisher.secret.as_deref()) {
+        Some(tokens) => Some(Streams {
+            ids: Arc::new(if command.starts() {
+                push::claim_ids(&options.channel, count, &[])?
+            } else {
+                WorkerIds::fixed(0, count)
+            }),
+            tokens,
+            presence: options.presence_events,
+        }),
+        None => None,
+    };
     let mut worker = http_worker(
         listen,
         count,
         options.channel,
         options.ws_port,
         &options.publisher,
+        streams,
     )?;
     worker.tls = options.tls.load()?;
     command.run([worker])

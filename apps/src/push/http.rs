@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use werkmann::channel::report::{Deliveries, NodeReports};
+use werkmann::channel::worker_ids::WorkerIds;
 use werkmann::channel::{ChannelError, Client};
 use werkmann::gateway::Gateway;
+use werkmann::gateway::Tokens;
 use werkmann::pusher;
-use werkmann::{cli, Connection, Message, Request, Response, Worker};
+use werkmann::{cli, Chunk, Connection, Message, Request, Response, ServerSentEvent, Worker};
 
 use super::delivery;
 use super::page::demo_page_with_nodes;
@@ -44,14 +46,29 @@ pub struct Publisher {
     pub pusher: super::apps::PusherApps,
 }
 
+/// What makes the publisher's event streams clients of the cluster: a `/sse?token=JWT`
+/// stream is registered as client `{worker id}-{connection id}` of its instance, bound to the
+/// uid and groups its token names, sent to (`send_to_uid`, …) as `event: direct`, and
+/// announced in presence events like a WebSocket client.
+pub struct Streams {
+    /// The publisher instances' cluster worker ids (instance `i` is `ids[i]`).
+    pub ids: Arc<WorkerIds>,
+    /// The verifier of the streams' tokens.
+    pub tokens: Tokens,
+    /// Whether their presence is announced.
+    pub presence: super::PresenceEvents,
+}
+
 /// The HTTP publisher (`publisher`). `ws_port` is what the demo page connects to; with a
-/// secret, pushes must authenticate (see [`crate::auth`]).
+/// secret, pushes must authenticate (see [`crate::auth`]); with `streams`, `/sse?token=`
+/// streams are the cluster's clients.
 pub fn http_worker(
     listen: &str,
     count: usize,
     channel: cli::Channel,
     ws_port: u16,
     options: &Publisher,
+    streams: Option<Streams>,
 ) -> anyhow::Result<Worker> {
     let mut worker = Worker::new(&format!("http://{listen}"))?;
     worker.name = "publisher".into();
@@ -80,7 +97,23 @@ pub fn http_worker(
         w.set_data(reports.clone());
         match channel.connect() {
             Ok(c) => {
-                w.set_data(Gateway::api(&c));
+                match &streams {
+                    Some(s) => {
+                        if w.id() == 0 {
+                            s.ids.answer();
+                        }
+                        let gw = Gateway::node_of_registered(&c, w, s.ids.ids()[w.id()], |text| {
+                            Chunk::from(ServerSentEvent::data(text).event("direct"))
+                                .shared()
+                                .into()
+                        });
+                        if s.presence != super::PresenceEvents::Off {
+                            gw.announce_presence(s.presence == super::PresenceEvents::Hooks);
+                        }
+                        w.set_data(s.tokens.clone());
+                    }
+                    None => w.set_data(Gateway::api(&c)),
+                }
                 // `/sse` readers; `Broadcast` stays subscribed once followed, so the reach
                 // of broadcasts (see `Reach`) does not drop when the last reader goes.
                 let feeds = werkmann::channel::Feeds::new(&c);

@@ -110,6 +110,25 @@ pub fn start_node(
     }
 }
 
+/// The claims of a request's `?token=` (none without one), or the 401 refusing it (logged).
+pub fn verify_token(
+    conn: &werkmann::Connection,
+    req: &werkmann::Request,
+    tokens: Option<&werkmann::gateway::Tokens>,
+) -> Result<Option<werkmann::gateway::Claims>, werkmann::Response> {
+    let Some(token) = req.get("token") else {
+        return Ok(None);
+    };
+    let verified = match tokens {
+        Some(t) => t.verify(&token).map_err(|e| e.to_string()),
+        None => Err("token given but none is verified here (no --secret)".into()),
+    };
+    verified.map(Some).map_err(|why| {
+        log::warn!("client {} refused: {why}", conn.remote_ip());
+        werkmann::Response::text(401, format!("{why}\n"))
+    })
+}
+
 /// Whether `IP:PORT` names a loopback address.
 pub fn is_loopback(listen: &str) -> bool {
     let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);

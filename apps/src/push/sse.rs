@@ -14,10 +14,15 @@
 //!   `recovered` only when everything missed follows (in order, once); a name whose history no
 //!   longer covers its position (trimmed, expired, a channel server restarted) is named in
 //!   `lost`. A name whose history starts again while followed sends `recovery` with it lost.
+//! - `?token=JWT` (the WebSocket nodes' tokens, HS256 with the push secret) makes the stream one
+//!   of the cluster's clients: `event: welcome` gives its client id, it is bound to the token's
+//!   uid and groups (presence events announce it), and what is sent to it (`send_to_uid`,
+//!   `send_to_group`, `send_to_client`, …) arrives as `event: direct`. A bad token is a 401.
 
 use std::time::Duration;
 
 use werkmann::channel::{Feeds, Follow, Name};
+use werkmann::gateway::{Gateway, Tokens};
 use werkmann::{Chunk, Connection, Request, Response, ServerSentEvent};
 
 use super::resume::{channels, data_text, positions, step, Shared, Step};
@@ -67,6 +72,15 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
             return;
         }
     };
+    // A stream with a token is one of the cluster's clients (`http::Streams`).
+    let tokens = conn.worker().and_then(|w| w.data::<Tokens>());
+    let claims = match super::verify_token(conn, req, tokens.as_deref()) {
+        Ok(c) => c,
+        Err(resp) => {
+            conn.send(resp);
+            return;
+        }
+    };
     let Some(feeds) = feeds.filter(|f| f.client().is_connected()) else {
         conn.send(Response::text(
             503,
@@ -80,6 +94,16 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
         return;
     }
     conn.send(ServerSentEvent::comment("werkmann").retry(RETRY));
+    if let Some(claims) = claims {
+        // Its client id first, then bound as the token says.
+        if let Some(gw) = Gateway::of_connection(conn) {
+            gw.register(conn);
+            if let Some(id) = gw.client_id(conn) {
+                conn.send(ServerSentEvent::data(id.to_string()).event("welcome"));
+            }
+            gw.bind_claims(conn, claims);
+        }
+    }
     let to = conn.clone();
     let labels = names.clone();
     let named = names.len() > 1;

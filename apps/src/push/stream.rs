@@ -20,6 +20,9 @@
 //! sends it back as `last_event_id` when it reconnects. A bad name or position refuses the
 //! handshake with 400. These connections take no seed broadcast (they get `Broadcast` as
 //! messages) and no greeting.
+//!
+//! `&token=JWT` binds the reader to the token's uid and groups, as on the seed's path (a bad
+//! token: 401).
 
 use std::rc::Rc;
 

@@ -6,6 +6,7 @@
  *   w.on('direct', text => …);                     // pushes to this connection (client id, uid, group)
  *   w.on('welcome', clientId => …);                // this connection's client id, W-C
  *   w.on('status', (state, detail) => …);          // open, ready, closed (detail: ms until the retry)
+ *   new Werkmann(nodes, { token })                 // a JWT your backend signed: bound to its uid and groups
  *
  * It connects to NODE/werkmann?channel=…, keeps the id of the last event and, when the
  * connection drops, reconnects with back-off (to the next node of the list) sending it back as
@@ -21,6 +22,7 @@
       this.nodes = (Array.isArray(nodes) ? nodes : [nodes]).map(n => n.replace(/\/+$/, ''));
       this.channels = o.channels || ['Broadcast'];
       this.lastEventId = o.lastEventId || null;
+      this.token = o.token || null;
       this.minDelay = o.minDelay || 250;
       this.maxDelay = o.maxDelay || 10000;
       this.delay = this.minDelay;
@@ -49,6 +51,7 @@
       let u = this.nodes[this.current] + '/werkmann?channel=' +
         this.channels.map(encodeURIComponent).join(',');
       if (this.lastEventId) u += '&last_event_id=' + encodeURIComponent(this.lastEventId);
+      if (this.token) u += '&token=' + encodeURIComponent(this.token);
       return u;
     }
 

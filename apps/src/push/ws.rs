@@ -7,7 +7,7 @@ use std::sync::Arc;
 use werkmann::channel::report::NodeReports;
 use werkmann::channel::worker_ids::WorkerIds;
 use werkmann::channel::{php_serde, Feeds, Name};
-use werkmann::gateway::{Gateway, Tokens};
+use werkmann::gateway::{Claims, Gateway, Tokens};
 use werkmann::pusher::{Apps, PusherNode};
 use werkmann::{cli, Response, Worker};
 
@@ -107,7 +107,10 @@ pub fn ws_worker(
     let stream_ids = worker_ids.clone();
     worker.on_websocket_connect(move |conn, req| {
         if req.path() == super::stream::PATH {
-            return super::stream::accept(conn, req, stream_ids.ids()[conn.worker_id()]);
+            let claims = super::verify_token(conn, req, tokens.as_ref())?;
+            super::stream::accept(conn, req, stream_ids.ids()[conn.worker_id()])?;
+            bind(conn, claims);
+            return Ok(());
         }
         if PusherNode::app_key(req.path()).is_some() {
             return match conn.worker().and_then(|w| PusherNode::of(&w)) {
@@ -120,25 +123,9 @@ pub fn ws_worker(
         }
         // The seed's greeting, written once the handshake is.
         conn.send(greeting(greet_ids.ids()[conn.worker_id()], conn.id()));
-        let Some(token) = req.get("token") else {
-            return Ok(());
-        };
-        let refused = |why: String| {
-            log::warn!("client {} refused: {why}", conn.remote_ip());
-            Err(Response::text(401, format!("{why}\n")))
-        };
-        let Some(tokens) = &tokens else {
-            return refused("token given but this node verifies none (no --secret)".into());
-        };
-        match tokens.verify(&token) {
-            Ok(claims) => {
-                if let Some(gw) = Gateway::of_connection(conn) {
-                    gw.bind_claims(conn, claims);
-                }
-                Ok(())
-            }
-            Err(e) => refused(e.to_string()),
-        }
+        let claims = super::verify_token(conn, req, tokens.as_ref())?;
+        bind(conn, claims);
+        Ok(())
     });
     // A client that does not keep up is dropped (it reconnects and is greeted anew), so it
     // neither holds memory nor delays the others.
@@ -168,6 +155,13 @@ pub fn ws_worker(
         super::stream::closed(conn);
     });
     Ok(worker)
+}
+
+/// Bind a client to what its token names (its uid, its groups).
+fn bind(conn: &werkmann::Connection, claims: Option<Claims>) {
+    if let (Some(claims), Some(gw)) = (claims, Gateway::of_connection(conn)) {
+        gw.bind_claims(conn, claims);
+    }
 }
 
 /// A field of a push event, read without decoding the rest; `None` (logged) when the event

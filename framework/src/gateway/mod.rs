@@ -48,6 +48,7 @@ use serde_json::{Map, Value};
 pub use crate::channel::dir::{ClientId, DirOp, Target};
 use crate::channel::{ChannelError, Client};
 use crate::connection::Connection;
+use crate::message::Message;
 use crate::WorkerInstance;
 use node::Node;
 pub use token::{Claims, TokenError, Tokens, LEEWAY_SECS};
@@ -129,13 +130,47 @@ impl Gateway {
     /// claimed with `channel::worker_ids`): register them in `client`'s directory, apply what
     /// it forwards, write its sends. Stored in the instance ([`Gateway::of`]).
     pub fn node(client: &Client, instance: &WorkerInstance, worker: u32) -> Gateway {
-        let node = Node::start(client, instance, worker);
+        Gateway::start(client, instance, worker, None)
+    }
+
+    /// Hold, as cluster worker `worker`, only the connections of `instance` registered with
+    /// [`Gateway::register`] — event streams of an HTTP worker, say — writing what is sent to
+    /// one as `encode` makes it (a Server-Sent Event). Otherwise as [`Gateway::node`].
+    pub fn node_of_registered(
+        client: &Client,
+        instance: &WorkerInstance,
+        worker: u32,
+        encode: impl Fn(String) -> Message + 'static,
+    ) -> Gateway {
+        let only = node::Only {
+            registered: Default::default(),
+            encode: Box::new(encode),
+        };
+        Gateway::start(client, instance, worker, Some(only))
+    }
+
+    fn start(
+        client: &Client,
+        instance: &WorkerInstance,
+        worker: u32,
+        only: Option<node::Only>,
+    ) -> Gateway {
+        let node = Node::start(client, instance, worker, only);
         let gw = Gateway(Rc::new(Inner {
             client: client.clone(),
             node: Some(node),
         }));
         instance.set_data(gw.clone());
         gw
+    }
+
+    /// Hold `conn` from now on (a [`Gateway::node_of_registered`]; a plain node holds every
+    /// connection already): it gets a client id, can be bound, grouped and sent to, until it
+    /// closes.
+    pub fn register(&self, conn: &Connection) {
+        if let Some(node) = &self.0.node {
+            node.register(conn);
+        }
     }
 
     /// Announce this node's connections' presence (`gateway::presence`): a uid's `online` and

@@ -174,25 +174,35 @@ pub(crate) struct Node {
     pub(crate) local: RefCell<Local>,
     /// Announce presence (`presence.rs`): `None` off, `Some(hooks)` on (with webhook items).
     pub(crate) presence: Cell<Option<bool>>,
+    /// Set when the node holds only the connections registered with it.
+    pub(crate) only: Option<Only>,
+}
+
+/// What a node that holds only some of its instance's connections (event streams of an HTTP
+/// worker) knows of them: which, and how a send is written to one.
+pub(crate) struct Only {
+    pub(crate) registered: RefCell<HashSet<u64>>,
+    pub(crate) encode: Box<dyn Fn(String) -> Message>,
 }
 
 impl Node {
     /// Start serving: subscribe to this worker's event and to every node's, register the
-    /// connections the instance holds, and hear of the next ones.
-    pub(crate) fn start(client: &Client, instance: &WorkerInstance, worker: u32) -> Rc<Node> {
+    /// connections the instance holds (with `only`: those registered with it), and hear of
+    /// the next ones.
+    pub(crate) fn start(
+        client: &Client,
+        instance: &WorkerInstance,
+        worker: u32,
+        only: Option<Only>,
+    ) -> Rc<Node> {
         let node = Rc::new(Node {
             worker,
             instance: instance.clone(),
             client: client.clone(),
             local: RefCell::new(Local::default()),
             presence: Cell::new(None),
+            only,
         });
-        for conn in instance.connections().keys() {
-            node.local
-                .borrow_mut()
-                .clients
-                .insert(*conn, Meta::default());
-        }
         let weak = Rc::downgrade(&node);
         let on_forward = move |data: &Bytes| {
             if let Some(node) = weak.upgrade() {
@@ -225,6 +235,7 @@ impl Node {
             .instance
             .connections()
             .keys()
+            .filter(|c| self.holds(**c))
             .map(|conn| {
                 let m = local.clients.get(conn).unwrap_or(&none);
                 Registration {
@@ -251,6 +262,38 @@ impl Node {
                 for g in &r.groups {
                     self.send(&presence::group_join(r.client_id, g, &member, hooks));
                 }
+            }
+        }
+    }
+
+    /// Whether this node holds connection `conn`.
+    fn holds(&self, conn: u64) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.registered.borrow().contains(&conn))
+    }
+
+    /// A send's message for this node's connections.
+    fn message(&self, text: String) -> Message {
+        match &self.only {
+            Some(only) => (only.encode)(text),
+            None => Message::Text(text),
+        }
+    }
+
+    /// Hold `conn` too (a node with [`Only`]): registered in the directory now, and again
+    /// after a reconnect, until it closes.
+    pub(crate) fn register(&self, conn: &Connection) {
+        if let Some(only) = &self.only {
+            if only.registered.borrow_mut().insert(conn.id()) {
+                self.send(&DirOp::Register {
+                    clients: vec![Registration {
+                        client_id: ClientId::new(self.worker, conn.id()),
+                        uid: None,
+                        groups: Vec::new(),
+                        session: None,
+                    }],
+                });
             }
         }
     }
@@ -292,8 +335,10 @@ impl Node {
         };
         // One of this instance's open connections.
         let mine = |c: &ClientId| {
-            (c.worker == self.worker && self.instance.connection(c.conn).is_some())
-                .then_some(c.conn)
+            (c.worker == self.worker
+                && self.holds(c.conn)
+                && self.instance.connection(c.conn).is_some())
+            .then_some(c.conn)
         };
         match op {
             DirOp::BindUid { client_id, uid } => {
@@ -385,17 +430,18 @@ impl Node {
                         .into_iter()
                         // A send to everyone skips the sockets of other protocols (Pusher).
                         .filter(|c| !everyone || self.instance.takes_broadcasts(*c))
+                        .filter(|c| self.holds(*c))
                         .filter_map(|c| all.get(&c).cloned())
                         .collect()
                 };
                 if !conns.is_empty() {
-                    self.instance.send_to(&conns, Message::Text(data));
+                    self.instance.send_to(&conns, self.message(data));
                 }
             }
             DirOp::CloseClient { client_id, data } => {
                 if let Some(conn) = mine(&client_id).and_then(|c| self.instance.connection(c)) {
                     if let Some(d) = data {
-                        conn.send(d);
+                        conn.send(self.message(d));
                     }
                     conn.close();
                 }
@@ -428,6 +474,9 @@ impl Node {
 
 impl ConnectionHooks for Node {
     fn opened(&self, conn: &Connection) {
+        if self.only.is_some() {
+            return; // registered by the app, if at all
+        }
         self.send(&DirOp::Register {
             clients: vec![Registration {
                 client_id: ClientId::new(self.worker, conn.id()),
@@ -439,6 +488,11 @@ impl ConnectionHooks for Node {
     }
 
     fn closed(&self, id: u64) {
+        if let Some(only) = &self.only {
+            if !only.registered.borrow_mut().remove(&id) {
+                return;
+            }
+        }
         self.local.borrow_mut().remove(id);
         self.send(&DirOp::Unregister {
             client_ids: vec![ClientId::new(self.worker, id)],
