@@ -270,6 +270,58 @@ async fn publish_each(p: &mut Console, name: &str, is: std::ops::RangeInclusive<
     }
 }
 
+/// Kept publishes sent in one burst (one turn of the publisher: the Redis backend keeps up to
+/// 64 alike in one script call) reach a subscriber in order, numbered from 1 without a gap,
+/// and read back exactly; two names published in turn are numbered each on its own.
+pub async fn history_numbers_a_burst_in_order(b: &Backend) {
+    let (_a, a_addr) = b.console();
+    let (_b, b_addr) = b.console();
+    let mut sub = open(&a_addr).await;
+    let mut p = open(&b_addr).await;
+    for n in ["hist-b", "hist-c", "hist-d"] {
+        assert_eq!(sub.ask(&format!("onk {n}")).await, "ok");
+    }
+    assert_eq!(sub.ask("on sync-b").await, "ok");
+    confirmed_reaches(&mut p, "sync-b", 1).await;
+    skip_probes(&mut sub, "sync-b").await;
+    assert_eq!(p.ask("seq hist-b 150").await, "ok Sent");
+    let mut epoch = None;
+    for i in 0..150u64 {
+        let (json, e, o) = kept_line(&sub.line().await, "hist-b");
+        assert_eq!(
+            (json, o),
+            (format!(r#"{{"i":{i}}}"#), i + 1),
+            "in order, from 1"
+        );
+        assert_eq!(*epoch.get_or_insert(e), e, "one epoch");
+    }
+    let epoch = epoch.unwrap();
+    let page = p.ask(&format!("hist hist-b {epoch}:148")).await;
+    assert_eq!(
+        page,
+        format!(r#"page {epoch} 150 recovered 149={{"i":148}} 150={{"i":149}}"#)
+    );
+    assert_eq!(p.ask("seq hist-c,hist-d 20").await, "ok Sent");
+    // Each name in order (a Redis Cluster orders names of other slots apart).
+    let mut got: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    for _ in 0..20 {
+        let line = sub.line().await;
+        let name = if line.starts_with("event hist-c ") {
+            "hist-c"
+        } else {
+            "hist-d"
+        };
+        let (json, _, o) = kept_line(&line, name);
+        got.entry(name.into()).or_default().push((json, o));
+    }
+    for (name, first) in [("hist-c", 0), ("hist-d", 1)] {
+        let want: Vec<(String, u64)> = (0..10u64)
+            .map(|k| (format!(r#"{{"i":{}}}"#, first + 2 * k), k + 1))
+            .collect();
+        assert_eq!(got[name], want, "{name}");
+    }
+}
+
 /// A subscriber that stands before a name's history (it gets the position it stands at with
 /// each kept event) reads what came after any position it held, exactly, in order — or is told
 /// the history no longer covers it: trimmed past its size, another epoch, ahead of the top, a

@@ -2,26 +2,33 @@
 -- t: ttl in ms, n: size) and its stream (entries `OFFSET-0` with fields t: kept at, in ms;
 -- d: data). The stream is trimmed approximately (`MAXLEN ~`, whole nodes: cheap); a read
 -- counts only the last `n` as kept, so the bound is exact as readers see it.
--- ARGV[1] = 'K' (keep a publish) or 'R' (read since a position).
---   K: ARGV = K, publish command, channel, data, size, ttl ms, a new epoch (used if none is
---      kept), the publisher's clock in ms; publishes `~pEPOCH:OFFSET:` .. data and answers
---      the publish's reply.
+-- ARGV[1] = 'K' (keep publishes) or 'R' (read since a position).
+--   K: ARGV = K, publish command, channel, size, ttl ms, a new epoch (used if none is kept),
+--      the publisher's clock in ms, then the data of one or more publishes, in order; each is
+--      published as `~pEPOCH:OFFSET:` .. data; answers the publishes' replies, in order.
 --   R: ARGV = R, since epoch ('' for where it stands), since offset; answers the page, PHP
 --      serialized: {epoch, top, recovered, items: {offset: data, ...}}.
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if ARGV[1] == 'K' then
-  local ttl = tonumber(ARGV[6])
+  local ttl = tonumber(ARGV[5])
   if not epoch then
-    epoch = ARGV[7]
+    epoch = ARGV[6]
     redis.call('DEL', KEYS[2])
-    redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 't', ttl, 'n', ARGV[5])
+    redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 't', ttl, 'n', ARGV[4])
   end
-  local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], off .. '-0', 't', ARGV[8], 'd', ARGV[4])
+  local n = #ARGV - 7
+  local first = redis.call('HINCRBY', KEYS[1], 'o', n) - n
+  local replies = {}
+  for i = 1, n do
+    local off = first + i
+    local d = ARGV[7 + i]
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], off .. '-0', 't', ARGV[7], 'd', d)
+    replies[i] = redis.call(ARGV[2], ARGV[3], '~p' .. epoch .. ':' .. off .. ':' .. d)
+  end
   redis.call('PEXPIRE', KEYS[2], ttl)
   -- The epoch outlives the messages by an hour: a reader that missed nothing still recovers.
   redis.call('PEXPIRE', KEYS[1], ttl + 3600000)
-  return redis.call(ARGV[2], ARGV[3], '~p' .. epoch .. ':' .. off .. ':' .. ARGV[4])
+  return replies
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

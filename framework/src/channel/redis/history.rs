@@ -39,9 +39,12 @@ fn keys(channel: &str) -> (String, String) {
     }
 }
 
-/// The call that keeps `data` on the name of `channel` and publishes it with its position;
-/// its reply is the publish's (subscriptions reached).
-pub(super) fn keep(bus: &Bus, channel: &str, data: &[u8], keep: Keep) -> redis::Cmd {
+/// Most publishes one script call keeps.
+const MAX_KEPT_PER_CALL: usize = 64;
+
+/// The call that keeps `data` (one or more publishes, in order) on the name of `channel` and
+/// publishes each with its position; its reply lists the publishes' (subscriptions reached).
+pub(super) fn keep(bus: &Bus, channel: &str, data: &[&[u8]], keep: Keep) -> redis::Cmd {
     let (meta, stream) = keys(channel);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -55,11 +58,13 @@ pub(super) fn keep(bus: &Bus, channel: &str, data: &[u8], keep: Keep) -> redis::
         .arg("K")
         .arg(bus.publish_command())
         .arg(channel)
-        .arg(data)
         .arg(keep.size)
         .arg(keep.ttl.as_millis() as u64)
         .arg(new_epoch())
         .arg(now_ms);
+    for d in data {
+        c.arg(*d);
+    }
     c
 }
 
@@ -95,47 +100,92 @@ pub(super) async fn execute(
     batch: &[(Command, Option<u64>)],
     event_channel: impl Fn(&super::Key) -> String,
 ) -> redis::RedisResult<Vec<(u64, Outcome)>> {
-    // Each call with the command it belongs to.
-    let mut calls: Vec<(String, redis::Cmd)> = Vec::new();
-    let mut of: Vec<usize> = Vec::new();
+    // The calls: consecutive kept publishes to one name (alike kept) share one; a read is
+    // one of its own. Each call with the commands it serves, in order.
+    struct Call<'a> {
+        channel: String,
+        keep: Option<Keep>,
+        data: Vec<&'a [u8]>,
+        since: Option<Position>,
+        of: Vec<usize>,
+    }
+    let mut plan: Vec<Call> = Vec::new();
     for (i, (cmd, _)) in batch.iter().enumerate() {
         match cmd {
             Command::PublishKept(names, data, k) => {
                 for n in names {
-                    let ch = event_channel(&n.key);
-                    let c = keep(bus, &ch, data, *k);
-                    calls.push((ch, c));
-                    of.push(i);
+                    let channel = event_channel(&n.key);
+                    match plan.last_mut() {
+                        Some(c)
+                            if c.keep == Some(*k)
+                                && c.channel == channel
+                                && c.data.len() < MAX_KEPT_PER_CALL =>
+                        {
+                            c.data.push(data);
+                            c.of.push(i);
+                        }
+                        _ => plan.push(Call {
+                            channel,
+                            keep: Some(*k),
+                            data: vec![data],
+                            since: None,
+                            of: vec![i],
+                        }),
+                    }
                 }
             }
-            Command::History(name, since) => {
-                let ch = event_channel(&name.key);
-                let c = read(&ch, *since);
-                calls.push((ch, c));
-                of.push(i);
-            }
+            Command::History(name, since) => plan.push(Call {
+                channel: event_channel(&name.key),
+                keep: None,
+                data: Vec::new(),
+                since: *since,
+                of: vec![i],
+            }),
             _ => {}
         }
     }
+    let calls: Vec<(String, redis::Cmd)> = plan
+        .iter()
+        .map(|c| {
+            let cmd = match c.keep {
+                Some(k) => keep(bus, &c.channel, &c.data, k),
+                None => read(&c.channel, c.since),
+            };
+            (c.channel.clone(), cmd)
+        })
+        .collect();
     let replies = bus.run_scripts(&calls, &[&SCRIPT]).await?;
     // Per command: the count so far (None once a call failed), or the page.
     let mut reached: Vec<Option<usize>> = vec![Some(0); batch.len()];
     let mut pages: Vec<Option<Bytes>> = vec![None; batch.len()];
     let mut probes: Vec<String> = Vec::new();
-    for ((reply, i), (ch, _)) in replies.into_iter().zip(of).zip(&calls) {
-        match (&batch[i].0, reply) {
-            (Command::History(..), RValue::BulkString(b)) => pages[i] = Some(Bytes::from(b)),
-            (Command::PublishKept(..), RValue::Int(n)) => {
-                if let Some(total) = reached[i].as_mut() {
-                    *total += n.max(0) as usize;
+    for (reply, call) in replies.into_iter().zip(&plan) {
+        let ch = &call.channel;
+        match (call.keep, reply) {
+            (None, RValue::BulkString(b)) => pages[call.of[0]] = Some(Bytes::from(b)),
+            (Some(_), RValue::Array(each)) if each.len() == call.of.len() => {
+                for (r, &i) in each.iter().zip(&call.of) {
+                    match r {
+                        RValue::Int(n) => {
+                            if let Some(total) = reached[i].as_mut() {
+                                *total += (*n).max(0) as usize;
+                            }
+                        }
+                        other => {
+                            log::warn!("redis: kept publish on {ch} failed: {other:?}");
+                            reached[i] = None;
+                        }
+                    }
                 }
-                if batch[i].1.is_some() {
+                if call.of.iter().any(|&i| batch[i].1.is_some()) {
                     probes.push(ch.clone());
                 }
             }
             (_, other) => {
                 log::warn!("redis: history call on {ch} failed: {other:?}");
-                reached[i] = None;
+                for &i in &call.of {
+                    reached[i] = None;
+                }
             }
         }
     }
