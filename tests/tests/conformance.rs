@@ -24,6 +24,7 @@ on_every_backend! {
     worker_id_claims_are_disjoint => |b| conformance::worker_id_claims_are_disjoint(&b).await;
     history_answers_exactly_what_was_missed => |b| conformance::history_answers_exactly_what_was_missed(&b).await;
     history_numbers_a_burst_in_order => |b| conformance::history_numbers_a_burst_in_order(&b).await;
+    history_orders_concurrent_publishers => |b| conformance::history_orders_concurrent_publishers(&b).await;
 }
 
 /// The directory (GatewayWorker's client ids, uids, groups, sessions) on the backends that keep

@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use super::dir::{self, error_answer, DirOp};
 use super::directory::{Announcement, DirectoryState, Forward};
-use super::history::{self, Position};
+use super::history::Position;
 use super::php_serde::{self, Key};
 use super::routes::Routes;
 use super::subscriber::{LocalDelivery, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING};
@@ -169,23 +169,26 @@ impl LocalOut {
         true
     }
 
-    /// Send everything now: the subscribers' writes, the in-process batches, then the
-    /// acknowledgements.
-    pub(crate) fn flush(this: &RefCell<LocalOut>) {
-        let (batches, flush, acks, release) = {
+    /// Send the in-process batches now (a kept publish's, under the store's lock), ahead of
+    /// the turn's end; what else the turn holds goes then.
+    fn send_local_now(this: &RefCell<LocalOut>) {
+        let (batches, flush) = {
             let mut out = this.borrow_mut();
-            out.scheduled = false;
             out.flush_ids.clear();
             (
                 std::mem::take(&mut out.batches),
                 std::mem::take(&mut out.flush),
-                std::mem::take(&mut out.acks),
-                std::mem::take(&mut out.release),
             )
         };
+        // The subscribers' writes before any acknowledgement in the batches, as at the end.
         for conn in flush {
             conn.flush_now();
         }
+        LocalOut::send_batches(batches);
+    }
+
+    /// Hand each in-process subscriber its batch (one message each).
+    fn send_batches(batches: Vec<(SubscriberId, LocalSink, Vec<Delivery>)>) {
         for (id, sink, items) in batches {
             if items.is_empty() {
                 continue;
@@ -205,6 +208,26 @@ impl LocalOut {
                 log::debug!("channel: in-process subscriber {id:?} is gone: {n} deliveries lost");
             }
         }
+    }
+
+    /// Send everything now: the subscribers' writes, the in-process batches, then the
+    /// acknowledgements.
+    pub(crate) fn flush(this: &RefCell<LocalOut>) {
+        let (batches, flush, acks, release) = {
+            let mut out = this.borrow_mut();
+            out.scheduled = false;
+            out.flush_ids.clear();
+            (
+                std::mem::take(&mut out.batches),
+                std::mem::take(&mut out.flush),
+                std::mem::take(&mut out.acks),
+                std::mem::take(&mut out.release),
+            )
+        };
+        for conn in flush {
+            conn.flush_now();
+        }
+        LocalOut::send_batches(batches);
         let mut last: Option<Connection> = None;
         for (conn, frame) in acks {
             if last.as_ref().is_some_and(|l| l.id() != conn.id()) {
@@ -334,8 +357,6 @@ pub(crate) struct HubState {
     watching: HashMap<SubscriberId, HashSet<Key>>,
     /// Who is connected where, with uids, groups and sessions (`channel::dir`).
     directory: DirectoryState,
-    /// What kept publishes left behind (`channel::history`).
-    history: history::Store,
     /// Each worker's node event (`dir::node_event`), made once.
     node_keys: RefCell<HashMap<u32, Key>>,
     pub stats: HubStats,
@@ -358,7 +379,6 @@ impl Default for HubState {
             subscribed: HashMap::new(),
             watching: HashMap::new(),
             directory: DirectoryState::default(),
-            history: history::Store::default(),
             node_keys: RefCell::default(),
             stats: HubStats::default(),
             local_out: Rc::new(RefCell::new(local_out)),
@@ -412,7 +432,7 @@ impl HubState {
                 }
             }
             Command::History(name, since) => {
-                let page = self.history.read(&name.key, since, Instant::now());
+                let page = self.routes.history().read(&name.key, since, Instant::now());
                 return Answer::Dir(page.encode());
             }
             Command::Publish(..) | Command::PublishKept(..) => {
@@ -422,10 +442,15 @@ impl HubState {
                     _ => unreachable!("matched above"),
                 };
                 let now = keep.map(|_| Instant::now());
+                // A kept publish is numbered and handed to in-process subscribers under the
+                // store's lock, as publishers that deliver by themselves do (`routes.rs`):
+                // each subscriber gets a name's positions in order, whichever path each took.
+                let routes = self.routes.clone();
+                let mut store = keep.map(|_| routes.history());
                 for n in names {
-                    let pos = match (keep, now) {
-                        (Some(keep), Some(now)) => {
-                            Some(self.history.append(&n.key, &data, keep, now))
+                    let pos = match (keep, now, store.as_mut()) {
+                        (Some(keep), Some(now), Some(store)) => {
+                            Some(store.append(&n.key, &data, keep, now))
                         }
                         _ => None,
                     };
@@ -443,6 +468,10 @@ impl HubState {
                         }
                     }
                 }
+                if store.is_some() {
+                    LocalOut::send_local_now(&self.local_out);
+                }
+                drop(store);
             }
             Command::PublishLoop(names, data) => {
                 for n in names {

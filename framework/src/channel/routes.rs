@@ -17,6 +17,10 @@
 //!   published, whichever path each event took.
 //! - The same bound as the hub's: a subscriber with [`MAX_LOCAL_PENDING`] deliveries waiting
 //!   is refused, which the publisher's confirmation counts and [`Refusals`] logs.
+//! - Kept publishes (`channel::history`) too: the hub's history is here, and a kept publish is
+//!   numbered and handed to its in-process subscribers under its lock — by a publisher, or by
+//!   the hub, which then sends its in-process batches at once — so each subscriber gets a
+//!   name's positions in order whichever path each publish took.
 //! - Back-pressure: a confirmation means "handed to the subscriber", and a publisher that got
 //!   it at once could hand a slow subscriber pushes faster than it handles them (its queue,
 //!   and the pushes' latency, growing up to that bound). So deliveries to a subscriber that
@@ -25,11 +29,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use actix::Recipient;
 
+use super::history::Store;
 use super::php_serde::Key;
 use super::subscriber::{
     HandledNotice, LocalDelivery, LocalHandled, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING,
@@ -64,9 +69,18 @@ pub(crate) struct Routes {
     map: RwLock<HashMap<Key, Route>>,
     /// Deliveries refused to full in-process subscribers, by the hub and by publishers.
     pub refusals: Refusals,
+    /// The hub's history (`channel::history`): a kept publish is numbered and handed to its
+    /// in-process subscribers under this lock, by the hub or by a publisher, so positions
+    /// reach each subscriber in order.
+    history: Mutex<Store>,
 }
 
 impl Routes {
+    /// The history, locked.
+    pub fn history(&self) -> MutexGuard<'_, Store> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Set the route of `key` to its subscribers now (none: forget it). Called by the hub.
     pub fn set(&self, key: &Key, subscribers: &[(SubscriberId, Sink)]) {
         let mut route = Route::default();
@@ -97,21 +111,37 @@ impl Routes {
         next_token: &mut u64,
     ) -> Option<Direct> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let mut kept = false;
         for (cmd, _) in cmds {
-            let Command::Publish(names, _) = cmd else {
-                return None;
+            let names = match cmd {
+                Command::Publish(names, _) => names,
+                Command::PublishKept(names, _, _) => {
+                    kept = true;
+                    names
+                }
+                _ => return None,
             };
             if names.iter().any(|n| map.get(&n.key).is_some_and(|r| r.tcp)) {
                 return None;
             }
         }
+        // Held until the deliveries are handed over (see `history`).
+        let mut store = kept.then(|| (self.history(), Instant::now()));
         // One message per subscriber, with the command each delivery belongs to.
         let mut batches: Vec<(u64, &LocalSink, Vec<Delivery>, Vec<usize>)> = Vec::new();
         for (i, (cmd, _)) in cmds.iter().enumerate() {
-            let Command::Publish(names, data) = cmd else {
-                continue;
+            let (names, data, keep) = match cmd {
+                Command::Publish(names, data) => (names, data, None),
+                Command::PublishKept(names, data, keep) => (names, data, Some(*keep)),
+                _ => continue,
             };
             for n in names {
+                let pos = match (keep, store.as_mut()) {
+                    (Some(keep), Some((store, now))) => {
+                        Some(store.append(&n.key, data, keep, *now))
+                    }
+                    _ => None,
+                };
                 let Some(route) = map.get(&n.key) else {
                     continue;
                 };
@@ -132,7 +162,7 @@ impl Routes {
                         kind: DeliveryKind::Event,
                         channel: n.key.clone(),
                         data: data.clone(),
-                        pos: None,
+                        pos,
                     });
                     of.push(i);
                 }
@@ -171,6 +201,7 @@ impl Routes {
                 log::debug!("channel: in-process subscriber {id} is gone: {n} deliveries lost");
             }
         }
+        drop(store);
         Some(direct)
     }
 }
