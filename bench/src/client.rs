@@ -39,6 +39,14 @@ pub struct ClientState {
 }
 
 impl ClientState {
+    /// Client `idx`, nothing received yet.
+    pub(crate) fn new(idx: u32) -> ClientState {
+        ClientState {
+            idx,
+            ..ClientState::default()
+        }
+    }
+
     fn reset(&mut self, phase: u32, m: u32) {
         self.phase = phase;
         self.seen.clear();
@@ -60,6 +68,7 @@ pub struct Shared {
     dup: AtomicU64,
     wrong: AtomicU64,
     bad: AtomicU64,
+    out_of_order: AtomicU64,
     last_ns: AtomicU64,
     hist: Mutex<Hist>,
     /// Targeted phases: which sequence numbers arrived (in this process).
@@ -82,13 +91,15 @@ fn kind_code(k: Kind) -> u8 {
 
 /// What one read brought, applied to the shared counters at once.
 #[derive(Default)]
-struct Batch {
+pub(crate) struct Batch {
     received: u64,
     warm: u64,
     stray: u64,
     dup: u64,
     wrong: u64,
-    bad: u64,
+    pub(crate) bad: u64,
+    /// Server-Sent Events whose `id` is not after the stream's previous one (`sse.rs`).
+    pub(crate) out_of_order: u64,
     /// Broadcast latencies (already checked).
     lat: Vec<u64>,
     /// Targeted (sequence number, latency), checked for duplicates at flush.
@@ -110,6 +121,7 @@ impl Shared {
             &self.dup,
             &self.wrong,
             &self.bad,
+            &self.out_of_order,
             &self.last_ns,
         ] {
             c.store(0, Ordering::Relaxed);
@@ -138,6 +150,7 @@ impl Shared {
             dup: self.dup.load(Ordering::Relaxed),
             wrong: self.wrong.load(Ordering::Relaxed),
             bad: self.bad.load(Ordering::Relaxed),
+            out_of_order: self.out_of_order.load(Ordering::Relaxed),
             last_ns: self.last_ns.load(Ordering::Relaxed),
         }
     }
@@ -169,7 +182,7 @@ impl Shared {
     }
 
     /// Register an opened client.
-    fn add(&self, group: u32, st: Arc<Mutex<ClientState>>) {
+    pub(crate) fn add(&self, group: u32, st: Arc<Mutex<ClientState>>) {
         self.clients.lock().expect("clients").push((group, st));
     }
 
@@ -192,7 +205,7 @@ impl Shared {
     }
 
     /// Check one push's content and put what it tells into `b`.
-    fn on_content(&self, st: &mut ClientState, content: &[u8], now: u64, b: &mut Batch) {
+    pub(crate) fn on_content(&self, st: &mut ClientState, content: &[u8], now: u64, b: &mut Batch) {
         let Some(p) = parse_push(content) else {
             b.bad += 1;
             return;
@@ -250,7 +263,7 @@ impl Shared {
     }
 
     /// Apply a batch to the shared counters.
-    fn flush(&self, b: &mut Batch, now: u64) {
+    pub(crate) fn flush(&self, b: &mut Batch, now: u64) {
         if !b.targeted.is_empty() {
             let mut seen = self.targeted_seen.lock().expect("seen");
             for (seq, lat) in b.targeted.drain(..) {
@@ -282,6 +295,7 @@ impl Shared {
             (&self.dup, &mut b.dup),
             (&self.wrong, &mut b.wrong),
             (&self.bad, &mut b.bad),
+            (&self.out_of_order, &mut b.out_of_order),
         ] {
             if *v > 0 {
                 counter.fetch_add(*v, Ordering::Relaxed);
@@ -367,7 +381,7 @@ enum Inner<'a> {
 
 fn inner(flavor: Flavor, msg: &[u8]) -> Inner<'_> {
     match flavor {
-        Flavor::Werkmann | Flavor::Nchan => Inner::Content(msg),
+        Flavor::Werkmann | Flavor::Nchan | Flavor::Sse | Flavor::NchanSse => Inner::Content(msg),
         Flavor::SocketIo => {
             if msg == b"2" {
                 Inner::Ping
@@ -489,6 +503,7 @@ pub async fn open(
         Flavor::Nchan => format!("/sub/c{idx}"),
         Flavor::SocketIo => "/socket.io/?EIO=4&transport=websocket".to_string(),
         Flavor::Pusher | Flavor::PusherPresence => pusher::ws_path(),
+        Flavor::Sse | Flavor::NchanSse => return crate::sse::open(idx, target, flavor).await,
     };
     let (mut stream, mut buf) = connect_ws(idx, target, &path, rcvbuf).await?;
     if matches!(flavor, Flavor::Pusher | Flavor::PusherPresence) {
@@ -618,10 +633,10 @@ pub async fn run(
     group: u32,
     shared: Arc<Shared>,
 ) {
-    let state = Arc::new(Mutex::new(ClientState {
-        idx: addr.idx,
-        ..ClientState::default()
-    }));
+    if flavor.is_sse() {
+        return crate::sse::run(stream, addr, left, flavor, group, shared).await;
+    }
+    let state = Arc::new(Mutex::new(ClientState::new(addr.idx)));
     shared.add(group, state.clone());
     let mut out = Vec::new();
     let mut frag = Vec::new();

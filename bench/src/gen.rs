@@ -324,5 +324,6 @@ fn add(sum: &mut Progress, p: &Progress) {
     sum.dup += p.dup;
     sum.wrong += p.wrong;
     sum.bad += p.bad;
+    sum.out_of_order += p.out_of_order;
     sum.last_ns = sum.last_ns.max(p.last_ns);
 }

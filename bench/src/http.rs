@@ -29,12 +29,13 @@ impl Api {
     pub fn broadcast(&self, content: &str) -> Vec<u8> {
         match self.flavor {
             Flavor::Pusher | Flavor::PusherPresence => pusher::events(self.addr, content),
-            Flavor::Werkmann | Flavor::SocketIo => format!(
+            Flavor::Werkmann | Flavor::SocketIo | Flavor::Sse => format!(
                 "GET /?content={content} HTTP/1.1\r\nHost: {}\r\n\r\n",
                 self.addr
             )
             .into_bytes(),
             Flavor::Nchan => self.nchan_post("broadcast", content),
+            Flavor::NchanSse => self.post("/ssepub/broadcast", "text/plain", content),
         }
     }
 
@@ -43,13 +44,13 @@ impl Api {
     pub fn targeted(&self, to: &Address, content: &str) -> Vec<u8> {
         match self.flavor {
             Flavor::Pusher | Flavor::PusherPresence => pusher::events(self.addr, content),
-            Flavor::Werkmann | Flavor::SocketIo => format!(
+            Flavor::Werkmann | Flavor::SocketIo | Flavor::Sse => format!(
                 "GET /?to_worker_id={}&to_connection_id={}&content={content} HTTP/1.1\r\n\
                  Host: {}\r\n\r\n",
                 to.worker, to.conn, self.addr
             )
             .into_bytes(),
-            Flavor::Nchan => self.nchan_post(&to.conn, content),
+            Flavor::Nchan | Flavor::NchanSse => self.nchan_post(&to.conn, content),
         }
     }
 
@@ -65,9 +66,12 @@ impl Api {
                 );
                 self.post("/", "application/x-www-form-urlencoded", &body)
             }
-            Flavor::SocketIo | Flavor::Nchan | Flavor::Pusher | Flavor::PusherPresence => {
-                self.targeted(to, content)
-            }
+            Flavor::SocketIo
+            | Flavor::Nchan
+            | Flavor::Pusher
+            | Flavor::PusherPresence
+            | Flavor::Sse
+            | Flavor::NchanSse => self.targeted(to, content),
         }
     }
 
@@ -88,7 +92,7 @@ impl Api {
         match self.flavor {
             Flavor::SocketIo => 12 * 1024,
             Flavor::Pusher | Flavor::PusherPresence => 8 * 1024,
-            Flavor::Werkmann | Flavor::Nchan => 256 * 1024,
+            Flavor::Werkmann | Flavor::Nchan | Flavor::Sse | Flavor::NchanSse => 256 * 1024,
         }
     }
 

@@ -28,6 +28,7 @@ mod run;
 mod server;
 mod slow;
 mod soak;
+mod sse;
 mod systems;
 mod worker;
 

@@ -24,6 +24,19 @@ pub enum Flavor {
     /// [`Flavor::Pusher`] subscribed to the presence channel `presence-bench` as user
     /// `u{idx}` instead.
     PusherPresence,
+    /// Server-Sent Events from werkmann's publisher: `GET /sse?channel=Broadcast` (chunked);
+    /// pushes are the events' `data`, broadcast with the seed API (`sse.rs`).
+    Sse,
+    /// Server-Sent Events from Nchan: `GET /ssesub/broadcast` as an EventSource subscriber
+    /// (a plain body until the connection closes); pushes `POST /ssepub/broadcast`.
+    NchanSse,
+}
+
+impl Flavor {
+    /// Whether clients of this flavor read Server-Sent Events (not WebSocket frames).
+    pub fn is_sse(self) -> bool {
+        matches!(self, Flavor::Sse | Flavor::NchanSse)
+    }
 }
 
 /// What a measurement phase sends.
@@ -138,6 +151,9 @@ pub struct Progress {
     pub wrong: u64,
     /// Frames that are not a push at all (or out of range).
     pub bad: u64,
+    /// Server-Sent Events whose `id` is not after the stream's previous one.
+    #[serde(default)]
+    pub out_of_order: u64,
     /// The last correct delivery, `CLOCK_MONOTONIC` ns.
     pub last_ns: u64,
 }
