@@ -29,6 +29,8 @@ mod server;
 mod slow;
 mod soak;
 mod sse;
+mod sse_resumer;
+mod sse_rows;
 mod systems;
 mod worker;
 

@@ -284,8 +284,12 @@ pub fn brief(r: &Row) -> String {
         ],
         Scenario::Pusher => PUSHER_FIGURES,
         Scenario::Faults => FAULT_FIGURES,
+        Scenario::Sse => crate::sse_rows::SSE_FIGURES,
     };
-    let sparse = matches!(r.scenario, Scenario::Pusher | Scenario::Faults);
+    let sparse = matches!(
+        r.scenario,
+        Scenario::Pusher | Scenario::Faults | Scenario::Sse
+    );
     let mut s: Vec<String> = keys
         .iter()
         .filter(|(k, _)| !sparse || r.get(k).is_some())
@@ -324,7 +328,7 @@ pub fn aligned(header: &[&str], cells: &[Vec<String>]) -> String {
     out
 }
 
-fn table(out: &mut String, header: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(out: &mut String, header: &[&str], rows: Vec<Vec<String>>) {
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let _ = writeln!(
         out,
@@ -386,7 +390,7 @@ fn compared(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
             ("deliveries_per_s", "deliveries/s", true),
             ("p99_ms", "p99 latency, ms", false),
         ],
-        Scenario::DirMemory | Scenario::Pusher | Scenario::Faults => &[],
+        Scenario::DirMemory | Scenario::Pusher | Scenario::Faults | Scenario::Sse => &[],
     }
 }
 
@@ -517,6 +521,13 @@ fn before_after_figures(sc: Scenario) -> &'static [(&'static str, &'static str, 
             ("not_recovered", "not recovered", false),
             ("resume_p99_ms", "resume p99 ms", false),
             ("per_cpu_s", "deliveries per server CPU-s", true),
+        ],
+        Scenario::Sse => &[
+            ("kib_per_conn", "KiB per stream", false),
+            ("per_cpu_s", "deliveries per server CPU-s", true),
+            ("p99_ms", "p99 ms", false),
+            ("lost", "pushes lost", false),
+            ("resume_p99_ms", "resume p99 ms", false),
         ],
     }
 }
@@ -1104,6 +1115,10 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
         ),
         Scenario::Pusher => ("Pusher protocol, every figure", PUSHER_FIGURES),
         Scenario::Faults => ("Fault rows, every figure", FAULT_FIGURES),
+        Scenario::Sse => (
+            "Server-Sent Events, every figure",
+            crate::sse_rows::SSE_FIGURES,
+        ),
         Scenario::DirMemory => (
             "Directory memory per binding",
             &[
@@ -1597,6 +1612,7 @@ pub fn markdown(res: &Results) -> String {
     uid_next_to_targeted(&mut out, &res.rows, p);
     pusher_section(&mut out, &res.rows, p);
     faults_section(&mut out, &res.rows, p);
+    crate::sse_rows::section(&mut out, &res.rows, p);
     for sc in [Scenario::Uid, Scenario::Group, Scenario::DirMemory] {
         detail(&mut out, &res.rows, sc);
     }

@@ -364,7 +364,7 @@ async fn follow(
 
 /// Set `SO_LINGER` to 0, so that closing the socket sends a RST (and no FIN). (Tokio's
 /// `set_linger` is deprecated for blocking on drop, which a zero linger never does.)
-fn abort(stream: &TcpStream) -> Result<()> {
+pub(crate) fn abort(stream: &TcpStream) -> Result<()> {
     use std::os::fd::AsRawFd;
     let linger = libc::linger {
         l_onoff: 1,

@@ -34,6 +34,9 @@ pub enum Scenario {
     /// The fault group (`faults.rs`): resuming clients reset under paced pushes, and the
     /// broadcast row with history on and off; the label tells which.
     Faults,
+    /// Server-Sent Events next to Nchan's EventSource (`sse_rows.rs`): idle memory,
+    /// broadcast, paced latency, resume after drops; the label tells which.
+    Sse,
 }
 
 /// Delivery errors (summed over runs).

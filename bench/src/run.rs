@@ -14,7 +14,7 @@ use crate::clock::mono_ns;
 use crate::gen::{Gen, MAX_PER_WORKER};
 use crate::http::{Api, Conn};
 use crate::procfs;
-use crate::proto::{payload, Address, Kind};
+use crate::proto::{payload, Address, Flavor, Kind};
 use crate::report::{self, Results};
 use crate::row::{self, Errors, Row, Scenario};
 use crate::slow;
@@ -89,6 +89,20 @@ pub struct Plan {
     pub fault_secs: u32,
     /// Fault rows: share of the clients reset each second, percent.
     pub fault_reset_pct: u32,
+    /// SSE rows: streams of the idle, broadcast, paced and resume rows.
+    pub sse_n: u32,
+    /// SSE rows: pushes of the broadcast row.
+    pub sse_m: u32,
+    /// SSE rows: pushes per second of the paced (latency) row.
+    pub sse_paced_rate: u32,
+    /// SSE rows: length of the paced row, seconds.
+    pub sse_paced_secs: u32,
+    /// SSE rows: pushes per second of the resume row.
+    pub sse_rate: u32,
+    /// SSE rows: length of the resume row, seconds (a round of drops each second).
+    pub sse_secs: u32,
+    /// SSE rows: share of the streams dropped each second, percent.
+    pub sse_drop_pct: u32,
     /// Arguments for `pushbench channel`.
     pub channel_args: Vec<String>,
     /// Stop starting new sessions after this long.
@@ -132,6 +146,13 @@ impl Plan {
             fault_rate: 10,
             fault_secs: 30,
             fault_reset_pct: 10,
+            sse_n: 10_000,
+            sse_m: 200,
+            sse_paced_rate: 20,
+            sse_paced_secs: 5,
+            sse_rate: 10,
+            sse_secs: 20,
+            sse_drop_pct: 10,
             channel_args: vec!["--quick".into()],
             budget: Duration::from_secs(20 * 60),
         }
@@ -173,6 +194,13 @@ impl Plan {
             fault_rate: 10,
             fault_secs: 10,
             fault_reset_pct: 10,
+            sse_n: 2_000,
+            sse_m: 50,
+            sse_paced_rate: 20,
+            sse_paced_secs: 2,
+            sse_rate: 10,
+            sse_secs: 5,
+            sse_drop_pct: 10,
             channel_args: vec!["--quick".into(), "--events".into(), "30000".into()],
             budget: Duration::from_secs(210),
         }
@@ -187,7 +215,7 @@ pub struct Options {
     /// Whether `--quick` was given.
     pub quick: bool,
     /// Scenario groups to run: idle, one-node, nodes, broadcast, targeted, paced, publish,
-    /// slow, gateway, dir-memory, channel, pusher, faults.
+    /// slow, gateway, dir-memory, channel, pusher, faults, sse.
     pub only: Vec<String>,
     /// Systems to run: werkmann, werkmann-before (needs `baseline`), nchan, socketio, soketi.
     pub systems: Vec<String>,
@@ -212,9 +240,9 @@ pub struct Options {
 const SYSTEMS: [&str; 5] = ["werkmann", "werkmann-before", "nchan", "socketio", "soketi"];
 
 /// Groups the default run leaves out (`--only` names them).
-const NOT_BY_DEFAULT: [&str; 2] = ["pusher", "faults"];
+const NOT_BY_DEFAULT: [&str; 3] = ["pusher", "faults", "sse"];
 
-const GROUPS: [&str; 13] = [
+const GROUPS: [&str; 14] = [
     "idle",
     "one-node",
     "nodes",
@@ -228,22 +256,27 @@ const GROUPS: [&str; 13] = [
     "channel",
     "pusher",
     "faults",
+    "sse",
 ];
 
 /// Usage text.
 pub const USAGE: &str = "\
 Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--modes LIST]
                  [--repeats N] [--budget SECS] [--baseline DIR] [--presence N]
+                 [--sse-streams N] [--sse-pushes M]
   --quick          the small set (under 4 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
   --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
-                   gateway,dir-memory,channel,pusher,faults (gateway: uid, targeted and group
+                   gateway,dir-memory,channel,pusher,faults,sse (gateway: uid, targeted and group
                    pushes through the directory on 4 nodes; dir-memory: the directory's memory
                    per binding; pusher: werkmann's Pusher protocol next to Soketi; faults:
                    10k resuming clients under 10 pushes/s, 10 % of them reset every second
                    for 30 s — lost, duplicated, not recovered, resume p50/p99 — on each mode,
-                   and broadcast 10k × 200 with history on next to off; pusher and faults are
-                   not in the default run, only when named)
+                   and broadcast 10k × 200 with history on next to off; sse: werkmann's
+                   /sse next to Nchan's EventSource on 10k streams — idle KiB per stream,
+                   broadcast × 200 per server CPU-s, paced latency p50/p99, and 10 % dropped
+                   every second for 20 s resuming with Last-Event-ID — on each werkmann mode;
+                   pusher, faults and sse are not in the default run, only when named)
   --systems LIST   werkmann,werkmann-before,nchan,socketio,soketi (default: all but
                    werkmann-before; --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
@@ -255,6 +288,8 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
   --fault-secs S   length of the reset row, seconds (default 30, --quick 10)
   --fault-rate R   pushes per second of the reset row (default 10: at 20 the 2 cores here
                    no longer keep up, resumes take seconds and outrun the history)
+  --sse-streams N  streams of the sse group's rows (default 10000, --quick 2000)
+  --sse-pushes M   pushes of the sse group's broadcast row (default 200, --quick 50)
   --bin-dir DIR    werkmann binaries (default: next to pushbench)
   --baseline DIR   an older build's werkmann binaries (start_all, start_channel, start_ws,
                    start_http): werkmann runs a second time from there, as werkmann-before,
@@ -291,6 +326,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
     };
     let (mut repeats, mut budget, mut systems, mut presence) = (None, None, None, None);
     let (mut fault_n, mut fault_secs, mut fault_rate) = (None, None, None);
+    let (mut sse_n, mut sse_m) = (None, None);
     let mut args = Args::new(args, USAGE);
     let list = |v: &str| -> Vec<String> { v.split(',').map(|s| s.trim().to_string()).collect() };
     while let Some((name, inline)) = args.next_option() {
@@ -309,6 +345,8 @@ pub fn parse(args: &[String]) -> Result<Options> {
             }
             "--fault-secs" => fault_secs = Some(value()?.parse::<u32>().context("--fault-secs")?),
             "--fault-rate" => fault_rate = Some(value()?.parse::<u32>().context("--fault-rate")?),
+            "--sse-streams" => sse_n = Some(value()?.parse::<u32>().context("--sse-streams")?),
+            "--sse-pushes" => sse_m = Some(value()?.parse::<u32>().context("--sse-pushes")?),
             "--budget" => budget = Some(value()?.parse::<u64>().context("--budget")?),
             "--bin-dir" => o.bin_dir = PathBuf::from(value()?),
             "--baseline" => o.baseline = Some(PathBuf::from(value()?)),
@@ -341,6 +379,12 @@ pub fn parse(args: &[String]) -> Result<Options> {
     }
     if let Some(r) = fault_rate {
         o.plan.fault_rate = r.max(1);
+    }
+    if let Some(n) = sse_n {
+        o.plan.sse_n = n.max(1);
+    }
+    if let Some(m) = sse_m {
+        o.plan.sse_m = m.max(1);
     }
     for g in &o.only {
         if !GROUPS.contains(&g.as_str()) {
@@ -413,6 +457,8 @@ pub(crate) struct Delivery {
     pub(crate) gen_cpu_ns: u64,
     pub(crate) p: [Option<u64>; 3],
     pub(crate) max_ns: u64,
+    /// Server-Sent Events whose id was not after the stream's previous one.
+    pub(crate) out_of_order: u64,
 }
 
 /// The running suite.
@@ -538,9 +584,24 @@ impl Suite {
         conn: &mut Conn,
         n: u32,
     ) -> Result<Idle> {
+        let (flavor, targets) = (sys.setup.flavor(), sys.ws.clone());
+        self.idle_as(sys, gen, conn, n, flavor, &targets).await
+    }
+
+    /// [`Suite::idle`] with clients of `flavor` at `targets` (the SSE rows' streams on the
+    /// publisher's port); the warm-up goes through `sys.api`.
+    pub(crate) async fn idle_as(
+        &mut self,
+        sys: &mut Running,
+        gen: &mut Gen,
+        conn: &mut Conn,
+        n: u32,
+        flavor: Flavor,
+        targets: &[std::net::SocketAddr],
+    ) -> Result<Idle> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (mem0, rss0) = (sys.mem_kib(), sys.rss_kib());
-        let opened = gen.open(sys.setup.flavor(), &sys.ws.clone(), n).await?;
+        let opened = gen.open(flavor, targets, n).await?;
         if opened.failed > 0 {
             self.notes.push(format!(
                 "{} ({}): {} of {n} clients failed to open: {}",
@@ -654,7 +715,7 @@ impl Suite {
                 dup: rep.progress.dup,
                 wrong: rep.progress.wrong,
                 stray: rep.progress.stray,
-                bad: rep.progress.bad,
+                bad: rep.progress.bad + rep.progress.out_of_order,
                 http: sent.failed,
                 answer: sent.unexpected,
                 open_failed: 0,
@@ -668,6 +729,7 @@ impl Suite {
                 rep.hist.quantile_ns(0.99),
             ],
             max_ns: rep.hist.max_ns(),
+            out_of_order: rep.progress.out_of_order,
         })
     }
 
@@ -708,6 +770,9 @@ impl Suite {
         }
         if d.received > 0 {
             r.set("max_ms", d.max_ns as f64 / 1e6);
+        }
+        if sc == Scenario::Sse {
+            r.set("out_of_order", d.out_of_order as f64);
         }
         r.errors = d.errors.clone();
         r.notes.extend(d.publish_error.clone());
@@ -1584,6 +1649,9 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
             suite.guarded(what, r).await;
         }
     }
+    if suite.want("sse") {
+        suite.group_sse().await;
+    }
     let (mut channel, mut channel_before) = (None, None);
     if suite.want("channel") {
         for build in suite.builds() {
@@ -1727,6 +1795,39 @@ mod tests {
         };
         assert_eq!(off.mode(), "all-in-one, history off");
         assert_eq!(off.system(), "werkmann");
+    }
+
+    #[test]
+    fn the_sse_group_runs_only_when_named_next_to_nchan() {
+        let o = parse(&args("--quick")).unwrap();
+        assert!(!o.only.iter().any(|g| g == "sse"));
+        assert_eq!((o.plan.sse_n, o.plan.sse_m), (2_000, 50));
+        let o = parse(&args(
+            "--only sse --sse-streams 500 --sse-pushes=20 --modes all,cluster",
+        ))
+        .unwrap();
+        assert_eq!(o.only, ["sse"]);
+        assert_eq!((o.plan.sse_n, o.plan.sse_m), (500, 20));
+        let s = suite(o);
+        let current = Build::Current;
+        assert_eq!(
+            s.setups_sse(),
+            [
+                Setup::WerkmannAll { build: current },
+                Setup::WerkmannCluster {
+                    ws: 2,
+                    build: current
+                },
+                Setup::Nchan { workers: 2 },
+            ]
+        );
+        let o = parse(&args("--only sse --systems werkmann --modes all")).unwrap();
+        assert_eq!(
+            suite(o).setups_sse(),
+            [Setup::WerkmannAll { build: current }]
+        );
+        assert!(parse(&args("--sse-streams many")).is_err());
+        assert!(parse(&args("--sse-pushes")).is_err());
     }
 
     #[test]
