@@ -165,6 +165,11 @@ impl Seen {
         }
     }
 
+    /// Pushes the resume under way (if any) already counted as missed.
+    fn resuming_due(&self) -> u32 {
+        self.resuming.map_or(0, |(_, due)| due)
+    }
+
     /// A resume under way is done once every push published at its start is here.
     fn check_resumed(&mut self, now: u64, shared: &Shared) {
         if let Some((started, due)) = self.resuming {
@@ -249,9 +254,10 @@ pub async fn run(idx: u32, shared: Arc<Shared>, wake: Arc<Notify>) -> Seen {
             }
         }
         let started = mono_ns();
-        if !first && seen.resuming.is_none() {
+        if !first {
+            // A resume cut short by another drop is not counted: this one starts now.
             let due = shared.published.load(Ordering::Relaxed);
-            seen.missed += u64::from(due.saturating_sub(seen.next));
+            seen.missed += u64::from(due.saturating_sub(seen.next.max(seen.resuming_due())));
             seen.resuming = Some((started, due));
         }
         let conn = if first {
