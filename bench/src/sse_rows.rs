@@ -456,6 +456,9 @@ fn figures(label_of: &str, plan: &Plan) -> &'static [(&'static str, &'static str
     }
 }
 
+/// Figures that count events: whole numbers, and no ratio.
+const COUNTS: [&str; 5] = ["reconnects", "missed", "lost", "dup", "not_recovered"];
+
 /// The SSE section: every row, each setup a column, and werkmann's first mode ÷ Nchan.
 pub(crate) fn section(out: &mut String, rows: &[Row], plan: &Plan) {
     let sse: Vec<&Row> = rows
@@ -500,9 +503,16 @@ pub(crate) fn section(out: &mut String, rows: &[Row], plan: &Plan) {
             if vals.iter().all(Option::is_none) {
                 continue;
             }
+            let count = COUNTS.contains(key);
             let mut line = vec![label.clone(), name.to_string()];
-            line.extend(vals.iter().map(|v| v.map_or("—".into(), num)));
-            if let (Some(w), Some(n)) = (&werkmann, &nchan) {
+            line.extend(vals.iter().map(|v| match v {
+                Some(v) if count && *v < 1000.0 => format!("{v:.0}"),
+                Some(v) => num(*v),
+                None => "—".into(),
+            }));
+            if count && werkmann.is_some() && nchan.is_some() {
+                line.push(String::new());
+            } else if let (Some(w), Some(n)) = (&werkmann, &nchan) {
                 let (a, b) = (
                     of(w, label).and_then(|r| r.get(key)),
                     of(n, label).and_then(|r| r.get(key)),
@@ -575,5 +585,17 @@ mod tests {
         );
         assert_eq!(flavor(n), Flavor::NchanSse);
         assert_eq!(flavor(w), Flavor::Sse);
+        // Counts: whole numbers, no ratio.
+        let label = resume_label(plan.sse_n, plan.sse_rate, plan.sse_drop_pct, plan.sse_secs);
+        let mut a = Row::new(Scenario::Sse, &label, w);
+        a.set("lost", 0.0);
+        a.set("reconnects", 19_044.0);
+        let mut b = Row::new(Scenario::Sse, &label, n);
+        b.set("lost", 0.0);
+        b.set("reconnects", 19_048.0);
+        let mut out = String::new();
+        section(&mut out, &[a, b], &plan);
+        assert!(out.contains("| lost | 0 | 0 |  |"), "{out}");
+        assert!(out.contains("| reconnects | 19,044 | 19,048 |  |"), "{out}");
     }
 }
