@@ -286,16 +286,21 @@ impl Node {
     pub(crate) fn register(&self, conn: &Connection) {
         if let Some(only) = &self.only {
             if only.registered.borrow_mut().insert(conn.id()) {
-                self.send(&DirOp::Register {
-                    clients: vec![Registration {
-                        client_id: ClientId::new(self.worker, conn.id()),
-                        uid: None,
-                        groups: Vec::new(),
-                        session: None,
-                    }],
-                });
+                self.register_new(conn.id());
             }
         }
+    }
+
+    /// Tell the directory of a new connection (nothing bound yet).
+    fn register_new(&self, conn: u64) {
+        self.send(&DirOp::Register {
+            clients: vec![Registration {
+                client_id: ClientId::new(self.worker, conn),
+                uid: None,
+                groups: Vec::new(),
+                session: None,
+            }],
+        });
     }
 
     /// A connection's member name in a group's presence: its uid, or its client id.
@@ -477,14 +482,7 @@ impl ConnectionHooks for Node {
         if self.only.is_some() {
             return; // registered by the app, if at all
         }
-        self.send(&DirOp::Register {
-            clients: vec![Registration {
-                client_id: ClientId::new(self.worker, conn.id()),
-                uid: None,
-                groups: Vec::new(),
-                session: None,
-            }],
-        });
+        self.register_new(conn.id());
     }
 
     fn closed(&self, id: u64) {
