@@ -174,13 +174,26 @@ impl LocalOut {
     fn send_local_now(this: &RefCell<LocalOut>) {
         let (batches, flush) = {
             let mut out = this.borrow_mut();
-            out.flush_ids.clear();
-            (
-                std::mem::take(&mut out.batches),
-                std::mem::take(&mut out.flush),
-            )
+            if out.batches.is_empty() {
+                // No in-process subscriber (a channel server's usual turn): the TCP writes
+                // stay batched to the turn's end.
+                return;
+            }
+            // The subscribers' writes go before any acknowledgement in the batches, as at the
+            // end; without one they too stay batched.
+            let acks = out
+                .batches
+                .iter()
+                .any(|(_, _, items)| items.iter().any(|d| d.kind == DeliveryKind::Ack));
+            let flush = match acks {
+                true => {
+                    out.flush_ids.clear();
+                    std::mem::take(&mut out.flush)
+                }
+                false => Vec::new(),
+            };
+            (std::mem::take(&mut out.batches), flush)
         };
-        // The subscribers' writes before any acknowledgement in the batches, as at the end.
         for conn in flush {
             conn.flush_now();
         }
