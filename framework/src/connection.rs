@@ -174,6 +174,72 @@ pub(crate) mod clock {
     }
 }
 
+/// Sends made while one event goes out to many connections (a feed's readers): queued, and
+/// each connection written once when the thread's turn ends, with whatever else the turn
+/// queued for it — a burst of events costs a write per connection, not one per event, and no
+/// wake-up of each connection's task.
+pub(crate) mod fan_out {
+    use std::cell::{Cell, RefCell};
+
+    use super::Connection;
+
+    thread_local! {
+        static ON: Cell<bool> = const { Cell::new(false) };
+        /// Connections with writes queued by fan-outs, written when the turn ends.
+        static PENDING: RefCell<Vec<Connection>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Run `f` with sends queued when `many` (else as they are).
+    pub fn to_many<R>(many: bool, f: impl FnOnce() -> R) -> R {
+        if !many || ON.with(Cell::get) {
+            return f();
+        }
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                ON.with(|o| o.set(false));
+            }
+        }
+        ON.with(|o| o.set(true));
+        let _reset = Reset;
+        f()
+    }
+
+    /// Whether a send may try its socket now.
+    pub fn write_now() -> bool {
+        !ON.with(Cell::get)
+    }
+
+    /// `conn`'s first queued write, made in a fan-out: written at the turn's end (true), or
+    /// not in a fan-out (false: its task is woken as usual).
+    pub fn write_later(conn: &Connection) -> bool {
+        if ON.with(Cell::get) && tokio::runtime::Handle::try_current().is_ok() {
+            let first = PENDING.with(|p| {
+                let mut p = p.borrow_mut();
+                p.push(conn.clone());
+                p.len() == 1
+            });
+            if first {
+                actix_rt::spawn(async { flush() });
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Write what the turn's fan-outs queued, each connection once.
+    fn flush() {
+        let conns = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        for conn in conns {
+            if conn.0.status.get() == super::Status::Established {
+                conn.flush_now();
+            } else {
+                conn.wake();
+            }
+        }
+    }
+}
+
 /// A connection, cheap to clone, usable only on the thread of the worker instance that owns it.
 #[derive(Clone)]
 pub struct Connection(pub(crate) Rc<ConnInner>);
@@ -299,7 +365,7 @@ impl Connection {
 
     /// Encode `msg` with the connection's protocol and send it.
     pub fn send(&self, msg: impl Into<Message>) -> SendStatus {
-        self.send_message(msg.into(), true)
+        self.send_message(msg.into(), fan_out::write_now())
     }
 
     /// Encode `msg` and queue it without trying the socket now: the connection's task writes it
@@ -353,7 +419,7 @@ impl Connection {
     /// Send bytes already encoded for this connection's protocol (Workerman's `$raw = true`).
     /// Tries the socket at once when nothing is queued.
     pub fn send_raw(&self, bytes: Bytes) -> SendStatus {
-        self.push_raw(bytes, true)
+        self.push_raw(bytes, fan_out::write_now())
     }
 
     /// Queue pre-encoded bytes without trying the socket now; the connection's task writes them
@@ -384,7 +450,7 @@ impl Connection {
             }
             Pushed::Queued { wake, full } => {
                 self.count_out();
-                if wake {
+                if wake && !fan_out::write_later(self) {
                     self.wake();
                 }
                 if full {
@@ -1122,6 +1188,26 @@ async fn linger(stream: TcpStream) {
 mod tests {
     use super::*;
     use crate::protocol::ProtocolKind;
+
+    /// A fan-out queues the sends made in it, nested or not, and only there — also when what
+    /// ran in it panicked.
+    #[test]
+    fn sends_queue_only_inside_a_fan_out() {
+        assert!(fan_out::write_now());
+        fan_out::to_many(false, || assert!(fan_out::write_now(), "to a few: at once"));
+        fan_out::to_many(true, || {
+            assert!(!fan_out::write_now());
+            fan_out::to_many(true, || assert!(!fan_out::write_now()));
+            assert!(
+                !fan_out::write_now(),
+                "an inner fan-out leaves the outer on"
+            );
+        });
+        assert!(fan_out::write_now());
+        let caught = std::panic::catch_unwind(|| fan_out::to_many(true, || panic!("a sink")));
+        assert!(caught.is_err());
+        assert!(fan_out::write_now(), "reset after a panic");
+    }
 
     /// The queue's verdicts reach the callbacks and counters, without a socket: a connection
     /// not yet attached queues everything.

@@ -347,6 +347,8 @@ async fn streams_resume(mut c: Cluster) {
     assert_eq!(m.data().await, (Some("tiny".into()), "t5".into()));
     drop(m);
 
+    many_streams_get_a_burst_once_in_order(first).await;
+
     // The bus restarts empty (a channel server, a Redis without persistence): a reader from
     // before is told it lost what came meanwhile, never given a silent gap.
     if c.bus.is_some() {
@@ -359,6 +361,43 @@ async fn streams_resume(mut c: Cluster) {
         );
         push(first, "/?content=acht").await;
         assert_eq!(r.data().await.1, "acht");
+    }
+}
+
+/// Many streams of one name (past the few written at once, so their writes are queued and
+/// made once per turn): a burst of concurrent pushes reaches each of them, every push once,
+/// all in the same order, with ids that only go up.
+async fn many_streams_get_a_burst_once_in_order(web: SocketAddr) {
+    const STREAMS: usize = 24;
+    const PUSHES: usize = 30;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(Sse::open(web, "channel=fan", None).await);
+    }
+    let paths: Vec<String> = (0..PUSHES)
+        .map(|i| format!("/?channel=fan&content=p{i}"))
+        .collect();
+    futures_util::future::join_all(paths.iter().map(|p| push(web, p))).await;
+    let mut first: Option<Vec<String>> = None;
+    for s in &mut streams {
+        let mut got = Vec::new();
+        let mut last = 0u64;
+        for _ in 0..PUSHES {
+            let e = s.next().await;
+            let id = e.id.expect("an id");
+            let offset: u64 = id.rsplit(':').next().unwrap().parse().unwrap();
+            assert!(offset > last, "ids go up: {id} after offset {last}");
+            last = offset;
+            got.push(e.data.expect("data"));
+        }
+        let mut sorted = got.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), PUSHES, "every push once: {got:?}");
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert_eq!(&got, f, "every stream in the same order"),
+        }
     }
 }
 

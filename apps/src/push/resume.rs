@@ -122,9 +122,17 @@ pub fn data_text(data: &bytes::Bytes) -> String {
 /// One encoding of an event for every reader that would encode it alike: readers of one name
 /// at the same position (every single-name reader of an instance) share the bytes. Keyed by
 /// the event's data (the same `Bytes` handed to each reader, kept alive here, so its address
-/// names it) and a key of the reader's own (its name and id).
+/// names it), the label the reader gives it and the positions of its id — compared, not
+/// formatted, so a reader that shares an encoding costs no allocation.
 pub struct Shared<T: Clone> {
-    last: std::cell::RefCell<Option<(bytes::Bytes, String, T)>>,
+    last: std::cell::RefCell<Option<Cached<T>>>,
+}
+
+struct Cached<T> {
+    data: bytes::Bytes,
+    label: String,
+    positions: Vec<Position>,
+    value: T,
 }
 
 impl<T: Clone> Shared<T> {
@@ -135,16 +143,32 @@ impl<T: Clone> Shared<T> {
         }
     }
 
-    /// The encoding for `data` under `key`, made by `make` unless the last one fits.
-    pub fn get(&self, data: &bytes::Bytes, key: &str, make: impl FnOnce() -> T) -> T {
-        if let Some((d, k, v)) = &*self.last.borrow() {
-            if d.as_ptr() == data.as_ptr() && d.len() == data.len() && k == key {
-                return v.clone();
+    /// The encoding for `data` labelled `label` at `positions`, made by `make` unless the last
+    /// one fits.
+    pub fn get(
+        &self,
+        data: &bytes::Bytes,
+        label: &str,
+        positions: &[Position],
+        make: impl FnOnce() -> T,
+    ) -> T {
+        if let Some(c) = &*self.last.borrow() {
+            if c.data.as_ptr() == data.as_ptr()
+                && c.data.len() == data.len()
+                && c.label == label
+                && c.positions == positions
+            {
+                return c.value.clone();
             }
         }
-        let v = make();
-        *self.last.borrow_mut() = Some((data.clone(), key.to_string(), v.clone()));
-        v
+        let value = make();
+        *self.last.borrow_mut() = Some(Cached {
+            data: data.clone(),
+            label: label.to_string(),
+            positions: positions.to_vec(),
+            value: value.clone(),
+        });
+        value
     }
 }
 
@@ -161,14 +185,14 @@ pub enum Step<'a> {
     /// `{"recovered", "lost"}` (a resumed reader caught up, or a name started again), and the
     /// id.
     Recovery(serde_json::Value, String),
-    /// An event of name `index`, and the id after it.
+    /// An event of name `index`, and the positions after it (its id: [`id_of`]).
     Message {
         /// The name's index.
         index: usize,
         /// Its PHP data.
         data: &'a bytes::Bytes,
-        /// The id.
-        id: String,
+        /// Every name's position after it.
+        positions: &'a [Position],
     },
 }
 
@@ -194,7 +218,7 @@ pub fn step<'a>(labels: &[String], ev: werkmann::channel::FeedEvent<'a>) -> Step
         } => Step::Message {
             index,
             data,
-            id: id_of(positions),
+            positions,
         },
     }
 }
@@ -241,16 +265,19 @@ mod tests {
         };
         let a = bytes::Bytes::from_static(b"i:1;");
         let a2 = bytes::Bytes::copy_from_slice(b"i:1;"); // equal bytes, another event
-        assert_eq!(cache.get(&a, "1:1", || make("x")), "x");
-        assert_eq!(cache.get(&a.clone(), "1:1", || make("y")), "x");
+        let at = |o| {
+            [Position {
+                epoch: 1,
+                offset: o,
+            }]
+        };
+        assert_eq!(cache.get(&a, "n", &at(1), || make("x")), "x");
+        assert_eq!(cache.get(&a.clone(), "n", &at(1), || make("y")), "x");
         assert_eq!(made.get(), 1, "the same event at the same place: shared");
-        assert_eq!(cache.get(&a, "1:2", || make("z")), "z");
-        assert_eq!(cache.get(&a2, "1:2", || make("w")), "w");
-        assert_eq!(
-            made.get(),
-            3,
-            "another place or another event: encoded anew"
-        );
+        assert_eq!(cache.get(&a, "n", &at(2), || make("z")), "z");
+        assert_eq!(cache.get(&a2, "n", &at(2), || make("w")), "w");
+        assert_eq!(cache.get(&a2, "m", &at(2), || make("v")), "v");
+        assert_eq!(made.get(), 4, "another place, event or label: encoded anew");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use werkmann::channel::{Feeds, Follow, Name};
 use werkmann::gateway::{Gateway, Tokens};
 use werkmann::{Chunk, Connection, Request, Response, ServerSentEvent};
 
-use super::resume::{channels, data_text, positions, step, Shared, Step};
+use super::resume::{channels, data_text, id_of, positions, step, Shared, Step};
 
 /// How soon a browser reconnects after the stream drops.
 const RETRY: Duration = Duration::from_secs(1);
@@ -114,21 +114,17 @@ pub fn handle(conn: &Connection, req: &Request, feeds: Option<&Feeds>) {
             Step::Recovery(v, id) => ServerSentEvent::data(v.to_string())
                 .event("recovery")
                 .id(id),
-            Step::Message { index, data, id } => {
+            Step::Message {
+                index,
+                data,
+                positions,
+            } => {
                 // Encoded once for every stream at the same place (see `Shared`).
-                let key = if named {
-                    format!("{}\n{id}", labels[index])
-                } else {
-                    id.clone()
-                };
+                let label = if named { labels[index].as_str() } else { "" };
                 let chunk = FRAMES.with(|f| {
-                    f.get(data, &key, || {
-                        let e = ServerSentEvent::data(data_text(data)).id(id);
-                        let e = if named {
-                            e.event(labels[index].clone())
-                        } else {
-                            e
-                        };
+                    f.get(data, label, positions, || {
+                        let e = ServerSentEvent::data(data_text(data)).id(id_of(positions));
+                        let e = if named { e.event(label) } else { e };
                         Chunk::from(e).shared()
                     })
                 });

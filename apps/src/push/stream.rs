@@ -31,7 +31,7 @@ use werkmann::channel::{Feeds, Follow, Name};
 use werkmann::{Connection, Message, Request, Response};
 
 use super::delivery;
-use super::resume::{channels, data_text, positions, step, Shared, Step};
+use super::resume::{channels, data_text, id_of, positions, step, Shared, Step};
 
 thread_local! {
     /// The last message encoded on this thread (and the ack token it asks for), for the next
@@ -83,11 +83,14 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
                 v["id"] = id.into();
                 v
             }
-            Step::Message { index, data, id } => {
+            Step::Message {
+                index,
+                data,
+                positions,
+            } => {
                 // Encoded once for every reader at the same place (see `Shared`).
-                let key = format!("{}\n{id}", labels[index]);
                 let (bytes, ack) = FRAMES.with(|f| {
-                    f.get(data, &key, || {
+                    f.get(data, &labels[index], positions, || {
                         // A push that wants acknowledgements carries its token.
                         let ack = delivery::asked(data)
                             .filter(|a| a.ack.is_some())
@@ -96,7 +99,7 @@ pub fn accept(conn: &Connection, req: &Request, worker_id: u32) -> Result<(), Re
                             "type": "message",
                             "channel": labels[index],
                             "data": data_text(data),
-                            "id": id,
+                            "id": id_of(positions),
                         });
                         if let Some(t) = &ack {
                             v["ack"] = t.as_str().into();

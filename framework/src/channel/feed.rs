@@ -347,13 +347,19 @@ impl FeedsInner {
             .get(name)
             .map(|l| l.iter().filter_map(|(_, r)| r.upgrade()).collect())
             .unwrap_or_default();
-        for r in &readers {
-            for (i, n) in r.names.iter().enumerate() {
-                if n == name {
-                    r.event(i, pos, data);
+        // To more than a few readers the sends are queued (`connection::fan_out`).
+        crate::connection::fan_out::to_many(
+            readers.len() > crate::worker::instance::WRITE_NOW_MAX,
+            || {
+                for r in &readers {
+                    for (i, n) in r.names.iter().enumerate() {
+                        if n == name {
+                            r.event(i, pos, data);
+                        }
+                    }
                 }
-            }
-        }
+            },
+        );
         readers.len()
     }
 }

@@ -469,7 +469,7 @@ impl WorkerInstance {
 /// Up to this many connections, a send to several writes to each socket at once (as a send
 /// to one does); past it, the bytes are queued and each connection's task writes them, so
 /// that the sending turn stays short and writes coalesce.
-const WRITE_NOW_MAX: usize = 8;
+pub(crate) const WRITE_NOW_MAX: usize = 8;
 
 /// Send `bytes` to each of `conns`: written at once to a few, queued for many.
 fn send_encoded<'a, I>(conns: I, bytes: &Bytes) -> BroadcastReport
