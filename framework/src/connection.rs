@@ -142,6 +142,8 @@ pub(crate) struct ConnInner {
     head_since: Cell<u32>,
     /// The codec has a body of its own to send (a file response): the task pulls it.
     pulling: Cell<bool>,
+    /// A fan-out of this turn reached it (see [`fan_out`]).
+    fanned: Cell<bool>,
 }
 
 /// A codec-sourced body (a file response) is read this far ahead of the socket.
@@ -174,22 +176,23 @@ pub(crate) mod clock {
     }
 }
 
-/// Sends made while one event goes out to many connections (a feed's readers): queued, and
-/// each connection written once when the thread's turn ends, with whatever else the turn
-/// queued for it — a burst of events costs a write per connection, not one per event, and no
-/// wake-up of each connection's task.
+/// Sends made while one event goes out to many connections (a feed's readers): a
+/// connection's first in a turn is written at once, as any send, and what follows in the
+/// same turn is queued and written with one call when the turn ends — a burst of events costs
+/// about a write per connection and turn, not one per event, and a lone event is not delayed.
 pub(crate) mod fan_out {
     use std::cell::{Cell, RefCell};
 
-    use super::Connection;
+    use super::{Connection, Status};
 
     thread_local! {
         static ON: Cell<bool> = const { Cell::new(false) };
-        /// Connections with writes queued by fan-outs, written when the turn ends.
-        static PENDING: RefCell<Vec<Connection>> = const { RefCell::new(Vec::new()) };
+        /// Connections fan-outs reached this turn: written (what is queued) and unmarked
+        /// when it ends.
+        static REACHED: RefCell<Vec<Connection>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// Run `f` with sends queued when `many` (else as they are).
+    /// Run `f` with sends fanned out when `many` (else as they are).
     pub fn to_many<R>(many: bool, f: impl FnOnce() -> R) -> R {
         if !many || ON.with(Cell::get) {
             return f();
@@ -205,33 +208,42 @@ pub(crate) mod fan_out {
         f()
     }
 
-    /// Whether a send may try its socket now.
-    pub fn write_now() -> bool {
-        !ON.with(Cell::get)
-    }
-
-    /// `conn`'s first queued write, made in a fan-out: written at the turn's end (true), or
-    /// not in a fan-out (false: its task is woken as usual).
-    pub fn write_later(conn: &Connection) -> bool {
-        if ON.with(Cell::get) && tokio::runtime::Handle::try_current().is_ok() {
-            let first = PENDING.with(|p| {
-                let mut p = p.borrow_mut();
-                p.push(conn.clone());
-                p.len() == 1
-            });
-            if first {
-                actix_rt::spawn(async { flush() });
-            }
+    /// Whether a send on `conn` may try its socket now: outside a fan-out always; inside,
+    /// only the first of the turn (the others queue behind it).
+    pub fn write_now(conn: &Connection) -> bool {
+        if !ON.with(Cell::get) {
             return true;
         }
-        false
+        if conn.0.fanned.replace(true) {
+            return false;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            conn.0.fanned.set(false);
+            return true;
+        }
+        let first = REACHED.with(|r| {
+            let mut r = r.borrow_mut();
+            r.push(conn.clone());
+            r.len() == 1
+        });
+        if first {
+            actix_rt::spawn(async { flush() });
+        }
+        true
     }
 
-    /// Write what the turn's fan-outs queued, each connection once.
+    /// Whether a queued write on `conn` waits for the turn's end (made in a fan-out that
+    /// reached it) rather than waking its task.
+    pub fn write_later(conn: &Connection) -> bool {
+        ON.with(Cell::get) && conn.0.fanned.get()
+    }
+
+    /// The turn's end: write what the fan-outs queued, each connection once.
     fn flush() {
-        let conns = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        let conns = REACHED.with(|r| std::mem::take(&mut *r.borrow_mut()));
         for conn in conns {
-            if conn.0.status.get() == super::Status::Established {
+            conn.0.fanned.set(false);
+            if conn.0.status.get() == Status::Established {
                 conn.flush_now();
             } else {
                 conn.wake();
@@ -289,6 +301,7 @@ impl Connection {
             closing_since: Cell::new(0),
             head_since: Cell::new(NO_HEAD),
             pulling: Cell::new(false),
+            fanned: Cell::new(false),
         }))
     }
 
@@ -365,7 +378,7 @@ impl Connection {
 
     /// Encode `msg` with the connection's protocol and send it.
     pub fn send(&self, msg: impl Into<Message>) -> SendStatus {
-        self.send_message(msg.into(), fan_out::write_now())
+        self.send_message(msg.into(), fan_out::write_now(self))
     }
 
     /// Encode `msg` and queue it without trying the socket now: the connection's task writes it
@@ -399,7 +412,7 @@ impl Connection {
             // A head whose body the task reads next: queued, so that head and first piece go
             // out in one write (a small file: one segment, one wake-up of the client).
             Ok(bytes) if body || !try_now => self.send_deferred(bytes),
-            Ok(bytes) => self.send_raw(bytes),
+            Ok(bytes) => self.push_raw(bytes, true),
             Err(e) => {
                 log::warn!("connection {}: {e}", self.0.id);
                 self.count_failure();
@@ -419,7 +432,7 @@ impl Connection {
     /// Send bytes already encoded for this connection's protocol (Workerman's `$raw = true`).
     /// Tries the socket at once when nothing is queued.
     pub fn send_raw(&self, bytes: Bytes) -> SendStatus {
-        self.push_raw(bytes, fan_out::write_now())
+        self.push_raw(bytes, fan_out::write_now(self))
     }
 
     /// Queue pre-encoded bytes without trying the socket now; the connection's task writes them
@@ -1189,24 +1202,35 @@ mod tests {
     use super::*;
     use crate::protocol::ProtocolKind;
 
-    /// A fan-out queues the sends made in it, nested or not, and only there — also when what
-    /// ran in it panicked.
+    /// Outside a fan-out every send may write at once; inside, a connection's first send of
+    /// the turn, not the ones after it; the fan-out ends also when what ran in it panicked.
     #[test]
-    fn sends_queue_only_inside_a_fan_out() {
-        assert!(fan_out::write_now());
-        fan_out::to_many(false, || assert!(fan_out::write_now(), "to a few: at once"));
-        fan_out::to_many(true, || {
-            assert!(!fan_out::write_now());
-            fan_out::to_many(true, || assert!(!fan_out::write_now()));
-            assert!(
-                !fan_out::write_now(),
-                "an inner fan-out leaves the outer on"
-            );
+    fn a_fan_out_writes_a_connections_first_send_at_once_and_queues_the_rest() {
+        let codec = ProtocolKind::from_scheme("tcp")
+            .expect("tcp")
+            .server_codec(DEFAULT_MAX_PACKAGE);
+        let callbacks = Rc::new(RefCell::new(Callbacks::default()));
+        let conn = Connection::new(1, 0, codec, callbacks, None, 100, DEFAULT_MAX_PACKAGE);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            assert!(fan_out::write_now(&conn) && fan_out::write_now(&conn));
+            fan_out::to_many(false, || assert!(fan_out::write_now(&conn), "to a few"));
+            fan_out::to_many(true, || {
+                assert!(fan_out::write_now(&conn), "the first of the turn");
+                assert!(!fan_out::write_now(&conn), "then queued");
+                assert!(fan_out::write_later(&conn));
+                fan_out::to_many(true, || assert!(!fan_out::write_now(&conn)));
+            });
+            assert!(fan_out::write_now(&conn), "outside again");
+            tokio::task::yield_now().await;
+            fan_out::to_many(true, || assert!(fan_out::write_now(&conn), "a new turn"));
+            let caught = std::panic::catch_unwind(|| fan_out::to_many(true, || panic!("a sink")));
+            assert!(caught.is_err());
+            assert!(!fan_out::write_later(&conn), "ended after a panic");
         });
-        assert!(fan_out::write_now());
-        let caught = std::panic::catch_unwind(|| fan_out::to_many(true, || panic!("a sink")));
-        assert!(caught.is_err());
-        assert!(fan_out::write_now(), "reset after a panic");
     }
 
     /// The queue's verdicts reach the callbacks and counters, without a socket: a connection

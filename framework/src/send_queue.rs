@@ -189,9 +189,11 @@ impl SendQueue {
         self.shrink_if_empty();
     }
 
-    /// A burst must not leave its queue's capacity behind on an idle connection.
+    /// What was queued must not leave its queue's capacity behind on an idle connection (an
+    /// event stream or WebSocket that got one queued broadcast would keep ~150 bytes for
+    /// good): a written-out queue holds no allocation, and the next queued write makes one.
     fn shrink_if_empty(&mut self) {
-        if self.bufs.is_empty() && self.bufs.capacity() > 4 {
+        if self.bufs.is_empty() && self.bufs.capacity() > 0 {
             self.bufs = VecDeque::new();
         }
     }
@@ -253,6 +255,21 @@ mod tests {
             "queued wake=true full=false"
         );
         assert_eq!(q.len(), 10);
+    }
+
+    #[test]
+    fn a_written_out_queue_keeps_no_allocation() {
+        let mut q = SendQueue::default();
+        queue(&mut q, 5, 100);
+        queue(&mut q, 5, 100);
+        assert!(q.bufs.capacity() > 0);
+        q.advance(7);
+        assert!(q.bufs.capacity() > 0, "3 bytes still queued");
+        q.advance(3);
+        assert_eq!(q.bufs.capacity(), 0, "an idle connection holds nothing");
+        queue(&mut q, 5, 100);
+        q.clear();
+        assert_eq!(q.bufs.capacity(), 0);
     }
 
     #[test]
