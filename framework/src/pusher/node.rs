@@ -927,6 +927,11 @@ impl PusherNode {
     /// channel at once (what arrives is held), the channel's history read next; then
     /// `subscription_succeeded`, `werkmann:recovery` (whether everything missed follows),
     /// what was missed, what was held (each once), and live events.
+    ///
+    /// The same catch-up as `channel::Feeds`, kept apart on purpose: once caught up a resumed
+    /// socket is an ordinary member of the channel's group, so a publish reaches it with the
+    /// group's one encoding (`send_to`) instead of a reader callback of its own, and the hold
+    /// it waits behind is the one presence joins use.
     fn resume(&self, conn: &Connection, app: &App, channel: &str, since: Position) {
         let event = channel_event(&app.id, channel);
         self.hold(conn.id(), &event);
