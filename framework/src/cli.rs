@@ -87,6 +87,9 @@ pub struct Workerman {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// The admin and metrics port.
+    #[command(flatten)]
+    pub metrics: Metrics,
 }
 
 /// An app's command line: Workerman's [`Command`] and the app's own options `O` (a
@@ -101,6 +104,9 @@ pub struct App<O: clap::Args> {
     /// The app's options.
     #[command(flatten)]
     pub options: O,
+    /// The admin and metrics port (`--metrics IP:PORT`), off by default.
+    #[command(flatten)]
+    pub metrics: Metrics,
 }
 
 /// Parse the app's command line `P` from `argv`, with `defaults` as `(argument id, value)`
@@ -212,6 +218,38 @@ impl Tls {
             (None, None) => Ok(None),
             _ => Err(Error::Cli("--cert and --key go together".into())),
         }
+    }
+}
+
+/// The admin and metrics port (`crate::admin`): `--metrics IP:PORT` (`WERKMANN_METRICS`;
+/// off by default) serves Prometheus metrics at `/metrics` and the admin page at `/admin`;
+/// `--metrics-secret S` (`WERKMANN_METRICS_SECRET`) is asked for there, and required off
+/// loopback. An app with a push API secret uses that one when none is given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Metrics {
+    /// Serve Prometheus metrics (/metrics) and the admin page (/admin) on IP:PORT
+    #[arg(long, env = "WERKMANN_METRICS", value_name = "IP:PORT")]
+    pub metrics: Option<String>,
+    /// The secret the metrics port asks for (Bearer token, or Basic auth password); needed
+    /// when it does not listen on loopback
+    #[arg(long, env = "WERKMANN_METRICS_SECRET", hide_env_values = true)]
+    pub metrics_secret: Option<String>,
+}
+
+impl Metrics {
+    /// `workers`, and the admin port's worker when `--metrics` was given; `secret` is the
+    /// app's own (the push API's), used when `--metrics-secret` is not given.
+    pub fn with(
+        &self,
+        workers: impl IntoIterator<Item = crate::Worker>,
+        secret: Option<&str>,
+    ) -> Result<Vec<crate::Worker>, Error> {
+        let mut all: Vec<crate::Worker> = workers.into_iter().collect();
+        if let Some(listen) = &self.metrics {
+            let secret = self.metrics_secret.as_deref().or(secret);
+            all.push(crate::admin::Admin::new(listen, secret)?.into_worker()?);
+        }
+        Ok(all)
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) use owner::ConnectionOwner;
 
 use crate::callbacks::guard;
 use crate::message::Message;
+use crate::metrics::Closed;
 use crate::protocol::{Codec, Decoded, ProtocolError};
 use crate::send_queue::{Pushed, SendQueue};
 use crate::transport::Stream;
@@ -144,6 +145,8 @@ pub(crate) struct ConnInner {
     pulling: Cell<bool>,
     /// A fan-out of this turn reached it (see [`fan_out`]).
     fanned: Cell<bool>,
+    /// Why it is closing, once a cause is known (the first one wins; for the metrics).
+    closed_why: Cell<Option<Closed>>,
 }
 
 /// A codec-sourced body (a file response) is read this far ahead of the socket.
@@ -302,6 +305,7 @@ impl Connection {
             head_since: Cell::new(NO_HEAD),
             pulling: Cell::new(false),
             fanned: Cell::new(false),
+            closed_why: Cell::new(None),
         }))
     }
 
@@ -469,7 +473,13 @@ impl Connection {
                 if full {
                     let cb = self.callbacks().borrow().on_buffer_full.clone();
                     if let Some(cb) = cb {
+                        // A connection the callback closes is closed for not reading.
+                        let before = self.0.closed_why.get();
+                        self.0.closed_why.set(before.or(Some(Closed::Slow)));
                         guard("on_buffer_full", || cb(self));
+                        if self.0.status.get() == Status::Established {
+                            self.0.closed_why.set(before);
+                        }
                     }
                 }
                 SendStatus::Queued
@@ -543,6 +553,7 @@ impl Connection {
 
     fn close_as(&self, status: Option<(u16, &str)>) {
         let inner = &self.0;
+        self.closed_because(Closed::Server);
         match inner.status.get() {
             Status::Closing | Status::Closed => {}
             Status::Connecting => {
@@ -576,10 +587,18 @@ impl Connection {
     }
 
     fn abort(&self) {
+        self.closed_because(Closed::Server);
         self.0.out.borrow_mut().clear();
         if self.0.status.get() != Status::Closed {
             self.0.status.set(Status::Closed);
             self.wake();
+        }
+    }
+
+    /// Note why the connection closes, unless a cause was noted before.
+    pub(crate) fn closed_because(&self, why: Closed) {
+        if self.0.closed_why.get().is_none() {
+            self.0.closed_why.set(Some(why));
         }
     }
 
@@ -600,6 +619,7 @@ impl Connection {
                 self.0.remote.get(),
                 self.send_buffer_len()
             );
+            self.closed_because(Closed::Slow);
             self.destroy();
             return true;
         }
@@ -642,6 +662,7 @@ impl Connection {
             return false;
         }
         self.0.head_since.set(NO_HEAD);
+        self.closed_because(Closed::Idle);
         self.protocol_error(ProtocolError::HeadTimeout { secs: limit });
         true
     }
@@ -660,6 +681,7 @@ impl Connection {
                 self.0.id,
                 self.0.remote.get()
             );
+            self.closed_because(Closed::Idle);
             self.close();
             return true;
         }
@@ -805,7 +827,7 @@ impl Connection {
         *self.0.read_buf.borrow_mut() = BytesMut::new();
         *self.0.waker.borrow_mut() = None;
         if let Some(o) = &self.0.owner {
-            o.connection_closed(self.0.id);
+            o.connection_closed(self.0.id, self.0.closed_why.get().unwrap_or_default());
         }
         let cb = self.callbacks().borrow().on_close.clone();
         if let Some(cb) = cb {
@@ -836,6 +858,7 @@ impl Connection {
             match self.poll_flush(cx) {
                 Poll::Ready(Err(e)) => {
                     log::debug!("connection {}: write failed: {e}", self.0.id);
+                    self.closed_because(Closed::Error);
                     self.call_error(ConnectionError::SendFail(e.to_string()));
                     return Poll::Ready(());
                 }
@@ -883,6 +906,7 @@ impl Connection {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     log::trace!("connection {}: closed by peer", self.0.id);
+                    self.closed_because(Closed::Peer);
                     return Poll::Ready(());
                 }
                 Poll::Ready(Ok(_)) => {
@@ -891,6 +915,7 @@ impl Connection {
                 }
                 Poll::Ready(Err(e)) => {
                     log::debug!("connection {}: read failed: {e}", self.0.id);
+                    self.closed_because(Closed::Error);
                     return Poll::Ready(());
                 }
             }
@@ -1055,6 +1080,7 @@ impl Connection {
     }
 
     fn protocol_error(&self, e: ProtocolError) {
+        self.closed_because(Closed::Error);
         match &e {
             ProtocolError::TooLarge { .. } => log::warn!(
                 "connection {} from {:?}: error package, {e}; closing",
@@ -1163,6 +1189,7 @@ impl Connection {
             }
             Decoded::Close { reply, reason } => {
                 log::debug!("connection {}: closed by peer: {reason}", self.0.id);
+                self.closed_because(Closed::Peer);
                 if let Some(r) = reply {
                     self.0.out.borrow_mut().push_back(r);
                 }

@@ -13,6 +13,7 @@
 // `Status`, the defaults; `protocol`: the `Protocol` trait and the codecs the fuzz targets
 // drive; `tls`: `ServerTls`, `ClientTls`; `cli`: the command line an app declares with clap;
 // `channel`: the channel service), the rest is re-exported at the root.
+pub mod admin;
 pub(crate) mod callbacks;
 pub mod channel;
 pub mod cli;
@@ -22,6 +23,7 @@ mod error;
 pub mod gateway;
 mod master;
 mod message;
+pub mod metrics;
 pub mod protocol;
 pub mod pusher;
 mod run;

@@ -28,7 +28,14 @@ const RELOAD_PARENT_ENV: &str = "WERKMANN_RELOAD_PARENT";
 /// returns the process exit code. A bad command line exits with status 2 at once.
 pub fn main(workers: Vec<Worker>) -> i32 {
     use clap::Parser;
-    run(cli::Workerman::parse().command, workers)
+    let cli = cli::Workerman::parse();
+    match cli.metrics.with(workers, None) {
+        Ok(workers) => run(cli.command, workers),
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
 }
 
 /// Run `cmd` for these workers; returns the process exit code.
@@ -40,7 +47,12 @@ pub fn run(cmd: Command, workers: Vec<Worker>) -> i32 {
         .and_then(|s| s.to_str())
         .unwrap_or("werkmann")
         .to_string();
-    let tag: Vec<&str> = workers.iter().map(|w| w.socket_name()).collect();
+    // The admin port is left out: `status` finds the process without `--metrics`.
+    let tag: Vec<&str> = workers
+        .iter()
+        .filter(|w| w.serve.is_none())
+        .map(|w| w.socket_name())
+        .collect();
     let paths = Paths::new(&program, &tag.join(","));
     let stop_wait = workers
         .iter()
@@ -241,6 +253,23 @@ fn serve(
         let mut kept: Vec<(String, RawFd)> = Vec::new();
         for (w, listener) in workers.into_iter().zip(listeners) {
             let config = Arc::new(w);
+            if let (Some(serve), Some(a)) = (config.serve.clone(), config.address()) {
+                let Some(l) = listener else { continue };
+                // A worker that serves its socket itself (the admin port): a thread of its own,
+                // which holds the socket (its number is passed on by a reload) and ends with
+                // the process.
+                kept.push((a.to_string(), l.as_raw_fd()));
+                std::thread::Builder::new()
+                    .name(format!("werkmann-{}", config.name))
+                    .spawn(move || serve(l))?;
+                running.push(Running {
+                    name: config.name.clone(),
+                    addrs: Vec::new(),
+                    arbiters: Vec::new(),
+                    stop_timeout: config.stop_timeout,
+                });
+                continue;
+            }
             let mut addrs = Vec::new();
             let mut arbiters = Vec::new();
             for id in 0..config.count.max(1) {

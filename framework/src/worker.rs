@@ -187,7 +187,13 @@ pub struct Worker {
     protocol: Option<ProtocolKind>,
     address: Option<String>,
     pub(crate) callbacks: WorkerCallbacks,
+    /// Serves its listening socket itself, on a thread of its own, instead of instances (the
+    /// admin and metrics port, `crate::admin`).
+    pub(crate) serve: Option<ServeFn>,
 }
+
+/// What serves a worker's listening socket by itself (see `Worker::serve`).
+pub(crate) type ServeFn = Arc<dyn Fn(std::net::TcpListener) + Send + Sync>;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -270,6 +276,7 @@ impl Worker {
             uploads: Default::default(),
             sessions: None,
             time_based_connection_ids: false,
+            serve: None,
             websocket_compression: false,
             websocket_compression_takeover: false,
             per_ip: Default::default(),

@@ -5,6 +5,7 @@ pub mod addressing;
 pub mod browser;
 pub mod conformance;
 pub mod directory;
+pub mod prometheus;
 pub mod push;
 pub mod scenarios;
 

@@ -324,8 +324,11 @@ struct Options {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli::App { command, options } =
-        cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9020")]);
+    let cli::App {
+        command,
+        options,
+        metrics,
+    } = cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9020")]);
     werkmann_apps::init_logging();
     let _ = CHANNEL.set(options.channel.clone());
     let mut workers = Vec::new();
@@ -366,5 +369,5 @@ fn main() -> anyhow::Result<()> {
         }
     });
     workers.push(console);
-    command.run(workers)
+    command.run(metrics.with(workers, None)?)
 }

@@ -219,8 +219,11 @@ struct Options {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli::App { command, options } =
-        cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9010"), ("count", "2")]);
+    let cli::App {
+        command,
+        options,
+        metrics,
+    } = cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9010"), ("count", "2")]);
     werkmann_apps::init_logging();
     register_protocol("semicolon", Semicolon);
     let (listen, count) = (&options.listen.listen, options.listen.count);
@@ -276,5 +279,5 @@ fn main() -> anyhow::Result<()> {
         conn.send(format!("{info} msg={}", msg.to_text_lossy()));
     });
 
-    command.run([text, semi, ws])
+    command.run(metrics.with([text, semi, ws], None)?)
 }

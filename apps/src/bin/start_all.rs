@@ -47,7 +47,11 @@ struct Options {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[]);
+    let cli::App {
+        command,
+        options,
+        metrics,
+    } = cli::parse::<cli::App<Options>>(&[]);
     werkmann_apps::init_logging();
     let ws_port: u16 = options
         .ws_listen
@@ -93,5 +97,6 @@ fn main() -> anyhow::Result<()> {
     let tls = options.tls.load()?;
     ws.tls = tls.clone();
     http.tls = tls;
-    command.run([server.into_worker(), ws, http])
+    let secret = options.publisher.secret.as_deref();
+    command.run(metrics.with([server.into_worker(), ws, http], secret)?)
 }

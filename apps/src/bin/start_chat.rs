@@ -34,7 +34,11 @@ struct Options {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[
+    let cli::App {
+        command,
+        options,
+        metrics,
+    } = cli::parse::<cli::App<Options>>(&[
         ("listen", "0.0.0.0:7272"),
         ("count", "2"),
         ("channel", channel::EMBEDDED),
@@ -67,5 +71,5 @@ fn main() -> anyhow::Result<()> {
     if embedded {
         workers.insert(0, channel::Server::embedded().into_worker());
     }
-    command.run(workers)
+    command.run(metrics.with(workers, None)?)
 }

@@ -40,8 +40,11 @@ struct Options {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli::App { command, options } =
-        cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4237")]);
+    let cli::App {
+        command,
+        options,
+        metrics,
+    } = cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4237")]);
     werkmann_apps::init_logging();
     let (listen, count) = (&options.listen.listen, options.listen.count);
     // With a secret, `/sse?token=` streams are clients of the cluster: the instances claim
@@ -67,5 +70,6 @@ fn main() -> anyhow::Result<()> {
         streams,
     )?;
     worker.tls = options.tls.load()?;
-    command.run([worker])
+    let secret = options.publisher.secret.as_deref();
+    command.run(metrics.with([worker], secret)?)
 }

@@ -37,8 +37,11 @@ struct Options {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli::App { command, options } =
-        cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
+    let cli::App {
+        command,
+        options,
+        metrics,
+    } = cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
     werkmann_apps::init_logging();
     let count = options.listen.count;
     let ids = if command.starts() {
@@ -57,5 +60,5 @@ fn main() -> anyhow::Result<()> {
     )?;
     options.limits.apply(&mut worker);
     worker.tls = options.tls.load()?;
-    command.run([worker])
+    command.run(metrics.with([worker], options.secret.as_deref())?)
 }

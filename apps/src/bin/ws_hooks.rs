@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
             conn.send(msg);
         }
     });
-    app.command.run([ws])
+    app.command.run(app.metrics.with([ws], None)?)
 }
 
 /// Open an outgoing WebSocket to `url` and report its events to `caller`.

@@ -3,10 +3,12 @@
 //! (see docs/addressing.md).
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 use werkmann::channel::ChannelError;
 use werkmann::gateway::{ClientId, DirOp, Gateway, GatewayError, Target};
+use werkmann::metrics::{self, PublishApi};
 use werkmann::protocol::http::parse_urlencoded;
 use werkmann::webhook::Target as Url;
 use werkmann::{Connection, Request, Response};
@@ -424,7 +426,9 @@ pub fn handle(
         return;
     }
     let reply_to = conn.clone();
+    let started = Instant::now();
     gw.request_then(&op, move |result| {
+        metrics::publish_answered(PublishApi::Gateway, started);
         reply_to.send(answer(shape, result));
     });
 }
@@ -462,7 +466,9 @@ fn send(
     };
     let method = method.to_string();
     let message = uids.as_ref().map(|(_, d)| d.clone()).unwrap_or_default();
+    let started = Instant::now();
     let done = move |outcome: Result<Reached, GatewayError>| {
+        metrics::publish_answered(PublishApi::Gateway, started);
         if let (Ok(r), true) = (&outcome, asked.fallback) {
             if !r.offline.is_empty() {
                 reports.fallback(&r.offline, &message);

@@ -11,6 +11,7 @@ use werkmann::channel::worker_ids::WorkerIds;
 use werkmann::channel::{ChannelError, Client};
 use werkmann::gateway::Gateway;
 use werkmann::gateway::Tokens;
+use werkmann::metrics::{self, PublishApi};
 use werkmann::pusher;
 use werkmann::{cli, Chunk, Connection, Message, Request, Response, ServerSentEvent, Worker};
 
@@ -234,10 +235,12 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
     };
     // Answer once the channel confirms delivery: `ok` means the push reached the nodes.
     let reply_to = conn.clone();
+    let started = Instant::now();
     if let Some(channel) = push.channel {
         // A named channel: its readers (`/sse`) may all be away; what it keeps waits for them.
         let kept = client.history_rule(event.clone()).is_some();
         client.publish_raw_confirmed(event, data, move |result| {
+            metrics::publish_answered(PublishApi::Push, started);
             reply_to.send(match result {
                 Ok(Some(0)) if !kept => Response::text(
                     404,
@@ -253,6 +256,7 @@ fn handle(conn: &Connection, req: &Request, page: &str) {
     let targeted = push.to_worker_id;
     let reach = conn.worker().and_then(|w| w.data::<Reach>());
     client.publish_raw_confirmed(event, data, move |result| {
+        metrics::publish_answered(PublishApi::Push, started);
         reply_to.send(answer(result, targeted, reach.as_deref()));
     });
 }
@@ -286,6 +290,7 @@ fn reported(conn: &Connection, push: &Push, reporting: Reporting) {
         None => Some(conn.clone()),
     };
     let callback = reporting.callback;
+    let started = Instant::now();
     delivery::push(
         &deliveries,
         event,
@@ -293,6 +298,7 @@ fn reported(conn: &Connection, push: &Push, reporting: Reporting) {
         to,
         reporting.ack,
         move |outcome| {
+            metrics::publish_answered(PublishApi::Push, started);
             let report = match &outcome {
                 Ok(summary) => summary.json(),
                 Err(e) => serde_json::json!({ "error": format!("push not delivered: {e}") }),

@@ -212,8 +212,11 @@ struct Options {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli::App { command, options } =
-        cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9100"), ("count", "2")]);
+    let cli::App {
+        command,
+        options,
+        metrics,
+    } = cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9100"), ("count", "2")]);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
@@ -314,5 +317,5 @@ fn main() -> anyhow::Result<()> {
     });
     workers.push(http);
 
-    command.run(workers)
+    command.run(metrics.with(workers, None)?)
 }

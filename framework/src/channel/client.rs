@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -21,6 +22,7 @@ use super::php_serde::{self, Key};
 use super::wire::{Command, Delivery, DeliveryKind, WireName};
 use super::{ChannelError, IntoNames};
 use crate::callbacks::guard;
+use crate::metrics::{self, Backend};
 
 /// Default bound of what a disconnected client holds for its server.
 pub const DEFAULT_MAX_PENDING: usize = 16 * 1024 * 1024;
@@ -56,6 +58,10 @@ enum OnEvent {
 struct ClientInner {
     /// The address as shown in logs (a Redis URL without its password).
     addr: String,
+    /// Which kind of backend, for the metrics.
+    backend: Backend,
+    /// It was connected once: a later `up` is a reconnect.
+    was_up: Cell<bool>,
     /// The backend; `None` once closed.
     broker: RefCell<Option<Rc<dyn Broker>>>,
     events: RefCell<BTreeMap<Key, Option<OnEvent>>>,
@@ -130,6 +136,12 @@ impl Client {
         let endpoint = Endpoint::parse(addr)?;
         let inner = Rc::new(ClientInner {
             addr: endpoint.shown(),
+            backend: match endpoint {
+                Endpoint::Local(_) => Backend::Embedded,
+                Endpoint::Tcp { .. } => Backend::Channel,
+                Endpoint::Redis(_) => Backend::Redis,
+            },
+            was_up: Cell::new(false),
             broker: RefCell::new(None),
             events: RefCell::new(BTreeMap::new()),
             queues: RefCell::new(BTreeMap::new()),
@@ -349,7 +361,7 @@ impl Client {
         let cmd = Command::History(WireName::from_key(event.into()), since);
         b.request(
             cmd,
-            Box::new(move |answer| {
+            self.timed(move |answer: Result<Bytes, ChannelError>| {
                 on_done(answer.and_then(|bytes| {
                     Page::decode(&bytes)
                         .map_err(|e| ChannelError::Refused(format!("bad history answer: {e}")))
@@ -396,9 +408,18 @@ impl Client {
         on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
     ) {
         match self.live_broker() {
-            Some(b) => b.publish_confirmed(cmd, Box::new(on_done)),
+            Some(b) => b.publish_confirmed(cmd, self.timed(on_done)),
             None => on_done(Err(ChannelError::Disconnected)),
         }
+    }
+
+    /// `on_done`, counting the time until it is called in the round-trip histogram.
+    fn timed<T: 'static>(&self, on_done: impl FnOnce(T) + 'static) -> Box<dyn FnOnce(T)> {
+        let (backend, sent) = (self.0.backend, Instant::now());
+        Box::new(move |answer| {
+            metrics::round_trip(backend, sent.elapsed());
+            on_done(answer)
+        })
     }
 
     /// The broker, while connected (what is answered must not wait in the pending buffer).
@@ -511,7 +532,7 @@ impl Client {
         };
         b.request(
             Command::dir(&op.to_wire()),
-            Box::new(move |answer| {
+            self.timed(move |answer: Result<Bytes, ChannelError>| {
                 on_done(answer.and_then(|json| {
                     // A count (a send's answer) needs no JSON value read.
                     if let Some(n) = std::str::from_utf8(&json)
@@ -555,6 +576,9 @@ impl BrokerEvents for ClientInner {
     fn up(&self) {
         if self.connected.replace(true) {
             return;
+        }
+        if self.was_up.replace(true) {
+            metrics::broker_reconnected(self.backend);
         }
         let events: Vec<Key> = self.events.borrow().keys().cloned().collect();
         if !events.is_empty() {

@@ -413,6 +413,27 @@ impl PresenceGroup {
 }
 
 impl DirectoryState {
+    /// The owners (nodes and in-process clients) with connections registered: each with the
+    /// workers it holds and how many connections (for the admin page).
+    pub fn owners(&self) -> Vec<(SubscriberId, Vec<(u32, usize)>)> {
+        self.owners
+            .iter()
+            .flatten()
+            .map(|o| (o.id, o.held.clone()))
+            .collect()
+    }
+
+    /// Its sizes for the metrics: connections, uids, groups, presence groups and members.
+    pub fn sizes(&self) -> [usize; 5] {
+        [
+            self.clients,
+            self.uids.len(),
+            self.groups.len(),
+            self.presence.len(),
+            self.presence.values().map(|g| g.members.len()).sum(),
+        ]
+    }
+
     fn entry(&self, id: ClientId) -> Option<&Entry> {
         self.workers.get(&id.worker)?.get(&id.conn)
     }

@@ -368,6 +368,12 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// The streams kept and the events in them (for the metrics).
+    pub fn sizes(&self) -> (usize, usize) {
+        let events = self.streams.values().map(|s| s.items.len()).sum();
+        (self.streams.len(), events)
+    }
+
     /// Keep `data` as `name`'s next message; its position.
     pub fn append(&mut self, name: &Key, data: &Bytes, keep: Keep, now: Instant) -> Position {
         self.appends += 1;

@@ -32,6 +32,7 @@ use super::routes::Routes;
 use super::subscriber::{LocalDelivery, LocalSink, Sink, SubscriberId, MAX_LOCAL_PENDING};
 use super::wire::{encode_delivery, encode_event_at, Command, Delivery, DeliveryKind, WireName};
 use crate::connection::Connection;
+use crate::metrics::{HubMetrics, NodeFigures};
 
 /// Most items a queue holds while no consumer takes them; more are dropped with a warning.
 pub const MAX_QUEUE_ITEMS: usize = 1_000_000;
@@ -401,6 +402,37 @@ impl Default for HubState {
 }
 
 impl HubState {
+    /// Set the hub's gauges in `m` from its state now (once a second; no cost per event);
+    /// `remote` names a TCP subscriber's address.
+    pub fn report(&self, m: &HubMetrics, remote: impl Fn(u64) -> Option<String>) {
+        let nodes = self
+            .directory
+            .owners()
+            .into_iter()
+            .map(|(id, held)| NodeFigures {
+                node: match id {
+                    SubscriberId::Tcp(c) => format!("tcp {}", remote(c).unwrap_or_default()),
+                    SubscriberId::Local(_) => "in-process".into(),
+                },
+                workers: held.iter().map(|h| h.0).collect(),
+                connections: held.iter().map(|h| h.1).sum(),
+            })
+            .collect();
+        *m.nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+        m.subscribers.set(self.subscribed.len() as i64);
+        m.events.set(self.channels.len() as i64);
+        m.deliveries.set(self.stats.deliveries as i64);
+        let [clients, uids, groups, presence_groups, presence_members] = self.directory.sizes();
+        m.clients.set(clients as i64);
+        m.uids.set(uids as i64);
+        m.groups.set(groups as i64);
+        m.presence_groups.set(presence_groups as i64);
+        m.presence_members.set(presence_members as i64);
+        let (streams, events) = self.routes.history().sizes();
+        m.history_streams.set(streams as i64);
+        m.history_events.set(events as i64);
+    }
+
     /// The routes this hub keeps for in-process publishers.
     pub fn routes(&self) -> Arc<Routes> {
         self.routes.clone()

@@ -16,6 +16,7 @@ use super::subscriber::{Sink, SubscriberId};
 use super::wire::{encode_delivery, Command, DeliveryKind, HELLO_HISTORY};
 use crate::error::Error;
 use crate::message::Message;
+use crate::metrics::HubMetrics;
 use crate::worker::Worker;
 
 /// The name under which an in-process-only channel registers.
@@ -83,6 +84,22 @@ impl Server {
                 return;
             };
             let routes = state.borrow().routes();
+            let metrics = HubMetrics::register(&reg_name);
+            let sizes = state.clone();
+            let inst = w.clone();
+            actix_rt::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    if let Ok(state) = sizes.try_borrow() {
+                        state.report(&metrics, |id| {
+                            inst.connection(id)
+                                .and_then(|c| c.remote_addr())
+                                .map(|a| a.to_string())
+                        });
+                    }
+                }
+            });
             let addr = Hub::new(state).start();
             hub::publish(&reg_name, hub::HubHandle { addr, routes });
             log::info!("channel server {reg_name} ready");

@@ -248,7 +248,9 @@ pub fn claim(
             addr: addr.to_string(),
             why: format!("no agreement within {:?}", timeout + CLAIM_LIMIT),
         })
-    })?;
+    });
+    crate::metrics::worker_id_claim(ids.is_ok());
+    let ids = ids?;
     log::info!("claimed worker ids {ids:?} through channel {addr}");
     Ok(WorkerIds {
         ids,

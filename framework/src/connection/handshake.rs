@@ -5,6 +5,7 @@
 use super::{Connection, Status};
 use crate::callbacks::guard;
 use crate::message::{Message, Request, Response};
+use crate::metrics::Refused;
 
 impl Connection {
     /// Answer the upgrade request `req` (a codec's `Decoded::Handshake`).
@@ -32,6 +33,7 @@ impl Connection {
                     "connection {}: WebSocket handshake refused by on_websocket_connect",
                     self.0.id
                 );
+                self.closed_because(crate::metrics::Closed::Server);
                 let mut out = self.0.out.borrow_mut();
                 out.clear();
                 out.push_back(bytes);
@@ -55,11 +57,18 @@ impl Connection {
                 self.0.id,
                 self.0.remote.get(),
             );
+            if let Some(o) = &self.0.owner {
+                o.refused(Refused::Origin, self.0.remote.get());
+            }
             return Some(Response::text(403, "Origin not allowed\n"));
         }
         let cb = self.callbacks().borrow().on_websocket_connect.clone()?;
         let mut verdict = Ok(());
         guard("on_websocket_connect", || verdict = cb(self, req));
-        verdict.err()
+        let refusal = verdict.err();
+        if let (Some(_), Some(o)) = (&refusal, &self.0.owner) {
+            o.refused(Refused::Handshake, self.0.remote.get());
+        }
+        refusal
     }
 }

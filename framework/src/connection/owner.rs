@@ -4,6 +4,8 @@
 use std::any::Any;
 use std::rc::Rc;
 
+use crate::metrics::{Closed, Refused};
+
 /// What a connection tells its owner, and the one policy it asks it for. Implemented by the
 /// worker instance; outgoing connections have no owner. Every call is on the owner's thread.
 pub(crate) trait ConnectionOwner {
@@ -13,9 +15,12 @@ pub(crate) trait ConnectionOwner {
     fn message_out(&self);
     /// A message was dropped (full send buffer, closed connection, failed write).
     fn send_failure(&self);
-    /// The connection `id` has closed: forget it (before `on_close` runs).
-    fn connection_closed(&self, id: u64);
-    /// Whether a WebSocket upgrade from `origin` is allowed; the owner counts a refusal.
+    /// A connection from `peer` was refused during its handshake (its Origin, or
+    /// `on_websocket_connect` said no); the owner counts it.
+    fn refused(&self, why: Refused, peer: Option<std::net::SocketAddr>);
+    /// The connection `id` has closed, for `why`: forget it (before `on_close` runs).
+    fn connection_closed(&self, id: u64, why: Closed);
+    /// Whether a WebSocket upgrade from `origin` is allowed.
     fn origin_allowed(&self, origin: Option<&str>) -> bool;
     /// The owner as `Any`, for the instance to recognise itself (`Connection::worker`).
     fn as_any(self: Rc<Self>) -> Rc<dyn Any>;

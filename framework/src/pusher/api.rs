@@ -299,6 +299,7 @@ fn publish_all(
         return;
     }
     // Answer once every publish is confirmed (and reported), or at the first failure.
+    let started = std::time::Instant::now();
     type Done = Box<dyn FnOnce(Connection, Vec<Option<Summary>>)>;
     struct State {
         left: usize,
@@ -318,6 +319,7 @@ fn publish_all(
         if s.left > 0 {
             return;
         }
+        crate::metrics::publish_answered(crate::metrics::PublishApi::Pusher, started);
         match s.failed.take() {
             None => {
                 let reports = std::mem::take(&mut s.reports);

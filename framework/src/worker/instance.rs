@@ -17,37 +17,23 @@ use super::Worker;
 use crate::callbacks::guard;
 use crate::connection::{Callbacks, Connection, ConnectionOwner, SendStatus};
 use crate::message::{Message, Uploads};
+use crate::metrics::{Closed, InstanceMetrics, Refused};
 use crate::protocol::http::HttpCodec;
 use crate::protocol::ProtocolKind;
 use crate::transport::Stream;
-
-#[derive(Default)]
-pub(crate) struct InstanceCounters {
-    pub messages_in: Cell<u64>,
-    pub messages_out: Cell<u64>,
-    pub send_failures: Cell<u64>,
-    pub accepted: Cell<u64>,
-    /// Connections refused by `max_connections`, `max_connections_per_ip` or the Origin list.
-    pub refused: Cell<u64>,
-    /// Connections closed by `idle_timeout`.
-    pub idle_closed: Cell<u64>,
-}
 
 /// How long a closing connection may take to flush before it is dropped.
 const CLOSE_LIMIT_SECS: u32 = 5;
 /// Seconds a TLS client has to finish its handshake.
 const HANDSHAKE_SECS: u32 = 10;
 
-fn bump(c: &Cell<u64>) {
-    c.set(c.get() + 1);
-}
-
 pub(crate) struct InstanceInner {
     id: usize,
     config: Arc<Worker>,
     connections: RefCell<HashMap<u64, Connection>>,
     next_conn_id: Cell<u64>,
-    pub(crate) stats: InstanceCounters,
+    /// Its counters, read by `status` and `/metrics` (see `crate::metrics`).
+    pub(crate) stats: Arc<InstanceMetrics>,
     callbacks: Rc<RefCell<Callbacks>>,
     extensions: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     addr: RefCell<Option<Addr<InstanceActor>>>,
@@ -74,19 +60,27 @@ pub(crate) trait ConnectionHooks {
 /// The instance's side of its connections: counters, the map, the Origin policy.
 impl ConnectionOwner for InstanceInner {
     fn message_in(&self) {
-        bump(&self.stats.messages_in);
+        self.stats.messages_in.inc();
     }
 
     fn message_out(&self) {
-        bump(&self.stats.messages_out);
+        self.stats.messages_out.inc();
     }
 
     fn send_failure(&self) {
-        bump(&self.stats.send_failures);
+        self.stats.send_failures.inc();
     }
 
-    fn connection_closed(&self, id: u64) {
+    fn refused(&self, why: Refused, peer: Option<std::net::SocketAddr>) {
+        self.stats.refused(why);
+        crate::metrics::note_refusal(&self.config.name, peer, why);
+    }
+
+    fn connection_closed(&self, id: u64, why: Closed) {
         let gone = self.connections.borrow_mut().remove(&id);
+        if gone.is_some() {
+            self.stats.closed(why);
+        }
         if !self.no_broadcasts.borrow().is_empty() {
             self.no_broadcasts.borrow_mut().remove(&id);
         }
@@ -109,12 +103,8 @@ impl ConnectionOwner for InstanceInner {
 
     fn origin_allowed(&self, origin: Option<&str>) -> bool {
         let allowed = &self.config.allowed_origins;
-        let ok = allowed.is_empty()
-            || origin.is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
-        if !ok {
-            bump(&self.stats.refused);
-        }
-        ok
+        allowed.is_empty()
+            || origin.is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
     }
 
     fn as_any(self: Rc<Self>) -> Rc<dyn Any> {
@@ -124,16 +114,16 @@ impl ConnectionOwner for InstanceInner {
 
 impl InstanceInner {
     /// Take a place for a new connection from `peer`, or say why not.
-    fn admit(&self, peer: std::net::SocketAddr) -> Result<(), &'static str> {
+    fn admit(&self, peer: std::net::SocketAddr) -> Result<(), Refused> {
         if self.connections.borrow().len() >= self.config.max_connections {
-            return Err("max_connections reached");
+            return Err(Refused::MaxConnections);
         }
         let limit = self.config.max_connections_per_ip;
         if limit > 0 {
             let mut per_ip = self.config.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let n = per_ip.entry(peer.ip()).or_insert(0);
             if *n >= limit {
-                return Err("max_connections_per_ip reached");
+                return Err(Refused::MaxConnectionsPerIp);
             }
             *n += 1;
         }
@@ -152,13 +142,10 @@ impl InstanceInner {
                 continue;
             }
             if head.is_some_and(|h| c.check_head(now, h)) {
-                bump(&self.stats.idle_closed);
                 continue;
             }
             if let Some(t) = timeout {
-                if c.check_idle(now, t) {
-                    bump(&self.stats.idle_closed);
-                }
+                c.check_idle(now, t);
             }
         }
     }
@@ -250,11 +237,20 @@ impl WorkerInstance {
     pub fn broadcast_encoded(&self, bytes: &Bytes) -> BroadcastReport {
         let conns = self.0.connections.borrow();
         let skip = self.0.no_broadcasts.borrow();
-        if skip.is_empty() {
-            return send_encoded(conns.values(), bytes);
-        }
-        let some: Vec<&Connection> = conns.values().filter(|c| !skip.contains(&c.id())).collect();
-        send_encoded(some, bytes)
+        let report = if skip.is_empty() {
+            send_encoded(conns.values(), bytes)
+        } else {
+            let some: Vec<&Connection> =
+                conns.values().filter(|c| !skip.contains(&c.id())).collect();
+            send_encoded(some, bytes)
+        };
+        self.delivered(report)
+    }
+
+    /// Count what a send to many reached (once per send, not per connection).
+    fn delivered(&self, report: BroadcastReport) -> BroadcastReport {
+        self.0.stats.deliveries.add(report.delivered as u64);
+        report
     }
 
     /// Leave `conn` out of this instance's broadcasts (and of sends to every connection): a
@@ -306,7 +302,7 @@ impl WorkerInstance {
         I: IntoIterator<Item = &'a Connection>,
         I::IntoIter: ExactSizeIterator,
     {
-        match self.0.config.protocol().and_then(|p| p.encode_shared(&msg)) {
+        let report = match self.0.config.protocol().and_then(|p| p.encode_shared(&msg)) {
             Some(Ok(bytes)) => send_encoded(conns, &bytes),
             Some(Err(e)) => {
                 log::warn!("message not sent: {e}");
@@ -329,7 +325,8 @@ impl WorkerInstance {
                 }
                 report
             }
-        }
+        };
+        self.delivered(report)
     }
 
     /// A `Send` handle to this instance's actor, for other threads.
@@ -351,8 +348,8 @@ impl WorkerInstance {
             messages_out: self.0.stats.messages_out.get(),
             send_failures: self.0.stats.send_failures.get(),
             send_buffered: buffered,
-            refused: self.0.stats.refused.get(),
-            idle_closed: self.0.stats.idle_closed.get(),
+            refused: self.0.stats.refused_total(),
+            idle_closed: self.0.stats.closed_count(Closed::Idle),
             timers: crate::timer::Timer::count(),
             uptime: self.0.started.elapsed(),
         }
@@ -396,11 +393,12 @@ impl WorkerInstance {
             return;
         };
         if let Err(why) = self.0.admit(peer) {
-            bump(&self.0.stats.refused);
+            self.0.refused(why, Some(peer));
             log::warn!(
-                "worker {} instance {}: connection from {peer} refused: {why}",
+                "worker {} instance {}: connection from {peer} refused: {} reached",
                 self.name(),
-                self.id()
+                self.id(),
+                why.label()
             );
             return; // dropping the socket closes it
         }
@@ -416,7 +414,8 @@ impl WorkerInstance {
         };
         let id = self.0.next_conn_id.get();
         self.0.next_conn_id.set(id + 1);
-        bump(&self.0.stats.accepted);
+        self.0.stats.accepted.inc();
+        self.0.stats.connections.add(1);
         let conn = Connection::new(
             id,
             self.0.id,
@@ -461,6 +460,7 @@ impl WorkerInstance {
     fn close_all(&self) {
         let conns: Vec<Connection> = self.0.connections.borrow().values().cloned().collect();
         for c in conns {
+            c.closed_because(Closed::Stop);
             c.close();
         }
     }
@@ -582,13 +582,14 @@ impl InstanceActor {
         let callbacks = Rc::new(RefCell::new(callbacks));
         let first_id = first_connection_id(&config);
         let uploads = Arc::new(config.uploads.clone());
+        let stats = InstanceMetrics::register(&config.name, id);
         InstanceActor {
             inst: WorkerInstance(Rc::new(InstanceInner {
                 id,
                 config,
                 connections: RefCell::new(HashMap::new()),
                 next_conn_id: Cell::new(first_id),
-                stats: InstanceCounters::default(),
+                stats,
                 callbacks,
                 extensions: RefCell::new(HashMap::new()),
                 addr: RefCell::new(None),
@@ -716,6 +717,7 @@ impl Handler<Stop> for InstanceActor {
             }
             let left: Vec<Connection> = inst.connections().values().cloned().collect();
             for c in left {
+                c.closed_because(Closed::Stop);
                 c.destroy();
             }
             let cb = inst.0.config.callbacks.on_worker_stop.clone();

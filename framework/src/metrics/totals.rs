@@ -1,0 +1,158 @@
+//! The metrics summed over this process, for the admin page and scripts (`serde`).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::cell::HistogramValue;
+use super::reasons::{Closed, Refused};
+use super::sources::{lock, registry, Backend, NodeFigures, PublishApi};
+
+/// One worker instance's figures.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct InstanceFigures {
+    /// The worker's name.
+    pub worker: String,
+    /// The instance id.
+    pub instance: usize,
+    /// Connections open now.
+    pub connections: i64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused.
+    pub refused: u64,
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent or queued.
+    pub messages_out: u64,
+    /// Messages written by sends to many.
+    pub deliveries: u64,
+    /// Messages dropped.
+    pub send_drops: u64,
+}
+
+/// This process's figures now, summed over its instances, threads and hubs.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Totals {
+    /// Each instance's own.
+    pub instances: Vec<InstanceFigures>,
+    /// Connections open now, per worker name.
+    pub connections: BTreeMap<String, i64>,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused, by reason.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Connections closed, by reason.
+    pub closed: BTreeMap<&'static str, u64>,
+    /// Messages received from clients.
+    pub messages_in: u64,
+    /// Messages sent or queued to clients.
+    pub messages_out: u64,
+    /// Messages written by sends to many.
+    pub deliveries: u64,
+    /// Messages dropped.
+    pub send_drops: u64,
+    /// Publishes answered, over every API.
+    pub publishes: u64,
+    /// Their answer's latency, 50th and 99th percentile (upper bound of the bucket), seconds.
+    pub publish_p50: Option<f64>,
+    /// See `publish_p50`.
+    pub publish_p99: Option<f64>,
+    /// Channel round trips' 99th percentile, seconds.
+    pub round_trip_p99: Option<f64>,
+    /// Broker reconnects.
+    pub broker_reconnects: u64,
+    /// The hubs in this process: subscribers, events, directory, presence and history sizes.
+    pub hubs: Vec<HubTotals>,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// CPU time used, seconds.
+    pub cpu_secs: f64,
+}
+
+/// One hub's sizes.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct HubTotals {
+    /// Where it is declared.
+    pub hub: String,
+    /// Nodes and clients subscribed.
+    pub subscribers: i64,
+    /// Event names with a subscriber.
+    pub events: i64,
+    /// Directory: connections, uids, groups.
+    pub clients: i64,
+    /// See `clients`.
+    pub uids: i64,
+    /// See `clients`.
+    pub groups: i64,
+    /// Presence members.
+    pub presence_members: i64,
+    /// Events kept in history.
+    pub history_events: i64,
+    /// The nodes with connections in its directory.
+    pub nodes: Vec<NodeFigures>,
+}
+
+/// Read every source now.
+pub fn totals() -> Totals {
+    let r = registry();
+    let mut t = Totals::default();
+    for i in lock(&r.instances).iter() {
+        t.instances.push(InstanceFigures {
+            worker: i.worker.clone(),
+            instance: i.instance,
+            connections: i.connections.get(),
+            accepted: i.accepted.get(),
+            refused: i.refused_total(),
+            messages_in: i.messages_in.get(),
+            messages_out: i.messages_out.get(),
+            deliveries: i.deliveries.get(),
+            send_drops: i.send_failures.get(),
+        });
+        *t.connections.entry(i.worker.clone()).or_default() += i.connections.get();
+        t.accepted += i.accepted.get();
+        for why in Refused::ALL {
+            *t.refused.entry(why.label()).or_default() += i.refused_count(why);
+        }
+        for why in Closed::ALL {
+            *t.closed.entry(why.label()).or_default() += i.closed_count(why);
+        }
+        t.messages_in += i.messages_in.get();
+        t.messages_out += i.messages_out.get();
+        t.deliveries += i.deliveries.get();
+        t.send_drops += i.send_failures.get();
+    }
+    let mut publish = HistogramValue::default();
+    let mut rtt = HistogramValue::default();
+    for th in lock(&r.threads).iter() {
+        for api in PublishApi::ALL {
+            th.publish[api as usize].read_into(&mut publish);
+        }
+        for b in Backend::ALL {
+            th.round_trip[b as usize].read_into(&mut rtt);
+            t.broker_reconnects += th.broker_reconnects[b as usize].get();
+        }
+    }
+    t.publishes = publish.count;
+    t.publish_p50 = publish.quantile(0.5);
+    t.publish_p99 = publish.quantile(0.99);
+    t.round_trip_p99 = rtt.quantile(0.99);
+    t.hubs = lock(&r.hubs)
+        .iter()
+        .map(|h| HubTotals {
+            hub: h.hub.clone(),
+            subscribers: h.subscribers.get(),
+            events: h.events.get(),
+            clients: h.clients.get(),
+            uids: h.uids.get(),
+            groups: h.groups.get(),
+            presence_members: h.presence_members.get(),
+            history_events: h.history_events.get(),
+            nodes: lock(&h.nodes).clone(),
+        })
+        .collect();
+    let p = super::process::read();
+    t.rss_bytes = p.rss_bytes;
+    t.cpu_secs = p.cpu_secs;
+    t
+}
