@@ -348,6 +348,7 @@ impl FeedsInner {
             .map(|l| l.iter().filter_map(|(_, r)| r.upgrade()).collect())
             .unwrap_or_default();
         // To more than a few readers the sends are queued (`connection::fan_out`).
+        let mut sent = 0;
         crate::connection::fan_out::to_many(
             readers.len() > crate::worker::instance::WRITE_NOW_MAX,
             || {
@@ -355,11 +356,15 @@ impl FeedsInner {
                     for (i, n) in r.names.iter().enumerate() {
                         if n == name {
                             r.event(i, pos, data);
+                            sent += 1;
                         }
                     }
                 }
             },
         );
+        if sent > 0 {
+            crate::metrics::delivered_here(sent);
+        }
         readers.len()
     }
 }

@@ -127,11 +127,29 @@ pub(crate) struct ThreadMetrics {
 }
 
 thread_local! {
+    /// The metrics of the worker instance running on this thread, if one does.
+    static INSTANCE: std::cell::RefCell<Option<Arc<InstanceMetrics>>> =
+        const { std::cell::RefCell::new(None) };
     static THREAD: Arc<ThreadMetrics> = {
         let m = Arc::new(ThreadMetrics::default());
         lock(&registry().threads).push(m.clone());
         m
     };
+}
+
+/// Make `m` this thread's instance metrics (the instance's actor starting on it).
+pub(crate) fn set_thread_instance(m: Arc<InstanceMetrics>) {
+    INSTANCE.with(|i| *i.borrow_mut() = Some(m));
+}
+
+/// Count `n` deliveries of a send to many made outside the instance's own sends (event
+/// streams' readers) to the instance on this thread.
+pub(crate) fn delivered_here(n: u64) {
+    INSTANCE.with(|i| {
+        if let Some(m) = &*i.borrow() {
+            m.deliveries.add(n);
+        }
+    });
 }
 
 /// Run `f` with this thread's metrics (registered on first use).

@@ -607,6 +607,7 @@ impl Actor for InstanceActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         *self.inst.0.addr.borrow_mut() = Some(ctx.address());
+        crate::metrics::set_thread_instance(self.inst.0.stats.clone());
         ctx.run_interval(Duration::from_secs(1), |act, _| act.inst.0.sweep());
         let cb = self.inst.0.config.callbacks.on_worker_start.clone();
         if let Some(cb) = cb {
