@@ -477,7 +477,7 @@ impl Connection {
                         let before = self.0.closed_why.get();
                         self.0.closed_why.set(before.or(Some(Closed::Slow)));
                         guard("on_buffer_full", || cb(self));
-                        if self.0.status.get() == Status::Established {
+                        if !matches!(self.0.status.get(), Status::Closing | Status::Closed) {
                             self.0.closed_why.set(before);
                         }
                     }
@@ -1262,6 +1262,41 @@ mod tests {
 
     /// The queue's verdicts reach the callbacks and counters, without a socket: a connection
     /// not yet attached queues everything.
+    #[test]
+    fn a_close_keeps_its_first_cause() {
+        let tcp = || {
+            ProtocolKind::from_scheme("tcp")
+                .expect("tcp")
+                .server_codec(DEFAULT_MAX_PACKAGE)
+        };
+        let with_full = |drop_it: bool| {
+            let callbacks = Callbacks {
+                on_buffer_full: Some(Rc::new(move |c: &Connection| {
+                    if drop_it {
+                        c.destroy();
+                    }
+                })),
+                ..Callbacks::default()
+            };
+            Rc::new(RefCell::new(callbacks))
+        };
+        // Dropped by on_buffer_full: for not reading.
+        let conn = Connection::new(1, 0, tcp(), with_full(true), None, 10, DEFAULT_MAX_PACKAGE);
+        conn.send(vec![0u8; 20]);
+        assert_eq!(conn.0.closed_why.get(), Some(Closed::Slow));
+        // Kept by it: no cause yet; then the idle sweep's close wins over the app's.
+        let conn = Connection::new(2, 0, tcp(), with_full(false), None, 10, DEFAULT_MAX_PACKAGE);
+        conn.send(vec![0u8; 20]);
+        assert_eq!(conn.0.closed_why.get(), None);
+        conn.closed_because(Closed::Idle);
+        conn.close();
+        assert_eq!(conn.0.closed_why.get(), Some(Closed::Idle));
+        // Closed by the app.
+        let conn = Connection::new(3, 0, tcp(), with_full(false), None, 10, DEFAULT_MAX_PACKAGE);
+        conn.destroy();
+        assert_eq!(conn.0.closed_why.get(), Some(Closed::Server));
+    }
+
     #[test]
     fn a_full_send_buffer_drops_reports_and_calls_on_buffer_full_once() {
         let full = Rc::new(Cell::new(0));

@@ -276,6 +276,10 @@ async fn counted(
         ) >= trips + 10.0,
         "round trips under {label}: {text}"
     );
+    assert!(
+        sum(&text, "werkmann_broker_connected", &[&label]) >= 1.0,
+        "the publisher's channel clients connected under {label}: {text}"
+    );
     let open: f64 = node_metrics
         .iter()
         .map(|m| sum(&scrape(*m), "werkmann_connections", &["worker=\"pusher\""]))

@@ -7,7 +7,8 @@ use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
 use base64::Engine;
 
-use super::server::State;
+/// The secret the port asks for (`None`: none), as the middleware finds it in the app data.
+pub(super) struct Secret(pub Option<String>);
 
 /// Let the request through when no secret is set or it carries the secret; else 401.
 pub(super) async fn require_secret(
@@ -15,8 +16,8 @@ pub(super) async fn require_secret(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let secret = req
-        .app_data::<web::Data<State>>()
-        .and_then(|s| s.secret.clone());
+        .app_data::<web::Data<Secret>>()
+        .and_then(|s| s.0.clone());
     let allowed = match &secret {
         None => true,
         Some(secret) => req

@@ -8,14 +8,13 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
-use super::auth::require_secret;
+use super::auth::{require_secret, Secret};
 use super::series::Series;
 use super::Admin;
 use crate::metrics;
 
 /// What the handlers share.
-pub(super) struct State {
-    pub secret: Option<String>,
+struct State {
     series: Arc<Series>,
     started: Instant,
 }
@@ -27,8 +26,8 @@ pub(super) fn run(listener: TcpListener, admin: Arc<Admin>) {
         let series = Arc::new(Series::default());
         let sampler = series.clone();
         actix_web::rt::spawn(async move { sampler.run().await });
+        let secret = web::Data::new(Secret(admin.secret.clone()));
         let state = web::Data::new(State {
-            secret: admin.secret.clone(),
             series,
             started: Instant::now(),
         });
@@ -36,6 +35,7 @@ pub(super) fn run(listener: TcpListener, admin: Arc<Admin>) {
         HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(secret.clone())
                 .wrap(from_fn(require_secret))
                 .route("/metrics", web::get().to(scrape))
                 .route("/", web::get().to(to_page))

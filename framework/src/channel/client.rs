@@ -577,6 +577,7 @@ impl BrokerEvents for ClientInner {
         if self.connected.replace(true) {
             return;
         }
+        metrics::broker_connected(self.backend, true);
         if self.was_up.replace(true) {
             metrics::broker_reconnected(self.backend);
         }
@@ -630,6 +631,9 @@ impl BrokerEvents for ClientInner {
 
     fn down(&self) {
         let was = self.connected.replace(false);
+        if was {
+            metrics::broker_connected(self.backend, false);
+        }
         if was && !self.closed.get() {
             log::warn!("channel {} connection lost; reconnecting", self.addr);
             let cb = self.on_close.borrow().clone();
@@ -735,7 +739,9 @@ impl ClientInner {
         if self.closed.replace(true) {
             return;
         }
-        self.connected.set(false);
+        if self.connected.replace(false) {
+            metrics::broker_connected(self.backend, false);
+        }
         let broker = self.broker.borrow_mut().take();
         if let Some(b) = broker {
             b.close();

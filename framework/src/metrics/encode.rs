@@ -227,6 +227,17 @@ fn families() -> Vec<MetricFamily> {
                 (vec![("backend", b.label().to_string())], n as f64)
             }),
         ),
+        gauges(
+            "werkmann_broker_connected",
+            "Channel clients connected to the broker now, by backend",
+            Backend::ALL.map(|b| {
+                let n: i64 = threads
+                    .iter()
+                    .map(|t| t.broker_connected[b as usize].get())
+                    .sum();
+                (vec![("backend", b.label().to_string())], n as f64)
+            }),
+        ),
         counters(
             "werkmann_worker_id_claims_total",
             "Cluster worker ids claimed, by result",

@@ -122,6 +122,8 @@ pub(crate) struct ThreadMetrics {
     pub round_trip: [Histogram; Backend::ALL.len()],
     /// Connections to the broker made again after one was lost, per backend.
     pub broker_reconnects: [Counter; Backend::ALL.len()],
+    /// Channel clients of this thread connected now, per backend.
+    pub broker_connected: [Gauge; Backend::ALL.len()],
     /// Cluster worker ids claimed (`[0]`) and claims refused or failed (`[1]`).
     pub worker_id_claims: [Counter; 2],
 }
@@ -171,6 +173,11 @@ pub(crate) fn round_trip(backend: Backend, d: Duration) {
 /// Count a reconnection to `backend`.
 pub(crate) fn broker_reconnected(backend: Backend) {
     with_thread(|m| m.broker_reconnects[backend as usize].inc());
+}
+
+/// A channel client of this thread connected (`up`) or lost its connection.
+pub(crate) fn broker_connected(backend: Backend, up: bool) {
+    with_thread(|m| m.broker_connected[backend as usize].add(if up { 1 } else { -1 }));
 }
 
 /// Count a claim of a cluster worker id (`ok`: claimed; else refused or failed).

@@ -62,6 +62,9 @@ pub struct Totals {
     pub round_trip_p99: Option<f64>,
     /// Broker reconnects.
     pub broker_reconnects: u64,
+    /// Channel clients connected to their broker now, by backend (`embedded`, `channel`,
+    /// `redis`); only backends with a client.
+    pub broker_connected: BTreeMap<&'static str, i64>,
     /// The hubs in this process: subscribers, events, directory, presence and history sizes.
     pub hubs: Vec<HubTotals>,
     /// Resident memory, bytes.
@@ -131,6 +134,10 @@ pub fn totals() -> Totals {
         for b in Backend::ALL {
             th.round_trip[b as usize].read_into(&mut rtt);
             t.broker_reconnects += th.broker_reconnects[b as usize].get();
+            let up = th.broker_connected[b as usize].get();
+            if up != 0 || t.broker_connected.contains_key(b.label()) {
+                *t.broker_connected.entry(b.label()).or_default() += up;
+            }
         }
     }
     t.publishes = publish.count;
