@@ -233,6 +233,42 @@ async fn deliveries_and_round_trips_are_counted_on_redis() {
         &[http, m[2]],
     );
     counted(&ws, http, &m[..2], m[2], "redis").await;
+
+    // The directory lives in Redis: each node reads its sizes (`hub="redis"`).
+    let (_c, w, c) = push::connect(ws[0]).await;
+    let id = format!("{w}-{c}");
+    for (method, body) in [
+        (
+            "bind_uid",
+            format!(r#"{{"client_id":"{id}","uid":"alice"}}"#),
+        ),
+        (
+            "join_group",
+            format!(r#"{{"client_id":"{id}","group":"room"}}"#),
+        ),
+    ] {
+        let head = format!(
+            "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        // The node registers the client in Redis as it greets it: until then, 404.
+        wait_until_async(T, format!("{method} answered"), async || {
+            let (status, answer) = push::http(http, &head, &body).await;
+            assert!(
+                status == 200 || status == 404,
+                "{method}: {status} {answer}"
+            );
+            status == 200
+        })
+        .await;
+    }
+    wait_until(T, "the directory's sizes on the nodes", || {
+        let text = scrape(m[0]);
+        sum(&text, "werkmann_directory_uids", &["hub=\"redis\""]) == 1.0
+            && sum(&text, "werkmann_directory_groups", &["hub=\"redis\""]) == 1.0
+            && sum(&text, "werkmann_directory_clients", &["hub=\"redis\""]) == 1.0
+            && !text.contains("werkmann_channel_subscribers{hub=\"redis\"}")
+    });
 }
 
 async fn counted(

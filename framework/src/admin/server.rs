@@ -21,6 +21,7 @@ struct State {
 
 /// Serve the admin port on `listener` until the process ends.
 pub(super) fn run(listener: TcpListener, admin: Arc<Admin>) {
+    metrics::enable();
     let system = actix_web::rt::System::new();
     let result = system.block_on(async move {
         let series = Arc::new(Series::default());

@@ -138,6 +138,12 @@ fn families() -> Vec<MetricFamily> {
     let hubs = lock(&r.hubs).clone();
     let per_hub = |f: fn(&HubMetrics) -> i64| {
         hubs.iter()
+            .filter(|h| !h.directory_only)
+            .map(move |h| (vec![("hub", h.hub.clone())], f(h) as f64))
+    };
+    // The directory's sizes also where only they are known (read from Redis).
+    let per_directory = |f: fn(&HubMetrics) -> i64| {
+        hubs.iter()
             .map(move |h| (vec![("hub", h.hub.clone())], f(h) as f64))
     };
     let p = super::process::read();
@@ -264,17 +270,17 @@ fn families() -> Vec<MetricFamily> {
         gauges(
             "werkmann_directory_clients",
             "Connections in the directory",
-            per_hub(|h| h.clients.get()),
+            per_directory(|h| h.clients.get()),
         ),
         gauges(
             "werkmann_directory_uids",
             "Uids bound in the directory",
-            per_hub(|h| h.uids.get()),
+            per_directory(|h| h.uids.get()),
         ),
         gauges(
             "werkmann_directory_groups",
             "Groups with members in the directory",
-            per_hub(|h| h.groups.get()),
+            per_directory(|h| h.groups.get()),
         ),
         gauges(
             "werkmann_presence_groups",

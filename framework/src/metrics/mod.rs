@@ -20,8 +20,8 @@ pub(crate) use reasons::{Closed, Refused};
 pub(crate) use refusals::note as note_refusal;
 pub use refusals::{recent as recent_refusals, Refusal};
 pub(crate) use sources::{
-    broker_connected, broker_reconnected, delivered_here, round_trip, set_thread_instance,
-    worker_id_claim, Backend, HubMetrics, InstanceMetrics,
+    broker_connected, broker_reconnected, delivered_here, directory_named, enable, enabled,
+    round_trip, set_thread_instance, worker_id_claim, Backend, HubMetrics, InstanceMetrics,
 };
 pub use sources::{publish_answered, NodeFigures, PublishApi};
 pub use totals::{totals, HubTotals, InstanceFigures, Totals};

@@ -189,8 +189,10 @@ pub(crate) fn worker_id_claim(ok: bool) {
 /// thread once a second.
 #[derive(Debug, Default)]
 pub(crate) struct HubMetrics {
-    /// Where the hub is declared (its listening address, or `embedded`).
+    /// Where the hub is declared (its listening address, or `embedded`), or `redis`.
     pub hub: String,
+    /// Only the directory's sizes are known (the directory in Redis, read by a node).
+    pub directory_only: bool,
     /// Nodes and in-process clients subscribed.
     pub subscribers: Gauge,
     /// Event names with a subscriber.
@@ -232,6 +234,36 @@ impl HubMetrics {
         lock(&registry().hubs).push(m.clone());
         m
     }
+}
+
+/// The directory sizes a node reads from a directory kept elsewhere (`hub`: `redis`),
+/// registered on first use; several threads may share them (each sets whole values).
+pub(crate) fn directory_named(hub: &str) -> Arc<HubMetrics> {
+    let mut hubs = lock(&registry().hubs);
+    if let Some(h) = hubs.iter().find(|h| h.hub == hub) {
+        return h.clone();
+    }
+    let m = Arc::new(HubMetrics {
+        hub: hub.to_string(),
+        directory_only: true,
+        ..Default::default()
+    });
+    hubs.push(m.clone());
+    m
+}
+
+/// An admin port serves this process's metrics (set when it starts): work done only for the
+/// metrics (reading sizes kept elsewhere, in Redis) is skipped until then.
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// See [`ENABLED`].
+pub(crate) fn enable() {
+    ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`ENABLED`].
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Every source registered in this process.

@@ -76,8 +76,10 @@ pub struct Totals {
 /// One hub's sizes.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct HubTotals {
-    /// Where it is declared.
+    /// Where it is declared, or `redis` (then only the directory's sizes are known).
     pub hub: String,
+    /// Only the directory's sizes are known.
+    pub directory_only: bool,
     /// Nodes and clients subscribed.
     pub subscribers: i64,
     /// Event names with a subscriber.
@@ -148,6 +150,7 @@ pub fn totals() -> Totals {
         .iter()
         .map(|h| HubTotals {
             hub: h.hub.clone(),
+            directory_only: h.directory_only,
             subscribers: h.subscribers.get(),
             events: h.events.get(),
             clients: h.clients.get(),

@@ -649,6 +649,25 @@ async fn renew(bus: &mut Bus, link: &str, workers: &[u32]) -> redis::RedisResult
         .collect())
 }
 
+/// Seconds between two readings of the directory's sizes (only with an admin port).
+const SIZES_EVERY: u64 = 2;
+
+/// The directory's sizes, cluster-wide: clients, uids, groups (for the metrics).
+async fn sizes(bus: &mut Bus) -> redis::RedisResult<[i64; 3]> {
+    let mut groups = redis::cmd("SCARD");
+    groups.arg(format!("{PREFIX}gs"));
+    let calls = vec![
+        call(bus, "get_all_client_id_count", b""),
+        call(bus, "get_all_uid_count", b""),
+        groups,
+    ];
+    let mut out = [0; 3];
+    for (o, v) in out.iter_mut().zip(run_calls(bus, calls).await?) {
+        *o = int(v)?;
+    }
+    Ok(out)
+}
+
 /// Every second, while the link registered clients or holds worker-id leases: sweep; every
 /// tenth second renew the alive keys of the workers it registered, and when one was lost (the
 /// link was out of touch for longer than the key lives) have the client register again.
@@ -679,6 +698,18 @@ pub(super) async fn run_directory(link: Weak<RedisLink>) {
             Ok(0) => {}
             Ok(n) => log::info!("redis {shown}: directory: {n} clients of gone nodes removed"),
             Err(e) => log::debug!("redis {shown}: directory sweep: {e}"),
+        }
+        if tick.is_multiple_of(SIZES_EVERY) && crate::metrics::enabled() {
+            // With an admin port: the directory's sizes as every node sees them (`hub="redis"`).
+            match sizes(&mut bus).await {
+                Ok([clients, uids, groups]) => {
+                    let m = crate::metrics::directory_named("redis");
+                    m.clients.set(clients);
+                    m.uids.set(uids);
+                    m.groups.set(groups);
+                }
+                Err(e) => log::debug!("redis {shown}: directory sizes: {e}"),
+            }
         }
         if workers.is_empty() {
             continue;
