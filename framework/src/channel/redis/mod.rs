@@ -104,6 +104,9 @@ enum Waiter {
 enum Outcome {
     Reached(Option<usize>),
     Answer(Option<Bytes>),
+    /// Redis answered this count, but no later reply has yet shown that the event was
+    /// written to the subscribers (`run_outbound` waits for the next batch's).
+    Unproven(usize),
 }
 
 /// One client's link to Redis.
@@ -447,9 +450,13 @@ async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
 /// Hand queued commands to Redis in order, pipelined; on an error keep them and reconnect.
 async fn run_outbound(link: Weak<RedisLink>) {
     let mut backoff = Duration::from_millis(100);
+    // Confirmed publishes Redis answered in the last batch whose subscribers' writes no
+    // later reply has proven yet (see `execute`): the next batch's reply proves them.
+    let mut unproven: Vec<(u64, Outcome)> = Vec::new();
     loop {
         let Some(l) = link.upgrade() else { return };
         if l.closed.get() {
+            settle_all(&l, std::mem::take(&mut unproven), false);
             return;
         }
         let current = l.manager.borrow().clone();
@@ -488,11 +495,28 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 .collect()
         };
         if batch.is_empty() {
+            if !unproven.is_empty() {
+                // Nothing came to carry the proof: a command of its own (as `execute` does).
+                drop(l);
+                let proven = written(&mut manager, Vec::new()).await;
+                if let Some(l) = link.upgrade() {
+                    settle_all(&l, std::mem::take(&mut unproven), proven);
+                }
+                continue;
+            }
             l.wake_out.notified().await;
             continue;
         }
         let id = l.id.clone();
         drop(l);
+        // More commands queued behind this batch when its replies come: the next batch's
+        // replies prove this one's writes, so it does not wait for a round trip of its own.
+        let weak = link.clone();
+        let queued = batch.len();
+        let more = move || {
+            weak.upgrade()
+                .is_some_and(|l| !l.closed.get() && l.outbound.borrow().len() > queued)
+        };
         let result = if history::is_history(&batch[0].0) {
             history::execute(&mut manager, &batch, event_channel)
                 .await
@@ -509,7 +533,7 @@ async fn run_outbound(link: Weak<RedisLink>) {
                     (outcomes, done.registered)
                 })
         } else {
-            execute(&mut manager, &id, &batch)
+            execute(&mut manager, &id, &batch, more)
                 .await
                 .map(|outcomes| (outcomes, Vec::new()))
         };
@@ -520,11 +544,25 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 l.outbound.borrow_mut().drain(..batch.len());
                 l.dir_workers.borrow_mut().extend(registered);
                 l.set_up(true);
+                // This batch was sent after the last one's replies came, and Redis answered
+                // it: the last one's loop iteration, subscribers' writes included, is done.
+                settle_all(&l, std::mem::take(&mut unproven), true);
                 for (id, outcome) in outcomes {
-                    l.settle(id, outcome);
+                    match outcome {
+                        Outcome::Unproven(n) => unproven.push((id, Outcome::Reached(Some(n)))),
+                        outcome => l.settle(id, outcome),
+                    }
                 }
             }
             Err(e) if !retry(&e) => {
+                // Redis refused a command (it answered): prove the last batch's writes on
+                // their own.
+                if !unproven.is_empty() {
+                    let proven = written(&mut manager, Vec::new()).await;
+                    if let Some(l) = link.upgrade() {
+                        settle_all(&l, std::mem::take(&mut unproven), proven);
+                    }
+                }
                 let Some(l) = link.upgrade() else { return };
                 log::error!(
                     "redis {}: {e}; {} commands not repeated",
@@ -538,6 +576,9 @@ async fn run_outbound(link: Weak<RedisLink>) {
             }
             Err(e) => {
                 let Some(l) = link.upgrade() else { return };
+                // The connection failed: whether the last batch's events were written is
+                // not known.
+                settle_all(&l, std::mem::take(&mut unproven), false);
                 // Confirmed publishes are answered now (they may or may not have run); the
                 // other commands are sent again.
                 l.fail_confirmed(batch.len());
@@ -552,6 +593,21 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// Tell the waiters of confirmed publishes Redis answered their counts, once a later reply
+/// `proven` their writes (else `Unconfirmed`).
+fn settle_all(l: &RedisLink, outcomes: Vec<(u64, Outcome)>, proven: bool) {
+    for (id, outcome) in outcomes {
+        l.settle(
+            id,
+            if proven {
+                outcome
+            } else {
+                Outcome::Reached(None)
+            },
+        );
     }
 }
 
@@ -579,10 +635,15 @@ fn confirmed_in(batch: &[(Command, Option<u64>)]) -> usize {
 
 /// Run a batch; returns each confirmed publish's key with the subscriptions it reached (`None`
 /// when the connection failed before that was certain).
+///
+/// On a single server, when `more()` says commands wait behind the batch once its replies
+/// are in, the counts come back [`Outcome::Unproven`]: the caller settles them when the next
+/// batch is answered, instead of a `PING` round trip here (see [`written`]).
 async fn execute(
     bus: &mut Bus,
     id: &str,
     batch: &[(Command, Option<u64>)],
+    more: impl FnOnce() -> bool,
 ) -> redis::RedisResult<Vec<(u64, Outcome)>> {
     let mut cmds = Vec::new();
     // For each wanted reply, the confirmed publish it belongs to.
@@ -703,6 +764,12 @@ async fn execute(
             _ => reached.push((confirm, Some(n))),
         }
     }
+    if !reached.is_empty() && matches!(bus, Bus::Single(_)) && more() {
+        return Ok(reached
+            .into_iter()
+            .map(|(id, n)| (id, Outcome::Unproven(n.unwrap_or(0))))
+            .collect());
+    }
     if !reached.is_empty() && !written(bus, confirmed_channels).await {
         for (_, n) in &mut reached {
             *n = None;
@@ -719,6 +786,8 @@ async fn execute(
 /// its event loop next sleeps, the publisher first), so a Redis killed in between answered a
 /// count for messages nobody gets. Once a later command on the same connection (on a cluster,
 /// to the same nodes) is answered, that loop iteration — and every write of it — is done.
+/// On a single server under load the next batch is that later command (`run_outbound`); this
+/// `PING` is for the last batch of a burst, and for a cluster.
 async fn written(bus: &mut Bus, channels: Vec<String>) -> bool {
     let after = match bus {
         Bus::Single(_) => bus.run(vec![(String::new(), redis::cmd("PING"))]).await,
