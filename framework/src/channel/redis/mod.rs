@@ -517,6 +517,9 @@ async fn run_outbound(link: Weak<RedisLink>) {
             weak.upgrade()
                 .is_some_and(|l| !l.closed.get() && l.outbound.borrow().len() > queued)
         };
+        // Whether Redis answered a command of this batch (what proves the last batch's writes);
+        // only a batch of plain commands tells (the others' PING instead, below).
+        let mut answered = false;
         let result = if history::is_history(&batch[0].0) {
             history::execute(&mut manager, &batch, event_channel)
                 .await
@@ -535,8 +538,18 @@ async fn run_outbound(link: Weak<RedisLink>) {
         } else {
             execute(&mut manager, &id, &batch, more)
                 .await
-                .map(|outcomes| (outcomes, Vec::new()))
+                .map(|(outcomes, replied)| {
+                    answered = replied;
+                    (outcomes, Vec::new())
+                })
         };
+        if !answered && !unproven.is_empty() && result.is_ok() {
+            // Nothing of this batch reached Redis (or it does not tell): a command of its own.
+            let proven = written(&mut manager, Vec::new()).await;
+            if let Some(l) = link.upgrade() {
+                settle_all(&l, std::mem::take(&mut unproven), proven);
+            }
+        }
         match result {
             Ok((outcomes, registered)) => {
                 backoff = Duration::from_millis(100);
@@ -644,7 +657,7 @@ async fn execute(
     id: &str,
     batch: &[(Command, Option<u64>)],
     more: impl FnOnce() -> bool,
-) -> redis::RedisResult<Vec<(u64, Outcome)>> {
+) -> redis::RedisResult<(Vec<(u64, Outcome)>, bool)> {
     let mut cmds = Vec::new();
     // For each wanted reply, the confirmed publish it belongs to.
     let mut replies_of: Vec<u64> = Vec::new();
@@ -755,6 +768,8 @@ async fn execute(
         v.dedup();
         v
     };
+    // An empty pipeline is not sent at all: Redis answered nothing of this batch.
+    let replied = !cmds.is_empty();
     let replies = bus.run_with_replies(cmds).await?;
     let mut reached: Vec<(u64, Option<usize>)> = Vec::new();
     for (confirm, v) in replies_of.into_iter().zip(replies) {
@@ -768,20 +783,22 @@ async fn execute(
         }
     }
     if !reached.is_empty() && matches!(bus, Bus::Single(_)) && more() {
-        return Ok(reached
+        let unproven = reached
             .into_iter()
             .map(|(id, n)| (id, Outcome::Unproven(n.unwrap_or(0))))
-            .collect());
+            .collect();
+        return Ok((unproven, replied));
     }
     if !reached.is_empty() && !written(bus, confirmed_channels).await {
         for (_, n) in &mut reached {
             *n = None;
         }
     }
-    Ok(reached
+    let outcomes = reached
         .into_iter()
         .map(|(id, n)| (id, Outcome::Reached(n)))
-        .collect())
+        .collect();
+    Ok((outcomes, replied))
 }
 
 /// Whether what was published on `channels` was surely written to the subscribers: Redis
