@@ -496,12 +496,17 @@ async fn run_outbound(link: Weak<RedisLink>) {
         };
         if batch.is_empty() {
             if !unproven.is_empty() {
-                // Nothing came to carry the proof: a command of its own (as `execute` does).
-                drop(l);
-                let proven = written(&mut manager, Vec::new()).await;
-                if let Some(l) = link.upgrade() {
-                    settle_all(&l, std::mem::take(&mut unproven), proven);
-                }
+                // Nothing came to carry the proof: a `PING` of its own, in a task of its own,
+                // so that what is queued while it travels goes at once (and proves it too:
+                // whichever answer comes first settles them; a settled waiter is gone).
+                let (weak, mut bus) = (link.clone(), manager.clone());
+                let outcomes = std::mem::take(&mut unproven);
+                actix_rt::spawn(async move {
+                    let proven = written(&mut bus, Vec::new()).await;
+                    if let Some(l) = weak.upgrade() {
+                        settle_all(&l, outcomes, proven);
+                    }
+                });
                 continue;
             }
             l.wake_out.notified().await;
@@ -509,14 +514,6 @@ async fn run_outbound(link: Weak<RedisLink>) {
         }
         let id = l.id.clone();
         drop(l);
-        // More commands queued behind this batch when its replies come: the next batch's
-        // replies prove this one's writes, so it does not wait for a round trip of its own.
-        let weak = link.clone();
-        let queued = batch.len();
-        let more = move || {
-            weak.upgrade()
-                .is_some_and(|l| !l.closed.get() && l.outbound.borrow().len() > queued)
-        };
         // Whether Redis answered a command of this batch (what proves the last batch's writes);
         // only a batch of plain commands tells (the others' PING instead, below).
         let mut answered = false;
@@ -536,7 +533,7 @@ async fn run_outbound(link: Weak<RedisLink>) {
                     (outcomes, done.registered)
                 })
         } else {
-            execute(&mut manager, &id, &batch, more)
+            execute(&mut manager, &id, &batch)
                 .await
                 .map(|(outcomes, replied)| {
                     answered = replied;
@@ -648,15 +645,15 @@ fn confirmed_in(batch: &[(Command, Option<u64>)]) -> usize {
 
 /// Run a batch; returns each confirmed publish's key with the subscriptions it reached (`None`
 /// when the connection failed before that was certain).
+/// With whether Redis answered any of it.
 ///
-/// On a single server, when `more()` says commands wait behind the batch once its replies
-/// are in, the counts come back [`Outcome::Unproven`]: the caller settles them when the next
-/// batch is answered, instead of a `PING` round trip here (see [`written`]).
+/// On a single server the counts come back [`Outcome::Unproven`], without a `PING` round trip
+/// here (see [`written`]): the caller settles them when the next batch is answered, or with a
+/// `PING` that does not hold back what comes meanwhile.
 async fn execute(
     bus: &mut Bus,
     id: &str,
     batch: &[(Command, Option<u64>)],
-    more: impl FnOnce() -> bool,
 ) -> redis::RedisResult<(Vec<(u64, Outcome)>, bool)> {
     let mut cmds = Vec::new();
     // For each wanted reply, the confirmed publish it belongs to.
@@ -782,7 +779,7 @@ async fn execute(
             _ => reached.push((confirm, Some(n))),
         }
     }
-    if !reached.is_empty() && matches!(bus, Bus::Single(_)) && more() {
+    if !reached.is_empty() && matches!(bus, Bus::Single(_)) {
         let unproven = reached
             .into_iter()
             .map(|(id, n)| (id, Outcome::Unproven(n.unwrap_or(0))))
