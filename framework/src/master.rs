@@ -332,27 +332,62 @@ fn serve(
     result
 }
 
+/// Most connections the acceptor takes from the backlog before it hands them over.
+const ACCEPT_BURST: usize = 64;
+
 async fn accept_loop(listener: tokio::net::TcpListener, instances: Vec<Addr<InstanceActor>>) {
+    use futures_util::FutureExt;
     let mut next = 0usize;
+    // What this wake-up accepted, per instance.
+    let mut batches: Vec<Vec<(std::net::TcpStream, std::net::SocketAddr)>> =
+        instances.iter().map(|_| Vec::new()).collect();
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let stream = match stream.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("accept: {e}");
-                        continue;
+        // The first connection waits for readiness; the others that wait in the backlog are
+        // taken without sleeping (up to a burst), then each instance gets its share in one
+        // message: a burst of new connections wakes an instance's thread once, not once per
+        // connection (each message that finds it parked is an eventfd write and a context
+        // switch). Round-robin per connection, as before.
+        let mut accepted = Some(listener.accept().await);
+        let mut taken = 0;
+        while let Some(result) = accepted.take() {
+            match result {
+                Ok((stream, peer)) => match stream.into_std() {
+                    Ok(s) => {
+                        batches[next % instances.len()].push((s, peer));
+                        next = next.wrapping_add(1);
                     }
-                };
-                instances[next % instances.len()]
-                    .do_send(crate::worker::instance::Adopt(stream, peer));
-                next = next.wrapping_add(1);
+                    Err(e) => log::warn!("accept: {e}"),
+                },
+                Err(e) => {
+                    hand_over(&instances, &mut batches);
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    log::error!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    break;
+                }
             }
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                log::error!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            taken += 1;
+            if taken < ACCEPT_BURST {
+                accepted = listener.accept().now_or_never();
             }
+        }
+        hand_over(&instances, &mut batches);
+    }
+}
+
+/// Send each instance the connections accepted for it: one message each.
+fn hand_over(
+    instances: &[Addr<InstanceActor>],
+    batches: &mut [Vec<(std::net::TcpStream, std::net::SocketAddr)>],
+) {
+    for (addr, batch) in instances.iter().zip(batches.iter_mut()) {
+        match batch.len() {
+            0 => {}
+            1 => {
+                let (stream, peer) = batch.pop().expect("one");
+                addr.do_send(crate::worker::instance::Adopt(stream, peer));
+            }
+            _ => addr.do_send(crate::worker::instance::AdoptMany(std::mem::take(batch))),
         }
     }
 }

@@ -165,8 +165,14 @@ impl TcpBroker {
         self.write_payload(Bytes::from(cmd.encode_payload()))
     }
 
+    /// Queue a command for the connection's task rather than writing it at once: every
+    /// command of this thread's turn (a publisher's pushes for the requests it read
+    /// together, a node's registrations for the connections it accepted) then leaves in one
+    /// write — one syscall, one wake-up of the server — instead of one each. It still leaves
+    /// within the turn (the task is woken now and runs after the tasks already due), and
+    /// in order: the queue is the connection's only way out.
     fn write_payload(&self, payload: Bytes) -> Result<(), ChannelError> {
-        if self.conn.send(Message::Binary(payload)).is_ok() {
+        if self.conn.send_queued(Message::Binary(payload)).is_ok() {
             Ok(())
         } else {
             Err(ChannelError::BufferFull { limit: SEND_BUFFER })

@@ -453,25 +453,31 @@ impl Delivery {
         let mut r = Reader::new(payload);
         let n = r.array_start()?;
         let (mut kind, mut channel, mut data, mut pos) = (None, None, None, None);
+        // Keys and the type are compared as bytes (as `Command::decode_request` does): a
+        // subscriber decodes every event it gets, and only the channel's name is kept.
         for _ in 0..n {
-            match r.key()? {
-                Key::Str(k) if k == "type" => {
-                    kind = Some(match r.key()? {
-                        Key::Str(t) if t == "event" => DeliveryKind::Event,
-                        Key::Str(t) if t == "queue" => DeliveryKind::Queue,
-                        Key::Str(t) if t == "hello" => DeliveryKind::Hello,
-                        Key::Str(t) if t == "ack" => DeliveryKind::Ack,
+            match r.key_raw()? {
+                Some(b"type") => {
+                    kind = Some(match r.key_raw()? {
+                        Some(b"event") => DeliveryKind::Event,
+                        Some(b"queue") => DeliveryKind::Queue,
+                        Some(b"hello") => DeliveryKind::Hello,
+                        Some(b"ack") => DeliveryKind::Ack,
                         other => {
+                            let other = match other {
+                                Some(t) => String::from_utf8_lossy(t).into_owned(),
+                                None => "(an integer)".into(),
+                            };
                             return Err(PhpError {
                                 msg: format!("unknown message type {other}"),
                                 pos: 0,
-                            })
+                            });
                         }
                     })
                 }
-                Key::Str(k) if k == "channel" => channel = Some(r.key()?),
-                Key::Str(k) if k == "data" => data = Some(payload.slice(r.skip()?)),
-                Key::Str(k) if k == "pos" => {
+                Some(b"channel") => channel = Some(r.key()?),
+                Some(b"data") => data = Some(payload.slice(r.skip()?)),
+                Some(b"pos") => {
                     let at = r.pos();
                     pos = match r.key()? {
                         Key::Str(p) => p.parse::<Position>().ok(),

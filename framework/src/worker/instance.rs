@@ -652,6 +652,20 @@ impl Handler<Adopt> for InstanceActor {
     }
 }
 
+/// New connections for the instance, accepted together (a burst), in order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct AdoptMany(pub Vec<(std::net::TcpStream, std::net::SocketAddr)>);
+
+impl Handler<AdoptMany> for InstanceActor {
+    type Result = ();
+    fn handle(&mut self, msg: AdoptMany, _: &mut Self::Context) {
+        for (stream, peer) in msg.0 {
+            self.inst.adopt(stream, peer);
+        }
+    }
+}
+
 /// Run a closure on the instance's thread.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -35,7 +35,7 @@ use serde_json::{Map, Value};
 
 use super::bus::Bus;
 use super::{RedisLink, MEMBERSHIP_REFRESH, PREFIX_EVENT};
-use crate::channel::dir::{self, error_answer, ClientId, DirOp, Target};
+use crate::channel::dir::{self, error_answer, ClientId, DirOp, Registration, Target};
 use crate::channel::wire::Command;
 
 /// The hash tag of every directory key and of the gateway nodes' event channels.
@@ -461,9 +461,40 @@ pub(super) async fn execute(
     // Per call, 0, or the sends to one uid it runs (answered with a list of their counts).
     let mut runs: Vec<usize> = Vec::with_capacity(batch.len());
     let mut run: Option<(redis::Cmd, usize)> = None;
+    // Consecutive registrations nobody waits for (a node's new connections, one command
+    // each): one `register` of them all, so a burst of connections costs a script call per
+    // 500 clients, not one each (the script's fixed cost dwarfs a client's). The same
+    // clients in the same order: what Redis holds after it is what the calls one by one
+    // would have left.
+    let mut regs: Vec<Registration> = Vec::new();
+    let flush_regs =
+        |regs: &mut Vec<Registration>,
+         cmds: &mut Vec<redis::Cmd>,
+         runs: &mut Vec<usize>,
+         items: &mut Vec<(Option<u64>, Result<DirOp, String>, usize)>| {
+            if regs.is_empty() {
+                return;
+            }
+            let op = DirOp::Register {
+                clients: std::mem::take(regs),
+            };
+            let c = op_calls(bus, &op, b"", link);
+            runs.extend(c.iter().map(|_| 0));
+            items.push((None, Ok(op), c.len()));
+            cmds.extend(c);
+        };
     for (cmd, request) in batch {
         let Command::Dir(data) = cmd else { continue };
         let op = parse(data);
+        if let (Ok(DirOp::Register { clients }), None) = (&op, request) {
+            if let Some((c, n)) = run.take() {
+                cmds.push(c);
+                runs.push(n);
+            }
+            regs.extend(clients.iter().cloned());
+            continue;
+        }
+        flush_regs(&mut regs, &mut cmds, &mut runs, &mut items);
         let mut calls = 0;
         match &op {
             Ok(DirOp::Send {
@@ -494,6 +525,7 @@ pub(super) async fn execute(
         }
         items.push((*request, op, calls));
     }
+    flush_regs(&mut regs, &mut cmds, &mut runs, &mut items);
     if let Some((c, n)) = run.take() {
         cmds.push(c);
         runs.push(n);

@@ -104,6 +104,9 @@ enum Waiter {
 enum Outcome {
     Reached(Option<usize>),
     Answer(Option<Bytes>),
+    /// Redis answered this count, but no later reply has yet shown that the event was
+    /// written to the subscribers (`run_outbound` waits for the next batch's).
+    Unproven(usize),
 }
 
 /// One client's link to Redis.
@@ -447,9 +450,13 @@ async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
 /// Hand queued commands to Redis in order, pipelined; on an error keep them and reconnect.
 async fn run_outbound(link: Weak<RedisLink>) {
     let mut backoff = Duration::from_millis(100);
+    // Confirmed publishes Redis answered in the last batch whose subscribers' writes no
+    // later reply has proven yet (see `execute`): the next batch's reply proves them.
+    let mut unproven: Vec<(u64, Outcome)> = Vec::new();
     loop {
         let Some(l) = link.upgrade() else { return };
         if l.closed.get() {
+            settle_all(&l, std::mem::take(&mut unproven), false);
             return;
         }
         let current = l.manager.borrow().clone();
@@ -488,11 +495,28 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 .collect()
         };
         if batch.is_empty() {
+            if !unproven.is_empty() {
+                // Nothing came to carry the proof: a `PING` of its own, in a task of its own,
+                // so that what is queued while it travels goes at once (and proves it too:
+                // whichever answer comes first settles them; a settled waiter is gone).
+                let (weak, mut bus) = (link.clone(), manager.clone());
+                let outcomes = std::mem::take(&mut unproven);
+                actix_rt::spawn(async move {
+                    let proven = written(&mut bus, Vec::new()).await;
+                    if let Some(l) = weak.upgrade() {
+                        settle_all(&l, outcomes, proven);
+                    }
+                });
+                continue;
+            }
             l.wake_out.notified().await;
             continue;
         }
         let id = l.id.clone();
         drop(l);
+        // Whether Redis answered a command of this batch (what proves the last batch's writes);
+        // only a batch of plain commands tells (the others' PING instead, below).
+        let mut answered = false;
         let result = if history::is_history(&batch[0].0) {
             history::execute(&mut manager, &batch, event_channel)
                 .await
@@ -511,8 +535,18 @@ async fn run_outbound(link: Weak<RedisLink>) {
         } else {
             execute(&mut manager, &id, &batch)
                 .await
-                .map(|outcomes| (outcomes, Vec::new()))
+                .map(|(outcomes, replied)| {
+                    answered = replied;
+                    (outcomes, Vec::new())
+                })
         };
+        if !answered && !unproven.is_empty() && result.is_ok() {
+            // Nothing of this batch reached Redis (or it does not tell): a command of its own.
+            let proven = written(&mut manager, Vec::new()).await;
+            if let Some(l) = link.upgrade() {
+                settle_all(&l, std::mem::take(&mut unproven), proven);
+            }
+        }
         match result {
             Ok((outcomes, registered)) => {
                 backoff = Duration::from_millis(100);
@@ -520,11 +554,25 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 l.outbound.borrow_mut().drain(..batch.len());
                 l.dir_workers.borrow_mut().extend(registered);
                 l.set_up(true);
+                // This batch was sent after the last one's replies came, and Redis answered
+                // it: the last one's loop iteration, subscribers' writes included, is done.
+                settle_all(&l, std::mem::take(&mut unproven), true);
                 for (id, outcome) in outcomes {
-                    l.settle(id, outcome);
+                    match outcome {
+                        Outcome::Unproven(n) => unproven.push((id, Outcome::Reached(Some(n)))),
+                        outcome => l.settle(id, outcome),
+                    }
                 }
             }
             Err(e) if !retry(&e) => {
+                // Redis refused a command (it answered): prove the last batch's writes on
+                // their own.
+                if !unproven.is_empty() {
+                    let proven = written(&mut manager, Vec::new()).await;
+                    if let Some(l) = link.upgrade() {
+                        settle_all(&l, std::mem::take(&mut unproven), proven);
+                    }
+                }
                 let Some(l) = link.upgrade() else { return };
                 log::error!(
                     "redis {}: {e}; {} commands not repeated",
@@ -538,6 +586,9 @@ async fn run_outbound(link: Weak<RedisLink>) {
             }
             Err(e) => {
                 let Some(l) = link.upgrade() else { return };
+                // The connection failed: whether the last batch's events were written is
+                // not known.
+                settle_all(&l, std::mem::take(&mut unproven), false);
                 // Confirmed publishes are answered now (they may or may not have run); the
                 // other commands are sent again.
                 l.fail_confirmed(batch.len());
@@ -552,6 +603,21 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// Tell the waiters of confirmed publishes Redis answered their counts, once a later reply
+/// `proven` their writes (else `Unconfirmed`).
+fn settle_all(l: &RedisLink, outcomes: Vec<(u64, Outcome)>, proven: bool) {
+    for (id, outcome) in outcomes {
+        l.settle(
+            id,
+            if proven {
+                outcome
+            } else {
+                Outcome::Reached(None)
+            },
+        );
     }
 }
 
@@ -579,11 +645,16 @@ fn confirmed_in(batch: &[(Command, Option<u64>)]) -> usize {
 
 /// Run a batch; returns each confirmed publish's key with the subscriptions it reached (`None`
 /// when the connection failed before that was certain).
+/// With whether Redis answered any of it.
+///
+/// On a single server the counts come back [`Outcome::Unproven`], without a `PING` round trip
+/// here (see [`written`]): the caller settles them when the next batch is answered, or with a
+/// `PING` that does not hold back what comes meanwhile.
 async fn execute(
     bus: &mut Bus,
     id: &str,
     batch: &[(Command, Option<u64>)],
-) -> redis::RedisResult<Vec<(u64, Outcome)>> {
+) -> redis::RedisResult<(Vec<(u64, Outcome)>, bool)> {
     let mut cmds = Vec::new();
     // For each wanted reply, the confirmed publish it belongs to.
     let mut replies_of: Vec<u64> = Vec::new();
@@ -680,8 +751,11 @@ async fn execute(
     if !unsubscribe.is_empty() {
         bus.unsubscribe_events(&unsubscribe).await?;
     }
-    // The channels of confirmed publishes, for the round trip below.
-    let confirmed_channels: Vec<String> = {
+    // The channels of confirmed publishes, for the round trip below (a cluster probes each;
+    // a single server needs none).
+    let confirmed_channels: Vec<String> = if matches!(bus, Bus::Single(_)) {
+        Vec::new()
+    } else {
         let mut v: Vec<String> = cmds
             .iter()
             .filter(|(_, _, want)| *want)
@@ -691,6 +765,8 @@ async fn execute(
         v.dedup();
         v
     };
+    // An empty pipeline is not sent at all: Redis answered nothing of this batch.
+    let replied = !cmds.is_empty();
     let replies = bus.run_with_replies(cmds).await?;
     let mut reached: Vec<(u64, Option<usize>)> = Vec::new();
     for (confirm, v) in replies_of.into_iter().zip(replies) {
@@ -703,15 +779,23 @@ async fn execute(
             _ => reached.push((confirm, Some(n))),
         }
     }
+    if !reached.is_empty() && matches!(bus, Bus::Single(_)) {
+        let unproven = reached
+            .into_iter()
+            .map(|(id, n)| (id, Outcome::Unproven(n.unwrap_or(0))))
+            .collect();
+        return Ok((unproven, replied));
+    }
     if !reached.is_empty() && !written(bus, confirmed_channels).await {
         for (_, n) in &mut reached {
             *n = None;
         }
     }
-    Ok(reached
+    let outcomes = reached
         .into_iter()
         .map(|(id, n)| (id, Outcome::Reached(n)))
-        .collect())
+        .collect();
+    Ok((outcomes, replied))
 }
 
 /// Whether what was published on `channels` was surely written to the subscribers: Redis
@@ -719,6 +803,8 @@ async fn execute(
 /// its event loop next sleeps, the publisher first), so a Redis killed in between answered a
 /// count for messages nobody gets. Once a later command on the same connection (on a cluster,
 /// to the same nodes) is answered, that loop iteration — and every write of it — is done.
+/// On a single server under load the next batch is that later command (`run_outbound`); this
+/// `PING` is for the last batch of a burst, and for a cluster.
 async fn written(bus: &mut Bus, channels: Vec<String>) -> bool {
     let after = match bus {
         Bus::Single(_) => bus.run(vec![(String::new(), redis::cmd("PING"))]).await,
