@@ -54,6 +54,11 @@ pub fn reset_label(n: u32, rate: u32, pct: u32, secs: u32) -> String {
     )
 }
 
+/// The metrics cost rows' label (the mode tells which).
+pub fn metrics_label(n: u32, m: u32) -> String {
+    format!("metrics on/off: broadcast {} × {m}", k(n))
+}
+
 /// The history on/off rows' label (the mode tells which).
 pub fn history_label(n: u32, m: u32) -> String {
     format!("history on/off: broadcast {} × {m}", k(n))
@@ -246,18 +251,34 @@ impl Suite {
 
     /// The history on/off rows: two all-in-one servers side by side (see the module's text).
     pub(crate) async fn session_history(&mut self, build: Build) -> Result<()> {
-        let p = self.opts.plan.clone();
+        let p = &self.opts.plan;
         let label = history_label(p.bcast_n, p.bcast_m);
-        let setups = [
-            Setup::WerkmannAll { build },
-            Setup::WerkmannHistory {
-                build,
-                rules: HISTORY_OFF,
-            },
-        ];
+        let off = Setup::WerkmannHistory {
+            build,
+            rules: HISTORY_OFF,
+        };
+        self.side_by_side(&label, [Setup::WerkmannAll { build }, off])
+            .await
+    }
+
+    /// The metrics cost rows: `start_all` with its admin port scraped every second next to
+    /// one without (the same broadcast row, alternating runs).
+    pub(crate) async fn session_metrics(&mut self, build: Build) -> Result<()> {
+        let p = &self.opts.plan;
+        let label = metrics_label(p.bcast_n, p.bcast_m);
+        let on = Setup::WerkmannMetrics { build };
+        self.side_by_side(&label, [on, Setup::WerkmannAll { build }])
+            .await
+    }
+
+    /// The broadcast row on two all-in-one setups started side by side, runs alternating
+    /// (a, b, then b, a, …), the median of each; a setup with a metrics port is scraped
+    /// every second meanwhile (scrapes and failures in its row's notes).
+    async fn side_by_side(&mut self, label: &str, setups: [Setup; 2]) -> Result<()> {
+        let p = self.opts.plan.clone();
         let mut sides = Vec::new();
         for (i, s) in setups.into_iter().enumerate() {
-            let sys = self.start(s, &format!("history-{i}")).await?;
+            let sys = self.start(s, &format!("side-{i}")).await?;
             let mut conn = Conn::connect(sys.api.addr).await?;
             let mut conns = Vec::new();
             for _ in 0..p.inflight.max(1) {
@@ -277,32 +298,84 @@ impl Suite {
             }
             let live = gen.live.len() as u64;
             warm(&mut gen, &sys.api, &mut conn, live).await?;
-            sides.push((sys, gen, conns, Vec::new()));
+            let scraper = sys.metrics.map(Scraper::start);
+            sides.push((sys, gen, conns, Vec::new(), scraper));
         }
         for run in 0..p.repeats {
-            // on, off, then off, on, …: neither always goes first.
+            // a, b, then b, a, …: neither always goes first.
             let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
-                let (sys, gen, conns, runs) = &mut sides[i];
+                let (sys, gen, conns, runs, _) = &mut sides[i];
                 let how = Publish::Burst {
                     inflight: p.inflight,
                 };
                 let d = self
                     .deliver(sys, gen, conns, Kind::Broadcast, p.bcast_m, how)
                     .await?;
-                runs.push(self.delivery_row(Scenario::Faults, &label, sys.setup, &d));
+                runs.push(self.delivery_row(Scenario::Faults, label, sys.setup, &d));
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
-        for (mut sys, gen, _, runs) in sides {
+        for (mut sys, gen, _, runs, scraper) in sides {
             gen.quit().await;
             sys.check_alive()?;
             sys.stop();
-            if let Some(r) = row::median(runs) {
+            if let Some(mut r) = row::median(runs) {
+                if let Some(s) = scraper {
+                    let (done, failed) = s.stop();
+                    r.notes
+                        .push(format!("{done} scrapes of /metrics, {failed} failed"));
+                    if failed > 0 {
+                        r.errors.http += failed;
+                    }
+                }
                 self.push(r);
             }
         }
         Ok(())
+    }
+}
+
+/// `GET /metrics` every second on a task of its own, until stopped.
+struct Scraper {
+    task: tokio::task::JoinHandle<()>,
+    counts: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+}
+
+impl Scraper {
+    fn start(addr: std::net::SocketAddr) -> Scraper {
+        let counts = Arc::new(Default::default());
+        let c: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)> =
+            Arc::clone(&counts);
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            let mut conn = Conn::connect(addr).await.ok();
+            loop {
+                every.tick().await;
+                let ok = match conn.as_mut() {
+                    Some(conn) => matches!(
+                        conn.roundtrip(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").await,
+                        Ok((200, ref body)) if body.contains("werkmann_")
+                    ),
+                    None => false,
+                };
+                let n = if ok { &c.0 } else { &c.1 };
+                n.fetch_add(1, Ordering::Relaxed);
+                if conn.is_none() {
+                    conn = Conn::connect(addr).await.ok();
+                }
+            }
+        });
+        Scraper { task, counts }
+    }
+
+    /// Stop; the scrapes done and failed.
+    fn stop(self) -> (u64, u64) {
+        self.task.abort();
+        (
+            self.counts.0.load(Ordering::Relaxed),
+            self.counts.1.load(Ordering::Relaxed),
+        )
     }
 }
 

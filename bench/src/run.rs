@@ -241,9 +241,9 @@ pub struct Options {
 const SYSTEMS: [&str; 5] = ["werkmann", "werkmann-before", "nchan", "socketio", "soketi"];
 
 /// Groups the default run leaves out (`--only` names them).
-const NOT_BY_DEFAULT: [&str; 3] = ["pusher", "faults", "sse"];
+const NOT_BY_DEFAULT: [&str; 4] = ["pusher", "faults", "sse", "metrics"];
 
-const GROUPS: [&str; 14] = [
+const GROUPS: [&str; 15] = [
     "idle",
     "one-node",
     "nodes",
@@ -258,6 +258,7 @@ const GROUPS: [&str; 14] = [
     "pusher",
     "faults",
     "sse",
+    "metrics",
 ];
 
 /// Usage text.
@@ -268,7 +269,7 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
   --quick          the small set (under 4 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
   --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
-                   gateway,dir-memory,channel,pusher,faults,sse (gateway: uid, targeted and group
+                   gateway,dir-memory,channel,pusher,faults,sse,metrics (gateway: uid, targeted and group
                    pushes through the directory on 4 nodes; dir-memory: the directory's memory
                    per binding; pusher: werkmann's Pusher protocol next to Soketi; faults:
                    10k resuming clients under 10 pushes/s, 10 % of them reset every second
@@ -277,7 +278,9 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
                    /sse next to Nchan's EventSource on 10k streams — idle KiB per stream,
                    broadcast × 200 per server CPU-s, paced latency p50/p99, and 10 % dropped
                    every second for 20 s resuming with Last-Event-ID — on each werkmann mode;
-                   pusher, faults and sse are not in the default run, only when named)
+                   metrics: broadcast 10k × 200 on start_all with --metrics scraped every
+                   second next to one without, runs alternating, on ÷ off;
+                   pusher, faults, sse and metrics are not in the default run, only when named)
   --systems LIST   werkmann,werkmann-before,nchan,socketio,soketi (default: all but
                    werkmann-before; --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
@@ -1652,6 +1655,17 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
     }
     if suite.want("sse") {
         suite.group_sse().await;
+    }
+    if suite.want("metrics") {
+        for build in suite.builds() {
+            let s = Setup::WerkmannAll { build };
+            let what = format!("metrics on/off, {}", s.system());
+            if !suite.usable(s) || suite.over_budget(&what) {
+                continue;
+            }
+            let r = suite.session_metrics(build).await;
+            suite.guarded(what, r).await;
+        }
     }
     let (mut channel, mut channel_before) = (None, None);
     if suite.want("channel") {

@@ -77,6 +77,12 @@ pub enum Setup {
         /// The `--history` rules.
         rules: &'static str,
     },
+    /// `start_all --count 2 --metrics ADDR`: all-in-one with its admin port, which the bench
+    /// scrapes every second (the metrics cost row).
+    WerkmannMetrics {
+        /// Which binaries.
+        build: Build,
+    },
 }
 
 impl Setup {
@@ -99,7 +105,8 @@ impl Setup {
             | Setup::WerkmannCluster { build, .. }
             | Setup::WerkmannRedis { build, .. }
             | Setup::WerkmannPusher { build }
-            | Setup::WerkmannHistory { build, .. } => Some(build),
+            | Setup::WerkmannHistory { build, .. }
+            | Setup::WerkmannMetrics { build } => Some(build),
             Setup::Nchan { .. }
             | Setup::SocketIoAll
             | Setup::SocketIoCluster { .. }
@@ -119,6 +126,7 @@ impl Setup {
             | Setup::SocketIoAll
             | Setup::WerkmannPusher { .. }
             | Setup::WerkmannHistory { .. }
+            | Setup::WerkmannMetrics { .. }
             | Setup::Soketi => 1,
             Setup::WerkmannCluster { ws, .. }
             | Setup::WerkmannRedis { ws, .. }
@@ -140,6 +148,7 @@ impl Setup {
             Setup::Soketi => "1 process".into(),
             Setup::WerkmannHistory { rules: "*=off", .. } => "all-in-one, history off".into(),
             Setup::WerkmannHistory { rules, .. } => format!("all-in-one, history {rules}"),
+            Setup::WerkmannMetrics { .. } => "all-in-one, metrics scraped every 1 s".into(),
         }
     }
 
@@ -163,6 +172,7 @@ impl Setup {
             Setup::WerkmannHistory { rules, .. } => {
                 format!("start_all --count 2 --history '{rules}'")
             }
+            Setup::WerkmannMetrics { .. } => "start_all --count 2 --metrics ADDR".into(),
         }
     }
 
@@ -288,6 +298,8 @@ pub struct Running {
     channel: Option<(PathBuf, SocketAddr)>,
     /// The Redis server, in Redis mode and for Socket.IO's redis adapter.
     pub redis: Option<SocketAddr>,
+    /// The admin and metrics port (`Setup::WerkmannMetrics`).
+    pub metrics: Option<SocketAddr>,
     procs: Vec<Child>,
     dir: PathBuf,
 }
@@ -308,6 +320,7 @@ impl Running {
             },
             channel: None,
             redis: None,
+            metrics: None,
             procs: Vec::new(),
             dir,
         };
@@ -320,7 +333,8 @@ impl Running {
         match setup {
             Setup::WerkmannAll { .. }
             | Setup::WerkmannPusher { .. }
-            | Setup::WerkmannHistory { .. } => {
+            | Setup::WerkmannHistory { .. }
+            | Setup::WerkmannMetrics { .. } => {
                 let ws = free_addr()?;
                 let mut c = Command::new(bin("start_all"));
                 c.args([
@@ -340,7 +354,14 @@ impl Running {
                 if let Setup::WerkmannHistory { rules, .. } = setup {
                     c.args(["--history", rules]);
                 }
-                r.spawn("start_all", c, &[ws, api_addr]).await?;
+                let mut ports = vec![ws, api_addr];
+                if let Setup::WerkmannMetrics { .. } = setup {
+                    let m = free_addr()?;
+                    c.args(["--metrics", &a(m)]);
+                    r.metrics = Some(m);
+                    ports.push(m);
+                }
+                r.spawn("start_all", c, &ports).await?;
                 r.ws.push(ws);
             }
             Setup::WerkmannCluster { ws: k, .. } | Setup::WerkmannRedis { ws: k, .. } => {
