@@ -20,7 +20,7 @@
 //!     limits: cli::Limits,
 //! }
 //!
-//! let cli::App { command, options } =
+//! let cli::App { command, options, metrics } =
 //!     cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
 //! let mut worker = Worker::new(&format!("websocket://{}", options.listen.listen))?;
 //! worker.count = options.listen.count;
@@ -28,7 +28,7 @@
 //! worker.on_message(|conn, msg| {
 //!     conn.send(msg);
 //! });
-//! command.run([worker])
+//! command.run(metrics.with([worker], None)?)
 //! # ; Ok::<(), werkmann::Error>(())
 //! ```
 

@@ -146,7 +146,7 @@ fn families() -> Vec<MetricFamily> {
         hubs.iter()
             .map(move |h| (vec![("hub", h.hub.clone())], f(h) as f64))
     };
-    let p = super::process::read();
+    let p = super::process::read(true);
     vec![
         gauges(
             "werkmann_connections",

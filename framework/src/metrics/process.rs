@@ -10,11 +10,17 @@ pub(crate) struct Process {
     pub start_time_secs: f64,
 }
 
-/// Read them now (zeros where `/proc` does not answer).
-pub(crate) fn read() -> Process {
+/// Read them now (zeros where `/proc` does not answer); the open files only with `fds`
+/// (listing `/proc/self/fd` costs a few milliseconds with tens of thousands of connections:
+/// a scrape pays it, the admin page's once-a-second sample does not).
+pub(crate) fn read(fds: bool) -> Process {
     let mut p = Process {
         rss_bytes: crate::master::rss_bytes(),
-        open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+        open_fds: if fds {
+            std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+        } else {
+            0
+        },
         ..Default::default()
     };
     let mut lim = libc::rlimit {

@@ -161,7 +161,7 @@ pub fn totals() -> Totals {
             nodes: lock(&h.nodes).clone(),
         })
         .collect();
-    let p = super::process::read();
+    let p = super::process::read(false);
     t.rss_bytes = p.rss_bytes;
     t.cpu_secs = p.cpu_secs;
     t
