@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 
 /// Workerman's commands, as an app's parser takes them (`#[command(subcommand)]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
     /// Start in the foreground (logs to stderr), or as a daemon with -d
     Start {
@@ -65,10 +65,70 @@ pub enum Command {
     },
     /// Swap in the binary now on disk without refusing a connection
     Reload,
-    /// Show per-instance figures of the running process
-    Status,
-    /// List the running process's connections
-    Connections,
+    /// Show the running process's figures, per instance
+    Status {
+        /// Refresh every second, with rates per second (Ctrl+C to quit)
+        #[arg(short = 'd')]
+        live: bool,
+        /// Print JSON (one object) for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the running process's connections, or those the filters pick
+    Connections(ConnectionFilter),
+}
+
+/// `connections`' filters: a connection is listed when it matches every one given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ConnectionFilter {
+    /// Only this worker's (its name)
+    #[arg(long)]
+    pub worker: Option<String>,
+    /// Only this instance's (its id)
+    #[arg(long)]
+    pub instance: Option<usize>,
+    /// Only those from this IP address
+    #[arg(long)]
+    pub ip: Option<std::net::IpAddr>,
+    /// Only this client id (`{worker id}-{connection id}`, a gateway node's)
+    #[arg(long)]
+    pub client_id: Option<String>,
+    /// Only those bound to this uid
+    #[arg(long)]
+    pub uid: Option<String>,
+    /// Only members of this group
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only those with at least this many bytes waiting to be sent (slow readers)
+    #[arg(long, value_name = "BYTES")]
+    pub min_buffered: Option<usize>,
+    /// Only those whose peer sent nothing for at least this many seconds
+    #[arg(long, value_name = "SECS")]
+    pub idle: Option<u32>,
+    /// List the largest first by this figure
+    #[arg(long, value_enum)]
+    pub sort: Option<SortBy>,
+    /// List at most this many
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Print JSON (an array) for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `connections --sort` orders by (largest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// Bytes waiting to be sent
+    Buffered,
+    /// Seconds since the peer last sent anything
+    Idle,
+    /// Seconds since it was accepted
+    Age,
+    /// Messages received
+    In,
+    /// Messages sent
+    Out,
 }
 
 impl Command {

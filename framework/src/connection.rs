@@ -369,6 +369,15 @@ impl Connection {
         self.0.stats.get()
     }
 
+    /// Seconds since it was accepted and since the peer last sent anything, at instance
+    /// clock `now`.
+    pub(crate) fn ages(&self, now: u32) -> (u32, u32) {
+        (
+            now.saturating_sub(self.0.opened_at.get()),
+            now.saturating_sub(self.0.last_input.get()),
+        )
+    }
+
     /// Attach user data (Workerman apps set properties on the connection object).
     pub fn set_data<T: Any>(&self, value: T) {
         *self.0.data.borrow_mut() = Some(Box::new(value));

@@ -30,6 +30,7 @@ mod run;
 mod send_queue;
 mod session;
 mod static_files;
+mod status;
 mod timer;
 pub mod tls;
 pub(crate) mod transport;
@@ -43,15 +44,16 @@ pub use connection::{Connection, ConnectionError, ConnectionStats, SendStatus};
 pub use cookie;
 pub use cookie::{Cookie, SameSite};
 pub use error::Error;
-pub use master::rss_bytes;
 pub use message::{
     new_session_id, valid_session_id, Chunk, Message, Param, Request, Response, ServerSentEvent,
     Session, SessionFuture, SessionHandler, Sessions, UploadedFile, Uploads,
 };
+pub use metrics::rss_bytes;
 pub use protocol::{register_protocol, Protocol, ProtocolError};
 pub use session::{FileSessionHandler, RedisSessionHandler};
 pub use static_files::StaticFiles;
+pub use status::Report as StatusReport;
 pub use timer::{Timer, TimerId};
 pub use tls::{ClientTls, ServerTls};
-pub use worker::instance::{BroadcastReport, InstanceAddr, InstanceStatus};
+pub use worker::instance::{BroadcastReport, ConnectionInfo, InstanceAddr, InstanceStatus};
 pub use worker::{Worker, WorkerInstance};

@@ -75,12 +75,8 @@ pub fn run(cmd: Command, workers: Vec<Worker>) -> i32 {
                 .map_err(Error::from),
             None => Err(Error::Cli(format!("{program} is not running"))),
         },
-        Command::Status => cli::request_report(&paths, &program, libc::SIGUSR2, &paths.status)
-            .map(|t| print!("{t}")),
-        Command::Connections => {
-            cli::request_report(&paths, &program, libc::SIGIO, &paths.connections)
-                .map(|t| print!("{t}"))
-        }
+        Command::Status { live, json } => crate::status::show(&paths, &program, live, json),
+        Command::Connections(filter) => crate::status::connections(&paths, &program, &filter),
     };
     match result {
         Ok(()) => 0,
@@ -230,7 +226,6 @@ fn set_cloexec(fd: RawFd, on: bool) {
 }
 
 struct Running {
-    name: String,
     addrs: Vec<Addr<InstanceActor>>,
     arbiters: Vec<actix_rt::Arbiter>,
     stop_timeout: Duration,
@@ -263,7 +258,6 @@ fn serve(
                     .name(format!("werkmann-{}", config.name))
                     .spawn(move || serve(l))?;
                 running.push(Running {
-                    name: config.name.clone(),
                     addrs: Vec::new(),
                     arbiters: Vec::new(),
                     stop_timeout: config.stop_timeout,
@@ -287,7 +281,6 @@ fn serve(
                 acceptors.push(actix_rt::spawn(accept_loop(listener, addrs.clone())));
             }
             running.push(Running {
-                name: config.name.clone(),
                 addrs,
                 arbiters,
                 stop_timeout: config.stop_timeout,
@@ -479,74 +472,24 @@ async fn write_status(running: &[Running], paths: &Paths) {
             }
         }
     }
-    let rss = rss_bytes();
-    let mut out = format!(
-        "---------------------------------------GLOBAL STATUS----------------------------------------\n\
-         werkmann {}  pid {}  rss {:.1} MiB  workers {}  instances {}\n\
-         --------------------------------------PROCESS STATUS----------------------------------------\n\
-         {:<14} {:<28} {:>3} {:>8} {:>10} {:>12} {:>12} {:>8} {:>10} {:>8} {:>6} {:>8}\n",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        rss as f64 / 1048576.0,
-        running.len(),
-        rows.len(),
-        "worker",
-        "listen",
-        "id",
-        "conns",
-        "accepted",
-        "msgs_in",
-        "msgs_out",
-        "fails",
-        "buffered",
-        "refused",
-        "idle_cl",
-        "uptime_s"
+    let report = crate::status::Report::now(running.len(), rows);
+    write_atomic(
+        &paths.status,
+        &serde_json::to_string(&report).unwrap_or_default(),
     );
-    for s in &rows {
-        out.push_str(&format!(
-            "{:<14} {:<28} {:>3} {:>8} {:>10} {:>12} {:>12} {:>8} {:>10} {:>8} {:>6} {:>8}\n",
-            s.worker,
-            s.socket,
-            s.id,
-            s.connections,
-            s.accepted,
-            s.messages_in,
-            s.messages_out,
-            s.send_failures,
-            s.send_buffered,
-            s.refused,
-            s.idle_closed,
-            s.uptime.as_secs()
-        ));
-    }
-    write_atomic(&paths.status, &out);
 }
 
 async fn write_connections(running: &[Running], paths: &Paths) {
-    let mut out = format!(
-        "{:<14} {:>3} {:>8} {:<22} {:<10} {:>10} {:>10} {:>10}\n",
-        "worker", "id", "conn", "remote", "protocol", "buffered", "msgs_in", "msgs_out"
-    );
+    let mut all: Vec<ConnectionInfo> = Vec::new();
     for r in running {
         for a in &r.addrs {
-            let infos: Vec<ConnectionInfo> = a.send(GetConnections).await.unwrap_or_default();
-            for c in infos {
-                out.push_str(&format!(
-                    "{:<14} {:>3} {:>8} {:<22} {:<10} {:>10} {:>10} {:>10}\n",
-                    r.name,
-                    c.instance,
-                    c.id,
-                    c.remote,
-                    c.protocol,
-                    c.send_buffered,
-                    c.messages_in,
-                    c.messages_out
-                ));
-            }
+            all.extend(a.send(GetConnections).await.unwrap_or_default());
         }
     }
-    write_atomic(&paths.connections, &out);
+    write_atomic(
+        &paths.connections,
+        &serde_json::to_string(&all).unwrap_or_default(),
+    );
 }
 
 fn write_atomic(path: &std::path::Path, text: &str) {
@@ -554,17 +497,4 @@ fn write_atomic(path: &std::path::Path, text: &str) {
     if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
         log::error!("cannot write {}: {e}", path.display());
     }
-}
-
-/// Resident memory of this process in bytes, from `/proc/self/statm`.
-pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
 }

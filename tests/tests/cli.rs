@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+use werkmann_tests::addressing::{Backend, Cluster};
 use werkmann_tests::{bin, free_port, temp_dir, wait_listening};
 
 struct Daemon {
@@ -162,9 +164,46 @@ fn start_daemon_status_connections_stop() {
     assert_eq!(row[5], "2", "messages in: {st}");
     assert!(st.contains("rss"), "{st}");
 
+    // The same figures as JSON, for scripts.
+    let json: Value = serde_json::from_slice(&d.cmd(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["pid"], pid, "{json}");
+    let ours = json["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| {
+            i["worker"] == "console"
+                && i["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(instance.as_str())
+        })
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(ours["connections"], 1, "{json}");
+    assert_eq!(ours["messages_in"], 2, "{json}");
+    assert!(json["totals"]["closed"].is_object(), "{json}");
+
     let conns = text(&d.cmd(&["connections"]));
     let local = c.1.local_addr().unwrap().to_string();
     assert!(conns.contains(&local), "{conns}");
+    // Filtered: our instance's has it, with what it sent; the other instance's does not.
+    let picked = |args: &[&str]| -> Vec<Value> {
+        let out = d.cmd(&[&["connections", "--json"], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mine = picked(&["--worker", "console", "--instance", &instance]);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["remote"], local);
+    assert_eq!(mine[0]["messages_in"], 2);
+    let other = if instance == "0" { "1" } else { "0" };
+    assert!(picked(&["--worker", "console", "--instance", other]).is_empty());
+    assert!(picked(&["--ip", "127.0.0.2"]).is_empty());
+    assert_eq!(
+        picked(&["--ip", "127.0.0.1", "--worker", "console"]).len(),
+        1
+    );
+    // A mistyped filter is an error, not an empty list.
+    let bad = d.cmd(&["connections", "--ip", "localhost"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("--ip"), "{}", text(&bad));
 
     let stop = d.cmd(&["stop"]);
     assert!(stop.status.success(), "{}", text(&stop));
@@ -416,4 +455,105 @@ fn stop_and_status_find_an_app_without_its_options_repeated() {
     let stop = run_app("text_echo", &["stop"], &run_dir);
     assert!(text(&stop).contains("stop success"), "{}", text(&stop));
     assert!(TcpStream::connect(default).is_err());
+}
+
+/// On a gateway node: `connections` shows each client id, uid and groups and picks by them;
+/// `status -d` refreshes with rates; `status --json` sums to the clients connected.
+#[tokio::test]
+async fn live_status_and_connections_by_uid_and_group() {
+    let c = Cluster::start(Backend::Server);
+    let (a, b, x) = (c.connect(0).await, c.connect(0).await, c.connect(0).await);
+    let _elsewhere = c.connect(1).await;
+    c.ok("bind_uid", json!({"client_id": a.id, "uid": "alice"}))
+        .await;
+    for id in [&a.id, &b.id] {
+        c.ok("join_group", json!({"client_id": id, "group": "room1"}))
+            .await;
+    }
+    let node = c.nodes[0].app.as_ref().unwrap();
+    let picked = |args: &[&str]| -> Vec<Value> {
+        let out = node.command(&[&["connections", "--json"], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let ids = |v: &[Value]| -> Vec<String> {
+        let mut ids: Vec<String> = v
+            .iter()
+            .map(|c| c["client_id"].as_str().unwrap().into())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let all = picked(&[]);
+    let mut want = vec![a.id.clone(), b.id.clone(), x.id.clone()];
+    want.sort();
+    assert_eq!(ids(&all), want, "{all:?}");
+    let alice = picked(&["--uid", "alice"]);
+    assert_eq!(ids(&alice), vec![a.id.clone()]);
+    assert_eq!(alice[0]["uid"], "alice");
+    assert_eq!(alice[0]["groups"], json!(["room1"]));
+    let mut room = vec![a.id.clone(), b.id.clone()];
+    room.sort();
+    assert_eq!(ids(&picked(&["--group", "room1"])), room);
+    assert_eq!(ids(&picked(&["--client-id", &x.id])), vec![x.id.clone()]);
+    assert!(picked(&["--uid", "bob"]).is_empty());
+    assert_eq!(picked(&["--limit", "2", "--sort", "age"]).len(), 2);
+    let table = text(&node.command(&["connections", "--group", "room1"]));
+    assert!(table.contains("2 of 3 connections"), "{table}");
+    assert!(table.contains("alice"), "{table}");
+
+    let status: Value =
+        serde_json::from_slice(&node.command(&["status", "--json"]).stdout).unwrap();
+    let conns: u64 = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["connections"].as_u64().unwrap())
+        .sum();
+    assert_eq!(conns, 3, "{status}");
+    // Each instance's link to the channel server (and the node's own) is up.
+    let links = status["totals"]["broker_connected"]["channel"].as_i64();
+    assert!(links >= Some(2), "{status}");
+
+    // `status -d`: a frame a second, the second with rates per second.
+    let mut live = std::process::Command::new(&node.bin)
+        .args(["status", "-d"])
+        .args(&node.args)
+        .env("WERKMANN_RUN_DIR", &node.run_dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(live.stdout.take().unwrap());
+    let (mut frames, mut shown) = (0, String::new());
+    let mut line = String::new();
+    while frames < 2 {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "status -d ended: {shown}"
+        );
+        frames += line.contains("GLOBAL STATUS") as usize;
+        shown.push_str(&line);
+    }
+    while !line.contains("Press Ctrl+C") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "status -d ended: {shown}"
+        );
+        shown.push_str(&line);
+    }
+    let second = &shown[shown.rfind("GLOBAL STATUS").unwrap()..];
+    assert!(
+        second.contains("in/s") && second.contains("rates: accepted"),
+        "{shown}"
+    );
+    assert_eq!(
+        second.lines().filter(|l| l.starts_with("pusher ")).count(),
+        2,
+        "a row per instance: {shown}"
+    );
+    live.kill().unwrap();
+    live.wait().unwrap();
+    drop(c);
 }

@@ -16,7 +16,7 @@ use crate::channel::wire::Command;
 use crate::channel::Client;
 use crate::connection::Connection;
 use crate::message::Message;
-use crate::worker::instance::ConnectionHooks;
+use crate::worker::instance::{ConnectionHooks, ConnectionInfo};
 use crate::WorkerInstance;
 
 /// What a node knows of one of its connections.
@@ -495,6 +495,21 @@ impl ConnectionHooks for Node {
         self.send(&DirOp::Unregister {
             client_ids: vec![ClientId::new(self.worker, id)],
         });
+    }
+
+    fn describe(&self, id: u64, info: &mut ConnectionInfo) {
+        if self
+            .only
+            .as_ref()
+            .is_some_and(|o| !o.registered.borrow().contains(&id))
+        {
+            return;
+        }
+        info.client_id = Some(ClientId::new(self.worker, id).to_string());
+        if let Some(m) = self.local.borrow().clients.get(&id) {
+            info.uid = m.uid.as_deref().map(str::to_string);
+            info.groups = m.groups.iter().map(|g| g.to_string()).collect();
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod totals;
 
 pub use cell::{HistogramValue, LATENCY_BUCKETS};
 pub use encode::{render, CONTENT_TYPE};
+pub use process::rss_bytes;
 pub(crate) use reasons::{Closed, Refused};
 pub(crate) use refusals::note as note_refusal;
 pub use refusals::{recent as recent_refusals, Refusal};
@@ -25,3 +26,8 @@ pub(crate) use sources::{
 };
 pub use sources::{publish_answered, NodeFigures, PublishApi};
 pub use totals::{totals, HubTotals, InstanceFigures, Totals};
+
+/// When this process started, seconds since the Unix epoch.
+pub(crate) fn process_start_unix() -> f64 {
+    process::read(false).start_time_secs
+}

@@ -15,7 +15,7 @@ pub(crate) struct Process {
 /// a scrape pays it, the admin page's once-a-second sample does not).
 pub(crate) fn read(fds: bool) -> Process {
     let mut p = Process {
-        rss_bytes: crate::master::rss_bytes(),
+        rss_bytes: rss_bytes(),
         open_fds: if fds {
             std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
         } else {
@@ -61,4 +61,17 @@ fn boot_time() -> f64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0.0)
+}
+
+/// Resident memory of this process in bytes, from `/proc/self/statm`.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
 }

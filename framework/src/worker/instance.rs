@@ -55,6 +55,9 @@ pub(crate) trait ConnectionHooks {
     fn opened(&self, conn: &Connection);
     /// Connection `id` closed (before `on_close` runs).
     fn closed(&self, id: u64);
+    /// What `connections` shows of connection `id` beyond its socket: its client id, uid and
+    /// groups (a gateway node's).
+    fn describe(&self, _id: u64, _info: &mut ConnectionInfo) {}
 }
 
 /// The instance's side of its connections: counters, the map, the Origin policy.
@@ -356,27 +359,33 @@ impl WorkerInstance {
     }
 
     fn connection_infos(&self) -> Vec<ConnectionInfo> {
+        let protocol = self.0.config.protocol().map(|p| p.name()).unwrap_or("-");
+        let hooks = self.0.hooks.borrow().clone();
+        let now = crate::connection::clock::now();
         self.0
             .connections
             .borrow()
             .values()
             .map(|c| {
                 let s = c.stats();
-                ConnectionInfo {
+                let (age_secs, idle_secs) = c.ages(now);
+                let mut info = ConnectionInfo {
+                    worker: self.0.config.name.clone(),
                     instance: self.0.id,
                     id: c.id(),
                     remote: c.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
-                    protocol: self
-                        .0
-                        .config
-                        .protocol()
-                        .map(|p| p.name())
-                        .unwrap_or("-")
-                        .to_string(),
+                    protocol: protocol.to_string(),
+                    age_secs,
+                    idle_secs,
                     send_buffered: c.send_buffer_len(),
                     messages_in: s.messages_in,
                     messages_out: s.messages_out,
+                    ..Default::default()
+                };
+                if let Some(h) = &hooks {
+                    h.describe(c.id(), &mut info);
                 }
+                info
             })
             .collect()
     }
@@ -503,7 +512,7 @@ fn count(report: &mut BroadcastReport, status: SendStatus) {
 }
 
 /// Figures of one instance, as `status` prints them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct InstanceStatus {
     /// Worker name.
     pub worker: String,
@@ -529,27 +538,57 @@ pub struct InstanceStatus {
     pub idle_closed: u64,
     /// Timers pending in the process.
     pub timers: usize,
-    /// Time since the instance started.
+    /// Time since the instance started (`uptime_secs` in JSON).
+    #[serde(rename = "uptime_secs", with = "secs")]
     pub uptime: Duration,
 }
 
+/// A `Duration` as seconds (a JSON number).
+mod secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = <f64 as serde::Deserialize>::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
 /// One connection, as `connections` prints it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionInfo {
+    /// Worker name.
+    pub worker: String,
     /// Instance id.
     pub instance: usize,
     /// Connection id.
     pub id: u64,
+    /// The cluster-wide client id (`{worker id}-{connection id}`), on a gateway node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// Peer address.
     pub remote: String,
     /// Protocol name.
     pub protocol: String,
+    /// Seconds since it was accepted.
+    pub age_secs: u32,
+    /// Seconds since the peer last sent anything.
+    pub idle_secs: u32,
     /// Bytes queued.
     pub send_buffered: usize,
     /// Messages received.
     pub messages_in: u64,
     /// Messages sent.
     pub messages_out: u64,
+    /// The uid it is bound to, on a gateway node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The groups it joined, on a gateway node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// The id of an instance's first connection (see `Worker::time_based_connection_ids`).
