@@ -17,6 +17,23 @@ use werkmann_tests::{
 
 const T: Duration = Duration::from_secs(20);
 
+/// `start_all` on fresh loopback ports with a metrics port, and `extra` options: the app and
+/// its WebSocket, HTTP and metrics addresses.
+fn start_all_with_metrics(extra: &[&str]) -> (App, [SocketAddr; 3]) {
+    let addrs = [(); 3].map(|_| free_addr("127.0.0.1"));
+    let [ws, http, metrics] = addrs.map(|a| a.to_string());
+    let mut args = vec![
+        "--ws-listen",
+        &ws,
+        "--http-listen",
+        &http,
+        "--metrics",
+        &metrics,
+    ];
+    args.extend_from_slice(extra);
+    (App::start_at("start_all", &args, &addrs), addrs)
+}
+
 /// The text of `GET /metrics` on `addr` (no secret).
 fn scrape(addr: SocketAddr) -> String {
     String::from_utf8(curl_ok(&[&format!("http://{addr}/metrics")])).unwrap()
@@ -173,23 +190,7 @@ async fn prometheus_scrapes_a_cluster_and_counts_its_deliveries() {
 /// round trips under the backend's own label.
 #[tokio::test]
 async fn deliveries_and_round_trips_are_counted_on_the_embedded_channel() {
-    let (ws, http, metrics) = (
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-    );
-    let _app = App::start_at(
-        "start_all",
-        &[
-            "--ws-listen",
-            &ws.to_string(),
-            "--http-listen",
-            &http.to_string(),
-            "--metrics",
-            &metrics.to_string(),
-        ],
-        &[ws, http, metrics],
-    );
+    let (_app, [ws, http, metrics]) = start_all_with_metrics(&[]);
     counted(&[ws], http, &[metrics], metrics, "embedded").await;
 }
 
@@ -358,21 +359,7 @@ async fn the_metrics_port_asks_for_its_secret() {
         "{out:?}"
     );
 
-    let metrics = free_addr("127.0.0.1");
-    let _app = App::start_at(
-        "start_all",
-        &[
-            "--ws-listen",
-            &ws.to_string(),
-            "--http-listen",
-            &http.to_string(),
-            "--secret",
-            "push-secret",
-            "--metrics",
-            &metrics.to_string(),
-        ],
-        &[ws, http, metrics],
-    );
+    let (_app, [_, http, metrics]) = start_all_with_metrics(&["--secret", "push-secret"]);
     let url = format!("http://{metrics}/metrics");
     let out = curl(&["-i", &url]);
     let head = String::from_utf8_lossy(&out.stdout);
@@ -436,27 +423,8 @@ async fn connect_from(ws: SocketAddr, origin: &str) -> Ws {
 /// — in the metrics and in the admin summary's recent refusals.
 #[tokio::test]
 async fn refusals_and_closes_are_counted_by_reason() {
-    let (ws, http, metrics) = (
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-    );
-    let _app = App::start_at(
-        "start_all",
-        &[
-            "--ws-listen",
-            &ws.to_string(),
-            "--http-listen",
-            &http.to_string(),
-            "--origins",
-            "http://good.example",
-            "--idle-timeout",
-            "2",
-            "--metrics",
-            &metrics.to_string(),
-        ],
-        &[ws, http, metrics],
-    );
+    let (_app, [ws, _, metrics]) =
+        start_all_with_metrics(&["--origins", "http://good.example", "--idle-timeout", "2"]);
     assert_eq!(upgrade_from(ws, "http://evil.example").await, 403);
     assert_eq!(upgrade_from(ws, "http://good.example").await, 101);
     let refused = |text: &str, reason: &str| {
@@ -501,25 +469,7 @@ async fn refusals_and_closes_are_counted_by_reason() {
 /// fills in, the instances, the hub's sizes and the recent refusals; screenshot kept.
 #[tokio::test]
 async fn the_admin_page_shows_the_node_in_a_real_browser() {
-    let (ws, http, metrics) = (
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-        free_addr("127.0.0.1"),
-    );
-    let _app = App::start_at(
-        "start_all",
-        &[
-            "--ws-listen",
-            &ws.to_string(),
-            "--http-listen",
-            &http.to_string(),
-            "--origins",
-            "http://good.example",
-            "--metrics",
-            &metrics.to_string(),
-        ],
-        &[ws, http, metrics],
-    );
+    let (_app, [ws, http, metrics]) = start_all_with_metrics(&["--origins", "http://good.example"]);
     assert_eq!(upgrade_from(ws, "http://evil.example").await, 403);
     let mut clients = Vec::new();
     for _ in 0..3 {

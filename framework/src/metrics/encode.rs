@@ -52,23 +52,36 @@ fn family(name: &str, help: &str, ty: MetricType, metrics: Vec<Metric>) -> Metri
     f
 }
 
+/// A family of one-value samples, each value put in its metric by `set`.
+fn family_of(
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    samples: impl IntoIterator<Item = (Labels, f64)>,
+    set: impl Fn(&mut Metric, f64),
+) -> MetricFamily {
+    let metrics = samples
+        .into_iter()
+        .map(|(labels, v)| {
+            let mut m = metric(labels);
+            set(&mut m, v);
+            m
+        })
+        .collect();
+    family(name, help, ty, metrics)
+}
+
 /// A counter family (`name` ends in `_total`).
 fn counters(
     name: &str,
     help: &str,
     samples: impl IntoIterator<Item = (Labels, f64)>,
 ) -> MetricFamily {
-    let metrics = samples
-        .into_iter()
-        .map(|(labels, v)| {
-            let mut m = metric(labels);
-            let mut c = Counter::default();
-            c.set_value(v);
-            m.set_counter(c);
-            m
-        })
-        .collect();
-    family(name, help, MetricType::COUNTER, metrics)
+    family_of(name, help, MetricType::COUNTER, samples, |m, v| {
+        let mut c = Counter::default();
+        c.set_value(v);
+        m.set_counter(c);
+    })
 }
 
 fn gauges(
@@ -76,17 +89,11 @@ fn gauges(
     help: &str,
     samples: impl IntoIterator<Item = (Labels, f64)>,
 ) -> MetricFamily {
-    let metrics = samples
-        .into_iter()
-        .map(|(labels, v)| {
-            let mut m = metric(labels);
-            let mut g = Gauge::default();
-            g.set_value(v);
-            m.set_gauge(g);
-            m
-        })
-        .collect();
-    family(name, help, MetricType::GAUGE, metrics)
+    family_of(name, help, MetricType::GAUGE, samples, |m, v| {
+        let mut g = Gauge::default();
+        g.set_value(v);
+        m.set_gauge(g);
+    })
 }
 
 fn histograms(
