@@ -99,7 +99,7 @@ pub(super) async fn execute(
     bus: &mut Bus,
     batch: &[(Command, Option<u64>)],
     event_channel: impl Fn(&super::Key) -> String,
-) -> redis::RedisResult<Vec<(u64, Outcome)>> {
+) -> redis::RedisResult<(Vec<(u64, Outcome)>, bool)> {
     // The calls: consecutive kept publishes to one name (alike kept) share one; a read is
     // one of its own. Each call with the commands it serves, in order.
     struct Call<'a> {
@@ -190,7 +190,11 @@ pub(super) async fn execute(
         }
     }
     // As for plain publishes: counted once a later command on the connection was answered.
-    if !probes.is_empty() && !super::written(bus, probes).await {
+    // On a single server that is the next batch's (`run_outbound`): the counts go back
+    // unproven, and the connection is free for what is queued meanwhile; a cluster probes
+    // each channel's node now.
+    let single = matches!(bus, Bus::Single(_));
+    if !single && !probes.is_empty() && !super::written(bus, probes).await {
         reached.iter_mut().for_each(|r| *r = None);
     }
     let mut outcomes = Vec::new();
@@ -198,13 +202,14 @@ pub(super) async fn execute(
         let Some(id) = confirm else { continue };
         outcomes.push((
             *id,
-            match cmd {
-                Command::History(..) => Outcome::Answer(pages[i].take()),
-                _ => Outcome::Reached(reached[i]),
+            match (cmd, reached[i]) {
+                (Command::History(..), _) => Outcome::Answer(pages[i].take()),
+                (_, Some(n)) if single => Outcome::Unproven(n),
+                (_, n) => Outcome::Reached(n),
             },
         ));
     }
-    Ok(outcomes)
+    Ok((outcomes, !calls.is_empty()))
 }
 
 /// A kept event's position and data (`~pEPOCH:OFFSET:DATA`); a plain event as it came.

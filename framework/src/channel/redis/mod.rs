@@ -515,12 +515,16 @@ async fn run_outbound(link: Weak<RedisLink>) {
         let id = l.id.clone();
         drop(l);
         // Whether Redis answered a command of this batch (what proves the last batch's writes);
-        // only a batch of plain commands tells (the others' PING instead, below).
+        // a batch of plain commands or history calls tells (a directory batch's PING instead,
+        // below).
         let mut answered = false;
         let result = if history::is_history(&batch[0].0) {
             history::execute(&mut manager, &batch, event_channel)
                 .await
-                .map(|outcomes| (outcomes, Vec::new()))
+                .map(|(outcomes, replied)| {
+                    answered = replied;
+                    (outcomes, Vec::new())
+                })
         } else if matches!(batch[0].0, Command::Dir(_)) {
             directory::execute(&mut manager, &id, &batch)
                 .await
