@@ -145,6 +145,40 @@ async fn timers_tick_and_stop_when_deleted() {
     assert!(more.is_err(), "no tick after Timer::del");
 }
 
+/// `Timer::del_all` cancels the timers of the instance it is called on, not another's.
+#[tokio::test]
+async fn del_all_cancels_only_the_calling_instances_timers() {
+    let (_app, listen) = demo(2);
+    let mut a = Console::connect(&listen).await;
+    let who_a = a.ask("whoami").await;
+    let mut b = loop {
+        let mut b = Console::connect(&listen).await;
+        if b.ask("whoami").await[..8] != who_a[..8] {
+            break b;
+        }
+    };
+    for c in [&mut a, &mut b] {
+        c.send("timer 100000 30").await;
+        assert_eq!(c.line().await, "tick 1");
+    }
+    a.send("deltimers").await;
+    let said = loop {
+        let line = a.line().await;
+        if !line.starts_with("tick") {
+            break line;
+        }
+    };
+    assert_eq!(said, "deleted 1", "{who_a}");
+    let more = tokio::time::timeout(Duration::from_millis(300), a.lines.next_line()).await;
+    assert!(more.is_err(), "no tick after Timer::del_all: {more:?}");
+    // The other instance's timer goes on.
+    let mut last = 0;
+    while last < 20 {
+        let line = b.line().await;
+        last = line.strip_prefix("tick ").unwrap().parse().unwrap();
+    }
+}
+
 #[tokio::test]
 async fn broadcast_reaches_every_connection_of_the_instance() {
     let (_app, listen) = demo(1);

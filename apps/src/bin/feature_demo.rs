@@ -118,6 +118,9 @@ fn console(conn: &Connection, line: &str) {
             );
             *id.borrow_mut() = Some(tid);
         }
+        "deltimers" => {
+            conn.send(format!("deleted {}", Timer::del_all()));
+        }
         "connect" => {
             let url = parts.next().unwrap_or("").to_string();
             let payload = parts.collect::<Vec<_>>().join(" ");

@@ -213,7 +213,7 @@ impl LocalBroker {
     /// deadline (a subscriber stuck in a callback must not hold a publisher's answer forever).
     fn sweep_later(&self) {
         let weak = self.me.clone();
-        Timer::once(Duration::from_secs(1), move || {
+        Timer::once_internal(Duration::from_secs(1), move || {
             let Some(b) = weak.upgrade() else { return };
             let now = Instant::now();
             loop {
@@ -359,7 +359,7 @@ fn attach(weak: Weak<LocalBroker>) {
         }
         _ => {
             // The hub's thread has not started it yet.
-            Timer::once(Duration::from_millis(10), move || attach(weak));
+            Timer::once_internal(Duration::from_millis(10), move || attach(weak));
         }
     }
 }

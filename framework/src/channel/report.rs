@@ -97,7 +97,7 @@ impl NodeReports {
         let token = asked.token();
         self.waiting.borrow_mut().entry(token.clone()).or_default();
         let (me, client, asked) = (Rc::downgrade(self), client.clone(), asked.clone());
-        Timer::once(ack, move || {
+        Timer::once_internal(ack, move || {
             let Some(me) = me.upgrade() else { return };
             let done = me.waiting.borrow_mut().remove(&token);
             if let Some(w) = done {
@@ -221,7 +221,7 @@ impl Deliveries {
         };
         let wait = ack.unwrap_or_default() + GRACE;
         let weak = Rc::downgrade(self);
-        let timer = Timer::once(wait, move || {
+        let timer = Timer::once_internal(wait, move || {
             if let Some(me) = weak.upgrade() {
                 me.finish(seq, None);
             }

@@ -146,7 +146,7 @@ impl TcpBroker {
         });
         conn.connect();
         let weak = Rc::downgrade(&broker);
-        let ping = Timer::add(
+        let ping = Timer::add_internal(
             PING_INTERVAL,
             move || {
                 if let Some(b) = weak.upgrade() {
@@ -191,7 +191,7 @@ impl TcpBroker {
         if !self.acks_known.get() {
             // A server that has not answered within a second does not acknowledge.
             let weak = self.me.clone();
-            Timer::once(Duration::from_secs(1), move || {
+            Timer::once_internal(Duration::from_secs(1), move || {
                 if let Some(b) = weak.upgrade() {
                     if !b.acks_known.get() && b.hello_pending.replace(false) {
                         b.release_held();

@@ -300,7 +300,7 @@ fn start_claim(
         });
         claim_through(&me, &node_name(node), count, pinned.clone(), done);
     });
-    Timer::once(timeout, move || {
+    Timer::once_internal(timeout, move || {
         if !started.get() {
             if let Some(tx) = report.borrow_mut().take() {
                 let _ = tx.send(Err(ClaimError::Unreachable {
@@ -441,7 +441,7 @@ impl Agreement {
 
     fn next_round(this: &Rc<RefCell<Agreement>>) {
         let weak = Rc::downgrade(this);
-        Timer::once(ROUND, move || {
+        Timer::once_internal(ROUND, move || {
             if let Some(a) = weak.upgrade() {
                 Agreement::round_over(&a);
             }

@@ -1088,7 +1088,7 @@ fn member(channel_data: &str) -> Result<(String, serde_json::Value), &'static st
 fn refuse(conn: &Connection, code: u16, message: &str) {
     conn.send(frame::error(Some(code), message));
     let (c, message) = (conn.clone(), message.to_string());
-    Timer::once(Duration::ZERO, move || close_with_code(&c, code, &message));
+    Timer::once_internal(Duration::ZERO, move || close_with_code(&c, code, &message));
 }
 
 /// Send `pusher:error` with `code` to an open connection and close it with `code`.

@@ -353,7 +353,7 @@ impl WorkerInstance {
             send_buffered: buffered,
             refused: self.0.stats.refused_total(),
             idle_closed: self.0.stats.closed_count(Closed::Idle),
-            timers: crate::timer::Timer::count(),
+            timers: crate::timer::Timer::count_here(),
             uptime: self.0.started.elapsed(),
         }
     }
@@ -536,7 +536,7 @@ pub struct InstanceStatus {
     pub refused: u64,
     /// Connections closed for being idle.
     pub idle_closed: u64,
-    /// Timers pending in the process.
+    /// Timers pending on this instance (the app's and the framework's).
     pub timers: usize,
     /// Time since the instance started (`uptime_secs` in JSON).
     #[serde(rename = "uptime_secs", with = "secs")]
