@@ -20,7 +20,7 @@
 //!     limits: cli::Limits,
 //! }
 //!
-//! let cli::App { command, options, metrics } =
+//! let cli::App { command, options, common } =
 //!     cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
 //! let mut worker = Worker::new(&format!("websocket://{}", options.listen.listen))?;
 //! worker.count = options.listen.count;
@@ -28,7 +28,7 @@
 //! worker.on_message(|conn, msg| {
 //!     conn.send(msg);
 //! });
-//! command.run(metrics.with([worker], None)?)
+//! command.run(common.with([worker], None)?)
 //! # ; Ok::<(), werkmann::Error>(())
 //! ```
 
@@ -147,14 +147,15 @@ pub struct Workerman {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-    /// The admin and metrics port.
+    /// The admin port and the process's files.
     #[command(flatten)]
-    pub metrics: Metrics,
+    pub common: Common,
 }
 
 /// An app's command line: Workerman's [`Command`] and the app's own options `O` (a
 /// `#[derive(clap::Args)]` struct that flattens the shared groups it needs):
-/// `let cli::App { command, options } = cli::parse::<cli::App<Options>>(&[…]);`.
+/// `let cli::App { command, options, common } = cli::parse::<cli::App<Options>>(&[…]);`,
+/// then `command.run(common.with(workers, secret)?)`.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(about = None, long_about = None, after_help = ENVIRONMENT)]
 pub struct App<O: clap::Args> {
@@ -164,9 +165,10 @@ pub struct App<O: clap::Args> {
     /// The app's options.
     #[command(flatten)]
     pub options: O,
-    /// The admin and metrics port (`--metrics IP:PORT`), off by default.
+    /// What every app takes: the admin port (`--metrics IP:PORT`, off by default) and the
+    /// process's files (`--pid-file`, `--log-file`, `--stdout-file`).
     #[command(flatten)]
-    pub metrics: Metrics,
+    pub common: Common,
 }
 
 /// Parse the app's command line `P` from `argv`, with `defaults` as `(argument id, value)`
@@ -186,8 +188,7 @@ pub fn parse<P: clap::Parser>(defaults: &[(&'static str, &'static str)]) -> P {
 
 /// The environment every app reads, shown at the end of `--help` (see [`App`]).
 pub const ENVIRONMENT: &str = "Environment: RUST_LOG (log filter, default info), \
-WERKMANN_RUN_DIR (pid, status and daemon log files, default /tmp/werkmann), \
-WERKMANN_PID_FILE (the pid file's path)";
+WERKMANN_RUN_DIR (pid, status and daemon log files, default /tmp/werkmann)";
 
 /// Where a worker listens and how many instances it runs: `--listen IP:PORT`
 /// (`WERKMANN_LISTEN`), `--count N` (`WERKMANN_COUNT`). An app sets its own defaults with
@@ -381,6 +382,80 @@ pub(crate) fn run_dir() -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("werkmann"))
 }
 
+/// What every app takes besides its own options: the admin port and the process's files.
+/// [`Common::with`] applies both.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Common {
+    /// The admin and metrics port.
+    #[command(flatten)]
+    pub admin: Metrics,
+    /// The pid file, the log file, the standard output file.
+    #[command(flatten)]
+    pub files: Files,
+}
+
+impl Common {
+    /// Take the process's files as given ([`Files::apply`]), then `workers` and the admin
+    /// port's worker ([`Metrics::with`]).
+    pub fn with(
+        &self,
+        workers: impl IntoIterator<Item = crate::Worker>,
+        secret: Option<&str>,
+    ) -> Result<Vec<crate::Worker>, Error> {
+        self.files.apply()?;
+        self.admin.with(workers, secret)
+    }
+}
+
+/// The process's files, Workerman's `Worker::$pidFile`, `$logFile` and `$stdoutFile`: each
+/// `None` keeps the default (the run directory, `WERKMANN_RUN_DIR`, with a name from the app
+/// and where it listens). An app without a command line of its own sets them with
+/// [`Files::apply`] before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct Files {
+    /// The pid file (`stop`, `status`, … find the process by it)
+    #[arg(long, env = "WERKMANN_PID_FILE", value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+    /// Where a daemon writes its log lines (default: the pid file's path with .log)
+    #[arg(long, env = "WERKMANN_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Where a daemon's standard output goes (what the app prints; default: the log file)
+    #[arg(long, env = "WERKMANN_STDOUT_FILE", value_name = "PATH")]
+    pub stdout_file: Option<PathBuf>,
+}
+
+fn files() -> &'static std::sync::Mutex<Files> {
+    static F: std::sync::OnceLock<std::sync::Mutex<Files>> = std::sync::OnceLock::new();
+    F.get_or_init(Default::default)
+}
+
+impl Files {
+    /// Use these files for this process's commands (`start`, `stop`, `status`, …). A path
+    /// whose directory cannot be created is an error now, not at the daemon's start.
+    pub fn apply(&self) -> Result<(), Error> {
+        for path in [&self.pid_file, &self.log_file, &self.stdout_file]
+            .into_iter()
+            .flatten()
+        {
+            if path.as_os_str().is_empty() || path.to_string_lossy().ends_with('/') || path.is_dir()
+            {
+                return Err(Error::Cli(format!("{}: not a file path", path.display())));
+            }
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::Cli(format!(
+                        "cannot create {} for {}: {e}",
+                        dir.display(),
+                        path.display()
+                    ))
+                })?;
+            }
+        }
+        *files().lock().unwrap_or_else(|e| e.into_inner()) = self.clone();
+        Ok(())
+    }
+}
+
 /// The files of one running app.
 #[derive(Debug, Clone)]
 pub(crate) struct Paths {
@@ -392,11 +467,13 @@ pub(crate) struct Paths {
     pub connections: PathBuf,
     /// Where a daemon logs.
     pub log: PathBuf,
+    /// Where a daemon's standard output goes.
+    pub stdout: PathBuf,
 }
 
 impl Paths {
     /// Files named after the program and what tells two of its nodes apart (`tag`: the
-    /// workers' socket names). `$WERKMANN_PID_FILE` overrides the pid file's path.
+    /// workers' socket names), or as [`Files`] names them (`$WERKMANN_PID_FILE` too).
     pub fn new(program: &str, tag: &str) -> Paths {
         let stem = Path::new(program)
             .file_name()
@@ -413,14 +490,18 @@ impl Paths {
         }
         let short: String = safe.chars().take(40).collect();
         let base = format!("{stem}.{short}.{:08x}", hash as u32);
-        let pid = std::env::var_os("WERKMANN_PID_FILE")
-            .map(PathBuf::from)
+        let named = files().lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let pid = named
+            .pid_file
+            .or_else(|| std::env::var_os("WERKMANN_PID_FILE").map(PathBuf::from))
             .unwrap_or_else(|| run_dir().join(format!("{base}.pid")));
         let with = |ext: &str| pid.with_extension(ext);
+        let log = named.log_file.unwrap_or_else(|| with("log"));
         Paths {
             status: with("status"),
             connections: with("connections"),
-            log: with("log"),
+            stdout: named.stdout_file.unwrap_or_else(|| log.clone()),
+            log,
             pid,
         }
     }
@@ -539,7 +620,24 @@ pub(crate) fn request_report(
 
 /// Detach into the background. The parent waits for the child's word on a pipe: `ok` once it
 /// listens, or an error, prints it and exits. Returns, in the child, the pipe to report on.
-pub(crate) fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
+pub(crate) fn daemonize(log_file: &Path, stdout_file: &Path) -> Result<OwnedFd, Error> {
+    // Opened before detaching, so a file that cannot be written is said on the terminal.
+    let open = |path: &Path| {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::Cli(format!("cannot open {}: {e}", path.display())))
+    };
+    let log = open(log_file)?;
+    let stdout = match stdout_file == log_file {
+        true => log.try_clone()?,
+        false => open(stdout_file)?,
+    };
+    let null = std::fs::File::open("/dev/null")?;
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is an array of two c_ints that pipe(2) fills.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -556,20 +654,12 @@ pub(crate) fn daemonize(log_file: &Path) -> Result<OwnedFd, Error> {
             drop(rd);
             // SAFETY: setsid(2) takes no arguments; in a fresh child it cannot fail.
             unsafe { libc::setsid() };
-            if let Some(dir) = log_file.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log_file)?;
-            let null = std::fs::File::open("/dev/null")?;
             use std::os::fd::AsRawFd;
-            // SAFETY: both descriptors are open files owned by this function; dup2(2) only
-            // replaces the standard descriptors, which nothing else holds as an owned fd.
+            // SAFETY: the three descriptors are open files owned by this function; dup2(2)
+            // only replaces the standard descriptors, which nothing else holds as an owned fd.
             unsafe {
                 libc::dup2(null.as_raw_fd(), 0);
-                libc::dup2(log.as_raw_fd(), 1);
+                libc::dup2(stdout.as_raw_fd(), 1);
                 libc::dup2(log.as_raw_fd(), 2);
             }
             Ok(wr)

@@ -29,7 +29,7 @@ const RELOAD_PARENT_ENV: &str = "WERKMANN_RELOAD_PARENT";
 pub fn main(workers: Vec<Worker>) -> i32 {
     use clap::Parser;
     let cli = cli::Workerman::parse();
-    match cli.metrics.with(workers, None) {
+    match cli.common.with(workers, None) {
         Ok(workers) => run(cli.command, workers),
         Err(e) => {
             eprintln!("{e}");
@@ -168,7 +168,7 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     let pipe = if daemon {
-        Some(cli::daemonize(&paths.log)?)
+        Some(cli::daemonize(&paths.log, &paths.stdout)?)
     } else {
         None
     };

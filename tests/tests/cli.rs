@@ -223,6 +223,90 @@ fn start_daemon_status_connections_stop() {
     assert!(text(&again).contains("not running"));
 }
 
+/// `--pid-file`, `--log-file`, `--stdout-file` (Workerman's pidFile, logFile, stdoutFile): the
+/// daemon writes each where it is told, the commands find it by its pid file, and a path that
+/// cannot be a file is refused before anything starts.
+#[test]
+fn the_pid_log_and_stdout_files_go_where_they_are_named() {
+    let port = free_port();
+    let elsewhere = temp_dir("cli-files-named");
+    let (pid_file, log_file, out_file) = (
+        elsewhere.join("run/demo.pid"),
+        elsewhere.join("logs/demo.log"),
+        elsewhere.join("logs/demo.out"),
+    );
+    let d = Daemon {
+        run_dir: temp_dir("cli-files"),
+        args: vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--custom-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--ws-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+            "--log-file".into(),
+            log_file.display().to_string(),
+            "--stdout-file".into(),
+            out_file.display().to_string(),
+        ],
+        port,
+    };
+    let out = d.cmd(&["start", "-d"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = read_pid(&pid_file);
+    assert!(alive(pid));
+    assert!(
+        !std::fs::read_dir(&d.run_dir).unwrap().any(|e| e
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "pid")),
+        "no pid file in the run directory"
+    );
+    let mut c = console(d.port);
+    assert_eq!(ask(&mut c, "print hello stdout"), "printed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&out_file)
+        .unwrap_or_default()
+        .contains("hello stdout")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nothing in {}",
+            out_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(!log.contains("hello stdout"), "{log}");
+    let status = d.cmd(&["status"]);
+    assert!(
+        text(&status).contains(&format!("pid {pid}")),
+        "{}",
+        text(&status)
+    );
+    let stop = d.cmd(&["stop"]);
+    assert!(text(&stop).contains("stop success"), "{}", text(&stop));
+    assert!(!pid_file.exists());
+    assert!(
+        std::fs::read_to_string(&log_file).unwrap().contains("stop"),
+        "the log goes on"
+    );
+
+    // A directory where a file is named: refused, nothing started.
+    let bad = Command::new(bin("feature_demo"))
+        .args(["start", "--pid-file"])
+        .arg(&elsewhere)
+        .args(&d.args[..6])
+        .env("WERKMANN_RUN_DIR", &d.run_dir)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("not a file path"), "{}", text(&bad));
+}
+
 #[test]
 fn graceful_stop_delivers_what_is_queued() {
     let d = Daemon::start();

@@ -327,7 +327,7 @@ fn main() -> anyhow::Result<()> {
     let cli::App {
         command,
         options,
-        metrics,
+        common,
     } = cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9020")]);
     werkmann_apps::init_logging();
     let _ = CHANNEL.set(options.channel.clone());
@@ -369,5 +369,5 @@ fn main() -> anyhow::Result<()> {
         }
     });
     workers.push(console);
-    command.run(metrics.with(workers, None)?)
+    command.run(common.with(workers, None)?)
 }

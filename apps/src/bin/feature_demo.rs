@@ -118,6 +118,11 @@ fn console(conn: &Connection, line: &str) {
             );
             *id.borrow_mut() = Some(tid);
         }
+        "print" => {
+            // To standard output: a daemon's --stdout-file.
+            println!("{}", parts.collect::<Vec<_>>().join(" "));
+            conn.send("printed");
+        }
         "deltimers" => {
             conn.send(format!("deleted {}", Timer::del_all()));
         }
@@ -225,7 +230,7 @@ fn main() -> anyhow::Result<()> {
     let cli::App {
         command,
         options,
-        metrics,
+        common,
     } = cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9010"), ("count", "2")]);
     werkmann_apps::init_logging();
     register_protocol("semicolon", Semicolon);
@@ -282,5 +287,5 @@ fn main() -> anyhow::Result<()> {
         conn.send(format!("{info} msg={}", msg.to_text_lossy()));
     });
 
-    command.run(metrics.with([text, semi, ws], None)?)
+    command.run(common.with([text, semi, ws], None)?)
 }

@@ -42,5 +42,5 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("--root {}", o.root.display()))?
         .index(&index);
     worker.serve_files(files)?;
-    app.command.run(app.metrics.with([worker], None)?)
+    app.command.run(app.common.with([worker], None)?)
 }

@@ -23,5 +23,5 @@ fn main() -> anyhow::Result<()> {
         });
         conn.send(Response::json(200, &body));
     });
-    app.command.run(app.metrics.with([worker], None)?)
+    app.command.run(app.common.with([worker], None)?)
 }

@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
             Timer::del(id);
         }
     });
-    app.command.run(app.metrics.with([worker], None)?)
+    app.command.run(app.common.with([worker], None)?)
 }
 
 /// Send `piece(i)` to `conn` every `every` (i = 0, 1, …), and after `count` of them the end.

@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let cli::App {
         command,
         options,
-        metrics,
+        common,
     } = cli::parse::<cli::App<Options>>(&[]);
     werkmann_apps::init_logging();
     let ws_port: u16 = options
@@ -98,5 +98,5 @@ fn main() -> anyhow::Result<()> {
     ws.tls = tls.clone();
     http.tls = tls;
     let secret = options.publisher.secret.as_deref();
-    command.run(metrics.with([server.into_worker(), ws, http], secret)?)
+    command.run(common.with([server.into_worker(), ws, http], secret)?)
 }

@@ -24,12 +24,12 @@ fn main() -> anyhow::Result<()> {
     let cli::App {
         command,
         options,
-        metrics,
+        common,
     } = cli::parse::<cli::App<Options>>(&[]);
     werkmann_apps::init_logging();
     let secret = options.secret.filter(|s| !s.is_empty());
     let workers_secret = secret.clone();
     let mut worker = channel::Server::with_secret(&options.listen, secret)?.into_worker();
     worker.tls = options.tls.load()?;
-    command.run(metrics.with([worker], workers_secret.as_deref())?)
+    command.run(common.with([worker], workers_secret.as_deref())?)
 }

@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     let cli::App {
         command,
         options,
-        metrics,
+        common,
     } = cli::parse::<cli::App<Options>>(&[
         ("listen", "0.0.0.0:7272"),
         ("count", "2"),
@@ -71,5 +71,5 @@ fn main() -> anyhow::Result<()> {
     if embedded {
         workers.insert(0, channel::Server::embedded().into_worker());
     }
-    command.run(metrics.with(workers, None)?)
+    command.run(common.with(workers, None)?)
 }

@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let cli::App {
         command,
         options,
-        metrics,
+        common,
     } = cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4237")]);
     werkmann_apps::init_logging();
     let (listen, count) = (&options.listen.listen, options.listen.count);
@@ -71,5 +71,5 @@ fn main() -> anyhow::Result<()> {
     )?;
     worker.tls = options.tls.load()?;
     let secret = options.publisher.secret.as_deref();
-    command.run(metrics.with([worker], secret)?)
+    command.run(common.with([worker], secret)?)
 }

@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let cli::App {
         command,
         options,
-        metrics,
+        common,
     } = cli::parse::<cli::App<Options>>(&[("listen", "0.0.0.0:4236"), ("count", "2")]);
     werkmann_apps::init_logging();
     let count = options.listen.count;
@@ -60,5 +60,5 @@ fn main() -> anyhow::Result<()> {
     )?;
     options.limits.apply(&mut worker);
     worker.tls = options.tls.load()?;
-    command.run(metrics.with([worker], options.secret.as_deref())?)
+    command.run(common.with([worker], options.secret.as_deref())?)
 }

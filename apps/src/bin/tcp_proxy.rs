@@ -52,5 +52,5 @@ fn main() -> anyhow::Result<()> {
         // The client's connection holds the outgoing one (the pipes hold each other weakly).
         client.set_data(remote);
     });
-    app.command.run(app.metrics.with([worker], None)?)
+    app.command.run(app.common.with([worker], None)?)
 }

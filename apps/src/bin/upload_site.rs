@@ -153,7 +153,7 @@ fn main() -> anyhow::Result<()> {
         let Message::Request(req) = msg else { return };
         route(conn, &req, &store);
     });
-    app.command.run(app.metrics.with([worker], None)?)
+    app.command.run(app.common.with([worker], None)?)
 }
 
 fn route(conn: &Connection, req: &Request, store: &Path) {

@@ -15,5 +15,5 @@ fn main() -> anyhow::Result<()> {
     worker.websocket_compression_takeover = true;
     worker.max_package_size = 64 * 1024 * 1024;
     worker.max_send_buffer_size = 128 * 1024 * 1024;
-    app.command.run(app.metrics.with([worker], None)?)
+    app.command.run(app.common.with([worker], None)?)
 }

@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
             conn.send(msg);
         }
     });
-    app.command.run(app.metrics.with([ws], None)?)
+    app.command.run(app.common.with([ws], None)?)
 }
 
 /// Open an outgoing WebSocket to `url` and report its events to `caller`.

@@ -215,7 +215,7 @@ fn main() -> anyhow::Result<()> {
     let cli::App {
         command,
         options,
-        metrics,
+        common,
     } = cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9100"), ("count", "2")]);
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -317,5 +317,5 @@ fn main() -> anyhow::Result<()> {
     });
     workers.push(http);
 
-    command.run(metrics.with(workers, None)?)
+    command.run(common.with(workers, None)?)
 }
