@@ -812,9 +812,12 @@ impl Connection {
         });
     }
 
-    /// Attach an established socket; the connection becomes `Established`.
+    /// Attach an established socket; the connection becomes `Established`. An outgoing one
+    /// is set `TCP_NODELAY` here; an accepted one has it from its listener.
     pub(crate) fn attach(&self, stream: Stream, remote: SocketAddr) {
-        let _ = stream.tcp().set_nodelay(true);
+        if self.0.owner.is_none() {
+            let _ = stream.tcp().set_nodelay(true);
+        }
         *self.0.stream.borrow_mut() = Some(stream);
         self.0.remote.set(Some(remote));
         self.0.opened_at.set(clock::now());

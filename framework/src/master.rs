@@ -109,6 +109,8 @@ fn bind(addr: &str) -> Result<TcpListener, Error> {
     let sock = Socket::new(Domain::for_address(sa), Type::STREAM, Some(Protocol::TCP))
         .map_err(listen_err)?;
     sock.set_reuse_address(true).map_err(listen_err)?;
+    // Accepted sockets inherit it: no `setsockopt` per connection.
+    sock.set_nodelay(true).map_err(listen_err)?;
     sock.bind(&sa.into()).map_err(listen_err)?;
     sock.listen(4096).map_err(listen_err)?;
     sock.set_nonblocking(true).map_err(listen_err)?;
@@ -155,6 +157,7 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
                     let l = unsafe { TcpListener::from_raw_fd(fd) };
                     set_cloexec(fd, true);
                     l.set_nonblocking(true)?;
+                    socket2::SockRef::from(&l).set_nodelay(true)?;
                     l
                 }
                 None => bind(addr)?,
@@ -277,7 +280,12 @@ fn serve(
             }
             if let (Some(l), Some(a)) = (listener, config.address()) {
                 kept.push((a.to_string(), l.as_raw_fd()));
-                let listener = tokio::net::TcpListener::from_std(l)?;
+                use tokio::io::{unix::AsyncFd, Interest};
+                // SAFETY: the listener owns its descriptor, which stays open and the same for
+                // as long as the AsyncFd that owns the listener (a TcpListener's `as_raw_fd`
+                // never changes).
+                let listener = unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)?;
                 acceptors.push(actix_rt::spawn(accept_loop(listener, addrs.clone())));
             }
             running.push(Running {
@@ -328,43 +336,85 @@ fn serve(
 /// Most connections the acceptor takes from the backlog before it hands them over.
 const ACCEPT_BURST: usize = 64;
 
-async fn accept_loop(listener: tokio::net::TcpListener, instances: Vec<Addr<InstanceActor>>) {
-    use futures_util::FutureExt;
+async fn accept_loop(
+    listener: tokio::io::unix::AsyncFd<TcpListener>,
+    instances: Vec<Addr<InstanceActor>>,
+) {
     let mut next = 0usize;
     // What this wake-up accepted, per instance.
     let mut batches: Vec<Vec<(std::net::TcpStream, std::net::SocketAddr)>> =
         instances.iter().map(|_| Vec::new()).collect();
     loop {
-        // The first connection waits for readiness; the others that wait in the backlog are
-        // taken without sleeping (up to a burst), then each instance gets its share in one
-        // message: a burst of new connections wakes an instance's thread once, not once per
-        // connection (each message that finds it parked is an eventfd write and a context
-        // switch). Round-robin per connection, as before.
-        let mut accepted = Some(listener.accept().await);
+        // Once the listener is readable, the connections waiting in the backlog are taken
+        // without sleeping (up to a burst), then each instance gets its share in one message:
+        // a burst of new connections wakes an instance's thread once, not once per connection
+        // (each message that finds it parked is an eventfd write and a context switch).
+        // Round-robin per connection. A socket is accepted as a plain one, non-blocking, and
+        // registered only with its instance's reactor (none here to add and remove again).
+        let mut ready = match listener.readable().await {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let mut taken = 0;
-        while let Some(result) = accepted.take() {
-            match result {
-                Ok((stream, peer)) => match stream.into_std() {
-                    Ok(s) => {
-                        batches[next % instances.len()].push((s, peer));
-                        next = next.wrapping_add(1);
-                    }
-                    Err(e) => log::warn!("accept: {e}"),
-                },
+        while taken < ACCEPT_BURST {
+            match accept_nonblocking(listener.get_ref()) {
+                Ok((s, peer)) => {
+                    batches[next % instances.len()].push((s, peer));
+                    next = next.wrapping_add(1);
+                    taken += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
                 Err(e) => {
                     hand_over(&instances, &mut batches);
                     // Out of file descriptors and the like: back off instead of spinning.
                     log::error!("accept failed: {e}");
+                    drop(ready);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     break;
                 }
             }
-            taken += 1;
-            if taken < ACCEPT_BURST {
-                accepted = listener.accept().now_or_never();
-            }
         }
         hand_over(&instances, &mut batches);
+    }
+}
+
+/// `accept4(2)` with the new socket non-blocking and close-on-exec from the start.
+fn accept_nonblocking(
+    listener: &TcpListener,
+) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value of that plain C struct.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the listener's descriptor is open for the call; `storage` and `len` live across
+    // it and `len` holds `storage`'s size, as accept4(2) requires.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a new descriptor of a connected TCP socket that nothing else
+    // owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // SAFETY: accept4 wrote a socket address of `len` bytes into `storage`.
+    let addr = unsafe { socket2::SockAddr::new(storage, len) };
+    match addr.as_socket() {
+        Some(peer) => Ok((stream, peer)),
+        None => Err(std::io::Error::other("accepted a socket that is not IP")),
     }
 }
 
