@@ -337,7 +337,8 @@ impl Worker {
         self.callbacks.on_worker_start = Some(Arc::new(f));
     }
 
-    /// Called on each instance's thread when it stops.
+    /// Called on each instance's thread when it stops, before its connections are closed (as
+    /// Workerman's `onWorkerStop`): what it sends them is delivered before the close.
     pub fn on_worker_stop(&mut self, f: impl Fn(&WorkerInstance) + Send + Sync + 'static) {
         self.callbacks.on_worker_stop = Some(Arc::new(f));
     }

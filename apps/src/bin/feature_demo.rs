@@ -244,7 +244,11 @@ fn main() -> anyhow::Result<()> {
     text.max_send_buffer_size = 256 * 1024;
     text.max_package_size = 4096;
     text.on_worker_start(|w| log::info!("console instance {} started", w.id()));
-    text.on_worker_stop(|w| log::info!("console instance {} stopped", w.id()));
+    text.on_worker_stop(|w| {
+        log::info!("console instance {} stopping", w.id());
+        // Its clients hear of it before their connections close.
+        w.broadcast("stopping");
+    });
     text.on_connect(|conn| log::debug!("console {} connected", conn.id()));
     text.on_message(|conn, msg| console(conn, msg.as_text().unwrap_or("")));
     text.on_buffer_full(|conn| {

@@ -742,10 +742,10 @@ impl Handler<GetConnections> for InstanceActor {
     }
 }
 
-/// Stop the instance: close every connection (flushing what is queued), wait up to
-/// `timeout` for them to finish, then call `on_worker_stop`. A graceful stop first keeps
-/// serving for a moment, so requests already on their way to a connection it accepted are
-/// answered.
+/// Stop the instance: call `on_worker_stop`, close every connection (flushing what is queued,
+/// what `on_worker_stop` sent included), wait up to `timeout` for them to finish. A graceful
+/// stop first keeps serving for a moment, so requests already on their way to a connection it
+/// accepted are answered.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Stop {
@@ -761,6 +761,12 @@ impl Handler<Stop> for InstanceActor {
     fn handle(&mut self, msg: Stop, _: &mut Self::Context) -> Self::Result {
         let inst = self.inst.clone();
         Box::pin(async move {
+            // First, as Workerman does: the app may still tell its clients (what it sends is
+            // flushed by the close below).
+            let cb = inst.0.config.callbacks.on_worker_stop.clone();
+            if let Some(cb) = cb {
+                guard("on_worker_stop", || cb(&inst));
+            }
             if msg.graceful && inst.connection_count() > 0 {
                 tokio::time::sleep(GRACE.min(msg.timeout)).await;
             }
@@ -773,10 +779,6 @@ impl Handler<Stop> for InstanceActor {
             for c in left {
                 c.closed_because(Closed::Stop);
                 c.destroy();
-            }
-            let cb = inst.0.config.callbacks.on_worker_stop.clone();
-            if let Some(cb) = cb {
-                guard("on_worker_stop", || cb(&inst));
             }
         })
     }
