@@ -385,11 +385,13 @@ impl Cluster {
             self.backend
         );
         let mut last = 0;
-        wait_until_async(WAIT, &what, async || {
+        let held = poll_until_async(WAIT, async || {
             last = self.online().await;
             last == n
         })
         .await;
+        // What it held instead tells a client not registered from one not removed.
+        assert!(held, "not within {WAIT:?}: {what}: it holds {last}");
         for c in clients.iter() {
             let id = c.id.clone();
             let online = self.query("is_online", json!({ "client_id": id })).await;
