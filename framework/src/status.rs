@@ -50,7 +50,7 @@ impl Report {
         Report {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
-            started_unix: crate::metrics::process_start_unix(),
+            started_unix: totals.started_unix,
             load: load_average(),
             rss_bytes: totals.rss_bytes,
             cpu_secs: totals.cpu_secs,
@@ -179,10 +179,13 @@ fn render(r: &Report, since: Option<(&Report, f64)>) -> String {
         .unwrap_or_default()
         .as_secs();
     let conns: usize = r.instances.iter().map(|i| i.connections).sum();
-    let rate = |now: u64, before: &dyn Fn(&Report) -> u64| match since {
-        Some((p, dt)) if dt > 0.0 => format!("{:.0}/s", now.saturating_sub(before(p)) as f64 / dt),
-        _ => "-".into(),
+    // A figure per second since the previous report, given the figure then.
+    let dt = since.map(|(_, dt)| dt).filter(|dt| *dt > 0.0);
+    let rate = |now: u64, before: u64| match dt {
+        Some(dt) => format!("{:.0}/s", now.saturating_sub(before) as f64 / dt),
+        None => "-".into(),
     };
+    let sum_of = |r: &Report, f: fn(&InstanceStatus) -> u64| r.instances.iter().map(f).sum();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -223,23 +226,16 @@ fn render(r: &Report, since: Option<(&Report, f64)>) -> String {
         ms(sum.publish_p50),
         ms(sum.publish_p99)
     );
-    if since.is_some() {
-        let total = |f: fn(&InstanceStatus) -> u64| {
-            move |p: &Report| p.instances.iter().map(f).sum::<u64>()
-        };
-        let (acc, min, mout) = (
-            total(|i| i.accepted),
-            total(|i| i.messages_in),
-            total(|i| i.messages_out),
-        );
-        let deliveries = |p: &Report| p.totals["deliveries"].as_u64().unwrap_or(0);
+    if let Some((p, _)) = since {
+        let both = |f: fn(&InstanceStatus) -> u64| rate(sum_of(r, f), sum_of(p, f));
+        let deliveries = |r: &Report| r.totals["deliveries"].as_u64().unwrap_or(0);
         let _ = writeln!(
             out,
             "rates: accepted {}  messages in {}  out {}  deliveries {}",
-            rate(acc(r), &acc),
-            rate(min(r), &min),
-            rate(mout(r), &mout),
-            rate(deliveries(r), &deliveries)
+            both(|i| i.accepted),
+            both(|i| i.messages_in),
+            both(|i| i.messages_out),
+            rate(deliveries(r), deliveries(p))
         );
     }
     if !sum.broker_connected.is_empty() || sum.broker_reconnects > 0 {
@@ -306,21 +302,16 @@ fn render(r: &Report, since: Option<(&Report, f64)>) -> String {
             s.idle_closed,
             s.uptime.as_secs()
         );
-        if since.is_some() {
-            let same = |p: &Report| {
-                p.instances
-                    .iter()
-                    .find(|i| i.worker == s.worker && i.id == s.id)
-                    .cloned()
-            };
-            let was =
-                |f: fn(&InstanceStatus) -> u64| move |p: &Report| same(p).map_or(0, |i| f(&i));
-            let (min, mout) = (was(|i| i.messages_in), was(|i| i.messages_out));
+        if let Some((p, _)) = since {
+            let was = p
+                .instances
+                .iter()
+                .find(|i| i.worker == s.worker && i.id == s.id);
             let _ = write!(
                 out,
                 " {:>8} {:>8}",
-                rate(s.messages_in, &min),
-                rate(s.messages_out, &mout)
+                rate(s.messages_in, was.map_or(0, |i| i.messages_in)),
+                rate(s.messages_out, was.map_or(0, |i| i.messages_out))
             );
         }
         out.push('\n');

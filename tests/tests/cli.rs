@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use werkmann_tests::addressing::{Backend, Cluster};
-use werkmann_tests::{bin, free_port, temp_dir, wait_listening};
+use werkmann_tests::{bin, free_port, temp_dir, wait_listening, wait_until};
 
 struct Daemon {
     run_dir: std::path::PathBuf,
@@ -270,18 +270,15 @@ fn the_pid_log_and_stdout_files_go_where_they_are_named() {
     );
     let mut c = console(d.port);
     assert_eq!(ask(&mut c, "print hello stdout"), "printed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&out_file)
-        .unwrap_or_default()
-        .contains("hello stdout")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "nothing in {}",
-            out_file.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        Duration::from_secs(10),
+        format!("what it printed in {}", out_file.display()),
+        || {
+            std::fs::read_to_string(&out_file)
+                .unwrap_or_default()
+                .contains("hello stdout")
+        },
+    );
     let log = std::fs::read_to_string(&log_file).unwrap();
     assert!(!log.contains("hello stdout"), "{log}");
     let status = d.cmd(&["status"]);

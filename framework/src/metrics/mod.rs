@@ -26,8 +26,3 @@ pub(crate) use sources::{
 };
 pub use sources::{publish_answered, NodeFigures, PublishApi};
 pub use totals::{totals, HubTotals, InstanceFigures, Totals};
-
-/// When this process started, seconds since the Unix epoch.
-pub(crate) fn process_start_unix() -> f64 {
-    process::read(false).start_time_secs
-}

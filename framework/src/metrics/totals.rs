@@ -71,6 +71,8 @@ pub struct Totals {
     pub rss_bytes: u64,
     /// CPU time used, seconds.
     pub cpu_secs: f64,
+    /// When the process started, seconds since the Unix epoch.
+    pub started_unix: f64,
 }
 
 /// One hub's sizes.
@@ -164,5 +166,6 @@ pub fn totals() -> Totals {
     let p = super::process::read(false);
     t.rss_bytes = p.rss_bytes;
     t.cpu_secs = p.cpu_secs;
+    t.started_unix = p.start_time_secs;
     t
 }
