@@ -499,14 +499,8 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 // Nothing came to carry the proof: a `PING` of its own, in a task of its own,
                 // so that what is queued while it travels goes at once (and proves it too:
                 // whichever answer comes first settles them; a settled waiter is gone).
-                let (weak, mut bus) = (link.clone(), manager.clone());
                 let outcomes = std::mem::take(&mut unproven);
-                actix_rt::spawn(async move {
-                    let proven = written(&mut bus, Vec::new()).await;
-                    if let Some(l) = weak.upgrade() {
-                        settle_all(&l, outcomes, proven);
-                    }
-                });
+                actix_rt::spawn(prove_apart(link.clone(), manager.clone(), outcomes));
                 continue;
             }
             l.wake_out.notified().await;
@@ -546,10 +540,8 @@ async fn run_outbound(link: Weak<RedisLink>) {
         };
         if !answered && !unproven.is_empty() && result.is_ok() {
             // Nothing of this batch reached Redis (or it does not tell): a command of its own.
-            let proven = written(&mut manager, Vec::new()).await;
-            if let Some(l) = link.upgrade() {
-                settle_all(&l, std::mem::take(&mut unproven), proven);
-            }
+            let outcomes = std::mem::take(&mut unproven);
+            prove_apart(link.clone(), manager.clone(), outcomes).await;
         }
         match result {
             Ok((outcomes, registered)) => {
@@ -572,10 +564,8 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 // Redis refused a command (it answered): prove the last batch's writes on
                 // their own.
                 if !unproven.is_empty() {
-                    let proven = written(&mut manager, Vec::new()).await;
-                    if let Some(l) = link.upgrade() {
-                        settle_all(&l, std::mem::take(&mut unproven), proven);
-                    }
+                    let outcomes = std::mem::take(&mut unproven);
+                    prove_apart(link.clone(), manager.clone(), outcomes).await;
                 }
                 let Some(l) = link.upgrade() else { return };
                 log::error!(
@@ -607,6 +597,15 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// Prove `outcomes` with a `PING` of their own on `bus` (sent after their replies came), then
+/// settle them.
+async fn prove_apart(link: Weak<RedisLink>, mut bus: Bus, outcomes: Vec<(u64, Outcome)>) {
+    let proven = written(&mut bus, Vec::new()).await;
+    if let Some(l) = link.upgrade() {
+        settle_all(&l, outcomes, proven);
     }
 }
 
