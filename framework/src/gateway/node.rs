@@ -506,10 +506,8 @@ impl ConnectionHooks for Node {
             return;
         }
         info.client_id = Some(ClientId::new(self.worker, id).to_string());
-        if let Some(m) = self.local.borrow().clients.get(&id) {
-            info.uid = m.uid.as_deref().map(str::to_string);
-            info.groups = m.groups.iter().map(|g| g.to_string()).collect();
-        }
+        info.uid = self.uid(id);
+        info.groups = self.groups(id);
     }
 }
 
