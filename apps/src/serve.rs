@@ -23,7 +23,7 @@ impl Serve {
     pub fn worker(&self, scheme: &str, name: &str) -> anyhow::Result<Worker> {
         let mut worker = Worker::new(&format!("{scheme}://{}", self.listen.listen))?;
         worker.name = name.into();
-        worker.count = self.listen.count;
+        self.listen.apply(&mut worker);
         self.limits.apply(&mut worker);
         worker.tls = self.tls.load()?;
         Ok(worker)

@@ -201,6 +201,18 @@ pub struct Listen {
     /// How many instances (threads) serve it
     #[arg(long, env = "WERKMANN_COUNT", default_value_t = 1)]
     pub count: usize,
+    /// Run each instance as a supervised child process instead of a thread (restarted with
+    /// the same instance id if it dies)
+    #[arg(long, env = "WERKMANN_PROCESSES")]
+    pub processes: bool,
+}
+
+impl Listen {
+    /// Set `worker`'s instance count and whether they run as processes from these options.
+    pub fn apply(&self, worker: &mut crate::Worker) {
+        worker.count = self.count;
+        worker.processes = self.processes;
+    }
 }
 
 /// The limits of a worker (docs/reliability.md); unset ones keep the worker's defaults.

@@ -18,6 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cli::{self, Command, Paths};
 use crate::error::Error;
+use crate::signals::{Sig, Signals};
 use crate::worker::instance::{ConnectionInfo, GetConnections, GetStatus, InstanceActor, Stop};
 use crate::worker::{InstanceStatus, Worker};
 
@@ -177,19 +178,50 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
     };
     cli::write_pid(&paths.pid)?;
     let summary = describe(&workers, &listeners);
-    let result = serve(
-        workers,
-        listeners,
-        paths.clone(),
-        pipe,
-        summary,
-        reload_parent,
-    );
+    let parts: Vec<Part> = workers
+        .into_iter()
+        .zip(listeners)
+        .map(|(worker, listener)| Part {
+            ids: 0..worker.count.max(1),
+            worker,
+            listener,
+        })
+        .collect();
+    let result = if parts
+        .iter()
+        .any(|p| p.worker.processes && p.worker.serve.is_none())
+    {
+        crate::supervisor::run(parts, paths, pipe, summary, reload_parent)
+    } else {
+        serve(
+            parts,
+            paths.clone(),
+            pipe,
+            summary,
+            reload_parent,
+            Role::Alone,
+        )
+    };
     cli::remove_pid_if_ours(&paths.pid);
     result
 }
 
-fn describe(workers: &[Worker], listeners: &[Option<TcpListener>]) -> String {
+/// What one process serves of a worker: its listening socket and which of its instances.
+pub(crate) struct Part {
+    pub worker: Worker,
+    pub listener: Option<TcpListener>,
+    pub ids: std::ops::Range<usize>,
+}
+
+/// Whether the process serving is the only one, or a child of the supervisor (`supervisor.rs`),
+/// which reloads and reports for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Alone,
+    Child,
+}
+
+pub(crate) fn describe(workers: &[Worker], listeners: &[Option<TcpListener>]) -> String {
     let mut out = String::new();
     for (w, l) in workers.iter().zip(listeners) {
         let at = l
@@ -198,7 +230,7 @@ fn describe(workers: &[Worker], listeners: &[Option<TcpListener>]) -> String {
             .map(|a| format!(" listening on {a}"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "worker {} ({}) x{}{}\n",
+            "worker {} ({}) x{}{}{}\n",
             w.name,
             if w.socket_name().is_empty() {
                 "none"
@@ -206,13 +238,14 @@ fn describe(workers: &[Worker], listeners: &[Option<TcpListener>]) -> String {
                 w.socket_name()
             },
             w.count,
+            if w.processes { " processes" } else { "" },
             at
         ));
     }
     out
 }
 
-fn set_cloexec(fd: RawFd, on: bool) {
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) {
     // SAFETY: fcntl(2) with F_GETFD/F_SETFD reads and sets flags of a descriptor number; an
     // invalid one fails with EBADF and nothing else.
     unsafe {
@@ -234,22 +267,32 @@ struct Running {
     stop_timeout: Duration,
 }
 
-fn serve(
-    workers: Vec<Worker>,
-    listeners: Vec<Option<TcpListener>>,
+/// Serve `parts` in this process: an arbiter and actor per instance, an acceptor per listening
+/// socket, the signals; returns when stopped.
+pub(crate) fn serve(
+    parts: Vec<Part>,
     paths: Paths,
     pipe: Option<OwnedFd>,
     summary: String,
     reload_parent: Option<i32>,
+    role: Role,
 ) -> Result<(), Error> {
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
         // Handlers first: a command may arrive as soon as the start is reported.
-        let signals = Signals::install()?;
+        let signals = match role {
+            Role::Alone => Signals::handlers()?,
+            Role::Child => Signals::descriptor()?,
+        };
         let mut running = Vec::new();
         let mut acceptors = Vec::new();
         let mut kept: Vec<(String, RawFd)> = Vec::new();
-        for (w, listener) in workers.into_iter().zip(listeners) {
+        for Part {
+            worker: w,
+            listener,
+            ids,
+        } in parts
+        {
             let config = Arc::new(w);
             if let (Some(serve), Some(a)) = (config.serve.clone(), config.address()) {
                 let Some(l) = listener else { continue };
@@ -269,7 +312,7 @@ fn serve(
             }
             let mut addrs = Vec::new();
             let mut arbiters = Vec::new();
-            for id in 0..config.count.max(1) {
+            for id in ids {
                 let arb = actix_rt::Arbiter::new();
                 let cfg = config.clone();
                 let addr = InstanceActor::start_in_arbiter(&arb.handle(), move |_| {
@@ -304,7 +347,7 @@ fn serve(
             // The old process may stop accepting now: every socket is served here.
             let _ = cli::signal(parent, libc::SIGQUIT);
         }
-        let graceful = signals.run(&running, &paths, &kept).await;
+        let graceful = answer_signals(signals, &running, &paths, &kept, role).await;
         for a in &acceptors {
             a.abort();
         }
@@ -435,55 +478,39 @@ fn hand_over(
     }
 }
 
-/// The signals the command line sends.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-    usr1: tokio::signal::unix::Signal,
-    usr2: tokio::signal::unix::Signal,
-    io: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn install() -> std::io::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-            quit: signal(SignalKind::quit())?,
-            usr1: signal(SignalKind::user_defined1())?,
-            usr2: signal(SignalKind::user_defined2())?,
-            io: signal(SignalKind::io())?,
-        })
-    }
-
-    /// Wait for signals; answer status requests and reloads. Returns whether the stop is
-    /// graceful.
-    async fn run(
-        mut self,
-        running: &[Running],
-        paths: &Paths,
-        listeners: &[(String, RawFd)],
-    ) -> bool {
-        loop {
-            tokio::select! {
-                _ = self.int.recv() => return false,
-                _ = self.term.recv() => return false,
-                _ = self.quit.recv() => return true,
-                _ = self.usr2.recv() => write_status(running, paths).await,
-                _ = self.io.recv() => write_connections(running, paths).await,
-                _ = self.usr1.recv() => {
+/// Wait for signals; answer status requests and reloads. Returns whether the stop is
+/// graceful.
+async fn answer_signals(
+    mut signals: Signals,
+    running: &[Running],
+    paths: &Paths,
+    listeners: &[(String, RawFd)],
+    role: Role,
+) -> bool {
+    loop {
+        match signals.next().await {
+            Sig::Stop => return false,
+            Sig::Graceful => return true,
+            Sig::Status => write_status(running, paths).await,
+            Sig::Connections => write_connections(running, paths).await,
+            Sig::Reload => match role {
+                Role::Child => {
+                    log::warn!(
+                        "reload is the supervisor's (pid {}): signal it",
+                        parent_pid()
+                    );
+                }
+                Role::Alone => {
                     if let Err(e) = spawn_reload(listeners) {
                         log::error!("reload failed: {e}");
                     }
                 }
-            }
+            },
         }
     }
 }
 
-fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()> {
+pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()> {
     let exe = std::env::current_exe()?;
     let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
         Some(p) => std::path::PathBuf::from(p),
@@ -511,6 +538,11 @@ fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()> {
         set_cloexec(*fd, true);
     }
     child.map(|c| log::info!("new process {} started", c.id()))
+}
+
+fn parent_pid() -> i32 {
+    // SAFETY: getppid(2) takes nothing and cannot fail.
+    unsafe { libc::getppid() }
 }
 
 async fn write_status(running: &[Running], paths: &Paths) {
@@ -542,8 +574,11 @@ async fn write_connections(running: &[Running], paths: &Paths) {
     );
 }
 
-fn write_atomic(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
+pub(crate) fn write_atomic(path: &std::path::Path, text: &str) {
+    // Next to the file, named after all of it: a supervisor's children write theirs at once.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path)) {
         log::error!("cannot write {}: {e}", path.display());
     }

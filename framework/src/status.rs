@@ -37,6 +37,29 @@ pub struct Report {
     /// The metrics' totals (see docs/operations.md): refused and closed by reason,
     /// deliveries, publishes and their latency, broker links, hub sizes.
     pub totals: serde_json::Value,
+    /// With workers run as processes: each child of the supervisor (whose figures above are
+    /// the sums of its children's and its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildStatus>,
+}
+
+/// One child process of the supervisor, in its [`Report`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChildStatus {
+    /// Its process id.
+    pub pid: u32,
+    /// What it serves: "pusher #1" (an instance), or the workers run as threads.
+    pub serves: String,
+    /// When it started (this time), seconds since the Unix epoch.
+    pub started_unix: f64,
+    /// How often the supervisor started it again.
+    pub restarts: u32,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// CPU time used, seconds.
+    pub cpu_secs: f64,
+    /// Open connections.
+    pub connections: usize,
 }
 
 impl Report {
@@ -57,6 +80,7 @@ impl Report {
             workers,
             instances,
             totals: value,
+            children: Vec::new(),
         }
     }
 }
@@ -261,6 +285,30 @@ fn render(r: &Report, since: Option<(&Report, f64)>) -> String {
                 h.hub, h.subscribers, h.events, h.presence_members, h.history_events
             ),
         };
+    }
+    if !r.children.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<8} {:<32} {:>8} {:>9} {:>10} {:>9} {:>12}",
+            "pid", "serves", "conns", "restarts", "rss_mib", "cpu_s", "up_s"
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        for c in &r.children {
+            let _ = writeln!(
+                out,
+                "{:<8} {:<32} {:>8} {:>9} {:>10.1} {:>9.1} {:>12.0}",
+                c.pid,
+                c.serves,
+                c.connections,
+                c.restarts,
+                c.rss_bytes as f64 / 1048576.0,
+                c.cpu_secs,
+                (now - c.started_unix).max(0.0)
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -127,6 +127,12 @@ pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Worker {
     /// Number of instances (each an actor on its own thread), ids `0..count`.
     pub count: usize,
+    /// Run each instance in a child process of its own instead of a thread of this process
+    /// (Workerman's `count`): the children share the listening socket, and the process that
+    /// started them supervises them, starting a child that dies again with the same instance
+    /// id. One crash or out-of-memory kill then takes one instance down, and each child has
+    /// its own open-file limit. Off by default (docs/architecture.md "Threads or processes").
+    pub processes: bool,
     /// Name shown by `status` and in logs.
     pub name: String,
     /// Per-connection send buffer limit in bytes (Workerman's `maxSendBufferSize`).
@@ -276,6 +282,7 @@ impl Worker {
             uploads: Default::default(),
             sessions: None,
             time_based_connection_ids: false,
+            processes: false,
             serve: None,
             websocket_compression: false,
             websocket_compression_takeover: false,

@@ -339,7 +339,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut console = Worker::new(&format!("text://{}", options.listen.listen))?;
     console.name = "channel_console".into();
-    console.count = options.listen.count;
+    options.listen.apply(&mut console);
     let channel = options.channel;
     console.on_connect(move |conn| match channel.connect() {
         Ok(client) => {

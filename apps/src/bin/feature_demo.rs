@@ -234,13 +234,13 @@ fn main() -> anyhow::Result<()> {
     } = cli::parse::<cli::App<Options>>(&[("listen", "127.0.0.1:9010"), ("count", "2")]);
     werkmann_apps::init_logging();
     register_protocol("semicolon", Semicolon);
-    let (listen, count) = (&options.listen.listen, options.listen.count);
+    let listen = &options.listen.listen;
     let custom = &options.custom_listen;
     let ws_listen = &options.ws_listen;
 
     let mut text = Worker::new(&format!("text://{listen}"))?;
     text.name = "console".into();
-    text.count = count;
+    options.listen.apply(&mut text);
     text.max_send_buffer_size = 256 * 1024;
     text.max_package_size = 4096;
     text.on_worker_start(|w| log::info!("console instance {} started", w.id()));

@@ -46,6 +46,12 @@ fn main() -> anyhow::Result<()> {
     werkmann_apps::init_logging();
     let count = options.listen.count;
     let embedded = options.channel.channel == channel::EMBEDDED;
+    if embedded && options.listen.processes {
+        anyhow::bail!(
+            "--processes needs a channel server (--channel HOST:PORT or redis://…): an embedded \
+             channel lives in one process"
+        );
+    }
     let ids = if command.starts() && !embedded {
         push::claim_ids(&options.channel, count, &[])?
     } else {
@@ -54,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     let listen = &options.listen.listen;
     let mut ws = chat::node::ws_worker(listen, count, options.channel.clone(), Arc::new(ids))?;
     options.limits.apply(&mut ws);
+    ws.processes = options.listen.processes;
     let mut nodes: Vec<String> = options
         .ws_url
         .iter()

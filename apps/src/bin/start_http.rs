@@ -70,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         streams,
     )?;
     worker.tls = options.tls.load()?;
+    worker.processes = options.listen.processes;
     let secret = options.publisher.secret.as_deref();
     command.run(common.with([worker], secret)?)
 }

@@ -59,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         options.presence_events,
     )?;
     options.limits.apply(&mut worker);
+    worker.processes = options.listen.processes;
     worker.tls = options.tls.load()?;
     command.run(common.with([worker], options.secret.as_deref())?)
 }

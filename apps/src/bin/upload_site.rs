@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     let mut worker = werkmann::Worker::new(&format!("http://{}", o.listen.listen))
         .context("the --listen address")?;
     worker.name = "upload_site".into();
-    worker.count = o.listen.count;
+    o.listen.apply(&mut worker);
     o.limits.apply(&mut worker);
     worker.max_package_size = o.max_package_size;
     worker.uploads = Uploads {

@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let options = &app.options;
     let mut ws = Worker::new(&format!("websocket://{}", options.listen.listen))?;
     ws.name = "ws_hooks".into();
-    ws.count = options.listen.count;
+    options.listen.apply(&mut ws);
     options.limits.apply(&mut ws);
     ws.tls = options.tls.load()?;
 

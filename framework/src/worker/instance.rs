@@ -345,6 +345,7 @@ impl WorkerInstance {
             worker: self.0.config.name.clone(),
             socket: self.0.config.socket_name().to_string(),
             id: self.0.id,
+            pid: std::process::id(),
             connections: conns.len(),
             accepted: self.0.stats.accepted.get(),
             messages_in: self.0.stats.messages_in.get(),
@@ -520,6 +521,9 @@ pub struct InstanceStatus {
     pub socket: String,
     /// Instance id.
     pub id: usize,
+    /// The process it runs in.
+    #[serde(default)]
+    pub pid: u32,
     /// Open connections.
     pub connections: usize,
     /// Connections accepted since start.

@@ -1,0 +1,519 @@
+//! The supervisor: Workerman's master process. When a worker runs its instances as processes
+//! ([`Worker::processes`](crate::Worker)), the process that bound the sockets forks a child per
+//! such instance (and one child for every worker that runs as threads), starts a child that
+//! dies again with the same instance id — at once after a long life, backing off in a crash
+//! loop — and passes the command line's signals on: stop and graceful stop to every child,
+//! `status` and `connections` as requests whose answers it merges, `reload` as before (a new
+//! binary inherits the listening sockets and starts children of its own).
+//!
+//! The supervisor stays single-threaded (no runtime, no arbiter): it waits for signals with
+//! `sigtimedwait(2)`, so a child forked from it starts from a clean copy with no thread or lock
+//! of anyone else's. Each child serves its part with `master::serve`, exactly as a process of
+//! threads would, and is asked to stop by the kernel if the supervisor dies
+//! (`PR_SET_PDEATHSIG`).
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::cli::{self, Paths};
+use crate::error::Error;
+use crate::master::{self, Part, Role};
+use crate::signals;
+use crate::status::{ChildStatus, Report};
+
+/// A child that lived less than this ended "at once": the next start waits longer.
+const QUICK_EXIT: Duration = Duration::from_secs(5);
+/// The first wait after a quick exit; doubled for each further one, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a child has to answer `status` or `connections`.
+const REPORT_WAIT: Duration = Duration::from_secs(3);
+/// One child process the supervisor keeps running: which parts (by index) and instances it
+/// serves, and how it has fared.
+struct Child {
+    serves: Vec<(usize, std::ops::Range<usize>)>,
+    /// Shown in logs and `status`: "pusher #1", or the workers run as threads.
+    label: String,
+    pid: Option<i32>,
+    started: Instant,
+    started_unix: f64,
+    restarts: u32,
+    /// Quick exits in a row.
+    quick: u32,
+    /// When to start it again (set while it is down).
+    due: Option<Instant>,
+}
+
+/// A stop under way: graceful or not, and when to stop waiting.
+struct Stopping {
+    deadline: Instant,
+    killed: bool,
+}
+
+/// Run `parts` under a supervisor; returns when every child has ended after a stop.
+pub(crate) fn run(
+    mut parts: Vec<Part>,
+    paths: &Paths,
+    pipe: Option<OwnedFd>,
+    summary: String,
+    reload_parent: Option<i32>,
+) -> Result<(), Error> {
+    let threads = thread_count();
+    if threads > 1 {
+        // Nothing here should have left a thread running; a fork copies only this one.
+        log::warn!("supervisor: {threads} threads before forking (expected 1)");
+    }
+    let set = signals::supervisor_set();
+    signals::mask(libc::SIG_BLOCK, &set)?;
+    let mut children = plan(&parts);
+    let stop_timeout = parts
+        .iter()
+        .map(|p| p.worker.stop_timeout)
+        .max()
+        .unwrap_or_default();
+    let workers = parts.len();
+    let kept: Vec<(String, i32)> = parts
+        .iter()
+        .filter_map(|p| {
+            use std::os::fd::AsRawFd;
+            Some((
+                p.worker.address()?.to_string(),
+                p.listener.as_ref()?.as_raw_fd(),
+            ))
+        })
+        .collect();
+    log::info!(
+        "supervisor started (pid {}), {} children:\n{}",
+        std::process::id(),
+        children.len(),
+        summary.trim_end()
+    );
+    // Every socket is bound and listening: connections wait in the backlog for the children.
+    cli::report_start(pipe, &format!("ok\n{summary}"));
+    for c in children.iter_mut() {
+        start(c, &mut parts, paths, &summary);
+    }
+    if let Some(parent) = reload_parent {
+        let _ = cli::signal(parent, libc::SIGQUIT);
+    }
+    let mut stopping: Option<Stopping> = None;
+    loop {
+        let now = Instant::now();
+        let wake = children
+            .iter()
+            .filter_map(|c| c.due)
+            .chain(stopping.as_ref().map(|s| s.deadline))
+            .min()
+            .map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now))
+            .min(Duration::from_secs(1));
+        match signals::wait(&set, wake) {
+            Some(libc::SIGINT | libc::SIGTERM) if stopping.is_none() => {
+                log::info!("stopping");
+                stopping = Some(begin_stop(&children, libc::SIGTERM, stop_timeout));
+            }
+            Some(libc::SIGQUIT) if stopping.is_none() => {
+                log::info!("stopping gracefully");
+                let wait = stop_timeout.max(Duration::from_secs(10));
+                stopping = Some(begin_stop(&children, libc::SIGQUIT, wait));
+            }
+            Some(libc::SIGUSR1) if stopping.is_none() => {
+                if let Err(e) = master::spawn_reload(&kept) {
+                    log::error!("reload failed: {e}");
+                }
+            }
+            Some(libc::SIGUSR2) => write_status(&children, paths, workers),
+            Some(libc::SIGIO) => write_connections(&children, paths),
+            _ => {}
+        }
+        reap(&mut children, stopping.is_some());
+        match &mut stopping {
+            Some(_) if children.iter().all(|c| c.pid.is_none()) => break,
+            Some(s) if Instant::now() >= s.deadline && !s.killed => {
+                for c in &children {
+                    if let Some(pid) = c.pid {
+                        log::warn!("{} (pid {pid}) did not stop in time: killed", c.label);
+                        let _ = cli::signal(pid, libc::SIGKILL);
+                    }
+                }
+                s.killed = true;
+            }
+            Some(_) => {}
+            None => {
+                let now = Instant::now();
+                for c in children.iter_mut() {
+                    if c.pid.is_none() && c.due.is_some_and(|t| t <= now) {
+                        start(c, &mut parts, paths, &summary);
+                    }
+                }
+            }
+        }
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+/// The children: one per instance of each worker run as processes, one for the rest.
+fn plan(parts: &[Part]) -> Vec<Child> {
+    let mut children = Vec::new();
+    let mut rest = Vec::new();
+    let mut rest_names = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if p.worker.processes && p.worker.serve.is_none() {
+            for id in p.ids.clone() {
+                children.push(Child::new(
+                    vec![(i, id..id + 1)],
+                    format!("{} #{id}", p.worker.name),
+                ));
+            }
+        } else {
+            rest.push((i, p.ids.clone()));
+            rest_names.push(p.worker.name.clone());
+        }
+    }
+    if !rest.is_empty() {
+        children.push(Child::new(
+            rest,
+            format!("threads ({})", rest_names.join(", ")),
+        ));
+    }
+    children
+}
+
+impl Child {
+    fn new(serves: Vec<(usize, std::ops::Range<usize>)>, label: String) -> Child {
+        Child {
+            serves,
+            label,
+            pid: None,
+            started: Instant::now(),
+            started_unix: 0.0,
+            restarts: 0,
+            quick: 0,
+            due: Some(Instant::now()),
+        }
+    }
+}
+
+/// Fork `child`. In the child this never returns: it serves its parts and exits.
+fn start(child: &mut Child, parts: &mut Vec<Part>, paths: &Paths, summary: &str) {
+    let supervisor = std::process::id() as i32;
+    // SAFETY: fork(2) in a process with one thread (see `run`): the child gets a consistent
+    // copy of this thread's memory and no other thread's locks.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let e = std::io::Error::last_os_error();
+        log::error!(
+            "cannot start {}: fork: {e}; trying again in 1 s",
+            child.label
+        );
+        child.due = Some(Instant::now() + Duration::from_secs(1));
+        return;
+    }
+    if pid == 0 {
+        let code = serve_child(child, std::mem::take(parts), paths, summary, supervisor);
+        std::process::exit(code);
+    }
+    if child.started_unix > 0.0 {
+        child.restarts += 1;
+    }
+    child.pid = Some(pid);
+    child.started = Instant::now();
+    child.started_unix = unix_now();
+    child.due = None;
+    log::info!("started {} (pid {pid})", child.label);
+}
+
+/// In a new child: take its parts (the others' sockets are closed here), serve them.
+fn serve_child(
+    child: &Child,
+    parts: Vec<Part>,
+    paths: &Paths,
+    summary: &str,
+    supervisor: i32,
+) -> i32 {
+    // SAFETY: prctl(2) with PR_SET_PDEATHSIG takes a signal number; getppid(2) cannot fail.
+    // Asked first, then checked: a supervisor that died in between is seen by getppid.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        if libc::getppid() != supervisor {
+            return 1;
+        }
+    }
+    // SIGCHLD is the child's own again; the command line's signals stay blocked, for the
+    // signalfd the child reads them from (`signals.rs`).
+    if let Err(e) = signals::mask(libc::SIG_UNBLOCK, &signals::set_of(&[libc::SIGCHLD])) {
+        log::error!("{}: {e}", child.label);
+        return 1;
+    }
+    let mine: Vec<Part> = parts
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, mut p)| {
+            let (_, ids) = child.serves.iter().find(|(j, _)| *j == i)?;
+            p.ids = ids.clone();
+            Some(p)
+        })
+        .collect();
+    let own = Paths {
+        status: for_child(&paths.status),
+        connections: for_child(&paths.connections),
+        ..paths.clone()
+    };
+    match master::serve(mine, own, None, summary.to_string(), None, Role::Child) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{}: {e}", child.label);
+            1
+        }
+    }
+}
+
+/// A report file's name for this child process (`….status.<pid>`).
+fn for_child(path: &Path) -> PathBuf {
+    child_file(path, std::process::id() as i32)
+}
+
+fn child_file(path: &Path, pid: i32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{pid}"));
+    PathBuf::from(name)
+}
+
+/// Signal every running child to stop; the deadline is `wait` and a margin for the children's
+/// own shutdown.
+fn begin_stop(children: &[Child], sig: i32, wait: Duration) -> Stopping {
+    for c in children {
+        if let Some(pid) = c.pid {
+            let _ = cli::signal(pid, sig);
+        }
+    }
+    Stopping {
+        deadline: Instant::now() + wait + Duration::from_secs(3),
+        killed: false,
+    }
+}
+
+/// Collect the children that ended; schedule each one's new start unless stopping.
+fn reap(children: &mut [Child], stopping: bool) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid(2) with WNOHANG writes the status into a local integer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let Some(c) = children.iter_mut().find(|c| c.pid == Some(pid)) else {
+            continue; // a process the app started itself
+        };
+        c.pid = None;
+        let lived = c.started.elapsed();
+        let how = ended(status);
+        if stopping {
+            log::info!("{} (pid {pid}) {how}", c.label);
+            continue;
+        }
+        let wait = if lived < QUICK_EXIT {
+            c.quick += 1;
+            FIRST_BACKOFF
+                .saturating_mul(1 << (c.quick - 1).min(16))
+                .min(MAX_BACKOFF)
+        } else {
+            c.quick = 0;
+            Duration::ZERO
+        };
+        let again = match c.quick {
+            0 => String::new(),
+            n => format!(", {n} quick exit{} in a row", if n == 1 { "" } else { "s" }),
+        };
+        log::error!(
+            "{} (pid {pid}) {how} after {:.1} s{again}: starting it again in {:.1} s",
+            c.label,
+            lived.as_secs_f64(),
+            wait.as_secs_f64()
+        );
+        c.due = Some(Instant::now() + wait);
+    }
+}
+
+/// How a child ended, from its wait status.
+fn ended(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        return format!("exited with status {}", libc::WEXITSTATUS(status));
+    }
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let name = match sig {
+            libc::SIGKILL => "SIGKILL: killed, or out of memory",
+            libc::SIGABRT => "SIGABRT: aborted",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGINT => "SIGINT",
+            _ => "",
+        };
+        return format!("was killed by signal {sig} ({name})");
+    }
+    format!("ended (status {status})")
+}
+
+/// Ask every running child for its report file (`sig`), wait for the answers (at most
+/// [`REPORT_WAIT`]), and return each child with its file's text.
+fn gather<'a>(children: &'a [Child], sig: i32, file: &Path) -> Vec<(&'a Child, String)> {
+    let asked: Vec<(&Child, PathBuf)> = children
+        .iter()
+        .filter_map(|c| {
+            let pid = c.pid?;
+            let path = child_file(file, pid);
+            let _ = std::fs::remove_file(&path);
+            cli::signal(pid, sig).ok()?;
+            Some((c, path))
+        })
+        .collect();
+    let deadline = Instant::now() + REPORT_WAIT;
+    let mut answers = Vec::new();
+    let mut waiting = asked;
+    while !waiting.is_empty() && Instant::now() < deadline {
+        waiting.retain(|(c, path)| match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let _ = std::fs::remove_file(path);
+                answers.push((*c, text));
+                false
+            }
+            Err(_) => true,
+        });
+        if !waiting.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    for (c, _) in waiting {
+        log::warn!("{} did not answer in time", c.label);
+    }
+    answers
+}
+
+/// `status`: the children's reports merged into one, with a line per child.
+fn write_status(children: &[Child], paths: &Paths, workers: usize) {
+    let mut merged = Report::now(workers, Vec::new());
+    for (c, text) in gather(children, libc::SIGUSR2, &paths.status) {
+        let Ok(r) = serde_json::from_str::<Report>(&text) else {
+            log::warn!("{}: unreadable status", c.label);
+            continue;
+        };
+        merged.children.push(ChildStatus {
+            pid: r.pid,
+            serves: c.label.clone(),
+            started_unix: r.started_unix,
+            restarts: c.restarts,
+            rss_bytes: r.rss_bytes,
+            cpu_secs: r.cpu_secs,
+            connections: r.instances.iter().map(|i| i.connections).sum(),
+        });
+        merged.rss_bytes += r.rss_bytes;
+        merged.cpu_secs += r.cpu_secs;
+        merged.instances.extend(r.instances);
+        add_totals(&mut merged.totals, r.totals);
+    }
+    merged
+        .instances
+        .sort_by(|a, b| (&a.worker, a.id).cmp(&(&b.worker, b.id)));
+    master::write_atomic(
+        &paths.status,
+        &serde_json::to_string(&merged).unwrap_or_default(),
+    );
+}
+
+/// `connections`: the children's lists, one after the other.
+fn write_connections(children: &[Child], paths: &Paths) {
+    let mut all: Vec<serde_json::Value> = Vec::new();
+    for (c, text) in gather(children, libc::SIGIO, &paths.connections) {
+        match serde_json::from_str::<Vec<serde_json::Value>>(&text) {
+            Ok(list) => all.extend(list),
+            Err(_) => log::warn!("{}: unreadable connections", c.label),
+        }
+    }
+    master::write_atomic(
+        &paths.connections,
+        &serde_json::to_string(&all).unwrap_or_default(),
+    );
+}
+
+/// Add one process's metrics totals to the sums: counts add up, lists join, and the figures
+/// that are not counts (latency quantiles, the start time) keep the larger or the earlier.
+fn add_totals(into: &mut serde_json::Value, from: serde_json::Value) {
+    use serde_json::Value;
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    None => {
+                        a.insert(k, v);
+                    }
+                    Some(Value::Number(n)) if k.contains("p50") || k.contains("p99") => {
+                        if v.as_f64() > n.as_f64() {
+                            a.insert(k, v);
+                        }
+                    }
+                    Some(Value::Number(n)) if k.starts_with("started") => {
+                        if v.as_f64().is_some_and(|v| v > 0.0 && Some(v) < n.as_f64()) {
+                            a.insert(k, v);
+                        }
+                    }
+                    Some(slot) => add_totals(slot, v),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => a.extend(b),
+        (slot @ Value::Null, v) => *slot = v,
+        (Value::Number(a), Value::Number(b)) => {
+            *a = match (a.as_u64(), b.as_u64(), a.as_i64(), b.as_i64()) {
+                (Some(x), Some(y), _, _) => x.saturating_add(y).into(),
+                (_, _, Some(x), Some(y)) => x.saturating_add(y).into(),
+                _ => serde_json::Number::from_f64(
+                    a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0),
+                )
+                .unwrap_or_else(|| 0.into()),
+            }
+        }
+        _ => {}
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_and_quantiles_keep_the_larger() {
+        let mut a = serde_json::json!({"accepted": 2, "refused": {"limit": 1},
+            "publish_p99": 0.5, "hubs": [1], "started_unix": 10.0, "cpu": 1.5});
+        let b = serde_json::json!({"accepted": 3, "refused": {"limit": 2, "origin": 1},
+            "publish_p99": 0.7, "hubs": [2], "started_unix": 5.0, "cpu": 1.0});
+        add_totals(&mut a, b);
+        assert_eq!(
+            a,
+            serde_json::json!({"accepted": 5, "refused": {"limit": 3, "origin": 1},
+                "publish_p99": 0.7, "hubs": [1, 2], "started_unix": 5.0, "cpu": 2.5})
+        );
+    }
+
+    #[test]
+    fn a_crash_loop_is_described() {
+        // A raw wait status: killed by SIGKILL (9), no core.
+        assert!(ended(9).contains("SIGKILL"));
+        assert_eq!(ended(3 << 8), "exited with status 3");
+    }
+}

@@ -1,0 +1,303 @@
+//! Instances as supervised child processes (`--processes`, `Worker::processes`): a child killed
+//! under load comes back with the same instance and cluster worker id while the other
+//! children's clients never notice; status, connections, stop and reload across the children.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use werkmann_tests::push::{connect, get, push_ok, until_every_client_is_reached, Ws};
+use werkmann_tests::{free_addr, wait_until, wait_until_async, App, RedisServer};
+
+const IDS: [u32; 4] = [10, 11, 12, 13];
+
+/// `status --json` of an app.
+fn status(app: &App) -> Value {
+    let out = app.command(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+/// The pid serving instance `id` of `worker`, from `status --json`.
+fn pid_of(app: &App, worker: &str, id: u64) -> Option<i32> {
+    status(app)["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["worker"] == worker && i["id"] == id)
+        .and_then(|i| i["pid"].as_i64())
+        .map(|p| p as i32)
+}
+
+/// A client's messages until `end`, and whether its connection ended first.
+async fn read_until(mut ws: Ws, end: &str) -> (Vec<String>, bool) {
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(WsMessage::Text(t)))) => {
+                if t.as_str() == end {
+                    return (got, false);
+                }
+                got.push(t.to_string());
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return (got, true),
+            Err(_) => panic!("nothing for 30 s; got {} messages", got.len()),
+        }
+    }
+}
+
+/// Clients until every worker id in `IDS` has `per` of them (the children take connections
+/// from one shared socket, so which child gets one is not fixed).
+async fn clients_on_every_child(ws: SocketAddr, per: usize) -> Vec<(Ws, u32, u64)> {
+    let mut clients = Vec::new();
+    let mut count: HashMap<u32, usize> = HashMap::new();
+    for _ in 0..400 {
+        if IDS
+            .iter()
+            .all(|id| count.get(id).copied().unwrap_or(0) >= per)
+        {
+            return clients;
+        }
+        let c = connect(ws).await;
+        assert!(IDS.contains(&c.1), "greeted as worker {} ({IDS:?})", c.1);
+        *count.entry(c.1).or_default() += 1;
+        clients.push(c);
+    }
+    panic!("400 connections did not reach every child: {count:?}");
+}
+
+#[tokio::test]
+async fn a_killed_child_comes_back_and_the_others_never_notice_channel_server() {
+    let ch = free_addr("127.0.3.1");
+    let _channel = App::start_at("start_channel", &["--listen", &ch.to_string()], &[ch]);
+    killed_child(&ch.to_string()).await;
+}
+
+#[tokio::test]
+async fn a_killed_child_comes_back_and_the_others_never_notice_redis() {
+    let redis = RedisServer::start();
+    killed_child(&redis.url()).await;
+}
+
+async fn killed_child(channel: &str) {
+    let (ws, http) = (free_addr("127.0.3.2"), free_addr("127.0.3.3"));
+    let ids: Vec<String> = IDS.iter().map(u32::to_string).collect();
+    let (ws_s, http_s) = (ws.to_string(), http.to_string());
+    let node = App::start_at(
+        "start_ws",
+        &[
+            "--listen",
+            &ws_s,
+            "--count",
+            "4",
+            "--processes",
+            "--worker-ids",
+            &ids.join(","),
+            "--channel",
+            channel,
+        ],
+        &[ws],
+    );
+    let _publisher = App::start_at(
+        "start_http",
+        &["--listen", &http_s, "--channel", channel],
+        &[http],
+    );
+
+    let mut clients = clients_on_every_child(ws, 2).await;
+    let mut all: Vec<&mut Ws> = clients.iter_mut().map(|c| &mut c.0).collect();
+    until_every_client_is_reached(http, &mut all, "warm").await;
+    // Instance i is worker id IDS[i]; the victim is instance 1.
+    let victim = pid_of(&node, "pusher", 1)
+        .unwrap_or_else(|| panic!("instance 1 has a pid: {}\n{}", status(&node), node.log()));
+    let others: HashSet<i32> = (0..4u64)
+        .filter_map(|i| pid_of(&node, "pusher", i))
+        .collect();
+    assert_eq!(others.len(), 4, "four instances, four processes");
+
+    // Every client reads until "end"; broadcasts go out all along.
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|(c, w, id)| (w, id, tokio::spawn(read_until(c, "end"))))
+        .collect();
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                // `ok`, or 503 while the killed child's share is missing: both reach the
+                // children that live.
+                let (status, body) = get(http, &format!("/?content=seq-{n}")).await;
+                assert!(status == 200 || status == 503, "{status} {body}");
+                sent.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+    wait_until_async(
+        Duration::from_secs(20),
+        "100 pushes before the kill",
+        async || sent.load(Ordering::Relaxed) >= 100,
+    )
+    .await;
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+
+    // The supervisor starts instance 1 again, with its worker id.
+    wait_until(
+        Duration::from_secs(20),
+        "instance 1 in a new process",
+        || pid_of(&node, "pusher", 1).is_some_and(|p| p != victim),
+    );
+    let s = status(&node);
+    let child = s["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["serves"] == "pusher #1")
+        .expect("a child serves pusher #1")
+        .clone();
+    assert_eq!(child["restarts"], 1, "{s}");
+    let log = node.log();
+    assert!(
+        log.contains(&format!("pusher #1 (pid {victim}) was killed by signal 9")),
+        "the supervisor says how the child ended:\n{log}"
+    );
+    // Its clients were closed with it; a new client lands on it as worker 11 again.
+    let mut back = None;
+    for _ in 0..200 {
+        let c = connect(ws).await;
+        if c.1 == IDS[1] {
+            back = Some(c);
+            break;
+        }
+    }
+    let (mut back, _, back_conn) = back.expect("a client reaches the restarted child");
+    let before = sent.load(Ordering::Relaxed);
+    wait_until_async(
+        Duration::from_secs(20),
+        "100 pushes after the restart",
+        async || sent.load(Ordering::Relaxed) >= before + 100,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let last = sent.load(Ordering::Relaxed);
+    // A targeted push reaches the new client by (worker id, connection id).
+    push_ok(
+        http,
+        &format!(
+            "/?to_worker_id={}&to_connection_id={back_conn}&content=hier",
+            IDS[1]
+        ),
+    )
+    .await;
+    loop {
+        let m = werkmann_tests::push::next_text(&mut back).await;
+        if m == "hier" {
+            break;
+        }
+        assert!(m.starts_with("seq-"), "{m}");
+    }
+    push_ok(http, "/?content=end").await;
+
+    let expected: Vec<String> = (1..=last).map(|n| format!("seq-{n}")).collect();
+    for (w, id, r) in readers {
+        let (got, closed) = r.await.unwrap();
+        if w == IDS[1] {
+            assert!(closed, "client {w}-{id} of the killed child is closed");
+        } else {
+            assert!(
+                !closed,
+                "client {w}-{id} of a child that lived was not closed"
+            );
+            assert_eq!(got.len(), expected.len(), "client {w}-{id} got every push");
+            assert!(got == expected, "client {w}-{id} got every push, in order");
+        }
+    }
+    // The children that lived are the same processes.
+    for i in [0u64, 2, 3] {
+        assert!(others.contains(&pid_of(&node, "pusher", i).unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn stop_status_and_connections_reach_every_child() {
+    let a = free_addr("127.0.3.4");
+    let a_s = a.to_string();
+    let app = App::start_daemon(
+        "ws_echo",
+        &["--listen", &a_s, "--count", "3", "--processes"],
+        &[a],
+    );
+    let supervisor = app.daemon_pid().expect("a pid file");
+    let mut clients = Vec::new();
+    for _ in 0..9 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{a}"))
+            .await
+            .unwrap();
+        clients.push(ws);
+    }
+    wait_until(Duration::from_secs(10), "9 connections counted", || {
+        status(&app)["instances"].as_array().is_some_and(|l| {
+            l.iter()
+                .map(|i| i["connections"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                == 9
+        })
+    });
+    let s = status(&app);
+    assert_eq!(s["pid"], supervisor, "{s}");
+    let children = s["children"].as_array().unwrap();
+    assert_eq!(children.len(), 3, "{s}");
+    let pids: HashSet<i64> = children
+        .iter()
+        .map(|c| c["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3);
+    assert!(!pids.contains(&(supervisor as i64)));
+    // `connections` lists all nine, from every child.
+    let out = app.command(&["connections", "--json"]);
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 9, "{list:?}");
+    // The table shows each child.
+    let out = app.command(&["status"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for id in 0..3 {
+        assert!(table.contains(&format!("ws_echo #{id}")), "{table}");
+    }
+    // stop: every child ends, and so does the supervisor; the clients are closed.
+    let out = app.command(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in pids {
+        assert!(!werkmann_tests::process_alive(p as i32), "child {p} ended");
+    }
+    for mut c in clients {
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.next().await {
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "clients are closed by the stop");
+    }
+}
