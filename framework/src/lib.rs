@@ -14,6 +14,7 @@
 // drive; `tls`: `ServerTls`, `ClientTls`; `cli`: the command line an app declares with clap;
 // `channel`: the channel service), the rest is re-exported at the root.
 pub mod admin;
+mod balance;
 pub(crate) mod callbacks;
 pub mod channel;
 pub mod cli;

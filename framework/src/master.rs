@@ -378,6 +378,8 @@ pub(crate) fn serve(
 
 /// Most connections the acceptor takes from the backlog before it hands them over.
 const ACCEPT_BURST: usize = 64;
+/// The same for a supervisor's child, which shares the socket with its siblings.
+const SHARED_BURST: usize = 16;
 
 async fn accept_loop(
     listener: tokio::io::unix::AsyncFd<TcpListener>,
@@ -402,8 +404,28 @@ async fn accept_loop(
                 continue;
             }
         };
+        // A supervisor's child ahead of its siblings lets the connection wait for them a
+        // moment (`balance.rs`), and takes fewer at a time.
+        let burst = match crate::balance::shared() {
+            false => ACCEPT_BURST,
+            true => {
+                let mut waited = Duration::ZERO;
+                while crate::balance::ahead(crate::metrics::open_connections()) {
+                    if waited >= crate::balance::PATIENCE {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    waited += Duration::from_millis(2);
+                }
+                // Still ahead: the siblings did not come; one at a time.
+                match waited >= crate::balance::PATIENCE {
+                    true => 1,
+                    false => SHARED_BURST,
+                }
+            }
+        };
         let mut taken = 0;
-        while taken < ACCEPT_BURST {
+        while taken < burst {
             match accept_nonblocking(listener.get_ref()) {
                 Ok((s, peer)) => {
                     batches[next % instances.len()].push((s, peer));

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::cli::{self, Paths};
 use crate::error::Error;
 use crate::master::{self, Part, Role};
-use crate::signals;
 use crate::status::{ChildStatus, Report};
+use crate::{balance, signals};
 
 /// A child that lived less than this ended "at once": the next start waits longer.
 const QUICK_EXIT: Duration = Duration::from_secs(5);
@@ -33,6 +33,9 @@ const REPORT_WAIT: Duration = Duration::from_secs(3);
 /// serves, and how it has fared.
 struct Child {
     serves: Vec<(usize, std::ops::Range<usize>)>,
+    /// Its worker's slots and its own in the shared load (`balance.rs`); none for the child
+    /// of the workers run as threads.
+    slot: Option<(std::ops::Range<usize>, usize)>,
     /// Shown in logs and `status`: "pusher #1", or the workers run as threads.
     label: String,
     pid: Option<i32>,
@@ -67,6 +70,7 @@ pub(crate) fn run(
     let set = signals::supervisor_set();
     signals::mask(libc::SIG_BLOCK, &set)?;
     let mut children = plan(&parts);
+    let slots = balance::Slots::new(children.iter().filter(|c| c.slot.is_some()).count())?;
     let stop_timeout = parts
         .iter()
         .map(|p| p.worker.stop_timeout)
@@ -92,7 +96,7 @@ pub(crate) fn run(
     // Every socket is bound and listening: connections wait in the backlog for the children.
     cli::report_start(pipe, &format!("ok\n{summary}"));
     for c in children.iter_mut() {
-        start(c, &mut parts, paths, &summary);
+        start(c, &mut parts, paths, &summary, &slots);
     }
     if let Some(parent) = reload_parent {
         let _ = cli::signal(parent, libc::SIGQUIT);
@@ -126,7 +130,7 @@ pub(crate) fn run(
             Some(libc::SIGIO) => write_connections(&children, paths),
             _ => {}
         }
-        reap(&mut children, stopping.is_some());
+        reap(&mut children, stopping.is_some(), &slots);
         match &mut stopping {
             Some(_) if children.iter().all(|c| c.pid.is_none()) => break,
             Some(s) if Instant::now() >= s.deadline && !s.killed => {
@@ -143,7 +147,7 @@ pub(crate) fn run(
                 let now = Instant::now();
                 for c in children.iter_mut() {
                     if c.pid.is_none() && c.due.is_some_and(|t| t <= now) {
-                        start(c, &mut parts, paths, &summary);
+                        start(c, &mut parts, paths, &summary, &slots);
                     }
                 }
             }
@@ -158,13 +162,16 @@ fn plan(parts: &[Part]) -> Vec<Child> {
     let mut children = Vec::new();
     let mut rest = Vec::new();
     let mut rest_names = Vec::new();
+    let mut slot = 0;
     for (i, p) in parts.iter().enumerate() {
         if p.worker.processes && p.worker.serve.is_none() {
+            let group = slot..slot + p.ids.len();
             for id in p.ids.clone() {
-                children.push(Child::new(
-                    vec![(i, id..id + 1)],
-                    format!("{} #{id}", p.worker.name),
-                ));
+                let label = format!("{} #{id}", p.worker.name);
+                let mut c = Child::new(vec![(i, id..id + 1)], label);
+                c.slot = Some((group.clone(), slot));
+                slot += 1;
+                children.push(c);
             }
         } else {
             rest.push((i, p.ids.clone()));
@@ -184,6 +191,7 @@ impl Child {
     fn new(serves: Vec<(usize, std::ops::Range<usize>)>, label: String) -> Child {
         Child {
             serves,
+            slot: None,
             label,
             pid: None,
             started: Instant::now(),
@@ -196,7 +204,13 @@ impl Child {
 }
 
 /// Fork `child`. In the child this never returns: it serves its parts and exits.
-fn start(child: &mut Child, parts: &mut Vec<Part>, paths: &Paths, summary: &str) {
+fn start(
+    child: &mut Child,
+    parts: &mut Vec<Part>,
+    paths: &Paths,
+    summary: &str,
+    slots: &balance::Slots,
+) {
     let supervisor = std::process::id() as i32;
     // SAFETY: fork(2) in a process with one thread (see `run`): the child gets a consistent
     // copy of this thread's memory and no other thread's locks.
@@ -211,6 +225,9 @@ fn start(child: &mut Child, parts: &mut Vec<Part>, paths: &Paths, summary: &str)
         return;
     }
     if pid == 0 {
+        if let Some((group, me)) = &child.slot {
+            balance::join(slots.copy(), group.clone(), *me);
+        }
         let code = serve_child(child, std::mem::take(parts), paths, summary, supervisor);
         std::process::exit(code);
     }
@@ -295,7 +312,7 @@ fn begin_stop(children: &[Child], sig: i32, wait: Duration) -> Stopping {
 }
 
 /// Collect the children that ended; schedule each one's new start unless stopping.
-fn reap(children: &mut [Child], stopping: bool) {
+fn reap(children: &mut [Child], stopping: bool, slots: &balance::Slots) {
     loop {
         let mut status = 0;
         // SAFETY: waitpid(2) with WNOHANG writes the status into a local integer.
@@ -307,6 +324,9 @@ fn reap(children: &mut [Child], stopping: bool) {
             continue; // a process the app started itself
         };
         c.pid = None;
+        if let Some((_, me)) = &c.slot {
+            slots.absent(*me);
+        }
         let lived = c.started.elapsed();
         let how = ended(status);
         if stopping {

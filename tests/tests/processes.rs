@@ -301,3 +301,108 @@ async fn stop_status_and_connections_reach_every_child() {
         assert!(end.is_ok(), "clients are closed by the stop");
     }
 }
+
+/// One `ws_clients` process (tests/src/bin/ws_clients.rs): `n` connections from `from`.
+struct Clients {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Clients {
+    fn open(url: &str, from: &str, n: usize) -> Clients {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ws_clients"))
+            .args([url, from, &n.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Clients { child, out }
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
+    /// How many clients got `text`, and how many were closed.
+    fn count(&mut self, text: &str) -> (u64, u64) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "count {text}").unwrap();
+        let line = self.line();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f[1].parse().unwrap(), f[3].parse().unwrap())
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Past one process's open-file limit (20,000 here): 40,000 WebSocket clients on one node of
+/// four child processes, each of which gets a broadcast.
+#[tokio::test]
+async fn forty_thousand_clients_on_one_node_of_four_processes() {
+    let ch = free_addr("127.0.3.5");
+    let (ws, http) = (free_addr("127.0.3.6"), free_addr("127.0.3.7"));
+    let (ch_s, ws_s, http_s) = (ch.to_string(), ws.to_string(), http.to_string());
+    let _channel = App::start_at("start_channel", &["--listen", &ch_s], &[ch]);
+    let node = App::start_at(
+        "start_ws",
+        &[
+            "--listen",
+            &ws_s,
+            "--count",
+            "4",
+            "--processes",
+            "--channel",
+            &ch_s,
+        ],
+        &[ws],
+    );
+    let _publisher = App::start_at(
+        "start_http",
+        &["--listen", &http_s, "--channel", &ch_s],
+        &[http],
+    );
+    const PER: usize = 10_000;
+    let url = format!("ws://{ws}/");
+    let mut helpers: Vec<Clients> = (1..=4)
+        .map(|i| Clients::open(&url, &format!("127.0.4.{i}"), PER))
+        .collect();
+    for h in helpers.iter_mut() {
+        assert_eq!(h.line(), format!("open {PER} failed 0"));
+    }
+    let s = status(&node);
+    let per_child: Vec<u64> = s["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["connections"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        per_child.iter().sum::<u64>(),
+        4 * PER as u64,
+        "{per_child:?}"
+    );
+    // Shared fairly (`balance.rs`): no child near its limit.
+    eprintln!("connections per child: {per_child:?}");
+    assert!(per_child.iter().all(|&n| n < 15_000), "{per_child:?}");
+    // A broadcast answered `ok` reached every instance; each client gets it.
+    push_ok(http, "/?content=an-alle").await;
+    wait_until(
+        Duration::from_secs(60),
+        "every client got the broadcast",
+        || {
+            helpers
+                .iter_mut()
+                .all(|h| h.count("an-alle") == (PER as u64, 0))
+        },
+    );
+}

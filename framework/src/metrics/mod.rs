@@ -22,7 +22,8 @@ pub(crate) use refusals::note as note_refusal;
 pub use refusals::{recent as recent_refusals, Refusal};
 pub(crate) use sources::{
     broker_connected, broker_reconnected, delivered_here, directory_named, enable, enabled,
-    round_trip, set_thread_instance, worker_id_claim, Backend, HubMetrics, InstanceMetrics,
+    open_connections, round_trip, set_thread_instance, worker_id_claim, Backend, HubMetrics,
+    InstanceMetrics,
 };
 pub use sources::{publish_answered, NodeFigures, PublishApi};
 pub use totals::{totals, HubTotals, InstanceFigures, Totals};

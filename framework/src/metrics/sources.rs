@@ -266,6 +266,14 @@ pub(crate) fn enabled() -> bool {
     ENABLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Connections open now on this process's instances.
+pub(crate) fn open_connections() -> u64 {
+    lock(&registry().instances)
+        .iter()
+        .map(|m| m.connections.get().max(0) as u64)
+        .sum()
+}
+
 /// Every source registered in this process.
 #[derive(Default)]
 pub(crate) struct Registry {
