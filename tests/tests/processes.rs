@@ -406,3 +406,65 @@ async fn forty_thousand_clients_on_one_node_of_four_processes() {
         },
     );
 }
+
+/// A child that dies at once again and again is started again later each time (and said so);
+/// `reload` swaps the supervisor and its children without refusing a connection.
+#[tokio::test]
+async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
+    let a = free_addr("127.0.3.8");
+    let a_s = a.to_string();
+    let app = App::start_daemon(
+        "text_echo",
+        &["--listen", &a_s, "--count", "2", "--processes"],
+        &[a],
+    );
+    let supervisor = app.daemon_pid().unwrap();
+    // Kill instance 0 as soon as each new process of it answers `status`.
+    let mut last = pid_of(&app, "text_echo", 0).unwrap();
+    for round in 1..=3 {
+        unsafe { libc::kill(last, libc::SIGKILL) };
+        wait_until(Duration::from_secs(10), format!("restart {round}"), || {
+            pid_of(&app, "text_echo", 0).is_some_and(|p| p != last)
+        });
+        last = pid_of(&app, "text_echo", 0).unwrap();
+    }
+    let log = app.log();
+    for (n, wait) in [(1, "0.1"), (2, "0.2"), (3, "0.4")] {
+        let s = if n == 1 { "" } else { "s" };
+        let line = format!("{n} quick exit{s} in a row: starting it again in {wait} s");
+        assert!(log.contains(&line), "{line:?} in:\n{log}");
+    }
+
+    // Reload while a client connects over and over: every connection is answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            let mut answered = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let mut s = std::net::TcpStream::connect(a).expect("no connection refused");
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(b"ping\n").unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+                assert_eq!(line, "ping\n", "answered during the reload");
+                answered += 1;
+            }
+            answered
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let out = app.command(&["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(20), "a new supervisor", || {
+        app.daemon_pid().is_some_and(|p| p != supervisor)
+            && !werkmann_tests::process_alive(supervisor)
+    });
+    let s = status(&app);
+    assert_eq!(s["children"].as_array().unwrap().len(), 2, "{s}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let answered = prober.join().expect("the prober saw no refusal");
+    assert!(answered > 10, "{answered}");
+}
