@@ -205,13 +205,27 @@ pub struct Listen {
     /// the same instance id if it dies)
     #[arg(long, env = "WERKMANN_PROCESSES")]
     pub processes: bool,
+    /// A Unix socket's (`--listen unix:/PATH`) file permissions, in octal (e.g. 660)
+    #[arg(long, env = "WERKMANN_UNIX_MODE", value_name = "OCTAL", value_parser = parse_mode)]
+    pub unix_mode: Option<u32>,
 }
 
 impl Listen {
-    /// Set `worker`'s instance count and whether they run as processes from these options.
+    /// Set `worker`'s instance count, whether they run as processes, and a Unix socket's
+    /// permissions from these options.
     pub fn apply(&self, worker: &mut crate::Worker) {
         worker.count = self.count;
         worker.processes = self.processes;
+        worker.unix_mode = self.unix_mode;
+    }
+}
+
+/// File permission bits in octal (`660`, `0660` or `0o660`), at most `777`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode such as 660")),
     }
 }
 
@@ -388,7 +402,9 @@ impl Channel {
 }
 
 /// Where pid, status and log files live: `$WERKMANN_RUN_DIR`, or `/tmp/werkmann`.
-pub(crate) fn run_dir() -> PathBuf {
+/// Where the processes' files go: `$WERKMANN_RUN_DIR`, or `werkmann` in the temporary
+/// directory.
+pub fn run_dir() -> PathBuf {
     std::env::var_os("WERKMANN_RUN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("werkmann"))

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::message::{Message, Response};
 use crate::protocol::{ProtocolKind, Role};
 use crate::tls::ClientTls;
-use crate::transport::Stream;
+use crate::transport::{Socket, Stream};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,16 +68,21 @@ impl AsyncTcpConnection {
         let (scheme, rest) = plain
             .split_once("://")
             .ok_or_else(|| Error::BadSocketName(url.to_string(), "expected scheme://host:port"))?;
+        let unix = crate::worker::unix_socket_name(scheme, rest);
+        let scheme = unix.map_or(scheme, |(s, _)| s);
         let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
             .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
-        let (host_port, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+        let (host_port, path) = match (unix, rest.find('/')) {
+            // A Unix socket: its path is the address (a WebSocket asks for `/`).
+            (Some((_, path)), _) => (format!("{}{path}", crate::listener::UNIX), "/".to_string()),
+            (None, Some(i)) => (rest[..i].to_string(), rest[i..].to_string()),
+            (None, None) => (rest.to_string(), "/".to_string()),
         };
-        if host_port
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
+        if unix.is_none()
+            && host_port
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
         {
             return Err(Error::BadSocketName(
                 url.to_string(),
@@ -87,8 +92,8 @@ impl AsyncTcpConnection {
         Ok(AsyncTcpConnection(Rc::new(ClientInner {
             url: url.to_string(),
             proto,
-            host_port: host_port.to_string(),
-            path: path.to_string(),
+            host_port,
+            path,
             callbacks: Rc::new(RefCell::new(Callbacks::default())),
             current: RefCell::new(None),
             pending: RefCell::new(None),
@@ -265,9 +270,14 @@ impl AsyncTcpConnection {
             id
         });
         let inner = &self.0;
+        // A Unix socket has no host to name in a `Host` header.
+        let host = match crate::listener::unix_path(&inner.host_port) {
+            Some(_) => "localhost",
+            None => &inner.host_port,
+        };
         let codec = inner.proto.codec(
             Role::Client,
-            &inner.host_port,
+            host,
             &inner.path,
             inner.max_package_size.get(),
         );
@@ -310,9 +320,17 @@ impl AsyncTcpConnection {
             if !after.is_zero() {
                 tokio::time::sleep(after).await;
             }
-            let attempt =
-                tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&host_port))
-                    .await;
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                match crate::listener::unix_path(&host_port) {
+                    Some(path) => tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(Socket::Unix),
+                    None => tokio::net::TcpStream::connect(&host_port)
+                        .await
+                        .map(Socket::Tcp),
+                }
+            })
+            .await;
             let stream = match attempt {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return connect_failed(&conn, &host_port, e.to_string()),
@@ -321,11 +339,12 @@ impl AsyncTcpConnection {
             if conn.status() == crate::connection::Status::Closed {
                 return;
             }
-            let peer = stream
-                .peer_addr()
-                .unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
+            let peer = match &stream {
+                Socket::Tcp(t) => t.peer_addr().ok(),
+                Socket::Unix(_) => None,
+            };
             let stream = match tls {
-                None => Stream::Tcp(stream),
+                None => Stream::Plain(stream),
                 Some(tls) => {
                     let host = host_port.rsplit_once(':').map_or(&*host_port, |(h, _)| h);
                     match tls.session(host) {

@@ -20,7 +20,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 
 pub(crate) use callbacks::Callbacks;
 pub(crate) use owner::ConnectionOwner;
@@ -814,12 +813,12 @@ impl Connection {
 
     /// Attach an established socket; the connection becomes `Established`. An outgoing one
     /// is set `TCP_NODELAY` here; an accepted one has it from its listener.
-    pub(crate) fn attach(&self, stream: Stream, remote: SocketAddr) {
-        if self.0.owner.is_none() {
-            let _ = stream.tcp().set_nodelay(true);
+    pub(crate) fn attach(&self, stream: Stream, remote: Option<SocketAddr>) {
+        if let (None, crate::transport::Socket::Tcp(tcp)) = (&self.0.owner, stream.socket()) {
+            let _ = tcp.set_nodelay(true);
         }
         *self.0.stream.borrow_mut() = Some(stream);
-        self.0.remote.set(Some(remote));
+        self.0.remote.set(remote);
         self.0.opened_at.set(clock::now());
         if self.0.status.get() == Status::Connecting {
             self.0.status.set(Status::Established);
@@ -1214,9 +1213,8 @@ impl Connection {
 
 /// Half-close, then read until the peer closes (or a short timeout), so that unread input does
 /// not turn the close into a reset that destroys the last bytes sent.
-async fn linger(stream: TcpStream) {
-    let sock = socket2::SockRef::from(&stream);
-    if sock.shutdown(std::net::Shutdown::Write).is_err() {
+async fn linger(stream: crate::transport::Socket) {
+    if stream.shutdown_write().is_err() {
         return;
     }
     let _ = tokio::time::timeout(LINGER, async {
@@ -1225,7 +1223,7 @@ async fn linger(stream: TcpStream) {
             if stream.readable().await.is_err() {
                 return;
             }
-            match stream.try_read(&mut chunk) {
+            match stream.try_read_now(&mut chunk) {
                 Ok(0) => return,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

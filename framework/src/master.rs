@@ -8,16 +8,15 @@
 //! connection is refused while the binary is swapped.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cli::{self, Command, Paths};
 use crate::error::Error;
+use crate::listener::{unix_path, Accepted, Listener, SocketFiles};
 use crate::signals::{Sig, Signals};
 use crate::worker::instance::{ConnectionInfo, GetConnections, GetStatus, InstanceActor, Stop};
 use crate::worker::{InstanceStatus, Worker};
@@ -48,10 +47,12 @@ pub fn run(cmd: Command, workers: Vec<Worker>) -> i32 {
         .and_then(|s| s.to_str())
         .unwrap_or("werkmann")
         .to_string();
-    // The admin port is left out: `status` finds the process without `--metrics`.
+    // The admin port is left out: `status` finds the process without `--metrics`; so is a
+    // channel hub's Unix socket (`start_all --processes`): `status` finds it without the flag.
     let tag: Vec<&str> = workers
         .iter()
-        .filter(|w| w.serve.is_none())
+        .filter(|w| w.serve.is_none() && !w.socket_name().is_empty())
+        .filter(|w| !(w.hub.is_some() && w.address().is_some_and(|a| unix_path(a).is_some())))
         .map(|w| w.socket_name())
         .collect();
     let paths = Paths::new(&program, &tag.join(","));
@@ -88,36 +89,6 @@ pub fn run(cmd: Command, workers: Vec<Worker>) -> i32 {
     }
 }
 
-/// Resolve `host:port` to one socket address.
-fn resolve(addr: &str) -> Result<SocketAddr, Error> {
-    addr.to_socket_addrs()
-        .map_err(|source| Error::Listen {
-            addr: addr.to_string(),
-            source,
-        })?
-        .next()
-        .ok_or_else(|| Error::Cli(format!("{addr} resolves to no address")))
-}
-
-/// Bind a listening socket with SO_REUSEADDR (and SO_REUSEPORT off, so a second process on the
-/// same port is refused).
-fn bind(addr: &str) -> Result<TcpListener, Error> {
-    let sa = resolve(addr)?;
-    let listen_err = |source| Error::Listen {
-        addr: addr.to_string(),
-        source,
-    };
-    let sock = Socket::new(Domain::for_address(sa), Type::STREAM, Some(Protocol::TCP))
-        .map_err(listen_err)?;
-    sock.set_reuse_address(true).map_err(listen_err)?;
-    // Accepted sockets inherit it: no `setsockopt` per connection.
-    sock.set_nodelay(true).map_err(listen_err)?;
-    sock.bind(&sa.into()).map_err(listen_err)?;
-    sock.listen(4096).map_err(listen_err)?;
-    sock.set_nonblocking(true).map_err(listen_err)?;
-    Ok(sock.into())
-}
-
 /// Listening sockets handed over by the process that reloaded into this one.
 fn inherited() -> HashMap<String, RawFd> {
     std::env::var(INHERIT_ENV)
@@ -145,23 +116,17 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
     }
     // Bind (or inherit) every listening socket before detaching, so errors reach the terminal.
     let mut inherit = inherited();
-    let mut listeners: Vec<Option<TcpListener>> = Vec::new();
+    let mut listeners: Vec<Option<Listener>> = Vec::new();
     for w in &workers {
         w.check()?;
         let l = match w.address() {
             None => None,
             Some(addr) => Some(match inherit.remove(addr) {
-                Some(fd) => {
-                    // SAFETY: the parent of a reload passed this listening socket by number in
-                    // WERKMANN_INHERIT_FDS; it is open here and nothing else owns it (each
-                    // name is taken from the map once).
-                    let l = unsafe { TcpListener::from_raw_fd(fd) };
-                    set_cloexec(fd, true);
-                    l.set_nonblocking(true)?;
-                    socket2::SockRef::from(&l).set_nodelay(true)?;
-                    l
-                }
-                None => bind(addr)?,
+                // SAFETY: the parent of a reload passed this listening socket by number in
+                // WERKMANN_INHERIT_FDS under this address; it is open here and nothing else
+                // owns it (each name is taken from the map once).
+                Some(fd) => unsafe { Listener::inherit(addr, fd)? },
+                None => Listener::bind(addr, w.unix_mode)?,
             }),
         };
         listeners.push(l);
@@ -178,6 +143,7 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
     };
     cli::write_pid(&paths.pid)?;
     let summary = describe(&workers, &listeners);
+    let files = SocketFiles::of(listeners.iter().flatten());
     let parts: Vec<Part> = workers
         .into_iter()
         .zip(listeners)
@@ -202,14 +168,20 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
             Role::Alone,
         )
     };
+    if !RELOADED.load(std::sync::atomic::Ordering::Relaxed) {
+        files.remove();
+    }
     cli::remove_pid_if_ours(&paths.pid);
     result
 }
 
+/// A reload handed this process's listening sockets to a new one: their files stay.
+static RELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// What one process serves of a worker: its listening socket and which of its instances.
 pub(crate) struct Part {
     pub worker: Worker,
-    pub listener: Option<TcpListener>,
+    pub listener: Option<Listener>,
     pub ids: std::ops::Range<usize>,
 }
 
@@ -221,13 +193,12 @@ pub(crate) enum Role {
     Child,
 }
 
-pub(crate) fn describe(workers: &[Worker], listeners: &[Option<TcpListener>]) -> String {
+pub(crate) fn describe(workers: &[Worker], listeners: &[Option<Listener>]) -> String {
     let mut out = String::new();
     for (w, l) in workers.iter().zip(listeners) {
         let at = l
             .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| format!(" listening on {a}"))
+            .map(|l| format!(" listening on {}", l.describe()))
             .unwrap_or_default();
         out.push_str(&format!(
             "worker {} ({}) x{}{}{}\n",
@@ -295,7 +266,9 @@ pub(crate) fn serve(
         {
             let config = Arc::new(w);
             if let (Some(serve), Some(a)) = (config.serve.clone(), config.address()) {
-                let Some(l) = listener else { continue };
+                let Some(Listener::Tcp(l)) = listener else {
+                    continue;
+                };
                 // A worker that serves its socket itself (the admin port): a thread of its own,
                 // which holds the socket (its number is passed on by a reload) and ends with
                 // the process.
@@ -325,7 +298,7 @@ pub(crate) fn serve(
                 kept.push((a.to_string(), l.as_raw_fd()));
                 use tokio::io::{unix::AsyncFd, Interest};
                 // SAFETY: the listener owns its descriptor, which stays open and the same for
-                // as long as the AsyncFd that owns the listener (a TcpListener's `as_raw_fd`
+                // as long as the AsyncFd that owns the listener (a listener's `as_raw_fd`
                 // never changes).
                 let listener = unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
                     .map_err(|e| e.into_parts().1)?;
@@ -382,13 +355,12 @@ const ACCEPT_BURST: usize = 64;
 const SHARED_BURST: usize = 16;
 
 async fn accept_loop(
-    listener: tokio::io::unix::AsyncFd<TcpListener>,
+    listener: tokio::io::unix::AsyncFd<Listener>,
     instances: Vec<Addr<InstanceActor>>,
 ) {
     let mut next = 0usize;
     // What this wake-up accepted, per instance.
-    let mut batches: Vec<Vec<(std::net::TcpStream, std::net::SocketAddr)>> =
-        instances.iter().map(|_| Vec::new()).collect();
+    let mut batches: Vec<Vec<Accepted>> = instances.iter().map(|_| Vec::new()).collect();
     loop {
         // Once the listener is readable, the connections waiting in the backlog are taken
         // without sleeping (up to a burst), then each instance gets its share in one message:
@@ -426,9 +398,9 @@ async fn accept_loop(
         };
         let mut taken = 0;
         while taken < burst {
-            match accept_nonblocking(listener.get_ref()) {
-                Ok((s, peer)) => {
-                    batches[next % instances.len()].push((s, peer));
+            match listener.get_ref().accept() {
+                Ok(accepted) => {
+                    batches[next % instances.len()].push(accepted);
                     next = next.wrapping_add(1);
                     taken += 1;
                 }
@@ -452,48 +424,14 @@ async fn accept_loop(
     }
 }
 
-/// `accept4(2)` with the new socket non-blocking and close-on-exec from the start.
-fn accept_nonblocking(
-    listener: &TcpListener,
-) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
-    // SAFETY: an all-zero sockaddr_storage is a valid value of that plain C struct.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: the listener's descriptor is open for the call; `storage` and `len` live across
-    // it and `len` holds `storage`'s size, as accept4(2) requires.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            (&mut storage as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: accept4 returned a new descriptor of a connected TCP socket that nothing else
-    // owns.
-    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    // SAFETY: accept4 wrote a socket address of `len` bytes into `storage`.
-    let addr = unsafe { socket2::SockAddr::new(storage, len) };
-    match addr.as_socket() {
-        Some(peer) => Ok((stream, peer)),
-        None => Err(std::io::Error::other("accepted a socket that is not IP")),
-    }
-}
-
 /// Send each instance the connections accepted for it: one message each.
-fn hand_over(
-    instances: &[Addr<InstanceActor>],
-    batches: &mut [Vec<(std::net::TcpStream, std::net::SocketAddr)>],
-) {
+fn hand_over(instances: &[Addr<InstanceActor>], batches: &mut [Vec<Accepted>]) {
     for (addr, batch) in instances.iter().zip(batches.iter_mut()) {
         match batch.len() {
             0 => {}
             1 => {
-                let (stream, peer) = batch.pop().expect("one");
-                addr.do_send(crate::worker::instance::Adopt(stream, peer));
+                let accepted = batch.pop().expect("one");
+                addr.do_send(crate::worker::instance::Adopt(accepted));
             }
             _ => addr.do_send(crate::worker::instance::AdoptMany(std::mem::take(batch))),
         }
@@ -550,6 +488,7 @@ pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()>
     for (_, fd) in listeners {
         set_cloexec(*fd, false);
     }
+    RELOADED.store(true, std::sync::atomic::Ordering::Relaxed);
     log::info!("reloading: starting {} {}", exe.display(), args.join(" "));
     let child = std::process::Command::new(&exe)
         .args(&args)

@@ -272,6 +272,11 @@ fn serve_child(
             Some(p)
         })
         .collect();
+    let hubs: Vec<&str> = mine
+        .iter()
+        .filter_map(|p| p.worker.hub.as_deref())
+        .collect();
+    crate::channel::keep_hubs(&hubs);
     let own = Paths {
         status: for_child(&paths.status),
         connections: for_child(&paths.connections),

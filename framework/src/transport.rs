@@ -1,5 +1,5 @@
-//! The byte stream under a [`Connection`](crate::Connection): plain TCP, or TLS over TCP
-//! (Workerman's `ssl` transport: `wss://`, `https://`, a TLS channel).
+//! The byte stream under a [`Connection`](crate::Connection): a TCP or Unix socket, plain or
+//! with TLS over it (Workerman's `ssl` transport: `wss://`, `https://`, a TLS channel).
 //!
 //! Both are driven by readiness from the connection's own task: TLS records are read and
 //! decrypted in place by rustls, and what rustls has to send (handshake messages, encrypted
@@ -13,7 +13,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::send_queue::SendQueue;
 
@@ -28,24 +28,79 @@ thread_local! {
     static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(READ_CHUNK));
 }
 
+/// A connected stream socket: TCP, or Unix (`unix://`, `…+unix://`).
+pub(crate) enum Socket {
+    /// TCP.
+    Tcp(TcpStream),
+    /// A Unix domain stream socket.
+    Unix(UnixStream),
+}
+
+/// The same call on either kind of socket.
+macro_rules! either {
+    ($s:expr, $x:ident => $e:expr) => {
+        match $s {
+            Socket::Tcp($x) => $e,
+            Socket::Unix($x) => $e,
+        }
+    };
+}
+
+impl Socket {
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        either!(self, s => s.try_read(buf))
+    }
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        either!(self, s => s.try_write(buf))
+    }
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        either!(self, s => s.try_write_vectored(bufs))
+    }
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self, s => s.poll_read_ready(cx))
+    }
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        either!(self, s => s.poll_write_ready(cx))
+    }
+    /// Wait until the socket is readable.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        either!(self, s => s.readable().await)
+    }
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        either!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+    /// Shut down the writing side (the peer reads the end of the stream).
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        either!(self, s => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write))
+    }
+    /// Read what arrived without waiting (`WouldBlock` when nothing did).
+    pub(crate) fn try_read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.try_read(buf)
+    }
+}
+
 /// A connection's socket, with or without TLS.
 pub(crate) enum Stream {
-    /// Plain TCP.
-    Tcp(TcpStream),
-    /// TLS over TCP; boxed, since rustls' state is large and most connections are plain.
+    /// Plain TCP or Unix.
+    Plain(Socket),
+    /// TLS over a socket; boxed, since rustls' state is large and most connections are plain.
     Tls(Box<TlsStream>),
 }
 
-/// TCP with a rustls session (server or client side).
+/// A socket with a rustls session (server or client side).
 pub(crate) struct TlsStream {
-    tcp: TcpStream,
+    tcp: Socket,
     tls: rustls::Connection,
-    /// The peer closed its side of TCP.
+    /// The peer closed its side of the stream.
     eof: bool,
 }
 
 /// `std::io` over a tokio socket's non-blocking calls, for rustls' `read_tls`/`write_tls`.
-struct TryIo<'a>(&'a TcpStream);
+struct TryIo<'a>(&'a Socket);
 
 impl Read for TryIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -66,16 +121,16 @@ impl Write for TryIo<'_> {
 }
 
 impl Stream {
-    /// This side's address of the socket.
+    /// This side's address of the socket (none for a Unix socket).
     pub(crate) fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        match self {
-            Stream::Tcp(t) => t.local_addr().ok(),
-            Stream::Tls(t) => t.tcp.local_addr().ok(),
+        match self.socket() {
+            Socket::Tcp(t) => t.local_addr().ok(),
+            Socket::Unix(_) => None,
         }
     }
 
     /// A TLS session over `tcp`, bounded to [`TLS_BUFFER`].
-    pub(crate) fn tls(tcp: TcpStream, mut tls: rustls::Connection) -> Stream {
+    pub(crate) fn tls(tcp: Socket, mut tls: rustls::Connection) -> Stream {
         tls.set_buffer_limit(Some(TLS_BUFFER));
         Stream::Tls(Box::new(TlsStream {
             tcp,
@@ -84,10 +139,10 @@ impl Stream {
         }))
     }
 
-    /// The TCP socket underneath.
-    pub(crate) fn tcp(&self) -> &TcpStream {
+    /// The socket underneath.
+    pub(crate) fn socket(&self) -> &Socket {
         match self {
-            Stream::Tcp(s) => s,
+            Stream::Plain(s) => s,
             Stream::Tls(t) => &t.tcp,
         }
     }
@@ -95,7 +150,7 @@ impl Stream {
     /// Whether this is TLS and its handshake has not finished yet.
     pub(crate) fn is_handshaking(&self) -> bool {
         match self {
-            Stream::Tcp(_) => false,
+            Stream::Plain(_) => false,
             Stream::Tls(t) => t.tls.is_handshaking(),
         }
     }
@@ -110,12 +165,12 @@ impl Stream {
         match self {
             // Through `AsyncRead`: a read that does not fill the buffer ends the readiness, so
             // no second `recv` just to learn the socket is empty.
-            Stream::Tcp(tcp) => SCRATCH.with(|scratch| {
+            Stream::Plain(sock) => SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
                 scratch.clear();
                 scratch.reserve(READ_CHUNK);
                 let mut buf = ReadBuf::uninit(&mut scratch.spare_capacity_mut()[..READ_CHUNK]);
-                ready!(Pin::new(tcp).poll_read(cx, &mut buf))?;
+                ready!(sock.poll_read_into(cx, &mut buf))?;
                 dst.extend_from_slice(buf.filled());
                 Poll::Ready(Ok(buf.filled().len()))
             }),
@@ -132,7 +187,7 @@ impl Stream {
         limit: usize,
     ) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Tcp(tcp) => loop {
+            Stream::Plain(tcp) => loop {
                 ready!(tcp.poll_write_ready(cx))?;
                 match queue.write_front(limit, |s| tcp.try_write_vectored(s)) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -146,25 +201,25 @@ impl Stream {
     /// Write out what the transport itself still holds (TLS records); `Ready(Ok)` once none.
     pub(crate) fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Stream::Tcp(_) => Poll::Ready(Ok(())),
+            Stream::Plain(_) => Poll::Ready(Ok(())),
             Stream::Tls(t) => t.poll_write_pending(cx),
         }
     }
 
-    /// Write `bytes` at once if the socket takes them (plain TCP only: TLS goes through the
-    /// connection's queue); `WouldBlock` otherwise.
+    /// Write `bytes` at once if the socket takes them (plain sockets only: TLS goes through
+    /// the connection's queue); `WouldBlock` otherwise.
     pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(tcp) => tcp.try_write(bytes),
+            Stream::Plain(tcp) => tcp.try_write(bytes),
             Stream::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 
-    /// End the session: a TLS `close_notify` is written if the socket takes it; then the TCP
+    /// End the session: a TLS `close_notify` is written if the socket takes it; then the
     /// socket for the caller to shut down.
-    pub(crate) fn finish(self) -> TcpStream {
+    pub(crate) fn finish(self) -> Socket {
         match self {
-            Stream::Tcp(tcp) => tcp,
+            Stream::Plain(tcp) => tcp,
             Stream::Tls(mut t) => {
                 // A handshake that failed has its alert queued already; one never begun
                 // gets nothing.

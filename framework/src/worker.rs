@@ -133,6 +133,9 @@ pub struct Worker {
     /// id. One crash or out-of-memory kill then takes one instance down, and each child has
     /// its own open-file limit. Off by default (docs/architecture.md "Threads or processes").
     pub processes: bool,
+    /// A Unix socket's file permission bits (e.g. `0o660`), set after binding; `None` leaves
+    /// what the umask gives.
+    pub unix_mode: Option<u32>,
     /// Name shown by `status` and in logs.
     pub name: String,
     /// Per-connection send buffer limit in bytes (Workerman's `maxSendBufferSize`).
@@ -196,6 +199,9 @@ pub struct Worker {
     /// Serves its listening socket itself, on a thread of its own, instead of instances (the
     /// admin and metrics port, `crate::admin`).
     pub(crate) serve: Option<ServeFn>,
+    /// The channel hub this worker holds (a `channel::Server`), by name: a supervisor's child
+    /// that does not serve it must not take it for one of its own process.
+    pub(crate) hub: Option<String>,
 }
 
 /// What serves a worker's listening socket by itself (see `Worker::serve`).
@@ -217,20 +223,51 @@ pub fn strip_tls_scheme(socket_name: &str) -> (String, bool) {
     let Some((scheme, rest)) = socket_name.split_once("://") else {
         return (socket_name.to_string(), false);
     };
-    let plain = match scheme.to_ascii_lowercase().as_str() {
+    let lower = scheme.to_ascii_lowercase();
+    let (base, unix) = match lower.strip_suffix("+unix") {
+        Some(b) => (b, "+unix"),
+        None => (lower.as_str(), ""),
+    };
+    let plain = match base {
         "wss" => "websocket",
         "https" => "http",
         "tls" => "frame",
         _ => return (socket_name.to_string(), false),
     };
-    (format!("{plain}://{rest}"), true)
+    (format!("{plain}{unix}://{rest}"), true)
 }
 
-/// Split `scheme://host:port` into its protocol and address.
+/// A Unix socket's scheme and path: `text+unix:///run/x.sock` and `text://unix:/run/x.sock`
+/// are `text` on `/run/x.sock`, `unix:///run/x.sock` is raw `tcp` on it (Workerman's
+/// `unix://`). `None` for a TCP name.
+pub(crate) fn unix_socket_name<'a>(scheme: &'a str, rest: &'a str) -> Option<(&'a str, &'a str)> {
+    if let Some(base) = scheme.strip_suffix("+unix") {
+        return Some((base, rest));
+    }
+    if scheme.eq_ignore_ascii_case("unix") {
+        return Some(("tcp", rest));
+    }
+    rest.strip_prefix(crate::listener::UNIX)
+        .map(|path| (scheme, path))
+}
+
+/// Split `scheme://host:port` (or a Unix socket's name, see `unix_socket_name`) into its
+/// protocol and address (`host:port`, or `unix:/path`).
 pub fn parse_socket_name(socket_name: &str) -> Result<(ProtocolKind, String), Error> {
     let (scheme, addr) = socket_name.split_once("://").ok_or_else(|| {
         Error::BadSocketName(socket_name.to_string(), "expected scheme://host:port")
     })?;
+    if let Some((scheme, path)) = unix_socket_name(scheme, addr) {
+        let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
+            .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err(Error::BadSocketName(
+                socket_name.to_string(),
+                "expected an absolute path to a Unix socket",
+            ));
+        }
+        return Ok((proto, format!("{}{path}", crate::listener::UNIX)));
+    }
     let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
         .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
     let addr = addr.trim_end_matches('/');
@@ -283,7 +320,9 @@ impl Worker {
             sessions: None,
             time_based_connection_ids: false,
             processes: false,
+            unix_mode: None,
             serve: None,
+            hub: None,
             websocket_compression: false,
             websocket_compression_takeover: false,
             per_ip: Default::default(),

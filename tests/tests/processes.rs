@@ -456,7 +456,11 @@ async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
     };
     std::thread::sleep(Duration::from_millis(200));
     let out = app.command(&["reload"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_until(Duration::from_secs(20), "a new supervisor", || {
         app.daemon_pid().is_some_and(|p| p != supervisor)
             && !werkmann_tests::process_alive(supervisor)

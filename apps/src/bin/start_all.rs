@@ -24,6 +24,10 @@ struct Options {
     /// How many instances (threads) each of the two workers runs
     #[arg(long, env = "WERKMANN_COUNT", default_value_t = 2)]
     count: usize,
+    /// Run each instance as a supervised child process instead of a thread; the channel is
+    /// then served on a Unix socket in the run directory
+    #[arg(long, env = "WERKMANN_PROCESSES")]
+    processes: bool,
     /// Which events keep history for resuming readers (`/sse`): PATTERN=SIZE/TTL or
     /// PATTERN=off, comma-separated, the first match wins (`*=off` for none)
     #[arg(
@@ -58,7 +62,21 @@ fn main() -> anyhow::Result<()> {
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("--ws-listen {:?} has no port", options.ws_listen))?;
-    let server = channel::Server::embedded();
+    // With processes, the instances reach the channel over a Unix socket of this node's own;
+    // as threads, in this process.
+    let (server, embedded) = match options.processes {
+        false => (channel::Server::embedded(), cli::Channel::embedded()),
+        true => {
+            let dir = cli::run_dir();
+            std::fs::create_dir_all(&dir)?;
+            let sock = format!("unix:{}/start_all.{ws_port}.channel.sock", dir.display());
+            let channel = cli::Channel {
+                channel: sock.clone(),
+                ..cli::Channel::embedded()
+            };
+            (channel::Server::new(&sock)?, channel)
+        }
+    };
     let ids = Arc::new(WorkerIds::fixed(0, options.count));
     let presence = match options.publisher.presence_webhook {
         Some(_) => push::PresenceEvents::Hooks,
@@ -67,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     let mut ws = push::ws::ws_worker(
         &options.ws_listen,
         options.count,
-        cli::Channel::embedded(),
+        embedded.clone(),
         ids,
         push::tokens(options.publisher.secret.as_deref()),
         options.publisher.pusher.load()?,
@@ -78,7 +96,7 @@ fn main() -> anyhow::Result<()> {
     // every push request was the bottleneck of the publish rate.
     let channel = cli::Channel {
         history: options.history.clone(),
-        ..cli::Channel::embedded()
+        ..embedded
     };
     let mut http = push::http::http_worker(
         &options.http_listen,
@@ -97,6 +115,8 @@ fn main() -> anyhow::Result<()> {
     let tls = options.tls.load()?;
     ws.tls = tls.clone();
     http.tls = tls;
+    ws.processes = options.processes;
+    http.processes = options.processes;
     let secret = options.publisher.secret.as_deref();
     command.run(common.with([server.into_worker(), ws, http], secret)?)
 }

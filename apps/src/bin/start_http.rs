@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     worker.tls = options.tls.load()?;
     worker.processes = options.listen.processes;
+    worker.unix_mode = options.listen.unix_mode;
     let secret = options.publisher.secret.as_deref();
     command.run(common.with([worker], secret)?)
 }

@@ -60,6 +60,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     options.limits.apply(&mut worker);
     worker.processes = options.listen.processes;
+    worker.unix_mode = options.listen.unix_mode;
     worker.tls = options.tls.load()?;
     command.run(common.with([worker], options.secret.as_deref())?)
 }

@@ -84,6 +84,12 @@ impl Endpoint {
             Some(rest) => (rest, true),
             None => (plain, false),
         };
+        if crate::listener::unix_path(host_port).is_some_and(|p| p.is_absolute()) {
+            return Ok(Endpoint::Tcp {
+                addr: host_port.to_string(),
+                tls,
+            });
+        }
         match host_port.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(Endpoint::Tcp {
@@ -92,8 +98,8 @@ impl Endpoint {
                 })
             }
             _ => Err(ChannelError::BadAddress(format!(
-                "{addr:?} is not HOST:PORT, tls://HOST:PORT, redis://…, or a channel of this \
-                 process"
+                "{addr:?} is not HOST:PORT, tls://HOST:PORT, unix:/PATH, redis://…, or a \
+                 channel of this process"
             ))),
         }
     }

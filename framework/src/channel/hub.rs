@@ -792,6 +792,16 @@ pub(crate) fn declare(name: &str) {
         .insert(name.to_string());
 }
 
+/// Forget the hubs declared here but for `keep` (a supervisor's child, forked with every
+/// declaration, holds only the hubs of the workers it serves).
+pub(crate) fn keep_only(keep: &[&str]) {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .declared
+        .retain(|n| keep.contains(&n.as_str()));
+}
+
 /// Publish a running hub.
 pub(crate) fn publish(name: &str, hub: HubHandle) {
     registry()

@@ -42,6 +42,7 @@ pub use broker::{Endpoint, Options};
 pub use client::{Client, PublishStatus, DEFAULT_MAX_PENDING};
 pub use feed::{FeedEvent, Feeds, Follow, MAX_HELD};
 pub use history::{History, Keep, Page, Position};
+pub(crate) use hub::keep_only as keep_hubs;
 pub use hub::HubStats;
 pub use php_serde::Key as Name;
 pub use server::{Server, EMBEDDED, IDLE_TIMEOUT};

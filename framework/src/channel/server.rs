@@ -48,7 +48,9 @@ impl Server {
     pub fn with_secret(listen: &str, secret: Option<String>) -> Result<Server, Error> {
         let worker = Worker::new(&format!("frame://{listen}"))?;
         let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
-        let loopback = host == "localhost"
+        // A Unix socket is as private as its file's permissions.
+        let loopback = crate::listener::unix_path(listen).is_some()
+            || host == "localhost"
             || host
                 .trim_matches(['[', ']'])
                 .parse::<std::net::IpAddr>()
@@ -71,6 +73,7 @@ impl Server {
 
     fn build(mut worker: Worker, name: &str, secret: Option<String>) -> Server {
         hub::declare(name);
+        worker.hub = Some(name.to_string());
         worker.name = "ChannelServer".into();
         worker.count = 1;
         // Subscribers are servers themselves: give them room for bursts.

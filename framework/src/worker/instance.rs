@@ -16,11 +16,12 @@ use bytes::Bytes;
 use super::Worker;
 use crate::callbacks::guard;
 use crate::connection::{Callbacks, Connection, ConnectionOwner, SendStatus};
+use crate::listener::Accepted;
 use crate::message::{Message, Uploads};
 use crate::metrics::{Closed, InstanceMetrics, Refused};
 use crate::protocol::http::HttpCodec;
 use crate::protocol::ProtocolKind;
-use crate::transport::Stream;
+use crate::transport::{Socket, Stream};
 
 /// How long a closing connection may take to flush before it is dropped.
 const CLOSE_LIMIT_SECS: u32 = 5;
@@ -117,12 +118,13 @@ impl ConnectionOwner for InstanceInner {
 
 impl InstanceInner {
     /// Take a place for a new connection from `peer`, or say why not.
-    fn admit(&self, peer: std::net::SocketAddr) -> Result<(), Refused> {
+    fn admit(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Refused> {
         if self.connections.borrow().len() >= self.config.max_connections {
             return Err(Refused::MaxConnections);
         }
         let limit = self.config.max_connections_per_ip;
-        if limit > 0 {
+        // A Unix socket's peers have no IP: only `max_connections` holds for them.
+        if let (true, Some(peer)) = (limit > 0, peer) {
             let mut per_ip = self.config.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             let n = per_ip.entry(peer.ip()).or_insert(0);
             if *n >= limit {
@@ -391,8 +393,14 @@ impl WorkerInstance {
             .collect()
     }
 
-    fn adopt(&self, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
-        let stream = match tokio::net::TcpStream::from_std(stream) {
+    fn adopt(&self, accepted: Accepted) {
+        let peer = accepted.peer();
+        let from = || peer.map_or("a Unix socket".to_string(), |p| p.to_string());
+        let registered = match accepted {
+            Accepted::Tcp(s, _) => tokio::net::TcpStream::from_std(s).map(Socket::Tcp),
+            Accepted::Unix(s) => tokio::net::UnixStream::from_std(s).map(Socket::Unix),
+        };
+        let stream = match registered {
             Ok(s) => s,
             Err(e) => {
                 log::error!("cannot register accepted connection: {e}");
@@ -403,21 +411,22 @@ impl WorkerInstance {
             return;
         };
         if let Err(why) = self.0.admit(peer) {
-            self.0.refused(why, Some(peer));
+            self.0.refused(why, peer);
             log::warn!(
-                "worker {} instance {}: connection from {peer} refused: {} reached",
+                "worker {} instance {}: connection from {} refused: {} reached",
                 self.name(),
                 self.id(),
+                from(),
                 why.label()
             );
             return; // dropping the socket closes it
         }
         let stream = match &self.0.config.tls {
-            None => Stream::Tcp(stream),
+            None => Stream::Plain(stream),
             Some(tls) => match tls.session() {
                 Ok(session) => Stream::tls(stream, session),
                 Err(e) => {
-                    log::error!("connection from {peer} dropped: {e}");
+                    log::error!("connection from {} dropped: {e}", from());
                     return;
                 }
             },
@@ -686,25 +695,25 @@ impl InstanceAddr {
 /// A new connection for the instance, accepted by the worker's acceptor.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Adopt(pub std::net::TcpStream, pub std::net::SocketAddr);
+pub(crate) struct Adopt(pub Accepted);
 
 impl Handler<Adopt> for InstanceActor {
     type Result = ();
     fn handle(&mut self, msg: Adopt, _: &mut Self::Context) {
-        self.inst.adopt(msg.0, msg.1);
+        self.inst.adopt(msg.0);
     }
 }
 
 /// New connections for the instance, accepted together (a burst), in order.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct AdoptMany(pub Vec<(std::net::TcpStream, std::net::SocketAddr)>);
+pub(crate) struct AdoptMany(pub Vec<Accepted>);
 
 impl Handler<AdoptMany> for InstanceActor {
     type Result = ();
     fn handle(&mut self, msg: AdoptMany, _: &mut Self::Context) {
-        for (stream, peer) in msg.0 {
-            self.inst.adopt(stream, peer);
+        for accepted in msg.0 {
+            self.inst.adopt(accepted);
         }
     }
 }
