@@ -16,6 +16,7 @@ mod gateway;
 mod gen;
 mod hist;
 mod http;
+mod processes;
 mod procfs;
 mod proto;
 mod pusher;

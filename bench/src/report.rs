@@ -213,8 +213,9 @@ pub fn num(v: f64) -> String {
 }
 
 /// Figures that are counts, shown without decimals.
-const COUNTS: [&str; 21] = [
+const COUNTS: [&str; 22] = [
     "clients",
+    "processes",
     "others",
     "slow",
     "dropped",
@@ -285,10 +286,11 @@ pub fn brief(r: &Row) -> String {
         Scenario::Pusher => PUSHER_FIGURES,
         Scenario::Faults => FAULT_FIGURES,
         Scenario::Sse => crate::sse_rows::SSE_FIGURES,
+        Scenario::Processes => PROCESSES_FIGURES,
     };
     let sparse = matches!(
         r.scenario,
-        Scenario::Pusher | Scenario::Faults | Scenario::Sse
+        Scenario::Pusher | Scenario::Faults | Scenario::Sse | Scenario::Processes
     );
     let mut s: Vec<String> = keys
         .iter()
@@ -390,7 +392,11 @@ fn compared(sc: Scenario) -> &'static [(&'static str, &'static str, bool)] {
             ("deliveries_per_s", "deliveries/s", true),
             ("p99_ms", "p99 latency, ms", false),
         ],
-        Scenario::DirMemory | Scenario::Pusher | Scenario::Faults | Scenario::Sse => &[],
+        Scenario::DirMemory
+        | Scenario::Pusher
+        | Scenario::Faults
+        | Scenario::Sse
+        | Scenario::Processes => &[],
     }
 }
 
@@ -528,6 +534,13 @@ fn before_after_figures(sc: Scenario) -> &'static [(&'static str, &'static str, 
             ("p99_ms", "p99 ms", false),
             ("lost", "pushes lost", false),
             ("resume_p99_ms", "resume p99 ms", false),
+        ],
+        Scenario::Processes => &[
+            ("kib_per_conn", "KiB per connection", false),
+            ("conns_per_s", "new connections/s", true),
+            ("deliveries_per_s", "deliveries/s", true),
+            ("cpu_us", "server µs CPU/delivery", false),
+            ("p99_ms", "p99 ms", false),
         ],
     }
 }
@@ -1119,6 +1132,7 @@ fn detail(out: &mut String, rows: &[Row], sc: Scenario) {
             "Server-Sent Events, every figure",
             crate::sse_rows::SSE_FIGURES,
         ),
+        Scenario::Processes => ("Threads or processes, every figure", PROCESSES_FIGURES),
         Scenario::DirMemory => (
             "Directory memory per binding",
             &[
@@ -1309,6 +1323,117 @@ fn on_off_table(
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     }
+}
+
+/// Every figure a processes-group row may have, for its progress line.
+const PROCESSES_FIGURES: &[(&str, &str)] = &[
+    ("processes", "server processes"),
+    ("clients", "clients"),
+    ("kib_per_conn", "KiB/conn (PSS)"),
+    ("rss_per_conn", "KiB/conn (RSS)"),
+    ("conns_per_s", "new conns/s"),
+    ("mem_mib", "server MiB"),
+    ("deliveries_per_s", "deliveries/s"),
+    ("per_cpu_s", "deliveries/server CPU-s"),
+    ("cpu_us", "server µs CPU/delivery"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+];
+
+/// What the processes section's rows are.
+const PROCESSES_NOTE: &str = "\
+The same cluster twice: `start_channel` + one `start_ws --count 2` + `start_http`, the \
+WebSocket node's two instances as threads of one process (threads), and with `--processes` \
+as two child processes of a single-threaded supervisor sharing its listening socket \
+(processes). Memory and CPU are every server process's, the supervisor's children \
+included (server processes: how many were counted). Idle: WebSocket clients on the \
+broadcast channel, the server's memory (PSS; RSS counts pages shared between the children \
+in each) after a warm-up push reached them all, less before, per connection, and \
+connections opened per second. Broadcast: pushes back to back to those clients (16 in \
+flight), server CPU per delivery, latency from sending the push to reading it. Each run \
+starts a fresh server of each setup, in turn (threads first, then processes first), each \
+figure the median of the runs.\n\n";
+
+/// The processes group (issue 20): threads next to processes, and processes ÷ threads.
+fn processes_section(out: &mut String, rows: &[Row], plan: &Plan) {
+    use crate::processes::{broadcast_label, idle_label};
+    let rs: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario == Scenario::Processes)
+        .collect();
+    if rs.is_empty() {
+        return;
+    }
+    out.push_str("### Threads or processes: one WebSocket node of `--count 2`\n\n");
+    out.push_str(PROCESSES_NOTE);
+    let of = |label: &str, processes: bool| {
+        rs.iter()
+            .find(|r| r.label == label && r.mode.ends_with(", processes") == processes)
+            .copied()
+    };
+    let labels = [
+        (
+            idle_label(plan.bcast_n),
+            &[
+                ("processes", "server processes"),
+                ("kib_per_conn", "KiB/conn (PSS)"),
+                ("rss_per_conn", "KiB/conn (RSS)"),
+                ("conns_per_s", "new conns/s"),
+                ("mem_mib", "server MiB"),
+            ][..],
+        ),
+        (
+            broadcast_label(plan.bcast_n, plan.bcast_m),
+            &[
+                ("deliveries_per_s", "deliveries/s"),
+                ("per_cpu_s", "deliveries/server CPU-s"),
+                ("cpu_us", "server µs CPU/delivery"),
+                ("p50_ms", "p50 ms"),
+                ("p99_ms", "p99 ms"),
+            ][..],
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (label, figures) in &labels {
+        let (t, p) = (of(label, false), of(label, true));
+        if t.is_none() && p.is_none() {
+            continue;
+        }
+        for (key, name) in figures.iter() {
+            let (a, b) = (t.and_then(|r| r.get(key)), p.and_then(|r| r.get(key)));
+            let ratio = match (a, b) {
+                (Some(a), Some(b)) if a > 0.0 && *key != "processes" => {
+                    format!("{}×", num(b / a))
+                }
+                _ => "—".into(),
+            };
+            let c = |r: Option<&Row>| r.map_or("—".into(), |r| cell(r, key));
+            lines.push(vec![label.clone(), name.to_string(), c(t), c(p), ratio]);
+        }
+        let errs = |r: Option<&Row>| {
+            r.map_or("—".into(), |r| {
+                format!("{} ({})", r.errors.text(), r.runs)
+            })
+        };
+        lines.push(vec![
+            label.clone(),
+            "errors (runs)".into(),
+            errs(t),
+            errs(p),
+            String::new(),
+        ]);
+    }
+    table(
+        out,
+        &[
+            "row",
+            "figure",
+            "threads",
+            "processes",
+            "processes ÷ threads",
+        ],
+        lines,
+    );
 }
 
 /// The fault rows and their targets (issue 18's fault bench).
@@ -1642,6 +1767,7 @@ pub fn markdown(res: &Results) -> String {
     pusher_section(&mut out, &res.rows, p);
     faults_section(&mut out, &res.rows, p);
     crate::sse_rows::section(&mut out, &res.rows, p);
+    processes_section(&mut out, &res.rows, p);
     for sc in [Scenario::Uid, Scenario::Group, Scenario::DirMemory] {
         detail(&mut out, &res.rows, sc);
     }
@@ -1805,6 +1931,35 @@ mod tests {
             "{lines:?}"
         );
         assert_eq!(lines[4][1], "1 answers not as due");
+    }
+
+    #[test]
+    fn the_processes_section_puts_threads_next_to_processes_with_the_ratio() {
+        let plan = Plan::quick_set();
+        let [t, p] = crate::processes::setups(Build::Current);
+        let label = crate::processes::idle_label(plan.bcast_n);
+        let mut a = Row::new(Scenario::Processes, &label, t);
+        a.set("processes", 3.0);
+        a.set("kib_per_conn", 10.0);
+        let mut b = Row::new(Scenario::Processes, &label, p);
+        b.set("processes", 5.0);
+        b.set("kib_per_conn", 12.5);
+        b.runs = 3;
+        let mut out = String::new();
+        processes_section(&mut out, &[a, b], &plan);
+        assert!(
+            out.contains("| row | figure | threads | processes | processes ÷ threads |"),
+            "{out}"
+        );
+        assert!(out.contains("| server processes | 3 | 5 | — |"), "{out}");
+        assert!(
+            out.contains("| KiB/conn (PSS) | 10.0 | 12.5 | 1.25× |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| errors (runs) | 0 (1) | 0 (3) |  |"),
+            "{out}"
+        );
     }
 
     #[test]

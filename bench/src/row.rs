@@ -37,6 +37,10 @@ pub enum Scenario {
     /// Server-Sent Events next to Nchan's EventSource (`sse_rows.rs`): idle memory,
     /// broadcast, paced latency, resume after drops; the label tells which.
     Sse,
+    /// The processes group (`processes.rs`): one WebSocket node's instances as threads and
+    /// as child processes, idle memory and broadcast; the label tells which row, the mode
+    /// which setup.
+    Processes,
 }
 
 /// Delivery errors (summed over runs).

@@ -241,9 +241,9 @@ pub struct Options {
 const SYSTEMS: [&str; 5] = ["werkmann", "werkmann-before", "nchan", "socketio", "soketi"];
 
 /// Groups the default run leaves out (`--only` names them).
-const NOT_BY_DEFAULT: [&str; 4] = ["pusher", "faults", "sse", "metrics"];
+const NOT_BY_DEFAULT: [&str; 5] = ["pusher", "faults", "sse", "metrics", "processes"];
 
-const GROUPS: [&str; 15] = [
+const GROUPS: [&str; 16] = [
     "idle",
     "one-node",
     "nodes",
@@ -259,6 +259,7 @@ const GROUPS: [&str; 15] = [
     "faults",
     "sse",
     "metrics",
+    "processes",
 ];
 
 /// Usage text.
@@ -269,8 +270,9 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
   --quick          the small set (under 4 minutes), one run per row
   --out FILE       write the Markdown report there (scripts/bench: docs/benchmarks.md)
   --only LIST      scenario groups: idle,one-node,nodes,broadcast,targeted,paced,publish,slow,
-                   gateway,dir-memory,channel,pusher,faults,sse,metrics (gateway: uid, targeted and group
-                   pushes through the directory on 4 nodes; dir-memory: the directory's memory
+                   gateway,dir-memory,channel,pusher,faults,sse,metrics,processes (gateway:
+                   uid, targeted and group pushes through the directory on 4 nodes;
+                   dir-memory: the directory's memory
                    per binding; pusher: werkmann's Pusher protocol next to Soketi; faults:
                    10k resuming clients under 10 pushes/s, 10 % of them reset every second
                    for 30 s — lost, duplicated, not recovered, resume p50/p99 — on each mode,
@@ -279,8 +281,12 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
                    broadcast × 200 per server CPU-s, paced latency p50/p99, and 10 % dropped
                    every second for 20 s resuming with Last-Event-ID — on each werkmann mode;
                    metrics: broadcast 10k × 200 on start_all with --metrics scraped every
-                   second next to one without, runs alternating, on ÷ off;
-                   pusher, faults, sse and metrics are not in the default run, only when named)
+                   second next to one without, runs alternating, on ÷ off; processes: one
+                   start_ws --count 2 as threads next to --processes (cluster mode) — idle
+                   KiB per connection and conns/s, broadcast deliveries/s, CPU per delivery,
+                   p50/p99 — a fresh server per run, alternating, processes ÷ threads;
+                   pusher, faults, sse, metrics and processes are not in the default run,
+                   only when named)
   --systems LIST   werkmann,werkmann-before,nchan,socketio,soketi (default: all but
                    werkmann-before; --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
@@ -1666,6 +1672,9 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
             let r = suite.session_metrics(build).await;
             suite.guarded(what, r).await;
         }
+    }
+    if suite.want("processes") {
+        suite.group_processes().await;
     }
     let (mut channel, mut channel_before) = (None, None);
     if suite.want("channel") {

@@ -43,6 +43,15 @@ pub enum Setup {
         /// Which binaries.
         build: Build,
     },
+    /// `start_channel` + `ws` × `start_ws --count 2 --processes` + one `start_http`: the
+    /// cluster with each WebSocket node's instances as child processes of a supervisor (the
+    /// processes group, issue 20, next to `WerkmannCluster` of the same size).
+    WerkmannProcesses {
+        /// WebSocket nodes.
+        ws: usize,
+        /// Which binaries.
+        build: Build,
+    },
     /// `redis-server` + `ws` × `start_ws --channel redis://…` + one `start_http`.
     WerkmannRedis {
         /// WebSocket nodes.
@@ -103,6 +112,7 @@ impl Setup {
         match self {
             Setup::WerkmannAll { build }
             | Setup::WerkmannCluster { build, .. }
+            | Setup::WerkmannProcesses { build, .. }
             | Setup::WerkmannRedis { build, .. }
             | Setup::WerkmannPusher { build }
             | Setup::WerkmannHistory { build, .. }
@@ -129,6 +139,7 @@ impl Setup {
             | Setup::WerkmannMetrics { .. }
             | Setup::Soketi => 1,
             Setup::WerkmannCluster { ws, .. }
+            | Setup::WerkmannProcesses { ws, .. }
             | Setup::WerkmannRedis { ws, .. }
             | Setup::SocketIoCluster { ws } => ws,
             Setup::Nchan { workers } => workers,
@@ -139,7 +150,10 @@ impl Setup {
     pub fn mode(self) -> String {
         match self {
             Setup::WerkmannAll { .. } => "all-in-one".into(),
-            Setup::WerkmannCluster { ws, .. } => format!("cluster, {ws} ws nodes"),
+            Setup::WerkmannCluster { ws, .. } => format!("cluster, {}", ws_nodes(ws)),
+            Setup::WerkmannProcesses { ws, .. } => {
+                format!("cluster, {}, processes", ws_nodes(ws))
+            }
             Setup::WerkmannRedis { ws, .. } => format!("redis, {ws} ws nodes"),
             Setup::Nchan { workers } => format!("nginx, {workers} workers"),
             Setup::SocketIoAll => "1 process".into(),
@@ -158,6 +172,9 @@ impl Setup {
             Setup::WerkmannAll { .. } => "start_all --count 2".into(),
             Setup::WerkmannCluster { ws, .. } => {
                 format!("start_channel + {ws} × start_ws --count 2 + start_http")
+            }
+            Setup::WerkmannProcesses { ws, .. } => {
+                format!("start_channel + {ws} × start_ws --count 2 --processes + start_http")
             }
             Setup::WerkmannRedis { ws, .. } => {
                 format!("redis-server + {ws} × start_ws --count 2 --channel redis:// + start_http")
@@ -185,6 +202,11 @@ impl Setup {
             _ => Flavor::Werkmann,
         }
     }
+}
+
+/// `1 ws node`, `4 ws nodes`.
+fn ws_nodes(ws: usize) -> String {
+    format!("{ws} ws node{}", if ws == 1 { "" } else { "s" })
 }
 
 /// Where the programs are.
@@ -364,7 +386,9 @@ impl Running {
                 r.spawn("start_all", c, &ports).await?;
                 r.ws.push(ws);
             }
-            Setup::WerkmannCluster { ws: k, .. } | Setup::WerkmannRedis { ws: k, .. } => {
+            Setup::WerkmannCluster { ws: k, .. }
+            | Setup::WerkmannProcesses { ws: k, .. }
+            | Setup::WerkmannRedis { ws: k, .. } => {
                 let channel = if matches!(setup, Setup::WerkmannRedis { .. }) {
                     format!("redis://{}", r.start_redis().await?)
                 } else {
@@ -380,6 +404,9 @@ impl Running {
                     let mut c = Command::new(bin("start_ws"));
                     c.args(["start", "--listen", &a(ws), "--count", "2"])
                         .args(["--channel", &channel]);
+                    if matches!(setup, Setup::WerkmannProcesses { .. }) {
+                        c.arg("--processes");
+                    }
                     r.spawn(&format!("start_ws{i}"), c, &[ws]).await?;
                     r.ws.push(ws);
                 }
@@ -489,7 +516,7 @@ impl Running {
     ///   subscription in `CLIENT LIST`, less the publisher's own).
     pub async fn copies_counter(&self) -> Option<i64> {
         match self.setup {
-            Setup::WerkmannCluster { .. } => {
+            Setup::WerkmannCluster { .. } | Setup::WerkmannProcesses { .. } => {
                 let (exe, listen) = self.channel.as_ref()?;
                 let out = tokio::process::Command::new(exe)
                     .args(["status", "--listen", &listen.to_string()])
@@ -536,15 +563,14 @@ impl Running {
         p.wait_ports(ports, Duration::from_secs(40)).await
     }
 
-    /// Every server process (nginx workers included).
+    /// Every server process, with its child processes (nginx workers, the instances
+    /// `start_ws --processes` forks).
     pub fn pids(&self) -> Vec<u32> {
         let mut out = Vec::new();
         for p in &self.procs {
             let pid = p.pid();
             out.push(pid);
-            if p.name == "nginx" {
-                out.extend(procfs::children(pid));
-            }
+            out.extend(procfs::children(pid));
         }
         out
     }
@@ -565,12 +591,10 @@ impl Running {
                 _ => 2,
             };
             out[role] += procfs::cpu_ns(p.pid());
-            if p.name == "nginx" {
-                out[role] += procfs::children(p.pid())
-                    .into_iter()
-                    .map(procfs::cpu_ns)
-                    .sum::<u64>();
-            }
+            out[role] += procfs::children(p.pid())
+                .into_iter()
+                .map(procfs::cpu_ns)
+                .sum::<u64>();
         }
         out
     }
@@ -609,15 +633,14 @@ impl Running {
     pub fn stop(&mut self) {
         let mut extra = Vec::new();
         while let Some(mut p) = self.procs.pop() {
-            if p.name == "nginx" {
-                extra.extend(procfs::children(p.pid()));
-            }
+            extra.extend(procfs::children(p.pid()));
             p.stop();
         }
-        // nginx workers normally leave with their master; make sure.
+        // nginx workers and a supervisor's children normally leave with their parent; make
+        // sure.
         for pid in extra {
             if procfs::alive(pid) {
-                // SAFETY: a worker of the nginx this run started.
+                // SAFETY: a child of a process this run started.
                 unsafe {
                     libc::kill(pid as libc::pid_t, libc::SIGKILL);
                 }

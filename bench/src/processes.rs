@@ -1,0 +1,155 @@
+//! The processes group (issue 20; `--only processes`, not in the default run): the same
+//! cluster topology with its WebSocket node's instances as threads of one process and as
+//! child processes of a supervisor, side by side in one run:
+//!
+//! - threads: `start_channel` + 1 × `start_ws --count 2` + `start_http`
+//!   ([`Setup::WerkmannCluster`]);
+//! - processes: the same with `start_ws --count 2 --processes`
+//!   ([`Setup::WerkmannProcesses`]): a single-threaded supervisor forks one child per
+//!   instance, the children sharing the listening socket.
+//!
+//! One session per setup and run on a fresh server, the two in turn (threads first on even
+//! runs, processes first on odd ones), each row the median of the runs:
+//!
+//! 1. **idle**: `bcast_n` WebSocket clients on the broadcast channel: the server's memory (PSS
+//!    and RSS of every process, the supervisor's children included) after a warm-up push
+//!    reached them all, less before, per connection; new connections per second.
+//! 2. **broadcast**: on them, `bcast_m` pushes back to back (`inflight` at a time):
+//!    deliveries per second, server CPU per delivery, latency p50/p99.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::http::Conn;
+use crate::proto::Kind;
+use crate::row::{self, Row, Scenario};
+use crate::run::{k, Publish, Suite};
+use crate::systems::{Build, Setup};
+
+/// The idle row's label (the mode tells threads from processes).
+pub fn idle_label(n: u32) -> String {
+    format!("processes group: idle {}", k(n))
+}
+
+/// The broadcast row's label.
+pub fn broadcast_label(n: u32, m: u32) -> String {
+    format!("processes group: broadcast {} × {m}", k(n))
+}
+
+/// The two setups, threads first: one WebSocket node of `--count 2`.
+pub fn setups(build: Build) -> [Setup; 2] {
+    [
+        Setup::WerkmannCluster { ws: 1, build },
+        Setup::WerkmannProcesses { ws: 1, build },
+    ]
+}
+
+impl Suite {
+    /// The processes group: `repeats` sessions of each setup, in turn, and each row's median.
+    /// Only the current build (an older one may not know `--processes`).
+    pub(crate) async fn group_processes(&mut self) {
+        if !self.sys("werkmann") {
+            return;
+        }
+        let mut both = Vec::new();
+        for s in setups(Build::Current) {
+            if self.usable(s) {
+                both.push(s);
+            }
+        }
+        let mut rows: Vec<(Setup, String, Vec<Row>)> = Vec::new();
+        'runs: for run in 0..self.opts.plan.repeats {
+            let mut order = both.clone();
+            if run % 2 == 1 {
+                order.reverse();
+            }
+            for s in order {
+                let what = format!("processes, {} ({}), run {}", s.system(), s.mode(), run + 1);
+                if self.over_budget(&what) {
+                    break 'runs;
+                }
+                match self.session_processes(s).await {
+                    Ok(rs) => {
+                        for r in rs {
+                            eprintln!(
+                                "pushbench:        run {} | {} | {} ({}) | {}",
+                                run + 1,
+                                r.label,
+                                r.system,
+                                r.mode,
+                                crate::report::brief(&r)
+                            );
+                            match rows.iter_mut().find(|(x, l, _)| *x == s && *l == r.label) {
+                                Some((_, _, v)) => v.push(r),
+                                None => rows.push((s, r.label.clone(), vec![r])),
+                            }
+                        }
+                    }
+                    Err(e) => self.guarded(what, Err(e)).await,
+                }
+            }
+        }
+        for (_, _, runs) in rows {
+            if let Some(r) = row::median(runs) {
+                self.push(r);
+            }
+        }
+    }
+
+    /// One session of the two rows on a fresh server (see the module's text).
+    async fn session_processes(&mut self, setup: Setup) -> Result<Vec<Row>> {
+        let p = self.opts.plan.clone();
+        let mut sys = self.start(setup, "processes").await?;
+        let mut conn = Conn::connect(sys.api.addr).await?;
+        let mut conns = Vec::new();
+        for _ in 0..p.inflight.max(1) {
+            conns.push(Conn::connect(sys.api.addr).await?);
+        }
+        let procs = sys.pids().len() as f64;
+        let mut out = Vec::new();
+        let mut gen = self.gen(p.bcast_n).await?;
+        let i = self.idle(&mut sys, &mut gen, &mut conn, p.bcast_n).await?;
+        let mut r = self.idle_row(&idle_label(p.bcast_n), setup, &i);
+        r.scenario = Scenario::Processes;
+        r.set("processes", procs);
+        out.push(r);
+        let how = Publish::Burst {
+            inflight: p.inflight,
+        };
+        let d = self
+            .deliver(&sys, &mut gen, &mut conns, Kind::Broadcast, p.bcast_m, how)
+            .await?;
+        let label = broadcast_label(p.bcast_n, p.bcast_m);
+        let mut r = self.delivery_row(Scenario::Processes, &label, setup, &d);
+        r.set("processes", procs);
+        out.push(r);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gen.quit().await;
+        sys.check_alive()?;
+        sys.stop();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_group_runs_only_when_named_on_one_node_of_each_kind() {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let o = crate::run::parse(&args("--quick")).unwrap();
+        assert!(!o.only.iter().any(|g| g == "processes"));
+        let o = crate::run::parse(&args("--only processes --systems werkmann")).unwrap();
+        assert_eq!(o.only, ["processes"]);
+        let [t, p] = setups(Build::Current);
+        assert_eq!(t.mode(), "cluster, 1 ws node");
+        assert_eq!(p.mode(), "cluster, 1 ws node, processes");
+        assert_eq!(
+            p.describe(),
+            "start_channel + 1 × start_ws --count 2 --processes + start_http"
+        );
+        assert_eq!((p.nodes(), p.system()), (1, "werkmann"));
+    }
+}
