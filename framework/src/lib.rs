@@ -38,6 +38,7 @@ mod supervisor;
 mod timer;
 pub mod tls;
 pub(crate) mod transport;
+mod udp;
 pub mod webhook;
 mod worker;
 
@@ -59,5 +60,6 @@ pub use static_files::StaticFiles;
 pub use status::Report as StatusReport;
 pub use timer::{Timer, TimerId};
 pub use tls::{ClientTls, ServerTls};
+pub use udp::{AsyncUdpConnection, UdpConnection};
 pub use worker::instance::{BroadcastReport, ConnectionInfo, InstanceAddr, InstanceStatus};
 pub use worker::{Worker, WorkerInstance};

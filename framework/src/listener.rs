@@ -15,11 +15,14 @@ use crate::error::Error;
 
 /// The prefix of a Unix socket's address (`unix:/run/app.sock`).
 pub(crate) const UNIX: &str = "unix:";
+/// The prefix of a UDP socket's address (`udp:0.0.0.0:9292`).
+pub(crate) const UDP: &str = "udp:";
 
-/// A listening socket.
+/// A listening socket (for UDP, the socket datagrams arrive on).
 pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
+    Udp(std::net::UdpSocket),
 }
 
 /// A connection taken from a listener, not yet registered with any reactor.
@@ -43,6 +46,11 @@ pub(crate) fn unix_path(addr: &str) -> Option<&Path> {
     addr.strip_prefix(UNIX).map(Path::new)
 }
 
+/// The `host:port` of a UDP socket address, `None` for another.
+pub(crate) fn udp_addr(addr: &str) -> Option<&str> {
+    addr.strip_prefix(UDP)
+}
+
 impl Listener {
     /// Bind `addr` (`host:port`, or `unix:/path` with the file's permission bits `mode`).
     pub fn bind(addr: &str, mode: Option<u32>) -> Result<Listener, Error> {
@@ -59,6 +67,11 @@ impl Listener {
             }
             l.set_nonblocking(true).map_err(listen_err)?;
             return Ok(Listener::Unix(l));
+        }
+        if let Some(host_port) = udp_addr(addr) {
+            let s = std::net::UdpSocket::bind(host_port).map_err(listen_err)?;
+            s.set_nonblocking(true).map_err(listen_err)?;
+            return Ok(Listener::Udp(s));
         }
         let sa = addr
             .to_socket_addrs()
@@ -90,6 +103,12 @@ impl Listener {
             l.set_nonblocking(true)?;
             return Ok(Listener::Unix(l));
         }
+        if udp_addr(addr).is_some() {
+            // SAFETY: the caller's promise.
+            let s = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+            s.set_nonblocking(true)?;
+            return Ok(Listener::Udp(s));
+        }
         // SAFETY: the caller's promise.
         let l = unsafe { TcpListener::from_raw_fd(fd) };
         l.set_nonblocking(true)?;
@@ -101,6 +120,10 @@ impl Listener {
     pub fn describe(&self) -> String {
         match self {
             Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Udp(s) => s
+                .local_addr()
+                .map(|a| format!("udp {a}"))
+                .unwrap_or_default(),
             Listener::Unix(l) => l
                 .local_addr()
                 .ok()
@@ -150,6 +173,7 @@ impl AsRawFd for Listener {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
             Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Udp(s) => s.as_raw_fd(),
         }
     }
 }
@@ -188,7 +212,7 @@ impl SocketFiles {
             listeners
                 .filter_map(|l| match l {
                     Listener::Unix(u) => u.local_addr().ok()?.as_pathname().map(Path::to_owned),
-                    Listener::Tcp(_) => None,
+                    Listener::Tcp(_) | Listener::Udp(_) => None,
                 })
                 .filter_map(|p| Some((p.clone(), std::fs::metadata(&p).ok()?.ino())))
                 .collect(),

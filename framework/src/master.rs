@@ -294,7 +294,18 @@ pub(crate) fn serve(
                 addrs.push(addr);
                 arbiters.push(arb);
             }
-            if let (Some(l), Some(a)) = (listener, config.address()) {
+            if let (Some(Listener::Udp(sock)), Some(a)) = (&listener, config.address()) {
+                // Datagrams: each instance reads the socket itself, on its own thread.
+                kept.push((a.to_string(), sock.as_raw_fd()));
+                for addr in &addrs {
+                    let sock = sock.try_clone()?;
+                    addr.do_send(crate::worker::instance::Exec(Box::new(move |inst| {
+                        crate::udp::serve(inst, sock)
+                    })));
+                }
+                // The socket itself stays open with the process (a reload passes it on).
+                std::mem::forget(listener);
+            } else if let (Some(l), Some(a)) = (listener, config.address()) {
                 kept.push((a.to_string(), l.as_raw_fd()));
                 use tokio::io::{unix::AsyncFd, Interest};
                 // SAFETY: the listener owns its descriptor, which stays open and the same for

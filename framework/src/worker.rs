@@ -28,6 +28,7 @@ type SyncErrorFn = Arc<dyn Fn(&Connection, &ConnectionError) + Send + Sync>;
 type SyncHandshakeFn = Arc<dyn Fn(&Connection, &Request) -> Result<(), Response> + Send + Sync>;
 type SyncWsCloseFn = Arc<dyn Fn(&Connection, u16, &str) + Send + Sync>;
 type SyncWsControlFn = Arc<dyn Fn(&Connection, &[u8]) + Send + Sync>;
+type SyncDatagramFn = Arc<dyn Fn(&crate::udp::UdpConnection, Message) + Send + Sync>;
 
 /// The callbacks as configured: shared by all instances, turned into per-instance
 /// [`Callbacks`] on each instance's thread.
@@ -48,6 +49,8 @@ pub(crate) struct WorkerCallbacks {
     pub on_websocket_close: Option<SyncWsCloseFn>,
     pub on_websocket_ping: Option<SyncWsControlFn>,
     pub on_websocket_pong: Option<SyncWsControlFn>,
+    /// A `udp://` worker's datagrams.
+    pub on_datagram: Option<SyncDatagramFn>,
 }
 
 impl WorkerCallbacks {
@@ -257,6 +260,27 @@ pub fn parse_socket_name(socket_name: &str) -> Result<(ProtocolKind, String), Er
     let (scheme, addr) = socket_name.split_once("://").ok_or_else(|| {
         Error::BadSocketName(socket_name.to_string(), "expected scheme://host:port")
     })?;
+    let udp = match scheme.to_ascii_lowercase().as_str() {
+        "udp" => Some("tcp".to_string()),
+        s => s.strip_suffix("+udp").map(str::to_string),
+    };
+    if let Some(scheme) = udp {
+        let proto = ProtocolKind::from_scheme(&scheme)
+            .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
+        crate::udp::check_protocol(&proto, socket_name)?;
+        let addr = addr.trim_end_matches('/');
+        if addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(Error::BadSocketName(
+                socket_name.to_string(),
+                "expected a host and a port",
+            ));
+        }
+        return Ok((proto, format!("{}{addr}", crate::listener::UDP)));
+    }
     if let Some((scheme, path)) = unix_socket_name(scheme, addr) {
         let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
             .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
@@ -341,6 +365,22 @@ impl Worker {
 
     /// Why this worker cannot start as configured (a `wss://` name without a certificate).
     pub(crate) fn check(&self) -> Result<(), Error> {
+        let udp = self
+            .address
+            .as_deref()
+            .is_some_and(|a| crate::listener::udp_addr(a).is_some());
+        if udp && self.callbacks.on_datagram.is_none() {
+            return Err(Error::Config(format!(
+                "{}: a udp worker answers datagrams with on_datagram",
+                self.socket_name
+            )));
+        }
+        if !udp && self.callbacks.on_datagram.is_some() {
+            return Err(Error::Config(format!(
+                "{}: on_datagram is for udp workers (udp://, NAME+udp://)",
+                self.socket_name
+            )));
+        }
         if self.tls_required && self.tls.is_none() {
             return Err(Error::Tls(format!(
                 "{} needs a certificate and key: set the worker's `tls`",
@@ -397,6 +437,15 @@ impl Worker {
     /// Called for each complete message (an HTTP worker gets a `Message::Request`).
     pub fn on_message(&mut self, f: impl Fn(&Connection, Message) + Send + Sync + 'static) {
         self.callbacks.on_message = Some(Arc::new(f));
+    }
+
+    /// A `udp://` worker's callback (Workerman's `onMessage` on a UDP worker): each message
+    /// of each datagram, with the sender to answer (`conn.send(…)`).
+    pub fn on_datagram(
+        &mut self,
+        f: impl Fn(&crate::udp::UdpConnection, Message) + Send + Sync + 'static,
+    ) {
+        self.callbacks.on_datagram = Some(Arc::new(f));
     }
 
     /// Called when a connection closes, whichever side closed it.

@@ -198,6 +198,11 @@ impl WorkerInstance {
         &self.0.config
     }
 
+    /// Count a message that arrived in a datagram (`udp://` workers).
+    pub(crate) fn count_datagram(&self) {
+        self.0.stats.messages_in.inc();
+    }
+
     /// The number of instances of this worker.
     pub fn count(&self) -> usize {
         self.0.config.count
