@@ -24,10 +24,16 @@ const MARGIN: u64 = 16;
 /// enough for a sibling that was woken too but waits for a core (two cores, many threads).
 pub(crate) const PATIENCE: Duration = Duration::from_millis(20);
 
-/// The shared slots: one per child that accepts, grouped by worker.
+/// Where an in-place reload passes the slots' memory (a descriptor number).
+pub(crate) const FD_ENV: &str = "WERKMANN_BALANCE_FD";
+
+/// The shared slots: one per child that accepts, grouped by worker, in a memory file
+/// (`memfd`) that an in-place reload passes to the new binary, so the children of both
+/// generations share one picture of the load.
 pub(crate) struct Slots {
     base: *const AtomicU64,
     len: usize,
+    fd: i32,
 }
 
 // SAFETY: the slots are atomics in a mapping that lives as long as the process (never
@@ -37,18 +43,45 @@ unsafe impl Send for Slots {}
 unsafe impl Sync for Slots {}
 
 impl Slots {
-    /// `len` slots in memory shared with every child forked after this, all absent.
-    pub fn new(len: usize) -> std::io::Result<Slots> {
+    /// `len` slots shared with every child forked after this: the ones an in-place reload
+    /// passed on (`FD_ENV`) if they are as many, else new ones, all absent.
+    pub fn open(len: usize) -> std::io::Result<Slots> {
         let bytes = (len.max(1) * std::mem::size_of::<AtomicU64>()).next_multiple_of(4096);
-        // SAFETY: an anonymous shared mapping of `bytes` bytes, not tied to any file; the
-        // result is checked against MAP_FAILED.
+        let inherited = std::env::var(FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok());
+        std::env::remove_var(FD_ENV);
+        if let Some(fd) = inherited {
+            // SAFETY: fstat(2) on a descriptor number fills a local struct or fails.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let same = unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_size as usize == bytes;
+            if same {
+                crate::master::set_cloexec(fd, true);
+                return Slots::map(fd, len, bytes, false);
+            }
+            // SAFETY: the descriptor was passed to this process for this and nothing else
+            // uses it.
+            unsafe { libc::close(fd) };
+        }
+        // SAFETY: memfd_create(2) with a NUL-terminated name makes a new descriptor.
+        let fd = unsafe { libc::memfd_create(c"werkmann-load".as_ptr(), libc::MFD_CLOEXEC) };
+        // SAFETY: ftruncate(2) sizes the new memory file.
+        if fd < 0 || unsafe { libc::ftruncate(fd, bytes as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Slots::map(fd, len, bytes, true)
+    }
+
+    fn map(fd: i32, len: usize, bytes: usize, fresh: bool) -> std::io::Result<Slots> {
+        // SAFETY: a shared mapping of `bytes` bytes of the memory file `fd`, which is that
+        // large; the result is checked against MAP_FAILED.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
+                libc::MAP_SHARED,
+                fd,
                 0,
             )
         };
@@ -58,11 +91,19 @@ impl Slots {
         let slots = Slots {
             base: ptr.cast(),
             len,
+            fd,
         };
-        for i in 0..len {
-            slots.slot(i).store(ABSENT, Ordering::Relaxed);
+        if fresh {
+            for i in 0..len {
+                slots.slot(i).store(ABSENT, Ordering::Relaxed);
+            }
         }
         Ok(slots)
+    }
+
+    /// The memory file's descriptor (for an in-place reload).
+    pub fn fd(&self) -> i32 {
+        self.fd
     }
 
     fn slot(&self, i: usize) -> &AtomicU64 {
@@ -77,6 +118,7 @@ impl Slots {
         Slots {
             base: self.base,
             len: self.len,
+            fd: self.fd,
         }
     }
 

@@ -63,8 +63,14 @@ pub enum Command {
         #[arg(short = 'g')]
         graceful: bool,
     },
-    /// Swap in the binary now on disk without refusing a connection
-    Reload,
+    /// Swap in the binary now on disk without refusing a connection; with -g the old
+    /// instances finish their connections first
+    Reload {
+        /// Gracefully: each old instance waits for its connections to finish (up to the
+        /// graceful timeout) instead of closing them after `stop_timeout`
+        #[arg(short = 'g')]
+        graceful: bool,
+    },
     /// Show the running process's figures, per instance
     Status {
         /// Refresh every second, with rates per second (Ctrl+C to quit)

@@ -660,6 +660,22 @@ impl Connection {
     /// whole seconds: between `limit` and `limit + 1` s) and still not complete — a client that
     /// sends it a byte at a time, which the idle timeout does not see — is answered 408 and
     /// closed; returns whether it was.
+    /// A graceful stop's part: close the connection if it rests between requests (an HTTP
+    /// keep-alive connection with no request begun, nothing left to write); `true` if closed.
+    /// Other connections are left to finish (their peers close them, or the stop's timeout).
+    pub(crate) fn close_if_resting(&self) -> bool {
+        if self.status() != Status::Established
+            || !self.0.codec.borrow().awaits_head()
+            || !self.0.read_buf.borrow().is_empty()
+            || self.send_buffer_len() > 0
+        {
+            return false;
+        }
+        self.closed_because(Closed::Stop);
+        self.close();
+        true
+    }
+
     pub(crate) fn check_head(&self, now: u32, limit: u32) -> bool {
         let since = self.0.head_since.get();
         if since == NO_HEAD

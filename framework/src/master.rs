@@ -21,7 +21,9 @@ use crate::signals::{Sig, Signals};
 use crate::worker::instance::{ConnectionInfo, GetConnections, GetStatus, InstanceActor, Stop};
 use crate::worker::{InstanceStatus, Worker};
 
-const INHERIT_ENV: &str = "WERKMANN_INHERIT_FDS";
+pub(crate) const INHERIT_ENV: &str = "WERKMANN_INHERIT_FDS";
+/// The least a graceful stop waits for connections to finish (`stop_timeout` if longer).
+pub(crate) const GRACEFUL_MIN: Duration = Duration::from_secs(10);
 const RELOAD_PARENT_ENV: &str = "WERKMANN_RELOAD_PARENT";
 
 /// Run Workerman's command line from `argv` (see [`cli::Workerman`]) for these workers;
@@ -60,8 +62,9 @@ pub fn run(cmd: Command, workers: Vec<Worker>) -> i32 {
         .iter()
         .map(|w| w.stop_timeout)
         .max()
-        .unwrap_or_default()
-        + Duration::from_secs(10);
+        .unwrap_or_default();
+    // A graceful stop waits up to its timeout, then closes what is left within `stop_timeout`.
+    let stop_wait = stop_wait.max(GRACEFUL_MIN) + stop_wait + Duration::from_secs(5);
     let result = match cmd {
         Command::Start { daemon } => start(workers, &paths, &program, daemon),
         Command::Stop { graceful } => cli::stop(&paths, &program, graceful, stop_wait),
@@ -71,10 +74,20 @@ pub fn run(cmd: Command, workers: Vec<Worker>) -> i32 {
                 Err(e) => Err(e),
             }
         }
-        Command::Reload => match cli::running_pid(&paths.pid) {
-            Some(pid) => cli::signal(pid, libc::SIGUSR1)
-                .map(|_| println!("{program} reloading (pid {pid})"))
-                .map_err(Error::from),
+        Command::Reload { graceful } => match cli::running_pid(&paths.pid) {
+            Some(pid) => cli::signal(
+                pid,
+                if graceful {
+                    libc::SIGHUP
+                } else {
+                    libc::SIGUSR1
+                },
+            )
+            .map(|_| {
+                let how = if graceful { " gracefully" } else { "" };
+                println!("{program} reloading{how} (pid {pid})")
+            })
+            .map_err(Error::from),
             None => Err(Error::Cli(format!("{program} is not running"))),
         },
         Command::Status { live, json } => crate::status::show(&paths, &program, live, json),
@@ -107,12 +120,21 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
         .ok()
         .and_then(|p| p.parse().ok());
     if let Some(pid) = cli::running_pid(&paths.pid) {
-        if Some(pid) != reload_parent {
+        // A reload of a supervisor executes the new binary in its own place: its pid.
+        if Some(pid) != reload_parent && pid != std::process::id() as i32 {
             return Err(Error::Cli(format!(
                 "{program} already running (pid {pid}, pid file {})",
                 paths.pid.display()
             )));
         }
+    }
+    let supervised = workers.iter().any(|w| w.processes && w.serve.is_none());
+    if let (false, Some(w)) = (supervised, workers.iter().find(|w| !w.reloadable)) {
+        return Err(Error::Config(format!(
+            "{}: reloadable = false keeps a worker's instances through a reload, which replaces \
+             this whole process unless some worker runs as processes",
+            w.name
+        )));
     }
     // Bind (or inherit) every listening socket before detaching, so errors reach the terminal.
     let mut inherit = inherited();
@@ -153,10 +175,7 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
             listener,
         })
         .collect();
-    let result = if parts
-        .iter()
-        .any(|p| p.worker.processes && p.worker.serve.is_none())
-    {
+    let result = if supervised {
         crate::supervisor::run(parts, paths, pipe, summary, reload_parent)
     } else {
         serve(
@@ -236,6 +255,7 @@ struct Running {
     addrs: Vec<Addr<InstanceActor>>,
     arbiters: Vec<actix_rt::Arbiter>,
     stop_timeout: Duration,
+    reloadable: bool,
 }
 
 /// Serve `parts` in this process: an arbiter and actor per instance, an acceptor per listening
@@ -280,6 +300,7 @@ pub(crate) fn serve(
                     addrs: Vec::new(),
                     arbiters: Vec::new(),
                     stop_timeout: config.stop_timeout,
+                    reloadable: config.reloadable,
                 });
                 continue;
             }
@@ -319,6 +340,7 @@ pub(crate) fn serve(
                 addrs,
                 arbiters,
                 stop_timeout: config.stop_timeout,
+                reloadable: config.reloadable,
             });
         }
         log::info!(
@@ -331,20 +353,15 @@ pub(crate) fn serve(
             // The old process may stop accepting now: every socket is served here.
             let _ = cli::signal(parent, libc::SIGQUIT);
         }
-        let graceful = answer_signals(signals, &running, &paths, &kept, role).await;
+        let ending = answer_signals(signals, &running, &paths, &kept, role).await;
         for a in &acceptors {
             a.abort();
         }
-        log::info!("stopping{}", if graceful { " gracefully" } else { "" });
+        log::info!("{}", ending.describe());
         let mut stops = Vec::new();
         for r in &running {
-            let timeout = if graceful {
-                r.stop_timeout.max(Duration::from_secs(10))
-            } else {
-                r.stop_timeout
-            };
             for a in &r.addrs {
-                stops.push(a.send(Stop { timeout, graceful }));
+                stops.push(a.send(ending.stop(r.stop_timeout)));
             }
         }
         futures_util::future::join_all(stops).await;
@@ -449,40 +466,102 @@ fn hand_over(instances: &[Addr<InstanceActor>], batches: &mut [Vec<Accepted>]) {
     }
 }
 
-/// Wait for signals; answer status requests and reloads. Returns whether the stop is
-/// graceful.
+/// How a process's instances end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Closed after `stop_timeout` (SIGINT, SIGTERM).
+    Stop,
+    /// `stop -g`: connections finish, up to the graceful timeout.
+    Graceful,
+    /// Replaced by a reload: `on_worker_reload`, then as `stop` (or as `stop -g` with -g).
+    Reload { graceful: bool },
+}
+
+impl Ending {
+    fn describe(self) -> &'static str {
+        match self {
+            Ending::Stop => "stopping",
+            Ending::Graceful => "stopping gracefully",
+            Ending::Reload { graceful: false } => "reloaded: stopping",
+            Ending::Reload { graceful: true } => "reloaded: stopping gracefully",
+        }
+    }
+
+    /// The message that stops an instance of a worker with this `stop_timeout`.
+    fn stop(self, stop_timeout: Duration) -> Stop {
+        let graceful_timeout = stop_timeout.max(GRACEFUL_MIN);
+        let (timeout, graceful, reload) = match self {
+            Ending::Stop => (stop_timeout, false, false),
+            Ending::Graceful => (graceful_timeout, true, false),
+            // Resting HTTP connections go at once, the others after `stop_timeout`.
+            Ending::Reload { graceful: false } => (stop_timeout, true, true),
+            Ending::Reload { graceful: true } => (graceful_timeout, true, true),
+        };
+        Stop {
+            timeout,
+            graceful,
+            reload,
+        }
+    }
+}
+
+/// A reload this process started (`Some(graceful)`); a new process then asks it to stop
+/// (SIGQUIT), which it does as the reload said.
+static RELOADING: std::sync::Mutex<Option<bool>> = std::sync::Mutex::new(None);
+
+/// Wait for signals; answer status requests and reloads. Returns how the instances end.
 async fn answer_signals(
     mut signals: Signals,
     running: &[Running],
     paths: &Paths,
     listeners: &[(String, RawFd)],
     role: Role,
-) -> bool {
+) -> Ending {
     loop {
-        match signals.next().await {
-            Sig::Stop => return false,
-            Sig::Graceful => return true,
-            Sig::Status => write_status(running, paths).await,
-            Sig::Connections => write_connections(running, paths).await,
-            Sig::Reload => match role {
-                Role::Child => {
-                    log::warn!(
-                        "reload is the supervisor's (pid {}): signal it",
-                        parent_pid()
-                    );
+        let graceful = match signals.next().await {
+            Sig::Stop => return Ending::Stop,
+            Sig::Graceful => {
+                return match *RELOADING.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(graceful) => Ending::Reload { graceful },
+                    None => Ending::Graceful,
                 }
-                Role::Alone => {
-                    if let Err(e) = spawn_reload(listeners) {
-                        log::error!("reload failed: {e}");
+            }
+            Sig::Status => {
+                write_status(running, paths).await;
+                continue;
+            }
+            Sig::Connections => {
+                write_connections(running, paths).await;
+                continue;
+            }
+            Sig::Reload => false,
+            Sig::GracefulReload => true,
+        };
+        match role {
+            // The supervisor replaces this child: it ends unless its workers stay.
+            Role::Child if running.iter().all(|r| r.reloadable) => {
+                return Ending::Reload { graceful };
+            }
+            Role::Child => {
+                log::info!("reload: this process's workers are not reloadable; they go on");
+                for r in running {
+                    for a in &r.addrs {
+                        a.do_send(crate::worker::instance::Reloaded);
                     }
                 }
+            }
+            Role::Alone => match spawn_reload(listeners) {
+                Ok(()) => *RELOADING.lock().unwrap_or_else(|e| e.into_inner()) = Some(graceful),
+                Err(e) => log::error!("reload failed: {e}"),
             },
         }
     }
 }
 
-pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()> {
-    let exe = std::env::current_exe()?;
+/// The binary now on disk and this process's arguments, to start it again in the
+/// foreground (a daemon is detached already).
+pub(crate) fn reload_command() -> (std::path::PathBuf, Vec<String>) {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let exe = match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
         Some(p) => std::path::PathBuf::from(p),
         None => exe,
@@ -492,10 +571,20 @@ pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()>
         .map(|a| if a == "reload" { "start".into() } else { a })
         .filter(|a| a != "-d")
         .collect();
+    (exe, args)
+}
+
+/// `WERKMANN_INHERIT_FDS`'s value for these listening sockets.
+pub(crate) fn inherit_list(listeners: &[(String, RawFd)]) -> String {
     let fds: Vec<String> = listeners
         .iter()
         .map(|(a, fd)| format!("{a}={fd}"))
         .collect();
+    fds.join(",")
+}
+
+pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()> {
+    let (exe, args) = reload_command();
     for (_, fd) in listeners {
         set_cloexec(*fd, false);
     }
@@ -503,18 +592,13 @@ pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()>
     log::info!("reloading: starting {} {}", exe.display(), args.join(" "));
     let child = std::process::Command::new(&exe)
         .args(&args)
-        .env(INHERIT_ENV, fds.join(","))
+        .env(INHERIT_ENV, inherit_list(listeners))
         .env(RELOAD_PARENT_ENV, std::process::id().to_string())
         .spawn();
     for (_, fd) in listeners {
         set_cloexec(*fd, true);
     }
     child.map(|c| log::info!("new process {} started", c.id()))
-}
-
-fn parent_pid() -> i32 {
-    // SAFETY: getppid(2) takes nothing and cannot fail.
-    unsafe { libc::getppid() }
 }
 
 async fn write_status(running: &[Running], paths: &Paths) {

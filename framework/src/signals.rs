@@ -23,6 +23,8 @@ pub(crate) enum Sig {
     Graceful,
     /// SIGUSR1 (`reload`).
     Reload,
+    /// SIGHUP (`reload -g`).
+    GracefulReload,
     /// SIGUSR2 (`status`).
     Status,
     /// SIGIO (`connections`).
@@ -35,6 +37,7 @@ impl Sig {
             libc::SIGINT | libc::SIGTERM => Sig::Stop,
             libc::SIGQUIT => Sig::Graceful,
             libc::SIGUSR1 => Sig::Reload,
+            libc::SIGHUP => Sig::GracefulReload,
             libc::SIGUSR2 => Sig::Status,
             libc::SIGIO => Sig::Connections,
             _ => return None,
@@ -43,18 +46,19 @@ impl Sig {
 }
 
 /// The command line's signals.
-const COMMANDS: [i32; 6] = [
+const COMMANDS: [i32; 7] = [
     libc::SIGINT,
     libc::SIGTERM,
     libc::SIGQUIT,
     libc::SIGUSR1,
     libc::SIGUSR2,
     libc::SIGIO,
+    libc::SIGHUP,
 ];
 
 /// The signals a process receives, by one of two means (see the module's text).
 pub(crate) enum Signals {
-    Tokio(Box<[tokio::signal::unix::Signal; 6]>),
+    Tokio(Box<[tokio::signal::unix::Signal; 7]>),
     Fd(AsyncFd<OwnedFd>),
 }
 
@@ -63,7 +67,7 @@ impl Signals {
     pub fn handlers() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         let kinds = COMMANDS.map(SignalKind::from_raw);
-        let [a, b, c, d, e, f] = kinds;
+        let [a, b, c, d, e, f, g] = kinds;
         Ok(Signals::Tokio(Box::new([
             signal(a)?,
             signal(b)?,
@@ -71,6 +75,7 @@ impl Signals {
             signal(d)?,
             signal(e)?,
             signal(f)?,
+            signal(g)?,
         ])))
     }
 
@@ -96,7 +101,7 @@ impl Signals {
     pub async fn next(&mut self) -> Sig {
         match self {
             Signals::Tokio(s) => {
-                let [int, term, quit, usr1, usr2, io] = &mut **s;
+                let [int, term, quit, usr1, usr2, io, hup] = &mut **s;
                 tokio::select! {
                     _ = int.recv() => Sig::Stop,
                     _ = term.recv() => Sig::Stop,
@@ -104,6 +109,7 @@ impl Signals {
                     _ = usr1.recv() => Sig::Reload,
                     _ = usr2.recv() => Sig::Status,
                     _ = io.recv() => Sig::Connections,
+                    _ = hup.recv() => Sig::GracefulReload,
                 }
             }
             Signals::Fd(fd) => loop {

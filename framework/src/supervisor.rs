@@ -33,6 +33,10 @@ const REPORT_WAIT: Duration = Duration::from_secs(3);
 /// serves, and how it has fared.
 struct Child {
     serves: Vec<(usize, std::ops::Range<usize>)>,
+    /// Whether a reload replaces it (all its workers are reloadable).
+    reloadable: bool,
+    /// The longest `stop_timeout` of its workers.
+    stop_timeout: Duration,
     /// Its worker's slots and its own in the shared load (`balance.rs`); none for the child
     /// of the workers run as threads.
     slot: Option<(std::ops::Range<usize>, usize)>,
@@ -46,6 +50,183 @@ struct Child {
     quick: u32,
     /// When to start it again (set while it is down).
     due: Option<Instant>,
+}
+
+/// The environment an in-place reload passes to the new binary: the children running
+/// (`pid:restarts:label;…`), how to replace them, and the shared load's memory.
+const ADOPT_ENV: &str = "WERKMANN_ADOPT";
+const ADOPT_GRACEFUL_ENV: &str = "WERKMANN_ADOPT_GRACEFUL";
+
+/// A reload: the supervisor executes the binary now on disk in its own place (same pid, same
+/// children, the listening sockets and the shared load's memory passed on), and that one
+/// replaces the children one at a time. Returns only if it could not.
+fn reexec(
+    kept: &[(String, i32)],
+    children: &[Child],
+    slots: &balance::Slots,
+    graceful: bool,
+) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let running: Vec<String> = children
+        .iter()
+        .filter_map(|c| Some(format!("{}:{}:{}", c.pid?, c.restarts, c.label)))
+        .collect();
+    let mut fds: Vec<i32> = kept.iter().map(|(_, fd)| *fd).collect();
+    fds.push(slots.fd());
+    for fd in &fds {
+        master::set_cloexec(*fd, false);
+    }
+    let (exe, args) = master::reload_command();
+    log::info!(
+        "reloading{}: executing {} {}",
+        if graceful { " gracefully" } else { "" },
+        exe.display(),
+        args.join(" ")
+    );
+    let err = std::process::Command::new(&exe)
+        .args(&args)
+        .env(master::INHERIT_ENV, master::inherit_list(kept))
+        .env(ADOPT_ENV, running.join(";"))
+        .env(ADOPT_GRACEFUL_ENV, if graceful { "1" } else { "0" })
+        .env(balance::FD_ENV, slots.fd().to_string())
+        .exec();
+    for fd in &fds {
+        master::set_cloexec(*fd, true);
+    }
+    err
+}
+
+/// The children of the binary before a reload, and their replacement, one at a time: the
+/// new child starts, then the old one is told to reload (it runs `on_worker_reload`, stops
+/// accepting, and finishes its connections — with `reload -g` up to the graceful timeout),
+/// and the next waits until it has ended. A child whose workers are not reloadable is kept.
+struct Generation {
+    /// (index in `children`, old pid) still to replace, in order.
+    queue: std::collections::VecDeque<(usize, i32)>,
+    /// Old processes of workers this binary no longer has: stopped at once.
+    orphans: Vec<i32>,
+    /// The old process being replaced, and when to stop waiting for it.
+    draining: Option<(i32, Instant)>,
+    graceful: bool,
+}
+
+impl Generation {
+    /// The children an in-place reload passed on, matched to `children` by what they serve;
+    /// a child with an old process is not started until its turn.
+    fn adopt(children: &mut [Child]) -> Generation {
+        let mut g = Generation {
+            queue: Default::default(),
+            orphans: Vec::new(),
+            draining: None,
+            graceful: std::env::var(ADOPT_GRACEFUL_ENV).is_ok_and(|v| v == "1"),
+        };
+        let Ok(list) = std::env::var(ADOPT_ENV) else {
+            return g;
+        };
+        std::env::remove_var(ADOPT_ENV);
+        for entry in list.split(';').filter(|e| !e.is_empty()) {
+            let mut it = entry.splitn(3, ':');
+            let (Some(pid), Some(restarts), Some(label)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            let (Ok(pid), Ok(restarts)) = (pid.parse::<i32>(), restarts.parse::<u32>()) else {
+                continue;
+            };
+            match children.iter().position(|c| c.label == label) {
+                Some(i) => {
+                    let c = &mut children[i];
+                    c.restarts = restarts;
+                    if c.reloadable {
+                        g.queue.push_back((i, pid));
+                    } else {
+                        // Kept: it goes on as this binary's child, told of the reload.
+                        c.pid = Some(pid);
+                        c.due = None;
+                        c.started_unix = 1.0;
+                        let sig = if g.graceful {
+                            libc::SIGHUP
+                        } else {
+                            libc::SIGUSR1
+                        };
+                        let _ = cli::signal(pid, sig);
+                        log::info!("{label} (pid {pid}) is not reloadable: kept");
+                    }
+                    if g.queue.back().is_some_and(|(j, _)| *j == i) {
+                        // Started in its turn, not now (a replacement, not a restart).
+                        children[i].due = None;
+                    }
+                }
+                None => g.orphans.push(pid),
+            }
+        }
+        for pid in &g.orphans {
+            log::info!("pid {pid} serves what this binary no longer has: stopped");
+            let _ = cli::signal(*pid, libc::SIGTERM);
+        }
+        g
+    }
+
+    /// Whether no replacement is under way.
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.draining.is_none() && self.orphans.is_empty()
+    }
+
+    /// A process ended: the one being replaced (the next may go), or an orphan.
+    fn ended(&mut self, pid: i32) {
+        if self.draining.is_some_and(|(p, _)| p == pid) {
+            log::info!("the old process {pid} has finished");
+            self.draining = None;
+        }
+        self.orphans.retain(|p| *p != pid);
+    }
+
+    /// Replace the next child when the one before has ended (or its time is up).
+    fn step(
+        &mut self,
+        children: &mut [Child],
+        parts: &mut Vec<Part>,
+        paths: &Paths,
+        summary: &str,
+        slots: &balance::Slots,
+    ) {
+        if let Some((pid, deadline)) = self.draining {
+            if Instant::now() < deadline {
+                return;
+            }
+            log::warn!("the old process {pid} did not finish in time: killed");
+            let _ = cli::signal(pid, libc::SIGKILL);
+            self.draining = None;
+        }
+        let Some((i, pid)) = self.queue.pop_front() else {
+            return;
+        };
+        let c = &mut children[i];
+        c.due = Some(Instant::now());
+        start(c, parts, paths, summary, slots);
+        let wait = master::GRACEFUL_MIN.max(c.stop_timeout);
+        let _ = cli::signal(
+            pid,
+            if self.graceful {
+                libc::SIGHUP
+            } else {
+                libc::SIGUSR1
+            },
+        );
+        log::info!("{} (pid {pid}) replaced; waiting for it to finish", c.label);
+        self.draining = Some((pid, Instant::now() + wait + Duration::from_secs(5)));
+    }
+
+    /// A stop during a replacement: the old processes stop too.
+    fn stop_all(&mut self) {
+        for (_, pid) in self.queue.drain(..) {
+            let _ = cli::signal(pid, libc::SIGTERM);
+            self.orphans.push(pid);
+        }
+        if let Some((pid, _)) = self.draining.take() {
+            let _ = cli::signal(pid, libc::SIGTERM);
+            self.orphans.push(pid);
+        }
+    }
 }
 
 /// A stop under way: graceful or not, and when to stop waiting.
@@ -70,7 +251,9 @@ pub(crate) fn run(
     let set = signals::supervisor_set();
     signals::mask(libc::SIG_BLOCK, &set)?;
     let mut children = plan(&parts);
-    let slots = balance::Slots::new(children.iter().filter(|c| c.slot.is_some()).count())?;
+    let slots = balance::Slots::open(children.iter().filter(|c| c.slot.is_some()).count())?;
+    // After an in-place reload: the children of the binary before, each replaced in turn.
+    let mut old = Generation::adopt(&mut children);
     let stop_timeout = parts
         .iter()
         .map(|p| p.worker.stop_timeout)
@@ -96,8 +279,11 @@ pub(crate) fn run(
     // Every socket is bound and listening: connections wait in the backlog for the children.
     cli::report_start(pipe, &format!("ok\n{summary}"));
     for c in children.iter_mut() {
-        start(c, &mut parts, paths, &summary, &slots);
+        if c.due.is_some() {
+            start(c, &mut parts, paths, &summary, &slots);
+        }
     }
+    old.step(&mut children, &mut parts, paths, &summary, &slots);
     if let Some(parent) = reload_parent {
         let _ = cli::signal(parent, libc::SIGQUIT);
     }
@@ -121,24 +307,37 @@ pub(crate) fn run(
                 let wait = stop_timeout.max(Duration::from_secs(10));
                 stopping = Some(begin_stop(&children, libc::SIGQUIT, wait));
             }
-            Some(libc::SIGUSR1) if stopping.is_none() => {
-                if let Err(e) = master::spawn_reload(&kept) {
-                    log::error!("reload failed: {e}");
-                }
+            Some(sig @ (libc::SIGUSR1 | libc::SIGHUP)) if stopping.is_none() && old.idle() => {
+                // Only returns if the new binary could not be started.
+                let e = reexec(&kept, &children, &slots, sig == libc::SIGHUP);
+                log::error!("reload failed: {e}");
+            }
+            Some(libc::SIGUSR1 | libc::SIGHUP) if stopping.is_none() => {
+                log::warn!("a reload is under way: this one is ignored");
             }
             Some(libc::SIGUSR2) => write_status(&children, paths, workers),
             Some(libc::SIGIO) => write_connections(&children, paths),
             _ => {}
         }
-        reap(&mut children, stopping.is_some(), &slots);
+        for pid in reap(&mut children, stopping.is_some(), &slots) {
+            old.ended(pid);
+        }
+        if stopping.is_none() {
+            old.step(&mut children, &mut parts, paths, &summary, &slots);
+        } else {
+            old.stop_all();
+        }
         match &mut stopping {
-            Some(_) if children.iter().all(|c| c.pid.is_none()) => break,
+            Some(_) if children.iter().all(|c| c.pid.is_none()) && old.idle() => break,
             Some(s) if Instant::now() >= s.deadline && !s.killed => {
                 for c in &children {
                     if let Some(pid) = c.pid {
                         log::warn!("{} (pid {pid}) did not stop in time: killed", c.label);
                         let _ = cli::signal(pid, libc::SIGKILL);
                     }
+                }
+                for pid in &old.orphans {
+                    let _ = cli::signal(*pid, libc::SIGKILL);
                 }
                 s.killed = true;
             }
@@ -184,6 +383,11 @@ fn plan(parts: &[Part]) -> Vec<Child> {
             format!("threads ({})", rest_names.join(", ")),
         ));
     }
+    for c in children.iter_mut() {
+        let workers = || c.serves.iter().map(|(i, _)| &parts[*i].worker);
+        c.reloadable = workers().all(|w| w.reloadable);
+        c.stop_timeout = workers().map(|w| w.stop_timeout).max().unwrap_or_default();
+    }
     children
 }
 
@@ -191,6 +395,8 @@ impl Child {
     fn new(serves: Vec<(usize, std::ops::Range<usize>)>, label: String) -> Child {
         Child {
             serves,
+            reloadable: true,
+            stop_timeout: Duration::ZERO,
             slot: None,
             label,
             pid: None,
@@ -317,16 +523,20 @@ fn begin_stop(children: &[Child], sig: i32, wait: Duration) -> Stopping {
 }
 
 /// Collect the children that ended; schedule each one's new start unless stopping.
-fn reap(children: &mut [Child], stopping: bool, slots: &balance::Slots) {
+/// Returns the pids that ended and were none of `children`'s (the old generation's, after a
+/// reload, or processes the app started itself).
+fn reap(children: &mut [Child], stopping: bool, slots: &balance::Slots) -> Vec<i32> {
+    let mut others = Vec::new();
     loop {
         let mut status = 0;
         // SAFETY: waitpid(2) with WNOHANG writes the status into a local integer.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid <= 0 {
-            return;
+            return others;
         }
         let Some(c) = children.iter_mut().find(|c| c.pid == Some(pid)) else {
-            continue; // a process the app started itself
+            others.push(pid);
+            continue;
         };
         c.pid = None;
         if let Some((_, me)) = &c.slot {

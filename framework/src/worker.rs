@@ -36,6 +36,7 @@ type SyncDatagramFn = Arc<dyn Fn(&crate::udp::UdpConnection, Message) + Send + S
 pub(crate) struct WorkerCallbacks {
     pub on_worker_start: Option<SyncInstanceFn>,
     pub on_worker_stop: Option<SyncInstanceFn>,
+    pub on_worker_reload: Option<SyncInstanceFn>,
     pub on_connect: Option<SyncConnFn>,
     pub on_message: Option<SyncMessageFn>,
     pub on_close: Option<SyncConnFn>,
@@ -136,6 +137,11 @@ pub struct Worker {
     /// id. One crash or out-of-memory kill then takes one instance down, and each child has
     /// its own open-file limit. Off by default (docs/architecture.md "Threads or processes").
     pub processes: bool,
+    /// Whether a reload replaces this worker's instances (Workerman's `reloadable`, default
+    /// `true`). `false` keeps them running through reloads (they get `on_worker_reload`);
+    /// it needs a supervisor — some worker of the app run as processes — since a reload of a
+    /// single process replaces all of it.
+    pub reloadable: bool,
     /// A Unix socket's file permission bits (e.g. `0o660`), set after binding; `None` leaves
     /// what the umask gives.
     pub unix_mode: Option<u32>,
@@ -344,6 +350,7 @@ impl Worker {
             sessions: None,
             time_based_connection_ids: false,
             processes: false,
+            reloadable: true,
             unix_mode: None,
             serve: None,
             hub: None,
@@ -446,6 +453,12 @@ impl Worker {
         f: impl Fn(&crate::udp::UdpConnection, Message) + Send + Sync + 'static,
     ) {
         self.callbacks.on_datagram = Some(Arc::new(f));
+    }
+
+    /// Called on each instance a reload reaches (Workerman's `onWorkerReload`): before it
+    /// stops for its replacement, or as it goes on (`reloadable = false`).
+    pub fn on_worker_reload(&mut self, f: impl Fn(&WorkerInstance) + Send + Sync + 'static) {
+        self.callbacks.on_worker_reload = Some(Arc::new(f));
     }
 
     /// Called when a connection closes, whichever side closed it.

@@ -472,3 +472,247 @@ async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
     let answered = prober.join().expect("the prober saw no refusal");
     assert!(answered > 10, "{answered}");
 }
+
+/// HTTP keep-alive requests in a loop: each one must be answered whole. A request written on
+/// a connection the server closed while it rested (the close and the request crossed) is sent
+/// again on a new connection, as HTTP clients do; a connection refused or a response cut short
+/// fails. Returns (answered, sent again).
+fn keep_alive_load(addr: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
+    use std::io::{BufRead, Read, Write};
+    let (mut answered, mut again) = (0u64, 0u64);
+    let mut conn: Option<std::io::BufReader<std::net::TcpStream>> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let fresh = conn.is_none();
+        let c = conn.get_or_insert_with(|| {
+            let s = std::net::TcpStream::connect(addr).expect("no connection refused");
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            std::io::BufReader::new(s)
+        });
+        n += 1;
+        let req = format!("GET /?n={n} HTTP/1.1\r\nHost: x\r\n\r\n");
+        if c.get_mut().write_all(req.as_bytes()).is_err() && !fresh {
+            (conn, again) = (None, again + 1);
+            continue;
+        }
+        let mut head = String::new();
+        let mut first = true;
+        loop {
+            let mut line = String::new();
+            let got = c.read_line(&mut line).unwrap_or(0);
+            if got == 0 {
+                assert!(
+                    first && !fresh,
+                    "request {n}: the response was cut short: {head:?}"
+                );
+                break;
+            }
+            first = false;
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        if head.is_empty() {
+            (conn, again) = (None, again + 1);
+            continue;
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_string)
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).expect("the whole body");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body["query"]["n"],
+            n.to_string(),
+            "the answer to request {n}"
+        );
+        answered += 1;
+        if head.to_ascii_lowercase().contains("connection: close") {
+            conn = None;
+        }
+    }
+    (answered, again)
+}
+
+#[tokio::test]
+async fn reload_g_replaces_children_one_at_a_time_answering_every_request() {
+    let a = free_addr("127.0.3.12");
+    let a_s = a.to_string();
+    let app = App::start_daemon(
+        "http_echo",
+        &["--listen", &a_s, "--count", "2", "--processes"],
+        &[a],
+    );
+    let supervisor = app.daemon_pid().unwrap();
+    let before: HashSet<i32> = (0..2u64)
+        .filter_map(|i| pid_of(&app, "http_echo", i))
+        .collect();
+    assert_eq!(before.len(), 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || keep_alive_load(a, stop))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = app.command(&["reload", "-g"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same supervisor (it executed the new binary in its place), new children.
+    wait_until(Duration::from_secs(30), "both children replaced", || {
+        let now: HashSet<i32> = (0..2u64)
+            .filter_map(|i| pid_of(&app, "http_echo", i))
+            .collect();
+        now.len() == 2 && now.is_disjoint(&before)
+    });
+    wait_until(Duration::from_secs(20), "the old children finished", || {
+        before.iter().all(|p| !werkmann_tests::process_alive(*p))
+    });
+    assert_eq!(app.daemon_pid(), Some(supervisor));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut answered, mut again) = (0, 0);
+    for l in load {
+        let (a, g) = l
+            .join()
+            .expect("every request answered, no connection refused");
+        answered += a;
+        again += g;
+    }
+    assert!(answered > 100, "{answered} answered");
+    eprintln!("{answered} requests answered, {again} sent again after a resting close");
+    let log = app.log();
+    assert!(log.contains("http_echo #0 (pid"), "{log}");
+    assert!(log.contains("replaced; waiting for it to finish"), "{log}");
+}
+
+#[test]
+fn stop_g_waits_for_connections_to_finish() {
+    use std::io::{BufRead, Write};
+    let a = free_addr("127.0.3.13");
+    let app = App::start_daemon("text_echo", &["--listen", &a.to_string()], &[a]);
+    let pid = app.daemon_pid().unwrap();
+    let s = std::net::TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    w.write_all(b"eins\n").unwrap();
+    r.read_line(&mut line).unwrap();
+    let stopper = {
+        let (bin, run_dir, args) = (app.bin.clone(), app.run_dir.clone(), app.args.clone());
+        std::thread::spawn(move || {
+            let t = std::time::Instant::now();
+            let out = std::process::Command::new(bin)
+                .args(["stop", "-g"])
+                .args(&args)
+                .env("WERKMANN_RUN_DIR", run_dir)
+                .output()
+                .unwrap();
+            (out, t.elapsed())
+        })
+    };
+    // A second later the connection is still served: the stop waits for it.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(werkmann_tests::process_alive(pid));
+    line.clear();
+    w.write_all(b"zwei\n").unwrap();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "zwei\n");
+    // It closes: the stop completes.
+    drop((r, w));
+    let (out, took) = stopper.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "{took:?}: it ended when the connection did"
+    );
+    assert!(!werkmann_tests::process_alive(pid));
+}
+
+#[test]
+fn a_worker_that_is_not_reloadable_keeps_its_processes() {
+    use std::io::{BufRead, Write};
+    // Without processes there is nothing to keep it in: refused at start.
+    let (l, c, w) = (
+        free_addr("127.0.3.14"),
+        free_addr("127.0.3.14"),
+        free_addr("127.0.3.14"),
+    );
+    let args = [
+        "--listen".to_string(),
+        l.to_string(),
+        "--custom-listen".into(),
+        c.to_string(),
+        "--ws-listen".into(),
+        w.to_string(),
+        "--keep-console".into(),
+    ];
+    let run = werkmann_tests::temp_dir("keep");
+    let out = std::process::Command::new(werkmann_tests::bin("feature_demo"))
+        .arg("start")
+        .args(&args)
+        .env("WERKMANN_RUN_DIR", &run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reloadable = false"));
+
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--count", "2", "--processes"]);
+    let app = App::start_daemon("feature_demo", &args, &[l, c, w]);
+    let consoles: HashSet<i32> = (0..2u64)
+        .filter_map(|i| pid_of(&app, "console", i))
+        .collect();
+    assert_eq!(consoles.len(), 2);
+    let s = std::net::TcpStream::connect(l).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut s = s;
+    let threads_child = |app: &App| -> i64 {
+        status(app)["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["serves"].as_str().unwrap().starts_with("threads"))
+            .map(|c| c["pid"].as_i64().unwrap())
+            .unwrap()
+    };
+    let rest = threads_child(&app);
+    let out = app.command(&["reload"]);
+    assert!(out.status.success());
+    // The console hears of the reload and stays; the other workers' child is replaced.
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "reloading\n");
+    wait_until(
+        Duration::from_secs(20),
+        "the threads child replaced",
+        || threads_child(&app) != rest,
+    );
+    let now: HashSet<i32> = (0..2u64)
+        .filter_map(|i| pid_of(&app, "console", i))
+        .collect();
+    assert_eq!(now, consoles, "the console's processes are the same");
+    line.clear();
+    s.write_all(b"whoami\n").unwrap();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("worker="), "{line}");
+}

@@ -224,6 +224,10 @@ struct Options {
     /// Where the WebSocket worker listens, IP:PORT
     #[arg(long, env = "WERKMANN_WS_LISTEN", default_value = "127.0.0.1:9012")]
     ws_listen: String,
+    /// Keep the console's instances through reloads (Workerman's `reloadable = false`; needs
+    /// --processes)
+    #[arg(long, env = "WERKMANN_KEEP_CONSOLE")]
+    keep_console: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -243,7 +247,12 @@ fn main() -> anyhow::Result<()> {
     options.listen.apply(&mut text);
     text.max_send_buffer_size = 256 * 1024;
     text.max_package_size = 4096;
+    text.reloadable = !options.keep_console;
     text.on_worker_start(|w| log::info!("console instance {} started", w.id()));
+    text.on_worker_reload(|w| {
+        log::info!("console instance {} reloading", w.id());
+        w.broadcast("reloading");
+    });
     text.on_worker_stop(|w| {
         log::info!("console instance {} stopping", w.id());
         // Its clients hear of it before their connections close.

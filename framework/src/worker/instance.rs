@@ -769,24 +769,74 @@ impl Handler<GetConnections> for InstanceActor {
 pub(crate) struct Stop {
     pub timeout: Duration,
     pub graceful: bool,
+    /// A reload ends the instance: `on_worker_reload` first.
+    pub reload: bool,
 }
 
-/// How long a graceful stop keeps serving before it closes connections.
-const GRACE: Duration = Duration::from_millis(500);
+/// A reload reached an instance that stays (`reloadable = false`): `on_worker_reload`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Reloaded;
+
+impl Handler<Reloaded> for InstanceActor {
+    type Result = ();
+    fn handle(&mut self, _: Reloaded, _: &mut Self::Context) {
+        self.inst.reloaded();
+    }
+}
+
+impl WorkerInstance {
+    /// Run `on_worker_reload`, if set.
+    fn reloaded(&self) {
+        let cb = self.0.config.callbacks.on_worker_reload.clone();
+        if let Some(cb) = cb {
+            guard("on_worker_reload", || cb(self));
+        }
+    }
+}
 
 impl Handler<Stop> for InstanceActor {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: Stop, _: &mut Self::Context) -> Self::Result {
         let inst = self.inst.clone();
         Box::pin(async move {
+            if msg.reload {
+                inst.reloaded();
+            }
             // First, as Workerman does: the app may still tell its clients (what it sends is
             // flushed by the close below).
             let cb = inst.0.config.callbacks.on_worker_stop.clone();
             if let Some(cb) = cb {
                 guard("on_worker_stop", || cb(&inst));
             }
-            if msg.graceful && inst.connection_count() > 0 {
-                tokio::time::sleep(GRACE.min(msg.timeout)).await;
+            if msg.graceful {
+                // Workerman's graceful stop: no new connections (the acceptor is gone), and
+                // the open ones finish — an HTTP keep-alive connection is closed as soon as it
+                // rests between requests, the others when their peers close them — until the
+                // timeout, when whatever is left is closed as in a plain stop.
+                let deadline = tokio::time::Instant::now() + msg.timeout;
+                let mut said = false;
+                loop {
+                    let conns: Vec<Connection> = inst.connections().values().cloned().collect();
+                    for c in &conns {
+                        c.close_if_resting();
+                    }
+                    let left = inst.connection_count();
+                    if left == 0 || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    if !said {
+                        log::info!(
+                            "worker {} instance {}: waiting up to {:?} for {left} connections \
+                             to finish",
+                            inst.name(),
+                            inst.id(),
+                            msg.timeout
+                        );
+                        said = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
             inst.close_all();
             let deadline = tokio::time::Instant::now() + msg.timeout;
