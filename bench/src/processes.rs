@@ -1,16 +1,22 @@
-//! The processes group (issue 20; `--only processes`, not in the default run): the same
-//! cluster topology with its WebSocket node's instances as threads of one process and as
-//! child processes of a supervisor, side by side in one run:
+//! The processes group (issue 20; `--only processes`, not in the default run): two pairs of
+//! setups, each the same topology with its instances as threads of one process and as child
+//! processes of a supervisor, side by side in one run:
 //!
-//! - threads: `start_channel` + 1 × `start_ws --count 2` + `start_http`
-//!   ([`Setup::WerkmannCluster`]);
-//! - processes: the same with `start_ws --count 2 --processes`
-//!   ([`Setup::WerkmannProcesses`]): a single-threaded supervisor forks one child per
-//!   instance, the children sharing the listening socket.
+//! - cluster (`--modes cluster`), threads: `start_channel` + 1 × `start_ws --count 2` +
+//!   `start_http` ([`Setup::WerkmannCluster`]); processes: the same with `start_ws --count 2
+//!   --processes` ([`Setup::WerkmannProcesses`]): a single-threaded supervisor forks one
+//!   child per instance, the children sharing the listening socket;
+//! - all-in-one (`--modes all`), threads: `start_all --count 2` ([`Setup::WerkmannAll`]: the
+//!   channel hub embedded, publishes reaching the WebSocket instances in-process);
+//!   processes: `start_all --count 2 --processes` ([`Setup::WerkmannAllProcesses`]): each
+//!   WebSocket and publisher instance a child process, the channel hub in another child,
+//!   which the instances reach over a Unix socket.
 //!
-//! One session per setup and run on a fresh server, the two in turn (threads first on even
-//! runs, processes first on odd ones), each row the median of the runs:
+//! One session per setup and run on a fresh server, each pair's two in turn (threads first
+//! on even runs, processes first on odd ones), each row the median of the runs:
 //!
+//! 0. **publish** (all-in-one only, first, on the fresh server): requests per second the
+//!    publisher answers, as the `publish` group measures them (`Suite::publish_rate`).
 //! 1. **idle**: `bcast_n` WebSocket clients on the broadcast channel: the server's memory (PSS
 //!    and RSS of every process, the supervisor's children included) after a warm-up push
 //!    reached them all, less before, per connection; new connections per second.
@@ -37,11 +43,24 @@ pub fn broadcast_label(n: u32, m: u32) -> String {
     format!("processes group: broadcast {} × {m}", k(n))
 }
 
-/// The two setups, threads first: one WebSocket node of `--count 2`.
+/// The publish row's label (all-in-one only).
+pub fn publish_label(conns: usize) -> String {
+    format!("processes group: publish, {conns} keep-alive connections")
+}
+
+/// The cluster pair, threads first: one WebSocket node of `--count 2`.
 pub fn setups(build: Build) -> [Setup; 2] {
     [
         Setup::WerkmannCluster { ws: 1, build },
         Setup::WerkmannProcesses { ws: 1, build },
+    ]
+}
+
+/// The all-in-one pair, threads first: `start_all --count 2` [`--processes`].
+pub fn all_setups(build: Build) -> [Setup; 2] {
+    [
+        Setup::WerkmannAll { build },
+        Setup::WerkmannAllProcesses { build },
     ]
 }
 
@@ -52,17 +71,31 @@ impl Suite {
         if !self.sys("werkmann") {
             return;
         }
-        let mut both = Vec::new();
-        for s in setups(Build::Current) {
-            if self.usable(s) {
-                both.push(s);
+        let mut pairs = Vec::new();
+        for (mode, pair) in [
+            ("cluster", setups(Build::Current)),
+            ("all", all_setups(Build::Current)),
+        ] {
+            if !self.mode(mode) {
+                continue;
             }
+            let mut both = Vec::new();
+            for s in pair {
+                if self.usable(s) {
+                    both.push(s);
+                }
+            }
+            pairs.push(both);
         }
         let mut rows: Vec<(Setup, String, Vec<Row>)> = Vec::new();
         'runs: for run in 0..self.opts.plan.repeats {
-            let mut order = both.clone();
-            if run % 2 == 1 {
-                order.reverse();
+            let mut order = Vec::new();
+            for both in &pairs {
+                let mut both = both.clone();
+                if run % 2 == 1 {
+                    both.reverse();
+                }
+                order.extend(both);
             }
             for s in order {
                 let what = format!("processes, {} ({}), run {}", s.system(), s.mode(), run + 1);
@@ -97,17 +130,30 @@ impl Suite {
         }
     }
 
-    /// One session of the two rows on a fresh server (see the module's text).
+    /// One session of the rows on a fresh server (see the module's text).
     async fn session_processes(&mut self, setup: Setup) -> Result<Vec<Row>> {
         let p = self.opts.plan.clone();
         let mut sys = self.start(setup, "processes").await?;
+        let procs = sys.pids().len() as f64;
+        let mut out = Vec::new();
+        if setup.mode().starts_with("all-in-one") {
+            // First, on the fresh server: nobody subscribed, nothing being cleaned up.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut r = self.publish_rate(&sys).await?;
+            r.scenario = Scenario::Processes;
+            r.label = publish_label(p.rate_conns);
+            // Per request, not per delivery as on the other rows: a name of its own.
+            if let Some(v) = r.m.remove("cpu_us") {
+                r.set("req_cpu_us", v);
+            }
+            r.set("processes", procs);
+            out.push(r);
+        }
         let mut conn = Conn::connect(sys.api.addr).await?;
         let mut conns = Vec::new();
         for _ in 0..p.inflight.max(1) {
             conns.push(Conn::connect(sys.api.addr).await?);
         }
-        let procs = sys.pids().len() as f64;
-        let mut out = Vec::new();
         let mut gen = self.gen(p.bcast_n).await?;
         let i = self.idle(&mut sys, &mut gen, &mut conn, p.bcast_n).await?;
         let mut r = self.idle_row(&idle_label(p.bcast_n), setup, &i);
@@ -150,6 +196,11 @@ mod tests {
             p.describe(),
             "start_channel + 1 × start_ws --count 2 --processes + start_http"
         );
+        assert_eq!((p.nodes(), p.system()), (1, "werkmann"));
+        let [t, p] = all_setups(Build::Current);
+        assert_eq!(t.mode(), "all-in-one");
+        assert_eq!(p.mode(), "all-in-one, processes");
+        assert_eq!(p.describe(), "start_all --count 2 --processes");
         assert_eq!((p.nodes(), p.system()), (1, "werkmann"));
     }
 }

@@ -536,6 +536,7 @@ fn before_after_figures(sc: Scenario) -> &'static [(&'static str, &'static str, 
             ("resume_p99_ms", "resume p99 ms", false),
         ],
         Scenario::Processes => &[
+            ("req_per_s", "publish requests/s", true),
             ("kib_per_conn", "KiB per connection", false),
             ("conns_per_s", "new connections/s", true),
             ("deliveries_per_s", "deliveries/s", true),
@@ -1328,6 +1329,8 @@ fn on_off_table(
 /// Every figure a processes-group row may have, for its progress line.
 const PROCESSES_FIGURES: &[(&str, &str)] = &[
     ("processes", "server processes"),
+    ("req_per_s", "publish req/s"),
+    ("req_cpu_us", "server µs CPU/request"),
     ("clients", "clients"),
     ("kib_per_conn", "KiB/conn (PSS)"),
     ("rss_per_conn", "KiB/conn (RSS)"),
@@ -1342,21 +1345,30 @@ const PROCESSES_FIGURES: &[(&str, &str)] = &[
 
 /// What the processes section's rows are.
 const PROCESSES_NOTE: &str = "\
-The same cluster twice: `start_channel` + one `start_ws --count 2` + `start_http`, the \
-WebSocket node's two instances as threads of one process (threads), and with `--processes` \
-as two child processes of a single-threaded supervisor sharing its listening socket \
-(processes). Memory and CPU are every server process's, the supervisor's children \
-included (server processes: how many were counted). Idle: WebSocket clients on the \
-broadcast channel, the server's memory (PSS; RSS counts pages shared between the children \
-in each) after a warm-up push reached them all, less before, per connection, and \
-connections opened per second. Broadcast: pushes back to back to those clients (16 in \
-flight), server CPU per delivery, latency from sending the push to reading it. Each run \
-starts a fresh server of each setup, in turn (threads first, then processes first), each \
-figure the median of the runs.\n\n";
+Two setups twice each, their instances as threads of one process (threads) and with \
+`--processes` as child processes of a single-threaded supervisor sharing its listening \
+sockets (processes). 1 ws node: `start_channel` + one `start_ws --count 2` + `start_http`, \
+the WebSocket node's two instances threads or children; each instance holds its own \
+connection to the channel server either way. All-in-one: `start_all --count 2`, as threads \
+with the channel hub embedded (publishes reach the WebSocket instances in-process), with \
+`--processes` each of the two WebSocket and two publisher instances a child and the hub a \
+fifth, which the instances reach over a Unix socket. Memory and CPU are every server \
+process's, the supervisor's children included (server processes: how many were counted). \
+Publish (all-in-one only, first, on the fresh server): publish requests per second answered \
+on keep-alive connections, each sending a broadcast (to no client) as soon as the previous \
+one is answered, and server CPU per request. Idle: WebSocket clients on the broadcast \
+channel, the server's memory (PSS; RSS counts pages shared between the children in each) \
+after a warm-up push reached them all, less before, per connection, and connections opened \
+per second. Broadcast: pushes back to back to those clients (16 in flight), server CPU per \
+delivery, latency from sending the push to reading it. Each run starts a fresh server of \
+each setup, each pair in turn (threads first, then processes first), each figure the \
+median of the runs.\n\n";
 
-/// The processes group (issue 20): threads next to processes, and processes ÷ threads.
+/// The processes group (issue 20): threads next to processes, and processes ÷ threads, for
+/// one cluster WebSocket node and for all-in-one.
 fn processes_section(out: &mut String, rows: &[Row], plan: &Plan) {
-    use crate::processes::{broadcast_label, idle_label};
+    use crate::processes::{all_setups, broadcast_label, idle_label, publish_label, setups};
+    use crate::systems::{Build, Setup};
     let rs: Vec<&Row> = rows
         .iter()
         .filter(|r| r.scenario == Scenario::Processes)
@@ -1364,68 +1376,85 @@ fn processes_section(out: &mut String, rows: &[Row], plan: &Plan) {
     if rs.is_empty() {
         return;
     }
-    out.push_str("### Threads or processes: one WebSocket node of `--count 2`\n\n");
+    out.push_str("### Threads or processes: `--count 2` as threads and as child processes\n\n");
     out.push_str(PROCESSES_NOTE);
-    let of = |label: &str, processes: bool| {
+    let of = |label: &str, s: Setup| {
         rs.iter()
-            .find(|r| r.label == label && r.mode.ends_with(", processes") == processes)
+            .find(|r| r.label == label && r.mode == s.mode() && r.system == s.system())
             .copied()
     };
-    let labels = [
-        (
-            idle_label(plan.bcast_n),
-            &[
-                ("processes", "server processes"),
-                ("kib_per_conn", "KiB/conn (PSS)"),
-                ("rss_per_conn", "KiB/conn (RSS)"),
-                ("conns_per_s", "new conns/s"),
-                ("mem_mib", "server MiB"),
-            ][..],
-        ),
-        (
-            broadcast_label(plan.bcast_n, plan.bcast_m),
-            &[
-                ("deliveries_per_s", "deliveries/s"),
-                ("per_cpu_s", "deliveries/server CPU-s"),
-                ("cpu_us", "server µs CPU/delivery"),
-                ("p50_ms", "p50 ms"),
-                ("p99_ms", "p99 ms"),
-            ][..],
-        ),
+    let publish: &[(&str, &str)] = &[
+        ("processes", "server processes"),
+        ("req_per_s", "publish requests/s"),
+        ("req_cpu_us", "server µs CPU/request"),
+    ];
+    let idle: &[(&str, &str)] = &[
+        ("processes", "server processes"),
+        ("kib_per_conn", "KiB/conn (PSS)"),
+        ("rss_per_conn", "KiB/conn (RSS)"),
+        ("conns_per_s", "new conns/s"),
+        ("mem_mib", "server MiB"),
+    ];
+    let broadcast: &[(&str, &str)] = &[
+        ("deliveries_per_s", "deliveries/s"),
+        ("per_cpu_s", "deliveries/server CPU-s"),
+        ("cpu_us", "server µs CPU/delivery"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
     ];
     let mut lines = Vec::new();
-    for (label, figures) in &labels {
-        let (t, p) = (of(label, false), of(label, true));
-        if t.is_none() && p.is_none() {
-            continue;
-        }
-        for (key, name) in figures.iter() {
-            let (a, b) = (t.and_then(|r| r.get(key)), p.and_then(|r| r.get(key)));
-            let ratio = match (a, b) {
-                (Some(a), Some(b)) if a > 0.0 && *key != "processes" => {
-                    format!("{}×", num(b / a))
-                }
-                _ => "—".into(),
+    for (name, pair) in [
+        ("1 ws node", setups(Build::Current)),
+        ("all-in-one", all_setups(Build::Current)),
+    ] {
+        let labels = [
+            (publish_label(plan.rate_conns), publish),
+            (idle_label(plan.bcast_n), idle),
+            (broadcast_label(plan.bcast_n, plan.bcast_m), broadcast),
+        ];
+        for (label, figures) in &labels {
+            let (t, p) = (of(label, pair[0]), of(label, pair[1]));
+            if t.is_none() && p.is_none() {
+                continue;
+            }
+            let row = label.trim_start_matches("processes group: ").to_string();
+            for (key, figure) in figures.iter() {
+                let (a, b) = (t.and_then(|r| r.get(key)), p.and_then(|r| r.get(key)));
+                let ratio = match (a, b) {
+                    (Some(a), Some(b)) if a > 0.0 && *key != "processes" => {
+                        format!("{}×", num(b / a))
+                    }
+                    _ => "—".into(),
+                };
+                let c = |r: Option<&Row>| r.map_or("—".into(), |r| cell(r, key));
+                lines.push(vec![
+                    name.to_string(),
+                    row.clone(),
+                    figure.to_string(),
+                    c(t),
+                    c(p),
+                    ratio,
+                ]);
+            }
+            let errs = |r: Option<&Row>| {
+                r.map_or("—".into(), |r| {
+                    format!("{} ({})", r.errors.text(), r.runs)
+                })
             };
-            let c = |r: Option<&Row>| r.map_or("—".into(), |r| cell(r, key));
-            lines.push(vec![label.clone(), name.to_string(), c(t), c(p), ratio]);
+            lines.push(vec![
+                name.to_string(),
+                row,
+                "errors (runs)".into(),
+                errs(t),
+                errs(p),
+                String::new(),
+            ]);
         }
-        let errs = |r: Option<&Row>| {
-            r.map_or("—".into(), |r| {
-                format!("{} ({})", r.errors.text(), r.runs)
-            })
-        };
-        lines.push(vec![
-            label.clone(),
-            "errors (runs)".into(),
-            errs(t),
-            errs(p),
-            String::new(),
-        ]);
     }
     table(
         out,
         &[
+            "setup",
             "row",
             "figure",
             "threads",
@@ -1945,21 +1974,59 @@ mod tests {
         b.set("processes", 5.0);
         b.set("kib_per_conn", 12.5);
         b.runs = 3;
+        // All-in-one's pair: the same broadcast label as the cluster pair's, and a publish
+        // row of its own.
+        let [at, ap] = crate::processes::all_setups(Build::Current);
+        let bl = crate::processes::broadcast_label(plan.bcast_n, plan.bcast_m);
+        let mut c = Row::new(Scenario::Processes, &bl, at);
+        c.set("deliveries_per_s", 1000.0);
+        let mut d = Row::new(Scenario::Processes, &bl, ap);
+        d.set("deliveries_per_s", 800.0);
+        let pl = crate::processes::publish_label(plan.rate_conns);
+        let mut e = Row::new(Scenario::Processes, &pl, at);
+        e.set("req_per_s", 40_000.0);
+        let mut f = Row::new(Scenario::Processes, &pl, ap);
+        f.set("req_per_s", 30_000.0);
         let mut out = String::new();
-        processes_section(&mut out, &[a, b], &plan);
+        processes_section(&mut out, &[a, b, d, c, f, e], &plan);
         assert!(
-            out.contains("| row | figure | threads | processes | processes ÷ threads |"),
+            out.contains("| setup | row | figure | threads | processes | processes ÷ threads |"),
             "{out}"
         );
-        assert!(out.contains("| server processes | 3 | 5 | — |"), "{out}");
+        let idle = format!("| 1 ws node | idle {} |", k(plan.bcast_n));
         assert!(
-            out.contains("| KiB/conn (PSS) | 10.0 | 12.5 | 1.25× |"),
+            out.contains(&format!("{idle} server processes | 3 | 5 | — |")),
             "{out}"
         );
         assert!(
-            out.contains("| errors (runs) | 0 (1) | 0 (3) |  |"),
+            out.contains(&format!("{idle} KiB/conn (PSS) | 10.0 | 12.5 | 1.25× |")),
             "{out}"
         );
+        assert!(
+            out.contains(&format!("{idle} errors (runs) | 0 (1) | 0 (3) |  |")),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "| all-in-one | publish, 32 keep-alive connections | publish requests/s \
+                 | 40,000 | 30,000 | 0.75× |"
+            ),
+            "{out}"
+        );
+        let bcast = format!(
+            "| all-in-one | broadcast {} × {} |",
+            k(plan.bcast_n),
+            plan.bcast_m
+        );
+        assert!(
+            out.contains(&format!("{bcast} deliveries/s | 1,000 | 800 | 0.80× |")),
+            "{out}"
+        );
+        // The cluster pair has no broadcast row here, all-in-one no idle row.
+        assert!(!out.contains("| 1 ws node | broadcast"), "{out}");
+        assert!(!out.contains("| all-in-one | idle"), "{out}");
+        // The publish row comes first within its pair.
+        assert!(out.find("| all-in-one | publish") < out.find("| all-in-one | broadcast"));
     }
 
     #[test]

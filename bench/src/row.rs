@@ -37,9 +37,9 @@ pub enum Scenario {
     /// Server-Sent Events next to Nchan's EventSource (`sse_rows.rs`): idle memory,
     /// broadcast, paced latency, resume after drops; the label tells which.
     Sse,
-    /// The processes group (`processes.rs`): one WebSocket node's instances as threads and
-    /// as child processes, idle memory and broadcast; the label tells which row, the mode
-    /// which setup.
+    /// The processes group (`processes.rs`): one WebSocket node's instances, and
+    /// all-in-one's, as threads and as child processes: idle memory, broadcast, and
+    /// all-in-one's publish rate; the label tells which row, the mode which setup.
     Processes,
 }
 

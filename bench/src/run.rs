@@ -282,9 +282,11 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
                    every second for 20 s resuming with Last-Event-ID — on each werkmann mode;
                    metrics: broadcast 10k × 200 on start_all with --metrics scraped every
                    second next to one without, runs alternating, on ÷ off; processes: one
-                   start_ws --count 2 as threads next to --processes (cluster mode) — idle
-                   KiB per connection and conns/s, broadcast deliveries/s, CPU per delivery,
-                   p50/p99 — a fresh server per run, alternating, processes ÷ threads;
+                   start_ws --count 2 as threads next to --processes (cluster mode), and
+                   start_all --count 2 next to start_all --count 2 --processes — idle KiB
+                   per connection and conns/s, broadcast deliveries/s, CPU per delivery,
+                   p50/p99, all-in-one's publish requests/s — a fresh server per run,
+                   alternating, processes ÷ threads;
                    pusher, faults, sse, metrics and processes are not in the default run,
                    only when named)
   --systems LIST   werkmann,werkmann-before,nchan,socketio,soketi (default: all but
@@ -1007,7 +1009,7 @@ impl Suite {
 
     /// HTTP publish requests per second: `rate_conns` keep-alive connections, each sending
     /// a broadcast (to no client) as soon as the previous one is answered.
-    async fn publish_rate(&mut self, sys: &Running) -> Result<Row> {
+    pub(crate) async fn publish_rate(&mut self, sys: &Running) -> Result<Row> {
         let p = &self.opts.plan;
         let mut conns = Vec::new();
         for _ in 0..p.rate_conns {

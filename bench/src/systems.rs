@@ -36,6 +36,14 @@ pub enum Setup {
         /// Which binaries.
         build: Build,
     },
+    /// `start_all --count 2 --processes`: all-in-one with each WebSocket and publisher
+    /// instance a child process of a supervisor, and the channel hub in a third kind of child
+    /// that the instances reach over a Unix socket (the processes group, issue 20, next to
+    /// `WerkmannAll`).
+    WerkmannAllProcesses {
+        /// Which binaries.
+        build: Build,
+    },
     /// `start_channel` + `ws` × `start_ws --count 2` + one `start_http`.
     WerkmannCluster {
         /// WebSocket nodes.
@@ -111,6 +119,7 @@ impl Setup {
     pub fn build(self) -> Option<Build> {
         match self {
             Setup::WerkmannAll { build }
+            | Setup::WerkmannAllProcesses { build }
             | Setup::WerkmannCluster { build, .. }
             | Setup::WerkmannProcesses { build, .. }
             | Setup::WerkmannRedis { build, .. }
@@ -133,6 +142,7 @@ impl Setup {
     pub fn nodes(self) -> usize {
         match self {
             Setup::WerkmannAll { .. }
+            | Setup::WerkmannAllProcesses { .. }
             | Setup::SocketIoAll
             | Setup::WerkmannPusher { .. }
             | Setup::WerkmannHistory { .. }
@@ -150,6 +160,7 @@ impl Setup {
     pub fn mode(self) -> String {
         match self {
             Setup::WerkmannAll { .. } => "all-in-one".into(),
+            Setup::WerkmannAllProcesses { .. } => "all-in-one, processes".into(),
             Setup::WerkmannCluster { ws, .. } => format!("cluster, {}", ws_nodes(ws)),
             Setup::WerkmannProcesses { ws, .. } => {
                 format!("cluster, {}, processes", ws_nodes(ws))
@@ -170,6 +181,7 @@ impl Setup {
     pub fn describe(self) -> String {
         match self {
             Setup::WerkmannAll { .. } => "start_all --count 2".into(),
+            Setup::WerkmannAllProcesses { .. } => "start_all --count 2 --processes".into(),
             Setup::WerkmannCluster { ws, .. } => {
                 format!("start_channel + {ws} × start_ws --count 2 + start_http")
             }
@@ -354,6 +366,7 @@ impl Running {
         let a = |s: SocketAddr| s.to_string();
         match setup {
             Setup::WerkmannAll { .. }
+            | Setup::WerkmannAllProcesses { .. }
             | Setup::WerkmannPusher { .. }
             | Setup::WerkmannHistory { .. }
             | Setup::WerkmannMetrics { .. } => {
@@ -375,6 +388,11 @@ impl Running {
                 }
                 if let Setup::WerkmannHistory { rules, .. } = setup {
                     c.args(["--history", rules]);
+                }
+                // Each instance a child process; the channel hub on a Unix socket in the
+                // system's run directory.
+                if let Setup::WerkmannAllProcesses { .. } = setup {
+                    c.arg("--processes");
                 }
                 let mut ports = vec![ws, api_addr];
                 if let Setup::WerkmannMetrics { .. } = setup {
@@ -564,7 +582,7 @@ impl Running {
     }
 
     /// Every server process, with its child processes (nginx workers, the instances
-    /// `start_ws --processes` forks).
+    /// `start_ws --processes` and `start_all --processes` fork, the latter's channel hub).
     pub fn pids(&self) -> Vec<u32> {
         let mut out = Vec::new();
         for p in &self.procs {
