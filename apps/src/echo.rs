@@ -12,7 +12,7 @@ pub fn run(scheme: &str, name: &str, default_listen: &'static str) -> anyhow::Re
     let app: cli::App<Options> = cli::parse(&[("listen", default_listen)]);
     crate::init_logging();
     let worker = echo_worker(scheme, name, &app.options)?;
-    app.command.run([worker])
+    app.command.run(app.common.with([worker], None)?)
 }
 
 /// The echo worker, for callers that change more settings first.

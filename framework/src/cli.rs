@@ -426,6 +426,33 @@ pub struct Common {
     /// The pid file, the log file, the standard output file.
     #[command(flatten)]
     pub files: Files,
+    /// The user and group to run as.
+    #[command(flatten)]
+    pub identity: RunAs,
+}
+
+/// Who the workers' processes run as (Workerman's `user` and `group`): `--user NAME`
+/// (`WERKMANN_USER`) and `--group NAME` (`WERKMANN_GROUP`), for every worker that names none
+/// itself; see [`crate::Worker::user`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct RunAs {
+    /// Run the workers as this user, privileges dropped after binding (the supervisor stays)
+    #[arg(long, env = "WERKMANN_USER", value_name = "NAME")]
+    pub user: Option<String>,
+    /// With --user: this group instead of the user's own
+    #[arg(long, env = "WERKMANN_GROUP", value_name = "NAME")]
+    pub group: Option<String>,
+}
+
+impl RunAs {
+    /// Give every worker that names no user this one.
+    pub fn apply(&self, workers: &mut [crate::Worker]) {
+        let Some(user) = &self.user else { return };
+        for w in workers.iter_mut().filter(|w| w.user.is_none()) {
+            w.user = Some(user.clone());
+            w.group = self.group.clone();
+        }
+    }
 }
 
 impl Common {
@@ -437,7 +464,12 @@ impl Common {
         secret: Option<&str>,
     ) -> Result<Vec<crate::Worker>, Error> {
         self.files.apply()?;
-        self.admin.with(workers, secret)
+        if self.identity.group.is_some() && self.identity.user.is_none() {
+            return Err(Error::Cli("--group needs --user".into()));
+        }
+        let mut all = self.admin.with(workers, secret)?;
+        self.identity.apply(&mut all);
+        Ok(all)
     }
 }
 

@@ -22,6 +22,7 @@ mod client;
 pub mod connection;
 mod error;
 pub mod gateway;
+mod identity;
 mod listener;
 mod master;
 mod message;

@@ -128,7 +128,12 @@ fn start(workers: Vec<Worker>, paths: &Paths, program: &str, daemon: bool) -> Re
             )));
         }
     }
-    let supervised = workers.iter().any(|w| w.processes && w.serve.is_none());
+    // A worker run as another user runs in a child: this process keeps its privileges.
+    let supervised = workers
+        .iter()
+        .any(|w| (w.processes && w.serve.is_none()) || w.user.is_some());
+    // The workers run as threads share one child: one user for them all.
+    crate::identity::of_workers(workers.iter().filter(|w| !w.processes || w.serve.is_some()))?;
     if let (false, Some(w)) = (supervised, workers.iter().find(|w| !w.reloadable)) {
         return Err(Error::Config(format!(
             "{}: reloadable = false keeps a worker's instances through a reload, which replaces \

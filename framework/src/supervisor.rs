@@ -33,6 +33,8 @@ const REPORT_WAIT: Duration = Duration::from_secs(3);
 /// serves, and how it has fared.
 struct Child {
     serves: Vec<(usize, std::ops::Range<usize>)>,
+    /// Who it runs as (its workers' `user`), if not as the supervisor.
+    identity: Option<crate::identity::Identity>,
     /// Whether a reload replaces it (all its workers are reloadable).
     reloadable: bool,
     /// The longest `stop_timeout` of its workers.
@@ -250,7 +252,11 @@ pub(crate) fn run(
     }
     let set = signals::supervisor_set();
     signals::mask(libc::SIG_BLOCK, &set)?;
-    let mut children = plan(&parts);
+    let mut children = plan(&parts)?;
+    for id in children.iter().filter_map(|c| c.identity) {
+        report_dir(&paths.status, id);
+        report_dir(&paths.connections, id);
+    }
     let slots = balance::Slots::open(children.iter().filter(|c| c.slot.is_some()).count())?;
     // After an in-place reload: the children of the binary before, each replaced in turn.
     let mut old = Generation::adopt(&mut children);
@@ -357,7 +363,7 @@ pub(crate) fn run(
 }
 
 /// The children: one per instance of each worker run as processes, one for the rest.
-fn plan(parts: &[Part]) -> Vec<Child> {
+fn plan(parts: &[Part]) -> Result<Vec<Child>, Error> {
     let mut children = Vec::new();
     let mut rest = Vec::new();
     let mut rest_names = Vec::new();
@@ -387,14 +393,16 @@ fn plan(parts: &[Part]) -> Vec<Child> {
         let workers = || c.serves.iter().map(|(i, _)| &parts[*i].worker);
         c.reloadable = workers().all(|w| w.reloadable);
         c.stop_timeout = workers().map(|w| w.stop_timeout).max().unwrap_or_default();
+        c.identity = crate::identity::of_workers(workers())?;
     }
-    children
+    Ok(children)
 }
 
 impl Child {
     fn new(serves: Vec<(usize, std::ops::Range<usize>)>, label: String) -> Child {
         Child {
             serves,
+            identity: None,
             reloadable: true,
             stop_timeout: Duration::ZERO,
             slot: None,
@@ -483,11 +491,25 @@ fn serve_child(
         .filter_map(|p| p.worker.hub.as_deref())
         .collect();
     crate::channel::keep_hubs(&hubs);
+    let me = std::process::id() as i32;
+    let uid = child.identity.map(|id| id.uid);
     let own = Paths {
-        status: for_child(&paths.status),
-        connections: for_child(&paths.connections),
+        status: child_file(&paths.status, me, uid),
+        connections: child_file(&paths.connections, me, uid),
         ..paths.clone()
     };
+    // Privileges go last, once everything that needs them is done (the sockets are bound).
+    if let Some(id) = child.identity {
+        if let Err(e) = id.assume() {
+            log::error!(
+                "{}: cannot run as uid {} gid {}: {e}",
+                child.label,
+                id.uid,
+                id.gid
+            );
+            return 1;
+        }
+    }
     match master::serve(mine, own, None, summary.to_string(), None, Role::Child) {
         Ok(()) => 0,
         Err(e) => {
@@ -498,14 +520,35 @@ fn serve_child(
 }
 
 /// A report file's name for this child process (`….status.<pid>`).
-fn for_child(path: &Path) -> PathBuf {
-    child_file(path, std::process::id() as i32)
+/// A child's report file: `….status.<pid>` next to the supervisor's, or, for a child run as
+/// another user, in a directory of that user's own (`….status.u<uid>/<pid>`).
+fn child_file(path: &Path, pid: i32, uid: Option<u32>) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    match uid {
+        Some(uid) => {
+            name.push(format!(".u{uid}"));
+            PathBuf::from(name).join(pid.to_string())
+        }
+        None => {
+            name.push(format!(".{pid}"));
+            PathBuf::from(name)
+        }
+    }
 }
 
-fn child_file(path: &Path, pid: i32) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{pid}"));
-    PathBuf::from(name)
+/// The directory of a user's children's report files, theirs to write (made once, as root).
+fn report_dir(path: &Path, id: crate::identity::Identity) {
+    let dir = child_file(path, 0, Some(id.uid));
+    let Some(dir) = dir.parent() else { return };
+    if let Err(e) = std::fs::create_dir_all(dir)
+        .and_then(|_| std::os::unix::fs::chown(dir, Some(id.uid), Some(id.gid)))
+        .and_then(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        })
+    {
+        log::error!("cannot prepare {}: {e}", dir.display());
+    }
 }
 
 /// Signal every running child to stop; the deadline is `wait` and a margin for the children's
@@ -599,7 +642,7 @@ fn gather<'a>(children: &'a [Child], sig: i32, file: &Path) -> Vec<(&'a Child, S
         .iter()
         .filter_map(|c| {
             let pid = c.pid?;
-            let path = child_file(file, pid);
+            let path = child_file(file, pid, c.identity.map(|id| id.uid));
             let _ = std::fs::remove_file(&path);
             cli::signal(pid, sig).ok()?;
             Some((c, path))

@@ -142,6 +142,14 @@ pub struct Worker {
     /// it needs a supervisor — some worker of the app run as processes — since a reload of a
     /// single process replaces all of it.
     pub reloadable: bool,
+    /// Run this worker's processes as this user (a name or a number; Workerman's `user`),
+    /// with privileges dropped after the sockets are bound: the supervisor starts them as
+    /// children (a process of threads is supervised for it) and keeps its own, so it can bind,
+    /// reload and write the pid file. The run directory's report files for `status` go to a
+    /// directory of the user's own inside it.
+    pub user: Option<String>,
+    /// With [`Worker::user`]: this group instead of the user's primary one.
+    pub group: Option<String>,
     /// A Unix socket's file permission bits (e.g. `0o660`), set after binding; `None` leaves
     /// what the umask gives.
     pub unix_mode: Option<u32>,
@@ -351,6 +359,8 @@ impl Worker {
             time_based_connection_ids: false,
             processes: false,
             reloadable: true,
+            user: None,
+            group: None,
             unix_mode: None,
             serve: None,
             hub: None,
@@ -372,6 +382,14 @@ impl Worker {
 
     /// Why this worker cannot start as configured (a `wss://` name without a certificate).
     pub(crate) fn check(&self) -> Result<(), Error> {
+        if let Some(user) = &self.user {
+            crate::identity::Identity::resolve(user, self.group.as_deref())?;
+        } else if self.group.is_some() {
+            return Err(Error::Config(format!(
+                "{}: a group is given without a user",
+                self.name
+            )));
+        }
         let udp = self
             .address
             .as_deref()

@@ -716,3 +716,76 @@ fn a_worker_that_is_not_reloadable_keeps_its_processes() {
     r.read_line(&mut line).unwrap();
     assert!(line.starts_with("worker="), "{line}");
 }
+
+/// The uid a process runs as (`/proc/PID/status`).
+fn uid_of(pid: i64) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn workers_run_as_another_user_after_binding_a_privileged_port() {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the suite runs as root (it installs packages)"
+    );
+    // A port below 1024 that is free on this address.
+    let port = (81..1024)
+        .find(|p| std::net::TcpListener::bind(("127.0.3.16", *p)).is_ok())
+        .unwrap();
+    let a: SocketAddr = ([127, 0, 3, 16], port).into();
+    let a_s = a.to_string();
+    let app = App::start_daemon(
+        "ws_echo",
+        &[
+            "--listen",
+            &a_s,
+            "--count",
+            "2",
+            "--processes",
+            "--user",
+            "nobody",
+        ],
+        &[a],
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{a}"))
+        .await
+        .unwrap();
+    use futures_util::SinkExt;
+    ws.send(WsMessage::text("als nobody")).await.unwrap();
+    let back = ws.next().await.unwrap().unwrap();
+    assert_eq!(back.to_text().unwrap(), "als nobody");
+    let s = status(&app);
+    assert_eq!(
+        uid_of(s["pid"].as_i64().unwrap()),
+        0,
+        "the supervisor keeps root"
+    );
+    let children = s["children"].as_array().unwrap();
+    assert_eq!(children.len(), 2, "{s}");
+    for c in children {
+        assert_eq!(
+            uid_of(c["pid"].as_i64().unwrap()),
+            65534,
+            "{c}: runs as nobody"
+        );
+    }
+    let out = app.command(&["connections", "--json"]);
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 1, "the children's reports reach the supervisor");
+    // A user that does not exist is refused at start.
+    let run = werkmann_tests::temp_dir("nouser");
+    let out = std::process::Command::new(werkmann_tests::bin("ws_echo"))
+        .args(["start", "--listen", "127.0.3.16:0", "--user", "keiner-hier"])
+        .env("WERKMANN_RUN_DIR", &run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user \"keiner-hier\""));
+}
