@@ -56,7 +56,7 @@ impl Slots {
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             let same = unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_size as usize == bytes;
             if same {
-                crate::master::set_cloexec(fd, true);
+                crate::listener::set_cloexec(fd, true);
                 return Slots::map(fd, len, bytes, false);
             }
             // SAFETY: the descriptor was passed to this process for this and nothing else

@@ -432,15 +432,20 @@ pub struct Common {
 }
 
 /// Who the workers' processes run as (Workerman's `user` and `group`): `--user NAME`
-/// (`WERKMANN_USER`) and `--group NAME` (`WERKMANN_GROUP`), for every worker that names none
-/// itself; see [`crate::Worker::user`].
+/// (`WERKMANN_USER`) and `--user-group NAME` (`WERKMANN_GROUP`; `--group` is `connections`'
+/// filter), for every worker that names none itself; see [`crate::Worker::user`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct RunAs {
     /// Run the workers as this user, privileges dropped after binding (the supervisor stays)
     #[arg(long, env = "WERKMANN_USER", value_name = "NAME")]
     pub user: Option<String>,
     /// With --user: this group instead of the user's own
-    #[arg(long, env = "WERKMANN_GROUP", value_name = "NAME")]
+    #[arg(
+        id = "user_group",
+        long = "user-group",
+        env = "WERKMANN_GROUP",
+        value_name = "NAME"
+    )]
     pub group: Option<String>,
 }
 
@@ -465,7 +470,7 @@ impl Common {
     ) -> Result<Vec<crate::Worker>, Error> {
         self.files.apply()?;
         if self.identity.group.is_some() && self.identity.user.is_none() {
-            return Err(Error::Cli("--group needs --user".into()));
+            return Err(Error::Cli("--user-group needs --user".into()));
         }
         let mut all = self.admin.with(workers, secret)?;
         self.identity.apply(&mut all);

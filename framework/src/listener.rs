@@ -96,7 +96,7 @@ impl Listener {
     /// # Safety
     /// `fd` must be an open listening socket of `addr`'s kind that nothing else owns.
     pub unsafe fn inherit(addr: &str, fd: RawFd) -> Result<Listener, Error> {
-        crate::master::set_cloexec(fd, true);
+        set_cloexec(fd, true);
         if unix_path(addr).is_some() {
             // SAFETY: the caller's promise.
             let l = unsafe { UnixListener::from_raw_fd(fd) };
@@ -226,6 +226,24 @@ impl SocketFiles {
             if std::fs::metadata(&path).is_ok_and(|m| m.ino() == ino) {
                 let _ = std::fs::remove_file(&path);
             }
+        }
+    }
+}
+
+/// Set or clear a descriptor's close-on-exec flag (cleared for the sockets a reload passes
+/// on).
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) {
+    // SAFETY: fcntl(2) with F_GETFD/F_SETFD reads and sets flags of a descriptor number; an
+    // invalid one fails with EBADF and nothing else.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags >= 0 {
+            let flags = if on {
+                flags | libc::FD_CLOEXEC
+            } else {
+                flags & !libc::FD_CLOEXEC
+            };
+            libc::fcntl(fd, libc::F_SETFD, flags);
         }
     }
 }

@@ -240,22 +240,6 @@ pub(crate) fn describe(workers: &[Worker], listeners: &[Option<Listener>]) -> St
     out
 }
 
-pub(crate) fn set_cloexec(fd: RawFd, on: bool) {
-    // SAFETY: fcntl(2) with F_GETFD/F_SETFD reads and sets flags of a descriptor number; an
-    // invalid one fails with EBADF and nothing else.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            let flags = if on {
-                flags | libc::FD_CLOEXEC
-            } else {
-                flags & !libc::FD_CLOEXEC
-            };
-            libc::fcntl(fd, libc::F_SETFD, flags);
-        }
-    }
-}
-
 struct Running {
     addrs: Vec<Addr<InstanceActor>>,
     arbiters: Vec<actix_rt::Arbiter>,
@@ -591,7 +575,7 @@ pub(crate) fn inherit_list(listeners: &[(String, RawFd)]) -> String {
 pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()> {
     let (exe, args) = reload_command();
     for (_, fd) in listeners {
-        set_cloexec(*fd, false);
+        crate::listener::set_cloexec(*fd, false);
     }
     RELOADED.store(true, std::sync::atomic::Ordering::Relaxed);
     log::info!("reloading: starting {} {}", exe.display(), args.join(" "));
@@ -601,7 +585,7 @@ pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()>
         .env(RELOAD_PARENT_ENV, std::process::id().to_string())
         .spawn();
     for (_, fd) in listeners {
-        set_cloexec(*fd, true);
+        crate::listener::set_cloexec(*fd, true);
     }
     child.map(|c| log::info!("new process {} started", c.id()))
 }

@@ -76,7 +76,7 @@ fn reexec(
     let mut fds: Vec<i32> = kept.iter().map(|(_, fd)| *fd).collect();
     fds.push(slots.fd());
     for fd in &fds {
-        master::set_cloexec(*fd, false);
+        crate::listener::set_cloexec(*fd, false);
     }
     let (exe, args) = master::reload_command();
     log::info!(
@@ -93,7 +93,7 @@ fn reexec(
         .env(balance::FD_ENV, slots.fd().to_string())
         .exec();
     for fd in &fds {
-        master::set_cloexec(*fd, true);
+        crate::listener::set_cloexec(*fd, true);
     }
     err
 }

@@ -278,48 +278,42 @@ pub fn parse_socket_name(socket_name: &str) -> Result<(ProtocolKind, String), Er
         "udp" => Some("tcp".to_string()),
         s => s.strip_suffix("+udp").map(str::to_string),
     };
-    if let Some(scheme) = udp {
-        let proto = ProtocolKind::from_scheme(&scheme)
-            .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
-        crate::udp::check_protocol(&proto, socket_name)?;
+    let protocol = |scheme: &str| {
+        ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
+            .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))
+    };
+    // `host:port`, with a port.
+    let host_port = |addr: &str| -> Result<String, Error> {
         let addr = addr.trim_end_matches('/');
-        if addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(Error::BadSocketName(
+        match addr.rsplit_once(':').map(|(_, p)| p.parse::<u16>()) {
+            Some(Ok(_)) => Ok(addr.to_string()),
+            _ => Err(Error::BadSocketName(
                 socket_name.to_string(),
                 "expected a host and a port",
-            ));
+            )),
         }
-        return Ok((proto, format!("{}{addr}", crate::listener::UDP)));
+    };
+    if let Some(scheme) = udp {
+        let proto = protocol(&scheme)?;
+        crate::udp::check_protocol(&proto, socket_name)?;
+        return Ok((
+            proto,
+            format!("{}{}", crate::listener::UDP, host_port(addr)?),
+        ));
     }
     if let Some((scheme, path)) = unix_socket_name(scheme, addr) {
-        let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
-            .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
         if !path.starts_with('/') || path.len() < 2 {
             return Err(Error::BadSocketName(
                 socket_name.to_string(),
                 "expected an absolute path to a Unix socket",
             ));
         }
-        return Ok((proto, format!("{}{path}", crate::listener::UNIX)));
-    }
-    let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
-        .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;
-    let addr = addr.trim_end_matches('/');
-    if addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .is_none()
-    {
-        return Err(Error::BadSocketName(
-            socket_name.to_string(),
-            "expected a host and a port",
+        return Ok((
+            protocol(scheme)?,
+            format!("{}{path}", crate::listener::UNIX),
         ));
     }
-    Ok((proto, addr.to_string()))
+    Ok((protocol(scheme)?, host_port(addr)?))
 }
 
 impl Worker {

@@ -185,7 +185,8 @@ end
 
 -- At most once per @SWEEP_MS@ ms, by whichever call comes first: forget the clients of every
 -- worker whose node is gone: its node event has no subscriber (the node's connection closed),
--- or the link that registered it stopped renewing its alive key (the node vanished).
+-- (once its registration is not fresh), or the link that registered it stopped renewing its
+-- alive key (the node vanished).
 local function sweep()
   if redis.call('EXISTS', D .. 'workers') == 0 then
     return 0
@@ -197,7 +198,10 @@ local function sweep()
   local subs = subscribed(workers)
   local n = 0
   for _, w in ipairs(workers) do
-    if not subs[w] or redis.call('EXISTS', D .. 'alive:' .. w) == 0 then
+    -- Milliseconds its alive key has left (-2: none). Registered or renewed in the last
+    -- moments, a worker's node may not have subscribed yet: not swept for that.
+    local left = redis.call('PTTL', D .. 'alive:' .. w)
+    if left == -2 or (not subs[w] and left <= @FRESH_FROM_MS@) then
       n = n + drop_worker(w)
     end
   end

@@ -15,7 +15,9 @@
 //!   with the update and ordered with every later operation's. Operations run in order with the
 //!   link's other commands (a batch of directory commands is one pipeline).
 //! - **Nodes that go**: a worker's clients are swept when its node event has no subscriber (the
-//!   node's Redis connection closed: killed, stopped) or when its alive key
+//!   node's Redis connection closed: killed, stopped; not in the 2 s after the worker was
+//!   registered or renewed, since a node's subscription may reach Redis after its
+//!   registration) or when its alive key
 //!   (`{werkmann:dir}:alive:W`, set by the link that registered W, renewed every 10 s, expiring
 //!   after 30 s) is gone (the node vanished without closing). The sweep runs inside the
 //!   script, at most once a second, first thing in whichever operation but a send comes (a
@@ -65,7 +67,15 @@ fn script_text(lua: &str) -> String {
         .replace("@NODE@", node)
         .replace("@ALL@", &event_channel(dir::ALL_NODES))
         .replace("@SWEEP_MS@", &SWEEP_EVERY.as_millis().to_string())
+        .replace(
+            "@FRESH_FROM_MS@",
+            &(ALIVE_TTL_MS - FRESH.as_millis() as u64).to_string(),
+        )
 }
+
+/// A worker registered or renewed this recently is not swept for having no subscriber yet:
+/// its node's `SUBSCRIBE` and its registration travel on two connections, in either order.
+const FRESH: Duration = Duration::from_secs(2);
 
 /// Whether event `name` is a gateway node's (`werkmann.gw`, `werkmann.gw.W`).
 fn is_node_event(name: &str) -> bool {
