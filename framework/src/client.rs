@@ -64,11 +64,11 @@ impl AsyncTcpConnection {
     /// `wss://…` (WebSocket) and `tls://…` (frame) connect over TLS, trusting the system's
     /// roots and `$WERKMANN_TLS_CA`. Nothing happens until [`AsyncTcpConnection::connect`].
     pub fn new(url: &str) -> Result<Self, Error> {
-        let (plain, wants_tls) = crate::worker::strip_tls_scheme(url);
+        let (plain, wants_tls) = crate::address::strip_tls_scheme(url);
         let (scheme, rest) = plain
             .split_once("://")
             .ok_or_else(|| Error::BadSocketName(url.to_string(), "expected scheme://host:port"))?;
-        let unix = crate::worker::unix_socket_name(scheme, rest);
+        let unix = crate::address::unix_socket_name(scheme, rest);
         let scheme = unix.map_or(scheme, |(s, _)| s);
         let proto = ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
             .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))?;

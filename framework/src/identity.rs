@@ -79,24 +79,23 @@ fn lookup_group(group: &str) -> Result<u32, Error> {
     }
 }
 
-/// The identity `workers` ask for together (one process serves them all): none, or the same
-/// for each that names one; different ones are an error.
+/// The identity workers ask for together (one process serves them all), given as (name,
+/// user, group): none, or the same for each that names one; different ones are an error.
 pub(crate) fn of_workers<'a>(
-    workers: impl Iterator<Item = &'a crate::Worker>,
+    workers: impl Iterator<Item = (&'a str, Option<&'a str>, Option<&'a str>)>,
 ) -> Result<Option<Identity>, Error> {
-    let mut found: Option<(Identity, String)> = None;
-    for w in workers {
-        let Some(user) = &w.user else { continue };
-        let id = Identity::resolve(user, w.group.as_deref())?;
-        match &found {
-            Some((other, name)) if *other != id => {
+    let mut found: Option<(Identity, &str)> = None;
+    for (name, user, group) in workers {
+        let Some(user) = user else { continue };
+        let id = Identity::resolve(user, group)?;
+        match found {
+            Some((other, first)) if other != id => {
                 return Err(Error::Config(format!(
-                    "workers {name} and {} run in one process but name different users \
-                     (run them as processes)",
-                    w.name
+                    "workers {first} and {name} run in one process but name different users \
+                     (run them as processes)"
                 )))
             }
-            _ => found = Some((id, w.name.clone())),
+            _ => found = Some((id, name)),
         }
     }
     Ok(found.map(|(id, _)| id))

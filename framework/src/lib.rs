@@ -13,6 +13,7 @@
 // `Status`, the defaults; `protocol`: the `Protocol` trait and the codecs the fuzz targets
 // drive; `tls`: `ServerTls`, `ClientTls`; `cli`: the command line an app declares with clap;
 // `channel`: the channel service), the rest is re-exported at the root.
+mod address;
 pub mod admin;
 mod balance;
 pub(crate) mod callbacks;
@@ -33,6 +34,7 @@ mod run;
 mod send_queue;
 mod session;
 mod signals;
+mod start;
 mod static_files;
 mod status;
 mod supervisor;

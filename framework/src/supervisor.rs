@@ -393,7 +393,7 @@ fn plan(parts: &[Part]) -> Result<Vec<Child>, Error> {
         let workers = || c.serves.iter().map(|(i, _)| &parts[*i].worker);
         c.reloadable = workers().all(|w| w.reloadable);
         c.stop_timeout = workers().map(|w| w.stop_timeout).max().unwrap_or_default();
-        c.identity = crate::identity::of_workers(workers())?;
+        c.identity = crate::identity::of_workers(workers().map(|w| w.run_as()))?;
     }
     Ok(children)
 }

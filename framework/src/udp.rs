@@ -19,10 +19,9 @@ use crate::callbacks::guard;
 use crate::error::Error;
 use crate::message::Message;
 use crate::protocol::{Codec, Decoded, ProtocolKind};
-use crate::worker::WorkerInstance;
 
 /// The largest datagram read (the most UDP carries over IPv4).
-const MAX_DATAGRAM: usize = 65_507;
+pub(crate) const MAX_DATAGRAM: usize = 65_507;
 
 /// The sender of a datagram, to answer it (Workerman's `UdpConnection`).
 #[derive(Clone)]
@@ -41,6 +40,19 @@ impl std::fmt::Debug for UdpConnection {
 }
 
 impl UdpConnection {
+    /// The sender `peer` of a datagram on `socket`, answered with `codec`.
+    pub(crate) fn new(
+        socket: Rc<UdpSocket>,
+        codec: Rc<RefCell<Box<dyn Codec>>>,
+        peer: SocketAddr,
+    ) -> UdpConnection {
+        UdpConnection {
+            socket,
+            codec,
+            peer,
+        }
+    }
+
     /// Send `msg` to the peer, encoded with the worker's protocol, as one datagram: `false`
     /// when it was not sent (it cannot be encoded, or the socket did not take it at once).
     pub fn send(&self, msg: impl Into<Message>) -> bool {
@@ -96,7 +108,11 @@ fn send_to(
 }
 
 /// Decode one datagram into its messages (what is left over is dropped, and logged).
-fn decode(codec: &RefCell<Box<dyn Codec>>, datagram: &[u8], from: SocketAddr) -> Vec<Message> {
+pub(crate) fn decode(
+    codec: &RefCell<Box<dyn Codec>>,
+    datagram: &[u8],
+    from: SocketAddr,
+) -> Vec<Message> {
     let mut buf = BytesMut::from(datagram);
     let mut out = Vec::new();
     let mut codec = codec.borrow_mut();
@@ -118,57 +134,6 @@ fn decode(codec: &RefCell<Box<dyn Codec>>, datagram: &[u8], from: SocketAddr) ->
         );
     }
     out
-}
-
-/// A protocol that can frame datagrams (the stream-only ones cannot).
-pub(crate) fn check_protocol(proto: &ProtocolKind, socket_name: &str) -> Result<(), Error> {
-    match proto {
-        ProtocolKind::WebSocket | ProtocolKind::Http => Err(Error::BadSocketName(
-            socket_name.to_string(),
-            "websocket and http need a stream socket, not udp",
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// On an instance's thread: answer the datagrams that reach `socket` (shared with the
-/// worker's other instances, which take turns by who reads first).
-pub(crate) fn serve(inst: &WorkerInstance, socket: std::net::UdpSocket) {
-    let config = inst.worker();
-    let Some(proto) = config.protocol() else {
-        return;
-    };
-    let socket = match UdpSocket::from_std(socket) {
-        Ok(s) => Rc::new(s),
-        Err(e) => return log::error!("udp: cannot register the socket: {e}"),
-    };
-    let codec = Rc::new(RefCell::new(proto.server_codec(config.max_package_size)));
-    let Some(cb) = config.callbacks.on_datagram.clone() else {
-        return;
-    };
-    let inst = inst.clone();
-    actix_rt::spawn(async move {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        loop {
-            let (n, peer) = match socket.recv_from(&mut buf).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors of earlier sends surface here on some systems: go on.
-                    log::debug!("udp: receive: {e}");
-                    continue;
-                }
-            };
-            let conn = UdpConnection {
-                socket: socket.clone(),
-                codec: codec.clone(),
-                peer,
-            };
-            for msg in decode(&codec, &buf[..n], peer) {
-                inst.count_datagram();
-                guard("on_datagram", || cb(&conn, msg));
-            }
-        }
-    });
 }
 
 type UdpMessageFn = Rc<dyn Fn(&AsyncUdpConnection, Message)>;
@@ -209,14 +174,14 @@ impl AsyncUdpConnection {
     /// or a registered protocol's `name+udp://…`. Nothing happens until
     /// [`AsyncUdpConnection::connect`].
     pub fn new(url: &str) -> Result<AsyncUdpConnection, Error> {
-        let (proto, address) = crate::worker::parse_socket_name(url)?;
+        let (proto, address) = crate::address::parse_socket_name(url)?;
         let Some(address) = crate::listener::udp_addr(&address) else {
             return Err(Error::BadSocketName(
                 url.to_string(),
                 "expected udp://host:port or name+udp://host:port",
             ));
         };
-        check_protocol(&proto, url)?;
+        crate::address::check_datagram_protocol(&proto, url)?;
         let codec = proto.server_codec(crate::connection::DEFAULT_MAX_PACKAGE);
         Ok(AsyncUdpConnection(Rc::new(AsyncUdpInner {
             url: url.to_string(),

@@ -234,99 +234,17 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-/// `wss://…` and `https://…` are WebSocket and HTTP over TLS; `tls://…` is the channel's
-/// frame protocol over TLS. Returns the plain socket name and whether TLS was asked for.
-pub fn strip_tls_scheme(socket_name: &str) -> (String, bool) {
-    let Some((scheme, rest)) = socket_name.split_once("://") else {
-        return (socket_name.to_string(), false);
-    };
-    let lower = scheme.to_ascii_lowercase();
-    let (base, unix) = match lower.strip_suffix("+unix") {
-        Some(b) => (b, "+unix"),
-        None => (lower.as_str(), ""),
-    };
-    let plain = match base {
-        "wss" => "websocket",
-        "https" => "http",
-        "tls" => "frame",
-        _ => return (socket_name.to_string(), false),
-    };
-    (format!("{plain}{unix}://{rest}"), true)
-}
-
-/// A Unix socket's scheme and path: `text+unix:///run/x.sock` and `text://unix:/run/x.sock`
-/// are `text` on `/run/x.sock`, `unix:///run/x.sock` is raw `tcp` on it (Workerman's
-/// `unix://`). `None` for a TCP name.
-pub(crate) fn unix_socket_name<'a>(scheme: &'a str, rest: &'a str) -> Option<(&'a str, &'a str)> {
-    if let Some(base) = scheme.strip_suffix("+unix") {
-        return Some((base, rest));
-    }
-    if scheme.eq_ignore_ascii_case("unix") {
-        return Some(("tcp", rest));
-    }
-    rest.strip_prefix(crate::listener::UNIX)
-        .map(|path| (scheme, path))
-}
-
-/// Split `scheme://host:port` (or a Unix socket's name, see `unix_socket_name`) into its
-/// protocol and address (`host:port`, or `unix:/path`).
-pub fn parse_socket_name(socket_name: &str) -> Result<(ProtocolKind, String), Error> {
-    let (scheme, addr) = socket_name.split_once("://").ok_or_else(|| {
-        Error::BadSocketName(socket_name.to_string(), "expected scheme://host:port")
-    })?;
-    let udp = match scheme.to_ascii_lowercase().as_str() {
-        "udp" => Some("tcp".to_string()),
-        s => s.strip_suffix("+udp").map(str::to_string),
-    };
-    let protocol = |scheme: &str| {
-        ProtocolKind::from_scheme(&scheme.to_ascii_lowercase())
-            .ok_or_else(|| Error::UnknownProtocol(scheme.to_string()))
-    };
-    // `host:port`, with a port.
-    let host_port = |addr: &str| -> Result<String, Error> {
-        let addr = addr.trim_end_matches('/');
-        match addr.rsplit_once(':').map(|(_, p)| p.parse::<u16>()) {
-            Some(Ok(_)) => Ok(addr.to_string()),
-            _ => Err(Error::BadSocketName(
-                socket_name.to_string(),
-                "expected a host and a port",
-            )),
-        }
-    };
-    if let Some(scheme) = udp {
-        let proto = protocol(&scheme)?;
-        crate::udp::check_protocol(&proto, socket_name)?;
-        return Ok((
-            proto,
-            format!("{}{}", crate::listener::UDP, host_port(addr)?),
-        ));
-    }
-    if let Some((scheme, path)) = unix_socket_name(scheme, addr) {
-        if !path.starts_with('/') || path.len() < 2 {
-            return Err(Error::BadSocketName(
-                socket_name.to_string(),
-                "expected an absolute path to a Unix socket",
-            ));
-        }
-        return Ok((
-            protocol(scheme)?,
-            format!("{}{path}", crate::listener::UNIX),
-        ));
-    }
-    Ok((protocol(scheme)?, host_port(addr)?))
-}
-
 impl Worker {
     /// A worker listening on `socket_name`, e.g. `websocket://0.0.0.0:4236`, `http://…`,
     /// `text://…`, `frame://…`, `tcp://…` or a registered custom scheme; `wss://…` and
     /// `https://…` are the same over TLS (set [`Worker::tls`]). An empty name makes a worker
     /// without a socket (it runs `on_worker_start`, timers, outgoing connections).
     pub fn new(socket_name: &str) -> Result<Worker, Error> {
-        let (plain, tls_required) = strip_tls_scheme(socket_name);
+        let (plain, tls_required) = crate::address::strip_tls_scheme(socket_name);
         let (protocol, address) = if socket_name.is_empty() {
             (None, None)
         } else {
-            let (p, a) = parse_socket_name(&plain)?;
+            let (p, a) = crate::address::parse_socket_name(&plain)?;
             (Some(p), Some(a))
         };
         Ok(Worker {
@@ -375,6 +293,11 @@ impl Worker {
     }
 
     /// Why this worker cannot start as configured (a `wss://` name without a certificate).
+    /// (name, user, group), for `identity::of_workers`.
+    pub(crate) fn run_as(&self) -> (&str, Option<&str>, Option<&str>) {
+        (&self.name, self.user.as_deref(), self.group.as_deref())
+    }
+
     pub(crate) fn check(&self) -> Result<(), Error> {
         if let Some(user) = &self.user {
             crate::identity::Identity::resolve(user, self.group.as_deref())?;

@@ -198,9 +198,39 @@ impl WorkerInstance {
         &self.0.config
     }
 
-    /// Count a message that arrived in a datagram (`udp://` workers).
-    pub(crate) fn count_datagram(&self) {
-        self.0.stats.messages_in.inc();
+    /// On the instance's thread: answer the datagrams that reach `socket` (a `udp://`
+    /// worker's, shared with its other instances, which take turns by who reads first).
+    pub(crate) fn serve_datagrams(&self, socket: std::net::UdpSocket) {
+        use crate::udp::{decode, UdpConnection, MAX_DATAGRAM};
+        let config = &self.0.config;
+        let (Some(proto), Some(cb)) = (config.protocol(), config.callbacks.on_datagram.clone())
+        else {
+            return;
+        };
+        let socket = match tokio::net::UdpSocket::from_std(socket) {
+            Ok(s) => Rc::new(s),
+            Err(e) => return log::error!("udp: cannot register the socket: {e}"),
+        };
+        let codec = Rc::new(RefCell::new(proto.server_codec(config.max_package_size)));
+        let inst = self.clone();
+        actix_rt::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM];
+            loop {
+                let (n, peer) = match socket.recv_from(&mut buf).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // ICMP errors of earlier sends surface here on some systems: go on.
+                        log::debug!("udp: receive: {e}");
+                        continue;
+                    }
+                };
+                let conn = UdpConnection::new(socket.clone(), codec.clone(), peer);
+                for msg in decode(&codec, &buf[..n], peer) {
+                    inst.0.stats.messages_in.inc();
+                    guard("on_datagram", || cb(&conn, msg));
+                }
+            }
+        });
     }
 
     /// The number of instances of this worker.
