@@ -29,7 +29,7 @@ use anyhow::Result;
 
 use crate::http::Conn;
 use crate::proto::Kind;
-use crate::row::{self, Row, Scenario};
+use crate::row::{Row, Scenario};
 use crate::run::{k, Publish, Suite};
 use crate::systems::{Build, Setup};
 
@@ -87,47 +87,8 @@ impl Suite {
             }
             pairs.push(both);
         }
-        let mut rows: Vec<(Setup, String, Vec<Row>)> = Vec::new();
-        'runs: for run in 0..self.opts.plan.repeats {
-            let mut order = Vec::new();
-            for both in &pairs {
-                let mut both = both.clone();
-                if run % 2 == 1 {
-                    both.reverse();
-                }
-                order.extend(both);
-            }
-            for s in order {
-                let what = format!("processes, {} ({}), run {}", s.system(), s.mode(), run + 1);
-                if self.over_budget(&what) {
-                    break 'runs;
-                }
-                match self.session_processes(s).await {
-                    Ok(rs) => {
-                        for r in rs {
-                            eprintln!(
-                                "pushbench:        run {} | {} | {} ({}) | {}",
-                                run + 1,
-                                r.label,
-                                r.system,
-                                r.mode,
-                                crate::report::brief(&r)
-                            );
-                            match rows.iter_mut().find(|(x, l, _)| *x == s && *l == r.label) {
-                                Some((_, _, v)) => v.push(r),
-                                None => rows.push((s, r.label.clone(), vec![r])),
-                            }
-                        }
-                    }
-                    Err(e) => self.guarded(what, Err(e)).await,
-                }
-            }
-        }
-        for (_, _, runs) in rows {
-            if let Some(r) = row::median(runs) {
-                self.push(r);
-            }
-        }
+        self.alternating("processes", &pairs, Self::session_processes)
+            .await;
     }
 
     /// One session of the rows on a fresh server (see the module's text).

@@ -1219,6 +1219,59 @@ impl Suite {
             self.notes.push(format!("{what} failed: {first}"));
         }
     }
+
+    /// `repeats` sessions of each setup on a fresh server, and each row's median: the setups
+    /// of each of `groups` in turn, each group in its order on even runs and reversed on odd
+    /// ones (neither side always first). `name` starts the budget's and failures' notes.
+    pub(crate) async fn alternating(
+        &mut self,
+        name: &str,
+        groups: &[Vec<Setup>],
+        mut session: impl AsyncFnMut(&mut Self, Setup) -> Result<Vec<Row>>,
+    ) {
+        // (setup, label) → the runs of that row, in the order they first came.
+        let mut rows: Vec<(Setup, String, Vec<Row>)> = Vec::new();
+        'runs: for run in 0..self.opts.plan.repeats {
+            let mut order = Vec::new();
+            for group in groups {
+                let mut group = group.clone();
+                if run % 2 == 1 {
+                    group.reverse();
+                }
+                order.extend(group);
+            }
+            for s in order {
+                let what = format!("{name}, {} ({}), run {}", s.system(), s.mode(), run + 1);
+                if self.over_budget(&what) {
+                    break 'runs;
+                }
+                match session(self, s).await {
+                    Ok(rs) => {
+                        for r in rs {
+                            eprintln!(
+                                "pushbench:        run {} | {} | {} ({}) | {}",
+                                run + 1,
+                                r.label,
+                                r.system,
+                                r.mode,
+                                report::brief(&r)
+                            );
+                            match rows.iter_mut().find(|(x, l, _)| *x == s && *l == r.label) {
+                                Some((_, _, v)) => v.push(r),
+                                None => rows.push((s, r.label.clone(), vec![r])),
+                            }
+                        }
+                    }
+                    Err(e) => self.guarded(what, Err(e)).await,
+                }
+            }
+        }
+        for (_, _, runs) in rows {
+            if let Some(r) = row::median(runs) {
+                self.push(r);
+            }
+        }
+    }
 }
 
 /// Publish a phase's pushes; returns (answered 2xx, failed, first failure). An answer that

@@ -31,7 +31,7 @@ use anyhow::{bail, Result};
 use crate::http::Conn;
 use crate::proto::{Flavor, Kind};
 use crate::report::{num, table};
-use crate::row::{self, Row, Scenario};
+use crate::row::{Row, Scenario};
 use crate::run::{k, Plan, Publish, Suite};
 use crate::sse_resumer::{self, Shared, READY};
 use crate::systems::{Running, Setup};
@@ -124,44 +124,7 @@ impl Suite {
                 setups.push(s);
             }
         }
-        // (setup, label) → the runs of that row, in the order they first came.
-        let mut rows: Vec<(Setup, String, Vec<Row>)> = Vec::new();
-        'runs: for run in 0..self.opts.plan.repeats {
-            let mut order = setups.clone();
-            if run % 2 == 1 {
-                order.reverse();
-            }
-            for s in order {
-                let what = format!("SSE, {} ({}), run {}", s.system(), s.mode(), run + 1);
-                if self.over_budget(&what) {
-                    break 'runs;
-                }
-                match self.session_sse(s).await {
-                    Ok(rs) => {
-                        for r in rs {
-                            eprintln!(
-                                "pushbench:        run {} | {} | {} ({}) | {}",
-                                run + 1,
-                                r.label,
-                                r.system,
-                                r.mode,
-                                crate::report::brief(&r)
-                            );
-                            match rows.iter_mut().find(|(x, l, _)| *x == s && *l == r.label) {
-                                Some((_, _, v)) => v.push(r),
-                                None => rows.push((s, r.label.clone(), vec![r])),
-                            }
-                        }
-                    }
-                    Err(e) => self.guarded(what, Err(e)).await,
-                }
-            }
-        }
-        for (_, _, runs) in rows {
-            if let Some(r) = row::median(runs) {
-                self.push(r);
-            }
-        }
+        self.alternating("SSE", &[setups], Self::session_sse).await;
     }
 
     /// One session of the four rows on a fresh server (see the module's text).
