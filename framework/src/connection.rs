@@ -662,9 +662,13 @@ impl Connection {
     /// closed; returns whether it was.
     /// A graceful stop's part: close the connection if it rests between requests (an HTTP
     /// keep-alive connection with no request begun, nothing left to write); `true` if closed.
-    /// Other connections are left to finish (their peers close them, or the stop's timeout).
+    /// One that has not sent its first request yet is given 2 s to (it was just accepted:
+    /// the request may be on its way). Other connections are left to finish (their peers
+    /// close them, or the stop's timeout).
     pub(crate) fn close_if_resting(&self) -> bool {
+        let young = clock::now().saturating_sub(self.0.opened_at.get()) < 2;
         if self.status() != Status::Established
+            || (self.0.stats.get().messages_in == 0 && young)
             || !self.0.codec.borrow().awaits_head()
             || !self.0.read_buf.borrow().is_empty()
             || self.send_buffer_len() > 0

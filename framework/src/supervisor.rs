@@ -253,6 +253,12 @@ pub(crate) fn run(
     let set = signals::supervisor_set();
     signals::mask(libc::SIG_BLOCK, &set)?;
     let mut children = plan(&parts)?;
+    if parts.iter().any(|p| p.worker.serve.is_some()) && children.iter().any(|c| c.slot.is_some()) {
+        log::warn!(
+            "the metrics port shows the figures of the process that serves it (the workers run \
+             as threads); `status` and `connections` show every child's"
+        );
+    }
     for id in children.iter().filter_map(|c| c.identity) {
         report_dir(&paths.status, id);
         report_dir(&paths.connections, id);

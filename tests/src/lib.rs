@@ -84,6 +84,22 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Run a Python script with Debian's interpreter (which has `websockets`); it must succeed.
+/// Returns what it printed.
+pub fn python(script: &str) -> String {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A free port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     free_addr("127.0.0.1").port()

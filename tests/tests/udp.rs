@@ -26,17 +26,7 @@ fn python_client(to: std::net::SocketAddr, datagrams: &[&str], answers: usize) -
         to.ip().to_string(),
         to.port()
     );
-    let out = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
+    werkmann_tests::python(&script)
         .lines()
         .map(str::to_string)
         .collect()

@@ -55,25 +55,16 @@ fn text_websocket_and_http_over_unix_sockets() {
     assert_eq!(text_line(&t, "hallo"), "hallo\n");
 
     // Python's `websockets` over the Unix socket.
-    let out = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(format!(
-            "import asyncio, websockets\n\
+    let out = werkmann_tests::python(&format!(
+        "import asyncio, websockets\n\
              async def main():\n\
              \x20   async with websockets.unix_connect({:?}, 'ws://localhost/') as ws:\n\
              \x20       await ws.send('über unix')\n\
              \x20       print(await ws.recv())\n\
              asyncio.run(main())\n",
-            w.display().to_string()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "über unix");
+        w.display().to_string()
+    ));
+    assert_eq!(out.trim(), "über unix");
 
     // curl over the Unix socket (the HTTP worker's instances are processes here).
     let out = werkmann_tests::curl(&[
