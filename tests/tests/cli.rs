@@ -380,7 +380,14 @@ fn reload_swaps_the_process_without_refusing_connections() {
                         c.1.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                         c.1.write_all(b"whoami\n").unwrap();
                         let mut line = String::new();
-                        match c.0.read_line(&mut line) {
+                        let mut read = c.0.read_line(&mut line);
+                        // A connection of the old process may hear its on_worker_reload and
+                        // on_worker_stop first; its answer follows.
+                        while line == "reloading\n" || line == "stopping\n" {
+                            line.clear();
+                            read = c.0.read_line(&mut line);
+                        }
+                        match read {
                             Ok(n) if n > 0 && line.starts_with("worker=") => ok += 1,
                             other => failed.push(format!("{other:?} {line:?}")),
                         }
