@@ -183,6 +183,8 @@ pub struct App<O: clap::Args> {
 /// prints what is wrong and exits with status 2; `--help` prints the options with their
 /// environment variables and defaults.
 pub fn parse<P: clap::Parser>(defaults: &[(&'static str, &'static str)]) -> P {
+    // A binary a supervisor's reload started goes back if it cannot take over (`revert.rs`).
+    crate::revert::arm();
     // Options may follow the command, as Workerman's do: `app start -d --listen …`.
     let mut command = P::command().mut_args(|a| a.global(true));
     for &(id, value) in defaults {

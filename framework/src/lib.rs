@@ -30,6 +30,7 @@ mod message;
 pub mod metrics;
 pub mod protocol;
 pub mod pusher;
+mod revert;
 mod run;
 mod send_queue;
 mod session;

@@ -13,6 +13,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::error::Error;
 
+/// Where a reload passes the listening sockets to the binary it starts: `ADDR=FD,…`.
+pub(crate) const INHERIT_ENV: &str = "WERKMANN_INHERIT_FDS";
+
 /// The prefix of a Unix socket's address (`unix:/run/app.sock`).
 pub(crate) const UNIX: &str = "unix:";
 /// The prefix of a UDP socket's address (`udp:0.0.0.0:9292`).

@@ -20,7 +20,7 @@ use crate::signals::{Sig, Signals};
 use crate::worker::instance::{ConnectionInfo, GetConnections, GetStatus, InstanceActor, Stop};
 use crate::worker::{InstanceStatus, Worker};
 
-pub(crate) const INHERIT_ENV: &str = "WERKMANN_INHERIT_FDS";
+pub(crate) use crate::listener::INHERIT_ENV;
 /// The least a graceful stop waits for connections to finish (`stop_timeout` if longer).
 pub(crate) const GRACEFUL_MIN: Duration = Duration::from_secs(10);
 pub(crate) const RELOAD_PARENT_ENV: &str = "WERKMANN_RELOAD_PARENT";

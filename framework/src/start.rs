@@ -18,6 +18,7 @@ use crate::worker::Worker;
 /// Run Workerman's command line from `argv` (see [`cli::Workerman`]) for these workers;
 /// returns the process exit code. A bad command line exits with status 2 at once.
 pub fn main(workers: Vec<Worker>) -> i32 {
+    crate::revert::arm();
     use clap::Parser;
     let cli = cli::Workerman::parse();
     match cli.common.with(workers, None) {

@@ -75,6 +75,12 @@ fn reexec(
         .collect();
     let mut fds: Vec<i32> = kept.iter().map(|(_, fd)| *fd).collect();
     fds.push(slots.fd());
+    // This binary, for the new one to go back to if it cannot take over (`revert.rs`).
+    let previous = match std::fs::File::open("/proc/self/exe") {
+        Ok(f) => std::os::fd::IntoRawFd::into_raw_fd(f),
+        Err(e) => return e,
+    };
+    fds.push(previous);
     for fd in &fds {
         crate::listener::set_cloexec(*fd, false);
     }
@@ -91,10 +97,13 @@ fn reexec(
         .env(ADOPT_ENV, running.join(";"))
         .env(ADOPT_GRACEFUL_ENV, if graceful { "1" } else { "0" })
         .env(balance::FD_ENV, slots.fd().to_string())
+        .env(crate::revert::PREVIOUS_EXE_ENV, previous.to_string())
         .exec();
     for fd in &fds {
         crate::listener::set_cloexec(*fd, true);
     }
+    // SAFETY: opened above, for the exec that failed.
+    unsafe { libc::close(previous) };
     err
 }
 
@@ -266,6 +275,8 @@ pub(crate) fn run(
     let slots = balance::Slots::open(children.iter().filter(|c| c.slot.is_some()).count())?;
     // After an in-place reload: the children of the binary before, each replaced in turn.
     let mut old = Generation::adopt(&mut children);
+    // This binary supervises now: a failure later is not one of the reload.
+    crate::revert::disarm();
     let stop_timeout = parts
         .iter()
         .map(|p| p.worker.stop_timeout)

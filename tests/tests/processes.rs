@@ -795,3 +795,88 @@ async fn workers_run_as_another_user_after_binding_a_privileged_port() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no user \"keiner-hier\""));
 }
+
+/// A reload into a binary that cannot take over (here one whose command line refuses the
+/// options) goes back to the binary before: the supervisor and the service stay.
+#[test]
+fn a_reload_into_a_binary_that_fails_goes_back() {
+    use std::io::{BufRead, Write};
+    let dir = werkmann_tests::temp_dir("revert");
+    let app = dir.join("echo_app");
+    std::fs::copy(werkmann_tests::bin("text_echo"), &app).unwrap();
+    let a = free_addr("127.0.3.17");
+    let a_s = a.to_string();
+    let args = ["--listen", a_s.as_str(), "--count", "2", "--processes"];
+    let run = |cmd: &[&str]| {
+        std::process::Command::new(&app)
+            .args(cmd)
+            .args(args)
+            .env("WERKMANN_RUN_DIR", &dir)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["start", "-d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid_file = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "pid"))
+        .unwrap();
+    let supervisor: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let echo = || {
+        let s = std::net::TcpStream::connect(a).expect("served");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        w.write_all(b"noch da\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    assert_eq!(echo(), "noch da\n");
+    // The binary on disk is now one that refuses these options (the channel server's).
+    std::fs::remove_file(&app).unwrap();
+    std::fs::copy(werkmann_tests::bin("start_channel"), &app).unwrap();
+    unsafe { libc::kill(supervisor, libc::SIGUSR1) };
+    let log = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect::<String>()
+    };
+    wait_until(Duration::from_secs(20), "the supervisor went back", || {
+        log().contains("going back to the one before")
+            && log().matches("supervisor started").count() >= 2
+    });
+    assert!(
+        werkmann_tests::process_alive(supervisor),
+        "the supervisor lives:\n{}",
+        log()
+    );
+    assert_eq!(echo(), "noch da\n");
+    // With the right binary again, a reload works and the service stops cleanly.
+    std::fs::remove_file(&app).unwrap();
+    std::fs::copy(werkmann_tests::bin("text_echo"), &app).unwrap();
+    let out = run(&["status", "--json"]);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["children"].as_array().map(Vec::len), Some(2), "{s}");
+    let out = run(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!werkmann_tests::process_alive(supervisor));
+}
