@@ -182,13 +182,19 @@ impl Generation {
         self.queue.is_empty() && self.draining.is_none() && self.orphans.is_empty()
     }
 
-    /// A process ended: the one being replaced (the next may go), or an orphan.
-    fn ended(&mut self, pid: i32) {
+    /// A process ended: the one being replaced (the next may go), an orphan, or one still
+    /// waiting for its turn — whose replacement (the child at the index returned) then starts
+    /// at once instead.
+    fn ended(&mut self, pid: i32) -> Option<usize> {
         if self.draining.is_some_and(|(p, _)| p == pid) {
             log::info!("the old process {pid} has finished");
             self.draining = None;
         }
         self.orphans.retain(|p| *p != pid);
+        let at = self.queue.iter().position(|(_, p)| *p == pid)?;
+        let (i, _) = self.queue.remove(at)?;
+        log::warn!("the old process {pid} ended before its turn: its replacement starts now");
+        Some(i)
     }
 
     /// Replace the next child when the one before has ended (or its time is up).
@@ -343,7 +349,9 @@ pub(crate) fn run(
             _ => {}
         }
         for pid in reap(&mut children, stopping.is_some(), &slots) {
-            old.ended(pid);
+            if let (Some(i), None) = (old.ended(pid), &stopping) {
+                children[i].due = Some(Instant::now());
+            }
         }
         if stopping.is_none() {
             old.step(&mut children, &mut parts, paths, &summary, &slots);

@@ -880,3 +880,60 @@ fn a_reload_into_a_binary_that_fails_goes_back() {
     );
     assert!(!werkmann_tests::process_alive(supervisor));
 }
+
+/// During a graceful reload, an old child that dies before its turn is replaced at once,
+/// while the one before it still finishes its connections.
+#[test]
+fn an_old_child_that_dies_before_its_turn_is_replaced_at_once() {
+    let a = free_addr("127.0.3.18");
+    let a_s = a.to_string();
+    let app = App::start_daemon(
+        "text_echo",
+        &["--listen", &a_s, "--count", "2", "--processes"],
+        &[a],
+    );
+    let old: Vec<i32> = (0..2u64)
+        .map(|i| pid_of(&app, "text_echo", i).unwrap())
+        .collect();
+    // Connections on both children (which one takes a connection is not fixed).
+    let mut held = Vec::new();
+    wait_until(
+        Duration::from_secs(20),
+        "a connection on each child",
+        || {
+            let s = std::net::TcpStream::connect(a).unwrap();
+            held.push(s);
+            let st = status(&app);
+            st["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["connections"].as_u64().unwrap_or(0) > 0)
+        },
+    );
+    let out = app.command(&["reload", "-g"]);
+    assert!(out.status.success());
+    // Instance 0 is replaced first; its old process waits for its connections.
+    wait_until(Duration::from_secs(20), "instance 0 replaced", || {
+        pid_of(&app, "text_echo", 0).is_some_and(|p| p != old[0])
+    });
+    assert!(
+        werkmann_tests::process_alive(old[0]),
+        "the old #0 still finishes"
+    );
+    unsafe { libc::kill(old[1], libc::SIGKILL) };
+    wait_until(
+        Duration::from_secs(5),
+        "instance 1 replaced at once",
+        || pid_of(&app, "text_echo", 1).is_some_and(|p| p != old[1]),
+    );
+    assert!(
+        werkmann_tests::process_alive(old[0]),
+        "the old #0 is still finishing"
+    );
+    drop(held);
+    wait_until(Duration::from_secs(20), "the old #0 finished", || {
+        !werkmann_tests::process_alive(old[0])
+    });
+    assert!(app.log().contains("ended before its turn"), "{}", app.log());
+}
