@@ -4,7 +4,8 @@
 //! process the coordinator starts itself; `pushbench soak` holds clients under steady pushes
 //! for a long time (see `soak.rs`); `pushbench server` measures the framework alone against
 //! `bench_server` (see `server.rs`), `pushbench channel` the channel server alone (see
-//! `channel.rs`), `pushbench http` static file requests against nginx (see `files.rs`).
+//! `channel.rs`), `pushbench http` static file requests against nginx (see `files.rs`), `pushbench
+//! transports` HTTP over Unix sockets and TCP, and UDP echo, against nginx (see `transports.rs`).
 
 mod channel;
 mod child;
@@ -33,6 +34,7 @@ mod sse;
 mod sse_resumer;
 mod sse_rows;
 mod systems;
+mod transports;
 mod worker;
 
 fn main() {
@@ -51,6 +53,7 @@ fn main() {
                         Some("server") => server::main(&args[1..]).await,
                         Some("channel") => channel::main(&args[1..]).await,
                         Some("http") => files::main(&args[1..]).await,
+                        Some("transports") => transports::main(&args[1..]).await,
                         _ => run::main(&args).await,
                     }
                 })
