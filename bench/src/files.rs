@@ -128,6 +128,26 @@ fn parse_options(args: &[String]) -> Result<Options> {
 /// access log, `sendfile`/`tcp_nopush` on, keep-alive connections held for 100,000 requests
 /// and 60 s, and the run's own log, pid and temporary paths.
 fn nginx_conf(prefix: &Path, root: &Path, addr: SocketAddr, workers: usize) -> String {
+    let server = format!(
+        "    server {{
+        listen {addr};
+        root {root};
+    }}
+",
+        root = root.display()
+    );
+    nginx_conf_with(
+        prefix,
+        workers,
+        "    sendfile on;\n    tcp_nopush on;\n",
+        &server,
+    )
+}
+
+/// An nginx configuration for a bench run: `workers` worker processes, no access log,
+/// keep-alive connections held for 100,000 requests and 60 s, the run's own log, pid and
+/// temporary paths under `prefix`; `http` lines and `servers` blocks added to `http { }`.
+pub(crate) fn nginx_conf_with(prefix: &Path, workers: usize, http: &str, servers: &str) -> String {
     let p = prefix.display();
     format!(
         "worker_processes {workers};
@@ -140,26 +160,19 @@ events {{
 }}
 http {{
     access_log off;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 100000;
+{http}    keepalive_requests 100000;
     keepalive_timeout 60;
     client_body_temp_path {p}/body;
     proxy_temp_path {p}/proxy;
     fastcgi_temp_path {p}/fastcgi;
     uwsgi_temp_path {p}/uwsgi;
     scgi_temp_path {p}/scgi;
-    server {{
-        listen {addr};
-        root {root};
-    }}
-}}
-",
-        root = root.display()
+{servers}}}
+"
     )
 }
 
-fn which(prog: &str) -> Result<PathBuf> {
+pub(crate) fn which(prog: &str) -> Result<PathBuf> {
     for dir in std::env::var("PATH")
         .unwrap_or_default()
         .split(':')

@@ -101,50 +101,18 @@ fn parse_options(args: &[String]) -> Result<Options> {
 /// on `tcp` and on the Unix socket `unix`. (This nginx's `stream` module is dynamic and not
 /// installed, hence the Python UDP peer.)
 fn nginx_conf(prefix: &Path, tcp: SocketAddr, unix: &Path, workers: usize) -> String {
-    let p = prefix.display();
-    format!(
-        "worker_processes {workers};
-daemon off;
-master_process on;
-error_log {p}/error.log warn;
-pid {p}/nginx.pid;
-events {{
-    worker_connections 4096;
-}}
-http {{
-    access_log off;
-    keepalive_requests 100000;
-    keepalive_timeout 60;
-    client_body_temp_path {p}/body;
-    proxy_temp_path {p}/proxy;
-    fastcgi_temp_path {p}/fastcgi;
-    uwsgi_temp_path {p}/uwsgi;
-    scgi_temp_path {p}/scgi;
-    server {{
+    let server = format!(
+        "    server {{
         listen {tcp};
         listen unix:{unix};
         location / {{
             return 200 \"ok\";
         }}
     }}
-}}
 ",
         unix = unix.display()
-    )
-}
-
-fn which(prog: &str) -> Result<PathBuf> {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-    {
-        let p = Path::new(dir).join(prog);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    bail!("{prog} not found")
+    );
+    crate::files::nginx_conf_with(prefix, workers, "", &server)
 }
 
 /// Where a case sends its load.
@@ -450,7 +418,7 @@ pub async fn main(args: &[String]) -> Result<()> {
         std::fs::create_dir_all(&ndir)?;
         let conf = ndir.join("nginx.conf");
         std::fs::write(&conf, nginx_conf(&ndir, n_tcp, &n_unix, o.count))?;
-        let mut cmd = Command::new(which("nginx")?);
+        let mut cmd = Command::new(crate::files::which("nginx")?);
         cmd.arg("-p")
             .arg(&ndir)
             .arg("-e")
