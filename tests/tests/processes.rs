@@ -437,11 +437,11 @@ async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
 
     // Reload while a client connects over and over: every connection is answered.
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let prober = {
-        let stop = stop.clone();
+        let (stop, answered) = (stop.clone(), answered.clone());
         std::thread::spawn(move || {
             use std::io::{BufRead, Write};
-            let mut answered = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let mut s = std::net::TcpStream::connect(a).expect("no connection refused");
                 s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -449,12 +449,16 @@ async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
                 let mut line = String::new();
                 std::io::BufReader::new(&s).read_line(&mut line).unwrap();
                 assert_eq!(line, "ping\n", "answered during the reload");
-                answered += 1;
+                answered.fetch_add(1, Ordering::Relaxed);
             }
-            answered
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    let answered_past = |n: u64| {
+        wait_until(Duration::from_secs(20), format!("{n} answered"), || {
+            answered.load(Ordering::Relaxed) >= n
+        })
+    };
+    answered_past(10);
     let before: HashSet<i32> = (0..2u64)
         .filter_map(|i| pid_of(&app, "text_echo", i))
         .collect();
@@ -473,19 +477,19 @@ async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
     });
     assert_eq!(app.daemon_pid(), Some(supervisor), "the same supervisor");
     assert!(app.log().contains("reloading: executing"), "{}", app.log());
-    std::thread::sleep(Duration::from_millis(300));
+    // And the new children answer too.
+    answered_past(answered.load(Ordering::Relaxed) + 10);
     stop.store(true, Ordering::Relaxed);
-    let answered = prober.join().expect("the prober saw no refusal");
-    assert!(answered > 10, "{answered}");
+    prober.join().expect("the prober saw no refusal");
 }
 
 /// HTTP keep-alive requests in a loop: each one must be answered whole. A request written on
 /// a connection the server closed while it rested (the close and the request crossed) is sent
 /// again on a new connection, as HTTP clients do; a connection refused or a response cut short
-/// fails. Returns (answered, sent again).
-fn keep_alive_load(addr: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
+/// fails. Counts the answers in `answered`; returns how many were sent again.
+fn keep_alive_load(addr: SocketAddr, stop: Arc<AtomicBool>, answered: Arc<AtomicU64>) -> u64 {
     use std::io::{BufRead, Read, Write};
-    let (mut answered, mut again) = (0u64, 0u64);
+    let mut again = 0u64;
     let mut conn: Option<std::io::BufReader<std::net::TcpStream>> = None;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -541,12 +545,12 @@ fn keep_alive_load(addr: SocketAddr, stop: Arc<AtomicBool>) -> (u64, u64) {
             n.to_string(),
             "the answer to request {n}"
         );
-        answered += 1;
+        answered.fetch_add(1, Ordering::Relaxed);
         if head.to_ascii_lowercase().contains("connection: close") {
             conn = None;
         }
     }
-    (answered, again)
+    again
 }
 
 #[tokio::test]
@@ -564,13 +568,19 @@ async fn reload_g_replaces_children_one_at_a_time_answering_every_request() {
         .collect();
     assert_eq!(before.len(), 2);
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let load: Vec<_> = (0..3)
         .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || keep_alive_load(a, stop))
+            let (stop, answered) = (stop.clone(), answered.clone());
+            std::thread::spawn(move || keep_alive_load(a, stop, answered))
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered_past = |n: u64| {
+        wait_until(Duration::from_secs(20), format!("{n} answered"), || {
+            answered.load(Ordering::Relaxed) >= n
+        })
+    };
+    answered_past(50);
     let out = app.command(&["reload", "-g"]);
     assert!(
         out.status.success(),
@@ -588,16 +598,16 @@ async fn reload_g_replaces_children_one_at_a_time_answering_every_request() {
         before.iter().all(|p| !werkmann_tests::process_alive(*p))
     });
     assert_eq!(app.daemon_pid(), Some(supervisor));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // And the new children answer too.
+    answered_past(answered.load(Ordering::Relaxed) + 50);
     stop.store(true, Ordering::Relaxed);
-    let (mut answered, mut again) = (0, 0);
+    let mut again = 0;
     for l in load {
-        let (a, g) = l
+        again += l
             .join()
             .expect("every request answered, no connection refused");
-        answered += a;
-        again += g;
     }
+    let answered = answered.load(Ordering::Relaxed);
     assert!(answered > 100, "{answered} answered");
     eprintln!("{answered} requests answered, {again} sent again after a resting close");
     let log = app.log();
@@ -631,8 +641,12 @@ fn stop_g_waits_for_connections_to_finish() {
             (out, t.elapsed())
         })
     };
-    // A second later the connection is still served: the stop waits for it.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The stop is under way and waits for the connection, which is still served.
+    wait_until(
+        Duration::from_secs(10),
+        "the stop waits for the connection",
+        || app.log().contains("waiting up to"),
+    );
     assert!(werkmann_tests::process_alive(pid));
     line.clear();
     w.write_all(b"zwei\n").unwrap();

@@ -97,7 +97,7 @@ fn a_stale_file_is_replaced_a_live_one_refused_and_other_files_untouched() {
     let stale = dir.join("stale.sock");
     drop(UnixListener::bind(&stale).unwrap());
     assert!(stale.exists());
-    let first = start_on("text_echo", &stale, &[]);
+    let mut first = start_on("text_echo", &stale, &[]);
     assert_eq!(text_line(&stale, "neu"), "neu\n");
 
     // A second process on the same path is refused: something serves it.
@@ -137,7 +137,11 @@ fn a_stale_file_is_replaced_a_live_one_refused_and_other_files_untouched() {
         "the reloaded process serves",
         || first.log().matches("started (pid").count() >= 2,
     );
-    std::thread::sleep(Duration::from_millis(600));
+    // The old process has stopped, and the file is still there.
+    assert!(
+        first.wait_exit(Duration::from_secs(20)).is_some(),
+        "the old process stops"
+    );
     assert!(stale.exists(), "the file stays across a reload");
     assert_eq!(text_line(&stale, "danach"), "danach\n");
     // The new process is nobody's child here: stop it by its pid file.
