@@ -660,24 +660,18 @@ impl Connection {
     /// whole seconds: between `limit` and `limit + 1` s) and still not complete — a client that
     /// sends it a byte at a time, which the idle timeout does not see — is answered 408 and
     /// closed; returns whether it was.
-    /// A graceful stop's part: close the connection if it rests between requests (an HTTP
-    /// keep-alive connection with no request begun, nothing left to write); `true` if closed.
+    /// A graceful stop's part: whether the connection rests between requests (an HTTP
+    /// keep-alive connection with no request begun, nothing left to write), to be closed.
     /// One that has not sent its first request yet is given 2 s to (it was just accepted:
     /// the request may be on its way). Other connections are left to finish (their peers
     /// close them, or the stop's timeout).
-    pub(crate) fn close_if_resting(&self) -> bool {
+    pub(crate) fn is_resting(&self) -> bool {
         let young = clock::now().saturating_sub(self.0.opened_at.get()) < 2;
-        if self.status() != Status::Established
-            || (self.0.stats.get().messages_in == 0 && young)
-            || !self.0.codec.borrow().awaits_head()
-            || !self.0.read_buf.borrow().is_empty()
-            || self.send_buffer_len() > 0
-        {
-            return false;
-        }
-        self.closed_because(Closed::Stop);
-        self.close();
-        true
+        self.status() == Status::Established
+            && !(self.0.stats.get().messages_in == 0 && young)
+            && self.0.codec.borrow().awaits_head()
+            && self.0.read_buf.borrow().is_empty()
+            && self.send_buffer_len() == 0
     }
 
     pub(crate) fn check_head(&self, now: u32, limit: u32) -> bool {

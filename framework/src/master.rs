@@ -20,7 +20,6 @@ use crate::signals::{Sig, Signals};
 use crate::worker::instance::{ConnectionInfo, GetConnections, GetStatus, InstanceActor, Stop};
 use crate::worker::{InstanceStatus, Worker};
 
-pub(crate) use crate::listener::INHERIT_ENV;
 /// The least a graceful stop waits for connections to finish (`stop_timeout` if longer).
 pub(crate) const GRACEFUL_MIN: Duration = Duration::from_secs(10);
 pub(crate) const RELOAD_PARENT_ENV: &str = "WERKMANN_RELOAD_PARENT";
@@ -408,7 +407,7 @@ pub(crate) fn spawn_reload(listeners: &[(String, RawFd)]) -> std::io::Result<()>
     log::info!("reloading: starting {} {}", exe.display(), args.join(" "));
     let child = std::process::Command::new(&exe)
         .args(&args)
-        .env(INHERIT_ENV, inherit_list(listeners))
+        .env(crate::listener::INHERIT_ENV, inherit_list(listeners))
         .env(RELOAD_PARENT_ENV, std::process::id().to_string())
         .spawn();
     for (_, fd) in listeners {

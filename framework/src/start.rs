@@ -9,10 +9,8 @@ use std::time::Duration;
 
 use crate::cli::{self, Command, Paths};
 use crate::error::Error;
-use crate::listener::{unix_path, Listener, SocketFiles};
-use crate::master::{
-    describe, serve, Part, Role, GRACEFUL_MIN, INHERIT_ENV, RELOADED, RELOAD_PARENT_ENV,
-};
+use crate::listener::{unix_path, Listener, SocketFiles, INHERIT_ENV};
+use crate::master::{describe, serve, Part, Role, GRACEFUL_MIN, RELOADED, RELOAD_PARENT_ENV};
 use crate::worker::Worker;
 
 /// Run Workerman's command line from `argv` (see [`cli::Workerman`]) for these workers;

@@ -198,10 +198,11 @@ fn duration(secs: u64) -> String {
 fn render(r: &Report, since: Option<(&Report, f64)>) -> String {
     let sum: Summary = serde_json::from_value(r.totals.clone()).unwrap_or_default();
     let started = UNIX_EPOCH + Duration::from_secs_f64(r.started_unix.max(0.0));
-    let up = SystemTime::now()
-        .duration_since(started)
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs();
+        .as_secs_f64();
+    let up = (now - r.started_unix).max(0.0) as u64;
     let conns: usize = r.instances.iter().map(|i| i.connections).sum();
     // A figure per second since the previous report, given the figure then.
     let dt = since.map(|(_, dt)| dt).filter(|dt| *dt > 0.0);
@@ -292,10 +293,6 @@ fn render(r: &Report, since: Option<(&Report, f64)>) -> String {
             "{:<8} {:<32} {:>8} {:>9} {:>10} {:>9} {:>12}",
             "pid", "serves", "conns", "restarts", "rss_mib", "cpu_s", "up_s"
         );
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
         for c in &r.children {
             let _ = writeln!(
                 out,

@@ -93,7 +93,7 @@ fn reexec(
     );
     let err = std::process::Command::new(&exe)
         .args(&args)
-        .env(master::INHERIT_ENV, master::inherit_list(kept))
+        .env(crate::listener::INHERIT_ENV, master::inherit_list(kept))
         .env(ADOPT_ENV, running.join(";"))
         .env(ADOPT_GRACEFUL_ENV, if graceful { "1" } else { "0" })
         .env(balance::FD_ENV, slots.fd().to_string())

@@ -847,9 +847,16 @@ impl Handler<Stop> for InstanceActor {
                 let deadline = tokio::time::Instant::now() + msg.timeout;
                 let mut said = false;
                 loop {
-                    let conns: Vec<Connection> = inst.connections().values().cloned().collect();
-                    for c in &conns {
-                        c.close_if_resting();
+                    // Only the resting ones are taken out of the map (closing edits it).
+                    let resting: Vec<Connection> = inst
+                        .connections()
+                        .values()
+                        .filter(|c| c.is_resting())
+                        .cloned()
+                        .collect();
+                    for c in resting {
+                        c.closed_because(Closed::Stop);
+                        c.close();
                     }
                     let left = inst.connection_count();
                     if left == 0 || tokio::time::Instant::now() >= deadline {
