@@ -37,6 +37,25 @@ fn pid_of(app: &App, worker: &str, id: u64) -> Option<i32> {
         .map(|p| p as i32)
 }
 
+/// The pids serving instances `0..count` of `worker`.
+fn instance_pids(app: &App, worker: &str, count: u64) -> HashSet<i32> {
+    (0..count).filter_map(|i| pid_of(app, worker, i)).collect()
+}
+
+/// `name start -d --listen IP:PORT --count N --processes` on a free port of `ip`.
+fn children_daemon(name: &str, ip: &str, count: usize) -> (App, SocketAddr) {
+    let a = free_addr(ip);
+    let (a_s, n) = (a.to_string(), count.to_string());
+    let args = [
+        "--listen",
+        a_s.as_str(),
+        "--count",
+        n.as_str(),
+        "--processes",
+    ];
+    (App::start_daemon(name, &args, &[a]), a)
+}
+
 /// A client's messages until `end`, and whether its connection ended first.
 async fn read_until(mut ws: Ws, end: &str) -> (Vec<String>, bool) {
     let mut got = Vec::new();
@@ -235,13 +254,7 @@ async fn killed_child(channel: &str) {
 
 #[tokio::test]
 async fn stop_status_and_connections_reach_every_child() {
-    let a = free_addr("127.0.3.4");
-    let a_s = a.to_string();
-    let app = App::start_daemon(
-        "ws_echo",
-        &["--listen", &a_s, "--count", "3", "--processes"],
-        &[a],
-    );
+    let (app, a) = children_daemon("ws_echo", "127.0.3.4", 3);
     let supervisor = app.daemon_pid().expect("a pid file");
     let mut clients = Vec::new();
     for _ in 0..9 {
@@ -411,13 +424,7 @@ async fn forty_thousand_clients_on_one_node_of_four_processes() {
 /// `reload` swaps the supervisor and its children without refusing a connection.
 #[tokio::test]
 async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
-    let a = free_addr("127.0.3.8");
-    let a_s = a.to_string();
-    let app = App::start_daemon(
-        "text_echo",
-        &["--listen", &a_s, "--count", "2", "--processes"],
-        &[a],
-    );
+    let (app, a) = children_daemon("text_echo", "127.0.3.8", 2);
     let supervisor = app.daemon_pid().unwrap();
     // Kill instance 0 as soon as each new process of it answers `status`.
     let mut last = pid_of(&app, "text_echo", 0).unwrap();
@@ -459,9 +466,7 @@ async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
         })
     };
     answered_past(10);
-    let before: HashSet<i32> = (0..2u64)
-        .filter_map(|i| pid_of(&app, "text_echo", i))
-        .collect();
+    let before: HashSet<i32> = instance_pids(&app, "text_echo", 2);
     let out = app.command(&["reload"]);
     assert!(
         out.status.success(),
@@ -470,9 +475,7 @@ async fn a_crash_loop_backs_off_and_reload_refuses_nothing() {
     );
     // The supervisor executes the new binary in its own place and replaces its children.
     wait_until(Duration::from_secs(20), "both children replaced", || {
-        let now: HashSet<i32> = (0..2u64)
-            .filter_map(|i| pid_of(&app, "text_echo", i))
-            .collect();
+        let now: HashSet<i32> = instance_pids(&app, "text_echo", 2);
         now.len() == 2 && now.is_disjoint(&before)
     });
     assert_eq!(app.daemon_pid(), Some(supervisor), "the same supervisor");
@@ -555,17 +558,9 @@ fn keep_alive_load(addr: SocketAddr, stop: Arc<AtomicBool>, answered: Arc<Atomic
 
 #[tokio::test]
 async fn reload_g_replaces_children_one_at_a_time_answering_every_request() {
-    let a = free_addr("127.0.3.12");
-    let a_s = a.to_string();
-    let app = App::start_daemon(
-        "http_echo",
-        &["--listen", &a_s, "--count", "2", "--processes"],
-        &[a],
-    );
+    let (app, a) = children_daemon("http_echo", "127.0.3.12", 2);
     let supervisor = app.daemon_pid().unwrap();
-    let before: HashSet<i32> = (0..2u64)
-        .filter_map(|i| pid_of(&app, "http_echo", i))
-        .collect();
+    let before: HashSet<i32> = instance_pids(&app, "http_echo", 2);
     assert_eq!(before.len(), 2);
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
@@ -589,9 +584,7 @@ async fn reload_g_replaces_children_one_at_a_time_answering_every_request() {
     );
     // The same supervisor (it executed the new binary in its place), new children.
     wait_until(Duration::from_secs(30), "both children replaced", || {
-        let now: HashSet<i32> = (0..2u64)
-            .filter_map(|i| pid_of(&app, "http_echo", i))
-            .collect();
+        let now: HashSet<i32> = instance_pids(&app, "http_echo", 2);
         now.len() == 2 && now.is_disjoint(&before)
     });
     wait_until(Duration::from_secs(20), "the old children finished", || {
@@ -698,9 +691,7 @@ fn a_worker_that_is_not_reloadable_keeps_its_processes() {
     let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.extend(["--count", "2", "--processes"]);
     let app = App::start_daemon("feature_demo", &args, &[l, c, w]);
-    let consoles: HashSet<i32> = (0..2u64)
-        .filter_map(|i| pid_of(&app, "console", i))
-        .collect();
+    let consoles: HashSet<i32> = instance_pids(&app, "console", 2);
     assert_eq!(consoles.len(), 2);
     let s = std::net::TcpStream::connect(l).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -727,9 +718,7 @@ fn a_worker_that_is_not_reloadable_keeps_its_processes() {
         "the threads child replaced",
         || threads_child(&app) != rest,
     );
-    let now: HashSet<i32> = (0..2u64)
-        .filter_map(|i| pid_of(&app, "console", i))
-        .collect();
+    let now: HashSet<i32> = instance_pids(&app, "console", 2);
     assert_eq!(now, consoles, "the console's processes are the same");
     line.clear();
     s.write_all(b"whoami\n").unwrap();
@@ -899,13 +888,7 @@ fn a_reload_into_a_binary_that_fails_goes_back() {
 /// while the one before it still finishes its connections.
 #[test]
 fn an_old_child_that_dies_before_its_turn_is_replaced_at_once() {
-    let a = free_addr("127.0.3.18");
-    let a_s = a.to_string();
-    let app = App::start_daemon(
-        "text_echo",
-        &["--listen", &a_s, "--count", "2", "--processes"],
-        &[a],
-    );
+    let (app, a) = children_daemon("text_echo", "127.0.3.18", 2);
     let old: Vec<i32> = (0..2u64)
         .map(|i| pid_of(&app, "text_echo", i).unwrap())
         .collect();
