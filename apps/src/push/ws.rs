@@ -99,6 +99,9 @@ pub fn ws_worker(
                 reports.wrote(&reporter, &asked, written);
             }
         });
+        // Without connections, the instance takes no copies of broadcasts (still counted as
+        // reached); its next connection waits until they flow again.
+        client.park_while_idle(w, BROADCAST);
         w.set_data(feeds);
         w.set_data(client);
         log::info!("pusher instance {} is worker id {my_id}", w.id());

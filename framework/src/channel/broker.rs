@@ -166,6 +166,12 @@ pub(crate) trait Broker {
     fn leases(&self) -> Option<Rc<dyn Leases>> {
         None
     }
+    /// Whether subscriptions can be parked here ([`Command::Park`]): a werkmann hub, in this
+    /// process or a server that answered the hello. Redis cannot (a publish counts only the
+    /// subscriptions it sends to), nor a PHP server.
+    fn parks(&self) -> bool {
+        false
+    }
     /// Disconnect for good: what was handed over still goes out where the backend can.
     fn close(&self);
 }

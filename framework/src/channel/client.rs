@@ -561,6 +561,50 @@ impl Client {
     pub(crate) fn on_up_internal(&self, f: impl Fn() + 'static) {
         self.0.on_up.borrow_mut().push(Rc::new(f));
     }
+
+    /// Park the subscription to `event` (see [`Command::Park`]): whether it is parked now —
+    /// not where the backend cannot park (Redis, a PHP server) or while disconnected. A
+    /// reconnect subscribes afresh, unparked.
+    pub(crate) fn park(&self, event: &Key) -> bool {
+        let Some(b) = self.live_broker().filter(|b| b.parks()) else {
+            return false;
+        };
+        b.send(Command::Park(vec![WireName::from_key(event.clone())]))
+            .is_ok()
+    }
+
+    /// Unpark the subscription to `event` and call `ready` once every later publish is
+    /// delivered to it — or once that no longer matters: the link failed (a reconnect
+    /// subscribes afresh). May call `ready` before it returns.
+    pub(crate) fn unpark(&self, event: &Key, ready: impl FnOnce() + 'static) {
+        match self.live_broker() {
+            Some(b) => b.publish_confirmed(
+                Command::Unpark(vec![WireName::from_key(event.clone())]),
+                Box::new(move |_| ready()),
+            ),
+            None => ready(),
+        }
+    }
+
+    /// [`Client::publish_raw_confirmed`] that parked subscriptions get too: a publish every
+    /// subscriber must answer (a delivery report's, `channel::report`).
+    pub(crate) fn publish_raw_confirmed_waking(
+        &self,
+        event: Key,
+        php_serialized: Bytes,
+        on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
+    ) {
+        if let Err(e) = php_serde::Reader::new(&php_serialized).skip() {
+            return on_done(Err(ChannelError::Encode(e.to_string())));
+        }
+        let mut cmds = self.publish_commands(vec![event], php_serialized);
+        let cmd = cmds.remove(0);
+        let waking = match self.live_broker() {
+            Some(b) if b.parks() => Command::Waking(Box::new(cmd)),
+            _ => cmd,
+        };
+        self.publish_command_confirmed(waking, on_done);
+    }
 }
 
 fn wire(names: Vec<Key>) -> Vec<WireName> {

@@ -263,6 +263,33 @@ impl LocalOut {
 struct Subscribers {
     list: Vec<(SubscriberId, Sink)>,
     cursor: usize,
+    /// Parked subscriptions ([`Command::Park`]): counted by a publish, sent only a waking one.
+    parked: Vec<(SubscriberId, Sink)>,
+}
+
+impl Subscribers {
+    fn has(&self, id: SubscriberId) -> bool {
+        self.list.iter().chain(&self.parked).any(|(s, _)| *s == id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty() && self.parked.is_empty()
+    }
+
+    /// Move `id`'s subscription from `from` to `to` (parking or unparking it); whether it moved.
+    fn shift(
+        id: SubscriberId,
+        from: &mut Vec<(SubscriberId, Sink)>,
+        to: &mut Vec<(SubscriberId, Sink)>,
+    ) -> bool {
+        match from.iter().position(|(s, _)| *s == id) {
+            Some(i) => {
+                to.push(from.remove(i));
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -461,13 +488,15 @@ impl HubState {
             Command::Subscribe(names) => {
                 for n in names {
                     let subs = self.channels.entry(n.key.clone()).or_default();
-                    if !subs.list.iter().any(|(s, _)| *s == id) {
+                    if !subs.has(id) {
                         subs.list.push((id, sink.clone()));
-                        self.routes.set(&n.key, &subs.list);
+                        self.routes.set(&n.key, &subs.list, subs.parked.len());
                     }
                     self.subscribed.entry(id).or_default().insert(n.key);
                 }
             }
+            Command::Park(names) => self.park(id, names, true),
+            Command::Unpark(names) => self.park(id, names, false),
             Command::Unsubscribe(names) => {
                 for n in names {
                     self.unsubscribe(id, &n.key);
@@ -480,11 +509,15 @@ impl HubState {
                 let page = self.routes.history().read(&name.key, since, Instant::now());
                 return Answer::Dir(page.encode());
             }
-            Command::Publish(..) | Command::PublishKept(..) => {
+            Command::Publish(..) | Command::PublishKept(..) | Command::Waking(_) => {
+                let (cmd, wake) = match cmd {
+                    Command::Waking(inner) => (*inner, true),
+                    cmd => (cmd, false),
+                };
                 let (names, data, keep) = match cmd {
                     Command::Publish(names, data) => (names, data, None),
                     Command::PublishKept(names, data, keep) => (names, data, Some(keep)),
-                    _ => unreachable!("matched above"),
+                    _ => return Answer::Reached(0),
                 };
                 let now = keep.map(|_| Instant::now());
                 // A kept publish is numbered and handed to in-process subscribers under the
@@ -503,7 +536,15 @@ impl HubState {
                         continue;
                     };
                     let mut frame = None;
-                    for (sid, s) in &subs.list {
+                    let parked: &[(SubscriberId, Sink)] = match wake {
+                        true => &subs.parked,
+                        false => {
+                            // Counted as reached: a parked subscriber has no one to hand it to.
+                            reached += subs.parked.len();
+                            &[]
+                        }
+                    };
+                    for (sid, s) in subs.list.iter().chain(parked) {
                         let event = (DeliveryKind::Event, &n, &data, pos);
                         if s.deliver(*sid, event, &mut frame, confirmed, &self.local_out) {
                             self.stats.deliveries += 1;
@@ -602,7 +643,7 @@ impl HubState {
         let subscribed = |w: u32| {
             channels
                 .get(&node_key(node_keys, w))
-                .is_some_and(|s| !s.list.is_empty())
+                .is_some_and(|s| !s.is_empty())
         };
         let applied = self.directory.apply(id, &op, subscribed);
         self.announce();
@@ -643,11 +684,36 @@ impl HubState {
     fn unsubscribe(&mut self, id: SubscriberId, key: &Key) {
         if let Some(subs) = self.channels.get_mut(key) {
             subs.list.retain(|(s, _)| *s != id);
-            self.routes.set(key, &subs.list);
-            if subs.list.is_empty() {
+            subs.parked.retain(|(s, _)| *s != id);
+            self.routes.set(key, &subs.list, subs.parked.len());
+            if subs.is_empty() {
                 self.channels.remove(key);
             } else if subs.cursor >= subs.list.len() {
                 subs.cursor = 0;
+            }
+        }
+    }
+
+    /// Park `id`'s subscriptions to `names` (or unpark them): see [`Command::Park`].
+    fn park(&mut self, id: SubscriberId, names: Vec<WireName>, park: bool) {
+        for n in names {
+            let Some(subs) = self.channels.get_mut(&n.key) else {
+                continue;
+            };
+            let Subscribers {
+                list,
+                parked,
+                cursor,
+            } = subs;
+            let moved = match park {
+                true => Subscribers::shift(id, list, parked),
+                false => Subscribers::shift(id, parked, list),
+            };
+            if moved {
+                if *cursor >= list.len() {
+                    *cursor = 0;
+                }
+                self.routes.set(&n.key, list, parked.len());
             }
         }
     }
@@ -838,6 +904,42 @@ mod tests {
 
     fn publish(ns: &[&str], d: &str) -> Command {
         Command::Publish(names(ns), data(d))
+    }
+
+    #[test]
+    fn a_parked_subscription_is_counted_and_sent_only_waking_publishes() {
+        actix_rt::System::new().block_on(async {
+            let mut hub = HubState::default();
+            let ((sa, la), (sb, lb)) = (recorder(), recorder());
+            let (a, b) = (SubscriberId::Local(1), SubscriberId::Local(2));
+            let (ka, kb) = (Sink::Local(sa), Sink::Local(sb));
+            hub.apply(a, &ka, Command::Subscribe(names(&["news"])), false);
+            hub.apply(b, &kb, Command::Subscribe(names(&["news"])), false);
+            hub.apply(b, &kb, Command::Park(names(&["news"])), false);
+            // Subscribing again does not unpark (nor add a second subscription).
+            hub.apply(b, &kb, Command::Subscribe(names(&["news"])), false);
+            let reached = |hub: &mut HubState, cmd| hub.apply(a, &ka, cmd, true).reached();
+            assert_eq!(reached(&mut hub, publish(&["news"], "1")), 2, "b counted");
+            let waking = Command::Waking(Box::new(publish(&["news"], "2")));
+            assert_eq!(reached(&mut hub, waking), 2);
+            // publish_loop skips it.
+            for i in 0..2 {
+                let cmd = Command::PublishLoop(names(&["news"]), data(&format!("l{i}")));
+                assert_eq!(reached(&mut hub, cmd), 1);
+            }
+            hub.apply(b, &kb, Command::Unpark(names(&["news"])), true);
+            assert_eq!(reached(&mut hub, publish(&["news"], "3")), 2);
+            until(|| seen(&la).len() == 5 && seen(&lb).len() == 2).await;
+            let got = |l| seen(l).into_iter().map(|(_, d)| d).collect::<Vec<_>>();
+            assert_eq!(got(&la), ["1", "2", "l0", "l1", "3"]);
+            assert_eq!(got(&lb), ["2", "3"], "only the waking publish while parked");
+            // Unsubscribing a parked subscription forgets it.
+            hub.apply(b, &kb, Command::Park(names(&["news"])), false);
+            hub.apply(b, &kb, Command::Unsubscribe(names(&["news"])), false);
+            assert_eq!(reached(&mut hub, publish(&["news"], "4")), 1);
+            hub.remove(a);
+            assert!(hub.channels.is_empty());
+        });
     }
 
     #[test]

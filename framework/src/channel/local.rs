@@ -311,6 +311,10 @@ impl Broker for LocalBroker {
         Ok(())
     }
 
+    fn parks(&self) -> bool {
+        true
+    }
+
     fn publish_confirmed(&self, cmd: Command, done: Confirm) {
         if self.hub.borrow().is_none() || self.closed.get() {
             return done(Err(ChannelError::Disconnected));

@@ -28,6 +28,7 @@ mod feed;
 pub mod history;
 mod hub;
 mod local;
+mod parking;
 pub mod php_serde;
 mod redis;
 pub mod report;
@@ -44,6 +45,7 @@ pub use feed::{FeedEvent, Feeds, Follow, MAX_HELD};
 pub use history::{History, Keep, Page, Position};
 pub(crate) use hub::keep_only as keep_hubs;
 pub use hub::HubStats;
+pub use parking::PARK_AFTER;
 pub use php_serde::Key as Name;
 pub use server::{Server, EMBEDDED, IDLE_TIMEOUT};
 

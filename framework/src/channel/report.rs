@@ -239,8 +239,9 @@ impl Deliveries {
             },
         );
         let weak = Rc::downgrade(self);
+        // Every subscriber answers, parked ones too (`Command::Waking`).
         self.client
-            .publish_raw_confirmed(event, data(&asked), move |r| {
+            .publish_raw_confirmed_waking(event, data(&asked), move |r| {
                 let Some(me) = weak.upgrade() else { return };
                 match r {
                     Ok(n) => {

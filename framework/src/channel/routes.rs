@@ -61,6 +61,8 @@ struct Route {
     local: Vec<(u64, LocalSink)>,
     /// Some subscriber is a TCP connection of the hub's thread.
     tcp: bool,
+    /// Parked subscriptions (`Command::Park`): counted as reached, sent nothing.
+    parked: usize,
 }
 
 /// The hub's event routes, shared with the in-process clients of this process.
@@ -81,9 +83,13 @@ impl Routes {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Set the route of `key` to its subscribers now (none: forget it). Called by the hub.
-    pub fn set(&self, key: &Key, subscribers: &[(SubscriberId, Sink)]) {
-        let mut route = Route::default();
+    /// Set the route of `key` to its subscribers now and how many more are parked (none:
+    /// forget it). Called by the hub.
+    pub fn set(&self, key: &Key, subscribers: &[(SubscriberId, Sink)], parked: usize) {
+        let mut route = Route {
+            parked,
+            ..Route::default()
+        };
         for (id, sink) in subscribers {
             match (id, sink) {
                 (SubscriberId::Local(id), Sink::Local(sink)) => {
@@ -93,7 +99,7 @@ impl Routes {
             }
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        if route.local.is_empty() && !route.tcp {
+        if route.local.is_empty() && !route.tcp && route.parked == 0 {
             map.remove(key);
         } else {
             map.insert(key.clone(), route);
@@ -129,6 +135,10 @@ impl Routes {
         let mut store = kept.then(|| (self.history(), Instant::now()));
         // One message per subscriber, with the command each delivery belongs to.
         let mut batches: Vec<(u64, &LocalSink, Vec<Delivery>, Vec<usize>)> = Vec::new();
+        let mut direct = Direct {
+            reached: vec![0; cmds.len()],
+            waits: Vec::new(),
+        };
         for (i, (cmd, _)) in cmds.iter().enumerate() {
             let (names, data, keep) = match cmd {
                 Command::Publish(names, data) => (names, data, None),
@@ -145,6 +155,7 @@ impl Routes {
                 let Some(route) = map.get(&n.key) else {
                     continue;
                 };
+                direct.reached[i] += route.parked;
                 for (id, sink) in &route.local {
                     let b = match batches.iter().position(|b| b.0 == *id) {
                         Some(b) => b,
@@ -168,10 +179,6 @@ impl Routes {
                 }
             }
         }
-        let mut direct = Direct {
-            reached: vec![0; cmds.len()],
-            waits: Vec::new(),
-        };
         for (id, sink, items, mut of) in batches {
             if items.is_empty() {
                 continue;
@@ -271,20 +278,24 @@ mod tests {
                 (SubscriberId::Local(1), Sink::Local(s.clone())),
                 (SubscriberId::Local(2), Sink::Local(t)),
             ];
-            routes.set(&Key::from("a"), &both);
-            routes.set(&Key::from("b"), &both[..1]);
+            routes.set(&Key::from("a"), &both, 0);
+            // Two more subscriptions of `b` are parked, and `p` has only a parked one: each
+            // counted as reached, sent nothing.
+            routes.set(&Key::from("b"), &both[..1], 2);
+            routes.set(&Key::from("p"), &[], 1);
             let handled = Notices(Default::default()).start().recipient();
             let cmds = vec![
                 (publish("a", "1"), None),
                 (publish("b", "2"), Some(7)),
                 (publish("a", "3"), None),
                 (publish("none", "4"), Some(8)),
+                (publish("p", "5"), Some(9)),
             ];
             let mut token = 0;
             let direct = routes
                 .deliver(&cmds, &handled, &mut token)
                 .expect("all local");
-            assert_eq!(direct.reached, vec![2, 1, 2, 0]);
+            assert_eq!(direct.reached, vec![2, 3, 2, 0, 1]);
             assert!(direct.waits.is_empty(), "nobody lags");
             until(|| ls.lock().unwrap().len() == 1 && lt.lock().unwrap().len() == 1).await;
             let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
@@ -307,17 +318,25 @@ mod tests {
             routes.set(
                 &Key::from("t"),
                 &[(SubscriberId::Tcp(1), Sink::Local(s.clone()))],
+                0,
             );
-            routes.set(&Key::from("a"), &[(SubscriberId::Local(2), Sink::Local(s))]);
+            routes.set(
+                &Key::from("a"),
+                &[(SubscriberId::Local(2), Sink::Local(s))],
+                0,
+            );
             let handled = Notices(Default::default()).start().recipient();
             let mut token = 0;
             let mixed = vec![(publish("a", "1"), None), (publish("t", "2"), None)];
             assert!(routes.deliver(&mixed, &handled, &mut token).is_none());
             let other = vec![(publish("a", "1"), None), (Command::Reserve, None)];
             assert!(routes.deliver(&other, &handled, &mut token).is_none());
+            // A waking publish is the hub's (it alone holds the parked subscribers' sinks).
+            let waking = vec![(Command::Waking(Box::new(publish("a", "1"))), None)];
+            assert!(routes.deliver(&waking, &handled, &mut token).is_none());
             assert!(ls.lock().unwrap().is_empty(), "nothing delivered");
             // A route with no subscriber left is forgotten.
-            routes.set(&Key::from("t"), &[]);
+            routes.set(&Key::from("t"), &[], 0);
             let now = vec![(publish("t", "3"), Some(1))];
             let d = routes
                 .deliver(&now, &handled, &mut token)
@@ -336,10 +355,12 @@ mod tests {
             routes.set(
                 &Key::from("a"),
                 &[(SubscriberId::Local(1), Sink::Local(slow))],
+                0,
             );
             routes.set(
                 &Key::from("f"),
                 &[(SubscriberId::Local(2), Sink::Local(full))],
+                0,
             );
             let notices = Arc::new(Mutex::new(Vec::new()));
             let handled = Notices(notices.clone()).start().recipient();

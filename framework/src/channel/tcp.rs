@@ -315,6 +315,11 @@ impl TcpBroker {
 }
 
 impl Broker for TcpBroker {
+    fn parks(&self) -> bool {
+        // A werkmann server (it answered the hello) that the link is up to now.
+        self.acks.get() && !self.hello_pending.get()
+    }
+
     fn send(&self, cmd: Command) -> Result<(), ChannelError> {
         let mut held = self.held.borrow_mut();
         if held.is_empty() && !(self.hello_pending.get() && matches!(cmd, Command::Dir(_))) {

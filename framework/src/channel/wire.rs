@@ -71,6 +71,17 @@ pub enum Command {
     /// A werkmann extension: a directory operation (`channel::dir`), its JSON as a PHP string
     /// (`s:N:"{…}";`); with an `id`, answered by an `ack` whose data is the answer's JSON.
     Dir(Bytes),
+    /// A werkmann extension: park this client's subscriptions to these names — a publish
+    /// still counts them among the subscribers it reached, but sends them nothing (an
+    /// instance without connections has no one to hand a broadcast to) until [`Command::Unpark`].
+    Park(Vec<WireName>),
+    /// A werkmann extension: take deliveries of parked names again; with an `id`, its
+    /// acknowledgement says that every publish after it is delivered.
+    Unpark(Vec<WireName>),
+    /// A werkmann extension: a publish (plain or kept) that parked subscriptions get too (one
+    /// that every subscriber must answer, a delivery report's); on the wire the publish with
+    /// `wake: 1`.
+    Waking(Box<Command>),
 }
 
 impl Command {
@@ -90,6 +101,9 @@ impl Command {
             Command::Auth(_) => "auth",
             Command::Hello => "hello",
             Command::Dir(_) => "dir",
+            Command::Park(_) => "park",
+            Command::Unpark(_) => "unpark",
+            Command::Waking(inner) => inner.type_name(),
         }
     }
 
@@ -112,6 +126,7 @@ impl Command {
         let mut channels: Option<Vec<WireName>> = None;
         let mut data: Option<Bytes> = None;
         let mut keep: Option<Keep> = None;
+        let mut wake = false;
         for _ in 0..n {
             match r.key_raw()? {
                 Some(b"type") => {
@@ -159,6 +174,19 @@ impl Command {
                             pos: at,
                         });
                     }
+                }
+                Some(b"wake") => {
+                    let at = r.pos();
+                    wake = match r.key()? {
+                        Key::Int(1) => true,
+                        Key::Int(0) => false,
+                        _ => {
+                            return Err(PhpError {
+                                msg: "wake must be 0 or 1".into(),
+                                pos: at,
+                            })
+                        }
+                    };
                 }
                 Some(b"id") => match r.key()? {
                     Key::Int(i) => id = Some(i),
@@ -225,6 +253,8 @@ impl Command {
             b"reserve" => Command::Reserve,
             b"auth" => Command::Auth(data),
             b"dir" => Command::Dir(data),
+            b"park" => Command::Park(names),
+            b"unpark" => Command::Unpark(names),
             other => {
                 return Err(PhpError {
                     msg: format!("unknown type {:?}", String::from_utf8_lossy(other)),
@@ -232,14 +262,32 @@ impl Command {
                 })
             }
         };
+        let cmd = match (wake, cmd) {
+            (true, c @ (Command::Publish(..) | Command::PublishKept(..))) => {
+                Command::Waking(Box::new(c))
+            }
+            (true, _) => {
+                return Err(PhpError {
+                    msg: "only a publish wakes".into(),
+                    pos: 0,
+                })
+            }
+            (false, c) => c,
+        };
         Ok((cmd, id))
     }
 
     /// Serialize as PHP's Channel client does, without the frame header.
     pub fn encode_payload(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        let (names, data): (&[WireName], Option<&Bytes>) = match self {
+        // A waking publish is the publish's map with one more key, `wake: 1`.
+        let (cmd, wake) = match self {
+            Command::Waking(inner) => (&**inner, true),
+            c => (c, false),
+        };
+        let (names, data): (&[WireName], Option<&Bytes>) = match cmd {
             Command::Ping => return out,
+            Command::Waking(_) => unreachable!("a waking publish wraps a publish"),
             Command::Reserve => {
                 php_serde::write_array_start(&mut out, 1);
                 write_type(&mut out, "reserve");
@@ -263,7 +311,9 @@ impl Command {
             Command::Subscribe(n)
             | Command::Unsubscribe(n)
             | Command::Watch(n)
-            | Command::Unwatch(n) => (n, None),
+            | Command::Unwatch(n)
+            | Command::Park(n)
+            | Command::Unpark(n) => (n, None),
             Command::Publish(n, d)
             | Command::PublishLoop(n, d)
             | Command::Enqueue(n, d)
@@ -285,13 +335,13 @@ impl Command {
                 return out;
             }
         };
-        let keep = match self {
+        let keep = match cmd {
             Command::PublishKept(_, _, keep) => Some(keep),
             _ => None,
         };
         let fields = if data.is_some() { 3 } else { 2 } + usize::from(keep.is_some());
-        php_serde::write_array_start(&mut out, fields);
-        write_type(&mut out, self.type_name());
+        php_serde::write_array_start(&mut out, fields + usize::from(wake));
+        write_type(&mut out, cmd.type_name());
         php_serde::write_str(&mut out, b"channels");
         php_serde::write_array_start(&mut out, names.len());
         for (i, n) in names.iter().enumerate() {
@@ -306,6 +356,10 @@ impl Command {
         if let Some(keep) = keep {
             php_serde::write_str(&mut out, b"keep");
             php_serde::write_str(&mut out, keep.wire().as_bytes());
+        }
+        if wake {
+            php_serde::write_str(&mut out, b"wake");
+            Key::Int(1).write(&mut out);
         }
         out.push(b'}');
         out
@@ -549,6 +603,38 @@ mod tests {
         assert_eq!(d.kind, DeliveryKind::Event);
         assert_eq!(d.channel, Key::Int(1));
         assert_eq!(&d.data[..], &data[..]);
+    }
+
+    #[test]
+    fn golden_park_unpark_and_waking_publish() {
+        let b = names(&[Key::Str("Broadcast".into())]);
+        let park = Command::Park(b.clone());
+        assert_eq!(
+            park.encode_payload(),
+            br#"a:2:{s:4:"type";s:4:"park";s:8:"channels";a:1:{i:0;s:9:"Broadcast";}}"#
+        );
+        let waking = Command::Waking(Box::new(Command::PublishKept(
+            b.clone(),
+            Bytes::from_static(b"N;"),
+            Keep::from_wire("10/60").unwrap(),
+        )));
+        assert_eq!(
+            waking.encode_payload(),
+            br#"a:5:{s:4:"type";s:7:"publish";s:8:"channels";a:1:{i:0;s:9:"Broadcast";}s:4:"data";N;s:4:"keep";s:5:"10/60";s:4:"wake";i:1;}"#
+        );
+        for cmd in [park, Command::Unpark(b.clone()), waking] {
+            let back = Command::decode(&cmd.encode_payload().into()).unwrap();
+            assert_eq!(back.encode_payload(), cmd.encode_payload());
+        }
+        let plain = Command::Publish(b, Bytes::from_static(b"N;"));
+        let back = Command::decode(&Command::Waking(Box::new(plain)).encode_payload().into());
+        assert!(matches!(back, Ok(Command::Waking(p)) if matches!(*p, Command::Publish(..))));
+        for bad in [
+            &br#"a:2:{s:4:"type";s:9:"subscribe";s:4:"wake";i:1;}"#[..],
+            br#"a:2:{s:4:"type";s:7:"publish";s:4:"wake";i:2;}"#,
+        ] {
+            assert!(Command::decode(&Bytes::copy_from_slice(bad)).is_err());
+        }
     }
 
     #[test]

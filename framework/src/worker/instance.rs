@@ -47,7 +47,23 @@ pub(crate) struct InstanceInner {
     no_broadcasts: RefCell<HashSet<u64>>,
     /// The worker's upload limits, shared by its HTTP codecs.
     uploads: Arc<Uploads>,
+    /// What may hold new connections back (a parked broadcast subscription); none by default.
+    gate: RefCell<Option<Rc<dyn Gate>>>,
+    /// Connections accepted while the gate held them, in order.
+    held: RefCell<Vec<Accepted>>,
 }
+
+/// What the library attaches to an instance to hold its new connections back until it is
+/// ready for them: an instance whose broadcast subscription is parked while it has no
+/// connection (`channel::parking`) unparks it first. Called on the instance's thread.
+pub(crate) trait Gate {
+    /// A connection arrived: `true` serves it now; `false` holds it until
+    /// [`WorkerInstance::release_held`].
+    fn admit(&self) -> bool;
+}
+
+/// Most connections held at once; past it they are served without waiting.
+const MAX_HELD: usize = 1024;
 
 /// What the library attaches to an instance to hear of its connections opening and closing
 /// (a gateway node registering them in the directory). Called on the instance's thread.
@@ -428,7 +444,38 @@ impl WorkerInstance {
             .collect()
     }
 
+    /// Hold new connections back while `gate` says so (one gate; a second replaces it).
+    pub(crate) fn set_gate(&self, gate: Rc<dyn Gate>) {
+        *self.0.gate.borrow_mut() = Some(gate);
+    }
+
+    /// Serve the connections the gate held, in the order they came.
+    pub(crate) fn release_held(&self) {
+        let held = std::mem::take(&mut *self.0.held.borrow_mut());
+        for accepted in held {
+            self.serve(accepted);
+        }
+    }
+
     fn adopt(&self, accepted: Accepted) {
+        let gate = self.0.gate.borrow().clone();
+        if let Some(gate) = gate {
+            let mut held = self.0.held.borrow_mut();
+            // Behind those already held, in order; the gate is asked once per wait.
+            if !held.is_empty() && held.len() < MAX_HELD {
+                held.push(accepted);
+                return;
+            }
+            drop(held);
+            if self.0.held.borrow().is_empty() && !gate.admit() {
+                self.0.held.borrow_mut().push(accepted);
+                return;
+            }
+        }
+        self.serve(accepted);
+    }
+
+    fn serve(&self, accepted: Accepted) {
         let peer = accepted.peer();
         let from = || peer.map_or("a Unix socket".to_string(), |p| p.to_string());
         let registered = match accepted {
@@ -512,6 +559,8 @@ impl WorkerInstance {
     }
 
     fn close_all(&self) {
+        // Held connections are closed unserved (dropping a socket closes it).
+        self.0.held.borrow_mut().clear();
         let conns: Vec<Connection> = self.0.connections.borrow().values().cloned().collect();
         for c in conns {
             c.closed_because(Closed::Stop);
@@ -684,6 +733,8 @@ impl InstanceActor {
                 hooks: RefCell::new(None),
                 no_broadcasts: RefCell::new(HashSet::new()),
                 uploads,
+                gate: RefCell::new(None),
+                held: RefCell::new(Vec::new()),
             })),
         }
     }

@@ -450,6 +450,11 @@ pub(super) struct Executed {
     pub answers: Vec<(u64, Option<Bytes>)>,
     /// The workers whose clients this link registered.
     pub registered: Vec<u32>,
+    /// Whether Redis answered a call of this batch (what proves an earlier batch's writes).
+    pub replied: bool,
+    /// Whether the answers count sends that no later reply has shown written to the nodes
+    /// yet (a single server: the next batch's reply proves them, see `run_outbound`).
+    pub unproven: bool,
 }
 
 /// Run a batch of directory commands (each with the key of its request's callback, if it is a
@@ -462,6 +467,8 @@ pub(super) async fn execute(
     let mut done = Executed {
         answers: Vec::new(),
         registered: Vec::new(),
+        replied: false,
+        unproven: false,
     };
     // Per command: its request's key, its operation (or why it was refused), and how many
     // script calls it took (their replies are next among the calls').
@@ -542,6 +549,7 @@ pub(super) async fn execute(
     }
     // A run's list of counts becomes one reply per send (its error, one per send).
     let mut replies = Vec::with_capacity(items.len());
+    done.replied = !cmds.is_empty();
     for (reply, n) in run_calls(bus, cmds).await?.into_iter().zip(runs) {
         match (reply, n) {
             (reply, 0) => replies.push(reply),
@@ -597,8 +605,11 @@ pub(super) async fn execute(
     }
     // Redis answers a script before it writes what the script published to the subscribers'
     // sockets: once a later command is answered, those writes are done (see `execute` in
-    // mod.rs).
-    if counted && !done.answers.is_empty() {
+    // mod.rs). On a single server that is the next batch's reply (or a `PING` when none
+    // comes); a cluster's other nodes do not tell, so it asks the directory's node here.
+    if counted && !done.answers.is_empty() && matches!(bus, Bus::Single(_)) {
+        done.unproven = true;
+    } else if counted && !done.answers.is_empty() {
         let mut probe = redis::cmd("EXISTS");
         probe.arg(WORKERS);
         if bus.run(vec![(WORKERS.to_string(), probe)]).await.is_err() {

@@ -107,6 +107,8 @@ enum Outcome {
     /// Redis answered this count, but no later reply has yet shown that the event was
     /// written to the subscribers (`run_outbound` waits for the next batch's).
     Unproven(usize),
+    /// A directory answer counting sends not yet shown written, as `Unproven`.
+    UnprovenAnswer(Option<Bytes>),
 }
 
 /// One client's link to Redis.
@@ -183,6 +185,11 @@ impl RedisLink {
 
     /// Queue a command; the link sends it in order, retrying across reconnects.
     fn queue(&self, cmd: Command) {
+        // Nothing is parked on Redis (`Broker::parks`): a waking publish is a publish.
+        let cmd = match cmd {
+            Command::Waking(inner) => *inner,
+            cmd => cmd,
+        };
         match &cmd {
             Command::Subscribe(n) => {
                 self.events
@@ -227,11 +234,19 @@ impl RedisLink {
         if !self.up.get() || self.closed.get() {
             return on_done(Err(ChannelError::Disconnected));
         }
+        if matches!(cmd, Command::Park(_) | Command::Unpark(_)) {
+            // Nothing is parked here: in effect at once.
+            return on_done(Ok(Some(0)));
+        }
         self.queue_waiting(cmd, Waiter::Publish(on_done));
     }
 
     /// Queue a command whose outcome `waiter` is told.
     fn queue_waiting(&self, cmd: Command, waiter: Waiter) {
+        let cmd = match cmd {
+            Command::Waking(inner) => *inner,
+            cmd => cmd,
+        };
         let id = self.next_confirm.get();
         self.next_confirm.set(id + 1);
         self.confirms.borrow_mut().insert(id, waiter);
@@ -509,8 +524,7 @@ async fn run_outbound(link: Weak<RedisLink>) {
         let id = l.id.clone();
         drop(l);
         // Whether Redis answered a command of this batch (what proves the last batch's writes);
-        // a batch of plain commands or history calls tells (a directory batch's PING instead,
-        // below).
+        // every kind of batch tells.
         let mut answered = false;
         let result = if history::is_history(&batch[0].0) {
             history::execute(&mut manager, &batch, event_channel)
@@ -523,10 +537,14 @@ async fn run_outbound(link: Weak<RedisLink>) {
             directory::execute(&mut manager, &id, &batch)
                 .await
                 .map(|done| {
+                    answered = done.replied;
                     let outcomes = done
                         .answers
                         .into_iter()
-                        .map(|(id, a)| (id, Outcome::Answer(a)))
+                        .map(|(id, a)| match done.unproven {
+                            true => (id, Outcome::UnprovenAnswer(a)),
+                            false => (id, Outcome::Answer(a)),
+                        })
                         .collect();
                     (outcomes, done.registered)
                 })
@@ -556,6 +574,7 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 for (id, outcome) in outcomes {
                     match outcome {
                         Outcome::Unproven(n) => unproven.push((id, Outcome::Reached(Some(n)))),
+                        Outcome::UnprovenAnswer(a) => unproven.push((id, Outcome::Answer(a))),
                         outcome => l.settle(id, outcome),
                     }
                 }
@@ -744,6 +763,8 @@ async fn execute(
             }
             Command::Ping => cmds.push((String::new(), redis::cmd("PING"), false)),
             Command::Unwatch(_) | Command::Reserve | Command::Auth(_) | Command::Hello => {}
+            // Not parked on Redis (`Broker::parks`); a waking publish was unwrapped when queued.
+            Command::Park(_) | Command::Unpark(_) | Command::Waking(_) => {}
             // In batches of their own: `directory::execute`.
             Command::Dir(_) => {}
         }
