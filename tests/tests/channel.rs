@@ -177,11 +177,11 @@ async fn refused_directory_operations_keep_the_connection() {
     c.write_all(&frame(br#"a:1:{s:4:"type";s:5:"hello";}"#))
         .await
         .unwrap();
-    // The hello says this server keeps a directory and history (3; 2: a directory, 1:
-    // acknowledgements only).
+    // The hello says this server keeps a directory and history and parks subscriptions (4;
+    // 3: a directory and history, 2: a directory, 1: acknowledgements only).
     assert_eq!(
         read_frame(&mut c).await,
-        br#"a:3:{s:4:"type";s:5:"hello";s:7:"channel";s:8:"werkmann";s:4:"data";i:3;}"#
+        br#"a:3:{s:4:"type";s:5:"hello";s:7:"channel";s:8:"werkmann";s:4:"data";i:4;}"#
     );
     for (id, data, why) in [
         (1, php_str(r#"{"op":"nope"}"#), "unknown variant"),

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use serde_json::Value;
 use werkmann_tests::push::{connect, get, next_text};
 use werkmann_tests::{free_addr, start_all_at, wait_until, App, RedisServer, WAIT};
@@ -133,13 +134,18 @@ async fn idle_instances_park(c: Cluster) {
             };
             signal("-STOP");
             let mut pending = tokio::spawn(connect(first));
-            let early = tokio::time::timeout(Duration::from_millis(400), &mut pending).await;
+            // Held for a second (it would be served anyway after 2 s without an answer).
+            let early = tokio::time::timeout(Duration::from_millis(1000), &mut pending).await;
             signal("-CONT");
             assert!(
                 early.is_err(),
                 "greeted before the subscription was unparked"
             );
-            pending.await.unwrap().0
+            let client = pending.await.unwrap().0;
+            // Released by the hub's answer, not by the 2 s fallback.
+            let log = c.apps[first_app].log();
+            assert!(!log.contains("not unparked"), "{log}");
+            client
         }
         None => connect(first).await.0,
     };
@@ -170,6 +176,48 @@ async fn idle_instances_park(c: Cluster) {
             assert_eq!(parked(&c.apps[app]), 0, "Redis parks nothing");
         }
     }
+}
+
+/// A graceful stop serves the connections held for an unpark (here: never answered, the
+/// channel server stopped) and waits for them as for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_serves_held_connections() {
+    let c = Cluster::server();
+    c.all_parked(1);
+    let pid = c.apps[c.server.unwrap()].child.id().to_string();
+    let signal = |s: &str| {
+        let st = std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    signal("-STOP");
+    let (first, first_app) = c.ws[0];
+    let pending = tokio::spawn(connect(first));
+    wait_until(WAIT, "the connection is held", || {
+        c.apps[first_app].log().contains("holding new ones")
+    });
+    let node = &c.apps[first_app];
+    let (bin, args, dir) = (node.bin.clone(), node.args.clone(), node.run_dir.clone());
+    let stop = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .args(["stop", "-g"])
+            .args(args)
+            .env("WERKMANN_RUN_DIR", dir)
+            .output()
+            .unwrap()
+    });
+    // Served (greeted) although the hub never answered; the stop waits for it to close.
+    let (mut client, _, _) = pending.await.unwrap();
+    assert!(
+        !stop.is_finished(),
+        "the stop waits for the served connection"
+    );
+    client.close(None).await.unwrap();
+    let out = stop.await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    signal("-CONT");
 }
 
 #[tokio::test]

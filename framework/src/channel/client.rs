@@ -573,16 +573,20 @@ impl Client {
             .is_ok()
     }
 
-    /// Unpark the subscription to `event` and call `ready` once every later publish is
-    /// delivered to it — or once that no longer matters: the link failed (a reconnect
-    /// subscribes afresh). May call `ready` before it returns.
-    pub(crate) fn unpark(&self, event: &Key, ready: impl FnOnce() + 'static) {
+    /// Unpark the subscription to `event`; `ready(Ok(()))` once every later publish is
+    /// delivered to it, `ready(Err(_))` when that is not known (the link failed: a reconnect
+    /// subscribes afresh; or it is full). May call `ready` before it returns.
+    pub(crate) fn unpark(
+        &self,
+        event: &Key,
+        ready: impl FnOnce(Result<(), ChannelError>) + 'static,
+    ) {
         match self.live_broker() {
             Some(b) => b.publish_confirmed(
                 Command::Unpark(vec![WireName::from_key(event.clone())]),
-                Box::new(move |_| ready()),
+                Box::new(move |r| ready(r.map(|_| ()))),
             ),
-            None => ready(),
+            None => ready(Err(ChannelError::Disconnected)),
         }
     }
 

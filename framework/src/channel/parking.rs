@@ -54,15 +54,27 @@ struct Parking {
     state: Cell<State>,
     /// Since when the instance has had no connection (`None`: it has one).
     idle_since: Cell<Option<Instant>>,
+    /// An unpark was not confirmed while the link stayed up (its buffer was full): sent
+    /// again on the next tick.
+    retry: Cell<bool>,
 }
 
 impl Client {
     /// Park this client's subscription to `event` while `instance` has no connection, and
     /// unpark it before the next one is served (see the module's text): for an event the
-    /// instance only hands to its connections. Call on the instance's thread, after
-    /// subscribing (in `on_worker_start`). Nothing changes where the backend cannot park
-    /// (Redis, a PHP channel server).
+    /// instance only hands to its connections (not a node event of the directory, whose
+    /// forwards a parked subscription does not get). Call once per instance, on its thread,
+    /// after subscribing (in `on_worker_start`). Nothing changes where the backend cannot
+    /// park (Redis, a PHP channel server).
     pub fn park_while_idle(&self, instance: &WorkerInstance, event: impl Into<Key>) {
+        if instance.has_gate() {
+            log::error!(
+                "worker {} instance {}: park_while_idle called twice: the second is ignored",
+                instance.name(),
+                instance.id()
+            );
+            return;
+        }
         let parking = Rc::new_cyclic(|me| Parking {
             me: me.clone(),
             client: self.downgrade(),
@@ -70,15 +82,12 @@ impl Client {
             instance: Rc::downgrade(&instance.0),
             state: Cell::new(State::Live),
             idle_since: Cell::new(None),
+            retry: Cell::new(false),
         });
         instance.set_gate(parking.clone());
         let p = parking.clone();
         // A reconnect subscribes afresh: nothing is parked any more.
-        self.on_up_internal(move || {
-            if p.state.get() == State::Parked {
-                p.state.set(State::Live);
-            }
-        });
+        self.on_up_internal(move || p.live());
         Timer::add_internal(TICK, move || parking.tick(), true);
     }
 }
@@ -88,11 +97,49 @@ impl Parking {
         self.instance.upgrade().map(WorkerInstance)
     }
 
+    /// Delivered to again: serve what was held.
+    fn live(&self) {
+        self.retry.set(false);
+        let was = self.state.replace(State::Live);
+        if let (State::Unparking(_), Some(w)) = (was, self.instance()) {
+            w.release_held();
+        }
+    }
+
+    /// Ask the hub to unpark; held connections wait for its answer.
+    fn unpark(&self, client: &Client) {
+        let me = self.me.clone();
+        client.unpark(&self.event, move |r| {
+            let Some(p) = me.upgrade() else { return };
+            let connected = p.client.upgrade().is_some_and(|c| c.is_connected());
+            match r {
+                // Not sent, and the link stays (its buffer is full): again on the next tick.
+                Err(e) if connected => {
+                    log::debug!("unpark of {} not confirmed: {e}; again", p.event);
+                    p.retry.set(true);
+                }
+                // Unparked; or the link failed, and its reconnect subscribes afresh.
+                _ => {
+                    if matches!(p.state.get(), State::Unparking(_)) {
+                        p.live();
+                    } else {
+                        p.retry.set(false);
+                    }
+                }
+            }
+        });
+    }
+
     /// Park once the instance has had no connection for [`PARK_AFTER`]; serve held connections
     /// whose confirmation is overdue.
     fn tick(&self) {
         let Some(w) = self.instance() else { return };
         let now = Instant::now();
+        if self.retry.replace(false) {
+            if let Some(client) = self.client.upgrade().filter(|c| c.is_connected()) {
+                self.unpark(&client);
+            }
+        }
         match self.state.get() {
             State::Live if w.connection_count() == 0 => {
                 let since = self.idle_since.get().unwrap_or(now);
@@ -124,8 +171,10 @@ impl Parking {
                     self.event,
                     UNPARK_LIMIT.as_secs()
                 );
-                self.state.set(State::Live);
-                w.release_held();
+                // Still asked for until the hub answers (`retry`), the connections served.
+                let retry = self.retry.get();
+                self.live();
+                self.retry.set(retry);
             }
             State::Unparking(_) => {}
         }
@@ -144,17 +193,16 @@ impl Gate for Parking {
                     return true;
                 };
                 self.state.set(State::Unparking(Instant::now()));
-                let me = self.me.clone();
-                client.unpark(&self.event, move || {
-                    let Some(p) = me.upgrade() else { return };
-                    if matches!(p.state.get(), State::Unparking(_)) {
-                        p.state.set(State::Live);
-                        if let Some(w) = p.instance() {
-                            w.release_held();
-                        }
-                    }
-                });
-                // Confirmed at once (the link just failed): serve it now.
+                if let Some(w) = self.instance() {
+                    log::info!(
+                        "worker {} instance {}: a connection: holding new ones until {} is unparked",
+                        w.name(),
+                        w.id(),
+                        self.event
+                    );
+                }
+                self.unpark(&client);
+                // Answered at once (the link just failed): serve it now.
                 self.state.get() == State::Live
             }
         }

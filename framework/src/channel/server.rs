@@ -13,7 +13,7 @@ use super::auth::Verifier;
 use super::hub::{self, Hub, HubState};
 use super::php_serde;
 use super::subscriber::{Sink, SubscriberId};
-use super::wire::{encode_delivery, Command, DeliveryKind, HELLO_HISTORY};
+use super::wire::{encode_delivery, Command, DeliveryKind, HELLO_PARKING};
 use crate::error::Error;
 use crate::message::Message;
 use crate::metrics::HubMetrics;
@@ -151,9 +151,9 @@ impl Server {
             match decoded {
                 Ok((Command::Hello, _)) => {
                     // This server acknowledges commands that carry an id, keeps a directory
-                    // and history (`HELLO_HISTORY`).
+                    // and history, and parks subscriptions (`HELLO_PARKING`).
                     let mut level = Vec::new();
-                    php_serde::Key::Int(HELLO_HISTORY).write(&mut level);
+                    php_serde::Key::Int(HELLO_PARKING).write(&mut level);
                     conn.send_raw(encode_delivery(
                         DeliveryKind::Hello,
                         b"s:8:\"werkmann\";",

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use super::broker::{Broker, BrokerEvents, Confirm, Options, Reply};
 use super::php_serde::{self, Key};
-use super::wire::{Command, Delivery, DeliveryKind, HELLO_DIRECTORY, HELLO_HISTORY};
+use super::wire::{Command, Delivery, DeliveryKind, HELLO_DIRECTORY, HELLO_HISTORY, HELLO_PARKING};
 use super::ChannelError;
 use crate::callbacks::guard;
 use crate::client::AsyncTcpConnection;
@@ -59,6 +59,8 @@ pub(crate) struct TcpBroker {
     directory: Cell<bool>,
     /// The server keeps history (its hello said [`HELLO_HISTORY`]).
     history: Cell<bool>,
+    /// The server parks subscriptions (its hello said [`HELLO_PARKING`]).
+    parking: Cell<bool>,
     /// Directory commands were dropped for a server without a directory (warned once).
     warned_no_directory: Cell<bool>,
     /// This server answered a hello before: after a reconnect, wait for it again.
@@ -103,6 +105,7 @@ impl TcpBroker {
             acks: Cell::new(false),
             directory: Cell::new(false),
             history: Cell::new(false),
+            parking: Cell::new(false),
             warned_no_directory: Cell::new(false),
             acks_known: Cell::new(false),
             hello_pending: Cell::new(false),
@@ -280,6 +283,7 @@ impl TcpBroker {
                     .unwrap_or(0);
                 self.directory.set(level >= HELLO_DIRECTORY);
                 self.history.set(level >= HELLO_HISTORY);
+                self.parking.set(level >= HELLO_PARKING);
                 self.acks.set(true);
                 self.acks_known.set(true);
                 self.hello_pending.set(false);
@@ -316,8 +320,8 @@ impl TcpBroker {
 
 impl Broker for TcpBroker {
     fn parks(&self) -> bool {
-        // A werkmann server (it answered the hello) that the link is up to now.
-        self.acks.get() && !self.hello_pending.get()
+        // A werkmann server whose hello said it parks, on the link up now.
+        self.parking.get() && !self.hello_pending.get()
     }
 
     fn send(&self, cmd: Command) -> Result<(), ChannelError> {

@@ -434,6 +434,9 @@ pub const HELLO_DIRECTORY: i64 = 2;
 /// The data of a werkmann server's `hello` when it also keeps history (`keep` on publishes,
 /// `history` reads, events with their `pos`).
 pub const HELLO_HISTORY: i64 = 3;
+/// The data of a werkmann server's `hello` when it also parks subscriptions (`park`,
+/// `unpark`, `wake` on publishes); one that answers less would close the connection on a park.
+pub const HELLO_PARKING: i64 = 4;
 
 /// Whether a server message is a pub/sub event or a queue item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

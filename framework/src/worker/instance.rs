@@ -449,6 +449,11 @@ impl WorkerInstance {
         *self.0.gate.borrow_mut() = Some(gate);
     }
 
+    /// Whether a gate was set.
+    pub(crate) fn has_gate(&self) -> bool {
+        self.0.gate.borrow().is_some()
+    }
+
     /// Serve the connections the gate held, in the order they came.
     pub(crate) fn release_held(&self) {
         let held = std::mem::take(&mut *self.0.held.borrow_mut());
@@ -891,6 +896,9 @@ impl Handler<Stop> for InstanceActor {
                 guard("on_worker_stop", || cb(&inst));
             }
             if msg.graceful {
+                // Connections held back by the gate are served and finish as the others do.
+                inst.0.gate.borrow_mut().take();
+                inst.release_held();
                 // Workerman's graceful stop: no new connections (the acceptor is gone), and
                 // the open ones finish — an HTTP keep-alive connection is closed as soon as it
                 // rests between requests, the others when their peers close them — until the
