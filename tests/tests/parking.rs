@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::SinkExt;
 use serde_json::Value;
 use werkmann_tests::push::{connect, get, next_text};
 use werkmann_tests::{free_addr, start_all_at, wait_until, App, RedisServer, WAIT};
