@@ -11,6 +11,16 @@ use serde_json::Value;
 use werkmann_tests::push::{connect, get, next_text};
 use werkmann_tests::{free_addr, start_all_at, wait_until, App, RedisServer, WAIT};
 
+/// Send `app`'s process a signal (`-STOP`, `-CONT`).
+fn signal(app: &App, sig: &str) {
+    let pid = app.child.id().to_string();
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 /// The WebSocket instances parked so far on `app` (its log's lines).
 fn parked(app: &App) -> usize {
     app.log().matches("subscription parked").count()
@@ -123,14 +133,7 @@ async fn idle_instances_park(c: Cluster) {
         Some(server) => {
             // The channel server stopped: the new client is held (not answered) until the
             // subscription is unparked.
-            let pid = c.apps[server].child.id().to_string();
-            let signal = |s: &str| {
-                let st = std::process::Command::new("kill")
-                    .args([s, &pid])
-                    .status()
-                    .unwrap();
-                assert!(st.success());
-            };
+            let signal = |s| signal(&c.apps[server], s);
             signal("-STOP");
             let mut pending = tokio::spawn(connect(first));
             // Held for a second (it would be served anyway after 2 s without an answer).
@@ -183,14 +186,7 @@ async fn idle_instances_park(c: Cluster) {
 async fn a_graceful_stop_serves_held_connections() {
     let c = Cluster::server();
     c.all_parked(1);
-    let pid = c.apps[c.server.unwrap()].child.id().to_string();
-    let signal = |s: &str| {
-        let st = std::process::Command::new("kill")
-            .args([s, &pid])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
+    let signal = |s| signal(&c.apps[c.server.unwrap()], s);
     signal("-STOP");
     let (first, first_app) = c.ws[0];
     let pending = tokio::spawn(connect(first));
