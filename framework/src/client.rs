@@ -235,17 +235,6 @@ impl AsyncTcpConnection {
         }
     }
 
-    /// Queue `msg` on the current connection without trying the socket now: the
-    /// connection's task writes it, with everything else queued by then, once the tasks
-    /// already due this turn have run. Many sends made in one turn (a publisher's commands
-    /// for a batch of requests read together) leave in one write instead of one each.
-    pub(crate) fn send_queued(&self, msg: Message) -> SendStatus {
-        match self.connection() {
-            Some(c) => c.send_queued(msg),
-            None => SendStatus::Failed,
-        }
-    }
-
     /// Close the connection and cancel any pending reconnect.
     pub fn close(&self) {
         if let Some(h) = self.0.pending.borrow_mut().take() {

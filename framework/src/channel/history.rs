@@ -110,6 +110,16 @@ impl Keep {
         format!("{}/{}", self.size, self.ttl.as_secs())
     }
 
+    /// Append the wire form to `out` as a PHP string, without allocating.
+    pub(crate) fn write_wire(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let mut buf = [0u8; 48];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        write!(cur, "{}/{}", self.size, self.ttl.as_secs()).expect("two integers fit");
+        let n = cur.position() as usize;
+        super::php_serde::write_str(out, &buf[..n]);
+    }
+
     /// Read the wire form (bounds checked).
     pub fn from_wire(s: &str) -> Result<Keep, HistoryError> {
         let bad = || HistoryError::BadRule(format!("{s:?} is not SIZE/SECONDS"));

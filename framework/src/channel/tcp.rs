@@ -165,7 +165,7 @@ impl TcpBroker {
     }
 
     fn write(&self, cmd: &Command) -> Result<(), ChannelError> {
-        self.write_payload(Bytes::from(cmd.encode_payload()))
+        self.write_frame(cmd.encode_frame())
     }
 
     /// Queue a command for the connection's task rather than writing it at once: every
@@ -174,11 +174,11 @@ impl TcpBroker {
     /// write — one syscall, one wake-up of the server — instead of one each. It still leaves
     /// within the turn (the task is woken now and runs after the tasks already due), and
     /// in order: the queue is the connection's only way out.
-    fn write_payload(&self, payload: Bytes) -> Result<(), ChannelError> {
-        if self.conn.send_queued(Message::Binary(payload)).is_ok() {
-            Ok(())
-        } else {
-            Err(ChannelError::BufferFull { limit: SEND_BUFFER })
+    /// `frame` is a whole frame, header included (encoded once, in one buffer).
+    fn write_frame(&self, frame: Bytes) -> Result<(), ChannelError> {
+        match self.conn.connection() {
+            Some(c) if c.send_deferred(frame).is_ok() => Ok(()),
+            _ => Err(ChannelError::BufferFull { limit: SEND_BUFFER }),
         }
     }
 
@@ -356,7 +356,7 @@ impl Broker for TcpBroker {
         }
         let id = self.next_ack.get();
         self.next_ack.set(id + 1);
-        match self.write_payload(Bytes::from(cmd.encode_payload_with_id(id))) {
+        match self.write_frame(cmd.encode_frame_with_id(Some(id))) {
             Ok(()) => {
                 self.confirms.borrow_mut().insert(id, done);
             }
@@ -383,7 +383,7 @@ impl Broker for TcpBroker {
         }
         let id = self.next_ack.get();
         self.next_ack.set(id + 1);
-        match self.write_payload(Bytes::from(cmd.encode_payload_with_id(id))) {
+        match self.write_frame(cmd.encode_frame_with_id(Some(id))) {
             Ok(()) => {
                 self.replies.borrow_mut().insert(id, done);
             }

@@ -10,7 +10,6 @@ use bytes::Bytes;
 
 use super::history::{Keep, Position};
 use super::php_serde::{self, Key, PhpError, Reader};
-use crate::protocol::frame;
 
 /// A channel (event or queue) name as it appeared on the wire: its normalised key for
 /// look-ups, and its original bytes for forwarding.
@@ -279,34 +278,86 @@ impl Command {
 
     /// Serialize as PHP's Channel client does, without the frame header.
     pub fn encode_payload(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.encoded_size_hint());
+        self.encode_into(&mut out, None);
+        out
+    }
+
+    /// Serialize with an `id` field (a werkmann extension asking for an acknowledgement).
+    pub fn encode_payload_with_id(&self, id: i64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_size_hint() + 24);
+        self.encode_into(&mut out, Some(id));
+        out
+    }
+
+    /// Serialize with the frame header.
+    pub fn encode_frame(&self) -> Bytes {
+        self.encode_frame_with_id(None)
+    }
+
+    /// Serialize with the frame header, and an `id` field when given: one buffer, written
+    /// once (what a client sends for each confirmed publish).
+    pub fn encode_frame_with_id(&self, id: Option<i64>) -> Bytes {
+        let mut out = Vec::with_capacity(4 + self.encoded_size_hint() + 24);
+        out.extend_from_slice(&[0; 4]);
+        self.encode_into(&mut out, id);
+        let len = u32::try_from(out.len()).expect("command fits a frame");
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        Bytes::from(out)
+    }
+
+    /// About how many bytes the payload takes (names and data; the rest is small).
+    fn encoded_size_hint(&self) -> usize {
+        let inner = match self {
+            Command::Waking(inner) => inner,
+            c => c,
+        };
+        let (names, data) = match inner {
+            Command::Publish(n, d)
+            | Command::PublishLoop(n, d)
+            | Command::Enqueue(n, d)
+            | Command::PublishKept(n, d, _) => (n.as_slice(), d.len()),
+            Command::Subscribe(n)
+            | Command::Unsubscribe(n)
+            | Command::Watch(n)
+            | Command::Unwatch(n)
+            | Command::Park(n)
+            | Command::Unpark(n) => (n.as_slice(), 0),
+            Command::Auth(d) | Command::Dir(d) => (&[][..], d.len()),
+            _ => (&[][..], 0),
+        };
+        96 + data + names.iter().map(|n| n.raw.len() + 8).sum::<usize>()
+    }
+
+    /// Append the payload to `out`, with `id` as its last field when given.
+    fn encode_into(&self, out: &mut Vec<u8>, id: Option<i64>) {
         // A waking publish is the publish's map with one more key, `wake: 1`.
         let (cmd, wake) = match self {
             Command::Waking(inner) => (&**inner, true),
             c => (c, false),
         };
-        let (names, data): (&[WireName], Option<&Bytes>) = match cmd {
-            Command::Ping => return out,
-            Command::Waking(_) => unreachable!("a waking publish wraps a publish"),
-            Command::Reserve => {
-                php_serde::write_array_start(&mut out, 1);
-                write_type(&mut out, "reserve");
-                out.push(b'}');
-                return out;
+        let extra = usize::from(id.is_some());
+        let close = |out: &mut Vec<u8>| {
+            if let Some(id) = id {
+                php_serde::write_str(out, b"id");
+                Key::Int(id).write(out);
             }
-            Command::Hello => {
-                php_serde::write_array_start(&mut out, 1);
-                write_type(&mut out, "hello");
-                out.push(b'}');
-                return out;
+            out.push(b'}');
+        };
+        let (names, data): (&[WireName], Option<&Bytes>) = match cmd {
+            Command::Ping => return,
+            Command::Waking(_) => unreachable!("a waking publish wraps a publish"),
+            Command::Reserve | Command::Hello => {
+                php_serde::write_array_start(out, 1 + extra);
+                write_type(out, cmd.type_name());
+                return close(out);
             }
             Command::Auth(data) | Command::Dir(data) => {
-                php_serde::write_array_start(&mut out, 2);
-                write_type(&mut out, self.type_name());
-                php_serde::write_str(&mut out, b"data");
+                php_serde::write_array_start(out, 2 + extra);
+                write_type(out, cmd.type_name());
+                php_serde::write_str(out, b"data");
                 out.extend_from_slice(data);
-                out.push(b'}');
-                return out;
+                return close(out);
             }
             Command::Subscribe(n)
             | Command::Unsubscribe(n)
@@ -319,20 +370,19 @@ impl Command {
             | Command::Enqueue(n, d)
             | Command::PublishKept(n, d, _) => (n, Some(d)),
             Command::History(name, since) => {
-                php_serde::write_array_start(&mut out, 3);
-                write_type(&mut out, "history");
-                php_serde::write_str(&mut out, b"channels");
-                php_serde::write_array_start(&mut out, 1);
-                Key::Int(0).write(&mut out);
+                php_serde::write_array_start(out, 3 + extra);
+                write_type(out, "history");
+                php_serde::write_str(out, b"channels");
+                php_serde::write_array_start(out, 1);
+                Key::Int(0).write(out);
                 out.extend_from_slice(&name.raw);
                 out.push(b'}');
-                php_serde::write_str(&mut out, b"data");
+                php_serde::write_str(out, b"data");
                 match since {
-                    Some(p) => php_serde::write_str(&mut out, p.to_string().as_bytes()),
+                    Some(p) => php_serde::write_str(out, p.to_string().as_bytes()),
                     None => out.extend_from_slice(b"N;"),
                 }
-                out.push(b'}');
-                return out;
+                return close(out);
             }
         };
         let keep = match cmd {
@@ -340,29 +390,28 @@ impl Command {
             _ => None,
         };
         let fields = if data.is_some() { 3 } else { 2 } + usize::from(keep.is_some());
-        php_serde::write_array_start(&mut out, fields + usize::from(wake));
-        write_type(&mut out, cmd.type_name());
-        php_serde::write_str(&mut out, b"channels");
-        php_serde::write_array_start(&mut out, names.len());
+        php_serde::write_array_start(out, fields + usize::from(wake) + extra);
+        write_type(out, cmd.type_name());
+        php_serde::write_str(out, b"channels");
+        php_serde::write_array_start(out, names.len());
         for (i, n) in names.iter().enumerate() {
-            Key::Int(i as i64).write(&mut out);
+            Key::Int(i as i64).write(out);
             out.extend_from_slice(&n.raw);
         }
         out.push(b'}');
         if let Some(d) = data {
-            php_serde::write_str(&mut out, b"data");
+            php_serde::write_str(out, b"data");
             out.extend_from_slice(d);
         }
         if let Some(keep) = keep {
-            php_serde::write_str(&mut out, b"keep");
-            php_serde::write_str(&mut out, keep.wire().as_bytes());
+            php_serde::write_str(out, b"keep");
+            keep.write_wire(out);
         }
         if wake {
-            php_serde::write_str(&mut out, b"wake");
-            Key::Int(1).write(&mut out);
+            php_serde::write_str(out, b"wake");
+            Key::Int(1).write(out);
         }
-        out.push(b'}');
-        out
+        close(out)
     }
 
     /// A directory operation's command: `json` as a PHP string.
@@ -391,32 +440,6 @@ impl Command {
             });
         }
         Ok(json)
-    }
-
-    /// Serialize with an `id` asking for an acknowledgement (a publish) or an answer (a
-    /// directory command).
-    pub fn encode_payload_with_id(&self, id: i64) -> Vec<u8> {
-        let mut out = self.encode_payload();
-        // `a:N:{…}` becomes `a:N+1:{… s:2:"id";i:ID;}`.
-        let Some(colon) = out.iter().skip(2).position(|&b| b == b':').map(|p| p + 2) else {
-            return out;
-        };
-        let n: usize = std::str::from_utf8(&out[2..colon])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut fixed = format!("a:{}", n + 1).into_bytes();
-        fixed.extend_from_slice(&out[colon..out.len() - 1]);
-        php_serde::write_str(&mut fixed, b"id");
-        Key::Int(id).write(&mut fixed);
-        fixed.push(b'}');
-        out = fixed;
-        out
-    }
-
-    /// Serialize with the frame header.
-    pub fn encode_frame(&self) -> Bytes {
-        frame::encode_bytes(&self.encode_payload()).expect("command fits a frame")
     }
 }
 
@@ -637,6 +660,31 @@ mod tests {
             br#"a:2:{s:4:"type";s:7:"publish";s:4:"wake";i:2;}"#,
         ] {
             assert!(Command::decode(&Bytes::copy_from_slice(bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn a_frame_with_an_id_is_the_payload_with_the_id_last() {
+        let b = names(&[Key::Str("b".into())]);
+        let keep = Keep::from_wire("5/60").unwrap();
+        for cmd in [
+            Command::PublishKept(b.clone(), Bytes::from_static(b"N;"), keep),
+            Command::Waking(Box::new(Command::Publish(
+                b.clone(),
+                Bytes::from_static(b"i:1;"),
+            ))),
+            Command::Unpark(b.clone()),
+            Command::Reserve,
+            Command::History(b[0].clone(), None),
+        ] {
+            let f = cmd.encode_frame_with_id(Some(7));
+            assert_eq!(&f[..4], &(f.len() as u32).to_be_bytes());
+            assert_eq!(&f[4..], &cmd.encode_payload_with_id(7)[..]);
+            assert!(f.ends_with(br#"s:2:"id";i:7;}"#));
+            let (back, id) = Command::decode_request(&f.slice(4..)).unwrap();
+            assert_eq!(id, Some(7));
+            assert_eq!(back.encode_payload(), cmd.encode_payload());
+            assert_eq!(&cmd.encode_frame()[4..], &cmd.encode_payload()[..]);
         }
     }
 
