@@ -355,7 +355,10 @@ pub(crate) enum Answer {
 impl Answer {
     /// The acknowledgement's data: the count (`i:N;`), or the answer's JSON as a PHP string.
     pub fn ack_data(&self) -> Bytes {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(match self {
+            Answer::Reached(_) => 24,
+            Answer::Dir(json) => json.len() + 16,
+        });
         match self {
             Answer::Reached(n) => Key::Int(*n as i64).write(&mut out),
             Answer::Dir(json) => php_serde::write_str(&mut out, json),

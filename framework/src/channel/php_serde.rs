@@ -363,8 +363,14 @@ impl Key {
     /// Serialize as a key.
     pub fn write(&self, out: &mut Vec<u8>) {
         match self {
+            // Without `core::fmt`: ids and counts go in every acknowledgement.
             Key::Int(i) => {
-                let _ = write!(Sink(out), "i:{i};");
+                out.extend_from_slice(b"i:");
+                if *i < 0 {
+                    out.push(b'-');
+                }
+                crate::protocol::put_decimal(out, i.unsigned_abs());
+                out.push(b';');
             }
             Key::Str(s) => write_str(out, s.as_bytes()),
         }
@@ -581,6 +587,20 @@ impl<'a> Field<'a> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn integer_keys_are_written_in_decimal() {
+        for (k, want) in [
+            (0, "i:0;"),
+            (-5, "i:-5;"),
+            (i64::MAX, "i:9223372036854775807;"),
+            (i64::MIN, "i:-9223372036854775808;"),
+        ] {
+            let mut out = Vec::new();
+            Key::Int(k).write(&mut out);
+            assert_eq!(out, want.as_bytes());
+        }
+    }
 
     #[test]
     fn golden_scalars_and_arrays() {

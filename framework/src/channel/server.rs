@@ -169,7 +169,7 @@ impl Server {
                         // carries a directory operation's answer); it leaves when this turn
                         // ends, after the deliveries (TCP subscribers written, in-process ones
                         // sent).
-                        let mut raw = Vec::new();
+                        let mut raw = Vec::with_capacity(24);
                         php_serde::Key::Int(id).write(&mut raw);
                         let frame = encode_delivery(DeliveryKind::Ack, &raw, &answer.ack_data());
                         hub.ack_later(conn, frame);
