@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use werkmann_tests::push::{connect, get, next_text};
-use werkmann_tests::{free_addr, start_all_at, wait_until, App, RedisServer, WAIT};
+use werkmann_tests::{curl_ok, free_addr, start_all_at, wait_until, App, RedisServer, WAIT};
 
 /// Send `app`'s process a signal (`-STOP`, `-CONT`).
 fn signal(app: &App, sig: &str) {
@@ -19,6 +19,15 @@ fn signal(app: &App, sig: &str) {
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+/// The hub's parked subscriptions, from its metrics port.
+fn parked_gauge(metrics: SocketAddr) -> f64 {
+    let text = String::from_utf8(curl_ok(&[&format!("http://{metrics}/metrics")])).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("werkmann_channel_parked_subscriptions{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The WebSocket instances parked so far on `app` (its log's lines).
@@ -36,28 +45,34 @@ struct Cluster {
     server: Option<usize>,
     /// Whether this backend parks (not Redis).
     parks: bool,
+    /// The hub's metrics port (embedded, channel server).
+    metrics: Option<SocketAddr>,
     _redis: Option<RedisServer>,
 }
 
 impl Cluster {
     fn embedded() -> Cluster {
         let (ws, web) = (free_addr("127.0.6.1"), free_addr("127.0.6.2"));
-        let app = start_all_at(ws, web, &["--count", "1"]);
+        let m = free_addr("127.0.6.7");
+        let app = start_all_at(ws, web, &["--count", "1", "--metrics", &m.to_string()]);
         Cluster {
             web,
             ws: vec![(ws, 0)],
             apps: vec![app],
             server: None,
             parks: true,
+            metrics: Some(m),
             _redis: None,
         }
     }
 
     fn server() -> Cluster {
-        let ch = free_addr("127.0.6.3");
-        let app = App::start_at("start_channel", &["--listen", &ch.to_string()], &[ch]);
+        let (ch, m) = (free_addr("127.0.6.3"), free_addr("127.0.6.8"));
+        let args = ["--listen", &ch.to_string(), "--metrics", &m.to_string()];
+        let app = App::start_at("start_channel", &args, &[ch, m]);
         let mut c = Cluster::on(&ch.to_string(), vec![app], true);
         c.server = Some(0);
+        c.metrics = Some(m);
         c
     }
 
@@ -92,7 +107,17 @@ impl Cluster {
             apps,
             server: None,
             parks,
+            metrics: None,
             _redis: None,
+        }
+    }
+
+    /// Wait until the hub's metrics say `n` subscriptions are parked (where it has them).
+    fn parked_now(&self, n: usize) {
+        if let Some(m) = self.metrics {
+            wait_until(WAIT, format!("{n} parked in the hub's metrics"), || {
+                parked_gauge(m) == n as f64
+            });
         }
     }
 
@@ -119,6 +144,7 @@ impl Cluster {
 async fn idle_instances_park(c: Cluster) {
     let nodes = c.ws.len();
     c.all_parked(1);
+    c.parked_now(nodes);
     // Parked instances are reached: the broadcast is answered ok, not "no node subscribed".
     let (status, body) = get(c.web, "/?content=nobody").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
@@ -151,6 +177,8 @@ async fn idle_instances_park(c: Cluster) {
         }
         None => connect(first).await.0,
     };
+    // The hub's metrics: one subscription fewer parked.
+    c.parked_now(nodes - 1);
     // Published after the greeting: delivered.
     let (status, body) = get(c.web, "/?content=after").await;
     assert_eq!((status, body.as_str()), (200, "ok"));

@@ -399,6 +399,8 @@ pub(crate) struct HubState {
     queues: HashMap<Key, Queue>,
     subscribed: HashMap<SubscriberId, HashSet<Key>>,
     watching: HashMap<SubscriberId, HashSet<Key>>,
+    /// Parked subscriptions, over every event (for the metrics).
+    parked: usize,
     /// Who is connected where, with uids, groups and sessions (`channel::dir`).
     directory: DirectoryState,
     /// Each worker's node event (`dir::node_event`), made once.
@@ -422,6 +424,7 @@ impl Default for HubState {
             queues: HashMap::new(),
             subscribed: HashMap::new(),
             watching: HashMap::new(),
+            parked: 0,
             directory: DirectoryState::default(),
             node_keys: RefCell::default(),
             stats: HubStats::default(),
@@ -451,6 +454,7 @@ impl HubState {
         *m.nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
         m.subscribers.set(self.subscribed.len() as i64);
         m.events.set(self.channels.len() as i64);
+        m.parked.set(self.parked as i64);
         m.deliveries.set(self.stats.deliveries as i64);
         let [clients, uids, groups, presence_groups, presence_members] = self.directory.sizes();
         m.clients.set(clients as i64);
@@ -687,7 +691,9 @@ impl HubState {
     fn unsubscribe(&mut self, id: SubscriberId, key: &Key) {
         if let Some(subs) = self.channels.get_mut(key) {
             subs.list.retain(|(s, _)| *s != id);
+            let before = subs.parked.len();
             subs.parked.retain(|(s, _)| *s != id);
+            self.parked -= before - subs.parked.len();
             self.routes.set(key, &subs.list, subs.parked.len());
             if subs.is_empty() {
                 self.channels.remove(key);
@@ -713,6 +719,10 @@ impl HubState {
                 false => Subscribers::shift(id, parked, list),
             };
             if moved {
+                match park {
+                    true => self.parked += 1,
+                    false => self.parked -= 1,
+                }
                 if *cursor >= list.len() {
                     *cursor = 0;
                 }
@@ -921,6 +931,7 @@ mod tests {
             hub.apply(b, &kb, Command::Park(names(&["news"])), false);
             // Subscribing again does not unpark (nor add a second subscription).
             hub.apply(b, &kb, Command::Subscribe(names(&["news"])), false);
+            assert_eq!(hub.parked, 1);
             let reached = |hub: &mut HubState, cmd| hub.apply(a, &ka, cmd, true).reached();
             assert_eq!(reached(&mut hub, publish(&["news"], "1")), 2, "b counted");
             let waking = Command::Waking(Box::new(publish(&["news"], "2")));
@@ -931,6 +942,7 @@ mod tests {
                 assert_eq!(reached(&mut hub, cmd), 1);
             }
             hub.apply(b, &kb, Command::Unpark(names(&["news"])), true);
+            assert_eq!(hub.parked, 0);
             assert_eq!(reached(&mut hub, publish(&["news"], "3")), 2);
             until(|| seen(&la).len() == 5 && seen(&lb).len() == 2).await;
             let got = |l| seen(l).into_iter().map(|(_, d)| d).collect::<Vec<_>>();
@@ -938,7 +950,9 @@ mod tests {
             assert_eq!(got(&lb), ["2", "3"], "only the waking publish while parked");
             // Unsubscribing a parked subscription forgets it.
             hub.apply(b, &kb, Command::Park(names(&["news"])), false);
+            assert_eq!(hub.parked, 1);
             hub.apply(b, &kb, Command::Unsubscribe(names(&["news"])), false);
+            assert_eq!(hub.parked, 0);
             assert_eq!(reached(&mut hub, publish(&["news"], "4")), 1);
             hub.remove(a);
             assert!(hub.channels.is_empty());

@@ -269,6 +269,11 @@ fn families() -> Vec<MetricFamily> {
             "Event names with a subscriber",
             per_hub(|h| h.events.get()),
         ),
+        gauges(
+            "werkmann_channel_parked_subscriptions",
+            "Subscriptions parked by instances without connections: counted, sent nothing",
+            per_hub(|h| h.parked.get()),
+        ),
         counters(
             "werkmann_channel_deliveries_total",
             "Events the hub handed to subscribers",

@@ -197,6 +197,8 @@ pub(crate) struct HubMetrics {
     pub subscribers: Gauge,
     /// Event names with a subscriber.
     pub events: Gauge,
+    /// Subscriptions parked by instances without connections (`channel::parking`).
+    pub parked: Gauge,
     /// Events handed to subscribers (a total kept by the hub).
     pub deliveries: Gauge,
     /// Directory: connections registered, uids bound, groups with members.
