@@ -268,12 +268,6 @@ pub(crate) fn run(
     let set = signals::supervisor_set();
     signals::mask(libc::SIG_BLOCK, &set)?;
     let mut children = plan(&parts)?;
-    if parts.iter().any(|p| p.worker.serve.is_some()) && children.iter().any(|c| c.slot.is_some()) {
-        log::warn!(
-            "the metrics port shows the figures of the process that serves it (the workers run \
-             as threads); `status` and `connections` show every child's"
-        );
-    }
     for id in children.iter().filter_map(|c| c.identity) {
         report_dir(&paths.status, id);
         report_dir(&paths.connections, id);
@@ -348,7 +342,7 @@ pub(crate) fn run(
             Some(libc::SIGIO) => write_connections(&children, paths),
             _ => {}
         }
-        for pid in reap(&mut children, stopping.is_some(), &slots) {
+        for pid in reap(&mut children, stopping.is_some(), &slots, &paths.status) {
             if let (Some(i), None) = (old.ended(pid), &stopping) {
                 children[i].due = Some(Instant::now());
             }
@@ -502,6 +496,8 @@ fn serve_child(
         log::error!("{}: {e}", child.label);
         return 1;
     }
+    // The metrics port is served by one child; the others report to it (`metrics::siblings`).
+    let metrics_on = parts.iter().any(|p| p.worker.serve.is_some());
     let mine: Vec<Part> = parts
         .into_iter()
         .enumerate()
@@ -534,6 +530,22 @@ fn serve_child(
             );
             return 1;
         }
+    }
+    if mine.iter().any(|p| p.worker.serve.is_some()) {
+        let mut dirs = Vec::new();
+        if let (Some(dir), Some(name)) = (paths.status.parent(), paths.status.file_name()) {
+            dirs.push((dir.to_path_buf(), format!("{}.", name.to_string_lossy())));
+        }
+        if let Some(dir) = uid.and_then(|u| {
+            child_file(&paths.status, 0, Some(u))
+                .parent()
+                .map(Path::to_path_buf)
+        }) {
+            dirs.push((dir, String::new()));
+        }
+        crate::metrics::read_siblings(dirs);
+    } else if metrics_on {
+        crate::metrics::write_reports(crate::metrics::report_file(&own.status));
     }
     match master::serve(mine, own, None, summary.to_string(), None, Role::Child) {
         Ok(()) => 0,
@@ -593,8 +605,12 @@ fn begin_stop(children: &[Child], sig: i32, wait: Duration) -> Stopping {
 /// Collect the children that ended; schedule each one's new start unless stopping.
 /// Returns the pids that ended and were none of `children`'s (the old generation's, after a
 /// reload, or processes the app started itself).
-fn reap(children: &mut [Child], stopping: bool, slots: &balance::Slots) -> Vec<i32> {
+fn reap(children: &mut [Child], stopping: bool, slots: &balance::Slots, status: &Path) -> Vec<i32> {
     let mut others = Vec::new();
+    // An ended child's metrics report goes with it (`metrics::siblings`).
+    let forget = |pid: i32, uid: Option<u32>| {
+        let _ = std::fs::remove_file(crate::metrics::report_file(&child_file(status, pid, uid)));
+    };
     loop {
         let mut status = 0;
         // SAFETY: waitpid(2) with WNOHANG writes the status into a local integer.
@@ -603,9 +619,11 @@ fn reap(children: &mut [Child], stopping: bool, slots: &balance::Slots) -> Vec<i
             return others;
         }
         let Some(c) = children.iter_mut().find(|c| c.pid == Some(pid)) else {
+            forget(pid, None);
             others.push(pid);
             continue;
         };
+        forget(pid, c.identity.map(|id| id.uid));
         c.pid = None;
         if let Some((_, me)) = &c.slot {
             slots.absent(*me);

@@ -503,3 +503,38 @@ async fn the_admin_page_shows_the_node_in_a_real_browser() {
         .await;
     b.quit().await;
 }
+
+/// Workers as processes: the metrics port (served by one child) adds every child's figures —
+/// the connections of each WebSocket instance, the deliveries to all of them — and the output
+/// still passes `promtool check metrics`.
+#[tokio::test]
+async fn every_child_is_counted_with_processes() {
+    let (_app, [ws, http, metrics]) = start_all_with_metrics(&["--count", "2", "--processes"]);
+    let mut clients = clients(&[ws], http, 6).await;
+    let instances = |text: &str| -> Vec<f64> {
+        (0..2)
+            .map(|i| {
+                let inst = format!("instance=\"{i}\"");
+                sum(text, "werkmann_connections", &["worker=\"pusher\"", &inst])
+            })
+            .collect()
+    };
+    wait_until(T, "every child's connections on the metrics port", || {
+        let text = scrape(metrics);
+        let per = instances(&text);
+        per.iter().sum::<f64>() == 6.0 && per.iter().all(|&n| n > 0.0)
+    });
+    let before = deliveries(&[metrics]);
+    broadcasts(http, &mut clients, 5, "m").await;
+    wait_until(T, "every child's deliveries on the metrics port", || {
+        deliveries(&[metrics]) >= before + 30.0
+    });
+    let text = scrape(metrics);
+    let (ok, said) = promtool_check(&text);
+    assert!(ok, "promtool check metrics: {said}\n{text}");
+    assert_eq!(
+        text.matches("# TYPE werkmann_connections gauge").count(),
+        1,
+        "{text}"
+    );
+}

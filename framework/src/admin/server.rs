@@ -58,7 +58,7 @@ pub(super) fn run(listener: TcpListener, admin: Arc<Admin>) {
 async fn scrape() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(metrics::CONTENT_TYPE)
-        .body(metrics::render())
+        .body(metrics::render_all())
 }
 
 async fn to_page() -> HttpResponse {

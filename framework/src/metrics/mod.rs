@@ -11,6 +11,7 @@ mod encode;
 mod process;
 mod reasons;
 mod refusals;
+mod siblings;
 mod sources;
 mod totals;
 
@@ -20,6 +21,8 @@ pub use process::rss_bytes;
 pub(crate) use reasons::{Closed, Refused};
 pub(crate) use refusals::note as note_refusal;
 pub use refusals::{recent as recent_refusals, Refusal};
+pub use siblings::render_all;
+pub(crate) use siblings::{read_siblings, report_file, write_reports};
 pub(crate) use sources::{
     broker_connected, broker_reconnected, delivered_here, directory_named, enable, enabled,
     open_connections, round_trip, set_thread_instance, worker_id_claim, Backend, HubMetrics,

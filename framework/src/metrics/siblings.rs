@@ -1,0 +1,232 @@
+//! Workers run as processes (`Worker::processes`): the metrics port is served by one child, and
+//! each of the others writes what it counts (its own scrape's text) to a report file once a
+//! second; a scrape adds them to the serving process's own, series by series. Counters,
+//! histograms and most gauges add up; `process_*` describe the serving process alone, and
+//! `werkmann_build_info` is the same everywhere.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// How often a child writes its report, and how old a report may be before it is left out
+/// (its child is gone).
+const EVERY: Duration = Duration::from_secs(1);
+const STALE: Duration = Duration::from_secs(5);
+
+/// The file name the children's reports end with.
+const SUFFIX: &str = ".prom";
+
+/// Where the serving child finds its siblings' reports: directories, each with the prefix of
+/// the report files' names there.
+static SIBLINGS: OnceLock<Vec<(PathBuf, String)>> = OnceLock::new();
+
+/// In the child that serves the metrics port: add the reports named `{prefix}….prom` in each
+/// directory (the run directory; a report directory of the user the children run as).
+pub(crate) fn read_siblings(dirs: Vec<(PathBuf, String)>) {
+    let _ = SIBLINGS.set(dirs);
+}
+
+/// In another child: write this process's metrics to `path` once a second, on a thread of its
+/// own, for the serving child to add.
+pub(crate) fn write_reports(path: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-report".into())
+        .spawn(move || loop {
+            std::thread::sleep(EVERY);
+            let tmp = path.with_extension("tmp");
+            let written = std::fs::write(&tmp, super::encode::render())
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = written {
+                log::warn!("metrics report {}: {e}", path.display());
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("metrics report thread: {e}");
+    }
+}
+
+/// A child's metrics report next to its status report `base` (`{base}.prom`).
+pub(crate) fn report_file(base: &Path) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(SUFFIX);
+    PathBuf::from(name)
+}
+
+/// This process's metrics with its siblings' added (what `/metrics` answers).
+pub fn render_all() -> String {
+    let own = super::encode::render();
+    let Some(dirs) = SIBLINGS.get() else {
+        return own;
+    };
+    let now = SystemTime::now();
+    let mut others = Vec::new();
+    for (dir, prefix) in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with(prefix.as_str()) && name.ends_with(SUFFIX)) {
+                continue;
+            }
+            let fresh = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age < STALE);
+            if !fresh {
+                // A child that is gone (its successor writes a file of its own).
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(e.path()) {
+                others.push(text);
+            }
+        }
+    }
+    merge(&own, &others)
+}
+
+/// One metric family of the text format: its help and type lines, its series in order.
+#[derive(Default)]
+struct Family {
+    head: Vec<String>,
+    series: Vec<(String, f64)>,
+    at: HashMap<String, usize>,
+}
+
+/// How a family's series from several processes combine.
+fn adds_up(family: &str) -> Option<fn(f64, f64) -> f64> {
+    if family.starts_with("process_") {
+        None
+    } else if family == "werkmann_build_info" {
+        Some(f64::max)
+    } else {
+        Some(|a, b| a + b)
+    }
+}
+
+/// `own` (the serving process's text) with `others` added, series by series.
+pub(crate) fn merge(own: &str, others: &[String]) -> String {
+    if others.is_empty() {
+        return own.to_string();
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut families: HashMap<String, Family> = HashMap::new();
+    for (n, text) in std::iter::once(own)
+        .chain(others.iter().map(String::as_str))
+        .enumerate()
+    {
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut words = rest.splitn(3, ' ');
+                let (kind, name) = (words.next(), words.next());
+                if let (Some("HELP" | "TYPE"), Some(name)) = (kind, name) {
+                    current = name.to_string();
+                    let f = families.entry(current.clone()).or_insert_with(|| {
+                        order.push(current.clone());
+                        Family::default()
+                    });
+                    if f.head.len() < 2 && !f.head.iter().any(|h| h == line) {
+                        f.head.push(line.to_string());
+                    }
+                }
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let Some(f) = families.get_mut(&current) else {
+                continue;
+            };
+            let combine = adds_up(&current);
+            match (f.at.get(series), combine) {
+                (Some(&i), Some(add)) => f.series[i].1 = add(f.series[i].1, value),
+                (Some(_), None) => {}
+                (None, None) if n > 0 => {}
+                (None, _) => {
+                    f.at.insert(series.to_string(), f.series.len());
+                    f.series.push((series.to_string(), value));
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(own.len() * 2);
+    for name in order {
+        let f = &families[&name];
+        if f.series.is_empty() {
+            continue;
+        }
+        for h in &f.head {
+            out.push_str(h);
+            out.push('\n');
+        }
+        for (series, value) in &f.series {
+            out.push_str(series);
+            out.push(' ');
+            out.push_str(&number(*value));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A sample value as the text format writes it.
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_add_up_process_figures_stay_the_servers() {
+        let own = "# HELP werkmann_connections Open connections\n\
+                   # TYPE werkmann_connections gauge\n\
+                   werkmann_connections{worker=\"w\",instance=\"0\"} 2\n\
+                   # HELP process_open_fds Open fds\n\
+                   # TYPE process_open_fds gauge\n\
+                   process_open_fds 10\n\
+                   # HELP werkmann_build_info Build\n\
+                   # TYPE werkmann_build_info gauge\n\
+                   werkmann_build_info{version=\"1\"} 1\n";
+        let other = "# HELP werkmann_connections Open connections\n\
+                     # TYPE werkmann_connections gauge\n\
+                     werkmann_connections{worker=\"w\",instance=\"1\"} 3\n\
+                     # HELP process_open_fds Open fds\n\
+                     # TYPE process_open_fds gauge\n\
+                     process_open_fds 7\n\
+                     # HELP werkmann_build_info Build\n\
+                     # TYPE werkmann_build_info gauge\n\
+                     werkmann_build_info{version=\"1\"} 1\n\
+                     # HELP werkmann_deliveries_total Deliveries\n\
+                     # TYPE werkmann_deliveries_total counter\n\
+                     werkmann_deliveries_total{worker=\"w\"} 5\n";
+        let merged = merge(own, &[other.to_string(), other.to_string()]);
+        assert!(merged.contains("werkmann_connections{worker=\"w\",instance=\"0\"} 2\n"));
+        assert!(merged.contains("werkmann_connections{worker=\"w\",instance=\"1\"} 6\n"));
+        assert!(merged.contains("process_open_fds 10\n"), "{merged}");
+        assert!(merged.contains("werkmann_build_info{version=\"1\"} 1\n"));
+        assert!(merged.contains("werkmann_deliveries_total{worker=\"w\"} 10\n"));
+        assert_eq!(
+            merged.matches("# TYPE werkmann_connections gauge").count(),
+            1
+        );
+        // Each family's lines together, help and type first.
+        let at = |s: &str| merged.find(s).unwrap();
+        assert!(at("# TYPE werkmann_deliveries_total") < at("werkmann_deliveries_total{"));
+    }
+}
