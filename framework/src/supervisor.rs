@@ -609,7 +609,9 @@ fn reap(children: &mut [Child], stopping: bool, slots: &balance::Slots, status: 
     let mut others = Vec::new();
     // An ended child's metrics report goes with it (`metrics::siblings`).
     let forget = |pid: i32, uid: Option<u32>| {
-        let _ = std::fs::remove_file(crate::metrics::report_file(&child_file(status, pid, uid)));
+        let report = crate::metrics::report_file(&child_file(status, pid, uid));
+        let _ = std::fs::remove_file(report.with_extension("totals"));
+        let _ = std::fs::remove_file(report);
     };
     loop {
         let mut status = 0;
@@ -733,7 +735,7 @@ fn write_status(children: &[Child], paths: &Paths, workers: usize) {
         merged.rss_bytes += r.rss_bytes;
         merged.cpu_secs += r.cpu_secs;
         merged.instances.extend(r.instances);
-        add_totals(&mut merged.totals, r.totals);
+        crate::metrics::add_json(&mut merged.totals, r.totals);
     }
     merged
         .instances
@@ -759,47 +761,6 @@ fn write_connections(children: &[Child], paths: &Paths) {
     );
 }
 
-/// Add one process's metrics totals to the sums: counts add up, lists join, and the figures
-/// that are not counts (latency quantiles, the start time) keep the larger or the earlier.
-fn add_totals(into: &mut serde_json::Value, from: serde_json::Value) {
-    use serde_json::Value;
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                match a.get_mut(&k) {
-                    None => {
-                        a.insert(k, v);
-                    }
-                    Some(Value::Number(n)) if k.contains("p50") || k.contains("p99") => {
-                        if v.as_f64() > n.as_f64() {
-                            a.insert(k, v);
-                        }
-                    }
-                    Some(Value::Number(n)) if k.starts_with("started") => {
-                        if v.as_f64().is_some_and(|v| v > 0.0 && Some(v) < n.as_f64()) {
-                            a.insert(k, v);
-                        }
-                    }
-                    Some(slot) => add_totals(slot, v),
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) => a.extend(b),
-        (slot @ Value::Null, v) => *slot = v,
-        (Value::Number(a), Value::Number(b)) => {
-            *a = match (a.as_u64(), b.as_u64(), a.as_i64(), b.as_i64()) {
-                (Some(x), Some(y), _, _) => x.saturating_add(y).into(),
-                (_, _, Some(x), Some(y)) => x.saturating_add(y).into(),
-                _ => serde_json::Number::from_f64(
-                    a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0),
-                )
-                .unwrap_or_else(|| 0.into()),
-            }
-        }
-        _ => {}
-    }
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -823,7 +784,7 @@ mod tests {
             "publish_p99": 0.5, "hubs": [1], "started_unix": 10.0, "cpu": 1.5});
         let b = serde_json::json!({"accepted": 3, "refused": {"limit": 2, "origin": 1},
             "publish_p99": 0.7, "hubs": [2], "started_unix": 5.0, "cpu": 1.0});
-        add_totals(&mut a, b);
+        crate::metrics::add_json(&mut a, b);
         assert_eq!(
             a,
             serde_json::json!({"accepted": 5, "refused": {"limit": 3, "origin": 1},

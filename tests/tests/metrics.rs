@@ -537,4 +537,22 @@ async fn every_child_is_counted_with_processes() {
         1,
         "{text}"
     );
+    // The admin page's totals: every child's too.
+    wait_until(T, "every child's connections on the admin page", || {
+        let body = curl_ok(&[&format!("http://{metrics}/admin/api/summary")]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let t = &v["totals"];
+        let per: Vec<i64> = (0..2)
+            .map(|i| {
+                t["instances"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|f| f["worker"] == "pusher" && f["instance"] == i)
+                    .filter_map(|f| f["connections"].as_i64())
+                    .sum()
+            })
+            .collect();
+        t["connections"]["pusher"] == 6 && per.iter().all(|&n| n > 0)
+    });
 }

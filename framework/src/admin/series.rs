@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::metrics::{self, Totals};
+use serde_json::Value;
+
+use crate::metrics;
 
 /// How many seconds are kept (ten minutes).
 const KEPT: usize = 600;
@@ -48,24 +50,29 @@ impl Series {
     /// Sample once a second, for good (on the admin thread).
     pub async fn run(&self) {
         let mut every = tokio::time::interval(Duration::from_secs(1));
-        let mut last: Option<(Totals, std::time::Instant)> = None;
+        let mut last: Option<(Value, std::time::Instant)> = None;
         loop {
             every.tick().await;
-            let now = metrics::totals();
+            // Every child's, with processes (`metrics::siblings`).
+            let now = metrics::totals_all();
             let at = std::time::Instant::now();
             if let Some((before, then)) = &last {
                 let secs = at.duration_since(*then).as_secs_f64().max(0.001);
-                let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+                let count = |t: &Value, k: &str| t.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let rate = |k: &str| count(&now, k).saturating_sub(count(before, k)) as f64 / secs;
                 let s = Sample {
                     at_ms: SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64),
-                    connections: now.connections.values().sum(),
-                    accepted: rate(now.accepted, before.accepted),
-                    messages_in: rate(now.messages_in, before.messages_in),
-                    messages_out: rate(now.messages_out, before.messages_out),
-                    deliveries: rate(now.deliveries, before.deliveries),
-                    publishes: rate(now.publishes, before.publishes),
+                    connections: now
+                        .get("connections")
+                        .and_then(Value::as_object)
+                        .map_or(0, |m| m.values().filter_map(Value::as_i64).sum()),
+                    accepted: rate("accepted"),
+                    messages_in: rate("messages_in"),
+                    messages_out: rate("messages_out"),
+                    deliveries: rate("deliveries"),
+                    publishes: rate("publishes"),
                 };
                 let mut k = self.samples.lock().unwrap_or_else(|e| e.into_inner());
                 if k.len() == KEPT {

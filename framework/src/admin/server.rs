@@ -75,7 +75,8 @@ async fn page() -> HttpResponse {
 }
 
 async fn summary(state: web::Data<State>) -> HttpResponse {
-    let totals = metrics::totals();
+    // With processes: every child's (`metrics::siblings`).
+    let totals = metrics::totals_all();
     HttpResponse::Ok().json(json!({
         "node": {
             "program": std::env::args().next().and_then(|p| {

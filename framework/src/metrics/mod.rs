@@ -21,12 +21,13 @@ pub use process::rss_bytes;
 pub(crate) use reasons::{Closed, Refused};
 pub(crate) use refusals::note as note_refusal;
 pub use refusals::{recent as recent_refusals, Refusal};
-pub use siblings::render_all;
 pub(crate) use siblings::{read_siblings, report_file, write_reports};
+pub use siblings::{render_all, totals_all};
 pub(crate) use sources::{
     broker_connected, broker_reconnected, delivered_here, directory_named, enable, enabled,
     open_connections, round_trip, set_thread_instance, worker_id_claim, Backend, HubMetrics,
     InstanceMetrics,
 };
 pub use sources::{publish_answered, NodeFigures, PublishApi};
+pub(crate) use totals::add_json;
 pub use totals::{totals, HubTotals, InstanceFigures, Totals};

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime};
 const EVERY: Duration = Duration::from_secs(1);
 const STALE: Duration = Duration::from_secs(5);
 
-/// The file name the children's reports end with.
+/// What the children's reports' file names end with: the scrape's text, the totals (JSON).
 const SUFFIX: &str = ".prom";
+const TOTALS: &str = ".totals";
 
 /// Where the serving child finds its siblings' reports: directories, each with the prefix of
 /// the report files' names there.
@@ -32,13 +33,19 @@ pub(crate) fn read_siblings(dirs: Vec<(PathBuf, String)>) {
 pub(crate) fn write_reports(path: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("metrics-report".into())
-        .spawn(move || loop {
-            std::thread::sleep(EVERY);
-            let tmp = path.with_extension("tmp");
-            let written = std::fs::write(&tmp, super::encode::render())
-                .and_then(|()| std::fs::rename(&tmp, &path));
-            if let Err(e) = written {
-                log::warn!("metrics report {}: {e}", path.display());
+        .spawn(move || {
+            let totals = path.with_extension(&TOTALS[1..]);
+            loop {
+                std::thread::sleep(EVERY);
+                let json = serde_json::to_string(&super::totals()).unwrap_or_default();
+                for (to, text) in [(&path, super::encode::render()), (&totals, json)] {
+                    let tmp = to.with_extension("tmp");
+                    let written =
+                        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, to));
+                    if let Err(e) = written {
+                        log::warn!("metrics report {}: {e}", to.display());
+                    }
+                }
             }
         });
     if let Err(e) = spawned {
@@ -56,9 +63,29 @@ pub(crate) fn report_file(base: &Path) -> PathBuf {
 /// This process's metrics with its siblings' added (what `/metrics` answers).
 pub fn render_all() -> String {
     let own = super::encode::render();
-    let Some(dirs) = SIBLINGS.get() else {
-        return own;
-    };
+    match SIBLINGS.get() {
+        Some(dirs) => merge(&own, &reports(dirs, SUFFIX)),
+        None => own,
+    }
+}
+
+/// This process's totals with its siblings' added (what the admin page shows), as JSON.
+pub fn totals_all() -> serde_json::Value {
+    let mut own = serde_json::to_value(super::totals()).unwrap_or_default();
+    if let Some(dirs) = SIBLINGS.get() {
+        for text in reports(dirs, TOTALS) {
+            match serde_json::from_str(&text) {
+                Ok(other) => super::totals::add_json(&mut own, other),
+                Err(e) => log::warn!("a child's totals unreadable: {e}"),
+            }
+        }
+    }
+    own
+}
+
+/// The siblings' fresh reports whose names end with `suffix` (stale ones are removed: their
+/// child is gone).
+fn reports(dirs: &[(PathBuf, String)], suffix: &str) -> Vec<String> {
     let now = SystemTime::now();
     let mut others = Vec::new();
     for (dir, prefix) in dirs {
@@ -67,7 +94,7 @@ pub fn render_all() -> String {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with(prefix.as_str()) && name.ends_with(SUFFIX)) {
+            if !(name.starts_with(prefix.as_str()) && name.ends_with(suffix)) {
                 continue;
             }
             let fresh = e
@@ -86,7 +113,7 @@ pub fn render_all() -> String {
             }
         }
     }
-    merge(&own, &others)
+    others
 }
 
 /// One metric family of the text format: its help and type lines, its series in order.

@@ -169,3 +169,44 @@ pub fn totals() -> Totals {
     t.started_unix = p.start_time_secs;
     t
 }
+
+/// Add one process's metrics totals to the sums: counts add up, lists join, and the figures
+/// that are not counts (latency quantiles, the start time) keep the larger or the earlier.
+pub(crate) fn add_json(into: &mut serde_json::Value, from: serde_json::Value) {
+    use serde_json::Value;
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    None => {
+                        a.insert(k, v);
+                    }
+                    Some(Value::Number(n)) if k.contains("p50") || k.contains("p99") => {
+                        if v.as_f64() > n.as_f64() {
+                            a.insert(k, v);
+                        }
+                    }
+                    Some(Value::Number(n)) if k.starts_with("started") => {
+                        if v.as_f64().is_some_and(|v| v > 0.0 && Some(v) < n.as_f64()) {
+                            a.insert(k, v);
+                        }
+                    }
+                    Some(slot) => add_json(slot, v),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => a.extend(b),
+        (slot @ Value::Null, v) => *slot = v,
+        (Value::Number(a), Value::Number(b)) => {
+            *a = match (a.as_u64(), b.as_u64(), a.as_i64(), b.as_i64()) {
+                (Some(x), Some(y), _, _) => x.saturating_add(y).into(),
+                (_, _, Some(x), Some(y)) => x.saturating_add(y).into(),
+                _ => serde_json::Number::from_f64(
+                    a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0),
+                )
+                .unwrap_or_else(|| 0.into()),
+            }
+        }
+        _ => {}
+    }
+}
