@@ -219,30 +219,47 @@ fn number(v: f64) -> String {
 mod tests {
     use super::*;
 
+    /// A scrape's text: each family's help and type lines, then its one sample.
+    fn text(families: &[(&str, &str, &str)]) -> String {
+        families
+            .iter()
+            .map(|(name, kind, sample)| {
+                format!("# HELP {name} {name}\n# TYPE {name} {kind}\n{sample}\n")
+            })
+            .collect()
+    }
+
     #[test]
     fn series_add_up_process_figures_stay_the_servers() {
-        let own = "# HELP werkmann_connections Open connections\n\
-                   # TYPE werkmann_connections gauge\n\
-                   werkmann_connections{worker=\"w\",instance=\"0\"} 2\n\
-                   # HELP process_open_fds Open fds\n\
-                   # TYPE process_open_fds gauge\n\
-                   process_open_fds 10\n\
-                   # HELP werkmann_build_info Build\n\
-                   # TYPE werkmann_build_info gauge\n\
-                   werkmann_build_info{version=\"1\"} 1\n";
-        let other = "# HELP werkmann_connections Open connections\n\
-                     # TYPE werkmann_connections gauge\n\
-                     werkmann_connections{worker=\"w\",instance=\"1\"} 3\n\
-                     # HELP process_open_fds Open fds\n\
-                     # TYPE process_open_fds gauge\n\
-                     process_open_fds 7\n\
-                     # HELP werkmann_build_info Build\n\
-                     # TYPE werkmann_build_info gauge\n\
-                     werkmann_build_info{version=\"1\"} 1\n\
-                     # HELP werkmann_deliveries_total Deliveries\n\
-                     # TYPE werkmann_deliveries_total counter\n\
-                     werkmann_deliveries_total{worker=\"w\"} 5\n";
-        let merged = merge(own, &[other.to_string(), other.to_string()]);
+        let (conns, fds, build) = (
+            "werkmann_connections",
+            "process_open_fds",
+            "werkmann_build_info",
+        );
+        let own = text(&[
+            (
+                conns,
+                "gauge",
+                "werkmann_connections{worker=\"w\",instance=\"0\"} 2",
+            ),
+            (fds, "gauge", "process_open_fds 10"),
+            (build, "gauge", "werkmann_build_info{version=\"1\"} 1"),
+        ]);
+        let other = text(&[
+            (
+                conns,
+                "gauge",
+                "werkmann_connections{worker=\"w\",instance=\"1\"} 3",
+            ),
+            (fds, "gauge", "process_open_fds 7"),
+            (build, "gauge", "werkmann_build_info{version=\"1\"} 1"),
+            (
+                "werkmann_deliveries_total",
+                "counter",
+                "werkmann_deliveries_total{worker=\"w\"} 5",
+            ),
+        ]);
+        let merged = merge(&own, &[other.clone(), other]);
         assert!(merged.contains("werkmann_connections{worker=\"w\",instance=\"0\"} 2\n"));
         assert!(merged.contains("werkmann_connections{worker=\"w\",instance=\"1\"} 6\n"));
         assert!(merged.contains("process_open_fds 10\n"), "{merged}");
