@@ -96,18 +96,7 @@ extern "C" fn go_back() {
     for fd in &r.keep {
         crate::listener::set_cloexec(*fd, false);
     }
-    let argv: Vec<*const libc::c_char> = r
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = r
-        .envp
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let (argv, envp) = (pointers(&r.argv), pointers(&r.envp));
     // SAFETY: fexecve(3) with an open descriptor of an executable and NULL-terminated arrays
     // of pointers to NUL-terminated strings that live in a static; it returns only on failure.
     unsafe { libc::fexecve(r.fd, argv.as_ptr(), envp.as_ptr()) };
@@ -115,4 +104,13 @@ extern "C" fn go_back() {
         "reload: going back failed: {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// `strings` as exec's NULL-terminated array of pointers (valid while `strings` lives).
+fn pointers(strings: &[std::ffi::CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
 }
