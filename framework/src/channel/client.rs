@@ -304,13 +304,21 @@ impl Client {
 
     /// Publish confirmed, as one command or several (the counts summed, the first error or
     /// an unconfirmed part wins).
+    /// With `wake`, parked subscriptions get it too (`Command::Waking`, where the backend parks).
     fn publish_confirmed_names(
         &self,
         names: Vec<Key>,
         data: Bytes,
+        wake: bool,
         on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
     ) {
         let mut cmds = self.publish_commands(names, data);
+        if wake && self.live_broker().is_some_and(|b| b.parks()) {
+            cmds = cmds
+                .into_iter()
+                .map(|c| Command::Waking(Box::new(c)))
+                .collect();
+        }
         if cmds.len() == 1 {
             return self.publish_command_confirmed(cmds.remove(0), on_done);
         }
@@ -384,7 +392,7 @@ impl Client {
         on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
     ) {
         match encode(data) {
-            Ok(d) => self.publish_confirmed_names(events.into_names(), d, on_done),
+            Ok(d) => self.publish_confirmed_names(events.into_names(), d, false, on_done),
             Err(e) => on_done(Err(e)),
         }
     }
@@ -396,10 +404,31 @@ impl Client {
         php_serialized: Bytes,
         on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
     ) {
+        self.publish_raw_confirmed_as(events, php_serialized, false, on_done);
+    }
+
+    /// [`Client::publish_raw_confirmed`] that parked subscriptions get too: a publish every
+    /// subscriber must answer (a delivery report's, `channel::report`).
+    pub(crate) fn publish_raw_confirmed_waking(
+        &self,
+        events: impl IntoNames,
+        php_serialized: Bytes,
+        on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
+    ) {
+        self.publish_raw_confirmed_as(events, php_serialized, true, on_done);
+    }
+
+    fn publish_raw_confirmed_as(
+        &self,
+        events: impl IntoNames,
+        php_serialized: Bytes,
+        wake: bool,
+        on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
+    ) {
         if let Err(e) = php_serde::Reader::new(&php_serialized).skip() {
             return on_done(Err(ChannelError::Encode(e.to_string())));
         }
-        self.publish_confirmed_names(events.into_names(), php_serialized, on_done);
+        self.publish_confirmed_names(events.into_names(), php_serialized, wake, on_done);
     }
 
     fn publish_command_confirmed(
@@ -574,7 +603,7 @@ impl Client {
     }
 
     /// Unpark the subscription to `event`; `ready(Ok(()))` once every later publish is
-    /// delivered to it, `ready(Err(_))` when that is not known (the link failed: a reconnect
+    /// delivered to it (at once where nothing is parked), `ready(Err(_))` when that is not known (the link failed: a reconnect
     /// subscribes afresh; or it is full). May call `ready` before it returns.
     pub(crate) fn unpark(
         &self,
@@ -582,32 +611,14 @@ impl Client {
         ready: impl FnOnce(Result<(), ChannelError>) + 'static,
     ) {
         match self.live_broker() {
-            Some(b) => b.publish_confirmed(
+            Some(b) if b.parks() => b.publish_confirmed(
                 Command::Unpark(vec![WireName::from_key(event.clone())]),
                 Box::new(move |r| ready(r.map(|_| ()))),
             ),
+            // Nothing can be parked on this link (a reconnect to another server, say).
+            Some(_) => ready(Ok(())),
             None => ready(Err(ChannelError::Disconnected)),
         }
-    }
-
-    /// [`Client::publish_raw_confirmed`] that parked subscriptions get too: a publish every
-    /// subscriber must answer (a delivery report's, `channel::report`).
-    pub(crate) fn publish_raw_confirmed_waking(
-        &self,
-        event: Key,
-        php_serialized: Bytes,
-        on_done: impl FnOnce(Result<Option<usize>, ChannelError>) + 'static,
-    ) {
-        if let Err(e) = php_serde::Reader::new(&php_serialized).skip() {
-            return on_done(Err(ChannelError::Encode(e.to_string())));
-        }
-        let mut cmds = self.publish_commands(vec![event], php_serialized);
-        let cmd = cmds.remove(0);
-        let waking = match self.live_broker() {
-            Some(b) if b.parks() => Command::Waking(Box::new(cmd)),
-            _ => cmd,
-        };
-        self.publish_command_confirmed(waking, on_done);
     }
 }
 

@@ -517,10 +517,7 @@ impl HubState {
                 return Answer::Dir(page.encode());
             }
             Command::Publish(..) | Command::PublishKept(..) | Command::Waking(_) => {
-                let (cmd, wake) = match cmd {
-                    Command::Waking(inner) => (*inner, true),
-                    cmd => (cmd, false),
-                };
+                let (cmd, wake) = cmd.unwake();
                 let (names, data, keep) = match cmd {
                     Command::Publish(names, data) => (names, data, None),
                     Command::PublishKept(names, data, keep) => (names, data, Some(keep)),

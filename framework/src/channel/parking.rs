@@ -87,7 +87,10 @@ impl Client {
         instance.set_gate(parking.clone());
         let p = parking.clone();
         // A reconnect subscribes afresh: nothing is parked any more.
-        self.on_up_internal(move || p.live());
+        self.on_up_internal(move || {
+            p.retry.set(false);
+            p.live();
+        });
         Timer::add_internal(TICK, move || parking.tick(), true);
     }
 }
@@ -99,7 +102,6 @@ impl Parking {
 
     /// Delivered to again: serve what was held.
     fn live(&self) {
-        self.retry.set(false);
         let was = self.state.replace(State::Live);
         if let (State::Unparking(_), Some(w)) = (was, self.instance()) {
             w.release_held();
@@ -120,10 +122,10 @@ impl Parking {
                 }
                 // Unparked; or the link failed, and its reconnect subscribes afresh.
                 _ => {
+                    p.retry.set(false);
+                    // Not after it parked again meanwhile (this answer was overdue).
                     if matches!(p.state.get(), State::Unparking(_)) {
                         p.live();
-                    } else {
-                        p.retry.set(false);
                     }
                 }
             }
@@ -172,9 +174,7 @@ impl Parking {
                     UNPARK_LIMIT.as_secs()
                 );
                 // Still asked for until the hub answers (`retry`), the connections served.
-                let retry = self.retry.get();
                 self.live();
-                self.retry.set(retry);
             }
             State::Unparking(_) => {}
         }

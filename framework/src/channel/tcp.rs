@@ -243,6 +243,7 @@ impl TcpBroker {
         self.acks.set(false);
         self.directory.set(false);
         self.history.set(false);
+        self.parking.set(false);
         self.hello_pending.set(false);
         let held = std::mem::take(&mut *self.held.borrow_mut());
         let confirms = std::mem::take(&mut *self.confirms.borrow_mut());

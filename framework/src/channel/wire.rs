@@ -106,6 +106,14 @@ impl Command {
         }
     }
 
+    /// The command without its waking (`Command::Waking`'s publish), and whether it woke.
+    pub(crate) fn unwake(self) -> (Command, bool) {
+        match self {
+            Command::Waking(inner) => (*inner, true),
+            cmd => (cmd, false),
+        }
+    }
+
     /// Parse a frame payload. `data` and channel names are slices of `payload` (no copy).
     pub fn decode(payload: &Bytes) -> Result<Command, PhpError> {
         Command::decode_request(payload).map(|(c, _)| c)
@@ -278,16 +286,12 @@ impl Command {
 
     /// Serialize as PHP's Channel client does, without the frame header.
     pub fn encode_payload(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_size_hint());
-        self.encode_into(&mut out, None);
-        out
+        self.encode(false, None)
     }
 
     /// Serialize with an `id` field (a werkmann extension asking for an acknowledgement).
     pub fn encode_payload_with_id(&self, id: i64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_size_hint() + 24);
-        self.encode_into(&mut out, Some(id));
-        out
+        self.encode(false, Some(id))
     }
 
     /// Serialize with the frame header.
@@ -298,64 +302,57 @@ impl Command {
     /// Serialize with the frame header, and an `id` field when given: one buffer, written
     /// once (what a client sends for each confirmed publish).
     pub fn encode_frame_with_id(&self, id: Option<i64>) -> Bytes {
-        let mut out = Vec::with_capacity(4 + self.encoded_size_hint() + 24);
-        out.extend_from_slice(&[0; 4]);
-        self.encode_into(&mut out, id);
-        let len = u32::try_from(out.len()).expect("command fits a frame");
-        out[..4].copy_from_slice(&len.to_be_bytes());
-        Bytes::from(out)
+        Bytes::from(self.encode(true, id))
     }
 
-    /// About how many bytes the payload takes (names and data; the rest is small).
-    fn encoded_size_hint(&self) -> usize {
-        let inner = match self {
-            Command::Waking(inner) => inner,
-            c => c,
-        };
-        let (names, data) = match inner {
-            Command::Publish(n, d)
-            | Command::PublishLoop(n, d)
-            | Command::Enqueue(n, d)
-            | Command::PublishKept(n, d, _) => (n.as_slice(), d.len()),
-            Command::Subscribe(n)
-            | Command::Unsubscribe(n)
-            | Command::Watch(n)
-            | Command::Unwatch(n)
-            | Command::Park(n)
-            | Command::Unpark(n) => (n.as_slice(), 0),
-            Command::Auth(d) | Command::Dir(d) => (&[][..], d.len()),
-            _ => (&[][..], 0),
-        };
-        96 + data + names.iter().map(|n| n.raw.len() + 8).sum::<usize>()
-    }
-
-    /// Append the payload to `out`, with `id` as its last field when given.
-    fn encode_into(&self, out: &mut Vec<u8>, id: Option<i64>) {
+    /// The payload — after a frame header when `framed` — with `id` as its last field when
+    /// given, in one buffer sized once its names and data are known.
+    fn encode(&self, framed: bool, id: Option<i64>) -> Vec<u8> {
         // A waking publish is the publish's map with one more key, `wake: 1`.
         let (cmd, wake) = match self {
             Command::Waking(inner) => (&**inner, true),
             c => (c, false),
         };
         let extra = usize::from(id.is_some());
-        let close = |out: &mut Vec<u8>| {
+        let mut out = Vec::new();
+        let begin = |out: &mut Vec<u8>, size: usize| {
+            out.reserve(size + 96);
+            if framed {
+                out.extend_from_slice(&[0; 4]);
+            }
+        };
+        let close = |mut out: Vec<u8>| {
             if let Some(id) = id {
-                php_serde::write_str(out, b"id");
-                Key::Int(id).write(out);
+                php_serde::write_str(&mut out, b"id");
+                Key::Int(id).write(&mut out);
             }
             out.push(b'}');
+            if framed {
+                let len = u32::try_from(out.len()).expect("command fits a frame");
+                out[..4].copy_from_slice(&len.to_be_bytes());
+            }
+            out
         };
         let (names, data): (&[WireName], Option<&Bytes>) = match cmd {
-            Command::Ping => return,
+            Command::Ping => {
+                begin(&mut out, 0);
+                if framed {
+                    out[..4].copy_from_slice(&4u32.to_be_bytes());
+                }
+                return out;
+            }
             Command::Waking(_) => unreachable!("a waking publish wraps a publish"),
             Command::Reserve | Command::Hello => {
-                php_serde::write_array_start(out, 1 + extra);
-                write_type(out, cmd.type_name());
+                begin(&mut out, 0);
+                php_serde::write_array_start(&mut out, 1 + extra);
+                write_type(&mut out, cmd.type_name());
                 return close(out);
             }
             Command::Auth(data) | Command::Dir(data) => {
-                php_serde::write_array_start(out, 2 + extra);
-                write_type(out, cmd.type_name());
-                php_serde::write_str(out, b"data");
+                begin(&mut out, data.len());
+                php_serde::write_array_start(&mut out, 2 + extra);
+                write_type(&mut out, cmd.type_name());
+                php_serde::write_str(&mut out, b"data");
                 out.extend_from_slice(data);
                 return close(out);
             }
@@ -370,46 +367,49 @@ impl Command {
             | Command::Enqueue(n, d)
             | Command::PublishKept(n, d, _) => (n, Some(d)),
             Command::History(name, since) => {
-                php_serde::write_array_start(out, 3 + extra);
-                write_type(out, "history");
-                php_serde::write_str(out, b"channels");
-                php_serde::write_array_start(out, 1);
-                Key::Int(0).write(out);
+                begin(&mut out, name.raw.len());
+                php_serde::write_array_start(&mut out, 3 + extra);
+                write_type(&mut out, "history");
+                php_serde::write_str(&mut out, b"channels");
+                php_serde::write_array_start(&mut out, 1);
+                Key::Int(0).write(&mut out);
                 out.extend_from_slice(&name.raw);
                 out.push(b'}');
-                php_serde::write_str(out, b"data");
+                php_serde::write_str(&mut out, b"data");
                 match since {
-                    Some(p) => php_serde::write_str(out, p.to_string().as_bytes()),
+                    Some(p) => php_serde::write_str(&mut out, p.to_string().as_bytes()),
                     None => out.extend_from_slice(b"N;"),
                 }
                 return close(out);
             }
         };
+        let names_size: usize = names.iter().map(|n| n.raw.len() + 8).sum();
+        begin(&mut out, names_size + data.map_or(0, |d| d.len()));
         let keep = match cmd {
             Command::PublishKept(_, _, keep) => Some(keep),
             _ => None,
         };
         let fields = if data.is_some() { 3 } else { 2 } + usize::from(keep.is_some());
-        php_serde::write_array_start(out, fields + usize::from(wake) + extra);
-        write_type(out, cmd.type_name());
-        php_serde::write_str(out, b"channels");
-        php_serde::write_array_start(out, names.len());
+        php_serde::write_array_start(&mut out, fields + usize::from(wake) + extra);
+        write_type(&mut out, cmd.type_name());
+        php_serde::write_str(&mut out, b"channels");
+        php_serde::write_array_start(&mut out, names.len());
         for (i, n) in names.iter().enumerate() {
-            Key::Int(i as i64).write(out);
+            Key::Int(i as i64).write(&mut out);
             out.extend_from_slice(&n.raw);
         }
         out.push(b'}');
         if let Some(d) = data {
-            php_serde::write_str(out, b"data");
+            php_serde::write_str(&mut out, b"data");
             out.extend_from_slice(d);
         }
         if let Some(keep) = keep {
-            php_serde::write_str(out, b"keep");
-            keep.write_wire(out);
+            php_serde::write_str(&mut out, b"keep");
+            keep.write_wire(&mut out);
         }
         if wake {
-            php_serde::write_str(out, b"wake");
-            Key::Int(1).write(out);
+            php_serde::write_str(&mut out, b"wake");
+            Key::Int(1).write(&mut out);
         }
         close(out)
     }
@@ -686,6 +686,9 @@ mod tests {
             assert_eq!(back.encode_payload(), cmd.encode_payload());
             assert_eq!(&cmd.encode_frame()[4..], &cmd.encode_payload()[..]);
         }
+        // A ping is an empty frame: its header alone.
+        assert_eq!(&Command::Ping.encode_frame()[..], &4u32.to_be_bytes());
+        assert!(Command::Ping.encode_payload().is_empty());
     }
 
     #[test]

@@ -465,14 +465,10 @@ impl WorkerInstance {
     fn adopt(&self, accepted: Accepted) {
         let gate = self.0.gate.borrow().clone();
         if let Some(gate) = gate {
-            let mut held = self.0.held.borrow_mut();
-            // Behind those already held, in order; the gate is asked once per wait.
-            if !held.is_empty() && held.len() < MAX_HELD {
-                held.push(accepted);
-                return;
-            }
-            drop(held);
-            if self.0.held.borrow().is_empty() && !gate.admit() {
+            // Behind those already held, in order (past `MAX_HELD`: served); the gate is asked
+            // once per wait, with nothing borrowed (it may release the held ones at once).
+            let waiting = self.0.held.borrow().len();
+            if (1..MAX_HELD).contains(&waiting) || waiting == 0 && !gate.admit() {
                 self.0.held.borrow_mut().push(accepted);
                 return;
             }

@@ -186,10 +186,7 @@ impl RedisLink {
     /// Queue a command; the link sends it in order, retrying across reconnects.
     fn queue(&self, cmd: Command) {
         // Nothing is parked on Redis (`Broker::parks`): a waking publish is a publish.
-        let cmd = match cmd {
-            Command::Waking(inner) => *inner,
-            cmd => cmd,
-        };
+        let cmd = cmd.unwake().0;
         match &cmd {
             Command::Subscribe(n) => {
                 self.events
@@ -234,19 +231,12 @@ impl RedisLink {
         if !self.up.get() || self.closed.get() {
             return on_done(Err(ChannelError::Disconnected));
         }
-        if matches!(cmd, Command::Park(_) | Command::Unpark(_)) {
-            // Nothing is parked here: in effect at once.
-            return on_done(Ok(Some(0)));
-        }
         self.queue_waiting(cmd, Waiter::Publish(on_done));
     }
 
     /// Queue a command whose outcome `waiter` is told.
     fn queue_waiting(&self, cmd: Command, waiter: Waiter) {
-        let cmd = match cmd {
-            Command::Waking(inner) => *inner,
-            cmd => cmd,
-        };
+        let cmd = cmd.unwake().0;
         let id = self.next_confirm.get();
         self.next_confirm.set(id + 1);
         self.confirms.borrow_mut().insert(id, waiter);
@@ -763,7 +753,7 @@ async fn execute(
             }
             Command::Ping => cmds.push((String::new(), redis::cmd("PING"), false)),
             Command::Unwatch(_) | Command::Reserve | Command::Auth(_) | Command::Hello => {}
-            // Not parked on Redis (`Broker::parks`); a waking publish was unwrapped when queued.
+            // Never sent to Redis (`Broker::parks`); a waking publish was unwrapped when queued.
             Command::Park(_) | Command::Unpark(_) | Command::Waking(_) => {}
             // In batches of their own: `directory::execute`.
             Command::Dir(_) => {}
