@@ -8,6 +8,7 @@ use std::process::Command;
 use crate::gateway;
 use crate::row::{Row, Scenario};
 use crate::run::{k, Plan};
+use crate::systems::NCHAN_REDIS;
 
 /// The fixed part before the results.
 const INTRO: &str = include_str!("../doc/intro.md");
@@ -347,13 +348,13 @@ pub(crate) fn table(out: &mut String, header: &[&str], rows: Vec<Vec<String>>) {
     out.push('\n');
 }
 
-/// The peers a werkmann row is compared with: Nchan with 2 workers (4 for 4-node rows) and
-/// Socket.IO with as many nodes as werkmann has.
+/// The peers a werkmann row is compared with: Nchan (in memory, and on Redis) with 2 workers
+/// (4 for 4-node rows) and Socket.IO with as many nodes as werkmann has.
 fn peers_of<'a>(rows: &'a [Row], w: &Row) -> Vec<&'a Row> {
     rows.iter()
         .filter(|p| p.peer && p.label == w.label)
         .filter(|p| match p.system.as_str() {
-            "Nchan" => p.nodes == if w.nodes >= 4 { 4 } else { 2 },
+            "Nchan" | NCHAN_REDIS => p.nodes == if w.nodes >= 4 { 4 } else { 2 },
             _ => p.nodes == w.nodes,
         })
         .collect()
@@ -408,6 +409,12 @@ fn summary(out: &mut String, rows: &[Row]) {
             let Some(wv) = w.get(key) else { continue };
             let nchan: Option<&Row> = peers.iter().copied().find(|p| p.system == "Nchan");
             let sio: Option<&Row> = peers.iter().copied().find(|p| p.system == "Socket.IO");
+            // Nchan on Redis is shown next to werkmann's Redis mode, its like; the best peer
+            // stays the two above.
+            let nchan_redis: Option<&Row> = peers
+                .iter()
+                .copied()
+                .find(|p| p.system == NCHAN_REDIS && w.mode.starts_with("redis"));
             fn pv<'r>(p: Option<&'r Row>, key: &str) -> Option<(f64, &'r Row)> {
                 p.and_then(|p| p.get(key).map(|v| (v, p)))
             }
@@ -446,6 +453,7 @@ fn summary(out: &mut String, rows: &[Row]) {
                 ),
                 num(wv),
                 peer_cell(nchan),
+                peer_cell(nchan_redis),
                 peer_cell(sio),
                 ratio,
             ]);
@@ -459,6 +467,7 @@ fn summary(out: &mut String, rows: &[Row]) {
             "figure",
             "werkmann",
             "Nchan",
+            "Nchan on Redis (Redis rows)",
             "Socket.IO",
             "werkmann / best peer",
         ],
@@ -1774,7 +1783,9 @@ pub fn markdown(res: &Results) -> String {
         "Each werkmann row against the peers set up alike: Nchan with 2 nginx workers (4 for the \
          4-node rows), Socket.IO in one process for all-in-one and with as many nodes as werkmann \
          otherwise. The ratio is werkmann's figure over the best peer's; ✓ where werkmann is at \
-         least as good.\n\n",
+         least as good. Nchan on Redis (its channels in a Redis of its own, as werkmann's Redis \
+         mode keeps them) is shown beside werkmann's Redis rows, its like, and is not counted as \
+         the best peer.\n\n",
     );
     summary(&mut out, &res.rows);
     out.push_str("### The issue's targets\n\n");

@@ -218,7 +218,8 @@ pub struct Options {
     /// Scenario groups to run: idle, one-node, nodes, broadcast, targeted, paced, publish,
     /// slow, gateway, dir-memory, channel, pusher, faults, sse.
     pub only: Vec<String>,
-    /// Systems to run: werkmann, werkmann-before (needs `baseline`), nchan, socketio, soketi.
+    /// Systems to run: werkmann, werkmann-before (needs `baseline`), nchan, nchan-redis
+    /// (Nchan with its channels in Redis), socketio, soketi.
     pub systems: Vec<String>,
     /// werkmann modes to run: all, cluster, redis.
     pub modes: Vec<String>,
@@ -238,7 +239,14 @@ pub struct Options {
 }
 
 /// The names `--systems` takes.
-const SYSTEMS: [&str; 5] = ["werkmann", "werkmann-before", "nchan", "socketio", "soketi"];
+const SYSTEMS: [&str; 6] = [
+    "werkmann",
+    "werkmann-before",
+    "nchan",
+    "nchan-redis",
+    "socketio",
+    "soketi",
+];
 
 /// Groups the default run leaves out (`--only` names them).
 const NOT_BY_DEFAULT: [&str; 5] = ["pusher", "faults", "sse", "metrics", "processes"];
@@ -289,8 +297,9 @@ Usage: pushbench [all] [--quick] [--out FILE] [--only LIST] [--systems LIST] [--
                    alternating, processes ÷ threads;
                    pusher, faults, sse, metrics and processes are not in the default run,
                    only when named)
-  --systems LIST   werkmann,werkmann-before,nchan,socketio,soketi (default: all but
-                   werkmann-before; --baseline adds werkmann-before to werkmann)
+  --systems LIST   werkmann,werkmann-before,nchan,nchan-redis,socketio,soketi (default: all but
+                   werkmann-before and nchan-redis, Nchan with its channels in Redis;
+                   --baseline adds werkmann-before to werkmann)
   --modes LIST     werkmann modes: all,cluster,redis (default: all three)
   --repeats N      runs of the rows reported as medians (default 3, --quick 1)
   --budget SECS    start no new session after this long (default 1200, --quick 210)
@@ -535,7 +544,16 @@ impl Suite {
     fn setups_main(&self) -> Vec<Setup> {
         let mut v = self.setups_werkmann();
         if self.sys("nchan") {
-            v.push(Setup::Nchan { workers: 2 });
+            v.push(Setup::Nchan {
+                workers: 2,
+                redis: false,
+            });
+        }
+        if self.sys("nchan-redis") {
+            v.push(Setup::Nchan {
+                workers: 2,
+                redis: true,
+            });
         }
         if self.sys("socketio") {
             v.push(Setup::SocketIoAll);
@@ -1645,7 +1663,22 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
             }
         }
         if sys("nchan") {
-            four.push((Setup::Nchan { workers: 4 }, true));
+            four.push((
+                Setup::Nchan {
+                    workers: 4,
+                    redis: false,
+                },
+                true,
+            ));
+        }
+        if sys("nchan-redis") {
+            four.push((
+                Setup::Nchan {
+                    workers: 4,
+                    redis: true,
+                },
+                true,
+            ));
         }
         if sys("socketio") {
             four.push((Setup::SocketIoCluster { ws: 4 }, true));
@@ -1790,11 +1823,28 @@ mod tests {
                     ws: 2,
                     build: Build::Current
                 },
-                Setup::Nchan { workers: 2 },
+                Setup::Nchan {
+                    workers: 2,
+                    redis: false
+                },
                 Setup::SocketIoAll,
                 Setup::SocketIoCluster { ws: 2 },
             ]
         );
+    }
+
+    #[test]
+    fn nchan_on_redis_runs_when_named() {
+        let o = parse(&args("--systems werkmann,nchan,nchan-redis --modes redis")).unwrap();
+        let s = suite(o).setups_main();
+        let nchan = |redis| Setup::Nchan { workers: 2, redis };
+        assert_eq!(s[1..], [nchan(false), nchan(true)]);
+        assert_eq!(nchan(true).system(), crate::systems::NCHAN_REDIS);
+        assert_eq!(nchan(false).system(), "Nchan");
+        // Its configuration: the in-memory one with both placeholders there to fill.
+        let conf = include_str!("../peers/nchan/nginx.conf.in");
+        assert_eq!(conf.matches("@REDIS_UPSTREAM@").count(), 1);
+        assert_eq!(conf.matches("@REDIS_PASS@").count(), 2);
     }
 
     #[test]
@@ -1897,7 +1947,10 @@ mod tests {
                     ws: 2,
                     build: current
                 },
-                Setup::Nchan { workers: 2 },
+                Setup::Nchan {
+                    workers: 2,
+                    redis: false
+                },
             ]
         );
         let o = parse(&args("--only sse --systems werkmann --modes all")).unwrap();

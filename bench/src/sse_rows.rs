@@ -111,7 +111,10 @@ impl Suite {
     pub(crate) fn setups_sse(&self) -> Vec<Setup> {
         let mut v = self.setups_werkmann();
         if self.sys("nchan") {
-            v.push(Setup::Nchan { workers: 2 });
+            v.push(Setup::Nchan {
+                workers: 2,
+                redis: false,
+            });
         }
         v
     }
@@ -525,7 +528,10 @@ mod tests {
         let w = Setup::WerkmannAll {
             build: Build::Current,
         };
-        let n = Setup::Nchan { workers: 2 };
+        let n = Setup::Nchan {
+            workers: 2,
+            redis: false,
+        };
         let label = broadcast_label(plan.sse_n, plan.sse_m);
         let mut a = Row::new(Scenario::Sse, &label, w);
         a.set("per_cpu_s", 300.0);

@@ -67,10 +67,13 @@ pub enum Setup {
         /// Which binaries.
         build: Build,
     },
-    /// nginx + Nchan with `workers` worker processes.
+    /// nginx + Nchan with `workers` worker processes; with `redis`, its WebSocket rows'
+    /// channels in a `redis-server` of its own (Nchan's Redis mode: the peer of werkmann's).
     Nchan {
         /// nginx worker processes.
         workers: usize,
+        /// Whether the channels live in Redis (`nchan_redis_pass`).
+        redis: bool,
     },
     /// One Node.js process: Socket.IO and the push API.
     SocketIoAll,
@@ -109,7 +112,8 @@ impl Setup {
         match self.build() {
             Some(Build::Current) => "werkmann",
             Some(Build::Baseline) => "werkmann-before",
-            None if matches!(self, Setup::Nchan { .. }) => "Nchan",
+            None if matches!(self, Setup::Nchan { redis: false, .. }) => "Nchan",
+            None if matches!(self, Setup::Nchan { .. }) => NCHAN_REDIS,
             None if self == Setup::Soketi => "Soketi",
             None => "Socket.IO",
         }
@@ -152,7 +156,7 @@ impl Setup {
             | Setup::WerkmannProcesses { ws, .. }
             | Setup::WerkmannRedis { ws, .. }
             | Setup::SocketIoCluster { ws } => ws,
-            Setup::Nchan { workers } => workers,
+            Setup::Nchan { workers, .. } => workers,
         }
     }
 
@@ -166,7 +170,7 @@ impl Setup {
                 format!("cluster, {}, processes", ws_nodes(ws))
             }
             Setup::WerkmannRedis { ws, .. } => format!("redis, {ws} ws nodes"),
-            Setup::Nchan { workers } => format!("nginx, {workers} workers"),
+            Setup::Nchan { workers, .. } => format!("nginx, {workers} workers"),
             Setup::SocketIoAll => "1 process".into(),
             Setup::SocketIoCluster { ws } => format!("redis adapter, {ws} nodes"),
             Setup::WerkmannPusher { .. } => "Pusher, all-in-one".into(),
@@ -191,7 +195,13 @@ impl Setup {
             Setup::WerkmannRedis { ws, .. } => {
                 format!("redis-server + {ws} × start_ws --count 2 --channel redis:// + start_http")
             }
-            Setup::Nchan { workers } => format!("nginx -g worker_processes {workers}, nchan"),
+            Setup::Nchan {
+                workers,
+                redis: false,
+            } => format!("nginx -g worker_processes {workers}, nchan"),
+            Setup::Nchan { workers, .. } => {
+                format!("redis-server + nginx -g worker_processes {workers}, nchan_redis_pass")
+            }
             Setup::SocketIoAll => "node server.js --ws --http".into(),
             Setup::SocketIoCluster { ws } => {
                 format!("redis-server + {ws} × node server.js --ws + node server.js --http")
@@ -250,7 +260,9 @@ impl Env {
     pub fn check(&self, s: Setup) -> Result<()> {
         let needs_redis = matches!(
             s,
-            Setup::WerkmannRedis { .. } | Setup::SocketIoCluster { .. }
+            Setup::WerkmannRedis { .. }
+                | Setup::SocketIoCluster { .. }
+                | Setup::Nchan { redis: true, .. }
         );
         if needs_redis {
             which("redis-server")?;
@@ -268,7 +280,7 @@ impl Env {
             return Ok(());
         }
         match s.system() {
-            "Nchan" => {
+            "Nchan" | NCHAN_REDIS => {
                 which("nginx")?;
                 ensure!(
                     Path::new(NCHAN_MODULE).exists(),
@@ -300,6 +312,9 @@ impl Env {
 
 /// Soketi's server, under `bench/peers`.
 const SOKETI_BIN: &str = "soketi/node_modules/@soketi/soketi/bin/server.js";
+
+/// The system name of Nchan with its channels in Redis.
+pub const NCHAN_REDIS: &str = "Nchan on Redis";
 
 /// Debian's Nchan module.
 const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
@@ -454,11 +469,22 @@ impl Running {
                 r.spawn("soketi", c, &[api_addr]).await?;
                 r.ws.push(api_addr);
             }
-            Setup::Nchan { workers } => {
+            Setup::Nchan { workers, redis } => {
                 let conf = std::fs::read_to_string(env.peers_dir.join("nchan/nginx.conf.in"))
                     .context("bench/peers/nchan/nginx.conf.in")?;
                 let prefix = r.dir.display().to_string();
+                let (upstream, pass) = if redis {
+                    let at = r.start_redis().await?;
+                    (
+                        format!("    upstream redis_server {{\n        nchan_redis_server redis://{at};\n    }}"),
+                        "            nchan_redis_pass redis_server;".to_string(),
+                    )
+                } else {
+                    (String::new(), String::new())
+                };
                 let conf = conf
+                    .replace("@REDIS_UPSTREAM@", &upstream)
+                    .replace("@REDIS_PASS@", &pass)
                     .replace("@PREFIX@", &prefix)
                     .replace("@PORT@", &api_addr.port().to_string())
                     .replace("@WORKERS@", &workers.to_string());
