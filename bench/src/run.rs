@@ -1659,7 +1659,9 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
         }
         if mode("redis") {
             for build in suite.builds() {
-                four.push((Setup::WerkmannRedis { ws: 4, build }, false));
+                // Idle too: each connection registers in the directory on Redis, as Nchan on
+                // Redis keeps each subscription there.
+                four.push((Setup::WerkmannRedis { ws: 4, build }, true));
             }
         }
         if sys("nchan") {
