@@ -14,6 +14,9 @@ use crate::systems::NCHAN_REDIS;
 const INTRO: &str = include_str!("../doc/intro.md");
 /// The profile findings (measured by hand, see the text).
 const PROFILE: &str = include_str!("../doc/profile.md");
+/// The sections written by hand from runs of their own (each issue's measurements): kept
+/// between a run's results and the profile whenever the report is written again.
+const FINDINGS: &str = include_str!("../doc/findings.md");
 
 /// What the slow-client table's columns mean.
 const SLOW_NOTE: &str = "\
@@ -1849,6 +1852,8 @@ pub fn markdown(res: &Results) -> String {
         }
         out.push('\n');
     }
+    out.push_str(FINDINGS.trim_end());
+    out.push_str("\n\n");
     out.push_str(PROFILE.trim_end());
     out.push('\n');
     out
@@ -1892,6 +1897,31 @@ mod tests {
             "| publish, 32 keep-alive connections | all-in-one | server µs CPU/request (lower is \
              better) | 10.0 | 9.00 | 0.90× | better | 3 / 3 | 0 / 0 |"
         );
+    }
+
+    #[test]
+    fn a_report_written_again_keeps_the_sections_written_by_hand() {
+        let res = Results {
+            date: "2026-12-05 23:00 UTC".into(),
+            secs: 1.0,
+            command: "pushbench".into(),
+            quick: true,
+            plan: Plan::quick_set(),
+            rows: vec![publish(Build::Current, 1.0, 1.0)],
+            notes: Vec::new(),
+            channel: None,
+            channel_before: None,
+        };
+        let md = markdown(&res);
+        let at = |s: &str| md.find(s).unwrap_or_else(|| panic!("{s} missing"));
+        // Intro, this run's results, every issue's findings, then the profile.
+        let results = at("## Results of 2026-12-05 23:00 UTC");
+        let first = at("## Pusher protocol: werkmann next to Soketi (issue 17)");
+        let last = at("## Transports: Unix sockets and UDP (issue 20)");
+        let profile = at("## Profile of the hot paths");
+        assert!(at("## How the peers are wired") < results);
+        assert!(results < first && first < last && last < profile, "{md}");
+        assert!(md.contains("**Nchan on Redis, and what bounds the Redis rows"));
     }
 
     #[test]
