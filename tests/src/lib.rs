@@ -652,6 +652,11 @@ impl RedisServer {
     }
 
     /// `redis://127.0.0.1:PORT` (`rediss://` for TLS), with the password if it has one.
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {

@@ -647,6 +647,105 @@ async fn bad_input_is_refused_and_the_node_goes_on() {
     round_trip(&[ws], http);
 }
 
+/// `subscription_succeeded` and `signin_success` mean that what the app sends next reaches
+/// the socket: each is sent once the node's subscription is in effect where events are
+/// published, not when it is asked for. With the channel (the server, or Redis) frozen
+/// (SIGSTOP), a socket's subscribe and sign-in are not answered; once it runs again they are,
+/// and an event triggered right after reaches the socket.
+async fn answered_once_in_effect(channel: &str, frozen: u32) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn next(c: &mut Ws) -> serde_json::Value {
+        loop {
+            match tokio::time::timeout(werkmann_tests::WAIT, c.next()).await {
+                Ok(Some(Ok(WsMessage::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    }
+    let signal = |sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &frozen.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+
+    let (_apps, ws, http) = cluster(channel);
+    let (_, key, secret) = APP;
+    let url = format!("ws://127.0.0.1:{}/app/{key}?protocol=7", ws[0]);
+    let (mut c, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let hello = next(&mut c).await;
+    assert_eq!(hello["event"], "pusher:connection_established");
+    let data: serde_json::Value = serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
+    let socket_id = data["socket_id"].as_str().unwrap();
+    // The sign-in's signature, as an app's server makes it.
+    let user_data = r#"{"id":"carol"}"#;
+    let signed = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib, hmac, sys; \
+             print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())",
+            secret,
+            &format!("{socket_id}::user::{user_data}"),
+        ])
+        .output()
+        .unwrap();
+    let sig = String::from_utf8(signed.stdout).unwrap().trim().to_string();
+
+    signal("-STOP");
+    for f in [
+        serde_json::json!({"event": "pusher:subscribe", "data": {"channel": "late-news"}}),
+        serde_json::json!({"event": "pusher:signin",
+            "data": {"auth": format!("{key}:{sig}"), "user_data": user_data}}),
+    ] {
+        c.send(WsMessage::Text(f.to_string().into())).await.unwrap();
+    }
+    // Neither is answered while nothing published could reach the node.
+    let early = tokio::time::timeout(std::time::Duration::from_secs(1), c.next()).await;
+    signal("-CONT");
+    assert!(
+        early.is_err(),
+        "answered while the channel was frozen: {early:?}"
+    );
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(next(&mut c).await["event"].as_str().unwrap().to_string());
+    }
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            "pusher:signin_success",
+            "pusher_internal:subscription_succeeded"
+        ]
+    );
+    trigger(http, "late-news", "after", "1");
+    let e = next(&mut c).await;
+    assert_eq!(
+        (e["event"].as_str(), e["data"].as_str()),
+        (Some("after"), Some("1"))
+    );
+}
+
+#[tokio::test]
+async fn answered_once_in_effect_on_a_channel_server() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = App::start("start_channel", &["--listen", &addr], &[port]);
+    answered_once_in_effect(&addr, server.child.id()).await;
+}
+
+#[tokio::test]
+async fn answered_once_in_effect_on_redis() {
+    let redis = RedisServer::start();
+    answered_once_in_effect(&redis.url(), redis.pid().unwrap()).await;
+}
+
 /// werkmann's opt-in resume extension (`?werkmann=1`, `werkmann_since` on `pusher:subscribe`)
 /// across two nodes: a socket on one node sees each event with its `werkmann_id`, goes away,
 /// events are triggered (with the `pusher` SDK), and a socket on the other node resumes from

@@ -232,6 +232,29 @@ impl Client {
         self.0.send_if_connected(Command::Subscribe(wire(names)));
     }
 
+    /// Call `ready` once the subscription to `event` (made with [`Client::on`],
+    /// [`Client::on_kept`], …) is in effect where events are published: whatever is published
+    /// after that, from any process of the cluster, reaches it — so a client may be told it
+    /// is subscribed. `Err` when that is not known (not connected: the link subscribes afresh
+    /// once it is back). A server that confirms nothing (Workerman's) is answered once the
+    /// subscription is written. May call `ready` before it returns.
+    pub fn when_subscribed(
+        &self,
+        event: impl Into<Key>,
+        ready: impl FnOnce(Result<(), ChannelError>) + 'static,
+    ) {
+        // A subscription again, confirmed: the backend applies a link's commands in order
+        // and a second subscription changes nothing, so its confirmation is the first's.
+        let names = vec![WireName::from_key(event.into())];
+        match self.live_broker() {
+            Some(b) => b.publish_confirmed(
+                Command::Subscribe(names),
+                Box::new(move |r| ready(r.map(|_| ()))),
+            ),
+            None => ready(Err(ChannelError::Disconnected)),
+        }
+    }
+
     /// Stop receiving these events.
     pub fn unsubscribe(&self, events: impl IntoNames) {
         let names = events.into_names();

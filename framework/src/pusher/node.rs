@@ -126,6 +126,10 @@ type Held = (Option<Position>, String);
 /// One channel's subscribers on this instance.
 struct Local {
     conns: HashSet<u64>,
+    /// Whether the instance's subscription is known to be in effect where events are
+    /// published (`Client::when_subscribed`): until then a connection is told it is
+    /// subscribed only once it is.
+    ready: bool,
 }
 
 /// A Pusher connection's state.
@@ -426,10 +430,62 @@ impl PusherNode {
                     c.send(succeeded);
                 });
             }
+            None if joined => {
+                self.when_ready(conn, &channel_event(&app.id, &channel), succeeded, true);
+            }
             None => {
                 conn.send(succeeded);
             }
         }
+    }
+
+    /// Send `conn` `answer` (that it is on `event`) once the instance's subscription to
+    /// `event` is in effect where events are published — at once when it is known to be —
+    /// so that everything published after the answer reaches it, from any process of the
+    /// cluster. With `hold`, what arrives for `conn` on `event` meanwhile follows the answer.
+    fn when_ready(&self, conn: &Connection, event: &str, answer: String, hold: bool) {
+        if self.0.channels.borrow().get(event).is_some_and(|l| l.ready) {
+            conn.send(answer);
+            return;
+        }
+        if hold {
+            self.hold(conn.id(), event);
+        }
+        let (node, c, ev) = (self.clone(), conn.clone(), event.to_string());
+        self.0.client.when_subscribed(event, move |r| {
+            match r {
+                Ok(()) => {
+                    if let Some(l) = node.0.channels.borrow_mut().get_mut(&ev) {
+                        l.ready = true;
+                    }
+                }
+                // Not known (the link is down: it subscribes again once back).
+                Err(e) => log::debug!("pusher: subscription to {ev} not confirmed ({e})"),
+            }
+            let frames = match hold {
+                true => match node.take_held(c.id(), &ev) {
+                    Some(frames) => frames,
+                    // Gone meanwhile (closed, unsubscribed).
+                    None => return,
+                },
+                false => Vec::new(),
+            };
+            c.send(answer);
+            for (_, f) in frames {
+                c.send(f);
+            }
+        });
+    }
+
+    /// The frames held for `conn` on `event`, no longer held; `None` when it waits no more
+    /// (it left the channel, or closed).
+    fn take_held(&self, conn: u64, event: &str) -> Option<Vec<Held>> {
+        let mut held = self.0.held.borrow_mut();
+        let frames = held.get_mut(event).and_then(|m| m.remove(&conn));
+        if held.get(event).is_some_and(HashMap::is_empty) {
+            held.remove(event);
+        }
+        frames
     }
 
     /// When the app counts its channels: the join that counts `conn` among the channel's
@@ -464,6 +520,7 @@ impl PusherNode {
             let mut channels = self.0.channels.borrow_mut();
             let local = channels.entry(event.clone()).or_insert_with(|| Local {
                 conns: HashSet::new(),
+                ready: false,
             });
             local.conns.insert(conn);
             local.conns.len() == 1
@@ -578,16 +635,8 @@ impl PusherNode {
         event: &str,
         answer: Result<serde_json::Value, ChannelError>,
     ) {
-        let held = {
-            let mut held = self.0.held.borrow_mut();
-            let frames = held.get_mut(event).and_then(|m| m.remove(&conn.id()));
-            if held.get(event).is_some_and(HashMap::is_empty) {
-                held.remove(event);
-            }
-            frames
-        };
         // Gone meanwhile (closed, unsubscribed): the directory hears of it in turn.
-        let Some(frames) = held else {
+        let Some(frames) = self.take_held(conn.id(), event) else {
             return;
         };
         let (kind, status, why) = match answer {
@@ -671,11 +720,15 @@ impl PusherNode {
                 if let Some(c) = self.0.clients.borrow_mut().get_mut(&conn.id()) {
                     c.user = Some(id.clone());
                 }
-                self.join(conn.id(), user_event(&app.id, &id), Handler::Terminate);
             }
         }
         let data = serde_json::json!({ "user_data": user_data }).to_string();
-        conn.send(frame::encode("pusher:signin_success", None, &data));
+        let success = frame::encode("pusher:signin_success", None, &data);
+        // Signed in once the app can reach the user: `terminate_connections` sent after the
+        // answer finds this socket.
+        let event = user_event(&app.id, &id);
+        self.join(conn.id(), event.clone(), Handler::Terminate);
+        self.when_ready(conn, &event, success, false);
     }
 
     /// The app disconnects a user (`terminate_connections`): its sockets here are told and

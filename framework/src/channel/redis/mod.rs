@@ -231,6 +231,13 @@ impl RedisLink {
         if !self.up.get() || self.closed.get() {
             return on_done(Err(ChannelError::Disconnected));
         }
+        // A confirmed subscription (`Client::when_subscribed`) is one to keep across
+        // reconnects, as any other.
+        if let Command::Subscribe(n) = &cmd {
+            self.events
+                .borrow_mut()
+                .extend(n.iter().map(|w| w.key.clone()));
+        }
         self.queue_waiting(cmd, Waiter::Publish(on_done));
     }
 
@@ -671,6 +678,8 @@ async fn execute(
     // For each wanted reply, the confirmed publish it belongs to.
     let mut replies_of: Vec<u64> = Vec::new();
     let mut subscribe = Vec::new();
+    // Confirmed subscriptions (`Client::when_subscribed`): answered once Redis confirmed them.
+    let mut subscribed = Vec::new();
     let mut unsubscribe = Vec::new();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -717,6 +726,7 @@ async fn execute(
                 }
             }
             Command::Subscribe(names) => {
+                subscribed.extend(*confirm);
                 for n in names {
                     subscribe.push(event_channel(&n.key));
                     let key = loop_keys(&n.key).0;
@@ -762,6 +772,11 @@ async fn execute(
     if !subscribe.is_empty() {
         bus.subscribe_events(&subscribe).await?;
     }
+    // Redis answered the subscriptions: what is published from now on reaches them.
+    let subscribed: Vec<(u64, Outcome)> = subscribed
+        .into_iter()
+        .map(|id| (id, Outcome::Reached(Some(0))))
+        .collect();
     if !unsubscribe.is_empty() {
         bus.unsubscribe_events(&unsubscribe).await?;
     }
@@ -797,6 +812,7 @@ async fn execute(
         let unproven = reached
             .into_iter()
             .map(|(id, n)| (id, Outcome::Unproven(n.unwrap_or(0))))
+            .chain(subscribed)
             .collect();
         return Ok((unproven, replied));
     }
@@ -808,6 +824,7 @@ async fn execute(
     let outcomes = reached
         .into_iter()
         .map(|(id, n)| (id, Outcome::Reached(n)))
+        .chain(subscribed)
         .collect();
     Ok((outcomes, replied))
 }
