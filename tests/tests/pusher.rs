@@ -647,6 +647,41 @@ async fn bad_input_is_refused_and_the_node_goes_on() {
     round_trip(&[ws], http);
 }
 
+/// A raw Pusher protocol client.
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// `c`'s next text frame, as JSON; none within `WAIT` (or a close) fails the test.
+async fn next(c: &mut Ws) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    loop {
+        match tokio::time::timeout(werkmann_tests::WAIT, c.next()).await {
+            Ok(Some(Ok(WsMessage::Text(t)))) => return serde_json::from_str(&t).unwrap(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no frame: {other:?}"),
+        }
+    }
+}
+
+/// Trigger `event` with `data` on `channel` (the `pusher` SDK) and check that it is `c`'s
+/// next frame; the frame.
+async fn trigger_reaches(
+    c: &mut Ws,
+    http: u16,
+    channel: &str,
+    event: &str,
+    data: &str,
+) -> serde_json::Value {
+    trigger(http, channel, event, data);
+    let e = next(c).await;
+    assert_eq!(
+        (e["event"].as_str(), e["data"].as_str()),
+        (Some(event), Some(data))
+    );
+    e
+}
+
 /// `subscription_succeeded` and `signin_success` mean that what the app sends next reaches
 /// the socket: each is sent once the node's subscription is in effect where events are
 /// published, not when it is asked for. With the channel (the server, or Redis) frozen
@@ -655,18 +690,6 @@ async fn bad_input_is_refused_and_the_node_goes_on() {
 async fn answered_once_in_effect(channel: &str, frozen: u32) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
-    type Ws = tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >;
-    async fn next(c: &mut Ws) -> serde_json::Value {
-        loop {
-            match tokio::time::timeout(werkmann_tests::WAIT, c.next()).await {
-                Ok(Some(Ok(WsMessage::Text(t)))) => return serde_json::from_str(&t).unwrap(),
-                Ok(Some(Ok(_))) => continue,
-                other => panic!("no frame: {other:?}"),
-            }
-        }
-    }
     let signal = |sig: &str| {
         let st = Command::new("kill")
             .args([sig, &frozen.to_string()])
@@ -724,12 +747,7 @@ async fn answered_once_in_effect(channel: &str, frozen: u32) {
             "pusher_internal:subscription_succeeded"
         ]
     );
-    trigger(http, "late-news", "after", "1");
-    let e = next(&mut c).await;
-    assert_eq!(
-        (e["event"].as_str(), e["data"].as_str()),
-        (Some("after"), Some("1"))
-    );
+    trigger_reaches(&mut c, http, "late-news", "after", "1").await;
 }
 
 #[tokio::test]
@@ -753,11 +771,8 @@ async fn answered_once_in_effect_on_redis() {
 /// once and in order, then live ones. A position the history no longer covers says so; a
 /// socket without the extension sees plain Pusher frames; presence channels do not resume.
 async fn resume_extension(channel: &str) {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
-    type Ws = tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >;
     async fn open(port: u16, query: &str) -> Ws {
         let (_, key, _) = APP;
         let url = format!("ws://127.0.0.1:{port}/app/{key}?protocol=7{query}");
@@ -765,15 +780,6 @@ async fn resume_extension(channel: &str) {
         let hello = next(&mut c).await;
         assert_eq!(hello["event"], "pusher:connection_established");
         c
-    }
-    async fn next(c: &mut Ws) -> serde_json::Value {
-        loop {
-            match tokio::time::timeout(werkmann_tests::WAIT, c.next()).await {
-                Ok(Some(Ok(WsMessage::Text(t)))) => return serde_json::from_str(&t).unwrap(),
-                Ok(Some(Ok(_))) => continue,
-                other => panic!("no frame: {other:?}"),
-            }
-        }
     }
     async fn subscribe(c: &mut Ws, data: serde_json::Value) {
         let f = serde_json::json!({"event": "pusher:subscribe", "data": data});
@@ -791,12 +797,7 @@ async fn resume_extension(channel: &str) {
             "pusher_internal:subscription_succeeded"
         );
     }
-    trigger(http, "ticker", "tick", "1");
-    let e = next(&mut a).await;
-    assert_eq!(
-        (e["event"].as_str(), e["data"].as_str()),
-        (Some("tick"), Some("1"))
-    );
+    let e = trigger_reaches(&mut a, http, "ticker", "tick", "1").await;
     let id = e["werkmann_id"]
         .as_str()
         .expect("a werkmann_id")
