@@ -775,8 +775,10 @@ impl PusherNode {
             }
             (event, presence)
         };
+        // Whatever it waited for (a presence answer, a resume's history, its subscription
+        // being in effect), it waits no more.
+        self.unhold(conn, &event);
         if presence {
-            self.unhold(conn, &event);
             let op = DirOp::PresenceLeave {
                 client_id: ClientId::new(self.0.worker_id, conn),
                 group: event.clone(),
@@ -799,7 +801,8 @@ impl PusherNode {
             .insert(conn, Vec::new());
     }
 
-    /// `conn` waits no more for a presence answer on `event`.
+    /// `conn` waits no more on `event` (for a presence answer, a resume's history, or the
+    /// instance's subscription to be in effect).
     fn unhold(&self, conn: u64, event: &str) {
         let mut held = self.0.held.borrow_mut();
         if let Some(m) = held.get_mut(event) {
@@ -833,11 +836,10 @@ impl PusherNode {
         let Some(c) = self.0.clients.borrow_mut().remove(&conn) else {
             return;
         };
-        // The directory takes the connection out of its presence groups as it goes.
-        for m in &c.presence {
-            self.unhold(conn, &m.event);
-        }
+        // The directory takes the connection out of its presence groups as it goes; nothing
+        // is held for it any more.
         for event in &c.channels {
+            self.unhold(conn, event);
             self.leave(conn, event);
         }
     }
