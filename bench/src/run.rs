@@ -543,18 +543,7 @@ impl Suite {
     /// (the two builds of a mode one after the other), then the peers.
     fn setups_main(&self) -> Vec<Setup> {
         let mut v = self.setups_werkmann();
-        if self.sys("nchan") {
-            v.push(Setup::Nchan {
-                workers: 2,
-                redis: false,
-            });
-        }
-        if self.sys("nchan-redis") {
-            v.push(Setup::Nchan {
-                workers: 2,
-                redis: true,
-            });
-        }
+        v.extend(self.setups_nchan(2));
         if self.sys("socketio") {
             v.push(Setup::SocketIoAll);
             if self.mode("cluster") || self.mode("redis") {
@@ -855,6 +844,16 @@ impl Suite {
             self.push(r);
         }
         Ok(())
+    }
+
+    /// Nchan with `workers` nginx workers as selected: in memory (`nchan`), on Redis
+    /// (`nchan-redis`).
+    fn setups_nchan(&self, workers: usize) -> Vec<Setup> {
+        [("nchan", false), ("nchan-redis", true)]
+            .into_iter()
+            .filter(|(name, _)| self.sys(name))
+            .map(|(_, redis)| Setup::Nchan { workers, redis })
+            .collect()
     }
 
     /// Replace the rows of `setup` labelled `label` pushed since row `from` by their median.
@@ -1158,38 +1157,34 @@ impl Suite {
                 conns_per_s: live as f64 / secs,
                 mem_kib: mem1,
             };
-            let mut row = self.idle_row(&format!("idle {} across 4 nodes", k(total)), setup, &i);
+            let mut row = self.idle_row(&idle_nodes_label(total), setup, &i);
             if let Some(e) = first_error {
                 row.notes.push(format!("first open failure: {e}"));
             }
             self.push(row);
         }
-        if !broadcast {
-            gen.quit().await;
-            sys.check_alive()?;
-            sys.stop();
-            return Ok(());
+        if broadcast {
+            if let Some(g) = extra {
+                gen.close(g).await?;
+                let live = gen.live.len() as u64;
+                warm(&mut gen, &sys.api, &mut conn, live).await?;
+            }
+            let label = format!(
+                "broadcast {} × {} across 4 nodes",
+                k(p.nodes_bcast),
+                p.nodes_m
+            );
+            self.delivery_rows(
+                &sys,
+                &mut gen,
+                &mut conns,
+                Scenario::Broadcast,
+                &label,
+                p.nodes_m,
+                1,
+            )
+            .await?;
         }
-        if let Some(g) = extra {
-            gen.close(g).await?;
-            let live = gen.live.len() as u64;
-            warm(&mut gen, &sys.api, &mut conn, live).await?;
-        }
-        let label = format!(
-            "broadcast {} × {} across 4 nodes",
-            k(p.nodes_bcast),
-            p.nodes_m
-        );
-        self.delivery_rows(
-            &sys,
-            &mut gen,
-            &mut conns,
-            Scenario::Broadcast,
-            &label,
-            p.nodes_m,
-            1,
-        )
-        .await?;
         gen.quit().await;
         sys.check_alive()?;
         sys.stop();
@@ -1560,6 +1555,11 @@ pub async fn warm_until(
     bail!("only {seen} of {expected} clients got a warm-up {what} within 30 s")
 }
 
+/// The 4-node idle row's label, for `total` clients.
+fn idle_nodes_label(total: u32) -> String {
+    format!("idle {} across 4 nodes", k(total))
+}
+
 /// `10000` → `10k`.
 pub fn k(n: u32) -> String {
     if n >= 1000 && n % 1000 == 0 {
@@ -1682,24 +1682,7 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
                 four.push((Setup::WerkmannRedis { ws: 4, build }, true));
             }
         }
-        if sys("nchan") {
-            four.push((
-                Setup::Nchan {
-                    workers: 4,
-                    redis: false,
-                },
-                true,
-            ));
-        }
-        if sys("nchan-redis") {
-            four.push((
-                Setup::Nchan {
-                    workers: 4,
-                    redis: true,
-                },
-                true,
-            ));
-        }
+        four.extend(suite.setups_nchan(4).into_iter().map(|s| (s, true)));
         if sys("socketio") {
             four.push((Setup::SocketIoCluster { ws: 4 }, true));
         }
@@ -1726,7 +1709,7 @@ async fn run_all(suite: &mut Suite) -> Result<(Option<String>, Option<String>)> 
                     .await;
             }
             if runs > 1 {
-                let label = format!("idle {} across 4 nodes", k(suite.opts.plan.nodes_total));
+                let label = idle_nodes_label(suite.opts.plan.nodes_total);
                 suite.median_since(from, &label, s);
             }
         }

@@ -246,11 +246,14 @@ impl Client {
         // A subscription again, confirmed: the backend applies a link's commands in order
         // and a second subscription changes nothing, so its confirmation is the first's.
         let names = vec![WireName::from_key(event.into())];
+        self.applied(Command::Subscribe(names), ready);
+    }
+
+    /// Send `cmd` confirmed on the live link: `ready(Ok(()))` once the backend applied it,
+    /// `Err` when that is not known (not connected, or the link failed first).
+    fn applied(&self, cmd: Command, ready: impl FnOnce(Result<(), ChannelError>) + 'static) {
         match self.live_broker() {
-            Some(b) => b.publish_confirmed(
-                Command::Subscribe(names),
-                Box::new(move |r| ready(r.map(|_| ()))),
-            ),
+            Some(b) => b.publish_confirmed(cmd, Box::new(move |r| ready(r.map(|_| ())))),
             None => ready(Err(ChannelError::Disconnected)),
         }
     }
@@ -626,21 +629,21 @@ impl Client {
     }
 
     /// Unpark the subscription to `event`; `ready(Ok(()))` once every later publish is
-    /// delivered to it (at once where nothing is parked), `ready(Err(_))` when that is not known (the link failed: a reconnect
-    /// subscribes afresh; or it is full). May call `ready` before it returns.
+    /// delivered to it (at once where nothing is parked), `ready(Err(_))` when that is not
+    /// known (the link failed: a reconnect subscribes afresh; or it is full). May call `ready`
+    /// before it returns.
     pub(crate) fn unpark(
         &self,
         event: &Key,
         ready: impl FnOnce(Result<(), ChannelError>) + 'static,
     ) {
         match self.live_broker() {
-            Some(b) if b.parks() => b.publish_confirmed(
-                Command::Unpark(vec![WireName::from_key(event.clone())]),
-                Box::new(move |r| ready(r.map(|_| ()))),
-            ),
             // Nothing can be parked on this link (a reconnect to another server, say).
-            Some(_) => ready(Ok(())),
-            None => ready(Err(ChannelError::Disconnected)),
+            Some(b) if !b.parks() => ready(Ok(())),
+            _ => self.applied(
+                Command::Unpark(vec![WireName::from_key(event.clone())]),
+                ready,
+            ),
         }
     }
 }

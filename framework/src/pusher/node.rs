@@ -404,11 +404,8 @@ impl PusherNode {
             }
             return;
         }
-        let joined = self.join(
-            conn.id(),
-            channel_event(&app.id, &channel),
-            Handler::Deliver,
-        );
+        let event = channel_event(&app.id, &channel);
+        let joined = self.join(conn.id(), event.clone(), Handler::Deliver);
         let succeeded = frame::encode(
             "pusher_internal:subscription_succeeded",
             Some(&channel),
@@ -430,9 +427,7 @@ impl PusherNode {
                     c.send(succeeded);
                 });
             }
-            None if joined => {
-                self.when_ready(conn, &channel_event(&app.id, &channel), succeeded, true);
-            }
+            None if joined => self.when_ready(conn, &event, succeeded, true),
             None => {
                 conn.send(succeeded);
             }

@@ -183,16 +183,19 @@ impl RedisLink {
         self.owner.borrow().as_ref().and_then(|w| w.upgrade())
     }
 
+    /// Subscribe to `names` again after each reconnect.
+    fn keep_subscribed(&self, names: &[WireName]) {
+        self.events
+            .borrow_mut()
+            .extend(names.iter().map(|w| w.key.clone()));
+    }
+
     /// Queue a command; the link sends it in order, retrying across reconnects.
     fn queue(&self, cmd: Command) {
         // Nothing is parked on Redis (`Broker::parks`): a waking publish is a publish.
         let cmd = cmd.unwake().0;
         match &cmd {
-            Command::Subscribe(n) => {
-                self.events
-                    .borrow_mut()
-                    .extend(n.iter().map(|w| w.key.clone()));
-            }
+            Command::Subscribe(n) => self.keep_subscribed(n),
             Command::Unsubscribe(n) => {
                 let mut ev = self.events.borrow_mut();
                 for w in n {
@@ -234,9 +237,7 @@ impl RedisLink {
         // A confirmed subscription (`Client::when_subscribed`) is one to keep across
         // reconnects, as any other.
         if let Command::Subscribe(n) = &cmd {
-            self.events
-                .borrow_mut()
-                .extend(n.iter().map(|w| w.key.clone()));
+            self.keep_subscribed(n);
         }
         self.queue_waiting(cmd, Waiter::Publish(on_done));
     }
