@@ -249,6 +249,142 @@ async fn operations_keep_their_order_redis_cluster() {
     operations_keep_their_order(Kind::RedisCluster).await;
 }
 
+/// A link caches which workers hold a uid (`uid_cache.rs`): once it has sent to a uid, its
+/// next sends to it run no script (plain `PUBLISH`es), and a change of the uid's holders made
+/// through another link — the holder unbound, another client on another node bound — is seen
+/// by the very next send, which reaches the new holder only and counts it.
+#[tokio::test]
+async fn cached_sends_to_a_uid_follow_changes_made_elsewhere() {
+    let redis = RedisServer::start();
+    let (_app, addr) = channel_console(&redis.url(), &[]);
+    let mut n5 = node(&addr, 5).await;
+    let mut n6 = node(&addr, 6).await;
+    let mut sender = open(&addr).await;
+    let mut other = open(&addr).await;
+    dirsend(
+        &mut n5,
+        json!({"op": "register", "clients": [{"client_id": "5-1", "uid": "u"}]}),
+    )
+    .await;
+    dirsend(
+        &mut n6,
+        json!({"op": "register", "clients": [{"client_id": "6-1"}, {"client_id": "6-2"}]}),
+    )
+    .await;
+    count_is(&mut other, 3, WAIT).await;
+    let to =
+        |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
+    assert_eq!(dir(&mut sender, &to("first")).await, json!(1));
+    forwarded(&mut n5, "werkmann.gw.5", &to("first")).await;
+
+    let scripts_run = || -> u64 {
+        let stats = redis.cli(&["info", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let before = scripts_run();
+    for i in 0..50 {
+        let send = to(&format!("warm {i}"));
+        assert_eq!(dir(&mut sender, &send).await, json!(1));
+        forwarded(&mut n5, "werkmann.gw.5", &send).await;
+    }
+    // Each of those is a batch of its own: without the cache, 50 script calls; the links'
+    // sweeps run a few meanwhile.
+    let ran = scripts_run() - before;
+    assert!(ran < 10, "{ran} script calls for 50 sends to a cached uid");
+
+    let unbind = json!({"op": "unbind_uid", "client_id": "5-1", "uid": "u"});
+    dir(&mut other, &unbind).await;
+    forwarded(&mut n5, "werkmann.gw.5", &unbind).await;
+    for id in ["6-1", "6-2"] {
+        let bind = json!({"op": "bind_uid", "client_id": id, "uid": "u"});
+        assert_eq!(dir(&mut other, &bind).await, json!(1));
+        forwarded(&mut n6, "werkmann.gw.6", &bind).await;
+    }
+    for data in ["after the change", "cached again"] {
+        assert_eq!(dir(&mut sender, &to(data)).await, json!(2), "{data}");
+        forwarded(&mut n6, "werkmann.gw.6", &to(data)).await;
+    }
+    n5.nothing_for(100).await;
+    n6.nothing_for(100).await;
+}
+
+/// A send made from a cached copy of the uid's holders that a change from another link
+/// overtook — Redis ran the change between the copy's look-up and the send: both held back
+/// by `CLIENT PAUSE WRITE`, the change first — goes again through the script, to the new
+/// holder only: each node gets it once, and the answer counts both holders. (When the send
+/// happens to run first, it is simply before the change: one holder, one copy.)
+#[tokio::test]
+async fn a_send_overtaken_by_a_change_goes_again_to_the_new_holders() {
+    let redis = RedisServer::start();
+    let (_app, addr) = channel_console(&redis.url(), &[]);
+    let mut n5 = node(&addr, 5).await;
+    let mut n6 = node(&addr, 6).await;
+    let mut sender = open(&addr).await;
+    let mut other = open(&addr).await;
+    dirsend(
+        &mut n5,
+        json!({"op": "register", "clients": [{"client_id": "5-1", "uid": "u"}]}),
+    )
+    .await;
+    dirsend(
+        &mut n6,
+        json!({"op": "register", "clients": [{"client_id": "6-1"}]}),
+    )
+    .await;
+    count_is(&mut other, 2, WAIT).await;
+    let to =
+        |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
+    let held_back = || -> u64 {
+        redis
+            .cli(&["info", "clients"])
+            .lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let bind = json!({"op": "bind_uid", "client_id": "6-1", "uid": "u"});
+    let unbind = json!({"op": "unbind_uid", "client_id": "6-1", "uid": "u"});
+    let mut overtaken = 0;
+    for attempt in 0..20 {
+        let warm = to(&format!("warm {attempt}"));
+        assert_eq!(dir(&mut sender, &warm).await, json!(1));
+        forwarded(&mut n5, "werkmann.gw.5", &warm).await;
+        let before = held_back();
+        assert_eq!(redis.cli(&["client", "pause", "10000", "write"]), "OK");
+        dirsend(&mut other, bind.clone()).await;
+        wait_until_async(WAIT, "the bind held back", async || held_back() > before).await;
+        let send = to(&format!("overtaken {attempt}"));
+        sender.send(&format!("dir {send}")).await;
+        wait_until_async(WAIT, "the send held back", async || {
+            held_back() > before + 1
+        })
+        .await;
+        assert_eq!(redis.cli(&["client", "unpause"]), "OK");
+        let answer = sender.line().await;
+        forwarded(&mut n6, "werkmann.gw.6", &bind).await;
+        forwarded(&mut n5, "werkmann.gw.5", &send).await;
+        match answer.as_str() {
+            "dir 2" => {
+                forwarded(&mut n6, "werkmann.gw.6", &send).await;
+                overtaken += 1;
+            }
+            "dir 1" => {}
+            other => panic!("{send}: {other:?}"),
+        }
+        n5.nothing_for(50).await;
+        n6.nothing_for(50).await;
+        dir(&mut other, &unbind).await;
+        forwarded(&mut n6, "werkmann.gw.6", &unbind).await;
+        if overtaken == 3 {
+            return;
+        }
+    }
+    panic!("the change overtook a cached send only {overtaken} times in 20");
+}
+
 /// Requests are refused at once while Redis is away; the directory lives in Redis, so a Redis
 /// restarted without persistence starts empty (the nodes register again on reconnect).
 #[tokio::test]

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::Value as RValue;
 
@@ -56,12 +56,22 @@ pub(super) enum Bus {
     Single(ConnectionManager),
     /// A cluster: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), commands routed by key.
     Cluster(ClusterConnection),
+    /// A single server's connection of the link's own, for commands only (no subscriptions,
+    /// no reconnects: it is replaced when it fails): the directory's, tracking the uids'
+    /// holders (`uid_cache.rs`).
+    Direct(MultiplexedConnection),
 }
 
 impl Bus {
+    /// Whether this is a single server (not a Redis Cluster).
+    pub(super) fn is_single(&self) -> bool {
+        !matches!(self, Bus::Cluster(_))
+    }
+
     pub(super) async fn subscribe_events(&mut self, channels: &[String]) -> redis::RedisResult<()> {
         match self {
             Bus::Single(m) => m.subscribe(channels).await,
+            Bus::Direct(_) => Err(not_for_subscriptions()),
             // One channel per SSUBSCRIBE: channels of one command must share a slot.
             Bus::Cluster(c) => {
                 for ch in channels {
@@ -78,6 +88,7 @@ impl Bus {
     ) -> redis::RedisResult<()> {
         match self {
             Bus::Single(m) => m.unsubscribe(channels).await,
+            Bus::Direct(_) => Err(not_for_subscriptions()),
             Bus::Cluster(c) => {
                 for ch in channels {
                     c.sunsubscribe(ch).await?;
@@ -148,6 +159,13 @@ impl Bus {
                 }
                 pipe.query_async::<Vec<RValue>>(m).await
             }
+            Bus::Direct(d) => {
+                let mut pipe = new_pipe();
+                for (_, c, want) in cmds {
+                    add(&mut pipe, c, want);
+                }
+                pipe.query_async::<Vec<RValue>>(d).await
+            }
             Bus::Cluster(c) => {
                 // Per key: its pipeline and the positions of its wanted replies.
                 let mut by_key: Vec<(String, redis::Pipeline, Vec<usize>)> = Vec::new();
@@ -214,16 +232,42 @@ impl Bus {
     pub(super) async fn load_script(&mut self, script: &redis::Script) -> redis::RedisResult<()> {
         match self {
             Bus::Single(m) => script.load_async(m).await.map(|_| ()),
+            Bus::Direct(d) => script.load_async(d).await.map(|_| ()),
             Bus::Cluster(c) => script.load_async(c).await.map(|_| ()),
         }
     }
 
     pub(super) fn publish_command(&self) -> &'static str {
-        match self {
-            Bus::Single(_) => "PUBLISH",
-            Bus::Cluster(_) => "SPUBLISH",
+        match self.is_single() {
+            true => "PUBLISH",
+            false => "SPUBLISH",
         }
     }
+}
+
+fn not_for_subscriptions() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "the directory's connection takes no subscriptions",
+    ))
+}
+
+/// A connection of its own to the single server at `url` for the directory, its pushes (the
+/// invalidations of the uids' holders it tracks) handed to `on_push` as they are read.
+pub(super) async fn direct(
+    url: &str,
+    ca: Option<&Path>,
+    response_timeout: Duration,
+    on_push: impl redis::aio::AsyncPushSender,
+) -> redis::RedisResult<Bus> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout))
+        .set_push_sender(on_push);
+    let c = open_client(url, ca)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    Ok(Bus::Direct(c))
 }
 
 /// Whether the server at `url` is part of a Redis Cluster.

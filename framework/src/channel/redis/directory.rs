@@ -8,7 +8,8 @@
 //! - **Operations**: a Lua script (`EVALSHA`, loaded again on `NOSCRIPT`; the sends to
 //!   clients, uids and groups have a small one of their own, `send.lua`, without the sweep),
 //!   one call per operation — but a batch's consecutive sends to one uid (the usual push),
-//!   which share one call (the script's fixed cost paid once) — each atomic: it applies the operation, forwards it — the command's bytes, as the hub
+//!   which share one call (the script's fixed cost paid once), and a single server's sends to
+//!   uids whose holders the link has cached (`uid_cache.rs`: plain `PUBLISH`es) — each atomic: it applies the operation, forwards it — the command's bytes, as the hub
 //!   does — to the node events of the workers holding its targets (`PUBLISH`, on a Cluster
 //!   `SPUBLISH`: the nodes' event channels carry the same hash tag, so the script can), and
 //!   counts the connections at workers whose event had a subscriber. Forwarding is thus atomic
@@ -36,6 +37,7 @@ use redis::Value as RValue;
 use serde_json::{Map, Value};
 
 use super::bus::Bus;
+use super::uid_cache::{self, Holders, Look, Seen, UidCache};
 use super::{RedisLink, MEMBERSHIP_REFRESH, PREFIX_EVENT};
 use crate::channel::dir::{self, error_answer, ClientId, DirOp, Registration, Target};
 use crate::channel::wire::Command;
@@ -115,9 +117,9 @@ pub(super) fn event_name(rest: &str) -> &str {
 
 /// The script's mode argument: one Redis, or a Cluster (sharded pub/sub).
 fn mode(bus: &Bus) -> &'static str {
-    match bus {
-        Bus::Single(_) => "P",
-        Bus::Cluster(_) => "S",
+    match bus.is_single() {
+        true => "P",
+        false => "S",
     }
 }
 
@@ -457,12 +459,30 @@ pub(super) struct Executed {
     pub unproven: bool,
 }
 
+/// One command of a batch, as `execute` sends it.
+struct Item {
+    /// Its request's key, if it is one.
+    request: Option<u64>,
+    /// Its place in the batch.
+    at: usize,
+    /// Its operation, or why it is refused.
+    op: Result<DirOp, String>,
+    /// How many replies it takes (they are next among the calls').
+    calls: usize,
+    /// A send to one uid made from the cache: the holders it was sent to, and what the
+    /// look-up saw.
+    cached: Option<(Holders, Seen)>,
+}
+
 /// Run a batch of directory commands (each with the key of its request's callback, if it is a
-/// request) in order, as one pipeline. `link` is this link's id.
+/// request) in order, as one pipeline. `link` is this link's id; with `cache` (the bus is the
+/// link's directory connection, tracking the uids' holders: `uid_cache.rs`), a send to one
+/// uid whose holders are cached is a `PUBLISH` to each of them.
 pub(super) async fn execute(
     bus: &mut Bus,
     link: &str,
     batch: &[(Command, Option<u64>)],
+    cache: Option<&UidCache>,
 ) -> redis::RedisResult<Executed> {
     let mut done = Executed {
         answers: Vec::new(),
@@ -470,68 +490,112 @@ pub(super) async fn execute(
         replied: false,
         unproven: false,
     };
-    // Per command: its request's key, its operation (or why it was refused), and how many
-    // script calls it took (their replies are next among the calls').
-    let mut items: Vec<(Option<u64>, Result<DirOp, String>, usize)> =
-        Vec::with_capacity(batch.len());
+    let mut items: Vec<Item> = Vec::with_capacity(batch.len());
     let mut cmds = Vec::with_capacity(batch.len());
     // Per call, 0, or the sends to one uid it runs (answered with a list of their counts).
     let mut runs: Vec<usize> = Vec::with_capacity(batch.len());
     let mut run: Option<(redis::Cmd, usize)> = None;
+    // The holders of uids a send missed in the cache, read at the end of the pipeline.
+    let mut fills: Vec<(String, Seen)> = Vec::new();
     // Consecutive registrations nobody waits for (a node's new connections, one command
     // each): one `register` of them all, so a burst of connections costs a script call per
     // 500 clients, not one each (the script's fixed cost dwarfs a client's). The same
     // clients in the same order: what Redis holds after it is what the calls one by one
     // would have left.
     let mut regs: Vec<Registration> = Vec::new();
-    let flush_regs =
-        |regs: &mut Vec<Registration>,
-         cmds: &mut Vec<redis::Cmd>,
-         runs: &mut Vec<usize>,
-         items: &mut Vec<(Option<u64>, Result<DirOp, String>, usize)>| {
-            if regs.is_empty() {
-                return;
-            }
-            let op = DirOp::Register {
-                clients: std::mem::take(regs),
-            };
-            let c = op_calls(bus, &op, b"", link);
-            runs.extend(c.iter().map(|_| 0));
-            items.push((None, Ok(op), c.len()));
-            cmds.extend(c);
+    let end_run = |run: &mut Option<(redis::Cmd, usize)>,
+                   cmds: &mut Vec<redis::Cmd>,
+                   runs: &mut Vec<usize>| {
+        if let Some((c, n)) = run.take() {
+            cmds.push(c);
+            runs.push(n);
+        }
+    };
+    let flush_regs = |regs: &mut Vec<Registration>,
+                      cmds: &mut Vec<redis::Cmd>,
+                      runs: &mut Vec<usize>,
+                      items: &mut Vec<Item>| {
+        if regs.is_empty() {
+            return;
+        }
+        let op = DirOp::Register {
+            clients: std::mem::take(regs),
         };
-    for (cmd, request) in batch {
+        let c = op_calls(bus, &op, b"", link);
+        runs.extend(c.iter().map(|_| 0));
+        items.push(Item {
+            request: None,
+            at: usize::MAX,
+            op: Ok(op),
+            calls: c.len(),
+            cached: None,
+        });
+        cmds.extend(c);
+    };
+    // Whether an operation of this batch that may change holders came already: the sends
+    // after it run the script, which sees the change (the cache hears of it only later).
+    let mut changed = false;
+    let ops: Vec<Result<DirOp, String>> = batch
+        .iter()
+        .map(|(cmd, _)| match cmd {
+            Command::Dir(data) => parse(data),
+            _ => Err(String::new()),
+        })
+        .collect();
+    for (at, ((cmd, request), op)) in batch.iter().zip(ops).enumerate() {
         let Command::Dir(data) = cmd else { continue };
-        let op = parse(data);
+        changed |= !matches!(op, Ok(DirOp::Send { .. }));
         if let (Ok(DirOp::Register { clients }), None) = (&op, request) {
-            if let Some((c, n)) = run.take() {
-                cmds.push(c);
-                runs.push(n);
-            }
+            end_run(&mut run, &mut cmds, &mut runs);
             regs.extend(clients.iter().cloned());
             continue;
         }
         flush_regs(&mut regs, &mut cmds, &mut runs, &mut items);
-        let mut calls = 0;
-        match &op {
+        let mut item = Item {
+            request: *request,
+            at,
+            op,
+            calls: 0,
+            cached: None,
+        };
+        match &item.op {
             Ok(DirOp::Send {
                 target: Target::Uids { uids },
                 ..
             }) if uids.len() == 1 => {
-                // Consecutive sends to one uid: one call (each atomic, in order).
-                let (c, n) = run
-                    .get_or_insert_with(|| (script_call(&SEND_SCRIPT, bus, "uid_sends", b""), 0));
-                c.arg(uids[0].as_str()).arg(data.as_ref());
-                *n += 1;
-                calls = 1;
+                let uid = uids[0].as_str();
+                let cache = cache.filter(|_| !changed);
+                match cache.map_or(Look::Off, |c| c.look(uid)) {
+                    Look::Hit(holders, seen) => {
+                        // In order with the run before it.
+                        end_run(&mut run, &mut cmds, &mut runs);
+                        for &(w, _) in holders.iter() {
+                            let mut c = redis::cmd("PUBLISH");
+                            c.arg(event_channel(&dir::node_event(w))).arg(data.as_ref());
+                            cmds.push(c);
+                            runs.push(0);
+                        }
+                        item.calls = holders.len();
+                        item.cached = Some((holders, seen));
+                    }
+                    look => {
+                        if let Look::Miss(seen) = look {
+                            fills.push((uid.to_string(), seen));
+                        }
+                        // Consecutive sends to one uid: one call (each atomic, in order).
+                        let (c, n) = run.get_or_insert_with(|| {
+                            (script_call(&SEND_SCRIPT, bus, "uid_sends", b""), 0)
+                        });
+                        c.arg(uid).arg(data.as_ref());
+                        *n += 1;
+                        item.calls = 1;
+                    }
+                }
             }
             Ok(op) => {
-                if let Some((c, n)) = run.take() {
-                    cmds.push(c);
-                    runs.push(n);
-                }
+                end_run(&mut run, &mut cmds, &mut runs);
                 let c = op_calls(bus, op, data, link);
-                calls = c.len();
+                item.calls = c.len();
                 runs.extend(c.iter().map(|_| 0));
                 cmds.extend(c);
             }
@@ -540,17 +604,33 @@ pub(super) async fn execute(
             }
             Err(_) => {}
         }
-        items.push((*request, op, calls));
+        items.push(item);
     }
     flush_regs(&mut regs, &mut cmds, &mut runs, &mut items);
-    if let Some((c, n)) = run.take() {
+    end_run(&mut run, &mut cmds, &mut runs);
+    for (uid, _) in &fills {
+        let mut c = redis::cmd("HGETALL");
+        c.arg(format!("{PREFIX}uw:{uid}"));
         cmds.push(c);
-        runs.push(n);
+    }
+    if cmds.is_empty() && items.iter().any(|i| i.cached.is_some()) {
+        // Sends to cached uids without holders: a reply to prove that no change came first.
+        cmds.push(redis::cmd("PING"));
+        runs.push(0);
+    }
+    done.replied = !cmds.is_empty();
+    let mut all = run_calls(bus, cmds).await?;
+    let filled = all.split_off(all.len() - fills.len());
+    if let Some(cache) = cache {
+        for ((uid, seen), reply) in fills.into_iter().zip(&filled) {
+            if let Some(h) = uid_cache::holders(reply) {
+                cache.fill(&uid, seen, h);
+            }
+        }
     }
     // A run's list of counts becomes one reply per send (its error, one per send).
     let mut replies = Vec::with_capacity(items.len());
-    done.replied = !cmds.is_empty();
-    for (reply, n) in run_calls(bus, cmds).await?.into_iter().zip(runs) {
+    for (reply, n) in all.into_iter().zip(runs) {
         match (reply, n) {
             (reply, 0) => replies.push(reply),
             (RValue::Array(counts), n) if counts.len() == n => replies.extend(counts),
@@ -563,21 +643,53 @@ pub(super) async fn execute(
             }
         }
     }
-    let mut replies = replies.iter();
+    let mut replies = replies.into_iter();
     let mut counted = false;
-    for (request, op, calls) in &items {
-        let answer = match op {
-            Err(why) => error_answer(why),
-            Ok(op) => {
+    // Sends made from a copy of the holders that changed before they ran: the place of their
+    // answer, their uid and bytes, and the workers they reached.
+    let mut again: Vec<(usize, &str, &[u8], Vec<u32>)> = Vec::new();
+    for item in &items {
+        let answer = match (&item.op, &item.cached) {
+            (Err(why), _) => error_answer(why),
+            (Ok(op), Some((holders, seen))) => {
+                counted = true;
+                let (mut n, mut reached) = (0u64, Vec::new());
+                for &(w, k) in holders.iter() {
+                    if matches!(replies.next(), Some(RValue::Int(r)) if r > 0) {
+                        n += u64::from(k);
+                        reached.push(w);
+                    }
+                }
+                let uid = match op {
+                    DirOp::Send {
+                        target: Target::Uids { uids },
+                        ..
+                    } => uids[0].as_str(),
+                    _ => unreachable!("only sends to one uid are cached"),
+                };
+                let still = cache.is_some_and(|c| c.still(uid, *seen));
+                if !still {
+                    let Command::Dir(data) = &batch[item.at].0 else {
+                        unreachable!("a cached send is a directory command")
+                    };
+                    if item.request.is_some() {
+                        again.push((done.answers.len(), uid, data.as_ref(), reached));
+                    } else {
+                        again.push((usize::MAX, uid, data.as_ref(), reached));
+                    }
+                }
+                Value::from(n)
+            }
+            (Ok(op), None) => {
                 // One answer from the call's replies (a `register` in parts: their sum).
                 let mut a = Ok(Value::from(0));
-                for _ in 0..*calls {
-                    let part = match replies.next().unwrap_or(&RValue::Nil) {
+                for _ in 0..item.calls {
+                    let part = match replies.next().unwrap_or(RValue::Nil) {
                         RValue::ServerError(e) => Err(format!("redis: {e:?}")),
-                        r => answer(op, r),
+                        r => answer(op, &r),
                     };
                     a = match (a, part) {
-                        (Ok(sum), Ok(v)) if *calls > 1 => Ok(Value::from(
+                        (Ok(sum), Ok(v)) if item.calls > 1 => Ok(Value::from(
                             sum.as_u64().unwrap_or(0) + v.as_u64().unwrap_or(0),
                         )),
                         (Ok(_), part) => part,
@@ -589,7 +701,7 @@ pub(super) async fn execute(
                         done.registered
                             .extend(clients.iter().map(|c| c.client_id.worker));
                     }
-                    (Err(why), _) if request.is_none() => {
+                    (Err(why), _) if item.request.is_none() => {
                         log::warn!("redis: directory operation failed: {why}");
                     }
                     _ => {}
@@ -598,16 +710,42 @@ pub(super) async fn execute(
                 a.unwrap_or_else(|why| error_answer(&why))
             }
         };
-        if let Some(id) = request {
+        if let Some(id) = item.request {
             let json = serde_json::to_vec(&answer).expect("JSON values serialize");
-            done.answers.push((*id, Some(Bytes::from(json))));
+            done.answers.push((id, Some(Bytes::from(json))));
+        }
+    }
+    if !again.is_empty() {
+        // Through the script: to the holders not reached yet, counting every holder reached.
+        let calls = again
+            .iter()
+            .map(|(_, uid, data, reached)| {
+                let mut c = script_call(&SEND_SCRIPT, bus, "uid_resend", b"");
+                c.arg(*uid).arg(*data);
+                for w in reached {
+                    c.arg(w.to_string());
+                }
+                c
+            })
+            .collect();
+        for ((at, ..), reply) in again.iter().zip(run_calls(bus, calls).await?) {
+            let answer = match reply {
+                RValue::Int(n) => Value::from(n.max(0)),
+                RValue::ServerError(e) => error_answer(&format!("redis: {e:?}")),
+                other => error_answer(&format!("redis: a send answered {other:?}")),
+            };
+            if let Some((_, a)) = done.answers.get_mut(*at) {
+                *a = Some(Bytes::from(
+                    serde_json::to_vec(&answer).expect("JSON values serialize"),
+                ));
+            }
         }
     }
     // Redis answers a script before it writes what the script published to the subscribers'
     // sockets: once a later command is answered, those writes are done (see `execute` in
     // mod.rs). On a single server that is the next batch's reply (or a `PING` when none
     // comes); a cluster's other nodes do not tell, so it asks the directory's node here.
-    if counted && !done.answers.is_empty() && matches!(bus, Bus::Single(_)) {
+    if counted && !done.answers.is_empty() && bus.is_single() {
         done.unproven = true;
     } else if counted && !done.answers.is_empty() {
         let mut probe = redis::cmd("EXISTS");
@@ -621,6 +759,11 @@ pub(super) async fn execute(
     done.registered.sort_unstable();
     done.registered.dedup();
     Ok(done)
+}
+
+/// A cache of the uids' holders for a link's sends (`uid_cache.rs`).
+pub(super) fn uid_cache() -> UidCache {
+    UidCache::new(&format!("{PREFIX}uw:"))
 }
 
 /// A directory command's operation, or why it is refused.

@@ -193,7 +193,7 @@ pub(super) async fn execute(
     // On a single server that is the next batch's (`run_outbound`): the counts go back
     // unproven, and the connection is free for what is queued meanwhile; a cluster probes
     // each channel's node now.
-    let single = matches!(bus, Bus::Single(_));
+    let single = bus.is_single();
     if !single && !probes.is_empty() && !super::written(bus, probes).await {
         reached.iter_mut().for_each(|r| *r = None);
     }

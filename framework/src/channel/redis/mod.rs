@@ -29,6 +29,7 @@ mod directory;
 mod history;
 mod leases;
 mod queues;
+mod uid_cache;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -139,6 +140,12 @@ pub(crate) struct RedisLink {
     /// The workers whose clients this link registered in the directory (it renews their alive
     /// keys, and removes their clients when it closes).
     dir_workers: RefCell<BTreeSet<u32>>,
+    /// The directory's connection of its own on a single server, made when the link first
+    /// sends to a uid: it tracks the uids' holders for `uid_cache`.
+    dir_bus: RefCell<Option<Bus>>,
+    uid_cache: uid_cache::UidCache,
+    /// The server refused tracking: no cache.
+    no_tracking: Cell<bool>,
 }
 
 impl RedisLink {
@@ -171,6 +178,9 @@ impl RedisLink {
             closed: Cell::new(false),
             sweeps: Cell::new(false),
             dir_workers: RefCell::new(BTreeSet::new()),
+            dir_bus: RefCell::new(None),
+            uid_cache: directory::uid_cache(),
+            no_tracking: Cell::new(false),
         });
         actix_rt::spawn(run_outbound(Rc::downgrade(&link)));
         actix_rt::spawn(run_queues(Rc::downgrade(&link)));
@@ -417,11 +427,15 @@ async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
         drop(l);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let attempt = async {
+            // The inbox (publish_loop) is classic pub/sub in both modes: a script publishes
+            // to it from whichever node holds the loop's keys.
             let mut bus = if is_cluster(&url, ca.as_deref()).await? {
                 let client = cluster_builder(&url, ca.as_deref())?
                     .push_sender(tx)
                     .build()?;
-                Bus::Cluster(client.get_async_connection().await?)
+                let mut c = client.get_async_connection().await?;
+                c.subscribe(&inbox).await?;
+                Bus::Cluster(c)
             } else {
                 let config = ConnectionManagerConfig::new()
                     .set_push_sender(tx)
@@ -430,14 +444,10 @@ async fn connect(link: &Weak<RedisLink>) -> Option<Bus> {
                     .set_response_timeout(Some(RESPONSE_TIMEOUT))
                     .set_number_of_retries(1);
                 let client = open_client(url.as_str(), ca.as_deref())?;
-                Bus::Single(client.get_connection_manager_with_config(config).await?)
+                let mut m = client.get_connection_manager_with_config(config).await?;
+                m.subscribe(&inbox).await?;
+                Bus::Single(m)
             };
-            // The inbox (publish_loop) is classic pub/sub in both modes: a script publishes
-            // to it from whichever node holds the loop's keys.
-            match &mut bus {
-                Bus::Single(m) => m.subscribe(&inbox).await?,
-                Bus::Cluster(c) => c.subscribe(&inbox).await?,
-            }
             if !events.is_empty() {
                 bus.subscribe_events(&events).await?;
             }
@@ -532,7 +542,8 @@ async fn run_outbound(link: Weak<RedisLink>) {
                     (outcomes, Vec::new())
                 })
         } else if matches!(batch[0].0, Command::Dir(_)) {
-            directory::execute(&mut manager, &id, &batch)
+            let (mut bus, cache) = directory_bus(&link, &manager, &batch).await;
+            directory::execute(&mut bus, &id, &batch, cache.as_ref())
                 .await
                 .map(|done| {
                     answered = done.replied;
@@ -597,6 +608,11 @@ async fn run_outbound(link: Weak<RedisLink>) {
             }
             Err(e) => {
                 let Some(l) = link.upgrade() else { return };
+                // The directory's connection goes too, if it was that one; a new one is made
+                // for the next send to a uid.
+                if l.dir_bus.borrow_mut().take().is_some() {
+                    l.uid_cache.stop();
+                }
                 // The connection failed: whether the last batch's events were written is
                 // not known.
                 settle_all(&l, std::mem::take(&mut unproven), false);
@@ -613,6 +629,82 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+}
+
+/// The bus for a directory batch, with the uids' holders cached for it: on a single server,
+/// once a batch sends to a uid, the link's directory connection, which tracks them (made
+/// then, and again after it failed); else the connection manager, without a cache. Batches
+/// run one after the other, so directory operations keep their order with the link's other
+/// commands whichever connection carries them.
+async fn directory_bus(
+    link: &Weak<RedisLink>,
+    manager: &Bus,
+    batch: &[(Command, Option<u64>)],
+) -> (Bus, Option<uid_cache::UidCache>) {
+    let without = || (manager.clone(), None);
+    let Some(l) = link.upgrade() else {
+        return without();
+    };
+    if !matches!(manager, Bus::Single(_)) || l.no_tracking.get() {
+        return without();
+    }
+    let cache = l.uid_cache.clone();
+    let current = l.dir_bus.borrow().clone();
+    if let Some(bus) = current {
+        if cache.live() {
+            return (bus, Some(cache));
+        }
+        // It failed (its reader saw the connection close): replaced below.
+        l.dir_bus.borrow_mut().take();
+    }
+    let sends_to_a_uid = batch.iter().any(|(c, _)| {
+        matches!(c, Command::Dir(data) if matches!(
+            directory::parse(data),
+            Ok(super::dir::DirOp::Send { target: super::dir::Target::Uids { uids }, .. })
+                if uids.len() == 1
+        ))
+    });
+    if !sends_to_a_uid {
+        return without();
+    }
+    let (url, ca, shown) = (l.url.clone(), l.ca.clone(), l.shown.clone());
+    drop(l);
+    let conn = cache.begin();
+    let attempt = async {
+        let mut bus =
+            bus::direct(&url, ca.as_deref(), RESPONSE_TIMEOUT, cache.handler(conn)).await?;
+        let mut track = redis::cmd("CLIENT");
+        track
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(cache.prefix());
+        bus.run(vec![(String::new(), track)]).await?;
+        Ok::<_, redis::RedisError>(bus)
+    };
+    let result = attempt.await;
+    let Some(l) = link.upgrade() else {
+        return without();
+    };
+    match result {
+        Ok(bus) => {
+            cache.start(conn);
+            *l.dir_bus.borrow_mut() = Some(bus.clone());
+            (bus, Some(cache))
+        }
+        Err(e) if retry(&e) => {
+            log::warn!("redis {shown}: directory connection: {e}; sends to uids use scripts");
+            without()
+        }
+        Err(e) => {
+            log::warn!(
+                "redis {shown}: no client-side tracking ({e}): every send to a uid runs a script"
+            );
+            l.no_tracking.set(true);
+            without()
         }
     }
 }
@@ -783,7 +875,7 @@ async fn execute(
     }
     // The channels of confirmed publishes, for the round trip below (a cluster probes each;
     // a single server needs none).
-    let confirmed_channels: Vec<String> = if matches!(bus, Bus::Single(_)) {
+    let confirmed_channels: Vec<String> = if bus.is_single() {
         Vec::new()
     } else {
         let mut v: Vec<String> = cmds
@@ -809,7 +901,7 @@ async fn execute(
             _ => reached.push((confirm, Some(n))),
         }
     }
-    if !reached.is_empty() && matches!(bus, Bus::Single(_)) {
+    if !reached.is_empty() && bus.is_single() {
         let unproven = reached
             .into_iter()
             .map(|(id, n)| (id, Outcome::Unproven(n.unwrap_or(0))))
@@ -833,13 +925,14 @@ async fn execute(
 /// Whether what was published on `channels` was surely written to the subscribers: Redis
 /// answers PUBLISH before it writes the message to the subscribers' sockets (both happen when
 /// its event loop next sleeps, the publisher first), so a Redis killed in between answered a
-/// count for messages nobody gets. Once a later command on the same connection (on a cluster,
-/// to the same nodes) is answered, that loop iteration — and every write of it — is done.
+/// count for messages nobody gets. Once a later command, sent after that answer came, is answered
+/// (on a single server, on any connection; on a cluster, by the same nodes), that loop
+/// iteration — and every write of it — is done.
 /// On a single server under load the next batch is that later command (`run_outbound`); this
 /// `PING` is for the last batch of a burst, and for a cluster.
 async fn written(bus: &mut Bus, channels: Vec<String>) -> bool {
     let after = match bus {
-        Bus::Single(_) => bus.run(vec![(String::new(), redis::cmd("PING"))]).await,
+        Bus::Single(_) | Bus::Direct(_) => bus.run(vec![(String::new(), redis::cmd("PING"))]).await,
         Bus::Cluster(_) => {
             let probes = channels
                 .into_iter()

@@ -6,7 +6,7 @@
 -- everyone needs every worker's subscription count: the main script does it.
 --
 -- KEYS[1]: the set of workers with entries (routes the call to the directory's slot).
--- ARGV[1]: 'send' (or 'uid_sends', below); ARGV[2]: 'P' (PUBLISH) or 'S' (a Cluster:
+-- ARGV[1]: 'send' (or 'uid_sends', 'uid_resend', below); ARGV[2]: 'P' (PUBLISH) or 'S' (a Cluster:
 -- SPUBLISH); ARGV[3]: the bytes forwarded to the nodes; ARGV[4]: the target, then its
 -- arguments: 'clients', ids | 'uids', uids | 'groups', #groups, groups, excluded ids (names
 -- and ids each once). Answer: connections reached, at subscribed nodes.
@@ -37,6 +37,26 @@ if ARGV[1] == 'uid_sends' then
     counts[#counts + 1] = n
   end
   return counts
+end
+
+if ARGV[1] == 'uid_resend' then
+  -- One send to one uid made from a link's cached copy of its holders that changed before
+  -- it ran (uid_cache.rs): ARGV[4] the uid, ARGV[5] the bytes forwarded, ARGV[6..] the
+  -- workers it reached. Forwarded to the holders not reached; every holder reached, either
+  -- time, counts. Answer: connections reached.
+  local reached = {}
+  for i = 6, #ARGV do
+    reached[ARGV[i]] = true
+  end
+  local r = redis.call('HGETALL', D .. 'uw:' .. ARGV[4])
+  local n = 0
+  for j = 1, #r, 2 do
+    local k = tonumber(r[j + 1])
+    if k > 0 and (reached[r[j]] or redis.call(PUB, NODE .. r[j], ARGV[5]) > 0) then
+      n = n + k
+    end
+  end
+  return n
 end
 
 -- Targets per worker, the workers in the order first met.

@@ -1,0 +1,381 @@
+//! Which workers hold each uid, cached in a link for its sends to uids (Redis's
+//! server-assisted client-side caching), so that the usual push — to one uid — is a plain
+//! `PUBLISH` to each holding worker's node event instead of a script call.
+//!
+//! - **Tracking**: the link's directory connection asks `CLIENT TRACKING ON BCAST PREFIX
+//!   {werkmann:dir}:uw:`; Redis then pushes an invalidation on that connection whenever a
+//!   uid's holders change (a bind, an unbind, a close, a sweep — by any link), and on a flush.
+//!   The connection's push handler ([`UidCache::handler`]) runs as the reply stream is read,
+//!   so an invalidation is seen before the replies of every command Redis ran after the
+//!   change.
+//! - **A send from the cache** records its entry's generation; when the `PUBLISH` replies
+//!   come, an unchanged generation proves that no change of the holders ran before them: the
+//!   count stands. Otherwise the send goes again through the script, to the holders it did
+//!   not reach yet (none gets it twice), and counts what the holders hold now.
+//!   The node reached needlessly (it held the uid before the change) delivers to no one; such
+//!   a send may follow the later operations of its pipeline.
+//! - **A send after an operation of its own pipeline that may change holders** runs the
+//!   script: the cache hears of that change only after the pipeline.
+//! - **A miss** sends through the script as before and reads the holders (`HGETALL`) in the
+//!   same pipeline; they are cached only if no invalidation of the uid came since the miss.
+//! - A lost connection, a flush or more than [`MAX_ENTRIES`] entries empty the cache; on a
+//!   Redis Cluster, or a server that refuses tracking, there is none.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use redis::{PushInfo, PushKind, Value as RValue};
+
+/// The most uids cached; past it the cache starts again empty.
+pub(super) const MAX_ENTRIES: usize = 100_000;
+
+/// A uid's holders: each worker and how many of the uid's clients it holds (none with 0).
+pub(super) type Holders = Arc<[(u32, u32)]>;
+
+/// The cache of one link, shared with its connection's push handler.
+#[derive(Clone)]
+pub(super) struct UidCache {
+    state: Arc<Mutex<State>>,
+    /// The key prefix of a uid's holders: `{werkmann:dir}:uw:`.
+    prefix: Arc<str>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<Box<str>, Entry>,
+    /// Bumped by each invalidation.
+    gen: u64,
+    /// Bumped when everything is dropped (a flush, a lost connection, too many entries).
+    flushes: u64,
+    /// Whether tracking is on for the current connection.
+    live: bool,
+    /// The current connection's number: pushes from an earlier one are ignored.
+    conn: u64,
+}
+
+struct Entry {
+    /// `None` while being read, or after an invalidation.
+    holders: Option<Holders>,
+    gen: u64,
+}
+
+/// What a send's look-up saw, checked again when its replies come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seen {
+    gen: u64,
+    flushes: u64,
+}
+
+/// A look-up's result.
+pub(super) enum Look {
+    /// The holders, valid when the send's replies come if [`UidCache::still`] says so.
+    Hit(Holders, Seen),
+    /// Not cached: read them with the send, then [`UidCache::fill`].
+    Miss(Seen),
+    /// No tracking on this connection (yet): send without the cache.
+    Off,
+}
+
+impl UidCache {
+    /// A cache for the uids whose holders are the keys `prefix` + uid.
+    pub(super) fn new(prefix: &str) -> UidCache {
+        UidCache {
+            state: Arc::default(),
+            prefix: Arc::from(prefix),
+        }
+    }
+
+    /// The key prefix to track.
+    pub(super) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held left no broken invariant: go on with the data.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new connection is being made: nothing cached so far stands, and nothing is cached
+    /// until it tracks ([`UidCache::start`]). Its number, for its [`UidCache::handler`].
+    pub(super) fn begin(&self) -> u64 {
+        let mut s = self.lock();
+        s.flush();
+        s.live = false;
+        s.conn += 1;
+        s.conn
+    }
+
+    /// Connection `conn` tracks the holders now (unless another one began since).
+    pub(super) fn start(&self, conn: u64) {
+        let mut s = self.lock();
+        if s.conn == conn {
+            s.flush();
+            s.live = true;
+        }
+    }
+
+    /// The connection failed or is dropped: nothing cached stands.
+    pub(super) fn stop(&self) {
+        let mut s = self.lock();
+        s.flush();
+        s.live = false;
+    }
+
+    /// Whether tracking is on.
+    pub(super) fn live(&self) -> bool {
+        self.lock().live
+    }
+
+    /// Look `uid` up for a send.
+    pub(super) fn look(&self, uid: &str) -> Look {
+        let mut s = self.lock();
+        if !s.live {
+            return Look::Off;
+        }
+        let flushes = s.flushes;
+        let seen = |gen| Seen { gen, flushes };
+        if let Some(e) = s.entries.get(uid) {
+            return match &e.holders {
+                Some(h) => Look::Hit(h.clone(), seen(e.gen)),
+                None => Look::Miss(seen(e.gen)),
+            };
+        }
+        if s.entries.len() >= MAX_ENTRIES {
+            s.flush();
+        }
+        let (gen, flushes) = (s.gen, s.flushes);
+        let seen = |gen| Seen { gen, flushes };
+        s.entries.insert(uid.into(), Entry { holders: None, gen });
+        Look::Miss(seen(gen))
+    }
+
+    /// Whether no invalidation of `uid` (or flush) came since `seen`.
+    pub(super) fn still(&self, uid: &str, seen: Seen) -> bool {
+        let s = self.lock();
+        s.live && s.flushes == seen.flushes && s.entries.get(uid).is_some_and(|e| e.gen == seen.gen)
+    }
+
+    /// Cache `uid`'s holders read by a send that missed with `seen`, unless they changed since.
+    pub(super) fn fill(&self, uid: &str, seen: Seen, holders: Holders) {
+        let mut s = self.lock();
+        if !s.live || s.flushes != seen.flushes {
+            return;
+        }
+        if let Some(e) = s.entries.get_mut(uid).filter(|e| e.gen == seen.gen) {
+            e.holders = Some(holders);
+        }
+    }
+
+    /// Connection `conn`'s push handler: invalidations drop entries, a lost connection all
+    /// of them.
+    pub(super) fn handler(
+        &self,
+        conn: u64,
+    ) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
+        let cache = self.clone();
+        move |push: PushInfo| {
+            match push.kind {
+                PushKind::Invalidate => cache.invalidate(conn, push.data.first()),
+                PushKind::Disconnection => {
+                    let mut s = cache.lock();
+                    if s.conn == conn {
+                        s.flush();
+                        s.live = false;
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    /// Connection `conn`'s invalidation of `keys` (`nil`: a flush).
+    fn invalidate(&self, conn: u64, keys: Option<&RValue>) {
+        let mut s = self.lock();
+        if s.conn != conn {
+            return;
+        }
+        let Some(RValue::Array(keys)) = keys else {
+            s.flush();
+            return;
+        };
+        s.gen += 1;
+        let gen = s.gen;
+        for k in keys {
+            let uid = match k {
+                RValue::BulkString(b) => std::str::from_utf8(b).ok(),
+                RValue::SimpleString(t) => Some(t.as_str()),
+                _ => None,
+            }
+            .and_then(|k| k.strip_prefix(&*self.prefix));
+            if let Some(e) = uid.and_then(|u| s.entries.get_mut(u)) {
+                e.holders = None;
+                e.gen = gen;
+            }
+        }
+    }
+}
+
+impl State {
+    fn flush(&mut self) {
+        self.entries.clear();
+        self.flushes += 1;
+    }
+}
+
+/// A uid's holders from its `HGETALL` reply (workers with a positive count).
+pub(super) fn holders(reply: &RValue) -> Option<Holders> {
+    let pairs: Vec<(&RValue, &RValue)> = match reply {
+        RValue::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
+        RValue::Array(a) if a.len() % 2 == 0 => a.chunks(2).map(|p| (&p[0], &p[1])).collect(),
+        _ => return None,
+    };
+    let num = |v: &RValue| -> Option<i64> {
+        match v {
+            RValue::Int(n) => Some(*n),
+            RValue::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            RValue::SimpleString(s) => s.parse().ok(),
+            _ => None,
+        }
+    };
+    let mut out = Vec::with_capacity(pairs.len());
+    for (w, k) in pairs {
+        let (w, k) = (u32::try_from(num(w)?).ok()?, num(k)?);
+        if k > 0 {
+            out.push((w, u32::try_from(k).ok()?));
+        }
+    }
+    Some(out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "{werkmann:dir}:uw:";
+
+    fn invalidation(keys: &[&str]) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![RValue::Array(
+                keys.iter()
+                    .map(|k| RValue::BulkString(k.as_bytes().to_vec()))
+                    .collect(),
+            )],
+        }
+    }
+
+    fn disconnect() -> PushInfo {
+        PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        }
+    }
+
+    fn live() -> UidCache {
+        let c = UidCache::new(P);
+        let conn = c.begin();
+        c.start(conn);
+        c
+    }
+
+    #[test]
+    fn a_miss_fills_and_the_next_send_hits() {
+        let c = live();
+        let Look::Miss(seen) = c.look("u1") else {
+            panic!("a first look misses")
+        };
+        c.fill("u1", seen, Arc::from([(3, 1)]));
+        let Look::Hit(h, seen) = c.look("u1") else {
+            panic!("filled")
+        };
+        assert_eq!(&*h, &[(3, 1)]);
+        assert!(c.still("u1", seen));
+    }
+
+    #[test]
+    fn an_invalidation_during_a_send_or_a_read_is_noticed() {
+        let c = live();
+        let handler = c.handler(1);
+        let Look::Miss(seen) = c.look("u1") else {
+            panic!()
+        };
+        handler(invalidation(&["{werkmann:dir}:uw:u1"])).unwrap();
+        c.fill("u1", seen, Arc::from([(3, 1)]));
+        assert!(
+            matches!(c.look("u1"), Look::Miss(_)),
+            "a read that raced a change is not kept"
+        );
+        let Look::Miss(seen) = c.look("u1") else {
+            panic!()
+        };
+        c.fill("u1", seen, Arc::from([(3, 1)]));
+        let Look::Hit(_, seen) = c.look("u1") else {
+            panic!()
+        };
+        handler(invalidation(&[
+            "{werkmann:dir}:uw:u2",
+            "{werkmann:dir}:uw:u1",
+        ]))
+        .unwrap();
+        assert!(!c.still("u1", seen), "a send from a stale copy is noticed");
+        assert!(matches!(c.look("u1"), Look::Miss(_)));
+    }
+
+    #[test]
+    fn other_uids_stay_and_flushes_and_disconnects_drop_all() {
+        let c = live();
+        let handler = c.handler(1);
+        for u in ["a", "b"] {
+            let Look::Miss(seen) = c.look(u) else {
+                panic!()
+            };
+            c.fill(u, seen, Arc::from([(1, 2)]));
+        }
+        let Look::Hit(_, seen_b) = c.look("b") else {
+            panic!()
+        };
+        handler(invalidation(&["{werkmann:dir}:uw:a"])).unwrap();
+        assert!(c.still("b", seen_b));
+        handler(PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![RValue::Nil],
+        })
+        .unwrap();
+        assert!(!c.still("b", seen_b), "a flush drops everything");
+        let Look::Miss(seen) = c.look("b") else {
+            panic!()
+        };
+        c.fill("b", seen, Arc::from([(1, 2)]));
+        handler(disconnect()).unwrap();
+        assert!(matches!(c.look("b"), Look::Off), "no tracking, no cache");
+    }
+
+    #[test]
+    fn an_earlier_connection_is_not_heard() {
+        let c = live();
+        let old = c.handler(1);
+        let conn = c.begin();
+        c.start(conn);
+        let Look::Miss(seen) = c.look("a") else {
+            panic!()
+        };
+        c.fill("a", seen, Arc::from([(1, 1)]));
+        old(invalidation(&["{werkmann:dir}:uw:a"])).unwrap();
+        old(disconnect()).unwrap();
+        assert!(matches!(c.look("a"), Look::Hit(..)));
+        c.stop();
+        assert!(matches!(c.look("a"), Look::Off));
+    }
+
+    #[test]
+    fn holders_come_from_hgetall_replies() {
+        let b = |s: &str| RValue::BulkString(s.as_bytes().to_vec());
+        let map = RValue::Map(vec![(b("3"), b("2")), (b("5"), b("0"))]);
+        assert_eq!(&*holders(&map).unwrap(), &[(3, 2)]);
+        let flat = RValue::Array(vec![b("7"), b("1")]);
+        assert_eq!(&*holders(&flat).unwrap(), &[(7, 1)]);
+        assert_eq!(&*holders(&RValue::Array(vec![])).unwrap(), &[]);
+        assert!(holders(&RValue::Array(vec![b("x"), b("1")])).is_none());
+    }
+}
