@@ -461,7 +461,7 @@ async fn nothing_is_left_behind() {
         "{all:?}"
     );
     for want in [
-        "c:4-1", "cg:4-1", "cs:4-2", "u:b", "uw:a", "g:k", "gw:g", "w:4", "workers",
+        "c:4", "cg:4-1", "cs:4-2", "uw:a", "uw:b", "uc", "g:k", "gw:g", "workers",
     ] {
         assert!(
             all.contains(&format!("{{werkmann:dir}}:{want}")),

@@ -9,11 +9,12 @@
 -- it came, a PHP string); then the operation's arguments (directory.rs, `script_args`).
 --
 -- Keys (D = the prefix):
---   D c:ID     hash: w = worker, u = uid            D cg:ID  set: its groups
---   D cs:ID    hash: session key -> JSON value      D w:W    set: worker W's client ids
---   D u:UID    set: client ids bound to UID         D uw:UID hash: worker -> how many of them
+--   D c:W      hash: worker W's client ids -> their uid ('' for none)
+--   D cg:ID    set: client ID's groups              D cs:ID  hash: session key -> JSON value
+--   D uw:UID   hash: the client ids bound to UID -> '', and each worker holding some of
+--              them -> how many (a field with a '-' is a client id, one without a worker)
 --   D g:G      set: client ids in group G           D gw:G   hash: worker -> how many of them
---   D us       set: uids bound                      D gs     set: groups with members
+--   D uc       how many uids are bound              D gs     set: groups with members
 --   D workers  set: workers with entries            D alive:W  the link registering for W
 --   D swept    exists for @SWEEP_MS@ ms after a sweep
 --   D p:G      hash: presence group G's keys -> their connections in it
@@ -48,7 +49,24 @@ end
 
 -- The worker of a registered client, or false.
 local function client_worker(id)
-  return redis.call('HGET', D .. 'c:' .. id, 'w')
+  local w = worker_of(id)
+  if w and redis.call('HEXISTS', D .. 'c:' .. w, id) == 1 then
+    return w
+  end
+  return false
+end
+
+-- A registered client's worker and uid ('' for none); false if not registered.
+local function client_record(id)
+  local w = worker_of(id)
+  if not w then
+    return false
+  end
+  local u = redis.call('HGET', D .. 'c:' .. w, id)
+  if not u then
+    return false
+  end
+  return w, u
 end
 
 -- Forward the operation to worker w's node: how many subscribers it reached.
@@ -75,22 +93,46 @@ local function subscribed(workers)
   return out
 end
 
--- Add client id (of worker w) to uid or group `name` (kind 'u' or 'g').
-local function link(kind, name, id, w)
-  if redis.call('SADD', D .. kind .. ':' .. name, id) == 1 then
-    redis.call('HINCRBY', D .. kind .. 'w:' .. name, w, 1)
-    redis.call('SADD', D .. kind .. 's', name)
+-- Add client id (of worker w) to group `name`.
+local function link(name, id, w)
+  if redis.call('SADD', D .. 'g:' .. name, id) == 1 then
+    redis.call('HINCRBY', D .. 'gw:' .. name, w, 1)
+    redis.call('SADD', D .. 'gs', name)
   end
 end
 
--- Take client id (of worker w) out of uid or group `name`.
-local function unlink(kind, name, id, w)
-  if redis.call('SREM', D .. kind .. ':' .. name, id) == 1 then
-    if redis.call('HINCRBY', D .. kind .. 'w:' .. name, w, -1) <= 0 then
-      redis.call('HDEL', D .. kind .. 'w:' .. name, w)
+-- Take client id (of worker w) out of group `name`.
+local function unlink(name, id, w)
+  if redis.call('SREM', D .. 'g:' .. name, id) == 1 then
+    if redis.call('HINCRBY', D .. 'gw:' .. name, w, -1) <= 0 then
+      redis.call('HDEL', D .. 'gw:' .. name, w)
     end
-    if redis.call('EXISTS', D .. kind .. ':' .. name) == 0 then
-      redis.call('SREM', D .. kind .. 's', name)
+    if redis.call('EXISTS', D .. 'g:' .. name) == 0 then
+      redis.call('SREM', D .. 'gs', name)
+    end
+  end
+end
+
+-- Bind client id (of worker w) to uid `uid` (one hash holds both its clients and their
+-- workers' counts: a third of the memory of a set and a hash per uid).
+local function link_uid(uid, id, w)
+  local uw = D .. 'uw:' .. uid
+  if redis.call('HSETNX', uw, id, '') == 1 then
+    if redis.call('HINCRBY', uw, w, 1) == 1 and redis.call('HLEN', uw) == 2 then
+      redis.call('INCR', D .. 'uc')
+    end
+  end
+end
+
+-- Unbind client id (of worker w) from uid `uid`.
+local function unlink_uid(uid, id, w)
+  local uw = D .. 'uw:' .. uid
+  if redis.call('HDEL', uw, id) == 1 then
+    if redis.call('HINCRBY', uw, w, -1) <= 0 then
+      redis.call('HDEL', uw, w)
+    end
+    if redis.call('EXISTS', uw) == 0 and redis.call('DECR', D .. 'uc') <= 0 then
+      redis.call('DEL', D .. 'uc')
     end
   end
 end
@@ -138,25 +180,23 @@ end
 
 -- Forget client id: 1 if it was registered.
 local function remove_client(id)
-  local c = D .. 'c:' .. id
-  local rec = redis.call('HMGET', c, 'w', 'u')
-  local w = rec[1]
+  local w, u = client_record(id)
   if not w then
     return 0
   end
-  if rec[2] then
-    unlink('u', rec[2], id, w)
+  if u ~= '' then
+    unlink_uid(u, id, w)
   end
   local cg = D .. 'cg:' .. id
   for _, g in ipairs(redis.call('SMEMBERS', cg)) do
-    unlink('g', g, id, w)
+    unlink(g, id, w)
   end
   for _, g in ipairs(redis.call('HKEYS', D .. 'cp:' .. id)) do
     presence_leave(id, g)
   end
-  redis.call('DEL', c, cg, D .. 'cs:' .. id)
-  redis.call('SREM', D .. 'w:' .. w, id)
-  if redis.call('EXISTS', D .. 'w:' .. w) == 0 then
+  redis.call('DEL', cg, D .. 'cs:' .. id)
+  redis.call('HDEL', D .. 'c:' .. w, id)
+  if redis.call('EXISTS', D .. 'c:' .. w) == 0 then
     redis.call('SREM', D .. 'workers', w)
   end
   return 1
@@ -164,7 +204,7 @@ end
 
 -- Forget every client of worker w, and who registered them: how many.
 local function drop_worker(w)
-  local ids = redis.call('SMEMBERS', D .. 'w:' .. w)
+  local ids = redis.call('HKEYS', D .. 'c:' .. w)
   for _, id in ipairs(ids) do
     remove_client(id)
   end
@@ -269,20 +309,17 @@ elseif op == 'register' then
     local uid = nextarg()
     local w = worker_of(id)
     remove_client(id)
-    local c = D .. 'c:' .. id
-    redis.call('HSET', c, 'w', w)
+    redis.call('HSET', D .. 'c:' .. w, id, uid)
     if uid ~= '' then
-      redis.call('HSET', c, 'u', uid)
-      link('u', uid, id, w)
+      link_uid(uid, id, w)
     end
     for _ = 1, nextint() do
       local g = nextarg()
       if redis.call('SADD', D .. 'cg:' .. id, g) == 1 then
-        link('g', g, id, w)
+        link(g, id, w)
       end
     end
     set_pairs(id, nextint())
-    redis.call('SADD', D .. 'w:' .. w, id)
     if not seen[w] then
       seen[w] = true
       redis.call('SADD', D .. 'workers', w)
@@ -354,31 +391,27 @@ elseif op == 'unregister' then
   return n
 elseif op == 'bind_uid' then
   local id, uid = nextarg(), nextarg()
-  local c = D .. 'c:' .. id
-  local rec = redis.call('HMGET', c, 'w', 'u')
-  local w = rec[1]
+  local w, old = client_record(id)
   if not w then
     return 0
   end
-  if rec[2] ~= uid then
-    if rec[2] then
-      unlink('u', rec[2], id, w)
+  if old ~= uid then
+    if old ~= '' then
+      unlink_uid(old, id, w)
     end
-    redis.call('HSET', c, 'u', uid)
-    link('u', uid, id, w)
+    redis.call('HSET', D .. 'c:' .. w, id, uid)
+    link_uid(uid, id, w)
   end
   forward(w)
   return 1
 elseif op == 'unbind_uid' then
   local id, uid = nextarg(), nextarg()
-  local c = D .. 'c:' .. id
-  local rec = redis.call('HMGET', c, 'w', 'u')
-  local w = rec[1]
-  if not w or rec[2] ~= uid then
+  local w, old = client_record(id)
+  if not w or old ~= uid then
     return 0
   end
-  unlink('u', uid, id, w)
-  redis.call('HDEL', c, 'u')
+  unlink_uid(uid, id, w)
+  redis.call('HSET', D .. 'c:' .. w, id, '')
   forward(w)
   return 1
 elseif op == 'join_group' then
@@ -388,7 +421,7 @@ elseif op == 'join_group' then
     return 0
   end
   if redis.call('SADD', D .. 'cg:' .. id, g) == 1 then
-    link('g', g, id, w)
+    link(g, id, w)
   end
   forward(w)
   return 1
@@ -398,7 +431,7 @@ elseif op == 'leave_group' then
   if not w or redis.call('SREM', D .. 'cg:' .. id, g) == 0 then
     return 0
   end
-  unlink('g', g, id, w)
+  unlink(g, id, w)
   forward(w)
   return 1
 elseif op == 'ungroup' then
@@ -454,7 +487,7 @@ elseif op == 'send' then
     local n = 0
     for _, w in ipairs(workers) do
       if subs[w] then
-        n = n + redis.call('SCARD', D .. 'w:' .. w)
+        n = n + redis.call('HLEN', D .. 'c:' .. w)
       end
     end
     for i = at, #ARGV do
@@ -467,13 +500,26 @@ elseif op == 'send' then
   end
   return redis.error_reply('send: target ' .. tostring(to) .. ' is send.lua\'s')
 elseif op == 'is_online' then
-  return redis.call('EXISTS', D .. 'c:' .. nextarg())
+  if client_worker(nextarg()) then
+    return 1
+  end
+  return 0
 elseif op == 'is_uid_online' then
-  return redis.call('EXISTS', D .. 'u:' .. nextarg())
+  return redis.call('EXISTS', D .. 'uw:' .. nextarg())
 elseif op == 'get_client_id_by_uid' then
-  return redis.call('SMEMBERS', D .. 'u:' .. nextarg())
+  local ids = {}
+  for _, f in ipairs(redis.call('HKEYS', D .. 'uw:' .. nextarg())) do
+    if string.find(f, '-', 1, true) then
+      ids[#ids + 1] = f
+    end
+  end
+  return ids
 elseif op == 'get_uid_by_client_id' then
-  return redis.call('HGET', D .. 'c:' .. nextarg(), 'u')
+  local _, u = client_record(nextarg())
+  if not u or u == '' then
+    return false
+  end
+  return u
 elseif op == 'get_client_id_count_by_group' then
   return redis.call('SCARD', D .. 'g:' .. nextarg())
 elseif op == 'get_client_id_list_by_group' then
@@ -482,8 +528,8 @@ elseif op == 'get_uid_list_by_group' or op == 'get_uid_count_by_group' then
   -- The members' uids, as found (the link sorts and counts them once each).
   local uids = {}
   for _, id in ipairs(redis.call('SMEMBERS', D .. 'g:' .. nextarg())) do
-    local u = redis.call('HGET', D .. 'c:' .. id, 'u')
-    if u then
+    local _, u = client_record(id)
+    if u and u ~= '' then
       uids[#uids + 1] = u
     end
   end
@@ -491,17 +537,17 @@ elseif op == 'get_uid_list_by_group' or op == 'get_uid_count_by_group' then
 elseif op == 'get_all_client_id_count' then
   local n = 0
   for _, w in ipairs(redis.call('SMEMBERS', D .. 'workers')) do
-    n = n + redis.call('SCARD', D .. 'w:' .. w)
+    n = n + redis.call('HLEN', D .. 'c:' .. w)
   end
   return n
 elseif op == 'get_all_uid_count' then
-  return redis.call('SCARD', D .. 'us')
+  return tonumber(redis.call('GET', D .. 'uc') or '0')
 elseif op == 'get_all_group_id_list' then
   return redis.call('SMEMBERS', D .. 'gs')
 elseif op == 'get_session' then
   -- {1, key, JSON value, …}, or nothing for an unknown client.
   local id = nextarg()
-  if redis.call('EXISTS', D .. 'c:' .. id) == 0 then
+  if not client_worker(id) then
     return false
   end
   local out = { 1 }

@@ -29,7 +29,8 @@ if ARGV[1] == 'uid_sends' then
     local r = redis.call('HGETALL', D .. 'uw:' .. ARGV[i])
     local n = 0
     for j = 1, #r, 2 do
-      local k = tonumber(r[j + 1])
+      -- A worker's count (the uid's client ids, with a '-', are fields too).
+      local k = tonumber(r[j + 1]) or 0
       if k > 0 and redis.call(PUB, NODE .. r[j], ARGV[i + 1]) > 0 then
         n = n + k
       end
@@ -51,7 +52,7 @@ if ARGV[1] == 'uid_resend' then
   local r = redis.call('HGETALL', D .. 'uw:' .. ARGV[4])
   local n = 0
   for j = 1, #r, 2 do
-    local k = tonumber(r[j + 1])
+    local k = tonumber(r[j + 1]) or 0
     if k > 0 and (reached[r[j]] or redis.call(PUB, NODE .. r[j], ARGV[5]) > 0) then
       n = n + k
     end
@@ -71,15 +72,18 @@ end
 local function add_counts(hash)
   local r = redis.call('HGETALL', hash)
   for j = 1, #r, 2 do
-    add(r[j], tonumber(r[j + 1]))
+    local k = tonumber(r[j + 1])
+    if k then
+      add(r[j], k)
+    end
   end
 end
 
 local at = 5
 if to == 'clients' then
   for i = at, #ARGV do
-    local w = redis.call('HGET', D .. 'c:' .. ARGV[i], 'w')
-    if w then
+    local w = string.match(ARGV[i], '^(%d+)%-')
+    if w and redis.call('HEXISTS', D .. 'c:' .. w, ARGV[i]) == 1 then
       add(w, 1)
     end
   end

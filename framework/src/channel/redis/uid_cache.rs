@@ -223,7 +223,8 @@ impl State {
     }
 }
 
-/// A uid's holders from its `HGETALL` reply (workers with a positive count).
+/// A uid's holders from its `HGETALL` reply (workers with a positive count; the uid's client
+/// ids, fields with a `-`, are skipped).
 pub(super) fn holders(reply: &RValue) -> Option<Holders> {
     let pairs: Vec<(&RValue, &RValue)> = match reply {
         RValue::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
@@ -238,8 +239,13 @@ pub(super) fn holders(reply: &RValue) -> Option<Holders> {
             _ => None,
         }
     };
+    let client_id = |v: &RValue| match v {
+        RValue::BulkString(b) => b.contains(&b'-'),
+        RValue::SimpleString(s) => s.contains('-'),
+        _ => false,
+    };
     let mut out = Vec::with_capacity(pairs.len());
-    for (w, k) in pairs {
+    for (w, k) in pairs.into_iter().filter(|(f, _)| !client_id(f)) {
         let (w, k) = (u32::try_from(num(w)?).ok()?, num(k)?);
         if k > 0 {
             out.push((w, u32::try_from(k).ok()?));
@@ -371,7 +377,12 @@ mod tests {
     #[test]
     fn holders_come_from_hgetall_replies() {
         let b = |s: &str| RValue::BulkString(s.as_bytes().to_vec());
-        let map = RValue::Map(vec![(b("3"), b("2")), (b("5"), b("0"))]);
+        let map = RValue::Map(vec![
+            (b("3-17"), b("")),
+            (b("3"), b("2")),
+            (b("5"), b("0")),
+            (b("3-18"), b("")),
+        ]);
         assert_eq!(&*holders(&map).unwrap(), &[(3, 2)]);
         let flat = RValue::Array(vec![b("7"), b("1")]);
         assert_eq!(&*holders(&flat).unwrap(), &[(7, 1)]);
