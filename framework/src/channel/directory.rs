@@ -747,6 +747,14 @@ impl DirectoryState {
         uids
     }
 
+    /// Each worker holding clients bound to `uid`, with how many (the usual send's look-up,
+    /// without an operation to build: `hub.rs`).
+    pub fn uid_holders(&self, uid: &str, f: impl FnMut(u32, usize)) {
+        if let Some(m) = self.uids.get(uid) {
+            m.per_worker(f);
+        }
+    }
+
     fn send(&self, target: &Target, subscribed: &impl Fn(u32) -> bool) -> Applied {
         match target {
             Target::All { exclude } => {

@@ -489,6 +489,9 @@ impl HubState {
         match cmd {
             Command::Ping | Command::Auth(_) | Command::Hello => {}
             Command::Dir(data) => {
+                if let Some(n) = self.uid_send(&data, confirmed) {
+                    return Answer::Dir(n.to_string().into_bytes());
+                }
                 let answer = self.directory(id, &data, confirmed);
                 return Answer::Dir(serde_json::to_vec(&answer).expect("JSON values serialize"));
             }
@@ -661,6 +664,27 @@ impl HubState {
             Forward::AllNodes => self.forward(Key::from(dir::ALL_NODES), data, confirmed),
         }
         applied.answer
+    }
+
+    /// A send to one uid in the compact form (the usual push), applied as
+    /// [`HubState::directory`] applies it, without an operation built and read: forwarded
+    /// unchanged to the node events of the workers holding the uid; the connections reached
+    /// at subscribed ones. `None`: not such a send (a malformed one included, refused there).
+    fn uid_send(&mut self, data: &Bytes, confirmed: bool) -> Option<usize> {
+        let json = Command::dir_json(data).ok()?;
+        let send = dir::UidSend::read(&json)?.ok()?;
+        let mut holders: Vec<(u32, usize)> = Vec::new();
+        self.directory
+            .uid_holders(send.uid, |w, count| holders.push((w, count)));
+        let mut n = 0;
+        for (w, count) in holders {
+            let key = node_key(&self.node_keys, w);
+            if self.channels.get(&key).is_some_and(|s| !s.is_empty()) {
+                n += count;
+            }
+            self.forward(key, data, confirmed);
+        }
+        Some(n)
     }
 
     /// Deliver `data` as event `key` to its subscribers, as a publish does.
