@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use werkmann_tests::conformance::{Backend, Kind};
 use werkmann_tests::directory::forwarded;
 use werkmann_tests::{
-    channel_console, open_console as open, poll_until_async, wait_until_async, Console,
+    channel_console, open_console as open, poll_until_async, wait_until_async, App, Console,
     RedisServer, WAIT,
 };
 
@@ -249,6 +249,37 @@ async fn operations_keep_their_order_redis_cluster() {
     operations_keep_their_order(Kind::RedisCluster).await;
 }
 
+/// Two gateway nodes (workers 5 and 6) and two API links, each a console of one process.
+struct TwoNodes {
+    n5: Console,
+    n6: Console,
+    sender: Console,
+    other: Console,
+}
+
+/// [`TwoNodes`] on `redis`: client 5-1 bound to uid `u`, and `on_6` clients of worker 6
+/// (6-1, …) bound to none.
+async fn uid_on_two_nodes(redis: &RedisServer, on_6: u32) -> (App, TwoNodes) {
+    let (app, addr) = channel_console(&redis.url(), &[]);
+    let mut s = TwoNodes {
+        n5: node(&addr, 5).await,
+        n6: node(&addr, 6).await,
+        sender: open(&addr).await,
+        other: open(&addr).await,
+    };
+    dirsend(
+        &mut s.n5,
+        json!({"op": "register", "clients": [{"client_id": "5-1", "uid": "u"}]}),
+    )
+    .await;
+    let six: Vec<Value> = (1..=on_6)
+        .map(|i| json!({"client_id": format!("6-{i}")}))
+        .collect();
+    dirsend(&mut s.n6, json!({"op": "register", "clients": six})).await;
+    count_is(&mut s.other, u64::from(on_6) + 1, WAIT).await;
+    (app, s)
+}
+
 /// A link caches which workers hold a uid (`uid_cache.rs`): once it has sent to a uid, its
 /// next sends to it run no script (plain `PUBLISH`es), and a change of the uid's holders made
 /// through another link — the holder unbound, another client on another node bound — is seen
@@ -256,26 +287,12 @@ async fn operations_keep_their_order_redis_cluster() {
 #[tokio::test]
 async fn cached_sends_to_a_uid_follow_changes_made_elsewhere() {
     let redis = RedisServer::start();
-    let (_app, addr) = channel_console(&redis.url(), &[]);
-    let mut n5 = node(&addr, 5).await;
-    let mut n6 = node(&addr, 6).await;
-    let mut sender = open(&addr).await;
-    let mut other = open(&addr).await;
-    dirsend(
-        &mut n5,
-        json!({"op": "register", "clients": [{"client_id": "5-1", "uid": "u"}]}),
-    )
-    .await;
-    dirsend(
-        &mut n6,
-        json!({"op": "register", "clients": [{"client_id": "6-1"}, {"client_id": "6-2"}]}),
-    )
-    .await;
-    count_is(&mut other, 3, WAIT).await;
+    let (_app, mut s) = uid_on_two_nodes(&redis, 2).await;
+    let (n5, n6, sender, other) = (&mut s.n5, &mut s.n6, &mut s.sender, &mut s.other);
     let to =
         |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
-    assert_eq!(dir(&mut sender, &to("first")).await, json!(1));
-    forwarded(&mut n5, "werkmann.gw.5", &to("first")).await;
+    assert_eq!(dir(sender, &to("first")).await, json!(1));
+    forwarded(n5, "werkmann.gw.5", &to("first")).await;
 
     let scripts_run = || -> u64 {
         let stats = redis.cli(&["info", "commandstats"]);
@@ -288,8 +305,8 @@ async fn cached_sends_to_a_uid_follow_changes_made_elsewhere() {
     let before = scripts_run();
     for i in 0..50 {
         let send = to(&format!("warm {i}"));
-        assert_eq!(dir(&mut sender, &send).await, json!(1));
-        forwarded(&mut n5, "werkmann.gw.5", &send).await;
+        assert_eq!(dir(sender, &send).await, json!(1));
+        forwarded(n5, "werkmann.gw.5", &send).await;
     }
     // Each of those is a batch of its own: without the cache, 50 script calls; the links'
     // sweeps run a few meanwhile.
@@ -297,16 +314,16 @@ async fn cached_sends_to_a_uid_follow_changes_made_elsewhere() {
     assert!(ran < 10, "{ran} script calls for 50 sends to a cached uid");
 
     let unbind = json!({"op": "unbind_uid", "client_id": "5-1", "uid": "u"});
-    dir(&mut other, &unbind).await;
-    forwarded(&mut n5, "werkmann.gw.5", &unbind).await;
+    dir(other, &unbind).await;
+    forwarded(n5, "werkmann.gw.5", &unbind).await;
     for id in ["6-1", "6-2"] {
         let bind = json!({"op": "bind_uid", "client_id": id, "uid": "u"});
-        assert_eq!(dir(&mut other, &bind).await, json!(1));
-        forwarded(&mut n6, "werkmann.gw.6", &bind).await;
+        assert_eq!(dir(other, &bind).await, json!(1));
+        forwarded(n6, "werkmann.gw.6", &bind).await;
     }
     for data in ["after the change", "cached again"] {
-        assert_eq!(dir(&mut sender, &to(data)).await, json!(2), "{data}");
-        forwarded(&mut n6, "werkmann.gw.6", &to(data)).await;
+        assert_eq!(dir(sender, &to(data)).await, json!(2), "{data}");
+        forwarded(n6, "werkmann.gw.6", &to(data)).await;
     }
     n5.nothing_for(100).await;
     n6.nothing_for(100).await;
@@ -320,22 +337,8 @@ async fn cached_sends_to_a_uid_follow_changes_made_elsewhere() {
 #[tokio::test]
 async fn a_send_overtaken_by_a_change_goes_again_to_the_new_holders() {
     let redis = RedisServer::start();
-    let (_app, addr) = channel_console(&redis.url(), &[]);
-    let mut n5 = node(&addr, 5).await;
-    let mut n6 = node(&addr, 6).await;
-    let mut sender = open(&addr).await;
-    let mut other = open(&addr).await;
-    dirsend(
-        &mut n5,
-        json!({"op": "register", "clients": [{"client_id": "5-1", "uid": "u"}]}),
-    )
-    .await;
-    dirsend(
-        &mut n6,
-        json!({"op": "register", "clients": [{"client_id": "6-1"}]}),
-    )
-    .await;
-    count_is(&mut other, 2, WAIT).await;
+    let (_app, mut s) = uid_on_two_nodes(&redis, 1).await;
+    let (n5, n6, sender, other) = (&mut s.n5, &mut s.n6, &mut s.sender, &mut s.other);
     let to =
         |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
     let held_back = || -> u64 {
@@ -350,11 +353,11 @@ async fn a_send_overtaken_by_a_change_goes_again_to_the_new_holders() {
     let mut overtaken = 0;
     for attempt in 0..20 {
         let warm = to(&format!("warm {attempt}"));
-        assert_eq!(dir(&mut sender, &warm).await, json!(1));
-        forwarded(&mut n5, "werkmann.gw.5", &warm).await;
+        assert_eq!(dir(sender, &warm).await, json!(1));
+        forwarded(n5, "werkmann.gw.5", &warm).await;
         let before = held_back();
         assert_eq!(redis.cli(&["client", "pause", "10000", "write"]), "OK");
-        dirsend(&mut other, bind.clone()).await;
+        dirsend(other, bind.clone()).await;
         wait_until_async(WAIT, "the bind held back", async || held_back() > before).await;
         let send = to(&format!("overtaken {attempt}"));
         sender.send(&format!("dir {send}")).await;
@@ -364,11 +367,11 @@ async fn a_send_overtaken_by_a_change_goes_again_to_the_new_holders() {
         .await;
         assert_eq!(redis.cli(&["client", "unpause"]), "OK");
         let answer = sender.line().await;
-        forwarded(&mut n6, "werkmann.gw.6", &bind).await;
-        forwarded(&mut n5, "werkmann.gw.5", &send).await;
+        forwarded(n6, "werkmann.gw.6", &bind).await;
+        forwarded(n5, "werkmann.gw.5", &send).await;
         match answer.as_str() {
             "dir 2" => {
-                forwarded(&mut n6, "werkmann.gw.6", &send).await;
+                forwarded(n6, "werkmann.gw.6", &send).await;
                 overtaken += 1;
             }
             "dir 1" => {}
@@ -376,8 +379,8 @@ async fn a_send_overtaken_by_a_change_goes_again_to_the_new_holders() {
         }
         n5.nothing_for(50).await;
         n6.nothing_for(50).await;
-        dir(&mut other, &unbind).await;
-        forwarded(&mut n6, "werkmann.gw.6", &unbind).await;
+        dir(other, &unbind).await;
+        forwarded(n6, "werkmann.gw.6", &unbind).await;
         if overtaken == 3 {
             return;
         }
