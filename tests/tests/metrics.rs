@@ -270,6 +270,31 @@ async fn deliveries_and_round_trips_are_counted_on_redis() {
             && sum(&text, "werkmann_directory_clients", &["hub=\"redis\""]) == 1.0
             && !text.contains("werkmann_channel_subscribers{hub=\"redis\"}")
     });
+
+    // Sends to one uid: the first runs the script (and reads the holders), the next go to
+    // the holders cached in the publisher's link.
+    let body = r#"{"uid":"alice","message":"hi"}"#;
+    let head = format!(
+        "POST /api/send_to_uid HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for _ in 0..3 {
+        let (status, answer) = push::http(http, &head, body).await;
+        assert_eq!((status, answer.as_str()), (200, r#"{"reached":1}"#));
+    }
+    let text = scrape(m[2]);
+    let via = |how: &str| {
+        sum(
+            &text,
+            "werkmann_redis_uid_sends_total",
+            &[&format!("via=\"{how}\"")],
+        )
+    };
+    assert_eq!(
+        (via("script"), via("cache"), via("again")),
+        (1.0, 2.0, 0.0),
+        "{text}"
+    );
 }
 
 async fn counted(

@@ -8,7 +8,9 @@ use prometheus::TextEncoder;
 
 use super::cell::{HistogramValue, LATENCY_BUCKETS};
 use super::reasons::{Closed, Refused};
-use super::sources::{lock, registry, Backend, HubMetrics, InstanceMetrics, PublishApi};
+use super::sources::{
+    lock, registry, Backend, HubMetrics, InstanceMetrics, PublishApi, UidSendVia,
+};
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
@@ -257,6 +259,14 @@ fn families() -> Vec<MetricFamily> {
             [("ok", 0), ("failed", 1)].map(|(label, k)| {
                 let n: u64 = threads.iter().map(|t| t.worker_id_claims[k].get()).sum();
                 (vec![("result", label.to_string())], n as f64)
+            }),
+        ),
+        counters(
+            "werkmann_redis_uid_sends_total",
+            "Sends to one uid on Redis, by how they went: cache (PUBLISH to the cached holders), script, again (from the cache, then through the script: the holders changed meanwhile)",
+            UidSendVia::ALL.map(|v| {
+                let n: u64 = threads.iter().map(|t| t.uid_sends[v as usize].get()).sum();
+                (vec![("via", v.label().to_string())], n as f64)
             }),
         ),
         gauges(

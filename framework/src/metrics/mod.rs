@@ -25,8 +25,8 @@ pub(crate) use siblings::{read_siblings, report_file, write_reports};
 pub use siblings::{render_all, totals_all};
 pub(crate) use sources::{
     broker_connected, broker_reconnected, delivered_here, directory_named, enable, enabled,
-    open_connections, round_trip, set_thread_instance, worker_id_claim, Backend, HubMetrics,
-    InstanceMetrics,
+    open_connections, round_trip, set_thread_instance, uid_sends, worker_id_claim, Backend,
+    HubMetrics, InstanceMetrics, UidSendVia,
 };
 pub use sources::{publish_answered, NodeFigures, PublishApi};
 pub(crate) use totals::add_json;

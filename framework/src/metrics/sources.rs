@@ -126,6 +126,31 @@ pub(crate) struct ThreadMetrics {
     pub broker_connected: [Gauge; Backend::ALL.len()],
     /// Cluster worker ids claimed (`[0]`) and claims refused or failed (`[1]`).
     pub worker_id_claims: [Counter; 2],
+    /// Sends to one uid on Redis, by how they went: [`UidSendVia`].
+    pub uid_sends: [Counter; UidSendVia::ALL.len()],
+}
+
+/// How a send to one uid went on Redis (`channel/redis/uid_cache.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UidSendVia {
+    /// `PUBLISH`es to the holders cached in the link.
+    Cache,
+    /// The script (not cached yet, no tracking, a Redis Cluster).
+    Script,
+    /// From the cache, then again through the script: a change of the holders overtook it.
+    Again,
+}
+
+impl UidSendVia {
+    pub const ALL: [UidSendVia; 3] = [UidSendVia::Cache, UidSendVia::Script, UidSendVia::Again];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            UidSendVia::Cache => "cache",
+            UidSendVia::Script => "script",
+            UidSendVia::Again => "again",
+        }
+    }
 }
 
 thread_local! {
@@ -178,6 +203,13 @@ pub(crate) fn broker_reconnected(backend: Backend) {
 /// A channel client of this thread connected (`up`) or lost its connection.
 pub(crate) fn broker_connected(backend: Backend, up: bool) {
     with_thread(|m| m.broker_connected[backend as usize].add(if up { 1 } else { -1 }));
+}
+
+/// Count `n` sends to one uid on Redis that went `via`.
+pub(crate) fn uid_sends(via: UidSendVia, n: u64) {
+    if n > 0 {
+        with_thread(|m| m.uid_sends[via as usize].add(n));
+    }
 }
 
 /// Count a claim of a cluster worker id (`ok`: claimed; else refused or failed).

@@ -41,6 +41,7 @@ use super::uid_cache::{self, Holders, Look, Seen, UidCache};
 use super::{RedisLink, MEMBERSHIP_REFRESH, PREFIX_EVENT};
 use crate::channel::dir::{self, error_answer, ClientId, DirOp, Registration, Target};
 use crate::channel::wire::Command;
+use crate::metrics::{self, UidSendVia};
 
 /// The hash tag of every directory key and of the gateway nodes' event channels.
 const TAG: &str = "{werkmann:dir}";
@@ -532,6 +533,8 @@ pub(super) async fn execute(
         });
         cmds.extend(c);
     };
+    // Sends to one uid that run the script.
+    let mut scripted = 0u64;
     // Whether an operation of this batch that may change holders came already: the sends
     // after it run the script, which sees the change (the cache hears of it only later).
     let mut changed = false;
@@ -579,6 +582,7 @@ pub(super) async fn execute(
                         item.cached = Some((holders, seen));
                     }
                     look => {
+                        scripted += 1;
                         if let Look::Miss(seen) = look {
                             fills.push((uid.to_string(), seen));
                         }
@@ -715,6 +719,12 @@ pub(super) async fn execute(
             done.answers.push((id, Some(Bytes::from(json))));
         }
     }
+    metrics::uid_sends(UidSendVia::Script, scripted);
+    metrics::uid_sends(
+        UidSendVia::Cache,
+        items.iter().filter(|i| i.cached.is_some()).count() as u64 - again.len() as u64,
+    );
+    metrics::uid_sends(UidSendVia::Again, again.len() as u64);
     if !again.is_empty() {
         // Through the script: to the holders not reached yet, counting every holder reached.
         let calls = again
