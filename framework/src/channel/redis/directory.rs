@@ -535,9 +535,6 @@ pub(super) async fn execute(
     };
     // Sends to one uid that run the script.
     let mut scripted = 0u64;
-    // Whether an operation of this batch that may change holders came already: the sends
-    // after it run the script, which sees the change (the cache hears of it only later).
-    let mut changed = false;
     let ops: Vec<Result<DirOp, String>> = batch
         .iter()
         .map(|(cmd, _)| match cmd {
@@ -545,9 +542,13 @@ pub(super) async fn execute(
             _ => Err(String::new()),
         })
         .collect();
+    // A batch with other operations than sends runs its sends through the script: a change
+    // of holders by this link would otherwise overtake its own cached sends before it (its
+    // invalidation comes with the batch's replies) and send them again to holders bound
+    // after them; the script sees every operation in its place.
+    let cache = cache.filter(|_| ops.iter().all(|op| matches!(op, Ok(DirOp::Send { .. }))));
     for (at, ((cmd, request), op)) in batch.iter().zip(ops).enumerate() {
         let Command::Dir(data) = cmd else { continue };
-        changed |= !matches!(op, Ok(DirOp::Send { .. }));
         if let (Ok(DirOp::Register { clients }), None) = (&op, request) {
             end_run(&mut run, &mut cmds, &mut runs);
             regs.extend(clients.iter().cloned());
@@ -567,7 +568,6 @@ pub(super) async fn execute(
                 ..
             }) if uids.len() == 1 => {
                 let uid = uids[0].as_str();
-                let cache = cache.filter(|_| !changed);
                 match cache.map_or(Look::Off, |c| c.look(uid)) {
                     Look::Hit(holders, seen) => {
                         // In order with the run before it.
@@ -584,7 +584,9 @@ pub(super) async fn execute(
                     look => {
                         scripted += 1;
                         if let Look::Miss(seen) = look {
-                            fills.push((uid.to_string(), seen));
+                            if !fills.iter().any(|(u, _)| u == uid) {
+                                fills.push((uid.to_string(), seen));
+                            }
                         }
                         // Consecutive sends to one uid: one call (each atomic, in order).
                         let (c, n) = run.get_or_insert_with(|| {
@@ -613,6 +615,10 @@ pub(super) async fn execute(
     flush_regs(&mut regs, &mut cmds, &mut runs, &mut items);
     end_run(&mut run, &mut cmds, &mut runs);
     for (uid, _) in &fills {
+        // Tracked (`OPTIN`): Redis tells this connection when these holders change.
+        let mut caching = redis::cmd("CLIENT");
+        caching.arg("CACHING").arg("YES");
+        cmds.push(caching);
         let mut c = redis::cmd("HGETALL");
         c.arg(format!("{PREFIX}uw:{uid}"));
         cmds.push(c);
@@ -624,9 +630,9 @@ pub(super) async fn execute(
     }
     done.replied = !cmds.is_empty();
     let mut all = run_calls(bus, cmds).await?;
-    let filled = all.split_off(all.len() - fills.len());
+    let filled = all.split_off(all.len() - 2 * fills.len());
     if let Some(cache) = cache {
-        for ((uid, seen), reply) in fills.into_iter().zip(&filled) {
+        for ((uid, seen), reply) in fills.into_iter().zip(filled.iter().skip(1).step_by(2)) {
             if let Some(h) = uid_cache::holders(reply) {
                 cache.fill(&uid, seen, h);
             }
@@ -738,16 +744,26 @@ pub(super) async fn execute(
                 c
             })
             .collect();
-        for ((at, ..), reply) in again.iter().zip(run_calls(bus, calls).await?) {
-            let answer = match reply {
-                RValue::Int(n) => Value::from(n.max(0)),
-                RValue::ServerError(e) => error_answer(&format!("redis: {e:?}")),
-                other => error_answer(&format!("redis: a send answered {other:?}")),
+        // The batch has run: a failure now leaves these sends' outcome unknown (`None`),
+        // and is not a reason to run the batch again.
+        let replies = run_calls(bus, calls).await.unwrap_or_else(|e| {
+            log::warn!(
+                "redis: {} sends overtaken by a change not sent again: {e}",
+                again.len()
+            );
+            Vec::new()
+        });
+        for (i, (at, ..)) in again.iter().enumerate() {
+            let answer = match replies.get(i) {
+                None => None,
+                Some(RValue::Int(n)) => Some(Value::from((*n).max(0))),
+                Some(RValue::ServerError(e)) => Some(error_answer(&format!("redis: {e:?}"))),
+                Some(other) => Some(error_answer(&format!("redis: a send answered {other:?}"))),
             };
             if let Some((_, a)) = done.answers.get_mut(*at) {
-                *a = Some(Bytes::from(
-                    serde_json::to_vec(&answer).expect("JSON values serialize"),
-                ));
+                *a = answer.map(|answer| {
+                    Bytes::from(serde_json::to_vec(&answer).expect("JSON values serialize"))
+                });
             }
         }
     }

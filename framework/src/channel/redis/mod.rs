@@ -61,6 +61,9 @@ const MAX_BATCH: usize = 512;
 /// 300 KiB and goes alone).
 const MAX_DIR_BATCH_BYTES: usize = 64 * 1024;
 const PREFIX_INBOX: &str = "werkmann:c:";
+/// How long a link whose server refused `CLIENT TRACKING` sends to uids without a cache
+/// before it asks again.
+const TRACKING_RETRY: Duration = Duration::from_secs(60);
 const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(10);
 const MEMBERSHIP_TTL_MS: u64 = 30_000;
 const CLAIM_IDLE_MS: u64 = 30_000;
@@ -144,8 +147,8 @@ pub(crate) struct RedisLink {
     /// sends to a uid: it tracks the uids' holders for `uid_cache`.
     dir_bus: RefCell<Option<Bus>>,
     uid_cache: uid_cache::UidCache,
-    /// The server refused tracking: no cache.
-    no_tracking: Cell<bool>,
+    /// The server refused tracking: no cache until then.
+    no_tracking: Cell<Option<std::time::Instant>>,
 }
 
 impl RedisLink {
@@ -180,7 +183,7 @@ impl RedisLink {
             dir_workers: RefCell::new(BTreeSet::new()),
             dir_bus: RefCell::new(None),
             uid_cache: directory::uid_cache(),
-            no_tracking: Cell::new(false),
+            no_tracking: Cell::new(None),
         });
         actix_rt::spawn(run_outbound(Rc::downgrade(&link)));
         actix_rt::spawn(run_queues(Rc::downgrade(&link)));
@@ -647,7 +650,11 @@ async fn directory_bus(
     let Some(l) = link.upgrade() else {
         return without();
     };
-    if !matches!(manager, Bus::Single(_)) || l.no_tracking.get() {
+    let refused = l
+        .no_tracking
+        .get()
+        .is_some_and(|until| std::time::Instant::now() < until);
+    if !matches!(manager, Bus::Single(_)) || refused {
         return without();
     }
     let cache = l.uid_cache.clone();
@@ -676,12 +683,7 @@ async fn directory_bus(
         let mut bus =
             bus::direct(&url, ca.as_deref(), RESPONSE_TIMEOUT, cache.handler(conn)).await?;
         let mut track = redis::cmd("CLIENT");
-        track
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("BCAST")
-            .arg("PREFIX")
-            .arg(cache.prefix());
+        track.arg("TRACKING").arg("ON").arg("OPTIN");
         bus.run(vec![(String::new(), track)]).await?;
         Ok::<_, redis::RedisError>(bus)
     };
@@ -701,9 +703,11 @@ async fn directory_bus(
         }
         Err(e) => {
             log::warn!(
-                "redis {shown}: no client-side tracking ({e}): every send to a uid runs a script"
+                "redis {shown}: no client-side tracking ({e}): sends to uids run a script; \
+                 trying again in {TRACKING_RETRY:?}"
             );
-            l.no_tracking.set(true);
+            l.no_tracking
+                .set(Some(std::time::Instant::now() + TRACKING_RETRY));
             without()
         }
     }

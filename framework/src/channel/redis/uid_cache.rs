@@ -2,20 +2,24 @@
 //! server-assisted client-side caching), so that the usual push — to one uid — is a plain
 //! `PUBLISH` to each holding worker's node event instead of a script call.
 //!
-//! - **Tracking**: the link's directory connection asks `CLIENT TRACKING ON BCAST PREFIX
-//!   {werkmann:dir}:uw:`; Redis then pushes an invalidation on that connection whenever a
-//!   uid's holders change (a bind, an unbind, a close, a sweep — by any link), and on a flush.
-//!   The connection's push handler ([`UidCache::handler`]) runs as the reply stream is read,
-//!   so an invalidation is seen before the replies of every command Redis ran after the
-//!   change.
+//! - **Tracking**: the link's directory connection asks `CLIENT TRACKING ON OPTIN`, and reads
+//!   a uid's holders (`{werkmann:dir}:uw:UID`) after `CLIENT CACHING YES`; Redis then pushes
+//!   an invalidation on that connection when they next change (a bind, an unbind, a close, a
+//!   sweep — by any link), and on a flush. Redis writes it at once, as the change runs (not
+//!   at the end of its event-loop pass, as `BCAST` mode does), ahead of the reply of every
+//!   command it runs after the change; the connection's push handler
+//!   ([`UidCache::handler`]) runs as the reply stream is read, so the invalidation is seen
+//!   before those replies. Only the uids the link cached are tracked (Redis keeps a small
+//!   record per key and link), and only their changes travel.
 //! - **A send from the cache** records its entry's generation; when the `PUBLISH` replies
 //!   come, an unchanged generation proves that no change of the holders ran before them: the
 //!   count stands. Otherwise the send goes again through the script, to the holders it did
 //!   not reach yet (none gets it twice), and counts what the holders hold now.
 //!   The node reached needlessly (it held the uid before the change) delivers to no one; such
-//!   a send may follow the later operations of its pipeline.
-//! - **A send after an operation of its own pipeline that may change holders** runs the
-//!   script: the cache hears of that change only after the pipeline.
+//!   a send may follow the later sends of its pipeline to other targets.
+//! - **A pipeline with other operations than sends** runs its sends through the script: the
+//!   cache hears of the pipeline's own changes only with its replies, and a cached send
+//!   before such a change would go again to holders bound after it.
 //! - **A miss** sends through the script as before and reads the holders (`HGETALL`) in the
 //!   same pipeline; they are cached only if no invalidation of the uid came since the miss.
 //! - A lost connection, a flush or more than [`MAX_ENTRIES`] entries empty the cache; on a
@@ -83,11 +87,6 @@ impl UidCache {
             state: Arc::default(),
             prefix: Arc::from(prefix),
         }
-    }
-
-    /// The key prefix to track.
-    pub(super) fn prefix(&self) -> &str {
-        &self.prefix
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
