@@ -799,13 +799,7 @@ impl PusherNode {
     /// `conn` waits no more on `event` (for a presence answer, a resume's history, or the
     /// instance's subscription to be in effect).
     fn unhold(&self, conn: u64, event: &str) {
-        let mut held = self.0.held.borrow_mut();
-        if let Some(m) = held.get_mut(event) {
-            m.remove(&conn);
-            if m.is_empty() {
-                held.remove(event);
-            }
-        }
+        self.take_held(conn, event);
     }
 
     /// `conn` leaves the channel of `event`; the last one out unsubscribes the instance.

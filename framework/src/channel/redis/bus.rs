@@ -151,21 +151,17 @@ impl Bus {
                 pipe.ignore();
             }
         };
+        // One server: every command in one pipeline.
+        let one = |cmds: Vec<(String, redis::Cmd, bool)>| {
+            let mut pipe = new_pipe();
+            for (_, c, want) in cmds {
+                add(&mut pipe, c, want);
+            }
+            pipe
+        };
         match self {
-            Bus::Single(m) => {
-                let mut pipe = new_pipe();
-                for (_, c, want) in cmds {
-                    add(&mut pipe, c, want);
-                }
-                pipe.query_async::<Vec<RValue>>(m).await
-            }
-            Bus::Direct(d) => {
-                let mut pipe = new_pipe();
-                for (_, c, want) in cmds {
-                    add(&mut pipe, c, want);
-                }
-                pipe.query_async::<Vec<RValue>>(d).await
-            }
+            Bus::Single(m) => one(cmds).query_async::<Vec<RValue>>(m).await,
+            Bus::Direct(d) => one(cmds).query_async::<Vec<RValue>>(d).await,
             Bus::Cluster(c) => {
                 // Per key: its pipeline and the positions of its wanted replies.
                 let mut by_key: Vec<(String, redis::Pipeline, Vec<usize>)> = Vec::new();

@@ -47,15 +47,6 @@ local function worker_of(id)
   return string.match(id, '^(%d+)%-')
 end
 
--- The worker of a registered client, or false.
-local function client_worker(id)
-  local w = worker_of(id)
-  if w and redis.call('HEXISTS', D .. 'c:' .. w, id) == 1 then
-    return w
-  end
-  return false
-end
-
 -- A registered client's worker and uid ('' for none); false if not registered.
 local function client_record(id)
   local w = worker_of(id)
@@ -67,6 +58,11 @@ local function client_record(id)
     return false
   end
   return w, u
+end
+
+-- The worker of a registered client, or false.
+local function client_worker(id)
+  return (client_record(id))
 end
 
 -- Forward the operation to worker w's node: how many subscribers it reached.

@@ -460,12 +460,33 @@ pub(super) struct Executed {
     pub unproven: bool,
 }
 
+/// The uid of a send to one uid (the usual push, the one the cache serves).
+fn one_uid(op: &DirOp) -> Option<&str> {
+    match op {
+        DirOp::Send {
+            target: Target::Uids { uids },
+            ..
+        } if uids.len() == 1 => Some(uids[0].as_str()),
+        _ => None,
+    }
+}
+
+/// Whether directory command `data` sends to one uid (as such sends travel: in the compact
+/// form, recognised without reading the rest).
+pub(super) fn is_uid_send(data: &Bytes) -> bool {
+    Command::dir_json(data).is_ok_and(|wire| dir::UidSend::read(&wire).is_some())
+}
+
+/// A send made from a copy of the holders that changed before it ran: the place of its answer
+/// (a request's), its uid and bytes, and the workers it reached.
+type Overtaken<'a> = (Option<usize>, &'a str, &'a [u8], Vec<u32>);
+
 /// One command of a batch, as `execute` sends it.
-struct Item {
+struct Item<'a> {
     /// Its request's key, if it is one.
     request: Option<u64>,
-    /// Its place in the batch.
-    at: usize,
+    /// Its bytes, forwarded to the nodes.
+    data: &'a [u8],
     /// Its operation, or why it is refused.
     op: Result<DirOp, String>,
     /// How many replies it takes (they are next among the calls').
@@ -515,7 +536,7 @@ pub(super) async fn execute(
     let flush_regs = |regs: &mut Vec<Registration>,
                       cmds: &mut Vec<redis::Cmd>,
                       runs: &mut Vec<usize>,
-                      items: &mut Vec<Item>| {
+                      items: &mut Vec<Item<'_>>| {
         if regs.is_empty() {
             return;
         }
@@ -526,7 +547,7 @@ pub(super) async fn execute(
         runs.extend(c.iter().map(|_| 0));
         items.push(Item {
             request: None,
-            at: usize::MAX,
+            data: b"",
             op: Ok(op),
             calls: c.len(),
             cached: None,
@@ -547,7 +568,7 @@ pub(super) async fn execute(
     // invalidation comes with the batch's replies) and send them again to holders bound
     // after them; the script sees every operation in its place.
     let cache = cache.filter(|_| ops.iter().all(|op| matches!(op, Ok(DirOp::Send { .. }))));
-    for (at, ((cmd, request), op)) in batch.iter().zip(ops).enumerate() {
+    for ((cmd, request), op) in batch.iter().zip(ops) {
         let Command::Dir(data) = cmd else { continue };
         if let (Ok(DirOp::Register { clients }), None) = (&op, request) {
             end_run(&mut run, &mut cmds, &mut runs);
@@ -557,17 +578,13 @@ pub(super) async fn execute(
         flush_regs(&mut regs, &mut cmds, &mut runs, &mut items);
         let mut item = Item {
             request: *request,
-            at,
+            data,
             op,
             calls: 0,
             cached: None,
         };
-        match &item.op {
-            Ok(DirOp::Send {
-                target: Target::Uids { uids },
-                ..
-            }) if uids.len() == 1 => {
-                let uid = uids[0].as_str();
+        match (&item.op, item.op.as_ref().ok().and_then(one_uid)) {
+            (_, Some(uid)) => {
                 match cache.map_or(Look::Off, |c| c.look(uid)) {
                     Look::Hit(holders, seen) => {
                         // In order with the run before it.
@@ -598,17 +615,17 @@ pub(super) async fn execute(
                     }
                 }
             }
-            Ok(op) => {
+            (Ok(op), None) => {
                 end_run(&mut run, &mut cmds, &mut runs);
                 let c = op_calls(bus, op, data, link);
                 item.calls = c.len();
                 runs.extend(c.iter().map(|_| 0));
                 cmds.extend(c);
             }
-            Err(why) if request.is_none() => {
+            (Err(why), _) if request.is_none() => {
                 log::warn!("redis: directory operation refused: {why}");
             }
-            Err(_) => {}
+            (Err(_), _) => {}
         }
         items.push(item);
     }
@@ -655,9 +672,7 @@ pub(super) async fn execute(
     }
     let mut replies = replies.into_iter();
     let mut counted = false;
-    // Sends made from a copy of the holders that changed before they ran: the place of their
-    // answer, their uid and bytes, and the workers they reached.
-    let mut again: Vec<(usize, &str, &[u8], Vec<u32>)> = Vec::new();
+    let mut again: Vec<Overtaken> = Vec::new();
     for item in &items {
         let answer = match (&item.op, &item.cached) {
             (Err(why), _) => error_answer(why),
@@ -670,23 +685,10 @@ pub(super) async fn execute(
                         reached.push(w);
                     }
                 }
-                let uid = match op {
-                    DirOp::Send {
-                        target: Target::Uids { uids },
-                        ..
-                    } => uids[0].as_str(),
-                    _ => unreachable!("only sends to one uid are cached"),
-                };
-                let still = cache.is_some_and(|c| c.still(uid, *seen));
-                if !still {
-                    let Command::Dir(data) = &batch[item.at].0 else {
-                        unreachable!("a cached send is a directory command")
-                    };
-                    if item.request.is_some() {
-                        again.push((done.answers.len(), uid, data.as_ref(), reached));
-                    } else {
-                        again.push((usize::MAX, uid, data.as_ref(), reached));
-                    }
+                let uid = one_uid(op).expect("only sends to one uid are cached");
+                if !cache.is_some_and(|c| c.still(uid, *seen)) {
+                    let at = item.request.map(|_| done.answers.len());
+                    again.push((at, uid, item.data, reached));
                 }
                 Value::from(n)
             }
@@ -760,7 +762,7 @@ pub(super) async fn execute(
                 Some(RValue::ServerError(e)) => Some(error_answer(&format!("redis: {e:?}"))),
                 Some(other) => Some(error_answer(&format!("redis: a send answered {other:?}"))),
             };
-            if let Some((_, a)) = done.answers.get_mut(*at) {
+            if let Some((_, a)) = at.and_then(|at| done.answers.get_mut(at)) {
                 *a = answer.map(|answer| {
                     Bytes::from(serde_json::to_vec(&answer).expect("JSON values serialize"))
                 });

@@ -666,13 +666,9 @@ async fn directory_bus(
         // It failed (its reader saw the connection close): replaced below.
         l.dir_bus.borrow_mut().take();
     }
-    let sends_to_a_uid = batch.iter().any(|(c, _)| {
-        matches!(c, Command::Dir(data) if matches!(
-            directory::parse(data),
-            Ok(super::dir::DirOp::Send { target: super::dir::Target::Uids { uids }, .. })
-                if uids.len() == 1
-        ))
-    });
+    let sends_to_a_uid = batch
+        .iter()
+        .any(|(c, _)| matches!(c, Command::Dir(data) if directory::is_uid_send(data)));
     if !sends_to_a_uid {
         return without();
     }
