@@ -166,6 +166,37 @@ pub async fn registrations_answer_queries(b: &Backend) {
     quiet(&mut n1, &mut n2).await;
 }
 
+/// A client registered twice in one call (a node's registration and its reconnect hook's,
+/// batched together) is held once, and its worker with it: counted, online, reached.
+pub async fn a_client_registered_twice_at_once_is_held(b: &Backend) {
+    let (_apps, mut n1, mut n2, mut api) = setup(b).await;
+    register(
+        &mut n1,
+        json!([{"client_id": "1-7"}, {"client_id": "1-7", "uid": "erin", "groups": ["r"]}]),
+    )
+    .await;
+    dir_until(&mut api, json!({"op": "get_all_client_id_count"}), json!(1)).await;
+    let queries = [
+        (json!({"op": "is_online", "client_id": "1-7"}), json!(true)),
+        (
+            json!({"op": "get_client_id_by_uid", "uid": "erin"}),
+            json!(["1-7"]),
+        ),
+        (
+            json!({"op": "get_client_id_count_by_group", "group": "r"}),
+            json!(1),
+        ),
+    ];
+    for (op, want) in queries {
+        assert_eq!(dir(&mut api, &op).await, want, "{op}");
+    }
+    let all = json!({"op": "send", "target": {"to": "all"}, "data": "x"});
+    assert_eq!(dir(&mut api, &all).await, json!(1), "{all}");
+    forwarded(&mut n1, ALL_NODES, &all).await;
+    forwarded(&mut n2, ALL_NODES, &all).await;
+    quiet(&mut n1, &mut n2).await;
+}
+
 /// A change to one connection (bind, join, session, close) is answered 1 and forwarded to the
 /// node holding it only; one naming an unknown connection is answered 0 and goes nowhere.
 pub async fn changes_reach_only_the_holding_node(b: &Backend) {

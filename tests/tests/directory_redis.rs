@@ -118,7 +118,7 @@ async fn a_vanished_node_is_swept_within_the_bound(kind: Kind) {
     // reconnects, which has a gateway node register again just the same.
     let noticed = async || {
         let log = app.log();
-        log.contains("were swept while this link was out of touch")
+        log.contains("were swept (this link out of touch")
             || log.contains("connection lost; reconnecting")
     };
     assert!(
@@ -136,6 +136,54 @@ async fn a_vanished_node_is_swept_within_the_bound_redis() {
 #[tokio::test]
 async fn a_vanished_node_is_swept_within_the_bound_redis_cluster() {
     a_vanished_node_is_swept_within_the_bound(Kind::RedisCluster).await;
+}
+
+/// A worker whose node's subscription reaches Redis late (here: not at all before a sweep) is
+/// swept two seconds after its registration; once the node is subscribed its link notices
+/// within seconds, not at its next ten-second renewal, and has its client register again.
+async fn a_node_subscribed_after_a_sweep_registers_again_at_once(kind: Kind) {
+    let b = Backend::start(kind);
+    let (app, n_addr) = b.console();
+    let app = app.expect("a console process of its own");
+    let (_api_app, api_addr) = b.console();
+    let mut n = open(&n_addr).await;
+    let mut api = open(&api_addr).await;
+    dirsend(
+        &mut n,
+        json!({"op": "register", "clients": [{"client_id": "9-1"}]}),
+    )
+    .await;
+    count_is(&mut api, 1, WAIT).await;
+    // No subscriber for worker 9's node event: swept once its registration is not fresh.
+    count_is(&mut api, 0, Duration::from_secs(2) + 3 * SWEEP).await;
+    assert_eq!(n.ask("on werkmann.gw.9").await, "ok");
+    n.sync().await;
+    let subscribed = Instant::now();
+    let noticed = async || {
+        app.log()
+            .contains("were swept (this link out of touch, or their")
+    };
+    assert!(
+        poll_until_async(Duration::from_secs(12), noticed).await,
+        "the link notices; log:\n{}",
+        app.log()
+    );
+    // Renewals come every second for ten after a registration (else at the tenth second).
+    let took = subscribed.elapsed();
+    assert!(
+        took <= 3 * SWEEP,
+        "noticed {took:?} after the node subscribed"
+    );
+}
+
+#[tokio::test]
+async fn a_node_subscribed_after_a_sweep_registers_again_at_once_redis() {
+    a_node_subscribed_after_a_sweep_registers_again_at_once(Kind::Redis).await;
+}
+
+#[tokio::test]
+async fn a_node_subscribed_after_a_sweep_registers_again_at_once_redis_cluster() {
+    a_node_subscribed_after_a_sweep_registers_again_at_once(Kind::RedisCluster).await;
 }
 
 /// The clients a link registered leave with it when it closes, though the node's event still

@@ -267,10 +267,12 @@ local swept = sweep()
 
 if op == 'sweep' then
   return swept
-elseif op == 'refresh' then
+elseif op == 'refresh' or op == 'check' then
   -- The link renews the alive keys of the workers it registered (ARGV: link, TTL ms,
-  -- workers). Per worker: 0 renewed (or nothing to do), 1 it had expired or been swept and
-  -- the node is subscribed (register again), 2 another link registered it since.
+  -- workers); 'check' only looks, leaving a live key's time as it is (a worker registered
+  -- moments ago stays swept-if-unsubscribed after its fresh seconds). Per worker: 0 renewed
+  -- (or nothing to do), 1 it had expired or been swept and the node is subscribed (register
+  -- again: its alive key set anew), 2 another link registered it since.
   local me, ttl = nextarg(), nextarg()
   local out = {}
   local workers = {}
@@ -282,7 +284,9 @@ elseif op == 'refresh' then
     local key = D .. 'alive:' .. w
     local holder = redis.call('GET', key)
     if holder == me then
-      redis.call('PEXPIRE', key, ttl)
+      if op == 'refresh' then
+        redis.call('PEXPIRE', key, ttl)
+      end
       out[i] = 0
     elseif holder then
       out[i] = 2
@@ -316,11 +320,13 @@ elseif op == 'register' then
       end
     end
     set_pairs(id, nextint())
-    if not seen[w] then
-      seen[w] = true
-      redis.call('SADD', D .. 'workers', w)
-      redis.call('SET', D .. 'alive:' .. w, me, 'PX', ttl)
-    end
+    seen[w] = true
+  end
+  -- After every client is in: one registered twice in a call was removed (its worker, if it
+  -- held no other, taken out of the workers) before it was added again.
+  for w in pairs(seen) do
+    redis.call('SADD', D .. 'workers', w)
+    redis.call('SET', D .. 'alive:' .. w, me, 'PX', ttl)
   end
   return count
 elseif op == 'presence_join' then

@@ -855,9 +855,14 @@ async fn sweep(bus: &mut Bus) -> redis::RedisResult<i64> {
     int(run_one(bus, c).await?)
 }
 
-/// Renew link `link`'s alive keys of `workers`.
-async fn renew(bus: &mut Bus, link: &str, workers: &[u32]) -> redis::RedisResult<Vec<Renewed>> {
-    let mut c = call(bus, "refresh", b"");
+/// Renew link `link`'s alive keys of `workers` (`extend`), or only look whether they were lost.
+async fn renew(
+    bus: &mut Bus,
+    link: &str,
+    workers: &[u32],
+    extend: bool,
+) -> redis::RedisResult<Vec<Renewed>> {
+    let mut c = call(bus, if extend { "refresh" } else { "check" }, b"");
     c.arg(link).arg(ALIVE_TTL_MS);
     arg_workers(&mut c, workers);
     let RValue::Array(codes) = run_one(bus, c).await? else {
@@ -893,8 +898,10 @@ async fn sizes(bus: &mut Bus) -> redis::RedisResult<[i64; 3]> {
 }
 
 /// Every second, while the link registered clients or holds worker-id leases: sweep; every
-/// tenth second renew the alive keys of the workers it registered, and when one was lost (the
-/// link was out of touch for longer than the key lives) have the client register again.
+/// tenth second renew the alive keys of the workers it registered (in the ten seconds after
+/// it registered clients, look every second), and when one was lost (the link was out of
+/// touch for longer than the key lives, or a sweep ran before the node's subscription reached
+/// Redis) have the client register again.
 pub(super) async fn run_directory(link: Weak<RedisLink>) {
     let every = (MEMBERSHIP_REFRESH.as_millis() / SWEEP_EVERY.as_millis()).max(1) as u64;
     let mut tick = 0u64;
@@ -911,7 +918,12 @@ pub(super) async fn run_directory(link: Weak<RedisLink>) {
             continue;
         };
         tick += 1;
-        let workers: Vec<u32> = if tick.is_multiple_of(every) {
+        let fresh = l
+            .registered_at
+            .get()
+            .is_some_and(|at| at.elapsed() < MEMBERSHIP_REFRESH);
+        let extend = tick.is_multiple_of(every);
+        let workers: Vec<u32> = if fresh || extend {
             l.dir_workers.borrow().iter().copied().collect()
         } else {
             Vec::new()
@@ -938,7 +950,7 @@ pub(super) async fn run_directory(link: Weak<RedisLink>) {
         if workers.is_empty() {
             continue;
         }
-        let renewed = match renew(&mut bus, &id, &workers).await {
+        let renewed = match renew(&mut bus, &id, &workers, extend).await {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("redis {shown}: directory: alive keys not renewed: {e}");
@@ -958,8 +970,8 @@ pub(super) async fn run_directory(link: Weak<RedisLink>) {
         }
         if !lost.is_empty() {
             log::warn!(
-                "redis {shown}: directory: the clients of workers {lost:?} were swept while \
-                 this link was out of touch; registering them again"
+                "redis {shown}: directory: the clients of workers {lost:?} were swept (this \
+                 link out of touch, or their node's subscription late); registering them again"
             );
             if let Some(o) = l.owner() {
                 drop(l);

@@ -143,6 +143,10 @@ pub(crate) struct RedisLink {
     /// The workers whose clients this link registered in the directory (it renews their alive
     /// keys, and removes their clients when it closes).
     dir_workers: RefCell<BTreeSet<u32>>,
+    /// When this link last registered clients: for `MEMBERSHIP_REFRESH` after it, their
+    /// workers' alive keys are looked at every second, so that a sweep which ran before the
+    /// node's subscription reached Redis is noticed, and the clients registered again, at once.
+    registered_at: Cell<Option<std::time::Instant>>,
     /// The directory's connection of its own on a single server, made when the link first
     /// sends to a uid: it tracks the uids' holders for `uid_cache`.
     dir_bus: RefCell<Option<Bus>>,
@@ -181,6 +185,7 @@ impl RedisLink {
             closed: Cell::new(false),
             sweeps: Cell::new(false),
             dir_workers: RefCell::new(BTreeSet::new()),
+            registered_at: Cell::new(None),
             dir_bus: RefCell::new(None),
             uid_cache: directory::uid_cache(),
             no_tracking: Cell::new(None),
@@ -578,7 +583,10 @@ async fn run_outbound(link: Weak<RedisLink>) {
                 backoff = Duration::from_millis(100);
                 let Some(l) = link.upgrade() else { return };
                 l.outbound.borrow_mut().drain(..batch.len());
-                l.dir_workers.borrow_mut().extend(registered);
+                if !registered.is_empty() {
+                    l.registered_at.set(Some(std::time::Instant::now()));
+                    l.dir_workers.borrow_mut().extend(registered);
+                }
                 l.set_up(true);
                 // This batch was sent after the last one's replies came, and Redis answered
                 // it: the last one's loop iteration, subscribers' writes included, is done.
