@@ -529,7 +529,7 @@ async fn answer(rx: &mut mpsc::UnboundedReceiver<String>, what: &str) -> Result<
 
 /// Server CPU per push, µs, by role (publisher, channel, nodes), from readings before and
 /// after a phase of `m` pushes.
-fn set_cpu_by_role(r: &mut Row, a: [u64; 3], b: [u64; 3], m: u32) {
+pub(crate) fn set_cpu_by_role(r: &mut Row, a: [u64; 3], b: [u64; 3], m: u32) {
     for (i, key) in ["cpu_us_publisher", "cpu_us_channel", "cpu_us_nodes"]
         .iter()
         .enumerate()

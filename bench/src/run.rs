@@ -1048,6 +1048,7 @@ impl Suite {
         let failed = Arc::new(AtomicU64::new(0));
         let first_error = Arc::new(Mutex::new(None::<String>));
         let cpu0 = sys.cpu_ns();
+        let roles0 = sys.cpu_ns_by_role();
         let gen0 = procfs::cpu_ns(std::process::id());
         let start = Instant::now();
         let end = start + Duration::from_secs_f64(p.rate_secs);
@@ -1071,6 +1072,7 @@ impl Suite {
         }
         let secs = start.elapsed().as_secs_f64();
         let cpu = sys.cpu_ns().saturating_sub(cpu0);
+        let roles1 = sys.cpu_ns_by_role();
         let gen_cpu = procfs::cpu_ns(std::process::id()).saturating_sub(gen0);
         let ok = ok.load(Ordering::Relaxed);
         let mut r = Row::new(
@@ -1083,6 +1085,11 @@ impl Suite {
         if ok > 0 {
             r.set("cpu_us", cpu as f64 / 1e3 / ok as f64);
             r.set("gen_cpu_us", gen_cpu as f64 / 1e3 / ok as f64);
+            if !sys.setup.is_peer() {
+                // Where a werkmann request's CPU goes (the publisher, the channel server or
+                // Redis, the nodes): the JSON's figures, quoted where a row is explained.
+                crate::gateway::set_cpu_by_role(&mut r, roles0, roles1, ok as u32);
+            }
         }
         r.errors.http = failed.load(Ordering::Relaxed);
         if let Some(e) = first_error.lock().expect("error").take() {

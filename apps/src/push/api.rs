@@ -453,8 +453,8 @@ fn send(
     let uids = match &op {
         DirOp::Send {
             target: Target::Uids { uids },
-            data,
-        } => Some((uids.clone(), data.clone())),
+            ..
+        } => Some(uids.clone()),
         _ => None,
     };
     let reply_to = match &asked.callback {
@@ -465,7 +465,11 @@ fn send(
         None => Some(conn.clone()),
     };
     let method = method.to_string();
-    let message = uids.as_ref().map(|(_, d)| d.clone()).unwrap_or_default();
+    // The message again only for a fallback webhook to name.
+    let message = match (&op, asked.fallback) {
+        (DirOp::Send { data, .. }, true) => data.clone(),
+        _ => String::new(),
+    };
     let started = Instant::now();
     let done = move |outcome: Result<Reached, GatewayError>| {
         metrics::publish_answered(PublishApi::Gateway, started);
@@ -481,15 +485,17 @@ fn send(
             c.send(reached_answer(one_client, outcome));
         }
     };
-    match uids {
-        Some((uids, data)) if uids.len() > 1 => send_each_uid(gw, uids, data, done),
-        Some((uids, _)) => gw.request_then(&op, move |r| {
+    match (uids, op) {
+        (Some(uids), DirOp::Send { data, .. }) if uids.len() > 1 => {
+            send_each_uid(gw, uids, data, done)
+        }
+        (Some(uids), op) => gw.request_then(&op, move |r| {
             done(count(r).map(|n| Reached {
                 reached: n,
                 offline: if n == 0 { uids } else { Vec::new() },
             }))
         }),
-        None => gw.request_then(&op, move |r| {
+        (None, op) => gw.request_then(&op, move |r| {
             done(count(r).map(|n| Reached {
                 reached: n,
                 offline: Vec::new(),
