@@ -327,6 +327,39 @@ pub async fn sends_reach_exactly_their_targets(b: &Backend) {
     quiet(&mut n1, &mut n2).await;
 }
 
+/// A presence group announces on its first join's event, and enqueues on its first join's
+/// queue (none here), for as long as it has members: a later key's join naming others does
+/// not move the group.
+pub async fn a_presence_group_keeps_its_first_event_and_queue(b: &Backend) {
+    let (_apps, mut n1, mut n2, mut api) = setup(b).await;
+    let (first, other, queue) = (
+        "werkmann.gw.presence:first",
+        "werkmann.gw.presence:other",
+        "werkmann.gw.presence:q",
+    );
+    assert_eq!(n1.ask(&format!("on {first}")).await, "ok");
+    assert_eq!(n1.ask(&format!("on {other}")).await, "ok");
+    assert_eq!(n1.ask(&format!("watch {queue}")).await, "ok");
+    n1.sync().await;
+    register(&mut n1, json!([{"client_id": "1-1"}, {"client_id": "1-2"}])).await;
+    dir_until(&mut api, json!({"op": "get_all_client_id_count"}), json!(2)).await;
+    let join = |id: &str, key: &str, event: &str| {
+        json!({"op": "presence_join", "client_id": id, "group": "kept", "key": key,
+               "info": null, "event": event, "added": php(&format!("+{key}")),
+               "removed": php(&format!("-{key}")), "max": 10, "quiet": true})
+    };
+    assert_eq!(dir(&mut api, &join("1-1", "k1", first)).await, json!(true));
+    assert_eq!(n1.line().await, format!("event {first} \"+k1\""));
+    let mut second = join("1-2", "k2", other);
+    second["hooks"] = json!({"queue": queue, "added": php("in"), "removed": php("out")});
+    assert_eq!(dir(&mut api, &second).await, json!(true));
+    assert_eq!(n1.line().await, format!("event {first} \"+k2\""));
+    let leave = json!({"op": "presence_leave", "client_id": "1-2", "group": "kept"});
+    assert_eq!(dir(&mut api, &leave).await, json!(1));
+    assert_eq!(n1.line().await, format!("event {first} \"-k2\""));
+    quiet(&mut n1, &mut n2).await;
+}
+
 /// A PHP string, as a channel event carries one.
 fn php(s: &str) -> String {
     format!("s:{}:\"{s}\";", s.len())
@@ -470,6 +503,10 @@ pub async fn bad_operations_are_refused(b: &Backend) {
             "unknown field",
         ),
         (r#"not json"#, "bad directory operation"),
+        (
+            r#"{"op":"presence_join","client_id":"1-1","group":"g","key":"k","info":null,"event":"elsewhere","added":"","removed":"","max":2}"#,
+            "must begin with",
+        ),
     ] {
         for cmd in ["dir", "dirsend"] {
             let got = api.ask(&format!("{cmd} {op}")).await;

@@ -41,6 +41,7 @@ macro_rules! on_every_directory {
 on_every_directory! {
     registrations_answer_queries => |b| directory::registrations_answer_queries(&b).await;
     a_client_registered_twice_at_once_is_held => |b| directory::a_client_registered_twice_at_once_is_held(&b).await;
+    a_presence_group_keeps_its_first_event_and_queue => |b| directory::a_presence_group_keeps_its_first_event_and_queue(&b).await;
     changes_reach_only_the_holding_node => |b| directory::changes_reach_only_the_holding_node(&b).await;
     sends_reach_exactly_their_targets => |b| directory::sends_reach_exactly_their_targets(&b).await;
     a_node_that_goes_leaves_the_directory => |b| directory::a_node_that_goes_leaves_the_directory(&b).await;

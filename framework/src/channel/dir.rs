@@ -397,10 +397,12 @@ impl Join {
         check_long_name("presence group", &self.group)?;
         check_long_name("presence key", &self.key)?;
         check_long_name("announcement event", &self.event)?;
+        check_announced("announcement event", &self.event)?;
         let info_len = serde_json::to_vec(&self.info).map_or(usize::MAX, |v| v.len());
         let (hook_added, hook_removed) = match &self.hooks {
             Some(h) => {
                 check_long_name("hook queue", &h.queue)?;
+                check_announced("hook queue", &h.queue)?;
                 (h.added.len(), h.removed.len())
             }
             None => (0, 0),
@@ -443,6 +445,19 @@ pub struct Hooks {
 /// [`ALL_NODES`] does. An empty announcement or hook is not made.
 pub fn announced_event(name: &str) -> String {
     format!("{ALL_NODES}.presence:{name}")
+}
+
+/// A presence group's event or queue must be an [`announced_event`]: on Redis it lives in the
+/// directory's slot, where its script can publish and enqueue atomically with the change.
+fn check_announced(what: &str, name: &str) -> Result<(), BadName> {
+    if name.starts_with(&announced_event("")) {
+        Ok(())
+    } else {
+        Err(BadName(format!(
+            "the {what} must begin with {:?}: {name:?}",
+            announced_event("")
+        )))
+    }
 }
 
 /// Most bytes of a presence member's info (its JSON) and of each announcement.

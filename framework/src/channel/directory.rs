@@ -1123,7 +1123,7 @@ mod tests {
         d.register(NODE_B, &["2-1"]);
         let join = |c: &str, g: &str, k: &str| {
             json!({"op": "presence_join", "client_id": c, "group": g, "key": k, "info": k,
-                   "event": format!("e.{g}"), "added": format!("+{k}"),
+                   "event": format!("werkmann.gw.presence:{g}"), "added": format!("+{k}"),
                    "removed": format!("-{k}"), "max": 10})
         };
         let news = |d: &mut Dir| -> Vec<String> {
@@ -1138,18 +1138,19 @@ mod tests {
         assert_eq!(d.ask(join("1-1", "g", "ann")), json!({"ann": "ann"}));
         assert_eq!(d.ask(join("2-1", "g", "ann")), json!({"ann": "ann"}));
         assert_eq!(d.ask(join("1-2", "h", "bo")), json!({"bo": "bo"}));
-        assert_eq!(news(&mut d), ["e.g +ann", "e.h +bo"]);
+        let (g, h) = ("werkmann.gw.presence:g", "werkmann.gw.presence:h");
+        assert_eq!(news(&mut d), [format!("{g} +ann"), format!("{h} +bo")]);
         // Node A goes: ann stays in g (her connection on B), bo leaves h and h goes.
         assert_eq!(d.0.remove_owner(NODE_A), 2);
         d.0.check();
-        assert_eq!(news(&mut d), ["e.h -bo"]);
+        assert_eq!(news(&mut d), [format!("{h} -bo")]);
         assert_eq!(
             d.ask(json!({"op": "get_presence", "group": "h"})),
             json!({})
         );
         // Registering a connection again starts it afresh: out of its groups.
         d.register(NODE_B, &["2-1"]);
-        assert_eq!(news(&mut d), ["e.g -ann"]);
+        assert_eq!(news(&mut d), [format!("{g} -ann")]);
         assert_eq!(
             d.ask(json!({"op": "get_presence", "group": "g"})),
             json!({})

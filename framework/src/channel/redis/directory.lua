@@ -346,15 +346,22 @@ elseif op == 'presence_join' then
       if redis.call('HLEN', p) >= max then
         return 0
       end
+      -- A group's event and queue are its first join's while it has members.
+      if redis.call('EXISTS', p) == 0 then
+        redis.call('SET', D .. 'pe:' .. g, chan)
+        if stream ~= '' then
+          redis.call('SET', D .. 'pq:' .. g, stream)
+        else
+          redis.call('DEL', D .. 'pq:' .. g)
+        end
+      end
       redis.call('HSET', D .. 'pi:' .. g, key, info)
       redis.call('HSET', D .. 'pr:' .. g, key, removed)
-      redis.call('SET', D .. 'pe:' .. g, chan)
       if stream ~= '' then
         redis.call('HSET', D .. 'ph:' .. g, key, hook_removed)
-        redis.call('SET', D .. 'pq:' .. g, stream)
       end
-      announce(chan, added)
-      hook(stream, hook_added)
+      announce(redis.call('GET', D .. 'pe:' .. g), added)
+      hook(redis.call('GET', D .. 'pq:' .. g), hook_added)
     end
     redis.call('HINCRBY', p, key, 1)
     redis.call('SADD', D .. 'pgs', g)

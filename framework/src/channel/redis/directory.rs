@@ -391,6 +391,8 @@ fn answer(op: &DirOp, reply: &RValue) -> Result<Value, String> {
         DirOp::PresenceJoin(_) => match reply {
             RValue::Int(-1) => Value::Null,
             RValue::Int(0) => Value::Bool(false),
+            // A quiet join (it asked for no members).
+            RValue::Int(1) => Value::Bool(true),
             RValue::Array(_) => members(reply),
             other => return Err(format!("directory script answered {other:?}")),
         },
