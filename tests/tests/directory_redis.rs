@@ -436,6 +436,114 @@ async fn a_send_overtaken_by_a_change_goes_again_to_the_new_holders() {
     panic!("the change overtook a cached send only {overtaken} times in 20");
 }
 
+/// A link whose user may turn tracking on but not ask `CLIENT CACHING` (an ACL) would read
+/// holders that nothing invalidates: it keeps no cache and sends through the script, so a
+/// change made elsewhere is seen by its next send.
+#[tokio::test]
+async fn no_cache_where_client_caching_is_refused() {
+    let redis = RedisServer::start();
+    let (_app, mut s) = uid_on_two_nodes(&redis, 1).await;
+    assert_eq!(
+        redis.cli(&[
+            "acl",
+            "setuser",
+            "nocaching",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-client|caching"
+        ]),
+        "OK"
+    );
+    let url = format!("redis://nocaching:pw@127.0.0.1:{}", redis.port);
+    let (sender_app, addr) = channel_console(&url, &[]);
+    let mut sender = open(&addr).await;
+    let (n5, n6, other) = (&mut s.n5, &mut s.n6, &mut s.other);
+    let to =
+        |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
+    for i in 0..3 {
+        let send = to(&format!("first {i}"));
+        assert_eq!(dir(&mut sender, &send).await, json!(1));
+        forwarded(n5, "werkmann.gw.5", &send).await;
+    }
+    let unbind = json!({"op": "unbind_uid", "client_id": "5-1", "uid": "u"});
+    dir(other, &unbind).await;
+    forwarded(n5, "werkmann.gw.5", &unbind).await;
+    let bind = json!({"op": "bind_uid", "client_id": "6-1", "uid": "u"});
+    assert_eq!(dir(other, &bind).await, json!(1));
+    forwarded(n6, "werkmann.gw.6", &bind).await;
+    let send = to("after the change");
+    assert_eq!(dir(&mut sender, &send).await, json!(1));
+    forwarded(n6, "werkmann.gw.6", &send).await;
+    n5.nothing_for(100).await;
+    assert!(
+        sender_app.log().contains("CLIENT CACHING answered"),
+        "{}",
+        sender_app.log()
+    );
+}
+
+/// A change from another link that Redis runs right *after* a cached send — both held back by
+/// `CLIENT PAUSE WRITE`, the send first — does not make the send go again or change its count:
+/// it reached the holder as it was (its invalidation arrives after the send's reply, often in
+/// the same read). Run the other way round, the send reached no one. Each answer matches the
+/// order the node saw.
+#[tokio::test]
+async fn a_change_right_after_a_cached_send_leaves_its_count() {
+    let redis = RedisServer::start();
+    let (_app, mut s) = uid_on_two_nodes(&redis, 1).await;
+    let (n5, sender, other) = (&mut s.n5, &mut s.sender, &mut s.other);
+    let to =
+        |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
+    let held_back = || -> u64 {
+        redis
+            .cli(&["info", "clients"])
+            .lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    let bind = json!({"op": "bind_uid", "client_id": "5-1", "uid": "u"});
+    let unbind = json!({"op": "unbind_uid", "client_id": "5-1", "uid": "u"});
+    let mut send_first = 0;
+    for attempt in 0..20 {
+        let warm = to(&format!("warm {attempt}"));
+        assert_eq!(dir(sender, &warm).await, json!(1));
+        forwarded(n5, "werkmann.gw.5", &warm).await;
+        let before = held_back();
+        assert_eq!(redis.cli(&["client", "pause", "10000", "write"]), "OK");
+        let send = to(&format!("before the change {attempt}"));
+        sender.send(&format!("dir {send}")).await;
+        wait_until_async(WAIT, "the send held back", async || held_back() > before).await;
+        dirsend(other, unbind.clone()).await;
+        wait_until_async(WAIT, "the unbind held back", async || {
+            held_back() > before + 1
+        })
+        .await;
+        assert_eq!(redis.cli(&["client", "unpause"]), "OK");
+        let answer = sender.line().await;
+        let (first, second) = (n5.line().await, n5.line().await);
+        assert!(
+            first.contains("unbind_uid") != second.contains("unbind_uid"),
+            "{first:?} {second:?}"
+        );
+        if first.contains("unbind_uid") {
+            assert_eq!(answer, "dir 0", "{send}: it ran after the unbind");
+        } else {
+            assert_eq!(answer, "dir 1", "{send}: it ran before the unbind");
+            send_first += 1;
+        }
+        n5.nothing_for(50).await;
+        assert_eq!(dir(other, &bind).await, json!(1));
+        forwarded(n5, "werkmann.gw.5", &bind).await;
+        if send_first == 3 {
+            return;
+        }
+    }
+    panic!("the send ran first only {send_first} times in 20");
+}
+
 /// Requests are refused at once while Redis is away; the directory lives in Redis, so a Redis
 /// restarted without persistence starts empty (the nodes register again on reconnect).
 #[tokio::test]

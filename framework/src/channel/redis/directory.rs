@@ -483,6 +483,37 @@ pub(super) fn is_uid_send(data: &Bytes) -> bool {
 /// (a request's), its uid and bytes, and the workers it reached.
 type Overtaken<'a> = (Option<usize>, &'a str, &'a [u8], Vec<u32>);
 
+/// A cached send's outcome from its `EXEC` reply (the publishes' receivers, then the holders
+/// as it ran): the connections reached, the workers reached, and whether a holder then was
+/// not among those it was sent to (a change ran before it: it goes again).
+fn tally(sent_to: &Holders, exec: Option<RValue>) -> (u64, Vec<u32>, bool) {
+    let Some(RValue::Array(mut r)) =
+        exec.filter(|r| matches!(r, RValue::Array(r) if r.len() == sent_to.len() + 1))
+    else {
+        // Not run (the transaction failed): nothing reached; all of it again.
+        return (0, Vec::new(), true);
+    };
+    let now = r.pop().and_then(|h| uid_cache::holders(&h));
+    let reached: Vec<u32> = sent_to
+        .iter()
+        .zip(&r)
+        .filter(|(_, p)| matches!(p, RValue::Int(n) if *n > 0))
+        .map(|(&(w, _), _)| w)
+        .collect();
+    let Some(now) = now else {
+        return (0, reached, true);
+    };
+    let overtaken = now
+        .iter()
+        .any(|(w, _)| !sent_to.iter().any(|(s, _)| s == w));
+    let n = now
+        .iter()
+        .filter(|(w, _)| reached.contains(w))
+        .map(|&(_, k)| u64::from(k))
+        .sum();
+    (n, reached, overtaken)
+}
+
 /// One command of a batch, as `execute` sends it.
 struct Item<'a> {
     /// Its request's key, if it is one.
@@ -493,9 +524,8 @@ struct Item<'a> {
     op: Result<DirOp, String>,
     /// How many replies it takes (they are next among the calls').
     calls: usize,
-    /// A send to one uid made from the cache: the holders it was sent to, and what the
-    /// look-up saw.
-    cached: Option<(Holders, Seen)>,
+    /// A send to one uid made from the cache: the holders it was sent to.
+    cached: Option<Holders>,
 }
 
 /// Run a batch of directory commands (each with the key of its request's callback, if it is a
@@ -588,17 +618,23 @@ pub(super) async fn execute(
         match (&item.op, item.op.as_ref().ok().and_then(one_uid)) {
             (_, Some(uid)) => {
                 match cache.map_or(Look::Off, |c| c.look(uid)) {
-                    Look::Hit(holders, seen) => {
-                        // In order with the run before it.
+                    Look::Hit(holders) => {
+                        // In order with the run before it; the holders read with the
+                        // publishes, atomically: what they were as the send ran.
                         end_run(&mut run, &mut cmds, &mut runs);
+                        cmds.push(redis::cmd("MULTI"));
                         for &(w, _) in holders.iter() {
                             let mut c = redis::cmd("PUBLISH");
                             c.arg(event_channel(&dir::node_event(w))).arg(data.as_ref());
                             cmds.push(c);
-                            runs.push(0);
                         }
-                        item.calls = holders.len();
-                        item.cached = Some((holders, seen));
+                        let mut read = redis::cmd("HGETALL");
+                        read.arg(format!("{PREFIX}uw:{uid}"));
+                        cmds.push(read);
+                        cmds.push(redis::cmd("EXEC"));
+                        item.calls = holders.len() + 3;
+                        runs.extend(std::iter::repeat_n(0, item.calls));
+                        item.cached = Some(holders);
                     }
                     look => {
                         scripted += 1;
@@ -642,17 +678,22 @@ pub(super) async fn execute(
         c.arg(format!("{PREFIX}uw:{uid}"));
         cmds.push(c);
     }
-    if cmds.is_empty() && items.iter().any(|i| i.cached.is_some()) {
-        // Sends to cached uids without holders: a reply to prove that no change came first.
-        cmds.push(redis::cmd("PING"));
-        runs.push(0);
-    }
     done.replied = !cmds.is_empty();
     let mut all = run_calls(bus, cmds).await?;
     let filled = all.split_off(all.len() - 2 * fills.len());
     if let Some(cache) = cache {
-        for ((uid, seen), reply) in fills.into_iter().zip(filled.iter().skip(1).step_by(2)) {
-            if let Some(h) = uid_cache::holders(reply) {
+        for ((uid, seen), pair) in fills.into_iter().zip(filled.chunks(2)) {
+            if !matches!(&pair[0], RValue::Okay) {
+                // Read untracked (`CLIENT CACHING` refused, say by an ACL): nothing would tell
+                // of a change. No cache on this connection.
+                log::warn!(
+                    "redis: CLIENT CACHING answered {:?}: sends to uids run the script",
+                    pair[0]
+                );
+                cache.stop();
+                break;
+            }
+            if let Some(h) = uid_cache::holders(&pair[1]) {
                 cache.fill(&uid, seen, h);
             }
         }
@@ -678,17 +719,13 @@ pub(super) async fn execute(
     for item in &items {
         let answer = match (&item.op, &item.cached) {
             (Err(why), _) => error_answer(why),
-            (Ok(op), Some((holders, seen))) => {
+            (Ok(op), Some(holders)) => {
                 counted = true;
-                let (mut n, mut reached) = (0u64, Vec::new());
-                for &(w, k) in holders.iter() {
-                    if matches!(replies.next(), Some(RValue::Int(r)) if r > 0) {
-                        n += u64::from(k);
-                        reached.push(w);
-                    }
-                }
-                let uid = one_uid(op).expect("only sends to one uid are cached");
-                if !cache.is_some_and(|c| c.still(uid, *seen)) {
+                // `MULTI`'s and the queued commands' replies, then `EXEC`'s.
+                let exec = replies.nth(item.calls - 1);
+                let (n, reached, overtaken) = tally(holders, exec);
+                if overtaken {
+                    let uid = one_uid(op).expect("only sends to one uid are cached");
                     let at = item.request.map(|_| done.answers.len());
                     again.push((at, uid, item.data, reached));
                 }

@@ -11,12 +11,15 @@
 //!   ([`UidCache::handler`]) runs as the reply stream is read, so the invalidation is seen
 //!   before those replies. Only the uids the link cached are tracked (Redis keeps a small
 //!   record per key and link), and only their changes travel.
-//! - **A send from the cache** records its entry's generation; when the `PUBLISH` replies
-//!   come, an unchanged generation proves that no change of the holders ran before them: the
-//!   count stands. Otherwise the send goes again through the script, to the holders it did
-//!   not reach yet (none gets it twice), and counts what the holders hold now.
-//!   The node reached needlessly (it held the uid before the change) delivers to no one; such
-//!   a send may follow the later sends of its pipeline to other targets.
+//! - **A send from the cache** publishes to the cached holders and reads the uid's holders in
+//!   one `MULTI`/`EXEC`: what they were as it ran, whatever invalidations come around its
+//!   reply. When no holder then was left out, the count is the connections those holders had
+//!   at the workers it reached. Otherwise (a change ran before it) the send goes again through
+//!   the script, to the holders it did not reach yet (none gets it twice), and counts what the
+//!   holders hold then. A node reached needlessly (it held the uid before the change)
+//!   delivers to no one; such a send may follow the later sends of its pipeline to other
+//!   targets. The cache only saves the look-up's script call: a stale entry costs a second
+//!   round trip, never a wrong count.
 //! - **A pipeline with other operations than sends** runs its sends through the script: the
 //!   cache hears of the pipeline's own changes only with its replies, and a cached send
 //!   before such a change would go again to holders bound after it.
@@ -72,8 +75,8 @@ pub(super) struct Seen {
 
 /// A look-up's result.
 pub(super) enum Look {
-    /// The holders, valid when the send's replies come if [`UidCache::still`] says so.
-    Hit(Holders, Seen),
+    /// The holders as last read (checked against the holders when the send runs).
+    Hit(Holders),
     /// Not cached: read them with the send, then [`UidCache::fill`].
     Miss(Seen),
     /// No tracking on this connection (yet): send without the cache.
@@ -135,7 +138,7 @@ impl UidCache {
         let seen = |gen| Seen { gen, flushes };
         if let Some(e) = s.entries.get(uid) {
             return match &e.holders {
-                Some(h) => Look::Hit(h.clone(), seen(e.gen)),
+                Some(h) => Look::Hit(h.clone()),
                 None => Look::Miss(seen(e.gen)),
             };
         }
@@ -149,7 +152,8 @@ impl UidCache {
     }
 
     /// Whether no invalidation of `uid` (or flush) came since `seen`.
-    pub(super) fn still(&self, uid: &str, seen: Seen) -> bool {
+    #[cfg(test)]
+    fn still(&self, uid: &str, seen: Seen) -> bool {
         let s = self.lock();
         s.live && s.flushes == seen.flushes && s.entries.get(uid).is_some_and(|e| e.gen == seen.gen)
     }
@@ -291,11 +295,10 @@ mod tests {
             panic!("a first look misses")
         };
         c.fill("u1", seen, Arc::from([(3, 1)]));
-        let Look::Hit(h, seen) = c.look("u1") else {
+        let Look::Hit(h) = c.look("u1") else {
             panic!("filled")
         };
         assert_eq!(&*h, &[(3, 1)]);
-        assert!(c.still("u1", seen));
     }
 
     #[test]
@@ -315,16 +318,17 @@ mod tests {
             panic!()
         };
         c.fill("u1", seen, Arc::from([(3, 1)]));
-        let Look::Hit(_, seen) = c.look("u1") else {
-            panic!()
-        };
+        assert!(matches!(c.look("u1"), Look::Hit(_)));
         handler(invalidation(&[
             "{werkmann:dir}:uw:u2",
             "{werkmann:dir}:uw:u1",
         ]))
         .unwrap();
-        assert!(!c.still("u1", seen), "a send from a stale copy is noticed");
-        assert!(matches!(c.look("u1"), Look::Miss(_)));
+        assert!(!c.still("u1", seen), "a fill from before it is not kept");
+        assert!(
+            matches!(c.look("u1"), Look::Miss(_)),
+            "a changed uid is read again"
+        );
     }
 
     #[test]
@@ -337,17 +341,22 @@ mod tests {
             };
             c.fill(u, seen, Arc::from([(1, 2)]));
         }
-        let Look::Hit(_, seen_b) = c.look("b") else {
+        let Look::Miss(seen_b) = c.look("c") else {
             panic!()
         };
         handler(invalidation(&["{werkmann:dir}:uw:a"])).unwrap();
-        assert!(c.still("b", seen_b));
+        assert!(
+            matches!(c.look("b"), Look::Hit(_)),
+            "another uid's change leaves it"
+        );
+        assert!(c.still("c", seen_b));
         handler(PushInfo {
             kind: PushKind::Invalidate,
             data: vec![RValue::Nil],
         })
         .unwrap();
-        assert!(!c.still("b", seen_b), "a flush drops everything");
+        assert!(!c.still("c", seen_b), "a flush drops everything");
+        assert!(matches!(c.look("b"), Look::Miss(_)));
         let Look::Miss(seen) = c.look("b") else {
             panic!()
         };
