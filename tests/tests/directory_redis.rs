@@ -328,6 +328,36 @@ async fn uid_on_two_nodes(redis: &RedisServer, on_6: u32) -> (App, TwoNodes) {
     (app, s)
 }
 
+/// A send to uid `u` of `data`.
+fn send_to_u(data: &str) -> Value {
+    json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data})
+}
+
+/// Clients Redis holds back (`CLIENT PAUSE`).
+fn held_back(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["info", "clients"])
+        .lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// `sender` sends to `u` (held by worker 5's client: its holders cached), then Redis holds
+/// back every write; the clients held back so far.
+async fn warm_then_pause(
+    redis: &RedisServer,
+    sender: &mut Console,
+    n5: &mut Console,
+    attempt: u32,
+) -> u64 {
+    let warm = send_to_u(&format!("warm {attempt}"));
+    assert_eq!(dir(sender, &warm).await, json!(1));
+    forwarded(n5, "werkmann.gw.5", &warm).await;
+    let before = held_back(redis);
+    assert_eq!(redis.cli(&["client", "pause", "10000", "write"]), "OK");
+    before
+}
+
 /// A link caches which workers hold a uid (`uid_cache.rs`): once it has sent to a uid, its
 /// next sends to it run no script (plain `PUBLISH`es), and a change of the uid's holders made
 /// through another link — the holder unbound, another client on another node bound — is seen
@@ -337,8 +367,7 @@ async fn cached_sends_to_a_uid_follow_changes_made_elsewhere() {
     let redis = RedisServer::start();
     let (_app, mut s) = uid_on_two_nodes(&redis, 2).await;
     let (n5, n6, sender, other) = (&mut s.n5, &mut s.n6, &mut s.sender, &mut s.other);
-    let to =
-        |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
+    let to = send_to_u;
     assert_eq!(dir(sender, &to("first")).await, json!(1));
     forwarded(n5, "werkmann.gw.5", &to("first")).await;
 
@@ -387,30 +416,21 @@ async fn a_send_overtaken_by_a_change_goes_again_to_the_new_holders() {
     let redis = RedisServer::start();
     let (_app, mut s) = uid_on_two_nodes(&redis, 1).await;
     let (n5, n6, sender, other) = (&mut s.n5, &mut s.n6, &mut s.sender, &mut s.other);
-    let to =
-        |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
-    let held_back = || -> u64 {
-        redis
-            .cli(&["info", "clients"])
-            .lines()
-            .find_map(|l| l.strip_prefix("blocked_clients:"))
-            .map_or(0, |n| n.trim().parse().unwrap())
-    };
+    let to = send_to_u;
     let bind = json!({"op": "bind_uid", "client_id": "6-1", "uid": "u"});
     let unbind = json!({"op": "unbind_uid", "client_id": "6-1", "uid": "u"});
     let mut overtaken = 0;
     for attempt in 0..20 {
-        let warm = to(&format!("warm {attempt}"));
-        assert_eq!(dir(sender, &warm).await, json!(1));
-        forwarded(n5, "werkmann.gw.5", &warm).await;
-        let before = held_back();
-        assert_eq!(redis.cli(&["client", "pause", "10000", "write"]), "OK");
+        let before = warm_then_pause(&redis, sender, n5, attempt).await;
         dirsend(other, bind.clone()).await;
-        wait_until_async(WAIT, "the bind held back", async || held_back() > before).await;
+        wait_until_async(WAIT, "the bind held back", async || {
+            held_back(&redis) > before
+        })
+        .await;
         let send = to(&format!("overtaken {attempt}"));
         sender.send(&format!("dir {send}")).await;
         wait_until_async(WAIT, "the send held back", async || {
-            held_back() > before + 1
+            held_back(&redis) > before + 1
         })
         .await;
         assert_eq!(redis.cli(&["client", "unpause"]), "OK");
@@ -461,8 +481,7 @@ async fn no_cache_where_client_caching_is_refused() {
     let (sender_app, addr) = channel_console(&url, &[]);
     let mut sender = open(&addr).await;
     let (n5, n6, other) = (&mut s.n5, &mut s.n6, &mut s.other);
-    let to =
-        |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
+    let to = send_to_u;
     for i in 0..3 {
         let send = to(&format!("first {i}"));
         assert_eq!(dir(&mut sender, &send).await, json!(1));
@@ -495,30 +514,21 @@ async fn a_change_right_after_a_cached_send_leaves_its_count() {
     let redis = RedisServer::start();
     let (_app, mut s) = uid_on_two_nodes(&redis, 1).await;
     let (n5, sender, other) = (&mut s.n5, &mut s.sender, &mut s.other);
-    let to =
-        |data: &str| json!({"op": "send", "target": {"to": "uids", "uids": ["u"]}, "data": data});
-    let held_back = || -> u64 {
-        redis
-            .cli(&["info", "clients"])
-            .lines()
-            .find_map(|l| l.strip_prefix("blocked_clients:"))
-            .map_or(0, |n| n.trim().parse().unwrap())
-    };
+    let to = send_to_u;
     let bind = json!({"op": "bind_uid", "client_id": "5-1", "uid": "u"});
     let unbind = json!({"op": "unbind_uid", "client_id": "5-1", "uid": "u"});
     let mut send_first = 0;
     for attempt in 0..20 {
-        let warm = to(&format!("warm {attempt}"));
-        assert_eq!(dir(sender, &warm).await, json!(1));
-        forwarded(n5, "werkmann.gw.5", &warm).await;
-        let before = held_back();
-        assert_eq!(redis.cli(&["client", "pause", "10000", "write"]), "OK");
+        let before = warm_then_pause(&redis, sender, n5, attempt).await;
         let send = to(&format!("before the change {attempt}"));
         sender.send(&format!("dir {send}")).await;
-        wait_until_async(WAIT, "the send held back", async || held_back() > before).await;
+        wait_until_async(WAIT, "the send held back", async || {
+            held_back(&redis) > before
+        })
+        .await;
         dirsend(other, unbind.clone()).await;
         wait_until_async(WAIT, "the unbind held back", async || {
-            held_back() > before + 1
+            held_back(&redis) > before + 1
         })
         .await;
         assert_eq!(redis.cli(&["client", "unpause"]), "OK");
