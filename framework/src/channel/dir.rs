@@ -450,12 +450,12 @@ pub fn announced_event(name: &str) -> String {
 /// A presence group's event or queue must be an [`announced_event`]: on Redis it lives in the
 /// directory's slot, where its script can publish and enqueue atomically with the change.
 fn check_announced(what: &str, name: &str) -> Result<(), BadName> {
-    if name.starts_with(&announced_event("")) {
+    let prefix = announced_event("");
+    if name.starts_with(&prefix) {
         Ok(())
     } else {
         Err(BadName(format!(
-            "the {what} must begin with {:?}: {name:?}",
-            announced_event("")
+            "the {what} must begin with {prefix:?}: {name:?}"
         )))
     }
 }

@@ -595,10 +595,11 @@ pub(super) async fn execute(
             _ => Err(String::new()),
         })
         .collect();
-    // A batch with other operations than sends runs its sends through the script: a change
-    // of holders by this link would otherwise overtake its own cached sends before it (its
-    // invalidation comes with the batch's replies) and send them again to holders bound
-    // after them; the script sees every operation in its place.
+    // A batch with other operations than sends runs its sends through the script: a cached
+    // send after a change of holders made earlier in the batch (the cache hears of it only
+    // with the batch's replies) would be found overtaken and sent again only after the whole
+    // batch, behind its later operations (an unbind after it would keep the holder from a
+    // send meant before); the script sees every operation in its place.
     let cache = cache.filter(|_| ops.iter().all(|op| matches!(op, Ok(DirOp::Send { .. }))));
     for ((cmd, request), op) in batch.iter().zip(ops) {
         let Command::Dir(data) = cmd else { continue };
