@@ -108,6 +108,11 @@ impl ClientTls {
         Ok(ClientTls(Arc::new(config)))
     }
 
+    /// The rustls configuration (for async streams).
+    pub(crate) fn config(&self) -> Arc<rustls::ClientConfig> {
+        self.0.clone()
+    }
+
     /// A fresh client session to `host` (a DNS name or an IP address, checked against the
     /// server's certificate).
     pub(crate) fn session(&self, host: &str) -> Result<rustls::Connection, Error> {

@@ -665,11 +665,15 @@ impl RedisServer {
         }
     }
 
-    /// Run `redis-cli` against it (a plain one, without a password) with `args` (a command and
-    /// its arguments); its output, trimmed.
+    /// Run `redis-cli` against it (without a password; over TLS, trusting its CA, for a TLS
+    /// one) with `args` (a command and its arguments); its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if self.tls {
+            cmd.args(["--tls", "--cacert", &self.ca_file().display().to_string()]);
+        }
+        let out = cmd
             .args(args)
             .output()
             .expect("redis-cli (Debian's redis-tools)");

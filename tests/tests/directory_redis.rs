@@ -362,9 +362,7 @@ async fn warm_then_pause(
 /// next sends to it run no script (plain `PUBLISH`es), and a change of the uid's holders made
 /// through another link — the holder unbound, another client on another node bound — is seen
 /// by the very next send, which reaches the new holder only and counts it.
-#[tokio::test]
-async fn cached_sends_to_a_uid_follow_changes_made_elsewhere() {
-    let redis = RedisServer::start();
+async fn cached_sends_to_a_uid_follow_changes_made_elsewhere(redis: RedisServer) {
     let (_app, mut s) = uid_on_two_nodes(&redis, 2).await;
     let (n5, n6, sender, other) = (&mut s.n5, &mut s.n6, &mut s.sender, &mut s.other);
     let to = send_to_u;
@@ -404,6 +402,21 @@ async fn cached_sends_to_a_uid_follow_changes_made_elsewhere() {
     }
     n5.nothing_for(100).await;
     n6.nothing_for(100).await;
+}
+
+#[tokio::test]
+async fn cached_sends_to_a_uid_follow_changes_made_elsewhere_tcp() {
+    cached_sends_to_a_uid_follow_changes_made_elsewhere(RedisServer::start()).await;
+}
+
+/// The directory's connection of its own (read through its tap) speaks TLS too.
+#[tokio::test]
+async fn cached_sends_to_a_uid_follow_changes_made_elsewhere_tls() {
+    let redis = RedisServer::start_tls();
+    // The apps trust the test CA through WERKMANN_REDIS_CA (set before they start; other
+    // tests' apps, on `redis://`, do not use it).
+    std::env::set_var("WERKMANN_REDIS_CA", redis.ca_file());
+    cached_sends_to_a_uid_follow_changes_made_elsewhere(redis).await;
 }
 
 /// A send made from a cached copy of the uid's holders that a change from another link

@@ -58,7 +58,7 @@ pub(super) enum Bus {
     Cluster(ClusterConnection),
     /// A single server's connection of the link's own, for commands only (no subscriptions,
     /// no reconnects: it is replaced when it fails): the directory's, tracking the uids'
-    /// holders (`uid_cache.rs`).
+    /// holders (`uid_cache.rs`), read through a tap (`tap.rs`).
     Direct(MultiplexedConnection),
 }
 
@@ -246,24 +246,6 @@ fn not_for_subscriptions() -> redis::RedisError {
         redis::ErrorKind::Client,
         "the directory's connection takes no subscriptions",
     ))
-}
-
-/// A connection of its own to the single server at `url` for the directory, its pushes (the
-/// invalidations of the uids' holders it tracks) handed to `on_push` as they are read.
-pub(super) async fn direct(
-    url: &str,
-    ca: Option<&Path>,
-    response_timeout: Duration,
-    on_push: impl redis::aio::AsyncPushSender,
-) -> redis::RedisResult<Bus> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(response_timeout))
-        .set_push_sender(on_push);
-    let c = open_client(url, ca)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    Ok(Bus::Direct(c))
 }
 
 /// Whether the server at `url` is part of a Redis Cluster.

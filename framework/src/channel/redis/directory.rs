@@ -37,7 +37,7 @@ use redis::Value as RValue;
 use serde_json::{Map, Value};
 
 use super::bus::Bus;
-use super::uid_cache::{self, Holders, Look, Seen, UidCache};
+use super::uid_cache::{self, Filled, Look, UidCache};
 use super::{RedisLink, MEMBERSHIP_REFRESH, PREFIX_EVENT};
 use crate::channel::dir::{self, error_answer, ClientId, DirOp, Registration, Target};
 use crate::channel::wire::Command;
@@ -483,35 +483,19 @@ pub(super) fn is_uid_send(data: &Bytes) -> bool {
 /// (a request's), its uid and bytes, and the workers it reached.
 type Overtaken<'a> = (Option<usize>, &'a str, &'a [u8], Vec<u32>);
 
-/// A cached send's outcome from its `EXEC` reply (the publishes' receivers, then the holders
-/// as it ran): the connections reached, the workers reached, and whether a holder then was
-/// not among those it was sent to (a change ran before it: it goes again).
-fn tally(sent_to: &Holders, exec: Option<RValue>) -> (u64, Vec<u32>, bool) {
-    let Some(RValue::Array(mut r)) =
-        exec.filter(|r| matches!(r, RValue::Array(r) if r.len() == sent_to.len() + 1))
-    else {
-        // Not run (the transaction failed): nothing reached; all of it again.
-        return (0, Vec::new(), true);
-    };
-    let now = r.pop().and_then(|h| uid_cache::holders(&h));
-    let reached: Vec<u32> = sent_to
-        .iter()
-        .zip(&r)
-        .filter(|(_, p)| matches!(p, RValue::Int(n) if *n > 0))
-        .map(|(&(w, _), _)| w)
-        .collect();
-    let Some(now) = now else {
-        return (0, reached, true);
-    };
-    let overtaken = now
-        .iter()
-        .any(|(w, _)| !sent_to.iter().any(|(s, _)| s == w));
-    let n = now
-        .iter()
-        .filter(|(w, _)| reached.contains(w))
-        .map(|&(_, k)| u64::from(k))
-        .sum();
-    (n, reached, overtaken)
+/// A cached send's outcome from its publishes' replies (the receivers of each holder's), the
+/// last answered as reply `at`: the connections reached, the workers reached, and whether a
+/// change of the holders ran before it (it goes again).
+fn tally(sent: &Filled, at: u64, replies: &[RValue]) -> (u64, Vec<u32>, bool) {
+    let mut n = 0;
+    let mut reached = Vec::with_capacity(sent.holders.len());
+    for (&(w, k), p) in sent.holders.iter().zip(replies) {
+        if matches!(p, RValue::Int(r) if *r > 0) {
+            reached.push(w);
+            n += u64::from(k);
+        }
+    }
+    (n, reached, !sent.still(at))
 }
 
 /// One command of a batch, as `execute` sends it.
@@ -524,8 +508,9 @@ struct Item<'a> {
     op: Result<DirOp, String>,
     /// How many replies it takes (they are next among the calls').
     calls: usize,
-    /// A send to one uid made from the cache: the holders it was sent to.
-    cached: Option<Holders>,
+    /// A send to one uid made from the cache: the holders it was sent to, and the place of
+    /// its last publish's reply.
+    cached: Option<(std::sync::Arc<Filled>, u64)>,
 }
 
 /// Run a batch of directory commands (each with the key of its request's callback, if it is a
@@ -549,8 +534,8 @@ pub(super) async fn execute(
     // Per call, 0, or the sends to one uid it runs (answered with a list of their counts).
     let mut runs: Vec<usize> = Vec::with_capacity(batch.len());
     let mut run: Option<(redis::Cmd, usize)> = None;
-    // The holders of uids a send missed in the cache, read at the end of the pipeline.
-    let mut fills: Vec<(String, Seen)> = Vec::new();
+    // The uids a send missed in the cache: their holders are read at the end of the pipeline.
+    let mut fills: Vec<String> = Vec::new();
     // Consecutive registrations nobody waits for (a node's new connections, one command
     // each): one `register` of them all, so a burst of connections costs a script call per
     // 500 clients, not one each (the script's fixed cost dwarfs a client's). The same
@@ -601,6 +586,9 @@ pub(super) async fn execute(
     // batch, behind its later operations (an unbind after it would keep the holder from a
     // send meant before); the script sees every operation in its place.
     let cache = cache.filter(|_| ops.iter().all(|op| matches!(op, Ok(DirOp::Send { .. }))));
+    // The connection and the place of the pipeline's first reply.
+    let places = cache.and_then(|c| c.pipeline());
+    let cache = cache.filter(|_| places.is_some());
     for ((cmd, request), op) in batch.iter().zip(ops) {
         let Command::Dir(data) = cmd else { continue };
         if let (Ok(DirOp::Register { clients }), None) = (&op, request) {
@@ -619,30 +607,23 @@ pub(super) async fn execute(
         match (&item.op, item.op.as_ref().ok().and_then(one_uid)) {
             (_, Some(uid)) => {
                 match cache.map_or(Look::Off, |c| c.look(uid)) {
-                    Look::Hit(holders) => {
-                        // In order with the run before it; the holders read with the
-                        // publishes, atomically: what they were as the send ran.
+                    Look::Hit(filled) if !filled.holders.is_empty() => {
+                        // In order with the run before it.
                         end_run(&mut run, &mut cmds, &mut runs);
-                        cmds.push(redis::cmd("MULTI"));
-                        for &(w, _) in holders.iter() {
+                        for &(w, _) in filled.holders.iter() {
                             let mut c = redis::cmd("PUBLISH");
                             c.arg(event_channel(&dir::node_event(w))).arg(data.as_ref());
                             cmds.push(c);
                         }
-                        let mut read = redis::cmd("HGETALL");
-                        read.arg(format!("{PREFIX}uw:{uid}"));
-                        cmds.push(read);
-                        cmds.push(redis::cmd("EXEC"));
-                        item.calls = holders.len() + 3;
+                        item.calls = filled.holders.len();
                         runs.extend(std::iter::repeat_n(0, item.calls));
-                        item.cached = Some(holders);
+                        let last = places.map_or(0, |(_, first)| first + cmds.len() as u64 - 1);
+                        item.cached = Some((filled, last));
                     }
                     look => {
                         scripted += 1;
-                        if let Look::Miss(seen) = look {
-                            if !fills.iter().any(|(u, _)| u == uid) {
-                                fills.push((uid.to_string(), seen));
-                            }
+                        if matches!(look, Look::Miss) && !fills.iter().any(|u| u == uid) {
+                            fills.push(uid.to_string());
                         }
                         // Consecutive sends to one uid: one call (each atomic, in order).
                         let (c, n) = run.get_or_insert_with(|| {
@@ -670,7 +651,9 @@ pub(super) async fn execute(
     }
     flush_regs(&mut regs, &mut cmds, &mut runs, &mut items);
     end_run(&mut run, &mut cmds, &mut runs);
-    for (uid, _) in &fills {
+    // The place of the first fill's `HGETALL` reply.
+    let fills_at = places.map_or(0, |(_, first)| first + cmds.len() as u64 + 1);
+    for uid in &fills {
         // Tracked (`OPTIN`): Redis tells this connection when these holders change.
         let mut caching = redis::cmd("CLIENT");
         caching.arg("CACHING").arg("YES");
@@ -682,8 +665,8 @@ pub(super) async fn execute(
     done.replied = !cmds.is_empty();
     let mut all = run_calls(bus, cmds).await?;
     let filled = all.split_off(all.len() - 2 * fills.len());
-    if let Some(cache) = cache {
-        for ((uid, seen), pair) in fills.into_iter().zip(filled.chunks(2)) {
+    if let (Some(cache), Some((conn, _))) = (cache, places) {
+        for ((i, uid), pair) in fills.iter().enumerate().zip(filled.chunks(2)) {
             if !matches!(&pair[0], RValue::Okay) {
                 // Read untracked (`CLIENT CACHING` refused, say by an ACL): nothing would tell
                 // of a change. No cache on this connection.
@@ -695,7 +678,7 @@ pub(super) async fn execute(
                 break;
             }
             if let Some(h) = uid_cache::holders(&pair[1]) {
-                cache.fill(&uid, seen, h);
+                cache.fill(uid, conn, fills_at + 2 * i as u64, h);
             }
         }
     }
@@ -720,17 +703,25 @@ pub(super) async fn execute(
     for item in &items {
         let answer = match (&item.op, &item.cached) {
             (Err(why), _) => error_answer(why),
-            (Ok(op), Some(holders)) => {
+            (Ok(op), Some((filled, at))) => {
                 counted = true;
-                // `MULTI`'s and the queued commands' replies, then `EXEC`'s.
-                let exec = replies.nth(item.calls - 1);
-                let (n, reached, overtaken) = tally(holders, exec);
-                if overtaken {
-                    let uid = one_uid(op).expect("only sends to one uid are cached");
-                    let at = item.request.map(|_| done.answers.len());
-                    again.push((at, uid, item.data, reached));
+                let published: Vec<RValue> = replies.by_ref().take(item.calls).collect();
+                let refused = published.iter().find_map(|r| match r {
+                    RValue::ServerError(e) => Some(e),
+                    _ => None,
+                });
+                if let Some(e) = refused {
+                    // Refused (an ACL, say), as the script's `PUBLISH` would have been.
+                    error_answer(&format!("redis: {e:?}"))
+                } else {
+                    let (n, reached, overtaken) = tally(filled, *at, &published);
+                    if overtaken {
+                        let uid = one_uid(op).expect("only sends to one uid are cached");
+                        let at = item.request.map(|_| done.answers.len());
+                        again.push((at, uid, item.data, reached));
+                    }
+                    Value::from(n)
                 }
-                Value::from(n)
             }
             (Ok(op), None) => {
                 // One answer from the call's replies (a `register` in parts: their sum).

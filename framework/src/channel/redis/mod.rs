@@ -29,6 +29,7 @@ mod directory;
 mod history;
 mod leases;
 mod queues;
+mod tap;
 mod uid_cache;
 
 use std::cell::{Cell, RefCell};
@@ -684,8 +685,8 @@ async fn directory_bus(
     drop(l);
     let conn = cache.begin();
     let attempt = async {
-        let mut bus =
-            bus::direct(&url, ca.as_deref(), RESPONSE_TIMEOUT, cache.handler(conn)).await?;
+        let conn = tap::connect(&url, ca.as_deref(), RESPONSE_TIMEOUT, cache.clone(), conn).await?;
+        let mut bus = Bus::Direct(conn);
         let mut track = redis::cmd("CLIENT");
         track.arg("TRACKING").arg("ON").arg("OPTIN");
         bus.run(vec![(String::new(), track)]).await?;

@@ -6,32 +6,38 @@
 //!   a uid's holders (`{werkmann:dir}:uw:UID`) after `CLIENT CACHING YES`; Redis then pushes
 //!   an invalidation on that connection when they next change (a bind, an unbind, a close, a
 //!   sweep — by any link), and on a flush. Redis writes it at once, as the change runs (not
-//!   at the end of its event-loop pass, as `BCAST` mode does), ahead of the reply of every
-//!   command it runs after the change; the connection's push handler
-//!   ([`UidCache::handler`]) runs as the reply stream is read, so the invalidation is seen
-//!   before those replies. Only the uids the link cached are tracked (Redis keeps a small
-//!   record per key and link), and only their changes travel.
-//! - **A send from the cache** publishes to the cached holders and reads the uid's holders in
-//!   one `MULTI`/`EXEC`: what they were as it ran, whatever invalidations come around its
-//!   reply. When no holder then was left out, the count is the connections those holders had
-//!   at the workers it reached. Otherwise (a change ran before it) the send goes again through
-//!   the script, to the holders it did not reach yet (none gets it twice), and counts what the
-//!   holders hold then. A node reached needlessly (it held the uid before the change)
-//!   delivers to no one; such a send may follow the later sends of its pipeline to other
-//!   targets. The cache only saves the look-up's script call: a stale entry costs a second
-//!   round trip, never a wrong count.
-//! - **A pipeline with other operations than sends** runs its sends through the script: the
-//!   cache hears of the pipeline's own changes only with its replies, and a cached send after
-//!   such a change would go again only after the whole pipeline, behind its later changes.
+//!   at the end of its event-loop pass, as `BCAST` mode does): ahead of the reply of every
+//!   command it runs after the change, behind the reply of every command it ran before.
+//!   Only the uids the link cached are tracked (Redis keeps a small record per key and link),
+//!   and only their changes travel.
+//! - **Places**: the connection is read through a tap (`tap.rs`) that numbers the replies and
+//!   gives each invalidation the number of replies before it — its place. A command answered
+//!   as reply `k` ran after a change whose invalidation has place `≤ k`, before one with a
+//!   later place. (The crate hands pushes to a handler as it reads them, before the task
+//!   waiting for earlier replies resumes: the order they came in is lost there.)
+//! - **A send from the cache** publishes to the cached holders. It was exact when no
+//!   invalidation of its uid has a place up to its last publish's reply: then its count is the
+//!   connections those holders have at the workers whose event had a subscriber. Otherwise (a
+//!   change ran before it) the send goes again through the script, to the holders it did not
+//!   reach yet (none gets it twice), and counts what the holders hold then. A node reached
+//!   needlessly (it held the uid before the change) delivers to no one; such a send may follow
+//!   the later sends of its pipeline to other targets. A stale entry costs a second round
+//!   trip, never a wrong count.
+//! - **A pipeline with other operations than sends** runs its sends through the script: a
+//!   cached send after a change of the pipeline's own would be found overtaken and go again
+//!   only after the whole pipeline, behind its later changes.
 //! - **A miss** sends through the script as before and reads the holders (`HGETALL`) in the
-//!   same pipeline; they are cached only if no invalidation of the uid came since the miss.
-//! - A lost connection, a flush or more than [`MAX_ENTRIES`] entries empty the cache; on a
-//!   Redis Cluster, or a server that refuses tracking, there is none.
+//!   same pipeline; they are cached unless an invalidation of the uid has a later place than
+//!   the read's reply.
+//! - A lost connection, a flush (at its place) or more than [`MAX_ENTRIES`] entries (between
+//!   pipelines) empty the cache; on a Redis Cluster, or a server that refuses tracking, there
+//!   is none.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redis::{PushInfo, PushKind, Value as RValue};
+use redis::Value as RValue;
 
 /// The most uids cached; past it the cache starts again empty.
 pub(super) const MAX_ENTRIES: usize = 100_000;
@@ -39,7 +45,7 @@ pub(super) const MAX_ENTRIES: usize = 100_000;
 /// A uid's holders: each worker and how many of the uid's clients it holds (none with 0).
 pub(super) type Holders = Arc<[(u32, u32)]>;
 
-/// The cache of one link, shared with its connection's push handler.
+/// The cache of one link, shared with its connection's tap.
 #[derive(Clone)]
 pub(super) struct UidCache {
     state: Arc<Mutex<State>>,
@@ -50,35 +56,52 @@ pub(super) struct UidCache {
 #[derive(Default)]
 struct State {
     entries: HashMap<Box<str>, Entry>,
-    /// Bumped by each invalidation.
-    gen: u64,
-    /// Bumped when everything is dropped (a flush, a lost connection, too many entries).
-    flushes: u64,
     /// Whether tracking is on for the current connection.
     live: bool,
-    /// The current connection's number: pushes from an earlier one are ignored.
+    /// The current connection's number: what the tap of an earlier one reads is ignored.
     conn: u64,
+    /// Replies read on the current connection so far: the place of the next command's.
+    read: u64,
+    /// Commands written on the current connection so far.
+    written: u64,
+    /// The place of the last flush Redis told of.
+    flushed_at: u64,
 }
 
 struct Entry {
-    /// `None` while being read, or after an invalidation.
-    holders: Option<Holders>,
-    gen: u64,
+    /// The holders as last read; `None` while being read, or after an invalidation.
+    filled: Option<Arc<Filled>>,
+    /// The place of the uid's last invalidation (0: none).
+    changed_at: u64,
 }
 
-/// What a send's look-up saw, checked again when its replies come.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Seen {
-    gen: u64,
-    flushes: u64,
+/// A uid's holders as read, and where they stopped standing.
+pub(super) struct Filled {
+    /// The holders.
+    pub holders: Holders,
+    /// The place of the first invalidation after the read (`u64::MAX`: none yet).
+    dropped_at: AtomicU64,
+}
+
+impl Filled {
+    /// Whether these holders stood when the command answered as reply `at` ran.
+    pub(super) fn still(&self, at: u64) -> bool {
+        // Set under the state's lock by the tap, read after the reply was read: the lock
+        // taken since orders the two.
+        self.dropped_at.load(Ordering::Relaxed) > at
+    }
+
+    fn drop_at(&self, at: u64) {
+        self.dropped_at.store(at, Ordering::Relaxed);
+    }
 }
 
 /// A look-up's result.
 pub(super) enum Look {
-    /// The holders as last read (checked against the holders when the send runs).
-    Hit(Holders),
+    /// The holders as last read (a send checks [`Filled::still`] at its reply).
+    Hit(Arc<Filled>),
     /// Not cached: read them with the send, then [`UidCache::fill`].
-    Miss(Seen),
+    Miss,
     /// No tracking on this connection (yet): send without the cache.
     Off,
 }
@@ -98,20 +121,22 @@ impl UidCache {
     }
 
     /// A new connection is being made: nothing cached so far stands, and nothing is cached
-    /// until it tracks ([`UidCache::start`]). Its number, for its [`UidCache::handler`].
+    /// until it tracks ([`UidCache::start`]). Its number, for its tap.
     pub(super) fn begin(&self) -> u64 {
         let mut s = self.lock();
-        s.flush();
+        s.drop_all(0);
         s.live = false;
         s.conn += 1;
+        s.read = 0;
+        s.written = 0;
+        s.flushed_at = 0;
         s.conn
     }
 
-    /// Connection `conn` tracks the holders now (unless another one began since).
+    /// Connection `conn` tracks the holders now (unless another one began, or it ended).
     pub(super) fn start(&self, conn: u64) {
         let mut s = self.lock();
         if s.conn == conn {
-            s.flush();
             s.live = true;
         }
     }
@@ -119,13 +144,45 @@ impl UidCache {
     /// The connection failed or is dropped: nothing cached stands.
     pub(super) fn stop(&self) {
         let mut s = self.lock();
-        s.flush();
+        s.drop_all(0);
         s.live = false;
+        // Its tap is no longer heard.
+        s.conn += 1;
+    }
+
+    /// Connection `conn` ended, or its tap cannot read it: [`UidCache::stop`] if current.
+    pub(super) fn lost(&self, conn: u64) {
+        if self.lock().conn == conn {
+            self.stop();
+        }
     }
 
     /// Whether tracking is on.
     pub(super) fn live(&self) -> bool {
         self.lock().live
+    }
+
+    /// Before a pipeline on the connection: the connection's number and the place of the
+    /// pipeline's first reply — `None` without tracking, or while a command written earlier
+    /// is not answered yet (the places would not be known). Past [`MAX_ENTRIES`] it starts
+    /// again empty (no send of an earlier pipeline is in flight).
+    pub(super) fn pipeline(&self) -> Option<(u64, u64)> {
+        let mut s = self.lock();
+        if !s.live {
+            return None;
+        }
+        if s.written != s.read {
+            log::debug!(
+                "redis: {} commands unanswered on the directory connection: no uid cache for \
+                 this pipeline",
+                s.written.saturating_sub(s.read)
+            );
+            return None;
+        }
+        if s.entries.len() >= MAX_ENTRIES {
+            s.drop_all(0);
+        }
+        Some((s.conn, s.read))
     }
 
     /// Look `uid` up for a send.
@@ -134,88 +191,93 @@ impl UidCache {
         if !s.live {
             return Look::Off;
         }
-        let flushes = s.flushes;
-        let seen = |gen| Seen { gen, flushes };
         if let Some(e) = s.entries.get(uid) {
-            return match &e.holders {
-                Some(h) => Look::Hit(h.clone()),
-                None => Look::Miss(seen(e.gen)),
+            return match &e.filled {
+                Some(f) => Look::Hit(f.clone()),
+                None => Look::Miss,
             };
         }
-        if s.entries.len() >= MAX_ENTRIES {
-            s.flush();
-        }
-        let (gen, flushes) = (s.gen, s.flushes);
-        let seen = |gen| Seen { gen, flushes };
-        s.entries.insert(uid.into(), Entry { holders: None, gen });
-        Look::Miss(seen(gen))
+        s.entries.insert(
+            uid.into(),
+            Entry {
+                filled: None,
+                changed_at: 0,
+            },
+        );
+        Look::Miss
     }
 
-    /// Cache `uid`'s holders read by a send that missed with `seen`, unless they changed since.
-    pub(super) fn fill(&self, uid: &str, seen: Seen, holders: Holders) {
+    /// Cache `uid`'s holders read on connection `conn` (answered as reply `at`), unless a
+    /// change came after the read.
+    pub(super) fn fill(&self, uid: &str, conn: u64, at: u64, holders: Holders) {
         let mut s = self.lock();
-        if !s.live || s.flushes != seen.flushes {
+        if !s.live || s.conn != conn || s.flushed_at > at {
             return;
         }
-        if let Some(e) = s.entries.get_mut(uid).filter(|e| e.gen == seen.gen) {
-            e.holders = Some(holders);
+        if let Some(e) = s.entries.get_mut(uid).filter(|e| e.changed_at <= at) {
+            e.filled = Some(Arc::new(Filled {
+                holders,
+                dropped_at: AtomicU64::new(u64::MAX),
+            }));
         }
     }
 
-    /// Connection `conn`'s push handler: invalidations drop entries, a lost connection all
-    /// of them.
-    pub(super) fn handler(
-        &self,
-        conn: u64,
-    ) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static {
-        let cache = self.clone();
-        move |push: PushInfo| {
-            match push.kind {
-                PushKind::Invalidate => cache.invalidate(conn, push.data.first()),
-                PushKind::Disconnection => {
-                    let mut s = cache.lock();
-                    if s.conn == conn {
-                        s.flush();
-                        s.live = false;
-                    }
-                }
-                _ => {}
-            }
-            Ok(())
+    /// Connection `conn`'s tap saw `commands` written in all so far.
+    pub(super) fn wrote(&self, conn: u64, commands: u64) {
+        let mut s = self.lock();
+        if s.conn == conn {
+            s.written = commands;
         }
     }
 
-    /// Connection `conn`'s invalidation of `keys` (`nil`: a flush).
-    fn invalidate(&self, conn: u64, keys: Option<&RValue>) {
+    /// What connection `conn`'s tap read: `replies` in all so far, and the pushes among them,
+    /// each with its place.
+    pub(super) fn read(&self, conn: u64, replies: u64, pushes: Vec<(u64, RValue)>) {
         let mut s = self.lock();
         if s.conn != conn {
             return;
         }
-        let Some(RValue::Array(keys)) = keys else {
-            s.flush();
-            return;
-        };
-        s.gen += 1;
-        let gen = s.gen;
-        for k in keys {
-            let uid = match k {
-                RValue::BulkString(b) => std::str::from_utf8(b).ok(),
-                RValue::SimpleString(t) => Some(t.as_str()),
-                _ => None,
+        s.read = replies;
+        for (at, push) in pushes {
+            let RValue::Push { kind, data } = push else {
+                continue;
+            };
+            if kind != redis::PushKind::Invalidate {
+                continue;
             }
-            .and_then(|k| k.strip_prefix(&*self.prefix));
-            if let Some(e) = uid.and_then(|u| s.entries.get_mut(u)) {
-                e.holders = None;
-                e.gen = gen;
+            let Some(RValue::Array(keys)) = data.first() else {
+                // `nil`: a flush.
+                s.flushed_at = at;
+                s.drop_all(at);
+                continue;
+            };
+            for k in keys {
+                let uid = match k {
+                    RValue::BulkString(b) => std::str::from_utf8(b).ok(),
+                    RValue::SimpleString(t) => Some(t.as_str()),
+                    _ => None,
+                }
+                .and_then(|k| k.strip_prefix(&*self.prefix));
+                if let Some(e) = uid.and_then(|u| s.entries.get_mut(u)) {
+                    if let Some(f) = e.filled.take() {
+                        f.drop_at(at);
+                    }
+                    e.changed_at = at;
+                }
             }
         }
     }
 }
 
 impl State {
-    fn flush(&mut self) {
+    /// Drop every entry; sends made from them count as overtaken at place `at`.
+    fn drop_all(&mut self, at: u64) {
+        for e in self.entries.values_mut() {
+            if let Some(f) = e.filled.take() {
+                f.drop_at(at);
+            }
+        }
         self.entries.clear();
-        self.flushes += 1;
     }
 }
 
@@ -253,11 +315,12 @@ pub(super) fn holders(reply: &RValue) -> Option<Holders> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redis::PushKind;
 
     const P: &str = "{werkmann:dir}:uw:";
 
-    fn invalidation(keys: &[&str]) -> PushInfo {
-        PushInfo {
+    fn invalidation(keys: &[&str]) -> RValue {
+        RValue::Push {
             kind: PushKind::Invalidate,
             data: vec![RValue::Array(
                 keys.iter()
@@ -267,124 +330,125 @@ mod tests {
         }
     }
 
-    fn disconnect() -> PushInfo {
-        PushInfo {
-            kind: PushKind::Disconnection,
-            data: vec![],
+    fn flush() -> RValue {
+        RValue::Push {
+            kind: PushKind::Invalidate,
+            data: vec![RValue::Nil],
         }
     }
 
-    fn live() -> UidCache {
+    fn live() -> (UidCache, u64) {
         let c = UidCache::new(P);
         let conn = c.begin();
         c.start(conn);
-        c
+        (c, conn)
+    }
+
+    fn hit(c: &UidCache, uid: &str) -> Arc<Filled> {
+        match c.look(uid) {
+            Look::Hit(f) => f,
+            _ => panic!("{uid} is cached"),
+        }
     }
 
     #[test]
     fn a_miss_fills_and_the_next_send_hits() {
-        let c = live();
-        let Look::Miss(seen) = c.look("u1") else {
-            panic!("a first look misses")
-        };
-        c.fill("u1", seen, Arc::from([(3, 1)]));
-        let Look::Hit(h) = c.look("u1") else {
-            panic!("filled")
-        };
-        assert_eq!(&*h, &[(3, 1)]);
+        let (c, conn) = live();
+        assert!(matches!(c.look("u1"), Look::Miss), "a first look misses");
+        assert_eq!(c.pipeline(), Some((conn, 0)));
+        c.wrote(conn, 4);
+        assert_eq!(c.pipeline(), None, "not while commands are unanswered");
+        c.fill("u1", conn, 3, Arc::from([(3, 1)]));
+        c.read(conn, 4, Vec::new());
+        assert_eq!(c.pipeline(), Some((conn, 4)));
+        let f = hit(&c, "u1");
+        assert_eq!(&*f.holders, &[(3, 1)]);
+        assert!(f.still(u64::MAX - 1));
     }
 
     #[test]
-    fn an_invalidation_during_a_send_or_a_read_is_noticed() {
-        let c = live();
-        let handler = c.handler(1);
-        let Look::Miss(seen) = c.look("u1") else {
-            panic!()
-        };
-        handler(invalidation(&["{werkmann:dir}:uw:u1"])).unwrap();
-        c.fill("u1", seen, Arc::from([(3, 1)]));
+    fn a_change_counts_by_its_place() {
+        let (c, conn) = live();
+        let _ = c.look("u1");
+        // A change before the read's reply (place 2, the read answered as reply 2) is in it.
+        c.read(conn, 3, vec![(2, invalidation(&[&format!("{P}u1")]))]);
+        c.fill("u1", conn, 2, Arc::from([(3, 1)]));
+        let f = hit(&c, "u1");
+        // A change after the read: a send answered before it stands, one after does not.
+        c.read(conn, 9, vec![(7, invalidation(&[&format!("{P}u1")]))]);
+        assert!(f.still(6) && !f.still(7) && !f.still(8));
         assert!(
-            matches!(c.look("u1"), Look::Miss(_)),
-            "a read that raced a change is not kept"
-        );
-        let Look::Miss(seen) = c.look("u1") else {
-            panic!()
-        };
-        c.fill("u1", seen, Arc::from([(3, 1)]));
-        assert!(matches!(c.look("u1"), Look::Hit(_)));
-        handler(invalidation(&[
-            "{werkmann:dir}:uw:u2",
-            "{werkmann:dir}:uw:u1",
-        ]))
-        .unwrap();
-        assert!(
-            matches!(c.look("u1"), Look::Miss(_)),
+            matches!(c.look("u1"), Look::Miss),
             "a changed uid is read again"
         );
-        c.fill("u1", seen, Arc::from([(3, 1)]));
-        assert!(
-            matches!(c.look("u1"), Look::Miss(_)),
-            "a fill from before it is not kept"
-        );
+        // A later change leaves the first place.
+        c.read(conn, 12, vec![(11, invalidation(&[&format!("{P}u1")]))]);
+        assert!(!f.still(8));
+        // A read answered before the last change is not kept; one after is.
+        c.fill("u1", conn, 10, Arc::from([(3, 1)]));
+        assert!(matches!(c.look("u1"), Look::Miss));
+        c.fill("u1", conn, 11, Arc::from([(4, 1)]));
+        assert_eq!(&*hit(&c, "u1").holders, &[(4, 1)]);
     }
 
     #[test]
-    fn other_uids_stay_and_flushes_and_disconnects_drop_all() {
-        let c = live();
-        let handler = c.handler(1);
+    fn other_uids_stay_and_flushes_and_ends_drop_all() {
+        let (c, conn) = live();
         for u in ["a", "b"] {
-            let Look::Miss(seen) = c.look(u) else {
-                panic!()
-            };
-            c.fill(u, seen, Arc::from([(1, 2)]));
+            let _ = c.look(u);
+            c.fill(u, conn, 0, Arc::from([(1, 2)]));
         }
-        let Look::Miss(seen_b) = c.look("c") else {
-            panic!()
-        };
-        handler(invalidation(&["{werkmann:dir}:uw:a"])).unwrap();
-        assert!(
-            matches!(c.look("b"), Look::Hit(_)),
-            "another uid's change leaves it"
-        );
-        c.fill("c", seen_b, Arc::from([(1, 1)]));
+        let _ = c.look("c");
+        c.read(conn, 5, vec![(4, invalidation(&[&format!("{P}a")]))]);
+        let b = hit(&c, "b");
+        assert!(b.still(100), "another uid's change leaves it");
+        c.fill("c", conn, 2, Arc::from([(1, 1)]));
         assert!(
             matches!(c.look("c"), Look::Hit(_)),
-            "a read that only another uid's change raced is kept"
+            "another uid's change leaves a read too"
         );
-        handler(PushInfo {
-            kind: PushKind::Invalidate,
-            data: vec![RValue::Nil],
-        })
-        .unwrap();
-        for u in ["b", "c"] {
-            assert!(
-                matches!(c.look(u), Look::Miss(_)),
-                "a flush drops everything"
-            );
-        }
-        let Look::Miss(seen) = c.look("b") else {
-            panic!()
-        };
-        c.fill("b", seen, Arc::from([(1, 2)]));
-        handler(disconnect()).unwrap();
+        c.read(conn, 7, vec![(6, flush())]);
+        assert!(
+            b.still(5) && !b.still(6),
+            "a flush drops everything at its place"
+        );
+        assert!(matches!(c.look("b"), Look::Miss));
+        c.fill("b", conn, 5, Arc::from([(1, 2)]));
+        assert!(
+            matches!(c.look("b"), Look::Miss),
+            "a read before a flush is not kept"
+        );
+        c.fill("b", conn, 6, Arc::from([(1, 2)]));
+        let b = hit(&c, "b");
+        c.lost(conn);
+        assert!(!b.still(0), "an ended connection: nothing stands");
         assert!(matches!(c.look("b"), Look::Off), "no tracking, no cache");
+        assert_eq!(c.pipeline(), None);
     }
 
     #[test]
     fn an_earlier_connection_is_not_heard() {
-        let c = live();
-        let old = c.handler(1);
+        let (c, old) = live();
         let conn = c.begin();
         c.start(conn);
-        let Look::Miss(seen) = c.look("a") else {
-            panic!()
-        };
-        c.fill("a", seen, Arc::from([(1, 1)]));
-        old(invalidation(&["{werkmann:dir}:uw:a"])).unwrap();
-        old(disconnect()).unwrap();
-        assert!(matches!(c.look("a"), Look::Hit(..)));
+        let _ = c.look("a");
+        c.fill("a", old, 0, Arc::from([(1, 1)]));
+        assert!(
+            matches!(c.look("a"), Look::Miss),
+            "a read on an earlier connection"
+        );
+        c.fill("a", conn, 0, Arc::from([(1, 1)]));
+        c.read(old, 9, vec![(1, invalidation(&[&format!("{P}a")]))]);
+        c.lost(old);
+        assert!(hit(&c, "a").still(100));
+        assert_eq!(c.pipeline(), Some((conn, 0)));
         c.stop();
         assert!(matches!(c.look("a"), Look::Off));
+        c.start(conn);
+        assert!(
+            matches!(c.look("a"), Look::Off),
+            "a stopped connection stays off"
+        );
     }
 
     #[test]
