@@ -95,7 +95,10 @@ fn frame_end(b: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ()> {
             if n < 0 {
                 return Ok(Some(next)); // RESP2's null
             }
-            let end = next + usize::try_from(n).map_err(|_| ())? + 2;
+            let end = usize::try_from(n)
+                .ok()
+                .and_then(|n| next.checked_add(n)?.checked_add(2))
+                .ok_or(())?;
             match b.get(end - 2..end) {
                 None => Ok(None),
                 Some(b"\r\n") => Ok(Some(end)),
@@ -107,10 +110,9 @@ fn frame_end(b: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ()> {
             if n < 0 {
                 return Ok(Some(next));
             }
-            let items = if matches!(kind, b'%' | b'|') {
-                2 * n
-            } else {
-                n
+            let items = match kind {
+                b'%' | b'|' => n.checked_mul(2).ok_or(())?,
+                _ => n,
             };
             let mut p = next;
             for _ in 0..items {
@@ -388,6 +390,8 @@ mod tests {
         assert_eq!(one(b"$2\r\nabcd"), Err(()), "a bulk without its CRLF");
         assert_eq!(one(b"?x\r\n"), Err(()));
         assert_eq!(one(b"*x\r\n"), Err(()));
+        assert_eq!(one(b"$9223372036854775807\r\n"), Ok(None), "no overflow");
+        assert_eq!(one(b"%9223372036854775807\r\n"), Err(()));
         let deep = "*1\r\n".repeat(MAX_DEPTH + 2) + ":1\r\n";
         assert_eq!(one(deep.as_bytes()), Err(()));
         assert_eq!(
