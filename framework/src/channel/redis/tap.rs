@@ -77,11 +77,15 @@ fn frame_end(b: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ()> {
     let Some(&kind) = b.get(at) else {
         return Ok(None);
     };
-    let Some(len) = memchr::memmem::find(&b[at..], b"\r\n") else {
+    // A line ends at its first `\n`, which a `\r` comes just before.
+    let Some(nl) = memchr::memchr(b'\n', &b[at..]) else {
         return Ok(None);
     };
-    let line = &b[at + 1..at + len];
-    let next = at + len + 2;
+    if nl < 2 || b[at + nl - 1] != b'\r' {
+        return Err(());
+    }
+    let line = &b[at + 1..at + nl - 1];
+    let next = at + nl + 1;
     let count = || -> Result<i64, ()> {
         std::str::from_utf8(line)
             .ok()
@@ -134,14 +138,14 @@ fn frame_end(b: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ()> {
 /// The kind byte of the frame at `at`, past any attribute (the frame is whole).
 fn kind_past_attributes(b: &[u8], mut at: usize) -> u8 {
     while b[at] == b'|' {
-        let Some(line) = memchr::memmem::find(&b[at..], b"\r\n") else {
+        let Some(nl) = memchr::memchr(b'\n', &b[at..]).filter(|&nl| nl >= 2) else {
             break;
         };
-        let n: usize = std::str::from_utf8(&b[at + 1..at + line])
+        let n: usize = std::str::from_utf8(&b[at + 1..at + nl - 1])
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let mut p = at + line + 2;
+        let mut p = at + nl + 1;
         for _ in 0..2 * n {
             match frame_end(b, p, 1) {
                 Ok(Some(e)) => p = e,
@@ -389,6 +393,8 @@ mod tests {
         assert_eq!(one(b":1"), Ok(None));
         assert_eq!(one(b"$2\r\nabcd"), Err(()), "a bulk without its CRLF");
         assert_eq!(one(b"?x\r\n"), Err(()));
+        assert_eq!(one(b":1\n"), Err(()), "a line ends with CRLF");
+        assert_eq!(one(b"\n"), Err(()));
         assert_eq!(one(b"*x\r\n"), Err(()));
         assert_eq!(one(b"$9223372036854775807\r\n"), Ok(None), "no overflow");
         assert_eq!(one(b"%9223372036854775807\r\n"), Err(()));
