@@ -158,6 +158,19 @@ fn kind_past_attributes(b: &[u8], mut at: usize) -> u8 {
 }
 
 impl Scan {
+    /// Nothing read or written yet on connection `conn`.
+    fn new(cache: UidCache, conn: u64) -> Scan {
+        Scan {
+            cache,
+            conn,
+            rest: Vec::new(),
+            replies: 0,
+            rest_out: Vec::new(),
+            commands: 0,
+            done: false,
+        }
+    }
+
     /// Read `bytes` (what came after the last call's).
     fn feed(&mut self, bytes: &[u8]) {
         if self.done {
@@ -302,15 +315,7 @@ pub(super) async fn connect(
 ) -> redis::RedisResult<MultiplexedConnection> {
     let client = open_client(url, ca)?;
     let info = client.get_connection_info();
-    let scan = Scan {
-        cache,
-        conn,
-        rest: Vec::new(),
-        replies: 0,
-        rest_out: Vec::new(),
-        commands: 0,
-        done: false,
-    };
+    let scan = Scan::new(cache, conn);
     let io_err = |e: io::Error| redis::RedisError::from(e);
     let stream = async {
         let stream: Pin<Box<dyn AsyncStream>> = match info.addr() {
@@ -412,15 +417,7 @@ mod tests {
         let cache = UidCache::new("p:");
         let conn = cache.begin();
         cache.start(conn);
-        let mut scan = Scan {
-            cache: cache.clone(),
-            conn,
-            rest: Vec::new(),
-            replies: 0,
-            rest_out: Vec::new(),
-            commands: 0,
-            done: false,
-        };
+        let mut scan = Scan::new(cache.clone(), conn);
         scan.wrote(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1");
         assert_eq!(
             scan.commands, 1,
