@@ -428,8 +428,10 @@ fn answer(op: &DirOp, reply: &RValue) -> Result<Value, String> {
 
 /// Run script calls as one pipeline (every call in the directory's slot); each reply, errors
 /// included. Calls refused with `NOSCRIPT` (a Redis that had not seen the script, or flushed
-/// it) did not run: the script is loaded and they run again, in order — they are the last of
-/// the pipeline, as nothing after a flush finds the script.
+/// it) did not run: the script is loaded and they run again, in order — after the rest of the
+/// pipeline, whose script calls a flush also refused, but whose plain commands (a cached
+/// send's `PUBLISH`es, the cache's reads) ran: after a `SCRIPT FLUSH` a send through the
+/// script may reach a node after a cached send that followed it.
 async fn run_calls(bus: &mut Bus, cmds: Vec<redis::Cmd>) -> redis::RedisResult<Vec<RValue>> {
     let calls: Vec<(String, redis::Cmd)> =
         cmds.into_iter().map(|c| (WORKERS.to_string(), c)).collect();
@@ -674,7 +676,7 @@ pub(super) async fn execute(
                     "redis: CLIENT CACHING answered {:?}: sends to uids run the script",
                     pair[0]
                 );
-                cache.stop();
+                cache.refuse();
                 break;
             }
             if let Some(h) = uid_cache::holders(&pair[1]) {
@@ -784,6 +786,11 @@ pub(super) async fn execute(
                 "redis: {} sends overtaken by a change not sent again: {e}",
                 again.len()
             );
+            // Its replies may still come (a timeout): the places would be off. A new
+            // connection for the next send to a uid.
+            if let Some(c) = cache {
+                c.stop();
+            }
             Vec::new()
         });
         for (i, (at, ..)) in again.iter().enumerate() {

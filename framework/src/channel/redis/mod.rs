@@ -26,6 +26,7 @@
 
 mod bus;
 mod directory;
+mod frames;
 mod history;
 mod leases;
 mod queues;
@@ -662,7 +663,8 @@ async fn directory_bus(
     let refused = l
         .no_tracking
         .get()
-        .is_some_and(|until| std::time::Instant::now() < until);
+        .is_some_and(|until| std::time::Instant::now() < until)
+        || l.uid_cache.refused_within(TRACKING_RETRY);
     if !matches!(manager, Bus::Single(_)) || refused {
         return without();
     }

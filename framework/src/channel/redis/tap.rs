@@ -19,11 +19,9 @@ use redis::{ConnectionAddr, Value as RValue};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::bus::open_client;
+use super::frames::{Frame, Frames};
 use super::uid_cache::UidCache;
 use crate::tls::ClientTls;
-
-/// Deepest nesting of a frame the tap reads (Redis's replies nest a few levels).
-const MAX_DEPTH: usize = 32;
 
 /// A stream whose reads are numbered for `cache` as they pass.
 struct Tap<S> {
@@ -35,126 +33,16 @@ struct Tap<S> {
 struct Scan {
     cache: UidCache,
     conn: u64,
-    /// The start of a frame not read whole yet.
-    rest: Vec<u8>,
+    /// Where the frames read stand.
+    input: Frames,
     /// Replies read so far (the connection's handshake included).
     replies: u64,
-    /// The start of a command not written whole yet.
-    rest_out: Vec<u8>,
-    /// Commands written so far.
+    /// Where the commands written stand.
+    output: Frames,
+    /// Commands written whole so far.
     commands: u64,
     /// The connection is no longer read (ended, or a frame the tap cannot read).
     done: bool,
-}
-
-/// Count the whole frames of `data` (after `rest`, the incomplete one of the last call; it
-/// keeps the new incomplete one), each given to `each` with its bytes; `Err` for what is not
-/// RESP3.
-fn frames(rest: &mut Vec<u8>, bytes: &[u8], mut each: impl FnMut(&[u8])) -> Result<(), ()> {
-    let joined;
-    let data: &[u8] = if rest.is_empty() {
-        bytes
-    } else {
-        rest.extend_from_slice(bytes);
-        joined = std::mem::take(rest);
-        &joined
-    };
-    let mut at = 0;
-    while let Some(end) = frame_end(data, at, 0)? {
-        each(&data[at..end]);
-        at = end;
-    }
-    *rest = data[at..].to_vec();
-    Ok(())
-}
-
-/// Where the frame starting at `at` ends (attributes before it included); `Ok(None)` when
-/// `b` ends first; `Err` for what is not RESP3.
-fn frame_end(b: &[u8], at: usize, depth: usize) -> Result<Option<usize>, ()> {
-    if depth > MAX_DEPTH {
-        return Err(());
-    }
-    let Some(&kind) = b.get(at) else {
-        return Ok(None);
-    };
-    // A line ends at its first `\n`, which a `\r` comes just before.
-    let Some(nl) = memchr::memchr(b'\n', &b[at..]) else {
-        return Ok(None);
-    };
-    if nl < 2 || b[at + nl - 1] != b'\r' {
-        return Err(());
-    }
-    let line = &b[at + 1..at + nl - 1];
-    let next = at + nl + 1;
-    let count = || -> Result<i64, ()> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or(())
-    };
-    match kind {
-        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => Ok(Some(next)),
-        b'$' | b'!' | b'=' => {
-            let n = count()?;
-            if n < 0 {
-                return Ok(Some(next)); // RESP2's null
-            }
-            let end = usize::try_from(n)
-                .ok()
-                .and_then(|n| next.checked_add(n)?.checked_add(2))
-                .ok_or(())?;
-            match b.get(end - 2..end) {
-                None => Ok(None),
-                Some(b"\r\n") => Ok(Some(end)),
-                Some(_) => Err(()),
-            }
-        }
-        b'*' | b'~' | b'>' | b'%' | b'|' => {
-            let n = count()?;
-            if n < 0 {
-                return Ok(Some(next));
-            }
-            let items = match kind {
-                b'%' | b'|' => n.checked_mul(2).ok_or(())?,
-                _ => n,
-            };
-            let mut p = next;
-            for _ in 0..items {
-                match frame_end(b, p, depth + 1)? {
-                    Some(e) => p = e,
-                    None => return Ok(None),
-                }
-            }
-            if kind == b'|' {
-                // An attribute: the frame it describes follows.
-                return frame_end(b, p, depth);
-            }
-            Ok(Some(p))
-        }
-        _ => Err(()),
-    }
-}
-
-/// The kind byte of the frame at `at`, past any attribute (the frame is whole).
-fn kind_past_attributes(b: &[u8], mut at: usize) -> u8 {
-    while b[at] == b'|' {
-        let Some(nl) = memchr::memchr(b'\n', &b[at..]).filter(|&nl| nl >= 2) else {
-            break;
-        };
-        let n: usize = std::str::from_utf8(&b[at + 1..at + nl - 1])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let mut p = at + nl + 1;
-        for _ in 0..2 * n {
-            match frame_end(b, p, 1) {
-                Ok(Some(e)) => p = e,
-                _ => return b'|',
-            }
-        }
-        at = p;
-    }
-    b[at]
 }
 
 impl Scan {
@@ -163,9 +51,9 @@ impl Scan {
         Scan {
             cache,
             conn,
-            rest: Vec::new(),
+            input: Frames::default(),
             replies: 0,
-            rest_out: Vec::new(),
+            output: Frames::default(),
             commands: 0,
             done: false,
         }
@@ -180,15 +68,12 @@ impl Scan {
         let mut pushes: Vec<(u64, RValue)> = Vec::new();
         let mut unreadable = false;
         let replies = &mut self.replies;
-        let whole = frames(&mut self.rest, bytes, |frame| {
-            if kind_past_attributes(frame, 0) != b'>' {
-                *replies += 1;
-                return;
-            }
-            match redis::parse_redis_value(frame) {
+        let whole = self.input.feed(bytes, |frame| match frame {
+            Frame::Other => *replies += 1,
+            Frame::Push(bytes) => match redis::parse_redis_value(&bytes) {
                 Ok(v) => pushes.push((*replies, v)),
                 Err(_) => unreadable = true,
-            }
+            },
         });
         if whole.is_err() || unreadable {
             self.fail("read");
@@ -203,11 +88,13 @@ impl Scan {
             return;
         }
         let commands = &mut self.commands;
-        if frames(&mut self.rest_out, bytes, |_| *commands += 1).is_err() {
+        if self.output.feed(bytes, |_| *commands += 1).is_err() {
             self.fail("wrote");
             return;
         }
-        self.cache.wrote(self.conn, self.commands);
+        // One written in part counts: its reply is due.
+        let written = self.commands + u64::from(!self.output.between());
+        self.cache.wrote(self.conn, written);
     }
 
     fn fail(&mut self, what: &str) {
@@ -303,9 +190,13 @@ impl<S> Drop for Tap<S> {
     }
 }
 
+/// How long making the connection may take, its handshake included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection of the directory's own to the single server at `url` (TCP, TLS — trusting
-/// `ca`, else the system's roots — or a Unix socket), numbered for `cache` as connection
-/// `conn` (`UidCache::begin`).
+/// `ca`, else the system's roots — or a Unix socket; RESP3), numbered for `cache` as
+/// connection `conn` (`UidCache::begin`). What it cannot make (an insecure TLS URL, RESP2) is
+/// a configuration error, not one to retry at once.
 pub(super) async fn connect(
     url: &str,
     ca: Option<&Path>,
@@ -315,9 +206,18 @@ pub(super) async fn connect(
 ) -> redis::RedisResult<MultiplexedConnection> {
     let client = open_client(url, ca)?;
     let info = client.get_connection_info();
-    let scan = Scan::new(cache, conn);
-    let io_err = |e: io::Error| redis::RedisError::from(e);
-    let stream = async {
+    let unsupported = |what: String| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "no connection of the directory's own",
+            what,
+        ))
+    };
+    if info.redis_settings().protocol() != redis::ProtocolVersion::RESP3 {
+        // Over RESP2 the invalidations would not come on this connection.
+        return Err(unsupported("RESP2".into()));
+    }
+    let setup = async {
         let stream: Pin<Box<dyn AsyncStream>> = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
                 let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -334,13 +234,13 @@ pub(super) async fn connect(
                     Some(ca) => ClientTls::with_ca_file(ca),
                     None => ClientTls::system(),
                 }
-                .map_err(|e| io::Error::other(e.to_string()))?;
+                .map_err(|e| unsupported(e.to_string()))?;
                 let name = rustls::pki_types::ServerName::try_from(
                     host.trim_start_matches('[')
                         .trim_end_matches(']')
                         .to_string(),
                 )
-                .map_err(io::Error::other)?;
+                .map_err(|e| unsupported(e.to_string()))?;
                 let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 s.set_nodelay(true)?;
                 let s = tokio_rustls::TlsConnector::from(tls.config())
@@ -349,28 +249,19 @@ pub(super) async fn connect(
                 Box::pin(s)
             }
             ConnectionAddr::Unix(path) => Box::pin(tokio::net::UnixStream::connect(path).await?),
-            other => {
-                return Err(io::Error::other(format!(
-                    "no connection of the directory's own to {other}"
-                )))
-            }
+            other => return Err(unsupported(format!("{other} (insecure TLS?)"))),
         };
-        Ok::<_, io::Error>(stream)
-    };
-    let stream = tokio::time::timeout(Duration::from_secs(5), stream)
-        .await
-        .map_err(|_| io_err(io::ErrorKind::TimedOut.into()))?
-        .map_err(io_err)?;
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
-    let (conn, driver) = MultiplexedConnection::new_with_config(
-        info.redis_settings(),
-        Tap {
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(response_timeout));
+        let tap = Tap {
             inner: stream,
-            scan,
-        },
-        config,
-    )
-    .await?;
+            scan: Scan::new(cache, conn),
+        };
+        MultiplexedConnection::new_with_config(info.redis_settings(), tap, config).await
+    };
+    let (conn, driver) = tokio::time::timeout(CONNECT_TIMEOUT, setup)
+        .await
+        .map_err(|_| redis::RedisError::from(io::Error::from(io::ErrorKind::TimedOut)))??;
     tokio::task::spawn_local(driver);
     Ok(conn)
 }
@@ -384,31 +275,26 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    #[test]
-    fn frames_end_where_resp3_says() {
-        let one = |b: &[u8]| frame_end(b, 0, 0);
-        assert_eq!(one(b":12\r\n"), Ok(Some(5)));
-        assert_eq!(one(b"$5\r\nhel\r\n\r\n"), Ok(Some(11)), "a bulk holds CRLF");
-        assert_eq!(one(b"$-1\r\n"), Ok(Some(5)));
-        assert_eq!(one(b"*2\r\n:1\r\n$1\r\nx\r\n"), Ok(Some(15)));
-        assert_eq!(one(b"%1\r\n+a\r\n:1\r\n"), Ok(Some(12)));
-        assert_eq!(one(b"|1\r\n+k\r\n+v\r\n:1\r\n"), Ok(Some(16)));
-        assert_eq!(one(b"*2\r\n:1\r\n"), Ok(None), "incomplete");
-        assert_eq!(one(b"$5\r\nhel"), Ok(None));
-        assert_eq!(one(b":1"), Ok(None));
-        assert_eq!(one(b"$2\r\nabcd"), Err(()), "a bulk without its CRLF");
-        assert_eq!(one(b"?x\r\n"), Err(()));
-        assert_eq!(one(b":1\n"), Err(()), "a line ends with CRLF");
-        assert_eq!(one(b"\n"), Err(()));
-        assert_eq!(one(b"*x\r\n"), Err(()));
-        assert_eq!(one(b"$9223372036854775807\r\n"), Ok(None), "no overflow");
-        assert_eq!(one(b"%9223372036854775807\r\n"), Err(()));
-        let deep = "*1\r\n".repeat(MAX_DEPTH + 2) + ":1\r\n";
-        assert_eq!(one(deep.as_bytes()), Err(()));
-        assert_eq!(
-            kind_past_attributes(b"|1\r\n+k\r\n+v\r\n>1\r\n:1\r\n", 0),
-            b'>'
+    #[tokio::test]
+    async fn a_server_silent_in_the_handshake_or_on_resp2_is_no_connection() {
+        let cache = UidCache::new("p:");
+        let conn = cache.begin();
+        let resp2 = connect(
+            "redis://127.0.0.1:1/",
+            None,
+            Duration::from_secs(1),
+            cache.clone(),
+            conn,
         );
+        let e = resp2.await.expect_err("RESP2");
+        assert_eq!(e.kind(), redis::ErrorKind::InvalidClientConfig, "{e}");
+        // The kernel completes the connection; nobody ever answers `HELLO`.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}/?protocol=resp3", silent.local_addr().unwrap());
+        let started = std::time::Instant::now();
+        let r = connect(&url, None, Duration::from_secs(60), cache, conn).await;
+        assert!(r.is_err());
+        assert!(started.elapsed() < CONNECT_TIMEOUT + Duration::from_secs(2));
     }
 
     #[test]
@@ -418,13 +304,19 @@ mod tests {
         let conn = cache.begin();
         cache.start(conn);
         let mut scan = Scan::new(cache.clone(), conn);
+        assert_eq!(cache.pipeline(), Some((conn, 0)));
         scan.wrote(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$1");
+        assert_eq!(scan.commands, 1);
+        scan.feed(b"+PONG\r\n");
         assert_eq!(
-            scan.commands, 1,
-            "a command written in part is not counted yet"
+            cache.pipeline(),
+            None,
+            "a command written in part is due an answer"
         );
         scan.wrote(b"\r\nk\r\n");
         assert_eq!(scan.commands, 2);
+        scan.feed(b"_\r\n");
+        assert_eq!(cache.pipeline(), Some((conn, 2)));
         let Look::Miss = cache.look("u") else {
             panic!()
         };
@@ -435,21 +327,21 @@ mod tests {
             scan.feed(&stream[cut..]);
         }
         assert!(!scan.done);
-        assert_eq!(scan.replies, 6 * 3);
-        // The last invalidation came after 5 * 3 + 2 replies: a read answered as reply 16 is
-        // stale, one answered as reply 17 (after it) stands.
+        assert_eq!(scan.replies, 2 + 6 * 3);
+        // The last invalidation came after 2 + 5 * 3 + 2 replies: a read answered as reply 18
+        // is stale, one answered as reply 19 (after it) stands.
         let holders: super::super::uid_cache::Holders = Arc::from([(1, 1)]);
-        cache.fill("u", conn, 16, holders.clone());
+        cache.fill("u", conn, 18, holders.clone());
         assert!(matches!(cache.look("u"), Look::Miss));
-        cache.fill("u", conn, 17, holders);
+        cache.fill("u", conn, 19, holders);
         let Look::Hit(f) = cache.look("u") else {
             panic!("filled")
         };
         assert!(f.still(100));
         scan.feed(b">2\r\n$10\r\ninvalidate\r\n_\r\n");
         assert!(
-            f.still(17) && !f.still(18),
-            "a flush after reply 18 drops it there"
+            f.still(19) && !f.still(20),
+            "a flush after 20 replies drops it there"
         );
         scan.feed(b"?bad\r\n");
         assert!(scan.done);

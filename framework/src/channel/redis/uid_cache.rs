@@ -36,6 +36,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use redis::Value as RValue;
 
@@ -66,6 +67,8 @@ struct State {
     written: u64,
     /// The place of the last flush Redis told of.
     flushed_at: u64,
+    /// When the server last refused `CLIENT CACHING`.
+    refused_at: Option<Instant>,
 }
 
 struct Entry {
@@ -143,18 +146,30 @@ impl UidCache {
 
     /// The connection failed or is dropped: nothing cached stands.
     pub(super) fn stop(&self) {
-        let mut s = self.lock();
-        s.drop_all(0);
-        s.live = false;
-        // Its tap is no longer heard.
-        s.conn += 1;
+        self.lock().end();
     }
 
     /// Connection `conn` ended, or its tap cannot read it: [`UidCache::stop`] if current.
     pub(super) fn lost(&self, conn: u64) {
-        if self.lock().conn == conn {
-            self.stop();
+        let mut s = self.lock();
+        if s.conn == conn {
+            s.end();
         }
+    }
+
+    /// The server refused `CLIENT CACHING` (an ACL, say): no cache, and none tried again for
+    /// a while ([`UidCache::refused_within`]).
+    pub(super) fn refuse(&self) {
+        let mut s = self.lock();
+        s.end();
+        s.refused_at = Some(Instant::now());
+    }
+
+    /// Whether the server refused `CLIENT CACHING` less than `within` ago.
+    pub(super) fn refused_within(&self, within: Duration) -> bool {
+        self.lock()
+            .refused_at
+            .is_some_and(|at| at.elapsed() < within)
     }
 
     /// Whether tracking is on.
@@ -270,6 +285,13 @@ impl UidCache {
 }
 
 impl State {
+    /// No tracking: nothing cached stands, and the connection's tap is no longer heard.
+    fn end(&mut self) {
+        self.drop_all(0);
+        self.live = false;
+        self.conn += 1;
+    }
+
     /// Drop every entry; sends made from them count as overtaken at place `at`.
     fn drop_all(&mut self, at: u64) {
         for e in self.entries.values_mut() {
@@ -449,6 +471,16 @@ mod tests {
             matches!(c.look("a"), Look::Off),
             "a stopped connection stays off"
         );
+    }
+
+    #[test]
+    fn a_refusal_holds_for_a_while() {
+        let (c, _) = live();
+        let minute = Duration::from_secs(60);
+        assert!(!c.refused_within(minute));
+        c.refuse();
+        assert!(matches!(c.look("a"), Look::Off));
+        assert!(c.refused_within(minute) && !c.refused_within(Duration::ZERO));
     }
 
     #[test]
