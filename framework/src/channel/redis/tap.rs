@@ -193,8 +193,8 @@ impl<S> Drop for Tap<S> {
 /// How long making the connection may take, its handshake included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A connection of the directory's own to the single server at `url` (TCP, TLS — trusting
-/// `ca`, else the system's roots — or a Unix socket; RESP3), numbered for `cache` as
+/// A connection of the directory's own to the single server at `url` (`redis://`, or
+/// `rediss://` trusting `ca`, else the system's roots; RESP3), numbered for `cache` as
 /// connection `conn` (`UidCache::begin`). What it cannot make (an insecure TLS URL, RESP2) is
 /// a configuration error, not one to retry at once.
 pub(super) async fn connect(
@@ -248,7 +248,6 @@ pub(super) async fn connect(
                     .await?;
                 Box::pin(s)
             }
-            ConnectionAddr::Unix(path) => Box::pin(tokio::net::UnixStream::connect(path).await?),
             other => return Err(unsupported(format!("{other} (insecure TLS?)"))),
         };
         let config =
