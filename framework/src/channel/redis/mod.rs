@@ -153,8 +153,6 @@ pub(crate) struct RedisLink {
     /// sends to a uid: it tracks the uids' holders for `uid_cache`.
     dir_bus: RefCell<Option<Bus>>,
     uid_cache: uid_cache::UidCache,
-    /// The server refused tracking: no cache until then.
-    no_tracking: Cell<Option<std::time::Instant>>,
 }
 
 impl RedisLink {
@@ -190,7 +188,6 @@ impl RedisLink {
             registered_at: Cell::new(None),
             dir_bus: RefCell::new(None),
             uid_cache: directory::uid_cache(),
-            no_tracking: Cell::new(None),
         });
         actix_rt::spawn(run_outbound(Rc::downgrade(&link)));
         actix_rt::spawn(run_queues(Rc::downgrade(&link)));
@@ -660,12 +657,7 @@ async fn directory_bus(
     let Some(l) = link.upgrade() else {
         return without();
     };
-    let refused = l
-        .no_tracking
-        .get()
-        .is_some_and(|until| std::time::Instant::now() < until)
-        || l.uid_cache.refused_within(TRACKING_RETRY);
-    if !matches!(manager, Bus::Single(_)) || refused {
+    if !matches!(manager, Bus::Single(_)) || l.uid_cache.refused_within(TRACKING_RETRY) {
         return without();
     }
     let cache = l.uid_cache.clone();
@@ -687,8 +679,9 @@ async fn directory_bus(
     drop(l);
     let conn = cache.begin();
     let attempt = async {
-        let conn = tap::connect(&url, ca.as_deref(), RESPONSE_TIMEOUT, cache.clone(), conn).await?;
-        let mut bus = Bus::Direct(conn);
+        let tracked =
+            tap::connect(&url, ca.as_deref(), RESPONSE_TIMEOUT, cache.clone(), conn).await?;
+        let mut bus = Bus::Direct(tracked);
         let mut track = redis::cmd("CLIENT");
         track.arg("TRACKING").arg("ON").arg("OPTIN");
         bus.run(vec![(String::new(), track)]).await?;
@@ -713,8 +706,7 @@ async fn directory_bus(
                 "redis {shown}: no client-side tracking ({e}): sends to uids run a script; \
                  trying again in {TRACKING_RETRY:?}"
             );
-            l.no_tracking
-                .set(Some(std::time::Instant::now() + TRACKING_RETRY));
+            cache.refuse();
             without()
         }
     }

@@ -67,7 +67,7 @@ struct State {
     written: u64,
     /// The place of the last flush Redis told of.
     flushed_at: u64,
-    /// When the server last refused `CLIENT CACHING`.
+    /// When the server last refused `CLIENT TRACKING` or `CLIENT CACHING`.
     refused_at: Option<Instant>,
 }
 
@@ -157,15 +157,15 @@ impl UidCache {
         }
     }
 
-    /// The server refused `CLIENT CACHING` (an ACL, say): no cache, and none tried again for
-    /// a while ([`UidCache::refused_within`]).
+    /// The server refused `CLIENT TRACKING` or `CLIENT CACHING` (an older Redis, an ACL): no
+    /// cache, and none tried again for a while ([`UidCache::refused_within`]).
     pub(super) fn refuse(&self) {
         let mut s = self.lock();
         s.end();
         s.refused_at = Some(Instant::now());
     }
 
-    /// Whether the server refused `CLIENT CACHING` less than `within` ago.
+    /// Whether the server refused tracking less than `within` ago.
     pub(super) fn refused_within(&self, within: Duration) -> bool {
         self.lock()
             .refused_at
